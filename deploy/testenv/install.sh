@@ -1,0 +1,196 @@
+#!/usr/bin/env bash
+# Builds the test infrastructure from the pinned Go modules under tools/ (kube-apiserver,
+# kube-controller-manager, etcd, helm, kubeconform, jaeger) into a cache directory outside
+# the clone, and makes sure Debian's prometheus/promtool are installed and linked beside them.
+#
+# Idempotent and safe to run from many processes at once: builds happen under a lock, so
+# one process builds and the others wait, then find everything in place.
+#
+# Progress goes to stderr; the bin directory is the last line of stdout, so
+#   bin=$(deploy/testenv/install.sh)
+# works in a script.
+#
+# Environment:
+#   P2P_MPC_TESTENV_CACHE  cache root (default ${XDG_CACHE_HOME:-~/.cache}/p2p-mpc/testenv);
+#                          binaries go to <root>/<key>/bin, key = hash of the tools' go.mod/go.sum
+#   P2P_MPC_TESTENV_NICE   niceness of the Go builds (default 10), so a build shares the machine
+#   P2P_MPC_TESTENV_NO_APT set to 1 to never run apt-get (prometheus must then be on PATH)
+set -euo pipefail
+
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+tools=$here/tools
+# Part of the cache key: bump it when the build commands below change so caches rebuild.
+recipe=1
+
+say() { printf 'testenv install: %s\n' "$*" >&2; }
+die() {
+    say "error: $*"
+    exit 1
+}
+
+command -v go >/dev/null 2>&1 ||
+    die "go not found on PATH: the test infrastructure is built from Go modules (Go >= 1.26 needed)"
+command -v flock >/dev/null 2>&1 || die "flock not found on PATH (util-linux)"
+command -v sha256sum >/dev/null 2>&1 || die "sha256sum not found on PATH (coreutils)"
+
+# A caller's GOFLAGS (e.g. -mod=mod) must not change what gets built.
+export GOFLAGS="-buildvcs=false -mod=readonly"
+export CGO_ENABLED=0
+unset GOOS GOARCH
+niceness=${P2P_MPC_TESTENV_NICE:-10}
+
+key=$(
+    {
+        echo "recipe=$recipe"
+        go env GOVERSION GOOS GOARCH
+        for f in "$tools"/*/go.mod "$tools"/*/go.sum; do
+            echo "== ${f#"$here"/}"
+            cat "$f"
+        done
+    } | sha256sum | cut -c1-16
+)
+cache_root=${P2P_MPC_TESTENV_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/p2p-mpc/testenv}
+dir=$cache_root/$key
+bin=$dir/bin
+logs=$dir/logs
+
+go_binaries=(kube-apiserver kube-controller-manager etcd helm kubeconform jaeger)
+prom_binaries=(prometheus promtool)
+
+all_present() {
+    local b
+    for b in "${go_binaries[@]}" "${prom_binaries[@]}"; do
+        [ -x "$bin/$b" ] || return 1
+    done
+}
+
+# Fast path without the lock: binaries only ever appear by an atomic rename.
+if all_present; then
+    echo "$bin"
+    exit 0
+fi
+
+mkdir -p "$cache_root"
+exec 9>"$cache_root/.lock"
+if ! flock -n 9; then
+    say "another install is running (lock $cache_root/.lock); waiting for it"
+    flock 9
+fi
+mkdir -p "$bin" "$logs"
+
+# Version of a module as pinned in a tool's go.mod (reads go.mod only, no network).
+modversion() {
+    (cd "$tools/$1" && go list -m -f '{{.Version}}' "$2")
+}
+
+# build TOOL LDFLAGS NAME=PACKAGE... : builds each package of tools/TOOL into $bin/NAME,
+# skipping names already there. Prints a heartbeat while the build runs.
+build() {
+    local tool=$1 ldflags=$2
+    shift 2
+    local spec name pkg missing=() pkgs=()
+    for spec in "$@"; do
+        name=${spec%%=*}
+        [ -x "$bin/$name" ] || missing+=("$spec")
+    done
+    [ ${#missing[@]} -gt 0 ] || return 0
+
+    local log=$logs/$tool.log tmp=$dir/tmp-$tool started=$SECONDS rc=0
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    for spec in "${missing[@]}"; do pkgs+=("${spec%%=*}"); done
+    say "building ${pkgs[*]} (tools/$tool, log $log)"
+    : >"$log"
+    (
+        cd "$tools/$tool"
+        for spec in "${missing[@]}"; do
+            name=${spec%%=*}
+            pkg=${spec#*=}
+            echo "+ go build -trimpath -ldflags '$ldflags' -o $tmp/$name $pkg"
+            nice -n "$niceness" go build -trimpath -ldflags "$ldflags" -o "$tmp/$name" "$pkg" || exit
+        done
+    ) >>"$log" 2>&1 &
+    local pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+        # wait is interrupted neither by the heartbeat nor needed for it: poll every 5s.
+        for _ in 1 2 3 4 5 6 7 8 9 10 11 12; do
+            sleep 5
+            kill -0 "$pid" 2>/dev/null || break 2
+        done
+        say "  still building ${pkgs[*]} ($((SECONDS - started))s so far)"
+    done
+    wait "$pid" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+        say "building ${pkgs[*]} (tools/$tool) FAILED with exit code $rc; last lines of $log:"
+        tail -n 40 "$log" >&2
+        rm -rf "$tmp"
+        exit 1
+    fi
+    for spec in "${missing[@]}"; do
+        name=${spec%%=*}
+        mv -f "$tmp/$name" "$bin/$name"
+    done
+    rm -rf "$tmp"
+    say "built ${pkgs[*]} in $((SECONDS - started))s"
+}
+
+# Kubernetes and helm report versions that their release builds stamp in with -X; without
+# them the binaries say v0.0.0, and helm would assume Kubernetes 1.20 for chart checks.
+k8s_version=$(modversion kubernetes k8s.io/kubernetes)
+k8s_minor=$(echo "$k8s_version" | cut -d. -f2)
+k8s_ld="-s -w"
+for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
+    k8s_ld+=" -X $p.gitVersion=$k8s_version -X $p.gitMajor=1 -X $p.gitMinor=$k8s_minor -X $p.gitTreeState=clean"
+done
+build kubernetes "$k8s_ld" \
+    kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
+    kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager
+
+build etcd "-s -w" etcd=go.etcd.io/etcd/server/v3
+
+helm_version=$(modversion helm helm.sh/helm/v3)
+helm_k8s_minor=$(modversion helm k8s.io/client-go | cut -d. -f2)
+helm_ld="-s -w -X helm.sh/helm/v3/internal/version.version=$helm_version -X helm.sh/helm/v3/internal/version.gitTreeState=clean"
+for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
+    helm_ld+=" -X $p.k8sVersionMajor=1 -X $p.k8sVersionMinor=$helm_k8s_minor"
+done
+build helm "$helm_ld" helm=helm.sh/helm/v3/cmd/helm
+
+build kubeconform "-s -w" kubeconform=github.com/yannh/kubeconform/cmd/kubeconform
+
+build jaeger "-s -w" jaeger=github.com/jaegertracing/jaeger/cmd/jaeger
+
+# Prometheus and promtool come from Debian's package. We start prometheus ourselves, so the
+# package's service must not start (it would take port 9090): policy-rc.d forbids that
+# during the install.
+if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
+    if [ "${P2P_MPC_TESTENV_NO_APT:-0}" = 1 ] || [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        die "prometheus/promtool not found on PATH and apt-get cannot be used here; install Debian's 'prometheus' package"
+    fi
+    say "installing Debian's prometheus package (apt-get, log $logs/prometheus-apt.log)"
+    policy=/usr/sbin/policy-rc.d
+    added_policy=0
+    if [ ! -e "$policy" ]; then
+        printf '#!/bin/sh\nexit 101\n' >"$policy"
+        chmod 755 "$policy"
+        added_policy=1
+    fi
+    rc=0
+    {
+        apt-get update &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
+    } >"$logs/prometheus-apt.log" 2>&1 || rc=$?
+    [ "$added_policy" = 1 ] && rm -f "$policy"
+    if [ "$rc" -ne 0 ]; then
+        say "installing prometheus FAILED with exit code $rc; last lines of $logs/prometheus-apt.log:"
+        tail -n 40 "$logs/prometheus-apt.log" >&2
+        exit 1
+    fi
+fi
+for b in "${prom_binaries[@]}"; do
+    ln -sfn "$(command -v "$b")" "$bin/$b"
+done
+
+all_present || die "internal error: $bin is incomplete after the build"
+say "ready: $bin"
+echo "$bin"

@@ -1,0 +1,278 @@
+//! The HTTP API (axum): status, peers and topic messages under `/v1`.
+//!
+//! JSON in and out; every error is `{"error": "...", "code": "..."}` with a fitting status.
+//! With a token configured, every `/v1` request needs `Authorization: Bearer <token>`.
+
+pub mod client;
+pub mod messages;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Path, Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use subtle::ConstantTimeEq;
+use tracing::Instrument;
+
+use crate::cli::parse_topic;
+use crate::config::ApiToken;
+use crate::metrics::NodeMetrics;
+use crate::network::{NetworkClient, NetworkError, PublishError};
+use messages::MessageLog;
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct ApiState {
+    pub network: NetworkClient,
+    pub messages: Arc<MessageLog>,
+    pub metrics: Arc<NodeMetrics>,
+    pub token: Option<ApiToken>,
+    pub max_message_size: usize,
+}
+
+/// An API error: HTTP status, a stable machine-readable code and a message for people.
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl ApiError {
+    /// A new error.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (
+            self.status,
+            Json(json!({"error": self.message, "code": self.code})),
+        )
+            .into_response()
+    }
+}
+
+impl From<NetworkError> for ApiError {
+    fn from(e: NetworkError) -> Self {
+        match &e {
+            NetworkError::Publish(PublishError::TooLarge { .. }) => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "message_too_large", e.to_string())
+            }
+            NetworkError::Publish(PublishError::NoPeers(_)) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_peers", e.to_string())
+            }
+            NetworkError::Publish(PublishError::Duplicate) => {
+                Self::new(StatusCode::CONFLICT, "duplicate", e.to_string())
+            }
+            NetworkError::Publish(PublishError::Other(_)) => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "publish_failed", e.to_string())
+            }
+            NetworkError::Stopped | NetworkError::Timeout(_) => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "network_unavailable", e.to_string())
+            }
+        }
+    }
+}
+
+/// Parses a JSON request body, with a message that says what is wrong with it.
+pub fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request("invalid_body", "the request body is empty; expected a JSON object"));
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
+}
+
+/// The route label of a request, passed from the routed layer to the outer one.
+#[derive(Clone)]
+struct RouteLabel(String);
+
+/// Builds the API router.
+pub fn router(state: ApiState) -> Router {
+    let body_limit = state.max_message_size * 6 + 64 * 1024;
+    let v1 = Router::new()
+        .route("/v1/status", get(status))
+        .route("/v1/peers", get(peers))
+        .route("/v1/topics/{topic}/messages", get(topic_messages).post(publish))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        .route_layer(middleware::from_fn(label_route));
+    v1.fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn label_route(req: Request, next: Next) -> Response {
+    let label = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let mut resp = next.run(req).await;
+    if let Some(label) = label {
+        resp.extensions_mut().insert(RouteLabel(label));
+    }
+    resp
+}
+
+/// Counts and times every request, inside a span.
+async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let method = req.method().as_str().to_string();
+    let span = tracing::info_span!("http_request", method = %method, path = %req.uri().path(), status = tracing::field::Empty);
+    let start = Instant::now();
+    let resp = next.run(req).instrument(span.clone()).await;
+    let route = resp
+        .extensions()
+        .get::<RouteLabel>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let status = resp.status().as_u16().to_string();
+    span.record("status", resp.status().as_u16());
+    let labels = [route.as_str(), method.as_str(), status.as_str()];
+    state.metrics.requests_total.with_label_values(&labels).inc();
+    state
+        .metrics
+        .request_duration_seconds
+        .with_label_values(&labels)
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+async fn require_token(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    req: Request,
+    next: Next,
+) -> Response {
+    let Some(token) = &state.token else {
+        return next.run(req).await;
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match presented {
+        Some(p) if bool::from(p.as_bytes().ct_eq(token.expose().as_bytes())) => next.run(req).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is not valid").into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this API requires `Authorization: Bearer <token>` (see --api-token-file)",
+        )
+        .into_response(),
+    }
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+/// `GET /v1/status`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct StatusResponse {
+    pub peer_id: String,
+    pub listen_addrs: Vec<String>,
+    pub connected_peers: usize,
+    pub topics: Vec<String>,
+    pub version: String,
+}
+
+async fn status(State(state): State<ApiState>) -> Result<Json<StatusResponse>, ApiError> {
+    let s = state.network.status().await?;
+    Ok(Json(StatusResponse {
+        peer_id: s.peer_id,
+        listen_addrs: s.listen_addrs,
+        connected_peers: s.connected_peers,
+        topics: s.topics,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+    }))
+}
+
+async fn peers(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let peers = state.network.peers().await?;
+    Ok(Json(json!({ "peers": peers })))
+}
+
+/// Body of `POST /v1/topics/{topic}/messages`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishRequest {
+    /// UTF-8 text to publish.
+    pub data: String,
+}
+
+/// Answer of `POST /v1/topics/{topic}/messages`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct PublishResponse {
+    pub message_id: String,
+}
+
+fn check_topic(topic: &str) -> Result<(), ApiError> {
+    parse_topic(topic).map(|_| ()).map_err(|m| ApiError::bad_request("invalid_topic", m))
+}
+
+async fn publish(
+    State(state): State<ApiState>,
+    Path(topic): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
+    check_topic(&topic)?;
+    let req: PublishRequest = parse_body(&body)?;
+    if req.data.is_empty() {
+        return Err(ApiError::bad_request("invalid_body", "`data` must not be empty"));
+    }
+    let message_id = state.network.publish(&topic, req.data.into_bytes()).await?;
+    Ok((StatusCode::CREATED, Json(PublishResponse { message_id })))
+}
+
+async fn topic_messages(
+    State(state): State<ApiState>,
+    Path(topic): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    check_topic(&topic)?;
+    Ok(Json(json!({
+        "topic": topic,
+        "messages": state.messages.recent(&topic),
+    })))
+}
+
+/// Serves the API on an already bound listener until `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: ApiState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,247 @@
+//! Command-line interface of the `p2p-mpc` binary (clap).
+//!
+//! Node flags have their defaults declared here so that `--help` shows them; whether a value
+//! was typed, came from the environment or is only the default is read back from clap's
+//! `ValueSource`, so the config file can sit between flags and defaults (see `config.rs`).
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use libp2p::Multiaddr;
+
+use crate::config::parse_peer_multiaddr;
+
+/// Default size limit of one gossip message (1 MiB).
+pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
+
+/// `p2p-mpc`: run a node, or talk to one.
+#[derive(Debug, Parser)]
+#[command(
+    name = "p2p-mpc",
+    version,
+    about = "A peer-to-peer multi-party computation node (libp2p gossipsub, Kademlia, HTTP API).",
+    long_about = None,
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Flags of the node (used when no subcommand is given).
+    #[command(flatten)]
+    pub node: NodeArgs,
+
+    /// Subcommand; without one, the command runs a node.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Every flag of a running node. Each one can also be set by `P2P_MPC_<FLAG>`.
+#[derive(Debug, Clone, Args)]
+pub struct NodeArgs {
+    /// YAML config file; flags and environment variables override its keys.
+    #[arg(short = 'c', long, env = "P2P_MPC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// TCP port for libp2p (0 picks a free port).
+    #[arg(short = 'p', long, env = "P2P_MPC_NETWORK_PORT", default_value_t = 0, value_name = "PORT")]
+    pub network_port: u16,
+
+    /// Address the libp2p listeners bind to.
+    #[arg(long, env = "P2P_MPC_LISTEN_ADDRESS", default_value = "0.0.0.0", value_name = "IP")]
+    pub listen_address: IpAddr,
+
+    /// Port of an additional WebSocket listener (off unless set; 0 picks a free port).
+    #[arg(long, env = "P2P_MPC_WS_PORT", value_name = "PORT")]
+    pub ws_port: Option<u16>,
+
+    /// Gossipsub topic to join (repeatable; comma-separated in the environment).
+    #[arg(short = 't', long = "topic", env = "P2P_MPC_TOPIC", value_delimiter = ',', value_name = "TOPIC", value_parser = parse_topic)]
+    pub topics: Vec<String>,
+
+    /// Peer to dial at start and keep connected, as a multiaddr ending in /p2p/<peer id> (repeatable).
+    #[arg(long = "bootnode", env = "P2P_MPC_BOOTNODE", value_delimiter = ',', value_name = "MULTIADDR", value_parser = parse_cli_peer_addr)]
+    pub bootnodes: Vec<Multiaddr>,
+
+    /// Peer used only to seed Kademlia discovery, not kept connected (repeatable).
+    #[arg(long = "seed-node", env = "P2P_MPC_SEED_NODE", value_delimiter = ',', value_name = "MULTIADDR", value_parser = parse_cli_peer_addr)]
+    pub seed_nodes: Vec<Multiaddr>,
+
+    /// libp2p key file (protobuf encoding); created with mode 0600 if missing. Without it the key is ephemeral.
+    #[arg(long, env = "P2P_MPC_IDENTITY_KEY_PATH", value_name = "FILE")]
+    pub identity_key_path: Option<PathBuf>,
+
+    /// Port of /metrics, /healthz and /readyz (0 picks a free port).
+    #[arg(short = 'm', long, env = "P2P_MPC_METRICS_PORT", default_value_t = 9090, value_name = "PORT")]
+    pub metrics_port: u16,
+
+    /// Address the metrics server binds to.
+    #[arg(long, env = "P2P_MPC_METRICS_ADDRESS", default_value = "0.0.0.0", value_name = "IP")]
+    pub metrics_address: IpAddr,
+
+    /// Log level (RUST_LOG, when set, refines it).
+    #[arg(short = 'l', long, env = "P2P_MPC_LOG_LEVEL", value_enum, default_value_t = LogLevel::Info)]
+    pub log_level: LogLevel,
+
+    /// Export spans over OTLP gRPC to Jaeger.
+    #[arg(short = 'j', long, env = "P2P_MPC_ENABLE_JAEGER")]
+    pub enable_jaeger: bool,
+
+    /// Host of the OTLP gRPC receiver (Jaeger).
+    #[arg(long, env = "P2P_MPC_JAEGER_HOST", default_value = "localhost", value_name = "HOST")]
+    pub jaeger_host: String,
+
+    /// Port of the OTLP gRPC receiver (Jaeger).
+    #[arg(long, env = "P2P_MPC_JAEGER_PORT", default_value_t = 4317, value_name = "PORT")]
+    pub jaeger_port: u16,
+
+    /// Write spans and events as JSON lines to --json-trace-file.
+    #[arg(long, env = "P2P_MPC_JSON_TRACE")]
+    pub json_trace: bool,
+
+    /// File the JSON trace is appended to (parent directories are created).
+    #[arg(long, env = "P2P_MPC_JSON_TRACE_FILE", default_value = "./logs/traces.json", value_name = "FILE")]
+    pub json_trace_file: PathBuf,
+
+    /// Port of the HTTP API (0 picks a free port).
+    #[arg(long, env = "P2P_MPC_API_PORT", default_value_t = 8080, value_name = "PORT")]
+    pub api_port: u16,
+
+    /// Address the HTTP API binds to.
+    #[arg(long, env = "P2P_MPC_API_ADDRESS", default_value = "127.0.0.1", value_name = "IP")]
+    pub api_address: IpAddr,
+
+    /// File holding the bearer token every /v1 request must carry.
+    #[arg(long, env = "P2P_MPC_API_TOKEN_FILE", value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+
+    /// Directory for the node's persistent state (created at start).
+    #[arg(long, env = "P2P_MPC_DATA_DIR", default_value = "./data", value_name = "DIR")]
+    pub data_dir: PathBuf,
+
+    /// Maximum number of established connections.
+    #[arg(long, env = "P2P_MPC_MAX_CONNECTIONS", default_value_t = 128, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub max_connections: u32,
+
+    /// Maximum size in bytes of one gossip message.
+    #[arg(long, env = "P2P_MPC_MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES",
+          value_parser = parse_max_message_size)]
+    pub max_message_size: usize,
+}
+
+/// Log levels accepted by `--log-level` and `log_level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogLevel {
+    /// Everything, including per-message detail.
+    Trace,
+    /// Diagnostic detail.
+    Debug,
+    /// Normal operation.
+    Info,
+    /// Problems the node recovers from.
+    Warn,
+    /// Failures only.
+    Error,
+}
+
+impl LogLevel {
+    /// The level as a `tracing` filter directive.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LogLevel::Trace => "trace",
+            LogLevel::Debug => "debug",
+            LogLevel::Info => "info",
+            LogLevel::Warn => "warn",
+            LogLevel::Error => "error",
+        }
+    }
+}
+
+/// Subcommands of `p2p-mpc`.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Generate an Ed25519 identity key file and print its peer id.
+    Keygen {
+        /// Where to write the key (refuses to overwrite an existing file).
+        #[arg(short = 'o', long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the peer id of an identity key file.
+    PeerId {
+        /// The key file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Show a running node's status (GET /v1/status).
+    Status {
+        /// Print the raw JSON answer.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ApiClientArgs,
+    },
+    /// Publish a text message on a topic through a running node's API.
+    Publish {
+        /// Topic to publish on.
+        #[arg(value_name = "TOPIC", value_parser = parse_topic)]
+        topic: String,
+        /// The message text.
+        #[arg(value_name = "TEXT")]
+        text: String,
+        #[command(flatten)]
+        api: ApiClientArgs,
+    },
+}
+
+/// How the client subcommands reach a node's HTTP API.
+#[derive(Debug, Clone, Args)]
+pub struct ApiClientArgs {
+    /// Base URL of the node's HTTP API.
+    #[arg(long = "api", env = "P2P_MPC_API", default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    pub url: String,
+    /// File holding the API bearer token.
+    #[arg(long, env = "P2P_MPC_API_TOKEN_FILE", value_name = "FILE")]
+    pub api_token_file: Option<PathBuf>,
+}
+
+fn parse_cli_peer_addr(s: &str) -> Result<Multiaddr, String> {
+    parse_peer_multiaddr(s).map(|(_, addr)| addr)
+}
+
+/// A topic name: non-empty, at most 256 bytes, no control characters.
+pub fn parse_topic(s: &str) -> Result<String, String> {
+    if s.is_empty() {
+        return Err("a topic name must not be empty".into());
+    }
+    if s.len() > 256 {
+        return Err(format!("a topic name is at most 256 bytes, this one has {}", s.len()));
+    }
+    if s.chars().any(char::is_control) {
+        return Err("a topic name must not contain control characters".into());
+    }
+    Ok(s.to_string())
+}
+
+/// Smallest and largest accepted `--max-message-size`.
+pub const MESSAGE_SIZE_RANGE: std::ops::RangeInclusive<usize> = 1024..=(64 * 1024 * 1024);
+
+/// Parses `--max-message-size`, checking [`MESSAGE_SIZE_RANGE`].
+pub fn parse_max_message_size(s: &str) -> Result<usize, String> {
+    let n: usize = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of bytes"))?;
+    check_max_message_size(n)
+}
+
+/// Checks a message size limit against [`MESSAGE_SIZE_RANGE`].
+pub fn check_max_message_size(n: usize) -> Result<usize, String> {
+    if MESSAGE_SIZE_RANGE.contains(&n) {
+        Ok(n)
+    } else {
+        Err(format!(
+            "{n} is out of range: expected {} to {} bytes",
+            MESSAGE_SIZE_RANGE.start(),
+            MESSAGE_SIZE_RANGE.end()
+        ))
+    }
+}

@@ -1,0 +1,439 @@
+//! Node configuration: a YAML file merged with CLI flags and environment variables.
+//!
+//! Priority per key: flag or `P2P_MPC_*` variable > config file > built-in default. Every
+//! problem is reported as a [`ConfigError`] naming the file, the key and what was expected,
+//! before anything is started.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use clap::ArgMatches;
+use clap::parser::ValueSource;
+use libp2p::multiaddr::Protocol;
+use libp2p::{Multiaddr, PeerId};
+use serde::Deserialize;
+
+use crate::cli::{LogLevel, NodeArgs, check_max_message_size, parse_topic};
+
+/// A configuration problem; the program exits with code 2 on any of them.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The config file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// YAML syntax error, wrong type or unknown key (serde_yaml names key, line and column).
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    /// A key whose value has the right type but is not acceptable.
+    #[error("{origin}: key `{key}`: {message}")]
+    Invalid {
+        origin: Origin,
+        key: String,
+        message: String,
+    },
+}
+
+/// Where a value came from, for error messages.
+#[derive(Debug, Clone)]
+pub enum Origin {
+    /// The config file at this path.
+    File(PathBuf),
+    /// A command-line flag or environment variable.
+    CommandLine,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::File(p) => write!(f, "config file {}", p.display()),
+            Origin::CommandLine => write!(f, "command line"),
+        }
+    }
+}
+
+/// The config file's keys; every key is optional and unknown keys are refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub network_port: Option<u16>,
+    pub listen_address: Option<IpAddr>,
+    pub ws_port: Option<u16>,
+    pub topics: Option<Vec<String>>,
+    pub bootnodes: Option<Vec<String>>,
+    pub seed_nodes: Option<Vec<String>>,
+    pub identity_key_path: Option<PathBuf>,
+    pub metrics_port: Option<u16>,
+    pub metrics_address: Option<IpAddr>,
+    pub log_level: Option<LogLevel>,
+    pub enable_jaeger: Option<bool>,
+    pub jaeger_host: Option<String>,
+    pub jaeger_port: Option<u16>,
+    pub json_trace: Option<bool>,
+    pub json_trace_file: Option<PathBuf>,
+    pub api_port: Option<u16>,
+    pub api_address: Option<IpAddr>,
+    pub api_token_file: Option<PathBuf>,
+    pub data_dir: Option<PathBuf>,
+    pub max_connections: Option<u32>,
+    pub max_message_size: Option<usize>,
+}
+
+impl FileConfig {
+    /// Reads and parses a config file. An empty file (or one of only comments) is an empty config.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses config text; `path` is only used in messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let parse_err = |e: serde_yaml::Error| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        };
+        let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(parse_err)?;
+        if value.is_null() {
+            return Ok(Self::default());
+        }
+        if !value.is_mapping() {
+            return Err(ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: "expected a mapping of keys to values at the top level".into(),
+            });
+        }
+        serde_yaml::from_str(text).map_err(parse_err)
+    }
+}
+
+/// A peer address that ends in `/p2p/<peer id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    pub peer_id: PeerId,
+    pub addr: Multiaddr,
+}
+
+/// The bearer token of the HTTP API. Its `Debug` never shows the token.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ApiToken(String);
+
+impl ApiToken {
+    /// The secret itself, for comparison with a request's header.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for ApiToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ApiToken(<redacted>)")
+    }
+}
+
+/// The node's resolved configuration.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    pub config_file: Option<PathBuf>,
+    pub network_port: u16,
+    pub listen_address: IpAddr,
+    pub ws_port: Option<u16>,
+    pub topics: Vec<String>,
+    pub bootnodes: Vec<PeerAddr>,
+    pub seed_nodes: Vec<PeerAddr>,
+    pub identity_key_path: Option<PathBuf>,
+    pub metrics_port: u16,
+    pub metrics_address: IpAddr,
+    pub log_level: LogLevel,
+    pub enable_jaeger: bool,
+    pub jaeger_host: String,
+    pub jaeger_port: u16,
+    pub json_trace: bool,
+    pub json_trace_file: PathBuf,
+    pub api_port: u16,
+    pub api_address: IpAddr,
+    pub api_token_file: Option<PathBuf>,
+    pub api_token: Option<ApiToken>,
+    pub data_dir: PathBuf,
+    pub max_connections: u32,
+    pub max_message_size: usize,
+}
+
+/// Parses a multiaddr that must name its peer (`.../p2p/<peer id>`).
+pub fn parse_peer_multiaddr(s: &str) -> Result<(PeerId, Multiaddr), String> {
+    let addr: Multiaddr = s
+        .trim()
+        .parse()
+        .map_err(|e| format!("`{s}` is not a valid multiaddr ({e}); expected e.g. /ip4/10.0.0.1/tcp/4001/p2p/12D3KooW..."))?;
+    match addr.iter().last() {
+        Some(Protocol::P2p(peer_id)) => Ok((peer_id, addr)),
+        _ => Err(format!(
+            "`{s}` does not end in /p2p/<peer id>; a bootnode or seed node must name its peer, e.g. /ip4/10.0.0.1/tcp/4001/p2p/12D3KooW..."
+        )),
+    }
+}
+
+/// Merges flags (`args`, with `matches` telling where each value came from) over the file over defaults.
+pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, ConfigError> {
+    let file = match &args.config {
+        Some(path) => FileConfig::load(path)?,
+        None => FileConfig::default(),
+    };
+    let file_origin = args
+        .config
+        .clone()
+        .map(Origin::File)
+        .unwrap_or(Origin::CommandLine);
+    let from_cli = |id: &str| {
+        matches!(
+            matches.value_source(id),
+            Some(ValueSource::CommandLine | ValueSource::EnvVariable)
+        )
+    };
+
+    // A value from the flag when one was given, else the file's, else the flag's default.
+    macro_rules! pick {
+        ($field:ident) => {
+            if from_cli(stringify!($field)) {
+                args.$field.clone()
+            } else {
+                file.$field.clone().unwrap_or_else(|| args.$field.clone())
+            }
+        };
+    }
+    // Same for keys without a default (`Option` in both places).
+    macro_rules! pick_opt {
+        ($field:ident) => {
+            if from_cli(stringify!($field)) {
+                args.$field.clone()
+            } else {
+                file.$field.clone().or_else(|| args.$field.clone())
+            }
+        };
+    }
+
+    let invalid = |origin: &Origin, key: String, message: String| ConfigError::Invalid {
+        origin: origin.clone(),
+        key,
+        message,
+    };
+
+    let peer_list = |id: &str,
+                     key: &str,
+                     cli: &[Multiaddr],
+                     from_file: &Option<Vec<String>>|
+     -> Result<Vec<PeerAddr>, ConfigError> {
+        if from_cli(id) || from_file.is_none() {
+            return cli
+                .iter()
+                .map(|a| {
+                    parse_peer_multiaddr(&a.to_string())
+                        .map(|(peer_id, addr)| PeerAddr { peer_id, addr })
+                        .map_err(|m| invalid(&Origin::CommandLine, key.into(), m))
+                })
+                .collect();
+        }
+        from_file
+            .iter()
+            .flatten()
+            .enumerate()
+            .map(|(i, s)| {
+                parse_peer_multiaddr(s)
+                    .map(|(peer_id, addr)| PeerAddr { peer_id, addr })
+                    .map_err(|m| invalid(&file_origin, format!("{key}[{i}]"), m))
+            })
+            .collect()
+    };
+
+    let topics = if from_cli("topics") {
+        args.topics.clone()
+    } else {
+        let topics = file.topics.clone().unwrap_or_default();
+        for (i, t) in topics.iter().enumerate() {
+            parse_topic(t).map_err(|m| invalid(&file_origin, format!("topics[{i}]"), m))?;
+        }
+        topics
+    };
+    let mut unique = std::collections::HashSet::new();
+    let topics: Vec<String> = topics.into_iter().filter(|t| unique.insert(t.clone())).collect();
+
+    let bootnodes = peer_list("bootnodes", "bootnodes", &args.bootnodes, &file.bootnodes)?;
+    let seed_nodes = peer_list("seed_nodes", "seed_nodes", &args.seed_nodes, &file.seed_nodes)?;
+
+    let origin_of = |id: &str| {
+        if from_cli(id) {
+            Origin::CommandLine
+        } else {
+            file_origin.clone()
+        }
+    };
+
+    let max_connections: u32 = pick!(max_connections);
+    if max_connections == 0 {
+        return Err(invalid(
+            &origin_of("max_connections"),
+            "max_connections".into(),
+            "must be at least 1".into(),
+        ));
+    }
+    let max_message_size: usize = pick!(max_message_size);
+    check_max_message_size(max_message_size)
+        .map_err(|m| invalid(&origin_of("max_message_size"), "max_message_size".into(), m))?;
+
+    let jaeger_host: String = pick!(jaeger_host);
+    if jaeger_host.trim().is_empty() || jaeger_host.contains(['/', ' ']) {
+        return Err(invalid(
+            &origin_of("jaeger_host"),
+            "jaeger_host".into(),
+            format!("`{jaeger_host}` is not a host name or IP address"),
+        ));
+    }
+
+    let api_token_file: Option<PathBuf> = pick_opt!(api_token_file);
+    let api_token = match &api_token_file {
+        None => None,
+        Some(path) => Some(read_token(path).map_err(|m| {
+            invalid(&origin_of("api_token_file"), "api_token_file".into(), m)
+        })?),
+    };
+
+    Ok(NodeConfig {
+        config_file: args.config.clone(),
+        network_port: pick!(network_port),
+        listen_address: pick!(listen_address),
+        ws_port: pick_opt!(ws_port),
+        topics,
+        bootnodes,
+        seed_nodes,
+        identity_key_path: pick_opt!(identity_key_path),
+        metrics_port: pick!(metrics_port),
+        metrics_address: pick!(metrics_address),
+        log_level: pick!(log_level),
+        enable_jaeger: pick!(enable_jaeger),
+        jaeger_host,
+        jaeger_port: pick!(jaeger_port),
+        json_trace: pick!(json_trace),
+        json_trace_file: pick!(json_trace_file),
+        api_port: pick!(api_port),
+        api_address: pick!(api_address),
+        api_token_file,
+        api_token,
+        data_dir: pick!(data_dir),
+        max_connections,
+        max_message_size,
+    })
+}
+
+/// Reads an API token file: the token is its content without surrounding whitespace.
+pub fn read_token(path: &Path) -> Result<ApiToken, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(format!("token file {} is empty", path.display()));
+    }
+    if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(format!(
+            "token file {} must hold one token without spaces or line breaks",
+            path.display()
+        ));
+    }
+    Ok(ApiToken(token.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, FromArgMatches};
+
+    use crate::cli::Cli;
+
+    fn resolve_with(args: &[&str]) -> Result<NodeConfig, ConfigError> {
+        let matches = Cli::command()
+            .try_get_matches_from(std::iter::once("p2p-mpc").chain(args.iter().copied()))
+            .expect("valid flags");
+        let cli = Cli::from_arg_matches(&matches).expect("flags parse");
+        resolve(&cli.node, &matches)
+    }
+
+    fn write_config(text: &str) -> tempfile::NamedTempFile {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), text).unwrap();
+        file
+    }
+
+    #[test]
+    fn defaults_without_file() {
+        let c = resolve_with(&[]).unwrap();
+        assert_eq!(c.network_port, 0);
+        assert_eq!(c.metrics_port, 9090);
+        assert_eq!(c.api_port, 8080);
+        assert_eq!(c.api_address.to_string(), "127.0.0.1");
+        assert_eq!(c.log_level, LogLevel::Info);
+        assert_eq!(c.jaeger_host, "localhost");
+        assert_eq!(c.jaeger_port, 4317);
+        assert!(!c.enable_jaeger && !c.json_trace);
+        assert_eq!(c.json_trace_file, PathBuf::from("./logs/traces.json"));
+        assert_eq!(c.max_message_size, 1024 * 1024);
+        assert!(c.topics.is_empty() && c.bootnodes.is_empty() && c.identity_key_path.is_none());
+    }
+
+    #[test]
+    fn file_overrides_defaults_and_flags_override_file() {
+        let f = write_config(
+            "network_port: 4001\nmetrics_port: 9191\nlog_level: debug\ntopics: [a, b]\njson_trace: true\n",
+        );
+        let path = f.path().to_str().unwrap();
+        let c = resolve_with(&["-c", path]).unwrap();
+        assert_eq!(c.network_port, 4001);
+        assert_eq!(c.metrics_port, 9191);
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(c.topics, vec!["a", "b"]);
+        assert!(c.json_trace);
+        assert_eq!(c.api_port, 8080, "untouched key keeps its default");
+
+        let c = resolve_with(&["-c", path, "-p", "5001", "-t", "z", "-l", "warn"]).unwrap();
+        assert_eq!(c.network_port, 5001);
+        assert_eq!(c.topics, vec!["z"]);
+        assert_eq!(c.log_level, LogLevel::Warn);
+        assert_eq!(c.metrics_port, 9191, "file still wins over the default");
+    }
+
+    #[test]
+    fn bootnode_without_peer_id_names_file_and_key() {
+        let f = write_config("bootnodes:\n  - /ip4/127.0.0.1/tcp/4001\n");
+        let err = resolve_with(&["-c", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(err.contains(&f.path().display().to_string()), "{err}");
+        assert!(err.contains("bootnodes[0]"), "{err}");
+        assert!(err.contains("/p2p/<peer id>"), "{err}");
+    }
+
+    #[test]
+    fn unknown_key_and_bad_type_are_named() {
+        let f = write_config("network_port: 1\nnetwrok_port: 2\n");
+        let err = resolve_with(&["-c", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("netwrok_port"), "{err}");
+        let f = write_config("metrics_port: 70000\n");
+        let err = resolve_with(&["-c", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        assert!(err.contains("metrics_port") && err.contains("70000"), "{err}");
+    }
+
+    #[test]
+    fn empty_file_is_empty_config() {
+        let f = write_config("# nothing here\n");
+        let c = resolve_with(&["-c", f.path().to_str().unwrap()]).unwrap();
+        assert_eq!(c.metrics_port, 9090);
+    }
+
+    #[test]
+    fn token_debug_is_redacted() {
+        let t = ApiToken("s3cret".into());
+        assert!(!format!("{t:?}").contains("s3cret"));
+    }
+}

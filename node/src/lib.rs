@@ -1,0 +1,12 @@
+//! p2p-mpc node: a libp2p peer with gossipsub, Kademlia discovery, an HTTP API,
+//! Prometheus metrics and tracing. The binary `p2p-mpc` is a thin wrapper around it.
+
+pub mod api;
+pub mod chat;
+pub mod cli;
+pub mod config;
+pub mod identity;
+pub mod metrics;
+pub mod network;
+pub mod node;
+pub mod tracing_config;

@@ -1,0 +1,151 @@
+//! `p2p-mpc`: parse the command line, then run a node or a subcommand.
+
+use std::process::ExitCode;
+
+use clap::{CommandFactory, FromArgMatches};
+use p2p_mpc_node::api::client::{ApiClient, encode_segment};
+use p2p_mpc_node::api::{PublishResponse, StatusResponse};
+use p2p_mpc_node::cli::{Cli, Command, NodeArgs};
+use p2p_mpc_node::identity::{self, IdentitySource};
+use p2p_mpc_node::tracing_config::{self, TracingSettings};
+use p2p_mpc_node::{config, node};
+
+/// Exit code for bad input (config, flags, key files), as clap uses for usage errors.
+const EXIT_BAD_INPUT: u8 = 2;
+
+fn main() -> ExitCode {
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
+    match cli.command {
+        None => run_node(&cli.node, &matches),
+        Some(command) => run_subcommand(command),
+    }
+}
+
+fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::from(code)
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn run_node(args: &NodeArgs, matches: &clap::ArgMatches) -> ExitCode {
+    let config = match config::resolve(args, matches) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
+    let (key, source) = match identity::load_or_create(config.identity_key_path.as_deref()) {
+        Ok(k) => k,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+    };
+    rt.block_on(async move {
+        let peer_id = key.public().to_peer_id();
+        let settings = TracingSettings {
+            log_level: config.log_level,
+            json_trace_file: config.json_trace.then(|| config.json_trace_file.clone()),
+            otlp_endpoint: config
+                .enable_jaeger
+                .then(|| format!("http://{}:{}", config.jaeger_host, config.jaeger_port)),
+            peer_id: peer_id.to_string(),
+        };
+        let guard = match tracing_config::init(&settings) {
+            Ok(g) => g,
+            Err(e) => return fail(EXIT_BAD_INPUT, e),
+        };
+        match (source, &config.identity_key_path) {
+            (IdentitySource::Ephemeral, _) => tracing::info!(
+                %peer_id,
+                "no --identity-key-path: using an ephemeral identity; the peer id changes at every start"
+            ),
+            (IdentitySource::Created, Some(p)) => {
+                tracing::info!(%peer_id, path = %p.display(), "created a new identity key")
+            }
+            (_, Some(p)) => tracing::info!(%peer_id, path = %p.display(), "loaded identity key"),
+            (_, None) => {}
+        }
+        if let Some(endpoint) = &settings.otlp_endpoint {
+            tracing::info!(%endpoint, "exporting spans over OTLP gRPC");
+        }
+        let result = node::run(config, key, node::termination_signal()).await;
+        guard.shutdown().await;
+        match result {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, e),
+        }
+    })
+}
+
+fn run_subcommand(command: Command) -> ExitCode {
+    match command {
+        Command::Keygen { out } => {
+            let key = identity::generate();
+            match identity::write_new_keypair(&out, &key) {
+                Ok(()) => {
+                    println!("{}", key.public().to_peer_id());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            }
+        }
+        Command::PeerId { file } => match identity::read_keypair(&file) {
+            Ok(key) => {
+                println!("{}", key.public().to_peer_id());
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(1, e),
+        },
+        Command::Status { json, api } => client_call(&api.url, api.api_token_file.as_deref(), |c| async move {
+            let status: serde_json::Value = c.get("v1/status").await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+                return Ok(());
+            }
+            let s: StatusResponse = serde_json::from_value(status)
+                .map_err(|e| p2p_mpc_node::api::client::ClientError::Decode(e.to_string()))?;
+            println!("peer id:         {}", s.peer_id);
+            println!("version:         {}", s.version);
+            println!("connected peers: {}", s.connected_peers);
+            println!("topics:          {}", s.topics.join(", "));
+            for addr in &s.listen_addrs {
+                println!("listening on:    {addr}");
+            }
+            Ok(())
+        }),
+        Command::Publish { topic, text, api } => {
+            client_call(&api.url, api.api_token_file.as_deref(), |c| async move {
+                let path = format!("v1/topics/{}/messages", encode_segment(&topic));
+                let r: PublishResponse = c.post(&path, &serde_json::json!({ "data": text })).await?;
+                println!("{}", r.message_id);
+                Ok(())
+            })
+        }
+    }
+}
+
+fn client_call<F, Fut>(url: &str, token_file: Option<&std::path::Path>, f: F) -> ExitCode
+where
+    F: FnOnce(ApiClient) -> Fut,
+    Fut: std::future::Future<Output = Result<(), p2p_mpc_node::api::client::ClientError>>,
+{
+    let client = match ApiClient::new(url, token_file) {
+        Ok(c) => c,
+        Err(e) => return fail(EXIT_BAD_INPUT, e),
+    };
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+    };
+    match rt.block_on(f(client)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, e),
+    }
+}

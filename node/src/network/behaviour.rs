@@ -1,0 +1,104 @@
+//! The libp2p behaviour of a node and how it is configured.
+
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, kad, ping};
+use sha2::{Digest, Sha256};
+
+/// Kademlia protocol id: our own DHT, not the public IPFS one.
+pub const KAD_PROTOCOL: &str = "/p2p-mpc/kad/1.0.0";
+/// Identify protocol version string (peers of other networks are told apart by it).
+pub const IDENTIFY_PROTOCOL: &str = "/p2p-mpc/id/1.0.0";
+/// Room for the gossipsub envelope (signature, key, topic, sequence number, control
+/// messages) on top of the application payload limit.
+pub const GOSSIP_ENVELOPE_OVERHEAD: usize = 64 * 1024;
+
+/// Everything a node speaks.
+#[derive(NetworkBehaviour)]
+pub struct NodeBehaviour {
+    /// Caps on established and pending connections.
+    pub limits: connection_limits::Behaviour,
+    /// Pub/sub.
+    pub gossipsub: gossipsub::Behaviour,
+    /// Peer discovery.
+    pub kademlia: kad::Behaviour<kad::store::MemoryStore>,
+    /// Exchange of listen addresses and protocols.
+    pub identify: identify::Behaviour,
+    /// Liveness.
+    pub ping: ping::Behaviour,
+}
+
+/// Settings the behaviour is built from.
+#[derive(Debug, Clone)]
+pub struct BehaviourSettings {
+    /// Largest accepted payload of one gossip message, in bytes.
+    pub max_message_size: usize,
+    /// Largest number of established connections.
+    pub max_connections: u32,
+}
+
+/// A gossip message id: SHA-256 over author, sequence number and payload, truncated to 20 bytes.
+/// Content plus author means one author's re-sent text is a new message, while a forwarded
+/// copy is recognised as the same one.
+pub fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
+    let mut h = Sha256::new();
+    if let Some(source) = &message.source {
+        h.update(source.to_bytes());
+    }
+    h.update(message.sequence_number.unwrap_or(0).to_be_bytes());
+    h.update(message.topic.as_str().as_bytes());
+    h.update(&message.data);
+    gossipsub::MessageId::from(h.finalize()[..20].to_vec())
+}
+
+/// Builds the behaviour for `key`.
+pub fn build(key: &Keypair, settings: &BehaviourSettings) -> Result<NodeBehaviour, String> {
+    let peer_id = key.public().to_peer_id();
+
+    let pending = (settings.max_connections / 4).clamp(8, 256);
+    let limits = connection_limits::Behaviour::new(
+        connection_limits::ConnectionLimits::default()
+            .with_max_established(Some(settings.max_connections))
+            .with_max_pending_incoming(Some(pending))
+            .with_max_pending_outgoing(Some(pending))
+            .with_max_established_per_peer(Some(4)),
+    );
+
+    let gossip_config = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        .max_transmit_size(settings.max_message_size + GOSSIP_ENVELOPE_OVERHEAD)
+        .message_id_fn(message_id)
+        .validate_messages()
+        .heartbeat_interval(Duration::from_millis(700))
+        .build()
+        .map_err(|e| format!("gossipsub configuration: {e}"))?;
+    let gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)
+            .map_err(|e| format!("gossipsub: {e}"))?;
+
+    let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
+    kad_config
+        .set_periodic_bootstrap_interval(Some(Duration::from_secs(30)))
+        .set_query_timeout(Duration::from_secs(30));
+    let mut kademlia =
+        kad::Behaviour::with_config(peer_id, kad::store::MemoryStore::new(peer_id), kad_config);
+    kademlia.set_mode(Some(kad::Mode::Server));
+
+    let identify = identify::Behaviour::new(
+        identify::Config::new(IDENTIFY_PROTOCOL.to_string(), key.public())
+            .with_agent_version(format!("p2p-mpc/{}", env!("CARGO_PKG_VERSION")))
+            .with_push_listen_addr_updates(true),
+    );
+
+    let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15)));
+
+    Ok(NodeBehaviour {
+        limits,
+        gossipsub,
+        kademlia,
+        identify,
+        ping,
+    })
+}

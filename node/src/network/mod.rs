@@ -1,0 +1,161 @@
+//! The libp2p network service.
+//!
+//! One task ([`NetworkService::run`]) owns the `Swarm`. The rest of the node talks to it
+//! through a cloneable [`NetworkClient`] (commands with a oneshot reply) and receives
+//! [`NetworkEvent`]s on a bounded channel. Nothing locks the swarm.
+
+pub mod behaviour;
+pub mod bootnodes;
+mod service;
+
+use std::time::Duration;
+
+use libp2p::{Multiaddr, PeerId};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+pub use service::{NetworkService, NetworkSettings, StartError};
+
+/// How long a caller waits for the network task to answer a command.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A gossip message received (and accepted) on a topic.
+#[derive(Debug, Clone)]
+pub struct GossipMessage {
+    pub topic: String,
+    /// The message's author (signed).
+    pub source: Option<PeerId>,
+    /// Hex message id.
+    pub id: String,
+    pub data: Vec<u8>,
+}
+
+/// What the network service reports to the rest of the node.
+#[derive(Debug, Clone)]
+pub enum NetworkEvent {
+    /// A gossip message passed validation.
+    Message(GossipMessage),
+    /// First connection to a peer.
+    PeerConnected(PeerId),
+    /// Last connection to a peer closed.
+    PeerDisconnected(PeerId),
+}
+
+/// A snapshot of the node's network state.
+#[derive(Debug, Clone, Serialize)]
+pub struct NetworkStatus {
+    pub peer_id: String,
+    /// Listen addresses, each ending in `/p2p/<peer id>`.
+    pub listen_addrs: Vec<String>,
+    pub connected_peers: usize,
+    pub topics: Vec<String>,
+}
+
+/// A connected peer.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerInfo {
+    pub peer_id: String,
+    /// Remote addresses of our connections to it.
+    pub connected_addrs: Vec<String>,
+    /// Addresses it says it listens on (identify).
+    pub listen_addrs: Vec<String>,
+    /// Its agent version (identify), once known.
+    pub agent_version: Option<String>,
+    /// Topics it is subscribed to, as far as we share them.
+    pub topics: Vec<String>,
+}
+
+/// Why a publish failed.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum PublishError {
+    #[error("message is {size} bytes, over the limit of {limit} bytes (--max-message-size)")]
+    TooLarge { size: usize, limit: usize },
+    #[error("no connected peer is subscribed to topic `{0}` yet")]
+    NoPeers(String),
+    #[error("the same message was already published")]
+    Duplicate,
+    #[error("publish failed: {0}")]
+    Other(String),
+}
+
+/// A failure talking to the network task.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum NetworkError {
+    #[error("the network service has stopped")]
+    Stopped,
+    #[error("the network service did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+}
+
+/// Commands sent to the network task.
+pub(crate) enum Command {
+    Publish {
+        topic: String,
+        data: Vec<u8>,
+        reply: oneshot::Sender<Result<String, PublishError>>,
+    },
+    Status {
+        reply: oneshot::Sender<NetworkStatus>,
+    },
+    Peers {
+        reply: oneshot::Sender<Vec<PeerInfo>>,
+    },
+    Shutdown {
+        reply: oneshot::Sender<()>,
+    },
+}
+
+/// A cloneable handle to the network task.
+#[derive(Clone)]
+pub struct NetworkClient {
+    tx: mpsc::Sender<Command>,
+}
+
+impl NetworkClient {
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetworkError> {
+        let (reply, rx) = oneshot::channel();
+        let call = async {
+            self.tx
+                .send(make(reply))
+                .await
+                .map_err(|_| NetworkError::Stopped)?;
+            rx.await.map_err(|_| NetworkError::Stopped)
+        };
+        tokio::time::timeout(COMMAND_TIMEOUT, call)
+            .await
+            .map_err(|_| NetworkError::Timeout(COMMAND_TIMEOUT))?
+    }
+
+    /// Publishes `data` on `topic`; returns the hex message id.
+    pub async fn publish(&self, topic: &str, data: Vec<u8>) -> Result<String, NetworkError> {
+        let topic = topic.to_string();
+        Ok(self
+            .ask(|reply| Command::Publish { topic, data, reply })
+            .await??)
+    }
+
+    /// The node's network status.
+    pub async fn status(&self) -> Result<NetworkStatus, NetworkError> {
+        self.ask(|reply| Command::Status { reply }).await
+    }
+
+    /// Connected peers.
+    pub async fn peers(&self) -> Result<Vec<PeerInfo>, NetworkError> {
+        self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    /// Stops listening, closes connections and ends the network task.
+    pub async fn shutdown(&self) -> Result<(), NetworkError> {
+        self.ask(|reply| Command::Shutdown { reply }).await
+    }
+}
+
+/// Appends `/p2p/<peer>` to an address unless it already ends in one.
+pub fn with_peer_id(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
+    match addr.iter().last() {
+        Some(libp2p::multiaddr::Protocol::P2p(_)) => addr.clone(),
+        _ => addr.clone().with(libp2p::multiaddr::Protocol::P2p(peer)),
+    }
+}

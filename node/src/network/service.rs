@@ -1,0 +1,547 @@
+//! The task that owns the `Swarm`.
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, noise, tcp, yamux};
+use libp2p::metrics::Recorder;
+use libp2p::core::transport::ListenerId;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tracing::{debug, info, info_span, warn};
+
+use super::behaviour::{self, BehaviourSettings, NodeBehaviour, NodeBehaviourEvent};
+use super::bootnodes::BootnodeDialer;
+use super::{Command, GossipMessage, NetworkClient, NetworkEvent, NetworkStatus, PeerInfo, PublishError, with_peer_id};
+use crate::config::PeerAddr;
+use crate::metrics::{NodeMetrics, Readiness};
+
+/// What the network service is started with.
+#[derive(Debug, Clone)]
+pub struct NetworkSettings {
+    pub listen_address: IpAddr,
+    pub network_port: u16,
+    pub ws_port: Option<u16>,
+    /// Topics joined at start; messages on them must be UTF-8 text (chat).
+    pub topics: Vec<String>,
+    pub bootnodes: Vec<PeerAddr>,
+    pub seed_nodes: Vec<PeerAddr>,
+    pub max_connections: u32,
+    pub max_message_size: usize,
+}
+
+/// A failure to start the network.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot build the libp2p transport: {0}")]
+    Transport(String),
+    #[error("cannot build the libp2p behaviour: {0}")]
+    Behaviour(String),
+    #[error("cannot listen on {addr}: {message} (choose another port or address)")]
+    Listen { addr: Multiaddr, message: String },
+    #[error("cannot join topic `{topic}`: {message}")]
+    Subscribe { topic: String, message: String },
+}
+
+/// Per-peer bookkeeping for `/v1/peers`.
+#[derive(Default)]
+struct PeerEntry {
+    connected_addrs: HashMap<libp2p::swarm::ConnectionId, Multiaddr>,
+    listen_addrs: Vec<Multiaddr>,
+    agent_version: Option<String>,
+    topics: BTreeSet<String>,
+}
+
+/// Owns the swarm; see the module docs of `network`.
+pub struct NetworkService {
+    swarm: Swarm<NodeBehaviour>,
+    settings: NetworkSettings,
+    commands: mpsc::Receiver<Command>,
+    events: mpsc::Sender<NetworkEvent>,
+    metrics: Arc<NodeMetrics>,
+    libp2p_metrics: libp2p::metrics::Metrics,
+    readiness: Arc<Readiness>,
+    dialer: BootnodeDialer,
+    peers: HashMap<PeerId, PeerEntry>,
+    listen_addrs: Vec<Multiaddr>,
+    listeners: Vec<ListenerId>,
+    dropped_events: u64,
+}
+
+impl NetworkService {
+    /// Builds the swarm, starts listening and joins the topics. Returns the service (to be
+    /// `run`), a client handle and the event stream.
+    pub async fn start(
+        key: Keypair,
+        settings: NetworkSettings,
+        mut libp2p_registry: prometheus_client::registry::Registry,
+        build_metrics: impl FnOnce(prometheus_client::registry::Registry) -> Arc<NodeMetrics>,
+        readiness: Arc<Readiness>,
+    ) -> Result<(Self, NetworkClient, mpsc::Receiver<NetworkEvent>), StartError> {
+        let behaviour_settings = BehaviourSettings {
+            max_message_size: settings.max_message_size,
+            max_connections: settings.max_connections,
+        };
+        let libp2p_metrics = libp2p::metrics::Metrics::new(&mut libp2p_registry);
+        let node_behaviour =
+            behaviour::build(&key, &behaviour_settings).map_err(StartError::Behaviour)?;
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+            .with_tokio()
+            .with_tcp(
+                tcp::Config::default().nodelay(true),
+                noise::Config::new,
+                yamux::Config::default,
+            )
+            .map_err(|e| StartError::Transport(e.to_string()))?
+            .with_dns()
+            .map_err(|e| StartError::Transport(e.to_string()))?
+            .with_websocket(noise::Config::new, yamux::Config::default)
+            .await
+            .map_err(|e| StartError::Transport(e.to_string()))?
+            .with_bandwidth_metrics(&mut libp2p_registry)
+            .with_behaviour(|_| node_behaviour)
+            .map_err(|e| StartError::Behaviour(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .build();
+        let metrics = build_metrics(libp2p_registry);
+
+        let ip = match settings.listen_address {
+            IpAddr::V4(v4) => Protocol::Ip4(v4),
+            IpAddr::V6(v6) => Protocol::Ip6(v6),
+        };
+        let mut listen = vec![Multiaddr::empty().with(ip.clone()).with(Protocol::Tcp(settings.network_port))];
+        if let Some(ws) = settings.ws_port {
+            listen.push(Multiaddr::empty().with(ip).with(Protocol::Tcp(ws)).with(Protocol::Ws("/".into())));
+        }
+        let mut listeners = Vec::new();
+        for addr in listen {
+            let id = swarm.listen_on(addr.clone()).map_err(|e| StartError::Listen {
+                addr,
+                message: e.to_string(),
+            })?;
+            listeners.push(id);
+        }
+
+        for topic in &settings.topics {
+            swarm
+                .behaviour_mut()
+                .gossipsub
+                .subscribe(&gossipsub::IdentTopic::new(topic))
+                .map_err(|e| StartError::Subscribe {
+                    topic: topic.clone(),
+                    message: format!("{e:?}"),
+                })?;
+        }
+
+        for node in settings.bootnodes.iter().chain(&settings.seed_nodes) {
+            let addr = strip_peer_id(&node.addr);
+            swarm.behaviour_mut().kademlia.add_address(&node.peer_id, addr);
+        }
+        readiness
+            .needs_peer
+            .store(!settings.bootnodes.is_empty(), Ordering::Relaxed);
+
+        let dialer = BootnodeDialer::new(&settings.bootnodes);
+        let (cmd_tx, cmd_rx) = mpsc::channel(256);
+        let (event_tx, event_rx) = mpsc::channel(1024);
+        let service = Self {
+            swarm,
+            settings,
+            commands: cmd_rx,
+            events: event_tx,
+            metrics,
+            libp2p_metrics,
+            readiness,
+            dialer,
+            peers: HashMap::new(),
+            listen_addrs: Vec::new(),
+            listeners,
+            dropped_events: 0,
+        };
+        Ok((service, NetworkClient { tx: cmd_tx }, event_rx))
+    }
+
+    /// The node's metrics (shared with the HTTP servers).
+    pub fn metrics(&self) -> Arc<NodeMetrics> {
+        self.metrics.clone()
+    }
+
+    /// The local peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        *self.swarm.local_peer_id()
+    }
+
+    /// Runs until a `Shutdown` command or until every client handle is dropped.
+    pub async fn run(mut self) {
+        if !self.settings.seed_nodes.is_empty() || !self.settings.bootnodes.is_empty() {
+            let _ = self.swarm.behaviour_mut().kademlia.bootstrap();
+        }
+        let mut tick = tokio::time::interval(Duration::from_millis(250));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(Command::Shutdown { reply }) => {
+                        self.shutdown().await;
+                        let _ = reply.send(());
+                        return;
+                    }
+                    Some(command) => self.handle_command(command),
+                    None => {
+                        self.shutdown().await;
+                        return;
+                    }
+                },
+                event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                _ = tick.tick() => self.dial_due_bootnodes(),
+            }
+        }
+    }
+
+    fn dial_due_bootnodes(&mut self) {
+        for (peer, addr) in self.dialer.take_due(Instant::now()) {
+            if self.swarm.is_connected(&peer) {
+                self.dialer.on_connected(&peer);
+                continue;
+            }
+            debug!(%peer, %addr, "dialing bootnode");
+            let opts = DialOpts::peer_id(peer)
+                .addresses(vec![strip_peer_id(&addr)])
+                .condition(PeerCondition::DisconnectedAndNotDialing)
+                .build();
+            if let Err(e) = self.swarm.dial(opts) {
+                self.bootnode_lost(peer, &format!("dial failed: {e}"));
+            }
+        }
+    }
+
+    fn bootnode_lost(&mut self, peer: PeerId, why: &str) {
+        if let Some(wait) = self.dialer.on_lost(&peer, Instant::now()) {
+            warn!(%peer, reason = why, retry_in_ms = wait.as_millis() as u64, "bootnode unreachable; will re-dial");
+        }
+    }
+
+    fn handle_command(&mut self, command: Command) {
+        match command {
+            Command::Publish { topic, data, reply } => {
+                let _ = reply.send(self.publish(&topic, data));
+            }
+            Command::Status { reply } => {
+                let peer = self.local_peer_id();
+                let _ = reply.send(NetworkStatus {
+                    peer_id: peer.to_string(),
+                    listen_addrs: self
+                        .listen_addrs
+                        .iter()
+                        .map(|a| with_peer_id(a, peer).to_string())
+                        .collect(),
+                    connected_peers: self.swarm.connected_peers().count(),
+                    topics: self.settings.topics.clone(),
+                });
+            }
+            Command::Peers { reply } => {
+                let mut peers: Vec<PeerInfo> = self
+                    .peers
+                    .iter()
+                    .map(|(id, e)| PeerInfo {
+                        peer_id: id.to_string(),
+                        connected_addrs: e.connected_addrs.values().map(ToString::to_string).collect(),
+                        listen_addrs: e.listen_addrs.iter().map(ToString::to_string).collect(),
+                        agent_version: e.agent_version.clone(),
+                        topics: e.topics.iter().cloned().collect(),
+                    })
+                    .collect();
+                peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+                let _ = reply.send(peers);
+            }
+            Command::Shutdown { .. } => unreachable!("handled in run"),
+        }
+    }
+
+    fn topic_label<'a>(&self, topic: &'a str) -> &'a str {
+        if self.settings.topics.iter().any(|t| t == topic) {
+            topic
+        } else {
+            "other"
+        }
+    }
+
+    fn publish(&mut self, topic: &str, data: Vec<u8>) -> Result<String, PublishError> {
+        let span = info_span!("gossip_publish", topic = %topic, bytes = data.len());
+        let _entered = span.enter();
+        if data.len() > self.settings.max_message_size {
+            return Err(PublishError::TooLarge {
+                size: data.len(),
+                limit: self.settings.max_message_size,
+            });
+        }
+        let result = self
+            .swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(gossipsub::IdentTopic::new(topic), data);
+        match result {
+            Ok(id) => {
+                self.metrics
+                    .gossip_published
+                    .with_label_values(&[self.topic_label(topic)])
+                    .inc();
+                let id = hex::encode(id.0);
+                info!(message_id = %id, "published");
+                Ok(id)
+            }
+            Err(gossipsub::PublishError::NoPeersSubscribedToTopic) => {
+                Err(PublishError::NoPeers(topic.to_string()))
+            }
+            Err(gossipsub::PublishError::Duplicate) => Err(PublishError::Duplicate),
+            Err(gossipsub::PublishError::MessageTooLarge) => Err(PublishError::TooLarge {
+                size: 0,
+                limit: self.settings.max_message_size,
+            }),
+            Err(e) => Err(PublishError::Other(e.to_string())),
+        }
+    }
+
+    fn emit(&mut self, event: NetworkEvent) {
+        // Never block the swarm on a slow consumer: drop and count instead.
+        if self.events.try_send(event).is_err() {
+            self.dropped_events += 1;
+            if self.dropped_events.is_power_of_two() {
+                warn!(dropped = self.dropped_events, "network event queue full; events dropped");
+            }
+        }
+    }
+
+    fn handle_swarm_event(&mut self, event: SwarmEvent<NodeBehaviourEvent>) {
+        self.libp2p_metrics.record(&event);
+        match event {
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Gossipsub(e)) => {
+                self.libp2p_metrics.record(&e);
+                self.handle_gossip(e);
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Identify(e)) => {
+                self.libp2p_metrics.record(&e);
+                self.handle_identify(e);
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Kademlia(e)) => {
+                self.libp2p_metrics.record(&e);
+                if let kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } = &e {
+                    debug!(%peer, "kademlia: new peer in routing table");
+                }
+            }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(e)) => {
+                self.libp2p_metrics.record(&e);
+                if let Err(err) = &e.result {
+                    debug!(peer = %e.peer, error = %err, "ping failed");
+                }
+            }
+            SwarmEvent::NewListenAddr { address, .. } => {
+                let full = with_peer_id(&address, self.local_peer_id());
+                info!(address = %full, "listening");
+                self.listen_addrs.push(address);
+                self.readiness.listening.store(true, Ordering::Relaxed);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address);
+                self.readiness
+                    .listening
+                    .store(!self.listen_addrs.is_empty(), Ordering::Relaxed);
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id,
+                connection_id,
+                endpoint,
+                num_established,
+                ..
+            } => {
+                let addr = endpoint.get_remote_address().clone();
+                info_span!("connection_established", peer = %peer_id, remote = %addr, dialer = endpoint.is_dialer())
+                    .in_scope(|| info!(connections = num_established.get(), "connection established"));
+                self.metrics.active_connections.inc();
+                self.peers
+                    .entry(peer_id)
+                    .or_default()
+                    .connected_addrs
+                    .insert(connection_id, addr);
+                if self.dialer.is_bootnode(&peer_id) {
+                    self.dialer.on_connected(&peer_id);
+                }
+                if num_established.get() == 1 {
+                    self.peer_count_changed();
+                    self.emit(NetworkEvent::PeerConnected(peer_id));
+                }
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                connection_id,
+                num_established,
+                cause,
+                ..
+            } => {
+                info_span!("connection_closed", peer = %peer_id).in_scope(|| {
+                    info!(
+                        remaining = num_established,
+                        cause = cause.as_ref().map(ToString::to_string).unwrap_or_else(|| "closed".into()),
+                        "connection closed"
+                    )
+                });
+                self.metrics.active_connections.dec();
+                if let Some(entry) = self.peers.get_mut(&peer_id) {
+                    entry.connected_addrs.remove(&connection_id);
+                }
+                if num_established == 0 {
+                    self.peers.remove(&peer_id);
+                    self.peer_count_changed();
+                    self.emit(NetworkEvent::PeerDisconnected(peer_id));
+                    if self.dialer.is_bootnode(&peer_id) {
+                        self.bootnode_lost(peer_id, "connection closed");
+                    }
+                }
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                if matches!(error, DialError::DialPeerConditionFalse(_)) {
+                    return;
+                }
+                debug!(%peer, error = %error, "outgoing connection failed");
+                if self.dialer.is_bootnode(&peer) && !self.swarm.is_connected(&peer) {
+                    self.bootnode_lost(peer, &error.to_string());
+                }
+            }
+            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+                debug!(remote = %send_back_addr, error = %error, "incoming connection failed");
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                warn!(error = %error, "listener error");
+            }
+            _ => {}
+        }
+    }
+
+    fn peer_count_changed(&self) {
+        let n = self.swarm.connected_peers().count();
+        self.metrics.connected_peers.set(n as i64);
+        self.readiness.connected_peers.store(n, Ordering::Relaxed);
+    }
+
+    fn handle_identify(&mut self, event: identify::Event) {
+        if let identify::Event::Received { peer_id, info, .. } = event {
+            if info.protocol_version != behaviour::IDENTIFY_PROTOCOL {
+                debug!(peer = %peer_id, protocol = %info.protocol_version, "peer of another network; not added to discovery");
+                return;
+            }
+            let speaks_kad = info
+                .protocols
+                .iter()
+                .any(|p| p.as_ref() == behaviour::KAD_PROTOCOL);
+            if speaks_kad {
+                for addr in &info.listen_addrs {
+                    self.swarm
+                        .behaviour_mut()
+                        .kademlia
+                        .add_address(&peer_id, strip_peer_id(addr));
+                }
+            }
+            if let Some(entry) = self.peers.get_mut(&peer_id) {
+                entry.listen_addrs = info.listen_addrs;
+                entry.agent_version = Some(info.agent_version);
+            }
+        }
+    }
+
+    fn handle_gossip(&mut self, event: gossipsub::Event) {
+        match event {
+            gossipsub::Event::Message {
+                propagation_source,
+                message_id,
+                message,
+            } => {
+                let topic = message.topic.as_str().to_string();
+                let label = self.topic_label(&topic).to_string();
+                let rejection = if message.data.len() > self.settings.max_message_size {
+                    Some("too_large")
+                } else if self.settings.topics.contains(&topic)
+                    && std::str::from_utf8(&message.data).is_err()
+                {
+                    Some("invalid_utf8")
+                } else {
+                    None
+                };
+                let acceptance = match rejection {
+                    Some(reason) => {
+                        warn!(topic = %topic, source = %propagation_source, reason, bytes = message.data.len(), "gossip message rejected");
+                        self.metrics
+                            .gossip_rejected
+                            .with_label_values(&[&label, reason])
+                            .inc();
+                        gossipsub::MessageAcceptance::Reject
+                    }
+                    None => gossipsub::MessageAcceptance::Accept,
+                };
+                self.swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(&message_id, &propagation_source, acceptance);
+                if rejection.is_none() {
+                    self.metrics.gossip_received.with_label_values(&[&label]).inc();
+                    self.emit(NetworkEvent::Message(GossipMessage {
+                        topic,
+                        source: message.source,
+                        id: hex::encode(&message_id.0),
+                        data: message.data,
+                    }));
+                }
+            }
+            gossipsub::Event::Subscribed { peer_id, topic, .. } => {
+                debug!(peer = %peer_id, topic = %topic, "peer joined topic");
+                if let Some(entry) = self.peers.get_mut(&peer_id) {
+                    entry.topics.insert(topic.to_string());
+                }
+            }
+            gossipsub::Event::Unsubscribed { peer_id, topic } => {
+                if let Some(entry) = self.peers.get_mut(&peer_id) {
+                    entry.topics.remove(topic.as_str());
+                }
+            }
+            gossipsub::Event::SlowPeer { peer_id, .. } => {
+                debug!(peer = %peer_id, "gossipsub: slow peer");
+            }
+            _ => {}
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        info!("network: closing listeners and connections");
+        for id in self.listeners.drain(..) {
+            self.swarm.remove_listener(id);
+        }
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        // Let the connections close cleanly, but never wait long.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.swarm.connected_peers().next().is_some() {
+            match tokio::time::timeout_at(deadline, self.swarm.select_next_some()).await {
+                Ok(event) => self.handle_swarm_event(event),
+                Err(_) => break,
+            }
+        }
+    }
+}
+
+/// The address without a trailing `/p2p/<peer id>`.
+fn strip_peer_id(addr: &Multiaddr) -> Multiaddr {
+    let mut a = addr.clone();
+    if matches!(a.iter().last(), Some(Protocol::P2p(_))) {
+        a.pop();
+    }
+    a
+}

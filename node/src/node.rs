@@ -1,0 +1,170 @@
+//! Runs a node: binds the servers, starts the network, serves until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::identity::Keypair;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::api::{self, ApiState, messages::MessageLog};
+use crate::chat;
+use crate::config::NodeConfig;
+use crate::metrics::{self, NodeMetrics, Readiness};
+use crate::network::{NetworkEvent, NetworkService, NetworkSettings};
+
+/// A failure while starting or running the node.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    #[error("cannot create data directory {path}: {source}")]
+    DataDir {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot bind the {what} on {addr}: {source} (choose another port or address)")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Network(#[from] crate::network::StartError),
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| NodeError::Bind { what, addr, source })
+}
+
+/// Resolves when the process gets SIGINT or SIGTERM.
+pub async fn termination_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = ctrl_c => info!("SIGINT received; shutting down"),
+                    _ = term.recv() => info!("SIGTERM received; shutting down"),
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, "cannot watch SIGTERM; only SIGINT stops the node");
+                let _ = ctrl_c.await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}
+
+/// Runs the node until `stop` resolves, then shuts it down in order.
+pub async fn run(
+    config: NodeConfig,
+    key: Keypair,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), NodeError> {
+    let peer_id = key.public().to_peer_id();
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+
+    let api_listener = bind("HTTP API", SocketAddr::new(config.api_address, config.api_port)).await?;
+    let metrics_listener =
+        bind("metrics server", SocketAddr::new(config.metrics_address, config.metrics_port)).await?;
+
+    let readiness = Arc::new(Readiness::default());
+    let settings = NetworkSettings {
+        listen_address: config.listen_address,
+        network_port: config.network_port,
+        ws_port: config.ws_port,
+        topics: config.topics.clone(),
+        bootnodes: config.bootnodes.clone(),
+        seed_nodes: config.seed_nodes.clone(),
+        max_connections: config.max_connections,
+        max_message_size: config.max_message_size,
+    };
+    let (service, network, mut events) = NetworkService::start(
+        key,
+        settings,
+        prometheus_client::registry::Registry::default(),
+        |libp2p_registry| Arc::new(NodeMetrics::new(libp2p_registry)),
+        readiness.clone(),
+    )
+    .await?;
+    let node_metrics = service.metrics();
+    let network_task = tokio::spawn(service.run());
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+
+    let message_log = Arc::new(MessageLog::default());
+    let log = message_log.clone();
+    let events_task = tokio::spawn(async move {
+        while let Some(event) = events.recv().await {
+            match event {
+                NetworkEvent::Message(msg) => {
+                    println!("{}", chat::format_message(&msg));
+                    log.push(&msg);
+                }
+                NetworkEvent::PeerConnected(p) => tracing::debug!(peer = %p, "peer connected"),
+                NetworkEvent::PeerDisconnected(p) => tracing::debug!(peer = %p, "peer disconnected"),
+            }
+        }
+    });
+    tokio::spawn(chat::read_stdin(network.clone(), config.topics.clone()));
+
+    let api_addr = api_listener.local_addr().ok();
+    let metrics_addr = metrics_listener.local_addr().ok();
+    let state = ApiState {
+        network: network.clone(),
+        messages: message_log,
+        metrics: node_metrics.clone(),
+        token: config.api_token.clone(),
+        max_message_size: config.max_message_size,
+    };
+    let api_task = tokio::spawn(api::serve(api_listener, state, stopped(stop_rx.clone())));
+    let metrics_task = tokio::spawn(metrics::serve(
+        metrics_listener,
+        node_metrics,
+        readiness,
+        stopped(stop_rx.clone()),
+    ));
+    if let Some(addr) = api_addr {
+        info!(%addr, auth = config.api_token.is_some(), "HTTP API listening");
+    }
+    if let Some(addr) = metrics_addr {
+        info!(%addr, "metrics listening");
+    }
+    info!(%peer_id, topics = ?config.topics, bootnodes = config.bootnodes.len(), "node started");
+
+    stop.await;
+
+    let _ = stop_tx.send(true);
+    if let Err(e) = network.shutdown().await {
+        warn!(error = %e, "network did not shut down cleanly");
+    }
+    let grace = Duration::from_secs(3);
+    for (name, task) in [("HTTP API", api_task), ("metrics server", metrics_task)] {
+        match tokio::time::timeout(grace, task).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => warn!(error = %e, "{name} stopped with an error"),
+            Ok(Err(e)) => warn!(error = %e, "{name} task failed"),
+            Err(_) => warn!("{name} did not stop within {grace:?}"),
+        }
+    }
+    let _ = tokio::time::timeout(grace, network_task).await;
+    events_task.abort();
+    info!("node stopped");
+    Ok(())
+}
