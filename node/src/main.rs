@@ -47,7 +47,7 @@ fn run_node(args: &NodeArgs, matches: &clap::ArgMatches) -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
     };
-    rt.block_on(async move {
+    let code = rt.block_on(async move {
         let peer_id = key.public().to_peer_id();
         let settings = TracingSettings {
             log_level: config.log_level,
@@ -81,7 +81,11 @@ fn run_node(args: &NodeArgs, matches: &clap::ArgMatches) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(1, e),
         }
-    })
+    });
+    // The stdin reader sits in a blocking read that never returns while stdin stays open;
+    // don't let it hold the exit.
+    rt.shutdown_timeout(std::time::Duration::from_millis(500));
+    code
 }
 
 fn run_subcommand(command: Command) -> ExitCode {
