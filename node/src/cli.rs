@@ -129,7 +129,7 @@ pub struct NodeArgs {
 }
 
 /// Log levels accepted by `--log-level` and `log_level`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum LogLevel {
     /// Everything, including per-message detail.

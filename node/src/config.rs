@@ -12,7 +12,7 @@ use clap::ArgMatches;
 use clap::parser::ValueSource;
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::cli::{LogLevel, NodeArgs, check_max_message_size, parse_topic};
 
@@ -57,7 +57,7 @@ impl fmt::Display for Origin {
 }
 
 /// The config file's keys; every key is optional and unknown keys are refused.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     pub network_port: Option<u16>,
@@ -429,6 +429,55 @@ mod tests {
         let f = write_config("# nothing here\n");
         let c = resolve_with(&["-c", f.path().to_str().unwrap()]).unwrap();
         assert_eq!(c.metrics_port, 9090);
+    }
+
+    /// `config.example.yml` with every `# key: value` line uncommented.
+    fn uncommented_example() -> String {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.example.yml");
+        let text = std::fs::read_to_string(path).expect("config.example.yml at the repo root");
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.strip_prefix("# ")?;
+                let key = rest.split(':').next()?;
+                (!key.is_empty() && key.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+                    .then(|| rest.to_string())
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    #[test]
+    fn example_config_lists_every_key_with_its_default() {
+        let text = uncommented_example();
+        let parsed = FileConfig::parse(Path::new("config.example.yml"), &text)
+            .unwrap_or_else(|e| panic!("uncommented example must parse: {e}\n{text}"));
+        let as_value = serde_yaml::to_value(&parsed).unwrap();
+        for (key, value) in as_value.as_mapping().unwrap() {
+            // Keys without a default are shown commented with an example value instead.
+            let optional = ["ws_port", "identity_key_path", "api_token_file"];
+            let key = key.as_str().unwrap();
+            if !optional.contains(&key) {
+                assert!(!value.is_null(), "config.example.yml lacks key `{key}`");
+            }
+        }
+        let f = write_config(&text);
+        let from_example = resolve_with(&["-c", f.path().to_str().unwrap()]).unwrap();
+        let defaults = resolve_with(&[]).unwrap();
+        let strip = |c: &NodeConfig| {
+            let mut c = c.clone();
+            c.config_file = None;
+            format!("{c:?}")
+        };
+        assert_eq!(strip(&from_example), strip(&defaults), "example values are the defaults");
+    }
+
+    #[test]
+    fn example_config_mentions_optional_keys() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.example.yml");
+        let text = std::fs::read_to_string(path).unwrap();
+        for key in ["ws_port", "identity_key_path", "api_token_file"] {
+            assert!(text.contains(&format!("#{key}:")) || text.contains(&format!("# {key}:")), "{key}");
+        }
     }
 
     #[test]

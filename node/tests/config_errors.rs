@@ -1,0 +1,176 @@
+//! Bad configuration ends the program with exit code 2 and one clear message naming the
+//! file, the key and what was expected; nothing is started.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::{bin, tempdir, write_file};
+
+fn run(dir: &Path, args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .args(["--api-port", "0", "--metrics-port", "0", "--network-port", "0"])
+        .args(["--listen-address", "127.0.0.1", "--metrics-address", "127.0.0.1"])
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .current_dir(dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("run p2p-mpc")
+}
+
+/// Runs the node with `yaml` as its config file and checks exit code 2, that stderr holds
+/// every one of `expect`, and that nothing was started (no data directory).
+fn assert_config_error(yaml: &str, expect: &[&str]) {
+    let dir = tempdir();
+    let path = write_file(dir.path(), "node.yml", yaml);
+    let out = run(dir.path(), &["-c", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "exit code for {yaml:?}; stderr: {stderr}");
+    assert!(stderr.contains(path.to_str().unwrap()), "names the file: {stderr}");
+    for e in expect {
+        assert!(stderr.contains(e), "expected {e:?} in: {stderr}");
+    }
+    assert_eq!(stderr.trim().lines().count(), 1, "one message: {stderr}");
+    assert!(!dir.path().join("data").exists(), "nothing half-started: {stderr}");
+}
+
+#[test]
+fn missing_config_file() {
+    let dir = tempdir();
+    let out = run(dir.path(), &["-c", "does-not-exist.yml"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("does-not-exist.yml") && stderr.contains("No such file"), "{stderr}");
+}
+
+#[test]
+fn yaml_syntax_error_has_line_and_column() {
+    assert_config_error("topics: [a, b\nnetwork_port: 1\n", &["line 2 column", "line 1 column"]);
+}
+
+#[test]
+fn unknown_key_is_named() {
+    assert_config_error("netwrok_port: 4001\n", &["unknown field `netwrok_port`", "network_port"]);
+}
+
+#[test]
+fn wrong_type_names_key_and_expectation() {
+    assert_config_error("network_port: abc\n", &["network_port", "expected u16", "line 1 column"]);
+    assert_config_error("topics: chat\n", &["topics", "expected a sequence"]);
+    assert_config_error("enable_jaeger: maybe\n", &["enable_jaeger", "expected a boolean"]);
+}
+
+#[test]
+fn port_out_of_range() {
+    assert_config_error("metrics_port: 70000\n", &["metrics_port", "70000", "expected u16"]);
+}
+
+#[test]
+fn unknown_log_level() {
+    assert_config_error("log_level: verbose\n", &["log_level", "verbose", "`info`"]);
+}
+
+#[test]
+fn unparsable_multiaddr() {
+    assert_config_error(
+        "bootnodes:\n  - /ip4/999.1.1.1/tcp/1/p2p/12D3KooWLzVeoBe8Xb4bnRVFzsLuNQhPh9WkZVXqEXHZ1QVDR6VP\n",
+        &["bootnodes[0]", "not a valid multiaddr", "expected e.g."],
+    );
+    assert_config_error("seed_nodes: [garbage]\n", &["seed_nodes[0]", "not a valid multiaddr"]);
+}
+
+#[test]
+fn bootnode_without_peer_id() {
+    assert_config_error(
+        "bootnodes:\n  - /ip4/127.0.0.1/tcp/4001/p2p/12D3KooWLzVeoBe8Xb4bnRVFzsLuNQhPh9WkZVXqEXHZ1QVDR6VP\n  - /ip4/127.0.0.1/tcp/4002\n",
+        &["bootnodes[1]", "/p2p/<peer id>"],
+    );
+}
+
+#[test]
+fn bad_values_of_the_right_type() {
+    assert_config_error("max_message_size: 10\n", &["max_message_size", "1024"]);
+    assert_config_error("max_connections: 0\n", &["max_connections", "at least 1"]);
+    assert_config_error("topics: [\"\"]\n", &["topics[0]", "must not be empty"]);
+    assert_config_error("api_token_file: /nonexistent/token\n", &["api_token_file", "/nonexistent/token"]);
+}
+
+#[test]
+fn top_level_must_be_a_mapping() {
+    assert_config_error("- a\n- b\n", &["expected a mapping"]);
+}
+
+#[test]
+fn bad_flags_exit_2() {
+    let dir = tempdir();
+    for (args, expect) in [
+        (vec!["--bootnode", "/ip4/1.2.3.4/tcp/1"], "/p2p/<peer id>"),
+        (vec!["--seed-node", "nonsense"], "not a valid multiaddr"),
+        (vec!["--log-level", "loud"], "possible values"),
+        (vec!["--metrics-port", "70000"], "70000"),
+        (vec!["--max-message-size", "5"], "out of range"),
+    ] {
+        let out = Command::new(bin()).args(&args).current_dir(dir.path()).output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn environment_variables_set_flags_and_lose_to_them() {
+    let dir = tempdir();
+    // An invalid value from the environment is reported like a flag's.
+    let out = Command::new(bin())
+        .env("P2P_MPC_LOG_LEVEL", "loud")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("loud"));
+    // The flag wins over the environment.
+    let out = Command::new(bin())
+        .env("P2P_MPC_LOG_LEVEL", "loud")
+        .args(["--log-level", "info", "-c", "missing.yml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("missing.yml") && !stderr.contains("loud"), "{stderr}");
+}
+
+#[test]
+fn corrupt_identity_key_is_refused_and_kept() {
+    let dir = tempdir();
+    let key = write_file(dir.path(), "node.key", "this is not a key");
+    let out = run(dir.path(), &["--identity-key-path", key.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains(key.to_str().unwrap()) && stderr.contains("not a libp2p"), "{stderr}");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), "this is not a key");
+    assert!(!dir.path().join("data").exists());
+}
+
+#[test]
+fn keygen_and_peer_id_subcommands() {
+    let dir = tempdir();
+    let key = dir.path().join("sub/dir/id.key");
+    let out = Command::new(bin()).args(["keygen", "--out"]).arg(&key).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let peer = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(peer.starts_with("12D3KooW"), "{peer}");
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+
+    let out = Command::new(bin()).arg("peer-id").arg(&key).output().unwrap();
+    assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), peer);
+
+    let before = std::fs::read(&key).unwrap();
+    let out = Command::new(bin()).args(["keygen", "--out"]).arg(&key).output().unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+    assert_eq!(std::fs::read(&key).unwrap(), before, "an existing key is never overwritten");
+}
