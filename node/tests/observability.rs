@@ -1,0 +1,248 @@
+//! Metrics (checked by promtool), the JSON trace file, and the HTTP API's auth and errors.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{NodeProcess, promtool, tempdir, wait_for, write_file};
+use serde_json::Value;
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// The value of the first sample whose line starts with `prefix` (name plus labels).
+fn sample(page: &str, prefix: &str) -> Option<f64> {
+    page.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .reduce(f64::max)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_with_traffic_and_pass_promtool() {
+    let dir = tempdir();
+    let a = NodeProcess::start("A", dir.path(), &args(&["-t", "chat"])).await;
+    let b = NodeProcess::start("B", dir.path(), &args(&["-t", "chat", "--bootnode", &a.tcp_addr])).await;
+    b.wait_connected_to(&a.peer_id, Duration::from_secs(20)).await;
+
+    let before = a.metrics_page().await;
+    assert_eq!(sample(&before, "p2p_mpc_requests_total{"), None, "no API request yet");
+
+    for _ in 0..3 {
+        a.get("/v1/status").await.unwrap();
+    }
+    a.publish_when_ready("chat", "metric me").await;
+    b.wait_message("chat", "metric me").await;
+    b.publish_when_ready("chat", "and back").await;
+    a.wait_message("chat", "and back").await;
+
+    let page = a.metrics_page().await;
+    let status_requests = sample(
+        &page,
+        "p2p_mpc_requests_total{method=\"GET\",route=\"/v1/status\",status=\"200\"}",
+    );
+    assert!(status_requests >= Some(3.0), "requests_total by route: {status_requests:?}\n{page}");
+    assert!(
+        sample(&page, "p2p_mpc_request_duration_seconds_count{method=\"GET\",route=\"/v1/status\"").is_some_and(|v| v >= 3.0),
+        "request duration histogram:\n{page}"
+    );
+    assert!(sample(&page, "p2p_mpc_active_connections").is_some_and(|v| v >= 1.0), "{page}");
+    assert!(sample(&page, "p2p_mpc_connected_peers").is_some_and(|v| v >= 1.0), "{page}");
+    assert!(sample(&page, "p2p_mpc_gossip_messages_published_total{topic=\"chat\"}").is_some_and(|v| v >= 1.0), "{page}");
+    assert!(sample(&page, "p2p_mpc_gossip_messages_received_total{topic=\"chat\"}").is_some_and(|v| v >= 1.0), "{page}");
+    // libp2p's own metrics, in the same page.
+    assert!(page.contains("libp2p_swarm_connections_established"), "libp2p swarm metrics:\n{page}");
+    assert!(page.contains("libp2p_gossipsub"), "libp2p gossipsub metrics");
+    assert!(page.contains("libp2p_bandwidth"), "libp2p bandwidth metrics");
+    assert!(!page.contains("# EOF"), "no OpenMetrics trailer in a Prometheus text page");
+
+    // No metric family is declared twice.
+    let mut seen = std::collections::HashSet::new();
+    for line in page.lines().filter(|l| l.starts_with("# TYPE ")) {
+        let name = line.split(' ').nth(2).unwrap();
+        assert!(seen.insert(name.to_string()), "duplicate metric family {name}");
+    }
+
+    if let Some(promtool) = promtool() {
+        let mut child = Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_trace_file_holds_spans_of_connections_publishes_and_requests() {
+    let dir = tempdir();
+    let trace = dir.path().join("traces/a.json");
+    let trace_s = trace.display().to_string();
+    let mut a = NodeProcess::start(
+        "A",
+        dir.path(),
+        &args(&["-t", "chat", "--json-trace", "--json-trace-file", &trace_s]),
+    )
+    .await;
+    let b = NodeProcess::start("B", dir.path(), &args(&["-t", "chat", "--bootnode", &a.tcp_addr])).await;
+    b.wait_connected_to(&a.peer_id, Duration::from_secs(20)).await;
+    a.get("/v1/status").await.unwrap();
+    a.publish_when_ready("chat", "traced").await;
+    let status = a.terminate(Duration::from_secs(10)).expect("stops on SIGTERM");
+    assert!(status.success());
+
+    let text = std::fs::read_to_string(&trace).expect("trace file written");
+    let lines: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let span = |name: &str| {
+        lines
+            .iter()
+            .find(|v| v["type"] == "span" && v["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("no span {name} in {text}"))
+    };
+    let http = span("http_request");
+    assert_eq!(http["fields"]["method"], "GET");
+    assert!(http["id"].as_u64().is_some());
+    assert!(http["duration_us"].as_u64().is_some());
+    let publish = span("gossip_publish");
+    assert_eq!(publish["fields"]["topic"], "chat");
+    let conn = span("connection_established");
+    assert_eq!(conn["fields"]["peer"], b.peer_id.as_str());
+    // Events carry the span they happened in.
+    assert!(
+        lines.iter().any(|v| v["type"] == "event"
+            && v["fields"]["message"] == "published"
+            && v["spans"][0]["name"] == "gossip_publish"),
+        "the publish event is inside its span"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_token_auth_and_error_bodies() {
+    let dir = tempdir();
+    let token_file = write_file(dir.path(), "token", "s3cr3t-token\n");
+    let a = NodeProcess::start(
+        "A",
+        dir.path(),
+        &args(&["-t", "chat", "--api-token-file", token_file.to_str().unwrap()]),
+    )
+    .await;
+    let url = |p: &str| format!("{}{p}", a.api);
+
+    let r = a.http.get(url("/v1/status")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "unauthorized");
+
+    let r = a.http.get(url("/v1/status")).bearer_auth("wrong").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    let r = a.http.get(url("/v1/status")).bearer_auth("s3cr3t-token").send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let status: Value = r.json().await.unwrap();
+    assert_eq!(status["peer_id"], a.peer_id.as_str());
+    assert!(status["version"].is_string());
+
+    // Malformed bodies are 400s that say what is wrong.
+    for (body, expect) in [
+        ("{not json", "invalid JSON body"),
+        ("{\"text\": \"x\"}", "unknown field `text`"),
+        ("{\"data\": 5}", "invalid type"),
+        ("", "empty"),
+        ("{\"data\": \"\"}", "must not be empty"),
+    ] {
+        let r = a
+            .http
+            .post(url("/v1/topics/chat/messages"))
+            .bearer_auth("s3cr3t-token")
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400, "{body}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(v["code"], "invalid_body", "{body}");
+        assert!(v["error"].as_str().unwrap().contains(expect), "{body}: {v}");
+    }
+    // No peer on the topic yet: a clear 503.
+    let r = a
+        .http
+        .post(url("/v1/topics/chat/messages"))
+        .bearer_auth("s3cr3t-token")
+        .json(&serde_json::json!({"data": "anyone?"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 503);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "no_peers");
+    // Unknown routes and methods are JSON errors too.
+    let r = a.http.get(url("/v2/nothing")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
+
+    // The token never shows up in the logs.
+    let log = a.stderr_lines().join("\n");
+    assert!(!log.contains("s3cr3t-token"), "token leaked into logs");
+
+    // The CLI clients use the token file too.
+    let out = Command::new(common::bin())
+        .args(["status", "--json", "--api", &a.api, "--api-token-file"])
+        .arg(&token_file)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["peer_id"], a.peer_id.as_str());
+    let out = Command::new(common::bin())
+        .args(["status", "--api", &a.api])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_subcommand_reaches_other_nodes() {
+    let dir = tempdir();
+    let a = NodeProcess::start("A", dir.path(), &args(&["-t", "chat"])).await;
+    let b = NodeProcess::start("B", dir.path(), &args(&["-t", "chat", "--bootnode", &a.tcp_addr])).await;
+    b.wait_connected_to(&a.peer_id, Duration::from_secs(20)).await;
+    let id = wait_for("publish subcommand to succeed", Duration::from_secs(20), || async {
+        let out = Command::new(common::bin())
+            .args(["publish", "chat", "from the CLI", "--api", &a.api])
+            .output()
+            .unwrap();
+        if out.status.success() {
+            Ok(String::from_utf8(out.stdout).unwrap().trim().to_string())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    })
+    .await;
+    let m = b.wait_message("chat", "from the CLI").await;
+    assert_eq!(m["message_id"], id.as_str());
+
+    let out = Command::new(common::bin())
+        .args(["status", "--api", "http://127.0.0.1:9"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the node"));
+}
