@@ -30,7 +30,12 @@ pub fn format_message(msg: &GossipMessage) -> String {
         .source
         .map(|p| p.to_string())
         .unwrap_or_else(|| "unknown".into());
-    format!("[{}] {}: {}", msg.topic, source, String::from_utf8_lossy(&msg.data))
+    format!(
+        "[{}] {}: {}",
+        msg.topic,
+        source,
+        String::from_utf8_lossy(&msg.data)
+    )
 }
 
 /// Reads stdin until it ends, publishing each line.
@@ -51,7 +56,9 @@ pub async fn read_stdin(network: NetworkClient, topics: Vec<String>) {
         };
         let Some((topic, text)) = parse_line(&line, default_topic.as_deref()) else {
             if default_topic.is_none() && !line.trim().is_empty() {
-                eprintln!("chat: no topic configured; start with --topic NAME or type `topic> text`");
+                eprintln!(
+                    "chat: no topic configured; start with --topic NAME or type `topic> text`"
+                );
             }
             continue;
         };
@@ -68,8 +75,14 @@ mod tests {
     #[test]
     fn lines_pick_topics() {
         assert_eq!(parse_line("hello", Some("a")), Some(("a", "hello")));
-        assert_eq!(parse_line("b> hi there", Some("a")), Some(("b", "hi there")));
-        assert_eq!(parse_line("two words> x", Some("a")), Some(("a", "two words> x")));
+        assert_eq!(
+            parse_line("b> hi there", Some("a")),
+            Some(("b", "hi there"))
+        );
+        assert_eq!(
+            parse_line("two words> x", Some("a")),
+            Some(("a", "two words> x"))
+        );
         assert_eq!(parse_line("   ", Some("a")), None);
         assert_eq!(parse_line("hello", None), None);
     }

@@ -42,11 +42,22 @@ pub struct NodeArgs {
     pub config: Option<PathBuf>,
 
     /// TCP port for libp2p (0 picks a free port).
-    #[arg(short = 'p', long, env = "P2P_MPC_NETWORK_PORT", default_value_t = 0, value_name = "PORT")]
+    #[arg(
+        short = 'p',
+        long,
+        env = "P2P_MPC_NETWORK_PORT",
+        default_value_t = 0,
+        value_name = "PORT"
+    )]
     pub network_port: u16,
 
     /// Address the libp2p listeners bind to.
-    #[arg(long, env = "P2P_MPC_LISTEN_ADDRESS", default_value = "0.0.0.0", value_name = "IP")]
+    #[arg(
+        long,
+        env = "P2P_MPC_LISTEN_ADDRESS",
+        default_value = "0.0.0.0",
+        value_name = "IP"
+    )]
     pub listen_address: IpAddr,
 
     /// Port of an additional WebSocket listener (off unless set; 0 picks a free port).
@@ -70,11 +81,22 @@ pub struct NodeArgs {
     pub identity_key_path: Option<PathBuf>,
 
     /// Port of /metrics, /healthz and /readyz (0 picks a free port).
-    #[arg(short = 'm', long, env = "P2P_MPC_METRICS_PORT", default_value_t = 9090, value_name = "PORT")]
+    #[arg(
+        short = 'm',
+        long,
+        env = "P2P_MPC_METRICS_PORT",
+        default_value_t = 9090,
+        value_name = "PORT"
+    )]
     pub metrics_port: u16,
 
     /// Address the metrics server binds to.
-    #[arg(long, env = "P2P_MPC_METRICS_ADDRESS", default_value = "0.0.0.0", value_name = "IP")]
+    #[arg(
+        long,
+        env = "P2P_MPC_METRICS_ADDRESS",
+        default_value = "0.0.0.0",
+        value_name = "IP"
+    )]
     pub metrics_address: IpAddr,
 
     /// Log level (RUST_LOG, when set, refines it).
@@ -86,11 +108,21 @@ pub struct NodeArgs {
     pub enable_jaeger: bool,
 
     /// Host of the OTLP gRPC receiver (Jaeger).
-    #[arg(long, env = "P2P_MPC_JAEGER_HOST", default_value = "localhost", value_name = "HOST")]
+    #[arg(
+        long,
+        env = "P2P_MPC_JAEGER_HOST",
+        default_value = "localhost",
+        value_name = "HOST"
+    )]
     pub jaeger_host: String,
 
     /// Port of the OTLP gRPC receiver (Jaeger).
-    #[arg(long, env = "P2P_MPC_JAEGER_PORT", default_value_t = 4317, value_name = "PORT")]
+    #[arg(
+        long,
+        env = "P2P_MPC_JAEGER_PORT",
+        default_value_t = 4317,
+        value_name = "PORT"
+    )]
     pub jaeger_port: u16,
 
     /// Write spans and events as JSON lines to --json-trace-file.
@@ -98,15 +130,30 @@ pub struct NodeArgs {
     pub json_trace: bool,
 
     /// File the JSON trace is appended to (parent directories are created).
-    #[arg(long, env = "P2P_MPC_JSON_TRACE_FILE", default_value = "./logs/traces.json", value_name = "FILE")]
+    #[arg(
+        long,
+        env = "P2P_MPC_JSON_TRACE_FILE",
+        default_value = "./logs/traces.json",
+        value_name = "FILE"
+    )]
     pub json_trace_file: PathBuf,
 
     /// Port of the HTTP API (0 picks a free port).
-    #[arg(long, env = "P2P_MPC_API_PORT", default_value_t = 8080, value_name = "PORT")]
+    #[arg(
+        long,
+        env = "P2P_MPC_API_PORT",
+        default_value_t = 8080,
+        value_name = "PORT"
+    )]
     pub api_port: u16,
 
     /// Address the HTTP API binds to.
-    #[arg(long, env = "P2P_MPC_API_ADDRESS", default_value = "127.0.0.1", value_name = "IP")]
+    #[arg(
+        long,
+        env = "P2P_MPC_API_ADDRESS",
+        default_value = "127.0.0.1",
+        value_name = "IP"
+    )]
     pub api_address: IpAddr,
 
     /// File holding the bearer token every /v1 request must carry.
@@ -114,7 +161,12 @@ pub struct NodeArgs {
     pub api_token_file: Option<PathBuf>,
 
     /// Directory for the node's persistent state (created at start).
-    #[arg(long, env = "P2P_MPC_DATA_DIR", default_value = "./data", value_name = "DIR")]
+    #[arg(
+        long,
+        env = "P2P_MPC_DATA_DIR",
+        default_value = "./data",
+        value_name = "DIR"
+    )]
     pub data_dir: PathBuf,
 
     /// Maximum number of established connections.
@@ -197,7 +249,12 @@ pub enum Command {
 #[derive(Debug, Clone, Args)]
 pub struct ApiClientArgs {
     /// Base URL of the node's HTTP API.
-    #[arg(long = "api", env = "P2P_MPC_API", default_value = "http://127.0.0.1:8080", value_name = "URL")]
+    #[arg(
+        long = "api",
+        env = "P2P_MPC_API",
+        default_value = "http://127.0.0.1:8080",
+        value_name = "URL"
+    )]
     pub url: String,
     /// File holding the API bearer token.
     #[arg(long, env = "P2P_MPC_API_TOKEN_FILE", value_name = "FILE")]
@@ -214,7 +271,10 @@ pub fn parse_topic(s: &str) -> Result<String, String> {
         return Err("a topic name must not be empty".into());
     }
     if s.len() > 256 {
-        return Err(format!("a topic name is at most 256 bytes, this one has {}", s.len()));
+        return Err(format!(
+            "a topic name is at most 256 bytes, this one has {}",
+            s.len()
+        ));
     }
     if s.chars().any(char::is_control) {
         return Err("a topic name must not contain control characters".into());

@@ -261,10 +261,18 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         topics
     };
     let mut unique = std::collections::HashSet::new();
-    let topics: Vec<String> = topics.into_iter().filter(|t| unique.insert(t.clone())).collect();
+    let topics: Vec<String> = topics
+        .into_iter()
+        .filter(|t| unique.insert(t.clone()))
+        .collect();
 
     let bootnodes = peer_list("bootnodes", "bootnodes", &args.bootnodes, &file.bootnodes)?;
-    let seed_nodes = peer_list("seed_nodes", "seed_nodes", &args.seed_nodes, &file.seed_nodes)?;
+    let seed_nodes = peer_list(
+        "seed_nodes",
+        "seed_nodes",
+        &args.seed_nodes,
+        &file.seed_nodes,
+    )?;
 
     let origin_of = |id: &str| {
         if from_cli(id) {
@@ -298,9 +306,10 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
     let api_token_file: Option<PathBuf> = pick_opt!(api_token_file);
     let api_token = match &api_token_file {
         None => None,
-        Some(path) => Some(read_token(path).map_err(|m| {
-            invalid(&origin_of("api_token_file"), "api_token_file".into(), m)
-        })?),
+        Some(path) => Some(
+            read_token(path)
+                .map_err(|m| invalid(&origin_of("api_token_file"), "api_token_file".into(), m))?,
+        ),
     };
 
     Ok(NodeConfig {
@@ -408,7 +417,9 @@ mod tests {
     #[test]
     fn bootnode_without_peer_id_names_file_and_key() {
         let f = write_config("bootnodes:\n  - /ip4/127.0.0.1/tcp/4001\n");
-        let err = resolve_with(&["-c", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        let err = resolve_with(&["-c", f.path().to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains(&f.path().display().to_string()), "{err}");
         assert!(err.contains("bootnodes[0]"), "{err}");
         assert!(err.contains("/p2p/<peer id>"), "{err}");
@@ -417,11 +428,18 @@ mod tests {
     #[test]
     fn unknown_key_and_bad_type_are_named() {
         let f = write_config("network_port: 1\nnetwrok_port: 2\n");
-        let err = resolve_with(&["-c", f.path().to_str().unwrap()]).unwrap_err().to_string();
+        let err = resolve_with(&["-c", f.path().to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("netwrok_port"), "{err}");
         let f = write_config("metrics_port: 70000\n");
-        let err = resolve_with(&["-c", f.path().to_str().unwrap()]).unwrap_err().to_string();
-        assert!(err.contains("metrics_port") && err.contains("70000"), "{err}");
+        let err = resolve_with(&["-c", f.path().to_str().unwrap()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("metrics_port") && err.contains("70000"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -468,7 +486,11 @@ mod tests {
             c.config_file = None;
             format!("{c:?}")
         };
-        assert_eq!(strip(&from_example), strip(&defaults), "example values are the defaults");
+        assert_eq!(
+            strip(&from_example),
+            strip(&defaults),
+            "example values are the defaults"
+        );
     }
 
     #[test]
@@ -476,7 +498,10 @@ mod tests {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.example.yml");
         let text = std::fs::read_to_string(path).unwrap();
         for key in ["ws_port", "identity_key_path", "api_token_file"] {
-            assert!(text.contains(&format!("#{key}:")) || text.contains(&format!("# {key}:")), "{key}");
+            assert!(
+                text.contains(&format!("#{key}:")) || text.contains(&format!("# {key}:")),
+                "{key}"
+            );
         }
     }
 

@@ -141,7 +141,9 @@ pub fn load_or_create(path: Option<&Path>) -> Result<(Keypair, IdentitySource), 
             match write_new_keypair(path, &key) {
                 Ok(()) => Ok((key, IdentitySource::Created)),
                 // Another process created it between our check and our write: use theirs.
-                Err(IdentityError::Exists { .. }) => Ok((read_keypair(path)?, IdentitySource::Loaded)),
+                Err(IdentityError::Exists { .. }) => {
+                    Ok((read_keypair(path)?, IdentitySource::Loaded))
+                }
                 Err(e) => Err(e),
             }
         }
@@ -162,7 +164,10 @@ mod tests {
         let path = dir.path().join("a/b/key");
         let (k1, s1) = load_or_create(Some(&path)).unwrap();
         assert_eq!(s1, IdentitySource::Created);
-        assert_eq!(fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
         let (k2, s2) = load_or_create(Some(&path)).unwrap();
         assert_eq!(s2, IdentitySource::Loaded);
         assert_eq!(k1.public().to_peer_id(), k2.public().to_peer_id());

@@ -31,7 +31,9 @@ fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn run_node(args: &NodeArgs, matches: &clap::ArgMatches) -> ExitCode {
@@ -107,27 +109,33 @@ fn run_subcommand(command: Command) -> ExitCode {
             }
             Err(e) => fail(1, e),
         },
-        Command::Status { json, api } => client_call(&api.url, api.api_token_file.as_deref(), |c| async move {
-            let status: serde_json::Value = c.get("v1/status").await?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
-                return Ok(());
-            }
-            let s: StatusResponse = serde_json::from_value(status)
-                .map_err(|e| p2p_mpc_node::api::client::ClientError::Decode(e.to_string()))?;
-            println!("peer id:         {}", s.peer_id);
-            println!("version:         {}", s.version);
-            println!("connected peers: {}", s.connected_peers);
-            println!("topics:          {}", s.topics.join(", "));
-            for addr in &s.listen_addrs {
-                println!("listening on:    {addr}");
-            }
-            Ok(())
-        }),
+        Command::Status { json, api } => {
+            client_call(&api.url, api.api_token_file.as_deref(), |c| async move {
+                let status: serde_json::Value = c.get("v1/status").await?;
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&status).unwrap_or_default()
+                    );
+                    return Ok(());
+                }
+                let s: StatusResponse = serde_json::from_value(status)
+                    .map_err(|e| p2p_mpc_node::api::client::ClientError::Decode(e.to_string()))?;
+                println!("peer id:         {}", s.peer_id);
+                println!("version:         {}", s.version);
+                println!("connected peers: {}", s.connected_peers);
+                println!("topics:          {}", s.topics.join(", "));
+                for addr in &s.listen_addrs {
+                    println!("listening on:    {addr}");
+                }
+                Ok(())
+            })
+        }
         Command::Publish { topic, text, api } => {
             client_call(&api.url, api.api_token_file.as_deref(), |c| async move {
                 let path = format!("v1/topics/{}/messages", encode_segment(&topic));
-                let r: PublishResponse = c.post(&path, &serde_json::json!({ "data": text })).await?;
+                let r: PublishResponse =
+                    c.post(&path, &serde_json::json!({ "data": text })).await?;
                 println!("{}", r.message_id);
                 Ok(())
             })

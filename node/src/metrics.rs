@@ -54,7 +54,8 @@ impl NodeMetrics {
                 "HTTP API request duration in seconds.",
             )
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0,
             ]),
             &["route", "method", "status"],
         )
@@ -125,7 +126,8 @@ impl NodeMetrics {
             .expect("encoding to memory cannot fail");
         let mut page = String::from_utf8(buf).expect("prometheus text is UTF-8");
         let mut openmetrics = String::new();
-        if prometheus_client::encoding::text::encode(&mut openmetrics, &self.libp2p_registry).is_ok()
+        if prometheus_client::encoding::text::encode(&mut openmetrics, &self.libp2p_registry)
+            .is_ok()
         {
             page.push_str(&openmetrics_to_prometheus_text(&openmetrics));
         }
@@ -223,7 +225,10 @@ pub fn router(metrics: Arc<NodeMetrics>, readiness: Arc<Readiness>) -> Router {
 
 async fn metrics_page(State(s): State<MetricsState>) -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.encode(),
     )
 }
@@ -232,7 +237,10 @@ async fn readyz(State(s): State<MetricsState>) -> impl IntoResponse {
     if s.readiness.is_ready() {
         (StatusCode::OK, "ready\n".to_string())
     } else if !s.readiness.listening.load(Ordering::Relaxed) {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: not listening yet\n".to_string())
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: not listening yet\n".to_string(),
+        )
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,

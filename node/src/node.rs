@@ -77,9 +77,16 @@ pub async fn run(
         source,
     })?;
 
-    let api_listener = bind("HTTP API", SocketAddr::new(config.api_address, config.api_port)).await?;
-    let metrics_listener =
-        bind("metrics server", SocketAddr::new(config.metrics_address, config.metrics_port)).await?;
+    let api_listener = bind(
+        "HTTP API",
+        SocketAddr::new(config.api_address, config.api_port),
+    )
+    .await?;
+    let metrics_listener = bind(
+        "metrics server",
+        SocketAddr::new(config.metrics_address, config.metrics_port),
+    )
+    .await?;
 
     let readiness = Arc::new(Readiness::default());
     let settings = NetworkSettings {
@@ -118,7 +125,9 @@ pub async fn run(
                     log.push(&msg);
                 }
                 NetworkEvent::PeerConnected(p) => tracing::debug!(peer = %p, "peer connected"),
-                NetworkEvent::PeerDisconnected(p) => tracing::debug!(peer = %p, "peer disconnected"),
+                NetworkEvent::PeerDisconnected(p) => {
+                    tracing::debug!(peer = %p, "peer disconnected")
+                }
             }
         }
     });

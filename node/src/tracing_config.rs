@@ -69,7 +69,9 @@ impl TracingGuard {
                 Ok(Ok(Ok(()))) => {}
                 Ok(Ok(Err(e))) => eprintln!("warning: flushing OTLP spans failed: {e}"),
                 Ok(Err(e)) => eprintln!("warning: flushing OTLP spans failed: {e}"),
-                Err(_) => eprintln!("warning: flushing OTLP spans took over 5 s; some spans may be lost"),
+                Err(_) => {
+                    eprintln!("warning: flushing OTLP spans took over 5 s; some spans may be lost")
+                }
             }
         }
         if let Some(json) = self.json {

@@ -18,7 +18,13 @@ fn describe_arg(arg: &clap::Arg) -> Option<Value> {
     }
     match arg.get_long() {
         Some(long) => m.insert("flag".into(), format!("--{long}").into()),
-        None => m.insert("argument".into(), arg.get_value_names().map(|v| v[0].to_string()).unwrap_or_else(|| id.to_uppercase()).into()),
+        None => m.insert(
+            "argument".into(),
+            arg.get_value_names()
+                .map(|v| v[0].to_string())
+                .unwrap_or_else(|| id.to_uppercase())
+                .into(),
+        ),
     };
     if let Some(short) = arg.get_short() {
         m.insert("short".into(), format!("-{short}").into());
@@ -86,7 +92,8 @@ fn describe(cmd: &clap::Command) -> Value {
     Value::Mapping(m)
 }
 
-const HEADER: &str = "# The p2p-mpc command line: every flag and subcommand, generated from the clap definition.
+const HEADER: &str =
+    "# The p2p-mpc command line: every flag and subcommand, generated from the clap definition.
 # A test (node/tests/cli_docs.rs) keeps this file equal to the code; regenerate it with
 #   UPDATE_CLI_YML=1 cargo test -p p2p-mpc-node --test cli_docs
 # Without a subcommand, `p2p-mpc` runs a node with the options below. Each option with an
@@ -120,10 +127,16 @@ fn every_node_flag_has_an_environment_variable() {
         if id == "help" || id == "version" {
             continue;
         }
-        let env = arg.get_env().unwrap_or_else(|| panic!("--{id} has no environment variable"));
+        let env = arg
+            .get_env()
+            .unwrap_or_else(|| panic!("--{id} has no environment variable"));
         let long = arg.get_long().unwrap();
         let expected = format!("P2P_MPC_{}", long.to_uppercase().replace('-', "_"));
-        assert_eq!(env.to_string_lossy(), expected, "environment variable of --{long}");
+        assert_eq!(
+            env.to_string_lossy(),
+            expected,
+            "environment variable of --{long}"
+        );
     }
 }
 
@@ -131,10 +144,27 @@ fn every_node_flag_has_an_environment_variable() {
 fn help_lists_every_documented_flag() {
     let help = Cli::command().render_long_help().to_string();
     for flag in [
-        "--config", "--network-port", "--topic", "--bootnode", "--seed-node", "--identity-key-path",
-        "--metrics-port", "--log-level", "--enable-jaeger", "--jaeger-host", "--jaeger-port",
-        "--json-trace", "--json-trace-file", "--listen-address", "--ws-port", "--api-port",
-        "--api-address", "--api-token-file", "--data-dir", "--max-connections", "--max-message-size",
+        "--config",
+        "--network-port",
+        "--topic",
+        "--bootnode",
+        "--seed-node",
+        "--identity-key-path",
+        "--metrics-port",
+        "--log-level",
+        "--enable-jaeger",
+        "--jaeger-host",
+        "--jaeger-port",
+        "--json-trace",
+        "--json-trace-file",
+        "--listen-address",
+        "--ws-port",
+        "--api-port",
+        "--api-address",
+        "--api-token-file",
+        "--data-dir",
+        "--max-connections",
+        "--max-message-size",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }

@@ -11,8 +11,20 @@ use common::{bin, tempdir, write_file};
 fn run(dir: &Path, args: &[&str]) -> Output {
     Command::new(bin())
         .args(args)
-        .args(["--api-port", "0", "--metrics-port", "0", "--network-port", "0"])
-        .args(["--listen-address", "127.0.0.1", "--metrics-address", "127.0.0.1"])
+        .args([
+            "--api-port",
+            "0",
+            "--metrics-port",
+            "0",
+            "--network-port",
+            "0",
+        ])
+        .args([
+            "--listen-address",
+            "127.0.0.1",
+            "--metrics-address",
+            "127.0.0.1",
+        ])
         .arg("--data-dir")
         .arg(dir.join("data"))
         .current_dir(dir)
@@ -28,13 +40,23 @@ fn assert_config_error(yaml: &str, expect: &[&str]) {
     let path = write_file(dir.path(), "node.yml", yaml);
     let out = run(dir.path(), &["-c", path.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "exit code for {yaml:?}; stderr: {stderr}");
-    assert!(stderr.contains(path.to_str().unwrap()), "names the file: {stderr}");
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "exit code for {yaml:?}; stderr: {stderr}"
+    );
+    assert!(
+        stderr.contains(path.to_str().unwrap()),
+        "names the file: {stderr}"
+    );
     for e in expect {
         assert!(stderr.contains(e), "expected {e:?} in: {stderr}");
     }
     assert_eq!(stderr.trim().lines().count(), 1, "one message: {stderr}");
-    assert!(!dir.path().join("data").exists(), "nothing half-started: {stderr}");
+    assert!(
+        !dir.path().join("data").exists(),
+        "nothing half-started: {stderr}"
+    );
 }
 
 #[test]
@@ -43,29 +65,47 @@ fn missing_config_file() {
     let out = run(dir.path(), &["-c", "does-not-exist.yml"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains("does-not-exist.yml") && stderr.contains("No such file"), "{stderr}");
+    assert!(
+        stderr.contains("does-not-exist.yml") && stderr.contains("No such file"),
+        "{stderr}"
+    );
 }
 
 #[test]
 fn yaml_syntax_error_has_line_and_column() {
-    assert_config_error("topics: [a, b\nnetwork_port: 1\n", &["line 2 column", "line 1 column"]);
+    assert_config_error(
+        "topics: [a, b\nnetwork_port: 1\n",
+        &["line 2 column", "line 1 column"],
+    );
 }
 
 #[test]
 fn unknown_key_is_named() {
-    assert_config_error("netwrok_port: 4001\n", &["unknown field `netwrok_port`", "network_port"]);
+    assert_config_error(
+        "netwrok_port: 4001\n",
+        &["unknown field `netwrok_port`", "network_port"],
+    );
 }
 
 #[test]
 fn wrong_type_names_key_and_expectation() {
-    assert_config_error("network_port: abc\n", &["network_port", "expected u16", "line 1 column"]);
+    assert_config_error(
+        "network_port: abc\n",
+        &["network_port", "expected u16", "line 1 column"],
+    );
     assert_config_error("topics: chat\n", &["topics", "expected a sequence"]);
-    assert_config_error("enable_jaeger: maybe\n", &["enable_jaeger", "expected a boolean"]);
+    assert_config_error(
+        "enable_jaeger: maybe\n",
+        &["enable_jaeger", "expected a boolean"],
+    );
 }
 
 #[test]
 fn port_out_of_range() {
-    assert_config_error("metrics_port: 70000\n", &["metrics_port", "70000", "expected u16"]);
+    assert_config_error(
+        "metrics_port: 70000\n",
+        &["metrics_port", "70000", "expected u16"],
+    );
 }
 
 #[test]
@@ -79,7 +119,10 @@ fn unparsable_multiaddr() {
         "bootnodes:\n  - /ip4/999.1.1.1/tcp/1/p2p/12D3KooWLzVeoBe8Xb4bnRVFzsLuNQhPh9WkZVXqEXHZ1QVDR6VP\n",
         &["bootnodes[0]", "not a valid multiaddr", "expected e.g."],
     );
-    assert_config_error("seed_nodes: [garbage]\n", &["seed_nodes[0]", "not a valid multiaddr"]);
+    assert_config_error(
+        "seed_nodes: [garbage]\n",
+        &["seed_nodes[0]", "not a valid multiaddr"],
+    );
 }
 
 #[test]
@@ -95,7 +138,10 @@ fn bad_values_of_the_right_type() {
     assert_config_error("max_message_size: 10\n", &["max_message_size", "1024"]);
     assert_config_error("max_connections: 0\n", &["max_connections", "at least 1"]);
     assert_config_error("topics: [\"\"]\n", &["topics[0]", "must not be empty"]);
-    assert_config_error("api_token_file: /nonexistent/token\n", &["api_token_file", "/nonexistent/token"]);
+    assert_config_error(
+        "api_token_file: /nonexistent/token\n",
+        &["api_token_file", "/nonexistent/token"],
+    );
 }
 
 #[test]
@@ -113,7 +159,11 @@ fn bad_flags_exit_2() {
         (vec!["--metrics-port", "70000"], "70000"),
         (vec!["--max-message-size", "5"], "out of range"),
     ] {
-        let out = Command::new(bin()).args(&args).current_dir(dir.path()).output().unwrap();
+        let out = Command::new(bin())
+            .args(&args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
@@ -139,7 +189,10 @@ fn environment_variables_set_flags_and_lose_to_them() {
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("missing.yml") && !stderr.contains("loud"), "{stderr}");
+    assert!(
+        stderr.contains("missing.yml") && !stderr.contains("loud"),
+        "{stderr}"
+    );
 }
 
 #[test]
@@ -149,7 +202,10 @@ fn corrupt_identity_key_is_refused_and_kept() {
     let out = run(dir.path(), &["--identity-key-path", key.to_str().unwrap()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{stderr}");
-    assert!(stderr.contains(key.to_str().unwrap()) && stderr.contains("not a libp2p"), "{stderr}");
+    assert!(
+        stderr.contains(key.to_str().unwrap()) && stderr.contains("not a libp2p"),
+        "{stderr}"
+    );
     assert_eq!(std::fs::read_to_string(&key).unwrap(), "this is not a key");
     assert!(!dir.path().join("data").exists());
 }
@@ -158,19 +214,42 @@ fn corrupt_identity_key_is_refused_and_kept() {
 fn keygen_and_peer_id_subcommands() {
     let dir = tempdir();
     let key = dir.path().join("sub/dir/id.key");
-    let out = Command::new(bin()).args(["keygen", "--out"]).arg(&key).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin())
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let peer = String::from_utf8(out.stdout).unwrap().trim().to_string();
     assert!(peer.starts_with("12D3KooW"), "{peer}");
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 
-    let out = Command::new(bin()).arg("peer-id").arg(&key).output().unwrap();
+    let out = Command::new(bin())
+        .arg("peer-id")
+        .arg(&key)
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8(out.stdout).unwrap().trim(), peer);
 
     let before = std::fs::read(&key).unwrap();
-    let out = Command::new(bin()).args(["keygen", "--out"]).arg(&key).output().unwrap();
+    let out = Command::new(bin())
+        .args(["keygen", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
-    assert_eq!(std::fs::read(&key).unwrap(), before, "an existing key is never overwritten");
+    assert_eq!(
+        std::fs::read(&key).unwrap(),
+        before,
+        "an existing key is never overwritten"
+    );
 }

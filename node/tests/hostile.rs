@@ -15,7 +15,9 @@ use std::time::Duration;
 use common::{NodeProcess, tempdir, wait_for};
 use p2p_mpc_node::config::PeerAddr;
 use p2p_mpc_node::metrics::{NodeMetrics, Readiness};
-use p2p_mpc_node::network::{NetworkClient, NetworkError, NetworkService, NetworkSettings, PublishError};
+use p2p_mpc_node::network::{
+    NetworkClient, NetworkError, NetworkService, NetworkSettings, PublishError,
+};
 
 fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| s.to_string()).collect()
@@ -47,22 +49,31 @@ async fn hostile_peer(victim: &str) -> NetworkClient {
 }
 
 async fn publish_retrying(client: &NetworkClient, data: Vec<u8>) {
-    wait_for("the hostile peer to publish", Duration::from_secs(20), || {
-        let data = data.clone();
-        async move {
-            match client.publish("chat", data).await {
-                Ok(_) => Ok(()),
-                Err(NetworkError::Publish(PublishError::NoPeers(_))) => Err("no peers yet".into()),
-                Err(e) => panic!("publish failed: {e}"),
+    wait_for(
+        "the hostile peer to publish",
+        Duration::from_secs(20),
+        || {
+            let data = data.clone();
+            async move {
+                match client.publish("chat", data).await {
+                    Ok(_) => Ok(()),
+                    Err(NetworkError::Publish(PublishError::NoPeers(_))) => {
+                        Err("no peers yet".into())
+                    }
+                    Err(e) => panic!("publish failed: {e}"),
+                }
             }
-        }
-    })
+        },
+    )
     .await;
 }
 
 fn rejected(page: &str, reason: &str) -> f64 {
     page.lines()
-        .filter(|l| l.starts_with("p2p_mpc_gossip_messages_rejected_total{") && l.contains(&format!("reason=\"{reason}\"")))
+        .filter(|l| {
+            l.starts_with("p2p_mpc_gossip_messages_rejected_total{")
+                && l.contains(&format!("reason=\"{reason}\""))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
@@ -71,9 +82,21 @@ fn rejected(page: &str, reason: &str) -> f64 {
 async fn hostile_input_is_refused_and_the_node_keeps_serving() {
     let dir = tempdir();
     // The victim accepts gossip payloads up to 64 KiB.
-    let victim = NodeProcess::start("V", dir.path(), &args(&["-t", "chat", "--max-message-size", "65536"])).await;
-    let honest = NodeProcess::start("H", dir.path(), &args(&["-t", "chat", "--bootnode", &victim.tcp_addr])).await;
-    honest.wait_connected_to(&victim.peer_id, Duration::from_secs(20)).await;
+    let victim = NodeProcess::start(
+        "V",
+        dir.path(),
+        &args(&["-t", "chat", "--max-message-size", "65536"]),
+    )
+    .await;
+    let honest = NodeProcess::start(
+        "H",
+        dir.path(),
+        &args(&["-t", "chat", "--bootnode", &victim.tcp_addr]),
+    )
+    .await;
+    honest
+        .wait_connected_to(&victim.peer_id, Duration::from_secs(20))
+        .await;
 
     let port: u16 = victim.tcp_addr.split('/').nth(4).unwrap().parse().unwrap();
     // A half-open connection: connected, never says anything; held for the whole test.
@@ -81,8 +104,12 @@ async fn hostile_input_is_refused_and_the_node_keeps_serving() {
     // Garbage bytes instead of multistream-select: the node drops the connection.
     {
         let mut garbage = TcpStream::connect(("127.0.0.1", port)).unwrap();
-        garbage.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
-        let junk: Vec<u8> = (0..4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        garbage
+            .set_read_timeout(Some(Duration::from_secs(15)))
+            .unwrap();
+        let junk: Vec<u8> = (0..4096u32)
+            .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+            .collect();
         let _ = garbage.write_all(&junk);
         let mut buf = [0u8; 1024];
         let mut closed = false;
@@ -106,21 +133,32 @@ async fn hostile_input_is_refused_and_the_node_keeps_serving() {
     // Far over any limit: the victim's transport refuses the frame outright.
     publish_retrying(&hostile, vec![b'b'; 4 * 1024 * 1024]).await;
 
-    wait_for("the victim to count both rejections", Duration::from_secs(20), || async {
-        let page = victim.metrics_page().await;
-        let (utf8, large) = (rejected(&page, "invalid_utf8"), rejected(&page, "too_large"));
-        if utf8 >= 1.0 && large >= 1.0 {
-            Ok(())
-        } else {
-            Err(format!("invalid_utf8={utf8} too_large={large}"))
-        }
-    })
+    wait_for(
+        "the victim to count both rejections",
+        Duration::from_secs(20),
+        || async {
+            let page = victim.metrics_page().await;
+            let (utf8, large) = (
+                rejected(&page, "invalid_utf8"),
+                rejected(&page, "too_large"),
+            );
+            if utf8 >= 1.0 && large >= 1.0 {
+                Ok(())
+            } else {
+                Err(format!("invalid_utf8={utf8} too_large={large}"))
+            }
+        },
+    )
     .await;
 
     // None of it reached the API buffer.
     let msgs = victim.get("/v1/topics/chat/messages").await.unwrap();
     assert!(
-        msgs["messages"].as_array().unwrap().iter().all(|m| !m["data"].as_str().unwrap().starts_with('a')),
+        msgs["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|m| !m["data"].as_str().unwrap().starts_with('a')),
         "rejected messages must not be delivered"
     );
 
@@ -132,5 +170,8 @@ async fn hostile_input_is_refused_and_the_node_keeps_serving() {
     victim.publish_when_ready("chat", "yes").await;
     honest.wait_message("chat", "yes").await;
     let log = victim.stderr_lines().join("\n");
-    assert!(log.contains("gossip message rejected"), "the rejection is logged");
+    assert!(
+        log.contains("gossip message rejected"),
+        "the rejection is logged"
+    );
 }

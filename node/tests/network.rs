@@ -17,22 +17,41 @@ async fn mesh_discovery_gossip_and_bootnode_reconnect() {
     let key_a = dir.path().join("keys/a.key");
     let key_a_str = key_a.display().to_string();
 
-    let a = NodeProcess::start("A", dir.path(), &args(&["-t", "chat", "--identity-key-path", &key_a_str])).await;
+    let a = NodeProcess::start(
+        "A",
+        dir.path(),
+        &args(&["-t", "chat", "--identity-key-path", &key_a_str]),
+    )
+    .await;
     assert!(key_a.exists(), "A created its key file");
     let a_peer = a.peer_id.clone();
     let a_addr = a.tcp_addr.clone();
 
-    let b = NodeProcess::start("B", dir.path(), &args(&["-t", "chat", "--bootnode", &a_addr])).await;
-    let mut c = NodeProcess::start("C", dir.path(), &args(&["-t", "chat", "--bootnode", &a_addr])).await;
+    let b = NodeProcess::start(
+        "B",
+        dir.path(),
+        &args(&["-t", "chat", "--bootnode", &a_addr]),
+    )
+    .await;
+    let mut c = NodeProcess::start(
+        "C",
+        dir.path(),
+        &args(&["-t", "chat", "--bootnode", &a_addr]),
+    )
+    .await;
 
     b.wait_connected_to(&a_peer, Duration::from_secs(20)).await;
     c.wait_connected_to(&a_peer, Duration::from_secs(20)).await;
     // B and C were only told of A: they must find each other through Kademlia.
-    b.wait_connected_to(&c.peer_id, Duration::from_secs(60)).await;
-    c.wait_connected_to(&b.peer_id, Duration::from_secs(20)).await;
+    b.wait_connected_to(&c.peer_id, Duration::from_secs(60))
+        .await;
+    c.wait_connected_to(&b.peer_id, Duration::from_secs(20))
+        .await;
 
     // Published on C over the API: arrives at A and B, with C as author.
-    let id = c.publish_when_ready("chat", "hello from C over the API").await;
+    let id = c
+        .publish_when_ready("chat", "hello from C over the API")
+        .await;
     for node in [&a, &b] {
         let m = node.wait_message("chat", "hello from C over the API").await;
         assert_eq!(m["source"], c.peer_id.as_str());
@@ -44,7 +63,11 @@ async fn mesh_discovery_gossip_and_bootnode_reconnect() {
         let out = a.stdout_lines();
         let line = expected_line.clone();
         async move {
-            if out.contains(&line) { Ok(()) } else { Err(format!("{out:?}")) }
+            if out.contains(&line) {
+                Ok(())
+            } else {
+                Err(format!("{out:?}"))
+            }
         }
     })
     .await;
@@ -60,20 +83,36 @@ async fn mesh_discovery_gossip_and_bootnode_reconnect() {
     assert_eq!(status["peer_id"], b.peer_id.as_str());
     assert_eq!(status["topics"], serde_json::json!(["chat"]));
     assert!(status["connected_peers"].as_u64().unwrap() >= 2, "{status}");
-    assert!(status["listen_addrs"][0].as_str().unwrap().ends_with(&b.peer_id));
+    assert!(
+        status["listen_addrs"][0]
+            .as_str()
+            .unwrap()
+            .ends_with(&b.peer_id)
+    );
 
     // Kill A; restart it with the same key on the same port: B reconnects on its own.
     let port = a_addr.split('/').nth(4).unwrap().to_string();
     drop(a);
     wait_for("B to notice A is gone", Duration::from_secs(20), || async {
         let peers = b.connected_peer_ids().await?;
-        if peers.contains(&a_peer) { Err(format!("{peers:?}")) } else { Ok(()) }
+        if peers.contains(&a_peer) {
+            Err(format!("{peers:?}"))
+        } else {
+            Ok(())
+        }
     })
     .await;
     let a2 = NodeProcess::start(
         "A2",
         dir.path(),
-        &args(&["-t", "chat", "--identity-key-path", &key_a_str, "--network-port", &port]),
+        &args(&[
+            "-t",
+            "chat",
+            "--identity-key-path",
+            &key_a_str,
+            "--network-port",
+            &port,
+        ]),
     )
     .await;
     assert_eq!(a2.peer_id, a_peer, "same key file, same peer id");
@@ -94,10 +133,17 @@ async fn node_reachable_only_over_websocket_joins_the_mesh() {
     assert!(ws.contains("/ws/p2p/"), "{ws}");
     // W is given only A's WebSocket address.
     let w = NodeProcess::start("W", dir.path(), &args(&["-t", "chat", "--bootnode", &ws])).await;
-    w.wait_connected_to(&a.peer_id, Duration::from_secs(20)).await;
+    w.wait_connected_to(&a.peer_id, Duration::from_secs(20))
+        .await;
     let peers = w.get("/v1/peers").await.unwrap();
-    let via = peers["peers"][0]["connected_addrs"][0].as_str().unwrap().to_string();
-    assert!(via.contains("/ws"), "W's connection to A runs over WebSocket: {via}");
+    let via = peers["peers"][0]["connected_addrs"][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        via.contains("/ws"),
+        "W's connection to A runs over WebSocket: {via}"
+    );
 
     w.publish_when_ready("chat", "from W over ws").await;
     a.wait_message("chat", "from W over ws").await;
@@ -112,18 +158,39 @@ async fn readiness_waits_for_a_bootnode_peer() {
     let ready = |n: &NodeProcess| {
         let url = format!("{}/readyz", n.metrics);
         let http = n.http.clone();
-        async move { http.get(url).send().await.map(|r| r.status().as_u16()).unwrap_or(0) }
+        async move {
+            http.get(url)
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+                .unwrap_or(0)
+        }
     };
     assert_eq!(ready(&a).await, 200, "no bootnodes: ready once listening");
-    let health = a.http.get(format!("{}/healthz", a.metrics)).send().await.unwrap();
+    let health = a
+        .http
+        .get(format!("{}/healthz", a.metrics))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status().as_u16(), 200);
 
     // A bootnode that does not exist: listening, but not ready.
     let ghost = "/ip4/127.0.0.1/tcp/9/p2p/12D3KooWLzVeoBe8Xb4bnRVFzsLuNQhPh9WkZVXqEXHZ1QVDR6VP";
-    let lonely = NodeProcess::start("lonely", dir.path(), &args(&["-t", "chat", "--bootnode", ghost])).await;
+    let lonely = NodeProcess::start(
+        "lonely",
+        dir.path(),
+        &args(&["-t", "chat", "--bootnode", ghost]),
+    )
+    .await;
     assert_eq!(ready(&lonely).await, 503);
 
-    let b = NodeProcess::start("B", dir.path(), &args(&["-t", "chat", "--bootnode", &a.tcp_addr])).await;
+    let b = NodeProcess::start(
+        "B",
+        dir.path(),
+        &args(&["-t", "chat", "--bootnode", &a.tcp_addr]),
+    )
+    .await;
     wait_for("B to become ready", Duration::from_secs(20), || async {
         match ready(&b).await {
             200 => Ok(()),
@@ -137,9 +204,17 @@ async fn readiness_waits_for_a_bootnode_peer() {
 async fn sigterm_stops_the_node_cleanly() {
     let dir = tempdir();
     let mut a = NodeProcess::start("A", dir.path(), &args(&["-t", "chat"])).await;
-    let b = NodeProcess::start("B", dir.path(), &args(&["-t", "chat", "--bootnode", &a.tcp_addr])).await;
-    b.wait_connected_to(&a.peer_id, Duration::from_secs(20)).await;
-    let status = a.terminate(Duration::from_secs(10)).expect("node exits within 10 s of SIGTERM");
+    let b = NodeProcess::start(
+        "B",
+        dir.path(),
+        &args(&["-t", "chat", "--bootnode", &a.tcp_addr]),
+    )
+    .await;
+    b.wait_connected_to(&a.peer_id, Duration::from_secs(20))
+        .await;
+    let status = a
+        .terminate(Duration::from_secs(10))
+        .expect("node exits within 10 s of SIGTERM");
     assert!(status.success(), "exit status {status}");
     let log = a.stderr_lines().join("\n");
     assert!(log.contains("SIGTERM received"), "{log}");
@@ -147,7 +222,11 @@ async fn sigterm_stops_the_node_cleanly() {
     // B saw the connection close.
     wait_for("B to lose A", Duration::from_secs(10), || async {
         let peers = b.connected_peer_ids().await?;
-        if peers.contains(&a.peer_id) { Err(format!("{peers:?}")) } else { Ok(()) }
+        if peers.contains(&a.peer_id) {
+            Err(format!("{peers:?}"))
+        } else {
+            Ok(())
+        }
     })
     .await;
 }

@@ -26,11 +26,21 @@ fn sample(page: &str, prefix: &str) -> Option<f64> {
 async fn metrics_move_with_traffic_and_pass_promtool() {
     let dir = tempdir();
     let a = NodeProcess::start("A", dir.path(), &args(&["-t", "chat"])).await;
-    let b = NodeProcess::start("B", dir.path(), &args(&["-t", "chat", "--bootnode", &a.tcp_addr])).await;
-    b.wait_connected_to(&a.peer_id, Duration::from_secs(20)).await;
+    let b = NodeProcess::start(
+        "B",
+        dir.path(),
+        &args(&["-t", "chat", "--bootnode", &a.tcp_addr]),
+    )
+    .await;
+    b.wait_connected_to(&a.peer_id, Duration::from_secs(20))
+        .await;
 
     let before = a.metrics_page().await;
-    assert_eq!(sample(&before, "p2p_mpc_requests_total{"), None, "no API request yet");
+    assert_eq!(
+        sample(&before, "p2p_mpc_requests_total{"),
+        None,
+        "no API request yet"
+    );
 
     for _ in 0..3 {
         a.get("/v1/status").await.unwrap();
@@ -45,26 +55,68 @@ async fn metrics_move_with_traffic_and_pass_promtool() {
         &page,
         "p2p_mpc_requests_total{method=\"GET\",route=\"/v1/status\",status=\"200\"}",
     );
-    assert!(status_requests >= Some(3.0), "requests_total by route: {status_requests:?}\n{page}");
     assert!(
-        sample(&page, "p2p_mpc_request_duration_seconds_count{method=\"GET\",route=\"/v1/status\"").is_some_and(|v| v >= 3.0),
+        status_requests >= Some(3.0),
+        "requests_total by route: {status_requests:?}\n{page}"
+    );
+    assert!(
+        sample(
+            &page,
+            "p2p_mpc_request_duration_seconds_count{method=\"GET\",route=\"/v1/status\""
+        )
+        .is_some_and(|v| v >= 3.0),
         "request duration histogram:\n{page}"
     );
-    assert!(sample(&page, "p2p_mpc_active_connections").is_some_and(|v| v >= 1.0), "{page}");
-    assert!(sample(&page, "p2p_mpc_connected_peers").is_some_and(|v| v >= 1.0), "{page}");
-    assert!(sample(&page, "p2p_mpc_gossip_messages_published_total{topic=\"chat\"}").is_some_and(|v| v >= 1.0), "{page}");
-    assert!(sample(&page, "p2p_mpc_gossip_messages_received_total{topic=\"chat\"}").is_some_and(|v| v >= 1.0), "{page}");
+    assert!(
+        sample(&page, "p2p_mpc_active_connections").is_some_and(|v| v >= 1.0),
+        "{page}"
+    );
+    assert!(
+        sample(&page, "p2p_mpc_connected_peers").is_some_and(|v| v >= 1.0),
+        "{page}"
+    );
+    assert!(
+        sample(
+            &page,
+            "p2p_mpc_gossip_messages_published_total{topic=\"chat\"}"
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{page}"
+    );
+    assert!(
+        sample(
+            &page,
+            "p2p_mpc_gossip_messages_received_total{topic=\"chat\"}"
+        )
+        .is_some_and(|v| v >= 1.0),
+        "{page}"
+    );
     // libp2p's own metrics, in the same page.
-    assert!(page.contains("libp2p_swarm_connections_established"), "libp2p swarm metrics:\n{page}");
-    assert!(page.contains("libp2p_gossipsub"), "libp2p gossipsub metrics");
-    assert!(page.contains("libp2p_bandwidth"), "libp2p bandwidth metrics");
-    assert!(!page.contains("# EOF"), "no OpenMetrics trailer in a Prometheus text page");
+    assert!(
+        page.contains("libp2p_swarm_connections_established"),
+        "libp2p swarm metrics:\n{page}"
+    );
+    assert!(
+        page.contains("libp2p_gossipsub"),
+        "libp2p gossipsub metrics"
+    );
+    assert!(
+        page.contains("libp2p_bandwidth"),
+        "libp2p bandwidth metrics"
+    );
+    assert!(
+        !page.contains("# EOF"),
+        "no OpenMetrics trailer in a Prometheus text page"
+    );
 
     // No metric family is declared twice.
     let mut seen = std::collections::HashSet::new();
     for line in page.lines().filter(|l| l.starts_with("# TYPE ")) {
         let name = line.split(' ').nth(2).unwrap();
-        assert!(seen.insert(name.to_string()), "duplicate metric family {name}");
+        assert!(
+            seen.insert(name.to_string()),
+            "duplicate metric family {name}"
+        );
     }
 
     if let Some(promtool) = promtool() {
@@ -75,7 +127,12 @@ async fn metrics_move_with_traffic_and_pass_promtool() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        child.stdin.take().unwrap().write_all(page.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(page.as_bytes())
+            .unwrap();
         let out = child.wait_with_output().unwrap();
         assert!(
             out.status.success(),
@@ -97,11 +154,19 @@ async fn json_trace_file_holds_spans_of_connections_publishes_and_requests() {
         &args(&["-t", "chat", "--json-trace", "--json-trace-file", &trace_s]),
     )
     .await;
-    let b = NodeProcess::start("B", dir.path(), &args(&["-t", "chat", "--bootnode", &a.tcp_addr])).await;
-    b.wait_connected_to(&a.peer_id, Duration::from_secs(20)).await;
+    let b = NodeProcess::start(
+        "B",
+        dir.path(),
+        &args(&["-t", "chat", "--bootnode", &a.tcp_addr]),
+    )
+    .await;
+    b.wait_connected_to(&a.peer_id, Duration::from_secs(20))
+        .await;
     a.get("/v1/status").await.unwrap();
     a.publish_when_ready("chat", "traced").await;
-    let status = a.terminate(Duration::from_secs(10)).expect("stops on SIGTERM");
+    let status = a
+        .terminate(Duration::from_secs(10))
+        .expect("stops on SIGTERM");
     assert!(status.success());
 
     let text = std::fs::read_to_string(&trace).expect("trace file written");
@@ -140,7 +205,12 @@ async fn api_token_auth_and_error_bodies() {
     let a = NodeProcess::start(
         "A",
         dir.path(),
-        &args(&["-t", "chat", "--api-token-file", token_file.to_str().unwrap()]),
+        &args(&[
+            "-t",
+            "chat",
+            "--api-token-file",
+            token_file.to_str().unwrap(),
+        ]),
     )
     .await;
     let url = |p: &str| format!("{}{p}", a.api);
@@ -150,10 +220,22 @@ async fn api_token_auth_and_error_bodies() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["code"], "unauthorized");
 
-    let r = a.http.get(url("/v1/status")).bearer_auth("wrong").send().await.unwrap();
+    let r = a
+        .http
+        .get(url("/v1/status"))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 401);
 
-    let r = a.http.get(url("/v1/status")).bearer_auth("s3cr3t-token").send().await.unwrap();
+    let r = a
+        .http
+        .get(url("/v1/status"))
+        .bearer_auth("s3cr3t-token")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16(), 200);
     let status: Value = r.json().await.unwrap();
     assert_eq!(status["peer_id"], a.peer_id.as_str());
@@ -207,7 +289,11 @@ async fn api_token_auth_and_error_bodies() {
         .arg(&token_file)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["peer_id"], a.peer_id.as_str());
     let out = Command::new(common::bin())
@@ -215,26 +301,40 @@ async fn api_token_auth_and_error_bodies() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("401"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("401"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_subcommand_reaches_other_nodes() {
     let dir = tempdir();
     let a = NodeProcess::start("A", dir.path(), &args(&["-t", "chat"])).await;
-    let b = NodeProcess::start("B", dir.path(), &args(&["-t", "chat", "--bootnode", &a.tcp_addr])).await;
-    b.wait_connected_to(&a.peer_id, Duration::from_secs(20)).await;
-    let id = wait_for("publish subcommand to succeed", Duration::from_secs(20), || async {
-        let out = Command::new(common::bin())
-            .args(["publish", "chat", "from the CLI", "--api", &a.api])
-            .output()
-            .unwrap();
-        if out.status.success() {
-            Ok(String::from_utf8(out.stdout).unwrap().trim().to_string())
-        } else {
-            Err(String::from_utf8_lossy(&out.stderr).into_owned())
-        }
-    })
+    let b = NodeProcess::start(
+        "B",
+        dir.path(),
+        &args(&["-t", "chat", "--bootnode", &a.tcp_addr]),
+    )
+    .await;
+    b.wait_connected_to(&a.peer_id, Duration::from_secs(20))
+        .await;
+    let id = wait_for(
+        "publish subcommand to succeed",
+        Duration::from_secs(20),
+        || async {
+            let out = Command::new(common::bin())
+                .args(["publish", "chat", "from the CLI", "--api", &a.api])
+                .output()
+                .unwrap();
+            if out.status.success() {
+                Ok(String::from_utf8(out.stdout).unwrap().trim().to_string())
+            } else {
+                Err(String::from_utf8_lossy(&out.stderr).into_owned())
+            }
+        },
+    )
     .await;
     let m = b.wait_message("chat", "from the CLI").await;
     assert_eq!(m["message_id"], id.as_str());

@@ -47,7 +47,10 @@ impl ApiClient {
                 message: "expected an http:// URL".into(),
             });
         }
-        let token = token_file.map(read_token).transpose().map_err(ClientError::Token)?;
+        let token = token_file
+            .map(read_token)
+            .transpose()
+            .map_err(ClientError::Token)?;
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5))
@@ -66,7 +69,10 @@ impl ApiClient {
         })
     }
 
-    async fn send<T: DeserializeOwned>(&self, req: reqwest::RequestBuilder) -> Result<T, ClientError> {
+    async fn send<T: DeserializeOwned>(
+        &self,
+        req: reqwest::RequestBuilder,
+    ) -> Result<T, ClientError> {
         let req = match &self.token {
             Some(t) => req.bearer_auth(t.expose()),
             None => req,
@@ -101,7 +107,11 @@ impl ApiClient {
     }
 
     /// `POST path` with a JSON body.
-    pub async fn post<T: DeserializeOwned>(&self, path: &str, body: &Value) -> Result<T, ClientError> {
+    pub async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, ClientError> {
         let url = self.url(path)?;
         self.send(self.http.post(url).json(body)).await
     }

@@ -73,21 +73,27 @@ impl IntoResponse for ApiError {
 impl From<NetworkError> for ApiError {
     fn from(e: NetworkError) -> Self {
         match &e {
-            NetworkError::Publish(PublishError::TooLarge { .. }) => {
-                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "message_too_large", e.to_string())
-            }
+            NetworkError::Publish(PublishError::TooLarge { .. }) => Self::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "message_too_large",
+                e.to_string(),
+            ),
             NetworkError::Publish(PublishError::NoPeers(_)) => {
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "no_peers", e.to_string())
             }
             NetworkError::Publish(PublishError::Duplicate) => {
                 Self::new(StatusCode::CONFLICT, "duplicate", e.to_string())
             }
-            NetworkError::Publish(PublishError::Other(_)) => {
-                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "publish_failed", e.to_string())
-            }
-            NetworkError::Stopped | NetworkError::Timeout(_) => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "network_unavailable", e.to_string())
-            }
+            NetworkError::Publish(PublishError::Other(_)) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "publish_failed",
+                e.to_string(),
+            ),
+            NetworkError::Stopped | NetworkError::Timeout(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "network_unavailable",
+                e.to_string(),
+            ),
         }
     }
 }
@@ -95,7 +101,10 @@ impl From<NetworkError> for ApiError {
 /// Parses a JSON request body, with a message that says what is wrong with it.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     if body.is_empty() {
-        return Err(ApiError::bad_request("invalid_body", "the request body is empty; expected a JSON object"));
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "the request body is empty; expected a JSON object",
+        ));
     }
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request("invalid_body", format!("invalid JSON body: {e}")))
@@ -111,7 +120,10 @@ pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
-        .route("/v1/topics/{topic}/messages", get(topic_messages).post(publish))
+        .route(
+            "/v1/topics/{topic}/messages",
+            get(topic_messages).post(publish),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route_layer(middleware::from_fn(label_route));
     v1.fallback(not_found)
@@ -147,7 +159,11 @@ async fn observe(State(state): State<ApiState>, req: Request, next: Next) -> Res
     let status = resp.status().as_u16().to_string();
     span.record("status", resp.status().as_u16());
     let labels = [route.as_str(), method.as_str(), status.as_str()];
-    state.metrics.requests_total.with_label_values(&labels).inc();
+    state
+        .metrics
+        .requests_total
+        .with_label_values(&labels)
+        .inc();
     state
         .metrics
         .request_duration_seconds
@@ -171,7 +187,12 @@ async fn require_token(
         .and_then(|v| v.strip_prefix("Bearer "));
     match presented {
         Some(p) if bool::from(p.as_bytes().ct_eq(token.expose().as_bytes())) => next.run(req).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "the bearer token is not valid").into_response(),
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "the bearer token is not valid",
+        )
+        .into_response(),
         None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
@@ -238,7 +259,9 @@ pub struct PublishResponse {
 }
 
 fn check_topic(topic: &str) -> Result<(), ApiError> {
-    parse_topic(topic).map(|_| ()).map_err(|m| ApiError::bad_request("invalid_topic", m))
+    parse_topic(topic)
+        .map(|_| ())
+        .map_err(|m| ApiError::bad_request("invalid_topic", m))
 }
 
 async fn publish(
@@ -249,7 +272,10 @@ async fn publish(
     check_topic(&topic)?;
     let req: PublishRequest = parse_body(&body)?;
     if req.data.is_empty() {
-        return Err(ApiError::bad_request("invalid_body", "`data` must not be empty"));
+        return Err(ApiError::bad_request(
+            "invalid_body",
+            "`data` must not be empty",
+        ));
     }
     let message_id = state.network.publish(&topic, req.data.into_bytes()).await?;
     Ok((StatusCode::CREATED, Json(PublishResponse { message_id })))

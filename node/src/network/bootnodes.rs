@@ -104,7 +104,9 @@ mod tests {
 
     fn bootnode() -> PeerAddr {
         let peer_id = PeerId::random();
-        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer_id}").parse().unwrap();
+        let addr: Multiaddr = format!("/ip4/127.0.0.1/tcp/4001/p2p/{peer_id}")
+            .parse()
+            .unwrap();
         PeerAddr { peer_id, addr }
     }
 
@@ -114,7 +116,10 @@ mod tests {
         let mut d = BootnodeDialer::new(std::slice::from_ref(&b));
         let now = Instant::now();
         assert_eq!(d.take_due(now).len(), 1);
-        assert!(d.take_due(now).is_empty(), "a dial in progress is not repeated");
+        assert!(
+            d.take_due(now).is_empty(),
+            "a dial in progress is not repeated"
+        );
 
         let first = d.on_lost(&b.peer_id, now).unwrap();
         assert!(d.take_due(now).is_empty(), "not due before the backoff");
@@ -128,8 +133,14 @@ mod tests {
         assert!(third <= MAX_DELAY * 2);
 
         d.on_connected(&b.peer_id);
-        assert!(d.take_due(later + MAX_DELAY * 4).is_empty(), "connected: no dial");
+        assert!(
+            d.take_due(later + MAX_DELAY * 4).is_empty(),
+            "connected: no dial"
+        );
         let after_reset = d.on_lost(&b.peer_id, later).unwrap();
-        assert!(after_reset <= MIN_DELAY * 2, "backoff reset after a connection: {after_reset:?}");
+        assert!(
+            after_reset <= MIN_DELAY * 2,
+            "backoff reset after a connection: {after_reset:?}"
+        );
     }
 }

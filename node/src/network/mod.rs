@@ -114,7 +114,10 @@ pub struct NetworkClient {
 }
 
 impl NetworkClient {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, NetworkError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, NetworkError> {
         let (reply, rx) = oneshot::channel();
         let call = async {
             self.tx

@@ -7,20 +7,23 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use futures::StreamExt;
+use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
+use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, noise, tcp, yamux};
-use libp2p::metrics::Recorder;
-use libp2p::core::transport::ListenerId;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn};
 
 use super::behaviour::{self, BehaviourSettings, NodeBehaviour, NodeBehaviourEvent};
 use super::bootnodes::BootnodeDialer;
-use super::{Command, GossipMessage, NetworkClient, NetworkEvent, NetworkStatus, PeerInfo, PublishError, with_peer_id};
+use super::{
+    Command, GossipMessage, NetworkClient, NetworkEvent, NetworkStatus, PeerInfo, PublishError,
+    with_peer_id,
+};
 use crate::config::PeerAddr;
 use crate::metrics::{NodeMetrics, Readiness};
 
@@ -117,16 +120,27 @@ impl NetworkService {
             IpAddr::V4(v4) => Protocol::Ip4(v4),
             IpAddr::V6(v6) => Protocol::Ip6(v6),
         };
-        let mut listen = vec![Multiaddr::empty().with(ip.clone()).with(Protocol::Tcp(settings.network_port))];
+        let mut listen = vec![
+            Multiaddr::empty()
+                .with(ip.clone())
+                .with(Protocol::Tcp(settings.network_port)),
+        ];
         if let Some(ws) = settings.ws_port {
-            listen.push(Multiaddr::empty().with(ip).with(Protocol::Tcp(ws)).with(Protocol::Ws("/".into())));
+            listen.push(
+                Multiaddr::empty()
+                    .with(ip)
+                    .with(Protocol::Tcp(ws))
+                    .with(Protocol::Ws("/".into())),
+            );
         }
         let mut listeners = Vec::new();
         for addr in listen {
-            let id = swarm.listen_on(addr.clone()).map_err(|e| StartError::Listen {
-                addr,
-                message: e.to_string(),
-            })?;
+            let id = swarm
+                .listen_on(addr.clone())
+                .map_err(|e| StartError::Listen {
+                    addr,
+                    message: e.to_string(),
+                })?;
             listeners.push(id);
         }
 
@@ -143,7 +157,10 @@ impl NetworkService {
 
         for node in settings.bootnodes.iter().chain(&settings.seed_nodes) {
             let addr = strip_peer_id(&node.addr);
-            swarm.behaviour_mut().kademlia.add_address(&node.peer_id, addr);
+            swarm
+                .behaviour_mut()
+                .kademlia
+                .add_address(&node.peer_id, addr);
         }
         readiness
             .needs_peer
@@ -253,7 +270,11 @@ impl NetworkService {
                     .iter()
                     .map(|(id, e)| PeerInfo {
                         peer_id: id.to_string(),
-                        connected_addrs: e.connected_addrs.values().map(ToString::to_string).collect(),
+                        connected_addrs: e
+                            .connected_addrs
+                            .values()
+                            .map(ToString::to_string)
+                            .collect(),
                         listen_addrs: e.listen_addrs.iter().map(ToString::to_string).collect(),
                         agent_version: e.agent_version.clone(),
                         topics: e.topics.iter().cloned().collect(),
@@ -315,7 +336,10 @@ impl NetworkService {
         if self.events.try_send(event).is_err() {
             self.dropped_events += 1;
             if self.dropped_events.is_power_of_two() {
-                warn!(dropped = self.dropped_events, "network event queue full; events dropped");
+                warn!(
+                    dropped = self.dropped_events,
+                    "network event queue full; events dropped"
+                );
             }
         }
     }
@@ -333,7 +357,12 @@ impl NetworkService {
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Kademlia(e)) => {
                 self.libp2p_metrics.record(&e);
-                if let kad::Event::RoutingUpdated { peer, is_new_peer: true, .. } = &e {
+                if let kad::Event::RoutingUpdated {
+                    peer,
+                    is_new_peer: true,
+                    ..
+                } = &e
+                {
                     debug!(%peer, "kademlia: new peer in routing table");
                 }
             }
@@ -389,7 +418,10 @@ impl NetworkService {
                 info_span!("connection_closed", peer = %peer_id).in_scope(|| {
                     info!(
                         remaining = num_established,
-                        cause = cause.as_ref().map(ToString::to_string).unwrap_or_else(|| "closed".into()),
+                        cause = cause
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .unwrap_or_else(|| "closed".into()),
                         "connection closed"
                     )
                 });
@@ -406,7 +438,11 @@ impl NetworkService {
                     }
                 }
             }
-            SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+            SwarmEvent::OutgoingConnectionError {
+                peer_id: Some(peer),
+                error,
+                ..
+            } => {
                 if matches!(error, DialError::DialPeerConditionFalse(_)) {
                     return;
                 }
@@ -415,7 +451,11 @@ impl NetworkService {
                     self.bootnode_lost(peer, &error.to_string());
                 }
             }
-            SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
+            SwarmEvent::IncomingConnectionError {
+                send_back_addr,
+                error,
+                ..
+            } => {
                 debug!(remote = %send_back_addr, error = %error, "incoming connection failed");
             }
             SwarmEvent::ListenerError { error, .. } => {
@@ -490,7 +530,10 @@ impl NetworkService {
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
                 if rejection.is_none() {
-                    self.metrics.gossip_received.with_label_values(&[&label]).inc();
+                    self.metrics
+                        .gossip_received
+                        .with_label_values(&[&label])
+                        .inc();
                     self.emit(NetworkEvent::Message(GossipMessage {
                         topic,
                         source: message.source,

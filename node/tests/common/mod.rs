@@ -160,7 +160,9 @@ impl NodeProcess {
                         .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
                         .find(|a| a.contains("/ws"));
                     match (api, metrics, tcp) {
-                        (Some(a), Some(m), Some(t)) if !wants_ws || ws.is_some() => Ok((a, m, t, ws)),
+                        (Some(a), Some(m), Some(t)) if !wants_ws || ws.is_some() => {
+                            Ok((a, m, t, ws))
+                        }
                         _ => Err(lines.last().cloned().unwrap_or_default()),
                     }
                 }
@@ -349,7 +351,11 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
 pub fn promtool() -> Option<PathBuf> {
     let candidates = ["promtool", "/usr/bin/promtool"];
     for c in candidates {
-        if Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()) {
+        if Command::new(c)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+        {
             return Some(PathBuf::from(c));
         }
     }
