@@ -6,7 +6,8 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{NodeProcess, promtool, tempdir, wait_for, write_file};
+use common::{NodeProcess, tempdir, wait_for, write_file};
+use p2p_mpc_testenv::or_skip;
 use serde_json::Value;
 
 fn args(list: &[&str]) -> Vec<String> {
@@ -119,7 +120,7 @@ async fn metrics_move_with_traffic_and_pass_promtool() {
         );
     }
 
-    if let Some(promtool) = promtool() {
+    if let Some(promtool) = or_skip(p2p_mpc_testenv::promtool().await) {
         let mut child = Command::new(promtool)
             .args(["check", "metrics"])
             .stdin(Stdio::piped())
