@@ -12,16 +12,12 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{NodeProcess, tempdir, wait_for};
+use common::{NodeProcess, args, tempdir, wait_for};
 use p2p_mpc_node::config::PeerAddr;
 use p2p_mpc_node::metrics::{NodeMetrics, Readiness};
 use p2p_mpc_node::network::{
     NetworkClient, NetworkError, NetworkService, NetworkSettings, PublishError,
 };
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 async fn hostile_peer(victim: &str) -> NetworkClient {
     let (peer_id, addr) = p2p_mpc_node::config::parse_peer_multiaddr(victim).unwrap();

@@ -5,13 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NodeProcess, tempdir};
+use common::{start_pair, tempdir};
 use p2p_mpc_testenv::{Jaeger, or_skip, wait_for};
 use serde_json::Value;
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 /// Operation names of the spans of `traces` whose process carries `peer_id`.
 fn operations_of(traces: &[Value], peer_id: &str) -> Vec<String> {
@@ -21,9 +17,11 @@ fn operations_of(traces: &[Value], peer_id: &str) -> Vec<String> {
         for span in trace["spans"].as_array().into_iter().flatten() {
             let process = &processes[span["processID"].as_str().unwrap_or("")];
             let ours = process["serviceName"] == "p2p-mpc"
-                && process["tags"].as_array().into_iter().flatten().any(|t| {
-                    t["key"] == "p2p_mpc.peer_id" && t["value"] == peer_id
-                });
+                && process["tags"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t["key"] == "p2p_mpc.peer_id" && t["value"] == peer_id);
             if ours {
                 ops.push(span["operationName"].as_str().unwrap_or("").to_string());
             }
@@ -44,18 +42,23 @@ async fn spans_reach_a_real_jaeger_over_otlp() {
         .unwrap()
         .to_string();
     let dir = tempdir();
-    let mut a = NodeProcess::start(
-        "A",
+    let (mut a, _b) = start_pair(
         dir.path(),
-        &args(&["-t", "chat", "--enable-jaeger", "--jaeger-host", "127.0.0.1", "--jaeger-port", &port]),
+        &[
+            "--enable-jaeger",
+            "--jaeger-host",
+            "127.0.0.1",
+            "--jaeger-port",
+            &port,
+        ],
     )
     .await;
-    let b = NodeProcess::start("B", dir.path(), &args(&["-t", "chat", "--bootnode", &a.tcp_addr])).await;
-    b.wait_connected_to(&a.peer_id, Duration::from_secs(20)).await;
     a.get("/v1/status").await.unwrap();
     a.publish_when_ready("chat", "to jaeger").await;
     // The batch exporter has not sent these yet; SIGTERM must flush them.
-    let status = a.terminate(Duration::from_secs(15)).expect("stops on SIGTERM");
+    let status = a
+        .terminate(Duration::from_secs(15))
+        .expect("stops on SIGTERM");
     assert!(status.success(), "{status}");
 
     let peer = a.peer_id.clone();

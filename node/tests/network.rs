@@ -5,11 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NodeProcess, tempdir, wait_for};
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
+use common::{NodeProcess, args, start_pair, tempdir, wait_for};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_discovery_gossip_and_bootnode_reconnect() {
@@ -203,15 +199,7 @@ async fn readiness_waits_for_a_bootnode_peer() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_stops_the_node_cleanly() {
     let dir = tempdir();
-    let mut a = NodeProcess::start("A", dir.path(), &args(&["-t", "chat"])).await;
-    let b = NodeProcess::start(
-        "B",
-        dir.path(),
-        &args(&["-t", "chat", "--bootnode", &a.tcp_addr]),
-    )
-    .await;
-    b.wait_connected_to(&a.peer_id, Duration::from_secs(20))
-        .await;
+    let (mut a, b) = start_pair(dir.path(), &[]).await;
     let status = a
         .terminate(Duration::from_secs(10))
         .expect("node exits within 10 s of SIGTERM");

@@ -6,13 +6,9 @@ use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{NodeProcess, tempdir, wait_for, write_file};
+use common::{NodeProcess, args, start_pair, tempdir, wait_for, write_file};
 use p2p_mpc_testenv::or_skip;
 use serde_json::Value;
-
-fn args(list: &[&str]) -> Vec<String> {
-    list.iter().map(|s| s.to_string()).collect()
-}
 
 /// The value of the first sample whose line starts with `prefix` (name plus labels).
 fn sample(page: &str, prefix: &str) -> Option<f64> {
@@ -26,15 +22,7 @@ fn sample(page: &str, prefix: &str) -> Option<f64> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_move_with_traffic_and_pass_promtool() {
     let dir = tempdir();
-    let a = NodeProcess::start("A", dir.path(), &args(&["-t", "chat"])).await;
-    let b = NodeProcess::start(
-        "B",
-        dir.path(),
-        &args(&["-t", "chat", "--bootnode", &a.tcp_addr]),
-    )
-    .await;
-    b.wait_connected_to(&a.peer_id, Duration::from_secs(20))
-        .await;
+    let (a, b) = start_pair(dir.path(), &[]).await;
 
     let before = a.metrics_page().await;
     assert_eq!(
@@ -149,20 +137,7 @@ async fn json_trace_file_holds_spans_of_connections_publishes_and_requests() {
     let dir = tempdir();
     let trace = dir.path().join("traces/a.json");
     let trace_s = trace.display().to_string();
-    let mut a = NodeProcess::start(
-        "A",
-        dir.path(),
-        &args(&["-t", "chat", "--json-trace", "--json-trace-file", &trace_s]),
-    )
-    .await;
-    let b = NodeProcess::start(
-        "B",
-        dir.path(),
-        &args(&["-t", "chat", "--bootnode", &a.tcp_addr]),
-    )
-    .await;
-    b.wait_connected_to(&a.peer_id, Duration::from_secs(20))
-        .await;
+    let (mut a, b) = start_pair(dir.path(), &["--json-trace", "--json-trace-file", &trace_s]).await;
     a.get("/v1/status").await.unwrap();
     a.publish_when_ready("chat", "traced").await;
     let status = a
@@ -312,15 +287,7 @@ async fn api_token_auth_and_error_bodies() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publish_subcommand_reaches_other_nodes() {
     let dir = tempdir();
-    let a = NodeProcess::start("A", dir.path(), &args(&["-t", "chat"])).await;
-    let b = NodeProcess::start(
-        "B",
-        dir.path(),
-        &args(&["-t", "chat", "--bootnode", &a.tcp_addr]),
-    )
-    .await;
-    b.wait_connected_to(&a.peer_id, Duration::from_secs(20))
-        .await;
+    let (a, b) = start_pair(dir.path(), &[]).await;
     let id = wait_for(
         "publish subcommand to succeed",
         Duration::from_secs(20),

@@ -346,3 +346,20 @@ pub fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     std::fs::write(&p, text).unwrap();
     p
 }
+
+/// Owned strings from string slices, for node arguments.
+pub fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| s.to_string()).collect()
+}
+
+/// Starts node A on topic `chat` (plus `extra_a`) and node B with A as its bootnode, and
+/// waits until B is connected to A.
+pub async fn start_pair(dir: &Path, extra_a: &[&str]) -> (NodeProcess, NodeProcess) {
+    let mut a_args = args(&["-t", "chat"]);
+    a_args.extend(args(extra_a));
+    let a = NodeProcess::start("A", dir, &a_args).await;
+    let b = NodeProcess::start("B", dir, &args(&["-t", "chat", "--bootnode", &a.tcp_addr])).await;
+    b.wait_connected_to(&a.peer_id, Duration::from_secs(20))
+        .await;
+    (a, b)
+}
