@@ -130,12 +130,11 @@ pub fn init(settings: &TracingSettings) -> Result<TracingGuard, TracingError> {
 }
 
 fn otlp_provider(endpoint: &str, peer_id: &str) -> Result<SdkTracerProvider, TracingError> {
-    use opentelemetry_otlp::{WithExportConfig, WithTonicConfig};
+    use opentelemetry_otlp::WithExportConfig;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
         .with_endpoint(endpoint.to_string())
         .with_timeout(Duration::from_secs(5))
-        .with_compression(opentelemetry_otlp::Compression::Gzip)
         .build()
         .map_err(|e| TracingError::Otlp {
             endpoint: endpoint.to_string(),
