@@ -178,6 +178,10 @@ pub struct NodeArgs {
     #[arg(long, env = "P2P_MPC_MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES",
           value_parser = parse_max_message_size)]
     pub max_message_size: usize,
+
+    /// This node's name in the config file's `pods` section, which then supplies its bootnodes.
+    #[arg(long, env = "P2P_MPC_POD_NAME", value_name = "NAME")]
+    pub pod_name: Option<String>,
 }
 
 /// Log levels accepted by `--log-level` and `log_level`.

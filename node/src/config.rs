@@ -4,6 +4,7 @@
 //! problem is reported as a [`ConfigError`] naming the file, the key and what was expected,
 //! before anything is started.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
@@ -81,6 +82,16 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub max_connections: Option<u32>,
     pub max_message_size: Option<usize>,
+    /// Per-node settings by node name (`--pod-name`), e.g. written by the operator.
+    pub pods: Option<BTreeMap<String, PodConfig>>,
+}
+
+/// Settings of one named node in the config file's `pods` section.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PodConfig {
+    /// This node's bootnodes; they replace the top-level `bootnodes`.
+    pub bootnodes: Option<Vec<String>>,
 }
 
 impl FileConfig {
@@ -163,6 +174,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub max_connections: u32,
     pub max_message_size: usize,
+    /// The node's name in the `pods` section, if given.
+    pub pod_name: Option<String>,
 }
 
 /// Parses a multiaddr that must name its peer (`.../p2p/<peer id>`).
@@ -266,7 +279,36 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         .filter(|t| unique.insert(t.clone()))
         .collect();
 
-    let bootnodes = peer_list("bootnodes", "bootnodes", &args.bootnodes, &file.bootnodes)?;
+    let pod_entry = match (&args.pod_name, &file.pods) {
+        (Some(pod), Some(pods)) if !from_cli("bootnodes") => match pods.get(pod) {
+            Some(entry) => Some((pod.clone(), entry.clone())),
+            None => {
+                let known: Vec<&str> = pods.keys().map(String::as_str).collect();
+                return Err(invalid(
+                    &file_origin,
+                    "pods".into(),
+                    format!(
+                        "no entry for this node's name `{pod}` (from --pod-name / P2P_MPC_POD_NAME); the file has: {}",
+                        if known.is_empty() {
+                            "none".to_string()
+                        } else {
+                            known.join(", ")
+                        }
+                    ),
+                ));
+            }
+        },
+        _ => None,
+    };
+    let bootnodes = match &pod_entry {
+        Some((pod, entry)) => peer_list(
+            "bootnodes",
+            &format!("pods.{pod}.bootnodes"),
+            &args.bootnodes,
+            &Some(entry.bootnodes.clone().unwrap_or_default()),
+        )?,
+        None => peer_list("bootnodes", "bootnodes", &args.bootnodes, &file.bootnodes)?,
+    };
     let seed_nodes = peer_list(
         "seed_nodes",
         "seed_nodes",
@@ -336,6 +378,7 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         data_dir: pick!(data_dir),
         max_connections,
         max_message_size,
+        pod_name: args.pod_name.clone(),
     })
 }
 
@@ -440,6 +483,26 @@ mod tests {
             err.contains("metrics_port") && err.contains("70000"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn pod_name_selects_its_bootnodes() {
+        let a = "/dns4/n-0.n-headless.ns.svc.cluster.local/tcp/4001/p2p/12D3KooWLzVeoBe8Xb4bnRVFzsLuNQhPh9WkZVXqEXHZ1QVDR6VP";
+        let f = write_config(&format!(
+            "bootnodes: []\npods:\n  n-0: {{}}\n  n-1:\n    bootnodes: [\"{a}\"]\n"
+        ));
+        let path = f.path().to_str().unwrap();
+        let c = resolve_with(&["-c", path, "--pod-name", "n-1"]).unwrap();
+        assert_eq!(c.bootnodes.len(), 1);
+        assert_eq!(c.bootnodes[0].addr.to_string(), a);
+        let c = resolve_with(&["-c", path, "--pod-name", "n-0"]).unwrap();
+        assert!(c.bootnodes.is_empty());
+        let err = resolve_with(&["-c", path, "--pod-name", "n-7"])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("`n-7`") && err.contains("n-0, n-1"), "{err}");
+        // Without a pod name the section is not consulted.
+        assert!(resolve_with(&["-c", path]).unwrap().bootnodes.is_empty());
     }
 
     #[test]

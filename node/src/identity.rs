@@ -70,12 +70,14 @@ pub fn read_keypair(path: &Path) -> Result<Keypair, IdentityError> {
         source,
     })?;
     if let Ok(meta) = fs::metadata(path)
-        && meta.permissions().mode() & 0o077 != 0
+        && meta.permissions().mode() & 0o007 != 0
     {
+        // Group access is left alone: Kubernetes grants a pod's fsGroup read access to its
+        // mounted key, which is how a non-root node reads it.
         tracing::warn!(
             path = %path.display(),
             mode = format!("{:o}", meta.permissions().mode() & 0o777),
-            "identity key file is readable by group or others; run chmod 600 on it"
+            "identity key file is accessible to other users; run chmod 600 on it"
         );
     }
     decode_keypair(path, &bytes)
