@@ -57,7 +57,9 @@ fn run_node(args: &NodeArgs, matches: &clap::ArgMatches) -> ExitCode {
             otlp_endpoint: config
                 .enable_jaeger
                 .then(|| format!("http://{}:{}", config.jaeger_host, config.jaeger_port)),
-            peer_id: peer_id.to_string(),
+            service_name: "p2p-mpc".into(),
+            resource_attributes: vec![("p2p_mpc.peer_id".into(), peer_id.to_string())],
+            json_logs: false,
         };
         let guard = match tracing_config::init(&settings) {
             Ok(g) => g,

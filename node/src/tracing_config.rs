@@ -31,8 +31,12 @@ pub struct TracingSettings {
     pub json_trace_file: Option<PathBuf>,
     /// Export spans over OTLP gRPC to this endpoint (`http://host:port`).
     pub otlp_endpoint: Option<String>,
-    /// Recorded as a resource attribute of exported spans.
-    pub peer_id: String,
+    /// Service name of exported spans (`p2p-mpc` for a node).
+    pub service_name: String,
+    /// Resource attributes of exported spans (a node's peer id).
+    pub resource_attributes: Vec<(String, String)>,
+    /// Log lines on stderr as JSON objects instead of text.
+    pub json_logs: bool,
 }
 
 /// A problem setting up tracing.
@@ -91,9 +95,18 @@ pub fn init(settings: &TracingSettings) -> Result<TracingGuard, TracingError> {
         _ => EnvFilter::new(format!("{level},{quiet}")),
     };
 
-    let fmt_layer = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal());
+    let (text_logs, json_logs) = if settings.json_logs {
+        (None, Some(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)))
+    } else {
+        (
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(std::io::stderr().is_terminal()),
+            ),
+            None,
+        )
+    };
 
     let (json_layer, json_handle) = match &settings.json_trace_file {
         Some(path) => {
@@ -105,8 +118,8 @@ pub fn init(settings: &TracingSettings) -> Result<TracingGuard, TracingError> {
 
     let (otel_layer, provider) = match &settings.otlp_endpoint {
         Some(endpoint) => {
-            let provider = otlp_provider(endpoint, &settings.peer_id)?;
-            let tracer = provider.tracer("p2p-mpc");
+            let provider = otlp_provider(endpoint, settings)?;
+            let tracer = provider.tracer(settings.service_name.clone());
             (
                 Some(tracing_opentelemetry::layer().with_tracer(tracer)),
                 Some(provider),
@@ -117,7 +130,8 @@ pub fn init(settings: &TracingSettings) -> Result<TracingGuard, TracingError> {
 
     tracing_subscriber::registry()
         .with(filter)
-        .with(fmt_layer)
+        .with(text_logs)
+        .with(json_logs)
         .with(json_layer)
         .with(otel_layer)
         .try_init()
@@ -129,7 +143,10 @@ pub fn init(settings: &TracingSettings) -> Result<TracingGuard, TracingError> {
     })
 }
 
-fn otlp_provider(endpoint: &str, peer_id: &str) -> Result<SdkTracerProvider, TracingError> {
+fn otlp_provider(
+    endpoint: &str,
+    settings: &TracingSettings,
+) -> Result<SdkTracerProvider, TracingError> {
     use opentelemetry_otlp::WithExportConfig;
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
@@ -141,8 +158,13 @@ fn otlp_provider(endpoint: &str, peer_id: &str) -> Result<SdkTracerProvider, Tra
             message: e.to_string(),
         })?;
     let resource = Resource::builder()
-        .with_service_name("p2p-mpc")
-        .with_attribute(KeyValue::new("p2p_mpc.peer_id", peer_id.to_string()))
+        .with_service_name(settings.service_name.clone())
+        .with_attributes(
+            settings
+                .resource_attributes
+                .iter()
+                .map(|(k, v)| KeyValue::new(k.clone(), v.clone())),
+        )
         .with_attribute(KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
         .build();
     Ok(SdkTracerProvider::builder()
