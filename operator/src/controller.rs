@@ -102,7 +102,11 @@ pub enum Change {
     Unchanged,
 }
 
-fn kube_err(action: &'static str, kind: &'static str, name: &str) -> impl FnOnce(kube::Error) -> Error {
+fn kube_err(
+    action: &'static str,
+    kind: &'static str,
+    name: &str,
+) -> impl FnOnce(kube::Error) -> Error {
     let name = name.to_string();
     move |source| Error::Kube {
         action,
@@ -125,7 +129,11 @@ where
         .map_err(kube_err("read", kind, &name))?
         .and_then(|o| o.meta().resource_version.clone());
     let after = api
-        .patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(obj))
+        .patch(
+            &name,
+            &PatchParams::apply(FIELD_MANAGER).force(),
+            &Patch::Apply(obj),
+        )
         .await
         .map_err(kube_err("apply", kind, &name))?;
     let change = match (before, after.meta().resource_version.clone()) {
@@ -152,17 +160,29 @@ async fn publish(ctx: &Context, mc: &MpcCluster, type_: EventType, reason: &str,
 /// Reconciles one cluster.
 pub async fn reconcile(mc: Arc<MpcCluster>, ctx: Arc<Context>) -> Result<Action, Error> {
     let key = format!("{}/{}", mc.namespace().unwrap_or_default(), mc.name_any());
-    let span = tracing::info_span!("reconcile", cluster = %key, generation = mc.metadata.generation);
+    let span =
+        tracing::info_span!("reconcile", cluster = %key, generation = mc.metadata.generation);
     let start = Instant::now();
     let result = reconcile_cluster(&mc, &ctx).instrument(span).await;
-    ctx.metrics.observe(start.elapsed(), result.as_ref().err().map(Error::label));
+    ctx.metrics
+        .observe(start.elapsed(), result.as_ref().err().map(Error::label));
     match &result {
         Ok(_) => {
-            ctx.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(&key);
+            ctx.failures
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&key);
         }
         Err(e) => {
             warn!(cluster = %key, error = %e, "reconcile failed");
-            publish(&ctx, &mc, EventType::Warning, "ReconcileFailed", e.to_string()).await;
+            publish(
+                &ctx,
+                &mc,
+                EventType::Warning,
+                "ReconcileFailed",
+                e.to_string(),
+            )
+            .await;
             mark_degraded(&mc, &ctx, &e.to_string()).await;
         }
     }
@@ -187,10 +207,11 @@ async fn reconcile_cluster(mc: &MpcCluster, ctx: &Context) -> Result<Action, Err
 
     // Identity keys: existing ones are kept byte for byte, missing ones generated.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let existing = secrets
-        .get_opt(&names.secret())
-        .await
-        .map_err(kube_err("read", "Secret", &names.secret()))?;
+    let existing = secrets.get_opt(&names.secret()).await.map_err(kube_err(
+        "read",
+        "Secret",
+        &names.secret(),
+    ))?;
     let entries = existing
         .and_then(|s| s.data)
         .unwrap_or_default()
@@ -202,11 +223,23 @@ async fn reconcile_cluster(mc: &MpcCluster, ctx: &Context) -> Result<Action, Err
     let (_, c) = apply(&secrets, &secret::build(mc, &names, &keys), "Secret").await?;
     changes.push((c, "Secret", names.secret()));
     if !added.is_empty() {
-        publish(ctx, mc, EventType::Normal, "KeysGenerated", format!("generated identity keys for {}", added.join(", "))).await;
+        publish(
+            ctx,
+            mc,
+            EventType::Normal,
+            "KeysGenerated",
+            format!("generated identity keys for {}", added.join(", ")),
+        )
+        .await;
     }
 
     let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let (_, c) = apply(&config_maps, &config::build(mc, &names, &keys)?, "ConfigMap").await?;
+    let (_, c) = apply(
+        &config_maps,
+        &config::build(mc, &names, &keys)?,
+        "ConfigMap",
+    )
+    .await?;
     changes.push((c, "ConfigMap", names.config_map()));
 
     let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
@@ -219,7 +252,12 @@ async fn reconcile_cluster(mc: &MpcCluster, ctx: &Context) -> Result<Action, Err
         image: ctx.config.default_image.clone(),
     };
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-    let (sts, c) = apply(&sets, &statefulset::build(mc, &names, &defaults), "StatefulSet").await?;
+    let (sts, c) = apply(
+        &sets,
+        &statefulset::build(mc, &names, &defaults),
+        "StatefulSet",
+    )
+    .await?;
     changes.push((c, "StatefulSet", names.workload()));
 
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
@@ -235,7 +273,14 @@ async fn reconcile_cluster(mc: &MpcCluster, ctx: &Context) -> Result<Action, Err
             Change::Unchanged => continue,
         };
         info!(kind, name, "{verb}");
-        publish(ctx, mc, EventType::Normal, reason, format!("{verb} {kind} {name}")).await;
+        publish(
+            ctx,
+            mc,
+            EventType::Normal,
+            reason,
+            format!("{verb} {kind} {name}"),
+        )
+        .await;
     }
 
     let status = observed_status(mc, &names, &keys, &sts, monitor_condition)?;
@@ -264,23 +309,40 @@ async fn reconcile_service_monitor(
         }
         Err(_) => return Ok(None),
     };
-    let api: Api<DynamicObject> = Api::namespaced_with(ctx.client.clone(), &names.namespace, &resource);
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(ctx.client.clone(), &names.namespace, &resource);
     if wanted {
         let (_, c) = apply(&api, &service_monitor::build(mc, names), "ServiceMonitor").await?;
         changes.push((c, "ServiceMonitor", names.workload()));
-        Ok(Some(condition("ServiceMonitor", true, "Created", "the ServiceMonitor selects the nodes' metrics port")))
+        Ok(Some(condition(
+            "ServiceMonitor",
+            true,
+            "Created",
+            "the ServiceMonitor selects the nodes' metrics port",
+        )))
     } else {
         // Turned off: remove the one we made earlier, if any.
         let ours = api
             .get_opt(&names.workload())
             .await
             .map_err(kube_err("read", "ServiceMonitor", &names.workload()))?
-            .is_some_and(|o| o.owner_references().iter().any(|r| Some(&r.uid) == mc.metadata.uid.as_ref()));
+            .is_some_and(|o| {
+                o.owner_references()
+                    .iter()
+                    .any(|r| Some(&r.uid) == mc.metadata.uid.as_ref())
+            });
         if ours {
             api.delete(&names.workload(), &Default::default())
                 .await
                 .map_err(kube_err("delete", "ServiceMonitor", &names.workload()))?;
-            publish(ctx, mc, EventType::Normal, "Deleted", format!("deleted ServiceMonitor {}", names.workload())).await;
+            publish(
+                ctx,
+                mc,
+                EventType::Normal,
+                "Deleted",
+                format!("deleted ServiceMonitor {}", names.workload()),
+            )
+            .await;
         }
         Ok(None)
     }
@@ -328,9 +390,19 @@ pub fn observed_status(
 
     let mut conditions = vec![
         if ready >= replicas {
-            condition("Ready", true, "AllNodesReady", &format!("{ready}/{replicas} nodes ready"))
+            condition(
+                "Ready",
+                true,
+                "AllNodesReady",
+                &format!("{ready}/{replicas} nodes ready"),
+            )
         } else {
-            condition("Ready", false, "NodesNotReady", &format!("{ready}/{replicas} nodes ready"))
+            condition(
+                "Ready",
+                false,
+                "NodesNotReady",
+                &format!("{ready}/{replicas} nodes ready"),
+            )
         },
         if !sts_current || updated < replicas || ready < replicas {
             condition(
@@ -340,9 +412,19 @@ pub fn observed_status(
                 &format!("{updated}/{replicas} nodes updated, {ready}/{replicas} ready"),
             )
         } else {
-            condition("Progressing", false, "Stable", "every node runs the current spec")
+            condition(
+                "Progressing",
+                false,
+                "Stable",
+                "every node runs the current spec",
+            )
         },
-        condition("Degraded", false, "ReconcileSucceeded", "all child objects are applied"),
+        condition(
+            "Degraded",
+            false,
+            "ReconcileSucceeded",
+            "all child objects are applied",
+        ),
     ];
     conditions.extend(extra);
     for c in &mut conditions {
@@ -371,10 +453,18 @@ fn same_conditions(a: &[Condition], b: &[Condition]) -> bool {
 
 /// Writes `status` unless it says what the current status already says. Transition times
 /// of conditions whose status did not change are kept.
-async fn write_status(mc: &MpcCluster, ctx: &Context, mut status: MpcClusterStatus) -> Result<(), Error> {
+async fn write_status(
+    mc: &MpcCluster,
+    ctx: &Context,
+    mut status: MpcClusterStatus,
+) -> Result<(), Error> {
     let current = mc.status.clone().unwrap_or_default();
     for c in &mut status.conditions {
-        if let Some(old) = current.conditions.iter().find(|o| o.type_ == c.type_ && o.status == c.status) {
+        if let Some(old) = current
+            .conditions
+            .iter()
+            .find(|o| o.type_ == c.type_ && o.status == c.status)
+        {
             c.last_transition_time = old.last_transition_time.clone();
         }
     }
@@ -386,7 +476,8 @@ async fn write_status(mc: &MpcCluster, ctx: &Context, mut status: MpcClusterStat
     if unchanged {
         return Ok(());
     }
-    let api: Api<MpcCluster> = Api::namespaced(ctx.client.clone(), &mc.namespace().unwrap_or_default());
+    let api: Api<MpcCluster> =
+        Api::namespaced(ctx.client.clone(), &mc.namespace().unwrap_or_default());
     api.patch_status(
         &mc.name_any(),
         &PatchParams::default(),
@@ -419,19 +510,22 @@ pub async fn run(
     let ctx = Arc::new(Context::new(client.clone(), config, metrics.clone()));
     let children = watcher::Config::default().labels(CHILD_SELECTOR);
     metrics.set_ready(true);
-    Controller::new(Api::<MpcCluster>::all(client.clone()), watcher::Config::default())
-        .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
-        .owns(Api::<Secret>::all(client.clone()), children.clone())
-        .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
-        .owns(Api::<Service>::all(client.clone()), children.clone())
-        .owns(Api::<PodDisruptionBudget>::all(client.clone()), children)
-        .graceful_shutdown_on(shutdown)
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(e) = result {
-                tracing::debug!(error = %e, "reconcile did not finish");
-            }
-        })
-        .await;
+    Controller::new(
+        Api::<MpcCluster>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
+    .owns(Api::<Secret>::all(client.clone()), children.clone())
+    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
+    .owns(Api::<Service>::all(client.clone()), children.clone())
+    .owns(Api::<PodDisruptionBudget>::all(client.clone()), children)
+    .graceful_shutdown_on(shutdown)
+    .run(reconcile, error_policy, ctx)
+    .for_each(|result| async move {
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "reconcile did not finish");
+        }
+    })
+    .await;
     metrics.set_ready(false);
 }

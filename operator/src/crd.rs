@@ -13,6 +13,8 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 /// A p2p-mpc network: a StatefulSet of nodes that find each other through bootnodes.
+// The derive's repeated `printcolumn`/`validation` arguments are a list, not duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[kube(
     group = "p2p-mpc.dev",
@@ -24,7 +26,11 @@ use serde::{Deserialize, Serialize};
     status = "MpcClusterStatus",
     printcolumn(name = "Replicas", type_ = "integer", json_path = ".spec.replicas"),
     printcolumn(name = "Ready", type_ = "integer", json_path = ".status.readyReplicas"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    ),
     doc = "A p2p-mpc network of nodes run by the p2p-mpc operator."
 )]
 #[x_kube(

@@ -86,7 +86,10 @@ mod tests {
         let mut keys = ClusterKeys::default();
         assert_eq!(keys.ensure("net", 3), vec!["net-0", "net-1", "net-2"]);
         let before = keys.clone();
-        assert!(keys.ensure("net", 3).is_empty(), "nothing new at the same size");
+        assert!(
+            keys.ensure("net", 3).is_empty(),
+            "nothing new at the same size"
+        );
         assert_eq!(keys.ensure("net", 5), vec!["net-3", "net-4"]);
         for (k, v) in before.entries() {
             assert_eq!(keys.entries()[k], *v, "key {k} unchanged");
@@ -101,7 +104,10 @@ mod tests {
 
     #[test]
     fn corrupt_entry_is_named() {
-        let keys = ClusterKeys::from_entries(BTreeMap::from([("net-0.key".to_string(), b"junk".to_vec())]));
+        let keys = ClusterKeys::from_entries(BTreeMap::from([(
+            "net-0.key".to_string(),
+            b"junk".to_vec(),
+        )]));
         let err = keys.peer_id("net-0").unwrap_err().to_string();
         assert!(err.contains("net-0.key"), "{err}");
         assert!(!err.contains("junk"));

@@ -57,7 +57,11 @@ struct RunArgs {
     #[arg(long, env = "P2P_MPC_OPERATOR_DEFAULT_IMAGE", default_value = concat!("ghcr.io/p2p-mpc/p2p-mpc:", env!("CARGO_PKG_VERSION")))]
     default_image: String,
     /// DNS suffix of the cluster, used in the pods' bootnode addresses.
-    #[arg(long, env = "P2P_MPC_OPERATOR_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    #[arg(
+        long,
+        env = "P2P_MPC_OPERATOR_CLUSTER_DOMAIN",
+        default_value = "cluster.local"
+    )]
     cluster_domain: String,
     /// Export spans over OTLP gRPC to this endpoint (e.g. http://jaeger-collector:4317).
     #[arg(long, env = "P2P_MPC_OPERATOR_OTLP_ENDPOINT")]
@@ -77,7 +81,10 @@ fn main() -> ExitCode {
 }
 
 fn run(args: RunArgs) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -9,7 +9,9 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use prometheus::{Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
+};
 
 /// Reconcile counters and timings.
 pub struct OperatorMetrics {
@@ -25,24 +27,39 @@ impl OperatorMetrics {
     pub fn new() -> Self {
         let registry = Registry::new();
         let reconciliations = IntCounterVec::new(
-            Opts::new("p2p_mpc_operator_reconciliations_total", "Reconciliations by result."),
+            Opts::new(
+                "p2p_mpc_operator_reconciliations_total",
+                "Reconciliations by result.",
+            ),
             &["result"],
         )
         .expect("valid metric");
         let errors = IntCounterVec::new(
-            Opts::new("p2p_mpc_operator_reconcile_errors_total", "Failed reconciliations by error kind."),
+            Opts::new(
+                "p2p_mpc_operator_reconcile_errors_total",
+                "Failed reconciliations by error kind.",
+            ),
             &["error"],
         )
         .expect("valid metric");
         let duration = HistogramVec::new(
-            HistogramOpts::new("p2p_mpc_operator_reconcile_duration_seconds", "Reconciliation duration in seconds.")
-                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            HistogramOpts::new(
+                "p2p_mpc_operator_reconcile_duration_seconds",
+                "Reconciliation duration in seconds.",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]),
             &["result"],
         )
         .expect("valid metric");
-        registry.register(Box::new(reconciliations.clone())).expect("unique");
+        registry
+            .register(Box::new(reconciliations.clone()))
+            .expect("unique");
         registry.register(Box::new(errors.clone())).expect("unique");
-        registry.register(Box::new(duration.clone())).expect("unique");
+        registry
+            .register(Box::new(duration.clone()))
+            .expect("unique");
         Self {
             registry,
             reconciliations,
@@ -56,7 +73,9 @@ impl OperatorMetrics {
     pub fn observe(&self, took: Duration, error: Option<&str>) {
         let result = if error.is_some() { "error" } else { "ok" };
         self.reconciliations.with_label_values(&[result]).inc();
-        self.duration.with_label_values(&[result]).observe(took.as_secs_f64());
+        self.duration
+            .with_label_values(&[result])
+            .observe(took.as_secs_f64());
         if let Some(kind) = error {
             self.errors.with_label_values(&[kind]).inc();
         }
@@ -89,7 +108,13 @@ pub fn metrics_router(metrics: Arc<OperatorMetrics>) -> Router {
         .route(
             "/metrics",
             get(|State(m): State<Arc<OperatorMetrics>>| async move {
-                ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], m.encode())
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4; charset=utf-8",
+                    )],
+                    m.encode(),
+                )
             }),
         )
         .with_state(metrics)
@@ -105,7 +130,11 @@ pub fn health_router(metrics: Arc<OperatorMetrics>) -> Router {
                 if m.ready.load(Ordering::Relaxed) {
                     (StatusCode::OK, "ready\n").into_response()
                 } else {
-                    (StatusCode::SERVICE_UNAVAILABLE, "not ready: the controller is not running\n").into_response()
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "not ready: the controller is not running\n",
+                    )
+                        .into_response()
                 }
             }),
         )

@@ -32,5 +32,8 @@ fn crd_command_prints_the_crd() {
         .output()
         .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8(out.stdout).unwrap(), p2p_mpc_operator::crd_yaml());
+    assert_eq!(
+        String::from_utf8(out.stdout).unwrap(),
+        p2p_mpc_operator::crd_yaml()
+    );
 }

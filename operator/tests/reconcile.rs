@@ -24,7 +24,10 @@ use tokio::sync::oneshot;
 const DEADLINE: Duration = Duration::from_secs(90);
 
 async fn namespace(client: &Client) -> String {
-    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().subsec_nanos();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
     let name = format!("op-{nanos}");
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
     Api::<Namespace>::all(client.clone())
@@ -37,13 +40,20 @@ async fn namespace(client: &Client) -> String {
 async fn install_crd(client: &Client, crd: CustomResourceDefinition) {
     let api: Api<CustomResourceDefinition> = Api::all(client.clone());
     let name = crd.name_any();
-    api.patch(&name, &PatchParams::apply("test").force(), &Patch::Apply(&crd))
-        .await
-        .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
-    tokio::time::timeout(DEADLINE, await_condition(api, &name, conditions::is_crd_established()))
-        .await
-        .unwrap_or_else(|_| panic!("CRD {name} not established within {DEADLINE:?}"))
-        .unwrap();
+    api.patch(
+        &name,
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(&crd),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
+    tokio::time::timeout(
+        DEADLINE,
+        await_condition(api, &name, conditions::is_crd_established()),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("CRD {name} not established within {DEADLINE:?}"))
+    .unwrap();
 }
 
 /// A running controller, stopped when dropped or by `stop`.
@@ -61,10 +71,19 @@ impl RunningController {
             default_image: "p2p-mpc:test".into(),
             cluster_domain: "cluster.local".into(),
         };
-        let task = tokio::spawn(controller::run(client.clone(), config, metrics.clone(), async move {
-            let _ = rx.await;
-        }));
-        Self { stop: Some(tx), task, metrics }
+        let task = tokio::spawn(controller::run(
+            client.clone(),
+            config,
+            metrics.clone(),
+            async move {
+                let _ = rx.await;
+            },
+        ));
+        Self {
+            stop: Some(tx),
+            task,
+            metrics,
+        }
     }
 
     async fn stop(mut self) {
@@ -105,7 +124,9 @@ fn cluster(name: &str, spec: serde_json::Value) -> MpcCluster {
 
 fn is_controlled_by(obj: &impl Resource, mc: &MpcCluster) -> bool {
     obj.meta().owner_references.iter().flatten().any(|r| {
-        r.controller == Some(true) && r.kind == "MpcCluster" && Some(&r.uid) == mc.metadata.uid.as_ref()
+        r.controller == Some(true)
+            && r.kind == "MpcCluster"
+            && Some(&r.uid) == mc.metadata.uid.as_ref()
     })
 }
 
@@ -131,8 +152,12 @@ fn key_peer_ids(secret: &Secret) -> BTreeMap<String, String> {
         .unwrap_or_default()
         .into_iter()
         .map(|(k, v)| {
-            let key = libp2p::identity::Keypair::from_protobuf_encoding(&v.0).expect("node key format");
-            (k.trim_end_matches(".key").to_string(), key.public().to_peer_id().to_string())
+            let key =
+                libp2p::identity::Keypair::from_protobuf_encoding(&v.0).expect("node key format");
+            (
+                k.trim_end_matches(".key").to_string(),
+                key.public().to_peer_id().to_string(),
+            )
         })
         .collect()
 }
@@ -149,16 +174,31 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
 
     let mcs: Api<MpcCluster> = Api::namespaced(client.clone(), &ns);
     let mc = mcs
-        .create(&PostParams::default(), &cluster("net", json!({"replicas": 3, "metrics": {"serviceMonitor": {"enabled": true}}})))
+        .create(
+            &PostParams::default(),
+            &cluster(
+                "net",
+                json!({"replicas": 3, "metrics": {"serviceMonitor": {"enabled": true}}}),
+            ),
+        )
         .await
         .unwrap();
 
     // Every child, owned by the cluster.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let secret = get_when(&secrets, "net-identity", "the identity Secret with 3 keys", |s| {
-        let n = s.data.as_ref().map_or(0, BTreeMap::len);
-        if n == 3 { Ok(()) } else { Err(format!("{n} keys")) }
-    })
+    let secret = get_when(
+        &secrets,
+        "net-identity",
+        "the identity Secret with 3 keys",
+        |s| {
+            let n = s.data.as_ref().map_or(0, BTreeMap::len);
+            if n == 3 {
+                Ok(())
+            } else {
+                Err(format!("{n} keys"))
+            }
+        },
+    )
     .await;
     assert!(is_controlled_by(&secret, &mc));
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
@@ -166,8 +206,14 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
     assert!(is_controlled_by(&cm, &mc));
     let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
     let headless = get_when(&svcs, "net-headless", "the headless Service", |_| Ok(())).await;
-    assert_eq!(headless.spec.as_ref().unwrap().cluster_ip.as_deref(), Some("None"));
-    assert_eq!(headless.spec.as_ref().unwrap().publish_not_ready_addresses, Some(true));
+    assert_eq!(
+        headless.spec.as_ref().unwrap().cluster_ip.as_deref(),
+        Some("None")
+    );
+    assert_eq!(
+        headless.spec.as_ref().unwrap().publish_not_ready_addresses,
+        Some(true)
+    );
     let client_svc = get_when(&svcs, "net", "the client Service", |_| Ok(())).await;
     assert!(is_controlled_by(&client_svc, &mc));
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
@@ -181,39 +227,67 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
     // The real StatefulSet controller makes the pods (Pending: no kubelet here).
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
     wait_for("3 pods from the StatefulSet", DEADLINE, || async {
-        let n = pods.list(&ListParams::default()).await.map_err(|e| e.to_string())?.items.len();
-        if n == 3 { Ok(()) } else { Err(format!("{n} pods")) }
+        let n = pods
+            .list(&ListParams::default())
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        if n == 3 {
+            Ok(())
+        } else {
+            Err(format!("{n} pods"))
+        }
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
 
     // Status: peers match the Secret's keys; the missing ServiceMonitor CRD is explained.
     let peers = key_peer_ids(&secret);
-    let status_mc = get_when(&mcs, "net", "status with 3 peers and the ServiceMonitor condition", |m| {
-        let st = m.status.clone().unwrap_or_default();
-        let sm = st.conditions.iter().find(|c| c.type_ == "ServiceMonitor");
-        if st.peers.len() == 3 && sm.is_some_and(|c| c.status == "False" && c.reason == "CRDNotInstalled") {
-            Ok(())
-        } else {
-            Err(format!("{st:?}"))
-        }
-    })
+    let status_mc = get_when(
+        &mcs,
+        "net",
+        "status with 3 peers and the ServiceMonitor condition",
+        |m| {
+            let st = m.status.clone().unwrap_or_default();
+            let sm = st.conditions.iter().find(|c| c.type_ == "ServiceMonitor");
+            if st.peers.len() == 3
+                && sm.is_some_and(|c| c.status == "False" && c.reason == "CRDNotInstalled")
+            {
+                Ok(())
+            } else {
+                Err(format!("{st:?}"))
+            }
+        },
+    )
     .await;
     let status = status_mc.status.unwrap();
     for (pod, p) in &status.peers {
-        assert_eq!(&peers[pod], &p.peer_id, "status peer of {pod} matches its key");
+        assert_eq!(
+            &peers[pod], &p.peer_id,
+            "status peer of {pod} matches its key"
+        );
         assert!(p.multiaddr.ends_with(&format!("/p2p/{}", p.peer_id)));
-        assert!(p.multiaddr.starts_with(&format!("/dns4/{pod}.net-headless.{ns}.svc.cluster.local/tcp/4001")));
+        assert!(p.multiaddr.starts_with(&format!(
+            "/dns4/{pod}.net-headless.{ns}.svc.cluster.local/tcp/4001"
+        )));
     }
     assert_eq!(status.observed_generation, status_mc.metadata.generation);
-    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").unwrap();
+    let ready = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Ready")
+        .unwrap();
     assert_eq!(ready.status, "False", "no kubelet: no pod is ready");
     let events = Api::<k8s_openapi::api::events::v1::Event>::namespaced(client.clone(), &ns)
         .list(&ListParams::default())
         .await
         .unwrap();
     assert!(
-        events.items.iter().any(|e| e.reason.as_deref() == Some("Created")),
+        events
+            .items
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("Created")),
         "Events say what was created"
     );
 
@@ -221,7 +295,11 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
     let versions = |objs: Vec<Option<String>>| objs;
     let snapshot = || async {
         versions(vec![
-            secrets.get("net-identity").await.unwrap().resource_version(),
+            secrets
+                .get("net-identity")
+                .await
+                .unwrap()
+                .resource_version(),
             cms.get("net-config").await.unwrap().resource_version(),
             svcs.get("net-headless").await.unwrap().resource_version(),
             svcs.get("net").await.unwrap().resource_version(),
@@ -234,73 +312,129 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
     wait_for("the StatefulSet status to settle", DEADLINE, || async {
         let s = sets.get("net").await.map_err(|e| e.to_string())?;
         let st = s.status.unwrap_or_default();
-        if st.observed_generation == s.metadata.generation && st.replicas == 3 { Ok(()) } else { Err(format!("{st:?}")) }
+        if st.observed_generation == s.metadata.generation && st.replicas == 3 {
+            Ok(())
+        } else {
+            Err(format!("{st:?}"))
+        }
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     // ... and the cluster's status to reflect it.
-    wait_for("the MpcCluster status to catch up with the StatefulSet", DEADLINE, || async {
-        let st = sets.get("net").await.map_err(|e| e.to_string())?.status.unwrap_or_default();
-        let want = format!(
-            "{}/3 nodes updated, {}/3 ready",
-            st.updated_replicas.unwrap_or(0),
-            st.ready_replicas.unwrap_or(0)
-        );
-        let m = mcs.get("net").await.map_err(|e| e.to_string())?;
-        let seen = m
-            .status
-            .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Progressing"))
-            .map(|c| c.message)
-            .unwrap_or_default();
-        if seen == want { Ok(()) } else { Err(format!("want {want:?}, status says {seen:?}")) }
-    })
+    wait_for(
+        "the MpcCluster status to catch up with the StatefulSet",
+        DEADLINE,
+        || async {
+            let st = sets
+                .get("net")
+                .await
+                .map_err(|e| e.to_string())?
+                .status
+                .unwrap_or_default();
+            let want = format!(
+                "{}/3 nodes updated, {}/3 ready",
+                st.updated_replicas.unwrap_or(0),
+                st.ready_replicas.unwrap_or(0)
+            );
+            let m = mcs.get("net").await.map_err(|e| e.to_string())?;
+            let seen = m
+                .status
+                .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Progressing"))
+                .map(|c| c.message)
+                .unwrap_or_default();
+            if seen == want {
+                Ok(())
+            } else {
+                Err(format!("want {want:?}, status says {seen:?}"))
+            }
+        },
+    )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     let before_restart = snapshot().await;
     ctrl.stop().await;
     let ctrl = RunningController::start(&client);
     wait_for("the new controller to reconcile", DEADLINE, || async {
-        if ctrl.reconciliations() >= 1 { Ok(()) } else { Err("no reconcile yet".into()) }
+        if ctrl.reconciliations() >= 1 {
+            Ok(())
+        } else {
+            Err("no reconcile yet".into())
+        }
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(snapshot().await, before_restart, "a restarted controller wrote nothing");
+    assert_eq!(
+        snapshot().await,
+        before_restart,
+        "a restarted controller wrote nothing"
+    );
 
     // Scale 3 -> 5: keys 0..2 unchanged, new pods get the right bootnodes, template unchanged.
-    let template_before = serde_json::to_value(&sets.get("net").await.unwrap().spec.template).unwrap();
-    mcs.patch("net", &PatchParams::default(), &Patch::Merge(json!({"spec": {"replicas": 5}})))
-        .await
-        .unwrap();
+    let template_before =
+        serde_json::to_value(&sets.get("net").await.unwrap().spec.template).unwrap();
+    mcs.patch(
+        "net",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"replicas": 5}})),
+    )
+    .await
+    .unwrap();
     let secret5 = get_when(&secrets, "net-identity", "5 keys", |s| {
         let n = s.data.as_ref().map_or(0, BTreeMap::len);
-        if n == 5 { Ok(()) } else { Err(format!("{n} keys")) }
+        if n == 5 {
+            Ok(())
+        } else {
+            Err(format!("{n} keys"))
+        }
     })
     .await;
     for i in 0..3 {
         let k = format!("net-{i}.key");
-        assert_eq!(secret5.data.as_ref().unwrap()[&k], secret.data.as_ref().unwrap()[&k], "{k} unchanged");
+        assert_eq!(
+            secret5.data.as_ref().unwrap()[&k],
+            secret.data.as_ref().unwrap()[&k],
+            "{k} unchanged"
+        );
     }
     let peers5 = key_peer_ids(&secret5);
     let cm5 = get_when(&cms, "net-config", "config for 5 pods", |c| {
         let text = &c.data.as_ref().unwrap()["node.yml"];
-        if text.contains("net-4:") { Ok(()) } else { Err(text.clone()) }
+        if text.contains("net-4:") {
+            Ok(())
+        } else {
+            Err(text.clone())
+        }
     })
     .await;
     let text = &cm5.data.as_ref().unwrap()["node.yml"];
-    let file = p2p_mpc_node::config::FileConfig::parse(std::path::Path::new("node.yml"), text).unwrap();
+    let file =
+        p2p_mpc_node::config::FileConfig::parse(std::path::Path::new("node.yml"), text).unwrap();
     let pods5 = file.pods.unwrap();
     for i in 0..5 {
         let boots = pods5[&format!("net-{i}")].bootnodes.clone().unwrap();
         let expected: Vec<String> = (0..i)
-            .map(|j| format!("/dns4/net-{j}.net-headless.{ns}.svc.cluster.local/tcp/4001/p2p/{}", peers5[&format!("net-{j}")]))
+            .map(|j| {
+                format!(
+                    "/dns4/net-{j}.net-headless.{ns}.svc.cluster.local/tcp/4001/p2p/{}",
+                    peers5[&format!("net-{j}")]
+                )
+            })
             .collect();
         assert_eq!(boots, expected, "bootnodes of net-{i}");
     }
     let sts5 = get_when(&sets, "net", "5 replicas", |s| {
-        if s.spec.replicas == Some(5) { Ok(()) } else { Err(format!("{:?}", s.spec.replicas)) }
+        if s.spec.replicas == Some(5) {
+            Ok(())
+        } else {
+            Err(format!("{:?}", s.spec.replicas))
+        }
     })
     .await;
-    assert_eq!(serde_json::to_value(&sts5.spec.template).unwrap(), template_before, "scaling does not roll pods");
+    assert_eq!(
+        serde_json::to_value(&sts5.spec.template).unwrap(),
+        template_before,
+        "scaling does not roll pods"
+    );
 
     // With the ServiceMonitor CRD installed, a ServiceMonitor appears.
     let sm_crd: CustomResourceDefinition = serde_json::from_value(json!({
@@ -318,15 +452,28 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
     .unwrap();
     install_crd(&client, sm_crd).await;
     // Nudge a reconcile (the CRD itself is not watched).
-    mcs.patch("net", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"annotations": {"test/nudge": "1"}}})))
-        .await
-        .unwrap();
-    let monitors: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &service_monitor::api_resource());
+    mcs.patch(
+        "net",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"test/nudge": "1"}}})),
+    )
+    .await
+    .unwrap();
+    let monitors: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &service_monitor::api_resource());
     let sm = get_when(&monitors, "net", "the ServiceMonitor", |_| Ok(())).await;
     assert_eq!(sm.data["spec"]["endpoints"][0]["port"], "metrics");
     get_when(&mcs, "net", "ServiceMonitor condition True", |m| {
-        let ok = m.status.as_ref().is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "ServiceMonitor" && c.status == "True"));
-        if ok { Ok(()) } else { Err(format!("{:?}", m.status)) }
+        let ok = m.status.as_ref().is_some_and(|s| {
+            s.conditions
+                .iter()
+                .any(|c| c.type_ == "ServiceMonitor" && c.status == "True")
+        });
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("{:?}", m.status))
+        }
     })
     .await;
 
@@ -334,12 +481,29 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
     mcs.delete("net", &DeleteParams::default()).await.unwrap();
     wait_for("children to be garbage-collected", DEADLINE, || async {
         let left = [
-            secrets.get_opt("net-identity").await.map_err(|e| e.to_string())?.is_some(),
-            cms.get_opt("net-config").await.map_err(|e| e.to_string())?.is_some(),
-            sets.get_opt("net").await.map_err(|e| e.to_string())?.is_some(),
-            svcs.get_opt("net").await.map_err(|e| e.to_string())?.is_some(),
+            secrets
+                .get_opt("net-identity")
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some(),
+            cms.get_opt("net-config")
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some(),
+            sets.get_opt("net")
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some(),
+            svcs.get_opt("net")
+                .await
+                .map_err(|e| e.to_string())?
+                .is_some(),
         ];
-        if left.iter().any(|x| *x) { Err(format!("still present: {left:?}")) } else { Ok(()) }
+        if left.iter().any(|x| *x) {
+            Err(format!("still present: {left:?}"))
+        } else {
+            Ok(())
+        }
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
@@ -356,8 +520,11 @@ async fn invalid_specs_are_refused_at_apply_time() {
     let ns = namespace(&client).await;
     let mcs: Api<MpcCluster> = Api::namespaced(client.clone(), &ns);
     // Raw objects, so that the client sends what its own types would refuse.
-    let raw: Api<DynamicObject> =
-        Api::namespaced_with(client.clone(), &ns, &kube::api::ApiResource::erase::<MpcCluster>(&()));
+    let raw: Api<DynamicObject> = Api::namespaced_with(
+        client.clone(),
+        &ns,
+        &kube::api::ApiResource::erase::<MpcCluster>(&()),
+    );
     let refused = |spec: serde_json::Value| {
         let raw = raw.clone();
         async move {
@@ -386,11 +553,18 @@ async fn invalid_specs_are_refused_at_apply_time() {
     assert!(e.contains("spec.logLevel"), "{e}");
 
     // Storage is immutable once created.
-    mcs.create(&PostParams::default(), &cluster("ok", json!({"replicas": 1})))
-        .await
-        .unwrap();
+    mcs.create(
+        &PostParams::default(),
+        &cluster("ok", json!({"replicas": 1})),
+    )
+    .await
+    .unwrap();
     let e = mcs
-        .patch("ok", &PatchParams::default(), &Patch::Merge(json!({"spec": {"storage": {"size": "5Gi"}}})))
+        .patch(
+            "ok",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"storage": {"size": "5Gi"}}})),
+        )
         .await
         .unwrap_err()
         .to_string();

@@ -65,7 +65,11 @@ pub fn bootnodes_of(
 }
 
 /// The node config file text.
-pub fn node_config(mc: &MpcCluster, names: &ClusterNames, keys: &ClusterKeys) -> Result<String, KeyError> {
+pub fn node_config(
+    mc: &MpcCluster,
+    names: &ClusterNames,
+    keys: &ClusterKeys,
+) -> Result<String, KeyError> {
     let mut config = shared_settings(mc);
     let mut pods = BTreeMap::new();
     for i in 0..mc.spec.replicas {
@@ -73,7 +77,8 @@ pub fn node_config(mc: &MpcCluster, names: &ClusterNames, keys: &ClusterKeys) ->
         pods.insert(pod_name(&names.name, i), json!({ "bootnodes": bootnodes }));
     }
     config.insert("pods".into(), json!(pods));
-    let body = serde_yaml::to_string(&Value::Object(config)).expect("JSON values serialize to YAML");
+    let body =
+        serde_yaml::to_string(&Value::Object(config)).expect("JSON values serialize to YAML");
     Ok(format!(
         "# Written by the p2p-mpc operator for MpcCluster {}/{}; edits are overwritten.\n{body}",
         names.namespace, names.name
@@ -81,10 +86,17 @@ pub fn node_config(mc: &MpcCluster, names: &ClusterNames, keys: &ClusterKeys) ->
 }
 
 /// The ConfigMap.
-pub fn build(mc: &MpcCluster, names: &ClusterNames, keys: &ClusterKeys) -> Result<ConfigMap, KeyError> {
+pub fn build(
+    mc: &MpcCluster,
+    names: &ClusterNames,
+    keys: &ClusterKeys,
+) -> Result<ConfigMap, KeyError> {
     Ok(ConfigMap {
         metadata: child_meta(mc, names, names.config_map()),
-        data: Some(BTreeMap::from([(CONFIG_FILE.to_string(), node_config(mc, names, keys)?)])),
+        data: Some(BTreeMap::from([(
+            CONFIG_FILE.to_string(),
+            node_config(mc, names, keys)?,
+        )])),
         ..Default::default()
     })
 }
@@ -115,7 +127,9 @@ mod tests {
                 let peer = keys.peer_id(&format!("net-{j}")).unwrap().unwrap();
                 assert_eq!(
                     b,
-                    &format!("/dns4/net-{j}.net-headless.ns1.svc.cluster.local/tcp/4001/p2p/{peer}")
+                    &format!(
+                        "/dns4/net-{j}.net-headless.ns1.svc.cluster.local/tcp/4001/p2p/{peer}"
+                    )
                 );
                 p2p_mpc_node::config::parse_peer_multiaddr(b).unwrap();
             }

@@ -74,7 +74,10 @@ pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
 /// Labels of every child object.
 pub fn labels(name: &str) -> BTreeMap<String, String> {
     let mut l = selector_labels(name);
-    l.insert("app.kubernetes.io/managed-by".into(), "p2p-mpc-operator".into());
+    l.insert(
+        "app.kubernetes.io/managed-by".into(),
+        "p2p-mpc-operator".into(),
+    );
     l.insert("app.kubernetes.io/component".into(), "node".into());
     l
 }

@@ -49,7 +49,10 @@ pub fn client(mc: &MpcCluster, names: &ClusterNames) -> Service {
         metadata,
         spec: Some(ServiceSpec {
             selector: Some(selector_labels(&names.name)),
-            ports: Some(vec![port("api", mc.spec.api.port), port("metrics", mc.spec.metrics.port)]),
+            ports: Some(vec![
+                port("api", mc.spec.api.port),
+                port("metrics", mc.spec.metrics.port),
+            ]),
             ..Default::default()
         }),
         ..Default::default()

@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::{
     Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
-    SecurityContext, VolumeMount, VolumeResourceRequirements, Volume,
+    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -188,7 +188,10 @@ pub fn build(mc: &MpcCluster, names: &ClusterNames, defaults: &WorkloadDefaults)
             access_modes: Some(vec!["ReadWriteOnce".into()]),
             storage_class_name: spec.storage.storage_class_name.clone(),
             resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([("storage".to_string(), spec.storage.size.clone())])),
+                requests: Some(BTreeMap::from([(
+                    "storage".to_string(),
+                    spec.storage.size.clone(),
+                )])),
                 ..Default::default()
             }),
             ..Default::default()
@@ -227,7 +230,9 @@ mod tests {
     use crate::resources::test_support::cluster;
 
     fn defaults() -> WorkloadDefaults {
-        WorkloadDefaults { image: "p2p-mpc:test".into() }
+        WorkloadDefaults {
+            image: "p2p-mpc:test".into(),
+        }
     }
 
     #[test]
@@ -257,8 +262,28 @@ mod tests {
         let sc = c.security_context.clone().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
-        assert_eq!(c.readiness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/readyz"));
-        assert_eq!(c.liveness_probe.as_ref().unwrap().http_get.as_ref().unwrap().path.as_deref(), Some("/healthz"));
+        assert_eq!(
+            c.readiness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/readyz")
+        );
+        assert_eq!(
+            c.liveness_probe
+                .as_ref()
+                .unwrap()
+                .http_get
+                .as_ref()
+                .unwrap()
+                .path
+                .as_deref(),
+            Some("/healthz")
+        );
         let claim = &spec.volume_claim_templates.unwrap()[0];
         assert_eq!(claim.metadata.name.as_deref(), Some("data"));
     }

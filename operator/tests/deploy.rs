@@ -1,0 +1,336 @@
+//! The Helm chart and the raw manifests: `helm lint`, `helm template` checked by kubeconform
+//! against schemas taken from the real API server (plus our CRD's), `helm install` into the
+//! test control plane, and `deploy/` applied to it.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::{Client, CustomResourceExt};
+use p2p_mpc_operator::crd::MpcCluster;
+use p2p_mpc_testenv::{ControlPlane, or_skip, tool, wait_for};
+use serde_json::{Value, json};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn chart() -> PathBuf {
+    root().join("charts/p2p-mpc-operator")
+}
+
+fn run(cmd: &mut Command) -> String {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{cmd:?} failed:\n{text}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Rewrites OpenAPI v2 definitions into JSON Schema as kubeconform reads it: int-or-string
+/// and quantities accept strings and numbers, and objects refuse unknown fields (strict).
+fn to_json_schema(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            if map.get("format").and_then(Value::as_str) == Some("int-or-string") {
+                map.clear();
+                map.insert(
+                    "oneOf".into(),
+                    json!([{"type": "string"}, {"type": "integer"}]),
+                );
+                return;
+            }
+            if map.contains_key("properties") && !map.contains_key("additionalProperties") {
+                map.insert("additionalProperties".into(), json!(false));
+            }
+            for (_, child) in map.iter_mut() {
+                to_json_schema(child);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(to_json_schema),
+        _ => {}
+    }
+}
+
+/// One schema file per kind the API server serves, named for kubeconform's
+/// `{{ .ResourceKind }}-{{ .Group }}-{{ .ResourceAPIVersion }}.json` template.
+async fn write_schemas(client: &Client, dir: &Path) {
+    let req = http::Request::get("/openapi/v2").body(Vec::new()).unwrap();
+    let text = client.request_text(req).await.expect("GET /openapi/v2");
+    let spec: Value = serde_json::from_str(&text).unwrap();
+    let mut defs = spec["definitions"].clone();
+    if let Some(q) = defs
+        .as_object_mut()
+        .unwrap()
+        .get_mut("io.k8s.apimachinery.pkg.api.resource.Quantity")
+    {
+        *q = json!({"oneOf": [{"type": "string"}, {"type": "number"}]});
+    }
+    to_json_schema(&mut defs);
+    for (name, def) in defs.as_object().unwrap() {
+        for gvk in def["x-kubernetes-group-version-kind"]
+            .as_array()
+            .into_iter()
+            .flatten()
+        {
+            let version = gvk["version"].as_str().unwrap();
+            // kubeconform's `.Group` of a core kind (`apiVersion: v1`) is the version itself.
+            let group = match gvk["group"].as_str().unwrap() {
+                "" => version,
+                g => g,
+            };
+            let file = format!(
+                "{}-{group}-{version}.json",
+                gvk["kind"].as_str().unwrap().to_lowercase()
+            );
+            let schema = json!({"$ref": format!("#/definitions/{name}"), "definitions": defs});
+            std::fs::write(dir.join(file), schema.to_string()).unwrap();
+        }
+    }
+    // Our own kind, from the CRD's schema.
+    let crd = MpcCluster::crd();
+    let mut schema = serde_json::to_value(
+        &crd.spec.versions[0]
+            .schema
+            .as_ref()
+            .unwrap()
+            .open_api_v3_schema,
+    )
+    .unwrap();
+    to_json_schema(&mut schema);
+    schema["properties"]["metadata"] = json!({"type": "object"});
+    schema["properties"]["apiVersion"] = json!({"type": "string"});
+    schema["properties"]["kind"] = json!({"type": "string"});
+    std::fs::write(
+        dir.join("mpccluster-p2p-mpc.dev-v1alpha1.json"),
+        schema.to_string(),
+    )
+    .unwrap();
+}
+
+fn kubeconform(bin: &Path, schemas: &Path, input: &[PathBuf]) -> String {
+    run(Command::new(bin)
+        .args(["-strict", "-summary", "-verbose", "-schema-location"])
+        .arg(format!(
+            "{}/{{{{ .ResourceKind }}}}-{{{{ .Group }}}}-{{{{ .ResourceAPIVersion }}}}.json",
+            schemas.display()
+        ))
+        .args(input))
+}
+
+/// Applies every document of a multi-document YAML file (server-side apply).
+async fn apply_file(client: &Client, path: &Path) {
+    let text = std::fs::read_to_string(path).unwrap();
+    for doc in serde_yaml::Deserializer::from_str(&text) {
+        let value = serde_yaml::Value::deserialize(doc).unwrap();
+        if value.is_null() {
+            continue;
+        }
+        let obj: DynamicObject = serde_yaml::from_value(value).unwrap();
+        let types = obj.types.clone().expect("apiVersion and kind");
+        let (group, version) = types
+            .api_version
+            .split_once('/')
+            .unwrap_or(("", &types.api_version));
+        let gvk = GroupVersionKind::gvk(group, version, &types.kind);
+        let (resource, caps) = kube::discovery::pinned_kind(client, &gvk)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {} is not served: {e}", path.display(), types.kind));
+        let api: Api<DynamicObject> = if caps.scope == kube::discovery::Scope::Namespaced {
+            Api::namespaced_with(
+                client.clone(),
+                obj.metadata.namespace.as_deref().unwrap_or("default"),
+                &resource,
+            )
+        } else {
+            Api::all_with(client.clone(), &resource)
+        };
+        let name = obj.metadata.name.clone().unwrap();
+        api.patch(
+            &name,
+            &PatchParams::apply("deploy-test").force(),
+            &Patch::Apply(&obj),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{}: applying {} {name}: {e}", path.display(), types.kind));
+    }
+}
+
+use serde::Deserialize;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chart_and_manifests_lint_validate_and_install() {
+    let Some(plane) = or_skip(ControlPlane::start_or_connect().await) else {
+        return;
+    };
+    let helm = or_skip(tool("helm").await).unwrap();
+    let kubeconform_bin = or_skip(tool("kubeconform").await).unwrap();
+    let client = plane.client().await.unwrap_or_else(|e| panic!("{e}"));
+    let work = tempfile::tempdir().unwrap();
+    let helm_env = |c: &mut Command| {
+        c.env("KUBECONFIG", plane.kubeconfig())
+            .env("HELM_CACHE_HOME", work.path().join("helm/cache"))
+            .env("HELM_CONFIG_HOME", work.path().join("helm/config"))
+            .env("HELM_DATA_HOME", work.path().join("helm/data"));
+    };
+
+    let mut lint = Command::new(&helm);
+    lint.args(["lint", "--strict"]).arg(chart());
+    helm_env(&mut lint);
+    run(&mut lint);
+
+    // Rendered twice: defaults, and with every optional part on.
+    let rendered = work.path().join("rendered.yaml");
+    let mut template = Command::new(&helm);
+    template
+        .args([
+            "template",
+            "t",
+            "--include-crds",
+            "--namespace",
+            "p2p-mpc-system",
+        ])
+        .arg(chart());
+    helm_env(&mut template);
+    std::fs::write(&rendered, run(&mut template)).unwrap();
+    let rendered_all = work.path().join("rendered-all.yaml");
+    let mut template = Command::new(&helm);
+    template
+        .args(["template", "t", "--namespace", "p2p-mpc-system"])
+        .args([
+            "--set",
+            "otlpEndpoint=http://jaeger:4317",
+            "--set",
+            "nodeSelector.disk=ssd",
+            "--set",
+            "logFormat=text",
+        ])
+        .arg(chart());
+    helm_env(&mut template);
+    let all = run(&mut template);
+    assert!(all.contains("P2P_MPC_OPERATOR_OTLP_ENDPOINT"), "{all}");
+    std::fs::write(&rendered_all, all).unwrap();
+
+    let schemas = work.path().join("schemas");
+    std::fs::create_dir_all(&schemas).unwrap();
+    write_schemas(&client, &schemas).await;
+    let summary = kubeconform(
+        &kubeconform_bin,
+        &schemas,
+        &[
+            rendered,
+            rendered_all,
+            root().join("deploy/operator.yaml"),
+            root().join("deploy/crd"),
+            root().join("deploy/examples"),
+        ],
+    );
+    assert!(summary.contains("Invalid: 0, Errors: 0"), "{summary}");
+    assert!(
+        !summary.contains("Valid: 0,"),
+        "kubeconform validated nothing: {summary}"
+    );
+    // The check has teeth: a misspelt field and a wrong type are caught.
+    let broken = work.path().join("broken.yaml");
+    std::fs::write(
+        &broken,
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: x}\nspec:\n  replica: 1\n  selector: {matchLabels: {a: b}}\n  template: {metadata: {labels: {a: b}}, spec: {containers: [{name: c, image: i}]}}\n---\napiVersion: p2p-mpc.dev/v1alpha1\nkind: MpcCluster\nmetadata: {name: y}\nspec: {replicas: many}\n",
+    )
+    .unwrap();
+    let out = Command::new(&kubeconform_bin)
+        .args(["-strict", "-summary", "-schema-location"])
+        .arg(format!(
+            "{}/{{{{ .ResourceKind }}}}-{{{{ .Group }}}}-{{{{ .ResourceAPIVersion }}}}.json",
+            schemas.display()
+        ))
+        .arg(&broken)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !out.status.success() && text.contains("Invalid: 2"),
+        "{text}"
+    );
+
+    // A ServiceMonitor is rendered on request (its CRD is the Prometheus operator's).
+    let mut template = Command::new(&helm);
+    template
+        .args([
+            "template",
+            "t",
+            "--set",
+            "serviceMonitor.enabled=true",
+            "--set",
+            "serviceMonitor.labels.release=kps",
+        ])
+        .arg(chart());
+    helm_env(&mut template);
+    let with_sm = run(&mut template);
+    assert!(
+        with_sm.contains("kind: ServiceMonitor") && with_sm.contains("release: kps"),
+        "{with_sm}"
+    );
+
+    // helm install into the real API server: the CRD and the operator Deployment appear.
+    let mut install = Command::new(&helm);
+    install
+        .args([
+            "install",
+            "op",
+            "--namespace",
+            "p2p-mpc-system",
+            "--create-namespace",
+            "--timeout",
+            "60s",
+        ])
+        .arg(chart());
+    helm_env(&mut install);
+    let notes = run(&mut install);
+    assert!(
+        notes.contains("kubectl get mpc"),
+        "NOTES tell what to do next: {notes}"
+    );
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "p2p-mpc-system");
+    wait_for(
+        "the operator Deployment",
+        Duration::from_secs(60),
+        || async {
+            match deployments
+                .get_opt("op-p2p-mpc-operator")
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(d) => Ok(d),
+                None => Err("absent".into()),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    assert!(
+        crds.get_opt("mpcclusters.p2p-mpc.dev")
+            .await
+            .unwrap()
+            .is_some()
+    );
+
+    // The raw manifests apply too, and the examples are accepted by the CRD.
+    apply_file(
+        &client,
+        &root().join("deploy/crd/mpcclusters.p2p-mpc.dev.yaml"),
+    )
+    .await;
+    apply_file(&client, &root().join("deploy/operator.yaml")).await;
+    for example in ["minimal.yaml", "observability.yaml"] {
+        apply_file(&client, &root().join("deploy/examples").join(example)).await;
+    }
+    let mcs: Api<MpcCluster> = Api::namespaced(client.clone(), "default");
+    assert_eq!(mcs.get("observed").await.unwrap().spec.replicas, 5);
+}
