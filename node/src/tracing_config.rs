@@ -96,7 +96,14 @@ pub fn init(settings: &TracingSettings) -> Result<TracingGuard, TracingError> {
     };
 
     let (text_logs, json_logs) = if settings.json_logs {
-        (None, Some(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)))
+        (
+            None,
+            Some(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_writer(std::io::stderr),
+            ),
+        )
     } else {
         (
             Some(

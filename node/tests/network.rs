@@ -38,6 +38,13 @@ async fn mesh_discovery_gossip_and_bootnode_reconnect() {
 
     b.wait_connected_to(&a_peer, Duration::from_secs(20)).await;
     c.wait_connected_to(&a_peer, Duration::from_secs(20)).await;
+    for node in [&b, &c] {
+        let log = node.stderr_lines().join("\n");
+        assert!(
+            !log.contains("bootnode unreachable"),
+            "a reachable bootnode is not reported lost: {log}"
+        );
+    }
     // B and C were only told of A: they must find each other through Kademlia.
     b.wait_connected_to(&c.peer_id, Duration::from_secs(60))
         .await;

@@ -234,8 +234,12 @@ impl NetworkService {
                 .addresses(vec![strip_peer_id(&addr)])
                 .condition(PeerCondition::DisconnectedAndNotDialing)
                 .build();
-            if let Err(e) = self.swarm.dial(opts) {
-                self.bootnode_lost(peer, &format!("dial failed: {e}"));
+            match self.swarm.dial(opts) {
+                Ok(()) => {}
+                // Already being dialed (Kademlia's bootstrap, say): its outcome is reported
+                // like ours, as a connection or as an outgoing connection error.
+                Err(DialError::DialPeerConditionFalse(_)) => {}
+                Err(e) => self.bootnode_lost(peer, &format!("dial failed: {e}")),
             }
         }
     }
