@@ -3,7 +3,8 @@
 #
 #   deploy/testenv/down.sh STATE_DIR     (or $P2P_MPC_TESTENV_STATE)
 #
-# Each component gets SIGTERM, then SIGKILL if it is still there after 15 seconds.
+# Each component gets SIGTERM, then SIGKILL if it is still there after 10 seconds
+# (P2P_MPC_TESTENV_STOP_GRACE).
 # Only processes whose command line names STATE_DIR are signalled, so a stale pid file
 # never hits an unrelated process. With P2P_MPC_TESTENV_KEEP=1 the directory (logs) stays.
 set -euo pipefail
@@ -34,17 +35,6 @@ ours() {
     tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$state/"
 }
 
-pids=()
-for f in "$state"/*.pid; do
-    [ -e "$f" ] || continue
-    pid=$(cat "$f")
-    if [[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid" && ours "$pid"; then
-        pids+=("$pid")
-        say "stopping $(basename "$f" .pid) (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-    fi
-done
-
 wait_gone() {
     local deadline=$((SECONDS + $1)) pid left
     while :; do
@@ -61,11 +51,31 @@ wait_gone() {
     done
 }
 
-if [ ${#pids[@]} -gt 0 ] && ! wait_gone 15; then
-    say "still running after 15s, sending SIGKILL: ${pids[*]}"
-    for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
-    wait_gone 5 || die "processes ${pids[*]} survived SIGKILL"
-fi
+# stop NAME... : SIGTERM to those components, SIGKILL to any still there after the grace time.
+stop() {
+    local name pid
+    pids=()
+    for name in "$@"; do
+        [ -e "$state/$name.pid" ] || continue
+        pid=$(cat "$state/$name.pid")
+        if [[ "$pid" =~ ^[0-9]+$ ]] && alive "$pid" && ours "$pid"; then
+            pids+=("$pid")
+            say "stopping $name (pid $pid)"
+            kill -TERM "$pid" 2>/dev/null || true
+        fi
+    done
+    [ ${#pids[@]} -gt 0 ] || return 0
+    if ! wait_gone "$grace"; then
+        say "still running after ${grace}s, sending SIGKILL: ${pids[*]}"
+        for pid in "${pids[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+        wait_gone 5 || die "processes ${pids[*]} survived SIGKILL"
+    fi
+}
+
+grace=${P2P_MPC_TESTENV_STOP_GRACE:-10}
+# etcd last: the API server shuts down slowly once its storage is gone.
+stop kube-controller-manager kube-apiserver
+stop etcd
 rm -f "$state"/*.pid
 
 if [ "${P2P_MPC_TESTENV_KEEP:-0}" = 1 ]; then

@@ -20,7 +20,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 tools=$here/tools
 # Part of the cache key: bump it when the build commands below change so caches rebuild.
-recipe=1
+recipe=2
 
 say() { printf 'testenv install: %s\n' "$*" >&2; }
 die() {
@@ -156,7 +156,8 @@ for p in helm.sh/helm/v3/pkg/lint/rules helm.sh/helm/v3/pkg/chartutil; do
 done
 build helm "$helm_ld" helm=helm.sh/helm/v3/cmd/helm
 
-build kubeconform "-s -w" kubeconform=github.com/yannh/kubeconform/cmd/kubeconform
+kubeconform_version=$(modversion kubeconform github.com/yannh/kubeconform)
+build kubeconform "-s -w -X main.version=$kubeconform_version" kubeconform=github.com/yannh/kubeconform/cmd/kubeconform
 
 build jaeger "-s -w" jaeger=github.com/jaegertracing/jaeger/cmd/jaeger
 

@@ -17,6 +17,7 @@
 # log is printed.
 #
 # Binaries come from install.sh (run here unless $P2P_MPC_TESTENV_BIN names a bin dir).
+# With P2P_MPC_TESTENV_OWNER_PID=<pid>, the control plane is stopped when that process ends.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -53,6 +54,21 @@ for b in etcd kube-apiserver kube-controller-manager; do
     [ -x "$bin/$b" ] || die "$bin/$b missing or not executable"
 done
 
+# With an owner process (the Rust test helper passes its own pid), a watcher stops the
+# control plane once the owner is gone, so a test process killed by Ctrl-C or a timeout,
+# whose drop handlers never ran, leaves nothing behind, even when that happens while this
+# script is still starting components. It ends by itself when the state directory goes
+# away (down.sh was run).
+if [ -n "${P2P_MPC_TESTENV_OWNER_PID:-}" ]; then
+    owner=$P2P_MPC_TESTENV_OWNER_PID
+    [[ "$owner" =~ ^[0-9]+$ ]] || die "P2P_MPC_TESTENV_OWNER_PID=$owner is not a pid"
+    # shellcheck disable=SC2016 # expanded by the inner shell, from its arguments
+    setsid bash -c '
+        while kill -0 "$1" 2>/dev/null && [ -e "$2/.p2p-mpc-testenv" ]; do sleep 1; done
+        if [ -e "$2/.p2p-mpc-testenv" ]; then "$3" "$2"; fi
+    ' owner-watch "$owner" "$state" "$here/down.sh" >/dev/null 2>&1 </dev/null &
+fi
+
 started_ok=0
 cleanup_on_failure() {
     if [ "$started_ok" != 1 ]; then
@@ -61,6 +77,8 @@ cleanup_on_failure() {
     fi
 }
 trap cleanup_on_failure EXIT
+# Killed while starting: exit through the EXIT trap, which stops what was started.
+trap 'exit 1' INT TERM HUP
 
 # Free ports are picked below the kernel's ephemeral range, so they never collide with
 # the source port of an outgoing connection or a port-0 bind of a test in the same run.
@@ -71,8 +89,8 @@ port_high=$((eph_low - 1))
 used_ports=" "
 # pick_port: sets $port to a free port not handed out before by this script.
 pick_port() {
-    local p i
-    for i in $(seq 1 200); do
+    local p
+    for _ in $(seq 1 200); do
         p=$((port_low + (RANDOM * 32768 + RANDOM) % (port_high - port_low)))
         case "$used_ports" in *" $p "*) continue ;; esac
         # A listener answers the connect; a free port refuses it at once.
@@ -159,7 +177,7 @@ mkdir -p "$pki"
 token=$(cat "$pki/admin.token")
 
 # --- etcd ----------------------------------------------------------------------------------
-for attempt in 1 2 3; do
+for _ in 1 2 3; do
     pick_port
     etcd_port=$port
     pick_port
@@ -183,7 +201,7 @@ done
 [ "$rc" = 0 ] || die "etcd could not get a free port in 3 attempts"
 
 # --- kube-apiserver ----------------------------------------------------------------------
-for attempt in 1 2 3; do
+for _ in 1 2 3; do
     pick_port
     api_port=$port
     say "starting kube-apiserver on https://127.0.0.1:$api_port"
@@ -240,7 +258,7 @@ EOF
 umask "$umask_old"
 
 # --- kube-controller-manager ---------------------------------------------------------------
-for attempt in 1 2 3; do
+for _ in 1 2 3; do
     pick_port
     kcm_port=$port
     say "starting kube-controller-manager (health on https://127.0.0.1:$kcm_port)"

@@ -33,7 +33,8 @@ pub(crate) async fn get_json(url: &str, timeout: Duration) -> Result<serde_json:
     if status != 200 {
         return Err(fail(format!("status {status}, body: {}", shorten(&body))));
     }
-    serde_json::from_str(&body).map_err(|e| fail(format!("body is not JSON ({e}): {}", shorten(&body))))
+    serde_json::from_str(&body)
+        .map_err(|e| fail(format!("body is not JSON ({e}): {}", shorten(&body))))
 }
 
 /// Percent-encodes a query parameter value.

@@ -31,7 +31,9 @@ pub use jaeger::Jaeger;
 pub use prometheus::{Prometheus, scrape_config};
 pub use tools::{bin_dir, promtool, tool};
 
+use std::future::Future;
 use std::io::Write;
+use std::time::Duration;
 
 /// True when running in CI (`CI=true`), where a missing tool is a failure, never a skip.
 pub fn in_ci() -> bool {
@@ -55,4 +57,49 @@ pub fn or_skip<T>(result: Result<T, Error>) -> Option<T> {
         }
         Err(err) => panic!("{err}"),
     }
+}
+
+/// Polls `probe` until it returns `Ok`, at most for `timeout`. `Err` carries what was seen,
+/// so a failure reads "expected <what> within <timeout>; last seen: <...>".
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> Result<T, String>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last_seen = String::from("nothing yet");
+    loop {
+        match tokio::time::timeout_at(deadline, probe()).await {
+            Ok(Ok(value)) => return Ok(value),
+            Ok(Err(seen)) => last_seen = seen,
+            Err(_) => {}
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(format!(
+                "expected {what} within {timeout:?}; last seen: {last_seen}"
+            ));
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// True while process `pid` exists and is not a zombie.
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state letter follows the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .and_then(|(_, rest)| rest.chars().next())
+            .is_some_and(|state| state != 'Z' && state != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// True while something accepts TCP connections on 127.0.0.1:`port`.
+pub fn port_open(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, port)),
+        Duration::from_secs(1),
+    )
+    .is_ok()
 }

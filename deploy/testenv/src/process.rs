@@ -23,8 +23,14 @@ pub(crate) type Probe = Result<(), String>;
 
 impl Component {
     /// Starts `program args` with stdout and stderr appended to `log`.
-    pub(crate) fn spawn(name: &str, program: &Path, args: &[String], log: &Path) -> Result<Self, Error> {
-        let out = File::create(log).map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
+    pub(crate) fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        log: &Path,
+    ) -> Result<Self, Error> {
+        let out =
+            File::create(log).map_err(|e| Error::io(format!("creating {}", log.display()), e))?;
         let err = out
             .try_clone()
             .map_err(|e| Error::io(format!("duplicating the handle of {}", log.display()), e))?;
@@ -61,7 +67,11 @@ impl Component {
 
     /// Repeats `probe` until it succeeds; fails with the log tail when the process exits
     /// or `timeout` passes first.
-    pub(crate) async fn wait_ready<F, Fut>(&mut self, timeout: Duration, mut probe: F) -> Result<(), Error>
+    pub(crate) async fn wait_ready<F, Fut>(
+        &mut self,
+        timeout: Duration,
+        mut probe: F,
+    ) -> Result<(), Error>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Probe>,

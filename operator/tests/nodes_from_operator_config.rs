@@ -1,0 +1,329 @@
+//! What the operator writes works: the Secret and ConfigMap it produced for a 3-pod cluster
+//! (on the real test API server) are handed to 3 real `p2p-mpc` processes, which form a
+//! mesh and exchange a gossip message.
+//!
+//! The pods' DNS names (`net-i.net-headless.<ns>.svc.cluster.local`) are resolved through a
+//! hosts file inside a network namespace made for this test (`ip netns`, which bind-mounts
+//! /etc/netns/<name>/hosts over /etc/hosts for the processes it runs). Each node gets its own
+//! loopback address there, so all three listen on the configured port, as pods would. The only
+//! per-process flags are those a pod gets from its environment: its name, its key file, its
+//! listen address; and free ports for the API and metrics, which pods would not share.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
+use kube::{Client, CustomResourceExt};
+use p2p_mpc_operator::controller::{self, OperatorConfig};
+use p2p_mpc_operator::crd::MpcCluster;
+use p2p_mpc_operator::metrics::OperatorMetrics;
+use p2p_mpc_testenv::{ControlPlane, in_ci, or_skip, wait_for};
+use serde_json::json;
+
+const DEADLINE: Duration = Duration::from_secs(90);
+
+/// The node binary of this workspace (built alongside the operator's tests).
+fn node_binary() -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    // target/<profile>/deps/<test> -> target/<profile>/p2p-mpc
+    let bin = exe.parent().unwrap().parent().unwrap().join("p2p-mpc");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "p2p-mpc-node", "--bin", "p2p-mpc"])
+            .status()
+            .unwrap();
+        assert!(status.success(), "building p2p-mpc");
+    }
+    bin
+}
+
+/// A network namespace with a hosts file; removed on drop.
+struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    fn create(hosts: &str) -> Result<Self, String> {
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let name = format!("p2pmpc-{}-{nanos}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .map_err(|e| format!("ip: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "ip netns add: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        let ns = NetNs { name };
+        let dir = Path::new("/etc/netns").join(&ns.name);
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        std::fs::write(dir.join("hosts"), hosts).map_err(|e| e.to_string())?;
+        // No DNS server in here: names come from the hosts file only.
+        std::fs::write(
+            dir.join("resolv.conf"),
+            "nameserver 127.0.0.1\noptions timeout:1 attempts:1\n",
+        )
+        .map_err(|e| e.to_string())?;
+        let up = Command::new("ip")
+            .args(["netns", "exec", &ns.name, "ip", "link", "set", "lo", "up"])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !up.status.success() {
+            return Err(format!("lo up: {}", String::from_utf8_lossy(&up.stderr)));
+        }
+        Ok(ns)
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
+    }
+}
+
+struct NodeProc {
+    child: Child,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn collect(r: impl std::io::Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) {
+    std::thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+}
+
+async fn operator_output(client: &Client) -> (String, BTreeMap<String, Vec<u8>>, String) {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "mpcclusters.p2p-mpc.dev",
+        &PatchParams::apply("test").force(),
+        &Patch::Apply(MpcCluster::crd()),
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(
+        DEADLINE,
+        await_condition(
+            crds,
+            "mpcclusters.p2p-mpc.dev",
+            conditions::is_crd_established(),
+        ),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let ns = format!("mesh-{nanos}");
+    let nsobj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
+    Api::<Namespace>::all(client.clone())
+        .create(&PostParams::default(), &nsobj)
+        .await
+        .unwrap();
+
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let config = OperatorConfig {
+        default_image: "p2p-mpc:test".into(),
+        cluster_domain: "cluster.local".into(),
+    };
+    let ctrl = tokio::spawn(controller::run(
+        client.clone(),
+        config,
+        Arc::new(OperatorMetrics::new()),
+        async move {
+            let _ = rx.await;
+        },
+    ));
+    let mc: MpcCluster = serde_json::from_value(json!({
+        "apiVersion": "p2p-mpc.dev/v1alpha1", "kind": "MpcCluster",
+        "metadata": {"name": "net"},
+        "spec": {"replicas": 3, "network": {"topics": ["mesh"]}}
+    }))
+    .unwrap();
+    Api::<MpcCluster>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &mc)
+        .await
+        .unwrap();
+
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
+    let (config, keys) = wait_for("the operator's ConfigMap and Secret", DEADLINE, || async {
+        let cm = cms
+            .get_opt("net-config")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no ConfigMap")?;
+        let s = secrets
+            .get_opt("net-identity")
+            .await
+            .map_err(|e| e.to_string())?
+            .ok_or("no Secret")?;
+        let keys: BTreeMap<String, Vec<u8>> = s
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
+        if keys.len() < 3 {
+            return Err(format!("{} keys", keys.len()));
+        }
+        Ok((cm.data.unwrap_or_default()["node.yml"].clone(), keys))
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let _ = tx.send(());
+    let _ = tokio::time::timeout(Duration::from_secs(20), ctrl).await;
+    (config, keys, ns)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_started_from_the_operators_files_form_a_mesh() {
+    let Some(plane) = or_skip(ControlPlane::start_or_connect().await) else {
+        return;
+    };
+    let client = plane.client().await.unwrap_or_else(|e| panic!("{e}"));
+    let (config, keys, ns) = operator_output(&client).await;
+
+    let hosts: String = (0..3)
+        .map(|i| {
+            format!(
+                "127.0.0.{} net-{i}.net-headless.{ns}.svc.cluster.local\n",
+                i + 2
+            )
+        })
+        .collect();
+    let netns = match NetNs::create(&format!("127.0.0.1 localhost\n{hosts}")) {
+        Ok(n) => n,
+        Err(e) if !in_ci() => {
+            eprintln!(
+                "\n!!! SKIPPED (not in CI): cannot make a network namespace ({e}); run as root\n"
+            );
+            return;
+        }
+        Err(e) => panic!("cannot make a network namespace: {e}"),
+    };
+
+    // The files, as the pods mount them.
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = dir.path().join("node.yml");
+    std::fs::write(&config_path, &config).unwrap();
+    let keys_dir = dir.path().join("keys");
+    std::fs::create_dir_all(&keys_dir).unwrap();
+    for (entry, bytes) in &keys {
+        std::fs::write(keys_dir.join(entry), bytes).unwrap();
+    }
+
+    let bin = node_binary();
+    let mut nodes = Vec::new();
+    for i in 0..3 {
+        let pod = format!("net-{i}");
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &netns.name])
+            .arg(&bin)
+            .arg("--config")
+            .arg(&config_path)
+            .arg("--identity-key-path")
+            .arg(keys_dir.join(format!("{pod}.key")))
+            .args(["--listen-address", &format!("127.0.0.{}", i + 2)])
+            .args(["--api-port", "0", "--metrics-port", "0"])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("data-{i}")))
+            .env("P2P_MPC_POD_NAME", &pod)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        collect(child.stdout.take().unwrap(), stdout.clone());
+        collect(child.stderr.take().unwrap(), stderr.clone());
+        nodes.push(NodeProc {
+            child,
+            stdout,
+            stderr,
+        });
+    }
+
+    let peer_of = |i: usize| {
+        let key = libp2p::identity::Keypair::from_protobuf_encoding(&keys[&format!("net-{i}.key")])
+            .unwrap();
+        key.public().to_peer_id().to_string()
+    };
+    let dump = |nodes: &Vec<NodeProc>| {
+        nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| format!("---- net-{i} ----\n{}", n.stderr.lock().unwrap().join("\n")))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+
+    // Every node connects to every other: 1 and 2 through their bootnodes, 1 and 2 to each
+    // other through Kademlia.
+    wait_for("a full mesh of 3", DEADLINE, || async {
+        for (i, n) in nodes.iter().enumerate() {
+            let log = n.stderr.lock().unwrap().join("\n");
+            for j in 0..3 {
+                if j != i && !log.contains(&format!("connection_established{{peer={}", peer_of(j)))
+                {
+                    return Err(format!("net-{i} not yet connected to net-{j}"));
+                }
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}\n{}", dump(&nodes)));
+
+    // net-2 types a message; net-0 and net-1 print it. It is typed again until it arrives:
+    // until the gossip mesh has formed, the node answers "no peer subscribed" on stderr.
+    let text = "hello from the operator's config";
+    let expected = format!("[mesh] {}: {text}", peer_of(2));
+    let deadline = std::time::Instant::now() + DEADLINE;
+    loop {
+        let stdin = nodes[2].child.stdin.as_mut().unwrap();
+        writeln!(stdin, "{text}").unwrap();
+        stdin.flush().unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let arrived = |n: &NodeProc| n.stdout.lock().unwrap().iter().any(|l| l == &expected);
+        if arrived(&nodes[0]) && arrived(&nodes[1]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "net-0 and net-1 did not print {expected:?} within {DEADLINE:?}\n{}",
+            dump(&nodes)
+        );
+    }
+    drop(nodes);
+    drop(netns);
+}
