@@ -12,6 +12,9 @@ use kube::api::{Api, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::{Client, CustomResourceExt};
 use p2p_mpc_operator::crd::MpcCluster;
 use p2p_mpc_testenv::{ControlPlane, or_skip, tool, wait_for};
+
+mod common;
+use common::{DEADLINE, RunningController, cluster, install_crd, namespace, service_monitor_crd};
 use serde_json::{Value, json};
 
 fn root() -> PathBuf {
@@ -333,4 +336,44 @@ async fn chart_and_manifests_lint_validate_and_install() {
     }
     let mcs: Api<MpcCluster> = Api::namespaced(client.clone(), "default");
     assert_eq!(mcs.get("observed").await.unwrap().spec.replicas, 5);
+
+    // The RBAC of deploy/operator.yaml is enough: a controller acting as its service account
+    // reconciles a cluster, ServiceMonitor, status and events included.
+    install_crd(&client, service_monitor_crd()).await;
+    let kubeconfig = kube::config::Kubeconfig::read_from(plane.kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate =
+        Some("system:serviceaccount:p2p-mpc-system:p2p-mpc-operator".into());
+    let as_operator = Client::try_from(config).unwrap();
+    let ctrl = RunningController::start(&as_operator);
+    let ns = namespace(&client).await;
+    let mcs: Api<MpcCluster> = Api::namespaced(client.clone(), &ns);
+    mcs.create(
+        &kube::api::PostParams::default(),
+        &cluster(
+            "rbac",
+            json!({"replicas": 2, "metrics": {"serviceMonitor": {"enabled": true}}}),
+        ),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the service account's controller to reconcile fully",
+        DEADLINE,
+        || async {
+            let m = mcs.get("rbac").await.map_err(|e| e.to_string())?;
+            let st = m.status.unwrap_or_default();
+            let ok = |t: &str, s: &str| st.conditions.iter().any(|c| c.type_ == t && c.status == s);
+            if st.peers.len() == 2 && ok("Degraded", "False") && ok("ServiceMonitor", "True") {
+                Ok(())
+            } else {
+                Err(format!("{st:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    ctrl.stop().await;
 }

@@ -16,18 +16,15 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, PostParams};
 use kube::{Client, CustomResourceExt};
-use p2p_mpc_operator::controller::{self, OperatorConfig};
 use p2p_mpc_operator::crd::MpcCluster;
-use p2p_mpc_operator::metrics::OperatorMetrics;
 use p2p_mpc_testenv::{ControlPlane, in_ci, or_skip, wait_for};
-use serde_json::json;
 
-const DEADLINE: Duration = Duration::from_secs(90);
+mod common;
+use common::{DEADLINE, RunningController, install_crd, namespace};
+use serde_json::json;
 
 /// The node binary of this workspace (built alongside the operator's tests).
 fn node_binary() -> PathBuf {
@@ -118,49 +115,10 @@ fn collect(r: impl std::io::Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>
 }
 
 async fn operator_output(client: &Client) -> (String, BTreeMap<String, Vec<u8>>, String) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    crds.patch(
-        "mpcclusters.p2p-mpc.dev",
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(MpcCluster::crd()),
-    )
-    .await
-    .unwrap();
-    tokio::time::timeout(
-        DEADLINE,
-        await_condition(
-            crds,
-            "mpcclusters.p2p-mpc.dev",
-            conditions::is_crd_established(),
-        ),
-    )
-    .await
-    .unwrap()
-    .unwrap();
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let ns = format!("mesh-{nanos}");
-    let nsobj: Namespace = serde_json::from_value(json!({"metadata": {"name": ns}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &nsobj)
-        .await
-        .unwrap();
+    install_crd(client, MpcCluster::crd()).await;
+    let ns = namespace(client).await;
 
-    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-    let config = OperatorConfig {
-        default_image: "p2p-mpc:test".into(),
-        cluster_domain: "cluster.local".into(),
-    };
-    let ctrl = tokio::spawn(controller::run(
-        client.clone(),
-        config,
-        Arc::new(OperatorMetrics::new()),
-        async move {
-            let _ = rx.await;
-        },
-    ));
+    let ctrl = RunningController::start(client);
     let mc: MpcCluster = serde_json::from_value(json!({
         "apiVersion": "p2p-mpc.dev/v1alpha1", "kind": "MpcCluster",
         "metadata": {"name": "net"},
@@ -198,8 +156,7 @@ async fn operator_output(client: &Client) -> (String, BTreeMap<String, Vec<u8>>,
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    let _ = tx.send(());
-    let _ = tokio::time::timeout(Duration::from_secs(20), ctrl).await;
+    ctrl.stop().await;
     (config, keys, ns)
 }
 

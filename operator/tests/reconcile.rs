@@ -3,124 +3,19 @@
 //! validation, garbage collection, and no writes after a controller restart.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, CustomResourceExt, Resource, ResourceExt};
-use p2p_mpc_operator::controller::{self, OperatorConfig};
+use kube::{CustomResourceExt, Resource, ResourceExt};
 use p2p_mpc_operator::crd::MpcCluster;
-use p2p_mpc_operator::metrics::OperatorMetrics;
 use p2p_mpc_operator::resources::service_monitor;
 use p2p_mpc_testenv::{ControlPlane, or_skip, wait_for};
+
+mod common;
+use common::{DEADLINE, RunningController, cluster, install_crd, namespace, service_monitor_crd};
 use serde_json::json;
-use tokio::sync::oneshot;
-
-const DEADLINE: Duration = Duration::from_secs(90);
-
-async fn namespace(client: &Client) -> String {
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    let name = format!("op-{nanos}");
-    let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
-    Api::<Namespace>::all(client.clone())
-        .create(&PostParams::default(), &ns)
-        .await
-        .unwrap();
-    name
-}
-
-async fn install_crd(client: &Client, crd: CustomResourceDefinition) {
-    let api: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let name = crd.name_any();
-    api.patch(
-        &name,
-        &PatchParams::apply("test").force(),
-        &Patch::Apply(&crd),
-    )
-    .await
-    .unwrap_or_else(|e| panic!("installing CRD {name}: {e}"));
-    tokio::time::timeout(
-        DEADLINE,
-        await_condition(api, &name, conditions::is_crd_established()),
-    )
-    .await
-    .unwrap_or_else(|_| panic!("CRD {name} not established within {DEADLINE:?}"))
-    .unwrap();
-}
-
-/// A running controller, stopped when dropped or by `stop`.
-struct RunningController {
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<()>,
-    metrics: Arc<OperatorMetrics>,
-}
-
-impl RunningController {
-    fn start(client: &Client) -> Self {
-        let (tx, rx) = oneshot::channel::<()>();
-        let metrics = Arc::new(OperatorMetrics::new());
-        let config = OperatorConfig {
-            default_image: "p2p-mpc:test".into(),
-            cluster_domain: "cluster.local".into(),
-        };
-        let task = tokio::spawn(controller::run(
-            client.clone(),
-            config,
-            metrics.clone(),
-            async move {
-                let _ = rx.await;
-            },
-        ));
-        Self {
-            stop: Some(tx),
-            task,
-            metrics,
-        }
-    }
-
-    async fn stop(mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(20), &mut self.task).await;
-    }
-
-    fn reconciliations(&self) -> u64 {
-        self.metrics
-            .encode()
-            .lines()
-            .filter(|l| l.starts_with("p2p_mpc_operator_reconciliations_total{result=\"ok\"}"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
-            .sum()
-    }
-}
-
-impl Drop for RunningController {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        self.task.abort();
-    }
-}
-
-fn cluster(name: &str, spec: serde_json::Value) -> MpcCluster {
-    serde_json::from_value(json!({
-        "apiVersion": "p2p-mpc.dev/v1alpha1",
-        "kind": "MpcCluster",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .unwrap()
-}
 
 fn is_controlled_by(obj: &impl Resource, mc: &MpcCluster) -> bool {
     obj.meta().owner_references.iter().flatten().any(|r| {
@@ -337,12 +232,16 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
                 st.ready_replicas.unwrap_or(0)
             );
             let m = mcs.get("net").await.map_err(|e| e.to_string())?;
-            let seen = m
-                .status
-                .and_then(|s| s.conditions.into_iter().find(|c| c.type_ == "Progressing"))
+            let conditions = m.status.map(|s| s.conditions).unwrap_or_default();
+            let degraded = conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.status != "False");
+            let seen = conditions
+                .into_iter()
+                .find(|c| c.type_ == "Progressing")
                 .map(|c| c.message)
                 .unwrap_or_default();
-            if seen == want {
+            if seen == want && !degraded {
                 Ok(())
             } else {
                 Err(format!("want {want:?}, status says {seen:?}"))
@@ -352,6 +251,7 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     let before_restart = snapshot().await;
+    let status_before_restart = mcs.get("net").await.unwrap().status;
     ctrl.stop().await;
     let ctrl = RunningController::start(&client);
     wait_for("the new controller to reconcile", DEADLINE, || async {
@@ -363,11 +263,14 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(
-        snapshot().await,
-        before_restart,
-        "a restarted controller wrote nothing"
-    );
+    let after_restart = snapshot().await;
+    if after_restart != before_restart {
+        let now = mcs.get("net").await.unwrap();
+        panic!(
+            "a restarted controller wrote something: {before_restart:?} -> {after_restart:?}\nstatus before: {:?}\nstatus after: {:?}",
+            status_before_restart, now.status
+        );
+    }
 
     // Scale 3 -> 5: keys 0..2 unchanged, new pods get the right bootnodes, template unchanged.
     let template_before =
@@ -437,19 +340,7 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
     );
 
     // With the ServiceMonitor CRD installed, a ServiceMonitor appears.
-    let sm_crd: CustomResourceDefinition = serde_json::from_value(json!({
-        "apiVersion": "apiextensions.k8s.io/v1",
-        "kind": "CustomResourceDefinition",
-        "metadata": {"name": "servicemonitors.monitoring.coreos.com"},
-        "spec": {
-            "group": "monitoring.coreos.com",
-            "names": {"kind": "ServiceMonitor", "plural": "servicemonitors", "singular": "servicemonitor", "listKind": "ServiceMonitorList"},
-            "scope": "Namespaced",
-            "versions": [{"name": "v1", "served": true, "storage": true,
-                "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]
-        }
-    }))
-    .unwrap();
+    let sm_crd = service_monitor_crd();
     install_crd(&client, sm_crd).await;
     // Nudge a reconcile (the CRD itself is not watched).
     mcs.patch(
