@@ -134,6 +134,9 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
     let health_listener = tokio::net::TcpListener::bind(health_addr)
         .await
         .with_context(|| format!("cannot bind the health server on {health_addr}"))?;
+    // Report the bound addresses (a port of 0 picks a free one).
+    let metrics_addr = metrics_listener.local_addr().unwrap_or(metrics_addr);
+    let health_addr = health_listener.local_addr().unwrap_or(health_addr);
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
