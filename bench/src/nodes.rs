@@ -1,0 +1,181 @@
+//! Real `p2p-mpc` processes on loopback for the benchmarks.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The `p2p-mpc` binary of the same build profile as this benchmark, built if missing.
+pub fn node_binary() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let dir = exe.parent().context("benchmark binary has no directory")?;
+    let bin = dir.join("p2p-mpc");
+    let release = dir.ends_with("release");
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    cmd.args(["build", "-q", "-p", "p2p-mpc-node", "--bin", "p2p-mpc"]);
+    if release {
+        cmd.arg("--release");
+    }
+    let status = cmd.status().context("running cargo build for p2p-mpc")?;
+    if !status.success() || !bin.exists() {
+        bail!("cannot build {}", bin.display());
+    }
+    Ok(bin)
+}
+
+/// Called with each stdout line of a node and the time it was read.
+pub type LineSink = Box<dyn FnMut(&str, Instant) + Send>;
+
+/// A node process; killed on drop.
+pub struct Node {
+    child: Child,
+    pub stdin: Option<ChildStdin>,
+    stderr: Arc<Mutex<Vec<String>>>,
+    pub api: String,
+    pub tcp_addr: String,
+    /// From spawn to the first libp2p listen address in the log.
+    pub start_to_listening: Duration,
+}
+
+impl Node {
+    /// Starts a node with free ports on 127.0.0.1 plus `extra`; stdout lines go to `sink`.
+    pub fn start(
+        bin: &Path,
+        data: &Path,
+        extra: &[String],
+        mut sink: LineSink,
+    ) -> anyhow::Result<Node> {
+        let spawned = Instant::now();
+        let mut child = Command::new(bin)
+            .args([
+                "--listen-address",
+                "127.0.0.1",
+                "-p",
+                "0",
+                "--api-port",
+                "0",
+                "-m",
+                "0",
+            ])
+            .args(["--metrics-address", "127.0.0.1", "--log-level", "warn"])
+            .env(
+                "RUST_LOG",
+                "p2p_mpc_node::node=info,p2p_mpc_node::network::service=info",
+            )
+            .arg("--data-dir")
+            .arg(data)
+            .args(extra)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let stdout = child.stdout.take().context("stdout")?;
+        std::thread::spawn(move || {
+            let mut reader = BufReader::new(stdout);
+            let mut line = String::new();
+            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
+                sink(line.trim_end(), Instant::now());
+                line.clear();
+            }
+        });
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let sink_err = stderr.clone();
+        let listening_at = Arc::new(Mutex::new(None::<Instant>));
+        let mark = listening_at.clone();
+        let err = child.stderr.take().context("stderr")?;
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines().map_while(Result::ok) {
+                if line.contains(" listening address=") {
+                    mark.lock().unwrap().get_or_insert(Instant::now());
+                }
+                sink_err.lock().unwrap().push(line);
+            }
+        });
+        let stdin = child.stdin.take();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let lines = stderr.lock().unwrap().clone();
+            let find = |key: &str, field: &str| {
+                lines.iter().filter(|l| l.contains(key)).find_map(|l| {
+                    let s = l.find(field)? + field.len();
+                    Some(l[s..].split_whitespace().next()?.to_string())
+                })
+            };
+            if let (Some(api), Some(tcp), Some(at)) = (
+                find("HTTP API listening", "addr="),
+                find(" listening address=", "address="),
+                *listening_at.lock().unwrap(),
+            ) {
+                return Ok(Node {
+                    child,
+                    stdin,
+                    stderr,
+                    api: format!("http://{api}"),
+                    tcp_addr: tcp,
+                    start_to_listening: at - spawned,
+                });
+            }
+            if let Ok(Some(status)) = child.try_wait() {
+                bail!("node exited with {status}:\n{}", lines.join("\n"));
+            }
+            if Instant::now() > deadline {
+                bail!("node did not start within 30 s:\n{}", lines.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Resident memory in bytes (Linux /proc).
+    pub fn rss_bytes(&self) -> Option<u64> {
+        rss_of(self.child.id())
+    }
+
+    /// Writes a line on the node's stdin (chat: publishes it on the first topic).
+    pub fn type_line(&mut self, line: &str) -> std::io::Result<()> {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        stdin.write_all(line.as_bytes())?;
+        stdin.write_all(b"\n")
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        self.stderr.lock().unwrap().join("\n")
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of a process in bytes.
+pub fn rss_of(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Connected peer ids of a node (`GET /v1/peers`).
+pub async fn peers(http: &reqwest::Client, node: &Node) -> anyhow::Result<Vec<String>> {
+    let v: serde_json::Value = http
+        .get(format!("{}/v1/peers", node.api))
+        .send()
+        .await?
+        .json()
+        .await?;
+    Ok(v["peers"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|p| p["peer_id"].as_str().map(String::from))
+                .collect()
+        })
+        .unwrap_or_default())
+}
