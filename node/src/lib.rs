@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod metrics;
+pub mod mpc;
 pub mod network;
 pub mod node;
 pub mod tracing_config;
