@@ -97,6 +97,9 @@ pub async fn run(
     if faults.any() {
         warn!(?faults, "TEST FAULTS ARE ON: this node misbehaves on purpose");
     }
+    let round_timeout = crate::mpc::faults::round_timeout_from_env()
+        .map_err(NodeError::Faults)?
+        .unwrap_or(mpc_mod::DEFAULT_ROUND_TIMEOUT);
 
     let api_listener = bind(
         "HTTP API",
@@ -137,7 +140,7 @@ pub async fn run(
         key_store,
         MpcMetrics::new(node_metrics.registry()),
         faults,
-        mpc_mod::DEFAULT_ROUND_TIMEOUT,
+        round_timeout,
     );
     let router_task = tokio::spawn(mpc.clone().run_router(mpc_inbound));
 

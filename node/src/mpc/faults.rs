@@ -45,3 +45,18 @@ impl Faults {
         *self != Self::default()
     }
 }
+
+/// Hidden environment variable that shortens the round deadline (milliseconds), so that
+/// tests of dead participants do not wait the full default.
+pub const ROUND_TIMEOUT_ENV: &str = "P2P_MPC_TEST_ROUND_TIMEOUT_MS";
+
+/// The round deadline from [`ROUND_TIMEOUT_ENV`], if set and valid (100 ms to 10 min).
+pub fn round_timeout_from_env() -> Result<Option<std::time::Duration>, String> {
+    match std::env::var(ROUND_TIMEOUT_ENV) {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if (100..=600_000).contains(&ms) => Ok(Some(std::time::Duration::from_millis(ms))),
+            _ => Err(format!("{ROUND_TIMEOUT_ENV}: `{v}` is not a number of milliseconds from 100 to 600000")),
+        },
+    }
+}

@@ -112,8 +112,9 @@ impl MpcEngine {
                     }
                     other => other,
                 })?;
+            // Late commitments of holders not chosen still reach the session and are ignored
+            // there; the holders are told to discard their nonces.
             let chosen: Vec<PeerId> = commitments.keys().copied().collect();
-            inbox.restrict(chosen.iter().copied());
             let not_chosen: Vec<PeerId> = reachable
                 .iter()
                 .filter(|p| !chosen.contains(p))
@@ -225,10 +226,10 @@ impl MpcEngine {
                         .send(coordinator, session, Body::SignCommitments { commitments: bytes })
                         .await
                         .map_err(|e| unreachable_error(vec![(coordinator, e)], "commitments"))?;
-                    // Chosen signers wait for round 2; the coordinator needs up to one round to
-                    // collect the others' commitments first.
+                    // Chosen signers wait for round 2; the coordinator first delivers every
+                    // invitation and collects the others' commitments.
                     let request = inbox
-                        .collect("sign round 2 request", &[coordinator], timeout * 2, |b| match b {
+                        .collect("sign round 2 request", &[coordinator], timeout * 3, |b| match b {
                             Body::SignRound2 { signing_package } => Some(signing_package.clone()),
                             _ => None,
                         })
