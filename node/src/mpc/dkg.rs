@@ -97,7 +97,7 @@ impl MpcEngine {
             participants,
         };
         let others: Vec<PeerId> = params.participants.iter().filter(|p| **p != local).copied().collect();
-        let inbox = self
+        let mut inbox = self
             .inner
             .router
             .open(session, Protocol::Dkg, others.clone())
@@ -112,7 +112,7 @@ impl MpcEngine {
         let run = async move {
             let failures = engine.broadcast(&others2, session, &invite).await;
             if !failures.is_empty() {
-                return Err(unreachable_error(failures, "the DKG invitation"));
+                return Err(inbox.explain(unreachable_error(failures, "the DKG invitation")));
             }
             engine.run_dkg(inbox, params).await
         };
@@ -212,14 +212,14 @@ impl MpcEngine {
                     .await,
             );
             if !failures.is_empty() {
-                return Err(unreachable_error(failures, "DKG round 1"));
+                return Err(inbox.explain(unreachable_error(failures, "DKG round 1")));
             }
         } else {
             let failures = self
                 .broadcast(&others, session, &Body::DkgRound1 { package: package1.clone() })
                 .await;
             if !failures.is_empty() {
-                return Err(unreachable_error(failures, "DKG round 1"));
+                return Err(inbox.explain(unreachable_error(failures, "DKG round 1")));
             }
         }
         let round1 = inbox
@@ -238,7 +238,7 @@ impl MpcEngine {
         };
         let failures = self.broadcast(&others, session, &echo).await;
         if !failures.is_empty() {
-            return Err(unreachable_error(failures, "the DKG echo"));
+            return Err(inbox.explain(unreachable_error(failures, "the DKG echo")));
         }
         let echoes = inbox
             .collect("dkg echo", &others, timeout, |b| match b {
@@ -308,7 +308,9 @@ impl MpcEngine {
             }
         });
         for r in futures::future::join_all(sends).await {
-            r?;
+            if let Err(e) = r {
+                return Err(inbox.explain(e));
+            }
         }
         let round2 = inbox
             .collect("dkg round 2", &others, timeout, |b| match b {
@@ -344,7 +346,7 @@ impl MpcEngine {
         };
         let failures = self.broadcast(&others, session, &confirm).await;
         if !failures.is_empty() {
-            return Err(unreachable_error(failures, "the DKG confirmation"));
+            return Err(inbox.explain(unreachable_error(failures, "the DKG confirmation")));
         }
         let confirms = inbox
             .collect("dkg confirmation", &others, timeout, |b| match b {

@@ -361,6 +361,27 @@ impl SessionInbox {
         self.session
     }
 
+    /// When another participant already aborted the session, its reason explains `error`
+    /// better than `error` itself (e.g. a refused send because that peer gave up); returns
+    /// the error to report.
+    pub fn explain(&mut self, error: SessionError) -> SessionError {
+        while let Ok(m) = self.rx.try_recv() {
+            self.stash.entry(m.body.kind()).or_default().push(m);
+        }
+        let abort = self.stash.get("abort").and_then(|list| {
+            list.iter().find_map(|m| match &m.body {
+                Body::Abort { reason } => Some((m.from, reason.clone())),
+                _ => None,
+            })
+        });
+        match abort {
+            Some((from, reason)) => SessionError::failed(format!(
+                "participant {from} aborted the session: {reason}"
+            )),
+            None => error,
+        }
+    }
+
     /// Narrows the senders the router lets through.
     pub fn restrict(&self, participants: impl IntoIterator<Item = PeerId>) {
         self.router.restrict(self.session, participants);

@@ -138,7 +138,7 @@ impl MpcEngine {
                 .broadcast(&chosen, session, &Body::SignRound2 { signing_package: package_bytes })
                 .await;
             if !failures.is_empty() {
-                return Err(unreachable_error(failures, "the signing round 2 request"));
+                return Err(inbox.explain(unreachable_error(failures, "the signing round 2 request")));
             }
             let my_share = frost::round2::sign(&signing_package, &my_nonces, &key.key_package)
                 .map_err(fail("signing round 2"))?;
