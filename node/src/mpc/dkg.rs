@@ -26,6 +26,7 @@ pub struct DkgRequest {
 /// The parameters every participant of one DKG agrees on.
 struct DkgParams {
     key_id: String,
+    coordinator: PeerId,
     threshold: u16,
     /// Sorted, unique, this node included.
     participants: Vec<PeerId>,
@@ -93,6 +94,7 @@ impl MpcEngine {
         let session = SessionId::random();
         let params = DkgParams {
             key_id: SessionId::random().to_string(),
+            coordinator: local,
             threshold: request.threshold,
             participants,
         };
@@ -150,6 +152,7 @@ impl MpcEngine {
             .map_err(|e| e.to_string())?;
         let params = DkgParams {
             key_id,
+            coordinator: from,
             threshold,
             participants,
         };
@@ -394,6 +397,24 @@ impl MpcEngine {
             .await
             .map_err(|e| SessionError::failed(format!("cannot store the key share: {e}")))?;
         info!(key_id = %info.key_id, public_key = %info.public_key, "DKG completed; key share stored");
+        // The coordinator answers its caller only once the key is usable on every participant.
+        if params.coordinator == local {
+            inbox
+                .collect("dkg stored", &others, timeout, |b| match b {
+                    Body::DkgStored => Some(()),
+                    _ => None,
+                })
+                .await
+                .map_err(|e| {
+                    SessionError::failed(format!(
+                        "the key is stored here, but not every participant confirmed storing its share: {e}"
+                    ))
+                })?;
+        } else {
+            self.send(params.coordinator, session, Body::DkgStored)
+                .await
+                .map_err(|e| unreachable_error(vec![(params.coordinator, e)], "the storage confirmation"))?;
+        }
         Ok(info)
     }
 }

@@ -104,6 +104,8 @@ pub enum Body {
         group_key: Vec<u8>,
         package_digest: [u8; 32],
     },
+    /// Participant → coordinator: the key share is stored, the key is usable here.
+    DkgStored,
     /// Coordinator → key holders: send signing commitments for this message.
     SignInvite { key_id: String, message: Vec<u8> },
     /// Signer → coordinator: round-1 commitments.
@@ -124,7 +126,8 @@ impl Body {
             | Body::DkgRound1 { .. }
             | Body::DkgEcho { .. }
             | Body::DkgRound2 { .. }
-            | Body::DkgConfirm { .. } => Some(Protocol::Dkg),
+            | Body::DkgConfirm { .. }
+            | Body::DkgStored => Some(Protocol::Dkg),
             Body::SignInvite { .. }
             | Body::SignCommitments { .. }
             | Body::SignRound2 { .. }
@@ -141,6 +144,7 @@ impl Body {
             Body::DkgEcho { .. } => "dkg echo",
             Body::DkgRound2 { .. } => "dkg round 2",
             Body::DkgConfirm { .. } => "dkg confirmation",
+            Body::DkgStored => "dkg stored",
             Body::SignInvite { .. } => "sign invite",
             Body::SignCommitments { .. } => "sign round 1",
             Body::SignRound2 { .. } => "sign round 2 request",
