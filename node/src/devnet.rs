@@ -216,7 +216,10 @@ pub async fn run(
     });
     std::fs::create_dir_all(&dir)
         .map_err(|e| DevnetError::Setup(format!("cannot create {}: {e}", dir.display())))?;
-    println!("p2p-mpc devnet: starting {n} nodes on 127.0.0.1 (data and logs in {})", dir.display());
+    println!(
+        "p2p-mpc devnet: starting {n} nodes on 127.0.0.1 (data and logs in {})",
+        dir.display()
+    );
 
     let mut nodes: Vec<DevnetNode> = Vec::new();
     for i in 0..n {
@@ -241,7 +244,10 @@ pub async fn run(
     println!("  p2p-mpc keys create --threshold {threshold} --api {first}");
     println!("  p2p-mpc keys sign <KEY_ID> --message 68656c6c6f --api {last}");
     println!("  curl -s {first}/v1/peers");
-    println!("Logs: {}/node-<i>.log. Press Ctrl-C to stop all nodes.", dir.display());
+    println!(
+        "Logs: {}/node-<i>.log. Press Ctrl-C to stop all nodes.",
+        dir.display()
+    );
 
     let watch_children = async {
         loop {
@@ -305,13 +311,16 @@ async fn demo(nodes: &[DevnetNode], threshold: u16) -> Result<(), DevnetError> {
     let c0 = client(&nodes[0])?;
     let started = Instant::now();
     let key: Value = loop {
-        let body = json!({"scheme": "ed25519", "threshold": threshold, "participants": participants});
+        let body =
+            json!({"scheme": "ed25519", "threshold": threshold, "participants": participants});
         match c0.post("v1/keys", &body).await {
             Ok(key) => break key,
             // Peers are known as MPC peers once identify ran; that can lag the connection.
-            Err(ClientError::Api { status: 400, message, .. })
-                if message.contains("not connected") && Instant::now() < deadline =>
-            {
+            Err(ClientError::Api {
+                status: 400,
+                message,
+                ..
+            }) if message.contains("not connected") && Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
             Err(e) => return Err(DevnetError::Demo(format!("the DKG failed: {e}"))),

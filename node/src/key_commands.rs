@@ -89,7 +89,10 @@ fn print(output: OutputFormat, json: &Value, table: impl FnOnce() -> String) {
 
 /// A table of keys: id, threshold/participants, public key.
 pub fn key_table(keys: &[Value]) -> String {
-    let mut out = format!("{:<32}  {:>5}  {:<64}  {}\n", "KEY ID", "T/N", "PUBLIC KEY", "STATUS");
+    let mut out = format!(
+        "{:<32}  {:>5}  {:<64}  {}\n",
+        "KEY ID", "T/N", "PUBLIC KEY", "STATUS"
+    );
     for k in keys {
         let n = k["participants"].as_array().map(Vec::len).unwrap_or(0);
         out.push_str(&format!(

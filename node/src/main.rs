@@ -155,7 +155,10 @@ fn run_subcommand(command: Command) -> ExitCode {
                 threshold,
                 dir,
             };
-            match rt.block_on(p2p_mpc_node::devnet::run(settings, node::termination_signal())) {
+            match rt.block_on(p2p_mpc_node::devnet::run(
+                settings,
+                node::termination_signal(),
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(1, e),
             }

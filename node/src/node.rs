@@ -95,7 +95,10 @@ pub async fn run(
     info!(keys = report.loaded, dir = %key_store.dir().display(), "key shares loaded");
     let faults = Faults::from_env().map_err(NodeError::Faults)?;
     if faults.any() {
-        warn!(?faults, "TEST FAULTS ARE ON: this node misbehaves on purpose");
+        warn!(
+            ?faults,
+            "TEST FAULTS ARE ON: this node misbehaves on purpose"
+        );
     }
     let round_timeout = crate::mpc::faults::round_timeout_from_env()
         .map_err(NodeError::Faults)?

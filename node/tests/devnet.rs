@@ -76,11 +76,17 @@ fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
             let _ = std::io::Read::read_to_string(devnet.0.stderr.as_mut().unwrap(), &mut err);
             panic!("devnet exited with {status}:\n{text}\n{err}");
         }
-        assert!(Instant::now() < deadline, "devnet did not get ready:\n{text}");
+        assert!(
+            Instant::now() < deadline,
+            "devnet did not get ready:\n{text}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     let text = lines.lock().unwrap().join("\n");
-    assert!(text.contains("verified against the group public key"), "{text}");
+    assert!(
+        text.contains("verified against the group public key"),
+        "{text}"
+    );
     assert_eq!(text.matches("  node ").count(), 3, "{text}");
     let api = text
         .lines()
@@ -94,7 +100,11 @@ fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
         .args(["keys", "list", "--output", "json", "--api", &api])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["keys"].as_array().unwrap().len(), 1, "{list}");
 

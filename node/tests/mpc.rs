@@ -67,7 +67,10 @@ async fn start_node(
         extra.push(b.tcp_addr.clone());
     }
     let mut env = env.to_vec();
-    if !env.iter().any(|(k, _)| *k == "P2P_MPC_TEST_ROUND_TIMEOUT_MS") {
+    if !env
+        .iter()
+        .any(|(k, _)| *k == "P2P_MPC_TEST_ROUND_TIMEOUT_MS")
+    {
         env.push(("P2P_MPC_TEST_ROUND_TIMEOUT_MS", ROUND_TIMEOUT_MS));
     }
     NodeProcess::start_with_env(name, dir, &extra, &env).await
@@ -75,7 +78,11 @@ async fn start_node(
 
 /// Runs a DKG on `coordinator` among `participants`, retrying while peers are still being
 /// identified as MPC peers (a 400 that says "not connected").
-async fn create_key(coordinator: &NodeProcess, threshold: u16, participants: &[&NodeProcess]) -> Value {
+async fn create_key(
+    coordinator: &NodeProcess,
+    threshold: u16,
+    participants: &[&NodeProcess],
+) -> Value {
     let ids: Vec<&str> = participants.iter().map(|n| n.peer_id.as_str()).collect();
     wait_for("the DKG to succeed", Duration::from_secs(60), || async {
         let (status, body) = post(
@@ -86,7 +93,11 @@ async fn create_key(coordinator: &NodeProcess, threshold: u16, participants: &[&
         .await;
         match status {
             201 => Ok(body),
-            400 if body["error"].as_str().unwrap_or("").contains("not connected") => {
+            400 if body["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not connected") =>
+            {
                 Err(body.to_string())
             }
             _ => panic!("DKG failed: {status} {body}"),
@@ -120,7 +131,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey\n
 Ed25519PublicKey.from_public_bytes(bytes.fromhex(sys.argv[1])).verify(bytes.fromhex(sys.argv[3]), bytes.fromhex(sys.argv[2]))\n\
 print('ok')";
     let out = std::process::Command::new("python3")
-        .args(["-c", script, public_key_hex, &hex::encode(message), signature_hex])
+        .args([
+            "-c",
+            script,
+            public_key_hex,
+            &hex::encode(message),
+            signature_hex,
+        ])
         .output();
     let available = std::process::Command::new("python3")
         .args(["-c", "import cryptography"])
@@ -128,9 +145,13 @@ print('ok')";
         .is_ok_and(|o| o.status.success());
     if !available {
         if p2p_mpc_testenv::in_ci() {
-            panic!("python3 with `cryptography` is needed to verify signatures (CI installs it in .ci/run)");
+            panic!(
+                "python3 with `cryptography` is needed to verify signatures (CI installs it in .ci/run)"
+            );
         }
-        eprintln!("!!!! SKIPPING the Python `cryptography` check: python3 or the module is missing !!!!");
+        eprintln!(
+            "!!!! SKIPPING the Python `cryptography` check: python3 or the module is missing !!!!"
+        );
         return;
     }
     let out = out.expect("python3 runs");
@@ -183,7 +204,10 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
         assert_eq!(k["public_key"], public_key.as_str());
         assert_eq!(k["status"], "active");
         let text = k.to_string();
-        assert!(!text.contains("key_package") && !text.contains("signing_share"), "{text}");
+        assert!(
+            !text.contains("key_package") && !text.contains("signing_share"),
+            "{text}"
+        );
         let list = node.get("/v1/keys").await.unwrap();
         assert_eq!(list["keys"].as_array().unwrap().len(), 1);
         let file = dir
@@ -194,7 +218,9 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
         assert_eq!(mode, 0o600, "{}", file.display());
     }
     // No secret in the logs.
-    let share_hex = std::fs::read_to_string(dir.path().join(format!("data-n0/keys/{key_id}.key.json"))).unwrap();
+    let share_hex =
+        std::fs::read_to_string(dir.path().join(format!("data-n0/keys/{key_id}.key.json")))
+            .unwrap();
     let share: Value = serde_json::from_str(&share_hex).unwrap();
     let secret = share["key_package"].as_str().unwrap();
     for node in &nodes {
@@ -208,7 +234,11 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(signers(&body).len(), 3, "{body}");
         assert!(signers(&body).contains(&node.peer_id));
-        verify_everywhere(&public_key, message.as_bytes(), body["signature"].as_str().unwrap());
+        verify_everywhere(
+            &public_key,
+            message.as_bytes(),
+            body["signature"].as_str().unwrap(),
+        );
     }
 
     // 50 signing sessions at once on one key, coordinated by all five nodes.
@@ -226,10 +256,19 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
         .collect();
     for (message, status, body) in futures::future::join_all(tasks).await {
         assert_eq!(status, 200, "{message}: {body}");
-        verify_everywhere(&public_key, message.as_bytes(), body["signature"].as_str().unwrap());
+        verify_everywhere(
+            &public_key,
+            message.as_bytes(),
+            body["signature"].as_str().unwrap(),
+        );
     }
     eprintln!("50 concurrent signatures in {:?}", started.elapsed());
-    let completed = metric_sum(&nodes[0], "p2p_mpc_mpc_sessions_completed_total", "frost_sign").await;
+    let completed = metric_sum(
+        &nodes[0],
+        "p2p_mpc_mpc_sessions_completed_total",
+        "frost_sign",
+    )
+    .await;
     assert!(completed >= 10.0, "sessions completed on n0: {completed}");
 
     // Kill one participant: the remaining four still sign, without it.
@@ -238,7 +277,11 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
     let (status, body) = sign(&nodes[0], &key_id, b"after one died").await;
     assert_eq!(status, 200, "{body}");
     assert!(!signers(&body).contains(&dead), "{body}");
-    verify_everywhere(&public_key, b"after one died", body["signature"].as_str().unwrap());
+    verify_everywhere(
+        &public_key,
+        b"after one died",
+        body["signature"].as_str().unwrap(),
+    );
 
     // Restart it with its data dir: it still holds its share and signs (as coordinator it
     // is always one of the signers).
@@ -253,18 +296,28 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
     let k = restarted.get(&format!("/v1/keys/{key_id}")).await.unwrap();
     assert_eq!(k["public_key"], public_key.as_str());
     for n in &nodes[..4] {
-        restarted.wait_connected_to(&n.peer_id, Duration::from_secs(30)).await;
+        restarted
+            .wait_connected_to(&n.peer_id, Duration::from_secs(30))
+            .await;
     }
-    let (status, body) = wait_for("the restarted node to sign", Duration::from_secs(30), || async {
-        match sign(&restarted, &key_id, b"signed by the restarted node").await {
-            (200, body) => Ok((200, body)),
-            (s, b) => Err(format!("{s} {b}")),
-        }
-    })
+    let (status, body) = wait_for(
+        "the restarted node to sign",
+        Duration::from_secs(30),
+        || async {
+            match sign(&restarted, &key_id, b"signed by the restarted node").await {
+                (200, body) => Ok((200, body)),
+                (s, b) => Err(format!("{s} {b}")),
+            }
+        },
+    )
     .await;
     assert_eq!(status, 200);
     assert!(signers(&body).contains(&dead), "{body}");
-    verify_everywhere(&public_key, b"signed by the restarted node", body["signature"].as_str().unwrap());
+    verify_everywhere(
+        &public_key,
+        b"signed by the restarted node",
+        body["signature"].as_str().unwrap(),
+    );
     drop(restarted);
 
     // Kill three: signing fails within its deadline and names the missing participants.
@@ -279,7 +332,11 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
     for m in &missing {
         assert!(error.contains(m.as_str()), "error names {m}: {error}");
     }
-    assert!(started.elapsed() < Duration::from_secs(20), "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
     // The node still serves.
     nodes[0].get("/v1/status").await.unwrap();
 }
@@ -287,29 +344,56 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn misbehaving_participants_are_named_and_outsiders_ignored() {
     let dir = tempdir();
-    let nodes = start_cluster(dir.path(), &["a", "b", "liar", "cheat", "intruder"], |name| match name {
-        "liar" => vec![("P2P_MPC_TEST_FAULT", "equivocate-dkg-round1")],
-        "cheat" => vec![("P2P_MPC_TEST_FAULT", "corrupt-signature-share")],
-        "intruder" => vec![("P2P_MPC_TEST_FAULT", "intrude-signing")],
-        _ => vec![],
-    })
+    let nodes = start_cluster(
+        dir.path(),
+        &["a", "b", "liar", "cheat", "intruder"],
+        |name| match name {
+            "liar" => vec![("P2P_MPC_TEST_FAULT", "equivocate-dkg-round1")],
+            "cheat" => vec![("P2P_MPC_TEST_FAULT", "corrupt-signature-share")],
+            "intruder" => vec![("P2P_MPC_TEST_FAULT", "intrude-signing")],
+            _ => vec![],
+        },
+    )
     .await;
     let (a, b, liar, cheat, intruder) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3], &nodes[4]);
 
     // Different round-1 packages to different participants: caught by the echo round.
-    let ids = [a.peer_id.as_str(), b.peer_id.as_str(), liar.peer_id.as_str()];
-    let (status, body) = wait_for("the DKG with the liar to end", Duration::from_secs(60), || async {
-        match post(a, "/v1/keys", json!({"threshold": 2, "participants": ids})).await {
-            (400, body) if body["error"].as_str().unwrap_or("").contains("not connected") => Err(body.to_string()),
-            other => Ok(other),
-        }
-    })
+    let ids = [
+        a.peer_id.as_str(),
+        b.peer_id.as_str(),
+        liar.peer_id.as_str(),
+    ];
+    let (status, body) = wait_for(
+        "the DKG with the liar to end",
+        Duration::from_secs(60),
+        || async {
+            match post(a, "/v1/keys", json!({"threshold": 2, "participants": ids})).await {
+                (400, body)
+                    if body["error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("not connected") =>
+                {
+                    Err(body.to_string())
+                }
+                other => Ok(other),
+            }
+        },
+    )
     .await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["code"], "session_aborted", "{body}");
     let error = body["error"].as_str().unwrap();
-    assert!(error.contains(&liar.peer_id) && error.contains("different"), "{error}");
-    assert!(a.get("/v1/keys").await.unwrap()["keys"].as_array().unwrap().is_empty());
+    assert!(
+        error.contains(&liar.peer_id) && error.contains("different"),
+        "{error}"
+    );
+    assert!(
+        a.get("/v1/keys").await.unwrap()["keys"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 
     // A corrupted signature share: the cheater is named.
     let key = create_key(a, 3, &[a, b, cheat]).await;
@@ -317,7 +401,10 @@ async fn misbehaving_participants_are_named_and_outsiders_ignored() {
     let (status, body) = sign(a, key_id, b"cheat here").await;
     assert_eq!(status, 502, "{body}");
     let error = body["error"].as_str().unwrap();
-    assert!(error.contains(&cheat.peer_id) && !error.contains(&b.peer_id), "{error}");
+    assert!(
+        error.contains(&cheat.peer_id) && !error.contains(&b.peer_id),
+        "{error}"
+    );
 
     // Forged messages from a peer outside the session's participants: dropped, counted, and
     // the session completes.
@@ -326,11 +413,24 @@ async fn misbehaving_participants_are_named_and_outsiders_ignored() {
     let public_key = key["public_key"].as_str().unwrap();
     let (status, body) = sign(a, key_id, b"despite the intruder").await;
     assert_eq!(status, 200, "{body}");
-    verify_everywhere(public_key, b"despite the intruder", body["signature"].as_str().unwrap());
-    let dropped = wait_for("b to drop the intruder's messages", Duration::from_secs(10), || async {
-        let n = metric_sum(b, "p2p_mpc_mpc_messages_dropped_total", "reason=\"not_participant\"").await;
-        if n >= 1.0 { Ok(n) } else { Err(format!("{n}")) }
-    })
+    verify_everywhere(
+        public_key,
+        b"despite the intruder",
+        body["signature"].as_str().unwrap(),
+    );
+    let dropped = wait_for(
+        "b to drop the intruder's messages",
+        Duration::from_secs(10),
+        || async {
+            let n = metric_sum(
+                b,
+                "p2p_mpc_mpc_messages_dropped_total",
+                "reason=\"not_participant\"",
+            )
+            .await;
+            if n >= 1.0 { Ok(n) } else { Err(format!("{n}")) }
+        },
+    )
     .await;
     assert!(dropped >= 1.0);
     // Still serving, and still signing.
@@ -345,16 +445,25 @@ async fn kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds() {
     let victim_id = nodes[2].peer_id.clone();
     for (round, delay_ms) in [0u64, 3, 8, 15, 30, 60, 120].into_iter().enumerate() {
         let ids: Vec<String> = nodes.iter().map(|n| n.peer_id.clone()).collect();
-        let request = post(&nodes[0], "/v1/keys", json!({"threshold": 2, "participants": ids}));
+        let request = post(
+            &nodes[0],
+            "/v1/keys",
+            json!({"threshold": 2, "participants": ids}),
+        );
         let kill = async {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
             let pid = nodes[2].pid();
             // SIGKILL through the shell: the process gets no chance to clean up.
-            let _ = std::process::Command::new("kill").args(["-9", &pid.to_string()]).status();
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
         };
         let ((status, body), ()) = tokio::join!(request, kill);
         nodes[2].kill();
-        eprintln!("kill after {delay_ms} ms: {status} {}", body["error"].as_str().unwrap_or("(key created)"));
+        eprintln!(
+            "kill after {delay_ms} ms: {status} {}",
+            body["error"].as_str().unwrap_or("(key created)")
+        );
         if status != 201 {
             assert_eq!(status, 502, "round {round}: {body}");
             let error = body["error"].as_str().unwrap_or("");
@@ -376,11 +485,16 @@ async fn kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds() {
         }
         let restarted = start_node(dir.path(), "victim", &nodes[..2], &[]).await;
         assert!(
-            !restarted.stderr_lines().iter().any(|l| l.contains("key file ignored")),
+            !restarted
+                .stderr_lines()
+                .iter()
+                .any(|l| l.contains("key file ignored")),
             "round {round}: a key file could not be read"
         );
         for n in &nodes[..2] {
-            restarted.wait_connected_to(&n.peer_id, Duration::from_secs(30)).await;
+            restarted
+                .wait_connected_to(&n.peer_id, Duration::from_secs(30))
+                .await;
         }
         nodes[2] = restarted;
         assert_eq!(nodes[2].peer_id, victim_id);
@@ -391,7 +505,11 @@ async fn kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds() {
     let key_id = key["key_id"].as_str().unwrap();
     let (status, body) = sign(&nodes[2], key_id, b"after the storm").await;
     assert_eq!(status, 200, "{body}");
-    verify_everywhere(key["public_key"].as_str().unwrap(), b"after the storm", body["signature"].as_str().unwrap());
+    verify_everywhere(
+        key["public_key"].as_str().unwrap(),
+        b"after the storm",
+        body["signature"].as_str().unwrap(),
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,33 +519,68 @@ async fn bad_key_requests_are_400s_that_say_why() {
     let (x, y) = (&nodes[0], &nodes[1]);
     let stranger = "12D3KooWGjvrfKdiCmNmcAKEEVoYwQX3R3M6b4oWvbqhWQq9DC4S";
     let cases = [
-        (json!({"threshold": 1, "participants": [x.peer_id, y.peer_id]}), "at least 2"),
-        (json!({"threshold": 3, "participants": [x.peer_id, y.peer_id]}), "larger than"),
-        (json!({"threshold": 2, "participants": [x.peer_id, y.peer_id, y.peer_id]}), "twice"),
-        (json!({"threshold": 2, "participants": [x.peer_id, "nonsense"]}), "not a peer id"),
-        (json!({"threshold": 2, "participants": [x.peer_id, stranger]}), stranger),
-        (json!({"threshold": 2, "participants": [y.peer_id, stranger]}), "must be one of"),
-        (json!({"scheme": "secp256k1", "threshold": 2}), "not supported"),
+        (
+            json!({"threshold": 1, "participants": [x.peer_id, y.peer_id]}),
+            "at least 2",
+        ),
+        (
+            json!({"threshold": 3, "participants": [x.peer_id, y.peer_id]}),
+            "larger than",
+        ),
+        (
+            json!({"threshold": 2, "participants": [x.peer_id, y.peer_id, y.peer_id]}),
+            "twice",
+        ),
+        (
+            json!({"threshold": 2, "participants": [x.peer_id, "nonsense"]}),
+            "not a peer id",
+        ),
+        (
+            json!({"threshold": 2, "participants": [x.peer_id, stranger]}),
+            stranger,
+        ),
+        (
+            json!({"threshold": 2, "participants": [y.peer_id, stranger]}),
+            "must be one of",
+        ),
+        (
+            json!({"scheme": "secp256k1", "threshold": 2}),
+            "not supported",
+        ),
         (json!({"threshold": "two"}), "invalid JSON"),
     ];
     for (body, expected) in cases {
         let (status, answer) = post(x, "/v1/keys", body.clone()).await;
         assert_eq!(status, 400, "{body} → {answer}");
-        assert!(answer["error"].as_str().unwrap().contains(expected), "{body} → {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(expected),
+            "{body} → {answer}"
+        );
     }
     let (status, answer) = sign(x, "00112233445566778899aabbccddeeff", b"m").await;
-    assert_eq!((status, answer["code"].as_str()), (404, Some("unknown_key")), "{answer}");
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (404, Some("unknown_key")),
+        "{answer}"
+    );
     let (status, answer) = post(x, "/v1/keys/abc/sign", json!({"message": "zz"})).await;
     assert_eq!(status, 400, "{answer}");
     // Participants default to this node and its MPC peers.
-    let key = wait_for("a DKG with default participants", Duration::from_secs(30), || async {
-        match post(x, "/v1/keys", json!({"threshold": 2})).await {
-            (201, body) if body["participants"].as_array().map(Vec::len) == Some(2) => Ok(body),
-            (s, b) => Err(format!("{s} {b}")),
-        }
-    })
+    let key = wait_for(
+        "a DKG with default participants",
+        Duration::from_secs(30),
+        || async {
+            match post(x, "/v1/keys", json!({"threshold": 2})).await {
+                (201, body) if body["participants"].as_array().map(Vec::len) == Some(2) => Ok(body),
+                (s, b) => Err(format!("{s} {b}")),
+            }
+        },
+    )
     .await;
     let key_id = key["key_id"].as_str().unwrap();
-    assert_eq!(y.get(&format!("/v1/keys/{key_id}")).await.unwrap()["key_id"], key_id);
+    assert_eq!(
+        y.get(&format!("/v1/keys/{key_id}")).await.unwrap()["key_id"],
+        key_id
+    );
     x.get("/v1/status").await.unwrap();
 }

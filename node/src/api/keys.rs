@@ -45,7 +45,9 @@ impl From<MpcError> for ApiError {
     fn from(e: MpcError) -> Self {
         match &e {
             MpcError::BadRequest(_) => ApiError::bad_request("invalid_request", e.to_string()),
-            MpcError::UnknownKey(_) => ApiError::new(StatusCode::NOT_FOUND, "unknown_key", e.to_string()),
+            MpcError::UnknownKey(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_key", e.to_string())
+            }
             MpcError::Session { error, .. } => {
                 let code = if error.blamed().is_empty() {
                     "session_failed"
@@ -74,7 +76,9 @@ pub(super) async fn create(
     }
     let local = state.mpc.local_peer_id();
     let participants = match req.participants {
-        Some(list) => parse_peers(&list).map_err(|m| ApiError::bad_request("invalid_request", m))?,
+        Some(list) => {
+            parse_peers(&list).map_err(|m| ApiError::bad_request("invalid_request", m))?
+        }
         None => {
             let mut peers = state.network.mpc_peers().await?;
             peers.push(local);

@@ -55,7 +55,9 @@ pub fn check_params(
     }
     let n = seen.len();
     if threshold < 2 {
-        return Err(format!("threshold {threshold} is too small: it must be at least 2"));
+        return Err(format!(
+            "threshold {threshold} is too small: it must be at least 2"
+        ));
     }
     if usize::from(threshold) > n {
         return Err(format!(
@@ -98,7 +100,12 @@ impl MpcEngine {
             threshold: request.threshold,
             participants,
         };
-        let others: Vec<PeerId> = params.participants.iter().filter(|p| **p != local).copied().collect();
+        let others: Vec<PeerId> = params
+            .participants
+            .iter()
+            .filter(|p| **p != local)
+            .copied()
+            .collect();
         let mut inbox = self
             .inner
             .router
@@ -108,7 +115,11 @@ impl MpcEngine {
         let invite = Body::DkgInvite {
             key_id: params.key_id.clone(),
             threshold: params.threshold,
-            participants: params.participants.iter().map(ToString::to_string).collect(),
+            participants: params
+                .participants
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
         };
         let others2 = others.clone();
         let run = async move {
@@ -136,7 +147,9 @@ impl MpcEngine {
         let peers = parse_peers(&participants)?;
         let participants = check_params(local, threshold, &peers)?;
         if !participants.contains(&from) {
-            return Err(format!("the inviting peer {from} is not among the participants"));
+            return Err(format!(
+                "the inviting peer {from} is not among the participants"
+            ));
         }
         if key_id.len() != 32 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!("`{key_id}` is not a valid key id"));
@@ -144,7 +157,11 @@ impl MpcEngine {
         if self.inner.store.contains(&key_id) {
             return Err(format!("key {key_id} exists already"));
         }
-        let others: Vec<PeerId> = participants.iter().filter(|p| **p != local).copied().collect();
+        let others: Vec<PeerId> = participants
+            .iter()
+            .filter(|p| **p != local)
+            .copied()
+            .collect();
         let inbox = self
             .inner
             .router
@@ -193,15 +210,15 @@ impl MpcEngine {
         info!(key_id = %params.key_id, threshold = params.threshold, participants = n, "DKG started");
 
         // Part 1, broadcast with an echo round.
-        let mut rng = rand_core::OsRng;
-        let (secret1, package1) = frost::keys::dkg::part1(my_id, n, params.threshold, &mut rng)
+        let rng = rand_core::OsRng;
+        let (secret1, package1) = frost::keys::dkg::part1(my_id, n, params.threshold, rng)
             .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
         let package1 = package1
             .serialize()
             .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
         if self.inner.faults.equivocate_dkg_round1 {
             // Test-only: a second, different package for half of the others.
-            let (_, other) = frost::keys::dkg::part1(my_id, n, params.threshold, &mut rng)
+            let (_, other) = frost::keys::dkg::part1(my_id, n, params.threshold, rng)
                 .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
             let other = other
                 .serialize()
@@ -211,15 +228,27 @@ impl MpcEngine {
                 .broadcast(first, session, &Body::DkgRound1 { package: other })
                 .await;
             failures.extend(
-                self.broadcast(second, session, &Body::DkgRound1 { package: package1.clone() })
-                    .await,
+                self.broadcast(
+                    second,
+                    session,
+                    &Body::DkgRound1 {
+                        package: package1.clone(),
+                    },
+                )
+                .await,
             );
             if !failures.is_empty() {
                 return Err(inbox.explain(unreachable_error(failures, "DKG round 1")));
             }
         } else {
             let failures = self
-                .broadcast(&others, session, &Body::DkgRound1 { package: package1.clone() })
+                .broadcast(
+                    &others,
+                    session,
+                    &Body::DkgRound1 {
+                        package: package1.clone(),
+                    },
+                )
                 .await;
             if !failures.is_empty() {
                 return Err(inbox.explain(unreachable_error(failures, "DKG round 1")));
@@ -287,7 +316,10 @@ impl MpcEngine {
         let mut round1_packages = BTreeMap::new();
         for (peer, bytes) in &round1 {
             let package = frost::keys::dkg::round1::Package::deserialize(bytes).map_err(|e| {
-                SessionError::blame(vec![*peer], format!("participant {peer} sent a malformed DKG round-1 package: {e}"))
+                SessionError::blame(
+                    vec![*peer],
+                    format!("participant {peer} sent a malformed DKG round-1 package: {e}"),
+                )
             })?;
             round1_packages.insert(id_of(peer)?, package);
         }
@@ -299,7 +331,9 @@ impl MpcEngine {
             let peer = ids.get(&id).copied();
             async move {
                 let Some(peer) = peer else {
-                    return Err(SessionError::failed("DKG part 2 produced an unknown identifier"));
+                    return Err(SessionError::failed(
+                        "DKG part 2 produced an unknown identifier",
+                    ));
                 };
                 let package = package
                     .serialize()
@@ -324,7 +358,10 @@ impl MpcEngine {
         let mut round2_packages = BTreeMap::new();
         for (peer, bytes) in &round2 {
             let package = frost::keys::dkg::round2::Package::deserialize(bytes).map_err(|e| {
-                SessionError::blame(vec![*peer], format!("participant {peer} sent a malformed DKG round-2 package: {e}"))
+                SessionError::blame(
+                    vec![*peer],
+                    format!("participant {peer} sent a malformed DKG round-2 package: {e}"),
+                )
             })?;
             round2_packages.insert(id_of(peer)?, package);
         }
@@ -380,7 +417,11 @@ impl MpcEngine {
             scheme: "ed25519".into(),
             public_key: hex::encode(&group_key),
             threshold: params.threshold,
-            participants: params.participants.iter().map(ToString::to_string).collect(),
+            participants: params
+                .participants
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
             status: "active".into(),
             created_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
@@ -413,7 +454,9 @@ impl MpcEngine {
         } else {
             self.send(params.coordinator, session, Body::DkgStored)
                 .await
-                .map_err(|e| unreachable_error(vec![(params.coordinator, e)], "the storage confirmation"))?;
+                .map_err(|e| {
+                    unreachable_error(vec![(params.coordinator, e)], "the storage confirmation")
+                })?;
         }
         Ok(info)
     }
@@ -427,9 +470,21 @@ mod tests {
     fn params_are_checked() {
         let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
         assert!(check_params(a, 2, &[a, b, c]).is_ok());
-        assert!(check_params(a, 1, &[a, b]).unwrap_err().contains("at least 2"));
+        assert!(
+            check_params(a, 1, &[a, b])
+                .unwrap_err()
+                .contains("at least 2")
+        );
         assert!(check_params(a, 3, &[a, b]).unwrap_err().contains("larger"));
-        assert!(check_params(a, 2, &[a, b, b]).unwrap_err().contains("twice"));
-        assert!(check_params(a, 2, &[b, c]).unwrap_err().contains("must be one"));
+        assert!(
+            check_params(a, 2, &[a, b, b])
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            check_params(a, 2, &[b, c])
+                .unwrap_err()
+                .contains("must be one")
+        );
     }
 }

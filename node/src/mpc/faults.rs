@@ -55,8 +55,12 @@ pub fn round_timeout_from_env() -> Result<Option<std::time::Duration>, String> {
     match std::env::var(ROUND_TIMEOUT_ENV) {
         Err(_) => Ok(None),
         Ok(v) => match v.trim().parse::<u64>() {
-            Ok(ms) if (100..=600_000).contains(&ms) => Ok(Some(std::time::Duration::from_millis(ms))),
-            _ => Err(format!("{ROUND_TIMEOUT_ENV}: `{v}` is not a number of milliseconds from 100 to 600000")),
+            Ok(ms) if (100..=600_000).contains(&ms) => {
+                Ok(Some(std::time::Duration::from_millis(ms)))
+            }
+            _ => Err(format!(
+                "{ROUND_TIMEOUT_ENV}: `{v}` is not a number of milliseconds from 100 to 600000"
+            )),
         },
     }
 }

@@ -165,7 +165,10 @@ impl MpcEngine {
             Body::SignInvite { key_id, message } => {
                 self.join_signing(session, from, key_id, message)
             }
-            other => Err(format!("a {} message does not open a session", other.kind())),
+            other => Err(format!(
+                "a {} message does not open a session",
+                other.kind()
+            )),
         }
     }
 
@@ -182,7 +185,8 @@ impl MpcEngine {
                 .inc();
             match self.inner.network.send_mpc(peer, message.clone()).await {
                 Err(MpcSendError::Rejected { reason, .. })
-                    if attempt < 5 && (reason.contains("retry") || reason.contains("overloaded")) =>
+                    if attempt < 5
+                        && (reason.contains("retry") || reason.contains("overloaded")) =>
                 {
                     tokio::time::sleep(wait).await;
                     wait *= 2;
@@ -229,7 +233,8 @@ impl MpcEngine {
         others: Vec<PeerId>,
         fut: impl Future<Output = Result<T, SessionError>>,
     ) -> Result<T, SessionError> {
-        let span = info_span!("mpc_session", session = %session, protocol = protocol.as_str(), role);
+        let span =
+            info_span!("mpc_session", session = %session, protocol = protocol.as_str(), role);
         let m = &self.inner.metrics;
         let p = protocol.as_str();
         m.sessions_started.with_label_values(&[p, role]).inc();
@@ -243,7 +248,11 @@ impl MpcEngine {
                 m.session_duration_seconds
                     .with_label_values(&[p, "completed"])
                     .observe(elapsed);
-                info!(outcome = "completed", seconds = elapsed, "MPC session ended");
+                info!(
+                    outcome = "completed",
+                    seconds = elapsed,
+                    "MPC session ended"
+                );
             }
             Err(e) => {
                 let outcome = match e {
@@ -268,13 +277,20 @@ fn frost_error(
     ids: &std::collections::BTreeMap<frost::Identifier, PeerId>,
     what: &str,
 ) -> SessionError {
-    let culprits: Vec<PeerId> = e.culprits().iter().filter_map(|c| ids.get(c).copied()).collect();
+    let culprits: Vec<PeerId> = e
+        .culprits()
+        .iter()
+        .filter_map(|c| ids.get(c).copied())
+        .collect();
     if culprits.is_empty() {
         SessionError::failed(format!("{what}: {e}"))
     } else {
         SessionError::blame(
             culprits.clone(),
-            format!("{what}: {e} (participant {})", session::join_peers(&culprits)),
+            format!(
+                "{what}: {e} (participant {})",
+                session::join_peers(&culprits)
+            ),
         )
     }
 }

@@ -31,7 +31,10 @@ pub enum SessionOutcome {
     /// Failed without anyone to blame (timeouts of the transport, local errors, ...).
     Failed(String),
     /// Aborted because of the named participants.
-    Aborted { blamed: Vec<PeerId>, reason: String },
+    Aborted {
+        blamed: Vec<PeerId>,
+        reason: String,
+    },
 }
 
 /// Why a session did not complete.
@@ -208,13 +211,20 @@ impl SessionRouter {
                     format!("peer {from} is not a participant of session {session}"),
                 );
             }
-            if message.body.protocol().is_some_and(|p| p != active.protocol) {
+            if message
+                .body
+                .protocol()
+                .is_some_and(|p| p != active.protocol)
+            {
                 let p = active.protocol.as_str();
                 drop(table);
                 return self.dropped(
                     p,
                     "wrong_protocol",
-                    format!("a {} message does not belong to session {session}", message.body.kind()),
+                    format!(
+                        "a {} message does not belong to session {session}",
+                        message.body.kind()
+                    ),
                 );
             }
             return match active.inbox.try_send(Routed {
@@ -375,9 +385,9 @@ impl SessionInbox {
             })
         });
         match abort {
-            Some((from, reason)) => SessionError::failed(format!(
-                "participant {from} aborted the session: {reason}"
-            )),
+            Some((from, reason)) => {
+                SessionError::failed(format!("participant {from} aborted the session: {reason}"))
+            }
             None => error,
         }
     }
@@ -467,7 +477,10 @@ impl SessionInbox {
                         Some(previous) if *previous != value => {
                             return Err(SessionError::blame(
                                 vec![next.from],
-                                format!("participant {} sent two different {kind} messages", next.from),
+                                format!(
+                                    "participant {} sent two different {kind} messages",
+                                    next.from
+                                ),
                             ));
                         }
                         Some(_) => {}
@@ -511,11 +524,22 @@ mod tests {
         let s = SessionId::random();
         let mut inbox = router.open(s, Protocol::Dkg, [a, b]).unwrap();
         let d = router.route(outsider, msg(s, round1(9)));
-        assert!(matches!(d, RouteDecision::Dropped { reason: "not_participant", .. }));
+        assert!(matches!(
+            d,
+            RouteDecision::Dropped {
+                reason: "not_participant",
+                ..
+            }
+        ));
         assert_eq!(router.route(a, msg(s, round1(1))), RouteDecision::Delivered);
         assert_eq!(router.route(b, msg(s, round1(2))), RouteDecision::Delivered);
         let got = inbox
-            .collect("dkg round 1", &[a, b], Duration::from_secs(1), extract_round1)
+            .collect(
+                "dkg round 1",
+                &[a, b],
+                Duration::from_secs(1),
+                extract_round1,
+            )
             .await
             .unwrap();
         assert_eq!(got.len(), 2);
@@ -532,7 +556,10 @@ mod tests {
         let (a, outsider) = (PeerId::random(), PeerId::random());
         let s = SessionId::random();
         assert_eq!(router.route(a, msg(s, round1(1))), RouteDecision::Buffered);
-        assert_eq!(router.route(outsider, msg(s, round1(2))), RouteDecision::Buffered);
+        assert_eq!(
+            router.route(outsider, msg(s, round1(2))),
+            RouteDecision::Buffered
+        );
         let mut inbox = router.open(s, Protocol::Dkg, [a]).unwrap();
         let got = inbox
             .collect("dkg round 1", &[a], Duration::from_secs(1), extract_round1)
@@ -549,7 +576,12 @@ mod tests {
         let mut inbox = router.open(s, Protocol::Dkg, [a, b]).unwrap();
         router.route(a, msg(s, round1(1)));
         let err = inbox
-            .collect("dkg round 1", &[a, b], Duration::from_millis(50), extract_round1)
+            .collect(
+                "dkg round 1",
+                &[a, b],
+                Duration::from_millis(50),
+                extract_round1,
+            )
             .await
             .unwrap_err();
         assert_eq!(err.blamed(), &[b]);
@@ -565,13 +597,24 @@ mod tests {
         router.route(a, msg(s, round1(1)));
         router.route(a, msg(s, round1(2)));
         let err = inbox
-            .collect("dkg round 1", &[a, b], Duration::from_secs(1), extract_round1)
+            .collect(
+                "dkg round 1",
+                &[a, b],
+                Duration::from_secs(1),
+                extract_round1,
+            )
             .await
             .unwrap_err();
         assert_eq!(err.blamed(), &[a]);
         drop(inbox);
         let d = router.route(a, msg(s, round1(1)));
-        assert!(matches!(d, RouteDecision::Dropped { reason: "finished_session", .. }));
+        assert!(matches!(
+            d,
+            RouteDecision::Dropped {
+                reason: "finished_session",
+                ..
+            }
+        ));
         assert_eq!(router.active_sessions(), 0);
     }
 

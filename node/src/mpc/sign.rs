@@ -88,15 +88,25 @@ impl MpcEngine {
                         key.info.threshold,
                         reachable.len() + 1,
                         join_peers(&missing),
-                        failures.iter().map(|(_, e)| e.to_string()).collect::<Vec<_>>().join("; ")
+                        failures
+                            .iter()
+                            .map(|(_, e)| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ")
                     ),
                 ));
             }
             let commitments = inbox
-                .collect_some("sign round 1", &reachable, needed, timeout, &mut |b| match b {
-                    Body::SignCommitments { commitments } => Some(commitments.clone()),
-                    _ => None,
-                })
+                .collect_some(
+                    "sign round 1",
+                    &reachable,
+                    needed,
+                    timeout,
+                    &mut |b| match b {
+                        Body::SignCommitments { commitments } => Some(commitments.clone()),
+                        _ => None,
+                    },
+                )
                 .await
                 .map_err(|e| match e {
                     SessionError::Aborted { mut blamed, reason } => {
@@ -125,20 +135,37 @@ impl MpcEngine {
             }
 
             let mut signing_commitments = BTreeMap::new();
-            signing_commitments.insert(frost_identifier(&local).map_err(SessionError::failed)?, my_commitments);
+            signing_commitments.insert(
+                frost_identifier(&local).map_err(SessionError::failed)?,
+                my_commitments,
+            );
             for (peer, bytes) in &commitments {
                 let c = frost::round1::SigningCommitments::deserialize(bytes).map_err(|e| {
-                    SessionError::blame(vec![*peer], format!("participant {peer} sent malformed commitments: {e}"))
+                    SessionError::blame(
+                        vec![*peer],
+                        format!("participant {peer} sent malformed commitments: {e}"),
+                    )
                 })?;
-                signing_commitments.insert(frost_identifier(peer).map_err(SessionError::failed)?, c);
+                signing_commitments
+                    .insert(frost_identifier(peer).map_err(SessionError::failed)?, c);
             }
             let signing_package = frost::SigningPackage::new(signing_commitments, &message);
-            let package_bytes = signing_package.serialize().map_err(fail("signing package"))?;
+            let package_bytes = signing_package
+                .serialize()
+                .map_err(fail("signing package"))?;
             let failures = engine
-                .broadcast(&chosen, session, &Body::SignRound2 { signing_package: package_bytes })
+                .broadcast(
+                    &chosen,
+                    session,
+                    &Body::SignRound2 {
+                        signing_package: package_bytes,
+                    },
+                )
                 .await;
             if !failures.is_empty() {
-                return Err(inbox.explain(unreachable_error(failures, "the signing round 2 request")));
+                return Err(
+                    inbox.explain(unreachable_error(failures, "the signing round 2 request"))
+                );
             }
             let my_share = frost::round2::sign(&signing_package, &my_nonces, &key.key_package)
                 .map_err(fail("signing round 2"))?;
@@ -150,10 +177,16 @@ impl MpcEngine {
                 })
                 .await?;
             let mut signature_shares = BTreeMap::new();
-            signature_shares.insert(frost_identifier(&local).map_err(SessionError::failed)?, my_share);
+            signature_shares.insert(
+                frost_identifier(&local).map_err(SessionError::failed)?,
+                my_share,
+            );
             for (peer, bytes) in &shares {
                 let s = frost::round2::SignatureShare::deserialize(bytes).map_err(|e| {
-                    SessionError::blame(vec![*peer], format!("participant {peer} sent a malformed signature share: {e}"))
+                    SessionError::blame(
+                        vec![*peer],
+                        format!("participant {peer} sent a malformed signature share: {e}"),
+                    )
                 })?;
                 signature_shares.insert(frost_identifier(peer).map_err(SessionError::failed)?, s);
             }
@@ -169,7 +202,11 @@ impl MpcEngine {
                 .verify(&message, &signature)
                 .map_err(fail("the aggregated signature does not verify"))?;
             let signature = signature.serialize().map_err(fail("signature"))?;
-            let mut signers: Vec<String> = chosen.iter().chain([&local]).map(ToString::to_string).collect();
+            let mut signers: Vec<String> = chosen
+                .iter()
+                .chain([&local])
+                .map(ToString::to_string)
+                .collect();
             signers.sort();
             info!(key_id = %key.info.key_id, signers = %signers.join(","), "signature made and verified");
             Ok(SignResponse {
@@ -292,6 +329,10 @@ impl MpcEngine {
             signing_package: vec![0; 16],
         };
         let refused = self.broadcast(&targets, session, &forged).await;
-        info!(targets = targets.len(), refused = refused.len(), "test fault: sent forged signing messages");
+        info!(
+            targets = targets.len(),
+            refused = refused.len(),
+            "test fault: sent forged signing messages"
+        );
     }
 }

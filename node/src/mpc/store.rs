@@ -278,14 +278,10 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn dealer_key(key_id: &str) -> StoredKey {
-        let mut rng = rand_core::OsRng;
-        let (shares, pubkeys) = frost::keys::generate_with_dealer(
-            3,
-            2,
-            frost::keys::IdentifierList::Default,
-            &mut rng,
-        )
-        .unwrap();
+        let rng = rand_core::OsRng;
+        let (shares, pubkeys) =
+            frost::keys::generate_with_dealer(3, 2, frost::keys::IdentifierList::Default, rng)
+                .unwrap();
         let (_, share) = shares.into_iter().next().unwrap();
         let key_package = frost::keys::KeyPackage::try_from(share).unwrap();
         StoredKey {

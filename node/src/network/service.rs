@@ -6,28 +6,28 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, SwarmEvent};
-use futures::FutureExt;
-use futures::future::BoxFuture;
-use futures::stream::FuturesUnordered;
-use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, noise, tcp, yamux};
-use tokio::sync::oneshot;
 use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn};
 
 use super::behaviour::{self, BehaviourSettings, NodeBehaviour, NodeBehaviourEvent};
 use super::bootnodes::BootnodeDialer;
 use super::{
-    Command, GossipMessage, InboundMpc, NetworkClient, NetworkEvent, NetworkStatus, PeerInfo, PublishError,
-    with_peer_id,
+    Command, GossipMessage, InboundMpc, NetworkClient, NetworkEvent, NetworkStatus, PeerInfo,
+    PublishError, with_peer_id,
 };
 use crate::config::PeerAddr;
 use crate::metrics::{NodeMetrics, Readiness};
@@ -292,11 +292,13 @@ impl NetworkService {
                     Ok(()) => {
                         self.mpc_acks.push(
                             async move {
-                                let ack = match tokio::time::timeout(MPC_ROUTE_TIMEOUT, ack_rx).await
-                                {
-                                    Ok(Ok(ack)) => ack,
-                                    _ => MpcAck::Rejected("the session layer did not answer".into()),
-                                };
+                                let ack =
+                                    match tokio::time::timeout(MPC_ROUTE_TIMEOUT, ack_rx).await {
+                                        Ok(Ok(ack)) => ack,
+                                        _ => MpcAck::Rejected(
+                                            "the session layer did not answer".into(),
+                                        ),
+                                    };
                                 (channel, ack)
                             }
                             .boxed(),
@@ -400,7 +402,8 @@ impl NetworkService {
                 reply,
             } => {
                 if peer == self.local_peer_id() {
-                    let _ = reply.send(Err("cannot send an MPC message to this node itself".into()));
+                    let _ =
+                        reply.send(Err("cannot send an MPC message to this node itself".into()));
                     return;
                 }
                 let id = self.swarm.behaviour_mut().mpc.send_request(&peer, message);
