@@ -584,3 +584,94 @@ async fn bad_key_requests_are_400s_that_say_why() {
     );
     x.get("/v1/status").await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_signature_is_one_session_span_on_every_node_and_metrics_pass_promtool() {
+    let dir = tempdir();
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for name in ["t0", "t1"] {
+        let trace = dir.path().join(format!("{name}.trace.json"));
+        let mut extra = args(&["--json-trace", "--json-trace-file", trace.to_str().unwrap()]);
+        for b in &nodes {
+            extra.push("--bootnode".into());
+            extra.push(b.tcp_addr.clone());
+        }
+        nodes.push(NodeProcess::start(name, dir.path(), &extra).await);
+    }
+    nodes[1]
+        .wait_connected_to(&nodes[0].peer_id, Duration::from_secs(30))
+        .await;
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let key = create_key(&nodes[0], 2, &all).await;
+    let (status, body) = sign(&nodes[0], key["key_id"].as_str().unwrap(), b"traced").await;
+    assert_eq!(status, 200, "{body}");
+    let session = body["session_id"].as_str().unwrap().to_string();
+
+    let started = metric_sum(
+        &nodes[1],
+        "p2p_mpc_mpc_sessions_started_total",
+        "role=\"participant\"",
+    )
+    .await;
+    assert!(
+        started >= 2.0,
+        "t1 took part in the DKG and the signature: {started}"
+    );
+    let completed = metric_sum(
+        &nodes[0],
+        "p2p_mpc_mpc_sessions_completed_total",
+        "frost_sign",
+    )
+    .await;
+    assert_eq!(completed, 1.0);
+    let page = nodes[0].metrics_page().await;
+    assert!(
+        page.contains("p2p_mpc_mpc_session_duration_seconds_bucket"),
+        "{page}"
+    );
+    if let Some(promtool) = p2p_mpc_testenv::or_skip(p2p_mpc_testenv::promtool().await) {
+        use std::io::Write;
+        let mut child = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(page.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    for node in &mut nodes {
+        assert!(
+            node.terminate(Duration::from_secs(10))
+                .is_some_and(|s| s.success())
+        );
+        let trace = dir.path().join(format!("{}.trace.json", node.name));
+        let text = std::fs::read_to_string(&trace).unwrap();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| {
+                v["type"] == "span"
+                    && v["name"] == "mpc_session"
+                    && v["fields"]["session"] == session.as_str()
+            });
+        assert!(
+            found,
+            "{}: no mpc_session span with session {session}",
+            node.name
+        );
+    }
+}

@@ -139,9 +139,9 @@ impl MpcEngine {
     pub async fn run_router(self, mut inbound: mpsc::Receiver<InboundMpc>) {
         while let Some(InboundMpc { peer, message, ack }) = inbound.recv().await {
             let session = message.session;
-            let decision = self.inner.router.route(peer, message.clone());
+            let decision = self.inner.router.route(peer, message);
             let answer = match decision {
-                RouteDecision::Invite => match self.accept_invite(peer, message) {
+                RouteDecision::Invite(message) => match self.accept_invite(peer, message) {
                     Ok(()) => MpcAck::Accepted,
                     Err(reason) => {
                         info!(%session, %peer, %reason, "MPC invite refused");

@@ -116,14 +116,14 @@ struct Table {
 }
 
 /// What the router decided for an inbound message.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum RouteDecision {
     /// Delivered to the session's inbox.
     Delivered,
     /// Kept until the session is known.
     Buffered,
-    /// An invite for an unknown session: the caller decides whether to open it.
-    Invite,
+    /// An invite for an unknown session (given back): the caller decides whether to open it.
+    Invite(MpcMessage),
     /// Dropped, with the reason label (for metrics) and message (for the sender).
     Dropped {
         reason: &'static str,
@@ -135,7 +135,7 @@ impl RouteDecision {
     /// The acknowledgement the sender gets.
     pub fn ack(&self) -> MpcAck {
         match self {
-            RouteDecision::Delivered | RouteDecision::Buffered | RouteDecision::Invite => {
+            RouteDecision::Delivered | RouteDecision::Buffered | RouteDecision::Invite(_) => {
                 MpcAck::Accepted
             }
             RouteDecision::Dropped { message, .. } => MpcAck::Rejected(message.clone()),
@@ -240,7 +240,7 @@ impl SessionRouter {
             };
         }
         if message.body.is_invite() {
-            return RouteDecision::Invite;
+            return RouteDecision::Invite(message);
         }
         // Not known yet: another participant may be faster than the invite. Keep it, bounded.
         let now = Instant::now();
@@ -531,8 +531,14 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(router.route(a, msg(s, round1(1))), RouteDecision::Delivered);
-        assert_eq!(router.route(b, msg(s, round1(2))), RouteDecision::Delivered);
+        assert!(matches!(
+            router.route(a, msg(s, round1(1))),
+            RouteDecision::Delivered
+        ));
+        assert!(matches!(
+            router.route(b, msg(s, round1(2))),
+            RouteDecision::Delivered
+        ));
         let got = inbox
             .collect(
                 "dkg round 1",
@@ -555,11 +561,14 @@ mod tests {
         let router = SessionRouter::new(MpcMetrics::unregistered());
         let (a, outsider) = (PeerId::random(), PeerId::random());
         let s = SessionId::random();
-        assert_eq!(router.route(a, msg(s, round1(1))), RouteDecision::Buffered);
-        assert_eq!(
+        assert!(matches!(
+            router.route(a, msg(s, round1(1))),
+            RouteDecision::Buffered
+        ));
+        assert!(matches!(
             router.route(outsider, msg(s, round1(2))),
             RouteDecision::Buffered
-        );
+        ));
         let mut inbox = router.open(s, Protocol::Dkg, [a]).unwrap();
         let got = inbox
             .collect("dkg round 1", &[a], Duration::from_secs(1), extract_round1)
