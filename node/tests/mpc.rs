@@ -271,6 +271,24 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
     .await;
     assert!(completed >= 10.0, "sessions completed on n0: {completed}");
 
+    // A frozen participant (SIGSTOP: connected, but silent) is skipped without waiting for
+    // its deadline.
+    let frozen = nodes[3].peer_id.clone();
+    let signal = |pid: u32, sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    signal(nodes[3].pid(), "-STOP");
+    let started = Instant::now();
+    let (status, body) = sign(&nodes[0], &key_id, b"one is frozen").await;
+    let elapsed = started.elapsed();
+    signal(nodes[3].pid(), "-CONT");
+    assert_eq!(status, 200, "{body}");
+    assert!(!signers(&body).contains(&frozen), "{body}");
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+
     // Kill one participant: the remaining four still sign, without it.
     let dead = nodes[4].peer_id.clone();
     nodes[4].kill();

@@ -14,6 +14,7 @@ use tracing::{Instrument, debug, info};
 use super::session::{SessionError, join_peers};
 use super::wire::{Body, Protocol, SessionId};
 use super::{MpcEngine, MpcError, frost_error, frost_identifier, parse_peers, unreachable_error};
+use crate::network::MpcSendError;
 
 /// Why a holder that answered was not chosen as a signer.
 const NOT_SELECTED: &str = "not selected as a signer";
@@ -73,55 +74,60 @@ impl MpcEngine {
                 key_id: key.info.key_id.clone(),
                 message: message.clone(),
             };
-            let failures = engine.broadcast(&others, session, &invite).await;
+            // Invitations go out in the background while commitments are collected, so a
+            // holder that is slow to acknowledge does not hold up the others.
+            let invites = {
+                let engine = engine.clone();
+                let others = others.clone();
+                tokio::spawn(async move { engine.broadcast(&others, session, &invite).await })
+            };
+            let mut invites = Some(invites);
+            let mut failures: Vec<(PeerId, MpcSendError)> = Vec::new();
+            let mut extract = |b: &Body| match b {
+                Body::SignCommitments { commitments } => Some(commitments.clone()),
+                _ => None,
+            };
+            let collected = {
+                let collect =
+                    inbox.collect_some("sign round 1", &others, needed, timeout, &mut extract);
+                tokio::pin!(collect);
+                loop {
+                    tokio::select! {
+                        result = &mut collect => break result,
+                        sent = async { invites.as_mut().expect("guarded").await }, if invites.is_some() => {
+                            invites = None;
+                            failures = sent.unwrap_or_default();
+                            if others.len() - failures.len() < needed {
+                                // Too few can answer at all: fail now rather than at the deadline.
+                                let missing: Vec<PeerId> = failures.iter().map(|(p, _)| *p).collect();
+                                return Err(SessionError::blame(
+                                    missing.clone(),
+                                    format!(
+                                        "signing needs {} participants (threshold) but only {} are reachable; unreachable participants: {} ({})",
+                                        key.info.threshold,
+                                        others.len() - failures.len() + 1,
+                                        join_peers(&missing),
+                                        failures
+                                            .iter()
+                                            .map(|(_, e)| e.to_string())
+                                            .collect::<Vec<_>>()
+                                            .join("; ")
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+            };
+            if let Some(pending) = invites {
+                pending.abort();
+            }
+            let commitments = collected?;
             let reachable: Vec<PeerId> = others
                 .iter()
                 .filter(|p| !failures.iter().any(|(f, _)| f == *p))
                 .copied()
                 .collect();
-            if reachable.len() < needed {
-                let missing: Vec<PeerId> = failures.iter().map(|(p, _)| *p).collect();
-                return Err(SessionError::blame(
-                    missing.clone(),
-                    format!(
-                        "signing needs {} participants (threshold) but only {} are reachable; unreachable participants: {} ({})",
-                        key.info.threshold,
-                        reachable.len() + 1,
-                        join_peers(&missing),
-                        failures
-                            .iter()
-                            .map(|(_, e)| e.to_string())
-                            .collect::<Vec<_>>()
-                            .join("; ")
-                    ),
-                ));
-            }
-            let commitments = inbox
-                .collect_some(
-                    "sign round 1",
-                    &reachable,
-                    needed,
-                    timeout,
-                    &mut |b| match b {
-                        Body::SignCommitments { commitments } => Some(commitments.clone()),
-                        _ => None,
-                    },
-                )
-                .await
-                .map_err(|e| match e {
-                    SessionError::Aborted { mut blamed, reason } => {
-                        let unreachable: Vec<PeerId> = failures.iter().map(|(p, _)| *p).collect();
-                        blamed.extend(unreachable.iter().copied());
-                        blamed.sort();
-                        let reason = if unreachable.is_empty() {
-                            reason
-                        } else {
-                            format!("{reason}; unreachable: {}", join_peers(&unreachable))
-                        };
-                        SessionError::Aborted { blamed, reason }
-                    }
-                    other => other,
-                })?;
             // Late commitments of holders not chosen still reach the session and are ignored
             // there; the holders are told to discard their nonces.
             let chosen: Vec<PeerId> = commitments.keys().copied().collect();
@@ -259,10 +265,18 @@ impl MpcEngine {
                     let (nonces, commitments) =
                         frost::round1::commit(key.key_package.signing_share(), &mut rng);
                     let bytes = commitments.serialize().map_err(fail("commitments"))?;
-                    engine
+                    match engine
                         .send(coordinator, session, Body::SignCommitments { commitments: bytes })
                         .await
-                        .map_err(|e| unreachable_error(vec![(coordinator, e)], "commitments"))?;
+                    {
+                        Ok(()) => {}
+                        // The coordinator already has its signers (this holder was too slow).
+                        Err(MpcSendError::Rejected { .. }) => {
+                            debug!("commitments refused by the coordinator; not a signer this time");
+                            return Ok(());
+                        }
+                        Err(e) => return Err(unreachable_error(vec![(coordinator, e)], "commitments")),
+                    }
                     // Chosen signers wait for round 2; the coordinator first delivers every
                     // invitation and collects the others' commitments.
                     let request = inbox
