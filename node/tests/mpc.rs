@@ -106,6 +106,28 @@ async fn create_key(
     .await
 }
 
+/// Waits until `node` has identified `peer` (so it knows whether `peer` speaks MPC).
+async fn wait_identified(node: &NodeProcess, peer: &str) {
+    wait_for(
+        &format!("{} to identify {peer}", node.name),
+        Duration::from_secs(30),
+        || async {
+            let peers = node.get("/v1/peers").await?;
+            let found = peers["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["peer_id"] == peer && !p["agent_version"].is_null());
+            if found {
+                Ok(())
+            } else {
+                Err(peers.to_string())
+            }
+        },
+    )
+    .await
+}
+
 async fn sign(node: &NodeProcess, key_id: &str, message: &[u8]) -> (u16, Value) {
     post(
         node,
@@ -513,6 +535,7 @@ async fn kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds() {
             restarted
                 .wait_connected_to(&n.peer_id, Duration::from_secs(30))
                 .await;
+            wait_identified(n, &restarted.peer_id).await;
         }
         nodes[2] = restarted;
         assert_eq!(nodes[2].peer_id, victim_id);

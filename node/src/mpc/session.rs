@@ -21,6 +21,9 @@ const MAX_EARLY_SESSIONS: usize = 256;
 const MAX_EARLY_PER_SESSION: usize = 64;
 /// How long early messages wait for their session.
 const EARLY_TTL: Duration = Duration::from_secs(30);
+/// Messages a session keeps for its later rounds; more are dropped (a participant flooding
+/// its own session only hurts that session).
+const MAX_STASHED: usize = 1024;
 /// Finished session ids remembered, so that late and replayed messages are refused.
 const MAX_FINISHED: usize = 16 * 1024;
 
@@ -376,7 +379,7 @@ impl SessionInbox {
     /// the error to report.
     pub fn explain(&mut self, error: SessionError) -> SessionError {
         while let Ok(m) = self.rx.try_recv() {
-            self.stash.entry(m.body.kind()).or_default().push(m);
+            self.keep_for_later(m);
         }
         let abort = self.stash.get("abort").and_then(|list| {
             list.iter().find_map(|m| match &m.body {
@@ -390,6 +393,15 @@ impl SessionInbox {
             }
             None => error,
         }
+    }
+
+    fn keep_for_later(&mut self, m: Routed) {
+        let stashed: usize = self.stash.values().map(Vec::len).sum();
+        if stashed >= MAX_STASHED {
+            tracing::debug!(from = %m.from, kind = m.body.kind(), "session stash full; message dropped");
+            return;
+        }
+        self.stash.entry(m.body.kind()).or_default().push(m);
     }
 
     /// Narrows the senders the router lets through.
@@ -489,7 +501,7 @@ impl SessionInbox {
                         }
                     }
                 }
-                None => self.stash.entry(next.body.kind()).or_default().push(next),
+                None => self.keep_for_later(next),
             }
         }
     }
