@@ -391,6 +391,7 @@ async fn misbehaving_participants_are_named_and_outsiders_ignored() {
             "liar" => vec![("P2P_MPC_TEST_FAULT", "equivocate-dkg-round1")],
             "cheat" => vec![("P2P_MPC_TEST_FAULT", "corrupt-signature-share")],
             "intruder" => vec![("P2P_MPC_TEST_FAULT", "intrude-signing")],
+            "a" => vec![("P2P_MPC_TEST_FAULT", "replay-sign-round2")],
             _ => vec![],
         },
     )
@@ -473,6 +474,20 @@ async fn misbehaving_participants_are_named_and_outsiders_ignored() {
     )
     .await;
     assert!(dropped >= 1.0);
+    // A replayed round-2 request (the coordinator's test fault sends each one twice) is
+    // refused by every signer: its nonces are spent.
+    let replays: Vec<String> = a
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("test fault: replayed round-2 request"))
+        .collect();
+    assert!(!replays.is_empty(), "the replay fault ran");
+    assert!(
+        replays
+            .iter()
+            .all(|l| l.contains("refused") && !l.contains("ACCEPTED")),
+        "{replays:#?}"
+    );
     // Still serving, and still signing.
     let (status, body) = sign(b, key_id, b"after the intrusion").await;
     assert_eq!(status, 200, "{body}");

@@ -448,7 +448,8 @@ impl MpcEngine {
                 .await
                 .map_err(|e| {
                     SessionError::failed(format!(
-                        "the key is stored here, but not every participant confirmed storing its share: {e}"
+                        "key {} is stored here, but not every participant confirmed storing its share: {e}",
+                        params.key_id
                     ))
                 })?;
         } else {

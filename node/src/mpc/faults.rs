@@ -15,6 +15,9 @@ pub struct Faults {
     /// On a signing invite, send forged round-2 messages for that session to the other key
     /// holders (who are not its participants in that session's eyes).
     pub intrude_signing: bool,
+    /// After a signature, send the same round-2 request to the signers again (they must
+    /// refuse it: their nonces are spent).
+    pub replay_sign_round2: bool,
 }
 
 impl Faults {
@@ -34,6 +37,7 @@ impl Faults {
                 "corrupt-signature-share" => f.corrupt_signature_share = true,
                 "equivocate-dkg-round1" => f.equivocate_dkg_round1 = true,
                 "intrude-signing" => f.intrude_signing = true,
+                "replay-sign-round2" => f.replay_sign_round2 = true,
                 other => return Err(format!("{FAULT_ENV}: unknown fault `{other}`")),
             }
         }

@@ -324,13 +324,6 @@ impl SessionRouter {
         })
     }
 
-    /// Narrows who may still send to a session (e.g. to the chosen signers).
-    pub fn restrict(&self, session: SessionId, participants: impl IntoIterator<Item = PeerId>) {
-        if let Some(active) = self.lock().active.get_mut(&session) {
-            active.participants = participants.into_iter().collect();
-        }
-    }
-
     /// Forgets a session; later messages for it are refused.
     pub fn close(&self, session: SessionId) {
         let mut table = self.lock();
@@ -402,11 +395,6 @@ impl SessionInbox {
             return;
         }
         self.stash.entry(m.body.kind()).or_default().push(m);
-    }
-
-    /// Narrows the senders the router lets through.
-    pub fn restrict(&self, participants: impl IntoIterator<Item = PeerId>) {
-        self.router.restrict(self.session, participants);
     }
 
     /// Collects one message of kind `kind` from each peer in `from`, until `deadline`.

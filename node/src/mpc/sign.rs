@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use frost_ed25519 as frost;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
-use tracing::{Instrument, debug, info};
+use tracing::{Instrument, debug, info, warn};
 
 use super::session::{SessionError, join_peers};
 use super::wire::{Body, Protocol, SessionId};
@@ -159,15 +159,10 @@ impl MpcEngine {
             let package_bytes = signing_package
                 .serialize()
                 .map_err(fail("signing package"))?;
-            let failures = engine
-                .broadcast(
-                    &chosen,
-                    session,
-                    &Body::SignRound2 {
-                        signing_package: package_bytes,
-                    },
-                )
-                .await;
+            let round2 = Body::SignRound2 {
+                signing_package: package_bytes,
+            };
+            let failures = engine.broadcast(&chosen, session, &round2).await;
             if !failures.is_empty() {
                 return Err(
                     inbox.explain(unreachable_error(failures, "the signing round 2 request"))
@@ -208,6 +203,9 @@ impl MpcEngine {
                 .verify(&message, &signature)
                 .map_err(fail("the aggregated signature does not verify"))?;
             let signature = signature.serialize().map_err(fail("signature"))?;
+            if engine.inner.faults.replay_sign_round2 {
+                engine.replay(&chosen, session, &round2).await;
+            }
             let mut signers: Vec<String> = chosen
                 .iter()
                 .chain([&local])
@@ -328,6 +326,20 @@ impl MpcEngine {
             .in_current_span(),
         );
         Ok(())
+    }
+
+    /// Test-only (`replay-sign-round2`): sends a round-2 request again and logs each answer.
+    async fn replay(&self, signers: &[PeerId], session: SessionId, round2: &Body) {
+        for peer in signers {
+            match self.send(*peer, session, round2.clone()).await {
+                Err(MpcSendError::Rejected { reason, .. }) => {
+                    info!(%peer, %reason, "test fault: replayed round-2 request refused")
+                }
+                other => {
+                    warn!(%peer, result = ?other, "test fault: replayed round-2 request ACCEPTED")
+                }
+            }
+        }
     }
 
     /// Test-only (`intrude-signing`): forged messages for `session` to key holders that
