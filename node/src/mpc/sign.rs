@@ -306,6 +306,9 @@ impl MpcEngine {
                     let share = frost::round2::sign(&package, &nonces, &key.key_package)
                         .map_err(fail("signing round 2"))?;
                     drop(nonces);
+                    // The nonces are spent: from now on this session refuses every message,
+                    // a replayed round-2 request included.
+                    engine.inner.router.close(session);
                     let mut share = share.serialize();
                     if engine.inner.faults.corrupt_signature_share {
                         // Test-only: a share that decodes but is wrong.
