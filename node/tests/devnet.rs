@@ -108,6 +108,54 @@ fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["keys"].as_array().unwrap().len(), 1, "{list}");
 
+    // So does signing through the CLI, in both output formats.
+    let key_id = list["keys"][0]["key_id"].as_str().unwrap().to_string();
+    let out = Command::new(bin())
+        .args([
+            "keys",
+            "sign",
+            &key_id,
+            "--message",
+            "68656c6c6f",
+            "--api",
+            &api,
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("signature:") && table.contains(&key_id),
+        "{table}"
+    );
+    let out = Command::new(bin())
+        .args(["keys", "list", "--api", &api])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("KEY ID") && table.contains("active"),
+        "{table}"
+    );
+    let out = Command::new(bin())
+        .args([
+            "keys",
+            "sign",
+            &key_id,
+            "--message",
+            "not-hex",
+            "--api",
+            &api,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hex"));
+
     let status = devnet
         .interrupt_and_wait(Duration::from_secs(15))
         .expect("devnet stops within 15 s of Ctrl-C");

@@ -6,6 +6,7 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
+use tracing::Instrument;
 
 use super::{ApiError, ApiState, parse_body};
 use crate::mpc::dkg::DkgRequest;
@@ -85,13 +86,16 @@ pub(super) async fn create(
             peers
         }
     };
-    let info = state
-        .mpc
-        .create_key(DkgRequest {
-            threshold: req.threshold,
-            participants,
-        })
-        .await?;
+    // The session runs in its own task: a client that hangs up does not cut a DKG short
+    // half-way (the other participants would only time out).
+    let mpc = state.mpc.clone();
+    let request = DkgRequest {
+        threshold: req.threshold,
+        participants,
+    };
+    let info = tokio::spawn(async move { mpc.create_key(request).await }.in_current_span())
+        .await
+        .map_err(|e| MpcError::Internal(format!("the DKG task failed: {e}")))??;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -131,5 +135,9 @@ pub(super) async fn sign(
     if state.mpc.key(&key_id).is_none() {
         return Err(MpcError::UnknownKey(key_id).into());
     }
-    Ok(Json(state.mpc.sign(&key_id, message).await?))
+    let mpc = state.mpc.clone();
+    let answer = tokio::spawn(async move { mpc.sign(&key_id, message).await }.in_current_span())
+        .await
+        .map_err(|e| MpcError::Internal(format!("the signing task failed: {e}")))??;
+    Ok(Json(answer))
 }
