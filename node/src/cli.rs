@@ -247,6 +247,70 @@ pub enum Command {
         #[command(flatten)]
         api: ApiClientArgs,
     },
+    /// Threshold keys: create (DKG), list, sign, through a running node's API.
+    Keys {
+        #[command(subcommand)]
+        command: KeysCommand,
+    },
+    /// Start N local nodes on loopback, mesh them, run a demo DKG and signature, and keep them running until Ctrl-C.
+    Devnet {
+        /// Number of nodes.
+        #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u16).range(2..=32))]
+        nodes: u16,
+        /// Threshold of the demo key (default: a majority of the nodes).
+        #[arg(long, value_name = "T")]
+        threshold: Option<u16>,
+        /// Directory for the nodes' data, keys and logs (default: a new directory under the system temp dir).
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+    },
+}
+
+/// `p2p-mpc keys ...`: threshold keys through a node's API.
+#[derive(Debug, Subcommand)]
+pub enum KeysCommand {
+    /// Run a distributed key generation (POST /v1/keys) coordinated by the node.
+    Create {
+        /// Signatures need this many participants (at least 2).
+        #[arg(long, value_name = "T")]
+        threshold: u16,
+        /// Participant peer ids (repeatable or comma-separated); default: the node and its connected MPC peers.
+        #[arg(long = "participants", value_delimiter = ',', value_name = "PEER_ID")]
+        participants: Vec<String>,
+        #[command(flatten)]
+        api: ApiClientArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// List the keys the node holds a share of (GET /v1/keys).
+    List {
+        #[command(flatten)]
+        api: ApiClientArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Sign a message with a key (POST /v1/keys/{key_id}/sign).
+    Sign {
+        /// The key id.
+        #[arg(value_name = "KEY_ID")]
+        key_id: String,
+        /// The message, hex.
+        #[arg(long, value_name = "HEX")]
+        message: String,
+        #[command(flatten)]
+        api: ApiClientArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+/// How client subcommands print answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// The node's JSON answer.
+    Json,
+    /// A readable table.
+    Table,
 }
 
 /// How the client subcommands reach a node's HTTP API.

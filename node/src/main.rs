@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use p2p_mpc_node::api::client::{ApiClient, encode_segment};
 use p2p_mpc_node::api::{PublishResponse, StatusResponse};
-use p2p_mpc_node::cli::{Cli, Command, NodeArgs};
+use p2p_mpc_node::cli::{Cli, Command, KeysCommand, NodeArgs};
 use p2p_mpc_node::identity::{self, IdentitySource};
 use p2p_mpc_node::tracing_config::{self, TracingSettings};
 use p2p_mpc_node::{config, node};
@@ -132,6 +132,38 @@ fn run_subcommand(command: Command) -> ExitCode {
                 }
                 Ok(())
             })
+        }
+        Command::Keys { command } => {
+            let api = match &command {
+                KeysCommand::Create { api, .. }
+                | KeysCommand::List { api, .. }
+                | KeysCommand::Sign { api, .. } => api.clone(),
+            };
+            client_call(&api.url, api.api_token_file.as_deref(), |c| {
+                p2p_mpc_node::key_commands::run(c, command)
+            })
+        }
+        Command::Devnet {
+            nodes,
+            threshold,
+            dir,
+        } => {
+            let rt = match runtime() {
+                Ok(rt) => rt,
+                Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+            };
+            let settings = p2p_mpc_node::devnet::DevnetSettings {
+                nodes,
+                threshold,
+                dir,
+            };
+            match rt.block_on(p2p_mpc_node::devnet::run(
+                settings,
+                node::termination_signal(),
+            )) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(1, e),
+            }
         }
         Command::Publish { topic, text, api } => {
             client_call(&api.url, api.api_token_file.as_deref(), |c| async move {

@@ -118,6 +118,11 @@ impl NodeMetrics {
         }
     }
 
+    /// The registry of the node's own metrics, for other parts of the node (MPC) to register theirs.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+
     /// The whole metrics page in the Prometheus text format.
     pub fn encode(&self) -> String {
         let mut buf = Vec::new();

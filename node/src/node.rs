@@ -13,6 +13,10 @@ use crate::api::{self, ApiState, messages::MessageLog};
 use crate::chat;
 use crate::config::NodeConfig;
 use crate::metrics::{self, NodeMetrics, Readiness};
+use crate::mpc::faults::Faults;
+use crate::mpc::metrics::MpcMetrics;
+use crate::mpc::store::KeyShareStore;
+use crate::mpc::{self as mpc_mod, MpcEngine};
 use crate::network::{NetworkEvent, NetworkService, NetworkSettings};
 
 /// A failure while starting or running the node.
@@ -33,6 +37,10 @@ pub enum NodeError {
     },
     #[error(transparent)]
     Network(#[from] crate::network::StartError),
+    #[error(transparent)]
+    KeyStore(#[from] crate::mpc::store::StoreError),
+    #[error("{0}")]
+    Faults(String),
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -77,6 +85,25 @@ pub async fn run(
         source,
     })?;
 
+    let (key_store, report) = KeyShareStore::open(&config.data_dir)?;
+    for path in &report.removed_temp_files {
+        info!(path = %path.display(), "removed the temp file of an interrupted key write");
+    }
+    for (path, reason) in &report.unreadable {
+        warn!(path = %path.display(), %reason, "key file ignored");
+    }
+    info!(keys = report.loaded, dir = %key_store.dir().display(), "key shares loaded");
+    let faults = Faults::from_env().map_err(NodeError::Faults)?;
+    if faults.any() {
+        warn!(
+            ?faults,
+            "TEST FAULTS ARE ON: this node misbehaves on purpose"
+        );
+    }
+    let round_timeout = crate::mpc::faults::round_timeout_from_env()
+        .map_err(NodeError::Faults)?
+        .unwrap_or(mpc_mod::DEFAULT_ROUND_TIMEOUT);
+
     let api_listener = bind(
         "HTTP API",
         SocketAddr::new(config.api_address, config.api_port),
@@ -99,7 +126,7 @@ pub async fn run(
         max_connections: config.max_connections,
         max_message_size: config.max_message_size,
     };
-    let (service, network, mut events) = NetworkService::start(
+    let (mut service, network, mut events) = NetworkService::start(
         key,
         settings,
         prometheus_client::registry::Registry::default(),
@@ -108,7 +135,17 @@ pub async fn run(
     )
     .await?;
     let node_metrics = service.metrics();
+    let mpc_inbound = service.take_mpc_inbound(mpc_mod::INBOUND_CAPACITY);
     let network_task = tokio::spawn(service.run());
+    let mpc = MpcEngine::new(
+        peer_id,
+        network.clone(),
+        key_store,
+        MpcMetrics::new(node_metrics.registry()),
+        faults,
+        round_timeout,
+    );
+    let router_task = tokio::spawn(mpc.clone().run_router(mpc_inbound));
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -141,6 +178,7 @@ pub async fn run(
         metrics: node_metrics.clone(),
         token: config.api_token.clone(),
         max_message_size: config.max_message_size,
+        mpc,
     };
     let api_task = tokio::spawn(api::serve(api_listener, state, stopped(stop_rx.clone())));
     let metrics_task = tokio::spawn(metrics::serve(
@@ -174,6 +212,7 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(grace, network_task).await;
     events_task.abort();
+    router_task.abort();
     info!("node stopped");
     Ok(())
 }

@@ -52,7 +52,8 @@ impl ApiClient {
             .transpose()
             .map_err(ClientError::Token)?;
         let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
+            // A DKG runs several rounds of up to 10 s each when participants are slow.
+            .timeout(Duration::from_secs(120))
             .connect_timeout(Duration::from_secs(5))
             .build()
             .map_err(|e| ClientError::Connect {

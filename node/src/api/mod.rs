@@ -4,6 +4,7 @@
 //! With a token configured, every `/v1` request needs `Authorization: Bearer <token>`.
 
 pub mod client;
+pub mod keys;
 pub mod messages;
 
 use std::sync::Arc;
@@ -35,6 +36,7 @@ pub struct ApiState {
     pub metrics: Arc<NodeMetrics>,
     pub token: Option<ApiToken>,
     pub max_message_size: usize,
+    pub mpc: crate::mpc::MpcEngine,
 }
 
 /// An API error: HTTP status, a stable machine-readable code and a message for people.
@@ -55,7 +57,7 @@ impl ApiError {
         }
     }
 
-    fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, code, message)
     }
 }
@@ -124,6 +126,9 @@ pub fn router(state: ApiState) -> Router {
             "/v1/topics/{topic}/messages",
             get(topic_messages).post(publish),
         )
+        .route("/v1/keys", get(keys::list).post(keys::create))
+        .route("/v1/keys/{key_id}", get(keys::get_key))
+        .route("/v1/keys/{key_id}/sign", axum::routing::post(keys::sign))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route_layer(middleware::from_fn(label_route));
     v1.fallback(not_found)

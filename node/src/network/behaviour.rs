@@ -4,8 +4,10 @@ use std::time::Duration;
 
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, kad, ping};
+use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, kad, ping, request_response};
 use sha2::{Digest, Sha256};
+
+use crate::mpc::wire::{MAX_ACK_BYTES, MAX_MESSAGE_BYTES, MPC_PROTOCOL, MpcAck, MpcMessage};
 
 /// Kademlia protocol id: our own DHT, not the public IPFS one.
 pub const KAD_PROTOCOL: &str = "/p2p-mpc/kad/1.0.0";
@@ -28,6 +30,8 @@ pub struct NodeBehaviour {
     pub identify: identify::Behaviour,
     /// Liveness.
     pub ping: ping::Behaviour,
+    /// MPC protocol messages, point to point (`/p2p-mpc/mpc/1`).
+    pub mpc: request_response::cbor::Behaviour<MpcMessage, MpcAck>,
 }
 
 /// Settings the behaviour is built from.
@@ -96,7 +100,21 @@ pub fn build(key: &Keypair, settings: &BehaviourSettings) -> Result<NodeBehaviou
 
     let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15)));
 
+    let mpc = request_response::cbor::Behaviour::with_codec(
+        request_response::cbor::codec::Codec::default()
+            .set_request_size_maximum(MAX_MESSAGE_BYTES)
+            .set_response_size_maximum(MAX_ACK_BYTES),
+        [(
+            StreamProtocol::new(MPC_PROTOCOL),
+            request_response::ProtocolSupport::Full,
+        )],
+        request_response::Config::default()
+            .with_request_timeout(Duration::from_secs(10))
+            .with_max_concurrent_streams(1024),
+    );
+
     Ok(NodeBehaviour {
+        mpc,
         limits,
         gossipsub,
         kademlia,

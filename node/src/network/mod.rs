@@ -16,6 +16,32 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use service::{NetworkService, NetworkSettings, StartError};
 
+use crate::mpc::wire::{MpcAck, MpcMessage};
+
+/// How long a caller waits for an MPC message to be acknowledged (the request-response
+/// timeout is 10 s; this covers the trip through the network task on top of it).
+const MPC_SEND_TIMEOUT: Duration = Duration::from_secs(12);
+
+/// An MPC message received from a peer, to be routed by the session layer. The router
+/// answers on `ack`; the network task sends that answer back to the peer.
+#[derive(Debug)]
+pub struct InboundMpc {
+    pub peer: PeerId,
+    pub message: MpcMessage,
+    pub ack: oneshot::Sender<MpcAck>,
+}
+
+/// Why an MPC message did not reach its session at the peer.
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum MpcSendError {
+    #[error("peer {peer} is unreachable: {message}")]
+    Unreachable { peer: PeerId, message: String },
+    #[error("peer {peer} refused the message: {reason}")]
+    Rejected { peer: PeerId, reason: String },
+    #[error(transparent)]
+    Network(#[from] NetworkError),
+}
+
 /// How long a caller waits for the network task to answer a command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -105,6 +131,14 @@ pub(crate) enum Command {
     Shutdown {
         reply: oneshot::Sender<()>,
     },
+    SendMpc {
+        peer: PeerId,
+        message: MpcMessage,
+        reply: oneshot::Sender<Result<MpcAck, String>>,
+    },
+    MpcPeers {
+        reply: oneshot::Sender<Vec<PeerId>>,
+    },
 }
 
 /// A cloneable handle to the network task.
@@ -147,6 +181,37 @@ impl NetworkClient {
     /// Connected peers.
     pub async fn peers(&self) -> Result<Vec<PeerInfo>, NetworkError> {
         self.ask(|reply| Command::Peers { reply }).await
+    }
+
+    /// Sends an MPC message to `peer` and waits for its acknowledgement.
+    pub async fn send_mpc(&self, peer: PeerId, message: MpcMessage) -> Result<(), MpcSendError> {
+        let (reply, rx) = oneshot::channel();
+        let call = async {
+            self.tx
+                .send(Command::SendMpc {
+                    peer,
+                    message,
+                    reply,
+                })
+                .await
+                .map_err(|_| NetworkError::Stopped)?;
+            rx.await.map_err(|_| NetworkError::Stopped)
+        };
+        match tokio::time::timeout(MPC_SEND_TIMEOUT, call).await {
+            Err(_) => Err(MpcSendError::Unreachable {
+                peer,
+                message: format!("no acknowledgement within {MPC_SEND_TIMEOUT:?}"),
+            }),
+            Ok(Err(e)) => Err(e.into()),
+            Ok(Ok(Err(message))) => Err(MpcSendError::Unreachable { peer, message }),
+            Ok(Ok(Ok(MpcAck::Accepted))) => Ok(()),
+            Ok(Ok(Ok(MpcAck::Rejected(reason)))) => Err(MpcSendError::Rejected { peer, reason }),
+        }
+    }
+
+    /// Connected peers that announced the MPC protocol (identify).
+    pub async fn mpc_peers(&self) -> Result<Vec<PeerId>, NetworkError> {
+        self.ask(|reply| Command::MpcPeers { reply }).await
     }
 
     /// Stops listening, closes connections and ends the network task.

@@ -6,26 +6,37 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use futures::FutureExt;
 use futures::StreamExt;
+use futures::future::BoxFuture;
+use futures::stream::FuturesUnordered;
 use libp2p::core::transport::ListenerId;
 use libp2p::identity::Keypair;
 use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{DialError, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify, kad, noise, tcp, yamux};
 use tokio::sync::mpsc;
+use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tracing::{debug, info, info_span, warn};
 
 use super::behaviour::{self, BehaviourSettings, NodeBehaviour, NodeBehaviourEvent};
 use super::bootnodes::BootnodeDialer;
 use super::{
-    Command, GossipMessage, NetworkClient, NetworkEvent, NetworkStatus, PeerInfo, PublishError,
-    with_peer_id,
+    Command, GossipMessage, InboundMpc, NetworkClient, NetworkEvent, NetworkStatus, PeerInfo,
+    PublishError, with_peer_id,
 };
 use crate::config::PeerAddr;
 use crate::metrics::{NodeMetrics, Readiness};
+use crate::mpc::wire::{MPC_PROTOCOL, MpcAck, MpcMessage, WIRE_VERSION};
+
+/// How long the session router may take to answer an inbound MPC message.
+const MPC_ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
+
+type PendingAck = BoxFuture<'static, (ResponseChannel<MpcAck>, MpcAck)>;
 
 /// What the network service is started with.
 #[derive(Debug, Clone)]
@@ -61,6 +72,8 @@ struct PeerEntry {
     listen_addrs: Vec<Multiaddr>,
     agent_version: Option<String>,
     topics: BTreeSet<String>,
+    /// It announced `/p2p-mpc/mpc/1` (identify).
+    speaks_mpc: bool,
 }
 
 /// Owns the swarm; see the module docs of `network`.
@@ -77,6 +90,12 @@ pub struct NetworkService {
     listen_addrs: Vec<Multiaddr>,
     listeners: Vec<ListenerId>,
     dropped_events: u64,
+    /// Where inbound MPC messages go; `None` until the session layer asks for them.
+    mpc_inbound: Option<mpsc::Sender<InboundMpc>>,
+    /// Outbound MPC messages waiting for their acknowledgement.
+    mpc_pending: HashMap<OutboundRequestId, oneshot::Sender<Result<MpcAck, String>>>,
+    /// Inbound MPC messages waiting for the router's answer.
+    mpc_acks: FuturesUnordered<PendingAck>,
 }
 
 impl NetworkService {
@@ -182,6 +201,9 @@ impl NetworkService {
             listen_addrs: Vec::new(),
             listeners,
             dropped_events: 0,
+            mpc_inbound: None,
+            mpc_pending: HashMap::new(),
+            mpc_acks: FuturesUnordered::new(),
         };
         Ok((service, NetworkClient { tx: cmd_tx }, event_rx))
     }
@@ -189,6 +211,15 @@ impl NetworkService {
     /// The node's metrics (shared with the HTTP servers).
     pub fn metrics(&self) -> Arc<NodeMetrics> {
         self.metrics.clone()
+    }
+
+    /// The stream of inbound MPC messages, for the session layer. Before this is called,
+    /// inbound MPC messages are refused. The channel is bounded: when it is full, peers get
+    /// a `Rejected` answer and may retry.
+    pub fn take_mpc_inbound(&mut self, capacity: usize) -> mpsc::Receiver<InboundMpc> {
+        let (tx, rx) = mpsc::channel(capacity);
+        self.mpc_inbound = Some(tx);
+        rx
     }
 
     /// The local peer id.
@@ -218,8 +249,90 @@ impl NetworkService {
                     }
                 },
                 event = self.swarm.select_next_some() => self.handle_swarm_event(event),
+                Some((channel, ack)) = self.mpc_acks.next(), if !self.mpc_acks.is_empty() => {
+                    // The peer may have given up waiting; nothing more to do then.
+                    let _ = self.swarm.behaviour_mut().mpc.send_response(channel, ack);
+                }
                 _ = tick.tick() => self.dial_due_bootnodes(),
             }
+        }
+    }
+
+    fn handle_mpc(&mut self, event: request_response::Event<MpcMessage, MpcAck>) {
+        match event {
+            request_response::Event::Message {
+                peer,
+                message:
+                    request_response::Message::Request {
+                        request, channel, ..
+                    },
+                ..
+            } => {
+                let refuse = |reason: String| MpcAck::Rejected(reason);
+                if request.version != WIRE_VERSION {
+                    let ack = refuse(format!(
+                        "MPC message format version {} is not supported (this node speaks {WIRE_VERSION})",
+                        request.version
+                    ));
+                    let _ = self.swarm.behaviour_mut().mpc.send_response(channel, ack);
+                    return;
+                }
+                let Some(inbound) = &self.mpc_inbound else {
+                    let ack = refuse("this node does not run MPC sessions".into());
+                    let _ = self.swarm.behaviour_mut().mpc.send_response(channel, ack);
+                    return;
+                };
+                let (ack_tx, ack_rx) = oneshot::channel();
+                let msg = InboundMpc {
+                    peer,
+                    message: request,
+                    ack: ack_tx,
+                };
+                match inbound.try_send(msg) {
+                    Ok(()) => {
+                        self.mpc_acks.push(
+                            async move {
+                                let ack =
+                                    match tokio::time::timeout(MPC_ROUTE_TIMEOUT, ack_rx).await {
+                                        Ok(Ok(ack)) => ack,
+                                        _ => MpcAck::Rejected(
+                                            "the session layer did not answer".into(),
+                                        ),
+                                    };
+                                (channel, ack)
+                            }
+                            .boxed(),
+                        );
+                    }
+                    Err(_) => {
+                        let ack = refuse("the node's MPC queue is full; retry later".into());
+                        let _ = self.swarm.behaviour_mut().mpc.send_response(channel, ack);
+                    }
+                }
+            }
+            request_response::Event::Message {
+                message:
+                    request_response::Message::Response {
+                        request_id,
+                        response,
+                    },
+                ..
+            } => {
+                if let Some(reply) = self.mpc_pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => {
+                if let Some(reply) = self.mpc_pending.remove(&request_id) {
+                    let _ = reply.send(Err(error.to_string()));
+                }
+            }
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                debug!(%peer, error = %error, "inbound MPC message failed");
+            }
+            request_response::Event::ResponseSent { .. } => {}
         }
     }
 
@@ -285,6 +398,29 @@ impl NetworkService {
                     })
                     .collect();
                 peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
+                let _ = reply.send(peers);
+            }
+            Command::SendMpc {
+                peer,
+                message,
+                reply,
+            } => {
+                if peer == self.local_peer_id() {
+                    let _ =
+                        reply.send(Err("cannot send an MPC message to this node itself".into()));
+                    return;
+                }
+                let id = self.swarm.behaviour_mut().mpc.send_request(&peer, message);
+                self.mpc_pending.insert(id, reply);
+            }
+            Command::MpcPeers { reply } => {
+                let mut peers: Vec<PeerId> = self
+                    .peers
+                    .iter()
+                    .filter(|(id, e)| e.speaks_mpc && self.swarm.is_connected(id))
+                    .map(|(id, _)| *id)
+                    .collect();
+                peers.sort();
                 let _ = reply.send(peers);
             }
             Command::Shutdown { .. } => unreachable!("handled in run"),
@@ -370,6 +506,7 @@ impl NetworkService {
                     debug!(%peer, "kademlia: new peer in routing table");
                 }
             }
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Mpc(e)) => self.handle_mpc(e),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(e)) => {
                 self.libp2p_metrics.record(&e);
                 if let Err(err) = &e.result {
@@ -494,6 +631,7 @@ impl NetworkService {
                 }
             }
             if let Some(entry) = self.peers.get_mut(&peer_id) {
+                entry.speaks_mpc = info.protocols.iter().any(|p| p.as_ref() == MPC_PROTOCOL);
                 entry.listen_addrs = info.listen_addrs;
                 entry.agent_version = Some(info.agent_version);
             }

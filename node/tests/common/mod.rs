@@ -84,6 +84,16 @@ impl NodeProcess {
     /// Starts a node with `base_args()` plus `extra`, in `dir` (its working directory), and
     /// waits until its API, metrics server and libp2p listener are up.
     pub async fn start(name: &str, dir: &Path, extra: &[String]) -> NodeProcess {
+        Self::start_with_env(name, dir, extra, &[]).await
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables.
+    pub async fn start_with_env(
+        name: &str,
+        dir: &Path,
+        extra: &[String],
+        env: &[(&str, &str)],
+    ) -> NodeProcess {
         let mut args = Vec::new();
         let base = base_args();
         for pair in base.chunks(2) {
@@ -99,6 +109,7 @@ impl NodeProcess {
             .current_dir(dir)
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

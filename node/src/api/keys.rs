@@ -1,0 +1,143 @@
+//! `/v1/keys`: distributed key generation, key metadata and threshold signing.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use tracing::Instrument;
+
+use super::{ApiError, ApiState, parse_body};
+use crate::mpc::dkg::DkgRequest;
+use crate::mpc::sign::SignResponse;
+use crate::mpc::store::KeyInfo;
+use crate::mpc::{MpcError, parse_peers};
+
+/// Largest message `POST /v1/keys/{id}/sign` accepts, in bytes.
+pub const MAX_SIGN_MESSAGE: usize = 64 * 1024;
+
+/// Body of `POST /v1/keys`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKeyRequest {
+    /// Only `ed25519`.
+    #[serde(default = "default_scheme")]
+    pub scheme: String,
+    pub threshold: u16,
+    /// Peer ids; default: this node and every connected peer that speaks MPC.
+    #[serde(default)]
+    pub participants: Option<Vec<String>>,
+}
+
+fn default_scheme() -> String {
+    "ed25519".into()
+}
+
+/// Body of `POST /v1/keys/{key_id}/sign`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    /// The message, hex.
+    pub message: String,
+}
+
+impl From<MpcError> for ApiError {
+    fn from(e: MpcError) -> Self {
+        match &e {
+            MpcError::BadRequest(_) => ApiError::bad_request("invalid_request", e.to_string()),
+            MpcError::UnknownKey(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_key", e.to_string())
+            }
+            MpcError::Session { error, .. } => {
+                let code = if error.blamed().is_empty() {
+                    "session_failed"
+                } else {
+                    "session_aborted"
+                };
+                ApiError::new(StatusCode::BAD_GATEWAY, code, e.to_string())
+            }
+            MpcError::Internal(_) => {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            }
+        }
+    }
+}
+
+pub(super) async fn create(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<KeyInfo>), ApiError> {
+    let req: CreateKeyRequest = parse_body(&body)?;
+    if req.scheme != "ed25519" {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!("scheme `{}` is not supported; use `ed25519`", req.scheme),
+        ));
+    }
+    let local = state.mpc.local_peer_id();
+    let participants = match req.participants {
+        Some(list) => {
+            parse_peers(&list).map_err(|m| ApiError::bad_request("invalid_request", m))?
+        }
+        None => {
+            let mut peers = state.network.mpc_peers().await?;
+            peers.push(local);
+            peers
+        }
+    };
+    // The session runs in its own task: a client that hangs up does not cut a DKG short
+    // half-way (the other participants would only time out).
+    let mpc = state.mpc.clone();
+    let request = DkgRequest {
+        threshold: req.threshold,
+        participants,
+    };
+    let info = tokio::spawn(async move { mpc.create_key(request).await }.in_current_span())
+        .await
+        .map_err(|e| MpcError::Internal(format!("the DKG task failed: {e}")))??;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+pub(super) async fn list(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    Json(json!({ "keys": state.mpc.keys() }))
+}
+
+pub(super) async fn get_key(
+    State(state): State<ApiState>,
+    Path(key_id): Path<String>,
+) -> Result<Json<KeyInfo>, ApiError> {
+    state
+        .mpc
+        .key(&key_id)
+        .map(Json)
+        .ok_or_else(|| MpcError::UnknownKey(key_id).into())
+}
+
+pub(super) async fn sign(
+    State(state): State<ApiState>,
+    Path(key_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<SignResponse>, ApiError> {
+    let req: SignRequest = parse_body(&body)?;
+    let message = hex::decode(req.message.trim()).map_err(|e| {
+        ApiError::bad_request("invalid_request", format!("`message` must be hex: {e}"))
+    })?;
+    if message.len() > MAX_SIGN_MESSAGE {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "the message is {} bytes; at most {MAX_SIGN_MESSAGE} can be signed",
+                message.len()
+            ),
+        ));
+    }
+    if state.mpc.key(&key_id).is_none() {
+        return Err(MpcError::UnknownKey(key_id).into());
+    }
+    let mpc = state.mpc.clone();
+    let answer = tokio::spawn(async move { mpc.sign(&key_id, message).await }.in_current_span())
+        .await
+        .map_err(|e| MpcError::Internal(format!("the signing task failed: {e}")))??;
+    Ok(Json(answer))
+}

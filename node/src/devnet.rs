@@ -1,0 +1,370 @@
+//! `p2p-mpc devnet`: N real node processes on loopback, meshed, with a demo DKG and signature.
+//!
+//! Each node is this same binary started as a child process with free ports; node `i` gets
+//! nodes `0..i` as bootnodes, so the mesh is complete from the start. Their logs go to
+//! `<dir>/node-<i>.log`. Ctrl-C stops them all (SIGTERM, then SIGKILL after a grace period).
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use frost_ed25519 as frost;
+use serde_json::{Value, json};
+
+use crate::api::client::{ApiClient, ClientError};
+
+/// How long the devnet waits for nodes to start and to mesh.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What `p2p-mpc devnet` was asked for.
+#[derive(Debug, Clone)]
+pub struct DevnetSettings {
+    pub nodes: u16,
+    pub threshold: Option<u16>,
+    pub dir: Option<PathBuf>,
+}
+
+/// A failure of the devnet.
+#[derive(Debug, thiserror::Error)]
+pub enum DevnetError {
+    #[error("devnet: {0}")]
+    Setup(String),
+    #[error("devnet: node {node} {message} (its log: {log})")]
+    Node {
+        node: usize,
+        message: String,
+        log: String,
+    },
+    #[error("devnet demo: {0}")]
+    Demo(String),
+}
+
+struct DevnetNode {
+    index: usize,
+    child: Child,
+    log: PathBuf,
+    /// What the node printed so far (for addresses).
+    lines: Arc<Mutex<Vec<String>>>,
+    api: String,
+    peer_id: String,
+    tcp_addr: String,
+}
+
+impl Drop for DevnetNode {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+fn terminate(nodes: &mut [DevnetNode]) {
+    for n in nodes.iter() {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc_kill(n.child.id() as i32, 15);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    for n in nodes.iter_mut() {
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = n.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn field_after(line: &str, key: &str) -> Option<String> {
+    let start = line.find(key)? + key.len();
+    Some(line[start..].split_whitespace().next()?.to_string())
+}
+
+fn spawn_node(
+    index: usize,
+    dir: &std::path::Path,
+    bootnodes: &[String],
+) -> Result<DevnetNode, DevnetError> {
+    let exe = std::env::current_exe()
+        .map_err(|e| DevnetError::Setup(format!("cannot find this program's path: {e}")))?;
+    let data = dir.join(format!("node-{index}"));
+    let log = dir.join(format!("node-{index}.log"));
+    let mut cmd = Command::new(exe);
+    cmd.args([
+        "--listen-address",
+        "127.0.0.1",
+        "--network-port",
+        "0",
+        "--api-port",
+        "0",
+        "--metrics-port",
+        "0",
+        "--metrics-address",
+        "127.0.0.1",
+        "--log-level",
+        "info",
+    ])
+    .arg("--data-dir")
+    .arg(&data)
+    .arg("--identity-key-path")
+    .arg(data.join("identity.key"));
+    for b in bootnodes {
+        cmd.arg("--bootnode").arg(b);
+    }
+    let mut child = cmd
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| DevnetError::Setup(format!("cannot start node {index}: {e}")))?;
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let mut file = std::fs::File::create(&log)
+        .map_err(|e| DevnetError::Setup(format!("cannot create {}: {e}", log.display())))?;
+    if let Some(stderr) = child.stderr.take() {
+        let sink = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = writeln!(file, "{line}");
+                let mut l = sink.lock().unwrap_or_else(|e| e.into_inner());
+                // Only the start-up lines are needed; keep memory bounded.
+                if l.len() < 200 {
+                    l.push(line);
+                }
+            }
+        });
+    }
+    Ok(DevnetNode {
+        index,
+        child,
+        log,
+        lines,
+        api: String::new(),
+        peer_id: String::new(),
+        tcp_addr: String::new(),
+    })
+}
+
+async fn wait_started(node: &mut DevnetNode) -> Result<(), DevnetError> {
+    let deadline = Instant::now() + START_TIMEOUT;
+    loop {
+        if let Ok(Some(status)) = node.child.try_wait() {
+            return Err(DevnetError::Node {
+                node: node.index,
+                message: format!("exited at start with {status}"),
+                log: node.log.display().to_string(),
+            });
+        }
+        let (api, tcp) = {
+            let lines = node.lines.lock().unwrap_or_else(|e| e.into_inner());
+            let api = lines
+                .iter()
+                .find(|l| l.contains("HTTP API listening"))
+                .and_then(|l| field_after(l, "addr="));
+            let tcp = lines
+                .iter()
+                .filter(|l| l.contains(" listening address="))
+                .filter_map(|l| field_after(l, "address="))
+                .find(|a| !a.contains("/ws"));
+            (api, tcp)
+        };
+        if let (Some(api), Some(tcp)) = (api, tcp) {
+            node.api = format!("http://{api}");
+            node.peer_id = tcp.rsplit('/').next().unwrap_or_default().to_string();
+            node.tcp_addr = tcp;
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(DevnetError::Node {
+                node: node.index,
+                message: format!("did not report its addresses within {START_TIMEOUT:?}"),
+                log: node.log.display().to_string(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn client(node: &DevnetNode) -> Result<ApiClient, DevnetError> {
+    ApiClient::new(&node.api, None).map_err(|e| DevnetError::Setup(e.to_string()))
+}
+
+/// Runs the devnet until `stop` resolves.
+pub async fn run(
+    settings: DevnetSettings,
+    stop: impl std::future::Future<Output = ()>,
+) -> Result<(), DevnetError> {
+    let n = usize::from(settings.nodes);
+    let threshold = settings.threshold.unwrap_or(settings.nodes / 2 + 1).max(2);
+    if threshold > settings.nodes {
+        return Err(DevnetError::Setup(format!(
+            "--threshold {threshold} is larger than --nodes {}",
+            settings.nodes
+        )));
+    }
+    let dir = settings.dir.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("p2p-mpc-devnet-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| DevnetError::Setup(format!("cannot create {}: {e}", dir.display())))?;
+    println!(
+        "p2p-mpc devnet: starting {n} nodes on 127.0.0.1 (data and logs in {})",
+        dir.display()
+    );
+
+    let mut nodes: Vec<DevnetNode> = Vec::new();
+    for i in 0..n {
+        let bootnodes: Vec<String> = nodes.iter().map(|x| x.tcp_addr.clone()).collect();
+        let mut node = spawn_node(i, &dir, &bootnodes)?;
+        wait_started(&mut node).await?;
+        println!("  node {i}: {}  API {}", node.peer_id, node.api);
+        nodes.push(node);
+    }
+
+    let result = demo(&nodes, threshold).await;
+    if let Err(e) = result {
+        terminate(&mut nodes);
+        return Err(e);
+    }
+
+    println!("\nThe devnet is running. Try:");
+    let first = &nodes[0].api;
+    let last = &nodes[n - 1].api;
+    println!("  p2p-mpc status --api {first}");
+    println!("  p2p-mpc keys list --api {last}");
+    println!("  p2p-mpc keys create --threshold {threshold} --api {first}");
+    println!("  p2p-mpc keys sign <KEY_ID> --message 68656c6c6f --api {last}");
+    println!("  curl -s {first}/v1/peers");
+    println!(
+        "Logs: {}/node-<i>.log. Press Ctrl-C to stop all nodes.",
+        dir.display()
+    );
+
+    let watch_children = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            for node in nodes.iter_mut() {
+                if let Ok(Some(status)) = node.child.try_wait() {
+                    return (node.index, status, node.log.clone());
+                }
+            }
+        }
+    };
+    let outcome = tokio::select! {
+        _ = stop => None,
+        exited = watch_children => Some(exited),
+    };
+    println!("\nstopping the devnet...");
+    terminate(&mut nodes);
+    match outcome {
+        None => {
+            println!("stopped.");
+            Ok(())
+        }
+        Some((index, status, log)) => Err(DevnetError::Node {
+            node: index,
+            message: format!("exited unexpectedly with {status}"),
+            log: log.display().to_string(),
+        }),
+    }
+}
+
+async fn demo(nodes: &[DevnetNode], threshold: u16) -> Result<(), DevnetError> {
+    let n = nodes.len();
+    print!("waiting for the mesh ({} connections per node)...", n - 1);
+    let _ = std::io::stdout().flush();
+    let deadline = Instant::now() + START_TIMEOUT;
+    for node in nodes {
+        let c = client(node)?;
+        loop {
+            let peers: Result<Value, ClientError> = c.get("v1/peers").await;
+            let count = peers
+                .ok()
+                .and_then(|p| p["peers"].as_array().map(Vec::len))
+                .unwrap_or(0);
+            if count + 1 >= n {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(DevnetError::Node {
+                    node: node.index,
+                    message: format!("has {count} of {} peers after {START_TIMEOUT:?}", n - 1),
+                    log: node.log.display().to_string(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    println!(" meshed.");
+
+    let participants: Vec<&str> = nodes.iter().map(|x| x.peer_id.as_str()).collect();
+    println!("running a distributed key generation ({threshold} of {n}) on node 0...");
+    let c0 = client(&nodes[0])?;
+    let started = Instant::now();
+    let key: Value = loop {
+        let body =
+            json!({"scheme": "ed25519", "threshold": threshold, "participants": participants});
+        match c0.post("v1/keys", &body).await {
+            Ok(key) => break key,
+            // Peers are known as MPC peers once identify ran; that can lag the connection.
+            Err(ClientError::Api {
+                status: 400,
+                message,
+                ..
+            }) if message.contains("not connected") && Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(e) => return Err(DevnetError::Demo(format!("the DKG failed: {e}"))),
+        }
+    };
+    let key_id = key["key_id"].as_str().unwrap_or_default().to_string();
+    let public_key = key["public_key"].as_str().unwrap_or_default().to_string();
+    println!(
+        "  key {key_id} created in {:.2?}\n  group public key (Ed25519): {public_key}",
+        started.elapsed()
+    );
+
+    let message = b"hello from the p2p-mpc devnet";
+    let signer = &nodes[n - 1];
+    println!(
+        "signing \"{}\" on node {}...",
+        String::from_utf8_lossy(message),
+        signer.index
+    );
+    let started = Instant::now();
+    let answer: Value = client(signer)?
+        .post(
+            &format!("v1/keys/{key_id}/sign"),
+            &json!({ "message": hex::encode(message) }),
+        )
+        .await
+        .map_err(|e| DevnetError::Demo(format!("signing failed: {e}")))?;
+    let signature = answer["signature"].as_str().unwrap_or_default().to_string();
+    verify(&public_key, message, &signature)?;
+    let signers = answer["signers"].as_array().map(Vec::len).unwrap_or(0);
+    println!(
+        "  signature {signature}\n  made by {signers} nodes in {:.2?}, verified against the group public key",
+        started.elapsed()
+    );
+    Ok(())
+}
+
+/// Standard Ed25519 verification of the demo signature.
+fn verify(public_key: &str, message: &[u8], signature: &str) -> Result<(), DevnetError> {
+    let bad = |what: &str| DevnetError::Demo(format!("the node returned {what}"));
+    let pk = hex::decode(public_key).map_err(|_| bad("a public key that is not hex"))?;
+    let sig = hex::decode(signature).map_err(|_| bad("a signature that is not hex"))?;
+    let vk = frost::VerifyingKey::deserialize(&pk).map_err(|_| bad("an invalid public key"))?;
+    let sig = frost::Signature::deserialize(&sig).map_err(|_| bad("an invalid signature"))?;
+    vk.verify(message, &sig)
+        .map_err(|_| DevnetError::Demo("the signature does not verify".into()))
+}

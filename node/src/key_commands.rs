@@ -1,0 +1,107 @@
+//! `p2p-mpc keys create|list|sign`: threshold keys through a node's HTTP API.
+
+use serde_json::{Value, json};
+
+use crate::api::client::{ApiClient, ClientError, encode_segment};
+use crate::cli::{KeysCommand, OutputFormat};
+
+/// Runs one `keys` subcommand against `client` and prints the answer.
+pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientError> {
+    match command {
+        KeysCommand::Create {
+            threshold,
+            participants,
+            output,
+            ..
+        } => {
+            let mut body = json!({ "scheme": "ed25519", "threshold": threshold });
+            if !participants.is_empty() {
+                body["participants"] = json!(participants);
+            }
+            let key: Value = client.post("v1/keys", &body).await?;
+            print(output, &key, || key_table(std::slice::from_ref(&key)));
+        }
+        KeysCommand::List { output, .. } => {
+            let list: Value = client.get("v1/keys").await?;
+            let keys = list["keys"].as_array().cloned().unwrap_or_default();
+            print(output, &list, || {
+                if keys.is_empty() {
+                    "no keys on this node (create one with `p2p-mpc keys create --threshold T`)"
+                        .to_string()
+                } else {
+                    key_table(&keys)
+                }
+            });
+        }
+        KeysCommand::Sign {
+            key_id,
+            message,
+            output,
+            ..
+        } => {
+            let message = message.trim().to_string();
+            if hex::decode(&message).is_err() {
+                return Err(ClientError::Decode(format!(
+                    "--message must be hex (e.g. 68656c6c6f for \"hello\"), got `{message}`"
+                )));
+            }
+            let path = format!("v1/keys/{}/sign", encode_segment(&key_id));
+            let answer: Value = client.post(&path, &json!({ "message": message })).await?;
+            print(output, &answer, || {
+                let signers = answer["signers"]
+                    .as_array()
+                    .map(|s| {
+                        s.iter()
+                            .filter_map(Value::as_str)
+                            .collect::<Vec<_>>()
+                            .join("\n            ")
+                    })
+                    .unwrap_or_default();
+                format!(
+                    "key id:     {}\npublic key: {}\nsignature:  {}\nsigners:    {}",
+                    text(&answer["key_id"]),
+                    text(&answer["public_key"]),
+                    text(&answer["signature"]),
+                    signers
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+fn text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn print(output: OutputFormat, json: &Value, table: impl FnOnce() -> String) {
+    match output {
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(json).unwrap_or_default())
+        }
+        OutputFormat::Table => println!("{}", table()),
+    }
+}
+
+/// A table of keys: id, threshold/participants, public key.
+pub fn key_table(keys: &[Value]) -> String {
+    let mut out = format!(
+        "{:<32}  {:>5}  {:<64}  {}\n",
+        "KEY ID", "T/N", "PUBLIC KEY", "STATUS"
+    );
+    for k in keys {
+        let n = k["participants"].as_array().map(Vec::len).unwrap_or(0);
+        out.push_str(&format!(
+            "{:<32}  {:>5}  {:<64}  {}\n",
+            text(&k["key_id"]),
+            format!("{}/{n}", text(&k["threshold"])),
+            text(&k["public_key"]),
+            text(&k["status"]),
+        ));
+    }
+    out.trim_end().to_string()
+}

@@ -1,0 +1,491 @@
+//! FROST distributed key generation: parts 1–3 with an echo round after part 1 and a
+//! confirmation round after part 3. A key is stored only when every participant confirmed
+//! the same group key.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use frost_ed25519 as frost;
+use libp2p::PeerId;
+use sha2::{Digest, Sha256};
+use tracing::{Instrument, debug, info};
+
+use super::session::{SessionError, SessionInbox, join_peers};
+use super::store::{KeyInfo, StoredKey};
+use super::wire::{Body, Protocol, SessionId};
+use super::{MpcEngine, MpcError, frost_error, frost_identifier, parse_peers, unreachable_error};
+
+/// A DKG request (the body of `POST /v1/keys`, participants resolved).
+#[derive(Debug, Clone)]
+pub struct DkgRequest {
+    pub threshold: u16,
+    /// Every participant, this node included.
+    pub participants: Vec<PeerId>,
+}
+
+/// The parameters every participant of one DKG agrees on.
+struct DkgParams {
+    key_id: String,
+    coordinator: PeerId,
+    threshold: u16,
+    /// Sorted, unique, this node included.
+    participants: Vec<PeerId>,
+}
+
+fn sha256(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+/// Checks threshold and participants; returns them sorted.
+pub fn check_params(
+    local: PeerId,
+    threshold: u16,
+    participants: &[PeerId],
+) -> Result<Vec<PeerId>, String> {
+    let mut seen = BTreeSet::new();
+    for p in participants {
+        if !seen.insert(*p) {
+            return Err(format!("participant {p} is listed twice"));
+        }
+    }
+    if !seen.contains(&local) {
+        return Err(format!(
+            "this node ({local}) must be one of the participants"
+        ));
+    }
+    let n = seen.len();
+    if threshold < 2 {
+        return Err(format!(
+            "threshold {threshold} is too small: it must be at least 2"
+        ));
+    }
+    if usize::from(threshold) > n {
+        return Err(format!(
+            "threshold {threshold} is larger than the number of participants ({n})"
+        ));
+    }
+    if n > 255 {
+        return Err(format!("{n} participants are too many (at most 255)"));
+    }
+    Ok(seen.into_iter().collect())
+}
+
+impl MpcEngine {
+    /// Coordinates a DKG among `request.participants` and returns the new key's metadata.
+    pub async fn create_key(&self, request: DkgRequest) -> Result<KeyInfo, MpcError> {
+        let local = self.inner.local;
+        let participants = check_params(local, request.threshold, &request.participants)
+            .map_err(MpcError::BadRequest)?;
+        let connected = self
+            .inner
+            .network
+            .mpc_peers()
+            .await
+            .map_err(|e| MpcError::Internal(e.to_string()))?;
+        let unknown: Vec<PeerId> = participants
+            .iter()
+            .filter(|p| **p != local && !connected.contains(p))
+            .copied()
+            .collect();
+        if !unknown.is_empty() {
+            return Err(MpcError::BadRequest(format!(
+                "not connected to participant(s) {} over the MPC protocol (check the peer ids and GET /v1/peers)",
+                join_peers(&unknown)
+            )));
+        }
+        let session = SessionId::random();
+        let params = DkgParams {
+            key_id: SessionId::random().to_string(),
+            coordinator: local,
+            threshold: request.threshold,
+            participants,
+        };
+        let others: Vec<PeerId> = params
+            .participants
+            .iter()
+            .filter(|p| **p != local)
+            .copied()
+            .collect();
+        let mut inbox = self
+            .inner
+            .router
+            .open(session, Protocol::Dkg, others.clone())
+            .map_err(|error| MpcError::Session { session, error })?;
+        let engine = self.clone();
+        let invite = Body::DkgInvite {
+            key_id: params.key_id.clone(),
+            threshold: params.threshold,
+            participants: params
+                .participants
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+        };
+        let others2 = others.clone();
+        let run = async move {
+            let failures = engine.broadcast(&others2, session, &invite).await;
+            if !failures.is_empty() {
+                return Err(inbox.explain(unreachable_error(failures, "the DKG invitation")));
+            }
+            engine.run_dkg(inbox, params).await
+        };
+        self.run_session(Protocol::Dkg, "coordinator", session, others, run)
+            .await
+            .map_err(|error| MpcError::Session { session, error })
+    }
+
+    /// Answers a DKG invitation: checks it and runs the DKG in its own task.
+    pub(super) fn join_dkg(
+        &self,
+        session: SessionId,
+        from: PeerId,
+        key_id: String,
+        threshold: u16,
+        participants: Vec<String>,
+    ) -> Result<(), String> {
+        let local = self.inner.local;
+        let peers = parse_peers(&participants)?;
+        let participants = check_params(local, threshold, &peers)?;
+        if !participants.contains(&from) {
+            return Err(format!(
+                "the inviting peer {from} is not among the participants"
+            ));
+        }
+        if key_id.len() != 32 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(format!("`{key_id}` is not a valid key id"));
+        }
+        if self.inner.store.contains(&key_id) {
+            return Err(format!("key {key_id} exists already"));
+        }
+        let others: Vec<PeerId> = participants
+            .iter()
+            .filter(|p| **p != local)
+            .copied()
+            .collect();
+        let inbox = self
+            .inner
+            .router
+            .open(session, Protocol::Dkg, others.clone())
+            .map_err(|e| e.to_string())?;
+        let params = DkgParams {
+            key_id,
+            coordinator: from,
+            threshold,
+            participants,
+        };
+        let engine = self.clone();
+        tokio::spawn(
+            async move {
+                let run = engine.run_dkg(inbox, params);
+                let _ = engine
+                    .run_session(Protocol::Dkg, "participant", session, others, run)
+                    .await;
+            }
+            .in_current_span(),
+        );
+        Ok(())
+    }
+
+    async fn run_dkg(
+        &self,
+        mut inbox: SessionInbox,
+        params: DkgParams,
+    ) -> Result<KeyInfo, SessionError> {
+        let session = inbox.session();
+        let local = self.inner.local;
+        let timeout = self.inner.round_timeout;
+        let n = params.participants.len() as u16;
+        let others: Vec<PeerId> = params
+            .participants
+            .iter()
+            .filter(|p| **p != local)
+            .copied()
+            .collect();
+        let mut ids: BTreeMap<frost::Identifier, PeerId> = BTreeMap::new();
+        for p in &params.participants {
+            ids.insert(frost_identifier(p).map_err(SessionError::failed)?, *p);
+        }
+        let id_of = |p: &PeerId| frost_identifier(p).map_err(SessionError::failed);
+        let my_id = id_of(&local)?;
+        info!(key_id = %params.key_id, threshold = params.threshold, participants = n, "DKG started");
+
+        // Part 1, broadcast with an echo round.
+        let rng = rand_core::OsRng;
+        let (secret1, package1) = frost::keys::dkg::part1(my_id, n, params.threshold, rng)
+            .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
+        let package1 = package1
+            .serialize()
+            .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
+        if self.inner.faults.equivocate_dkg_round1 {
+            // Test-only: a second, different package for half of the others.
+            let (_, other) = frost::keys::dkg::part1(my_id, n, params.threshold, rng)
+                .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
+            let other = other
+                .serialize()
+                .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
+            let (first, second) = others.split_at(others.len() / 2);
+            let mut failures = self
+                .broadcast(first, session, &Body::DkgRound1 { package: other })
+                .await;
+            failures.extend(
+                self.broadcast(
+                    second,
+                    session,
+                    &Body::DkgRound1 {
+                        package: package1.clone(),
+                    },
+                )
+                .await,
+            );
+            if !failures.is_empty() {
+                return Err(inbox.explain(unreachable_error(failures, "DKG round 1")));
+            }
+        } else {
+            let failures = self
+                .broadcast(
+                    &others,
+                    session,
+                    &Body::DkgRound1 {
+                        package: package1.clone(),
+                    },
+                )
+                .await;
+            if !failures.is_empty() {
+                return Err(inbox.explain(unreachable_error(failures, "DKG round 1")));
+            }
+        }
+        let round1 = inbox
+            .collect("dkg round 1", &others, timeout, |b| match b {
+                Body::DkgRound1 { package } => Some(package.clone()),
+                _ => None,
+            })
+            .await?;
+        debug!("DKG round 1 received");
+
+        let mut view: BTreeMap<PeerId, [u8; 32]> =
+            round1.iter().map(|(p, b)| (*p, sha256(b))).collect();
+        view.insert(local, sha256(&package1));
+        let echo = Body::DkgEcho {
+            digests: view.iter().map(|(p, d)| (p.to_string(), *d)).collect(),
+        };
+        let failures = self.broadcast(&others, session, &echo).await;
+        if !failures.is_empty() {
+            return Err(inbox.explain(unreachable_error(failures, "the DKG echo")));
+        }
+        let echoes = inbox
+            .collect("dkg echo", &others, timeout, |b| match b {
+                Body::DkgEcho { digests } => Some(digests.clone()),
+                _ => None,
+            })
+            .await?;
+        let mut equivocators = Vec::new();
+        for sender in &params.participants {
+            let mut seen = BTreeSet::new();
+            seen.insert(view[sender]);
+            for (echoer, digests) in &echoes {
+                let claimed = digests
+                    .iter()
+                    .find(|(p, _)| *p == sender.to_string())
+                    .map(|(_, d)| *d);
+                match claimed {
+                    Some(d) => {
+                        seen.insert(d);
+                    }
+                    None => {
+                        return Err(SessionError::blame(
+                            vec![*echoer],
+                            format!("participant {echoer} sent an incomplete DKG echo"),
+                        ));
+                    }
+                }
+            }
+            if seen.len() > 1 {
+                equivocators.push(*sender);
+            }
+        }
+        if !equivocators.is_empty() {
+            return Err(SessionError::blame(
+                equivocators.clone(),
+                format!(
+                    "participant {} sent different DKG round-1 packages to different participants (echo broadcast mismatch)",
+                    join_peers(&equivocators)
+                ),
+            ));
+        }
+
+        let mut round1_packages = BTreeMap::new();
+        for (peer, bytes) in &round1 {
+            let package = frost::keys::dkg::round1::Package::deserialize(bytes).map_err(|e| {
+                SessionError::blame(
+                    vec![*peer],
+                    format!("participant {peer} sent a malformed DKG round-1 package: {e}"),
+                )
+            })?;
+            round1_packages.insert(id_of(peer)?, package);
+        }
+
+        // Part 2: one package for each other participant.
+        let (secret2, outgoing) = frost::keys::dkg::part2(secret1, &round1_packages)
+            .map_err(|e| frost_error(e, &ids, "DKG part 2"))?;
+        let sends = outgoing.into_iter().map(|(id, package)| {
+            let peer = ids.get(&id).copied();
+            async move {
+                let Some(peer) = peer else {
+                    return Err(SessionError::failed(
+                        "DKG part 2 produced an unknown identifier",
+                    ));
+                };
+                let package = package
+                    .serialize()
+                    .map_err(|e| SessionError::failed(format!("DKG part 2: {e}")))?;
+                self.send(peer, session, Body::DkgRound2 { package })
+                    .await
+                    .map_err(|e| (peer, e))
+                    .map_err(|f| unreachable_error(vec![f], "DKG round 2"))
+            }
+        });
+        for r in futures::future::join_all(sends).await {
+            if let Err(e) = r {
+                return Err(inbox.explain(e));
+            }
+        }
+        let round2 = inbox
+            .collect("dkg round 2", &others, timeout, |b| match b {
+                Body::DkgRound2 { package } => Some(package.clone()),
+                _ => None,
+            })
+            .await?;
+        let mut round2_packages = BTreeMap::new();
+        for (peer, bytes) in &round2 {
+            let package = frost::keys::dkg::round2::Package::deserialize(bytes).map_err(|e| {
+                SessionError::blame(
+                    vec![*peer],
+                    format!("participant {peer} sent a malformed DKG round-2 package: {e}"),
+                )
+            })?;
+            round2_packages.insert(id_of(peer)?, package);
+        }
+        let (key_package, public_key_package) =
+            frost::keys::dkg::part3(&secret2, &round1_packages, &round2_packages)
+                .map_err(|e| frost_error(e, &ids, "DKG part 3"))?;
+        drop(secret2);
+
+        // Confirmation: everyone must have derived the same group key.
+        let group_key = public_key_package
+            .verifying_key()
+            .serialize()
+            .map_err(|e| SessionError::failed(format!("group key: {e}")))?;
+        let package_digest = sha256(
+            &public_key_package
+                .serialize()
+                .map_err(|e| SessionError::failed(format!("public key package: {e}")))?,
+        );
+        let confirm = Body::DkgConfirm {
+            group_key: group_key.clone(),
+            package_digest,
+        };
+        let failures = self.broadcast(&others, session, &confirm).await;
+        if !failures.is_empty() {
+            return Err(inbox.explain(unreachable_error(failures, "the DKG confirmation")));
+        }
+        let confirms = inbox
+            .collect("dkg confirmation", &others, timeout, |b| match b {
+                Body::DkgConfirm {
+                    group_key,
+                    package_digest,
+                } => Some((group_key.clone(), *package_digest)),
+                _ => None,
+            })
+            .await?;
+        let disagree: Vec<PeerId> = confirms
+            .iter()
+            .filter(|(_, (k, d))| *k != group_key || *d != package_digest)
+            .map(|(p, _)| *p)
+            .collect();
+        if !disagree.is_empty() {
+            return Err(SessionError::blame(
+                disagree.clone(),
+                format!(
+                    "participant {} derived a different group key; the key is discarded",
+                    join_peers(&disagree)
+                ),
+            ));
+        }
+
+        let info = KeyInfo {
+            key_id: params.key_id.clone(),
+            scheme: "ed25519".into(),
+            public_key: hex::encode(&group_key),
+            threshold: params.threshold,
+            participants: params
+                .participants
+                .iter()
+                .map(ToString::to_string)
+                .collect(),
+            status: "active".into(),
+            created_at: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+        };
+        self.inner
+            .store
+            .insert(StoredKey {
+                info: info.clone(),
+                key_package,
+                public_key_package,
+            })
+            .await
+            .map_err(|e| SessionError::failed(format!("cannot store the key share: {e}")))?;
+        info!(key_id = %info.key_id, public_key = %info.public_key, "DKG completed; key share stored");
+        // The coordinator answers its caller only once the key is usable on every participant.
+        if params.coordinator == local {
+            inbox
+                .collect("dkg stored", &others, timeout, |b| match b {
+                    Body::DkgStored => Some(()),
+                    _ => None,
+                })
+                .await
+                .map_err(|e| {
+                    SessionError::failed(format!(
+                        "key {} is stored here, but not every participant confirmed storing its share: {e}",
+                        params.key_id
+                    ))
+                })?;
+        } else {
+            self.send(params.coordinator, session, Body::DkgStored)
+                .await
+                .map_err(|e| {
+                    unreachable_error(vec![(params.coordinator, e)], "the storage confirmation")
+                })?;
+        }
+        Ok(info)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_are_checked() {
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        assert!(check_params(a, 2, &[a, b, c]).is_ok());
+        assert!(
+            check_params(a, 1, &[a, b])
+                .unwrap_err()
+                .contains("at least 2")
+        );
+        assert!(check_params(a, 3, &[a, b]).unwrap_err().contains("larger"));
+        assert!(
+            check_params(a, 2, &[a, b, b])
+                .unwrap_err()
+                .contains("twice")
+        );
+        assert!(
+            check_params(a, 2, &[b, c])
+                .unwrap_err()
+                .contains("must be one")
+        );
+    }
+}

@@ -1,0 +1,70 @@
+//! Test-only misbehaviour, switched on by the hidden environment variable
+//! `P2P_MPC_TEST_FAULT` (comma-separated). Always compiled in (integration tests run the
+//! real binary), never documented for users, and announced with a warning at start.
+
+/// The environment variable that turns faults on.
+pub const FAULT_ENV: &str = "P2P_MPC_TEST_FAULT";
+
+/// Which faults this node injects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Faults {
+    /// Send a corrupted signature share in signing round 2.
+    pub corrupt_signature_share: bool,
+    /// Send different DKG round-1 packages to different participants.
+    pub equivocate_dkg_round1: bool,
+    /// On a signing invite, send forged round-2 messages for that session to the other key
+    /// holders (who are not its participants in that session's eyes).
+    pub intrude_signing: bool,
+    /// After a signature, send the same round-2 request to the signers again (they must
+    /// refuse it: their nonces are spent).
+    pub replay_sign_round2: bool,
+}
+
+impl Faults {
+    /// Reads [`FAULT_ENV`]; unknown names are returned as an error.
+    pub fn from_env() -> Result<Self, String> {
+        match std::env::var(FAULT_ENV) {
+            Ok(v) => Self::parse(&v),
+            Err(_) => Ok(Self::default()),
+        }
+    }
+
+    /// Parses a comma-separated list of fault names.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let mut f = Self::default();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "corrupt-signature-share" => f.corrupt_signature_share = true,
+                "equivocate-dkg-round1" => f.equivocate_dkg_round1 = true,
+                "intrude-signing" => f.intrude_signing = true,
+                "replay-sign-round2" => f.replay_sign_round2 = true,
+                other => return Err(format!("{FAULT_ENV}: unknown fault `{other}`")),
+            }
+        }
+        Ok(f)
+    }
+
+    /// Whether any fault is on.
+    pub fn any(&self) -> bool {
+        *self != Self::default()
+    }
+}
+
+/// Hidden environment variable that shortens the round deadline (milliseconds), so that
+/// tests of dead participants do not wait the full default.
+pub const ROUND_TIMEOUT_ENV: &str = "P2P_MPC_TEST_ROUND_TIMEOUT_MS";
+
+/// The round deadline from [`ROUND_TIMEOUT_ENV`], if set and valid (100 ms to 10 min).
+pub fn round_timeout_from_env() -> Result<Option<std::time::Duration>, String> {
+    match std::env::var(ROUND_TIMEOUT_ENV) {
+        Err(_) => Ok(None),
+        Ok(v) => match v.trim().parse::<u64>() {
+            Ok(ms) if (100..=600_000).contains(&ms) => {
+                Ok(Some(std::time::Duration::from_millis(ms)))
+            }
+            _ => Err(format!(
+                "{ROUND_TIMEOUT_ENV}: `{v}` is not a number of milliseconds from 100 to 600000"
+            )),
+        },
+    }
+}

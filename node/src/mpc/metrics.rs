@@ -1,0 +1,83 @@
+//! Metrics of the MPC session layer (registered in the node's registry).
+
+use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+
+/// Counters and histograms of MPC sessions and messages.
+#[derive(Clone)]
+pub struct MpcMetrics {
+    /// Sessions started, by protocol and role.
+    pub sessions_started: IntCounterVec,
+    /// Sessions completed, by protocol.
+    pub sessions_completed: IntCounterVec,
+    /// Sessions failed or aborted, by protocol and outcome (`failed`, `aborted`).
+    pub sessions_failed: IntCounterVec,
+    /// Session duration by protocol and outcome.
+    pub session_duration_seconds: HistogramVec,
+    /// MPC messages by protocol and direction (`sent`, `received`).
+    pub messages: IntCounterVec,
+    /// Inbound MPC messages dropped, by protocol and reason.
+    pub messages_dropped: IntCounterVec,
+}
+
+impl MpcMetrics {
+    /// Creates the metrics and registers them in `registry`.
+    pub fn new(registry: &Registry) -> Self {
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric")
+        };
+        let m = Self {
+            sessions_started: counter(
+                "p2p_mpc_mpc_sessions_started_total",
+                "MPC sessions started, by protocol and role.",
+                &["protocol", "role"],
+            ),
+            sessions_completed: counter(
+                "p2p_mpc_mpc_sessions_completed_total",
+                "MPC sessions completed, by protocol.",
+                &["protocol"],
+            ),
+            sessions_failed: counter(
+                "p2p_mpc_mpc_sessions_failed_total",
+                "MPC sessions that failed or were aborted, by protocol and outcome.",
+                &["protocol", "outcome"],
+            ),
+            session_duration_seconds: HistogramVec::new(
+                HistogramOpts::new(
+                    "p2p_mpc_mpc_session_duration_seconds",
+                    "MPC session duration in seconds, by protocol and outcome.",
+                )
+                .buckets(vec![
+                    0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+                ]),
+                &["protocol", "outcome"],
+            )
+            .expect("valid metric"),
+            messages: counter(
+                "p2p_mpc_mpc_messages_total",
+                "MPC protocol messages, by protocol and direction.",
+                &["protocol", "direction"],
+            ),
+            messages_dropped: counter(
+                "p2p_mpc_mpc_messages_dropped_total",
+                "Inbound MPC messages dropped, by protocol and reason.",
+                &["protocol", "reason"],
+            ),
+        };
+        for c in [
+            Box::new(m.sessions_started.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.sessions_completed.clone()),
+            Box::new(m.sessions_failed.clone()),
+            Box::new(m.session_duration_seconds.clone()),
+            Box::new(m.messages.clone()),
+            Box::new(m.messages_dropped.clone()),
+        ] {
+            registry.register(c).expect("MPC metric names are unique");
+        }
+        m
+    }
+
+    /// A registry of their own, for tests.
+    pub fn unregistered() -> Self {
+        Self::new(&Registry::new())
+    }
+}

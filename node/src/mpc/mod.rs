@@ -1,0 +1,307 @@
+//! MPC: the session layer and the FROST protocols (DKG and threshold signing, Ed25519).
+//!
+//! [`MpcEngine`] is the node's handle: the HTTP API starts sessions through it, and its router
+//! task receives every inbound MPC message from the network service. Each session runs in its
+//! own task inside a tracing span carrying the session id, and ends `completed`,
+//! `failed(reason)` or `aborted(blamed participants)`; every round has a deadline.
+
+pub mod dkg;
+pub mod faults;
+pub mod metrics;
+pub mod session;
+pub mod sign;
+pub mod store;
+pub mod wire;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use frost_ed25519 as frost;
+use futures::future::join_all;
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::network::{InboundMpc, MpcSendError, NetworkClient};
+use faults::Faults;
+use metrics::MpcMetrics;
+use session::{RouteDecision, SessionError, SessionRouter};
+use store::{KeyInfo, KeyShareStore};
+use wire::{Body, MpcAck, MpcMessage, Protocol, SessionId};
+
+/// Default deadline of one protocol round.
+pub const DEFAULT_ROUND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Capacity of the network → router channel.
+pub const INBOUND_CAPACITY: usize = 4096;
+
+/// An error of an MPC request, mapped to an HTTP status by the API.
+#[derive(Debug, thiserror::Error)]
+pub enum MpcError {
+    /// The request is wrong (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// No such key here (404).
+    #[error("no key `{0}` on this node")]
+    UnknownKey(String),
+    /// The session ran and did not complete (502).
+    #[error("session {session}: {error}")]
+    Session {
+        session: SessionId,
+        error: SessionError,
+    },
+    /// Something local went wrong (500).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// The identifier of a participant in FROST, derived from its peer id.
+pub fn frost_identifier(peer: &PeerId) -> Result<frost::Identifier, String> {
+    frost::Identifier::derive(&peer.to_bytes())
+        .map_err(|e| format!("cannot derive a FROST identifier for {peer}: {e}"))
+}
+
+/// Parses a list of peer id strings.
+pub fn parse_peers(list: &[String]) -> Result<Vec<PeerId>, String> {
+    list.iter()
+        .map(|s| {
+            s.parse::<PeerId>()
+                .map_err(|e| format!("`{s}` is not a peer id: {e}"))
+        })
+        .collect()
+}
+
+struct Inner {
+    local: PeerId,
+    network: NetworkClient,
+    store: KeyShareStore,
+    router: SessionRouter,
+    metrics: MpcMetrics,
+    faults: Faults,
+    round_timeout: Duration,
+}
+
+/// The node's MPC handle; cheap to clone.
+#[derive(Clone)]
+pub struct MpcEngine {
+    inner: Arc<Inner>,
+}
+
+impl MpcEngine {
+    /// A new engine over `network` and `store`.
+    pub fn new(
+        local: PeerId,
+        network: NetworkClient,
+        store: KeyShareStore,
+        metrics: MpcMetrics,
+        faults: Faults,
+        round_timeout: Duration,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                local,
+                network,
+                store,
+                router: SessionRouter::new(metrics.clone()),
+                metrics,
+                faults,
+                round_timeout,
+            }),
+        }
+    }
+
+    /// This node's peer id.
+    pub fn local_peer_id(&self) -> PeerId {
+        self.inner.local
+    }
+
+    /// The key store.
+    pub fn store(&self) -> &KeyShareStore {
+        &self.inner.store
+    }
+
+    /// The network client.
+    pub fn network(&self) -> &NetworkClient {
+        &self.inner.network
+    }
+
+    /// Metadata of every key held here.
+    pub fn keys(&self) -> Vec<KeyInfo> {
+        self.inner.store.list()
+    }
+
+    /// Metadata of one key.
+    pub fn key(&self, key_id: &str) -> Option<KeyInfo> {
+        self.inner.store.get(key_id).map(|k| k.info.clone())
+    }
+
+    /// Routes inbound MPC messages until the network stops.
+    pub async fn run_router(self, mut inbound: mpsc::Receiver<InboundMpc>) {
+        while let Some(InboundMpc { peer, message, ack }) = inbound.recv().await {
+            let session = message.session;
+            let decision = self.inner.router.route(peer, message);
+            let answer = match decision {
+                RouteDecision::Invite(message) => match self.accept_invite(peer, message) {
+                    Ok(()) => MpcAck::Accepted,
+                    Err(reason) => {
+                        info!(%session, %peer, %reason, "MPC invite refused");
+                        MpcAck::Rejected(reason)
+                    }
+                },
+                other => other.ack(),
+            };
+            let _ = ack.send(answer);
+        }
+    }
+
+    fn accept_invite(&self, from: PeerId, message: MpcMessage) -> Result<(), String> {
+        let session = message.session;
+        match message.body {
+            Body::DkgInvite {
+                key_id,
+                threshold,
+                participants,
+            } => self.join_dkg(session, from, key_id, threshold, participants),
+            Body::SignInvite { key_id, message } => {
+                self.join_signing(session, from, key_id, message)
+            }
+            other => Err(format!(
+                "a {} message does not open a session",
+                other.kind()
+            )),
+        }
+    }
+
+    /// Sends one message, counting it; retries briefly when the peer's queue is full.
+    async fn send(&self, peer: PeerId, session: SessionId, body: Body) -> Result<(), MpcSendError> {
+        let protocol = body.protocol().map(Protocol::as_str).unwrap_or("any");
+        let message = MpcMessage::new(session, body);
+        let mut wait = Duration::from_millis(20);
+        for attempt in 0.. {
+            self.inner
+                .metrics
+                .messages
+                .with_label_values(&[protocol, "sent"])
+                .inc();
+            match self.inner.network.send_mpc(peer, message.clone()).await {
+                Err(MpcSendError::Rejected { reason, .. })
+                    if attempt < 5
+                        && (reason.contains("retry") || reason.contains("overloaded")) =>
+                {
+                    tokio::time::sleep(wait).await;
+                    wait *= 2;
+                }
+                other => return other,
+            }
+        }
+        unreachable!("the loop returns")
+    }
+
+    /// Sends `body` to every peer in `to` at once; returns the peers it could not reach.
+    async fn broadcast(
+        &self,
+        to: &[PeerId],
+        session: SessionId,
+        body: &Body,
+    ) -> Vec<(PeerId, MpcSendError)> {
+        let sends = to.iter().map(|p| {
+            let body = body.clone();
+            async move { (*p, self.send(*p, session, body).await) }
+        });
+        join_all(sends)
+            .await
+            .into_iter()
+            .filter_map(|(p, r)| r.err().map(|e| (p, e)))
+            .collect()
+    }
+
+    /// Tells `to` that this node gives up on `session` (best effort, in the background).
+    fn abort_others(&self, to: Vec<PeerId>, session: SessionId, reason: String) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let body = Body::Abort { reason };
+            let _ = engine.broadcast(&to, session, &body).await;
+        });
+    }
+
+    /// Runs one session future with metrics, a span and an outcome log line.
+    async fn run_session<T>(
+        &self,
+        protocol: Protocol,
+        role: &'static str,
+        session: SessionId,
+        others: Vec<PeerId>,
+        fut: impl Future<Output = Result<T, SessionError>>,
+    ) -> Result<T, SessionError> {
+        let span =
+            info_span!("mpc_session", session = %session, protocol = protocol.as_str(), role);
+        let m = &self.inner.metrics;
+        let p = protocol.as_str();
+        m.sessions_started.with_label_values(&[p, role]).inc();
+        let start = Instant::now();
+        let result = fut.instrument(span.clone()).await;
+        let elapsed = start.elapsed().as_secs_f64();
+        let _entered = span.enter();
+        match &result {
+            Ok(_) => {
+                m.sessions_completed.with_label_values(&[p]).inc();
+                m.session_duration_seconds
+                    .with_label_values(&[p, "completed"])
+                    .observe(elapsed);
+                info!(
+                    outcome = "completed",
+                    seconds = elapsed,
+                    "MPC session ended"
+                );
+            }
+            Err(e) => {
+                let outcome = match e {
+                    SessionError::Failed(_) => "failed",
+                    SessionError::Aborted { .. } => "aborted",
+                };
+                m.sessions_failed.with_label_values(&[p, outcome]).inc();
+                m.session_duration_seconds
+                    .with_label_values(&[p, outcome])
+                    .observe(elapsed);
+                warn!(outcome, error = %e, seconds = elapsed, "MPC session ended");
+                self.abort_others(others, session, e.to_string());
+            }
+        }
+        result
+    }
+}
+
+/// Blames the peers behind FROST's culprits, or fails with the error when there are none.
+fn frost_error(
+    e: frost::Error,
+    ids: &std::collections::BTreeMap<frost::Identifier, PeerId>,
+    what: &str,
+) -> SessionError {
+    let culprits: Vec<PeerId> = e
+        .culprits()
+        .iter()
+        .filter_map(|c| ids.get(c).copied())
+        .collect();
+    if culprits.is_empty() {
+        SessionError::failed(format!("{what}: {e}"))
+    } else {
+        SessionError::blame(
+            culprits.clone(),
+            format!(
+                "{what}: {e} (participant {})",
+                session::join_peers(&culprits)
+            ),
+        )
+    }
+}
+
+/// Turns failed sends into a session error that names the unreachable peers.
+fn unreachable_error(failures: Vec<(PeerId, MpcSendError)>, what: &str) -> SessionError {
+    let blamed = failures.iter().map(|(p, _)| *p).collect();
+    let details = failures
+        .iter()
+        .map(|(_, e)| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    SessionError::blame(blamed, format!("could not deliver {what}: {details}"))
+}

@@ -1,0 +1,651 @@
+//! The session layer: routes inbound MPC messages to their sessions by session id, checks that
+//! the sender is a participant, buffers messages that arrive before their session is known,
+//! and gives each session a way to collect one round with a deadline.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use libp2p::PeerId;
+use tokio::sync::mpsc;
+
+use super::metrics::MpcMetrics;
+use super::wire::{Body, MpcAck, MpcMessage, Protocol, SessionId};
+
+/// Capacity of one session's inbox.
+const INBOX_CAPACITY: usize = 256;
+/// Sessions whose messages may wait for the session to be known.
+const MAX_EARLY_SESSIONS: usize = 256;
+/// Messages kept per not-yet-known session.
+const MAX_EARLY_PER_SESSION: usize = 64;
+/// How long early messages wait for their session.
+const EARLY_TTL: Duration = Duration::from_secs(30);
+/// Messages a session keeps for its later rounds; more are dropped (a participant flooding
+/// its own session only hurts that session).
+const MAX_STASHED: usize = 1024;
+/// Finished session ids remembered, so that late and replayed messages are refused.
+const MAX_FINISHED: usize = 16 * 1024;
+
+/// How a session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionOutcome {
+    Completed,
+    /// Failed without anyone to blame (timeouts of the transport, local errors, ...).
+    Failed(String),
+    /// Aborted because of the named participants.
+    Aborted {
+        blamed: Vec<PeerId>,
+        reason: String,
+    },
+}
+
+/// Why a session did not complete.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Failed(String),
+    #[error("{reason} (blamed: {})", join_peers(blamed))]
+    Aborted { blamed: Vec<PeerId>, reason: String },
+}
+
+impl SessionError {
+    /// A failure without blame.
+    pub fn failed(reason: impl Into<String>) -> Self {
+        Self::Failed(reason.into())
+    }
+
+    /// An abort that blames `blamed`.
+    pub fn blame(blamed: Vec<PeerId>, reason: impl Into<String>) -> Self {
+        Self::Aborted {
+            blamed,
+            reason: reason.into(),
+        }
+    }
+
+    /// The participants blamed, if any.
+    pub fn blamed(&self) -> &[PeerId] {
+        match self {
+            Self::Failed(_) => &[],
+            Self::Aborted { blamed, .. } => blamed,
+        }
+    }
+
+    /// The outcome this error ends a session with.
+    pub fn outcome(&self) -> SessionOutcome {
+        match self {
+            Self::Failed(r) => SessionOutcome::Failed(r.clone()),
+            Self::Aborted { blamed, reason } => SessionOutcome::Aborted {
+                blamed: blamed.clone(),
+                reason: reason.clone(),
+            },
+        }
+    }
+}
+
+/// Peer ids joined with ", ".
+pub fn join_peers(peers: &[PeerId]) -> String {
+    peers
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A message routed to a session.
+#[derive(Debug)]
+pub struct Routed {
+    pub from: PeerId,
+    pub body: Body,
+}
+
+struct ActiveSession {
+    protocol: Protocol,
+    participants: HashSet<PeerId>,
+    inbox: mpsc::Sender<Routed>,
+}
+
+struct EarlyMessages {
+    first_seen: Instant,
+    messages: Vec<(PeerId, Body)>,
+}
+
+#[derive(Default)]
+struct Table {
+    active: HashMap<SessionId, ActiveSession>,
+    early: HashMap<SessionId, EarlyMessages>,
+    finished: HashSet<SessionId>,
+    finished_order: VecDeque<SessionId>,
+}
+
+/// What the router decided for an inbound message.
+#[derive(Debug)]
+pub enum RouteDecision {
+    /// Delivered to the session's inbox.
+    Delivered,
+    /// Kept until the session is known.
+    Buffered,
+    /// An invite for an unknown session (given back): the caller decides whether to open it.
+    Invite(MpcMessage),
+    /// Dropped, with the reason label (for metrics) and message (for the sender).
+    Dropped {
+        reason: &'static str,
+        message: String,
+    },
+}
+
+impl RouteDecision {
+    /// The acknowledgement the sender gets.
+    pub fn ack(&self) -> MpcAck {
+        match self {
+            RouteDecision::Delivered | RouteDecision::Buffered | RouteDecision::Invite(_) => {
+                MpcAck::Accepted
+            }
+            RouteDecision::Dropped { message, .. } => MpcAck::Rejected(message.clone()),
+        }
+    }
+}
+
+/// The table of sessions of this node; cheap to clone. Its lock is never held across an await.
+#[derive(Clone)]
+pub struct SessionRouter {
+    table: Arc<Mutex<Table>>,
+    metrics: MpcMetrics,
+}
+
+impl fmt::Debug for SessionRouter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SessionRouter")
+    }
+}
+
+impl SessionRouter {
+    /// An empty router.
+    pub fn new(metrics: MpcMetrics) -> Self {
+        Self {
+            table: Arc::new(Mutex::new(Table::default())),
+            metrics,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn dropped(&self, protocol: &str, reason: &'static str, message: String) -> RouteDecision {
+        self.metrics
+            .messages_dropped
+            .with_label_values(&[protocol, reason])
+            .inc();
+        tracing::debug!(reason, %message, "MPC message dropped");
+        RouteDecision::Dropped { reason, message }
+    }
+
+    /// Routes one inbound message.
+    pub fn route(&self, from: PeerId, message: MpcMessage) -> RouteDecision {
+        let protocol = message
+            .body
+            .protocol()
+            .map(Protocol::as_str)
+            .unwrap_or("any");
+        self.metrics
+            .messages
+            .with_label_values(&[protocol, "received"])
+            .inc();
+        let session = message.session;
+        let mut table = self.lock();
+        if table.finished.contains(&session) {
+            drop(table);
+            return self.dropped(
+                protocol,
+                "finished_session",
+                format!(
+                    "session {session} is over; its messages (including replayed round-2 requests) are refused"
+                ),
+            );
+        }
+        if let Some(active) = table.active.get(&session) {
+            if !active.participants.contains(&from) {
+                let p = active.protocol.as_str();
+                drop(table);
+                return self.dropped(
+                    p,
+                    "not_participant",
+                    format!("peer {from} is not a participant of session {session}"),
+                );
+            }
+            if message
+                .body
+                .protocol()
+                .is_some_and(|p| p != active.protocol)
+            {
+                let p = active.protocol.as_str();
+                drop(table);
+                return self.dropped(
+                    p,
+                    "wrong_protocol",
+                    format!(
+                        "a {} message does not belong to session {session}",
+                        message.body.kind()
+                    ),
+                );
+            }
+            return match active.inbox.try_send(Routed {
+                from,
+                body: message.body,
+            }) {
+                Ok(()) => RouteDecision::Delivered,
+                Err(_) => {
+                    let p = active.protocol.as_str();
+                    drop(table);
+                    self.dropped(p, "inbox_full", format!("session {session} is overloaded"))
+                }
+            };
+        }
+        if message.body.is_invite() {
+            return RouteDecision::Invite(message);
+        }
+        // Not known yet: another participant may be faster than the invite. Keep it, bounded.
+        let now = Instant::now();
+        table
+            .early
+            .retain(|_, e| now.duration_since(e.first_seen) < EARLY_TTL);
+        if !table.early.contains_key(&session) && table.early.len() >= MAX_EARLY_SESSIONS {
+            drop(table);
+            return self.dropped(
+                protocol,
+                "early_buffer_full",
+                format!("too many unknown sessions buffered; message for {session} dropped"),
+            );
+        }
+        let entry = table.early.entry(session).or_insert_with(|| EarlyMessages {
+            first_seen: now,
+            messages: Vec::new(),
+        });
+        if entry.messages.len() >= MAX_EARLY_PER_SESSION {
+            drop(table);
+            return self.dropped(
+                protocol,
+                "early_buffer_full",
+                format!("too many early messages for session {session}"),
+            );
+        }
+        entry.messages.push((from, message.body));
+        RouteDecision::Buffered
+    }
+
+    /// Registers a session and returns its inbox. Buffered messages from participants are
+    /// delivered at once; buffered messages from others are dropped and counted.
+    pub fn open(
+        &self,
+        session: SessionId,
+        protocol: Protocol,
+        participants: impl IntoIterator<Item = PeerId>,
+    ) -> Result<SessionInbox, SessionError> {
+        let (tx, rx) = mpsc::channel(INBOX_CAPACITY);
+        let participants: HashSet<PeerId> = participants.into_iter().collect();
+        let mut table = self.lock();
+        if table.active.contains_key(&session) || table.finished.contains(&session) {
+            return Err(SessionError::failed(format!(
+                "session {session} already exists"
+            )));
+        }
+        let early = table.early.remove(&session);
+        let mut outsiders = 0;
+        if let Some(early) = early {
+            for (from, body) in early.messages {
+                if participants.contains(&from) {
+                    let _ = tx.try_send(Routed { from, body });
+                } else {
+                    outsiders += 1;
+                }
+            }
+        }
+        table.active.insert(
+            session,
+            ActiveSession {
+                protocol,
+                participants,
+                inbox: tx,
+            },
+        );
+        drop(table);
+        if outsiders > 0 {
+            self.metrics
+                .messages_dropped
+                .with_label_values(&[protocol.as_str(), "not_participant"])
+                .inc_by(outsiders);
+        }
+        Ok(SessionInbox {
+            session,
+            rx,
+            stash: BTreeMap::new(),
+            router: self.clone(),
+        })
+    }
+
+    /// Forgets a session; later messages for it are refused.
+    pub fn close(&self, session: SessionId) {
+        let mut table = self.lock();
+        table.active.remove(&session);
+        table.early.remove(&session);
+        if table.finished.insert(session) {
+            table.finished_order.push_back(session);
+            while table.finished_order.len() > MAX_FINISHED {
+                if let Some(old) = table.finished_order.pop_front() {
+                    table.finished.remove(&old);
+                }
+            }
+        }
+    }
+
+    /// Sessions currently running.
+    pub fn active_sessions(&self) -> usize {
+        self.lock().active.len()
+    }
+}
+
+/// One session's view of its inbound messages. Closing (dropping) it ends the session at
+/// the router.
+pub struct SessionInbox {
+    session: SessionId,
+    rx: mpsc::Receiver<Routed>,
+    /// Messages that arrived for a later round, by kind.
+    stash: BTreeMap<&'static str, Vec<Routed>>,
+    router: SessionRouter,
+}
+
+impl Drop for SessionInbox {
+    fn drop(&mut self) {
+        self.router.close(self.session);
+    }
+}
+
+impl SessionInbox {
+    /// The session id.
+    pub fn session(&self) -> SessionId {
+        self.session
+    }
+
+    /// When another participant already aborted the session, its reason explains `error`
+    /// better than `error` itself (e.g. a refused send because that peer gave up); returns
+    /// the error to report.
+    pub fn explain(&mut self, error: SessionError) -> SessionError {
+        while let Ok(m) = self.rx.try_recv() {
+            self.keep_for_later(m);
+        }
+        let abort = self.stash.get("abort").and_then(|list| {
+            list.iter().find_map(|m| match &m.body {
+                Body::Abort { reason } => Some((m.from, reason.clone())),
+                _ => None,
+            })
+        });
+        match abort {
+            Some((from, reason)) => {
+                SessionError::failed(format!("participant {from} aborted the session: {reason}"))
+            }
+            None => error,
+        }
+    }
+
+    fn keep_for_later(&mut self, m: Routed) {
+        let stashed: usize = self.stash.values().map(Vec::len).sum();
+        if stashed >= MAX_STASHED {
+            tracing::debug!(from = %m.from, kind = m.body.kind(), "session stash full; message dropped");
+            return;
+        }
+        self.stash.entry(m.body.kind()).or_default().push(m);
+    }
+
+    /// Collects one message of kind `kind` from each peer in `from`, until `deadline`.
+    ///
+    /// `extract` turns a body of that kind into the round's value (`None` for other kinds,
+    /// which are stashed for their round). An `Abort` from any expected peer ends the round.
+    /// A second, different message from the same peer for the same round is equivocation and
+    /// blames that peer. When the deadline passes, the error names who did not send.
+    pub async fn collect<T: PartialEq>(
+        &mut self,
+        kind: &'static str,
+        from: &[PeerId],
+        timeout: Duration,
+        mut extract: impl FnMut(&Body) -> Option<T>,
+    ) -> Result<BTreeMap<PeerId, T>, SessionError> {
+        self.collect_some(kind, from, from.len(), timeout, &mut extract)
+            .await
+    }
+
+    /// Like [`collect`](Self::collect), but returns as soon as `enough` peers have sent
+    /// (the first ones to answer). Fails when fewer than `enough` sent before the deadline.
+    pub async fn collect_some<T: PartialEq>(
+        &mut self,
+        kind: &'static str,
+        from: &[PeerId],
+        enough: usize,
+        timeout: Duration,
+        extract: &mut impl FnMut(&Body) -> Option<T>,
+    ) -> Result<BTreeMap<PeerId, T>, SessionError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let expected: HashSet<PeerId> = from.iter().copied().collect();
+        let mut got: BTreeMap<PeerId, T> = BTreeMap::new();
+        let mut pending: VecDeque<Routed> = self.stash.remove(kind).unwrap_or_default().into();
+        loop {
+            if got.len() >= enough {
+                if !pending.is_empty() {
+                    self.stash.entry(kind).or_default().extend(pending);
+                }
+                return Ok(got);
+            }
+            let next = match pending.pop_front() {
+                Some(m) => m,
+                None => match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return Err(SessionError::failed("the session was closed")),
+                    Err(_) => {
+                        let mut missing: Vec<PeerId> = from
+                            .iter()
+                            .filter(|p| !got.contains_key(p))
+                            .copied()
+                            .collect();
+                        missing.sort();
+                        return Err(SessionError::blame(
+                            missing.clone(),
+                            format!(
+                                "{} of {} participants sent {kind} within {timeout:?}; missing: {}",
+                                got.len(),
+                                enough,
+                                join_peers(&missing)
+                            ),
+                        ));
+                    }
+                },
+            };
+            if let Body::Abort { reason } = &next.body {
+                if expected.contains(&next.from) {
+                    return Err(SessionError::failed(format!(
+                        "participant {} aborted the session: {reason}",
+                        next.from
+                    )));
+                }
+                continue;
+            }
+            match extract(&next.body) {
+                Some(value) => {
+                    if !expected.contains(&next.from) {
+                        continue;
+                    }
+                    match got.get(&next.from) {
+                        Some(previous) if *previous != value => {
+                            return Err(SessionError::blame(
+                                vec![next.from],
+                                format!(
+                                    "participant {} sent two different {kind} messages",
+                                    next.from
+                                ),
+                            ));
+                        }
+                        Some(_) => {}
+                        None => {
+                            got.insert(next.from, value);
+                        }
+                    }
+                }
+                None => self.keep_for_later(next),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(session: SessionId, body: Body) -> MpcMessage {
+        MpcMessage::new(session, body)
+    }
+
+    fn round1(byte: u8) -> Body {
+        Body::DkgRound1 {
+            package: vec![byte],
+        }
+    }
+
+    fn extract_round1(b: &Body) -> Option<Vec<u8>> {
+        match b {
+            Body::DkgRound1 { package } => Some(package.clone()),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn outsiders_are_dropped_and_counted() {
+        let metrics = MpcMetrics::unregistered();
+        let router = SessionRouter::new(metrics.clone());
+        let (a, b, outsider) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let s = SessionId::random();
+        let mut inbox = router.open(s, Protocol::Dkg, [a, b]).unwrap();
+        let d = router.route(outsider, msg(s, round1(9)));
+        assert!(matches!(
+            d,
+            RouteDecision::Dropped {
+                reason: "not_participant",
+                ..
+            }
+        ));
+        assert!(matches!(
+            router.route(a, msg(s, round1(1))),
+            RouteDecision::Delivered
+        ));
+        assert!(matches!(
+            router.route(b, msg(s, round1(2))),
+            RouteDecision::Delivered
+        ));
+        let got = inbox
+            .collect(
+                "dkg round 1",
+                &[a, b],
+                Duration::from_secs(1),
+                extract_round1,
+            )
+            .await
+            .unwrap();
+        assert_eq!(got.len(), 2);
+        let dropped = metrics
+            .messages_dropped
+            .with_label_values(&["frost_dkg", "not_participant"])
+            .get();
+        assert_eq!(dropped, 1);
+    }
+
+    #[tokio::test]
+    async fn early_messages_are_delivered_once_the_session_opens() {
+        let router = SessionRouter::new(MpcMetrics::unregistered());
+        let (a, outsider) = (PeerId::random(), PeerId::random());
+        let s = SessionId::random();
+        assert!(matches!(
+            router.route(a, msg(s, round1(1))),
+            RouteDecision::Buffered
+        ));
+        assert!(matches!(
+            router.route(outsider, msg(s, round1(2))),
+            RouteDecision::Buffered
+        ));
+        let mut inbox = router.open(s, Protocol::Dkg, [a]).unwrap();
+        let got = inbox
+            .collect("dkg round 1", &[a], Duration::from_secs(1), extract_round1)
+            .await
+            .unwrap();
+        assert_eq!(got[&a], vec![1]);
+    }
+
+    #[tokio::test]
+    async fn deadline_names_the_missing_participant() {
+        let router = SessionRouter::new(MpcMetrics::unregistered());
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let s = SessionId::random();
+        let mut inbox = router.open(s, Protocol::Dkg, [a, b]).unwrap();
+        router.route(a, msg(s, round1(1)));
+        let err = inbox
+            .collect(
+                "dkg round 1",
+                &[a, b],
+                Duration::from_millis(50),
+                extract_round1,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.blamed(), &[b]);
+        assert!(err.to_string().contains(&b.to_string()), "{err}");
+    }
+
+    #[tokio::test]
+    async fn equivocation_is_blamed_and_finished_sessions_refuse_replays() {
+        let router = SessionRouter::new(MpcMetrics::unregistered());
+        let (a, b) = (PeerId::random(), PeerId::random());
+        let s = SessionId::random();
+        let mut inbox = router.open(s, Protocol::Dkg, [a, b]).unwrap();
+        router.route(a, msg(s, round1(1)));
+        router.route(a, msg(s, round1(2)));
+        let err = inbox
+            .collect(
+                "dkg round 1",
+                &[a, b],
+                Duration::from_secs(1),
+                extract_round1,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.blamed(), &[a]);
+        drop(inbox);
+        let d = router.route(a, msg(s, round1(1)));
+        assert!(matches!(
+            d,
+            RouteDecision::Dropped {
+                reason: "finished_session",
+                ..
+            }
+        ));
+        assert_eq!(router.active_sessions(), 0);
+    }
+
+    #[tokio::test]
+    async fn later_rounds_are_stashed_not_lost() {
+        let router = SessionRouter::new(MpcMetrics::unregistered());
+        let a = PeerId::random();
+        let s = SessionId::random();
+        let mut inbox = router.open(s, Protocol::Dkg, [a]).unwrap();
+        router.route(a, msg(s, Body::DkgRound2 { package: vec![5] }));
+        router.route(a, msg(s, round1(1)));
+        inbox
+            .collect("dkg round 1", &[a], Duration::from_secs(1), extract_round1)
+            .await
+            .unwrap();
+        let got = inbox
+            .collect("dkg round 2", &[a], Duration::from_secs(1), |b| match b {
+                Body::DkgRound2 { package } => Some(package.clone()),
+                _ => None,
+            })
+            .await
+            .unwrap();
+        assert_eq!(got[&a], vec![5]);
+    }
+}

@@ -1,0 +1,367 @@
+//! FROST threshold signing. The node asked to sign coordinates: it invites every key holder,
+//! takes the first `t - 1` that answer with commitments (a dead or slow holder is skipped),
+//! runs round 2 with them, aggregates with cheater detection and verifies the signature
+//! before returning it. Nonces live only in the memory of one session task and are consumed
+//! by its single round 2; a finished session refuses every further message.
+
+use std::collections::BTreeMap;
+
+use frost_ed25519 as frost;
+use libp2p::PeerId;
+use serde::{Deserialize, Serialize};
+use tracing::{Instrument, debug, info, warn};
+
+use super::session::{SessionError, join_peers};
+use super::wire::{Body, Protocol, SessionId};
+use super::{MpcEngine, MpcError, frost_error, frost_identifier, parse_peers, unreachable_error};
+use crate::network::MpcSendError;
+
+/// Why a holder that answered was not chosen as a signer.
+const NOT_SELECTED: &str = "not selected as a signer";
+
+/// A verified group signature.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SignResponse {
+    pub key_id: String,
+    /// 64 bytes (R || s), hex: a standard Ed25519 signature.
+    pub signature: String,
+    /// Group public key, hex.
+    pub public_key: String,
+    /// Peer ids of the participants whose shares made the signature, sorted.
+    pub signers: Vec<String>,
+    pub session_id: String,
+}
+
+fn fail(what: &str) -> impl Fn(frost::Error) -> SessionError + '_ {
+    move |e| SessionError::failed(format!("{what}: {e}"))
+}
+
+impl MpcEngine {
+    /// Signs `message` with key `key_id`, coordinating the signers.
+    pub async fn sign(&self, key_id: &str, message: Vec<u8>) -> Result<SignResponse, MpcError> {
+        let key = self
+            .inner
+            .store
+            .get(key_id)
+            .ok_or_else(|| MpcError::UnknownKey(key_id.to_string()))?;
+        let local = self.inner.local;
+        let holders = parse_peers(&key.info.participants).map_err(MpcError::Internal)?;
+        let others: Vec<PeerId> = holders.iter().filter(|p| **p != local).copied().collect();
+        let session = SessionId::random();
+        let mut inbox = self
+            .inner
+            .router
+            .open(session, Protocol::Sign, others.clone())
+            .map_err(|error| MpcError::Session { session, error })?;
+        let timeout = self.inner.round_timeout;
+        let needed = usize::from(key.info.threshold).saturating_sub(1);
+        let engine = self.clone();
+        let key2 = key.clone();
+        let others2 = others.clone();
+        let run = async move {
+            let key = key2;
+            let others = others2;
+            let mut ids: BTreeMap<frost::Identifier, PeerId> = BTreeMap::new();
+            for p in &holders {
+                ids.insert(frost_identifier(p).map_err(SessionError::failed)?, *p);
+            }
+            let mut rng = rand_core::OsRng;
+            let (my_nonces, my_commitments) =
+                frost::round1::commit(key.key_package.signing_share(), &mut rng);
+
+            // Round 1: invite every other holder; the first `needed` to answer sign.
+            let invite = Body::SignInvite {
+                key_id: key.info.key_id.clone(),
+                message: message.clone(),
+            };
+            // Invitations go out in the background while commitments are collected, so a
+            // holder that is slow to acknowledge does not hold up the others.
+            let invites = {
+                let engine = engine.clone();
+                let others = others.clone();
+                tokio::spawn(async move { engine.broadcast(&others, session, &invite).await })
+            };
+            let mut invites = Some(invites);
+            let mut failures: Vec<(PeerId, MpcSendError)> = Vec::new();
+            let mut extract = |b: &Body| match b {
+                Body::SignCommitments { commitments } => Some(commitments.clone()),
+                _ => None,
+            };
+            let collected = {
+                let collect =
+                    inbox.collect_some("sign round 1", &others, needed, timeout, &mut extract);
+                tokio::pin!(collect);
+                loop {
+                    tokio::select! {
+                        result = &mut collect => break result,
+                        sent = async { invites.as_mut().expect("guarded").await }, if invites.is_some() => {
+                            invites = None;
+                            failures = sent.unwrap_or_default();
+                            if others.len() - failures.len() < needed {
+                                // Too few can answer at all: fail now rather than at the deadline.
+                                let missing: Vec<PeerId> = failures.iter().map(|(p, _)| *p).collect();
+                                return Err(SessionError::blame(
+                                    missing.clone(),
+                                    format!(
+                                        "signing needs {} participants (threshold) but only {} are reachable; unreachable participants: {} ({})",
+                                        key.info.threshold,
+                                        others.len() - failures.len() + 1,
+                                        join_peers(&missing),
+                                        failures
+                                            .iter()
+                                            .map(|(_, e)| e.to_string())
+                                            .collect::<Vec<_>>()
+                                            .join("; ")
+                                    ),
+                                ));
+                            }
+                        }
+                    }
+                }
+            };
+            if let Some(pending) = invites {
+                pending.abort();
+            }
+            let commitments = collected?;
+            let reachable: Vec<PeerId> = others
+                .iter()
+                .filter(|p| !failures.iter().any(|(f, _)| f == *p))
+                .copied()
+                .collect();
+            // Late commitments of holders not chosen still reach the session and are ignored
+            // there; the holders are told to discard their nonces.
+            let chosen: Vec<PeerId> = commitments.keys().copied().collect();
+            let not_chosen: Vec<PeerId> = reachable
+                .iter()
+                .filter(|p| !chosen.contains(p))
+                .copied()
+                .collect();
+            if !not_chosen.is_empty() {
+                engine.abort_others(not_chosen, session, NOT_SELECTED.into());
+            }
+
+            let mut signing_commitments = BTreeMap::new();
+            signing_commitments.insert(
+                frost_identifier(&local).map_err(SessionError::failed)?,
+                my_commitments,
+            );
+            for (peer, bytes) in &commitments {
+                let c = frost::round1::SigningCommitments::deserialize(bytes).map_err(|e| {
+                    SessionError::blame(
+                        vec![*peer],
+                        format!("participant {peer} sent malformed commitments: {e}"),
+                    )
+                })?;
+                signing_commitments
+                    .insert(frost_identifier(peer).map_err(SessionError::failed)?, c);
+            }
+            let signing_package = frost::SigningPackage::new(signing_commitments, &message);
+            let package_bytes = signing_package
+                .serialize()
+                .map_err(fail("signing package"))?;
+            let round2 = Body::SignRound2 {
+                signing_package: package_bytes,
+            };
+            let failures = engine.broadcast(&chosen, session, &round2).await;
+            if !failures.is_empty() {
+                return Err(
+                    inbox.explain(unreachable_error(failures, "the signing round 2 request"))
+                );
+            }
+            let my_share = frost::round2::sign(&signing_package, &my_nonces, &key.key_package)
+                .map_err(fail("signing round 2"))?;
+            drop(my_nonces);
+            let shares = inbox
+                .collect("sign round 2 share", &chosen, timeout, |b| match b {
+                    Body::SignShare { share } => Some(share.clone()),
+                    _ => None,
+                })
+                .await?;
+            let mut signature_shares = BTreeMap::new();
+            signature_shares.insert(
+                frost_identifier(&local).map_err(SessionError::failed)?,
+                my_share,
+            );
+            for (peer, bytes) in &shares {
+                let s = frost::round2::SignatureShare::deserialize(bytes).map_err(|e| {
+                    SessionError::blame(
+                        vec![*peer],
+                        format!("participant {peer} sent a malformed signature share: {e}"),
+                    )
+                })?;
+                signature_shares.insert(frost_identifier(peer).map_err(SessionError::failed)?, s);
+            }
+            let signature = frost::aggregate_custom(
+                &signing_package,
+                &signature_shares,
+                &key.public_key_package,
+                frost::CheaterDetection::AllCheaters,
+            )
+            .map_err(|e| frost_error(e, &ids, "invalid signature share"))?;
+            key.public_key_package
+                .verifying_key()
+                .verify(&message, &signature)
+                .map_err(fail("the aggregated signature does not verify"))?;
+            let signature = signature.serialize().map_err(fail("signature"))?;
+            if engine.inner.faults.replay_sign_round2 {
+                engine.replay(&chosen, session, &round2).await;
+            }
+            let mut signers: Vec<String> = chosen
+                .iter()
+                .chain([&local])
+                .map(ToString::to_string)
+                .collect();
+            signers.sort();
+            info!(key_id = %key.info.key_id, signers = %signers.join(","), "signature made and verified");
+            Ok(SignResponse {
+                key_id: key.info.key_id.clone(),
+                signature: hex::encode(signature),
+                public_key: key.info.public_key.clone(),
+                signers,
+                session_id: session.to_string(),
+            })
+        };
+        self.run_session(Protocol::Sign, "coordinator", session, others, run)
+            .await
+            .map_err(|error| MpcError::Session { session, error })
+    }
+
+    /// Answers a signing invitation: commits, and signs once if chosen.
+    pub(super) fn join_signing(
+        &self,
+        session: SessionId,
+        coordinator: PeerId,
+        key_id: String,
+        message: Vec<u8>,
+    ) -> Result<(), String> {
+        let local = self.inner.local;
+        let key = self
+            .inner
+            .store
+            .get(&key_id)
+            .ok_or_else(|| format!("no key `{key_id}` on peer {local}"))?;
+        if !key.info.participants.contains(&coordinator.to_string()) {
+            return Err(format!(
+                "peer {coordinator} does not hold a share of key {key_id}"
+            ));
+        }
+        // Only the coordinator may talk to this side of a signing session.
+        let mut inbox = self
+            .inner
+            .router
+            .open(session, Protocol::Sign, [coordinator])
+            .map_err(|e| e.to_string())?;
+        let engine = self.clone();
+        let timeout = self.inner.round_timeout;
+        tokio::spawn(
+            async move {
+                if engine.inner.faults.intrude_signing {
+                    engine.intrude(&key.info.participants, coordinator, session).await;
+                }
+                let run = async {
+                    let mut rng = rand_core::OsRng;
+                    let (nonces, commitments) =
+                        frost::round1::commit(key.key_package.signing_share(), &mut rng);
+                    let bytes = commitments.serialize().map_err(fail("commitments"))?;
+                    match engine
+                        .send(coordinator, session, Body::SignCommitments { commitments: bytes })
+                        .await
+                    {
+                        Ok(()) => {}
+                        // The coordinator already has its signers (this holder was too slow).
+                        Err(MpcSendError::Rejected { .. }) => {
+                            debug!("commitments refused by the coordinator; not a signer this time");
+                            return Ok(());
+                        }
+                        Err(e) => return Err(unreachable_error(vec![(coordinator, e)], "commitments")),
+                    }
+                    // Chosen signers wait for round 2; the coordinator first delivers every
+                    // invitation and collects the others' commitments.
+                    let request = inbox
+                        .collect("sign round 2 request", &[coordinator], timeout * 3, |b| match b {
+                            Body::SignRound2 { signing_package } => Some(signing_package.clone()),
+                            _ => None,
+                        })
+                        .await;
+                    let bytes = match request {
+                        Ok(mut r) => r.remove(&coordinator).unwrap_or_default(),
+                        Err(SessionError::Failed(reason)) if reason.ends_with(NOT_SELECTED) => {
+                            debug!("not selected as a signer; nonces discarded");
+                            return Ok(());
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    let package = frost::SigningPackage::deserialize(&bytes).map_err(|e| {
+                        SessionError::blame(vec![coordinator], format!("coordinator {coordinator} sent a malformed signing package: {e}"))
+                    })?;
+                    let my_id = frost_identifier(&local).map_err(SessionError::failed)?;
+                    if package.message() != message.as_slice()
+                        || package.signing_commitments().get(&my_id) != Some(&commitments)
+                    {
+                        return Err(SessionError::blame(
+                            vec![coordinator],
+                            format!("coordinator {coordinator} sent a signing package for another message or other commitments; refused"),
+                        ));
+                    }
+                    let share = frost::round2::sign(&package, &nonces, &key.key_package)
+                        .map_err(fail("signing round 2"))?;
+                    drop(nonces);
+                    // The nonces are spent: from now on this session refuses every message,
+                    // a replayed round-2 request included.
+                    engine.inner.router.close(session);
+                    let mut share = share.serialize();
+                    if engine.inner.faults.corrupt_signature_share {
+                        // Test-only: a share that decodes but is wrong.
+                        if let Some(b) = share.first_mut() {
+                            *b ^= 1;
+                        }
+                    }
+                    engine
+                        .send(coordinator, session, Body::SignShare { share })
+                        .await
+                        .map_err(|e| unreachable_error(vec![(coordinator, e)], "the signature share"))?;
+                    Ok(())
+                };
+                let _ = engine
+                    .run_session(Protocol::Sign, "participant", session, vec![coordinator], run)
+                    .await;
+            }
+            .in_current_span(),
+        );
+        Ok(())
+    }
+
+    /// Test-only (`replay-sign-round2`): sends a round-2 request again and logs each answer.
+    async fn replay(&self, signers: &[PeerId], session: SessionId, round2: &Body) {
+        for peer in signers {
+            match self.send(*peer, session, round2.clone()).await {
+                Err(MpcSendError::Rejected { reason, .. }) => {
+                    info!(%peer, %reason, "test fault: replayed round-2 request refused")
+                }
+                other => {
+                    warn!(%peer, result = ?other, "test fault: replayed round-2 request ACCEPTED")
+                }
+            }
+        }
+    }
+
+    /// Test-only (`intrude-signing`): forged messages for `session` to key holders that
+    /// are not its participants on their side.
+    async fn intrude(&self, holders: &[String], coordinator: PeerId, session: SessionId) {
+        let local = self.inner.local;
+        let targets: Vec<PeerId> = parse_peers(holders)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|p| *p != local && *p != coordinator)
+            .collect();
+        let forged = Body::SignRound2 {
+            signing_package: vec![0; 16],
+        };
+        let refused = self.broadcast(&targets, session, &forged).await;
+        info!(
+            targets = targets.len(),
+            refused = refused.len(),
+            "test fault: sent forged signing messages"
+        );
+    }
+}

@@ -1,0 +1,339 @@
+//! Key shares on disk: one file per key under `<data-dir>/keys/`.
+//!
+//! Every write is atomic: a temp file (mode 0600) is written and fsynced, renamed over the
+//! target, and the directory is fsynced, so a node killed at any instant restarts with each
+//! key whole or absent. Leftover temp files (a write cut short) are removed at start.
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use frost_ed25519 as frost;
+use serde::{Deserialize, Serialize};
+
+/// Version of the key file format this node writes and reads.
+pub const KEY_FILE_FORMAT: u32 = 1;
+const KEY_FILE_SUFFIX: &str = ".key.json";
+const TEMP_MARKER: &str = ".tmp-";
+
+/// A failure reading or writing key shares.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot create key directory {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot write key file {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("key {0} already exists")]
+    Exists(String),
+    #[error("cannot encode key {key_id}: {message}")]
+    Encode { key_id: String, message: String },
+    #[error("the key store task failed: {0}")]
+    Task(String),
+}
+
+/// What `GET /v1/keys` shows of a key: public metadata only.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct KeyInfo {
+    pub key_id: String,
+    pub scheme: String,
+    /// Group public key (32 bytes, hex), a standard Ed25519 public key.
+    pub public_key: String,
+    pub threshold: u16,
+    /// Every participant's peer id, sorted.
+    pub participants: Vec<String>,
+    /// Always `active`: a key is stored only after every participant confirmed it.
+    pub status: String,
+    /// Seconds since the Unix epoch.
+    pub created_at: u64,
+}
+
+/// The on-disk form of one key share.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    format: u32,
+    #[serde(flatten)]
+    info: KeyInfo,
+    /// frost `KeyPackage` (holds the secret share), hex.
+    key_package: String,
+    /// frost `PublicKeyPackage`, hex.
+    public_key_package: String,
+}
+
+/// A key this node holds a share of, decoded and ready to sign with.
+pub struct StoredKey {
+    pub info: KeyInfo,
+    pub key_package: frost::keys::KeyPackage,
+    pub public_key_package: frost::keys::PublicKeyPackage,
+}
+
+/// The key shares of this node: an in-memory map backed by one file per key.
+#[derive(Clone)]
+pub struct KeyShareStore {
+    dir: PathBuf,
+    keys: Arc<RwLock<HashMap<String, Arc<StoredKey>>>>,
+}
+
+/// What [`KeyShareStore::open`] found besides valid keys.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    pub loaded: usize,
+    /// Temp files of interrupted writes, removed.
+    pub removed_temp_files: Vec<PathBuf>,
+    /// Files that could not be read (left in place), with the reason.
+    pub unreadable: Vec<(PathBuf, String)>,
+}
+
+impl KeyShareStore {
+    /// Opens (creating it if needed) the key directory under `data_dir` and loads every key.
+    pub fn open(data_dir: &Path) -> Result<(Self, OpenReport), StoreError> {
+        let dir = data_dir.join("keys");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| StoreError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        let mut report = OpenReport::default();
+        let mut keys = HashMap::new();
+        let entries = fs::read_dir(&dir).map_err(|source| StoreError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.contains(TEMP_MARKER) {
+                if fs::remove_file(&path).is_ok() {
+                    report.removed_temp_files.push(path);
+                }
+                continue;
+            }
+            if !name.ends_with(KEY_FILE_SUFFIX) {
+                continue;
+            }
+            match read_key_file(&path) {
+                Ok(key) => {
+                    keys.insert(key.info.key_id.clone(), Arc::new(key));
+                }
+                Err(reason) => report.unreadable.push((path, reason)),
+            }
+        }
+        report.loaded = keys.len();
+        Ok((
+            Self {
+                dir,
+                keys: Arc::new(RwLock::new(keys)),
+            },
+            report,
+        ))
+    }
+
+    /// The directory holding the key files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A key by id.
+    pub fn get(&self, key_id: &str) -> Option<Arc<StoredKey>> {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key_id)
+            .cloned()
+    }
+
+    /// Whether a key with this id exists.
+    pub fn contains(&self, key_id: &str) -> bool {
+        self.get(key_id).is_some()
+    }
+
+    /// Metadata of every key, sorted by creation time then id.
+    pub fn list(&self) -> Vec<KeyInfo> {
+        let mut list: Vec<KeyInfo> = self
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .map(|k| k.info.clone())
+            .collect();
+        list.sort_by(|a, b| (a.created_at, &a.key_id).cmp(&(b.created_at, &b.key_id)));
+        list
+    }
+
+    /// Writes a new key atomically, then makes it visible. Refuses to replace a key.
+    pub async fn insert(&self, key: StoredKey) -> Result<Arc<StoredKey>, StoreError> {
+        let key_id = key.info.key_id.clone();
+        if self.contains(&key_id) {
+            return Err(StoreError::Exists(key_id));
+        }
+        let encode_err = |e: frost::Error| StoreError::Encode {
+            key_id: key_id.clone(),
+            message: e.to_string(),
+        };
+        let file = KeyFile {
+            format: KEY_FILE_FORMAT,
+            info: key.info.clone(),
+            key_package: hex::encode(key.key_package.serialize().map_err(encode_err)?),
+            public_key_package: hex::encode(
+                key.public_key_package.serialize().map_err(encode_err)?,
+            ),
+        };
+        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Encode {
+            key_id: key_id.clone(),
+            message: e.to_string(),
+        })?;
+        let path = self.dir.join(format!("{key_id}{KEY_FILE_SUFFIX}"));
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))??;
+        let key = Arc::new(key);
+        self.keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key_id, key.clone());
+        Ok(key)
+    }
+}
+
+fn read_key_file(path: &Path) -> Result<StoredKey, String> {
+    let bytes = fs::read(path).map_err(|e| format!("cannot read: {e}"))?;
+    let file: KeyFile =
+        serde_json::from_slice(&bytes).map_err(|e| format!("not a key file: {e}"))?;
+    if file.format != KEY_FILE_FORMAT {
+        return Err(format!(
+            "key file format {} is not supported (this node reads format {KEY_FILE_FORMAT})",
+            file.format
+        ));
+    }
+    let decode = |what: &str, s: &str| hex::decode(s).map_err(|e| format!("{what}: bad hex: {e}"));
+    let key_package =
+        frost::keys::KeyPackage::deserialize(&decode("key_package", &file.key_package)?)
+            .map_err(|e| format!("key_package: {e}"))?;
+    let public_key_package = frost::keys::PublicKeyPackage::deserialize(&decode(
+        "public_key_package",
+        &file.public_key_package,
+    )?)
+    .map_err(|e| format!("public_key_package: {e}"))?;
+    Ok(StoredKey {
+        info: file.info,
+        key_package,
+        public_key_package,
+    })
+}
+
+/// Temp file (0600) + fsync + rename + fsync of the directory.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    let err = |source| StoreError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}{TEMP_MARKER}{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        if path.exists() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::AlreadyExists,
+                "a key file of that name exists",
+            ));
+        }
+        fs::rename(&tmp, path)?;
+        fs::File::open(parent)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    fn dealer_key(key_id: &str) -> StoredKey {
+        let rng = rand_core::OsRng;
+        let (shares, pubkeys) =
+            frost::keys::generate_with_dealer(3, 2, frost::keys::IdentifierList::Default, rng)
+                .unwrap();
+        let (_, share) = shares.into_iter().next().unwrap();
+        let key_package = frost::keys::KeyPackage::try_from(share).unwrap();
+        StoredKey {
+            info: KeyInfo {
+                key_id: key_id.into(),
+                scheme: "ed25519".into(),
+                public_key: hex::encode(pubkeys.verifying_key().serialize().unwrap()),
+                threshold: 2,
+                participants: vec!["a".into(), "b".into(), "c".into()],
+                status: "active".into(),
+                created_at: 1,
+            },
+            key_package,
+            public_key_package: pubkeys,
+        }
+    }
+
+    #[tokio::test]
+    async fn keys_survive_reopen_with_mode_0600() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = KeyShareStore::open(dir.path()).unwrap();
+        store.insert(dealer_key("k1")).await.unwrap();
+        assert!(matches!(
+            store.insert(dealer_key("k1")).await,
+            Err(StoreError::Exists(_))
+        ));
+        let path = store.dir().join("k1.key.json");
+        let mode = fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        let (reopened, report) = KeyShareStore::open(dir.path()).unwrap();
+        assert_eq!(report.loaded, 1);
+        let k = reopened.get("k1").unwrap();
+        assert_eq!(k.info, store.get("k1").unwrap().info);
+    }
+
+    #[tokio::test]
+    async fn temp_files_are_removed_and_torn_files_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = KeyShareStore::open(dir.path()).unwrap();
+        fs::write(store.dir().join(".k2.key.json.tmp-99"), b"{half").unwrap();
+        fs::write(store.dir().join("k3.key.json"), b"{half").unwrap();
+        let (reopened, report) = KeyShareStore::open(dir.path()).unwrap();
+        assert_eq!(report.removed_temp_files.len(), 1);
+        assert_eq!(report.unreadable.len(), 1);
+        assert!(reopened.list().is_empty());
+    }
+
+    #[test]
+    fn key_info_never_holds_secret_fields() {
+        let info = serde_json::to_value(dealer_key("k").info).unwrap();
+        for field in ["key_package", "signing_share", "secret"] {
+            assert!(info.get(field).is_none());
+        }
+    }
+}

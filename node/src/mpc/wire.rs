@@ -1,0 +1,198 @@
+//! What MPC peers send each other over `/p2p-mpc/mpc/1`.
+//!
+//! Every message is a CBOR-encoded [`MpcMessage`] (libp2p's request-response CBOR codec, with
+//! size limits) carrying a format version, the session id and one [`Body`]. FROST packages
+//! travel as the frost crates' own byte encodings, so this envelope does not depend on
+//! their serde layout. The response is only an acknowledgement: protocol answers are
+//! messages of their own, routed by session id like every other message.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// The request-response protocol id of MPC messages.
+pub const MPC_PROTOCOL: &str = "/p2p-mpc/mpc/1";
+/// Version of the [`MpcMessage`] format this node writes and accepts.
+pub const WIRE_VERSION: u8 = 1;
+/// Largest accepted encoded message (FROST packages for a few hundred participants fit).
+pub const MAX_MESSAGE_BYTES: u64 = 256 * 1024;
+/// Largest accepted encoded acknowledgement.
+pub const MAX_ACK_BYTES: u64 = 4 * 1024;
+
+/// A session id: 16 random bytes, shown as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct SessionId(pub [u8; 16]);
+
+impl SessionId {
+    /// A fresh random session id.
+    pub fn random() -> Self {
+        let mut b = [0u8; 16];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+        Self(b)
+    }
+}
+
+impl fmt::Display for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for SessionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SessionId({self})")
+    }
+}
+
+/// The MPC protocol a session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Protocol {
+    /// FROST distributed key generation.
+    Dkg,
+    /// FROST two-round signing.
+    Sign,
+}
+
+impl Protocol {
+    /// The label used in metrics and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Dkg => "frost_dkg",
+            Protocol::Sign => "frost_sign",
+        }
+    }
+}
+
+/// One MPC protocol message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct MpcMessage {
+    /// [`WIRE_VERSION`] of the sender.
+    pub version: u8,
+    pub session: SessionId,
+    pub body: Body,
+}
+
+impl MpcMessage {
+    /// A message of the current version.
+    pub fn new(session: SessionId, body: Body) -> Self {
+        Self {
+            version: WIRE_VERSION,
+            session,
+            body,
+        }
+    }
+}
+
+/// The payload of a message; each variant belongs to one round of one protocol.
+#[derive(Clone, Serialize, Deserialize)]
+pub enum Body {
+    /// Coordinator → participants: join a DKG.
+    DkgInvite {
+        key_id: String,
+        threshold: u16,
+        /// Every participant, as peer id strings (coordinator included).
+        participants: Vec<String>,
+    },
+    /// DKG part 1 package (broadcast, echoed).
+    DkgRound1 { package: Vec<u8> },
+    /// Echo of every round-1 package seen: (peer id, SHA-256 of the package bytes).
+    DkgEcho { digests: Vec<(String, [u8; 32])> },
+    /// DKG part 2 package, addressed to one participant.
+    DkgRound2 { package: Vec<u8> },
+    /// The group key as derived by the sender, and a digest of its public key package.
+    DkgConfirm {
+        group_key: Vec<u8>,
+        package_digest: [u8; 32],
+    },
+    /// Participant → coordinator: the key share is stored, the key is usable here.
+    DkgStored,
+    /// Coordinator → key holders: send signing commitments for this message.
+    SignInvite { key_id: String, message: Vec<u8> },
+    /// Signer → coordinator: round-1 commitments.
+    SignCommitments { commitments: Vec<u8> },
+    /// Coordinator → chosen signers: the signing package for round 2.
+    SignRound2 { signing_package: Vec<u8> },
+    /// Signer → coordinator: the signature share.
+    SignShare { share: Vec<u8> },
+    /// The sender gives up on the session.
+    Abort { reason: String },
+}
+
+impl Body {
+    /// The protocol this body belongs to (`None` for protocol-neutral messages).
+    pub fn protocol(&self) -> Option<Protocol> {
+        match self {
+            Body::DkgInvite { .. }
+            | Body::DkgRound1 { .. }
+            | Body::DkgEcho { .. }
+            | Body::DkgRound2 { .. }
+            | Body::DkgConfirm { .. }
+            | Body::DkgStored => Some(Protocol::Dkg),
+            Body::SignInvite { .. }
+            | Body::SignCommitments { .. }
+            | Body::SignRound2 { .. }
+            | Body::SignShare { .. } => Some(Protocol::Sign),
+            Body::Abort { .. } => None,
+        }
+    }
+
+    /// A short name of the message kind, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Body::DkgInvite { .. } => "dkg invite",
+            Body::DkgRound1 { .. } => "dkg round 1",
+            Body::DkgEcho { .. } => "dkg echo",
+            Body::DkgRound2 { .. } => "dkg round 2",
+            Body::DkgConfirm { .. } => "dkg confirmation",
+            Body::DkgStored => "dkg stored",
+            Body::SignInvite { .. } => "sign invite",
+            Body::SignCommitments { .. } => "sign round 1",
+            Body::SignRound2 { .. } => "sign round 2 request",
+            Body::SignShare { .. } => "sign round 2 share",
+            Body::Abort { .. } => "abort",
+        }
+    }
+
+    /// Whether this message opens a session at its receiver.
+    pub fn is_invite(&self) -> bool {
+        matches!(self, Body::DkgInvite { .. } | Body::SignInvite { .. })
+    }
+}
+
+// Package bytes are not secret (secret shares never travel in the clear: round-2 DKG packages
+// ride on noise-encrypted connections), but they are long; show only kinds and sizes.
+impl fmt::Debug for Body {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.kind())
+    }
+}
+
+/// The receiver's acknowledgement of one message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MpcAck {
+    /// Routed to its session (or buffered until the session is known).
+    Accepted,
+    /// Refused, with the reason (not a participant, finished session, bad version, ...).
+    Rejected(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_distinct_hex() {
+        let a = SessionId::random();
+        let b = SessionId::random();
+        assert_ne!(a, b);
+        assert_eq!(a.to_string().len(), 32);
+    }
+
+    #[test]
+    fn debug_hides_package_bytes() {
+        let b = Body::DkgRound2 {
+            package: vec![7; 64],
+        };
+        assert_eq!(format!("{b:?}"), "dkg round 2");
+    }
+}

@@ -1,0 +1,169 @@
+//! `p2p-mpc devnet`: starts, meshes, runs its demo, serves the printed APIs, stops on Ctrl-C.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{bin, tempdir};
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Stops the devnet the way a user does (SIGINT), so that it stops its nodes; SIGKILL only
+/// when it does not exit in time.
+struct Devnet(Child);
+
+impl Devnet {
+    fn interrupt_and_wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
+        unsafe {
+            libc_kill(self.0.id() as i32, 2);
+        }
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for Devnet {
+    fn drop(&mut self) {
+        if self.interrupt_and_wait(Duration::from_secs(10)).is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[test]
+fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
+    let dir = tempdir();
+    let mut child = Command::new(bin())
+        .args(["devnet", "--nodes", "3", "--dir"])
+        .arg(dir.path())
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn devnet");
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let stdout = child.stdout.take().unwrap();
+    let sink = lines.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    let mut devnet = Devnet(child);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let text = lines.lock().unwrap().join("\n");
+        if text.contains("Press Ctrl-C") {
+            break;
+        }
+        if let Ok(Some(status)) = devnet.0.try_wait() {
+            let mut err = String::new();
+            let _ = std::io::Read::read_to_string(devnet.0.stderr.as_mut().unwrap(), &mut err);
+            panic!("devnet exited with {status}:\n{text}\n{err}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "devnet did not get ready:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = lines.lock().unwrap().join("\n");
+    assert!(
+        text.contains("verified against the group public key"),
+        "{text}"
+    );
+    assert_eq!(text.matches("  node ").count(), 3, "{text}");
+    let api = text
+        .lines()
+        .find(|l| l.contains("keys list --api"))
+        .and_then(|l| l.split_whitespace().last())
+        .expect("a `keys list` hint")
+        .to_string();
+
+    // The printed command works.
+    let out = Command::new(bin())
+        .args(["keys", "list", "--output", "json", "--api", &api])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(list["keys"].as_array().unwrap().len(), 1, "{list}");
+
+    // So does signing through the CLI, in both output formats.
+    let key_id = list["keys"][0]["key_id"].as_str().unwrap().to_string();
+    let out = Command::new(bin())
+        .args([
+            "keys",
+            "sign",
+            &key_id,
+            "--message",
+            "68656c6c6f",
+            "--api",
+            &api,
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        table.contains("signature:") && table.contains(&key_id),
+        "{table}"
+    );
+    let out = Command::new(bin())
+        .args(["keys", "list", "--api", &api])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("KEY ID") && table.contains("active"),
+        "{table}"
+    );
+    let out = Command::new(bin())
+        .args([
+            "keys",
+            "sign",
+            &key_id,
+            "--message",
+            "not-hex",
+            "--api",
+            &api,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("hex"));
+
+    let status = devnet
+        .interrupt_and_wait(Duration::from_secs(15))
+        .expect("devnet stops within 15 s of Ctrl-C");
+    assert!(status.success(), "{status}");
+    // Its nodes are gone: the API no longer answers.
+    let out = Command::new(bin())
+        .args(["keys", "list", "--api", &api])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}

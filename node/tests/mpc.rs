@@ -1,0 +1,733 @@
+//! MPC over real node processes on loopback: FROST DKG and threshold signing, dead and
+//! restarted participants, misbehaving participants, outsiders, and many sessions at once.
+//! Signatures are checked with ed25519-dalek and with Python's `cryptography`.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{NodeProcess, args, tempdir, wait_for};
+use serde_json::{Value, json};
+
+/// Round deadline of the test nodes, so that dead participants are noticed quickly.
+const ROUND_TIMEOUT_MS: &str = "3000";
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap()
+}
+
+async fn post(node: &NodeProcess, path: &str, body: Value) -> (u16, Value) {
+    let resp = http()
+        .post(format!("{}{path}", node.api))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{} answers {path}: {e}", node.name));
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Starts nodes `names`, node i with every earlier node as a bootnode (a full mesh), each with
+/// its own identity key and data dir under `dir`; `env_of` gives per-node environment.
+async fn start_cluster(
+    dir: &Path,
+    names: &[&str],
+    env_of: impl Fn(&str) -> Vec<(&'static str, &'static str)>,
+) -> Vec<NodeProcess> {
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for name in names {
+        let node = start_node(dir, name, &nodes, &env_of(name)).await;
+        nodes.push(node);
+    }
+    for node in &nodes {
+        for other in &nodes {
+            if other.peer_id != node.peer_id {
+                node.wait_connected_to(&other.peer_id, Duration::from_secs(30))
+                    .await;
+            }
+        }
+    }
+    nodes
+}
+
+async fn start_node(
+    dir: &Path,
+    name: &str,
+    bootnodes: &[NodeProcess],
+    env: &[(&str, &str)],
+) -> NodeProcess {
+    let key = dir.join(format!("{name}.key"));
+    let mut extra = args(&["--identity-key-path", key.to_str().unwrap()]);
+    for b in bootnodes {
+        extra.push("--bootnode".into());
+        extra.push(b.tcp_addr.clone());
+    }
+    let mut env = env.to_vec();
+    if !env
+        .iter()
+        .any(|(k, _)| *k == "P2P_MPC_TEST_ROUND_TIMEOUT_MS")
+    {
+        env.push(("P2P_MPC_TEST_ROUND_TIMEOUT_MS", ROUND_TIMEOUT_MS));
+    }
+    NodeProcess::start_with_env(name, dir, &extra, &env).await
+}
+
+/// Runs a DKG on `coordinator` among `participants`, retrying while peers are still being
+/// identified as MPC peers (a 400 that says "not connected").
+async fn create_key(
+    coordinator: &NodeProcess,
+    threshold: u16,
+    participants: &[&NodeProcess],
+) -> Value {
+    let ids: Vec<&str> = participants.iter().map(|n| n.peer_id.as_str()).collect();
+    wait_for("the DKG to succeed", Duration::from_secs(60), || async {
+        let (status, body) = post(
+            coordinator,
+            "/v1/keys",
+            json!({"scheme": "ed25519", "threshold": threshold, "participants": ids}),
+        )
+        .await;
+        match status {
+            201 => Ok(body),
+            400 if body["error"]
+                .as_str()
+                .unwrap_or("")
+                .contains("not connected") =>
+            {
+                Err(body.to_string())
+            }
+            _ => panic!("DKG failed: {status} {body}"),
+        }
+    })
+    .await
+}
+
+/// Waits until `node` has identified `peer` (so it knows whether `peer` speaks MPC).
+async fn wait_identified(node: &NodeProcess, peer: &str) {
+    wait_for(
+        &format!("{} to identify {peer}", node.name),
+        Duration::from_secs(30),
+        || async {
+            let peers = node.get("/v1/peers").await?;
+            let found = peers["peers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|p| p["peer_id"] == peer && !p["agent_version"].is_null());
+            if found {
+                Ok(())
+            } else {
+                Err(peers.to_string())
+            }
+        },
+    )
+    .await
+}
+
+async fn sign(node: &NodeProcess, key_id: &str, message: &[u8]) -> (u16, Value) {
+    post(
+        node,
+        &format!("/v1/keys/{key_id}/sign"),
+        json!({ "message": hex::encode(message) }),
+    )
+    .await
+}
+
+/// Verifies with ed25519-dalek and with Python's `cryptography`.
+fn verify_everywhere(public_key_hex: &str, message: &[u8], signature_hex: &str) {
+    use ed25519_dalek::Verifier;
+    let pk: [u8; 32] = hex::decode(public_key_hex).unwrap().try_into().unwrap();
+    let sig: [u8; 64] = hex::decode(signature_hex).unwrap().try_into().unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk).expect("valid public key");
+    vk.verify(message, &ed25519_dalek::Signature::from_bytes(&sig))
+        .expect("ed25519-dalek accepts the signature");
+    vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig))
+        .expect("ed25519-dalek strict verification accepts the signature");
+
+    let script = "import sys\n\
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey\n\
+Ed25519PublicKey.from_public_bytes(bytes.fromhex(sys.argv[1])).verify(bytes.fromhex(sys.argv[3]), bytes.fromhex(sys.argv[2]))\n\
+print('ok')";
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            public_key_hex,
+            &hex::encode(message),
+            signature_hex,
+        ])
+        .output();
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        if p2p_mpc_testenv::in_ci() {
+            panic!(
+                "python3 with `cryptography` is needed to verify signatures (CI installs it in .ci/run)"
+            );
+        }
+        eprintln!(
+            "!!!! SKIPPING the Python `cryptography` check: python3 or the module is missing !!!!"
+        );
+        return;
+    }
+    let out = out.expect("python3 runs");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "Python cryptography rejects the signature: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn signers(body: &Value) -> Vec<String> {
+    body["signers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_string())
+        .collect()
+}
+
+async fn metric_sum(node: &NodeProcess, name: &str, label: &str) -> f64 {
+    node.metrics_page()
+        .await
+        .lines()
+        .filter(|l| l.starts_with(name) && l.contains(label))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
+    let dir = tempdir();
+    // The default round deadline: 50 sessions at once on a loaded 2-core machine need it.
+    let mut nodes = start_cluster(dir.path(), &["n0", "n1", "n2", "n3", "n4"], |_| {
+        vec![("P2P_MPC_TEST_ROUND_TIMEOUT_MS", "10000")]
+    })
+    .await;
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let key = create_key(&nodes[0], 3, &all).await;
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    let public_key = key["public_key"].as_str().unwrap().to_string();
+    assert_eq!(key["threshold"], 3);
+    assert_eq!(key["participants"].as_array().unwrap().len(), 5);
+
+    // Every participant holds the key; metadata only, and the share file is private.
+    for node in &nodes {
+        let k = wait_for("the key on every node", Duration::from_secs(10), || async {
+            node.get(&format!("/v1/keys/{key_id}")).await
+        })
+        .await;
+        assert_eq!(k["public_key"], public_key.as_str());
+        assert_eq!(k["status"], "active");
+        let text = k.to_string();
+        assert!(
+            !text.contains("key_package") && !text.contains("signing_share"),
+            "{text}"
+        );
+        let list = node.get("/v1/keys").await.unwrap();
+        assert_eq!(list["keys"].as_array().unwrap().len(), 1);
+        let file = dir
+            .path()
+            .join(format!("data-{}/keys/{key_id}.key.json", node.name));
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", file.display());
+    }
+    // No secret in the logs.
+    let share_hex =
+        std::fs::read_to_string(dir.path().join(format!("data-n0/keys/{key_id}.key.json")))
+            .unwrap();
+    let share: Value = serde_json::from_str(&share_hex).unwrap();
+    let secret = share["key_package"].as_str().unwrap();
+    for node in &nodes {
+        assert!(!node.stderr_lines().join("\n").contains(&secret[40..100]));
+    }
+
+    // Sign on two different nodes.
+    for (i, node) in [&nodes[1], &nodes[3]].into_iter().enumerate() {
+        let message = format!("message {i} signed by {}", node.name);
+        let (status, body) = sign(node, &key_id, message.as_bytes()).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(signers(&body).len(), 3, "{body}");
+        assert!(signers(&body).contains(&node.peer_id));
+        verify_everywhere(
+            &public_key,
+            message.as_bytes(),
+            body["signature"].as_str().unwrap(),
+        );
+    }
+
+    // 50 signing sessions at once on one key, coordinated by all five nodes.
+    let started = Instant::now();
+    let tasks: Vec<_> = (0..50)
+        .map(|i| {
+            let node = &nodes[i % 5];
+            let key_id = key_id.clone();
+            async move {
+                let message = format!("concurrent message {i}");
+                let (status, body) = sign(node, &key_id, message.as_bytes()).await;
+                (message, status, body)
+            }
+        })
+        .collect();
+    for (message, status, body) in futures::future::join_all(tasks).await {
+        assert_eq!(status, 200, "{message}: {body}");
+        verify_everywhere(
+            &public_key,
+            message.as_bytes(),
+            body["signature"].as_str().unwrap(),
+        );
+    }
+    eprintln!("50 concurrent signatures in {:?}", started.elapsed());
+    let completed = metric_sum(
+        &nodes[0],
+        "p2p_mpc_mpc_sessions_completed_total",
+        "frost_sign",
+    )
+    .await;
+    assert!(completed >= 10.0, "sessions completed on n0: {completed}");
+
+    // A frozen participant (SIGSTOP: connected, but silent) is skipped without waiting for
+    // its deadline.
+    let frozen = nodes[3].peer_id.clone();
+    let signal = |pid: u32, sig: &str| {
+        std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap()
+    };
+    signal(nodes[3].pid(), "-STOP");
+    let started = Instant::now();
+    let (status, body) = sign(&nodes[0], &key_id, b"one is frozen").await;
+    let elapsed = started.elapsed();
+    signal(nodes[3].pid(), "-CONT");
+    assert_eq!(status, 200, "{body}");
+    assert!(!signers(&body).contains(&frozen), "{body}");
+    assert!(elapsed < Duration::from_secs(5), "took {elapsed:?}");
+
+    // Kill one participant: the remaining four still sign, without it.
+    let dead = nodes[4].peer_id.clone();
+    nodes[4].kill();
+    let (status, body) = sign(&nodes[0], &key_id, b"after one died").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(!signers(&body).contains(&dead), "{body}");
+    verify_everywhere(
+        &public_key,
+        b"after one died",
+        body["signature"].as_str().unwrap(),
+    );
+
+    // Restart it with its data dir: it still holds its share and signs (as coordinator it
+    // is always one of the signers).
+    let restarted = start_node(
+        dir.path(),
+        "n4",
+        &nodes[..4],
+        &[("P2P_MPC_TEST_ROUND_TIMEOUT_MS", "10000")],
+    )
+    .await;
+    assert_eq!(restarted.peer_id, dead);
+    let k = restarted.get(&format!("/v1/keys/{key_id}")).await.unwrap();
+    assert_eq!(k["public_key"], public_key.as_str());
+    for n in &nodes[..4] {
+        restarted
+            .wait_connected_to(&n.peer_id, Duration::from_secs(30))
+            .await;
+    }
+    let (status, body) = wait_for(
+        "the restarted node to sign",
+        Duration::from_secs(30),
+        || async {
+            match sign(&restarted, &key_id, b"signed by the restarted node").await {
+                (200, body) => Ok((200, body)),
+                (s, b) => Err(format!("{s} {b}")),
+            }
+        },
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert!(signers(&body).contains(&dead), "{body}");
+    verify_everywhere(
+        &public_key,
+        b"signed by the restarted node",
+        body["signature"].as_str().unwrap(),
+    );
+    drop(restarted);
+
+    // Kill three: signing fails within its deadline and names the missing participants.
+    let missing: Vec<String> = nodes[1..4].iter().map(|n| n.peer_id.clone()).collect();
+    for n in &mut nodes[1..4] {
+        n.kill();
+    }
+    let started = Instant::now();
+    let (status, body) = sign(&nodes[0], &key_id, b"too few alive").await;
+    assert_eq!(status, 502, "{body}");
+    let error = body["error"].as_str().unwrap();
+    for m in &missing {
+        assert!(error.contains(m.as_str()), "error names {m}: {error}");
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    // The node still serves.
+    nodes[0].get("/v1/status").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misbehaving_participants_are_named_and_outsiders_ignored() {
+    let dir = tempdir();
+    let nodes = start_cluster(
+        dir.path(),
+        &["a", "b", "liar", "cheat", "intruder"],
+        |name| match name {
+            "liar" => vec![("P2P_MPC_TEST_FAULT", "equivocate-dkg-round1")],
+            "cheat" => vec![("P2P_MPC_TEST_FAULT", "corrupt-signature-share")],
+            "intruder" => vec![("P2P_MPC_TEST_FAULT", "intrude-signing")],
+            "a" => vec![("P2P_MPC_TEST_FAULT", "replay-sign-round2")],
+            _ => vec![],
+        },
+    )
+    .await;
+    let (a, b, liar, cheat, intruder) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3], &nodes[4]);
+
+    // Different round-1 packages to different participants: caught by the echo round.
+    let ids = [
+        a.peer_id.as_str(),
+        b.peer_id.as_str(),
+        liar.peer_id.as_str(),
+    ];
+    let (status, body) = wait_for(
+        "the DKG with the liar to end",
+        Duration::from_secs(60),
+        || async {
+            match post(a, "/v1/keys", json!({"threshold": 2, "participants": ids})).await {
+                (400, body)
+                    if body["error"]
+                        .as_str()
+                        .unwrap_or("")
+                        .contains("not connected") =>
+                {
+                    Err(body.to_string())
+                }
+                other => Ok(other),
+            }
+        },
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["code"], "session_aborted", "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains(&liar.peer_id) && error.contains("different"),
+        "{error}"
+    );
+    assert!(
+        a.get("/v1/keys").await.unwrap()["keys"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
+
+    // A corrupted signature share: the cheater is named.
+    let key = create_key(a, 3, &[a, b, cheat]).await;
+    let key_id = key["key_id"].as_str().unwrap();
+    let (status, body) = sign(a, key_id, b"cheat here").await;
+    assert_eq!(status, 502, "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains(&cheat.peer_id) && !error.contains(&b.peer_id),
+        "{error}"
+    );
+
+    // Forged messages from a peer outside the session's participants: dropped, counted, and
+    // the session completes.
+    let key = create_key(a, 3, &[a, b, intruder]).await;
+    let key_id = key["key_id"].as_str().unwrap();
+    let public_key = key["public_key"].as_str().unwrap();
+    let (status, body) = sign(a, key_id, b"despite the intruder").await;
+    assert_eq!(status, 200, "{body}");
+    verify_everywhere(
+        public_key,
+        b"despite the intruder",
+        body["signature"].as_str().unwrap(),
+    );
+    let dropped = wait_for(
+        "b to drop the intruder's messages",
+        Duration::from_secs(10),
+        || async {
+            let n = metric_sum(
+                b,
+                "p2p_mpc_mpc_messages_dropped_total",
+                "reason=\"not_participant\"",
+            )
+            .await;
+            if n >= 1.0 { Ok(n) } else { Err(format!("{n}")) }
+        },
+    )
+    .await;
+    assert!(dropped >= 1.0);
+    // A replayed round-2 request (the coordinator's test fault sends each one twice) is
+    // refused by every signer: its nonces are spent.
+    let replays: Vec<String> = a
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains("test fault: replayed round-2 request"))
+        .collect();
+    assert!(!replays.is_empty(), "the replay fault ran");
+    assert!(
+        replays
+            .iter()
+            .all(|l| l.contains("refused") && !l.contains("ACCEPTED")),
+        "{replays:#?}"
+    );
+    // Still serving, and still signing.
+    let (status, body) = sign(b, key_id, b"after the intrusion").await;
+    assert_eq!(status, 200, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds() {
+    let dir = tempdir();
+    let mut nodes = start_cluster(dir.path(), &["p0", "p1", "victim"], |_| vec![]).await;
+    let victim_id = nodes[2].peer_id.clone();
+    for (round, delay_ms) in [0u64, 3, 8, 15, 30, 60, 120].into_iter().enumerate() {
+        let ids: Vec<String> = nodes.iter().map(|n| n.peer_id.clone()).collect();
+        let request = post(
+            &nodes[0],
+            "/v1/keys",
+            json!({"threshold": 2, "participants": ids}),
+        );
+        let kill = async {
+            tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+            let pid = nodes[2].pid();
+            // SIGKILL through the shell: the process gets no chance to clean up.
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        };
+        let ((status, body), ()) = tokio::join!(request, kill);
+        nodes[2].kill();
+        eprintln!(
+            "kill after {delay_ms} ms: {status} {}",
+            body["error"].as_str().unwrap_or("(key created)")
+        );
+        if status != 201 {
+            assert_eq!(status, 502, "round {round}: {body}");
+            let error = body["error"].as_str().unwrap_or("");
+            assert!(
+                error.contains(&victim_id) || status == 400,
+                "round {round}: the failure names the victim: {error}"
+            );
+        }
+        // Every key file of the victim is whole; restart it on the same data dir.
+        let keys_dir = dir.path().join("data-victim/keys");
+        for entry in std::fs::read_dir(&keys_dir).unwrap().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".key.json") {
+                let text = std::fs::read_to_string(entry.path()).unwrap();
+                let v: Value = serde_json::from_str(&text)
+                    .unwrap_or_else(|e| panic!("round {round}: torn key file {name}: {e}"));
+                assert_eq!(v["format"], 1);
+            }
+        }
+        let restarted = start_node(dir.path(), "victim", &nodes[..2], &[]).await;
+        assert!(
+            !restarted
+                .stderr_lines()
+                .iter()
+                .any(|l| l.contains("key file ignored")),
+            "round {round}: a key file could not be read"
+        );
+        for n in &nodes[..2] {
+            restarted
+                .wait_connected_to(&n.peer_id, Duration::from_secs(30))
+                .await;
+            wait_identified(n, &restarted.peer_id).await;
+        }
+        nodes[2] = restarted;
+        assert_eq!(nodes[2].peer_id, victim_id);
+    }
+    // A new DKG afterwards succeeds, and the key signs.
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let key = create_key(&nodes[0], 2, &all).await;
+    let key_id = key["key_id"].as_str().unwrap();
+    let (status, body) = sign(&nodes[2], key_id, b"after the storm").await;
+    assert_eq!(status, 200, "{body}");
+    verify_everywhere(
+        key["public_key"].as_str().unwrap(),
+        b"after the storm",
+        body["signature"].as_str().unwrap(),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_key_requests_are_400s_that_say_why() {
+    let dir = tempdir();
+    let nodes = start_cluster(dir.path(), &["x", "y"], |_| vec![]).await;
+    let (x, y) = (&nodes[0], &nodes[1]);
+    let stranger = "12D3KooWGjvrfKdiCmNmcAKEEVoYwQX3R3M6b4oWvbqhWQq9DC4S";
+    let cases = [
+        (
+            json!({"threshold": 1, "participants": [x.peer_id, y.peer_id]}),
+            "at least 2",
+        ),
+        (
+            json!({"threshold": 3, "participants": [x.peer_id, y.peer_id]}),
+            "larger than",
+        ),
+        (
+            json!({"threshold": 2, "participants": [x.peer_id, y.peer_id, y.peer_id]}),
+            "twice",
+        ),
+        (
+            json!({"threshold": 2, "participants": [x.peer_id, "nonsense"]}),
+            "not a peer id",
+        ),
+        (
+            json!({"threshold": 2, "participants": [x.peer_id, stranger]}),
+            stranger,
+        ),
+        (
+            json!({"threshold": 2, "participants": [y.peer_id, stranger]}),
+            "must be one of",
+        ),
+        (
+            json!({"scheme": "secp256k1", "threshold": 2}),
+            "not supported",
+        ),
+        (json!({"threshold": "two"}), "invalid JSON"),
+    ];
+    for (body, expected) in cases {
+        let (status, answer) = post(x, "/v1/keys", body.clone()).await;
+        assert_eq!(status, 400, "{body} → {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(expected),
+            "{body} → {answer}"
+        );
+    }
+    let (status, answer) = sign(x, "00112233445566778899aabbccddeeff", b"m").await;
+    assert_eq!(
+        (status, answer["code"].as_str()),
+        (404, Some("unknown_key")),
+        "{answer}"
+    );
+    let (status, answer) = post(x, "/v1/keys/abc/sign", json!({"message": "zz"})).await;
+    assert_eq!(status, 400, "{answer}");
+    // Participants default to this node and its MPC peers.
+    let key = wait_for(
+        "a DKG with default participants",
+        Duration::from_secs(30),
+        || async {
+            match post(x, "/v1/keys", json!({"threshold": 2})).await {
+                (201, body) if body["participants"].as_array().map(Vec::len) == Some(2) => Ok(body),
+                (s, b) => Err(format!("{s} {b}")),
+            }
+        },
+    )
+    .await;
+    let key_id = key["key_id"].as_str().unwrap();
+    assert_eq!(
+        y.get(&format!("/v1/keys/{key_id}")).await.unwrap()["key_id"],
+        key_id
+    );
+    x.get("/v1/status").await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_signature_is_one_session_span_on_every_node_and_metrics_pass_promtool() {
+    let dir = tempdir();
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for name in ["t0", "t1"] {
+        let trace = dir.path().join(format!("{name}.trace.json"));
+        let mut extra = args(&["--json-trace", "--json-trace-file", trace.to_str().unwrap()]);
+        for b in &nodes {
+            extra.push("--bootnode".into());
+            extra.push(b.tcp_addr.clone());
+        }
+        nodes.push(NodeProcess::start(name, dir.path(), &extra).await);
+    }
+    nodes[1]
+        .wait_connected_to(&nodes[0].peer_id, Duration::from_secs(30))
+        .await;
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let key = create_key(&nodes[0], 2, &all).await;
+    let (status, body) = sign(&nodes[0], key["key_id"].as_str().unwrap(), b"traced").await;
+    assert_eq!(status, 200, "{body}");
+    let session = body["session_id"].as_str().unwrap().to_string();
+
+    let started = metric_sum(
+        &nodes[1],
+        "p2p_mpc_mpc_sessions_started_total",
+        "role=\"participant\"",
+    )
+    .await;
+    assert!(
+        started >= 2.0,
+        "t1 took part in the DKG and the signature: {started}"
+    );
+    let completed = metric_sum(
+        &nodes[0],
+        "p2p_mpc_mpc_sessions_completed_total",
+        "frost_sign",
+    )
+    .await;
+    assert_eq!(completed, 1.0);
+    let page = nodes[0].metrics_page().await;
+    assert!(
+        page.contains("p2p_mpc_mpc_session_duration_seconds_bucket"),
+        "{page}"
+    );
+    if let Some(promtool) = p2p_mpc_testenv::or_skip(p2p_mpc_testenv::promtool().await) {
+        use std::io::Write;
+        let mut child = std::process::Command::new(promtool)
+            .args(["check", "metrics"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(page.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics failed:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    for node in &mut nodes {
+        assert!(
+            node.terminate(Duration::from_secs(10))
+                .is_some_and(|s| s.success())
+        );
+        let trace = dir.path().join(format!("{}.trace.json", node.name));
+        let text = std::fs::read_to_string(&trace).unwrap();
+        let found = text
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .any(|v| {
+                v["type"] == "span"
+                    && v["name"] == "mpc_session"
+                    && v["fields"]["session"] == session.as_str()
+            });
+        assert!(
+            found,
+            "{}: no mpc_session span with session {session}",
+            node.name
+        );
+    }
+}
