@@ -3,6 +3,7 @@
 //! writes `target/bench/results.json`. See BENCHMARKS.md.
 
 mod footprint;
+mod frost;
 mod gossip;
 mod nodes;
 mod operator;
@@ -17,6 +18,8 @@ use clap::{Parser, ValueEnum};
 enum Suite {
     /// Every benchmark below.
     All,
+    /// FROST DKG and signing through the API, against the frost crate in one process.
+    Frost,
     /// 5-node gossip mesh against raw TCP fan-out.
     Gossip,
     /// MpcClusters to children on a real API server, against direct apply.
@@ -51,13 +54,27 @@ async fn main() -> ExitCode {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = anyhow::Result<Vec<results::Figure>>>>,
     >;
-    let suites: [(Suite, &str, Bench); 3] = [
+    let suites: [(Suite, &str, Bench); 4] = [
         (Suite::Footprint, "footprint", |q| {
             Box::pin(footprint::run(q))
+        }),
+        (Suite::Frost, "frost", |q| {
+            Box::pin(async move {
+                let (mut figures, rss) = frost::run(q).await?;
+                if let Some(rss) = rss {
+                    figures.push(results::Figure::plain(
+                        "node RSS under the signing load",
+                        rss as f64 / 1048576.0,
+                        "MiB",
+                    ));
+                }
+                Ok(figures)
+            })
         }),
         (Suite::Gossip, "gossip", |q| Box::pin(gossip::run(q))),
         (Suite::Operator, "operator", |q| Box::pin(operator::run(q))),
     ];
+
     for (suite, name, run) in suites {
         if !wanted(suite) {
             continue;

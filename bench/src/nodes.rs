@@ -35,6 +35,7 @@ pub struct Node {
     pub stdin: Option<ChildStdin>,
     stderr: Arc<Mutex<Vec<String>>>,
     pub api: String,
+    pub peer_id: String,
     pub tcp_addr: String,
     /// From spawn to the first libp2p listen address in the log.
     pub start_to_listening: Duration,
@@ -110,11 +111,13 @@ impl Node {
                 find(" listening address=", "address="),
                 *listening_at.lock().unwrap(),
             ) {
+                let peer_id = tcp.rsplit('/').next().unwrap_or_default().to_string();
                 return Ok(Node {
                     child,
                     stdin,
                     stderr,
                     api: format!("http://{api}"),
+                    peer_id,
                     tcp_addr: tcp,
                     start_to_listening: at - spawned,
                 });

@@ -1,0 +1,275 @@
+//! FROST: DKG and threshold signing through the HTTP API of real node processes, beside the
+//! `frost-ed25519` crate doing the same rounds in one process with no network.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use frost_ed25519 as frost;
+use serde_json::{Value, json};
+
+use crate::nodes::{Node, node_binary, peers};
+use crate::results::{Figure, quantile};
+
+/// In process: one signature of `t` signers, all rounds (commit, sign, aggregate, verify).
+fn inprocess_sign(
+    key_packages: &[frost::keys::KeyPackage],
+    pubkeys: &frost::keys::PublicKeyPackage,
+    msg: &[u8],
+) {
+    let mut rng = rand_core::OsRng;
+    let mut nonces = BTreeMap::new();
+    let mut commitments = BTreeMap::new();
+    for kp in key_packages {
+        let (n, c) = frost::round1::commit(kp.signing_share(), &mut rng);
+        nonces.insert(*kp.identifier(), n);
+        commitments.insert(*kp.identifier(), c);
+    }
+    let package = frost::SigningPackage::new(commitments, msg);
+    let mut shares = BTreeMap::new();
+    for kp in key_packages {
+        let share = frost::round2::sign(&package, &nonces[kp.identifier()], kp).expect("sign");
+        shares.insert(*kp.identifier(), share);
+    }
+    let sig = frost::aggregate(&package, &shares, pubkeys).expect("aggregate");
+    pubkeys.verifying_key().verify(msg, &sig).expect("verify");
+}
+
+/// In-process signing latencies (seconds) of `t`-of-`n`.
+fn inprocess_signing(t: u16, n: u16, count: usize) -> Vec<f64> {
+    let (shares, pubkeys) = frost::keys::generate_with_dealer(
+        n,
+        t,
+        frost::keys::IdentifierList::Default,
+        rand_core::OsRng,
+    )
+    .expect("dealer");
+    let kps: Vec<frost::keys::KeyPackage> = shares
+        .into_values()
+        .take(t as usize)
+        .map(|s| frost::keys::KeyPackage::try_from(s).expect("key package"))
+        .collect();
+    (0..count)
+        .map(|i| {
+            let t0 = Instant::now();
+            inprocess_sign(&kps, &pubkeys, format!("message {i}").as_bytes());
+            t0.elapsed().as_secs_f64()
+        })
+        .collect()
+}
+
+/// In-process DKG of `t`-of-`n`, all three parts for every participant (seconds).
+fn inprocess_dkg(t: u16, n: u16) -> f64 {
+    let t0 = Instant::now();
+    let ids: Vec<frost::Identifier> = (1..=n)
+        .map(|i| frost::Identifier::try_from(i).expect("id"))
+        .collect();
+    let mut secrets1 = BTreeMap::new();
+    let mut round1 = BTreeMap::new();
+    for id in &ids {
+        let (s, p) = frost::keys::dkg::part1(*id, n, t, rand_core::OsRng).expect("part1");
+        secrets1.insert(*id, s);
+        round1.insert(*id, p);
+    }
+    let mut secrets2 = BTreeMap::new();
+    let mut round2_for: BTreeMap<
+        frost::Identifier,
+        BTreeMap<frost::Identifier, frost::keys::dkg::round2::Package>,
+    > = BTreeMap::new();
+    for id in &ids {
+        let others: BTreeMap<_, _> = round1
+            .iter()
+            .filter(|(k, _)| *k != id)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        let (s, packages) =
+            frost::keys::dkg::part2(secrets1.remove(id).expect("secret"), &others).expect("part2");
+        secrets2.insert(*id, s);
+        for (to, p) in packages {
+            round2_for.entry(to).or_default().insert(*id, p);
+        }
+    }
+    for id in &ids {
+        let others: BTreeMap<_, _> = round1
+            .iter()
+            .filter(|(k, _)| *k != id)
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        frost::keys::dkg::part3(&secrets2[id], &others, &round2_for[id]).expect("part3");
+    }
+    t0.elapsed().as_secs_f64()
+}
+
+/// `n` meshed nodes; every node has node 0 as bootnode.
+async fn cluster(bin: &Path, dir: &Path, n: usize) -> anyhow::Result<Vec<Node>> {
+    let first = Node::start(bin, &dir.join("n0"), &[], Box::new(|_, _| {}))?;
+    let boot = first.tcp_addr.clone();
+    let mut nodes = vec![first];
+    for i in 1..n {
+        nodes.push(Node::start(
+            bin,
+            &dir.join(format!("n{i}")),
+            &["--bootnode".into(), boot.clone()],
+            Box::new(|_, _| {}),
+        )?);
+    }
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while peers(&http, &nodes[0]).await?.len() < n - 1 {
+        if Instant::now() > deadline {
+            bail!("node 0 did not connect to {} peers", n - 1);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(nodes)
+}
+
+async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Result<Value> {
+    let resp = http.post(&url).json(&body).send().await?;
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{url}: {status}: {v}");
+    }
+    Ok(v)
+}
+
+/// DKG through the API of node 0 with every node as participant; returns (seconds, key id).
+async fn api_dkg(
+    http: &reqwest::Client,
+    nodes: &[Node],
+    t: usize,
+) -> anyhow::Result<(f64, String)> {
+    let participants: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    let t0 = Instant::now();
+    let v = post(
+        http,
+        format!("{}/v1/keys", nodes[0].api),
+        json!({"threshold": t, "participants": participants}),
+    )
+    .await?;
+    let took = t0.elapsed().as_secs_f64();
+    let key = v["key_id"]
+        .as_str()
+        .context("key_id in the answer")?
+        .to_string();
+    Ok((took, key))
+}
+
+/// Runs the FROST benchmarks.
+pub async fn run(quick: bool) -> anyhow::Result<(Vec<Figure>, Option<u64>)> {
+    let bin = node_binary()?;
+    let dir = std::env::temp_dir().join(format!("p2p-mpc-bench-frost-{}", std::process::id()));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?;
+    let mut figures = Vec::new();
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1) as f64;
+
+    // 3-of-5: DKG, sequential signing, 64 in flight.
+    let nodes = cluster(&bin, &dir.join("c5"), 5).await?;
+    let (dkg5, key) = api_dkg(&http, &nodes, 3).await?;
+    let base_dkg5 = inprocess_dkg(3, 5);
+    figures.push(Figure::against(
+        "DKG 3-of-5",
+        dkg5 * 1e3,
+        "ms",
+        "frost-ed25519 in one process",
+        base_dkg5 * 1e3,
+    ));
+
+    let sequential = if quick { 50 } else { 1000 };
+    let mut lat = Vec::with_capacity(sequential);
+    for i in 0..sequential {
+        let url = format!("{}/v1/keys/{key}/sign", nodes[i % 5].api);
+        let t0 = Instant::now();
+        post(&http, url, json!({"message": format!("{i:08x}")})).await?;
+        lat.push(t0.elapsed().as_secs_f64());
+    }
+    let mut base = inprocess_signing(3, 5, sequential);
+    let (p50, p99) = (quantile(&mut lat.clone(), 0.5), quantile(&mut lat, 0.99));
+    let (b50, b99) = (quantile(&mut base.clone(), 0.5), quantile(&mut base, 0.99));
+    figures.push(Figure::against(
+        "FROST sign 3-of-5 sequential: p50",
+        p50 * 1e3,
+        "ms",
+        "frost-ed25519 in one process",
+        b50 * 1e3,
+    ));
+    figures.push(Figure::against(
+        "FROST sign 3-of-5 sequential: p99",
+        p99 * 1e3,
+        "ms",
+        "frost-ed25519 in one process",
+        b99 * 1e3,
+    ));
+
+    let in_flight = 64;
+    let run_for = Duration::from_secs(if quick { 3 } else { 15 });
+    let done = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let apis: Vec<String> = nodes.iter().map(|n| n.api.clone()).collect();
+    let t0 = Instant::now();
+    let workers: Vec<_> = (0..in_flight)
+        .map(|w| {
+            let (http, apis, key) = (http.clone(), apis.clone(), key.clone());
+            let (done, failed, stop) = (done.clone(), failed.clone(), stop.clone());
+            tokio::spawn(async move {
+                let mut i = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let url = format!("{}/v1/keys/{key}/sign", apis[(w + i as usize) % apis.len()]);
+                    match post(&http, url, json!({"message": format!("{w:04x}{i:012x}")})).await {
+                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => failed.fetch_add(1, Ordering::Relaxed),
+                    };
+                    i += 1;
+                }
+            })
+        })
+        .collect();
+    let mut rss_under_load = None;
+    while t0.elapsed() < run_for {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        rss_under_load = rss_under_load.max(nodes[0].rss_bytes());
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    let secs = t0.elapsed().as_secs_f64();
+    let rate = done.load(Ordering::Relaxed) as f64 / secs;
+    let base_rate = cores / b50.max(1e-9);
+    figures.push(Figure::against(
+        "FROST sign 3-of-5, 64 in flight: whole cluster",
+        rate,
+        "sig/s",
+        format!("in one process x {cores} cores"),
+        base_rate,
+    ));
+    figures.push(Figure::plain(
+        "FROST sign 64 in flight: failed requests",
+        failed.load(Ordering::Relaxed) as f64,
+        "count",
+    ));
+    drop(nodes);
+
+    if !quick {
+        let nodes = cluster(&bin, &dir.join("c30"), 30).await?;
+        let (dkg30, _) = api_dkg(&http, &nodes, 20).await?;
+        figures.push(Figure::against(
+            "DKG 20-of-30",
+            dkg30 * 1e3,
+            "ms",
+            "frost-ed25519 in one process",
+            inprocess_dkg(20, 30) * 1e3,
+        ));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok((figures, rss_under_load))
+}
