@@ -166,7 +166,25 @@ async fn libp2p_mesh(bin: &Path, count: u64) -> anyhow::Result<Delivery> {
         }
         stdin.flush()
     });
-    wait_all(&received, count as usize, Duration::from_secs(120), false).await;
+    // Until everything arrived, or nothing more arrives for 3 s once the writer is done
+    // (lost messages are reported as the delivered fraction, not waited for).
+    let total = |r: &[Arc<Mutex<Received>>]| {
+        r.iter()
+            .map(|x| x.lock().unwrap().messages.len())
+            .sum::<usize>()
+    };
+    let (mut last_total, mut last_change) = (0, Instant::now());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !wait_all(&received, count as usize, Duration::from_millis(200), false).await {
+        let now_total = total(&received);
+        if now_total != last_total {
+            (last_total, last_change) = (now_total, Instant::now());
+        }
+        let quiet = writer.is_finished() && last_change.elapsed() > Duration::from_secs(3);
+        if quiet || Instant::now() > deadline {
+            break;
+        }
+    }
     writer.join().expect("writer thread")?;
     drop(receivers);
     Ok(summarize(&received, count, first_send))
