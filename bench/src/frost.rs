@@ -116,13 +116,17 @@ async fn cluster(bin: &Path, dir: &Path, n: usize) -> anyhow::Result<Vec<Node>> 
             Box::new(|_, _| {}),
         )?);
     }
+    // Every participant must reach every other one: wait for a full mesh (Kademlia finds the
+    // peers that were only given node 0).
     let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while peers(&http, &nodes[0]).await?.len() < n - 1 {
-        if Instant::now() > deadline {
-            bail!("node 0 did not connect to {} peers", n - 1);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for node in &nodes {
+        while peers(&http, node).await?.len() < n - 1 {
+            if Instant::now() > deadline {
+                bail!("no full mesh of {n} nodes within 120 s");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     Ok(nodes)
 }

@@ -37,6 +37,9 @@ fn parse(text: &str) -> Option<(u64, u128)> {
 }
 
 struct Delivery {
+    /// Why messages went missing, from the nodes' logs (libp2p run only).
+    publish_failures: usize,
+    receiver_event_drops: bool,
     per_second: f64,
     p50_ms: f64,
     p99_ms: f64,
@@ -60,6 +63,8 @@ fn summarize(received: &[Arc<Mutex<Received>>], sent: u64, first_send: Instant) 
     let complete = everywhere.iter().filter(|c| **c == received.len()).count();
     let secs = (last - first_send).as_secs_f64().max(1e-9);
     Delivery {
+        publish_failures: 0,
+        receiver_event_drops: false,
         per_second: complete as f64 / secs,
         p50_ms: quantile(&mut latencies.clone(), 0.5) * 1e3,
         p99_ms: quantile(&mut latencies, 0.99) * 1e3,
@@ -186,8 +191,32 @@ async fn libp2p_mesh(bin: &Path, count: u64) -> anyhow::Result<Delivery> {
         }
     }
     writer.join().expect("writer thread")?;
+    let mut delivery = summarize(&received, count, first_send);
+    delivery.publish_failures = publisher
+        .log()
+        .lines()
+        .filter(|l| l.starts_with("chat: not sent"))
+        .count();
+    delivery.receiver_event_drops = receivers
+        .iter()
+        .any(|r| r.log().contains("network event queue full"));
+    if delivery.publish_failures > 0 {
+        let first = publisher
+            .log()
+            .lines()
+            .find(|l| l.starts_with("chat: not sent"))
+            .unwrap_or_default()
+            .to_string();
+        eprintln!(
+            "gossip: {} publishes failed, e.g. {first}",
+            delivery.publish_failures
+        );
+    }
+    if delivery.receiver_event_drops {
+        eprintln!("gossip: a receiver dropped network events (its event queue was full)");
+    }
     drop(receivers);
-    Ok(summarize(&received, count, first_send))
+    Ok(delivery)
 }
 
 fn tcp_fanout(count: u64) -> anyhow::Result<Delivery> {
@@ -270,6 +299,11 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Figure>> {
             "gossip 5 nodes 256 B: delivered fraction",
             mesh.delivered_fraction,
             "fraction",
+        ),
+        Figure::plain(
+            "gossip 5 nodes 256 B: publishes refused by the publisher",
+            mesh.publish_failures as f64,
+            "count",
         ),
     ])
 }
