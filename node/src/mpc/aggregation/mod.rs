@@ -255,6 +255,11 @@ impl MpcEngine {
         })
     }
 
+    /// Counts a client report refused before it reached [`submit_report`](Self::submit_report).
+    pub fn count_report_outcome(&self, outcome: &str) {
+        self.count_report(outcome)
+    }
+
     fn count_report(&self, outcome: &str) {
         self.inner
             .metrics
