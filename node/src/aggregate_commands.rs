@@ -56,15 +56,14 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
                     info.params.task_id
                 )));
             }
-            verify_task(&info).map_err(|e| {
-                ClientError::Decode(format!("refusing to submit: {e}"))
-            })?;
+            verify_task(&info)
+                .map_err(|e| ClientError::Decode(format!("refusing to submit: {e}")))?;
             let report = tokio::task::spawn_blocking(move || prepare_report(&info, &values))
                 .await
                 .map_err(|e| ClientError::Decode(e.to_string()))?
                 .map_err(|e| ClientError::Decode(format!("refusing to submit: {e}")))?;
-            let body = serde_json::to_value(&report)
-                .map_err(|e| ClientError::Decode(e.to_string()))?;
+            let body =
+                serde_json::to_value(&report).map_err(|e| ClientError::Decode(e.to_string()))?;
             let answer: Value = client.post(&format!("{path}/reports"), &body).await?;
             print(output, &answer, || {
                 format!(

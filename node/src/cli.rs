@@ -337,7 +337,12 @@ pub enum AggregateCommand {
         #[arg(long, value_name = "TASK_ID")]
         task: String,
         /// The values, comma-separated integers from 0 to 18446744069414584320.
-        #[arg(long, value_name = "V1,V2,...", conflicts_with = "file", required_unless_present = "file")]
+        #[arg(
+            long,
+            value_name = "V1,V2,...",
+            conflicts_with = "file",
+            required_unless_present = "file"
+        )]
         values: Option<String>,
         /// A file of values separated by commas, spaces or newlines.
         #[arg(long, value_name = "FILE")]

@@ -128,16 +128,17 @@ pub async fn run(
         max_connections: config.max_connections,
         max_message_size: config.max_message_size,
     };
-    let (aggregation_store, unreadable) =
-        crate::mpc::aggregation::store::AggregationStore::open(&config.data_dir, &peer_id.to_string())
-            .map_err(|e| NodeError::Aggregation(e.to_string()))?;
+    let (aggregation_store, unreadable) = crate::mpc::aggregation::store::AggregationStore::open(
+        &config.data_dir,
+        &peer_id.to_string(),
+    )
+    .map_err(|e| NodeError::Aggregation(e.to_string()))?;
     for (path, reason) in &unreadable {
         warn!(path = %path.display(), %reason, "aggregation task file ignored");
     }
-    let hpke_key = crate::mpc::aggregation::encryption::EncryptionKey::load_or_create(
-        aggregation_store.dir(),
-    )
-    .map_err(NodeError::Aggregation)?;
+    let hpke_key =
+        crate::mpc::aggregation::encryption::EncryptionKey::load_or_create(aggregation_store.dir())
+            .map_err(NodeError::Aggregation)?;
     let aggregation = crate::mpc::aggregation::Aggregation {
         store: aggregation_store,
         key: hpke_key,

@@ -9,7 +9,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{NodeProcess, args, bin, tempdir, wait_for};
-use p2p_mpc_node::mpc::aggregation::client::{new_report_id, prepare_report, seal_shares, verify_task};
+use p2p_mpc_node::mpc::aggregation::client::{
+    new_report_id, prepare_report, seal_shares, verify_task,
+};
 use p2p_mpc_node::mpc::aggregation::shares::{self, MODULUS};
 use p2p_mpc_node::mpc::aggregation::store::TaskInfo;
 use serde_json::{Value, json};
@@ -68,29 +70,45 @@ async fn start_cluster(dir: &Path, n: usize) -> Vec<NodeProcess> {
 }
 
 /// Creates a task, retrying while peers are still being identified as MPC peers.
-async fn create_task(node: &NodeProcess, nodes: &[NodeProcess], t: u16, len: u32, min: u64) -> TaskInfo {
+async fn create_task(
+    node: &NodeProcess,
+    nodes: &[NodeProcess],
+    t: u16,
+    len: u32,
+    min: u64,
+) -> TaskInfo {
     let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
-    let body = wait_for("the task to be created", Duration::from_secs(60), || async {
-        let (status, body) = post(
-            node,
-            "/v1/aggregations",
-            &json!({"participants": ids, "threshold": t, "length": len, "min_reports": min}),
-        )
-        .await;
-        match status {
-            201 => Ok(body),
-            400 if body["error"].as_str().unwrap_or("").contains("not connected") => {
-                Err(body.to_string())
+    let body = wait_for(
+        "the task to be created",
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = post(
+                node,
+                "/v1/aggregations",
+                &json!({"participants": ids, "threshold": t, "length": len, "min_reports": min}),
+            )
+            .await;
+            match status {
+                201 => Ok(body),
+                400 if body["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("not connected") =>
+                {
+                    Err(body.to_string())
+                }
+                _ => panic!("task creation failed: {status} {body}"),
             }
-            _ => panic!("task creation failed: {status} {body}"),
-        }
-    })
+        },
+    )
     .await;
     serde_json::from_value(body).unwrap()
 }
 
 async fn get_task(node: &NodeProcess, task_id: &str) -> Value {
-    node.get(&format!("/v1/aggregations/{task_id}")).await.unwrap()
+    node.get(&format!("/v1/aggregations/{task_id}"))
+        .await
+        .unwrap()
 }
 
 async fn submit(node: &NodeProcess, task_id: &str, report: &impl serde::Serialize) -> (u16, Value) {
@@ -145,10 +163,18 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
     }
 
     // Collect before any report: refused, with the count.
-    let (status, body) = post(&nodes[1], &format!("/v1/aggregations/{task_id}/collect"), &json!({})).await;
+    let (status, body) = post(
+        &nodes[1],
+        &format!("/v1/aggregations/{task_id}/collect"),
+        &json!({}),
+    )
+    .await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["code"], "not_enough_reports");
-    assert!(body["error"].as_str().unwrap().contains("0 reports are in"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("0 reports are in"),
+        "{body}"
+    );
 
     // Distinctive private values: 41-bit numbers no log or file would hold by chance.
     let mut rng_state = 0x9e3779b97f4a7c15u64 ^ std::process::id() as u64;
@@ -158,7 +184,9 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
         rng_state ^= rng_state << 17;
         (1u64 << 40) + (rng_state % (1u64 << 40))
     };
-    let inputs: Vec<Vec<u64>> = (0..clients).map(|_| (0..len).map(|_| next()).collect()).collect();
+    let inputs: Vec<Vec<u64>> = (0..clients)
+        .map(|_| (0..len).map(|_| next()).collect())
+        .collect();
     let expected: Vec<u64> = (0..len as usize)
         .map(|j| inputs.iter().map(|v| v[j]).sum::<u64>() % MODULUS)
         .collect();
@@ -172,20 +200,41 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
         assert_eq!(body["accepted_by"].as_array().unwrap().len(), 5);
         accepted.push(report);
         if i == 9 {
-            let (status, body) =
-                post(&nodes[2], &format!("/v1/aggregations/{task_id}/collect"), &json!({})).await;
+            let (status, body) = post(
+                &nodes[2],
+                &format!("/v1/aggregations/{task_id}/collect"),
+                &json!({}),
+            )
+            .await;
             assert_eq!(status, 409, "{body}");
-            assert!(body["error"].as_str().unwrap().contains("10 reports are in"), "{body}");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("10 reports are in"),
+                "{body}"
+            );
         }
     }
     for values in &inputs[clients - 2..] {
         let text: Vec<String> = values.iter().map(u64::to_string).collect();
         let out = Command::new(bin())
-            .args(["aggregate", "submit", "--api", &nodes[3].api, "--task", &task_id])
+            .args([
+                "aggregate",
+                "submit",
+                "--api",
+                &nodes[3].api,
+                "--task",
+                &task_id,
+            ])
             .args(["--values", &text.join(","), "--output", "json"])
             .output()
             .unwrap();
-        assert!(out.status.success(), "CLI submit: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "CLI submit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(answer["accepted_by"].as_array().unwrap().len(), 5);
     }
@@ -200,7 +249,11 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
         seal_shares(&task, &new_report_id(), &plain).unwrap()
     };
     let (status, body) = submit(&nodes[0], &task_id, &bad_len).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("wrong_length")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("wrong_length")),
+        "{body}"
+    );
 
     let out_of_field = {
         let mut plain = vec![shares::encode(&shares::to_field(&vec![0; len as usize]).unwrap()); 5];
@@ -210,7 +263,11 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
         seal_shares(&task, &new_report_id(), &plain).unwrap()
     };
     let (status, body) = submit(&nodes[1], &task_id, &out_of_field).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("value_out_of_field")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("value_out_of_field")),
+        "{body}"
+    );
 
     let mut bad_ct = prepare_report(&task, &vec![5; len as usize]).unwrap();
     {
@@ -221,28 +278,57 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
         bad_ct.shares[2].ciphertext = b64.encode(ct);
     }
     let (status, body) = submit(&nodes[2], &task_id, &bad_ct).await;
-    assert_eq!((status, body["code"].as_str()), (400, Some("bad_ciphertext")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_ciphertext")),
+        "{body}"
+    );
 
     let (status, body) = submit(&nodes[4], &task_id, &accepted[3]).await;
-    assert_eq!((status, body["code"].as_str()), (409, Some("duplicate_report")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("duplicate_report")),
+        "{body}"
+    );
 
     let (status, body) = submit(&nodes[0], "0123456789abcdef0123456789abcdef", &accepted[0]).await;
-    assert_eq!((status, body["code"].as_str()), (404, Some("unknown_task")), "{body}");
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("unknown_task")),
+        "{body}"
+    );
 
     let out = Command::new(bin())
-        .args(["aggregate", "submit", "--api", &nodes[0].api, "--task", &task_id])
+        .args([
+            "aggregate",
+            "submit",
+            "--api",
+            &nodes[0].api,
+            "--task",
+            &task_id,
+        ])
         .args(["--values", &format!("{MODULUS}")])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("outside the field") || stderr.contains("takes vectors"), "{stderr}");
+    assert!(
+        stderr.contains("outside the field") || stderr.contains("takes vectors"),
+        "{stderr}"
+    );
 
     // The refusals are counted.
     let mut counted = std::collections::BTreeMap::new();
     for node in &nodes {
         let page = node.metrics_page().await;
-        for outcome in ["accepted", "wrong_length", "value_out_of_field", "bad_ciphertext", "duplicate_report", "unknown_task"] {
+        for outcome in [
+            "accepted",
+            "wrong_length",
+            "value_out_of_field",
+            "bad_ciphertext",
+            "duplicate_report",
+            "unknown_task",
+        ] {
             *counted.entry(outcome).or_insert(0) += metric(
                 &page,
                 "p2p_mpc_aggregation_reports_total",
@@ -251,18 +337,34 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
         }
     }
     assert_eq!(counted["accepted"], clients as u64, "{counted:?}");
-    for outcome in ["wrong_length", "value_out_of_field", "bad_ciphertext", "duplicate_report", "unknown_task"] {
+    for outcome in [
+        "wrong_length",
+        "value_out_of_field",
+        "bad_ciphertext",
+        "duplicate_report",
+        "unknown_task",
+    ] {
         assert_eq!(counted[outcome], 1, "{outcome}: {counted:?}");
     }
     for node in &nodes {
-        assert_eq!(get_task(node, &task_id).await["reports_here"], clients as u64, "{}", node.name);
+        assert_eq!(
+            get_task(node, &task_id).await["reports_here"],
+            clients as u64,
+            "{}",
+            node.name
+        );
     }
 
     // Two nodes die after accepting every report; t + 1 = 3 remain.
     nodes[3].kill();
     nodes[4].kill();
     let start = Instant::now();
-    let (status, body) = post(&nodes[1], &format!("/v1/aggregations/{task_id}/collect"), &json!({})).await;
+    let (status, body) = post(
+        &nodes[1],
+        &format!("/v1/aggregations/{task_id}/collect"),
+        &json!({}),
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     let sum: Vec<u64> = serde_json::from_value(body["sum"].clone()).unwrap();
     assert_eq!(body["reports"], clients as u64);
@@ -271,31 +373,66 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
 
     // Collect through the CLI too (same report set: allowed again).
     let out = Command::new(bin())
-        .args(["aggregate", "collect", "--api", &nodes[0].api, "--task", &task_id, "--output", "json"])
+        .args([
+            "aggregate",
+            "collect",
+            "--api",
+            &nodes[0].api,
+            "--task",
+            &task_id,
+            "--output",
+            "json",
+        ])
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let again: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["sum"], body["sum"]);
 
     // The restarted node still holds its accepted reports.
     let boots = vec![nodes[0].tcp_addr.clone()];
     let restarted = start_node(dir.path(), "N4", &boots).await;
-    assert_eq!(get_task(&restarted, &task_id).await["reports_here"], clients as u64);
+    assert_eq!(
+        get_task(&restarted, &task_id).await["reports_here"],
+        clients as u64
+    );
 
     // No plaintext input anywhere: not in any data dir, log line or API answer.
-    let needles: Vec<u64> = inputs.iter().map(|v| v[7]).chain(inputs.iter().map(|v| v[len as usize - 1])).collect();
+    let needles: Vec<u64> = inputs
+        .iter()
+        .map(|v| v[7])
+        .chain(inputs.iter().map(|v| v[len as usize - 1]))
+        .collect();
     let mut haystacks: Vec<(String, Vec<u8>)> = Vec::new();
     for f in files_under(dir.path()) {
-        haystacks.push((f.display().to_string(), std::fs::read(&f).unwrap_or_default()));
+        haystacks.push((
+            f.display().to_string(),
+            std::fs::read(&f).unwrap_or_default(),
+        ));
     }
     for node in nodes.iter().chain(std::iter::once(&restarted)) {
-        haystacks.push((format!("{} stderr", node.name), node.stderr_lines().join("\n").into_bytes()));
-        haystacks.push((format!("{} stdout", node.name), node.stdout_lines().join("\n").into_bytes()));
+        haystacks.push((
+            format!("{} stderr", node.name),
+            node.stderr_lines().join("\n").into_bytes(),
+        ));
+        haystacks.push((
+            format!("{} stdout", node.name),
+            node.stdout_lines().join("\n").into_bytes(),
+        ));
     }
     for node in &nodes[..3] {
-        haystacks.push((format!("{} GET task", node.name), get_task(node, &task_id).await.to_string().into_bytes()));
-        haystacks.push((format!("{} metrics", node.name), node.metrics_page().await.into_bytes()));
+        haystacks.push((
+            format!("{} GET task", node.name),
+            get_task(node, &task_id).await.to_string().into_bytes(),
+        ));
+        haystacks.push((
+            format!("{} metrics", node.name),
+            node.metrics_page().await.into_bytes(),
+        ));
     }
     for needle in &needles {
         let text = needle.to_string();
@@ -323,26 +460,64 @@ async fn a_million_values_from_three_clients() {
     let start = Instant::now();
     let mut expected = vec![0u64; len as usize];
     for c in 0..3u64 {
-        let values: Vec<u64> = (0..len as u64).map(|i| i * 3 + c).collect();
-        for (e, v) in expected.iter_mut().zip(&values) {
-            *e += v;
+        for (i, e) in expected.iter_mut().enumerate() {
+            *e += i as u64 * 3 + c;
         }
-        let t0 = Instant::now();
-        let report = {
-            let task = task.clone();
-            tokio::task::spawn_blocking(move || prepare_report(&task, &values).unwrap())
+    }
+    // The three clients prepare and submit at once, each to a different node.
+    let mut clients = Vec::new();
+    for c in 0..3u64 {
+        let task = task.clone();
+        let task_id = task_id.clone();
+        let (api, name) = (
+            nodes[c as usize].api.clone(),
+            nodes[c as usize].name.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let report = tokio::task::spawn_blocking(move || {
+                let values: Vec<u64> = (0..len as u64).map(|i| i * 3 + c).collect();
+                prepare_report(&task, &values).unwrap()
+            })
+            .await
+            .unwrap();
+            let prepared = t0.elapsed();
+            let resp = http()
+                .post(format!("{api}/v1/aggregations/{task_id}/reports"))
+                .json(&report)
+                .send()
                 .await
-                .unwrap()
-        };
-        let prepared = t0.elapsed();
-        let (status, body) = submit(&nodes[c as usize], &task_id, &report).await;
-        assert_eq!(status, 201, "client {c}: {body}");
-        eprintln!("client {c}: prepared in {prepared:?}, accepted after {:?}", t0.elapsed());
+                .unwrap_or_else(|e| panic!("{name} answers: {e}"));
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, 201, "client {c}: {body}");
+            eprintln!(
+                "client {c}: prepared in {prepared:?}, accepted after {:?}",
+                t0.elapsed()
+            );
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
     }
     let t0 = Instant::now();
-    let (status, body) = post(&nodes[2], &format!("/v1/aggregations/{task_id}/collect"), &json!({})).await;
-    assert_eq!(status, 200, "{}", body.to_string().chars().take(500).collect::<String>());
-    eprintln!("collect took {:?}; total {:?}", t0.elapsed(), start.elapsed());
+    let (status, body) = post(
+        &nodes[2],
+        &format!("/v1/aggregations/{task_id}/collect"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(
+        status,
+        200,
+        "{}",
+        body.to_string().chars().take(500).collect::<String>()
+    );
+    eprintln!(
+        "collect took {:?}; total {:?}",
+        t0.elapsed(),
+        start.elapsed()
+    );
     let sum: Vec<u64> = serde_json::from_value(body["sum"].clone()).unwrap();
     assert_eq!(body["reports"], 3);
     assert!(sum == expected, "the sum of a million values matches");

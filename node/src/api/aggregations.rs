@@ -9,7 +9,9 @@ use tracing::Instrument;
 
 use super::{ApiError, ApiState, parse_body};
 use crate::mpc::aggregation::store::TaskInfo;
-use crate::mpc::aggregation::{AggError, CollectResult, CreateTask, Report, ReportAccepted, TaskView};
+use crate::mpc::aggregation::{
+    AggError, CollectResult, CreateTask, Report, ReportAccepted, TaskView,
+};
 use crate::mpc::parse_peers;
 
 /// Largest body of `POST /v1/aggregations/{id}/reports` (sealed shares of long vectors, base64).

@@ -426,10 +426,7 @@ impl SessionInbox {
                 Err(_) => {
                     return Err(SessionError::blame(
                         from.to_vec(),
-                        format!(
-                            "no {kind} from {} before the deadline",
-                            join_peers(from)
-                        ),
+                        format!("no {kind} from {} before the deadline", join_peers(from)),
                     ));
                 }
             };

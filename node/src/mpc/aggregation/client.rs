@@ -56,7 +56,11 @@ pub fn new_report_id() -> String {
 }
 
 /// Seals already-encoded share plaintexts (one per participant, in participant order).
-pub fn seal_shares(task: &TaskInfo, report_id: &str, plaintexts: &[Vec<u8>]) -> Result<Report, String> {
+pub fn seal_shares(
+    task: &TaskInfo,
+    report_id: &str,
+    plaintexts: &[Vec<u8>],
+) -> Result<Report, String> {
     let aad = encryption::associated_data(&task.params.task_id, report_id);
     let mut sealed = Vec::with_capacity(plaintexts.len());
     for (key, plain) in task.keys.iter().zip(plaintexts) {

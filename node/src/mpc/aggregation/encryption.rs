@@ -70,7 +70,12 @@ impl EncryptionKey {
     }
 
     /// Opens a share sealed to this key.
-    pub fn open(&self, encapped_key: &[u8], ciphertext: &[u8], aad: &[u8]) -> Result<Vec<u8>, String> {
+    pub fn open(
+        &self,
+        encapped_key: &[u8],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, String> {
         let enc = <Kem as hpke::Kem>::EncappedKey::from_bytes(encapped_key)
             .map_err(|e| format!("the encapsulated key is malformed: {e:?}"))?;
         hpke::single_shot_open::<ChaCha20Poly1305, HkdfSha256, Kem>(

@@ -75,7 +75,11 @@ impl AggError {
         Self::new(400, "invalid_request", message)
     }
     fn unknown_task(task_id: &str) -> Self {
-        Self::new(404, "unknown_task", format!("no aggregation task `{task_id}` on this node"))
+        Self::new(
+            404,
+            "unknown_task",
+            format!("no aggregation task `{task_id}` on this node"),
+        )
     }
     fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "internal", message)
@@ -177,7 +181,9 @@ fn now() -> u64 {
 }
 
 fn is_hex_id(s: &str) -> bool {
-    s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    s.len() == 32
+        && s.bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
 /// Checks task parameters; `Ok` holds the sorted participants.
@@ -194,7 +200,9 @@ pub fn check_params(local: PeerId, p: &TaskParams) -> Result<Vec<PeerId>, String
         return Err("participants must be sorted".into());
     }
     if !sorted.contains(&local) {
-        return Err(format!("this node ({local}) must be one of the participants"));
+        return Err(format!(
+            "this node ({local}) must be one of the participants"
+        ));
     }
     let n = sorted.len();
     if n < 2 || n > MAX_PARTICIPANTS {
@@ -226,7 +234,10 @@ pub fn check_params(local: PeerId, p: &TaskParams) -> Result<Vec<PeerId>, String
         return Err("min_reports must be at least 1".into());
     }
     if !is_hex_id(&p.task_id) {
-        return Err(format!("`{}` is not a task id (32 lowercase hex digits)", p.task_id));
+        return Err(format!(
+            "`{}` is not a task id (32 lowercase hex digits)",
+            p.task_id
+        ));
     }
     Ok(sorted)
 }
@@ -328,13 +339,17 @@ impl MpcEngine {
         let others2 = others.clone();
         let run = async move {
             let others = others2;
-            let params_bytes = serde_json::to_vec(&params)
-                .map_err(|e| SessionError::failed(e.to_string()))?;
+            let params_bytes =
+                serde_json::to_vec(&params).map_err(|e| SessionError::failed(e.to_string()))?;
             let digest = sha256(&params_bytes);
             let failures = engine
-                .broadcast(&others, session, &Body::AggTaskInvite {
-                    params: params_bytes,
-                })
+                .broadcast(
+                    &others,
+                    session,
+                    &Body::AggTaskInvite {
+                        params: params_bytes,
+                    },
+                )
                 .await;
             if !failures.is_empty() {
                 return Err(inbox.explain(unreachable_error(failures, "the task invitation")));
@@ -439,7 +454,9 @@ impl MpcEngine {
             .map_err(|e| format!("malformed task parameters: {e}"))?;
         let peers = check_params(local, &params)?;
         if !peers.contains(&from) {
-            return Err(format!("the inviting peer {from} is not among the participants"));
+            return Err(format!(
+                "the inviting peer {from} is not among the participants"
+            ));
         }
         if self.agg().store.get(&params.task_id).is_some() {
             return Err(format!("task {} exists already", params.task_id));
@@ -492,7 +509,10 @@ impl MpcEngine {
         let keys: Vec<ParticipantKey> = serde_json::from_slice(&commit[&from])
             .map_err(|e| SessionError::blame(vec![from], format!("malformed task keys: {e}")))?;
         if keys.len() != peers.len()
-            || keys.iter().zip(&peers).any(|(k, p)| k.peer_id != p.to_string())
+            || keys
+                .iter()
+                .zip(&peers)
+                .any(|(k, p)| k.peer_id != p.to_string())
         {
             return Err(SessionError::blame(
                 vec![from],
@@ -549,7 +569,9 @@ impl MpcEngine {
         if !task.reserve(report_id) {
             return Err((
                 "duplicate_report".into(),
-                format!("report {report_id} was submitted already (a replayed report id is refused)"),
+                format!(
+                    "report {report_id} was submitted already (a replayed report id is refused)"
+                ),
             ));
         }
         let length = task.info.params.length as usize;
@@ -651,7 +673,11 @@ impl MpcEngine {
                 .parse()
                 .map_err(|e| AggError::internal(format!("stored peer id {p}: {e}")))?;
             let enc = b64.decode(&s.enc).map_err(|e| {
-                AggError::new(400, "invalid_report", format!("share for {p}: `enc` is not base64: {e}"))
+                AggError::new(
+                    400,
+                    "invalid_report",
+                    format!("share for {p}: `enc` is not base64: {e}"),
+                )
             })?;
             let ct = b64.decode(&s.ciphertext).map_err(|e| {
                 AggError::new(
@@ -688,11 +714,7 @@ impl MpcEngine {
         let engine = self.clone();
         let report_id = report.report_id.clone();
         let task2 = task.clone();
-        let run = async move {
-            engine
-                .relay_report(inbox, task2, report_id, decoded)
-                .await
-        };
+        let run = async move { engine.relay_report(inbox, task2, report_id, decoded).await };
         let outcome = self
             .run_session(Protocol::AggReport, "relay", session, owners, run)
             .await
@@ -736,8 +758,12 @@ impl MpcEngine {
                     bytes: ct.len() as u64,
                     chunks: chunks_of(ct.len()),
                 };
-                self.send(peer, session, invite).await.map_err(|e| (peer, e))?;
-                self.send_chunks(peer, session, &ct).await.map_err(|e| (peer, e))?;
+                self.send(peer, session, invite)
+                    .await
+                    .map_err(|e| (peer, e))?;
+                self.send_chunks(peer, session, &ct)
+                    .await
+                    .map_err(|e| (peer, e))?;
                 Ok::<PeerId, (PeerId, crate::network::MpcSendError)>(peer)
             });
         }
@@ -761,10 +787,15 @@ impl MpcEngine {
         }
         let timeout = self.inner.round_timeout;
         let verdicts = match inbox
-            .collect("aggregation share verdict", &reachable, timeout, |b| match b {
-                Body::AggShareVerdict { rejected } => Some(rejected.clone()),
-                _ => None,
-            })
+            .collect(
+                "aggregation share verdict",
+                &reachable,
+                timeout,
+                |b| match b {
+                    Body::AggShareVerdict { rejected } => Some(rejected.clone()),
+                    _ => None,
+                },
+            )
             .await
         {
             Ok(v) => v,
@@ -808,15 +839,16 @@ impl MpcEngine {
             ));
         }
         let commit = refusal.is_none();
-        let remote_accepted: Vec<PeerId> = accepted.iter().filter(|p| **p != local).copied().collect();
+        let remote_accepted: Vec<PeerId> =
+            accepted.iter().filter(|p| **p != local).copied().collect();
         let _ = self
             .broadcast(&remote_accepted, session, &Body::AggShareCommit { commit })
             .await;
         if let Some(share) = local_accepted {
             if commit {
-                task.commit(&report_id, &share)
-                    .await
-                    .map_err(|e| SessionError::failed(format!("cannot store the share sum: {e}")))?;
+                task.commit(&report_id, &share).await.map_err(|e| {
+                    SessionError::failed(format!("cannot store the share sum: {e}"))
+                })?;
             } else {
                 task.release(&report_id);
             }
@@ -825,10 +857,15 @@ impl MpcEngine {
             return Ok(Err(r));
         }
         inbox
-            .collect("aggregation share stored", &remote_accepted, timeout, |b| match b {
-                Body::AggShareStored => Some(()),
-                _ => None,
-            })
+            .collect(
+                "aggregation share stored",
+                &remote_accepted,
+                timeout,
+                |b| match b {
+                    Body::AggShareStored => Some(()),
+                    _ => None,
+                },
+            )
             .await?;
         accepted.sort();
         info!(%task_id, %report_id, owners = accepted.len(), "report accepted");
@@ -894,7 +931,10 @@ impl MpcEngine {
                 if buf.len() != len {
                     return Err(SessionError::blame(
                         vec![peer],
-                        format!("participant {peer} sent {} bytes, expected {len}", buf.len()),
+                        format!(
+                            "participant {peer} sent {} bytes, expected {len}",
+                            buf.len()
+                        ),
                     ));
                 }
                 pending.retain(|p| *p != peer);
@@ -919,7 +959,9 @@ impl MpcEngine {
             return Err(format!("no aggregation task `{task_id}` on this node"));
         };
         if !task.info.params.participants.contains(&from.to_string()) {
-            return Err(format!("peer {from} is not a participant of task {task_id}"));
+            return Err(format!(
+                "peer {from} is not a participant of task {task_id}"
+            ));
         }
         let expected = task.info.params.length as usize * shares::ELEMENT_BYTES + TAG_BYTES;
         if bytes as usize != expected || chunks != chunks_of(expected) {
@@ -936,7 +978,8 @@ impl MpcEngine {
         let engine = self.clone();
         tokio::spawn(
             async move {
-                let run = engine.run_share_owner(inbox, from, task, report_id, encapped_key, expected);
+                let run =
+                    engine.run_share_owner(inbox, from, task, report_id, encapped_key, expected);
                 let _ = engine
                     .run_session(Protocol::AggReport, "owner", session, vec![from], run)
                     .await;
@@ -959,7 +1002,9 @@ impl MpcEngine {
         let timeout = self.inner.round_timeout;
         let mut got = Self::receive_chunks(&mut inbox, &[from], len, timeout).await?;
         let ciphertext = got.remove(&from).unwrap_or_default();
-        let verdict = self.open_share(&task, &report_id, encapped_key, ciphertext).await;
+        let verdict = self
+            .open_share(&task, &report_id, encapped_key, ciphertext)
+            .await;
         let (rejected, share) = match verdict {
             Ok(share) => (None, Some(share)),
             Err((code, message)) => {
@@ -1044,9 +1089,13 @@ impl MpcEngine {
         let t = usize::from(params.threshold);
         let others: Vec<PeerId> = peers.iter().filter(|p| **p != local).copied().collect();
         let failures = self
-            .broadcast(&others, session, &Body::AggCollectInvite {
-                task_id: params.task_id.clone(),
-            })
+            .broadcast(
+                &others,
+                session,
+                &Body::AggCollectInvite {
+                    task_id: params.task_id.clone(),
+                },
+            )
             .await;
         let reachable: Vec<PeerId> = others
             .iter()
@@ -1062,7 +1111,10 @@ impl MpcEngine {
             .await?;
         let own = task.snapshot().await;
         let mut groups: BTreeMap<([u8; 32], u64), Vec<PeerId>> = BTreeMap::new();
-        groups.entry((own.digest, own.count)).or_default().push(local);
+        groups
+            .entry((own.digest, own.count))
+            .or_default()
+            .push(local);
         for (p, (d, c)) in &sets {
             groups.entry((*d, *c)).or_default().push(*p);
         }
@@ -1075,10 +1127,14 @@ impl MpcEngine {
             let reachable = reachable.clone();
             async move {
                 let _ = engine
-                    .broadcast(&reachable, session, &Body::AggOpen {
-                        digest: [0; 32],
-                        send_sum: false,
-                    })
+                    .broadcast(
+                        &reachable,
+                        session,
+                        &Body::AggOpen {
+                            digest: [0; 32],
+                            send_sum: false,
+                        },
+                    )
                     .await;
             }
         };
@@ -1147,16 +1203,24 @@ impl MpcEngine {
             .copied()
             .collect();
         let _ = self
-            .broadcast(&not_chosen, session, &Body::AggOpen {
-                digest,
-                send_sum: false,
-            })
+            .broadcast(
+                &not_chosen,
+                session,
+                &Body::AggOpen {
+                    digest,
+                    send_sum: false,
+                },
+            )
             .await;
         let failures = self
-            .broadcast(&remote_chosen, session, &Body::AggOpen {
-                digest,
-                send_sum: true,
-            })
+            .broadcast(
+                &remote_chosen,
+                session,
+                &Body::AggOpen {
+                    digest,
+                    send_sum: true,
+                },
+            )
             .await;
         if !failures.is_empty() {
             return Err(inbox.explain(unreachable_error(failures, "the open request")));
@@ -1173,7 +1237,10 @@ impl MpcEngine {
                 own.share_sum.clone()
             } else {
                 shares::decode(&received[p], params.length as usize).map_err(|e| {
-                    SessionError::blame(vec![*p], format!("participant {p} sent a malformed share sum: {e}"))
+                    SessionError::blame(
+                        vec![*p],
+                        format!("participant {p} sent a malformed share sum: {e}"),
+                    )
                 })?
             };
             points.push((index, sum));
@@ -1204,7 +1271,9 @@ impl MpcEngine {
             return Err(format!("no aggregation task `{task_id}` on this node"));
         };
         if !task.info.params.participants.contains(&from.to_string()) {
-            return Err(format!("peer {from} is not a participant of task {task_id}"));
+            return Err(format!(
+                "peer {from} is not a participant of task {task_id}"
+            ));
         }
         let inbox = self
             .inner
@@ -1216,7 +1285,13 @@ impl MpcEngine {
             async move {
                 let run = engine.run_collect_participant(inbox, from, task);
                 let _ = engine
-                    .run_session(Protocol::AggCollect, "participant", session, vec![from], run)
+                    .run_session(
+                        Protocol::AggCollect,
+                        "participant",
+                        session,
+                        vec![from],
+                        run,
+                    )
                     .await;
             }
             .in_current_span(),
@@ -1232,10 +1307,14 @@ impl MpcEngine {
     ) -> Result<(), SessionError> {
         let session = inbox.session();
         let snapshot = task.snapshot().await;
-        self.send(from, session, Body::AggReportSet {
-            digest: snapshot.digest,
-            count: snapshot.count,
-        })
+        self.send(
+            from,
+            session,
+            Body::AggReportSet {
+                digest: snapshot.digest,
+                count: snapshot.count,
+            },
+        )
         .await
         .map_err(|e| unreachable_error(vec![(from, e)], "the report set"))?;
         let timeout = self.inner.round_timeout;

@@ -108,10 +108,15 @@ pub fn add_assign(sum: &mut [Field], share: &[Field]) -> Result<(), ShareError> 
 /// (the caller checks the count; with fewer, the result is meaningless).
 pub fn reconstruct(shares: &[(usize, Vec<Field>)]) -> Result<Vec<Field>, ShareError> {
     let Some((_, first)) = shares.first() else {
-        return Err(ShareError::Parameters("no shares to reconstruct from".into()));
+        return Err(ShareError::Parameters(
+            "no shares to reconstruct from".into(),
+        ));
     };
     let len = first.len();
-    let xs: Vec<Field> = shares.iter().map(|(i, _)| Field::from(*i as u64 + 1)).collect();
+    let xs: Vec<Field> = shares
+        .iter()
+        .map(|(i, _)| Field::from(*i as u64 + 1))
+        .collect();
     for (a, (i, s)) in shares.iter().enumerate() {
         if s.len() != len {
             return Err(ShareError::WrongLength {
@@ -210,7 +215,9 @@ mod tests {
         for (s, share) in sums.iter_mut().zip(&sb) {
             add_assign(s, share).unwrap();
         }
-        let expected: Vec<u64> = (0..len as u64).map(|i| (i + MODULUS - 1) % MODULUS).collect();
+        let expected: Vec<u64> = (0..len as u64)
+            .map(|i| (i + MODULUS - 1) % MODULUS)
+            .collect();
         for subset in [[0, 1, 2], [1, 3, 4], [4, 2, 0]] {
             let picked: Vec<(usize, Vec<Field>)> =
                 subset.iter().map(|&i| (i, sums[i].clone())).collect();
@@ -236,7 +243,8 @@ mod tests {
             for &i in &colluders {
                 assert_eq!(alt[i], shares[i], "colluder {i} sees the same share");
             }
-            let all: Vec<(usize, Vec<Field>)> = [0, 1, 2].iter().map(|&i| (i, alt[i].clone())).collect();
+            let all: Vec<(usize, Vec<Field>)> =
+                [0, 1, 2].iter().map(|&i| (i, alt[i].clone())).collect();
             assert_eq!(reconstruct(&all).unwrap(), other);
         }
     }

@@ -288,10 +288,16 @@ impl AggregationStore {
     }
 
     /// Stores a new task (state first, then the task file that makes it visible at restart).
-    pub async fn insert(&self, info: TaskInfo, index: usize) -> Result<Arc<TaskEntry>, TaskStoreError> {
+    pub async fn insert(
+        &self,
+        info: TaskInfo,
+        index: usize,
+    ) -> Result<Arc<TaskEntry>, TaskStoreError> {
         let task_id = info.params.task_id.clone();
         if self.get(&task_id).is_some() {
-            return Err(TaskStoreError::Other(format!("task {task_id} exists already")));
+            return Err(TaskStoreError::Other(format!(
+                "task {task_id} exists already"
+            )));
         }
         let state = TaskState {
             report_ids: BTreeSet::new(),
