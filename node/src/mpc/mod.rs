@@ -180,11 +180,13 @@ impl MpcEngine {
             } => self.join_aggregation_share(
                 session,
                 from,
-                task_id,
-                report_id,
-                encapped_key,
-                bytes,
-                chunks,
+                aggregation::ShareInvite {
+                    task_id,
+                    report_id,
+                    encapped_key,
+                    bytes,
+                    chunks,
+                },
             ),
             Body::AggCollectInvite { task_id } => {
                 self.join_aggregation_collect(session, from, task_id)

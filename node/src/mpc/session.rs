@@ -412,10 +412,10 @@ impl SessionInbox {
         if let Some(list) = self.stash.get_mut(kind) {
             while !list.is_empty() {
                 let m = list.remove(0);
-                if from.contains(&m.from) {
-                    if let Some(v) = extract(&m.body) {
-                        return Ok((m.from, v));
-                    }
+                if from.contains(&m.from)
+                    && let Some(v) = extract(&m.body)
+                {
+                    return Ok((m.from, v));
                 }
             }
         }

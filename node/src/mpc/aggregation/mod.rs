@@ -117,6 +117,15 @@ pub struct CreateTask {
     pub min_reports: u64,
 }
 
+/// A relay's announcement of one sealed share (the fields of `Body::AggShareInvite`).
+pub(super) struct ShareInvite {
+    pub task_id: String,
+    pub report_id: String,
+    pub encapped_key: Vec<u8>,
+    pub bytes: u64,
+    pub chunks: u32,
+}
+
 /// One sealed share of a report, as a client posts it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -205,7 +214,7 @@ pub fn check_params(local: PeerId, p: &TaskParams) -> Result<Vec<PeerId>, String
         ));
     }
     let n = sorted.len();
-    if n < 2 || n > MAX_PARTICIPANTS {
+    if !(2..=MAX_PARTICIPANTS).contains(&n) {
         return Err(format!(
             "{n} participants: a task needs 2 to {MAX_PARTICIPANTS}"
         ));
@@ -948,12 +957,15 @@ impl MpcEngine {
         &self,
         session: SessionId,
         from: PeerId,
-        task_id: String,
-        report_id: String,
-        encapped_key: Vec<u8>,
-        bytes: u64,
-        chunks: u32,
+        invite: ShareInvite,
     ) -> Result<(), String> {
+        let ShareInvite {
+            task_id,
+            report_id,
+            encapped_key,
+            bytes,
+            chunks,
+        } = invite;
         let Some(task) = self.agg().store.get(&task_id) else {
             self.count_share("unknown_task");
             return Err(format!("no aggregation task `{task_id}` on this node"));
