@@ -153,6 +153,34 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
     let task = create_task(&nodes[0], &nodes, t, len, clients as u64).await;
     let task_id = task.params.task_id.clone();
 
+    // Bad task requests are refused with what is wrong.
+    let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    for (body, needle) in [
+        (
+            json!({"participants": ids, "threshold": 5, "length": 3, "min_reports": 1}),
+            "threshold 5 is out of range",
+        ),
+        (
+            json!({"participants": ids, "threshold": 2, "length": 0, "min_reports": 1}),
+            "length 0 is out of range",
+        ),
+        (
+            json!({"participants": ids, "threshold": 2, "length": 3, "min_reports": 1, "modulus": 65537}),
+            "modulus 65537 is not supported",
+        ),
+        (
+            json!({"participants": [ids[0], "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"], "threshold": 1, "length": 3, "min_reports": 1}),
+            "not connected",
+        ),
+    ] {
+        let (status, answer) = post(&nodes[0], "/v1/aggregations", &body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(needle),
+            "{answer}"
+        );
+    }
+
     // Every participant stored the same task, with keys signed by their identities.
     for node in &nodes {
         let view = get_task(node, &task_id).await;
@@ -392,6 +420,29 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
     );
     let again: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["sum"], body["sum"]);
+
+    // Once a sum is opened the task takes no more reports (a second opened sum would reveal
+    // the reports in between).
+    let late = prepare_report(&task, &inputs[0]).unwrap();
+    let (status, body) = submit(&nodes[0], &task_id, &late).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("task_collected")),
+        "{body}"
+    );
+
+    // Every aggregation protocol ran as sessions of the session layer.
+    let page = nodes[0].metrics_page().await;
+    for protocol in ["agg_create", "agg_report", "agg_collect"] {
+        assert!(
+            metric(
+                &page,
+                "p2p_mpc_mpc_sessions_completed_total",
+                &format!("protocol=\"{protocol}\"")
+            ) > 0,
+            "{protocol} sessions completed"
+        );
+    }
 
     // The restarted node still holds its accepted reports.
     let boots = vec![nodes[0].tcp_addr.clone()];
