@@ -257,7 +257,7 @@ pub enum Command {
         #[command(subcommand)]
         command: AggregateCommand,
     },
-    /// Start N local nodes on loopback, mesh them, run a demo DKG and signature, and keep them running until Ctrl-C.
+    /// Start N local nodes on loopback, mesh them, run a demo DKG, signature and secure sum, and keep them running until Ctrl-C.
     Devnet {
         /// Number of nodes.
         #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u16).range(2..=32))]
