@@ -252,7 +252,12 @@ pub enum Command {
         #[command(subcommand)]
         command: KeysCommand,
     },
-    /// Start N local nodes on loopback, mesh them, run a demo DKG and signature, and keep them running until Ctrl-C.
+    /// Secure aggregation: create a sum task, submit a private vector, collect the sum, through a running node's API.
+    Aggregate {
+        #[command(subcommand)]
+        command: AggregateCommand,
+    },
+    /// Start N local nodes on loopback, mesh them, run a demo DKG, signature and secure sum, and keep them running until Ctrl-C.
     Devnet {
         /// Number of nodes.
         #[arg(long, default_value_t = 3, value_name = "N", value_parser = clap::value_parser!(u16).range(2..=32))]
@@ -297,6 +302,61 @@ pub enum KeysCommand {
         /// The message, hex.
         #[arg(long, value_name = "HEX")]
         message: String,
+        #[command(flatten)]
+        api: ApiClientArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+}
+
+/// `p2p-mpc aggregate ...`: secure-sum tasks through a node's API.
+#[derive(Debug, Subcommand)]
+pub enum AggregateCommand {
+    /// Create a secure-sum task on the participants (POST /v1/aggregations).
+    Create {
+        /// Any T + 1 participants open the sum; any T of them learn nothing of an input (at least 1, below the number of participants).
+        #[arg(long, value_name = "T")]
+        threshold: u16,
+        /// Length of every input vector.
+        #[arg(long, value_name = "L")]
+        length: u32,
+        /// Reports needed before the sum can be collected.
+        #[arg(long, value_name = "M")]
+        min_reports: u64,
+        /// Participant peer ids (repeatable or comma-separated); default: the node and its connected MPC peers.
+        #[arg(long = "participants", value_delimiter = ',', value_name = "PEER_ID")]
+        participants: Vec<String>,
+        #[command(flatten)]
+        api: ApiClientArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Share a private vector among the task's nodes: checks their signed keys, splits it into Shamir shares, seals each share to its node with HPKE and posts the bundle (POST /v1/aggregations/{id}/reports).
+    Submit {
+        /// The task id.
+        #[arg(long, value_name = "TASK_ID")]
+        task: String,
+        /// The values, comma-separated integers from 0 to 18446744069414584320.
+        #[arg(
+            long,
+            value_name = "V1,V2,...",
+            conflicts_with = "file",
+            required_unless_present = "file"
+        )]
+        values: Option<String>,
+        /// A file of values separated by commas, spaces or newlines.
+        #[arg(long, value_name = "FILE")]
+        file: Option<PathBuf>,
+        #[command(flatten)]
+        api: ApiClientArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Reveal the sum once enough reports are in (POST /v1/aggregations/{id}/collect).
+    Collect {
+        /// The task id.
+        #[arg(long, value_name = "TASK_ID")]
+        task: String,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]

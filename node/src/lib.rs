@@ -1,6 +1,7 @@
 //! p2p-mpc node: a libp2p peer with gossipsub, Kademlia discovery, an HTTP API,
 //! Prometheus metrics and tracing. The binary `p2p-mpc` is a thin wrapper around it.
 
+pub mod aggregate_commands;
 pub mod api;
 pub mod chat;
 pub mod cli;

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use p2p_mpc_node::api::client::{ApiClient, encode_segment};
 use p2p_mpc_node::api::{PublishResponse, StatusResponse};
-use p2p_mpc_node::cli::{Cli, Command, KeysCommand, NodeArgs};
+use p2p_mpc_node::cli::{AggregateCommand, Cli, Command, KeysCommand, NodeArgs};
 use p2p_mpc_node::identity::{self, IdentitySource};
 use p2p_mpc_node::tracing_config::{self, TracingSettings};
 use p2p_mpc_node::{config, node};
@@ -141,6 +141,16 @@ fn run_subcommand(command: Command) -> ExitCode {
             };
             client_call(&api.url, api.api_token_file.as_deref(), |c| {
                 p2p_mpc_node::key_commands::run(c, command)
+            })
+        }
+        Command::Aggregate { command } => {
+            let api = match &command {
+                AggregateCommand::Create { api, .. }
+                | AggregateCommand::Submit { api, .. }
+                | AggregateCommand::Collect { api, .. } => api.clone(),
+            };
+            client_call(&api.url, api.api_token_file.as_deref(), |c| {
+                p2p_mpc_node::aggregate_commands::run(c, command)
             })
         }
         Command::Devnet {

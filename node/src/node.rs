@@ -41,6 +41,8 @@ pub enum NodeError {
     KeyStore(#[from] crate::mpc::store::StoreError),
     #[error("{0}")]
     Faults(String),
+    #[error("aggregation state: {0}")]
+    Aggregation(String),
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -126,6 +128,22 @@ pub async fn run(
         max_connections: config.max_connections,
         max_message_size: config.max_message_size,
     };
+    let (aggregation_store, unreadable) = crate::mpc::aggregation::store::AggregationStore::open(
+        &config.data_dir,
+        &peer_id.to_string(),
+    )
+    .map_err(|e| NodeError::Aggregation(e.to_string()))?;
+    for (path, reason) in &unreadable {
+        warn!(path = %path.display(), %reason, "aggregation task file ignored");
+    }
+    let hpke_key =
+        crate::mpc::aggregation::encryption::EncryptionKey::load_or_create(aggregation_store.dir())
+            .map_err(NodeError::Aggregation)?;
+    let aggregation = crate::mpc::aggregation::Aggregation {
+        store: aggregation_store,
+        key: hpke_key,
+        identity: key.clone(),
+    };
     let (mut service, network, mut events) = NetworkService::start(
         key,
         settings,
@@ -144,6 +162,7 @@ pub async fn run(
         MpcMetrics::new(node_metrics.registry()),
         faults,
         round_timeout,
+        aggregation,
     );
     let router_task = tokio::spawn(mpc.clone().run_router(mpc_inbound));
 

@@ -84,7 +84,7 @@ fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
     }
     let text = lines.lock().unwrap().join("\n");
     assert!(
-        text.contains("verified against the group public key"),
+        text.contains("verified against the group public key") && text.contains("the sum matches"),
         "{text}"
     );
     assert_eq!(text.matches("  node ").count(), 3, "{text}");

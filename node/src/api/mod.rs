@@ -1,8 +1,9 @@
-//! The HTTP API (axum): status, peers and topic messages under `/v1`.
+//! The HTTP API (axum): status, peers, topic messages, keys and aggregations under `/v1`.
 //!
 //! JSON in and out; every error is `{"error": "...", "code": "..."}` with a fitting status.
 //! With a token configured, every `/v1` request needs `Authorization: Bearer <token>`.
 
+pub mod aggregations;
 pub mod client;
 pub mod keys;
 pub mod messages;
@@ -129,6 +130,20 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/keys", get(keys::list).post(keys::create))
         .route("/v1/keys/{key_id}", get(keys::get_key))
         .route("/v1/keys/{key_id}/sign", axum::routing::post(keys::sign))
+        .route(
+            "/v1/aggregations",
+            axum::routing::post(aggregations::create),
+        )
+        .route("/v1/aggregations/{task_id}", get(aggregations::get_task))
+        .route(
+            "/v1/aggregations/{task_id}/reports",
+            axum::routing::post(aggregations::submit)
+                .layer(DefaultBodyLimit::max(aggregations::MAX_REPORT_BODY)),
+        )
+        .route(
+            "/v1/aggregations/{task_id}/collect",
+            axum::routing::post(aggregations::collect),
+        )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route_layer(middleware::from_fn(label_route));
     v1.fallback(not_found)

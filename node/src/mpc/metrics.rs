@@ -17,6 +17,10 @@ pub struct MpcMetrics {
     pub messages: IntCounterVec,
     /// Inbound MPC messages dropped, by protocol and reason.
     pub messages_dropped: IntCounterVec,
+    /// Client reports taken by this node (as relay), by outcome (`accepted` or the error code).
+    pub aggregation_reports: IntCounterVec,
+    /// Sealed shares this node checked as owner, by outcome.
+    pub aggregation_shares: IntCounterVec,
 }
 
 impl MpcMetrics {
@@ -62,6 +66,16 @@ impl MpcMetrics {
                 "Inbound MPC messages dropped, by protocol and reason.",
                 &["protocol", "reason"],
             ),
+            aggregation_reports: counter(
+                "p2p_mpc_aggregation_reports_total",
+                "Client reports taken by this node, by outcome (accepted or the refusal code).",
+                &["outcome"],
+            ),
+            aggregation_shares: counter(
+                "p2p_mpc_aggregation_shares_total",
+                "Sealed shares this node checked as their owner, by outcome.",
+                &["outcome"],
+            ),
         };
         for c in [
             Box::new(m.sessions_started.clone()) as Box<dyn prometheus::core::Collector>,
@@ -70,6 +84,8 @@ impl MpcMetrics {
             Box::new(m.session_duration_seconds.clone()),
             Box::new(m.messages.clone()),
             Box::new(m.messages_dropped.clone()),
+            Box::new(m.aggregation_reports.clone()),
+            Box::new(m.aggregation_shares.clone()),
         ] {
             registry.register(c).expect("MPC metric names are unique");
         }

@@ -1,10 +1,12 @@
-//! MPC: the session layer and the FROST protocols (DKG and threshold signing, Ed25519).
+//! MPC: the session layer, the FROST protocols (DKG and threshold signing, Ed25519) and
+//! secure aggregation (Shamir shares sealed with HPKE; only the sum is revealed).
 //!
 //! [`MpcEngine`] is the node's handle: the HTTP API starts sessions through it, and its router
 //! task receives every inbound MPC message from the network service. Each session runs in its
 //! own task inside a tracing span carrying the session id, and ends `completed`,
 //! `failed(reason)` or `aborted(blamed participants)`; every round has a deadline.
 
+pub mod aggregation;
 pub mod dkg;
 pub mod faults;
 pub mod metrics;
@@ -79,6 +81,7 @@ struct Inner {
     metrics: MpcMetrics,
     faults: Faults,
     round_timeout: Duration,
+    aggregation: aggregation::Aggregation,
 }
 
 /// The node's MPC handle; cheap to clone.
@@ -96,6 +99,7 @@ impl MpcEngine {
         metrics: MpcMetrics,
         faults: Faults,
         round_timeout: Duration,
+        aggregation: aggregation::Aggregation,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -106,6 +110,7 @@ impl MpcEngine {
                 metrics,
                 faults,
                 round_timeout,
+                aggregation,
             }),
         }
     }
@@ -164,6 +169,27 @@ impl MpcEngine {
             } => self.join_dkg(session, from, key_id, threshold, participants),
             Body::SignInvite { key_id, message } => {
                 self.join_signing(session, from, key_id, message)
+            }
+            Body::AggTaskInvite { params } => self.join_aggregation_create(session, from, params),
+            Body::AggShareInvite {
+                task_id,
+                report_id,
+                encapped_key,
+                bytes,
+                chunks,
+            } => self.join_aggregation_share(
+                session,
+                from,
+                aggregation::ShareInvite {
+                    task_id,
+                    report_id,
+                    encapped_key,
+                    bytes,
+                    chunks,
+                },
+            ),
+            Body::AggCollectInvite { task_id } => {
+                self.join_aggregation_collect(session, from, task_id)
             }
             other => Err(format!(
                 "a {} message does not open a session",

@@ -397,6 +397,56 @@ impl SessionInbox {
         self.stash.entry(m.body.kind()).or_default().push(m);
     }
 
+    /// Receives the next message of kind `kind` from any peer in `from`, until `deadline`.
+    ///
+    /// Unlike [`collect`](Self::collect), a peer may send many messages of that kind (the
+    /// chunks of one large payload), so nothing is deduplicated here. Messages of other kinds
+    /// are stashed for their rounds; an `Abort` from an expected peer ends the wait.
+    pub async fn next_of<T>(
+        &mut self,
+        kind: &'static str,
+        from: &[PeerId],
+        deadline: tokio::time::Instant,
+        mut extract: impl FnMut(&Body) -> Option<T>,
+    ) -> Result<(PeerId, T), SessionError> {
+        if let Some(list) = self.stash.get_mut(kind) {
+            while !list.is_empty() {
+                let m = list.remove(0);
+                if from.contains(&m.from)
+                    && let Some(v) = extract(&m.body)
+                {
+                    return Ok((m.from, v));
+                }
+            }
+        }
+        loop {
+            let next = match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Err(SessionError::failed("the session was closed")),
+                Err(_) => {
+                    return Err(SessionError::blame(
+                        from.to_vec(),
+                        format!("no {kind} from {} before the deadline", join_peers(from)),
+                    ));
+                }
+            };
+            if let Body::Abort { reason } = &next.body {
+                if from.contains(&next.from) {
+                    return Err(SessionError::failed(format!(
+                        "participant {} aborted the session: {reason}",
+                        next.from
+                    )));
+                }
+                continue;
+            }
+            match extract(&next.body) {
+                Some(v) if from.contains(&next.from) => return Ok((next.from, v)),
+                Some(_) => {}
+                None => self.keep_for_later(next),
+            }
+        }
+    }
+
     /// Collects one message of kind `kind` from each peer in `from`, until `deadline`.
     ///
     /// `extract` turns a body of that kind into the round's value (`None` for other kinds,

@@ -51,6 +51,12 @@ pub enum Protocol {
     Dkg,
     /// FROST two-round signing.
     Sign,
+    /// Creation of a secure-aggregation task (with a confirmation round).
+    AggCreate,
+    /// Relay of one client report's encrypted shares to their owners.
+    AggReport,
+    /// Opening the sum of an aggregation task.
+    AggCollect,
 }
 
 impl Protocol {
@@ -59,6 +65,9 @@ impl Protocol {
         match self {
             Protocol::Dkg => "frost_dkg",
             Protocol::Sign => "frost_sign",
+            Protocol::AggCreate => "agg_create",
+            Protocol::AggReport => "agg_report",
+            Protocol::AggCollect => "agg_collect",
         }
     }
 }
@@ -114,8 +123,81 @@ pub enum Body {
     SignRound2 { signing_package: Vec<u8> },
     /// Signer → coordinator: the signature share.
     SignShare { share: Vec<u8> },
+    /// Coordinator → participants: store this aggregation task (JSON of its parameters).
+    AggTaskInvite { params: Vec<u8> },
+    /// Participant → coordinator: parameters accepted; its signed HPKE key.
+    AggTaskAccept {
+        params_digest: [u8; 32],
+        identity_public_key: Vec<u8>,
+        hpke_public_key: Vec<u8>,
+        signature: Vec<u8>,
+    },
+    /// Coordinator → participants: everyone accepted; store the task with these keys (JSON).
+    AggTaskCommit { keys: Vec<u8> },
+    /// Participant → coordinator: the task is stored.
+    AggTaskStored,
+    /// Relay → owner: an encrypted share follows in `chunks` chunks of `bytes` bytes in all.
+    AggShareInvite {
+        task_id: String,
+        report_id: String,
+        encapped_key: Vec<u8>,
+        bytes: u64,
+        chunks: u32,
+    },
+    /// A piece of a large payload (an encrypted share, or a share sum being opened).
+    AggChunk { index: u32, data: Blob },
+    /// Owner → relay: the share decrypted and checked (`None`), or why not (code, message).
+    AggShareVerdict { rejected: Option<(String, String)> },
+    /// Relay → owners: every owner accepted (`true`): add the share; or drop it.
+    AggShareCommit { commit: bool },
+    /// Owner → relay: the share is in the persisted sum.
+    AggShareStored,
+    /// Collector → participants: report which reports you hold for this task.
+    AggCollectInvite { task_id: String },
+    /// Participant → collector: digest and size of its report set (snapshot kept in memory).
+    AggReportSet { digest: [u8; 32], count: u64 },
+    /// Collector → participants that answered: send (`send_sum`) the share sum of the snapshot
+    /// with this digest in chunks, or nothing (not chosen, or the collect was refused).
+    AggOpen { digest: [u8; 32], send_sum: bool },
     /// The sender gives up on the session.
     Abort { reason: String },
+}
+
+/// Bytes that travel as one CBOR byte string (a `Vec<u8>` alone would be an array of
+/// integers, up to twice as large).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Blob(pub Vec<u8>);
+
+impl Serialize for Blob {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Blob {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Blob;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a byte string")
+            }
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob, E> {
+                Ok(Blob(v.to_vec()))
+            }
+            fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Blob, E> {
+                Ok(Blob(v))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Blob, A::Error> {
+                let mut out = Vec::new();
+                while let Some(b) = a.next_element::<u8>()? {
+                    out.push(b);
+                }
+                Ok(Blob(out))
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
 }
 
 impl Body {
@@ -132,6 +214,19 @@ impl Body {
             | Body::SignCommitments { .. }
             | Body::SignRound2 { .. }
             | Body::SignShare { .. } => Some(Protocol::Sign),
+            Body::AggTaskInvite { .. }
+            | Body::AggTaskAccept { .. }
+            | Body::AggTaskCommit { .. }
+            | Body::AggTaskStored => Some(Protocol::AggCreate),
+            Body::AggShareInvite { .. }
+            | Body::AggShareVerdict { .. }
+            | Body::AggShareCommit { .. }
+            | Body::AggShareStored => Some(Protocol::AggReport),
+            Body::AggCollectInvite { .. } | Body::AggReportSet { .. } | Body::AggOpen { .. } => {
+                Some(Protocol::AggCollect)
+            }
+            // Chunks belong to whichever aggregation session carries them.
+            Body::AggChunk { .. } => None,
             Body::Abort { .. } => None,
         }
     }
@@ -149,13 +244,32 @@ impl Body {
             Body::SignCommitments { .. } => "sign round 1",
             Body::SignRound2 { .. } => "sign round 2 request",
             Body::SignShare { .. } => "sign round 2 share",
+            Body::AggTaskInvite { .. } => "aggregation task invite",
+            Body::AggTaskAccept { .. } => "aggregation task accept",
+            Body::AggTaskCommit { .. } => "aggregation task commit",
+            Body::AggTaskStored => "aggregation task stored",
+            Body::AggShareInvite { .. } => "aggregation share invite",
+            Body::AggChunk { .. } => "aggregation chunk",
+            Body::AggShareVerdict { .. } => "aggregation share verdict",
+            Body::AggShareCommit { .. } => "aggregation share commit",
+            Body::AggShareStored => "aggregation share stored",
+            Body::AggCollectInvite { .. } => "aggregation collect invite",
+            Body::AggReportSet { .. } => "aggregation report set",
+            Body::AggOpen { .. } => "aggregation open",
             Body::Abort { .. } => "abort",
         }
     }
 
     /// Whether this message opens a session at its receiver.
     pub fn is_invite(&self) -> bool {
-        matches!(self, Body::DkgInvite { .. } | Body::SignInvite { .. })
+        matches!(
+            self,
+            Body::DkgInvite { .. }
+                | Body::SignInvite { .. }
+                | Body::AggTaskInvite { .. }
+                | Body::AggShareInvite { .. }
+                | Body::AggCollectInvite { .. }
+        )
     }
 }
 
@@ -186,6 +300,19 @@ mod tests {
         let b = SessionId::random();
         assert_ne!(a, b);
         assert_eq!(a.to_string().len(), 32);
+    }
+
+    #[test]
+    fn blobs_are_cbor_byte_strings() {
+        let body = Body::AggChunk {
+            index: 0,
+            data: Blob(vec![200; 1000]),
+        };
+        let out = cbor4ii::serde::to_vec(Vec::new(), &MpcMessage::new(SessionId::random(), body))
+            .unwrap();
+        assert!(out.len() < 1100, "{} bytes", out.len());
+        let back: MpcMessage = cbor4ii::serde::from_slice(&out).unwrap();
+        assert!(matches!(back.body, Body::AggChunk { data, .. } if data.0 == vec![200; 1000]));
     }
 
     #[test]

@@ -1,0 +1,145 @@
+//! `p2p-mpc aggregate create|submit|collect`: secure-sum tasks through a node's HTTP API.
+//! `submit` does the client's cryptography locally: the node it talks to only ever sees
+//! shares sealed to each participant.
+
+use serde_json::{Value, json};
+
+use crate::api::client::{ApiClient, ClientError, encode_segment};
+use crate::cli::{AggregateCommand, OutputFormat};
+use crate::mpc::aggregation::client::{parse_values, prepare_report, verify_task};
+use crate::mpc::aggregation::store::TaskInfo;
+
+/// Runs one `aggregate` subcommand against `client` and prints the answer.
+pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), ClientError> {
+    match command {
+        AggregateCommand::Create {
+            threshold,
+            length,
+            min_reports,
+            participants,
+            output,
+            ..
+        } => {
+            let mut body = json!({
+                "threshold": threshold,
+                "length": length,
+                "min_reports": min_reports,
+            });
+            if !participants.is_empty() {
+                body["participants"] = json!(participants);
+            }
+            let task: Value = client.post("v1/aggregations", &body).await?;
+            print(output, &task, || task_table(&task));
+        }
+        AggregateCommand::Submit {
+            task,
+            values,
+            file,
+            output,
+            ..
+        } => {
+            let text = match (values, file) {
+                (Some(v), _) => v,
+                (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| {
+                    ClientError::Decode(format!("cannot read values file {}: {e}", f.display()))
+                })?,
+                (None, None) => {
+                    return Err(ClientError::Decode("give --values or --file".into()));
+                }
+            };
+            let values = parse_values(&text).map_err(ClientError::Decode)?;
+            let path = format!("v1/aggregations/{}", encode_segment(&task));
+            let info: TaskInfo = client.get(&path).await?;
+            if info.params.task_id != task {
+                return Err(ClientError::Decode(format!(
+                    "the node answered for task {}, not {task}",
+                    info.params.task_id
+                )));
+            }
+            verify_task(&info)
+                .map_err(|e| ClientError::Decode(format!("refusing to submit: {e}")))?;
+            let report = tokio::task::spawn_blocking(move || prepare_report(&info, &values))
+                .await
+                .map_err(|e| ClientError::Decode(e.to_string()))?
+                .map_err(|e| ClientError::Decode(format!("refusing to submit: {e}")))?;
+            let body =
+                serde_json::to_value(&report).map_err(|e| ClientError::Decode(e.to_string()))?;
+            let answer: Value = client.post(&format!("{path}/reports"), &body).await?;
+            print(output, &answer, || {
+                format!(
+                    "task:        {}\nreport id:   {}\naccepted by: {}",
+                    text_of(&answer["task_id"]),
+                    text_of(&answer["report_id"]),
+                    list(&answer["accepted_by"], "\n             ")
+                )
+            });
+        }
+        AggregateCommand::Collect { task, output, .. } => {
+            let path = format!("v1/aggregations/{}/collect", encode_segment(&task));
+            let answer: Value = client.post(&path, &json!({})).await?;
+            print(output, &answer, || {
+                let sum = answer["sum"].as_array().cloned().unwrap_or_default();
+                let shown: Vec<String> = sum.iter().take(20).map(Value::to_string).collect();
+                let more = if sum.len() > 20 {
+                    format!(", ... ({} values)", sum.len())
+                } else {
+                    String::new()
+                };
+                format!(
+                    "task:      {}\nreports:   {}\nsum:       [{}{more}]\nopened by: {}",
+                    text_of(&answer["task_id"]),
+                    text_of(&answer["reports"]),
+                    shown.join(", "),
+                    list(&answer["opened_by"], "\n           ")
+                )
+            });
+        }
+    }
+    Ok(())
+}
+
+fn text_of(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => "-".into(),
+        other => other.to_string(),
+    }
+}
+
+fn list(v: &Value, sep: &str) -> String {
+    v.as_array()
+        .map(|a| a.iter().map(text_of).collect::<Vec<_>>().join(sep))
+        .unwrap_or_default()
+}
+
+fn print(output: OutputFormat, json: &Value, table: impl FnOnce() -> String) {
+    match output {
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(json).unwrap_or_default())
+        }
+        OutputFormat::Table => println!("{}", table()),
+    }
+}
+
+fn task_table(task: &Value) -> String {
+    let keys = task["keys"].as_array().cloned().unwrap_or_default();
+    let mut out = format!(
+        "task id:     {}\nthreshold:   {} (any {} of {} nodes open the sum)\nlength:      {}\nmin reports: {}\nmodulus:     {}\n{:<54}  HPKE PUBLIC KEY\n",
+        text_of(&task["task_id"]),
+        text_of(&task["threshold"]),
+        task["threshold"].as_u64().unwrap_or(0) + 1,
+        keys.len(),
+        text_of(&task["length"]),
+        text_of(&task["min_reports"]),
+        text_of(&task["modulus"]),
+        "PARTICIPANT",
+    );
+    for k in &keys {
+        out.push_str(&format!(
+            "{:<54}  {}\n",
+            text_of(&k["peer_id"]),
+            text_of(&k["hpke_public_key"])
+        ));
+    }
+    out.trim_end().to_string()
+}

@@ -1,0 +1,122 @@
+//! `/v1/aggregations`: secure-sum tasks, client reports, and collecting the sum.
+
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::{Deserialize, Serialize};
+use tracing::Instrument;
+
+use super::{ApiError, ApiState, parse_body};
+use crate::mpc::aggregation::store::TaskInfo;
+use crate::mpc::aggregation::{
+    AggError, CollectResult, CreateTask, Report, ReportAccepted, TaskView,
+};
+use crate::mpc::parse_peers;
+
+/// Largest body of `POST /v1/aggregations/{id}/reports` (sealed shares of long vectors, base64).
+pub const MAX_REPORT_BODY: usize = 512 * 1024 * 1024;
+
+/// Body of `POST /v1/aggregations`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateAggregationRequest {
+    /// Peer ids; default: this node and every connected peer that speaks MPC.
+    #[serde(default)]
+    pub participants: Option<Vec<String>>,
+    /// t: any t + 1 participants open the sum, any t learn nothing.
+    pub threshold: u16,
+    /// Vector length L.
+    pub length: u32,
+    /// Field modulus; only 18446744069414584321 (prio's Field64) is supported.
+    #[serde(default)]
+    pub modulus: Option<u64>,
+    /// Reports needed before the sum may be collected.
+    pub min_reports: u64,
+}
+
+impl From<AggError> for ApiError {
+    fn from(e: AggError) -> Self {
+        let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        ApiError::new(status, e.code, e.message)
+    }
+}
+
+fn task_failed(e: tokio::task::JoinError) -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal",
+        format!("the aggregation task failed: {e}"),
+    )
+}
+
+pub(super) async fn create(
+    State(state): State<ApiState>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<TaskInfo>), ApiError> {
+    let req: CreateAggregationRequest = parse_body(&body)?;
+    let local = state.mpc.local_peer_id();
+    let participants = match req.participants {
+        Some(list) => {
+            parse_peers(&list).map_err(|m| ApiError::bad_request("invalid_request", m))?
+        }
+        None => {
+            let mut peers = state.network.mpc_peers().await?;
+            peers.push(local);
+            peers
+        }
+    };
+    let request = CreateTask {
+        participants,
+        threshold: req.threshold,
+        length: req.length,
+        modulus: req.modulus,
+        min_reports: req.min_reports,
+    };
+    // Sessions run in their own task so a client hanging up does not cut them short.
+    let mpc = state.mpc.clone();
+    let info = tokio::spawn(async move { mpc.create_aggregation(request).await }.in_current_span())
+        .await
+        .map_err(task_failed)??;
+    Ok((StatusCode::CREATED, Json(info)))
+}
+
+pub(super) async fn get_task(
+    State(state): State<ApiState>,
+    Path(task_id): Path<String>,
+) -> Result<Json<TaskView>, ApiError> {
+    Ok(Json(state.mpc.aggregation_task(&task_id).await?))
+}
+
+pub(super) async fn submit(
+    State(state): State<ApiState>,
+    Path(task_id): Path<String>,
+    body: Bytes,
+) -> Result<(StatusCode, Json<ReportAccepted>), ApiError> {
+    let report: Report = match parse_body(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            state.mpc.count_report_outcome("invalid_report");
+            return Err(ApiError::bad_request("invalid_report", e.message));
+        }
+    };
+    drop(body);
+    let mpc = state.mpc.clone();
+    let accepted =
+        tokio::spawn(async move { mpc.submit_report(&task_id, report).await }.in_current_span())
+            .await
+            .map_err(task_failed)??;
+    Ok((StatusCode::CREATED, Json(accepted)))
+}
+
+pub(super) async fn collect(
+    State(state): State<ApiState>,
+    Path(task_id): Path<String>,
+) -> Result<Json<CollectResult>, ApiError> {
+    let mpc = state.mpc.clone();
+    let result =
+        tokio::spawn(async move { mpc.collect_aggregation(&task_id).await }.in_current_span())
+            .await
+            .map_err(task_failed)??;
+    Ok(Json(result))
+}

@@ -1,0 +1,121 @@
+//! The client side of a report: check the task's keys, share the vector, seal each share to
+//! its node. Used by `p2p-mpc aggregate submit` (and by tests that craft bad reports).
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use libp2p::PeerId;
+
+use super::store::TaskInfo;
+use super::{Report, SealedShare, encryption, shares};
+
+/// Checks the task's parameters and that every participant's HPKE key is signed by that
+/// participant's identity key.
+pub fn verify_task(task: &TaskInfo) -> Result<(), String> {
+    let p = &task.params;
+    if p.modulus != shares::MODULUS {
+        return Err(format!(
+            "task {} uses modulus {}, this client supports only {}",
+            p.task_id,
+            p.modulus,
+            shares::MODULUS
+        ));
+    }
+    if task.keys.len() != p.participants.len() {
+        return Err(format!(
+            "task {} lists {} participants but {} keys",
+            p.task_id,
+            p.participants.len(),
+            task.keys.len()
+        ));
+    }
+    for (peer, key) in p.participants.iter().zip(&task.keys) {
+        if *peer != key.peer_id {
+            return Err(format!("the key of {} is listed for {peer}", key.peer_id));
+        }
+        let peer_id: PeerId = peer
+            .parse()
+            .map_err(|e| format!("`{peer}` is not a peer id: {e}"))?;
+        let dec = |what: &str, s: &str| {
+            hex::decode(s).map_err(|e| format!("participant {peer}: {what} is not hex: {e}"))
+        };
+        encryption::verify_binding(
+            &peer_id,
+            &dec("identity_public_key", &key.identity_public_key)?,
+            &dec("hpke_public_key", &key.hpke_public_key)?,
+            &dec("signature", &key.signature)?,
+        )?;
+    }
+    Ok(())
+}
+
+/// A fresh random report id (32 hex digits).
+pub fn new_report_id() -> String {
+    let mut b = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut b);
+    hex::encode(b)
+}
+
+/// Seals already-encoded share plaintexts (one per participant, in participant order).
+pub fn seal_shares(
+    task: &TaskInfo,
+    report_id: &str,
+    plaintexts: &[Vec<u8>],
+) -> Result<Report, String> {
+    let aad = encryption::associated_data(&task.params.task_id, report_id);
+    let mut sealed = Vec::with_capacity(plaintexts.len());
+    for (key, plain) in task.keys.iter().zip(plaintexts) {
+        let pk = hex::decode(&key.hpke_public_key)
+            .map_err(|e| format!("participant {}: bad HPKE key: {e}", key.peer_id))?;
+        let (enc, ct) = encryption::seal(&pk, plain, &aad)?;
+        sealed.push(SealedShare {
+            peer_id: key.peer_id.clone(),
+            enc: B64.encode(enc),
+            ciphertext: B64.encode(ct),
+        });
+    }
+    Ok(Report {
+        report_id: report_id.to_string(),
+        shares: sealed,
+    })
+}
+
+/// Builds a report of `values` for `task` (which must have passed [`verify_task`]): checks
+/// length and range, splits into Shamir shares, seals share i to participant i.
+pub fn prepare_report(task: &TaskInfo, values: &[u64]) -> Result<Report, String> {
+    let p = &task.params;
+    if values.len() != p.length as usize {
+        return Err(format!(
+            "task {} takes vectors of {} values; got {}",
+            p.task_id,
+            p.length,
+            values.len()
+        ));
+    }
+    let field = shares::to_field(values).map_err(|e| e.to_string())?;
+    let split = shares::split(
+        &field,
+        usize::from(p.threshold),
+        p.participants.len(),
+        &mut rand10::rng(),
+    )
+    .map_err(|e| e.to_string())?;
+    let plaintexts: Vec<Vec<u8>> = split.iter().map(|s| shares::encode(s)).collect();
+    seal_shares(task, &new_report_id(), &plaintexts)
+}
+
+/// Parses values: integers separated by commas and/or whitespace.
+pub fn parse_values(text: &str) -> Result<Vec<u64>, String> {
+    text.split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|s| !s.is_empty())
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse::<u64>().map_err(|_| {
+                format!(
+                    "value {} (`{s}`) is not an integer from 0 to {}",
+                    i + 1,
+                    shares::MODULUS - 1
+                )
+            })
+        })
+        .collect()
+}

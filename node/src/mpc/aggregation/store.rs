@@ -1,0 +1,438 @@
+//! Aggregation tasks on disk, under `<data-dir>/aggregation/`: per task, `<id>.task.json`
+//! (parameters and participants' keys, written once) and `<id>.state.json` (accepted report
+//! ids and this node's running share sum, replaced atomically after every accepted report).
+//! The share sum is a Shamir share, never a client's plaintext.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::shares::{self, Field};
+
+/// Version of the task and state file formats.
+pub const TASK_FILE_FORMAT: u32 = 1;
+const TEMP_MARKER: &str = ".tmp-";
+
+/// The parameters every participant of a task stores identically.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskParams {
+    pub task_id: String,
+    /// Peer ids, sorted; participant `i` holds shares at x = i + 1.
+    pub participants: Vec<String>,
+    /// Shamir threshold t: t + 1 nodes open the sum, any t learn nothing.
+    pub threshold: u16,
+    /// Vector length L.
+    pub length: u32,
+    /// The field modulus (always [`shares::MODULUS`]).
+    pub modulus: u64,
+    /// Reports needed before the sum may be opened.
+    pub min_reports: u64,
+    /// Seconds since the Unix epoch, set by the creating node.
+    pub created_at: u64,
+}
+
+/// One participant's published encryption key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParticipantKey {
+    pub peer_id: String,
+    /// libp2p identity public key (protobuf encoding), hex.
+    pub identity_public_key: String,
+    /// X25519 HPKE public key, hex.
+    pub hpke_public_key: String,
+    /// Identity-key signature over the HPKE key binding, hex.
+    pub signature: String,
+}
+
+/// A task as stored and as served by `GET /v1/aggregations/{id}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TaskInfo {
+    #[serde(flatten)]
+    pub params: TaskParams,
+    /// In participant order.
+    pub keys: Vec<ParticipantKey>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TaskFile {
+    format: u32,
+    task: TaskInfo,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFile {
+    format: u32,
+    report_ids: Vec<String>,
+    /// This node's share sum, little-endian 8-byte elements, base64.
+    share_sum: String,
+    /// Digest of the report set whose sum this node opened, hex.
+    opened: Option<String>,
+}
+
+/// A failure of the task store.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskStoreError {
+    #[error("cannot write {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// The mutable part of a task.
+#[derive(Clone)]
+pub struct TaskState {
+    pub report_ids: BTreeSet<String>,
+    pub share_sum: Vec<Field>,
+    pub opened: Option<[u8; 32]>,
+}
+
+/// A snapshot of the reports a node holds, taken under its lock.
+#[derive(Clone)]
+pub struct Snapshot {
+    pub digest: [u8; 32],
+    pub count: u64,
+    pub share_sum: Vec<Field>,
+}
+
+/// One task held by this node.
+pub struct TaskEntry {
+    pub info: TaskInfo,
+    /// This node's participant index.
+    pub index: usize,
+    /// Held across the state file write so that writes land in order (one per accepted report).
+    pub state: tokio::sync::Mutex<TaskState>,
+    /// Accepted and in-flight report ids, so a replay is refused before it is decrypted.
+    seen: Mutex<HashSet<String>>,
+    state_path: PathBuf,
+}
+
+/// Digest of a set of report ids.
+pub fn report_set_digest(ids: &BTreeSet<String>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update((ids.len() as u64).to_le_bytes());
+    for id in ids {
+        h.update(id.as_bytes());
+        h.update(b"\n");
+    }
+    h.finalize().into()
+}
+
+impl TaskEntry {
+    /// Reserves `report_id`; false when it was accepted or is being accepted already.
+    pub fn reserve(&self, report_id: &str) -> bool {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(report_id.to_string())
+    }
+
+    /// Releases a reservation that was not committed.
+    pub fn release(&self, report_id: &str) {
+        self.seen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(report_id);
+    }
+
+    /// Adds an accepted share to the sum and persists the state before returning.
+    pub async fn commit(&self, report_id: &str, share: &[Field]) -> Result<u64, TaskStoreError> {
+        let mut state = self.state.lock().await;
+        if state.opened.is_some() {
+            return Err(TaskStoreError::Other(
+                "the sum of this task was opened already; no more reports are accepted".into(),
+            ));
+        }
+        let mut next = state.clone();
+        shares::add_assign(&mut next.share_sum, share)
+            .map_err(|e| TaskStoreError::Other(e.to_string()))?;
+        next.report_ids.insert(report_id.to_string());
+        self.persist(&next).await?;
+        *state = next;
+        Ok(state.report_ids.len() as u64)
+    }
+
+    /// The current report set and share sum.
+    pub async fn snapshot(&self) -> Snapshot {
+        let state = self.state.lock().await;
+        Snapshot {
+            digest: report_set_digest(&state.report_ids),
+            count: state.report_ids.len() as u64,
+            share_sum: state.share_sum.clone(),
+        }
+    }
+
+    /// Number of reports accepted here.
+    pub async fn report_count(&self) -> u64 {
+        self.state.lock().await.report_ids.len() as u64
+    }
+
+    /// Records that the sum of report set `digest` is opened; refuses a different set (the
+    /// difference of two opened sums would reveal the reports in between).
+    pub async fn mark_opened(&self, digest: [u8; 32]) -> Result<(), TaskStoreError> {
+        let mut state = self.state.lock().await;
+        match state.opened {
+            Some(d) if d == digest => Ok(()),
+            Some(_) => Err(TaskStoreError::Other(
+                "this node opened the sum of a different report set already; opening another would reveal the difference".into(),
+            )),
+            None => {
+                let mut next = state.clone();
+                next.opened = Some(digest);
+                self.persist(&next).await?;
+                *state = next;
+                Ok(())
+            }
+        }
+    }
+
+    async fn persist(&self, state: &TaskState) -> Result<(), TaskStoreError> {
+        let file = StateFile {
+            format: TASK_FILE_FORMAT,
+            report_ids: state.report_ids.iter().cloned().collect(),
+            share_sum: B64.encode(shares::encode(&state.share_sum)),
+            opened: state.opened.map(hex::encode),
+        };
+        let bytes = serde_json::to_vec(&file).map_err(|e| TaskStoreError::Other(e.to_string()))?;
+        let path = self.state_path.clone();
+        tokio::task::spawn_blocking(move || replace_atomically(&path, &bytes))
+            .await
+            .map_err(|e| TaskStoreError::Other(format!("the store task failed: {e}")))?
+    }
+}
+
+/// The aggregation tasks of this node.
+#[derive(Clone)]
+pub struct AggregationStore {
+    dir: PathBuf,
+    tasks: Arc<RwLock<HashMap<String, Arc<TaskEntry>>>>,
+}
+
+impl AggregationStore {
+    /// Opens `<data_dir>/aggregation/`, loading every task; returns unreadable files too.
+    pub fn open(
+        data_dir: &Path,
+        local_peer: &str,
+    ) -> Result<(Self, Vec<(PathBuf, String)>), TaskStoreError> {
+        let dir = data_dir.join("aggregation");
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .map_err(|source| TaskStoreError::CreateDir {
+                path: dir.clone(),
+                source,
+            })?;
+        let mut tasks = HashMap::new();
+        let mut unreadable = Vec::new();
+        let entries = fs::read_dir(&dir).map_err(|source| TaskStoreError::CreateDir {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.contains(TEMP_MARKER) {
+                let _ = fs::remove_file(&path);
+                continue;
+            }
+            let Some(task_id) = name.strip_suffix(".task.json") else {
+                continue;
+            };
+            match load_task(&dir, task_id, local_peer) {
+                Ok(entry) => {
+                    tasks.insert(task_id.to_string(), Arc::new(entry));
+                }
+                Err(reason) => unreadable.push((path, reason)),
+            }
+        }
+        Ok((
+            Self {
+                dir,
+                tasks: Arc::new(RwLock::new(tasks)),
+            },
+            unreadable,
+        ))
+    }
+
+    /// The directory of the task files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A task by id.
+    pub fn get(&self, task_id: &str) -> Option<Arc<TaskEntry>> {
+        self.tasks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(task_id)
+            .cloned()
+    }
+
+    /// Stores a new task (state first, then the task file that makes it visible at restart).
+    pub async fn insert(
+        &self,
+        info: TaskInfo,
+        index: usize,
+    ) -> Result<Arc<TaskEntry>, TaskStoreError> {
+        let task_id = info.params.task_id.clone();
+        if self.get(&task_id).is_some() {
+            return Err(TaskStoreError::Other(format!(
+                "task {task_id} exists already"
+            )));
+        }
+        let state = TaskState {
+            report_ids: BTreeSet::new(),
+            share_sum: vec![Field::from(0u64); info.params.length as usize],
+            opened: None,
+        };
+        let entry = TaskEntry {
+            index,
+            state: tokio::sync::Mutex::new(state.clone()),
+            seen: Mutex::new(HashSet::new()),
+            state_path: self.dir.join(format!("{task_id}.state.json")),
+            info: info.clone(),
+        };
+        entry.persist(&state).await?;
+        let bytes = serde_json::to_vec_pretty(&TaskFile {
+            format: TASK_FILE_FORMAT,
+            task: info,
+        })
+        .map_err(|e| TaskStoreError::Other(e.to_string()))?;
+        let path = self.dir.join(format!("{task_id}.task.json"));
+        tokio::task::spawn_blocking(move || replace_atomically(&path, &bytes))
+            .await
+            .map_err(|e| TaskStoreError::Other(format!("the store task failed: {e}")))??;
+        let entry = Arc::new(entry);
+        self.tasks
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(task_id, entry.clone());
+        Ok(entry)
+    }
+}
+
+fn load_task(dir: &Path, task_id: &str, local_peer: &str) -> Result<TaskEntry, String> {
+    let task_path = dir.join(format!("{task_id}.task.json"));
+    let bytes = fs::read(&task_path).map_err(|e| e.to_string())?;
+    let file: TaskFile = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    if file.format != TASK_FILE_FORMAT {
+        return Err(format!("unsupported format {}", file.format));
+    }
+    let index = file
+        .task
+        .params
+        .participants
+        .iter()
+        .position(|p| p == local_peer)
+        .ok_or("this node is not a participant of the task")?;
+    let state_path = dir.join(format!("{task_id}.state.json"));
+    let bytes = fs::read(&state_path).map_err(|e| format!("{}: {e}", state_path.display()))?;
+    let state: StateFile = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+    let raw = B64.decode(&state.share_sum).map_err(|e| e.to_string())?;
+    let share_sum =
+        shares::decode(&raw, file.task.params.length as usize).map_err(|e| e.to_string())?;
+    let opened = match state.opened {
+        Some(h) => {
+            let b = hex::decode(&h).map_err(|e| e.to_string())?;
+            Some(<[u8; 32]>::try_from(b.as_slice()).map_err(|_| "bad opened digest")?)
+        }
+        None => None,
+    };
+    let report_ids: BTreeSet<String> = state.report_ids.into_iter().collect();
+    Ok(TaskEntry {
+        index,
+        seen: Mutex::new(report_ids.iter().cloned().collect()),
+        state: tokio::sync::Mutex::new(TaskState {
+            report_ids,
+            share_sum,
+            opened,
+        }),
+        state_path,
+        info: file.task,
+    })
+}
+
+/// Writes `bytes` to `path` replacing it atomically: temp file (0600), fsync, rename, fsync dir.
+pub fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<(), TaskStoreError> {
+    let parent = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = parent.join(format!(".{name}{TEMP_MARKER}{}", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        drop(f);
+        fs::rename(&tmp, path)?;
+        fs::File::open(parent)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result.map_err(|source| TaskStoreError::Write {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = AggregationStore::open(dir.path(), "me").unwrap();
+        let info = TaskInfo {
+            params: TaskParams {
+                task_id: "t1".into(),
+                participants: vec!["me".into(), "you".into()],
+                threshold: 1,
+                length: 3,
+                modulus: shares::MODULUS,
+                min_reports: 1,
+                created_at: 0,
+            },
+            keys: vec![],
+        };
+        let task = store.insert(info.clone(), 0).await.unwrap();
+        assert!(task.reserve("r1"));
+        assert!(!task.reserve("r1"));
+        let share = shares::to_field(&[1, 2, 3]).unwrap();
+        task.commit("r1", &share).await.unwrap();
+        let (again, bad) = AggregationStore::open(dir.path(), "me").unwrap();
+        assert!(bad.is_empty(), "{bad:?}");
+        let task = again.get("t1").unwrap();
+        assert_eq!(task.info, info);
+        assert!(!task.reserve("r1"), "accepted ids are remembered");
+        let snap = task.snapshot().await;
+        assert_eq!(snap.count, 1);
+        assert_eq!(shares::to_integers(&snap.share_sum), vec![1, 2, 3]);
+    }
+}

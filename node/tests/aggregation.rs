@@ -1,0 +1,575 @@
+//! Secure aggregation over real node processes on loopback: the sum of many clients' vectors,
+//! refusals (too few reports, bad reports), dead and restarted nodes, no plaintext anywhere,
+//! and long vectors.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::{NodeProcess, args, bin, tempdir, wait_for};
+use p2p_mpc_node::mpc::aggregation::client::{
+    new_report_id, prepare_report, seal_shares, verify_task,
+};
+use p2p_mpc_node::mpc::aggregation::shares::{self, MODULUS};
+use p2p_mpc_node::mpc::aggregation::store::TaskInfo;
+use serde_json::{Value, json};
+
+const ROUND_TIMEOUT_MS: &str = "5000";
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()
+        .unwrap()
+}
+
+async fn post(node: &NodeProcess, path: &str, body: &Value) -> (u16, Value) {
+    let resp = http()
+        .post(format!("{}{path}", node.api))
+        .json(body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{} answers {path}: {e}", node.name));
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+async fn start_node(dir: &Path, name: &str, bootnodes: &[String]) -> NodeProcess {
+    let key = dir.join(format!("{name}.key"));
+    let mut extra = args(&["--identity-key-path", key.to_str().unwrap()]);
+    for b in bootnodes {
+        extra.push("--bootnode".into());
+        extra.push(b.clone());
+    }
+    NodeProcess::start_with_env(
+        name,
+        dir,
+        &extra,
+        &[("P2P_MPC_TEST_ROUND_TIMEOUT_MS", ROUND_TIMEOUT_MS)],
+    )
+    .await
+}
+
+async fn start_cluster(dir: &Path, n: usize) -> Vec<NodeProcess> {
+    let mut nodes: Vec<NodeProcess> = Vec::new();
+    for i in 0..n {
+        let boots: Vec<String> = nodes.iter().map(|n| n.tcp_addr.clone()).collect();
+        nodes.push(start_node(dir, &format!("N{i}"), &boots).await);
+    }
+    for node in &nodes {
+        for other in &nodes {
+            if other.peer_id != node.peer_id {
+                node.wait_connected_to(&other.peer_id, Duration::from_secs(30))
+                    .await;
+            }
+        }
+    }
+    nodes
+}
+
+/// Creates a task, retrying while peers are still being identified as MPC peers.
+async fn create_task(
+    node: &NodeProcess,
+    nodes: &[NodeProcess],
+    t: u16,
+    len: u32,
+    min: u64,
+) -> TaskInfo {
+    let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    let body = wait_for(
+        "the task to be created",
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = post(
+                node,
+                "/v1/aggregations",
+                &json!({"participants": ids, "threshold": t, "length": len, "min_reports": min}),
+            )
+            .await;
+            match status {
+                201 => Ok(body),
+                400 if body["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("not connected") =>
+                {
+                    Err(body.to_string())
+                }
+                _ => panic!("task creation failed: {status} {body}"),
+            }
+        },
+    )
+    .await;
+    serde_json::from_value(body).unwrap()
+}
+
+async fn get_task(node: &NodeProcess, task_id: &str) -> Value {
+    node.get(&format!("/v1/aggregations/{task_id}"))
+        .await
+        .unwrap()
+}
+
+async fn submit(node: &NodeProcess, task_id: &str, report: &impl serde::Serialize) -> (u16, Value) {
+    post(
+        node,
+        &format!("/v1/aggregations/{task_id}/reports"),
+        &serde_json::to_value(report).unwrap(),
+    )
+    .await
+}
+
+fn metric(page: &str, name: &str, label: &str) -> u64 {
+    page.lines()
+        .find(|l| l.starts_with(name) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map(|v| v as u64)
+        .unwrap_or(0)
+}
+
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(dir) {
+        for e in entries.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                out.extend(files_under(&p));
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes() {
+    let dir = tempdir();
+    let mut nodes = start_cluster(dir.path(), 5).await;
+    let (t, len, clients) = (2u16, 1000u32, 20usize);
+    let task = create_task(&nodes[0], &nodes, t, len, clients as u64).await;
+    let task_id = task.params.task_id.clone();
+
+    // Bad task requests are refused with what is wrong.
+    let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    for (body, needle) in [
+        (
+            json!({"participants": ids, "threshold": 5, "length": 3, "min_reports": 1}),
+            "threshold 5 is out of range",
+        ),
+        (
+            json!({"participants": ids, "threshold": 2, "length": 0, "min_reports": 1}),
+            "length 0 is out of range",
+        ),
+        (
+            json!({"participants": ids, "threshold": 2, "length": 3, "min_reports": 1, "modulus": 65537}),
+            "modulus 65537 is not supported",
+        ),
+        (
+            json!({"participants": [ids[0], "12D3KooWD3eckifWpRn9wQpMG9R9hX3sD158z7EqHWmweQAJU5SA"], "threshold": 1, "length": 3, "min_reports": 1}),
+            "not connected",
+        ),
+    ] {
+        let (status, answer) = post(&nodes[0], "/v1/aggregations", &body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(needle),
+            "{answer}"
+        );
+    }
+
+    // Every participant stored the same task, with keys signed by their identities.
+    for node in &nodes {
+        let view = get_task(node, &task_id).await;
+        let info: TaskInfo = serde_json::from_value(view.clone()).unwrap();
+        assert_eq!(info, task, "{} holds the same task", node.name);
+        verify_task(&info).unwrap();
+        assert_eq!(view["reports_here"], 0);
+    }
+
+    // Collect before any report: refused, with the count.
+    let (status, body) = post(
+        &nodes[1],
+        &format!("/v1/aggregations/{task_id}/collect"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(body["code"], "not_enough_reports");
+    assert!(
+        body["error"].as_str().unwrap().contains("0 reports are in"),
+        "{body}"
+    );
+
+    // Distinctive private values: 41-bit numbers no log or file would hold by chance.
+    let mut rng_state = 0x9e3779b97f4a7c15u64 ^ std::process::id() as u64;
+    let mut next = || {
+        rng_state ^= rng_state << 13;
+        rng_state ^= rng_state >> 7;
+        rng_state ^= rng_state << 17;
+        (1u64 << 40) + (rng_state % (1u64 << 40))
+    };
+    let inputs: Vec<Vec<u64>> = (0..clients)
+        .map(|_| (0..len).map(|_| next()).collect())
+        .collect();
+    let expected: Vec<u64> = (0..len as usize)
+        .map(|j| inputs.iter().map(|v| v[j]).sum::<u64>() % MODULUS)
+        .collect();
+
+    // Half the clients through the library, to different nodes; two through the CLI.
+    let mut accepted = Vec::new();
+    for (i, values) in inputs.iter().enumerate().take(clients - 2) {
+        let report = prepare_report(&task, values).unwrap();
+        let (status, body) = submit(&nodes[i % 5], &task_id, &report).await;
+        assert_eq!(status, 201, "client {i}: {body}");
+        assert_eq!(body["accepted_by"].as_array().unwrap().len(), 5);
+        accepted.push(report);
+        if i == 9 {
+            let (status, body) = post(
+                &nodes[2],
+                &format!("/v1/aggregations/{task_id}/collect"),
+                &json!({}),
+            )
+            .await;
+            assert_eq!(status, 409, "{body}");
+            assert!(
+                body["error"]
+                    .as_str()
+                    .unwrap()
+                    .contains("10 reports are in"),
+                "{body}"
+            );
+        }
+    }
+    for values in &inputs[clients - 2..] {
+        let text: Vec<String> = values.iter().map(u64::to_string).collect();
+        let out = Command::new(bin())
+            .args([
+                "aggregate",
+                "submit",
+                "--api",
+                &nodes[3].api,
+                "--task",
+                &task_id,
+            ])
+            .args(["--values", &text.join(","), "--output", "json"])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "CLI submit: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let answer: Value = serde_json::from_slice(&out.stdout).unwrap();
+        assert_eq!(answer["accepted_by"].as_array().unwrap().len(), 5);
+    }
+
+    // Bad input, each with its own error; none changes the sum.
+    let mut wrong_len = vec![1u64; len as usize + 1];
+    wrong_len[0] = 2;
+    let bad_len = {
+        let f = shares::to_field(&wrong_len).unwrap();
+        let split = shares::split(&f, 2, 5, &mut rand10::rng()).unwrap();
+        let plain: Vec<Vec<u8>> = split.iter().map(|s| shares::encode(s)).collect();
+        seal_shares(&task, &new_report_id(), &plain).unwrap()
+    };
+    let (status, body) = submit(&nodes[0], &task_id, &bad_len).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("wrong_length")),
+        "{body}"
+    );
+
+    let out_of_field = {
+        let mut plain = vec![shares::encode(&shares::to_field(&vec![0; len as usize]).unwrap()); 5];
+        for p in plain.iter_mut() {
+            p[8..16].copy_from_slice(&u64::MAX.to_le_bytes());
+        }
+        seal_shares(&task, &new_report_id(), &plain).unwrap()
+    };
+    let (status, body) = submit(&nodes[1], &task_id, &out_of_field).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("value_out_of_field")),
+        "{body}"
+    );
+
+    let mut bad_ct = prepare_report(&task, &vec![5; len as usize]).unwrap();
+    {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let mut ct = b64.decode(&bad_ct.shares[2].ciphertext).unwrap();
+        ct[100] ^= 0x55;
+        bad_ct.shares[2].ciphertext = b64.encode(ct);
+    }
+    let (status, body) = submit(&nodes[2], &task_id, &bad_ct).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_ciphertext")),
+        "{body}"
+    );
+
+    let (status, body) = submit(&nodes[4], &task_id, &accepted[3]).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("duplicate_report")),
+        "{body}"
+    );
+
+    let (status, body) = submit(&nodes[0], "0123456789abcdef0123456789abcdef", &accepted[0]).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("unknown_task")),
+        "{body}"
+    );
+
+    let out = Command::new(bin())
+        .args([
+            "aggregate",
+            "submit",
+            "--api",
+            &nodes[0].api,
+            "--task",
+            &task_id,
+        ])
+        .args(["--values", &format!("{MODULUS}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("outside the field") || stderr.contains("takes vectors"),
+        "{stderr}"
+    );
+
+    // The refusals are counted.
+    let mut counted = std::collections::BTreeMap::new();
+    for node in &nodes {
+        let page = node.metrics_page().await;
+        for outcome in [
+            "accepted",
+            "wrong_length",
+            "value_out_of_field",
+            "bad_ciphertext",
+            "duplicate_report",
+            "unknown_task",
+        ] {
+            *counted.entry(outcome).or_insert(0) += metric(
+                &page,
+                "p2p_mpc_aggregation_reports_total",
+                &format!("outcome=\"{outcome}\""),
+            );
+        }
+    }
+    assert_eq!(counted["accepted"], clients as u64, "{counted:?}");
+    for outcome in [
+        "wrong_length",
+        "value_out_of_field",
+        "bad_ciphertext",
+        "duplicate_report",
+        "unknown_task",
+    ] {
+        assert_eq!(counted[outcome], 1, "{outcome}: {counted:?}");
+    }
+    for node in &nodes {
+        assert_eq!(
+            get_task(node, &task_id).await["reports_here"],
+            clients as u64,
+            "{}",
+            node.name
+        );
+    }
+
+    // Two nodes die after accepting every report; t + 1 = 3 remain.
+    nodes[3].kill();
+    nodes[4].kill();
+    let start = Instant::now();
+    let (status, body) = post(
+        &nodes[1],
+        &format!("/v1/aggregations/{task_id}/collect"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sum: Vec<u64> = serde_json::from_value(body["sum"].clone()).unwrap();
+    assert_eq!(body["reports"], clients as u64);
+    assert_eq!(sum, expected, "the collected sum equals the plaintext sum");
+    eprintln!("collect with 2 dead nodes took {:?}", start.elapsed());
+
+    // Collect through the CLI too (same report set: allowed again).
+    let out = Command::new(bin())
+        .args([
+            "aggregate",
+            "collect",
+            "--api",
+            &nodes[0].api,
+            "--task",
+            &task_id,
+            "--output",
+            "json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let again: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["sum"], body["sum"]);
+
+    // Once a sum is opened the task takes no more reports (a second opened sum would reveal
+    // the reports in between).
+    let late = prepare_report(&task, &inputs[0]).unwrap();
+    let (status, body) = submit(&nodes[0], &task_id, &late).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("task_collected")),
+        "{body}"
+    );
+
+    // Every aggregation protocol ran as sessions of the session layer.
+    let page = nodes[0].metrics_page().await;
+    for protocol in ["agg_create", "agg_report", "agg_collect"] {
+        assert!(
+            metric(
+                &page,
+                "p2p_mpc_mpc_sessions_completed_total",
+                &format!("protocol=\"{protocol}\"")
+            ) > 0,
+            "{protocol} sessions completed"
+        );
+    }
+
+    // The restarted node still holds its accepted reports.
+    let boots = vec![nodes[0].tcp_addr.clone()];
+    let restarted = start_node(dir.path(), "N4", &boots).await;
+    assert_eq!(
+        get_task(&restarted, &task_id).await["reports_here"],
+        clients as u64
+    );
+
+    // No plaintext input anywhere: not in any data dir, log line or API answer.
+    let needles: Vec<u64> = inputs
+        .iter()
+        .map(|v| v[7])
+        .chain(inputs.iter().map(|v| v[len as usize - 1]))
+        .collect();
+    let mut haystacks: Vec<(String, Vec<u8>)> = Vec::new();
+    for f in files_under(dir.path()) {
+        haystacks.push((
+            f.display().to_string(),
+            std::fs::read(&f).unwrap_or_default(),
+        ));
+    }
+    for node in nodes.iter().chain(std::iter::once(&restarted)) {
+        haystacks.push((
+            format!("{} stderr", node.name),
+            node.stderr_lines().join("\n").into_bytes(),
+        ));
+        haystacks.push((
+            format!("{} stdout", node.name),
+            node.stdout_lines().join("\n").into_bytes(),
+        ));
+    }
+    for node in &nodes[..3] {
+        haystacks.push((
+            format!("{} GET task", node.name),
+            get_task(node, &task_id).await.to_string().into_bytes(),
+        ));
+        haystacks.push((
+            format!("{} metrics", node.name),
+            node.metrics_page().await.into_bytes(),
+        ));
+    }
+    for needle in &needles {
+        let text = needle.to_string();
+        let le = needle.to_le_bytes();
+        for (name, hay) in &haystacks {
+            assert!(
+                !hay.windows(text.len()).any(|w| w == text.as_bytes()),
+                "{name} holds a plaintext input value {text}"
+            );
+            assert!(
+                !hay.windows(8).any(|w| w == le),
+                "{name} holds a plaintext input value {text} as bytes"
+            );
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_million_values_from_three_clients() {
+    let dir = tempdir();
+    let nodes = start_cluster(dir.path(), 3).await;
+    let len = 1_000_000u32;
+    let task = create_task(&nodes[0], &nodes, 1, len, 3).await;
+    let task_id = task.params.task_id.clone();
+    let start = Instant::now();
+    let mut expected = vec![0u64; len as usize];
+    for c in 0..3u64 {
+        for (i, e) in expected.iter_mut().enumerate() {
+            *e += i as u64 * 3 + c;
+        }
+    }
+    // The three clients prepare and submit at once, each to a different node.
+    let mut clients = Vec::new();
+    for c in 0..3u64 {
+        let task = task.clone();
+        let task_id = task_id.clone();
+        let (api, name) = (
+            nodes[c as usize].api.clone(),
+            nodes[c as usize].name.clone(),
+        );
+        clients.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            let report = tokio::task::spawn_blocking(move || {
+                let values: Vec<u64> = (0..len as u64).map(|i| i * 3 + c).collect();
+                prepare_report(&task, &values).unwrap()
+            })
+            .await
+            .unwrap();
+            let prepared = t0.elapsed();
+            let resp = http()
+                .post(format!("{api}/v1/aggregations/{task_id}/reports"))
+                .json(&report)
+                .send()
+                .await
+                .unwrap_or_else(|e| panic!("{name} answers: {e}"));
+            let status = resp.status().as_u16();
+            let body: Value = resp.json().await.unwrap_or(Value::Null);
+            assert_eq!(status, 201, "client {c}: {body}");
+            eprintln!(
+                "client {c}: prepared in {prepared:?}, accepted after {:?}",
+                t0.elapsed()
+            );
+        }));
+    }
+    for c in clients {
+        c.await.unwrap();
+    }
+    let t0 = Instant::now();
+    let (status, body) = post(
+        &nodes[2],
+        &format!("/v1/aggregations/{task_id}/collect"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(
+        status,
+        200,
+        "{}",
+        body.to_string().chars().take(500).collect::<String>()
+    );
+    eprintln!(
+        "collect took {:?}; total {:?}",
+        t0.elapsed(),
+        start.elapsed()
+    );
+    let sum: Vec<u64> = serde_json::from_value(body["sum"].clone()).unwrap();
+    assert_eq!(body["reports"], 3);
+    assert!(sum == expected, "the sum of a million values matches");
+}
