@@ -3,9 +3,8 @@
 //! The operator writes keys in the same format through [`encode_keypair`], so a key made in
 //! Kubernetes and one made by `p2p-mpc keygen` are interchangeable.
 
-use std::fs::{self, OpenOptions};
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::fs::{self};
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use libp2p::identity::Keypair;
@@ -83,8 +82,8 @@ pub fn read_keypair(path: &Path) -> Result<Keypair, IdentityError> {
     decode_keypair(path, &bytes)
 }
 
-/// Writes a new key file (mode 0600, parent directories created with 0700). Never replaces
-/// an existing file: the key is written to a temporary file, synced, then hard-linked into place.
+/// Writes a new key file (mode 0600, parent directories created with 0700), atomically; never
+/// replaces an existing file (see `crate::atomic_file`).
 pub fn write_new_keypair(path: &Path, key: &Keypair) -> Result<(), IdentityError> {
     let werr = |source| IdentityError::Write {
         path: path.to_path_buf(),
@@ -101,29 +100,12 @@ pub fn write_new_keypair(path: &Path, key: &Keypair) -> Result<(), IdentityError
             .create(&parent)
             .map_err(werr)?;
     }
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "identity".into());
-    let tmp = parent.join(format!(".{file_name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(&encode_keypair(key))?;
-        f.sync_all()?;
-        fs::hard_link(&tmp, path)
-    })();
-    let _ = fs::remove_file(&tmp);
-    match result {
-        Ok(()) => {
-            if let Ok(dir) = fs::File::open(&parent) {
-                let _ = dir.sync_all();
-            }
-            Ok(())
-        }
+    match crate::atomic_file::write(
+        path,
+        &encode_keypair(key),
+        crate::atomic_file::Existing::Keep,
+    ) {
+        Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(IdentityError::Exists {
             path: path.to_path_buf(),
         }),

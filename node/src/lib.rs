@@ -3,6 +3,7 @@
 
 pub mod aggregate_commands;
 pub mod api;
+pub mod atomic_file;
 pub mod chat;
 pub mod cli;
 pub mod config;

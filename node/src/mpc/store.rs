@@ -6,8 +6,7 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -17,7 +16,6 @@ use serde::{Deserialize, Serialize};
 /// Version of the key file format this node writes and reads.
 pub const KEY_FILE_FORMAT: u32 = 1;
 const KEY_FILE_SUFFIX: &str = ".key.json";
-const TEMP_MARKER: &str = ".tmp-";
 
 /// A failure reading or writing key shares.
 #[derive(Debug, thiserror::Error)]
@@ -116,7 +114,7 @@ impl KeyShareStore {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.contains(TEMP_MARKER) {
+            if crate::atomic_file::is_temp_file(&name) {
                 if fs::remove_file(&path).is_ok() {
                     report.removed_temp_files.push(path);
                 }
@@ -235,41 +233,14 @@ fn read_key_file(path: &Path) -> Result<StoredKey, String> {
     })
 }
 
-/// Temp file (0600) + fsync + rename + fsync of the directory.
+/// Writes a new key file atomically; an existing key file is never replaced.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    let err = |source| StoreError::Write {
-        path: path.to_path_buf(),
-        source,
-    };
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}{TEMP_MARKER}{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        if path.exists() {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "a key file of that name exists",
-            ));
+    crate::atomic_file::write(path, bytes, crate::atomic_file::Existing::Keep).map_err(|source| {
+        StoreError::Write {
+            path: path.to_path_buf(),
+            source,
         }
-        fs::rename(&tmp, path)?;
-        fs::File::open(parent)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(err)
+    })
 }
 
 #[cfg(test)]

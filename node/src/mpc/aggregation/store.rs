@@ -5,8 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -19,7 +18,6 @@ use super::shares::{self, Field};
 
 /// Version of the task and state file formats.
 pub const TASK_FILE_FORMAT: u32 = 1;
-const TEMP_MARKER: &str = ".tmp-";
 
 /// The parameters every participant of a task stores identically.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -250,7 +248,7 @@ impl AggregationStore {
         for entry in entries.flatten() {
             let path = entry.path();
             let name = entry.file_name().to_string_lossy().into_owned();
-            if name.contains(TEMP_MARKER) {
+            if crate::atomic_file::is_temp_file(&name) {
                 let _ = fs::remove_file(&path);
                 continue;
             }
@@ -371,34 +369,14 @@ fn load_task(dir: &Path, task_id: &str, local_peer: &str) -> Result<TaskEntry, S
     })
 }
 
-/// Writes `bytes` to `path` replacing it atomically: temp file (0600), fsync, rename, fsync dir.
+/// Writes `bytes` to `path`, replacing it atomically (see `crate::atomic_file`).
 pub fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<(), TaskStoreError> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{name}{TEMP_MARKER}{}", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)?;
-        fs::File::open(parent)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result.map_err(|source| TaskStoreError::Write {
-        path: path.to_path_buf(),
-        source,
-    })
+    crate::atomic_file::write(path, bytes, crate::atomic_file::Existing::Replace).map_err(
+        |source| TaskStoreError::Write {
+            path: path.to_path_buf(),
+            source,
+        },
+    )
 }
 
 #[cfg(test)]
