@@ -5,8 +5,8 @@
 
 use std::fs::{self, OpenOptions};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Marks temp files in a state directory.
@@ -24,6 +24,37 @@ pub enum Existing {
 /// Whether `file_name` is a temp file left by an interrupted write.
 pub fn is_temp_file(file_name: &str) -> bool {
     file_name.contains(TEMP_MARKER)
+}
+
+/// What a state directory holds once opened.
+#[derive(Debug, Default)]
+pub struct StateDir {
+    /// Every regular entry: path and file name.
+    pub files: Vec<(PathBuf, String)>,
+    /// Temp files of interrupted writes, removed on opening.
+    pub removed_temp_files: Vec<PathBuf>,
+}
+
+/// Creates `dir` (mode 0700) if needed, removes temp files left by interrupted writes and
+/// lists the rest.
+pub fn open_state_dir(dir: &Path) -> std::io::Result<StateDir> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    let mut state = StateDir::default();
+    for entry in fs::read_dir(dir)?.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if is_temp_file(&name) {
+            if fs::remove_file(&path).is_ok() {
+                state.removed_temp_files.push(path);
+            }
+        } else {
+            state.files.push((path, name));
+        }
+    }
+    Ok(state)
 }
 
 /// Writes `bytes` to `path` (mode 0600) atomically; see the module docs.
@@ -92,5 +123,26 @@ mod tests {
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
             .collect();
         assert_eq!(names, vec!["state"], "no temp file left behind");
+    }
+
+    #[test]
+    fn opening_a_state_dir_removes_interrupted_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let state_dir = dir.path().join("a/b");
+        assert!(open_state_dir(&state_dir).unwrap().files.is_empty());
+        assert_eq!(
+            fs::metadata(&state_dir).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        write(&state_dir.join("kept"), b"x", Existing::Keep).unwrap();
+        let torn = state_dir.join(format!(".kept{TEMP_MARKER}42-0"));
+        fs::write(&torn, b"half").unwrap();
+        let opened = open_state_dir(&state_dir).unwrap();
+        assert_eq!(opened.removed_temp_files, vec![torn.clone()]);
+        assert_eq!(
+            opened.files,
+            vec![(state_dir.join("kept"), "kept".to_string())]
+        );
+        assert!(!torn.exists());
     }
 }

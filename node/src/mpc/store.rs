@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
@@ -97,29 +96,17 @@ impl KeyShareStore {
     /// Opens (creating it if needed) the key directory under `data_dir` and loads every key.
     pub fn open(data_dir: &Path) -> Result<(Self, OpenReport), StoreError> {
         let dir = data_dir.join("keys");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| StoreError::CreateDir {
+        let state =
+            crate::atomic_file::open_state_dir(&dir).map_err(|source| StoreError::CreateDir {
                 path: dir.clone(),
                 source,
             })?;
-        let mut report = OpenReport::default();
+        let mut report = OpenReport {
+            removed_temp_files: state.removed_temp_files,
+            ..Default::default()
+        };
         let mut keys = HashMap::new();
-        let entries = fs::read_dir(&dir).map_err(|source| StoreError::CreateDir {
-            path: dir.clone(),
-            source,
-        })?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if crate::atomic_file::is_temp_file(&name) {
-                if fs::remove_file(&path).is_ok() {
-                    report.removed_temp_files.push(path);
-                }
-                continue;
-            }
+        for (path, name) in state.files {
             if !name.ends_with(KEY_FILE_SUFFIX) {
                 continue;
             }

@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
-use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -231,27 +230,15 @@ impl AggregationStore {
         local_peer: &str,
     ) -> Result<(Self, Vec<(PathBuf, String)>), TaskStoreError> {
         let dir = data_dir.join("aggregation");
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|source| TaskStoreError::CreateDir {
+        let state = crate::atomic_file::open_state_dir(&dir).map_err(|source| {
+            TaskStoreError::CreateDir {
                 path: dir.clone(),
                 source,
-            })?;
+            }
+        })?;
         let mut tasks = HashMap::new();
         let mut unreadable = Vec::new();
-        let entries = fs::read_dir(&dir).map_err(|source| TaskStoreError::CreateDir {
-            path: dir.clone(),
-            source,
-        })?;
-        for entry in entries.flatten() {
-            let path = entry.path();
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if crate::atomic_file::is_temp_file(&name) {
-                let _ = fs::remove_file(&path);
-                continue;
-            }
+        for (path, name) in state.files {
             let Some(task_id) = name.strip_suffix(".task.json") else {
                 continue;
             };
