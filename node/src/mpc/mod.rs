@@ -242,10 +242,11 @@ impl MpcEngine {
     }
 
     /// Tells `to` that this node gives up on `session` (best effort, in the background).
-    fn abort_others(&self, to: Vec<PeerId>, session: SessionId, reason: String) {
+    fn abort_others(&self, to: Vec<PeerId>, session: SessionId, reason: String, blamed: &[PeerId]) {
         let engine = self.clone();
+        let blamed = blamed.iter().map(ToString::to_string).collect();
         tokio::spawn(async move {
-            let body = Body::Abort { reason };
+            let body = Body::Abort { reason, blamed };
             let _ = engine.broadcast(&to, session, &body).await;
         });
     }
@@ -290,7 +291,7 @@ impl MpcEngine {
                     .with_label_values(&[p, outcome])
                     .observe(elapsed);
                 warn!(outcome, error = %e, seconds = elapsed, "MPC session ended");
-                self.abort_others(others, session, e.to_string());
+                self.abort_others(others, session, e.reason().to_string(), e.blamed());
             }
         }
         result

@@ -63,6 +63,25 @@ impl SessionError {
         }
     }
 
+    /// What went wrong, without the list of blamed participants.
+    pub fn reason(&self) -> &str {
+        match self {
+            Self::Failed(reason) | Self::Aborted { reason, .. } => reason,
+        }
+    }
+
+    /// The error for an `Abort` from participant `from`: the blame it carries is kept, so a
+    /// cheater caught by one participant is named by every other one too.
+    pub fn from_abort(from: PeerId, reason: &str, blamed: &[String]) -> Self {
+        let reason = format!("participant {from} aborted the session: {reason}");
+        let blamed: Vec<PeerId> = blamed.iter().filter_map(|p| p.parse().ok()).collect();
+        if blamed.is_empty() {
+            Self::failed(reason)
+        } else {
+            Self::blame(blamed, reason)
+        }
+    }
+
     /// The participants blamed, if any.
     pub fn blamed(&self) -> &[PeerId] {
         match self {
@@ -376,16 +395,13 @@ impl SessionInbox {
         }
         let abort = self.stash.get("abort").and_then(|list| {
             list.iter().find_map(|m| match &m.body {
-                Body::Abort { reason } => Some((m.from, reason.clone())),
+                Body::Abort { reason, blamed } => {
+                    Some(SessionError::from_abort(m.from, reason, blamed))
+                }
                 _ => None,
             })
         });
-        match abort {
-            Some((from, reason)) => {
-                SessionError::failed(format!("participant {from} aborted the session: {reason}"))
-            }
-            None => error,
-        }
+        abort.unwrap_or(error)
     }
 
     fn keep_for_later(&mut self, m: Routed) {
@@ -430,12 +446,9 @@ impl SessionInbox {
                     ));
                 }
             };
-            if let Body::Abort { reason } = &next.body {
+            if let Body::Abort { reason, blamed } = &next.body {
                 if from.contains(&next.from) {
-                    return Err(SessionError::failed(format!(
-                        "participant {} aborted the session: {reason}",
-                        next.from
-                    )));
+                    return Err(SessionError::from_abort(next.from, reason, blamed));
                 }
                 continue;
             }
@@ -509,12 +522,9 @@ impl SessionInbox {
                     }
                 },
             };
-            if let Body::Abort { reason } = &next.body {
+            if let Body::Abort { reason, blamed } = &next.body {
                 if expected.contains(&next.from) {
-                    return Err(SessionError::failed(format!(
-                        "participant {} aborted the session: {reason}",
-                        next.from
-                    )));
+                    return Err(SessionError::from_abort(next.from, reason, blamed));
                 }
                 continue;
             }
@@ -625,6 +635,40 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(got[&a], vec![1]);
+    }
+
+    #[tokio::test]
+    async fn an_abort_keeps_the_blame_it_carries() {
+        let router = SessionRouter::new(MpcMetrics::unregistered());
+        let (a, b, cheater) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let s = SessionId::random();
+        let mut inbox = router.open(s, Protocol::Dkg, [a, b]).unwrap();
+        router.route(
+            a,
+            msg(
+                s,
+                Body::Abort {
+                    reason: "caught a cheater".into(),
+                    blamed: vec![cheater.to_string()],
+                },
+            ),
+        );
+        let err = inbox
+            .collect(
+                "dkg round 1",
+                &[a, b],
+                Duration::from_secs(1),
+                extract_round1,
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(err.blamed(), &[cheater]);
+        assert!(
+            err.to_string()
+                .contains(&format!("participant {a} aborted")),
+            "{err}"
+        );
+        assert_eq!(err.to_string().matches("blamed").count(), 1, "{err}");
     }
 
     #[tokio::test]

@@ -137,7 +137,7 @@ impl MpcEngine {
                 .copied()
                 .collect();
             if !not_chosen.is_empty() {
-                engine.abort_others(not_chosen, session, NOT_SELECTED.into());
+                engine.abort_others(not_chosen, session, NOT_SELECTED.into(), &[]);
             }
 
             let mut signing_commitments = BTreeMap::new();

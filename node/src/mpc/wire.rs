@@ -159,8 +159,12 @@ pub enum Body {
     /// Collector → participants that answered: send (`send_sum`) the share sum of the snapshot
     /// with this digest in chunks, or nothing (not chosen, or the collect was refused).
     AggOpen { digest: [u8; 32], send_sum: bool },
-    /// The sender gives up on the session.
-    Abort { reason: String },
+    /// The sender gives up on the session, naming the participants it blames (peer ids), if any.
+    Abort {
+        reason: String,
+        #[serde(default)]
+        blamed: Vec<String>,
+    },
 }
 
 /// Bytes that travel as one CBOR byte string (a `Vec<u8>` alone would be an array of
