@@ -5,6 +5,7 @@
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::Path;
+use std::process::ChildStdin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -46,18 +47,28 @@ struct Delivery {
     delivered_fraction: f64,
 }
 
-fn summarize(received: &[Arc<Mutex<Received>>], sent: u64, first_send: Instant) -> Delivery {
+/// Delivery of the messages with sequence numbers `first..first + sent`.
+fn summarize(
+    received: &[Arc<Mutex<Received>>],
+    first: u64,
+    sent: u64,
+    first_send: Instant,
+) -> Delivery {
     let mut latencies = Vec::new();
     let mut last = first_send;
     let mut everywhere = vec![0usize; sent as usize];
     for r in received {
         let r = r.lock().unwrap();
         for (seq, lat, at) in &r.messages {
+            let Some(c) = seq
+                .checked_sub(first)
+                .and_then(|i| everywhere.get_mut(i as usize))
+            else {
+                continue;
+            };
+            *c += 1;
             latencies.push(*lat);
             last = last.max(*at);
-            if let Some(c) = everywhere.get_mut(*seq as usize) {
-                *c += 1;
-            }
         }
     }
     let complete = everywhere.iter().filter(|c| **c == received.len()).count();
@@ -96,7 +107,9 @@ async fn wait_all(
     false
 }
 
-async fn libp2p_mesh(bin: &Path, count: u64) -> anyhow::Result<Delivery> {
+/// A 5-node mesh; for each of `runs` (message count, publish rate or as fast as possible),
+/// the delivery of its messages.
+async fn libp2p_mesh(bin: &Path, runs: Vec<(u64, Option<f64>)>) -> anyhow::Result<Vec<Delivery>> {
     let dir = tempfile_dir()?;
     let epoch = Instant::now();
     let args = |boot: Option<&str>| {
@@ -160,63 +173,85 @@ async fn libp2p_mesh(bin: &Path, count: u64) -> anyhow::Result<Delivery> {
         }
     }
     let mut stdin = publisher.stdin.take().context("publisher stdin")?;
-    let first_send = Instant::now();
-    let writer = std::thread::spawn(move || -> std::io::Result<()> {
-        let mut buf = Vec::with_capacity(64 * 1024);
-        for seq in 0..count {
-            buf.clear();
-            buf.extend_from_slice(message(seq, epoch.elapsed().as_nanos()).as_bytes());
-            buf.push(b'\n');
-            stdin.write_all(&buf)?;
+    let mut phases = Vec::new();
+    let mut next_seq = 0u64;
+    for (count, rate) in runs {
+        let first = next_seq;
+        next_seq += count;
+        let first_send = Instant::now();
+        // Lines go to the publisher's stdin from a thread, paced at `rate` per second, or as
+        // fast as the pipe takes them.
+        let writer = std::thread::spawn(move || -> std::io::Result<ChildStdin> {
+            let mut buf = Vec::with_capacity(64 * 1024);
+            for seq in first..first + count {
+                if let Some(rate) = rate {
+                    let due = first_send + Duration::from_secs_f64((seq - first) as f64 / rate);
+                    if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                }
+                buf.clear();
+                buf.extend_from_slice(message(seq, epoch.elapsed().as_nanos()).as_bytes());
+                buf.push(b'\n');
+                stdin.write_all(&buf)?;
+                if rate.is_some() {
+                    stdin.flush()?;
+                }
+            }
+            stdin.flush()?;
+            Ok(stdin)
+        });
+        // Until everything arrived, or nothing more arrives for 3 s once the writer is done
+        // (lost messages are reported as the delivered fraction, not waited for).
+        let total = |r: &[Arc<Mutex<Received>>]| {
+            r.iter()
+                .map(|x| x.lock().unwrap().messages.len())
+                .sum::<usize>()
+        };
+        let want = next_seq as usize;
+        let (mut last_total, mut last_change) = (0, Instant::now());
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !wait_all(&received, want, Duration::from_millis(200), false).await {
+            let now_total = total(&received);
+            if now_total != last_total {
+                (last_total, last_change) = (now_total, Instant::now());
+            }
+            let quiet = writer.is_finished() && last_change.elapsed() > Duration::from_secs(3);
+            if quiet || Instant::now() > deadline {
+                break;
+            }
         }
-        stdin.flush()
-    });
-    // Until everything arrived, or nothing more arrives for 3 s once the writer is done
-    // (lost messages are reported as the delivered fraction, not waited for).
-    let total = |r: &[Arc<Mutex<Received>>]| {
-        r.iter()
-            .map(|x| x.lock().unwrap().messages.len())
-            .sum::<usize>()
-    };
-    let (mut last_total, mut last_change) = (0, Instant::now());
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while !wait_all(&received, count as usize, Duration::from_millis(200), false).await {
-        let now_total = total(&received);
-        if now_total != last_total {
-            (last_total, last_change) = (now_total, Instant::now());
-        }
-        let quiet = writer.is_finished() && last_change.elapsed() > Duration::from_secs(3);
-        if quiet || Instant::now() > deadline {
-            break;
-        }
-    }
-    writer.join().expect("writer thread")?;
-    let mut delivery = summarize(&received, count, first_send);
-    delivery.publish_failures = publisher
-        .log()
-        .lines()
-        .filter(|l| l.starts_with("chat: not sent"))
-        .count();
-    delivery.receiver_event_drops = receivers
-        .iter()
-        .any(|r| r.log().contains("network event queue full"));
-    if delivery.publish_failures > 0 {
-        let first = publisher
+        stdin = writer.join().expect("writer thread")?;
+        let mut delivery = summarize(&received, first, count, first_send);
+        let failures: Vec<String> = publisher
             .log()
             .lines()
-            .find(|l| l.starts_with("chat: not sent"))
-            .unwrap_or_default()
-            .to_string();
-        eprintln!(
-            "gossip: {} publishes failed, e.g. {first}",
-            delivery.publish_failures
-        );
+            .filter(|l| l.starts_with("chat: not sent"))
+            .map(String::from)
+            .collect();
+        delivery.publish_failures = failures.len()
+            - phases
+                .iter()
+                .map(|d: &Delivery| d.publish_failures)
+                .sum::<usize>();
+        delivery.receiver_event_drops = receivers
+            .iter()
+            .any(|r| r.log().contains("network event queue full"));
+        if delivery.publish_failures > 0 {
+            eprintln!(
+                "gossip: {} publishes failed, e.g. {}",
+                delivery.publish_failures,
+                failures.last().map(String::as_str).unwrap_or_default()
+            );
+        }
+        if delivery.receiver_event_drops {
+            eprintln!("gossip: a receiver dropped network events (its event queue was full)");
+        }
+        phases.push(delivery);
     }
-    if delivery.receiver_event_drops {
-        eprintln!("gossip: a receiver dropped network events (its event queue was full)");
-    }
+    drop(stdin);
     drop(receivers);
-    Ok(delivery)
+    Ok(phases)
 }
 
 fn tcp_fanout(count: u64) -> anyhow::Result<Delivery> {
@@ -257,7 +292,7 @@ fn tcp_fanout(count: u64) -> anyhow::Result<Delivery> {
     for r in readers {
         let _ = r.join();
     }
-    Ok(summarize(&received, count, first_send))
+    Ok(summarize(&received, 0, count, first_send))
 }
 
 fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
@@ -266,44 +301,53 @@ fn tempfile_dir() -> anyhow::Result<std::path::PathBuf> {
     Ok(dir)
 }
 
-/// Runs the gossip benchmark.
+/// Publish rate of the latency run (messages per second, paced).
+const PACED_RATE: f64 = 1000.0;
+
+/// Runs the gossip benchmark: a paced run for latency, then an open-loop run for throughput.
 pub async fn run(quick: bool) -> anyhow::Result<Vec<Figure>> {
     let bin = node_binary()?;
-    let count = if quick { 2_000 } else { 20_000 };
-    let mesh = libp2p_mesh(&bin, count).await?;
-    let tcp = tcp_fanout(count)?;
+    let (paced, flood) = if quick { (500, 2_000) } else { (5_000, 20_000) };
+    let phases = libp2p_mesh(&bin, vec![(paced, Some(PACED_RATE)), (flood, None)]).await?;
+    let (latency, mesh) = (&phases[0], &phases[1]);
+    let tcp = tcp_fanout(flood)?;
     let _ = std::fs::remove_dir_all(tempfile_dir()?);
     Ok(vec![
         Figure::against(
-            "gossip 5 nodes 256 B: delivered to all",
+            "gossip 5 nodes 256 B, open loop: delivered to all",
             mesh.per_second,
             "msg/s",
             "raw TCP fan-out",
             tcp.per_second,
         ),
-        Figure::against(
-            "gossip 5 nodes 256 B: p50 latency",
-            mesh.p50_ms,
-            "ms",
-            "raw TCP fan-out",
-            tcp.p50_ms,
-        ),
-        Figure::against(
-            "gossip 5 nodes 256 B: p99 latency",
-            mesh.p99_ms,
-            "ms",
-            "raw TCP fan-out",
-            tcp.p99_ms,
-        ),
         Figure::plain(
-            "gossip 5 nodes 256 B: delivered fraction",
+            "gossip open loop: delivered fraction",
             mesh.delivered_fraction,
             "fraction",
         ),
         Figure::plain(
-            "gossip 5 nodes 256 B: publishes refused by the publisher",
+            "gossip open loop: publishes refused by the publisher",
             mesh.publish_failures as f64,
             "count",
+        ),
+        Figure::against(
+            format!("gossip paced at {PACED_RATE} msg/s: p50 latency"),
+            latency.p50_ms,
+            "ms",
+            "raw TCP fan-out (open loop)",
+            tcp.p50_ms,
+        ),
+        Figure::against(
+            format!("gossip paced at {PACED_RATE} msg/s: p99 latency"),
+            latency.p99_ms,
+            "ms",
+            "raw TCP fan-out (open loop)",
+            tcp.p99_ms,
+        ),
+        Figure::plain(
+            format!("gossip paced at {PACED_RATE} msg/s: delivered fraction"),
+            latency.delivered_fraction,
+            "fraction",
         ),
     ])
 }

@@ -2,12 +2,14 @@
 //! every figure that matters beside a baseline measured in the same run. Prints a table and
 //! writes `target/bench/results.json`. See BENCHMARKS.md.
 
+mod aggregation;
 mod footprint;
 mod frost;
 mod gossip;
 mod nodes;
 mod operator;
 mod results;
+mod transfer;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,6 +28,10 @@ enum Suite {
     Operator,
     /// Node start time and memory.
     Footprint,
+    /// Secure aggregation: ingest and a million-value vector, against plaintext and transfers.
+    Aggregation,
+    /// Point-to-point transfer over request-response, against raw TCP.
+    Transfer,
 }
 
 /// The p2p-mpc benchmark suite.
@@ -54,7 +60,7 @@ async fn main() -> ExitCode {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = anyhow::Result<Vec<results::Figure>>>>,
     >;
-    let suites: [(Suite, &str, Bench); 4] = [
+    let suites: [(Suite, &str, Bench); 6] = [
         (Suite::Footprint, "footprint", |q| {
             Box::pin(footprint::run(q))
         }),
@@ -72,6 +78,12 @@ async fn main() -> ExitCode {
             })
         }),
         (Suite::Gossip, "gossip", |q| Box::pin(gossip::run(q))),
+        (Suite::Aggregation, "aggregation", |q| {
+            Box::pin(aggregation::run_standalone(q))
+        }),
+        (Suite::Transfer, "transfer", |q| {
+            Box::pin(transfer::run_standalone(q))
+        }),
         (Suite::Operator, "operator", |q| Box::pin(operator::run(q))),
     ];
 

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use serde_json::Value;
 
 /// The `p2p-mpc` binary of the same build profile as this benchmark, built if missing.
 pub fn node_binary() -> anyhow::Result<PathBuf> {
@@ -47,6 +48,17 @@ impl Node {
         bin: &Path,
         data: &Path,
         extra: &[String],
+        sink: LineSink,
+    ) -> anyhow::Result<Node> {
+        Self::start_with_env(bin, data, extra, &[], sink)
+    }
+
+    /// Like [`start`](Self::start), with extra environment variables.
+    pub fn start_with_env(
+        bin: &Path,
+        data: &Path,
+        extra: &[String],
+        env: &[(&str, &str)],
         mut sink: LineSink,
     ) -> anyhow::Result<Node> {
         let spawned = Instant::now();
@@ -66,6 +78,7 @@ impl Node {
                 "RUST_LOG",
                 "p2p_mpc_node::node=info,p2p_mpc_node::network::service=info",
             )
+            .envs(env.iter().copied())
             .arg("--data-dir")
             .arg(data)
             .args(extra)
@@ -181,4 +194,49 @@ pub async fn peers(http: &reqwest::Client, node: &Node) -> anyhow::Result<Vec<St
                 .collect()
         })
         .unwrap_or_default())
+}
+
+/// `n` nodes meshed with each other; every node has node 0 as bootnode and finds the others
+/// through Kademlia. `env` goes to every node.
+pub async fn cluster(
+    bin: &Path,
+    dir: &Path,
+    n: usize,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Vec<Node>> {
+    let first = Node::start_with_env(bin, &dir.join("n0"), &[], env, Box::new(|_, _| {}))?;
+    let boot = first.tcp_addr.clone();
+    let mut nodes = vec![first];
+    for i in 1..n {
+        nodes.push(Node::start_with_env(
+            bin,
+            &dir.join(format!("n{i}")),
+            &["--bootnode".into(), boot.clone()],
+            env,
+            Box::new(|_, _| {}),
+        )?);
+    }
+    // Every participant must reach every other one: wait for a full mesh.
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60 + 2 * n as u64);
+    for node in &nodes {
+        while peers(&http, node).await?.len() < n - 1 {
+            if Instant::now() > deadline {
+                bail!("no full mesh of {n} nodes in time");
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(nodes)
+}
+
+/// POSTs JSON; an error status is an error that carries the answer.
+pub async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::Result<Value> {
+    let resp = http.post(&url).json(&body).send().await?;
+    let status = resp.status();
+    let v: Value = resp.json().await.unwrap_or(Value::Null);
+    if !status.is_success() {
+        bail!("{url}: {status}: {v}");
+    }
+    Ok(v)
 }

@@ -37,6 +37,15 @@ async fn post(node: &NodeProcess, path: &str, body: &Value) -> (u16, Value) {
 }
 
 async fn start_node(dir: &Path, name: &str, bootnodes: &[String]) -> NodeProcess {
+    start_node_with_faults(dir, name, bootnodes, "").await
+}
+
+async fn start_node_with_faults(
+    dir: &Path,
+    name: &str,
+    bootnodes: &[String],
+    faults: &str,
+) -> NodeProcess {
     let key = dir.join(format!("{name}.key"));
     let mut extra = args(&["--identity-key-path", key.to_str().unwrap()]);
     for b in bootnodes {
@@ -47,16 +56,23 @@ async fn start_node(dir: &Path, name: &str, bootnodes: &[String]) -> NodeProcess
         name,
         dir,
         &extra,
-        &[("P2P_MPC_TEST_ROUND_TIMEOUT_MS", ROUND_TIMEOUT_MS)],
+        &[
+            ("P2P_MPC_TEST_ROUND_TIMEOUT_MS", ROUND_TIMEOUT_MS),
+            ("P2P_MPC_TEST_FAULT", faults),
+        ],
     )
     .await
 }
 
 async fn start_cluster(dir: &Path, n: usize) -> Vec<NodeProcess> {
+    start_cluster_with_faults(dir, n, "").await
+}
+
+async fn start_cluster_with_faults(dir: &Path, n: usize, faults: &str) -> Vec<NodeProcess> {
     let mut nodes: Vec<NodeProcess> = Vec::new();
     for i in 0..n {
         let boots: Vec<String> = nodes.iter().map(|n| n.tcp_addr.clone()).collect();
-        nodes.push(start_node(dir, &format!("N{i}"), &boots).await);
+        nodes.push(start_node_with_faults(dir, &format!("N{i}"), &boots, faults).await);
     }
     for node in &nodes {
         for other in &nodes {
@@ -572,4 +588,54 @@ async fn a_million_values_from_three_clients() {
     let sum: Vec<u64> = serde_json::from_value(body["sum"].clone()).unwrap();
     assert_eq!(body["reports"], 3);
     assert!(sum == expected, "the sum of a million values matches");
+}
+
+/// Unsealed shares (the benchmarks' plaintext baseline) are refused by normal nodes, and
+/// summed correctly only by nodes started with the test-only `plaintext-shares` fault.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn unsealed_shares_only_with_the_test_fault() {
+    use p2p_mpc_node::mpc::aggregation::client::unsealed_report_for_tests;
+    let dir = tempdir();
+    let (normal_dir, faulty_dir) = (dir.path().join("normal"), dir.path().join("faulty"));
+    std::fs::create_dir_all(&normal_dir).unwrap();
+    std::fs::create_dir_all(&faulty_dir).unwrap();
+    let normal = start_cluster(&normal_dir, 3).await;
+    let task = create_task(&normal[0], &normal, 1, 4, 1).await;
+    let report = unsealed_report_for_tests(&task, &[1, 2, 3, 4]).unwrap();
+    let (status, body) = submit(&normal[1], &task.params.task_id, &report).await;
+    assert_eq!(status, 400, "{body}");
+    assert_eq!(body["code"], "bad_ciphertext", "{body}");
+    drop(normal);
+
+    let faulty = start_cluster_with_faults(&faulty_dir, 3, "plaintext-shares").await;
+    assert!(
+        faulty[0]
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("TEST FAULTS ARE ON")),
+        "the node warns that it runs with a test fault"
+    );
+    let task = create_task(&faulty[0], &faulty, 1, 4, 2).await;
+    let task_id = &task.params.task_id;
+    for (i, values) in [[1u64, 2, 3, 4], [10, 20, 30, MODULUS - 1]]
+        .iter()
+        .enumerate()
+    {
+        let report = unsealed_report_for_tests(&task, values).unwrap();
+        let (status, body) = submit(&faulty[i + 1], task_id, &report).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    // A sealed report still works beside them.
+    let sealed = prepare_report(&task, &[100, 100, 100, 100]).unwrap();
+    let (status, body) = submit(&faulty[0], task_id, &sealed).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = post(
+        &faulty[2],
+        &format!("/v1/aggregations/{task_id}/collect"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sum: Vec<u64> = serde_json::from_value(body["sum"].clone()).unwrap();
+    assert_eq!(sum, vec![111, 122, 133, 103]);
 }

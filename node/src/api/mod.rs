@@ -7,6 +7,7 @@ pub mod aggregations;
 pub mod client;
 pub mod keys;
 pub mod messages;
+pub mod transfer;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -123,6 +124,10 @@ pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
+        .route(
+            "/v1/peers/{peer_id}/transfer",
+            axum::routing::post(transfer::transfer),
+        )
         .route(
             "/v1/topics/{topic}/messages",
             get(topic_messages).post(publish),

@@ -18,6 +18,10 @@ pub struct Faults {
     /// After a signature, send the same round-2 request to the signers again (they must
     /// refuse it: their nonces are spent).
     pub replay_sign_round2: bool,
+    /// Accept report shares that are not sealed (empty `enc`; the "ciphertext" is the share
+    /// followed by 16 zero bytes), so that benchmarks can measure ingest without HPKE.
+    /// Destroys the privacy of every such report: never on outside tests and benchmarks.
+    pub plaintext_shares: bool,
 }
 
 impl Faults {
@@ -38,6 +42,7 @@ impl Faults {
                 "equivocate-dkg-round1" => f.equivocate_dkg_round1 = true,
                 "intrude-signing" => f.intrude_signing = true,
                 "replay-sign-round2" => f.replay_sign_round2 = true,
+                "plaintext-shares" => f.plaintext_shares = true,
                 other => return Err(format!("{FAULT_ENV}: unknown fault `{other}`")),
             }
         }

@@ -7,12 +7,14 @@
 //! `failed(reason)` or `aborted(blamed participants)`; every round has a deadline.
 
 pub mod aggregation;
+pub mod chunks;
 pub mod dkg;
 pub mod faults;
 pub mod metrics;
 pub mod session;
 pub mod sign;
 pub mod store;
+pub mod transfer;
 pub mod wire;
 
 use std::future::Future;
@@ -82,6 +84,7 @@ struct Inner {
     faults: Faults,
     round_timeout: Duration,
     aggregation: aggregation::Aggregation,
+    transfers: Arc<transfer::InboundTransfers>,
 }
 
 /// The node's MPC handle; cheap to clone.
@@ -111,6 +114,7 @@ impl MpcEngine {
                 faults,
                 round_timeout,
                 aggregation,
+                transfers: Arc::default(),
             }),
         }
     }
@@ -177,6 +181,7 @@ impl MpcEngine {
                 encapped_key,
                 bytes,
                 chunks,
+                inline,
             } => self.join_aggregation_share(
                 session,
                 from,
@@ -186,10 +191,14 @@ impl MpcEngine {
                     encapped_key,
                     bytes,
                     chunks,
+                    inline: inline.map(|b| b.0),
                 },
             ),
             Body::AggCollectInvite { task_id } => {
                 self.join_aggregation_collect(session, from, task_id)
+            }
+            Body::TransferInvite { bytes, chunks } => {
+                self.join_transfer(session, from, bytes, chunks)
             }
             other => Err(format!(
                 "a {} message does not open a session",

@@ -57,6 +57,8 @@ pub enum Protocol {
     AggReport,
     /// Opening the sum of an aggregation task.
     AggCollect,
+    /// A transfer test (throwaway bytes, to measure a link).
+    Transfer,
 }
 
 impl Protocol {
@@ -68,6 +70,7 @@ impl Protocol {
             Protocol::AggCreate => "agg_create",
             Protocol::AggReport => "agg_report",
             Protocol::AggCollect => "agg_collect",
+            Protocol::Transfer => "transfer",
         }
     }
 }
@@ -136,13 +139,16 @@ pub enum Body {
     AggTaskCommit { keys: Vec<u8> },
     /// Participant → coordinator: the task is stored.
     AggTaskStored,
-    /// Relay → owner: an encrypted share follows in `chunks` chunks of `bytes` bytes in all.
+    /// Relay → owner: an encrypted share of `bytes` bytes, here in `inline` when it fits in
+    /// one chunk (then `chunks` is 0), else following in `chunks` chunk messages.
     AggShareInvite {
         task_id: String,
         report_id: String,
         encapped_key: Vec<u8>,
         bytes: u64,
         chunks: u32,
+        #[serde(default)]
+        inline: Option<Blob>,
     },
     /// A piece of a large payload (an encrypted share, or a share sum being opened).
     AggChunk { index: u32, data: Blob },
@@ -159,6 +165,12 @@ pub enum Body {
     /// Collector → participants that answered: send (`send_sum`) the share sum of the snapshot
     /// with this digest in chunks, or nothing (not chosen, or the collect was refused).
     AggOpen { digest: [u8; 32], send_sum: bool },
+    /// Sender → receiver: a transfer test of `bytes` throwaway bytes in `chunks` chunks follows.
+    TransferInvite { bytes: u64, chunks: u32 },
+    /// A piece of a transfer test.
+    TransferChunk { index: u32, data: Blob },
+    /// Receiver → sender: every chunk arrived; the bytes counted.
+    TransferDone { bytes: u64 },
     /// The sender gives up on the session, naming the participants it blames (peer ids), if any.
     Abort {
         reason: String,
@@ -169,8 +181,10 @@ pub enum Body {
 
 /// Bytes that travel as one CBOR byte string (a `Vec<u8>` alone would be an array of
 /// integers, up to twice as large).
+/// Shared and cheap to clone: one payload is cut into chunks without copying, and a message
+/// retried after a full inbox is not copied again.
 #[derive(Clone, PartialEq, Eq)]
-pub struct Blob(pub Vec<u8>);
+pub struct Blob(pub bytes::Bytes);
 
 impl Serialize for Blob {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
@@ -187,17 +201,17 @@ impl<'de> Deserialize<'de> for Blob {
                 f.write_str("a byte string")
             }
             fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<Blob, E> {
-                Ok(Blob(v.to_vec()))
+                Ok(Blob(bytes::Bytes::copy_from_slice(v)))
             }
             fn visit_byte_buf<E: serde::de::Error>(self, v: Vec<u8>) -> Result<Blob, E> {
-                Ok(Blob(v))
+                Ok(Blob(v.into()))
             }
             fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Blob, A::Error> {
                 let mut out = Vec::new();
                 while let Some(b) = a.next_element::<u8>()? {
                     out.push(b);
                 }
-                Ok(Blob(out))
+                Ok(Blob(out.into()))
             }
         }
         d.deserialize_byte_buf(V)
@@ -229,6 +243,9 @@ impl Body {
             Body::AggCollectInvite { .. } | Body::AggReportSet { .. } | Body::AggOpen { .. } => {
                 Some(Protocol::AggCollect)
             }
+            Body::TransferInvite { .. }
+            | Body::TransferChunk { .. }
+            | Body::TransferDone { .. } => Some(Protocol::Transfer),
             // Chunks belong to whichever aggregation session carries them.
             Body::AggChunk { .. } => None,
             Body::Abort { .. } => None,
@@ -260,6 +277,9 @@ impl Body {
             Body::AggCollectInvite { .. } => "aggregation collect invite",
             Body::AggReportSet { .. } => "aggregation report set",
             Body::AggOpen { .. } => "aggregation open",
+            Body::TransferInvite { .. } => "transfer invite",
+            Body::TransferChunk { .. } => "transfer chunk",
+            Body::TransferDone { .. } => "transfer done",
             Body::Abort { .. } => "abort",
         }
     }
@@ -273,6 +293,7 @@ impl Body {
                 | Body::AggTaskInvite { .. }
                 | Body::AggShareInvite { .. }
                 | Body::AggCollectInvite { .. }
+                | Body::TransferInvite { .. }
         )
     }
 }
@@ -310,13 +331,13 @@ mod tests {
     fn blobs_are_cbor_byte_strings() {
         let body = Body::AggChunk {
             index: 0,
-            data: Blob(vec![200; 1000]),
+            data: Blob(vec![200; 1000].into()),
         };
         let out = cbor4ii::serde::to_vec(Vec::new(), &MpcMessage::new(SessionId::random(), body))
             .unwrap();
         assert!(out.len() < 1100, "{} bytes", out.len());
         let back: MpcMessage = cbor4ii::serde::from_slice(&out).unwrap();
-        assert!(matches!(back.body, Body::AggChunk { data, .. } if data.0 == vec![200; 1000]));
+        assert!(matches!(back.body, Body::AggChunk { data, .. } if data.0[..] == [200; 1000]));
     }
 
     #[test]

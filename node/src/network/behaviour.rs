@@ -43,15 +43,13 @@ pub struct BehaviourSettings {
     pub max_connections: u32,
 }
 
-/// A gossip message id: SHA-256 over author, sequence number and payload, truncated to 20 bytes.
-/// Content plus author means one author's re-sent text is a new message, while a forwarded
-/// copy is recognised as the same one.
+/// A gossip message id: SHA-256 over topic and signed envelope (which holds the author and a
+/// random nonce), truncated to 20 bytes. A forwarded copy is recognised as the same message
+/// before any signature is checked; a re-sent text is a new message (new nonce); a forged
+/// envelope is another message and cannot shadow the real one.
 pub fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
     let mut h = Sha256::new();
-    if let Some(source) = &message.source {
-        h.update(source.to_bytes());
-    }
-    h.update(message.sequence_number.unwrap_or(0).to_be_bytes());
+    h.update((message.topic.as_str().len() as u64).to_be_bytes());
     h.update(message.topic.as_str().as_bytes());
     h.update(&message.data);
     gossipsub::MessageId::from(h.finalize()[..20].to_vec())
@@ -71,18 +69,18 @@ pub fn build(key: &Keypair, settings: &BehaviourSettings) -> Result<NodeBehaviou
     );
 
     let gossip_config = gossipsub::ConfigBuilder::default()
-        .validation_mode(gossipsub::ValidationMode::Strict)
+        // Authorship is in our own signed envelope, checked once per message after
+        // duplicates are dropped (see `network::envelope`), not on every copy by gossipsub.
+        .validation_mode(gossipsub::ValidationMode::Anonymous)
         .max_transmit_size(settings.max_message_size + GOSSIP_ENVELOPE_OVERHEAD)
         .message_id_fn(message_id)
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(700))
         .build()
         .map_err(|e| format!("gossipsub configuration: {e}"))?;
-    let gossipsub = gossipsub::Behaviour::new(
-        gossipsub::MessageAuthenticity::Signed(key.clone()),
-        gossip_config,
-    )
-    .map_err(|e| format!("gossipsub: {e}"))?;
+    let gossipsub =
+        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
+            .map_err(|e| format!("gossipsub: {e}"))?;
 
     let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     kad_config

@@ -6,6 +6,7 @@
 
 pub mod behaviour;
 pub mod bootnodes;
+pub mod envelope;
 mod service;
 
 use std::time::Duration;

@@ -96,6 +96,10 @@ pub struct NetworkService {
     mpc_pending: HashMap<OutboundRequestId, oneshot::Sender<Result<MpcAck, String>>>,
     /// Inbound MPC messages waiting for the router's answer.
     mpc_acks: FuturesUnordered<PendingAck>,
+    /// Signs the envelopes of published gossip.
+    key: Keypair,
+    /// Checks the envelopes of received gossip.
+    envelopes: super::envelope::EnvelopeChecker,
 }
 
 impl NetworkService {
@@ -115,7 +119,7 @@ impl NetworkService {
         let libp2p_metrics = libp2p::metrics::Metrics::new(&mut libp2p_registry);
         let node_behaviour =
             behaviour::build(&key, &behaviour_settings).map_err(StartError::Behaviour)?;
-        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
@@ -204,6 +208,8 @@ impl NetworkService {
             mpc_inbound: None,
             mpc_pending: HashMap::new(),
             mpc_acks: FuturesUnordered::new(),
+            key,
+            envelopes: Default::default(),
         };
         Ok((service, NetworkClient { tx: cmd_tx }, event_rx))
     }
@@ -444,11 +450,13 @@ impl NetworkService {
                 limit: self.settings.max_message_size,
             });
         }
+        let envelope =
+            super::envelope::seal(&self.key, topic, &data).map_err(PublishError::Other)?;
         let result = self
             .swarm
             .behaviour_mut()
             .gossipsub
-            .publish(gossipsub::IdentTopic::new(topic), data);
+            .publish(gossipsub::IdentTopic::new(topic), envelope);
         match result {
             Ok(id) => {
                 self.metrics
@@ -647,14 +655,23 @@ impl NetworkService {
             } => {
                 let topic = message.topic.as_str().to_string();
                 let label = self.topic_label(&topic).to_string();
-                let rejection = if message.data.len() > self.settings.max_message_size {
-                    Some("too_large")
-                } else if self.settings.topics.contains(&topic)
-                    && std::str::from_utf8(&message.data).is_err()
-                {
-                    Some("invalid_utf8")
-                } else {
-                    None
+                let opened = self.envelopes.open(&topic, &message.data);
+                let rejection = match &opened {
+                    Err(e) => Some(e.label()),
+                    Ok((_, payload)) if payload.len() > self.settings.max_message_size => {
+                        Some("too_large")
+                    }
+                    Ok((_, payload))
+                        if self.settings.topics.contains(&topic)
+                            && std::str::from_utf8(payload).is_err() =>
+                    {
+                        Some("invalid_utf8")
+                    }
+                    Ok(_) => None,
+                };
+                let delivered = match (&opened, rejection) {
+                    (Ok((author, payload)), None) => Some((*author, payload.to_vec())),
+                    _ => None,
                 };
                 let acceptance = match rejection {
                     Some(reason) => {
@@ -671,16 +688,16 @@ impl NetworkService {
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
-                if rejection.is_none() {
+                if let Some((author, data)) = delivered {
                     self.metrics
                         .gossip_received
                         .with_label_values(&[&label])
                         .inc();
                     self.emit(NetworkEvent::Message(GossipMessage {
                         topic,
-                        source: message.source,
+                        source: Some(author),
                         id: hex::encode(&message_id.0),
-                        data: message.data,
+                        data,
                     }));
                 }
             }

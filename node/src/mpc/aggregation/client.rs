@@ -82,6 +82,12 @@ pub fn seal_shares(
 /// Builds a report of `values` for `task` (which must have passed [`verify_task`]): checks
 /// length and range, splits into Shamir shares, seals share i to participant i.
 pub fn prepare_report(task: &TaskInfo, values: &[u64]) -> Result<Report, String> {
+    let plaintexts = share_values(task, values)?;
+    seal_shares(task, &new_report_id(), &plaintexts)
+}
+
+/// Checks `values` against the task and splits them into encoded shares, one per participant.
+fn share_values(task: &TaskInfo, values: &[u64]) -> Result<Vec<Vec<u8>>, String> {
     let p = &task.params;
     if values.len() != p.length as usize {
         return Err(format!(
@@ -99,8 +105,30 @@ pub fn prepare_report(task: &TaskInfo, values: &[u64]) -> Result<Report, String>
         &mut rand10::rng(),
     )
     .map_err(|e| e.to_string())?;
-    let plaintexts: Vec<Vec<u8>> = split.iter().map(|s| shares::encode(s)).collect();
-    seal_shares(task, &new_report_id(), &plaintexts)
+    Ok(split.iter().map(|s| shares::encode(s)).collect())
+}
+
+/// Builds a report whose shares are NOT sealed: empty `enc`, and the share bytes followed by
+/// 16 zero bytes in place of the ciphertext. Nodes refuse such shares unless started with the
+/// test-only `plaintext-shares` fault; tests and the benchmarks' plaintext baseline use it.
+/// Every relay sees every share of such a report: never for real inputs.
+pub fn unsealed_report_for_tests(task: &TaskInfo, values: &[u64]) -> Result<Report, String> {
+    let shares_out = share_values(task, values)?
+        .into_iter()
+        .zip(&task.keys)
+        .map(|(mut plain, key)| {
+            plain.extend_from_slice(&[0u8; 16]);
+            SealedShare {
+                peer_id: key.peer_id.clone(),
+                enc: String::new(),
+                ciphertext: B64.encode(plain),
+            }
+        })
+        .collect();
+    Ok(Report {
+        report_id: new_report_id(),
+        shares: shares_out,
+    })
 }
 
 /// Parses values: integers separated by commas and/or whitespace.

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, info};
 
+use super::chunks::{CHUNK_BYTES, ChunkAssembly, pieces};
 use super::session::{SessionError, SessionInbox, join_peers};
 use super::wire::{Blob, Body, Protocol, SessionId};
 use super::{MpcEngine, parse_peers, unreachable_error};
@@ -38,8 +39,6 @@ use encryption::EncryptionKey;
 use shares::Field;
 use store::{AggregationStore, ParticipantKey, TaskEntry, TaskInfo, TaskParams};
 
-/// Payload bytes per chunk message (the session layer caps a message at 256 KiB).
-pub const CHUNK_BYTES: usize = 192 * 1024;
 /// Longest vector a task may have.
 pub const MAX_LENGTH: u32 = 1 << 21;
 /// Most participants of a task.
@@ -124,6 +123,8 @@ pub(super) struct ShareInvite {
     pub encapped_key: Vec<u8>,
     pub bytes: u64,
     pub chunks: u32,
+    /// The sealed share itself, when it came in the invite.
+    pub inline: Option<bytes::Bytes>,
 }
 
 /// One sealed share of a report, as a client posts it.
@@ -252,7 +253,7 @@ pub fn check_params(local: PeerId, p: &TaskParams) -> Result<Vec<PeerId>, String
 }
 
 fn chunks_of(len: usize) -> u32 {
-    len.div_ceil(CHUNK_BYTES).max(1) as u32
+    super::chunks::chunks_of(len as u64)
 }
 
 impl MpcEngine {
@@ -587,11 +588,17 @@ impl MpcEngine {
         let aad = encryption::associated_data(&task_id, report_id);
         let engine = self.clone();
         let opened = tokio::task::spawn_blocking(move || {
-            let plain = engine
-                .agg()
-                .key
-                .open(&enc, &ciphertext, &aad)
-                .map_err(|e| ("bad_ciphertext".to_string(), e))?;
+            let plain = if engine.inner.faults.plaintext_shares && enc.is_empty() {
+                // Test-only (see faults): the share travels unsealed, tag bytes zero.
+                let body = ciphertext.len().saturating_sub(TAG_BYTES);
+                ciphertext[..body].to_vec()
+            } else {
+                engine
+                    .agg()
+                    .key
+                    .open(&enc, &ciphertext, &aad)
+                    .map_err(|e| ("bad_ciphertext".to_string(), e))?
+            };
             shares::decode(&plain, length).map_err(|e| match e {
                 shares::ShareError::WrongLength { expected, got } => (
                     "wrong_length".to_string(),
@@ -760,19 +767,24 @@ impl MpcEngine {
             let task_id = task_id.clone();
             let report_id = report_id.clone();
             sends.push(async move {
+                // A share that fits in one chunk rides in the invite: one message fewer.
+                let small = ct.len() <= CHUNK_BYTES;
                 let invite = Body::AggShareInvite {
                     task_id,
                     report_id,
                     encapped_key: enc,
                     bytes: ct.len() as u64,
-                    chunks: chunks_of(ct.len()),
+                    chunks: if small { 0 } else { chunks_of(ct.len()) },
+                    inline: small.then(|| Blob(ct.clone().into())),
                 };
                 self.send(peer, session, invite)
                     .await
                     .map_err(|e| (peer, e))?;
-                self.send_chunks(peer, session, &ct)
-                    .await
-                    .map_err(|e| (peer, e))?;
+                if !small {
+                    self.send_chunks(peer, session, ct.into())
+                        .await
+                        .map_err(|e| (peer, e))?;
+                }
                 Ok::<PeerId, (PeerId, crate::network::MpcSendError)>(peer)
             });
         }
@@ -881,26 +893,18 @@ impl MpcEngine {
         Ok(Ok(accepted))
     }
 
-    /// Streams `bytes` to `peer` in [`CHUNK_BYTES`] pieces, one acknowledged message at a time
-    /// (so a receiver's inbox never holds more than one chunk per sender).
+    /// Streams `bytes` to `peer` in chunk messages (see [`super::chunks`]).
     async fn send_chunks(
         &self,
         peer: PeerId,
         session: SessionId,
-        bytes: &[u8],
+        bytes: bytes::Bytes,
     ) -> Result<(), crate::network::MpcSendError> {
-        for (index, piece) in bytes.chunks(CHUNK_BYTES).enumerate() {
-            self.send(
-                peer,
-                session,
-                Body::AggChunk {
-                    index: index as u32,
-                    data: Blob(piece.to_vec()),
-                },
-            )
-            .await?;
-        }
-        Ok(())
+        self.send_chunked(peer, session, pieces(bytes), |index, data| Body::AggChunk {
+            index,
+            data,
+        })
+        .await
     }
 
     /// Receives chunked payloads of `len` bytes from each of `from`.
@@ -910,11 +914,11 @@ impl MpcEngine {
         len: usize,
         timeout: std::time::Duration,
     ) -> Result<BTreeMap<PeerId, Vec<u8>>, SessionError> {
-        let chunks = chunks_of(len);
-        let mut buffers: BTreeMap<PeerId, (u32, Vec<u8>)> = from
+        let mut assemblies: BTreeMap<PeerId, ChunkAssembly> = from
             .iter()
-            .map(|p| (*p, (0, Vec::with_capacity(len))))
+            .map(|p| (*p, ChunkAssembly::new(len, true)))
             .collect();
+        let mut done = BTreeMap::new();
         let mut pending: Vec<PeerId> = from.to_vec();
         while !pending.is_empty() {
             // Each chunk must come within a round deadline of the previous one.
@@ -925,31 +929,26 @@ impl MpcEngine {
                     _ => None,
                 })
                 .await?;
-            let Some((next, buf)) = buffers.get_mut(&peer) else {
+            let Some(assembly) = assemblies.get_mut(&peer) else {
                 continue;
             };
-            if index != *next || buf.len() + data.len() > len {
-                return Err(SessionError::blame(
-                    vec![peer],
-                    format!("participant {peer} sent chunk {index} out of order or too large"),
-                ));
-            }
-            *next += 1;
-            buf.extend_from_slice(&data);
-            if *next == chunks {
-                if buf.len() != len {
+            match assembly.accept(index, &data) {
+                Ok(false) => {}
+                Ok(true) => {
+                    pending.retain(|p| *p != peer);
+                    if let Some(a) = assemblies.remove(&peer) {
+                        done.insert(peer, a.into_bytes().unwrap_or_default());
+                    }
+                }
+                Err(e) => {
                     return Err(SessionError::blame(
                         vec![peer],
-                        format!(
-                            "participant {peer} sent {} bytes, expected {len}",
-                            buf.len()
-                        ),
+                        format!("participant {peer} sent a bad chunk: {e}"),
                     ));
                 }
-                pending.retain(|p| *p != peer);
             }
         }
-        Ok(buffers.into_iter().map(|(p, (_, b))| (p, b)).collect())
+        Ok(done)
     }
 
     /// Answers a relayed share: receives, checks, and commits it when told to.
@@ -965,6 +964,7 @@ impl MpcEngine {
             encapped_key,
             bytes,
             chunks,
+            inline,
         } = invite;
         let Some(task) = self.agg().store.get(&task_id) else {
             self.count_share("unknown_task");
@@ -976,10 +976,19 @@ impl MpcEngine {
             ));
         }
         let expected = task.info.params.length as usize * shares::ELEMENT_BYTES + TAG_BYTES;
-        if bytes as usize != expected || chunks != chunks_of(expected) {
+        let well_formed = match &inline {
+            Some(data) => data.len() == expected && bytes as usize == expected && chunks == 0,
+            None => bytes as usize == expected && chunks == chunks_of(expected),
+        };
+        if !well_formed {
             return Err(format!(
-                "a sealed share of task {task_id} is {expected} bytes in {} chunks, not {bytes} in {chunks}",
-                chunks_of(expected)
+                "a sealed share of task {task_id} is {expected} bytes (inline, or in {} chunks), not {bytes} in {chunks} chunks{}",
+                chunks_of(expected),
+                if inline.is_some() {
+                    " with an inline share"
+                } else {
+                    ""
+                }
             ));
         }
         let inbox = self
@@ -990,8 +999,15 @@ impl MpcEngine {
         let engine = self.clone();
         tokio::spawn(
             async move {
-                let run =
-                    engine.run_share_owner(inbox, from, task, report_id, encapped_key, expected);
+                let run = engine.run_share_owner(
+                    inbox,
+                    from,
+                    task,
+                    report_id,
+                    encapped_key,
+                    expected,
+                    inline,
+                );
                 let _ = engine
                     .run_session(Protocol::AggReport, "owner", session, vec![from], run)
                     .await;
@@ -1009,11 +1025,17 @@ impl MpcEngine {
         report_id: String,
         encapped_key: Vec<u8>,
         len: usize,
+        inline: Option<bytes::Bytes>,
     ) -> Result<(), SessionError> {
         let session = inbox.session();
         let timeout = self.inner.round_timeout;
-        let mut got = Self::receive_chunks(&mut inbox, &[from], len, timeout).await?;
-        let ciphertext = got.remove(&from).unwrap_or_default();
+        let ciphertext = match inline {
+            Some(data) => data.to_vec(),
+            None => {
+                let mut got = Self::receive_chunks(&mut inbox, &[from], len, timeout).await?;
+                got.remove(&from).unwrap_or_default()
+            }
+        };
         let verdict = self
             .open_share(&task, &report_id, encapped_key, ciphertext)
             .await;
@@ -1349,7 +1371,7 @@ impl MpcEngine {
             .await
             .map_err(|e| SessionError::failed(e.to_string()))?;
         let bytes = shares::encode(&snapshot.share_sum);
-        self.send_chunks(from, session, &bytes)
+        self.send_chunks(from, session, bytes.into())
             .await
             .map_err(|e| unreachable_error(vec![(from, e)], "the share sum"))?;
         info!(task_id = %task.info.params.task_id, reports = snapshot.count, "share sum opened");

@@ -119,7 +119,16 @@ pub struct TaskEntry {
     pub state: tokio::sync::Mutex<TaskState>,
     /// Accepted and in-flight report ids, so a replay is refused before it is decrypted.
     seen: Mutex<HashSet<String>>,
+    /// Accepted shares waiting for the next state file write (group commit).
+    pending: Mutex<Vec<PendingCommit>>,
     state_path: PathBuf,
+}
+
+/// One accepted share waiting to be written, and who waits for the outcome.
+struct PendingCommit {
+    report_id: String,
+    share: Vec<Field>,
+    done: tokio::sync::oneshot::Sender<Result<u64, String>>,
 }
 
 /// Digest of a set of report ids.
@@ -151,20 +160,78 @@ impl TaskEntry {
     }
 
     /// Adds an accepted share to the sum and persists the state before returning.
+    ///
+    /// Group commit: shares that arrive while a write is running are added together and
+    /// written once, by whichever caller takes the state lock next; each caller returns once
+    /// the write holding its share is durable. One state file write (and fsync) serves many
+    /// reports under load, instead of one each.
     pub async fn commit(&self, report_id: &str, share: &[Field]) -> Result<u64, TaskStoreError> {
-        let mut state = self.state.lock().await;
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(PendingCommit {
+                report_id: report_id.to_string(),
+                share: share.to_vec(),
+                done,
+            });
+        {
+            let mut state = self.state.lock().await;
+            let batch =
+                std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+            if !batch.is_empty() {
+                self.commit_batch(&mut state, batch).await;
+            }
+        }
+        match outcome.await {
+            Ok(result) => result.map_err(TaskStoreError::Other),
+            Err(_) => Err(TaskStoreError::Other(
+                "the write holding this share was interrupted".into(),
+            )),
+        }
+    }
+
+    /// Adds `batch` to a copy of the state, writes it, and makes it current once durable.
+    async fn commit_batch(&self, state: &mut TaskState, batch: Vec<PendingCommit>) {
         if state.opened.is_some() {
-            return Err(TaskStoreError::Other(
-                "the sum of this task was opened already; no more reports are accepted".into(),
-            ));
+            for p in batch {
+                let _ = p.done.send(Err(
+                    "the sum of this task was opened already; no more reports are accepted".into(),
+                ));
+            }
+            return;
         }
         let mut next = state.clone();
-        shares::add_assign(&mut next.share_sum, share)
-            .map_err(|e| TaskStoreError::Other(e.to_string()))?;
-        next.report_ids.insert(report_id.to_string());
-        self.persist(&next).await?;
-        *state = next;
-        Ok(state.report_ids.len() as u64)
+        let mut waiting = Vec::with_capacity(batch.len());
+        for p in batch {
+            match shares::add_assign(&mut next.share_sum, &p.share) {
+                Ok(()) => {
+                    next.report_ids.insert(p.report_id);
+                    waiting.push(p.done);
+                }
+                Err(e) => {
+                    let _ = p.done.send(Err(e.to_string()));
+                }
+            }
+        }
+        if waiting.is_empty() {
+            return;
+        }
+        match self.persist(&next).await {
+            Ok(()) => {
+                *state = next;
+                let count = state.report_ids.len() as u64;
+                for done in waiting {
+                    let _ = done.send(Ok(count));
+                }
+            }
+            Err(e) => {
+                let message = e.to_string();
+                for done in waiting {
+                    let _ = done.send(Err(message.clone()));
+                }
+            }
+        }
     }
 
     /// The current report set and share sum.
@@ -293,6 +360,7 @@ impl AggregationStore {
             index,
             state: tokio::sync::Mutex::new(state.clone()),
             seen: Mutex::new(HashSet::new()),
+            pending: Mutex::new(Vec::new()),
             state_path: self.dir.join(format!("{task_id}.state.json")),
             info: info.clone(),
         };
@@ -346,6 +414,7 @@ fn load_task(dir: &Path, task_id: &str, local_peer: &str) -> Result<TaskEntry, S
     Ok(TaskEntry {
         index,
         seen: Mutex::new(report_ids.iter().cloned().collect()),
+        pending: Mutex::new(Vec::new()),
         state: tokio::sync::Mutex::new(TaskState {
             report_ids,
             share_sum,
@@ -399,5 +468,50 @@ mod tests {
         let snap = task.snapshot().await;
         assert_eq!(snap.count, 1);
         assert_eq!(shares::to_integers(&snap.share_sum), vec![1, 2, 3]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_commits_are_all_durable_and_counted_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = AggregationStore::open(dir.path(), "me").unwrap();
+        let info = TaskInfo {
+            params: TaskParams {
+                task_id: "t2".into(),
+                participants: vec!["me".into(), "you".into()],
+                threshold: 1,
+                length: 2,
+                modulus: shares::MODULUS,
+                min_reports: 1,
+                created_at: 0,
+            },
+            keys: vec![],
+        };
+        let task = store.insert(info, 0).await.unwrap();
+        let commits = (0..64u64).map(|i| {
+            let task = task.clone();
+            tokio::spawn(async move {
+                let share = shares::to_field(&[i, 1]).unwrap();
+                task.commit(&format!("r{i}"), &share).await.unwrap()
+            })
+        });
+        let counts: Vec<u64> = futures::future::try_join_all(commits).await.unwrap();
+        // Each caller saw a count that includes its own share.
+        assert!(counts.iter().all(|c| (1..=64).contains(c)), "{counts:?}");
+        assert!(counts.contains(&64));
+        // A wrong-length share fails alone.
+        let bad = shares::to_field(&[1, 2, 3]).unwrap();
+        assert!(task.commit("bad", &bad).await.is_err());
+        let (again, _) = AggregationStore::open(dir.path(), "me").unwrap();
+        let snap = again.get("t2").unwrap().snapshot().await;
+        assert_eq!(snap.count, 64);
+        assert_eq!(
+            shares::to_integers(&snap.share_sum),
+            vec![(0..64).sum::<u64>(), 64]
+        );
+        // After the sum is opened, commits are refused.
+        task.mark_opened(snap.digest).await.unwrap();
+        let late = shares::to_field(&[1, 1]).unwrap();
+        let err = task.commit("late", &late).await.unwrap_err();
+        assert!(err.to_string().contains("opened already"), "{err}");
     }
 }

@@ -1,0 +1,219 @@
+//! Secure aggregation through the HTTP API of five real node processes: report ingest at
+//! L = 1 and L = 1,000 beside the same clients posting unsealed shares (the plaintext
+//! baseline), and one vector of a million values from three clients beside transfer tests of
+//! the same bytes over the same request-response protocol.
+//!
+//! The nodes run with the test-only `plaintext-shares` fault so that the same processes take
+//! both sealed and unsealed reports (a node without it refuses unsealed shares).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures::future::try_join_all;
+use p2p_mpc_node::mpc::aggregation::Report;
+use p2p_mpc_node::mpc::aggregation::client::{prepare_report, unsealed_report_for_tests};
+use p2p_mpc_node::mpc::aggregation::shares::ELEMENT_BYTES;
+use p2p_mpc_node::mpc::aggregation::store::TaskInfo;
+use serde_json::{Value, json};
+
+use crate::nodes::{Node, cluster, node_binary, post};
+use crate::results::Figure;
+
+/// Clients with a report in flight at once.
+const CLIENTS: usize = 32;
+
+/// Creates a task over every node, t = 2.
+async fn create_task(
+    http: &reqwest::Client,
+    nodes: &[Node],
+    length: u32,
+    min_reports: u64,
+) -> anyhow::Result<TaskInfo> {
+    let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    let v = post(
+        http,
+        format!("{}/v1/aggregations", nodes[0].api),
+        json!({"participants": ids, "threshold": 2, "length": length, "min_reports": min_reports}),
+    )
+    .await?;
+    serde_json::from_value(v).context("task in the answer")
+}
+
+/// Submits `count` reports of `length` values, [`CLIENTS`] at a time, round robin over the
+/// nodes; each client builds its report (sealed or not) just before posting it. Returns
+/// accepted reports per second.
+async fn ingest(
+    http: &reqwest::Client,
+    nodes: &[Node],
+    length: u32,
+    count: usize,
+    sealed: bool,
+) -> anyhow::Result<f64> {
+    let task = Arc::new(create_task(http, nodes, length, 1).await?);
+    let apis: Arc<Vec<String>> = Arc::new(nodes.iter().map(|n| n.api.clone()).collect());
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let t0 = Instant::now();
+    let clients = (0..CLIENTS).map(|_| {
+        let (http, task, apis, next) = (http.clone(), task.clone(), apis.clone(), next.clone());
+        async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= count {
+                    return anyhow::Ok(());
+                }
+                let t = task.clone();
+                let report: Report = tokio::task::spawn_blocking(move || {
+                    let values = vec![i as u64; t.params.length as usize];
+                    if sealed {
+                        prepare_report(&t, &values)
+                    } else {
+                        unsealed_report_for_tests(&t, &values)
+                    }
+                })
+                .await?
+                .map_err(anyhow::Error::msg)?;
+                let url = format!(
+                    "{}/v1/aggregations/{}/reports",
+                    apis[i % apis.len()],
+                    task.params.task_id
+                );
+                post(&http, url, serde_json::to_value(&report)?).await?;
+            }
+        }
+    });
+    try_join_all(clients).await?;
+    Ok(count as f64 / t0.elapsed().as_secs_f64())
+}
+
+/// Three clients submit vectors of `length` values at once (to nodes 0, 1 and 2), then node
+/// 3 collects the sum. Returns seconds from the first submission to the sum (the clients'
+/// reports are built beforehand).
+async fn large_vector(http: &reqwest::Client, nodes: &[Node], length: u32) -> anyhow::Result<f64> {
+    let task = create_task(http, nodes, length, 3).await?;
+    let reports: Vec<Value> = (0..3u64)
+        .map(|c| {
+            let values = vec![c + 1; length as usize];
+            let report = prepare_report(&task, &values).map_err(anyhow::Error::msg)?;
+            Ok(serde_json::to_value(report)?)
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let task_id = &task.params.task_id;
+    let t0 = Instant::now();
+    try_join_all(reports.into_iter().enumerate().map(|(c, report)| {
+        post(
+            http,
+            format!("{}/v1/aggregations/{task_id}/reports", nodes[c].api),
+            report,
+        )
+    }))
+    .await?;
+    let v = post(
+        http,
+        format!("{}/v1/aggregations/{task_id}/collect", nodes[3].api),
+        json!({}),
+    )
+    .await?;
+    let took = t0.elapsed().as_secs_f64();
+    let sum = v["sum"].as_array().context("sum in the answer")?;
+    anyhow::ensure!(
+        sum.len() == length as usize && sum.iter().all(|x| x.as_u64() == Some(6)),
+        "the collected sum is wrong"
+    );
+    Ok(took)
+}
+
+/// One transfer test through the API; returns seconds.
+pub async fn transfer(
+    http: &reqwest::Client,
+    from: &Node,
+    to: &Node,
+    bytes: u64,
+) -> anyhow::Result<f64> {
+    let v = post(
+        http,
+        format!("{}/v1/peers/{}/transfer", from.api, to.peer_id),
+        json!({ "bytes": bytes }),
+    )
+    .await?;
+    v["seconds"].as_f64().context("seconds in the answer")
+}
+
+/// The network part of [`large_vector`] as bare transfers: each relay (nodes 0, 1, 2) sends a
+/// sealed share to each of the four other nodes, all at once; then two of the other nodes
+/// send a share sum to the collector (node 3). Returns seconds.
+async fn large_vector_transfers(
+    http: &reqwest::Client,
+    nodes: &[Node],
+    length: u32,
+) -> anyhow::Result<f64> {
+    let share = length as u64 * ELEMENT_BYTES as u64;
+    let t0 = Instant::now();
+    let mut relays = Vec::new();
+    for relay in 0..3 {
+        for owner in (0..nodes.len()).filter(|o| *o != relay) {
+            relays.push(transfer(http, &nodes[relay], &nodes[owner], share + 16));
+        }
+    }
+    try_join_all(relays).await?;
+    try_join_all([
+        transfer(http, &nodes[4], &nodes[3], share),
+        transfer(http, &nodes[0], &nodes[3], share),
+    ])
+    .await?;
+    Ok(t0.elapsed().as_secs_f64())
+}
+
+/// Runs the aggregation benchmarks on one 5-node cluster.
+pub async fn run(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(600))
+        .build()?;
+    let nodes = cluster(bin, dir, 5, &[("P2P_MPC_TEST_FAULT", "plaintext-shares")]).await?;
+    let mut figures = Vec::new();
+    for (length, count) in [
+        (1u32, if quick { 100usize } else { 3000 }),
+        (1000, if quick { 50 } else { 1000 }),
+    ] {
+        // Sealed and plain alternate (ABBA), half the reports each time, so that drift of a
+        // shared machine falls on both alike.
+        let half = count.div_ceil(2);
+        let mut seconds = [0.0f64; 2];
+        for sealed in [true, false, false, true] {
+            let rate = ingest(&http, &nodes, length, half, sealed).await?;
+            seconds[usize::from(sealed)] += half as f64 / rate;
+        }
+        let (plain, sealed) = (
+            2.0 * half as f64 / seconds[0],
+            2.0 * half as f64 / seconds[1],
+        );
+        figures.push(Figure::against(
+            format!("aggregation ingest, L = {length}, {CLIENTS} clients in flight"),
+            sealed,
+            "reports/s",
+            "same clients, unsealed shares",
+            plain,
+        ));
+    }
+    let length = if quick { 100_000 } else { 1_000_000 };
+    let took = large_vector(&http, &nodes, length).await?;
+    let base = large_vector_transfers(&http, &nodes, length).await?;
+    figures.push(Figure::against(
+        format!("aggregation L = {length}, 3 clients: submit to sum"),
+        took,
+        "s",
+        "transfer tests of the same bytes",
+        base,
+    ));
+    Ok(figures)
+}
+
+/// `p2p-mpc` binary and a scratch directory for [`run`].
+pub async fn run_standalone(quick: bool) -> anyhow::Result<Vec<Figure>> {
+    let bin = node_binary()?;
+    let dir = std::env::temp_dir().join(format!("p2p-mpc-bench-agg-{}", std::process::id()));
+    let out = run(&bin, &dir, quick).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
