@@ -520,10 +520,12 @@ async fn kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds() {
             body["error"].as_str().unwrap_or("(key created)")
         );
         if status != 201 {
-            assert_eq!(status, 502, "round {round}: {body}");
+            // 400 when the victim was gone before the request was checked (not connected),
+            // 502 when it died during the session; either way the answer names it.
+            assert!(status == 502 || status == 400, "round {round}: {body}");
             let error = body["error"].as_str().unwrap_or("");
             assert!(
-                error.contains(&victim_id) || status == 400,
+                error.contains(&victim_id),
                 "round {round}: the failure names the victim: {error}"
             );
         }

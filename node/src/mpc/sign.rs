@@ -1,8 +1,9 @@
-//! FROST threshold signing. The node asked to sign coordinates: it invites every key holder,
-//! takes the first `t - 1` that answer with commitments (a dead or slow holder is skipped),
-//! runs round 2 with them, aggregates with cheater detection and verifies the signature
-//! before returning it. Nonces live only in the memory of one session task and are consumed
-//! by its single round 2; a finished session refuses every further message.
+//! FROST threshold signing. The node asked to sign coordinates: it invites `t - 1` other key
+//! holders (replacing at once any it cannot reach, and inviting every holder left when some
+//! are slow to answer), takes the first `t - 1` commitments, runs round 2 with them, and
+//! aggregates with cheater detection (the frost crate returns the signature only once it
+//! verifies against the group key). Nonces live only in the memory of one session task and
+//! are consumed by its single round 2; a finished session refuses every further message.
 
 use std::collections::BTreeMap;
 
@@ -69,69 +70,101 @@ impl MpcEngine {
             let (my_nonces, my_commitments) =
                 frost::round1::commit(key.key_package.signing_share(), &mut rng);
 
-            // Round 1: invite every other holder; the first `needed` to answer sign.
+            // Round 1: invite `needed` holders (where the list starts rotates with the session,
+            // spreading the work); a holder that cannot be reached is replaced at once, and when
+            // some are slow to answer, every holder left is invited and the first to answer sign.
+            let start = usize::from(session.0[0]) % others.len().max(1);
+            let mut candidates: std::collections::VecDeque<PeerId> = others[start..]
+                .iter()
+                .chain(&others[..start])
+                .copied()
+                .collect();
             let invite = Body::SignInvite {
                 key_id: key.info.key_id.clone(),
                 message: message.clone(),
             };
-            // Invitations go out in the background while commitments are collected, so a
-            // holder that is slow to acknowledge does not hold up the others.
-            let invites = {
-                let engine = engine.clone();
-                let others = others.clone();
-                tokio::spawn(async move { engine.broadcast(&others, session, &invite).await })
+            // Invitations go out in the background: a holder that is slow to acknowledge
+            // (or frozen) holds up nobody; one that cannot be reached is reported here.
+            let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
+            let invite_one = |peer: PeerId| {
+                let (engine, invite, failed_tx) =
+                    (engine.clone(), invite.clone(), failed_tx.clone());
+                tokio::spawn(async move {
+                    if let Err(e) = engine.send(peer, session, invite).await {
+                        let _ = failed_tx.send((peer, e));
+                    }
+                });
             };
-            let mut invites = Some(invites);
+            let mut waiting: Vec<PeerId> = Vec::new();
+            for peer in candidates.drain(..needed.min(candidates.len())) {
+                invite_one(peer);
+                waiting.push(peer);
+            }
             let mut failures: Vec<(PeerId, MpcSendError)> = Vec::new();
-            let mut extract = |b: &Body| match b {
-                Body::SignCommitments { commitments } => Some(commitments.clone()),
-                _ => None,
-            };
-            let collected = {
-                let collect =
-                    inbox.collect_some("sign round 1", &others, needed, timeout, &mut extract);
-                tokio::pin!(collect);
-                loop {
-                    tokio::select! {
-                        result = &mut collect => break result,
-                        sent = async { invites.as_mut().expect("guarded").await }, if invites.is_some() => {
-                            invites = None;
-                            failures = sent.unwrap_or_default();
-                            if others.len() - failures.len() < needed {
-                                // Too few can answer at all: fail now rather than at the deadline.
-                                let missing: Vec<PeerId> = failures.iter().map(|(p, _)| *p).collect();
-                                return Err(SessionError::blame(
-                                    missing.clone(),
-                                    format!(
-                                        "signing needs {} participants (threshold) but only {} are reachable; unreachable participants: {} ({})",
-                                        key.info.threshold,
-                                        others.len() - failures.len() + 1,
-                                        join_peers(&missing),
-                                        failures
-                                            .iter()
-                                            .map(|(_, e)| e.to_string())
-                                            .collect::<Vec<_>>()
-                                            .join("; ")
-                                    ),
-                                ));
-                            }
-                        }
+            let deadline = tokio::time::Instant::now() + timeout;
+            let straggler_deadline = tokio::time::Instant::now() + timeout / 5;
+            let mut commitments: BTreeMap<PeerId, Vec<u8>> = BTreeMap::new();
+            while commitments.len() < needed {
+                let pending: Vec<PeerId> = waiting
+                    .iter()
+                    .filter(|p| !commitments.contains_key(p))
+                    .copied()
+                    .collect();
+                if pending.len() + commitments.len() < needed {
+                    // A holder could not be reached: invite the next one in its place.
+                    if let Some(peer) = candidates.pop_front() {
+                        invite_one(peer);
+                        waiting.push(peer);
+                        continue;
                     }
                 }
-            };
-            if let Some(pending) = invites {
-                pending.abort();
+                if pending.len() + commitments.len() < needed && pending.is_empty() {
+                    let missing: Vec<PeerId> = failures.iter().map(|(p, _)| *p).collect();
+                    return Err(SessionError::blame(
+                        missing.clone(),
+                        format!(
+                            "signing needs {} participants (threshold) but only {} are reachable; unreachable participants: {} ({})",
+                            key.info.threshold,
+                            others.len() - missing.len() + 1,
+                            join_peers(&missing),
+                            failures
+                                .iter()
+                                .map(|(_, e)| e.to_string())
+                                .collect::<Vec<_>>()
+                                .join("; ")
+                        ),
+                    ));
+                }
+                let widen_at = (!candidates.is_empty()).then_some(straggler_deadline.min(deadline));
+                let wait_until = widen_at.unwrap_or(deadline);
+                tokio::select! {
+                    next = inbox.next_of("sign round 1", &pending, wait_until, |b| match b {
+                        Body::SignCommitments { commitments } => Some(commitments.clone()),
+                        _ => None,
+                    }) => match next {
+                        Ok((peer, c)) => {
+                            commitments.insert(peer, c);
+                        }
+                        // Slow holders: invite every holder left as well.
+                        Err(_) if widen_at.is_some() && tokio::time::Instant::now() >= wait_until => {
+                            for peer in candidates.drain(..) {
+                                invite_one(peer);
+                                waiting.push(peer);
+                            }
+                        }
+                        // An abort, or the deadline.
+                        Err(e) => return Err(e),
+                    },
+                    Some((peer, e)) = failed_rx.recv() => {
+                        waiting.retain(|p| *p != peer);
+                        failures.push((peer, e));
+                    }
+                }
             }
-            let commitments = collected?;
-            let reachable: Vec<PeerId> = others
-                .iter()
-                .filter(|p| !failures.iter().any(|(f, _)| f == *p))
-                .copied()
-                .collect();
-            // Late commitments of holders not chosen still reach the session and are ignored
-            // there; the holders are told to discard their nonces.
+            // Holders invited but not chosen are told to discard their nonces; their late
+            // commitments still reach the session and are ignored there.
             let chosen: Vec<PeerId> = commitments.keys().copied().collect();
-            let not_chosen: Vec<PeerId> = reachable
+            let not_chosen: Vec<PeerId> = waiting
                 .iter()
                 .filter(|p| !chosen.contains(p))
                 .copied()
@@ -197,11 +230,9 @@ impl MpcEngine {
                 &key.public_key_package,
                 frost::CheaterDetection::AllCheaters,
             )
+            // `aggregate_custom` verifies the aggregated signature against the group key and
+            // returns it only when it verifies (it checks each share only when it does not).
             .map_err(|e| frost_error(e, &ids, "invalid signature share"))?;
-            key.public_key_package
-                .verifying_key()
-                .verify(&message, &signature)
-                .map_err(fail("the aggregated signature does not verify"))?;
             let signature = signature.serialize().map_err(fail("signature"))?;
             if engine.inner.faults.replay_sign_round2 {
                 engine.replay(&chosen, session, &round2).await;

@@ -127,6 +127,12 @@ pub(super) struct ShareInvite {
     pub inline: Option<bytes::Bytes>,
 }
 
+/// How a sealed share reaches its owner: in the invite, or in chunks of a known total length.
+enum IncomingShare {
+    Inline(bytes::Bytes),
+    Chunked(usize),
+}
+
 /// One sealed share of a report, as a client posts it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -1005,8 +1011,10 @@ impl MpcEngine {
                     task,
                     report_id,
                     encapped_key,
-                    expected,
-                    inline,
+                    match inline {
+                        Some(data) => IncomingShare::Inline(data),
+                        None => IncomingShare::Chunked(expected),
+                    },
                 );
                 let _ = engine
                     .run_session(Protocol::AggReport, "owner", session, vec![from], run)
@@ -1024,14 +1032,13 @@ impl MpcEngine {
         task: Arc<TaskEntry>,
         report_id: String,
         encapped_key: Vec<u8>,
-        len: usize,
-        inline: Option<bytes::Bytes>,
+        incoming: IncomingShare,
     ) -> Result<(), SessionError> {
         let session = inbox.session();
         let timeout = self.inner.round_timeout;
-        let ciphertext = match inline {
-            Some(data) => data.to_vec(),
-            None => {
+        let ciphertext = match incoming {
+            IncomingShare::Inline(data) => data.to_vec(),
+            IncomingShare::Chunked(len) => {
                 let mut got = Self::receive_chunks(&mut inbox, &[from], len, timeout).await?;
                 got.remove(&from).unwrap_or_default()
             }
