@@ -18,7 +18,7 @@ use p2p_mpc_node::mpc::aggregation::shares::ELEMENT_BYTES;
 use p2p_mpc_node::mpc::aggregation::store::TaskInfo;
 use serde_json::{Value, json};
 
-use crate::nodes::{Node, cluster, node_binary, post};
+use crate::nodes::{Node, cluster, post, with_scratch};
 use crate::results::Figure;
 
 /// Clients with a report in flight at once.
@@ -209,11 +209,11 @@ pub async fn run(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Vec<Figu
     Ok(figures)
 }
 
-/// `p2p-mpc` binary and a scratch directory for [`run`].
+/// [`run`] with the `p2p-mpc` binary and a scratch directory.
 pub async fn run_standalone(quick: bool) -> anyhow::Result<Vec<Figure>> {
-    let bin = node_binary()?;
-    let dir = std::env::temp_dir().join(format!("p2p-mpc-bench-agg-{}", std::process::id()));
-    let out = run(&bin, &dir, quick).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    out
+    with_scratch(
+        "agg",
+        |bin, dir| async move { run(&bin, &dir, quick).await },
+    )
+    .await
 }

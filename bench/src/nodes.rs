@@ -240,3 +240,19 @@ pub async fn post(http: &reqwest::Client, url: String, body: Value) -> anyhow::R
     }
     Ok(v)
 }
+
+/// Runs `bench` with the `p2p-mpc` binary and a fresh scratch directory named after `name`,
+/// removed afterwards.
+pub async fn with_scratch<Fut>(
+    name: &str,
+    bench: impl FnOnce(PathBuf, PathBuf) -> Fut,
+) -> anyhow::Result<Vec<crate::results::Figure>>
+where
+    Fut: std::future::Future<Output = anyhow::Result<Vec<crate::results::Figure>>>,
+{
+    let bin = node_binary()?;
+    let dir = std::env::temp_dir().join(format!("p2p-mpc-bench-{name}-{}", std::process::id()));
+    let out = bench(bin, dir.clone()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}

@@ -9,7 +9,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::aggregation::transfer;
-use crate::nodes::{cluster, node_binary};
+use crate::nodes::{cluster, with_scratch};
 use crate::results::{Figure, quantile};
 
 const MIB: u64 = 1024 * 1024;
@@ -93,11 +93,10 @@ pub async fn run(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Vec<Figu
     Ok(figures)
 }
 
-/// `p2p-mpc` binary and a scratch directory for [`run`].
+/// [`run`] with the `p2p-mpc` binary and a scratch directory.
 pub async fn run_standalone(quick: bool) -> anyhow::Result<Vec<Figure>> {
-    let bin = node_binary()?;
-    let dir = std::env::temp_dir().join(format!("p2p-mpc-bench-transfer-{}", std::process::id()));
-    let out = run(&bin, &dir, quick).await;
-    let _ = std::fs::remove_dir_all(&dir);
-    out
+    with_scratch("transfer", |bin, dir| async move {
+        run(&bin, &dir, quick).await
+    })
+    .await
 }

@@ -439,22 +439,27 @@ pub fn replace_atomically(path: &Path, bytes: &[u8]) -> Result<(), TaskStoreErro
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn state_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, _) = AggregationStore::open(dir.path(), "me").unwrap();
-        let info = TaskInfo {
+    /// A task of "me" and "you", t = 1, vectors of `length`.
+    fn task_info(task_id: &str, length: u32) -> TaskInfo {
+        TaskInfo {
             params: TaskParams {
-                task_id: "t1".into(),
+                task_id: task_id.into(),
                 participants: vec!["me".into(), "you".into()],
                 threshold: 1,
-                length: 3,
+                length,
                 modulus: shares::MODULUS,
                 min_reports: 1,
                 created_at: 0,
             },
             keys: vec![],
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = AggregationStore::open(dir.path(), "me").unwrap();
+        let info = task_info("t1", 3);
         let task = store.insert(info.clone(), 0).await.unwrap();
         assert!(task.reserve("r1"));
         assert!(!task.reserve("r1"));
@@ -474,18 +479,7 @@ mod tests {
     async fn concurrent_commits_are_all_durable_and_counted_once() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = AggregationStore::open(dir.path(), "me").unwrap();
-        let info = TaskInfo {
-            params: TaskParams {
-                task_id: "t2".into(),
-                participants: vec!["me".into(), "you".into()],
-                threshold: 1,
-                length: 2,
-                modulus: shares::MODULUS,
-                min_reports: 1,
-                created_at: 0,
-            },
-            keys: vec![],
-        };
+        let info = task_info("t2", 2);
         let task = store.insert(info, 0).await.unwrap();
         let commits = (0..64u64).map(|i| {
             let task = task.clone();
