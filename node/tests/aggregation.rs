@@ -639,3 +639,66 @@ async fn unsealed_shares_only_with_the_test_fault() {
     let sum: Vec<u64> = serde_json::from_value(body["sum"].clone()).unwrap();
     assert_eq!(sum, vec![111, 122, 133, 103]);
 }
+
+/// Reports posted at once to one node go out in batches; each is judged on its own (a bad
+/// one in a batch is refused with its reason, the others are taken) and the sum is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_reports_are_batched_and_judged_one_by_one() {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let dir = tempdir();
+    let nodes = start_cluster(dir.path(), 3).await;
+    let task = create_task(&nodes[0], &nodes, 1, 3, 1).await;
+    let task_id = task.params.task_id.clone();
+    let good: Vec<_> = (0..40u64)
+        .map(|i| prepare_report(&task, &[i, 1, 7]).unwrap())
+        .collect();
+    let mut corrupt = prepare_report(&task, &[1000, 1000, 1000]).unwrap();
+    let mut ct = b64.decode(&corrupt.shares[1].ciphertext).unwrap();
+    ct[3] ^= 0x55;
+    corrupt.shares[1].ciphertext = b64.encode(ct);
+    let mut reports = good.clone();
+    reports.insert(17, corrupt);
+    // The same report id twice in the same burst: only one is taken.
+    reports.insert(30, good[5].clone());
+
+    let answers =
+        futures::future::join_all(reports.iter().map(|r| submit(&nodes[0], &task_id, r))).await;
+    let mut taken = 0;
+    for (i, (status, body)) in answers.iter().enumerate() {
+        match (i, *status) {
+            (17, _) => assert_eq!(
+                (*status, body["code"].as_str()),
+                (400, Some("bad_ciphertext")),
+                "{body}"
+            ),
+            (_, 201) => taken += 1,
+            (_, 409) => assert_eq!(body["code"], "duplicate_report", "{body}"),
+            _ => panic!("report {i}: {status} {body}"),
+        }
+    }
+    assert_eq!(taken, 40, "every good report is taken once");
+
+    // Fewer relay sessions than reports: they were batched.
+    let page = nodes[0].metrics_page().await;
+    let relays = metric(
+        &page,
+        "p2p_mpc_mpc_sessions_started_total",
+        "protocol=\"agg_report\",role=\"relay\"",
+    );
+    assert!(
+        (1..42).contains(&relays),
+        "42 reports in {relays} relay sessions"
+    );
+
+    let (status, body) = post(
+        &nodes[1],
+        &format!("/v1/aggregations/{task_id}/collect"),
+        &json!({}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let sum: Vec<u64> = serde_json::from_value(body["sum"].clone()).unwrap();
+    assert_eq!(sum, vec![(0..40).sum::<u64>(), 40, 280]);
+    assert_eq!(body["reports"], 40);
+}

@@ -181,7 +181,6 @@ impl MpcEngine {
                 encapped_key,
                 bytes,
                 chunks,
-                inline,
             } => self.join_aggregation_share(
                 session,
                 from,
@@ -191,9 +190,11 @@ impl MpcEngine {
                     encapped_key,
                     bytes,
                     chunks,
-                    inline: inline.map(|b| b.0),
                 },
             ),
+            Body::AggBatchInvite { task_id, shares } => {
+                self.join_aggregation_batch(session, from, task_id, shares)
+            }
             Body::AggCollectInvite { task_id } => {
                 self.join_aggregation_collect(session, from, task_id)
             }

@@ -139,16 +139,14 @@ pub enum Body {
     AggTaskCommit { keys: Vec<u8> },
     /// Participant → coordinator: the task is stored.
     AggTaskStored,
-    /// Relay → owner: an encrypted share of `bytes` bytes, here in `inline` when it fits in
-    /// one chunk (then `chunks` is 0), else following in `chunks` chunk messages.
+    /// Relay → owner: an encrypted share follows in `chunks` chunks of `bytes` bytes in all
+    /// (shares that fit in one message travel in batches instead).
     AggShareInvite {
         task_id: String,
         report_id: String,
         encapped_key: Vec<u8>,
         bytes: u64,
         chunks: u32,
-        #[serde(default)]
-        inline: Option<Blob>,
     },
     /// A piece of a large payload (an encrypted share, or a share sum being opened).
     AggChunk { index: u32, data: Blob },
@@ -171,12 +169,33 @@ pub enum Body {
     TransferChunk { index: u32, data: Blob },
     /// Receiver → sender: every chunk arrived; the bytes counted.
     TransferDone { bytes: u64 },
+    /// Relay → owner: the owner's sealed share of each report of a batch.
+    AggBatchInvite {
+        task_id: String,
+        shares: Vec<BatchShare>,
+    },
+    /// Owner → relay: per share of the batch, accepted (`None`) or why not (code, message).
+    AggBatchVerdict {
+        rejected: Vec<Option<(String, String)>>,
+    },
+    /// Relay → owners: per report of the batch, add the share (`true`) or drop it.
+    AggBatchCommit { commits: Vec<bool> },
+    /// Owner → relay: the committed shares of the batch are in the persisted sum.
+    AggBatchStored,
     /// The sender gives up on the session, naming the participants it blames (peer ids), if any.
     Abort {
         reason: String,
         #[serde(default)]
         blamed: Vec<String>,
     },
+}
+
+/// One owner's sealed share of one report, in a batch invite.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct BatchShare {
+    pub report_id: String,
+    pub encapped_key: Blob,
+    pub ciphertext: Blob,
 }
 
 /// Bytes that travel as one CBOR byte string (a `Vec<u8>` alone would be an array of
@@ -239,7 +258,11 @@ impl Body {
             Body::AggShareInvite { .. }
             | Body::AggShareVerdict { .. }
             | Body::AggShareCommit { .. }
-            | Body::AggShareStored => Some(Protocol::AggReport),
+            | Body::AggShareStored
+            | Body::AggBatchInvite { .. }
+            | Body::AggBatchVerdict { .. }
+            | Body::AggBatchCommit { .. }
+            | Body::AggBatchStored => Some(Protocol::AggReport),
             Body::AggCollectInvite { .. } | Body::AggReportSet { .. } | Body::AggOpen { .. } => {
                 Some(Protocol::AggCollect)
             }
@@ -274,6 +297,10 @@ impl Body {
             Body::AggShareVerdict { .. } => "aggregation share verdict",
             Body::AggShareCommit { .. } => "aggregation share commit",
             Body::AggShareStored => "aggregation share stored",
+            Body::AggBatchInvite { .. } => "aggregation batch invite",
+            Body::AggBatchVerdict { .. } => "aggregation batch verdict",
+            Body::AggBatchCommit { .. } => "aggregation batch commit",
+            Body::AggBatchStored => "aggregation batch stored",
             Body::AggCollectInvite { .. } => "aggregation collect invite",
             Body::AggReportSet { .. } => "aggregation report set",
             Body::AggOpen { .. } => "aggregation open",
@@ -292,6 +319,7 @@ impl Body {
                 | Body::SignInvite { .. }
                 | Body::AggTaskInvite { .. }
                 | Body::AggShareInvite { .. }
+                | Body::AggBatchInvite { .. }
                 | Body::AggCollectInvite { .. }
                 | Body::TransferInvite { .. }
         )

@@ -15,6 +15,7 @@
 //!   snapshot); t + 1 participants with the same set, the largest such set, stream their
 //!   share sums to the collector, which interpolates the sum.
 
+pub mod batch;
 pub mod client;
 pub mod encryption;
 pub mod shares;
@@ -31,9 +32,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, info};
 
-use super::chunks::{CHUNK_BYTES, ChunkAssembly, pieces};
+use super::chunks::{ChunkAssembly, pieces};
 use super::session::{SessionError, SessionInbox, join_peers};
-use super::wire::{Blob, Body, Protocol, SessionId};
+use super::wire::{Body, Protocol, SessionId};
 use super::{MpcEngine, parse_peers, unreachable_error};
 use encryption::EncryptionKey;
 use shares::Field;
@@ -123,14 +124,6 @@ pub(super) struct ShareInvite {
     pub encapped_key: Vec<u8>,
     pub bytes: u64,
     pub chunks: u32,
-    /// The sealed share itself, when it came in the invite.
-    pub inline: Option<bytes::Bytes>,
-}
-
-/// How a sealed share reaches its owner: in the invite, or in chunks of a known total length.
-enum IncomingShare {
-    Inline(bytes::Bytes),
-    Chunked(usize),
 }
 
 /// One sealed share of a report, as a client posts it.
@@ -721,6 +714,33 @@ impl MpcEngine {
             }
             decoded.push((peer, enc, ct));
         }
+        if decoded
+            .iter()
+            .all(|(_, _, ct)| ct.len() <= batch::MAX_BATCHED_SHARE)
+        {
+            // Small shares go out in the next relay batch of this task.
+            let (done, outcome) = tokio::sync::oneshot::channel();
+            self.enqueue_relay(
+                &task,
+                batch::RelayJob {
+                    report_id: report.report_id.clone(),
+                    shares: decoded,
+                    done,
+                },
+            );
+            let outcome = outcome
+                .await
+                .map_err(|_| AggError::internal("the relay of this report was interrupted"))?;
+            return match outcome {
+                Ok(Ok(accepted_by)) => Ok(ReportAccepted {
+                    task_id: task_id.to_string(),
+                    report_id: report.report_id,
+                    accepted_by: accepted_by.iter().map(ToString::to_string).collect(),
+                }),
+                Ok(Err((code, message))) => Err(AggError::from_verdict(&code, message)),
+                Err((session, e)) => Err(AggError::session(session, e)),
+            };
+        }
         let local = self.inner.local;
         let owners: Vec<PeerId> = decoded
             .iter()
@@ -773,24 +793,19 @@ impl MpcEngine {
             let task_id = task_id.clone();
             let report_id = report_id.clone();
             sends.push(async move {
-                // A share that fits in one chunk rides in the invite: one message fewer.
-                let small = ct.len() <= CHUNK_BYTES;
                 let invite = Body::AggShareInvite {
                     task_id,
                     report_id,
                     encapped_key: enc,
                     bytes: ct.len() as u64,
-                    chunks: if small { 0 } else { chunks_of(ct.len()) },
-                    inline: small.then(|| Blob(ct.clone().into())),
+                    chunks: chunks_of(ct.len()),
                 };
                 self.send(peer, session, invite)
                     .await
                     .map_err(|e| (peer, e))?;
-                if !small {
-                    self.send_chunks(peer, session, ct.into())
-                        .await
-                        .map_err(|e| (peer, e))?;
-                }
+                self.send_chunks(peer, session, ct.into())
+                    .await
+                    .map_err(|e| (peer, e))?;
                 Ok::<PeerId, (PeerId, crate::network::MpcSendError)>(peer)
             });
         }
@@ -970,7 +985,6 @@ impl MpcEngine {
             encapped_key,
             bytes,
             chunks,
-            inline,
         } = invite;
         let Some(task) = self.agg().store.get(&task_id) else {
             self.count_share("unknown_task");
@@ -982,19 +996,10 @@ impl MpcEngine {
             ));
         }
         let expected = task.info.params.length as usize * shares::ELEMENT_BYTES + TAG_BYTES;
-        let well_formed = match &inline {
-            Some(data) => data.len() == expected && bytes as usize == expected && chunks == 0,
-            None => bytes as usize == expected && chunks == chunks_of(expected),
-        };
-        if !well_formed {
+        if bytes as usize != expected || chunks != chunks_of(expected) {
             return Err(format!(
-                "a sealed share of task {task_id} is {expected} bytes (inline, or in {} chunks), not {bytes} in {chunks} chunks{}",
-                chunks_of(expected),
-                if inline.is_some() {
-                    " with an inline share"
-                } else {
-                    ""
-                }
+                "a sealed share of task {task_id} is {expected} bytes in {} chunks, not {bytes} in {chunks}",
+                chunks_of(expected)
             ));
         }
         let inbox = self
@@ -1005,17 +1010,8 @@ impl MpcEngine {
         let engine = self.clone();
         tokio::spawn(
             async move {
-                let run = engine.run_share_owner(
-                    inbox,
-                    from,
-                    task,
-                    report_id,
-                    encapped_key,
-                    match inline {
-                        Some(data) => IncomingShare::Inline(data),
-                        None => IncomingShare::Chunked(expected),
-                    },
-                );
+                let run =
+                    engine.run_share_owner(inbox, from, task, report_id, encapped_key, expected);
                 let _ = engine
                     .run_session(Protocol::AggReport, "owner", session, vec![from], run)
                     .await;
@@ -1032,17 +1028,12 @@ impl MpcEngine {
         task: Arc<TaskEntry>,
         report_id: String,
         encapped_key: Vec<u8>,
-        incoming: IncomingShare,
+        len: usize,
     ) -> Result<(), SessionError> {
         let session = inbox.session();
         let timeout = self.inner.round_timeout;
-        let ciphertext = match incoming {
-            IncomingShare::Inline(data) => data.to_vec(),
-            IncomingShare::Chunked(len) => {
-                let mut got = Self::receive_chunks(&mut inbox, &[from], len, timeout).await?;
-                got.remove(&from).unwrap_or_default()
-            }
-        };
+        let mut got = Self::receive_chunks(&mut inbox, &[from], len, timeout).await?;
+        let ciphertext = got.remove(&from).unwrap_or_default();
         let verdict = self
             .open_share(&task, &report_id, encapped_key, ciphertext)
             .await;
