@@ -63,6 +63,14 @@ impl MpcEngine {
 
     /// Relays batches of queued reports until the queue is empty.
     async fn relay_loop(&self, task: Arc<TaskEntry>) {
+        // Should this task die (a panic), the next report starts a new loop.
+        struct Running<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Running<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        let _running = Running(&task.relay_running);
         loop {
             let batch = take_batch(&task);
             if batch.is_empty() {
@@ -76,6 +84,8 @@ impl MpcEngine {
                 if queued && !task.relay_running.swap(true, Ordering::AcqRel) {
                     continue;
                 }
+                // Another loop runs now (or none is needed): leave the flag to it.
+                std::mem::forget(_running);
                 return;
             }
             self.relay_batch(&task, batch).await;
