@@ -19,7 +19,7 @@ use tracing::{Instrument, info};
 
 use super::shares::Field;
 use super::store::TaskEntry;
-use crate::mpc::session::{SessionError, SessionInbox, join_peers};
+use crate::mpc::session::{SessionError, SessionInbox};
 use crate::mpc::wire::{BatchShare, Blob, Body, Protocol, SessionId};
 use crate::mpc::{MpcEngine, unreachable_error};
 
@@ -180,17 +180,7 @@ impl MpcEngine {
             }
         });
         let (sent, local_verdicts) = futures::join!(join_all(sends), join_all(local_opens));
-        let mut reachable = Vec::new();
-        let mut unreachable = Vec::new();
-        for (peer, result) in sent {
-            match result {
-                Ok(()) => reachable.push(peer),
-                Err(e) => {
-                    info!(peer = %peer, error = %e, "share owner unreachable");
-                    unreachable.push(peer);
-                }
-            }
-        }
+        let (reachable, unreachable) = super::split_reachable(sent);
         let release_local = |verdicts: &[Option<Opened>]| {
             for (id, v) in report_ids.iter().zip(verdicts) {
                 if let Some(Ok(_)) = v {
@@ -230,35 +220,13 @@ impl MpcEngine {
         // Per report: refused by anyone, or taken by everyone reachable (and t + 1 at least).
         let mut outcomes = Vec::with_capacity(count);
         for i in 0..count {
-            let mut refusal: Option<(String, String)> = None;
-            let mut accepted: Vec<PeerId> = Vec::new();
-            match &local_verdicts[i] {
-                Some(Ok(_)) => accepted.push(local),
-                Some(Err(r)) => refusal = Some(r.clone()),
-                None => {}
-            }
-            for (peer, v) in &verdicts {
-                match &v[i] {
-                    None => accepted.push(*peer),
-                    Some((code, message)) => {
-                        if refusal.is_none() {
-                            refusal =
-                                Some((code.clone(), format!("participant {peer}: {message}")));
-                        }
-                    }
-                }
-            }
-            if refusal.is_none() && accepted.len() < need {
-                refusal = Some((
-                    "not_enough_participants".into(),
-                    format!(
-                        "only {} participants took the report ({}); t + 1 = {need} must; unreachable: {}",
-                        accepted.len(),
-                        join_peers(&accepted),
-                        join_peers(&unreachable)
-                    ),
-                ));
-            }
+            let (mut accepted, refusal) = super::judge_report(
+                local,
+                local_verdicts[i].as_ref().map(|v| v.as_ref().map(|_| ())),
+                verdicts.iter().map(|(p, v)| (*p, v[i].as_ref())),
+                need,
+                &unreachable,
+            );
             outcomes.push(match refusal {
                 Some(r) => Err(r),
                 None => {

@@ -251,6 +251,65 @@ pub fn check_params(local: PeerId, p: &TaskParams) -> Result<Vec<PeerId>, String
     Ok(sorted)
 }
 
+/// Splits the owners a share was sent to into those that took the message and those that
+/// could not be reached (logged).
+fn split_reachable(
+    sent: impl IntoIterator<Item = (PeerId, Result<(), crate::network::MpcSendError>)>,
+) -> (Vec<PeerId>, Vec<PeerId>) {
+    let mut reachable = Vec::new();
+    let mut unreachable = Vec::new();
+    for (peer, result) in sent {
+        match result {
+            Ok(()) => reachable.push(peer),
+            Err(e) => {
+                info!(peer = %peer, error = %e, "share owner unreachable");
+                unreachable.push(peer);
+            }
+        }
+    }
+    (reachable, unreachable)
+}
+
+/// Judges one report from its verdicts: the participants that took it (the local one first),
+/// and the refusal if any: the first owner's reason, or too few owners (fewer than `need`).
+fn judge_report<'a>(
+    local: PeerId,
+    local_verdict: Option<Result<(), &(String, String)>>,
+    remote: impl Iterator<Item = (PeerId, Option<&'a (String, String)>)>,
+    need: usize,
+    unreachable: &[PeerId],
+) -> (Vec<PeerId>, Option<(String, String)>) {
+    let mut refusal: Option<(String, String)> = None;
+    let mut accepted: Vec<PeerId> = Vec::new();
+    match local_verdict {
+        Some(Ok(())) => accepted.push(local),
+        Some(Err(r)) => refusal = Some(r.clone()),
+        None => {}
+    }
+    for (peer, verdict) in remote {
+        match verdict {
+            None => accepted.push(peer),
+            Some((code, message)) => {
+                if refusal.is_none() {
+                    refusal = Some((code.clone(), format!("participant {peer}: {message}")));
+                }
+            }
+        }
+    }
+    if refusal.is_none() && accepted.len() < need {
+        refusal = Some((
+            "not_enough_participants".into(),
+            format!(
+                "only {} participants took the report ({}); t + 1 = {need} must; unreachable: {}",
+                accepted.len(),
+                join_peers(&accepted),
+                join_peers(unreachable)
+            ),
+        ));
+    }
+    (accepted, refusal)
+}
+
 fn chunks_of(len: usize) -> u32 {
     super::chunks::chunks_of(len as u64)
 }
@@ -816,17 +875,10 @@ impl MpcEngine {
             }
         };
         let (sent, local_verdict) = futures::join!(join_all(sends), local_verdict);
-        let mut reachable = Vec::new();
-        let mut unreachable = Vec::new();
-        for r in sent {
-            match r {
-                Ok(p) => reachable.push(p),
-                Err((p, e)) => {
-                    info!(peer = %p, error = %e, "share owner unreachable");
-                    unreachable.push(p);
-                }
-            }
-        }
+        let (reachable, unreachable) = split_reachable(sent.into_iter().map(|r| match r {
+            Ok(p) => (p, Ok(())),
+            Err((p, e)) => (p, Err(e)),
+        }));
         let timeout = self.inner.round_timeout;
         let verdicts = match inbox
             .collect(
@@ -848,38 +900,17 @@ impl MpcEngine {
                 return Err(e);
             }
         };
-        let mut refusal: Option<(String, String)> = None;
-        let mut accepted: Vec<PeerId> = Vec::new();
-        let mut local_accepted = None;
-        match local_verdict {
-            Some(Ok(share)) => {
-                accepted.push(local);
-                local_accepted = Some(share);
-            }
-            Some(Err(r)) => refusal = Some(r),
-            None => {}
-        }
-        for (peer, v) in &verdicts {
-            match v {
-                None => accepted.push(*peer),
-                Some((code, message)) => {
-                    if refusal.is_none() {
-                        refusal = Some((code.clone(), format!("participant {peer}: {message}")));
-                    }
-                }
-            }
-        }
-        if refusal.is_none() && accepted.len() < need {
-            refusal = Some((
-                "not_enough_participants".into(),
-                format!(
-                    "only {} participants took the report ({}); t + 1 = {need} must; unreachable: {}",
-                    accepted.len(),
-                    join_peers(&accepted),
-                    join_peers(&unreachable)
-                ),
-            ));
-        }
+        let (mut accepted, refusal) = judge_report(
+            local,
+            local_verdict.as_ref().map(|v| v.as_ref().map(|_| ())),
+            verdicts.iter().map(|(p, v)| (*p, v.as_ref())),
+            need,
+            &unreachable,
+        );
+        let local_accepted = match local_verdict {
+            Some(Ok(share)) => Some(share),
+            _ => None,
+        };
         let commit = refusal.is_none();
         let remote_accepted: Vec<PeerId> =
             accepted.iter().filter(|p| **p != local).copied().collect();
