@@ -10,7 +10,7 @@ use anyhow::Context;
 use frost_ed25519 as frost;
 use serde_json::json;
 
-use crate::nodes::{Node, cluster, node_binary, post};
+use crate::nodes::{Node, cluster, cluster_with_args, node_binary, post};
 use crate::results::{Figure, quantile};
 
 /// In process: one signature of `t` signers, all rounds (commit, sign, aggregate, verify).
@@ -228,9 +228,14 @@ pub async fn run(quick: bool) -> anyhow::Result<(Vec<Figure>, Option<u64>)> {
         // For 100 processes on this machine's cores (every participant verifies 99 shares
         // against 67 commitments at the same moment) the default 10 s round deadline can pass;
         // it is raised so that the figure is measured, not a timeout.
-        let long_rounds = [("P2P_MPC_TEST_ROUND_TIMEOUT_MS", "120000")];
-        for (t, n, env) in [(20u16, 30u16, &[][..]), (67, 100, &long_rounds[..])] {
-            let nodes = cluster(&bin, &dir.join(format!("c{n}")), n.into(), env).await?;
+        for (t, n, round_timeout) in [(20u16, 30u16, "10"), (67, 100, "120")] {
+            let nodes = cluster_with_args(
+                &bin,
+                &dir.join(format!("c{n}")),
+                n.into(),
+                &["--mpc-round-timeout".into(), round_timeout.into()],
+            )
+            .await?;
             let (took, _) = api_dkg(&http, &nodes, t.into()).await?;
             drop(nodes);
             figures.push(Figure::against(

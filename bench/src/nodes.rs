@@ -204,14 +204,36 @@ pub async fn cluster(
     n: usize,
     env: &[(&str, &str)],
 ) -> anyhow::Result<Vec<Node>> {
-    let first = Node::start_with_env(bin, &dir.join("n0"), &[], env, Box::new(|_, _| {}))?;
+    cluster_of(bin, dir, n, &[], env).await
+}
+
+/// Like [`cluster`], with extra arguments for every node.
+pub async fn cluster_with_args(
+    bin: &Path,
+    dir: &Path,
+    n: usize,
+    args: &[String],
+) -> anyhow::Result<Vec<Node>> {
+    cluster_of(bin, dir, n, args, &[]).await
+}
+
+async fn cluster_of(
+    bin: &Path,
+    dir: &Path,
+    n: usize,
+    args: &[String],
+    env: &[(&str, &str)],
+) -> anyhow::Result<Vec<Node>> {
+    let first = Node::start_with_env(bin, &dir.join("n0"), args, env, Box::new(|_, _| {}))?;
     let boot = first.tcp_addr.clone();
     let mut nodes = vec![first];
     for i in 1..n {
+        let mut extra = args.to_vec();
+        extra.extend(["--bootnode".to_string(), boot.clone()]);
         nodes.push(Node::start_with_env(
             bin,
             &dir.join(format!("n{i}")),
-            &["--bootnode".into(), boot.clone()],
+            &extra,
             env,
             Box::new(|_, _| {}),
         )?);

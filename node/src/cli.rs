@@ -174,6 +174,12 @@ pub struct NodeArgs {
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_connections: u32,
 
+    /// Deadline of one round of an MPC session, in seconds (raise it for large DKGs on slow
+    /// machines: every participant of a t-of-n DKG checks n - 1 shares against t commitments).
+    #[arg(long, env = "P2P_MPC_MPC_ROUND_TIMEOUT", default_value_t = crate::mpc::DEFAULT_ROUND_TIMEOUT.as_secs(), value_name = "SECONDS",
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub mpc_round_timeout: u64,
+
     /// Maximum size in bytes of one gossip message.
     #[arg(long, env = "P2P_MPC_MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES",
           value_parser = parse_max_message_size)]

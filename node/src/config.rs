@@ -82,6 +82,7 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub max_connections: Option<u32>,
     pub max_message_size: Option<usize>,
+    pub mpc_round_timeout: Option<u64>,
     /// Per-node settings by node name (`--pod-name`), e.g. written by the operator.
     pub pods: Option<BTreeMap<String, PodConfig>>,
 }
@@ -174,6 +175,8 @@ pub struct NodeConfig {
     pub data_dir: PathBuf,
     pub max_connections: u32,
     pub max_message_size: usize,
+    /// Deadline of one MPC round.
+    pub mpc_round_timeout: std::time::Duration,
     /// The node's name in the `pods` section, if given.
     pub pod_name: Option<String>,
 }
@@ -336,6 +339,15 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
     check_max_message_size(max_message_size)
         .map_err(|m| invalid(&origin_of("max_message_size"), "max_message_size".into(), m))?;
 
+    let mpc_round_timeout: u64 = pick!(mpc_round_timeout);
+    if !(1..=600).contains(&mpc_round_timeout) {
+        return Err(invalid(
+            &origin_of("mpc_round_timeout"),
+            "mpc_round_timeout".into(),
+            format!("must be from 1 to 600 seconds, not {mpc_round_timeout}"),
+        ));
+    }
+
     let jaeger_host: String = pick!(jaeger_host);
     if jaeger_host.trim().is_empty() || jaeger_host.contains(['/', ' ']) {
         return Err(invalid(
@@ -378,6 +390,7 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         data_dir: pick!(data_dir),
         max_connections,
         max_message_size,
+        mpc_round_timeout: std::time::Duration::from_secs(mpc_round_timeout),
         pod_name: args.pod_name.clone(),
     })
 }
@@ -433,13 +446,14 @@ mod tests {
         assert!(!c.enable_jaeger && !c.json_trace);
         assert_eq!(c.json_trace_file, PathBuf::from("./logs/traces.json"));
         assert_eq!(c.max_message_size, 1024 * 1024);
+        assert_eq!(c.mpc_round_timeout, std::time::Duration::from_secs(10));
         assert!(c.topics.is_empty() && c.bootnodes.is_empty() && c.identity_key_path.is_none());
     }
 
     #[test]
     fn file_overrides_defaults_and_flags_override_file() {
         let f = write_config(
-            "network_port: 4001\nmetrics_port: 9191\nlog_level: debug\ntopics: [a, b]\njson_trace: true\n",
+            "network_port: 4001\nmetrics_port: 9191\nlog_level: debug\ntopics: [a, b]\njson_trace: true\nmpc_round_timeout: 45\n",
         );
         let path = f.path().to_str().unwrap();
         let c = resolve_with(&["-c", path]).unwrap();
@@ -448,9 +462,23 @@ mod tests {
         assert_eq!(c.log_level, LogLevel::Debug);
         assert_eq!(c.topics, vec!["a", "b"]);
         assert!(c.json_trace);
+        assert_eq!(c.mpc_round_timeout, std::time::Duration::from_secs(45));
         assert_eq!(c.api_port, 8080, "untouched key keeps its default");
 
-        let c = resolve_with(&["-c", path, "-p", "5001", "-t", "z", "-l", "warn"]).unwrap();
+        let c = resolve_with(&[
+            "-c",
+            path,
+            "-p",
+            "5001",
+            "-t",
+            "z",
+            "-l",
+            "warn",
+            "--mpc-round-timeout",
+            "120",
+        ])
+        .unwrap();
+        assert_eq!(c.mpc_round_timeout, std::time::Duration::from_secs(120));
         assert_eq!(c.network_port, 5001);
         assert_eq!(c.topics, vec!["z"]);
         assert_eq!(c.log_level, LogLevel::Warn);

@@ -104,7 +104,7 @@ pub async fn run(
     }
     let round_timeout = crate::mpc::faults::round_timeout_from_env()
         .map_err(NodeError::Faults)?
-        .unwrap_or(mpc_mod::DEFAULT_ROUND_TIMEOUT);
+        .unwrap_or(config.mpc_round_timeout);
 
     let api_listener = bind(
         "HTTP API",

@@ -137,6 +137,10 @@ fn bootnode_without_peer_id() {
 fn bad_values_of_the_right_type() {
     assert_config_error("max_message_size: 10\n", &["max_message_size", "1024"]);
     assert_config_error("max_connections: 0\n", &["max_connections", "at least 1"]);
+    assert_config_error(
+        "mpc_round_timeout: 0\n",
+        &["mpc_round_timeout", "from 1 to 600 seconds"],
+    );
     assert_config_error("topics: [\"\"]\n", &["topics[0]", "must not be empty"]);
     assert_config_error(
         "api_token_file: /nonexistent/token\n",
