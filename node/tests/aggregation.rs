@@ -136,6 +136,15 @@ async fn submit(node: &NodeProcess, task_id: &str, report: &impl serde::Serializ
     .await
 }
 
+async fn collect(node: &NodeProcess, task_id: &str) -> (u16, Value) {
+    post(
+        node,
+        &format!("/v1/aggregations/{task_id}/collect"),
+        &json!({}),
+    )
+    .await
+}
+
 fn metric(page: &str, name: &str, label: &str) -> u64 {
     page.lines()
         .find(|l| l.starts_with(name) && l.contains(label))
@@ -207,12 +216,7 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
     }
 
     // Collect before any report: refused, with the count.
-    let (status, body) = post(
-        &nodes[1],
-        &format!("/v1/aggregations/{task_id}/collect"),
-        &json!({}),
-    )
-    .await;
+    let (status, body) = collect(&nodes[1], &task_id).await;
     assert_eq!(status, 409, "{body}");
     assert_eq!(body["code"], "not_enough_reports");
     assert!(
@@ -244,12 +248,7 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
         assert_eq!(body["accepted_by"].as_array().unwrap().len(), 5);
         accepted.push(report);
         if i == 9 {
-            let (status, body) = post(
-                &nodes[2],
-                &format!("/v1/aggregations/{task_id}/collect"),
-                &json!({}),
-            )
-            .await;
+            let (status, body) = collect(&nodes[2], &task_id).await;
             assert_eq!(status, 409, "{body}");
             assert!(
                 body["error"]
@@ -403,12 +402,7 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
     nodes[3].kill();
     nodes[4].kill();
     let start = Instant::now();
-    let (status, body) = post(
-        &nodes[1],
-        &format!("/v1/aggregations/{task_id}/collect"),
-        &json!({}),
-    )
-    .await;
+    let (status, body) = collect(&nodes[1], &task_id).await;
     assert_eq!(status, 200, "{body}");
     let sum: Vec<u64> = serde_json::from_value(body["sum"].clone()).unwrap();
     assert_eq!(body["reports"], clients as u64);
@@ -568,12 +562,7 @@ async fn a_million_values_from_three_clients() {
         c.await.unwrap();
     }
     let t0 = Instant::now();
-    let (status, body) = post(
-        &nodes[2],
-        &format!("/v1/aggregations/{task_id}/collect"),
-        &json!({}),
-    )
-    .await;
+    let (status, body) = collect(&nodes[2], &task_id).await;
     assert_eq!(
         status,
         200,
@@ -629,12 +618,7 @@ async fn unsealed_shares_only_with_the_test_fault() {
     let sealed = prepare_report(&task, &[100, 100, 100, 100]).unwrap();
     let (status, body) = submit(&faulty[0], task_id, &sealed).await;
     assert_eq!(status, 201, "{body}");
-    let (status, body) = post(
-        &faulty[2],
-        &format!("/v1/aggregations/{task_id}/collect"),
-        &json!({}),
-    )
-    .await;
+    let (status, body) = collect(&faulty[2], task_id).await;
     assert_eq!(status, 200, "{body}");
     let sum: Vec<u64> = serde_json::from_value(body["sum"].clone()).unwrap();
     assert_eq!(sum, vec![111, 122, 133, 103]);
@@ -691,12 +675,7 @@ async fn concurrent_reports_are_batched_and_judged_one_by_one() {
         "42 reports in {relays} relay sessions"
     );
 
-    let (status, body) = post(
-        &nodes[1],
-        &format!("/v1/aggregations/{task_id}/collect"),
-        &json!({}),
-    )
-    .await;
+    let (status, body) = collect(&nodes[1], &task_id).await;
     assert_eq!(status, 200, "{body}");
     let sum: Vec<u64> = serde_json::from_value(body["sum"].clone()).unwrap();
     assert_eq!(sum, vec![(0..40).sum::<u64>(), 40, 280]);

@@ -102,17 +102,22 @@ impl MpcEngine {
             .filter(|p| *p != local)
             .collect();
         let session = SessionId::random();
-        let (report_ids, shares): (Vec<String>, Vec<SealedShares>) = jobs
-            .iter()
-            .map(|j| (j.report_id.clone(), j.shares.clone()))
-            .unzip();
+        let count = jobs.len();
+        let mut report_ids = Vec::with_capacity(count);
+        let mut shares = Vec::with_capacity(count);
+        let mut waiting = Vec::with_capacity(count);
+        for job in jobs {
+            report_ids.push(job.report_id);
+            shares.push(job.shares);
+            waiting.push(job.done);
+        }
         let outcomes: Vec<ReportOutcome> =
             match self
                 .inner
                 .router
                 .open(session, Protocol::AggReport, owners.clone())
             {
-                Err(e) => vec![Err((session, e)); jobs.len()],
+                Err(e) => vec![Err((session, e)); count],
                 Ok(inbox) => {
                     let run = self.relay_batch_session(inbox, task.clone(), report_ids, shares);
                     match self
@@ -120,12 +125,12 @@ impl MpcEngine {
                         .await
                     {
                         Ok(per_report) => per_report.into_iter().map(Ok).collect(),
-                        Err(e) => vec![Err((session, e)); jobs.len()],
+                        Err(e) => vec![Err((session, e)); count],
                     }
                 }
             };
-        for (job, outcome) in jobs.into_iter().zip(outcomes) {
-            let _ = job.done.send(outcome);
+        for (done, outcome) in waiting.into_iter().zip(outcomes) {
+            let _ = done.send(outcome);
         }
     }
 
