@@ -16,7 +16,17 @@ pub fn node_binary() -> anyhow::Result<PathBuf> {
     let bin = dir.join("p2p-mpc");
     let release = dir.ends_with("release");
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
-    cmd.args(["build", "-q", "-p", "p2p-mpc-node", "--bin", "p2p-mpc"]);
+    // The suite injects test faults (e.g. plaintext shares to measure ingest without HPKE).
+    cmd.args([
+        "build",
+        "-q",
+        "-p",
+        "p2p-mpc-node",
+        "--features",
+        "test-faults",
+        "--bin",
+        "p2p-mpc",
+    ]);
     if release {
         cmd.arg("--release");
     }

@@ -8,7 +8,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use libp2p::Multiaddr;
+use libp2p::{Multiaddr, PeerId};
 
 use crate::config::parse_peer_multiaddr;
 
@@ -75,6 +75,14 @@ pub struct NodeArgs {
     /// Peer used only to seed Kademlia discovery, not kept connected (repeatable).
     #[arg(long = "seed-node", env = "P2P_MPC_SEED_NODE", value_delimiter = ',', value_name = "MULTIADDR", value_parser = parse_cli_peer_addr)]
     pub seed_nodes: Vec<Multiaddr>,
+
+    /// Peer id of a member of this node's cluster (repeatable): with a roster, only members may send it MPC messages or take part in its keys and tasks.
+    #[arg(long = "cluster-member", env = "P2P_MPC_CLUSTER_MEMBER", value_delimiter = ',', value_name = "PEER_ID", value_parser = parse_cli_peer_id)]
+    pub cluster_members: Vec<PeerId>,
+
+    /// File of cluster member peer ids, one a line (# comments), added to --cluster-member; re-read while the node runs.
+    #[arg(long, env = "P2P_MPC_CLUSTER_MEMBERS_FILE", value_name = "FILE")]
+    pub cluster_members_file: Option<PathBuf>,
 
     /// libp2p key file (protobuf encoding); created with mode 0600 if missing. Without it the key is ephemeral.
     #[arg(long, env = "P2P_MPC_IDENTITY_KEY_PATH", value_name = "FILE")]
@@ -393,6 +401,12 @@ pub struct ApiClientArgs {
     /// File holding the API bearer token.
     #[arg(long, env = "P2P_MPC_API_TOKEN_FILE", value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
+}
+
+fn parse_cli_peer_id(s: &str) -> Result<PeerId, String> {
+    s.trim()
+        .parse()
+        .map_err(|e| format!("`{s}` is not a peer id ({e}); expected e.g. 12D3KooW..."))
 }
 
 fn parse_cli_peer_addr(s: &str) -> Result<Multiaddr, String> {

@@ -67,6 +67,8 @@ pub struct FileConfig {
     pub topics: Option<Vec<String>>,
     pub bootnodes: Option<Vec<String>>,
     pub seed_nodes: Option<Vec<String>>,
+    pub cluster_members: Option<Vec<String>>,
+    pub cluster_members_file: Option<PathBuf>,
     pub identity_key_path: Option<PathBuf>,
     pub metrics_port: Option<u16>,
     pub metrics_address: Option<IpAddr>,
@@ -159,6 +161,10 @@ pub struct NodeConfig {
     pub topics: Vec<String>,
     pub bootnodes: Vec<PeerAddr>,
     pub seed_nodes: Vec<PeerAddr>,
+    /// Roster members given as flags or in the config file.
+    pub cluster_members: Vec<PeerId>,
+    /// File of roster members, re-read while the node runs.
+    pub cluster_members_file: Option<PathBuf>,
     pub identity_key_path: Option<PathBuf>,
     pub metrics_port: u16,
     pub metrics_address: IpAddr,
@@ -327,6 +333,33 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         }
     };
 
+    let cluster_members: Vec<PeerId> = match &file.cluster_members {
+        Some(list) if !from_cli("cluster_members") => list
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                s.trim().parse::<PeerId>().map_err(|e| {
+                    invalid(
+                        &file_origin,
+                        format!("cluster_members[{i}]"),
+                        format!("`{s}` is not a peer id ({e}); expected e.g. 12D3KooW..."),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        _ => args.cluster_members.clone(),
+    };
+    let cluster_members_file: Option<PathBuf> = pick_opt!(cluster_members_file);
+    if let Some(path) = &cluster_members_file {
+        crate::roster::read_members(path).map_err(|m| {
+            invalid(
+                &origin_of("cluster_members_file"),
+                "cluster_members_file".into(),
+                m,
+            )
+        })?;
+    }
+
     let max_connections: u32 = pick!(max_connections);
     if max_connections == 0 {
         return Err(invalid(
@@ -374,6 +407,8 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         topics,
         bootnodes,
         seed_nodes,
+        cluster_members,
+        cluster_members_file,
         identity_key_path: pick_opt!(identity_key_path),
         metrics_port: pick!(metrics_port),
         metrics_address: pick!(metrics_address),

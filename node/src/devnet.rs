@@ -88,10 +88,30 @@ fn field_after(line: &str, key: &str) -> Option<String> {
     Some(line[start..].split_whitespace().next()?.to_string())
 }
 
+/// Makes (or reuses) every node's identity key and writes their peer ids to a members file,
+/// so that each node admits only its devnet peers.
+fn write_roster(dir: &std::path::Path, n: usize) -> Result<std::path::PathBuf, DevnetError> {
+    let mut text = String::from("# p2p-mpc devnet cluster roster: one peer id a line\n");
+    for i in 0..n {
+        let data = dir.join(format!("node-{i}"));
+        std::fs::create_dir_all(&data)
+            .map_err(|e| DevnetError::Setup(format!("cannot create {}: {e}", data.display())))?;
+        let (key, _) = crate::identity::load_or_create(Some(&data.join("identity.key")))
+            .map_err(|e| DevnetError::Setup(e.to_string()))?;
+        text.push_str(&key.public().to_peer_id().to_string());
+        text.push('\n');
+    }
+    let path = dir.join("cluster-members");
+    std::fs::write(&path, text)
+        .map_err(|e| DevnetError::Setup(format!("cannot write {}: {e}", path.display())))?;
+    Ok(path)
+}
+
 fn spawn_node(
     index: usize,
     dir: &std::path::Path,
     bootnodes: &[String],
+    roster: &std::path::Path,
 ) -> Result<DevnetNode, DevnetError> {
     let exe = std::env::current_exe()
         .map_err(|e| DevnetError::Setup(format!("cannot find this program's path: {e}")))?;
@@ -115,7 +135,9 @@ fn spawn_node(
     .arg("--data-dir")
     .arg(&data)
     .arg("--identity-key-path")
-    .arg(data.join("identity.key"));
+    .arg(data.join("identity.key"))
+    .arg("--cluster-members-file")
+    .arg(roster);
     for b in bootnodes {
         cmd.arg("--bootnode").arg(b);
     }
@@ -222,10 +244,12 @@ pub async fn run(
         dir.display()
     );
 
+    let roster = write_roster(&dir, n)?;
+    println!("  cluster roster: {} ({n} members)", roster.display());
     let mut nodes: Vec<DevnetNode> = Vec::new();
     for i in 0..n {
         let bootnodes: Vec<String> = nodes.iter().map(|x| x.tcp_addr.clone()).collect();
-        let mut node = spawn_node(i, &dir, &bootnodes)?;
+        let mut node = spawn_node(i, &dir, &bootnodes, &roster)?;
         wait_started(&mut node).await?;
         println!("  node {i}: {}  API {}", node.peer_id, node.api);
         nodes.push(node);

@@ -14,4 +14,5 @@ pub mod metrics;
 pub mod mpc;
 pub mod network;
 pub mod node;
+pub mod roster;
 pub mod tracing_config;

@@ -45,6 +45,12 @@ fn run_node(args: &NodeArgs, matches: &clap::ArgMatches) -> ExitCode {
         Ok(k) => k,
         Err(e) => return fail(EXIT_BAD_INPUT, e),
     };
+    // Test-only variables are refused (or parsed) before anything starts.
+    if let Err(e) = p2p_mpc_node::mpc::faults::Faults::from_env()
+        .and_then(|_| p2p_mpc_node::mpc::faults::round_timeout_from_env())
+    {
+        return fail(EXIT_BAD_INPUT, e);
+    }
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),

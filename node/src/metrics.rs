@@ -37,6 +37,8 @@ pub struct NodeMetrics {
     pub gossip_received: IntCounterVec,
     /// Gossip messages received and rejected, by topic and reason.
     pub gossip_rejected: IntCounterVec,
+    /// Inbound MPC messages refused by the network service, by reason.
+    pub mpc_refused: IntCounterVec,
 }
 
 impl NodeMetrics {
@@ -94,6 +96,17 @@ impl NodeMetrics {
             &["topic", "reason"],
         )
         .expect("valid metric");
+        let mpc_refused = IntCounterVec::new(
+            Opts::new(
+                "p2p_mpc_mpc_refused_total",
+                "Inbound MPC messages refused before they reached a session (not_member: sender outside the cluster roster, not decoded; malformed; version; queue_full).",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
+        for reason in ["not_member", "malformed", "version", "queue_full"] {
+            mpc_refused.with_label_values(&[reason]);
+        }
         for m in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration_seconds.clone()),
@@ -102,6 +115,7 @@ impl NodeMetrics {
             Box::new(gossip_published.clone()),
             Box::new(gossip_received.clone()),
             Box::new(gossip_rejected.clone()),
+            Box::new(mpc_refused.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -115,6 +129,7 @@ impl NodeMetrics {
             gossip_published,
             gossip_received,
             gossip_rejected,
+            mpc_refused,
         }
     }
 

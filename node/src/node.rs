@@ -18,6 +18,7 @@ use crate::mpc::metrics::MpcMetrics;
 use crate::mpc::store::KeyShareStore;
 use crate::mpc::{self as mpc_mod, MpcEngine};
 use crate::network::{NetworkEvent, NetworkService, NetworkSettings};
+use crate::roster::Roster;
 
 /// A failure while starting or running the node.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +44,8 @@ pub enum NodeError {
     Faults(String),
     #[error("aggregation state: {0}")]
     Aggregation(String),
+    #[error("cluster roster: {0}")]
+    Roster(String),
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -117,6 +120,27 @@ pub async fn run(
     )
     .await?;
 
+    let roster = Arc::new(
+        Roster::new(
+            peer_id,
+            config.cluster_members.iter().copied(),
+            config.cluster_members_file.clone(),
+        )
+        .map_err(NodeError::Roster)?,
+    );
+    match roster.status() {
+        None => warn!(
+            "no cluster roster (--cluster-member / cluster_members_file): any peer that connects may open MPC sessions here and be enrolled in keys and aggregation tasks"
+        ),
+        Some(s) => {
+            info!(members = s.size, member = s.member, file = ?s.file, "cluster roster loaded");
+            if !s.member {
+                warn!(%peer_id, "this node is not in its own cluster roster; other members will refuse its messages");
+            }
+        }
+    }
+    let roster_task = tokio::spawn(roster.clone().watch());
+
     let readiness = Arc::new(Readiness::default());
     let settings = NetworkSettings {
         listen_address: config.listen_address,
@@ -127,6 +151,7 @@ pub async fn run(
         seed_nodes: config.seed_nodes.clone(),
         max_connections: config.max_connections,
         max_message_size: config.max_message_size,
+        roster: Some(roster.clone()),
     };
     let (aggregation_store, unreadable) = crate::mpc::aggregation::store::AggregationStore::open(
         &config.data_dir,
@@ -163,6 +188,7 @@ pub async fn run(
         faults,
         round_timeout,
         aggregation,
+        roster,
     );
     let router_task = tokio::spawn(mpc.clone().run_router(mpc_inbound));
 
@@ -232,6 +258,7 @@ pub async fn run(
     let _ = tokio::time::timeout(grace, network_task).await;
     events_task.abort();
     router_task.abort();
+    roster_task.abort();
     info!("node stopped");
     Ok(())
 }

@@ -30,6 +30,7 @@ async fn hostile_peer(victim: &str) -> NetworkClient {
         seed_nodes: vec![],
         max_connections: 16,
         max_message_size: 8 * 1024 * 1024,
+        roster: None,
     };
     let (service, client, _events) = NetworkService::start(
         libp2p::identity::Keypair::generate_ed25519(),

@@ -21,7 +21,8 @@ pub const MAX_REPORT_BODY: usize = 512 * 1024 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateAggregationRequest {
-    /// Peer ids; default: this node and every connected peer that speaks MPC.
+    /// Peer ids; default: the cluster roster's members (without a roster: this node and
+    /// every connected peer that speaks MPC).
     #[serde(default)]
     pub participants: Option<Vec<String>>,
     /// t: any t + 1 participants open the sum, any t learn nothing.
@@ -55,16 +56,11 @@ pub(super) async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<TaskInfo>), ApiError> {
     let req: CreateAggregationRequest = parse_body(&body)?;
-    let local = state.mpc.local_peer_id();
     let participants = match req.participants {
         Some(list) => {
             parse_peers(&list).map_err(|m| ApiError::bad_request("invalid_request", m))?
         }
-        None => {
-            let mut peers = state.network.mpc_peers().await?;
-            peers.push(local);
-            peers
-        }
+        None => state.mpc.default_participants().await?,
     };
     let request = CreateTask {
         participants,

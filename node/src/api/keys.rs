@@ -25,7 +25,8 @@ pub struct CreateKeyRequest {
     #[serde(default = "default_scheme")]
     pub scheme: String,
     pub threshold: u16,
-    /// Peer ids; default: this node and every connected peer that speaks MPC.
+    /// Peer ids; default: the cluster roster's members (without a roster: this node and
+    /// every connected peer that speaks MPC).
     #[serde(default)]
     pub participants: Option<Vec<String>>,
 }
@@ -75,16 +76,11 @@ pub(super) async fn create(
             format!("scheme `{}` is not supported; use `ed25519`", req.scheme),
         ));
     }
-    let local = state.mpc.local_peer_id();
     let participants = match req.participants {
         Some(list) => {
             parse_peers(&list).map_err(|m| ApiError::bad_request("invalid_request", m))?
         }
-        None => {
-            let mut peers = state.network.mpc_peers().await?;
-            peers.push(local);
-            peers
-        }
+        None => state.mpc.default_participants().await?,
     };
     // The session runs in its own task: a client that hangs up does not cut a DKG short
     // half-way (the other participants would only time out).

@@ -251,6 +251,8 @@ pub struct StatusResponse {
     pub connected_peers: usize,
     pub topics: Vec<String>,
     pub version: String,
+    /// The cluster roster; `null` when the node has none (it then admits every peer).
+    pub roster: Option<crate::roster::RosterStatus>,
 }
 
 async fn status(State(state): State<ApiState>) -> Result<Json<StatusResponse>, ApiError> {
@@ -261,6 +263,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<StatusResponse>, A
         connected_peers: s.connected_peers,
         topics: s.topics,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        roster: state.mpc.roster().status(),
     }))
 }
 

@@ -76,6 +76,10 @@ impl MpcEngine {
         let local = self.inner.local;
         let participants = check_params(local, request.threshold, &request.participants)
             .map_err(MpcError::BadRequest)?;
+        self.inner
+            .roster
+            .check_all(&participants)
+            .map_err(|m| MpcError::BadRequest(format!("participants {m}")))?;
         let connected = self
             .inner
             .network
@@ -151,6 +155,12 @@ impl MpcEngine {
                 "the inviting peer {from} is not among the participants"
             ));
         }
+        // Every participant checks the list itself: a member that invites a stranger into a
+        // key gets no share from anyone.
+        self.inner
+            .roster
+            .check_all(&participants)
+            .map_err(|m| format!("participants {m}"))?;
         if key_id.len() != 32 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(format!("`{key_id}` is not a valid key id"));
         }

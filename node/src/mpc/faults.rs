@@ -1,9 +1,25 @@
 //! Test-only misbehaviour, switched on by the hidden environment variable
-//! `P2P_MPC_TEST_FAULT` (comma-separated). Always compiled in (integration tests run the
-//! real binary), never documented for users, and announced with a warning at start.
+//! `P2P_MPC_TEST_FAULT` (comma-separated). Only a binary built with the cargo feature
+//! `test-faults` (the tests and the benchmark suite turn it on) accepts it; any other binary
+//! refuses to start when the variable is set, so a release build cannot be made to
+//! misbehave. Never documented for users, and announced with a warning at start.
 
 /// The environment variable that turns faults on.
 pub const FAULT_ENV: &str = "P2P_MPC_TEST_FAULT";
+
+/// Whether this binary was built with the `test-faults` feature.
+pub const COMPILED_IN: bool = cfg!(feature = "test-faults");
+
+/// Refuses a test-only environment variable in a binary built without `test-faults`.
+fn refuse_unless_compiled(var: &str, compiled_in: bool) -> Result<(), String> {
+    if compiled_in {
+        Ok(())
+    } else {
+        Err(format!(
+            "{var} is set, but this binary was built without test faults (cargo feature `test-faults`); unset it"
+        ))
+    }
+}
 
 /// Which faults this node injects.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,10 +42,14 @@ pub struct Faults {
 
 impl Faults {
     /// Reads [`FAULT_ENV`]; unknown names are returned as an error.
+    /// In a binary without the `test-faults` feature, a set variable is an error.
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var(FAULT_ENV) {
-            Ok(v) => Self::parse(&v),
-            Err(_) => Ok(Self::default()),
+        match std::env::var_os(FAULT_ENV) {
+            Some(v) => {
+                refuse_unless_compiled(FAULT_ENV, COMPILED_IN)?;
+                Self::parse(&v.to_string_lossy())
+            }
+            None => Ok(Self::default()),
         }
     }
 
@@ -60,16 +80,41 @@ impl Faults {
 pub const ROUND_TIMEOUT_ENV: &str = "P2P_MPC_TEST_ROUND_TIMEOUT_MS";
 
 /// The round deadline from [`ROUND_TIMEOUT_ENV`], if set and valid (100 ms to 10 min).
+/// Like [`FAULT_ENV`], only a `test-faults` binary accepts it.
 pub fn round_timeout_from_env() -> Result<Option<std::time::Duration>, String> {
-    match std::env::var(ROUND_TIMEOUT_ENV) {
-        Err(_) => Ok(None),
-        Ok(v) => match v.trim().parse::<u64>() {
-            Ok(ms) if (100..=600_000).contains(&ms) => {
-                Ok(Some(std::time::Duration::from_millis(ms)))
-            }
-            _ => Err(format!(
-                "{ROUND_TIMEOUT_ENV}: `{v}` is not a number of milliseconds from 100 to 600000"
-            )),
-        },
+    let Some(v) = std::env::var_os(ROUND_TIMEOUT_ENV) else {
+        return Ok(None);
+    };
+    refuse_unless_compiled(ROUND_TIMEOUT_ENV, COMPILED_IN)?;
+    let v = v.to_string_lossy();
+    match v.trim().parse::<u64>() {
+        Ok(ms) if (100..=600_000).contains(&ms) => Ok(Some(std::time::Duration::from_millis(ms))),
+        _ => Err(format!(
+            "{ROUND_TIMEOUT_ENV}: `{v}` is not a number of milliseconds from 100 to 600000"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_without_the_feature_refuses_test_variables() {
+        let err = refuse_unless_compiled(FAULT_ENV, false).unwrap_err();
+        assert!(
+            err.contains(FAULT_ENV) && err.contains("test-faults"),
+            "{err}"
+        );
+        assert!(refuse_unless_compiled(FAULT_ENV, true).is_ok());
+    }
+
+    #[test]
+    fn fault_names_parse_and_unknown_ones_are_refused() {
+        let f = Faults::parse("intrude-signing, plaintext-shares").unwrap();
+        assert!(f.intrude_signing && f.plaintext_shares && !f.corrupt_signature_share);
+        assert!(Faults::parse("").unwrap() == Faults::default());
+        let err = Faults::parse("no-such-fault").unwrap_err();
+        assert!(err.contains("no-such-fault"), "{err}");
     }
 }

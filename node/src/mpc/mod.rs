@@ -85,6 +85,7 @@ struct Inner {
     round_timeout: Duration,
     aggregation: aggregation::Aggregation,
     transfers: Arc<transfer::InboundTransfers>,
+    roster: Arc<crate::roster::Roster>,
 }
 
 /// The node's MPC handle; cheap to clone.
@@ -103,6 +104,7 @@ impl MpcEngine {
         faults: Faults,
         round_timeout: Duration,
         aggregation: aggregation::Aggregation,
+        roster: Arc<crate::roster::Roster>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -115,8 +117,29 @@ impl MpcEngine {
                 round_timeout,
                 aggregation,
                 transfers: Arc::default(),
+                roster,
             }),
         }
+    }
+
+    /// The cluster roster this node checks participants against.
+    pub fn roster(&self) -> &crate::roster::Roster {
+        &self.inner.roster
+    }
+
+    /// The default participants of a new key or task: the roster's members, or, without a
+    /// roster, this node and every connected peer that speaks MPC.
+    pub async fn default_participants(&self) -> Result<Vec<PeerId>, crate::network::NetworkError> {
+        if let Some(members) = self.inner.roster.members() {
+            let mut all = members;
+            if !all.contains(&self.inner.local) {
+                all.push(self.inner.local);
+            }
+            return Ok(all);
+        }
+        let mut peers = self.inner.network.mpc_peers().await?;
+        peers.push(self.inner.local);
+        Ok(peers)
     }
 
     /// This node's peer id.

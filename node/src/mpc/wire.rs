@@ -1,7 +1,9 @@
 //! What MPC peers send each other over `/p2p-mpc/mpc/1`.
 //!
-//! Every message is a CBOR-encoded [`MpcMessage`] (libp2p's request-response CBOR codec, with
-//! size limits) carrying a format version, the session id and one [`Body`]. FROST packages
+//! Every message is a CBOR-encoded [`MpcMessage`] (at most [`MAX_MESSAGE_BYTES`]) carrying a
+//! format version, the session id and one [`Body`]. The network service reads it as raw bytes
+//! and [`decode`]s it only once the sender is known to be admitted; decoding does not amplify
+//! (every list is capped, so a message of N bytes holds about N bytes of heap once decoded). FROST packages
 //! travel as the frost crates' own byte encodings, so this envelope does not depend on
 //! their serde layout. The response is only an acknowledgement: protocol answers are
 //! messages of their own, routed by session id like every other message.
@@ -18,6 +20,78 @@ pub const WIRE_VERSION: u8 = 1;
 pub const MAX_MESSAGE_BYTES: u64 = 256 * 1024;
 /// Largest accepted encoded acknowledgement.
 pub const MAX_ACK_BYTES: u64 = 4 * 1024;
+/// Most peer ids in one list of a message (participants, blame, echo digests).
+pub const MAX_PEERS: usize = 256;
+/// Most entries in one list of an aggregation batch message.
+pub const MAX_BATCH_ITEMS: usize = crate::mpc::aggregation::batch::MAX_BATCH;
+
+/// Encodes a message for the wire.
+pub fn encode(message: &MpcMessage) -> Vec<u8> {
+    cbor4ii::serde::to_vec(Vec::new(), message).expect("writing CBOR to a Vec cannot fail")
+}
+
+/// Decodes a message read from the wire; the error says what was wrong.
+pub fn decode(bytes: &[u8]) -> Result<MpcMessage, String> {
+    if bytes.len() as u64 > MAX_MESSAGE_BYTES {
+        return Err(format!(
+            "message of {} bytes is over the limit of {MAX_MESSAGE_BYTES}",
+            bytes.len()
+        ));
+    }
+    cbor4ii::serde::from_slice(bytes).map_err(|e| format!("malformed MPC message: {e}"))
+}
+
+/// Deserializes a list of at most `max` items, refusing longer ones as soon as the item
+/// past the cap arrives (nothing is allocated for the rest).
+fn bounded<'de, D, T>(d: D, max: usize) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    struct V<T> {
+        max: usize,
+        item: std::marker::PhantomData<T>,
+    }
+    impl<'de, T: Deserialize<'de>> serde::de::Visitor<'de> for V<T> {
+        type Value = Vec<T>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            write!(f, "a list of at most {} items", self.max)
+        }
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut a: A) -> Result<Vec<T>, A::Error> {
+            let mut out = Vec::with_capacity(a.size_hint().unwrap_or(0).min(self.max));
+            while let Some(item) = a.next_element()? {
+                if out.len() == self.max {
+                    return Err(serde::de::Error::custom(format_args!(
+                        "list longer than {} items",
+                        self.max
+                    )));
+                }
+                out.push(item);
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_seq(V {
+        max,
+        item: std::marker::PhantomData,
+    })
+}
+
+fn peer_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    bounded(d, MAX_PEERS)
+}
+
+fn batch_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    bounded(d, MAX_BATCH_ITEMS)
+}
 
 /// A session id: 16 random bytes, shown as 32 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -103,12 +177,16 @@ pub enum Body {
         key_id: String,
         threshold: u16,
         /// Every participant, as peer id strings (coordinator included).
+        #[serde(deserialize_with = "peer_list")]
         participants: Vec<String>,
     },
     /// DKG part 1 package (broadcast, echoed).
     DkgRound1 { package: Vec<u8> },
     /// Echo of every round-1 package seen: (peer id, SHA-256 of the package bytes).
-    DkgEcho { digests: Vec<(String, [u8; 32])> },
+    DkgEcho {
+        #[serde(deserialize_with = "peer_list")]
+        digests: Vec<(String, [u8; 32])>,
+    },
     /// DKG part 2 package, addressed to one participant.
     DkgRound2 { package: Vec<u8> },
     /// The group key as derived by the sender, and a digest of its public key package.
@@ -172,20 +250,25 @@ pub enum Body {
     /// Relay → owner: the owner's sealed share of each report of a batch.
     AggBatchInvite {
         task_id: String,
+        #[serde(deserialize_with = "batch_list")]
         shares: Vec<BatchShare>,
     },
     /// Owner → relay: per share of the batch, accepted (`None`) or why not (code, message).
     AggBatchVerdict {
+        #[serde(deserialize_with = "batch_list")]
         rejected: Vec<Option<(String, String)>>,
     },
     /// Relay → owners: per report of the batch, add the share (`true`) or drop it.
-    AggBatchCommit { commits: Vec<bool> },
+    AggBatchCommit {
+        #[serde(deserialize_with = "batch_list")]
+        commits: Vec<bool>,
+    },
     /// Owner → relay: the committed shares of the batch are in the persisted sum.
     AggBatchStored,
     /// The sender gives up on the session, naming the participants it blames (peer ids), if any.
     Abort {
         reason: String,
-        #[serde(default)]
+        #[serde(default, deserialize_with = "peer_list")]
         blamed: Vec<String>,
     },
 }

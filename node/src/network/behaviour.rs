@@ -7,7 +7,8 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, kad, ping, request_response};
 use sha2::{Digest, Sha256};
 
-use crate::mpc::wire::{MAX_ACK_BYTES, MAX_MESSAGE_BYTES, MPC_PROTOCOL, MpcAck, MpcMessage};
+use super::mpc_codec::MpcCodec;
+use crate::mpc::wire::MPC_PROTOCOL;
 
 /// Kademlia protocol id: our own DHT, not the public IPFS one.
 pub const KAD_PROTOCOL: &str = "/p2p-mpc/kad/1.0.0";
@@ -31,7 +32,8 @@ pub struct NodeBehaviour {
     /// Liveness.
     pub ping: ping::Behaviour,
     /// MPC protocol messages, point to point (`/p2p-mpc/mpc/1`).
-    pub mpc: request_response::cbor::Behaviour<MpcMessage, MpcAck>,
+    /// Requests arrive undecoded ([`super::mpc_codec::RawMpc`]).
+    pub mpc: request_response::Behaviour<MpcCodec>,
 }
 
 /// Settings the behaviour is built from.
@@ -98,10 +100,8 @@ pub fn build(key: &Keypair, settings: &BehaviourSettings) -> Result<NodeBehaviou
 
     let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15)));
 
-    let mpc = request_response::cbor::Behaviour::with_codec(
-        request_response::cbor::codec::Codec::default()
-            .set_request_size_maximum(MAX_MESSAGE_BYTES)
-            .set_response_size_maximum(MAX_ACK_BYTES),
+    let mpc = request_response::Behaviour::with_codec(
+        MpcCodec,
         [(
             StreamProtocol::new(MPC_PROTOCOL),
             request_response::ProtocolSupport::Full,

@@ -7,6 +7,7 @@
 pub mod behaviour;
 pub mod bootnodes;
 pub mod envelope;
+pub mod mpc_codec;
 mod service;
 
 use std::time::Duration;
@@ -134,7 +135,7 @@ pub(crate) enum Command {
     },
     SendMpc {
         peer: PeerId,
-        message: MpcMessage,
+        message: mpc_codec::RawMpc,
         reply: oneshot::Sender<Result<MpcAck, String>>,
     },
     MpcPeers {
@@ -186,6 +187,14 @@ impl NetworkClient {
 
     /// Sends an MPC message to `peer` and waits for its acknowledgement.
     pub async fn send_mpc(&self, peer: PeerId, message: MpcMessage) -> Result<(), MpcSendError> {
+        self.send_mpc_raw(peer, crate::mpc::wire::encode(&message))
+            .await
+    }
+
+    /// Sends already encoded bytes as an MPC message (tests use it to send what an honest
+    /// node never would) and waits for the acknowledgement.
+    pub async fn send_mpc_raw(&self, peer: PeerId, bytes: Vec<u8>) -> Result<(), MpcSendError> {
+        let message = mpc_codec::RawMpc(bytes);
         let (reply, rx) = oneshot::channel();
         let call = async {
             self.tx

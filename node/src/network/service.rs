@@ -25,13 +25,15 @@ use tracing::{debug, info, info_span, warn};
 
 use super::behaviour::{self, BehaviourSettings, NodeBehaviour, NodeBehaviourEvent};
 use super::bootnodes::BootnodeDialer;
+use super::mpc_codec::RawMpc;
 use super::{
     Command, GossipMessage, InboundMpc, NetworkClient, NetworkEvent, NetworkStatus, PeerInfo,
     PublishError, with_peer_id,
 };
 use crate::config::PeerAddr;
 use crate::metrics::{NodeMetrics, Readiness};
-use crate::mpc::wire::{MPC_PROTOCOL, MpcAck, MpcMessage, WIRE_VERSION};
+use crate::mpc::wire::{self, MPC_PROTOCOL, MpcAck, WIRE_VERSION};
+use crate::roster::Roster;
 
 /// How long the session router may take to answer an inbound MPC message.
 const MPC_ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -50,6 +52,8 @@ pub struct NetworkSettings {
     pub seed_nodes: Vec<PeerAddr>,
     pub max_connections: u32,
     pub max_message_size: usize,
+    /// Who may send this node MPC messages; `None` admits every peer.
+    pub roster: Option<Arc<Roster>>,
 }
 
 /// A failure to start the network.
@@ -96,6 +100,8 @@ pub struct NetworkService {
     mpc_pending: HashMap<OutboundRequestId, oneshot::Sender<Result<MpcAck, String>>>,
     /// Inbound MPC messages waiting for the router's answer.
     mpc_acks: FuturesUnordered<PendingAck>,
+    /// When a refused MPC message was last logged, and how many were not logged since.
+    refused_log: (Option<Instant>, u64),
     /// Signs the envelopes of published gossip.
     key: Keypair,
     /// Checks the envelopes of received gossip.
@@ -208,6 +214,7 @@ impl NetworkService {
             mpc_inbound: None,
             mpc_pending: HashMap::new(),
             mpc_acks: FuturesUnordered::new(),
+            refused_log: (None, 0),
             key,
             envelopes: Default::default(),
         };
@@ -264,7 +271,24 @@ impl NetworkService {
         }
     }
 
-    fn handle_mpc(&mut self, event: request_response::Event<MpcMessage, MpcAck>) {
+    /// Counts a refused inbound MPC message and logs it at debug, at most once a second.
+    fn refused(&mut self, peer: &PeerId, reason: &'static str, detail: &str) {
+        self.metrics.mpc_refused.with_label_values(&[reason]).inc();
+        let now = Instant::now();
+        if self
+            .refused_log
+            .0
+            .is_none_or(|last| now.duration_since(last) >= Duration::from_secs(1))
+        {
+            let suppressed = std::mem::take(&mut self.refused_log.1);
+            debug!(%peer, reason, detail, suppressed, "inbound MPC message refused");
+            self.refused_log.0 = Some(now);
+        } else {
+            self.refused_log.1 += 1;
+        }
+    }
+
+    fn handle_mpc(&mut self, event: request_response::Event<RawMpc, MpcAck>) {
         match event {
             request_response::Event::Message {
                 peer,
@@ -275,7 +299,29 @@ impl NetworkService {
                 ..
             } => {
                 let refuse = |reason: String| MpcAck::Rejected(reason);
+                // Strangers are turned away before a byte of the body is decoded.
+                if let Some(roster) = &self.settings.roster
+                    && !roster.admits(&peer)
+                {
+                    self.refused(&peer, "not_member", "");
+                    let ack = refuse("not a member of this node's cluster roster".into());
+                    let _ = self.swarm.behaviour_mut().mpc.send_response(channel, ack);
+                    return;
+                }
+                let request = match wire::decode(&request.0) {
+                    Ok(m) => m,
+                    Err(e) => {
+                        self.refused(&peer, "malformed", &e);
+                        let _ = self
+                            .swarm
+                            .behaviour_mut()
+                            .mpc
+                            .send_response(channel, refuse(e));
+                        return;
+                    }
+                };
                 if request.version != WIRE_VERSION {
+                    self.refused(&peer, "version", "");
                     let ack = refuse(format!(
                         "MPC message format version {} is not supported (this node speaks {WIRE_VERSION})",
                         request.version
@@ -311,6 +357,7 @@ impl NetworkService {
                         );
                     }
                     Err(_) => {
+                        self.refused(&peer, "queue_full", "");
                         let ack = refuse("the node's MPC queue is full; retry later".into());
                         let _ = self.swarm.behaviour_mut().mpc.send_response(channel, ack);
                     }

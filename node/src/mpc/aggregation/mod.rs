@@ -379,6 +379,10 @@ impl MpcEngine {
             created_at: now(),
         };
         let peers = check_params(local, &params).map_err(AggError::bad)?;
+        self.inner
+            .roster
+            .check_all(&peers)
+            .map_err(|m| AggError::bad(format!("participants {m}")))?;
         let connected = self
             .inner
             .network
@@ -526,6 +530,11 @@ impl MpcEngine {
                 "the inviting peer {from} is not among the participants"
             ));
         }
+        // Checked by every participant, not only by the coordinator.
+        self.inner
+            .roster
+            .check_all(&peers)
+            .map_err(|m| format!("participants {m}"))?;
         if self.agg().store.get(&params.task_id).is_some() {
             return Err(format!("task {} exists already", params.task_id));
         }

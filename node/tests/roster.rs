@@ -1,0 +1,289 @@
+//! The cluster roster against real node processes: a connected peer outside the roster gets
+//! nothing (its DKG, aggregation-task and transfer invitations and even garbage are refused
+//! before decoding and counted), a member that invites a stranger is refused by every
+//! participant, the default participants are the roster's members, and the members file
+//! is re-read while the node runs.
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{NodeProcess, args, tempdir, wait_for};
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use p2p_mpc_node::config::PeerAddr;
+use p2p_mpc_node::metrics::{NodeMetrics, Readiness};
+use p2p_mpc_node::mpc::wire::{Body, MpcMessage, SessionId};
+use p2p_mpc_node::network::{MpcSendError, NetworkClient, NetworkService, NetworkSettings};
+use serde_json::{Value, json};
+
+/// A peer run in this process on the node library's network service, dialing `victim`.
+async fn library_peer(key: Keypair, victim: &str) -> NetworkClient {
+    let (peer_id, addr) = p2p_mpc_node::config::parse_peer_multiaddr(victim).unwrap();
+    let settings = NetworkSettings {
+        listen_address: "127.0.0.1".parse().unwrap(),
+        network_port: 0,
+        ws_port: None,
+        topics: vec![],
+        bootnodes: vec![PeerAddr { peer_id, addr }],
+        seed_nodes: vec![],
+        max_connections: 16,
+        max_message_size: 1024 * 1024,
+        roster: None,
+    };
+    let (service, client, _events) = NetworkService::start(
+        key,
+        settings,
+        Default::default(),
+        |r| Arc::new(NodeMetrics::new(r)),
+        Arc::new(Readiness::default()),
+    )
+    .await
+    .expect("library peer starts");
+    tokio::spawn(service.run());
+    client
+}
+
+fn identity(dir: &Path, name: &str) -> (String, PeerId) {
+    let key = p2p_mpc_node::identity::generate();
+    let path = dir.join(format!("{name}.key"));
+    p2p_mpc_node::identity::write_new_keypair(&path, &key).unwrap();
+    (path.display().to_string(), key.public().to_peer_id())
+}
+
+/// Every file under `dir`, recursively.
+fn files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let path = e.unwrap().path();
+            if path.is_dir() {
+                todo.push(path);
+            } else {
+                out.push(path);
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn refused(page: &str, reason: &str) -> u64 {
+    page.lines()
+        .filter(|l| {
+            l.starts_with("p2p_mpc_mpc_refused_total{") && l.contains(&format!("\"{reason}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+async fn post(node: &NodeProcess, path: &str, body: Value) -> (u16, Value) {
+    let resp = node
+        .http
+        .post(format!("{}{path}", node.api))
+        .timeout(Duration::from_secs(60))
+        .json(&body)
+        .send()
+        .await
+        .expect("API answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Sends `body` until the victim answers (the connection may still be coming up), and
+/// returns the refusal reason.
+async fn send_refused(client: &NetworkClient, to: PeerId, bytes: Vec<u8>) -> String {
+    wait_for("an answer to the message", Duration::from_secs(20), || {
+        let bytes = bytes.clone();
+        async move {
+            match client.send_mpc_raw(to, bytes).await {
+                Err(MpcSendError::Rejected { reason, .. }) => Ok(reason),
+                Ok(()) => panic!("the message was accepted"),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    })
+    .await
+}
+
+fn encode(body: Body) -> Vec<u8> {
+    p2p_mpc_node::mpc::wire::encode(&MpcMessage::new(SessionId::random(), body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outsiders_get_nothing_and_members_check_every_participant() {
+    let dir = tempdir();
+    let (key_a, a) = identity(dir.path(), "a");
+    let (key_b, b) = identity(dir.path(), "b");
+    // A member that the test drives through the library (it may misbehave).
+    let member_key = Keypair::generate_ed25519();
+    let member = member_key.public().to_peer_id();
+    let members = dir.path().join("members");
+    std::fs::write(&members, format!("# test cluster\n{a}\n{b}\n{member}\n")).unwrap();
+    let members_arg = members.display().to_string();
+
+    let node_a = NodeProcess::start(
+        "A",
+        dir.path(),
+        &args(&[
+            "--identity-key-path",
+            &key_a,
+            "--cluster-members-file",
+            &members_arg,
+        ]),
+    )
+    .await;
+    let node_b = NodeProcess::start(
+        "B",
+        dir.path(),
+        &args(&[
+            "--identity-key-path",
+            &key_b,
+            "--cluster-member",
+            &format!("{a},{member}"),
+            "--cluster-member",
+            &b.to_string(),
+            "--bootnode",
+            &node_a.tcp_addr,
+        ]),
+    )
+    .await;
+    node_b
+        .wait_connected_to(&node_a.peer_id, Duration::from_secs(20))
+        .await;
+
+    let status = node_a.get("/v1/status").await.unwrap();
+    assert_eq!(status["roster"]["size"], 3, "{status}");
+    assert_eq!(status["roster"]["member"], true, "{status}");
+    assert_eq!(node_b.get("/v1/status").await.unwrap()["roster"]["size"], 3);
+
+    let data_a = dir.path().join("data-A");
+    let files_before = files(&data_a);
+    // A stranger, connected to A.
+    let stranger_key = Keypair::generate_ed25519();
+    let stranger = stranger_key.public().to_peer_id();
+    let outsider = library_peer(stranger_key, &node_a.tcp_addr).await;
+    let invites = vec![
+        encode(Body::DkgInvite {
+            key_id: "0".repeat(32),
+            threshold: 2,
+            participants: vec![a.to_string(), stranger.to_string()],
+        }),
+        encode(Body::AggTaskInvite {
+            params: b"{}".to_vec(),
+        }),
+        encode(Body::TransferInvite {
+            bytes: 1 << 20,
+            chunks: 16,
+        }),
+        // Not even CBOR: refused as a stranger's, never decoded (so not counted malformed).
+        vec![0xff; 1000],
+    ];
+    for bytes in invites {
+        let reason = send_refused(&outsider, a, bytes).await;
+        assert!(reason.contains("not a member"), "{reason}");
+    }
+    let page = node_a.metrics_page().await;
+    assert_eq!(refused(&page, "not_member"), 4, "{page}");
+    assert_eq!(refused(&page, "malformed"), 0);
+
+    // Nothing was stored, and the node keeps serving.
+    assert_eq!(node_a.get("/v1/keys").await.unwrap()["keys"], json!([]));
+    assert_eq!(files(&data_a), files_before, "no file appears on A");
+
+    // The API refuses a stranger as a participant.
+    let (code, body) = post(
+        &node_a,
+        "/v1/keys",
+        json!({"threshold": 2, "participants": [a.to_string(), stranger.to_string()]}),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    let msg = body["error"].as_str().unwrap_or_default();
+    assert!(
+        msg.contains("not in the cluster roster") && msg.contains(&stranger.to_string()),
+        "{body}"
+    );
+
+    // A member's invitation that lists a stranger is refused by the participant itself.
+    let rogue = library_peer(member_key, &node_b.tcp_addr).await;
+    let reason = send_refused(
+        &rogue,
+        b,
+        encode(Body::DkgInvite {
+            key_id: "1".repeat(32),
+            threshold: 2,
+            participants: vec![b.to_string(), member.to_string(), stranger.to_string()],
+        }),
+    )
+    .await;
+    assert!(
+        reason.contains("not in the cluster roster") && reason.contains(&stranger.to_string()),
+        "{reason}"
+    );
+    assert_eq!(node_b.get("/v1/keys").await.unwrap()["keys"], json!([]));
+
+    // Without `participants`, a key is made among the roster's members: here A and B and
+    // the library member, which does not run MPC sessions, so the DKG fails naming it
+    // instead of silently leaving it out.
+    let (code, body) = post(&node_b, "/v1/keys", json!({"threshold": 2})).await;
+    assert!(code == 400 || code == 502, "{code} {body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains(&member.to_string()),
+        "{body}"
+    );
+
+    // Drop the library member from the file: A re-reads it, and the default DKG among the
+    // two remaining members succeeds.
+    std::fs::write(&members, format!("{a}\n{b}\n")).unwrap();
+    wait_for(
+        "A to re-read its members file",
+        Duration::from_secs(20),
+        || async {
+            let s = node_a.get("/v1/status").await?;
+            if s["roster"]["size"] == 2 {
+                Ok(())
+            } else {
+                Err(s.to_string())
+            }
+        },
+    )
+    .await;
+    let (code, body) = post(
+        &node_a,
+        "/v1/keys",
+        json!({"threshold": 2, "participants": [a.to_string(), b.to_string()]}),
+    )
+    .await;
+    assert_eq!(code, 201, "{body}");
+    let (code, body) = post(&node_a, "/v1/keys", json!({"threshold": 2})).await;
+    assert_eq!(code, 201, "{body}");
+    assert_eq!(
+        body["participants"].as_array().map(Vec::len),
+        Some(2),
+        "{body}"
+    );
+    drop(rogue);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_roster_the_node_says_so() {
+    let dir = tempdir();
+    let node = NodeProcess::start("N", dir.path(), &[]).await;
+    let status = node.get("/v1/status").await.unwrap();
+    assert!(status["roster"].is_null(), "{status}");
+    wait_for("the no-roster warning", Duration::from_secs(10), || async {
+        node.stderr_lines()
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("no cluster roster"))
+            .then_some(())
+            .ok_or_else(|| "not yet".to_string())
+    })
+    .await;
+}
