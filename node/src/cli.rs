@@ -293,7 +293,7 @@ pub enum KeysCommand {
         /// Signatures need this many participants (at least 2).
         #[arg(long, value_name = "T")]
         threshold: u16,
-        /// Participant peer ids (repeatable or comma-separated); default: the node and its connected MPC peers.
+        /// Participant peer ids (repeatable or comma-separated); default: the node's cluster roster (without one: the node and its connected MPC peers).
         #[arg(long = "participants", value_delimiter = ',', value_name = "PEER_ID")]
         participants: Vec<String>,
         #[command(flatten)]
@@ -337,7 +337,7 @@ pub enum AggregateCommand {
         /// Reports needed before the sum can be collected.
         #[arg(long, value_name = "M")]
         min_reports: u64,
-        /// Participant peer ids (repeatable or comma-separated); default: the node and its connected MPC peers.
+        /// Participant peer ids (repeatable or comma-separated); default: the node's cluster roster (without one: the node and its connected MPC peers).
         #[arg(long = "participants", value_delimiter = ',', value_name = "PEER_ID")]
         participants: Vec<String>,
         #[command(flatten)]
