@@ -188,6 +188,11 @@ pub struct NodeArgs {
           value_parser = clap::value_parser!(u64).range(1..=600))]
     pub mpc_round_timeout: u64,
 
+    /// Most MPC sessions that invitations from one peer may have running on this node at once.
+    #[arg(long, env = "P2P_MPC_MPC_MAX_SESSIONS_PER_PEER", default_value_t = 16, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub mpc_max_sessions_per_peer: u32,
+
     /// Maximum size in bytes of one gossip message.
     #[arg(long, env = "P2P_MPC_MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES",
           value_parser = parse_max_message_size)]

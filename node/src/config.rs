@@ -85,6 +85,7 @@ pub struct FileConfig {
     pub max_connections: Option<u32>,
     pub max_message_size: Option<usize>,
     pub mpc_round_timeout: Option<u64>,
+    pub mpc_max_sessions_per_peer: Option<u32>,
     /// Per-node settings by node name (`--pod-name`), e.g. written by the operator.
     pub pods: Option<BTreeMap<String, PodConfig>>,
 }
@@ -183,6 +184,8 @@ pub struct NodeConfig {
     pub max_message_size: usize,
     /// Deadline of one MPC round.
     pub mpc_round_timeout: std::time::Duration,
+    /// Most sessions one peer's invitations may have running here.
+    pub mpc_max_sessions_per_peer: usize,
     /// The node's name in the `pods` section, if given.
     pub pod_name: Option<String>,
 }
@@ -381,6 +384,15 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         ));
     }
 
+    let mpc_max_sessions_per_peer: u32 = pick!(mpc_max_sessions_per_peer);
+    if !(1..=4096).contains(&mpc_max_sessions_per_peer) {
+        return Err(invalid(
+            &origin_of("mpc_max_sessions_per_peer"),
+            "mpc_max_sessions_per_peer".into(),
+            format!("must be from 1 to 4096, not {mpc_max_sessions_per_peer}"),
+        ));
+    }
+
     let jaeger_host: String = pick!(jaeger_host);
     if jaeger_host.trim().is_empty() || jaeger_host.contains(['/', ' ']) {
         return Err(invalid(
@@ -426,6 +438,7 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         max_connections,
         max_message_size,
         mpc_round_timeout: std::time::Duration::from_secs(mpc_round_timeout),
+        mpc_max_sessions_per_peer: mpc_max_sessions_per_peer as usize,
         pod_name: args.pod_name.clone(),
     })
 }
@@ -598,7 +611,12 @@ mod tests {
         let as_value = serde_yaml::to_value(&parsed).unwrap();
         for (key, value) in as_value.as_mapping().unwrap() {
             // Keys without a default are shown commented with an example value instead.
-            let optional = ["ws_port", "identity_key_path", "api_token_file"];
+            let optional = [
+                "ws_port",
+                "identity_key_path",
+                "api_token_file",
+                "cluster_members_file",
+            ];
             let key = key.as_str().unwrap();
             if !optional.contains(&key) {
                 assert!(!value.is_null(), "config.example.yml lacks key `{key}`");

@@ -189,6 +189,7 @@ pub async fn run(
         round_timeout,
         aggregation,
         roster,
+        config.mpc_max_sessions_per_peer,
     );
     let router_task = tokio::spawn(mpc.clone().run_router(mpc_inbound));
 

@@ -134,6 +134,31 @@ fn bootnode_without_peer_id() {
 }
 
 #[test]
+fn bad_cluster_roster() {
+    assert_config_error(
+        "cluster_members:\n  - 12D3KooWLzVeoBe8Xb4bnRVFzsLuNQhPh9WkZVXqEXHZ1QVDR6VP\n  - nobody\n",
+        &["cluster_members[1]", "`nobody` is not a peer id"],
+    );
+    assert_config_error(
+        "cluster_members_file: ./no-such-members\n",
+        &["cluster_members_file", "no-such-members"],
+    );
+    let dir = tempdir();
+    write_file(
+        dir.path(),
+        "members",
+        "# ok\n12D3KooWLzVeoBe8Xb4bnRVFzsLuNQhPh9WkZVXqEXHZ1QVDR6VP\n\nnobody-here\n",
+    );
+    let out = run(dir.path(), &["--cluster-members-file", "members"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("members: line 4") && stderr.contains("nobody-here"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn bad_values_of_the_right_type() {
     assert_config_error("max_message_size: 10\n", &["max_message_size", "1024"]);
     assert_config_error("max_connections: 0\n", &["max_connections", "at least 1"]);
@@ -162,6 +187,7 @@ fn bad_flags_exit_2() {
         (vec!["--log-level", "loud"], "possible values"),
         (vec!["--metrics-port", "70000"], "70000"),
         (vec!["--max-message-size", "5"], "out of range"),
+        (vec!["--cluster-member", "not-a-peer"], "is not a peer id"),
     ] {
         let out = Command::new(bin())
             .args(&args)

@@ -86,6 +86,8 @@ struct Inner {
     aggregation: aggregation::Aggregation,
     transfers: Arc<transfer::InboundTransfers>,
     roster: Arc<crate::roster::Roster>,
+    /// Most sessions one peer's invitations may have running here at once.
+    max_sessions_per_peer: usize,
 }
 
 /// The node's MPC handle; cheap to clone.
@@ -105,6 +107,7 @@ impl MpcEngine {
         round_timeout: Duration,
         aggregation: aggregation::Aggregation,
         roster: Arc<crate::roster::Roster>,
+        max_sessions_per_peer: usize,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -118,6 +121,7 @@ impl MpcEngine {
                 aggregation,
                 transfers: Arc::default(),
                 roster,
+                max_sessions_per_peer,
             }),
         }
     }
@@ -169,12 +173,34 @@ impl MpcEngine {
 
     /// Routes inbound MPC messages until the network stops.
     pub async fn run_router(self, mut inbound: mpsc::Receiver<InboundMpc>) {
-        while let Some(InboundMpc { peer, message, ack }) = inbound.recv().await {
+        while let Some(InboundMpc {
+            peer,
+            message,
+            size,
+            ack,
+        }) = inbound.recv().await
+        {
             let session = message.session;
-            let decision = self.inner.router.route(peer, message);
+            let decision = self.inner.router.route_sized(peer, message, size);
             let answer = match decision {
+                RouteDecision::Invite(_)
+                    if self.inner.router.invited_by(&peer) >= self.inner.max_sessions_per_peer =>
+                {
+                    self.inner
+                        .metrics
+                        .messages_dropped
+                        .with_label_values(&["any", "peer_session_cap"])
+                        .inc();
+                    MpcAck::Rejected(format!(
+                        "peer {peer} already has {} sessions running here (mpc_max_sessions_per_peer); retry later",
+                        self.inner.max_sessions_per_peer
+                    ))
+                }
                 RouteDecision::Invite(message) => match self.accept_invite(peer, message) {
-                    Ok(()) => MpcAck::Accepted,
+                    Ok(()) => {
+                        self.inner.router.mark_invited(session, peer);
+                        MpcAck::Accepted
+                    }
                     Err(reason) => {
                         info!(%session, %peer, %reason, "MPC invite refused");
                         MpcAck::Rejected(reason)

@@ -19,6 +19,11 @@ const INBOX_CAPACITY: usize = 256;
 const MAX_EARLY_SESSIONS: usize = 256;
 /// Messages kept per not-yet-known session.
 const MAX_EARLY_PER_SESSION: usize = 64;
+/// Bytes of early messages one peer may have waiting (a stranger's flood cannot fill the
+/// buffer for everyone; honest early messages are round-1 packages of a few KiB).
+const MAX_EARLY_BYTES_PER_PEER: usize = 2 * 1024 * 1024;
+/// Bytes of early messages waiting in all.
+const MAX_EARLY_BYTES: usize = 16 * 1024 * 1024;
 /// How long early messages wait for their session.
 const EARLY_TTL: Duration = Duration::from_secs(30);
 /// Messages a session keeps for its later rounds; more are dropped (a participant flooding
@@ -122,19 +127,46 @@ struct ActiveSession {
     protocol: Protocol,
     participants: HashSet<PeerId>,
     inbox: mpsc::Sender<Routed>,
+    /// The peer whose invitation opened the session here (`None`: opened by this node).
+    invited_by: Option<PeerId>,
 }
 
 struct EarlyMessages {
     first_seen: Instant,
-    messages: Vec<(PeerId, Body)>,
+    /// Sender, body and encoded size.
+    messages: Vec<(PeerId, Body, usize)>,
 }
 
 #[derive(Default)]
 struct Table {
     active: HashMap<SessionId, ActiveSession>,
     early: HashMap<SessionId, EarlyMessages>,
+    /// Encoded bytes of early messages, in all and by sender.
+    early_bytes: usize,
+    early_bytes_by_peer: HashMap<PeerId, usize>,
     finished: HashSet<SessionId>,
     finished_order: VecDeque<SessionId>,
+}
+
+impl Table {
+    /// Forgets the accounting of early messages that leave the buffer.
+    fn release_early(&mut self, messages: &[(PeerId, Body, usize)]) {
+        for (from, _, size) in messages {
+            self.early_bytes = self.early_bytes.saturating_sub(*size);
+            if let Some(b) = self.early_bytes_by_peer.get_mut(from) {
+                *b = b.saturating_sub(*size);
+                if *b == 0 {
+                    self.early_bytes_by_peer.remove(from);
+                }
+            }
+        }
+    }
+
+    fn remove_early(&mut self, session: &SessionId) -> Option<EarlyMessages> {
+        let early = self.early.remove(session)?;
+        self.release_early(&early.messages);
+        Some(early)
+    }
 }
 
 /// What the router decided for an inbound message.
@@ -200,8 +232,14 @@ impl SessionRouter {
         RouteDecision::Dropped { reason, message }
     }
 
-    /// Routes one inbound message.
+    /// Routes one inbound message of unknown encoded size (tests).
+    #[cfg(test)]
     pub fn route(&self, from: PeerId, message: MpcMessage) -> RouteDecision {
+        self.route_sized(from, message, 1)
+    }
+
+    /// Routes one inbound message that was `size` bytes on the wire.
+    pub fn route_sized(&self, from: PeerId, message: MpcMessage, size: usize) -> RouteDecision {
         let protocol = message
             .body
             .protocol()
@@ -266,9 +304,28 @@ impl SessionRouter {
         }
         // Not known yet: another participant may be faster than the invite. Keep it, bounded.
         let now = Instant::now();
-        table
+        let expired: Vec<SessionId> = table
             .early
-            .retain(|_, e| now.duration_since(e.first_seen) < EARLY_TTL);
+            .iter()
+            .filter(|(_, e)| now.duration_since(e.first_seen) >= EARLY_TTL)
+            .map(|(s, _)| *s)
+            .collect();
+        for s in expired {
+            table.remove_early(&s);
+        }
+        let peer_bytes = table.early_bytes_by_peer.get(&from).copied().unwrap_or(0);
+        if peer_bytes + size > MAX_EARLY_BYTES_PER_PEER
+            || table.early_bytes + size > MAX_EARLY_BYTES
+        {
+            drop(table);
+            return self.dropped(
+                protocol,
+                "early_buffer_full",
+                format!(
+                    "too many bytes of messages for unknown sessions buffered; message for {session} dropped"
+                ),
+            );
+        }
         if !table.early.contains_key(&session) && table.early.len() >= MAX_EARLY_SESSIONS {
             drop(table);
             return self.dropped(
@@ -289,7 +346,9 @@ impl SessionRouter {
                 format!("too many early messages for session {session}"),
             );
         }
-        entry.messages.push((from, message.body));
+        entry.messages.push((from, message.body, size));
+        table.early_bytes += size;
+        *table.early_bytes_by_peer.entry(from).or_default() += size;
         RouteDecision::Buffered
     }
 
@@ -309,10 +368,10 @@ impl SessionRouter {
                 "session {session} already exists"
             )));
         }
-        let early = table.early.remove(&session);
+        let early = table.remove_early(&session);
         let mut outsiders = 0;
         if let Some(early) = early {
-            for (from, body) in early.messages {
+            for (from, body, _) in early.messages {
                 if participants.contains(&from) {
                     let _ = tx.try_send(Routed { from, body });
                 } else {
@@ -326,6 +385,7 @@ impl SessionRouter {
                 protocol,
                 participants,
                 inbox: tx,
+                invited_by: None,
             },
         );
         drop(table);
@@ -347,7 +407,7 @@ impl SessionRouter {
     pub fn close(&self, session: SessionId) {
         let mut table = self.lock();
         table.active.remove(&session);
-        table.early.remove(&session);
+        table.remove_early(&session);
         if table.finished.insert(session) {
             table.finished_order.push_back(session);
             while table.finished_order.len() > MAX_FINISHED {
@@ -356,6 +416,27 @@ impl SessionRouter {
                 }
             }
         }
+    }
+
+    /// Records that `peer`'s invitation opened `session` (for the per-peer cap).
+    pub fn mark_invited(&self, session: SessionId, peer: PeerId) {
+        if let Some(s) = self.lock().active.get_mut(&session) {
+            s.invited_by = Some(peer);
+        }
+    }
+
+    /// Running sessions that `peer`'s invitations opened here.
+    pub fn invited_by(&self, peer: &PeerId) -> usize {
+        self.lock()
+            .active
+            .values()
+            .filter(|s| s.invited_by.as_ref() == Some(peer))
+            .count()
+    }
+
+    /// Bytes of early messages buffered, in all.
+    pub fn early_bytes(&self) -> usize {
+        self.lock().early_bytes
     }
 
     /// Sessions currently running.
@@ -614,6 +695,53 @@ mod tests {
             .with_label_values(&["frost_dkg", "not_participant"])
             .get();
         assert_eq!(dropped, 1);
+    }
+
+    #[test]
+    fn early_bytes_are_capped_per_peer_and_released() {
+        let router = SessionRouter::new(MpcMetrics::unregistered());
+        let (flooder, honest) = (PeerId::random(), PeerId::random());
+        let big = 200 * 1024;
+        let mut buffered = 0;
+        for _ in 0..100 {
+            match router.route_sized(flooder, msg(SessionId::random(), round1(1)), big) {
+                RouteDecision::Buffered => buffered += 1,
+                RouteDecision::Dropped { reason, .. } => assert_eq!(reason, "early_buffer_full"),
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(buffered, MAX_EARLY_BYTES_PER_PEER / big);
+        assert!(router.early_bytes() <= MAX_EARLY_BYTES_PER_PEER);
+        // Another peer still gets its early messages buffered.
+        let s = SessionId::random();
+        assert!(matches!(
+            router.route_sized(honest, msg(s, round1(2)), 1000),
+            RouteDecision::Buffered
+        ));
+        // Opening the session releases its bytes.
+        let before = router.early_bytes();
+        let _inbox = router.open(s, Protocol::Dkg, [honest]).unwrap();
+        assert_eq!(router.early_bytes(), before - 1000);
+    }
+
+    #[test]
+    fn sessions_remember_who_invited_them() {
+        let router = SessionRouter::new(MpcMetrics::unregistered());
+        let peer = PeerId::random();
+        let inboxes: Vec<_> = (0..3)
+            .map(|_| {
+                let s = SessionId::random();
+                let inbox = router.open(s, Protocol::Sign, [peer]).unwrap();
+                router.mark_invited(s, peer);
+                inbox
+            })
+            .collect();
+        let _own = router
+            .open(SessionId::random(), Protocol::Sign, [peer])
+            .unwrap();
+        assert_eq!(router.invited_by(&peer), 3);
+        drop(inboxes);
+        assert_eq!(router.invited_by(&peer), 0);
     }
 
     #[tokio::test]

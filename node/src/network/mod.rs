@@ -30,6 +30,8 @@ const MPC_SEND_TIMEOUT: Duration = Duration::from_secs(12);
 pub struct InboundMpc {
     pub peer: PeerId,
     pub message: MpcMessage,
+    /// Its encoded size in bytes.
+    pub size: usize,
     pub ack: oneshot::Sender<MpcAck>,
 }
 

@@ -308,6 +308,7 @@ impl NetworkService {
                     let _ = self.swarm.behaviour_mut().mpc.send_response(channel, ack);
                     return;
                 }
+                let size = request.0.len();
                 let request = match wire::decode(&request.0) {
                     Ok(m) => m,
                     Err(e) => {
@@ -338,6 +339,7 @@ impl NetworkService {
                 let msg = InboundMpc {
                     peer,
                     message: request,
+                    size,
                     ack: ack_tx,
                 };
                 match inbound.try_send(msg) {

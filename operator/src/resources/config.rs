@@ -1,4 +1,7 @@
-//! The ConfigMap with the node config file, `node.yml`, shared by every pod.
+//! The ConfigMap with the node config file, `node.yml`, shared by every pod, and the
+//! cluster roster, `cluster-members` (the peer id of every pod, one a line), which the nodes
+//! re-read while they run, so that scaling the cluster changes who they admit without a
+//! restart.
 //!
 //! Per-pod settings (bootnodes) sit in its `pods` section; each node picks its own entry by
 //! pod name at start (`P2P_MPC_POD_NAME`), so the pod template never changes with the size
@@ -15,6 +18,8 @@ use crate::keys::{ClusterKeys, KeyError, pod_name};
 
 /// The file name of the node config inside the ConfigMap.
 pub const CONFIG_FILE: &str = "node.yml";
+/// The file name of the cluster roster inside the ConfigMap.
+pub const MEMBERS_FILE: &str = "cluster-members";
 /// Where the pods mount the ConfigMap.
 pub const CONFIG_DIR: &str = "/etc/p2p-mpc";
 /// Where the pods mount their data volume.
@@ -41,6 +46,10 @@ pub fn shared_settings(mc: &MpcCluster) -> serde_json::Map<String, Value> {
     m.insert("api_address".into(), json!("0.0.0.0"));
     m.insert("api_port".into(), json!(spec.api.port));
     m.insert("data_dir".into(), json!(DATA_DIR));
+    m.insert(
+        "cluster_members_file".into(),
+        json!(format!("{CONFIG_DIR}/{MEMBERS_FILE}")),
+    );
     m.insert("enable_jaeger".into(), json!(spec.tracing.jaeger.enabled));
     m.insert("jaeger_host".into(), json!(spec.tracing.jaeger.host));
     m.insert("jaeger_port".into(), json!(spec.tracing.jaeger.port));
@@ -85,6 +94,24 @@ pub fn node_config(
     ))
 }
 
+/// The roster file text: the peer id of every pod of `0..replicas` that has a key.
+pub fn members_file(
+    mc: &MpcCluster,
+    names: &ClusterNames,
+    keys: &ClusterKeys,
+) -> Result<String, KeyError> {
+    let mut text = format!(
+        "# The cluster roster of MpcCluster {}/{}, written by the p2p-mpc operator.\n",
+        names.namespace, names.name
+    );
+    for i in 0..mc.spec.replicas {
+        if let Some(peer) = keys.peer_id(&pod_name(&names.name, i))? {
+            text.push_str(&format!("{peer}\n"));
+        }
+    }
+    Ok(text)
+}
+
 /// The ConfigMap.
 pub fn build(
     mc: &MpcCluster,
@@ -93,10 +120,10 @@ pub fn build(
 ) -> Result<ConfigMap, KeyError> {
     Ok(ConfigMap {
         metadata: child_meta(mc, names, names.config_map()),
-        data: Some(BTreeMap::from([(
-            CONFIG_FILE.to_string(),
-            node_config(mc, names, keys)?,
-        )])),
+        data: Some(BTreeMap::from([
+            (CONFIG_FILE.to_string(), node_config(mc, names, keys)?),
+            (MEMBERS_FILE.to_string(), members_file(mc, names, keys)?),
+        ])),
         ..Default::default()
     })
 }
@@ -136,6 +163,29 @@ mod tests {
         }
         assert_eq!(file.network_port, Some(4001));
         assert_eq!(file.data_dir.unwrap(), Path::new(DATA_DIR));
+    }
+
+    #[test]
+    fn the_roster_lists_every_pod_and_the_config_points_at_it() {
+        let mc = cluster("net", 3);
+        let names = ClusterNames::of(&mc, "cluster.local");
+        let mut keys = ClusterKeys::default();
+        keys.ensure("net", 3);
+        let members =
+            p2p_mpc_node::roster::parse_members(&members_file(&mc, &names, &keys).unwrap())
+                .unwrap();
+        let expected: std::collections::BTreeSet<_> = (0..3)
+            .map(|i| keys.peer_id(&format!("net-{i}")).unwrap().unwrap())
+            .collect();
+        assert_eq!(members, expected);
+        let text = node_config(&mc, &names, &keys).unwrap();
+        let file = p2p_mpc_node::config::FileConfig::parse(Path::new("node.yml"), &text).unwrap();
+        assert_eq!(
+            file.cluster_members_file.unwrap(),
+            Path::new(CONFIG_DIR).join(MEMBERS_FILE)
+        );
+        let cm = build(&mc, &names, &keys).unwrap();
+        assert!(cm.data.unwrap().contains_key(MEMBERS_FILE));
     }
 
     #[test]
