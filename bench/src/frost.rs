@@ -102,18 +102,20 @@ fn inprocess_dkg(t: u16, n: u16) -> f64 {
     t0.elapsed().as_secs_f64()
 }
 
-/// DKG through the API of node 0 with every node as participant; returns (seconds, key id).
+/// DKG through the API of node 0 with every node as participant and the signing policy
+/// `policy`; returns (seconds, key id).
 async fn api_dkg(
     http: &reqwest::Client,
     nodes: &[Node],
     t: usize,
+    policy: serde_json::Value,
 ) -> anyhow::Result<(f64, String)> {
     let participants: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
     let t0 = Instant::now();
     let v = post(
         http,
         format!("{}/v1/keys", nodes[0].api),
-        json!({"threshold": t, "participants": participants}),
+        json!({"threshold": t, "participants": participants, "policy": policy}),
     )
     .await?;
     let took = t0.elapsed().as_secs_f64();
@@ -138,7 +140,7 @@ pub async fn run(quick: bool) -> anyhow::Result<(Vec<Figure>, Option<u64>)> {
 
     // 3-of-5: DKG, sequential signing, 64 in flight.
     let nodes = cluster(&bin, &dir.join("c5"), 5, &[]).await?;
-    let (dkg5, key) = api_dkg(&http, &nodes, 3).await?;
+    let (dkg5, key) = api_dkg(&http, &nodes, 3, json!({"open": true})).await?;
     let base_dkg5 = inprocess_dkg(3, 5);
     figures.push(Figure::against(
         "DKG 3-of-5",
@@ -172,6 +174,40 @@ pub async fn run(quick: bool) -> anyhow::Result<(Vec<Figure>, Option<u64>)> {
         "ms",
         "frost-ed25519 in one process",
         b99 * 1e3,
+    ));
+
+    // The same with a key whose policy needs one client authorization: every holder checks
+    // the Ed25519 signature and records the request id on disk before round 1.
+    let client = p2p_mpc_node::mpc::policy::generate_client_key();
+    let client_public = hex::encode(client.verifying_key().as_bytes());
+    let (_, authorized_key) =
+        api_dkg(&http, &nodes, 3, json!({"clients": [client_public]})).await?;
+    let mut auth_lat = Vec::with_capacity(sequential);
+    for i in 0..sequential {
+        let url = format!("{}/v1/keys/{authorized_key}/sign", nodes[i % 5].api);
+        let message = format!("{i:08x}");
+        let bytes = hex::decode(&message)?;
+        let t0 = Instant::now();
+        let authorization = p2p_mpc_node::mpc::policy::authorize(
+            &client,
+            &authorized_key,
+            &bytes,
+            p2p_mpc_node::mpc::policy::now() + 60,
+        );
+        post(
+            &http,
+            url,
+            json!({"message": message, "authorizations": [authorization]}),
+        )
+        .await?;
+        auth_lat.push(t0.elapsed().as_secs_f64());
+    }
+    figures.push(Figure::against(
+        "FROST sign 3-of-5 sequential, client-authorized key: p50",
+        quantile(&mut auth_lat, 0.5) * 1e3,
+        "ms",
+        "an open key, same cluster",
+        p50 * 1e3,
     ));
 
     let in_flight = 64;
@@ -236,7 +272,7 @@ pub async fn run(quick: bool) -> anyhow::Result<(Vec<Figure>, Option<u64>)> {
                 &["--mpc-round-timeout".into(), round_timeout.into()],
             )
             .await?;
-            let (took, _) = api_dkg(&http, &nodes, t.into()).await?;
+            let (took, _) = api_dkg(&http, &nodes, t.into(), json!({"open": true})).await?;
             drop(nodes);
             figures.push(Figure::against(
                 format!("DKG {t}-of-{n}"),

@@ -266,6 +266,11 @@ pub enum Command {
         #[command(flatten)]
         api: ApiClientArgs,
     },
+    /// Client signing keys: make one, show its public key, authorize a signing request.
+    Client {
+        #[command(subcommand)]
+        command: ClientCommand,
+    },
     /// Threshold keys: create (DKG), list, sign, through a running node's API.
     Keys {
         #[command(subcommand)]
@@ -290,6 +295,39 @@ pub enum Command {
     },
 }
 
+/// `p2p-mpc client ...`: the Ed25519 keys that API clients authorize signing requests with.
+#[derive(Debug, Subcommand)]
+pub enum ClientCommand {
+    /// Generate a client key file (mode 0600, refuses to overwrite) and print its public key.
+    Keygen {
+        /// Where to write the key.
+        #[arg(short = 'o', long, value_name = "FILE")]
+        out: PathBuf,
+    },
+    /// Print the public key (hex) of a client key file.
+    PublicKey {
+        /// The key file.
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+    },
+    /// Print one authorization (JSON) of signing MESSAGE with KEY_ID, for callers that sign elsewhere.
+    Authorize {
+        /// The client key file.
+        #[arg(long, value_name = "FILE")]
+        client_key: PathBuf,
+        /// The threshold key's id.
+        #[arg(long, value_name = "ID")]
+        key_id: String,
+        /// The message, hex.
+        #[arg(long, value_name = "HEX")]
+        message: String,
+        /// Seconds until the authorization expires (1 to 600).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60,
+              value_parser = clap::value_parser!(u64).range(1..=600))]
+        ttl: u64,
+    },
+}
+
 /// `p2p-mpc keys ...`: threshold keys through a node's API.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -301,6 +339,30 @@ pub enum KeysCommand {
         /// Participant peer ids (repeatable or comma-separated); default: the node's cluster roster (without one: the node and its connected MPC peers).
         #[arg(long = "participants", value_delimiter = ',', value_name = "PEER_ID")]
         participants: Vec<String>,
+        /// Public key (hex) of a client that may authorize signatures (repeatable or comma-separated); the key's policy lists these.
+        #[arg(
+            long = "client",
+            value_delimiter = ',',
+            value_name = "PUBKEY",
+            required_unless_present = "open",
+            conflicts_with = "open"
+        )]
+        clients: Vec<String>,
+        /// How many distinct clients must authorize each signature (default 1).
+        #[arg(long, value_name = "K")]
+        approvals: Option<u16>,
+        /// An open key: anyone who can call a holder's API may have it sign.
+        #[arg(long)]
+        open: bool,
+        /// Policy rule: longest message that may be signed, in bytes.
+        #[arg(long, value_name = "BYTES")]
+        max_message_bytes: Option<u32>,
+        /// Policy rule: every message must start with these bytes (hex).
+        #[arg(long, value_name = "HEX")]
+        message_prefix: Option<String>,
+        /// Policy rule: most signatures per minute on each holder.
+        #[arg(long, value_name = "N")]
+        max_signatures_per_minute: Option<u32>,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
@@ -321,6 +383,13 @@ pub enum KeysCommand {
         /// The message, hex.
         #[arg(long, value_name = "HEX")]
         message: String,
+        /// Client key file to authorize the request with (repeatable, one per approval; none for an open key).
+        #[arg(long = "client-key", value_name = "FILE")]
+        client_keys: Vec<PathBuf>,
+        /// Seconds until the authorizations expire (1 to 600).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60,
+              value_parser = clap::value_parser!(u64).range(1..=600))]
+        ttl: u64,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]

@@ -255,7 +255,21 @@ pub async fn run(
         nodes.push(node);
     }
 
-    let result = demo(&nodes, threshold).await;
+    // The client key that the demo key's policy lists: only its holder can have it sign.
+    let client_key_path = dir.join("client.key");
+    let client_key = if client_key_path.exists() {
+        crate::client_keys::read(&client_key_path).map_err(DevnetError::Setup)?
+    } else {
+        crate::client_keys::generate(&client_key_path).map_err(DevnetError::Setup)?;
+        crate::client_keys::read(&client_key_path).map_err(DevnetError::Setup)?
+    };
+    let client_public = crate::client_keys::public_key(&client_key);
+    println!(
+        "  client key: {} (public key {client_public})",
+        client_key_path.display()
+    );
+
+    let result = demo(&nodes, threshold, &client_key).await;
     if let Err(e) = result {
         terminate(&mut nodes);
         return Err(e);
@@ -266,8 +280,13 @@ pub async fn run(
     let last = &nodes[n - 1].api;
     println!("  p2p-mpc status --api {first}");
     println!("  p2p-mpc keys list --api {last}");
-    println!("  p2p-mpc keys create --threshold {threshold} --api {first}");
-    println!("  p2p-mpc keys sign <KEY_ID> --message 68656c6c6f --api {last}");
+    println!(
+        "  p2p-mpc keys create --threshold {threshold} --client {client_public} --api {first}"
+    );
+    println!(
+        "  p2p-mpc keys sign <KEY_ID> --message 68656c6c6f --client-key {} --api {last}",
+        client_key_path.display()
+    );
     println!("  p2p-mpc aggregate create --threshold 1 --length 3 --min-reports 2 --api {first}");
     println!("  p2p-mpc aggregate submit --task <TASK_ID> --values 1,2,3 --api {last}");
     println!("  p2p-mpc aggregate collect --task <TASK_ID> --api {first}");
@@ -306,7 +325,11 @@ pub async fn run(
     }
 }
 
-async fn demo(nodes: &[DevnetNode], threshold: u16) -> Result<(), DevnetError> {
+async fn demo(
+    nodes: &[DevnetNode],
+    threshold: u16,
+    client_key: &ed25519_dalek::SigningKey,
+) -> Result<(), DevnetError> {
     let n = nodes.len();
     print!("waiting for the mesh ({} connections per node)...", n - 1);
     let _ = std::io::stdout().flush();
@@ -339,8 +362,8 @@ async fn demo(nodes: &[DevnetNode], threshold: u16) -> Result<(), DevnetError> {
     let c0 = client(&nodes[0])?;
     let started = Instant::now();
     let key: Value = loop {
-        let body =
-            json!({"scheme": "ed25519", "threshold": threshold, "participants": participants});
+        let policy = json!({ "clients": [crate::client_keys::public_key(client_key)] });
+        let body = json!({"scheme": "ed25519", "threshold": threshold, "participants": participants, "policy": policy});
         match c0.post("v1/keys", &body).await {
             Ok(key) => break key,
             // Peers are known as MPC peers once identify ran; that can lag the connection.
@@ -357,7 +380,7 @@ async fn demo(nodes: &[DevnetNode], threshold: u16) -> Result<(), DevnetError> {
     let key_id = key["key_id"].as_str().unwrap_or_default().to_string();
     let public_key = key["public_key"].as_str().unwrap_or_default().to_string();
     println!(
-        "  key {key_id} created in {:.2?}\n  group public key (Ed25519): {public_key}",
+        "  key {key_id} created in {:.2?}\n  group public key (Ed25519): {public_key}\n  policy: signatures need an authorization by the client key",
         started.elapsed()
     );
 
@@ -369,10 +392,11 @@ async fn demo(nodes: &[DevnetNode], threshold: u16) -> Result<(), DevnetError> {
         signer.index
     );
     let started = Instant::now();
+    let authorization = crate::client_keys::authorize(client_key, &key_id, message, 60);
     let answer: Value = client(signer)?
         .post(
             &format!("v1/keys/{key_id}/sign"),
-            &json!({ "message": hex::encode(message) }),
+            &json!({ "message": hex::encode(message), "authorizations": [authorization] }),
         )
         .await
         .map_err(|e| DevnetError::Demo(format!("signing failed: {e}")))?;

@@ -11,10 +11,33 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
         KeysCommand::Create {
             threshold,
             participants,
+            clients,
+            approvals,
+            open,
+            max_message_bytes,
+            message_prefix,
+            max_signatures_per_minute,
             output,
             ..
         } => {
-            let mut body = json!({ "scheme": "ed25519", "threshold": threshold });
+            let mut policy = if open {
+                json!({ "open": true })
+            } else {
+                json!({ "clients": clients })
+            };
+            if let Some(k) = approvals {
+                policy["approvals"] = json!(k);
+            }
+            if let Some(n) = max_message_bytes {
+                policy["max_message_bytes"] = json!(n);
+            }
+            if let Some(p) = message_prefix {
+                policy["message_prefix"] = json!(p);
+            }
+            if let Some(n) = max_signatures_per_minute {
+                policy["max_signatures_per_minute"] = json!(n);
+            }
+            let mut body = json!({ "scheme": "ed25519", "threshold": threshold, "policy": policy });
             if !participants.is_empty() {
                 body["participants"] = json!(participants);
             }
@@ -36,17 +59,29 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
         KeysCommand::Sign {
             key_id,
             message,
+            client_keys,
+            ttl,
             output,
             ..
         } => {
             let message = message.trim().to_string();
-            if hex::decode(&message).is_err() {
-                return Err(ClientError::Decode(format!(
+            let bytes = hex::decode(&message).map_err(|_| {
+                ClientError::Decode(format!(
                     "--message must be hex (e.g. 68656c6c6f for \"hello\"), got `{message}`"
-                )));
+                ))
+            })?;
+            let mut authorizations = Vec::new();
+            for file in &client_keys {
+                let key = crate::client_keys::read(file).map_err(ClientError::Decode)?;
+                authorizations.push(crate::client_keys::authorize(&key, &key_id, &bytes, ttl));
             }
             let path = format!("v1/keys/{}/sign", encode_segment(&key_id));
-            let answer: Value = client.post(&path, &json!({ "message": message })).await?;
+            let answer: Value = client
+                .post(
+                    &path,
+                    &json!({ "message": message, "authorizations": authorizations }),
+                )
+                .await?;
             print(output, &answer, || {
                 let signers = answer["signers"]
                     .as_array()
@@ -70,6 +105,15 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
     Ok(())
 }
 
+/// `open` or `K-of-N clients`, from a key's JSON policy.
+fn policy_label(p: &Value) -> String {
+    if p["open"] == json!(true) {
+        return "open".into();
+    }
+    let n = p["clients"].as_array().map(Vec::len).unwrap_or(0);
+    format!("{}-of-{n} clients", text(&p["approvals"]))
+}
+
 fn text(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -87,20 +131,21 @@ fn print(output: OutputFormat, json: &Value, table: impl FnOnce() -> String) {
     }
 }
 
-/// A table of keys: id, threshold/participants, public key.
+/// A table of keys: id, threshold/participants, public key, status, policy.
 pub fn key_table(keys: &[Value]) -> String {
     let mut out = format!(
-        "{:<32}  {:>5}  {:<64}  {}\n",
-        "KEY ID", "T/N", "PUBLIC KEY", "STATUS"
+        "{:<32}  {:>5}  {:<64}  {:<6}  {}\n",
+        "KEY ID", "T/N", "PUBLIC KEY", "STATUS", "POLICY"
     );
     for k in keys {
         let n = k["participants"].as_array().map(Vec::len).unwrap_or(0);
         out.push_str(&format!(
-            "{:<32}  {:>5}  {:<64}  {}\n",
+            "{:<32}  {:>5}  {:<64}  {:<6}  {}\n",
             text(&k["key_id"]),
             format!("{}/{n}", text(&k["threshold"])),
             text(&k["public_key"]),
             text(&k["status"]),
+            policy_label(&k["policy"]),
         ));
     }
     out.trim_end().to_string()

@@ -6,6 +6,7 @@ pub mod api;
 pub mod atomic_file;
 pub mod chat;
 pub mod cli;
+pub mod client_keys;
 pub mod config;
 pub mod devnet;
 pub mod identity;

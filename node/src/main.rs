@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use p2p_mpc_node::api::client::{ApiClient, encode_segment};
 use p2p_mpc_node::api::{PublishResponse, StatusResponse};
-use p2p_mpc_node::cli::{AggregateCommand, Cli, Command, KeysCommand, NodeArgs};
+use p2p_mpc_node::cli::{AggregateCommand, Cli, ClientCommand, Command, KeysCommand, NodeArgs};
 use p2p_mpc_node::identity::{self, IdentitySource};
 use p2p_mpc_node::tracing_config::{self, TracingSettings};
 use p2p_mpc_node::{config, node};
@@ -98,6 +98,35 @@ fn run_node(args: &NodeArgs, matches: &clap::ArgMatches) -> ExitCode {
     code
 }
 
+fn run_client(command: ClientCommand) -> Result<(), String> {
+    use p2p_mpc_node::client_keys;
+    match command {
+        ClientCommand::Keygen { out } => {
+            let public = client_keys::generate(&out)?;
+            println!("{public}");
+        }
+        ClientCommand::PublicKey { file } => {
+            println!("{}", client_keys::public_key(&client_keys::read(&file)?));
+        }
+        ClientCommand::Authorize {
+            client_key,
+            key_id,
+            message,
+            ttl,
+        } => {
+            let bytes =
+                hex::decode(message.trim()).map_err(|e| format!("--message must be hex: {e}"))?;
+            let key = client_keys::read(&client_key)?;
+            let auth = client_keys::authorize(&key, &key_id, &bytes, ttl);
+            println!(
+                "{}",
+                serde_json::to_string(&auth).map_err(|e| e.to_string())?
+            );
+        }
+    }
+    Ok(())
+}
+
 fn run_subcommand(command: Command) -> ExitCode {
     match command {
         Command::Keygen { out } => {
@@ -133,12 +162,28 @@ fn run_subcommand(command: Command) -> ExitCode {
                 println!("version:         {}", s.version);
                 println!("connected peers: {}", s.connected_peers);
                 println!("topics:          {}", s.topics.join(", "));
+                match &s.roster {
+                    Some(r) => println!(
+                        "cluster roster:  {} members{}",
+                        r.size,
+                        if r.member {
+                            ""
+                        } else {
+                            " (this node is not one)"
+                        }
+                    ),
+                    None => println!("cluster roster:  none (every peer is admitted)"),
+                }
                 for addr in &s.listen_addrs {
                     println!("listening on:    {addr}");
                 }
                 Ok(())
             })
         }
+        Command::Client { command } => match run_client(command) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(1, e),
+        },
         Command::Keys { command } => {
             let api = match &command {
                 KeysCommand::Create { api, .. }

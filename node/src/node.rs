@@ -46,6 +46,8 @@ pub enum NodeError {
     Aggregation(String),
     #[error("cluster roster: {0}")]
     Roster(String),
+    #[error("signing request ids: {0}")]
+    Policy(String),
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -120,6 +122,8 @@ pub async fn run(
     )
     .await?;
 
+    let replay_guard =
+        crate::mpc::policy::ReplayGuard::open(&config.data_dir).map_err(NodeError::Policy)?;
     let roster = Arc::new(
         Roster::new(
             peer_id,
@@ -185,11 +189,14 @@ pub async fn run(
         network.clone(),
         key_store,
         MpcMetrics::new(node_metrics.registry()),
-        faults,
-        round_timeout,
         aggregation,
-        roster,
-        config.mpc_max_sessions_per_peer,
+        crate::mpc::EngineSettings {
+            faults,
+            round_timeout,
+            roster,
+            max_sessions_per_peer: config.mpc_max_sessions_per_peer,
+            replay_guard,
+        },
     );
     let router_task = tokio::spawn(mpc.clone().run_router(mpc_inbound));
 

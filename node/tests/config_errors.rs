@@ -283,3 +283,110 @@ fn keygen_and_peer_id_subcommands() {
         "an existing key is never overwritten"
     );
 }
+
+fn run_ok(args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8(out.stdout).unwrap().trim().to_string()
+}
+
+#[test]
+fn client_key_subcommands() {
+    use p2p_mpc_node::mpc::policy::{Authorization, SigningPolicy};
+    let dir = tempdir();
+    let key = dir.path().join("alice.key");
+    let key_arg = key.to_str().unwrap();
+    let public = run_ok(&["client", "keygen", "--out", key_arg]);
+    assert_eq!(public.len(), 64, "{public}");
+    assert_eq!(run_ok(&["client", "public-key", key_arg]), public);
+    // Never overwritten, and the secret never printed.
+    let before = std::fs::read(&key).unwrap();
+    let out = Command::new(bin())
+        .args(["client", "keygen", "--out", key_arg])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not overwritten"));
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+    let secret = String::from_utf8(before).unwrap();
+    assert!(!public.contains(secret.trim()));
+
+    // An authorization the policy check accepts, for that key id and message only.
+    let line = run_ok(&[
+        "client",
+        "authorize",
+        "--client-key",
+        key_arg,
+        "--key-id",
+        "k1",
+        "--message",
+        "68656c6c6f",
+        "--ttl",
+        "30",
+    ]);
+    let auth: Authorization = serde_json::from_str(&line).unwrap();
+    assert_eq!(auth.client, public);
+    let policy = SigningPolicy {
+        clients: vec![public.clone()],
+        ..SigningPolicy::open()
+    };
+    let policy = SigningPolicy {
+        open: false,
+        ..policy
+    }
+    .normalized()
+    .unwrap();
+    let now = p2p_mpc_node::mpc::policy::now();
+    assert!(
+        policy
+            .check("k1", b"hello", std::slice::from_ref(&auth), now, |_| false)
+            .is_ok()
+    );
+    assert_eq!(
+        policy
+            .check("k2", b"hello", &[auth], now, |_| false)
+            .unwrap_err()
+            .rule,
+        "invalid_signature"
+    );
+
+    // Bad input: a corrupt key file, a TTL over 10 minutes, a key without a policy.
+    std::fs::write(&key, "nonsense").unwrap();
+    let out = Command::new(bin())
+        .args(["client", "public-key", key_arg])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not a client key file"));
+    for args in [
+        vec![
+            "client",
+            "authorize",
+            "--client-key",
+            key_arg,
+            "--key-id",
+            "k",
+            "--message",
+            "00",
+            "--ttl",
+            "601",
+        ],
+        vec!["keys", "create", "--threshold", "2"],
+        vec![
+            "keys",
+            "create",
+            "--threshold",
+            "2",
+            "--open",
+            "--client",
+            &public,
+        ],
+    ] {
+        let out = Command::new(bin()).args(&args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+    }
+}

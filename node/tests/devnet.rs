@@ -108,8 +108,9 @@ fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(list["keys"].as_array().unwrap().len(), 1, "{list}");
 
-    // So does signing through the CLI, in both output formats.
+    // The demo key has a policy: signing without the client key is refused by the node...
     let key_id = list["keys"][0]["key_id"].as_str().unwrap().to_string();
+    assert_eq!(list["keys"][0]["policy"]["approvals"], 1, "{list}");
     let out = Command::new(bin())
         .args([
             "keys",
@@ -117,6 +118,34 @@ fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
             &key_id,
             "--message",
             "68656c6c6f",
+            "--api",
+            &api,
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("403") && err.contains("too_few_approvals"),
+        "{err}"
+    );
+    // ...and works with the client key the devnet made and printed, in both output formats.
+    let client_key = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("client key: "))
+        .and_then(|l| l.split(" (public key").next())
+        .expect("the devnet names its client key")
+        .to_string();
+    assert!(std::path::Path::new(&client_key).exists(), "{client_key}");
+    let out = Command::new(bin())
+        .args([
+            "keys",
+            "sign",
+            &key_id,
+            "--message",
+            "68656c6c6f",
+            "--client-key",
+            &client_key,
             "--api",
             &api,
         ])
@@ -138,7 +167,7 @@ fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
-        table.contains("KEY ID") && table.contains("active"),
+        table.contains("KEY ID") && table.contains("active") && table.contains("1-of-1 clients"),
         "{table}"
     );
     let out = Command::new(bin())

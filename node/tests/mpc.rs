@@ -7,7 +7,7 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{NodeProcess, args, tempdir, wait_for};
+use common::{NodeProcess, args, tempdir, verify_everywhere, wait_for};
 use serde_json::{Value, json};
 
 /// Round deadline of the test nodes, so that dead participants are noticed quickly.
@@ -76,19 +76,29 @@ async fn start_node(
     NodeProcess::start_with_env(name, dir, &extra, &env).await
 }
 
-/// Runs a DKG on `coordinator` among `participants`, retrying while peers are still being
-/// identified as MPC peers (a 400 that says "not connected").
+/// Runs a DKG of an `open` key on `coordinator` among `participants`, retrying while peers
+/// are still being identified as MPC peers (a 400 that says "not connected").
 async fn create_key(
     coordinator: &NodeProcess,
     threshold: u16,
     participants: &[&NodeProcess],
+) -> Value {
+    create_key_with(coordinator, threshold, participants, json!({"open": true})).await
+}
+
+/// Like [`create_key`], with a signing policy.
+async fn create_key_with(
+    coordinator: &NodeProcess,
+    threshold: u16,
+    participants: &[&NodeProcess],
+    policy: Value,
 ) -> Value {
     let ids: Vec<&str> = participants.iter().map(|n| n.peer_id.as_str()).collect();
     wait_for("the DKG to succeed", Duration::from_secs(60), || async {
         let (status, body) = post(
             coordinator,
             "/v1/keys",
-            json!({"scheme": "ed25519", "threshold": threshold, "participants": ids}),
+            json!({"scheme": "ed25519", "threshold": threshold, "participants": ids, "policy": policy}),
         )
         .await;
         match status {
@@ -135,53 +145,6 @@ async fn sign(node: &NodeProcess, key_id: &str, message: &[u8]) -> (u16, Value) 
         json!({ "message": hex::encode(message) }),
     )
     .await
-}
-
-/// Verifies with ed25519-dalek and with Python's `cryptography`.
-fn verify_everywhere(public_key_hex: &str, message: &[u8], signature_hex: &str) {
-    use ed25519_dalek::Verifier;
-    let pk: [u8; 32] = hex::decode(public_key_hex).unwrap().try_into().unwrap();
-    let sig: [u8; 64] = hex::decode(signature_hex).unwrap().try_into().unwrap();
-    let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk).expect("valid public key");
-    vk.verify(message, &ed25519_dalek::Signature::from_bytes(&sig))
-        .expect("ed25519-dalek accepts the signature");
-    vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig))
-        .expect("ed25519-dalek strict verification accepts the signature");
-
-    let script = "import sys\n\
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey\n\
-Ed25519PublicKey.from_public_bytes(bytes.fromhex(sys.argv[1])).verify(bytes.fromhex(sys.argv[3]), bytes.fromhex(sys.argv[2]))\n\
-print('ok')";
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            script,
-            public_key_hex,
-            &hex::encode(message),
-            signature_hex,
-        ])
-        .output();
-    let available = std::process::Command::new("python3")
-        .args(["-c", "import cryptography"])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !available {
-        if p2p_mpc_testenv::in_ci() {
-            panic!(
-                "python3 with `cryptography` is needed to verify signatures (CI installs it in .ci/run)"
-            );
-        }
-        eprintln!(
-            "!!!! SKIPPING the Python `cryptography` check: python3 or the module is missing !!!!"
-        );
-        return;
-    }
-    let out = out.expect("python3 runs");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "Python cryptography rejects the signature: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 fn signers(body: &Value) -> Vec<String> {
@@ -408,7 +371,13 @@ async fn misbehaving_participants_are_named_and_outsiders_ignored() {
         "the DKG with the liar to end",
         Duration::from_secs(60),
         || async {
-            match post(a, "/v1/keys", json!({"threshold": 2, "participants": ids})).await {
+            match post(
+                a,
+                "/v1/keys",
+                json!({"policy": {"open": true}, "threshold": 2, "participants": ids}),
+            )
+            .await
+            {
                 (400, body)
                     if body["error"]
                         .as_str()
@@ -503,7 +472,7 @@ async fn kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds() {
         let request = post(
             &nodes[0],
             "/v1/keys",
-            json!({"threshold": 2, "participants": ids}),
+            json!({"policy": {"open": true}, "threshold": 2, "participants": ids}),
         );
         let kill = async {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;
@@ -578,34 +547,49 @@ async fn bad_key_requests_are_400s_that_say_why() {
     let stranger = "12D3KooWGjvrfKdiCmNmcAKEEVoYwQX3R3M6b4oWvbqhWQq9DC4S";
     let cases = [
         (
-            json!({"threshold": 1, "participants": [x.peer_id, y.peer_id]}),
+            json!({"policy": {"open": true}, "threshold": 1, "participants": [x.peer_id, y.peer_id]}),
             "at least 2",
         ),
         (
-            json!({"threshold": 3, "participants": [x.peer_id, y.peer_id]}),
+            json!({"policy": {"open": true}, "threshold": 3, "participants": [x.peer_id, y.peer_id]}),
             "larger than",
         ),
         (
-            json!({"threshold": 2, "participants": [x.peer_id, y.peer_id, y.peer_id]}),
+            json!({"policy": {"open": true}, "threshold": 2, "participants": [x.peer_id, y.peer_id, y.peer_id]}),
             "twice",
         ),
         (
-            json!({"threshold": 2, "participants": [x.peer_id, "nonsense"]}),
+            json!({"policy": {"open": true}, "threshold": 2, "participants": [x.peer_id, "nonsense"]}),
             "not a peer id",
         ),
         (
-            json!({"threshold": 2, "participants": [x.peer_id, stranger]}),
+            json!({"policy": {"open": true}, "threshold": 2, "participants": [x.peer_id, stranger]}),
             stranger,
         ),
         (
-            json!({"threshold": 2, "participants": [y.peer_id, stranger]}),
+            json!({"policy": {"open": true}, "threshold": 2, "participants": [y.peer_id, stranger]}),
             "must be one of",
         ),
         (
-            json!({"scheme": "secp256k1", "threshold": 2}),
+            json!({"scheme": "secp256k1", "threshold": 2, "policy": {"open": true}}),
             "not supported",
         ),
-        (json!({"threshold": "two"}), "invalid JSON"),
+        (
+            json!({"policy": {"open": true}, "threshold": "two"}),
+            "invalid JSON",
+        ),
+        (
+            json!({"threshold": 2, "participants": [x.peer_id, y.peer_id]}),
+            "`policy` is required",
+        ),
+        (
+            json!({"threshold": 2, "policy": {"clients": ["abcd"]}}),
+            "not an Ed25519 public key",
+        ),
+        (
+            json!({"threshold": 2, "policy": {"open": true, "approvals": 1}}),
+            "an open policy takes no",
+        ),
     ];
     for (body, expected) in cases {
         let (status, answer) = post(x, "/v1/keys", body.clone()).await;
@@ -628,7 +612,13 @@ async fn bad_key_requests_are_400s_that_say_why() {
         "a DKG with default participants",
         Duration::from_secs(30),
         || async {
-            match post(x, "/v1/keys", json!({"threshold": 2})).await {
+            match post(
+                x,
+                "/v1/keys",
+                json!({"policy": {"open": true}, "threshold": 2}),
+            )
+            .await
+            {
                 (201, body) if body["participants"].as_array().map(Vec::len) == Some(2) => Ok(body),
                 (s, b) => Err(format!("{s} {b}")),
             }
@@ -732,4 +722,208 @@ async fn one_signature_is_one_session_span_on_every_node_and_metrics_pass_promto
             node.name
         );
     }
+}
+
+fn client_key() -> ed25519_dalek::SigningKey {
+    p2p_mpc_node::mpc::policy::generate_client_key()
+}
+
+fn public(k: &ed25519_dalek::SigningKey) -> String {
+    hex::encode(k.verifying_key().as_bytes())
+}
+
+/// An authorization of `message` with `key_id` by `client`, expiring `ttl` seconds from now
+/// (negative: already expired).
+fn auth(client: &ed25519_dalek::SigningKey, key_id: &str, message: &[u8], ttl: i64) -> Value {
+    let expires = p2p_mpc_node::mpc::policy::now().saturating_add_signed(ttl);
+    serde_json::to_value(p2p_mpc_node::mpc::policy::authorize(
+        client, key_id, message, expires,
+    ))
+    .unwrap()
+}
+
+async fn sign_with(
+    node: &NodeProcess,
+    key_id: &str,
+    message: &[u8],
+    auths: Vec<Value>,
+) -> (u16, Value) {
+    post(
+        node,
+        &format!("/v1/keys/{key_id}/sign"),
+        json!({ "message": hex::encode(message), "authorizations": auths }),
+    )
+    .await
+}
+
+fn assert_refused(what: &str, (status, body): (u16, Value), rule: &str) {
+    assert_eq!(status, 403, "{what}: {body}");
+    assert_eq!(body["code"], "unauthorized", "{what}: {body}");
+    assert_eq!(body["rule"], rule, "{what}: {body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_holder_checks_the_signing_policy() {
+    let dir = tempdir();
+    let names = ["a", "b", "rogue"];
+    let env_of = |name: &str| {
+        if name == "rogue" {
+            vec![("P2P_MPC_TEST_FAULT", "skip-sign-authorization")]
+        } else {
+            vec![]
+        }
+    };
+    let nodes = start_cluster(dir.path(), &names, env_of).await;
+    let (a, b, rogue) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (c1, c2, outsider) = (client_key(), client_key(), client_key());
+    let policy =
+        json!({"clients": [public(&c1), public(&c2)], "approvals": 2, "max_message_bytes": 64});
+    let key = create_key_with(a, 2, &[a, b, rogue], policy).await;
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    // Every holder stores the same policy, in canonical form.
+    let mut clients = vec![public(&c1), public(&c2)];
+    clients.sort();
+    for node in [a, b, rogue] {
+        let k = node.get(&format!("/v1/keys/{key_id}")).await.unwrap();
+        assert_eq!(k["policy"]["clients"], json!(clients), "{k}");
+        assert_eq!(k["policy"]["approvals"], 2, "{k}");
+    }
+    let msg = b"transfer 10 to carol";
+
+    // A holder that skips its own check (one compromised holder = t - 1 here) coordinates
+    // without valid approvals: the honest holders refuse, so there is no signature and they
+    // never open a signing session (no nonce, no signature share).
+    for auths in [vec![], vec![auth(&c1, &key_id, msg, 60)]] {
+        let (status, body) = sign_with(rogue, &key_id, msg, auths).await;
+        assert_ne!(status, 200, "{body}");
+        assert!(body["signature"].is_null(), "{body}");
+        assert!(
+            body["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("too_few_approvals"),
+            "{body}"
+        );
+    }
+    for honest in [a, b] {
+        assert!(
+            metric_sum(
+                honest,
+                "p2p_mpc_sign_authorizations_total",
+                "too_few_approvals"
+            )
+            .await
+                >= 1.0,
+            "{} counted the refusal",
+            honest.name
+        );
+        assert_eq!(
+            metric_sum(honest, "p2p_mpc_mpc_sessions_started_total", "frost_sign").await,
+            0.0,
+            "{} opened no signing session",
+            honest.name
+        );
+    }
+    // With valid approvals the same coordinator gets a signature that verifies.
+    let (status, body) = sign_with(
+        rogue,
+        &key_id,
+        msg,
+        vec![auth(&c1, &key_id, msg, 60), auth(&c2, &key_id, msg, 60)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    verify_everywhere(
+        key["public_key"].as_str().unwrap(),
+        msg,
+        body["signature"].as_str().unwrap(),
+    );
+
+    // On an honest coordinator, each refusal names its rule.
+    let ok2 = || auth(&c2, &key_id, msg, 60);
+    let long = [b'x'; 65];
+    let cases: Vec<(&str, &[u8], Vec<Value>, &str)> = vec![
+        (
+            "expired",
+            msg,
+            vec![auth(&c1, &key_id, msg, -1), ok2()],
+            "expired",
+        ),
+        (
+            "too far ahead",
+            msg,
+            vec![auth(&c1, &key_id, msg, 3600), ok2()],
+            "expiry_too_far",
+        ),
+        (
+            "wrong key id",
+            msg,
+            vec![auth(&c1, &"0".repeat(32), msg, 60), ok2()],
+            "invalid_signature",
+        ),
+        (
+            "wrong message",
+            msg,
+            vec![auth(&c1, &key_id, b"other", 60), ok2()],
+            "invalid_signature",
+        ),
+        (
+            "unlisted client",
+            msg,
+            vec![auth(&outsider, &key_id, msg, 60), ok2()],
+            "unlisted_client",
+        ),
+        (
+            "one of two approvals",
+            msg,
+            vec![ok2()],
+            "too_few_approvals",
+        ),
+        (
+            "message over max_message_bytes",
+            &long,
+            vec![auth(&c1, &key_id, &long, 60), auth(&c2, &key_id, &long, 60)],
+            "max_message_bytes",
+        ),
+    ];
+    for (what, message, auths, rule) in cases {
+        assert_refused(what, sign_with(a, &key_id, message, auths).await, rule);
+    }
+
+    // A request id is accepted once, also after every holder restarted.
+    let pair = vec![auth(&c1, &key_id, msg, 300), auth(&c2, &key_id, msg, 300)];
+    let (status, body) = sign_with(a, &key_id, msg, pair.clone()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_refused(
+        "replay",
+        sign_with(a, &key_id, msg, pair.clone()).await,
+        "replayed",
+    );
+    drop(nodes);
+    let nodes = start_cluster(dir.path(), &names, env_of).await;
+    let (a, b, rogue) = (&nodes[0], &nodes[1], &nodes[2]);
+    assert_refused(
+        "replay after a restart",
+        sign_with(a, &key_id, msg, pair.clone()).await,
+        "replayed",
+    );
+
+    // The rate rule: two signatures a minute, on every holder.
+    let rated = create_key_with(
+        a,
+        2,
+        &[a, b, rogue],
+        json!({"clients": [public(&c1)], "max_signatures_per_minute": 2}),
+    )
+    .await;
+    let rated_id = rated["key_id"].as_str().unwrap();
+    for _ in 0..2 {
+        let (status, body) = sign_with(a, rated_id, msg, vec![auth(&c1, rated_id, msg, 60)]).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    assert_refused(
+        "third signature in a minute",
+        sign_with(a, rated_id, msg, vec![auth(&c1, rated_id, msg, 60)]).await,
+        "max_signatures_per_minute",
+    );
 }

@@ -15,7 +15,8 @@ use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use p2p_mpc_node::config::PeerAddr;
 use p2p_mpc_node::metrics::{NodeMetrics, Readiness};
-use p2p_mpc_node::mpc::wire::{Body, MpcMessage, SessionId};
+use p2p_mpc_node::mpc::policy::SigningPolicy;
+use p2p_mpc_node::mpc::wire::{Blob, Body, MpcMessage, SessionId};
 use p2p_mpc_node::network::{MpcSendError, NetworkClient, NetworkService, NetworkSettings};
 use serde_json::{Value, json};
 
@@ -109,6 +110,10 @@ async fn send_refused(client: &NetworkClient, to: PeerId, bytes: Vec<u8>) -> Str
     .await
 }
 
+fn open_policy() -> Blob {
+    Blob(SigningPolicy::open().to_bytes().into())
+}
+
 fn encode(body: Body) -> Vec<u8> {
     p2p_mpc_node::mpc::wire::encode(&MpcMessage::new(SessionId::random(), body))
 }
@@ -171,6 +176,7 @@ async fn outsiders_get_nothing_and_members_check_every_participant() {
             key_id: "0".repeat(32),
             threshold: 2,
             participants: vec![a.to_string(), stranger.to_string()],
+            policy: open_policy(),
         }),
         encode(Body::AggTaskInvite {
             params: b"{}".to_vec(),
@@ -198,7 +204,7 @@ async fn outsiders_get_nothing_and_members_check_every_participant() {
     let (code, body) = post(
         &node_a,
         "/v1/keys",
-        json!({"threshold": 2, "participants": [a.to_string(), stranger.to_string()]}),
+        json!({"threshold": 2, "participants": [a.to_string(), stranger.to_string()], "policy": {"open": true}}),
     )
     .await;
     assert_eq!(code, 400, "{body}");
@@ -217,6 +223,7 @@ async fn outsiders_get_nothing_and_members_check_every_participant() {
             key_id: "1".repeat(32),
             threshold: 2,
             participants: vec![b.to_string(), member.to_string(), stranger.to_string()],
+            policy: open_policy(),
         }),
     )
     .await;
@@ -229,7 +236,12 @@ async fn outsiders_get_nothing_and_members_check_every_participant() {
     // Without `participants`, a key is made among the roster's members: here A and B and
     // the library member, which does not run MPC sessions, so the DKG fails naming it
     // instead of silently leaving it out.
-    let (code, body) = post(&node_b, "/v1/keys", json!({"threshold": 2})).await;
+    let (code, body) = post(
+        &node_b,
+        "/v1/keys",
+        json!({"threshold": 2, "policy": {"open": true}}),
+    )
+    .await;
     assert!(code == 400 || code == 502, "{code} {body}");
     assert!(
         body["error"]
@@ -258,11 +270,16 @@ async fn outsiders_get_nothing_and_members_check_every_participant() {
     let (code, body) = post(
         &node_a,
         "/v1/keys",
-        json!({"threshold": 2, "participants": [a.to_string(), b.to_string()]}),
+        json!({"threshold": 2, "participants": [a.to_string(), b.to_string()], "policy": {"open": true}}),
     )
     .await;
     assert_eq!(code, 201, "{body}");
-    let (code, body) = post(&node_a, "/v1/keys", json!({"threshold": 2})).await;
+    let (code, body) = post(
+        &node_a,
+        "/v1/keys",
+        json!({"threshold": 2, "policy": {"open": true}}),
+    )
+    .await;
     assert_eq!(code, 201, "{body}");
     assert_eq!(
         body["participants"].as_array().map(Vec::len),

@@ -10,6 +10,7 @@ use tracing::Instrument;
 
 use super::{ApiError, ApiState, parse_body};
 use crate::mpc::dkg::DkgRequest;
+use crate::mpc::policy::{Authorization, SigningPolicy};
 use crate::mpc::sign::SignResponse;
 use crate::mpc::store::KeyInfo;
 use crate::mpc::{MpcError, parse_peers};
@@ -29,7 +30,13 @@ pub struct CreateKeyRequest {
     /// every connected peer that speaks MPC).
     #[serde(default)]
     pub participants: Option<Vec<String>>,
+    /// Who may have the key sign; required.
+    #[serde(default)]
+    pub policy: Option<SigningPolicy>,
 }
+
+/// The error for a key request without a policy: it shows both forms.
+pub const POLICY_REQUIRED: &str = "`policy` is required: {\"clients\": [\"<Ed25519 public key, hex>\", ...], \"approvals\": K} (optional rules: \"max_message_bytes\", \"message_prefix\" (hex), \"max_signatures_per_minute\"), or {\"open\": true} to let anyone who can call a holder's API sign";
 
 fn default_scheme() -> String {
     "ed25519".into()
@@ -41,6 +48,9 @@ fn default_scheme() -> String {
 pub struct SignRequest {
     /// The message, hex.
     pub message: String,
+    /// Client approvals of this request (none for an `open` key).
+    #[serde(default)]
+    pub authorizations: Vec<Authorization>,
 }
 
 impl From<MpcError> for ApiError {
@@ -58,6 +68,10 @@ impl From<MpcError> for ApiError {
                 };
                 ApiError::new(StatusCode::BAD_GATEWAY, code, e.to_string())
             }
+            MpcError::Unauthorized(refusal) => {
+                ApiError::new(StatusCode::FORBIDDEN, "unauthorized", e.to_string())
+                    .with_rule(refusal.rule)
+            }
             MpcError::Internal(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }
@@ -70,6 +84,11 @@ pub(super) async fn create(
     body: Bytes,
 ) -> Result<(StatusCode, Json<KeyInfo>), ApiError> {
     let req: CreateKeyRequest = parse_body(&body)?;
+    let policy = req
+        .policy
+        .ok_or_else(|| ApiError::bad_request("invalid_request", POLICY_REQUIRED))?
+        .normalized()
+        .map_err(|m| ApiError::bad_request("invalid_request", format!("policy: {m}")))?;
     if req.scheme != "ed25519" {
         return Err(ApiError::bad_request(
             "invalid_request",
@@ -88,6 +107,7 @@ pub(super) async fn create(
     let request = DkgRequest {
         threshold: req.threshold,
         participants,
+        policy,
     };
     let info = tokio::spawn(async move { mpc.create_key(request).await }.in_current_span())
         .await
@@ -132,8 +152,21 @@ pub(super) async fn sign(
         return Err(MpcError::UnknownKey(key_id).into());
     }
     let mpc = state.mpc.clone();
-    let answer = tokio::spawn(async move { mpc.sign(&key_id, message).await }.in_current_span())
-        .await
-        .map_err(|e| MpcError::Internal(format!("the signing task failed: {e}")))??;
+    if req.authorizations.len() > crate::mpc::policy::MAX_CLIENTS {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "{} authorizations; at most {} are taken",
+                req.authorizations.len(),
+                crate::mpc::policy::MAX_CLIENTS
+            ),
+        ));
+    }
+    let authorizations = req.authorizations;
+    let answer = tokio::spawn(
+        async move { mpc.sign(&key_id, message, authorizations).await }.in_current_span(),
+    )
+    .await
+    .map_err(|e| MpcError::Internal(format!("the signing task failed: {e}")))??;
     Ok(Json(answer))
 }

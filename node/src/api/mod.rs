@@ -47,6 +47,8 @@ pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub message: String,
+    /// For `unauthorized`: the policy rule that refused the request.
+    pub rule: Option<&'static str>,
 }
 
 impl ApiError {
@@ -56,7 +58,14 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            rule: None,
         }
+    }
+
+    /// Names the policy rule that refused the request.
+    pub(crate) fn with_rule(mut self, rule: &'static str) -> Self {
+        self.rule = Some(rule);
+        self
     }
 
     pub(crate) fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
@@ -66,11 +75,11 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
-            self.status,
-            Json(json!({"error": self.message, "code": self.code})),
-        )
-            .into_response()
+        let mut body = json!({"error": self.message, "code": self.code});
+        if let Some(rule) = self.rule {
+            body["rule"] = json!(rule);
+        }
+        (self.status, Json(body)).into_response()
     }
 }
 

@@ -10,9 +10,10 @@ use libp2p::PeerId;
 use sha2::{Digest, Sha256};
 use tracing::{Instrument, debug, info};
 
+use super::policy::SigningPolicy;
 use super::session::{SessionError, SessionInbox, join_peers};
 use super::store::{KeyInfo, StoredKey};
-use super::wire::{Body, Protocol, SessionId};
+use super::wire::{Blob, Body, Protocol, SessionId};
 use super::{MpcEngine, MpcError, frost_error, frost_identifier, parse_peers, unreachable_error};
 
 /// A DKG request (the body of `POST /v1/keys`, participants resolved).
@@ -21,6 +22,8 @@ pub struct DkgRequest {
     pub threshold: u16,
     /// Every participant, this node included.
     pub participants: Vec<PeerId>,
+    /// The key's signing policy (normalized).
+    pub policy: SigningPolicy,
 }
 
 /// The parameters every participant of one DKG agrees on.
@@ -30,6 +33,7 @@ struct DkgParams {
     threshold: u16,
     /// Sorted, unique, this node included.
     participants: Vec<PeerId>,
+    policy: SigningPolicy,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -103,6 +107,10 @@ impl MpcEngine {
             coordinator: local,
             threshold: request.threshold,
             participants,
+            policy: request
+                .policy
+                .normalized()
+                .map_err(|m| MpcError::BadRequest(format!("policy: {m}")))?,
         };
         let others: Vec<PeerId> = params
             .participants
@@ -124,6 +132,7 @@ impl MpcEngine {
                 .iter()
                 .map(ToString::to_string)
                 .collect(),
+            policy: Blob(params.policy.to_bytes().into()),
         };
         let others2 = others.clone();
         let run = async move {
@@ -146,8 +155,10 @@ impl MpcEngine {
         key_id: String,
         threshold: u16,
         participants: Vec<String>,
+        policy: &[u8],
     ) -> Result<(), String> {
         let local = self.inner.local;
+        let policy = SigningPolicy::from_bytes(policy)?;
         let peers = parse_peers(&participants)?;
         let participants = check_params(local, threshold, &peers)?;
         if !participants.contains(&from) {
@@ -182,6 +193,7 @@ impl MpcEngine {
             coordinator: from,
             threshold,
             participants,
+            policy,
         };
         let engine = self.clone();
         tokio::spawn(
@@ -385,11 +397,13 @@ impl MpcEngine {
             .verifying_key()
             .serialize()
             .map_err(|e| SessionError::failed(format!("group key: {e}")))?;
-        let package_digest = sha256(
-            &public_key_package
-                .serialize()
-                .map_err(|e| SessionError::failed(format!("public key package: {e}")))?,
-        );
+        // The digest covers the signing policy too: a key exists only if every participant
+        // stores the same policy with it.
+        let mut confirmed = public_key_package
+            .serialize()
+            .map_err(|e| SessionError::failed(format!("public key package: {e}")))?;
+        confirmed.extend_from_slice(&params.policy.digest());
+        let package_digest = sha256(&confirmed);
         let confirm = Body::DkgConfirm {
             group_key: group_key.clone(),
             package_digest,
@@ -416,7 +430,7 @@ impl MpcEngine {
             return Err(SessionError::blame(
                 disagree.clone(),
                 format!(
-                    "participant {} derived a different group key; the key is discarded",
+                    "participant {} derived a different group key or holds a different signing policy; the key is discarded",
                     join_peers(&disagree)
                 ),
             ));
@@ -437,6 +451,7 @@ impl MpcEngine {
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
+            policy: params.policy.clone(),
         };
         self.inner
             .store

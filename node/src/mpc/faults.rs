@@ -38,6 +38,9 @@ pub struct Faults {
     /// followed by 16 zero bytes), so that benchmarks can measure ingest without HPKE.
     /// Destroys the privacy of every such report: never on outside tests and benchmarks.
     pub plaintext_shares: bool,
+    /// Coordinate signatures without checking the key's policy (the other holders must
+    /// refuse requests that their own checks refuse).
+    pub skip_sign_authorization: bool,
 }
 
 impl Faults {
@@ -63,6 +66,7 @@ impl Faults {
                 "intrude-signing" => f.intrude_signing = true,
                 "replay-sign-round2" => f.replay_sign_round2 = true,
                 "plaintext-shares" => f.plaintext_shares = true,
+                "skip-sign-authorization" => f.skip_sign_authorization = true,
                 other => return Err(format!("{FAULT_ENV}: unknown fault `{other}`")),
             }
         }

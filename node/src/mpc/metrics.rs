@@ -21,6 +21,9 @@ pub struct MpcMetrics {
     pub aggregation_reports: IntCounterVec,
     /// Sealed shares this node checked as owner, by outcome.
     pub aggregation_shares: IntCounterVec,
+    /// Signing requests checked against their key's policy, by policy kind (`open`,
+    /// `clients`) and outcome (`authorized` or the rule that refused it).
+    pub sign_authorizations: IntCounterVec,
 }
 
 impl MpcMetrics {
@@ -76,6 +79,11 @@ impl MpcMetrics {
                 "Sealed shares this node checked as their owner, by outcome.",
                 &["outcome"],
             ),
+            sign_authorizations: counter(
+                "p2p_mpc_sign_authorizations_total",
+                "Signing requests checked against their key's policy on this node, by policy (open, clients) and outcome (authorized or the refusing rule).",
+                &["policy", "outcome"],
+            ),
         };
         for c in [
             Box::new(m.sessions_started.clone()) as Box<dyn prometheus::core::Collector>,
@@ -86,6 +94,7 @@ impl MpcMetrics {
             Box::new(m.messages_dropped.clone()),
             Box::new(m.aggregation_reports.clone()),
             Box::new(m.aggregation_shares.clone()),
+            Box::new(m.sign_authorizations.clone()),
         ] {
             registry.register(c).expect("MPC metric names are unique");
         }

@@ -11,6 +11,7 @@ pub mod chunks;
 pub mod dkg;
 pub mod faults;
 pub mod metrics;
+pub mod policy;
 pub mod session;
 pub mod sign;
 pub mod store;
@@ -54,6 +55,9 @@ pub enum MpcError {
         session: SessionId,
         error: SessionError,
     },
+    /// The key's signing policy refuses the request (403).
+    #[error(transparent)]
+    Unauthorized(#[from] policy::Refusal),
     /// Something local went wrong (500).
     #[error("{0}")]
     Internal(String),
@@ -88,12 +92,28 @@ struct Inner {
     roster: Arc<crate::roster::Roster>,
     /// Most sessions one peer's invitations may have running here at once.
     max_sessions_per_peer: usize,
+    /// Request ids of signing authorizations already used (on disk) and signing rates.
+    replay_guard: policy::ReplayGuard,
 }
 
 /// The node's MPC handle; cheap to clone.
 #[derive(Clone)]
 pub struct MpcEngine {
     inner: Arc<Inner>,
+}
+
+/// How an engine runs and whom it trusts.
+pub struct EngineSettings {
+    /// Test-only misbehaviour.
+    pub faults: Faults,
+    /// Deadline of one round.
+    pub round_timeout: Duration,
+    /// Who may take part in sessions and keys.
+    pub roster: Arc<crate::roster::Roster>,
+    /// Most sessions one peer's invitations may have running here.
+    pub max_sessions_per_peer: usize,
+    /// Used signing request ids and signing rates.
+    pub replay_guard: policy::ReplayGuard,
 }
 
 impl MpcEngine {
@@ -103,11 +123,8 @@ impl MpcEngine {
         network: NetworkClient,
         store: KeyShareStore,
         metrics: MpcMetrics,
-        faults: Faults,
-        round_timeout: Duration,
         aggregation: aggregation::Aggregation,
-        roster: Arc<crate::roster::Roster>,
-        max_sessions_per_peer: usize,
+        settings: EngineSettings,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -116,14 +133,43 @@ impl MpcEngine {
                 store,
                 router: SessionRouter::new(metrics.clone()),
                 metrics,
-                faults,
-                round_timeout,
+                faults: settings.faults,
+                round_timeout: settings.round_timeout,
                 aggregation,
                 transfers: Arc::default(),
-                roster,
-                max_sessions_per_peer,
+                roster: settings.roster,
+                max_sessions_per_peer: settings.max_sessions_per_peer,
+                replay_guard: settings.replay_guard,
             }),
         }
+    }
+
+    /// Checks a signing request against the key's policy, remembers its request ids and
+    /// counts the outcome. Every holder calls it before it commits to round 1.
+    pub(crate) fn authorize_signing(
+        &self,
+        key: &store::KeyInfo,
+        message: &[u8],
+        authorizations: &[policy::Authorization],
+    ) -> Result<(), policy::Refusal> {
+        let result = self.inner.replay_guard.admit(
+            &key.policy,
+            &key.key_id,
+            message,
+            authorizations,
+            policy::now(),
+        );
+        let kind = if key.policy.open { "open" } else { "clients" };
+        let outcome = match &result {
+            Ok(()) => "authorized",
+            Err(r) => r.rule,
+        };
+        self.inner
+            .metrics
+            .sign_authorizations
+            .with_label_values(&[kind, outcome])
+            .inc();
+        result
     }
 
     /// The cluster roster this node checks participants against.
@@ -219,10 +265,13 @@ impl MpcEngine {
                 key_id,
                 threshold,
                 participants,
-            } => self.join_dkg(session, from, key_id, threshold, participants),
-            Body::SignInvite { key_id, message } => {
-                self.join_signing(session, from, key_id, message)
-            }
+                policy,
+            } => self.join_dkg(session, from, key_id, threshold, participants, &policy.0),
+            Body::SignInvite {
+                key_id,
+                message,
+                authorizations,
+            } => self.join_signing(session, from, key_id, message, authorizations),
             Body::AggTaskInvite { params } => self.join_aggregation_create(session, from, params),
             Body::AggShareInvite {
                 task_id,

@@ -12,6 +12,7 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info, warn};
 
+use super::policy::Authorization;
 use super::session::{SessionError, join_peers};
 use super::wire::{Body, Protocol, SessionId};
 use super::{MpcEngine, MpcError, frost_error, frost_identifier, parse_peers, unreachable_error};
@@ -38,13 +39,27 @@ fn fail(what: &str) -> impl Fn(frost::Error) -> SessionError + '_ {
 }
 
 impl MpcEngine {
-    /// Signs `message` with key `key_id`, coordinating the signers.
-    pub async fn sign(&self, key_id: &str, message: Vec<u8>) -> Result<SignResponse, MpcError> {
+    /// Signs `message` with key `key_id`, coordinating the signers, once the key's policy
+    /// accepts `authorizations` here (and then on every signer, each for itself).
+    pub async fn sign(
+        &self,
+        key_id: &str,
+        message: Vec<u8>,
+        authorizations: Vec<Authorization>,
+    ) -> Result<SignResponse, MpcError> {
         let key = self
             .inner
             .store
             .get(key_id)
             .ok_or_else(|| MpcError::UnknownKey(key_id.to_string()))?;
+        if self.inner.faults.skip_sign_authorization {
+            warn!(
+                key_id,
+                "test fault: signing without checking the key's policy"
+            );
+        } else {
+            self.authorize_signing(&key.info, &message, &authorizations)?;
+        }
         let local = self.inner.local;
         let holders = parse_peers(&key.info.participants).map_err(MpcError::Internal)?;
         let others: Vec<PeerId> = holders.iter().filter(|p| **p != local).copied().collect();
@@ -82,6 +97,7 @@ impl MpcEngine {
             let invite = Body::SignInvite {
                 key_id: key.info.key_id.clone(),
                 message: message.clone(),
+                authorizations,
             };
             // Invitations go out in the background: a holder that is slow to acknowledge
             // (or frozen) holds up nobody; one that cannot be reached is reported here.
@@ -264,6 +280,7 @@ impl MpcEngine {
         coordinator: PeerId,
         key_id: String,
         message: Vec<u8>,
+        authorizations: Vec<Authorization>,
     ) -> Result<(), String> {
         let local = self.inner.local;
         let key = self
@@ -275,6 +292,11 @@ impl MpcEngine {
             return Err(format!(
                 "peer {coordinator} does not hold a share of key {key_id}"
             ));
+        }
+        // This holder's own check of the key's policy, whatever the coordinator decided.
+        if let Err(refusal) = self.authorize_signing(&key.info, &message, &authorizations) {
+            warn!(%coordinator, key_id, rule = refusal.rule, "signing request refused by the key's policy");
+            return Err(format!("peer {local}: {refusal}"));
         }
         // Only the coordinator may talk to this side of a signing session.
         let mut inbox = self

@@ -53,6 +53,10 @@ pub struct KeyInfo {
     pub status: String,
     /// Seconds since the Unix epoch.
     pub created_at: u64,
+    /// Who may have the key sign; every holder stores the same one (the DKG agreed on it)
+    /// and checks it. Keys made before policies existed load as `open`.
+    #[serde(default = "super::policy::SigningPolicy::open")]
+    pub policy: super::policy::SigningPolicy,
 }
 
 /// The on-disk form of one key share.
@@ -251,6 +255,7 @@ mod tests {
                 participants: vec!["a".into(), "b".into(), "c".into()],
                 status: "active".into(),
                 created_at: 1,
+                policy: crate::mpc::policy::SigningPolicy::open(),
             },
             key_package,
             public_key_package: pubkeys,

@@ -179,6 +179,8 @@ pub enum Body {
         /// Every participant, as peer id strings (coordinator included).
         #[serde(deserialize_with = "peer_list")]
         participants: Vec<String>,
+        /// The key's signing policy, canonical JSON ([`super::policy::SigningPolicy`]).
+        policy: Blob,
     },
     /// DKG part 1 package (broadcast, echoed).
     DkgRound1 { package: Vec<u8> },
@@ -196,8 +198,14 @@ pub enum Body {
     },
     /// Participant → coordinator: the key share is stored, the key is usable here.
     DkgStored,
-    /// Coordinator → key holders: send signing commitments for this message.
-    SignInvite { key_id: String, message: Vec<u8> },
+    /// Coordinator → key holders: send signing commitments for this message, which these
+    /// client authorizations approve (each holder checks them against the key's policy).
+    SignInvite {
+        key_id: String,
+        message: Vec<u8>,
+        #[serde(default, deserialize_with = "peer_list")]
+        authorizations: Vec<super::policy::Authorization>,
+    },
     /// Signer → coordinator: round-1 commitments.
     SignCommitments { commitments: Vec<u8> },
     /// Coordinator → chosen signers: the signing package for round 2.

@@ -374,3 +374,50 @@ pub async fn start_pair(dir: &Path, extra_a: &[&str]) -> (NodeProcess, NodeProce
         .await;
     (a, b)
 }
+
+/// Verifies with ed25519-dalek and with Python's `cryptography`.
+pub fn verify_everywhere(public_key_hex: &str, message: &[u8], signature_hex: &str) {
+    use ed25519_dalek::Verifier;
+    let pk: [u8; 32] = hex::decode(public_key_hex).unwrap().try_into().unwrap();
+    let sig: [u8; 64] = hex::decode(signature_hex).unwrap().try_into().unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk).expect("valid public key");
+    vk.verify(message, &ed25519_dalek::Signature::from_bytes(&sig))
+        .expect("ed25519-dalek accepts the signature");
+    vk.verify_strict(message, &ed25519_dalek::Signature::from_bytes(&sig))
+        .expect("ed25519-dalek strict verification accepts the signature");
+
+    let script = "import sys\n\
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey\n\
+Ed25519PublicKey.from_public_bytes(bytes.fromhex(sys.argv[1])).verify(bytes.fromhex(sys.argv[3]), bytes.fromhex(sys.argv[2]))\n\
+print('ok')";
+    let out = std::process::Command::new("python3")
+        .args([
+            "-c",
+            script,
+            public_key_hex,
+            &hex::encode(message),
+            signature_hex,
+        ])
+        .output();
+    let available = std::process::Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !available {
+        if p2p_mpc_testenv::in_ci() {
+            panic!(
+                "python3 with `cryptography` is needed to verify signatures (CI installs it in .ci/run)"
+            );
+        }
+        eprintln!(
+            "!!!! SKIPPING the Python `cryptography` check: python3 or the module is missing !!!!"
+        );
+        return;
+    }
+    let out = out.expect("python3 runs");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
+        "Python cryptography rejects the signature: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
