@@ -295,6 +295,35 @@ pub enum Command {
     },
 }
 
+/// A key's signing policy on the command line.
+#[derive(Debug, Clone, Args)]
+pub struct PolicyArgs {
+    /// Public key (hex) of a client that may authorize signatures (repeatable or comma-separated); the key's policy lists these.
+    #[arg(
+        long = "client",
+        value_delimiter = ',',
+        value_name = "PUBKEY",
+        required_unless_present = "open",
+        conflicts_with = "open"
+    )]
+    pub clients: Vec<String>,
+    /// How many distinct clients must authorize each signature (default 1).
+    #[arg(long, value_name = "K")]
+    pub approvals: Option<u16>,
+    /// An open key: anyone who can call a holder's API may have it sign.
+    #[arg(long)]
+    pub open: bool,
+    /// Policy rule: longest message that may be signed, in bytes.
+    #[arg(long, value_name = "BYTES")]
+    pub max_message_bytes: Option<u32>,
+    /// Policy rule: every message must start with these bytes (hex).
+    #[arg(long, value_name = "HEX")]
+    pub message_prefix: Option<String>,
+    /// Policy rule: most signatures per minute on each holder.
+    #[arg(long, value_name = "N")]
+    pub max_signatures_per_minute: Option<u32>,
+}
+
 /// `p2p-mpc client ...`: the Ed25519 keys that API clients authorize signing requests with.
 #[derive(Debug, Subcommand)]
 pub enum ClientCommand {
@@ -339,30 +368,8 @@ pub enum KeysCommand {
         /// Participant peer ids (repeatable or comma-separated); default: the node's cluster roster (without one: the node and its connected MPC peers).
         #[arg(long = "participants", value_delimiter = ',', value_name = "PEER_ID")]
         participants: Vec<String>,
-        /// Public key (hex) of a client that may authorize signatures (repeatable or comma-separated); the key's policy lists these.
-        #[arg(
-            long = "client",
-            value_delimiter = ',',
-            value_name = "PUBKEY",
-            required_unless_present = "open",
-            conflicts_with = "open"
-        )]
-        clients: Vec<String>,
-        /// How many distinct clients must authorize each signature (default 1).
-        #[arg(long, value_name = "K")]
-        approvals: Option<u16>,
-        /// An open key: anyone who can call a holder's API may have it sign.
-        #[arg(long)]
-        open: bool,
-        /// Policy rule: longest message that may be signed, in bytes.
-        #[arg(long, value_name = "BYTES")]
-        max_message_bytes: Option<u32>,
-        /// Policy rule: every message must start with these bytes (hex).
-        #[arg(long, value_name = "HEX")]
-        message_prefix: Option<String>,
-        /// Policy rule: most signatures per minute on each holder.
-        #[arg(long, value_name = "N")]
-        max_signatures_per_minute: Option<u32>,
+        #[command(flatten)]
+        policy: PolicyArgs,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
@@ -370,6 +377,25 @@ pub enum KeysCommand {
     },
     /// List the keys the node holds a share of (GET /v1/keys).
     List {
+        #[command(flatten)]
+        api: ApiClientArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Replace a key's signing policy (POST /v1/keys/{key_id}/policy), approved by client keys under its current policy.
+    SetPolicy {
+        /// The key id.
+        #[arg(value_name = "KEY_ID")]
+        key_id: String,
+        #[command(flatten)]
+        policy: PolicyArgs,
+        /// Client key file approving the change under the current policy (repeatable, one per approval; none for an open key).
+        #[arg(long = "client-key", value_name = "FILE")]
+        client_keys: Vec<PathBuf>,
+        /// Seconds until the approvals expire (1 to 600).
+        #[arg(long, value_name = "SECONDS", default_value_t = 60,
+              value_parser = clap::value_parser!(u64).range(1..=600))]
+        ttl: u64,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]

@@ -11,33 +11,11 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
         KeysCommand::Create {
             threshold,
             participants,
-            clients,
-            approvals,
-            open,
-            max_message_bytes,
-            message_prefix,
-            max_signatures_per_minute,
+            policy,
             output,
             ..
         } => {
-            let mut policy = if open {
-                json!({ "open": true })
-            } else {
-                json!({ "clients": clients })
-            };
-            if let Some(k) = approvals {
-                policy["approvals"] = json!(k);
-            }
-            if let Some(n) = max_message_bytes {
-                policy["max_message_bytes"] = json!(n);
-            }
-            if let Some(p) = message_prefix {
-                policy["message_prefix"] = json!(p);
-            }
-            if let Some(n) = max_signatures_per_minute {
-                policy["max_signatures_per_minute"] = json!(n);
-            }
-            let mut body = json!({ "scheme": "ed25519", "threshold": threshold, "policy": policy });
+            let mut body = json!({ "scheme": "ed25519", "threshold": threshold, "policy": policy_json(&policy) });
             if !participants.is_empty() {
                 body["participants"] = json!(participants);
             }
@@ -54,6 +32,39 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
                 } else {
                     key_table(&keys)
                 }
+            });
+        }
+        KeysCommand::SetPolicy {
+            key_id,
+            policy,
+            client_keys,
+            ttl,
+            output,
+            ..
+        } => {
+            let new_policy: crate::mpc::policy::SigningPolicy =
+                serde_json::from_value(policy_json(&policy))
+                    .map_err(|e| ClientError::Decode(e.to_string()))?;
+            let new_policy = new_policy.normalized().map_err(ClientError::Decode)?;
+            let message = crate::mpc::policy::policy_change_message(&new_policy);
+            let mut authorizations = Vec::new();
+            for file in &client_keys {
+                let key = crate::client_keys::read(file).map_err(ClientError::Decode)?;
+                authorizations.push(crate::client_keys::authorize(&key, &key_id, &message, ttl));
+            }
+            let path = format!("v1/keys/{}/policy", encode_segment(&key_id));
+            let answer: Value = client
+                .post(
+                    &path,
+                    &json!({ "policy": new_policy, "authorizations": authorizations }),
+                )
+                .await?;
+            print(output, &answer, || {
+                format!(
+                    "key id: {}\npolicy: {}",
+                    text(&answer["key_id"]),
+                    policy_label(&answer["policy"])
+                )
             });
         }
         KeysCommand::Sign {
@@ -103,6 +114,28 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
         }
     }
     Ok(())
+}
+
+/// The JSON policy that the flags describe.
+fn policy_json(p: &crate::cli::PolicyArgs) -> Value {
+    let mut policy = if p.open {
+        json!({ "open": true })
+    } else {
+        json!({ "clients": p.clients })
+    };
+    if let Some(k) = p.approvals {
+        policy["approvals"] = json!(k);
+    }
+    if let Some(n) = p.max_message_bytes {
+        policy["max_message_bytes"] = json!(n);
+    }
+    if let Some(prefix) = &p.message_prefix {
+        policy["message_prefix"] = json!(prefix);
+    }
+    if let Some(n) = p.max_signatures_per_minute {
+        policy["max_signatures_per_minute"] = json!(n);
+    }
+    policy
 }
 
 /// `open` or `K-of-N clients`, from a key's JSON policy.

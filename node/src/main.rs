@@ -188,6 +188,7 @@ fn run_subcommand(command: Command) -> ExitCode {
             let api = match &command {
                 KeysCommand::Create { api, .. }
                 | KeysCommand::List { api, .. }
+                | KeysCommand::SetPolicy { api, .. }
                 | KeysCommand::Sign { api, .. } => api.clone(),
             };
             client_call(&api.url, api.api_token_file.as_deref(), |c| {

@@ -908,6 +908,83 @@ async fn every_holder_checks_the_signing_policy() {
         "replayed",
     );
 
+    // A policy change needs K approvals under the current policy, checked by every holder:
+    // the compromised holder forwards one with a single approval, and nobody takes it.
+    let c3 = client_key();
+    let new_policy: p2p_mpc_node::mpc::policy::SigningPolicy =
+        serde_json::from_value(json!({"clients": [public(&c3)], "approvals": 1})).unwrap();
+    let new_policy = new_policy.normalized().unwrap();
+    let change = p2p_mpc_node::mpc::policy::policy_change_message(&new_policy);
+    let policy_path = format!("/v1/keys/{key_id}/policy");
+    let one = vec![auth(&c1, &key_id, &change, 60)];
+    let (status, body) = post(
+        rogue,
+        &policy_path,
+        json!({"policy": new_policy, "authorizations": one}),
+    )
+    .await;
+    assert_ne!(status, 200, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("too_few_approvals"),
+        "{body}"
+    );
+    assert_refused(
+        "policy change with one of two approvals",
+        post(
+            a,
+            &policy_path,
+            json!({"policy": new_policy, "authorizations": [auth(&c1, &key_id, &change, 60)]}),
+        )
+        .await,
+        "too_few_approvals",
+    );
+    for node in [a, b] {
+        let k = node.get(&format!("/v1/keys/{key_id}")).await.unwrap();
+        assert_eq!(
+            k["policy"]["clients"],
+            json!(clients),
+            "unchanged on {}: {k}",
+            node.name
+        );
+    }
+    // With both approvals it takes effect on every holder.
+    let both = vec![
+        auth(&c1, &key_id, &change, 60),
+        auth(&c2, &key_id, &change, 60),
+    ];
+    let (status, body) = post(
+        a,
+        &policy_path,
+        json!({"policy": new_policy, "authorizations": both}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for node in [a, b, rogue] {
+        let k = node.get(&format!("/v1/keys/{key_id}")).await.unwrap();
+        assert_eq!(
+            k["policy"]["clients"],
+            json!([public(&c3)]),
+            "on {}: {k}",
+            node.name
+        );
+    }
+    assert_refused(
+        "the old clients after the change",
+        sign_with(
+            b,
+            &key_id,
+            msg,
+            vec![auth(&c1, &key_id, msg, 60), auth(&c2, &key_id, msg, 60)],
+        )
+        .await,
+        "unlisted_client",
+    );
+    let (status, body) = sign_with(b, &key_id, msg, vec![auth(&c3, &key_id, msg, 60)]).await;
+    assert_eq!(status, 200, "{body}");
+
     // The rate rule: two signatures a minute, on every holder.
     let rated = create_key_with(
         a,

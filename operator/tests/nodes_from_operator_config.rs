@@ -114,7 +114,7 @@ fn collect(r: impl std::io::Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>
     });
 }
 
-async fn operator_output(client: &Client) -> (String, BTreeMap<String, Vec<u8>>, String) {
+async fn operator_output(client: &Client) -> ((String, String), BTreeMap<String, Vec<u8>>, String) {
     install_crd(client, MpcCluster::crd()).await;
     let ns = namespace(client).await;
 
@@ -152,7 +152,12 @@ async fn operator_output(client: &Client) -> (String, BTreeMap<String, Vec<u8>>,
         if keys.len() < 3 {
             return Err(format!("{} keys", keys.len()));
         }
-        Ok((cm.data.unwrap_or_default()["node.yml"].clone(), keys))
+        let data = cm.data.unwrap_or_default();
+        let members = data
+            .get("cluster-members")
+            .cloned()
+            .ok_or("no cluster-members in the ConfigMap")?;
+        Ok(((data["node.yml"].clone(), members), keys))
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
@@ -166,7 +171,7 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
         return;
     };
     let client = plane.client().await.unwrap_or_else(|e| panic!("{e}"));
-    let (config, keys, ns) = operator_output(&client).await;
+    let ((config, members), keys, ns) = operator_output(&client).await;
 
     let hosts: String = (0..3)
         .map(|i| {
@@ -191,6 +196,11 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
     let dir = tempfile::tempdir().unwrap();
     let config_path = dir.path().join("node.yml");
     std::fs::write(&config_path, &config).unwrap();
+    // The roster the operator wrote lists the three pods' peer ids.
+    let members_path = dir.path().join("cluster-members");
+    std::fs::write(&members_path, &members).unwrap();
+    let roster = p2p_mpc_node::roster::parse_members(&members).unwrap();
+    assert_eq!(roster.len(), 3, "{members}");
     let keys_dir = dir.path().join("keys");
     std::fs::create_dir_all(&keys_dir).unwrap();
     for (entry, bytes) in &keys {
@@ -208,6 +218,8 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
             .arg(&config_path)
             .arg("--identity-key-path")
             .arg(keys_dir.join(format!("{pod}.key")))
+            .arg("--cluster-members-file")
+            .arg(&members_path)
             .args(["--listen-address", &format!("127.0.0.{}", i + 2)])
             .args(["--api-port", "0", "--metrics-port", "0"])
             .arg("--data-dir")

@@ -42,6 +42,18 @@ fn default_scheme() -> String {
     "ed25519".into()
 }
 
+/// Body of `POST /v1/keys/{key_id}/policy`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    /// The new policy.
+    pub policy: SigningPolicy,
+    /// Approvals of the change under the current policy: client authorizations of the
+    /// message [`crate::mpc::policy::policy_change_message`] with this key id.
+    #[serde(default)]
+    pub authorizations: Vec<Authorization>,
+}
+
 /// Body of `POST /v1/keys/{key_id}/sign`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,5 +180,37 @@ pub(super) async fn sign(
     )
     .await
     .map_err(|e| MpcError::Internal(format!("the signing task failed: {e}")))??;
+    Ok(Json(answer))
+}
+
+pub(super) async fn set_policy(
+    State(state): State<ApiState>,
+    Path(key_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<crate::mpc::policy_change::PolicyChangeResponse>, ApiError> {
+    let req: PolicyRequest = parse_body(&body)?;
+    if req.authorizations.len() > crate::mpc::policy::MAX_CLIENTS {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "{} authorizations; at most {} are taken",
+                req.authorizations.len(),
+                crate::mpc::policy::MAX_CLIENTS
+            ),
+        ));
+    }
+    if state.mpc.key(&key_id).is_none() {
+        return Err(MpcError::UnknownKey(key_id).into());
+    }
+    let mpc = state.mpc.clone();
+    let answer = tokio::spawn(
+        async move {
+            mpc.change_policy(&key_id, req.policy, req.authorizations)
+                .await
+        }
+        .in_current_span(),
+    )
+    .await
+    .map_err(|e| MpcError::Internal(format!("the policy change task failed: {e}")))??;
     Ok(Json(answer))
 }

@@ -145,6 +145,10 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/keys/{key_id}", get(keys::get_key))
         .route("/v1/keys/{key_id}/sign", axum::routing::post(keys::sign))
         .route(
+            "/v1/keys/{key_id}/policy",
+            axum::routing::post(keys::set_policy),
+        )
+        .route(
             "/v1/aggregations",
             axum::routing::post(aggregations::create),
         )

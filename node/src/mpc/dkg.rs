@@ -138,7 +138,9 @@ impl MpcEngine {
         let run = async move {
             let failures = engine.broadcast(&others2, session, &invite).await;
             if !failures.is_empty() {
-                return Err(inbox.explain(unreachable_error(failures, "the DKG invitation")));
+                return Err(inbox
+                    .explain(unreachable_error(failures, "the DKG invitation"))
+                    .await);
             }
             engine.run_dkg(inbox, params).await
         };
@@ -260,7 +262,9 @@ impl MpcEngine {
                 .await,
             );
             if !failures.is_empty() {
-                return Err(inbox.explain(unreachable_error(failures, "DKG round 1")));
+                return Err(inbox
+                    .explain(unreachable_error(failures, "DKG round 1"))
+                    .await);
             }
         } else {
             let failures = self
@@ -273,7 +277,9 @@ impl MpcEngine {
                 )
                 .await;
             if !failures.is_empty() {
-                return Err(inbox.explain(unreachable_error(failures, "DKG round 1")));
+                return Err(inbox
+                    .explain(unreachable_error(failures, "DKG round 1"))
+                    .await);
             }
         }
         let round1 = inbox
@@ -292,7 +298,9 @@ impl MpcEngine {
         };
         let failures = self.broadcast(&others, session, &echo).await;
         if !failures.is_empty() {
-            return Err(inbox.explain(unreachable_error(failures, "the DKG echo")));
+            return Err(inbox
+                .explain(unreachable_error(failures, "the DKG echo"))
+                .await);
         }
         let echoes = inbox
             .collect("dkg echo", &others, timeout, |b| match b {
@@ -368,7 +376,7 @@ impl MpcEngine {
         });
         for r in futures::future::join_all(sends).await {
             if let Err(e) = r {
-                return Err(inbox.explain(e));
+                return Err(inbox.explain(e).await);
             }
         }
         let round2 = inbox
@@ -410,7 +418,9 @@ impl MpcEngine {
         };
         let failures = self.broadcast(&others, session, &confirm).await;
         if !failures.is_empty() {
-            return Err(inbox.explain(unreachable_error(failures, "the DKG confirmation")));
+            return Err(inbox
+                .explain(unreachable_error(failures, "the DKG confirmation"))
+                .await);
         }
         let confirms = inbox
             .collect("dkg confirmation", &others, timeout, |b| match b {

@@ -38,8 +38,8 @@ pub struct Faults {
     /// followed by 16 zero bytes), so that benchmarks can measure ingest without HPKE.
     /// Destroys the privacy of every such report: never on outside tests and benchmarks.
     pub plaintext_shares: bool,
-    /// Coordinate signatures without checking the key's policy (the other holders must
-    /// refuse requests that their own checks refuse).
+    /// Coordinate signatures and policy changes without checking the key's policy (the
+    /// other holders must refuse requests that their own checks refuse).
     pub skip_sign_authorization: bool,
 }
 

@@ -12,6 +12,7 @@ pub mod dkg;
 pub mod faults;
 pub mod metrics;
 pub mod policy;
+pub mod policy_change;
 pub mod session;
 pub mod sign;
 pub mod store;
@@ -299,6 +300,11 @@ impl MpcEngine {
             Body::TransferInvite { bytes, chunks } => {
                 self.join_transfer(session, from, bytes, chunks)
             }
+            Body::PolicyInvite {
+                key_id,
+                policy,
+                authorizations,
+            } => self.join_policy_change(session, from, key_id, &policy.0, authorizations),
             other => Err(format!(
                 "a {} message does not open a session",
                 other.kind()

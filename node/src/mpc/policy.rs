@@ -122,6 +122,17 @@ pub fn authorize(
     }
 }
 
+/// Domain separation of a policy change: clients authorize this "message" (followed by the
+/// new policy's canonical JSON) with the key id, like a signing request.
+pub const POLICY_CHANGE_DOMAIN: &[u8] = b"p2p-mpc policy change v1\0";
+
+/// The message clients authorize to replace a key's policy with `new_policy`.
+pub fn policy_change_message(new_policy: &SigningPolicy) -> Vec<u8> {
+    let mut m = POLICY_CHANGE_DOMAIN.to_vec();
+    m.extend_from_slice(&new_policy.to_bytes());
+    m
+}
+
 /// A new random client signing key.
 pub fn generate_client_key() -> ed25519_dalek::SigningKey {
     let mut seed = [0u8; 32];
@@ -404,12 +415,52 @@ impl ReplayGuard {
         authorizations: &[Authorization],
         now: u64,
     ) -> Result<(), Refusal> {
+        self.admit_inner(policy, key_id, message, authorizations, now, true)
+    }
+
+    /// Checks the approvals of a policy change: the current policy's clients, approvals,
+    /// expiry and replay rules apply; its message rules and rate do not (they govern what
+    /// may be signed, not who may change the policy).
+    pub fn admit_change(
+        &self,
+        current: &SigningPolicy,
+        key_id: &str,
+        new_policy: &SigningPolicy,
+        authorizations: &[Authorization],
+        now: u64,
+    ) -> Result<(), Refusal> {
+        let approvals_only = SigningPolicy {
+            max_message_bytes: None,
+            message_prefix: None,
+            max_signatures_per_minute: None,
+            ..current.clone()
+        };
+        let message = policy_change_message(new_policy);
+        self.admit_inner(
+            &approvals_only,
+            key_id,
+            &message,
+            authorizations,
+            now,
+            false,
+        )
+    }
+
+    fn admit_inner(
+        &self,
+        policy: &SigningPolicy,
+        key_id: &str,
+        message: &[u8],
+        authorizations: &[Authorization],
+        now: u64,
+        count_rate: bool,
+    ) -> Result<(), Refusal> {
         let mut state = self.lock();
         state.seen.retain(|_, exp| *exp > now);
         let ids = policy.check(key_id, message, authorizations, now, |id| {
             state.seen.contains_key(id)
         })?;
-        if let Some(max) = policy.max_signatures_per_minute {
+        if let Some(max) = policy.max_signatures_per_minute.filter(|_| count_rate) {
             let recent = state.recent.entry(key_id.to_string()).or_default();
             while recent.front().is_some_and(|t| *t + 60 <= now) {
                 recent.pop_front();

@@ -29,6 +29,10 @@ const EARLY_TTL: Duration = Duration::from_secs(30);
 /// Messages a session keeps for its later rounds; more are dropped (a participant flooding
 /// its own session only hurts that session).
 const MAX_STASHED: usize = 1024;
+/// What a peer answers to a message for a session it has finished.
+const FINISHED_REFUSAL: &str = "is over; its messages";
+/// How long [`SessionInbox::explain`] waits for the `Abort` of a peer that finished early.
+const ABORT_GRACE: Duration = Duration::from_millis(1500);
 /// Finished session ids remembered, so that late and replayed messages are refused.
 const MAX_FINISHED: usize = 16 * 1024;
 
@@ -257,7 +261,7 @@ impl SessionRouter {
                 protocol,
                 "finished_session",
                 format!(
-                    "session {session} is over; its messages (including replayed round-2 requests) are refused"
+                    "session {session} {FINISHED_REFUSAL} (including replayed round-2 requests) are refused"
                 ),
             );
         }
@@ -469,10 +473,21 @@ impl SessionInbox {
 
     /// When another participant already aborted the session, its reason explains `error`
     /// better than `error` itself (e.g. a refused send because that peer gave up); returns
-    /// the error to report.
-    pub fn explain(&mut self, error: SessionError) -> SessionError {
+    /// the error to report. When a peer refused a message because its side of the session
+    /// is over, its `Abort` may still be on the way: it is awaited for a moment.
+    pub async fn explain(&mut self, error: SessionError) -> SessionError {
         while let Ok(m) = self.rx.try_recv() {
             self.keep_for_later(m);
+        }
+        if !self.stash.contains_key("abort") && error.reason().contains(FINISHED_REFUSAL) {
+            let deadline = tokio::time::Instant::now() + ABORT_GRACE;
+            while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                let is_abort = matches!(m.body, Body::Abort { .. });
+                self.keep_for_later(m);
+                if is_abort {
+                    break;
+                }
+            }
         }
         let abort = self.stash.get("abort").and_then(|list| {
             list.iter().find_map(|m| match &m.body {

@@ -213,9 +213,9 @@ impl MpcEngine {
             };
             let failures = engine.broadcast(&chosen, session, &round2).await;
             if !failures.is_empty() {
-                return Err(
-                    inbox.explain(unreachable_error(failures, "the signing round 2 request"))
-                );
+                return Err(inbox
+                    .explain(unreachable_error(failures, "the signing round 2 request"))
+                    .await);
             }
             let my_share = frost::round2::sign(&signing_package, &my_nonces, &key.key_package)
                 .map_err(fail("signing round 2"))?;

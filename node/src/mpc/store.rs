@@ -165,10 +165,38 @@ impl KeyShareStore {
 
     /// Writes a new key atomically, then makes it visible. Refuses to replace a key.
     pub async fn insert(&self, key: StoredKey) -> Result<Arc<StoredKey>, StoreError> {
-        let key_id = key.info.key_id.clone();
-        if self.contains(&key_id) {
-            return Err(StoreError::Exists(key_id));
+        if self.contains(&key.info.key_id) {
+            return Err(StoreError::Exists(key.info.key_id.clone()));
         }
+        self.write(key, crate::atomic_file::Existing::Keep).await
+    }
+
+    /// Replaces the signing policy of a key held here (the key file is rewritten
+    /// atomically; the share is unchanged).
+    pub async fn set_policy(
+        &self,
+        key_id: &str,
+        policy: super::policy::SigningPolicy,
+    ) -> Result<Arc<StoredKey>, StoreError> {
+        let old = self
+            .get(key_id)
+            .ok_or_else(|| StoreError::Task(format!("no key {key_id}")))?;
+        let mut info = old.info.clone();
+        info.policy = policy;
+        let key = StoredKey {
+            info,
+            key_package: old.key_package.clone(),
+            public_key_package: old.public_key_package.clone(),
+        };
+        self.write(key, crate::atomic_file::Existing::Replace).await
+    }
+
+    async fn write(
+        &self,
+        key: StoredKey,
+        existing: crate::atomic_file::Existing,
+    ) -> Result<Arc<StoredKey>, StoreError> {
+        let key_id = key.info.key_id.clone();
         let encode_err = |e: frost::Error| StoreError::Encode {
             key_id: key_id.clone(),
             message: e.to_string(),
@@ -186,7 +214,7 @@ impl KeyShareStore {
             message: e.to_string(),
         })?;
         let path = self.dir.join(format!("{key_id}{KEY_FILE_SUFFIX}"));
-        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes))
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes, existing))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
         let key = Arc::new(key);
@@ -224,13 +252,15 @@ fn read_key_file(path: &Path) -> Result<StoredKey, String> {
     })
 }
 
-/// Writes a new key file atomically; an existing key file is never replaced.
-fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
-    crate::atomic_file::write(path, bytes, crate::atomic_file::Existing::Keep).map_err(|source| {
-        StoreError::Write {
-            path: path.to_path_buf(),
-            source,
-        }
+/// Writes a key file atomically.
+fn write_atomically(
+    path: &Path,
+    bytes: &[u8],
+    existing: crate::atomic_file::Existing,
+) -> Result<(), StoreError> {
+    crate::atomic_file::write(path, bytes, existing).map_err(|source| StoreError::Write {
+        path: path.to_path_buf(),
+        source,
     })
 }
 

@@ -133,6 +133,8 @@ pub enum Protocol {
     AggCollect,
     /// A transfer test (throwaway bytes, to measure a link).
     Transfer,
+    /// A change of a key's signing policy, approved under the current one.
+    PolicyChange,
 }
 
 impl Protocol {
@@ -145,6 +147,7 @@ impl Protocol {
             Protocol::AggReport => "agg_report",
             Protocol::AggCollect => "agg_collect",
             Protocol::Transfer => "transfer",
+            Protocol::PolicyChange => "policy_change",
         }
     }
 }
@@ -273,6 +276,16 @@ pub enum Body {
     },
     /// Owner → relay: the committed shares of the batch are in the persisted sum.
     AggBatchStored,
+    /// Coordinator → key holders: replace the key's signing policy with `policy` (canonical
+    /// JSON), which these client authorizations approve under the current policy.
+    PolicyInvite {
+        key_id: String,
+        policy: Blob,
+        #[serde(default, deserialize_with = "peer_list")]
+        authorizations: Vec<super::policy::Authorization>,
+    },
+    /// Holder → coordinator: the new policy (this digest) is stored.
+    PolicyStored { digest: [u8; 32] },
     /// The sender gives up on the session, naming the participants it blames (peer ids), if any.
     Abort {
         reason: String,
@@ -360,6 +373,7 @@ impl Body {
             Body::TransferInvite { .. }
             | Body::TransferChunk { .. }
             | Body::TransferDone { .. } => Some(Protocol::Transfer),
+            Body::PolicyInvite { .. } | Body::PolicyStored { .. } => Some(Protocol::PolicyChange),
             // Chunks belong to whichever aggregation session carries them.
             Body::AggChunk { .. } => None,
             Body::Abort { .. } => None,
@@ -398,6 +412,8 @@ impl Body {
             Body::TransferInvite { .. } => "transfer invite",
             Body::TransferChunk { .. } => "transfer chunk",
             Body::TransferDone { .. } => "transfer done",
+            Body::PolicyInvite { .. } => "policy change invite",
+            Body::PolicyStored { .. } => "policy stored",
             Body::Abort { .. } => "abort",
         }
     }
@@ -413,6 +429,7 @@ impl Body {
                 | Body::AggBatchInvite { .. }
                 | Body::AggCollectInvite { .. }
                 | Body::TransferInvite { .. }
+                | Body::PolicyInvite { .. }
         )
     }
 }

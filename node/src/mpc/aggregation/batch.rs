@@ -275,7 +275,9 @@ impl MpcEngine {
             )));
         }
         if !failures.is_empty() {
-            return Err(inbox.explain(unreachable_error(failures, "the batch commit")));
+            return Err(inbox
+                .explain(unreachable_error(failures, "the batch commit"))
+                .await);
         }
         inbox
             .collect(

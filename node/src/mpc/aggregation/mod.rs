@@ -424,7 +424,9 @@ impl MpcEngine {
                 )
                 .await;
             if !failures.is_empty() {
-                return Err(inbox.explain(unreachable_error(failures, "the task invitation")));
+                return Err(inbox
+                    .explain(unreachable_error(failures, "the task invitation"))
+                    .await);
             }
             let timeout = engine.inner.round_timeout;
             let accepts = inbox
@@ -472,7 +474,9 @@ impl MpcEngine {
                 .broadcast(&others, session, &Body::AggTaskCommit { keys: keys_bytes })
                 .await;
             if !failures.is_empty() {
-                return Err(inbox.explain(unreachable_error(failures, "the task commit")));
+                return Err(inbox
+                    .explain(unreachable_error(failures, "the task commit"))
+                    .await);
             }
             let info = TaskInfo { params, keys };
             let index = peers.iter().position(|p| *p == local).unwrap_or(0);
@@ -1295,7 +1299,9 @@ impl MpcEngine {
             )
             .await;
         if !failures.is_empty() {
-            return Err(inbox.explain(unreachable_error(failures, "the open request")));
+            return Err(inbox
+                .explain(unreachable_error(failures, "the open request"))
+                .await);
         }
         let len = params.length as usize * shares::ELEMENT_BYTES;
         let received = Self::receive_chunks(&mut inbox, &remote_chosen, len, timeout).await?;
