@@ -1,0 +1,248 @@
+//! A member of the cluster floods one node: 10,000 session invitations, 100 MiB of messages
+//! for sessions that do not exist, oversized and amplifying messages. The node's memory
+//! stays bounded (RSS grows by at most 32 MiB) and signing among the honest members still
+//! works. (A peer outside the roster is refused before decoding; see roster.rs.)
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{NodeProcess, args, tempdir, wait_for};
+use futures::StreamExt;
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use p2p_mpc_node::config::PeerAddr;
+use p2p_mpc_node::metrics::{NodeMetrics, Readiness};
+use p2p_mpc_node::mpc::wire::{self, Body, MpcMessage, SessionId};
+use p2p_mpc_node::network::{NetworkClient, NetworkService, NetworkSettings};
+use serde_json::{Value, json};
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+async fn flooder(key: Keypair, victim: &str) -> NetworkClient {
+    let (peer_id, addr) = p2p_mpc_node::config::parse_peer_multiaddr(victim).unwrap();
+    let settings = NetworkSettings {
+        listen_address: "127.0.0.1".parse().unwrap(),
+        network_port: 0,
+        ws_port: None,
+        topics: vec![],
+        bootnodes: vec![PeerAddr { peer_id, addr }],
+        seed_nodes: vec![],
+        max_connections: 16,
+        max_message_size: 1024 * 1024,
+        roster: None,
+    };
+    let (service, client, _events) = NetworkService::start(
+        key,
+        settings,
+        Default::default(),
+        |r| Arc::new(NodeMetrics::new(r)),
+        Arc::new(Readiness::default()),
+    )
+    .await
+    .expect("flooder starts");
+    tokio::spawn(service.run());
+    client
+}
+
+/// Sends every message, `parallel` at a time; returns how many the victim accepted.
+async fn send_all(
+    client: &NetworkClient,
+    to: PeerId,
+    messages: Vec<Vec<u8>>,
+    parallel: usize,
+) -> usize {
+    futures::stream::iter(messages)
+        .map(|m| {
+            let c = client.clone();
+            async move { c.send_mpc_raw(to, m).await.is_ok() }
+        })
+        .buffer_unordered(parallel)
+        .filter(|ok| std::future::ready(*ok))
+        .count()
+        .await
+}
+
+async fn post(node: &NodeProcess, path: &str, body: Value) -> (u16, Value) {
+    let resp = node
+        .http
+        .post(format!("{}{path}", node.api))
+        .timeout(Duration::from_secs(60))
+        .json(&body)
+        .send()
+        .await
+        .expect("API answers");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+fn identity(dir: &std::path::Path, name: &str) -> (String, PeerId) {
+    let key = p2p_mpc_node::identity::generate();
+    let path = dir.join(format!("{name}.key"));
+    p2p_mpc_node::identity::write_new_keypair(&path, &key).unwrap();
+    (path.display().to_string(), key.public().to_peer_id())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
+    let dir = tempdir();
+    let (key_a, a) = identity(dir.path(), "a");
+    let (key_b, b) = identity(dir.path(), "b");
+    let flood_key = Keypair::generate_ed25519();
+    let flood_peer = flood_key.public().to_peer_id();
+    let members = format!("{a},{b},{flood_peer}");
+    let node_a = NodeProcess::start(
+        "A",
+        dir.path(),
+        &args(&["--identity-key-path", &key_a, "--cluster-member", &members]),
+    )
+    .await;
+    let node_b = NodeProcess::start(
+        "B",
+        dir.path(),
+        &args(&[
+            "--identity-key-path",
+            &key_b,
+            "--cluster-member",
+            &members,
+            "--bootnode",
+            &node_a.tcp_addr,
+        ]),
+    )
+    .await;
+    node_b
+        .wait_connected_to(&node_a.peer_id, Duration::from_secs(20))
+        .await;
+    let ids = [a.to_string(), b.to_string()];
+    let key = wait_for("the DKG", Duration::from_secs(60), || async {
+        match post(
+            &node_b,
+            "/v1/keys",
+            json!({"threshold": 2, "participants": ids, "policy": {"open": true}}),
+        )
+        .await
+        {
+            (201, body) => Ok(body),
+            (s, body) => Err(format!("{s} {body}")),
+        }
+    })
+    .await;
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    let sign = || async {
+        post(
+            &node_b,
+            &format!("/v1/keys/{key_id}/sign"),
+            json!({"message": "00ff"}),
+        )
+        .await
+    };
+    assert_eq!(sign().await.0, 200);
+
+    let flood = flooder(flood_key, &node_a.tcp_addr).await;
+    // Wait for the connection (the first message may race it).
+    wait_for(
+        "the flooder to reach A",
+        Duration::from_secs(20),
+        || async {
+            match flood
+                .send_mpc_raw(
+                    a,
+                    wire::encode(&MpcMessage::new(
+                        SessionId::random(),
+                        Body::TransferDone { bytes: 0 },
+                    )),
+                )
+                .await
+            {
+                Err(p2p_mpc_node::network::MpcSendError::Unreachable { message, .. }) => {
+                    Err(message)
+                }
+                _ => Ok(()),
+            }
+        },
+    )
+    .await;
+    let before = rss_kib(node_a.pid());
+
+    // 10,000 session invitations (for keys and DKGs that cannot exist).
+    let invites: Vec<Vec<u8>> = (0..10_000)
+        .map(|i| {
+            let body = if i % 2 == 0 {
+                Body::SignInvite {
+                    key_id: format!("{i:032x}"),
+                    message: vec![1; 64],
+                    authorizations: vec![],
+                }
+            } else {
+                Body::DkgInvite {
+                    key_id: format!("{i:032x}"),
+                    threshold: 9,
+                    participants: vec![a.to_string(), flood_peer.to_string()],
+                    policy: wire::Blob(b"{\"open\":true}".to_vec().into()),
+                }
+            };
+            wire::encode(&MpcMessage::new(SessionId::random(), body))
+        })
+        .collect();
+    let accepted = send_all(&flood, a, invites, 64).await;
+    assert_eq!(accepted, 0, "no invitation opens a session");
+
+    // 100 MiB of messages for sessions that do not exist (they would wait for an invite).
+    let early: Vec<Vec<u8>> = (0..400)
+        .map(|_| {
+            wire::encode(&MpcMessage::new(
+                SessionId::random(),
+                Body::DkgRound1 {
+                    package: vec![0; 250 * 1024],
+                },
+            ))
+        })
+        .collect();
+    let buffered = send_all(&flood, a, early, 8).await;
+    assert!(
+        buffered <= 10,
+        "{buffered} large early messages were buffered"
+    );
+
+    // Oversized messages, and messages that would amplify when decoded.
+    let oversized = vec![vec![0u8; 300 * 1024]; 20];
+    assert_eq!(send_all(&flood, a, oversized, 8).await, 0);
+    let amplifying: Vec<Vec<u8>> = (0..200)
+        .map(|_| {
+            wire::encode(&MpcMessage::new(
+                SessionId::random(),
+                Body::Abort {
+                    reason: String::new(),
+                    blamed: vec![String::new(); 200_000],
+                },
+            ))
+        })
+        .collect();
+    assert_eq!(send_all(&flood, a, amplifying, 8).await, 0);
+
+    let after = rss_kib(node_a.pid());
+    let grown = after.saturating_sub(before);
+    eprintln!("RSS of the flooded node: {before} KiB before, {after} KiB after (+{grown} KiB)");
+    assert!(grown <= 32 * 1024, "RSS grew by {grown} KiB");
+
+    // The honest members still sign, and A still serves.
+    let (status, body) = sign().await;
+    assert_eq!(status, 200, "{body}");
+    node_a.get("/v1/status").await.unwrap();
+    let page = node_a.metrics_page().await;
+    assert!(
+        page.lines().any(
+            |l| l.starts_with("p2p_mpc_mpc_refused_total{reason=\"malformed\"}")
+                && !l.ends_with(" 0")
+        ),
+        "amplifying messages are counted as malformed"
+    );
+}
