@@ -357,6 +357,18 @@ pub enum ClientCommand {
     },
 }
 
+/// The client keys that authorize a request under a key's current policy.
+#[derive(Debug, Args)]
+pub struct AuthorizeArgs {
+    /// Client key file authorizing the request under the key's current policy (repeatable, one per approval; none for an open key).
+    #[arg(long = "client-key", value_name = "FILE")]
+    pub client_keys: Vec<PathBuf>,
+    /// Seconds until the authorizations expire (1 to 600).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub ttl: u64,
+}
+
 /// `p2p-mpc keys ...`: threshold keys through a node's API.
 #[derive(Debug, Subcommand)]
 pub enum KeysCommand {
@@ -389,13 +401,8 @@ pub enum KeysCommand {
         key_id: String,
         #[command(flatten)]
         policy: PolicyArgs,
-        /// Client key file approving the change under the current policy (repeatable, one per approval; none for an open key).
-        #[arg(long = "client-key", value_name = "FILE")]
-        client_keys: Vec<PathBuf>,
-        /// Seconds until the approvals expire (1 to 600).
-        #[arg(long, value_name = "SECONDS", default_value_t = 60,
-              value_parser = clap::value_parser!(u64).range(1..=600))]
-        ttl: u64,
+        #[command(flatten)]
+        authorize: AuthorizeArgs,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
@@ -409,13 +416,8 @@ pub enum KeysCommand {
         /// The message, hex.
         #[arg(long, value_name = "HEX")]
         message: String,
-        /// Client key file to authorize the request with (repeatable, one per approval; none for an open key).
-        #[arg(long = "client-key", value_name = "FILE")]
-        client_keys: Vec<PathBuf>,
-        /// Seconds until the authorizations expire (1 to 600).
-        #[arg(long, value_name = "SECONDS", default_value_t = 60,
-              value_parser = clap::value_parser!(u64).range(1..=600))]
-        ttl: u64,
+        #[command(flatten)]
+        authorize: AuthorizeArgs,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]

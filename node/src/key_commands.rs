@@ -37,8 +37,7 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
         KeysCommand::SetPolicy {
             key_id,
             policy,
-            client_keys,
-            ttl,
+            authorize,
             output,
             ..
         } => {
@@ -47,11 +46,9 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
                     .map_err(|e| ClientError::Decode(e.to_string()))?;
             let new_policy = new_policy.normalized().map_err(ClientError::Decode)?;
             let message = crate::mpc::policy::policy_change_message(&new_policy);
-            let mut authorizations = Vec::new();
-            for file in &client_keys {
-                let key = crate::client_keys::read(file).map_err(ClientError::Decode)?;
-                authorizations.push(crate::client_keys::authorize(&key, &key_id, &message, ttl));
-            }
+            let authorizations =
+                crate::client_keys::authorize_with_files(&authorize, &key_id, &message)
+                    .map_err(ClientError::Decode)?;
             let path = format!("v1/keys/{}/policy", encode_segment(&key_id));
             let answer: Value = client
                 .post(
@@ -70,8 +67,7 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
         KeysCommand::Sign {
             key_id,
             message,
-            client_keys,
-            ttl,
+            authorize,
             output,
             ..
         } => {
@@ -81,11 +77,9 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
                     "--message must be hex (e.g. 68656c6c6f for \"hello\"), got `{message}`"
                 ))
             })?;
-            let mut authorizations = Vec::new();
-            for file in &client_keys {
-                let key = crate::client_keys::read(file).map_err(ClientError::Decode)?;
-                authorizations.push(crate::client_keys::authorize(&key, &key_id, &bytes, ttl));
-            }
+            let authorizations =
+                crate::client_keys::authorize_with_files(&authorize, &key_id, &bytes)
+                    .map_err(ClientError::Decode)?;
             let path = format!("v1/keys/{}/sign", encode_segment(&key_id));
             let answer: Value = client
                 .post(

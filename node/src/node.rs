@@ -123,7 +123,7 @@ pub async fn run(
     .await?;
 
     let replay_guard =
-        crate::mpc::policy::ReplayGuard::open(&config.data_dir).map_err(NodeError::Policy)?;
+        crate::mpc::replay_guard::ReplayGuard::open(&config.data_dir).map_err(NodeError::Policy)?;
     let roster = Arc::new(
         Roster::new(
             peer_id,

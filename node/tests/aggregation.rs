@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{NodeProcess, args, bin, tempdir, wait_for};
+use common::{NodeProcess, args, bin, post, tempdir, wait_for};
 use p2p_mpc_node::mpc::aggregation::client::{
     new_report_id, prepare_report, seal_shares, verify_task,
 };
@@ -23,17 +23,6 @@ fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(120))
         .build()
         .unwrap()
-}
-
-async fn post(node: &NodeProcess, path: &str, body: &Value) -> (u16, Value) {
-    let resp = http()
-        .post(format!("{}{path}", node.api))
-        .json(body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{} answers {path}: {e}", node.name));
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 async fn start_node(dir: &Path, name: &str, bootnodes: &[String]) -> NodeProcess {

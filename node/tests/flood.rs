@@ -5,18 +5,15 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{NodeProcess, args, tempdir, wait_for};
+use common::{NodeProcess, args, identity, library_peer, post, tempdir, wait_for};
 use futures::StreamExt;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
-use p2p_mpc_node::config::PeerAddr;
-use p2p_mpc_node::metrics::{NodeMetrics, Readiness};
 use p2p_mpc_node::mpc::wire::{self, Body, MpcMessage, SessionId};
-use p2p_mpc_node::network::{NetworkClient, NetworkService, NetworkSettings};
-use serde_json::{Value, json};
+use p2p_mpc_node::network::NetworkClient;
+use serde_json::json;
 
 fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -25,32 +22,6 @@ fn rss_kib(pid: u32) -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
         .expect("VmRSS in /proc/<pid>/status")
-}
-
-async fn flooder(key: Keypair, victim: &str) -> NetworkClient {
-    let (peer_id, addr) = p2p_mpc_node::config::parse_peer_multiaddr(victim).unwrap();
-    let settings = NetworkSettings {
-        listen_address: "127.0.0.1".parse().unwrap(),
-        network_port: 0,
-        ws_port: None,
-        topics: vec![],
-        bootnodes: vec![PeerAddr { peer_id, addr }],
-        seed_nodes: vec![],
-        max_connections: 16,
-        max_message_size: 1024 * 1024,
-        roster: None,
-    };
-    let (service, client, _events) = NetworkService::start(
-        key,
-        settings,
-        Default::default(),
-        |r| Arc::new(NodeMetrics::new(r)),
-        Arc::new(Readiness::default()),
-    )
-    .await
-    .expect("flooder starts");
-    tokio::spawn(service.run());
-    client
 }
 
 /// Sends every message, `parallel` at a time; returns how many the victim accepted.
@@ -69,26 +40,6 @@ async fn send_all(
         .filter(|ok| std::future::ready(*ok))
         .count()
         .await
-}
-
-async fn post(node: &NodeProcess, path: &str, body: Value) -> (u16, Value) {
-    let resp = node
-        .http
-        .post(format!("{}{path}", node.api))
-        .timeout(Duration::from_secs(60))
-        .json(&body)
-        .send()
-        .await
-        .expect("API answers");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
-
-fn identity(dir: &std::path::Path, name: &str) -> (String, PeerId) {
-    let key = p2p_mpc_node::identity::generate();
-    let path = dir.join(format!("{name}.key"));
-    p2p_mpc_node::identity::write_new_keypair(&path, &key).unwrap();
-    (path.display().to_string(), key.public().to_peer_id())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,7 +97,7 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
     };
     assert_eq!(sign().await.0, 200);
 
-    let flood = flooder(flood_key, &node_a.tcp_addr).await;
+    let flood = library_peer(flood_key, &node_a.tcp_addr, &[], 1024 * 1024).await;
     // Wait for the connection (the first message may race it).
     wait_for(
         "the flooder to reach A",

@@ -9,41 +9,10 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{NodeProcess, args, tempdir, wait_for};
-use p2p_mpc_node::config::PeerAddr;
-use p2p_mpc_node::metrics::{NodeMetrics, Readiness};
-use p2p_mpc_node::network::{
-    NetworkClient, NetworkError, NetworkService, NetworkSettings, PublishError,
-};
-
-async fn hostile_peer(victim: &str) -> NetworkClient {
-    let (peer_id, addr) = p2p_mpc_node::config::parse_peer_multiaddr(victim).unwrap();
-    let settings = NetworkSettings {
-        listen_address: "127.0.0.1".parse().unwrap(),
-        network_port: 0,
-        ws_port: None,
-        topics: vec!["chat".into()],
-        bootnodes: vec![PeerAddr { peer_id, addr }],
-        seed_nodes: vec![],
-        max_connections: 16,
-        max_message_size: 8 * 1024 * 1024,
-        roster: None,
-    };
-    let (service, client, _events) = NetworkService::start(
-        libp2p::identity::Keypair::generate_ed25519(),
-        settings,
-        Default::default(),
-        |r| Arc::new(NodeMetrics::new(r)),
-        Arc::new(Readiness::default()),
-    )
-    .await
-    .expect("hostile peer starts");
-    tokio::spawn(service.run());
-    client
-}
+use common::{NodeProcess, args, library_peer, tempdir, wait_for};
+use p2p_mpc_node::network::{NetworkClient, NetworkError, PublishError};
 
 async fn publish_retrying(client: &NetworkClient, data: Vec<u8>) {
     wait_for(
@@ -122,7 +91,13 @@ async fn hostile_input_is_refused_and_the_node_keeps_serving() {
         assert!(closed, "the node closes a connection that speaks garbage");
     }
 
-    let hostile = hostile_peer(&victim.tcp_addr).await;
+    let hostile = library_peer(
+        libp2p::identity::Keypair::generate_ed25519(),
+        &victim.tcp_addr,
+        &["chat"],
+        8 * 1024 * 1024,
+    )
+    .await;
     // Invalid UTF-8 on a chat topic.
     publish_retrying(&hostile, vec![0xff, 0xfe, 0xfd, b'x']).await;
     // Over the victim's 64 KiB payload limit, within its transport frame limit.

@@ -7,29 +7,11 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{NodeProcess, args, tempdir, verify_everywhere, wait_for};
+use common::{NodeProcess, args, post, tempdir, verify_everywhere, wait_for};
 use serde_json::{Value, json};
 
 /// Round deadline of the test nodes, so that dead participants are noticed quickly.
 const ROUND_TIMEOUT_MS: &str = "3000";
-
-fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap()
-}
-
-async fn post(node: &NodeProcess, path: &str, body: Value) -> (u16, Value) {
-    let resp = http()
-        .post(format!("{}{path}", node.api))
-        .json(&body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("{} answers {path}: {e}", node.name));
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
-}
 
 /// Starts nodes `names`, node i with every earlier node as a bootnode (a full mesh), each with
 /// its own identity key and data dir under `dir`; `env_of` gives per-node environment.

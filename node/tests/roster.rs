@@ -7,52 +7,15 @@
 mod common;
 
 use std::path::Path;
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{NodeProcess, args, tempdir, wait_for};
+use common::{NodeProcess, args, identity, library_peer, post, tempdir, wait_for};
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
-use p2p_mpc_node::config::PeerAddr;
-use p2p_mpc_node::metrics::{NodeMetrics, Readiness};
 use p2p_mpc_node::mpc::policy::SigningPolicy;
 use p2p_mpc_node::mpc::wire::{Blob, Body, MpcMessage, SessionId};
-use p2p_mpc_node::network::{MpcSendError, NetworkClient, NetworkService, NetworkSettings};
-use serde_json::{Value, json};
-
-/// A peer run in this process on the node library's network service, dialing `victim`.
-async fn library_peer(key: Keypair, victim: &str) -> NetworkClient {
-    let (peer_id, addr) = p2p_mpc_node::config::parse_peer_multiaddr(victim).unwrap();
-    let settings = NetworkSettings {
-        listen_address: "127.0.0.1".parse().unwrap(),
-        network_port: 0,
-        ws_port: None,
-        topics: vec![],
-        bootnodes: vec![PeerAddr { peer_id, addr }],
-        seed_nodes: vec![],
-        max_connections: 16,
-        max_message_size: 1024 * 1024,
-        roster: None,
-    };
-    let (service, client, _events) = NetworkService::start(
-        key,
-        settings,
-        Default::default(),
-        |r| Arc::new(NodeMetrics::new(r)),
-        Arc::new(Readiness::default()),
-    )
-    .await
-    .expect("library peer starts");
-    tokio::spawn(service.run());
-    client
-}
-
-fn identity(dir: &Path, name: &str) -> (String, PeerId) {
-    let key = p2p_mpc_node::identity::generate();
-    let path = dir.join(format!("{name}.key"));
-    p2p_mpc_node::identity::write_new_keypair(&path, &key).unwrap();
-    (path.display().to_string(), key.public().to_peer_id())
-}
+use p2p_mpc_node::network::{MpcSendError, NetworkClient};
+use serde_json::json;
 
 /// Every file under `dir`, recursively.
 fn files(dir: &Path) -> Vec<std::path::PathBuf> {
@@ -79,19 +42,6 @@ fn refused(page: &str, reason: &str) -> u64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
-}
-
-async fn post(node: &NodeProcess, path: &str, body: Value) -> (u16, Value) {
-    let resp = node
-        .http
-        .post(format!("{}{path}", node.api))
-        .timeout(Duration::from_secs(60))
-        .json(&body)
-        .send()
-        .await
-        .expect("API answers");
-    let status = resp.status().as_u16();
-    (status, resp.json().await.unwrap_or(Value::Null))
 }
 
 /// Sends `body` until the victim answers (the connection may still be coming up), and
@@ -170,7 +120,7 @@ async fn outsiders_get_nothing_and_members_check_every_participant() {
     // A stranger, connected to A.
     let stranger_key = Keypair::generate_ed25519();
     let stranger = stranger_key.public().to_peer_id();
-    let outsider = library_peer(stranger_key, &node_a.tcp_addr).await;
+    let outsider = library_peer(stranger_key, &node_a.tcp_addr, &[], 1024 * 1024).await;
     let invites = vec![
         encode(Body::DkgInvite {
             key_id: "0".repeat(32),
@@ -215,7 +165,7 @@ async fn outsiders_get_nothing_and_members_check_every_participant() {
     );
 
     // A member's invitation that lists a stranger is refused by the participant itself.
-    let rogue = library_peer(member_key, &node_b.tcp_addr).await;
+    let rogue = library_peer(member_key, &node_b.tcp_addr, &[], 1024 * 1024).await;
     let reason = send_refused(
         &rogue,
         b,

@@ -164,16 +164,7 @@ pub(super) async fn sign(
         return Err(MpcError::UnknownKey(key_id).into());
     }
     let mpc = state.mpc.clone();
-    if req.authorizations.len() > crate::mpc::policy::MAX_CLIENTS {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!(
-                "{} authorizations; at most {} are taken",
-                req.authorizations.len(),
-                crate::mpc::policy::MAX_CLIENTS
-            ),
-        ));
-    }
+    check_authorization_count(&req.authorizations)?;
     let authorizations = req.authorizations;
     let answer = tokio::spawn(
         async move { mpc.sign(&key_id, message, authorizations).await }.in_current_span(),
@@ -183,22 +174,28 @@ pub(super) async fn sign(
     Ok(Json(answer))
 }
 
+/// A request carries at most one authorization per client a policy may list.
+fn check_authorization_count(authorizations: &[Authorization]) -> Result<(), ApiError> {
+    let max = crate::mpc::policy::MAX_CLIENTS;
+    if authorizations.len() > max {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "{} authorizations; at most {max} are taken",
+                authorizations.len()
+            ),
+        ));
+    }
+    Ok(())
+}
+
 pub(super) async fn set_policy(
     State(state): State<ApiState>,
     Path(key_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<crate::mpc::policy_change::PolicyChangeResponse>, ApiError> {
     let req: PolicyRequest = parse_body(&body)?;
-    if req.authorizations.len() > crate::mpc::policy::MAX_CLIENTS {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!(
-                "{} authorizations; at most {} are taken",
-                req.authorizations.len(),
-                crate::mpc::policy::MAX_CLIENTS
-            ),
-        ));
-    }
+    check_authorization_count(&req.authorizations)?;
     if state.mpc.key(&key_id).is_none() {
         return Err(MpcError::UnknownKey(key_id).into());
     }

@@ -13,6 +13,7 @@ pub mod faults;
 pub mod metrics;
 pub mod policy;
 pub mod policy_change;
+pub mod replay_guard;
 pub mod session;
 pub mod sign;
 pub mod store;
@@ -94,7 +95,7 @@ struct Inner {
     /// Most sessions one peer's invitations may have running here at once.
     max_sessions_per_peer: usize,
     /// Request ids of signing authorizations already used (on disk) and signing rates.
-    replay_guard: policy::ReplayGuard,
+    replay_guard: replay_guard::ReplayGuard,
 }
 
 /// The node's MPC handle; cheap to clone.
@@ -114,7 +115,7 @@ pub struct EngineSettings {
     /// Most sessions one peer's invitations may have running here.
     pub max_sessions_per_peer: usize,
     /// Used signing request ids and signing rates.
-    pub replay_guard: policy::ReplayGuard,
+    pub replay_guard: replay_guard::ReplayGuard,
 }
 
 impl MpcEngine {
@@ -145,14 +146,15 @@ impl MpcEngine {
         }
     }
 
-    /// Checks a signing request against the key's policy, remembers its request ids and
-    /// counts the outcome. Every holder calls it before it commits to round 1.
+    /// Checks a signing request against the key's policy, reserves its request ids and
+    /// counts the outcome. Every holder calls it, and awaits the returned
+    /// [`Pending::persist`](replay_guard::Pending::persist), before it commits to round 1.
     pub(crate) fn authorize_signing(
         &self,
         key: &store::KeyInfo,
         message: &[u8],
         authorizations: &[policy::Authorization],
-    ) -> Result<(), policy::Refusal> {
+    ) -> Result<replay_guard::Pending, policy::Refusal> {
         let result = self.inner.replay_guard.admit(
             &key.policy,
             &key.key_id,
@@ -162,7 +164,7 @@ impl MpcEngine {
         );
         let kind = if key.policy.open { "open" } else { "clients" };
         let outcome = match &result {
-            Ok(()) => "authorized",
+            Ok(_) => "authorized",
             Err(r) => r.rule,
         };
         self.inner
@@ -171,6 +173,27 @@ impl MpcEngine {
             .with_label_values(&[kind, outcome])
             .inc();
         result
+    }
+
+    /// The key `key_id` as held here, when `coordinator` holds a share of it too: the first
+    /// check of every invitation to use a key.
+    pub(crate) fn key_shared_with(
+        &self,
+        key_id: &str,
+        coordinator: PeerId,
+    ) -> Result<Arc<store::StoredKey>, String> {
+        let local = self.inner.local;
+        let key = self
+            .inner
+            .store
+            .get(key_id)
+            .ok_or_else(|| format!("no key `{key_id}` on peer {local}"))?;
+        if !key.info.participants.contains(&coordinator.to_string()) {
+            return Err(format!(
+                "peer {coordinator} does not hold a share of key {key_id}"
+            ));
+        }
+        Ok(key)
     }
 
     /// The cluster roster this node checks participants against.

@@ -7,12 +7,11 @@
 //! rules. A signing request carries [`Authorization`]s; before it commits a nonce, every
 //! holder checks them with [`SigningPolicy::check`]: listed clients, valid signatures over
 //! a domain-separated encoding of key id, message, request id and expiry, not expired and
-//! not too far ahead, request ids never seen before ([`ReplayGuard`], kept on disk), and
+//! not too far ahead, request ids never seen before (the
+//! [`ReplayGuard`](super::replay_guard::ReplayGuard), kept on disk), and
 //! the rules.
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ed25519_dalek::{Signature, Verifier, VerifyingKey};
@@ -72,7 +71,7 @@ pub struct Refusal {
     pub detail: String,
 }
 
-fn refuse(rule: &'static str, detail: impl Into<String>) -> Refusal {
+pub(crate) fn refuse(rule: &'static str, detail: impl Into<String>) -> Refusal {
     Refusal {
         rule,
         detail: detail.into(),
@@ -251,7 +250,8 @@ impl SigningPolicy {
     }
 
     /// Checks a signing request against the policy at time `now` (unix seconds). Returns the
-    /// request ids with their expiries, to be remembered by the caller's [`ReplayGuard`]
+    /// request ids with their expiries, to be remembered by the caller's
+    /// [`ReplayGuard`](super::replay_guard::ReplayGuard)
     /// (which the check consults through `seen`). Rate limits are the caller's.
     pub fn check(
         &self,
@@ -354,159 +354,6 @@ impl SigningPolicy {
     }
 }
 
-/// Request ids already used, with their expiry, kept in `<data-dir>/sign-requests.json` so
-/// that a restart does not reopen a replay. Expired ids are forgotten.
-pub struct ReplayGuard {
-    path: PathBuf,
-    state: Mutex<GuardState>,
-}
-
-#[derive(Default)]
-struct GuardState {
-    seen: BTreeMap<[u8; 16], u64>,
-    /// Accepted signing requests by key, for the per-minute rule (unix seconds).
-    recent: BTreeMap<String, VecDeque<u64>>,
-}
-
-#[derive(Serialize, Deserialize)]
-struct GuardFile {
-    format: u32,
-    /// Request id (hex) → expiry (unix seconds).
-    seen: BTreeMap<String, u64>,
-}
-
-impl ReplayGuard {
-    /// Loads the guard of `data_dir` (a missing file is an empty guard; a corrupt one is an
-    /// error, since forgetting used ids would reopen replays).
-    pub fn open(data_dir: &Path) -> Result<Self, String> {
-        let path = data_dir.join("sign-requests.json");
-        let mut state = GuardState::default();
-        match std::fs::read(&path) {
-            Ok(bytes) => {
-                let file: GuardFile = serde_json::from_slice(&bytes)
-                    .map_err(|e| format!("{}: {e}", path.display()))?;
-                for (id, exp) in file.seen {
-                    let id = parse_request_id(&id)
-                        .ok_or_else(|| format!("{}: bad request id `{id}`", path.display()))?;
-                    state.seen.insert(id, exp);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
-        }
-        Ok(Self {
-            path,
-            state: Mutex::new(state),
-        })
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, GuardState> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Checks `authorizations` against `policy` and the rate rule and, when they pass,
-    /// remembers their request ids on disk before returning. Called by every holder before
-    /// it commits to round 1.
-    pub fn admit(
-        &self,
-        policy: &SigningPolicy,
-        key_id: &str,
-        message: &[u8],
-        authorizations: &[Authorization],
-        now: u64,
-    ) -> Result<(), Refusal> {
-        self.admit_inner(policy, key_id, message, authorizations, now, true)
-    }
-
-    /// Checks the approvals of a policy change: the current policy's clients, approvals,
-    /// expiry and replay rules apply; its message rules and rate do not (they govern what
-    /// may be signed, not who may change the policy).
-    pub fn admit_change(
-        &self,
-        current: &SigningPolicy,
-        key_id: &str,
-        new_policy: &SigningPolicy,
-        authorizations: &[Authorization],
-        now: u64,
-    ) -> Result<(), Refusal> {
-        let approvals_only = SigningPolicy {
-            max_message_bytes: None,
-            message_prefix: None,
-            max_signatures_per_minute: None,
-            ..current.clone()
-        };
-        let message = policy_change_message(new_policy);
-        self.admit_inner(
-            &approvals_only,
-            key_id,
-            &message,
-            authorizations,
-            now,
-            false,
-        )
-    }
-
-    fn admit_inner(
-        &self,
-        policy: &SigningPolicy,
-        key_id: &str,
-        message: &[u8],
-        authorizations: &[Authorization],
-        now: u64,
-        count_rate: bool,
-    ) -> Result<(), Refusal> {
-        let mut state = self.lock();
-        state.seen.retain(|_, exp| *exp > now);
-        let ids = policy.check(key_id, message, authorizations, now, |id| {
-            state.seen.contains_key(id)
-        })?;
-        if let Some(max) = policy.max_signatures_per_minute.filter(|_| count_rate) {
-            let recent = state.recent.entry(key_id.to_string()).or_default();
-            while recent.front().is_some_and(|t| *t + 60 <= now) {
-                recent.pop_front();
-            }
-            if recent.len() >= max as usize {
-                return Err(refuse(
-                    "max_signatures_per_minute",
-                    format!(
-                        "key {key_id} signed {} times in the last minute; the policy allows {max}",
-                        recent.len()
-                    ),
-                ));
-            }
-            recent.push_back(now);
-        }
-        if ids.is_empty() {
-            return Ok(());
-        }
-        for (id, exp) in &ids {
-            state.seen.insert(*id, *exp);
-        }
-        let file = GuardFile {
-            format: 1,
-            seen: state
-                .seen
-                .iter()
-                .map(|(id, exp)| (hex::encode(id), *exp))
-                .collect(),
-        };
-        let bytes = serde_json::to_vec(&file).expect("serializes");
-        if let Err(e) =
-            crate::atomic_file::write(&self.path, &bytes, crate::atomic_file::Existing::Replace)
-        {
-            // Not remembered durably: refuse rather than risk a replay after a restart.
-            for (id, _) in &ids {
-                state.seen.remove(id);
-            }
-            return Err(refuse(
-                "internal",
-                format!("cannot record the request id: {e}"),
-            ));
-        }
-        Ok(())
-    }
-}
-
 /// Unix seconds now.
 pub fn now() -> u64 {
     std::time::SystemTime::now()
@@ -516,14 +363,14 @@ pub fn now() -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn client() -> ed25519_dalek::SigningKey {
+    pub(crate) fn client() -> ed25519_dalek::SigningKey {
         generate_client_key()
     }
 
-    fn policy(clients: &[&ed25519_dalek::SigningKey], k: u16) -> SigningPolicy {
+    pub(crate) fn policy(clients: &[&ed25519_dalek::SigningKey], k: u16) -> SigningPolicy {
         SigningPolicy {
             open: false,
             clients: clients
@@ -635,42 +482,5 @@ mod tests {
         let mut upper = good.clone();
         upper.clients[0] = upper.clients[0].to_uppercase();
         assert!(SigningPolicy::from_bytes(&serde_json::to_vec(&upper).unwrap()).is_err());
-    }
-
-    #[test]
-    fn the_guard_remembers_ids_across_restarts_and_limits_the_rate() {
-        let dir = tempfile::tempdir().unwrap();
-        let a = client();
-        let mut p = policy(&[&a], 1);
-        p.max_signatures_per_minute = Some(2);
-        let now = 5_000;
-        let auth = vec![authorize(&a, "k", b"m", now + 30)];
-        let guard = ReplayGuard::open(dir.path()).unwrap();
-        guard.admit(&p, "k", b"m", &auth, now).unwrap();
-        assert_eq!(
-            guard.admit(&p, "k", b"m", &auth, now).unwrap_err().rule,
-            "replayed"
-        );
-        let again = ReplayGuard::open(dir.path()).unwrap();
-        assert_eq!(
-            again.admit(&p, "k", b"m", &auth, now).unwrap_err().rule,
-            "replayed"
-        );
-        let second = vec![authorize(&a, "k", b"m", now + 30)];
-        let third = vec![authorize(&a, "k", b"m", now + 30)];
-        guard.admit(&p, "k", b"m", &second, now).unwrap();
-        assert_eq!(
-            guard
-                .admit(&p, "k", b"m", &third, now + 1)
-                .unwrap_err()
-                .rule,
-            "max_signatures_per_minute"
-        );
-        // A minute later the rate allows it again.
-        let later = vec![authorize(&a, "k", b"m", now + 100)];
-        guard.admit(&p, "k", b"m", &later, now + 61).unwrap();
-        // A corrupt file is an error, not an empty guard.
-        std::fs::write(dir.path().join("sign-requests.json"), "{").unwrap();
-        assert!(ReplayGuard::open(dir.path()).is_err());
     }
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{Instrument, warn};
 
 use super::policy::{self, Authorization, SigningPolicy};
+use super::replay_guard::Pending;
 use super::session::{SessionError, SessionInbox, join_peers};
 use super::wire::{Blob, Body, Protocol, SessionId};
 use super::{MpcEngine, MpcError, parse_peers, unreachable_error};
@@ -47,13 +48,17 @@ impl MpcEngine {
                 "test fault: changing the policy without checking the approvals"
             );
         } else {
-            self.inner.replay_guard.admit_change(
-                &key.info.policy,
-                key_id,
-                &new_policy,
-                &authorizations,
-                policy::now(),
-            )?;
+            self.inner
+                .replay_guard
+                .admit_change(
+                    &key.info.policy,
+                    key_id,
+                    &new_policy,
+                    &authorizations,
+                    policy::now(),
+                )?
+                .persist()
+                .await?;
         }
         let local = self.inner.local;
         let others: Vec<PeerId> = parse_peers(&key.info.participants)
@@ -135,27 +140,21 @@ impl MpcEngine {
         authorizations: Vec<Authorization>,
     ) -> Result<(), String> {
         let local = self.inner.local;
-        let key = self
-            .inner
-            .store
-            .get(&key_id)
-            .ok_or_else(|| format!("no key `{key_id}` on peer {local}"))?;
-        if !key.info.participants.contains(&coordinator.to_string()) {
-            return Err(format!(
-                "peer {coordinator} does not hold a share of key {key_id}"
-            ));
-        }
+        let key = self.key_shared_with(&key_id, coordinator)?;
         let new_policy = SigningPolicy::from_bytes(policy_bytes)?;
-        if let Err(refusal) = self.inner.replay_guard.admit_change(
+        let pending = match self.inner.replay_guard.admit_change(
             &key.info.policy,
             &key_id,
             &new_policy,
             &authorizations,
             policy::now(),
         ) {
-            warn!(%coordinator, key_id, rule = refusal.rule, "policy change refused");
-            return Err(format!("peer {local}: {refusal}"));
-        }
+            Ok(pending) => pending,
+            Err(refusal) => {
+                warn!(%coordinator, key_id, rule = refusal.rule, "policy change refused");
+                return Err(format!("peer {local}: {refusal}"));
+            }
+        };
         let inbox = self
             .inner
             .router
@@ -164,7 +163,7 @@ impl MpcEngine {
         let engine = self.clone();
         tokio::spawn(
             async move {
-                let run = engine.store_new_policy(inbox, coordinator, key_id, new_policy);
+                let run = engine.store_new_policy(inbox, coordinator, key_id, new_policy, pending);
                 let _ = engine
                     .run_session(
                         Protocol::PolicyChange,
@@ -186,7 +185,13 @@ impl MpcEngine {
         coordinator: PeerId,
         key_id: String,
         new_policy: SigningPolicy,
+        pending: Pending,
     ) -> Result<(), SessionError> {
+        let local = self.inner.local;
+        pending
+            .persist()
+            .await
+            .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
         let digest = new_policy.digest();
         self.inner
             .store

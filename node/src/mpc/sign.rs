@@ -58,7 +58,9 @@ impl MpcEngine {
                 "test fault: signing without checking the key's policy"
             );
         } else {
-            self.authorize_signing(&key.info, &message, &authorizations)?;
+            self.authorize_signing(&key.info, &message, &authorizations)?
+                .persist()
+                .await?;
         }
         let local = self.inner.local;
         let holders = parse_peers(&key.info.participants).map_err(MpcError::Internal)?;
@@ -283,21 +285,15 @@ impl MpcEngine {
         authorizations: Vec<Authorization>,
     ) -> Result<(), String> {
         let local = self.inner.local;
-        let key = self
-            .inner
-            .store
-            .get(&key_id)
-            .ok_or_else(|| format!("no key `{key_id}` on peer {local}"))?;
-        if !key.info.participants.contains(&coordinator.to_string()) {
-            return Err(format!(
-                "peer {coordinator} does not hold a share of key {key_id}"
-            ));
-        }
+        let key = self.key_shared_with(&key_id, coordinator)?;
         // This holder's own check of the key's policy, whatever the coordinator decided.
-        if let Err(refusal) = self.authorize_signing(&key.info, &message, &authorizations) {
-            warn!(%coordinator, key_id, rule = refusal.rule, "signing request refused by the key's policy");
-            return Err(format!("peer {local}: {refusal}"));
-        }
+        let pending = match self.authorize_signing(&key.info, &message, &authorizations) {
+            Ok(pending) => pending,
+            Err(refusal) => {
+                warn!(%coordinator, key_id, rule = refusal.rule, "signing request refused by the key's policy");
+                return Err(format!("peer {local}: {refusal}"));
+            }
+        };
         // Only the coordinator may talk to this side of a signing session.
         let mut inbox = self
             .inner
@@ -312,6 +308,11 @@ impl MpcEngine {
                     engine.intrude(&key.info.participants, coordinator, session).await;
                 }
                 let run = async {
+                    // The request ids are on disk before this holder commits to anything.
+                    pending
+                        .persist()
+                        .await
+                        .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
                     let mut rng = rand_core::OsRng;
                     let (nonces, commitments) =
                         frost::round1::commit(key.key_package.signing_share(), &mut rng);

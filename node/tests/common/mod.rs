@@ -421,3 +421,61 @@ print('ok')";
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// POSTs `body` as JSON to `node`'s API; returns the status and the JSON answer (`Null`
+/// when the answer is not JSON). Slow operations (a DKG, a collect) get two minutes.
+pub async fn post(node: &NodeProcess, path: &str, body: impl serde::Serialize) -> (u16, Value) {
+    let resp = node
+        .http
+        .post(format!("{}{path}", node.api))
+        .timeout(Duration::from_secs(120))
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{} answers {path}: {e}", node.name));
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// A new identity key written to `<dir>/<name>.key`: its path and its peer id.
+pub fn identity(dir: &Path, name: &str) -> (String, libp2p::PeerId) {
+    let key = p2p_mpc_node::identity::generate();
+    let path = dir.join(format!("{name}.key"));
+    p2p_mpc_node::identity::write_new_keypair(&path, &key).unwrap();
+    (path.display().to_string(), key.public().to_peer_id())
+}
+
+/// A peer run in this test process on the node library's own network service, dialing
+/// `victim` (a `/ip4/…/p2p/…` address): it can send what an honest node never would.
+pub async fn library_peer(
+    key: libp2p::identity::Keypair,
+    victim: &str,
+    topics: &[&str],
+    max_message_size: usize,
+) -> p2p_mpc_node::network::NetworkClient {
+    use p2p_mpc_node::metrics::{NodeMetrics, Readiness};
+    use p2p_mpc_node::network::{NetworkService, NetworkSettings};
+    let (peer_id, addr) = p2p_mpc_node::config::parse_peer_multiaddr(victim).unwrap();
+    let settings = NetworkSettings {
+        listen_address: "127.0.0.1".parse().unwrap(),
+        network_port: 0,
+        ws_port: None,
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        bootnodes: vec![p2p_mpc_node::config::PeerAddr { peer_id, addr }],
+        seed_nodes: vec![],
+        max_connections: 16,
+        max_message_size,
+        roster: None,
+    };
+    let (service, client, _events) = NetworkService::start(
+        key,
+        settings,
+        Default::default(),
+        |r| Arc::new(NodeMetrics::new(r)),
+        Arc::new(Readiness::default()),
+    )
+    .await
+    .expect("the library peer starts");
+    tokio::spawn(service.run());
+    client
+}

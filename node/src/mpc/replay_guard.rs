@@ -1,0 +1,405 @@
+//! The signing-request ids a holder has used, so that no authorization is used twice.
+//!
+//! Every holder checks a request's authorizations against the key's policy and remembers
+//! their request ids until they expire. The check and the reservation happen in memory,
+//! under a short lock, on whatever task handles the request (for a holder, the router's
+//! loop, which must never wait on a disk). What makes the ids durable is a separate,
+//! asynchronous step that the caller awaits before it commits to round 1: an append to
+//! `<data-dir>/sign-requests.log` with `fdatasync`, off the async threads. The log is one
+//! line per id (`<32 hex digits> <expiry in unix seconds>`); it is compacted when it opens
+//! and whenever it holds more than twice the live ids (plus some slack).
+//!
+//! A torn last line (a crash in the middle of an append) is ignored: its append never
+//! returned, so the request it belonged to was never signed. Any other malformed line
+//! stops the node with the line's number, since forgetting used ids would reopen replays.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::policy::{self, Authorization, Refusal, SigningPolicy};
+
+/// The log's file name in the data directory.
+pub const LOG_FILE: &str = "sign-requests.log";
+/// Lines a log may hold beyond twice the live ids before it is compacted.
+const COMPACT_SLACK: usize = 1024;
+
+/// See the module docs. Cheap to clone; clones share the ids and the log.
+#[derive(Clone)]
+pub struct ReplayGuard {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    state: Mutex<State>,
+    /// Serializes appends and compactions; only ever locked on a blocking thread.
+    log: Mutex<Log>,
+}
+
+#[derive(Default)]
+struct State {
+    seen: HashMap<[u8; 16], u64>,
+    by_expiry: BTreeSet<(u64, [u8; 16])>,
+    /// Accepted signing requests by key, for the per-minute rule (unix seconds).
+    recent: HashMap<String, VecDeque<u64>>,
+}
+
+struct Log {
+    file: File,
+    lines: usize,
+}
+
+/// Request ids admitted in memory that are not yet on disk. Await
+/// [`persist`](Self::persist) before committing to round 1.
+#[must_use = "the request ids are not durable until `persist` returns"]
+pub struct Pending {
+    guard: ReplayGuard,
+    ids: Vec<([u8; 16], u64)>,
+}
+
+impl State {
+    fn forget_expired(&mut self, now: u64) {
+        while let Some(&(exp, id)) = self.by_expiry.first() {
+            if exp > now {
+                break;
+            }
+            self.by_expiry.pop_first();
+            self.seen.remove(&id);
+        }
+    }
+
+    fn insert(&mut self, id: [u8; 16], exp: u64) {
+        if let Some(old) = self.seen.insert(id, exp) {
+            self.by_expiry.remove(&(old, id));
+        }
+        self.by_expiry.insert((exp, id));
+    }
+}
+
+fn line(id: &[u8; 16], exp: u64) -> String {
+    format!("{} {exp}\n", hex::encode(id))
+}
+
+fn parse_line(text: &str) -> Option<([u8; 16], u64)> {
+    let (id, exp) = text.split_once(' ')?;
+    let id = <[u8; 16]>::try_from(hex::decode(id).ok()?).ok()?;
+    Some((id, exp.parse().ok()?))
+}
+
+fn open_append(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .append(true)
+        .create(true)
+        .mode(0o600)
+        .open(path)
+}
+
+/// Rewrites the log atomically with the live ids only.
+fn compact(path: &Path, state: &State) -> std::io::Result<(File, usize)> {
+    let mut text = String::with_capacity(state.seen.len() * 44);
+    for (exp, id) in &state.by_expiry {
+        text.push_str(&line(id, *exp));
+    }
+    crate::atomic_file::write(path, text.as_bytes(), crate::atomic_file::Existing::Replace)?;
+    Ok((open_append(path)?, state.seen.len()))
+}
+
+impl ReplayGuard {
+    /// Loads the guard of `data_dir` (a missing log is an empty guard; a corrupt one is an
+    /// error naming the line) and compacts the log.
+    pub fn open(data_dir: &Path) -> Result<Self, String> {
+        Self::open_at(data_dir, policy::now())
+    }
+
+    fn open_at(data_dir: &Path, now: u64) -> Result<Self, String> {
+        let path = data_dir.join(LOG_FILE);
+        let mut state = State::default();
+        match std::fs::read(&path) {
+            Ok(bytes) => {
+                let text = String::from_utf8(bytes)
+                    .map_err(|_| format!("{}: the file is not text", path.display()))?;
+                let complete = match text.rfind('\n') {
+                    Some(end) => &text[..=end],
+                    None => "",
+                };
+                for (n, l) in complete.lines().enumerate() {
+                    let (id, exp) = parse_line(l).ok_or_else(|| {
+                        format!(
+                            "{} line {}: expected `<32 hex digits> <unix seconds>`",
+                            path.display(),
+                            n + 1
+                        )
+                    })?;
+                    state.insert(id, exp);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
+        }
+        state.forget_expired(now);
+        let (file, lines) =
+            compact(&path, &state).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                state: Mutex::new(state),
+                log: Mutex::new(Log { file, lines }),
+            }),
+        })
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Checks `authorizations` against `policy` and the rate rule and, when they pass,
+    /// reserves their request ids in memory (a second request with the same ids is refused
+    /// from now on). No disk I/O: the caller awaits [`Pending::persist`] before round 1.
+    pub fn admit(
+        &self,
+        policy: &SigningPolicy,
+        key_id: &str,
+        message: &[u8],
+        authorizations: &[Authorization],
+        now: u64,
+    ) -> Result<Pending, Refusal> {
+        self.admit_inner(policy, key_id, message, authorizations, now, true)
+    }
+
+    /// Checks the approvals of a policy change: the current policy's clients, approvals,
+    /// expiry and replay rules apply; its message rules and rate do not (they govern what
+    /// may be signed, not who may change the policy).
+    pub fn admit_change(
+        &self,
+        current: &SigningPolicy,
+        key_id: &str,
+        new_policy: &SigningPolicy,
+        authorizations: &[Authorization],
+        now: u64,
+    ) -> Result<Pending, Refusal> {
+        let approvals_only = SigningPolicy {
+            max_message_bytes: None,
+            message_prefix: None,
+            max_signatures_per_minute: None,
+            ..current.clone()
+        };
+        let message = policy::policy_change_message(new_policy);
+        self.admit_inner(
+            &approvals_only,
+            key_id,
+            &message,
+            authorizations,
+            now,
+            false,
+        )
+    }
+
+    fn admit_inner(
+        &self,
+        policy: &SigningPolicy,
+        key_id: &str,
+        message: &[u8],
+        authorizations: &[Authorization],
+        now: u64,
+        count_rate: bool,
+    ) -> Result<Pending, Refusal> {
+        let mut state = self.state();
+        state.forget_expired(now);
+        let ids = policy.check(key_id, message, authorizations, now, |id| {
+            state.seen.contains_key(id)
+        })?;
+        if let Some(max) = policy.max_signatures_per_minute.filter(|_| count_rate) {
+            let recent = state.recent.entry(key_id.to_string()).or_default();
+            while recent.front().is_some_and(|t| *t + 60 <= now) {
+                recent.pop_front();
+            }
+            if recent.len() >= max as usize {
+                return Err(policy::refuse(
+                    "max_signatures_per_minute",
+                    format!(
+                        "key {key_id} signed {} times in the last minute; the policy allows {max}",
+                        recent.len()
+                    ),
+                ));
+            }
+            recent.push_back(now);
+        }
+        for (id, exp) in &ids {
+            state.insert(*id, *exp);
+        }
+        Ok(Pending {
+            guard: self.clone(),
+            ids,
+        })
+    }
+
+    /// Appends `ids` to the log and syncs it; compacts first when the log has grown.
+    fn append(&self, ids: &[([u8; 16], u64)]) -> std::io::Result<()> {
+        let inner = &self.inner;
+        let mut log = inner.log.lock().unwrap_or_else(|e| e.into_inner());
+        let live = self.state().seen.len();
+        if log.lines > 2 * live + COMPACT_SLACK {
+            // The reserved ids are in memory already, so the compacted log holds them too.
+            let state = self.state();
+            let (file, lines) = compact(&inner.path, &state)?;
+            drop(state);
+            *log = Log { file, lines };
+            return Ok(());
+        }
+        let text: String = ids.iter().map(|(id, exp)| line(id, *exp)).collect();
+        log.file.write_all(text.as_bytes())?;
+        log.file.sync_data()?;
+        log.lines += ids.len();
+        Ok(())
+    }
+}
+
+impl Pending {
+    /// Makes the reserved ids durable (an open policy has none: nothing to do). On failure
+    /// the request must be refused: after a restart its ids would be forgotten.
+    pub async fn persist(self) -> Result<(), Refusal> {
+        if self.ids.is_empty() {
+            return Ok(());
+        }
+        let Pending { guard, ids } = self;
+        let result = tokio::task::spawn_blocking(move || guard.append(&ids)).await;
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(policy::refuse(
+                "internal",
+                format!("cannot record the request id: {e}"),
+            )),
+            Err(e) => Err(policy::refuse(
+                "internal",
+                format!("cannot record the request id: {e}"),
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mpc::policy::authorize;
+    use crate::mpc::policy::tests::{client, policy};
+
+    #[tokio::test]
+    async fn ids_survive_a_restart_once_persisted_and_the_rate_is_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = client();
+        let mut p = policy(&[&a], 1);
+        p.max_signatures_per_minute = Some(2);
+        let now = policy::now();
+        let auth = vec![authorize(&a, "k", b"m", now + 30)];
+        let guard = ReplayGuard::open(dir.path()).unwrap();
+        guard
+            .admit(&p, "k", b"m", &auth, now)
+            .unwrap()
+            .persist()
+            .await
+            .unwrap();
+        // Reserved in memory: refused at once, before any disk write.
+        assert_eq!(
+            guard.admit(&p, "k", b"m", &auth, now).err().unwrap().rule,
+            "replayed"
+        );
+        let again = ReplayGuard::open(dir.path()).unwrap();
+        assert_eq!(
+            again.admit(&p, "k", b"m", &auth, now).err().unwrap().rule,
+            "replayed"
+        );
+        let second = vec![authorize(&a, "k", b"m", now + 30)];
+        let third = vec![authorize(&a, "k", b"m", now + 30)];
+        let _ = guard.admit(&p, "k", b"m", &second, now).unwrap();
+        assert_eq!(
+            guard
+                .admit(&p, "k", b"m", &third, now + 1)
+                .err()
+                .unwrap()
+                .rule,
+            "max_signatures_per_minute"
+        );
+        // A minute later the rate allows it again.
+        let later = vec![authorize(&a, "k", b"m", now + 100)];
+        let _ = guard.admit(&p, "k", b"m", &later, now + 61).unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_torn_last_line_is_ignored_and_a_bad_line_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = client();
+        let p = policy(&[&a], 1);
+        let now = policy::now();
+        let auth = vec![authorize(&a, "k", b"m", now + 30)];
+        let guard = ReplayGuard::open(dir.path()).unwrap();
+        guard
+            .admit(&p, "k", b"m", &auth, now)
+            .unwrap()
+            .persist()
+            .await
+            .unwrap();
+        drop(guard);
+        let path = dir.path().join(LOG_FILE);
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"0123456789abcdef01").unwrap();
+        drop(f);
+        let reopened = ReplayGuard::open(dir.path()).unwrap();
+        assert_eq!(
+            reopened
+                .admit(&p, "k", b"m", &auth, now)
+                .err()
+                .unwrap()
+                .rule,
+            "replayed"
+        );
+        drop(reopened);
+        // Compaction dropped the torn line.
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        std::fs::write(&path, format!("{text}not an id\n")).unwrap();
+        let err = ReplayGuard::open(dir.path()).err().unwrap();
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn expired_ids_are_forgotten_and_the_log_is_compacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = client();
+        let p = policy(&[&a], 1);
+        let start = policy::now();
+        let guard = ReplayGuard::open_at(dir.path(), start).unwrap();
+        // Many short-lived ids, each persisted as its own append.
+        let total = 2 * COMPACT_SLACK + 10;
+        for i in 0..total as u64 {
+            let now = start + i;
+            let auth = vec![authorize(&a, "k", b"m", now + 1)];
+            guard
+                .admit(&p, "k", b"m", &auth, now)
+                .unwrap()
+                .persist()
+                .await
+                .unwrap();
+        }
+        let lines = std::fs::read_to_string(dir.path().join(LOG_FILE))
+            .unwrap()
+            .lines()
+            .count();
+        assert!(lines < total, "the log was never compacted: {lines} lines");
+        assert!(
+            guard.state().seen.len() <= 2,
+            "expired ids stayed in memory"
+        );
+        // Reopening later forgets them all and leaves an empty log.
+        drop(guard);
+        let later = ReplayGuard::open_at(dir.path(), start + total as u64 + 5).unwrap();
+        assert!(later.state().seen.is_empty());
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap(),
+            ""
+        );
+    }
+}
