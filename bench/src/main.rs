@@ -3,6 +3,7 @@
 //! writes `target/bench/results.json`. See BENCHMARKS.md.
 
 mod aggregation;
+mod flood;
 mod footprint;
 mod frost;
 mod gossip;
@@ -28,6 +29,8 @@ enum Suite {
     Operator,
     /// Node start time and memory.
     Footprint,
+    /// Signing while an outsider, then a member, floods the coordinator, against quiet.
+    Flood,
     /// Secure aggregation: ingest and a million-value vector, against plaintext and transfers.
     Aggregation,
     /// Point-to-point transfer over request-response, against raw TCP.
@@ -60,7 +63,7 @@ async fn main() -> ExitCode {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = anyhow::Result<Vec<results::Figure>>>>,
     >;
-    let suites: [(Suite, &str, Bench); 6] = [
+    let suites: [(Suite, &str, Bench); 7] = [
         (Suite::Footprint, "footprint", |q| {
             Box::pin(footprint::run(q))
         }),
@@ -77,6 +80,7 @@ async fn main() -> ExitCode {
                 Ok(figures)
             })
         }),
+        (Suite::Flood, "flood", |q| Box::pin(flood::run(q))),
         (Suite::Gossip, "gossip", |q| Box::pin(gossip::run(q))),
         (Suite::Aggregation, "aggregation", |q| {
             Box::pin(aggregation::run_standalone(q))

@@ -234,11 +234,22 @@ async fn cluster_of(
     args: &[String],
     env: &[(&str, &str)],
 ) -> anyhow::Result<Vec<Node>> {
-    let first = Node::start_with_env(bin, &dir.join("n0"), args, env, Box::new(|_, _| {}))?;
+    cluster_each(bin, dir, n, |_| args.to_vec(), env).await
+}
+
+/// Like [`cluster`], with arguments of its own for node `i` (`args_of(i)`).
+pub async fn cluster_each(
+    bin: &Path,
+    dir: &Path,
+    n: usize,
+    args_of: impl Fn(usize) -> Vec<String>,
+    env: &[(&str, &str)],
+) -> anyhow::Result<Vec<Node>> {
+    let first = Node::start_with_env(bin, &dir.join("n0"), &args_of(0), env, Box::new(|_, _| {}))?;
     let boot = first.tcp_addr.clone();
     let mut nodes = vec![first];
     for i in 1..n {
-        let mut extra = args.to_vec();
+        let mut extra = args_of(i);
         extra.extend(["--bootnode".to_string(), boot.clone()]);
         nodes.push(Node::start_with_env(
             bin,

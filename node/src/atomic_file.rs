@@ -57,13 +57,40 @@ pub fn open_state_dir(dir: &Path) -> std::io::Result<StateDir> {
     Ok(state)
 }
 
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+/// Moves a state file to its final name (both in one directory), durably: rename, then
+/// fsync of the directory. Never replaces an existing file.
+pub fn promote(from: &Path, to: &Path) -> std::io::Result<()> {
+    fs::hard_link(from, to)?;
+    fs::remove_file(from)?;
+    fs::File::open(parent_of(to))?.sync_all()
+}
+
+/// Removes state files durably (a missing one is not an error).
+pub fn remove(paths: &[PathBuf]) -> std::io::Result<()> {
+    for path in paths {
+        match fs::remove_file(path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    match paths.first() {
+        Some(p) => fs::File::open(parent_of(p))?.sync_all(),
+        None => Ok(()),
+    }
+}
+
 /// Writes `bytes` to `path` (mode 0600) atomically; see the module docs.
 pub fn write(path: &Path, bytes: &[u8], existing: Existing) -> std::io::Result<()> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
-    let parent = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
+    let parent = parent_of(path);
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -193,6 +193,18 @@ pub struct NodeArgs {
           value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub mpc_max_sessions_per_peer: u32,
 
+    /// Most keys held on this node that one peer created (coordinated), this node included;
+    /// further DKG invitations from that peer are refused.
+    #[arg(long, env = "P2P_MPC_MPC_MAX_KEYS_PER_CREATOR", default_value_t = 1000, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub mpc_max_keys_per_creator: u32,
+
+    /// Most aggregation tasks held on this node that one peer created, this node included;
+    /// further task invitations from that peer are refused.
+    #[arg(long, env = "P2P_MPC_MPC_MAX_TASKS_PER_CREATOR", default_value_t = 100, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub mpc_max_tasks_per_creator: u32,
+
     /// Maximum size in bytes of one gossip message.
     #[arg(long, env = "P2P_MPC_MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES",
           value_parser = parse_max_message_size)]

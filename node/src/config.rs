@@ -86,6 +86,8 @@ pub struct FileConfig {
     pub max_message_size: Option<usize>,
     pub mpc_round_timeout: Option<u64>,
     pub mpc_max_sessions_per_peer: Option<u32>,
+    pub mpc_max_keys_per_creator: Option<u32>,
+    pub mpc_max_tasks_per_creator: Option<u32>,
     /// Per-node settings by node name (`--pod-name`), e.g. written by the operator.
     pub pods: Option<BTreeMap<String, PodConfig>>,
 }
@@ -186,6 +188,10 @@ pub struct NodeConfig {
     pub mpc_round_timeout: std::time::Duration,
     /// Most sessions one peer's invitations may have running here.
     pub mpc_max_sessions_per_peer: usize,
+    /// Most keys held here that one peer created (coordinated).
+    pub mpc_max_keys_per_creator: usize,
+    /// Most aggregation tasks held here that one peer created.
+    pub mpc_max_tasks_per_creator: usize,
     /// The node's name in the `pods` section, if given.
     pub pod_name: Option<String>,
 }
@@ -393,6 +399,23 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         ));
     }
 
+    let mpc_max_keys_per_creator: u32 = pick!(mpc_max_keys_per_creator);
+    if !(1..=1_000_000).contains(&mpc_max_keys_per_creator) {
+        return Err(invalid(
+            &origin_of("mpc_max_keys_per_creator"),
+            "mpc_max_keys_per_creator".into(),
+            format!("must be from 1 to 1000000, not {mpc_max_keys_per_creator}"),
+        ));
+    }
+    let mpc_max_tasks_per_creator: u32 = pick!(mpc_max_tasks_per_creator);
+    if !(1..=100_000).contains(&mpc_max_tasks_per_creator) {
+        return Err(invalid(
+            &origin_of("mpc_max_tasks_per_creator"),
+            "mpc_max_tasks_per_creator".into(),
+            format!("must be from 1 to 100000, not {mpc_max_tasks_per_creator}"),
+        ));
+    }
+
     let jaeger_host: String = pick!(jaeger_host);
     if jaeger_host.trim().is_empty() || jaeger_host.contains(['/', ' ']) {
         return Err(invalid(
@@ -439,6 +462,8 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         max_message_size,
         mpc_round_timeout: std::time::Duration::from_secs(mpc_round_timeout),
         mpc_max_sessions_per_peer: mpc_max_sessions_per_peer as usize,
+        mpc_max_keys_per_creator: mpc_max_keys_per_creator as usize,
+        mpc_max_tasks_per_creator: mpc_max_tasks_per_creator as usize,
         pod_name: args.pod_name.clone(),
     })
 }

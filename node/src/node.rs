@@ -99,6 +99,9 @@ pub async fn run(
     for (path, reason) in &report.unreadable {
         warn!(path = %path.display(), %reason, "key file ignored");
     }
+    for path in &report.removed_pending {
+        warn!(path = %path.display(), "removed a key share whose DKG never completed");
+    }
     info!(keys = report.loaded, dir = %key_store.dir().display(), "key shares loaded");
     let faults = Faults::from_env().map_err(NodeError::Faults)?;
     if faults.any() {
@@ -157,13 +160,16 @@ pub async fn run(
         max_message_size: config.max_message_size,
         roster: Some(roster.clone()),
     };
-    let (aggregation_store, unreadable) = crate::mpc::aggregation::store::AggregationStore::open(
+    let (aggregation_store, opened) = crate::mpc::aggregation::store::AggregationStore::open(
         &config.data_dir,
         &peer_id.to_string(),
     )
     .map_err(|e| NodeError::Aggregation(e.to_string()))?;
-    for (path, reason) in &unreadable {
+    for (path, reason) in &opened.unreadable {
         warn!(path = %path.display(), %reason, "aggregation task file ignored");
+    }
+    for path in &opened.removed_pending {
+        warn!(path = %path.display(), "removed an aggregation task whose creation never completed");
     }
     let hpke_key =
         crate::mpc::aggregation::encryption::EncryptionKey::load_or_create(aggregation_store.dir())
@@ -195,6 +201,8 @@ pub async fn run(
             round_timeout,
             roster,
             max_sessions_per_peer: config.mpc_max_sessions_per_peer,
+            max_keys_per_creator: config.mpc_max_keys_per_creator,
+            max_tasks_per_creator: config.mpc_max_tasks_per_creator,
             replay_guard,
         },
     );

@@ -330,6 +330,32 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
         "{body}"
     );
 
+    // A report body over the task's largest legal report (here: legal JSON padded with
+    // whitespace) is refused with 413 and counted; it is not read past the limit.
+    let limit = p2p_mpc_node::api::body::report(5, len);
+    let mut padded = serde_json::to_vec(&accepted[0]).unwrap();
+    padded.splice(1..1, std::iter::repeat_n(b' ', limit));
+    let r = http()
+        .post(format!(
+            "{}/v1/aggregations/{task_id}/reports",
+            nodes[1].api
+        ))
+        .header("content-type", "application/json")
+        .body(padded)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "body_too_large", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("at most {limit} bytes")),
+        "{body}"
+    );
+
     let out = Command::new(bin())
         .args([
             "aggregate",

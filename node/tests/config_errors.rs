@@ -166,6 +166,13 @@ fn bad_values_of_the_right_type() {
         "mpc_round_timeout: 0\n",
         &["mpc_round_timeout", "from 1 to 600 seconds"],
     );
+    for key in [
+        "mpc_max_sessions_per_peer",
+        "mpc_max_keys_per_creator",
+        "mpc_max_tasks_per_creator",
+    ] {
+        assert_config_error(&format!("{key}: 0\n"), &[key, "must be from 1 to", "not 0"]);
+    }
     assert_config_error("topics: [\"\"]\n", &["topics[0]", "must not be empty"]);
     assert_config_error(
         "api_token_file: /nonexistent/token\n",

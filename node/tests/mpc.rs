@@ -986,3 +986,219 @@ async fn every_holder_checks_the_signing_policy() {
         "max_signatures_per_minute",
     );
 }
+
+/// The `.pending.json` files under a node's key directory.
+fn pending_files(dir: &Path, name: &str) -> Vec<String> {
+    let keys = dir.join(format!("data-{name}/keys"));
+    std::fs::read_dir(&keys)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(".pending.json"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn key_count(node: &NodeProcess) -> usize {
+    node.get("/v1/keys").await.unwrap()["keys"]
+        .as_array()
+        .map_or(0, Vec::len)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creator_caps_hold_on_every_participant_and_unconfirmed_keys_are_discarded() {
+    let dir = tempdir();
+    // `capped` takes at most one key and one task from each creator; `mute` stores its DKG
+    // share but never confirms it.
+    let nodes = start_cluster(
+        dir.path(),
+        &["p0", "p1", "capped", "mute"],
+        |name| match name {
+            "capped" => vec![
+                ("P2P_MPC_MPC_MAX_KEYS_PER_CREATOR", "1"),
+                ("P2P_MPC_MPC_MAX_TASKS_PER_CREATOR", "1"),
+            ],
+            "mute" => vec![("P2P_MPC_TEST_FAULT", "withhold-dkg-stored")],
+            _ => vec![],
+        },
+    )
+    .await;
+    let (p0, p1, capped, mute) = (&nodes[0], &nodes[1], &nodes[2], &nodes[3]);
+    let ids =
+        |ns: &[&NodeProcess]| -> Vec<String> { ns.iter().map(|n| n.peer_id.clone()).collect() };
+
+    // One key from p0 is taken by `capped`; the second is refused by `capped` itself.
+    create_key(p0, 2, &[p0, p1, capped]).await;
+    let (status, body) = post(
+        p0,
+        "/v1/keys",
+        json!({"threshold": 2, "participants": ids(&[p0, p1, capped]), "policy": {"open": true}}),
+    )
+    .await;
+    assert_ne!(status, 201, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&capped.peer_id) && error.contains("mpc_max_keys_per_creator"),
+        "the refusal names the participant and the setting: {body}"
+    );
+    assert_eq!(key_count(p0).await, 1, "the refused DKG left no key on p0");
+    assert_eq!(key_count(capped).await, 1);
+    // A key `capped` makes itself counts against its own cap: the second is a 429.
+    create_key(capped, 2, &[capped, p0]).await;
+    let (status, body) = post(
+        capped,
+        "/v1/keys",
+        json!({"threshold": 2, "participants": ids(&[capped, p0]), "policy": {"open": true}}),
+    )
+    .await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["code"], "limit_reached", "{body}");
+    // Other creators are not affected by p0's count.
+    let key = create_key(p1, 2, &[p1, capped]).await;
+    let (status, body) = sign(capped, key["key_id"].as_str().unwrap(), b"capped signs").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Aggregation tasks: the same rule, checked by `capped` for a task p0 creates.
+    let task = json!({"participants": ids(&[p0, p1, capped]), "threshold": 1, "length": 4, "min_reports": 1});
+    let (status, body) = post(p0, "/v1/aggregations", &task).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = post(p0, "/v1/aggregations", &task).await;
+    assert_ne!(status, 201, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains(&capped.peer_id) && error.contains("mpc_max_tasks_per_creator"),
+        "{body}"
+    );
+    let task_files = std::fs::read_dir(dir.path().join("data-p0/aggregation"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".json"))
+        .count();
+    assert_eq!(
+        task_files, 2,
+        "p0 keeps one task (file and state), not the refused one"
+    );
+
+    // A DKG that one participant never confirms: no node keeps the key, pending or not.
+    let mut counts = Vec::new();
+    for n in [p0, p1, mute] {
+        counts.push(key_count(n).await);
+    }
+    let (status, body) = post(
+        p0,
+        "/v1/keys",
+        json!({"threshold": 2, "participants": ids(&[p0, p1, mute]), "policy": {"open": true}}),
+    )
+    .await;
+    assert_eq!(status, 502, "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("confirmed storing") && error.contains("discarded"),
+        "{body}"
+    );
+    for (n, count) in [p0, p1, mute].into_iter().zip(counts) {
+        wait_for(
+            &format!("{} to drop the unconfirmed share", n.name),
+            Duration::from_secs(30),
+            || async {
+                let pending = pending_files(dir.path(), &n.name);
+                if pending.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{pending:?}"))
+                }
+            },
+        )
+        .await;
+        assert_eq!(key_count(n).await, count, "{} lists no new key", n.name);
+    }
+    assert!(
+        mute.stderr_lines()
+            .iter()
+            .any(|l| l.contains("did not confirm that every participant stored key")),
+        "the mute participant says why it dropped its share"
+    );
+}
+
+/// t − 1 = 2 compromised holders of a 3-of-5 key, which sign for anyone, cannot get a
+/// signature without the clients' approvals: every set of three signers holds an honest
+/// holder, and each honest holder refuses before it makes a nonce.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn t_minus_one_compromised_holders_cannot_sign_alone() {
+    let dir = tempdir();
+    let names = ["h0", "h1", "h2", "r0", "r1"];
+    let nodes = start_cluster(dir.path(), &names, |name| {
+        if name.starts_with('r') {
+            vec![("P2P_MPC_TEST_FAULT", "skip-sign-authorization")]
+        } else {
+            vec![]
+        }
+    })
+    .await;
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let client = client_key();
+    let key = create_key_with(
+        &nodes[0],
+        3,
+        &all,
+        json!({"clients": [public(&client)], "approvals": 1}),
+    )
+    .await;
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    let (honest, rogues) = nodes.split_at(3);
+    let msg = b"pay mallory";
+    let stranger = client_key();
+    for coordinator in rogues {
+        for auths in [vec![], vec![auth(&stranger, &key_id, msg, 60)]] {
+            let (status, body) = sign_with(coordinator, &key_id, msg, auths).await;
+            assert_ne!(status, 200, "{}: {body}", coordinator.name);
+            assert!(body["signature"].is_null(), "{body}");
+        }
+    }
+    for node in honest {
+        assert_eq!(
+            metric_sum(node, "p2p_mpc_mpc_sessions_started_total", "frost_sign").await,
+            0.0,
+            "{} opened no signing session, so made no nonce and no share",
+            node.name
+        );
+        assert!(
+            metric_sum(node, "p2p_mpc_sign_authorizations_total", "authorized").await == 0.0,
+            "{} authorized nothing",
+            node.name
+        );
+    }
+    // The other compromised holder did join as a signer (it signs for anyone), and that
+    // was not enough.
+    for node in rogues {
+        let joined = metric_sum(
+            node,
+            "p2p_mpc_mpc_sessions_started_total",
+            "protocol=\"frost_sign\",role=\"participant\"",
+        )
+        .await;
+        assert!(
+            joined >= 1.0,
+            "{} joined a signing session: {joined}",
+            node.name
+        );
+    }
+
+    // With the client's approval, a compromised coordinator gets a valid signature (it may
+    // use a key as its policy allows, nothing more).
+    let (status, body) = sign_with(
+        &rogues[0],
+        &key_id,
+        msg,
+        vec![auth(&client, &key_id, msg, 60)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    verify_everywhere(
+        key["public_key"].as_str().unwrap(),
+        msg,
+        body["signature"].as_str().unwrap(),
+    );
+}

@@ -174,6 +174,50 @@ async fn json_trace_file_holds_spans_of_connections_publishes_and_requests() {
     );
 }
 
+/// Sends `head` (a request line and headers) to the API, then, if `chunked` is set, that many
+/// bytes of whitespace as chunks from a second task; returns the answer once it holds a
+/// JSON body.
+async fn raw_request(api: &str, head: &str, chunked: Option<usize>) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = api.trim_start_matches("http://");
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut rd, mut wr) = stream.into_split();
+    wr.write_all(
+        head.replace("HTTP/1.1\r\n", &format!("HTTP/1.1\r\nhost: {addr}\r\n"))
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b' '; 16 * 1024];
+        for _ in 0..chunked.unwrap_or(0) / chunk.len() {
+            let mut frame = format!("{:x}\r\n", chunk.len()).into_bytes();
+            frame.extend_from_slice(&chunk);
+            frame.extend_from_slice(b"\r\n");
+            if wr.write_all(&frame).await.is_err() {
+                return wr;
+            }
+        }
+        if chunked.is_some() {
+            let _ = wr.write_all(b"0\r\n\r\n").await;
+        }
+        wr
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !answer.ends_with(b"}") {
+        match tokio::time::timeout(Duration::from_secs(30), rd.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+            other => panic!(
+                "no full answer to {head:?}: {other:?}; got {:?}",
+                String::from_utf8_lossy(&answer)
+            ),
+        }
+    }
+    writer.abort();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn api_token_auth_and_error_bodies() {
     let dir = tempdir();
@@ -254,6 +298,66 @@ async fn api_token_auth_and_error_bodies() {
     let r = a.http.get(url("/v2/nothing")).send().await.unwrap();
     assert_eq!(r.status().as_u16(), 404);
     assert_eq!(r.json::<Value>().await.unwrap()["code"], "not_found");
+
+    // Bodies are read only up to the largest legal request of their route, and only after
+    // the token was checked.
+    use p2p_mpc_node::api::body;
+    let head = raw_request(
+        &a.api,
+        "POST /v1/keys/00/sign HTTP/1.1\r\ncontent-length: 8388608\r\n\r\n",
+        None,
+    )
+    .await;
+    assert!(
+        head.starts_with("HTTP/1.1 401"),
+        "no token: refused before the body: {head}"
+    );
+    for (path, limit) in [
+        ("/v1/keys", body::CREATE_KEY),
+        ("/v1/keys/00/sign", body::SIGN),
+        ("/v1/keys/00/policy", body::SET_POLICY),
+        ("/v1/aggregations", body::CREATE_AGGREGATION),
+        ("/v1/peers/x/transfer", body::TRANSFER),
+        ("/v1/topics/chat/messages", body::publish(1024 * 1024)),
+    ] {
+        // A declared length over the limit is answered before any of the body is sent.
+        let head = raw_request(
+            &a.api,
+            &format!("POST {path} HTTP/1.1\r\nauthorization: Bearer s3cr3t-token\r\ncontent-length: {}\r\n\r\n", limit + 1),
+            None,
+        )
+        .await;
+        assert!(head.starts_with("HTTP/1.1 413"), "{path}: {head}");
+        let v: Value = serde_json::from_str(head.split("\r\n\r\n").nth(1).unwrap()).unwrap();
+        assert_eq!(v["code"], "body_too_large", "{path}: {v}");
+        let error = v["error"].as_str().unwrap();
+        assert!(
+            error.contains(&format!("at most {limit} bytes")),
+            "{path}: {v}"
+        );
+        // At the limit the body is read and parsed (whitespace alone is not JSON).
+        let r = a
+            .http
+            .post(url(path))
+            .bearer_auth("s3cr3t-token")
+            .body(vec![b' '; limit])
+            .send()
+            .await
+            .unwrap();
+        assert_ne!(r.status().as_u16(), 413, "{path} at its limit");
+    }
+    // A chunked body (no Content-Length) is cut off where it crosses the limit.
+    let head = raw_request(
+        &a.api,
+        "POST /v1/keys/00/sign HTTP/1.1\r\nauthorization: Bearer s3cr3t-token\r\ntransfer-encoding: chunked\r\n\r\n",
+        Some(4 * body::SIGN),
+    )
+    .await;
+    assert!(
+        head.starts_with("HTTP/1.1 413"),
+        "chunked over the limit: {head}"
+    );
+    assert!(head.contains("body_too_large"), "{head}");
 
     // The token never shows up in the logs.
     let log = a.stderr_lines().join("\n");

@@ -1,21 +1,20 @@
 //! `/v1/aggregations`: secure-sum tasks, client reports, and collecting the sum.
 
 use axum::Json;
-use axum::body::Bytes;
+use axum::body::Body;
 use axum::extract::{Path, State};
+use axum::http::HeaderMap;
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use super::body::{self, Limited};
 use super::{ApiError, ApiState, parse_body};
 use crate::mpc::aggregation::store::TaskInfo;
 use crate::mpc::aggregation::{
     AggError, CollectResult, CreateTask, Report, ReportAccepted, TaskView,
 };
 use crate::mpc::parse_peers;
-
-/// Largest body of `POST /v1/aggregations/{id}/reports` (sealed shares of long vectors, base64).
-pub const MAX_REPORT_BODY: usize = 512 * 1024 * 1024;
 
 /// Body of `POST /v1/aggregations`.
 #[derive(Debug, Serialize, Deserialize)]
@@ -53,7 +52,7 @@ fn task_failed(e: tokio::task::JoinError) -> ApiError {
 
 pub(super) async fn create(
     State(state): State<ApiState>,
-    body: Bytes,
+    Limited(body): Limited<{ body::CREATE_AGGREGATION }>,
 ) -> Result<(StatusCode, Json<TaskInfo>), ApiError> {
     let req: CreateAggregationRequest = parse_body(&body)?;
     let participants = match req.participants {
@@ -87,8 +86,17 @@ pub(super) async fn get_task(
 pub(super) async fn submit(
     State(state): State<ApiState>,
     Path(task_id): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: Body,
 ) -> Result<(StatusCode, Json<ReportAccepted>), ApiError> {
+    // The task says how large its largest report is; an unknown task reads no body.
+    let (participants, length) = state.mpc.task_shape(&task_id).inspect_err(|_| {
+        state.mpc.count_report_outcome("unknown_task");
+    })?;
+    let limit = body::report(participants, length);
+    let body = body::read(&headers, body, limit).await.inspect_err(|_| {
+        state.mpc.count_report_outcome("invalid_report");
+    })?;
     let report: Report = match parse_body(&body) {
         Ok(r) => r,
         Err(e) => {

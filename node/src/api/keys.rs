@@ -1,13 +1,13 @@
 //! `/v1/keys`: distributed key generation, key metadata and threshold signing.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tracing::Instrument;
 
+use super::body::{self, Limited};
 use super::{ApiError, ApiState, parse_body};
 use crate::mpc::dkg::DkgRequest;
 use crate::mpc::policy::{Authorization, SigningPolicy};
@@ -84,6 +84,11 @@ impl From<MpcError> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, "unauthorized", e.to_string())
                     .with_rule(refusal.rule)
             }
+            MpcError::Limit(_) => ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "limit_reached",
+                e.to_string(),
+            ),
             MpcError::Internal(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }
@@ -93,7 +98,7 @@ impl From<MpcError> for ApiError {
 
 pub(super) async fn create(
     State(state): State<ApiState>,
-    body: Bytes,
+    Limited(body): Limited<{ body::CREATE_KEY }>,
 ) -> Result<(StatusCode, Json<KeyInfo>), ApiError> {
     let req: CreateKeyRequest = parse_body(&body)?;
     let policy = req
@@ -145,7 +150,7 @@ pub(super) async fn get_key(
 pub(super) async fn sign(
     State(state): State<ApiState>,
     Path(key_id): Path<String>,
-    body: Bytes,
+    Limited(body): Limited<{ body::SIGN }>,
 ) -> Result<Json<SignResponse>, ApiError> {
     let req: SignRequest = parse_body(&body)?;
     let message = hex::decode(req.message.trim()).map_err(|e| {
@@ -192,7 +197,7 @@ fn check_authorization_count(authorizations: &[Authorization]) -> Result<(), Api
 pub(super) async fn set_policy(
     State(state): State<ApiState>,
     Path(key_id): Path<String>,
-    body: Bytes,
+    Limited(body): Limited<{ body::SET_POLICY }>,
 ) -> Result<Json<crate::mpc::policy_change::PolicyChangeResponse>, ApiError> {
     let req: PolicyRequest = parse_body(&body)?;
     check_authorization_count(&req.authorizations)?;

@@ -4,6 +4,7 @@
 //! With a token configured, every `/v1` request needs `Authorization: Bearer <token>`.
 
 pub mod aggregations;
+pub mod body;
 pub mod client;
 pub mod keys;
 pub mod messages;
@@ -129,7 +130,6 @@ struct RouteLabel(String);
 
 /// Builds the API router.
 pub fn router(state: ApiState) -> Router {
-    let body_limit = state.max_message_size * 6 + 64 * 1024;
     let v1 = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
@@ -155,8 +155,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/aggregations/{task_id}", get(aggregations::get_task))
         .route(
             "/v1/aggregations/{task_id}/reports",
-            axum::routing::post(aggregations::submit)
-                .layer(DefaultBodyLimit::max(aggregations::MAX_REPORT_BODY)),
+            axum::routing::post(aggregations::submit),
         )
         .route(
             "/v1/aggregations/{task_id}/collect",
@@ -166,7 +165,7 @@ pub fn router(state: ApiState) -> Router {
         .route_layer(middleware::from_fn(label_route));
     v1.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(DefaultBodyLimit::max(body::NONE))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -308,9 +307,11 @@ fn check_topic(topic: &str) -> Result<(), ApiError> {
 async fn publish(
     State(state): State<ApiState>,
     Path(topic): Path<String>,
-    body: Bytes,
+    headers: HeaderMap,
+    body: axum::body::Body,
 ) -> Result<(StatusCode, Json<PublishResponse>), ApiError> {
     check_topic(&topic)?;
+    let body = body::read(&headers, body, body::publish(state.max_message_size)).await?;
     let req: PublishRequest = parse_body(&body)?;
     if req.data.is_empty() {
         return Err(ApiError::bad_request(

@@ -1,12 +1,12 @@
 //! `POST /v1/peers/{peer_id}/transfer`: a transfer test to a connected peer.
 
 use axum::Json;
-use axum::body::Bytes;
 use axum::extract::{Path, State};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
+use super::body::{self, Limited};
 use super::{ApiError, ApiState, parse_body};
 use crate::mpc::transfer::TransferResult;
 
@@ -21,7 +21,7 @@ pub struct TransferRequest {
 pub(super) async fn transfer(
     State(state): State<ApiState>,
     Path(peer_id): Path<String>,
-    body: Bytes,
+    Limited(body): Limited<{ body::TRANSFER }>,
 ) -> Result<Json<TransferResult>, ApiError> {
     let peer: PeerId = peer_id.parse().map_err(|e| {
         ApiError::bad_request(

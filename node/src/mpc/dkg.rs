@@ -8,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use frost_ed25519 as frost;
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
-use tracing::{Instrument, debug, info};
+use tracing::{Instrument, debug, info, warn};
 
 use super::policy::SigningPolicy;
 use super::session::{SessionError, SessionInbox, join_peers};
@@ -80,6 +80,7 @@ impl MpcEngine {
         let local = self.inner.local;
         let participants = check_params(local, request.threshold, &request.participants)
             .map_err(MpcError::BadRequest)?;
+        self.check_key_cap(&local).map_err(MpcError::Limit)?;
         self.inner
             .roster
             .check_all(&participants)
@@ -180,6 +181,7 @@ impl MpcEngine {
         if self.inner.store.contains(&key_id) {
             return Err(format!("key {key_id} exists already"));
         }
+        self.check_key_cap(&from)?;
         let others: Vec<PeerId> = participants
             .iter()
             .filter(|p| **p != local)
@@ -208,6 +210,18 @@ impl MpcEngine {
             .in_current_span(),
         );
         Ok(())
+    }
+
+    fn check_key_cap(&self, creator: &PeerId) -> Result<(), String> {
+        let held = self.inner.store.count_created_by(&creator.to_string());
+        super::check_creator_cap(
+            &self.inner.local,
+            creator,
+            "keys",
+            held,
+            self.inner.max_keys_per_creator,
+            "mpc_max_keys_per_creator",
+        )
     }
 
     async fn run_dkg(
@@ -457,44 +471,105 @@ impl MpcEngine {
                 .map(ToString::to_string)
                 .collect(),
             status: "active".into(),
+            created_by: Some(params.coordinator.to_string()),
             created_at: SystemTime::now()
                 .duration_since(UNIX_EPOCH)
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             policy: params.policy.clone(),
         };
-        self.inner
-            .store
-            .insert(StoredKey {
-                info: info.clone(),
-                key_package,
-                public_key_package,
-            })
+        let key = StoredKey {
+            info: info.clone(),
+            key_package,
+            public_key_package,
+        };
+        // Stored as pending first: durable, but no one can sign with it until the
+        // coordinator confirmed that every participant stored its share. A key that is never
+        // confirmed is removed here, not left half-made across the cluster.
+        let store = &self.inner.store;
+        store
+            .insert_pending(&key)
+            .await
+            .map_err(|e| SessionError::failed(format!("cannot store the key share: {e}")))?;
+        let outcome = self
+            .confirm_stored(&mut inbox, &params, &others, timeout)
+            .await;
+        if let Err(e) = outcome {
+            if let Err(remove) = store.discard_pending(&params.key_id).await {
+                warn!(key_id = %params.key_id, error = %remove, "cannot remove the pending share of a DKG that did not complete");
+            }
+            return Err(e);
+        }
+        store
+            .activate(key)
             .await
             .map_err(|e| SessionError::failed(format!("cannot store the key share: {e}")))?;
         info!(key_id = %info.key_id, public_key = %info.public_key, "DKG completed; key share stored");
-        // The coordinator answers its caller only once the key is usable on every participant.
         if params.coordinator == local {
+            let what = format!("key {}", info.key_id);
+            self.announce_active(
+                &mut inbox,
+                &others,
+                &what,
+                Body::DkgActive,
+                Body::DkgActivated,
+                timeout,
+            )
+            .await;
+        } else {
+            self.report_active(params.coordinator, session, Body::DkgActivated)
+                .await;
+        }
+        Ok(info)
+    }
+
+    /// The storage round: every participant reports its share stored to the coordinator,
+    /// which then tells them that the key is active.
+    async fn confirm_stored(
+        &self,
+        inbox: &mut SessionInbox,
+        params: &DkgParams,
+        others: &[PeerId],
+        timeout: std::time::Duration,
+    ) -> Result<(), SessionError> {
+        let session = inbox.session();
+        if params.coordinator == self.inner.local {
             inbox
-                .collect("dkg stored", &others, timeout, |b| match b {
+                .collect("dkg stored", others, timeout, |b| match b {
                     Body::DkgStored => Some(()),
                     _ => None,
                 })
                 .await
                 .map_err(|e| {
                     SessionError::failed(format!(
-                        "key {} is stored here, but not every participant confirmed storing its share: {e}",
+                        "not every participant confirmed storing its share of key {}; the key is discarded: {e}",
                         params.key_id
                     ))
                 })?;
         } else {
-            self.send(params.coordinator, session, Body::DkgStored)
+            if self.inner.faults.withhold_dkg_stored {
+                debug!(key_id = %params.key_id, "test fault: the storage confirmation is withheld");
+            } else {
+                self.send(params.coordinator, session, Body::DkgStored)
+                    .await
+                    .map_err(|e| {
+                        unreachable_error(vec![(params.coordinator, e)], "the storage confirmation")
+                    })?;
+            }
+            // The coordinator waits up to a round for the slowest participant first.
+            inbox
+                .collect("dkg activation", &[params.coordinator], 2 * timeout, |b| {
+                    matches!(b, Body::DkgActive).then_some(())
+                })
                 .await
                 .map_err(|e| {
-                    unreachable_error(vec![(params.coordinator, e)], "the storage confirmation")
+                    SessionError::failed(format!(
+                        "the coordinator did not confirm that every participant stored key {}; the share is discarded: {e}",
+                        params.key_id
+                    ))
                 })?;
         }
-        Ok(info)
+        Ok(())
     }
 }
 

@@ -38,9 +38,13 @@ pub struct Faults {
     /// followed by 16 zero bytes), so that benchmarks can measure ingest without HPKE.
     /// Destroys the privacy of every such report: never on outside tests and benchmarks.
     pub plaintext_shares: bool,
-    /// Coordinate signatures and policy changes without checking the key's policy (the
-    /// other holders must refuse requests that their own checks refuse).
+    /// Coordinate signatures and policy changes without checking the key's policy, and
+    /// sign for any coordinator whatever the policy says (a compromised holder: the honest
+    /// holders must refuse requests that their own checks refuse).
     pub skip_sign_authorization: bool,
+    /// Store a DKG share but never confirm it to the coordinator (the coordinator and this
+    /// node must then discard the pending key).
+    pub withhold_dkg_stored: bool,
 }
 
 impl Faults {
@@ -67,6 +71,7 @@ impl Faults {
                 "replay-sign-round2" => f.replay_sign_round2 = true,
                 "plaintext-shares" => f.plaintext_shares = true,
                 "skip-sign-authorization" => f.skip_sign_authorization = true,
+                "withhold-dkg-stored" => f.withhold_dkg_stored = true,
                 other => return Err(format!("{FAULT_ENV}: unknown fault `{other}`")),
             }
         }

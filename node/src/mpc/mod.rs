@@ -60,9 +60,35 @@ pub enum MpcError {
     /// The key's signing policy refuses the request (403).
     #[error(transparent)]
     Unauthorized(#[from] policy::Refusal),
+    /// A cap of this node is reached (429).
+    #[error("{0}")]
+    Limit(String),
     /// Something local went wrong (500).
     #[error("{0}")]
     Internal(String),
+}
+
+/// Refuses a new key or task from `creator` once `held` of its `what` are held here
+/// (`setting` names the cap). Every participant checks it for itself.
+pub(crate) fn check_creator_cap(
+    local: &PeerId,
+    creator: &PeerId,
+    what: &str,
+    held: usize,
+    cap: usize,
+    setting: &str,
+) -> Result<(), String> {
+    if held < cap {
+        return Ok(());
+    }
+    let who = if creator == local {
+        "this node".to_string()
+    } else {
+        format!("peer {creator}")
+    };
+    Err(format!(
+        "{who} created {held} {what} held on {local} already, the most it takes from one creator ({setting})"
+    ))
 }
 
 /// The identifier of a participant in FROST, derived from its peer id.
@@ -94,6 +120,9 @@ struct Inner {
     roster: Arc<crate::roster::Roster>,
     /// Most sessions one peer's invitations may have running here at once.
     max_sessions_per_peer: usize,
+    /// Most keys and tasks held here that one peer created.
+    max_keys_per_creator: usize,
+    max_tasks_per_creator: usize,
     /// Request ids of signing authorizations already used (on disk) and signing rates.
     replay_guard: replay_guard::ReplayGuard,
 }
@@ -114,6 +143,10 @@ pub struct EngineSettings {
     pub roster: Arc<crate::roster::Roster>,
     /// Most sessions one peer's invitations may have running here.
     pub max_sessions_per_peer: usize,
+    /// Most keys held here that one peer created.
+    pub max_keys_per_creator: usize,
+    /// Most aggregation tasks held here that one peer created.
+    pub max_tasks_per_creator: usize,
     /// Used signing request ids and signing rates.
     pub replay_guard: replay_guard::ReplayGuard,
 }
@@ -141,6 +174,8 @@ impl MpcEngine {
                 transfers: Arc::default(),
                 roster: settings.roster,
                 max_sessions_per_peer: settings.max_sessions_per_peer,
+                max_keys_per_creator: settings.max_keys_per_creator,
+                max_tasks_per_creator: settings.max_tasks_per_creator,
                 replay_guard: settings.replay_guard,
             }),
         }
@@ -376,6 +411,51 @@ impl MpcEngine {
             .into_iter()
             .filter_map(|(p, r)| r.err().map(|e| (p, e)))
             .collect()
+    }
+
+    /// The coordinator's last round of a creation session (DKG, aggregation task), run once
+    /// its own copy is active: tells the participants that everyone stored their part, then
+    /// waits up to `timeout` for each to say it is active too. So the caller's answer means
+    /// "usable on every participant", not "usable here and soon elsewhere". A participant
+    /// that misses the activation drops its part; that is logged, never an error: the key or
+    /// task is active on the others.
+    async fn announce_active(
+        &self,
+        inbox: &mut session::SessionInbox,
+        others: &[PeerId],
+        what: &str,
+        active: Body,
+        activated: Body,
+        timeout: Duration,
+    ) {
+        let session = inbox.session();
+        let failures = self.broadcast(others, session, &active).await;
+        let missed: Vec<PeerId> = failures.iter().map(|(p, _)| *p).collect();
+        if !missed.is_empty() {
+            warn!(%what, participants = %session::join_peers(&missed), "active here, but these participants did not get the activation and will drop their part");
+        }
+        let reached: Vec<PeerId> = others
+            .iter()
+            .filter(|p| !missed.contains(p))
+            .copied()
+            .collect();
+        let expected = std::mem::discriminant(&activated);
+        if let Err(e) = inbox
+            .collect(activated.kind(), &reached, timeout, |b| {
+                (std::mem::discriminant(b) == expected).then_some(())
+            })
+            .await
+        {
+            warn!(%what, error = %e, "not every participant reported the activation in time");
+        }
+    }
+
+    /// A participant's answer to [`announce_active`](Self::announce_active), once its copy
+    /// is active (best effort: the coordinator only waits for it).
+    async fn report_active(&self, coordinator: PeerId, session: SessionId, body: Body) {
+        if let Err(e) = self.send(coordinator, session, body).await {
+            warn!(%coordinator, error = %e, "cannot tell the coordinator that the part is active");
+        }
     }
 
     /// Tells `to` that this node gives up on `session` (best effort, in the background).

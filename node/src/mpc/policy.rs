@@ -20,6 +20,8 @@ use sha2::{Digest, Sha256};
 
 /// Most clients a policy may list.
 pub const MAX_CLIENTS: usize = 64;
+/// Longest `message_prefix`, in bytes.
+pub const MAX_PREFIX_BYTES: usize = 1024;
 /// How far in the future an authorization may expire.
 pub const MAX_AHEAD: Duration = Duration::from_secs(600);
 /// Domain separation of the bytes a client signs.
@@ -203,6 +205,12 @@ impl SigningPolicy {
         if let Some(prefix) = &p.message_prefix {
             let bytes =
                 hex::decode(prefix).map_err(|e| format!("`message_prefix` must be hex: {e}"))?;
+            if bytes.len() > MAX_PREFIX_BYTES {
+                return Err(format!(
+                    "`message_prefix` is {} bytes; at most {MAX_PREFIX_BYTES}",
+                    bytes.len()
+                ));
+            }
             p.message_prefix = Some(hex::encode(bytes));
         }
         if p.max_message_bytes == Some(0) {
@@ -443,6 +451,9 @@ pub(crate) mod tests {
         p.message_prefix = Some("AB".into());
         let p = p.normalized().unwrap();
         assert_eq!(p.message_prefix.as_deref(), Some("ab"));
+        let mut long = p.clone();
+        long.message_prefix = Some("ab".repeat(MAX_PREFIX_BYTES + 1));
+        assert!(long.normalized().unwrap_err().contains("at most 1024"));
         assert_eq!(p.label(), "open");
         assert!(p.check("k", &[0xab, 1], &[], 0, |_| false).is_ok());
         assert_eq!(

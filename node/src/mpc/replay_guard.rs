@@ -118,6 +118,8 @@ impl ReplayGuard {
     fn open_at(data_dir: &Path, now: u64) -> Result<Self, String> {
         let path = data_dir.join(LOG_FILE);
         let mut state = State::default();
+        // Lines on disk, and whether anything else (a torn last line) follows them.
+        let (mut read, mut torn) = (0, false);
         match std::fs::read(&path) {
             Ok(bytes) => {
                 let text = String::from_utf8(bytes)
@@ -126,7 +128,9 @@ impl ReplayGuard {
                     Some(end) => &text[..=end],
                     None => "",
                 };
+                torn = complete.len() < text.len();
                 for (n, l) in complete.lines().enumerate() {
+                    read = n + 1;
                     let (id, exp) = parse_line(l).ok_or_else(|| {
                         format!(
                             "{} line {}: expected `<32 hex digits> <unix seconds>`",
@@ -141,8 +145,13 @@ impl ReplayGuard {
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         }
         state.forget_expired(now);
-        let (file, lines) =
-            compact(&path, &state).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        // Rewritten only when it holds more than the live ids.
+        let opened = if torn || read > state.seen.len() {
+            compact(&path, &state)
+        } else {
+            open_append(&path).map(|file| (file, read))
+        };
+        let (file, lines) = opened.map_err(|e| format!("cannot write {}: {e}", path.display()))?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
@@ -266,18 +275,11 @@ impl Pending {
             return Ok(());
         }
         let Pending { guard, ids } = self;
-        let result = tokio::task::spawn_blocking(move || guard.append(&ids)).await;
-        match result {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(policy::refuse(
-                "internal",
-                format!("cannot record the request id: {e}"),
-            )),
-            Err(e) => Err(policy::refuse(
-                "internal",
-                format!("cannot record the request id: {e}"),
-            )),
-        }
+        let result = tokio::task::spawn_blocking(move || guard.append(&ids))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()));
+        result.map_err(|e| policy::refuse("internal", format!("cannot record the request id: {e}")))
     }
 }
 
@@ -286,6 +288,35 @@ mod tests {
     use super::*;
     use crate::mpc::policy::authorize;
     use crate::mpc::policy::tests::{client, policy};
+
+    /// Admits `auth` for key `k` and message `m` and makes it durable.
+    async fn admit_persisted(
+        guard: &ReplayGuard,
+        p: &SigningPolicy,
+        auth: &[Authorization],
+        now: u64,
+    ) {
+        guard
+            .admit(p, "k", b"m", auth, now)
+            .unwrap()
+            .persist()
+            .await
+            .unwrap();
+    }
+
+    /// The rule that refuses `auth` for key `k` and message `m`.
+    fn refused(
+        guard: &ReplayGuard,
+        p: &SigningPolicy,
+        auth: &[Authorization],
+        now: u64,
+    ) -> &'static str {
+        guard
+            .admit(p, "k", b"m", auth, now)
+            .err()
+            .expect("refused")
+            .rule
+    }
 
     #[tokio::test]
     async fn ids_survive_a_restart_once_persisted_and_the_rate_is_limited() {
@@ -296,31 +327,27 @@ mod tests {
         let now = policy::now();
         let auth = vec![authorize(&a, "k", b"m", now + 30)];
         let guard = ReplayGuard::open(dir.path()).unwrap();
-        guard
-            .admit(&p, "k", b"m", &auth, now)
-            .unwrap()
-            .persist()
-            .await
-            .unwrap();
+        admit_persisted(&guard, &p, &auth, now).await;
         // Reserved in memory: refused at once, before any disk write.
-        assert_eq!(
-            guard.admit(&p, "k", b"m", &auth, now).err().unwrap().rule,
-            "replayed"
-        );
+        assert_eq!(refused(&guard, &p, &auth, now), "replayed");
+        let inode = || {
+            use std::os::unix::fs::MetadataExt;
+            std::fs::metadata(dir.path().join(LOG_FILE)).unwrap().ino()
+        };
+        let before = inode();
         let again = ReplayGuard::open(dir.path()).unwrap();
+        assert_eq!(refused(&again, &p, &auth, now), "replayed");
+        // A log of live ids only is not rewritten at start.
         assert_eq!(
-            again.admit(&p, "k", b"m", &auth, now).err().unwrap().rule,
-            "replayed"
+            inode(),
+            before,
+            "the log was rewritten though nothing expired"
         );
         let second = vec![authorize(&a, "k", b"m", now + 30)];
         let third = vec![authorize(&a, "k", b"m", now + 30)];
         let _ = guard.admit(&p, "k", b"m", &second, now).unwrap();
         assert_eq!(
-            guard
-                .admit(&p, "k", b"m", &third, now + 1)
-                .err()
-                .unwrap()
-                .rule,
+            refused(&guard, &p, &third, now + 1),
             "max_signatures_per_minute"
         );
         // A minute later the rate allows it again.
@@ -336,26 +363,14 @@ mod tests {
         let now = policy::now();
         let auth = vec![authorize(&a, "k", b"m", now + 30)];
         let guard = ReplayGuard::open(dir.path()).unwrap();
-        guard
-            .admit(&p, "k", b"m", &auth, now)
-            .unwrap()
-            .persist()
-            .await
-            .unwrap();
+        admit_persisted(&guard, &p, &auth, now).await;
         drop(guard);
         let path = dir.path().join(LOG_FILE);
         let mut f = OpenOptions::new().append(true).open(&path).unwrap();
         f.write_all(b"0123456789abcdef01").unwrap();
         drop(f);
         let reopened = ReplayGuard::open(dir.path()).unwrap();
-        assert_eq!(
-            reopened
-                .admit(&p, "k", b"m", &auth, now)
-                .err()
-                .unwrap()
-                .rule,
-            "replayed"
-        );
+        assert_eq!(refused(&reopened, &p, &auth, now), "replayed");
         drop(reopened);
         // Compaction dropped the torn line.
         let text = std::fs::read_to_string(&path).unwrap();
@@ -377,12 +392,7 @@ mod tests {
         for i in 0..total as u64 {
             let now = start + i;
             let auth = vec![authorize(&a, "k", b"m", now + 1)];
-            guard
-                .admit(&p, "k", b"m", &auth, now)
-                .unwrap()
-                .persist()
-                .await
-                .unwrap();
+            admit_persisted(&guard, &p, &auth, now).await;
         }
         let lines = std::fs::read_to_string(dir.path().join(LOG_FILE))
             .unwrap()

@@ -288,7 +288,11 @@ impl MpcEngine {
         let key = self.key_shared_with(&key_id, coordinator)?;
         // This holder's own check of the key's policy, whatever the coordinator decided.
         let pending = match self.authorize_signing(&key.info, &message, &authorizations) {
-            Ok(pending) => pending,
+            Ok(pending) => Some(pending),
+            Err(refusal) if self.inner.faults.skip_sign_authorization => {
+                warn!(%coordinator, key_id, rule = refusal.rule, "test fault: signing anyway");
+                None
+            }
             Err(refusal) => {
                 warn!(%coordinator, key_id, rule = refusal.rule, "signing request refused by the key's policy");
                 return Err(format!("peer {local}: {refusal}"));
@@ -309,10 +313,12 @@ impl MpcEngine {
                 }
                 let run = async {
                     // The request ids are on disk before this holder commits to anything.
-                    pending
-                        .persist()
-                        .await
-                        .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
+                    if let Some(pending) = pending {
+                        pending
+                            .persist()
+                            .await
+                            .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
+                    }
                     let mut rng = rand_core::OsRng;
                     let (nonces, commitments) =
                         frost::round1::commit(key.key_package.signing_share(), &mut rng);

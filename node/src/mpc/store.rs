@@ -3,6 +3,12 @@
 //! Every write is atomic: a temp file (mode 0600) is written and fsynced, renamed over the
 //! target, and the directory is fsynced, so a node killed at any instant restarts with each
 //! key whole or absent. Leftover temp files (a write cut short) are removed at start.
+//!
+//! A new key is first written as `<id>.pending.json`, invisible to signing, and becomes
+//! `<id>.key.json` only when the coordinator confirmed that every participant stored its
+//! share. A pending key whose confirmation does not come is removed when its DKG session
+//! ends, and any pending file found at start is removed, never loaded: its session died
+//! with the process.
 
 use std::collections::HashMap;
 use std::fs;
@@ -15,6 +21,7 @@ use serde::{Deserialize, Serialize};
 /// Version of the key file format this node writes and reads.
 pub const KEY_FILE_FORMAT: u32 = 1;
 const KEY_FILE_SUFFIX: &str = ".key.json";
+const PENDING_SUFFIX: &str = ".pending.json";
 
 /// A failure reading or writing key shares.
 #[derive(Debug, thiserror::Error)]
@@ -49,8 +56,11 @@ pub struct KeyInfo {
     pub threshold: u16,
     /// Every participant's peer id, sorted.
     pub participants: Vec<String>,
-    /// Always `active`: a key is stored only after every participant confirmed it.
+    /// Always `active`: a key is visible only after every participant confirmed it.
     pub status: String,
+    /// The peer that coordinated the DKG (keys made before this field existed: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
     /// Seconds since the Unix epoch.
     pub created_at: u64,
     /// Who may have the key sign; every holder stores the same one (the DKG agreed on it)
@@ -92,6 +102,8 @@ pub struct OpenReport {
     pub loaded: usize,
     /// Temp files of interrupted writes, removed.
     pub removed_temp_files: Vec<PathBuf>,
+    /// Keys whose DKG never completed (pending at the last stop), removed.
+    pub removed_pending: Vec<PathBuf>,
     /// Files that could not be read (left in place), with the reason.
     pub unreadable: Vec<(PathBuf, String)>,
 }
@@ -111,6 +123,16 @@ impl KeyShareStore {
         };
         let mut keys = HashMap::new();
         for (path, name) in state.files {
+            if name.ends_with(PENDING_SUFFIX) {
+                crate::atomic_file::remove(std::slice::from_ref(&path)).map_err(|source| {
+                    StoreError::Write {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                report.removed_pending.push(path);
+                continue;
+            }
             if !name.ends_with(KEY_FILE_SUFFIX) {
                 continue;
             }
@@ -163,12 +185,71 @@ impl KeyShareStore {
         list
     }
 
-    /// Writes a new key atomically, then makes it visible. Refuses to replace a key.
+    /// How many keys held here were created by `peer` (its DKGs in flight not counted; the
+    /// per-peer session cap bounds those).
+    pub fn count_created_by(&self, peer: &str) -> usize {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|k| k.info.created_by.as_deref() == Some(peer))
+            .count()
+    }
+
+    /// Writes a new key atomically and makes it visible. Refuses to replace a key.
     pub async fn insert(&self, key: StoredKey) -> Result<Arc<StoredKey>, StoreError> {
         if self.contains(&key.info.key_id) {
             return Err(StoreError::Exists(key.info.key_id.clone()));
         }
         self.write(key, crate::atomic_file::Existing::Keep).await
+    }
+
+    fn pending_path(&self, key_id: &str) -> PathBuf {
+        self.dir.join(format!("{key_id}{PENDING_SUFFIX}"))
+    }
+
+    /// Writes a new key as pending: durable, but not visible and not loaded at restart.
+    pub async fn insert_pending(&self, key: &StoredKey) -> Result<(), StoreError> {
+        let key_id = key.info.key_id.clone();
+        if self.contains(&key_id) {
+            return Err(StoreError::Exists(key_id));
+        }
+        let bytes = encode(key)?;
+        let path = self.pending_path(&key_id);
+        let existing = crate::atomic_file::Existing::Keep;
+        tokio::task::spawn_blocking(move || write_atomically(&path, &bytes, existing))
+            .await
+            .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Makes a pending key a key: renamed into place, then visible.
+    pub async fn activate(&self, key: StoredKey) -> Result<Arc<StoredKey>, StoreError> {
+        let key_id = key.info.key_id.clone();
+        let from = self.pending_path(&key_id);
+        let to = self.dir.join(format!("{key_id}{KEY_FILE_SUFFIX}"));
+        tokio::task::spawn_blocking(move || {
+            crate::atomic_file::promote(&from, &to)
+                .map_err(|source| StoreError::Write { path: to, source })
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        let key = Arc::new(key);
+        self.keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key_id, key.clone());
+        Ok(key)
+    }
+
+    /// Removes a pending key (its DKG did not complete).
+    pub async fn discard_pending(&self, key_id: &str) -> Result<(), StoreError> {
+        let path = self.pending_path(key_id);
+        tokio::task::spawn_blocking(move || {
+            crate::atomic_file::remove(std::slice::from_ref(&path))
+                .map_err(|source| StoreError::Write { path, source })
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     /// Replaces the signing policy of a key held here (the key file is rewritten
@@ -197,22 +278,7 @@ impl KeyShareStore {
         existing: crate::atomic_file::Existing,
     ) -> Result<Arc<StoredKey>, StoreError> {
         let key_id = key.info.key_id.clone();
-        let encode_err = |e: frost::Error| StoreError::Encode {
-            key_id: key_id.clone(),
-            message: e.to_string(),
-        };
-        let file = KeyFile {
-            format: KEY_FILE_FORMAT,
-            info: key.info.clone(),
-            key_package: hex::encode(key.key_package.serialize().map_err(encode_err)?),
-            public_key_package: hex::encode(
-                key.public_key_package.serialize().map_err(encode_err)?,
-            ),
-        };
-        let bytes = serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Encode {
-            key_id: key_id.clone(),
-            message: e.to_string(),
-        })?;
+        let bytes = encode(&key)?;
         let path = self.dir.join(format!("{key_id}{KEY_FILE_SUFFIX}"));
         tokio::task::spawn_blocking(move || write_atomically(&path, &bytes, existing))
             .await
@@ -224,6 +290,25 @@ impl KeyShareStore {
             .insert(key_id, key.clone());
         Ok(key)
     }
+}
+
+/// The key file of a key.
+fn encode(key: &StoredKey) -> Result<Vec<u8>, StoreError> {
+    let key_id = &key.info.key_id;
+    let encode_err = |e: frost::Error| StoreError::Encode {
+        key_id: key_id.clone(),
+        message: e.to_string(),
+    };
+    let file = KeyFile {
+        format: KEY_FILE_FORMAT,
+        info: key.info.clone(),
+        key_package: hex::encode(key.key_package.serialize().map_err(encode_err)?),
+        public_key_package: hex::encode(key.public_key_package.serialize().map_err(encode_err)?),
+    };
+    serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Encode {
+        key_id: key_id.clone(),
+        message: e.to_string(),
+    })
 }
 
 fn read_key_file(path: &Path) -> Result<StoredKey, String> {
@@ -284,6 +369,7 @@ mod tests {
                 threshold: 2,
                 participants: vec!["a".into(), "b".into(), "c".into()],
                 status: "active".into(),
+                created_by: Some("coordinator".into()),
                 created_at: 1,
                 policy: crate::mpc::policy::SigningPolicy::open(),
             },
@@ -320,6 +406,32 @@ mod tests {
         assert_eq!(report.removed_temp_files.len(), 1);
         assert_eq!(report.unreadable.len(), 1);
         assert!(reopened.list().is_empty());
+    }
+
+    #[tokio::test]
+    async fn pending_keys_are_invisible_until_activated_and_never_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = KeyShareStore::open(dir.path()).unwrap();
+        store.insert_pending(&dealer_key("p1")).await.unwrap();
+        store.insert_pending(&dealer_key("p2")).await.unwrap();
+        assert!(store.get("p1").is_none() && store.list().is_empty());
+        store.activate(dealer_key("p1")).await.unwrap();
+        assert!(store.get("p1").is_some());
+        assert_eq!(store.count_created_by("coordinator"), 1);
+        assert_eq!(store.count_created_by("someone else"), 0);
+        assert!(store.dir().join("p1.key.json").exists());
+        assert!(!store.dir().join("p1.pending.json").exists());
+        // p2 never completed: gone at restart, and p1 is loaded.
+        let (reopened, report) = KeyShareStore::open(dir.path()).unwrap();
+        assert_eq!(
+            report.removed_pending,
+            vec![store.dir().join("p2.pending.json")]
+        );
+        assert!(!store.dir().join("p2.pending.json").exists());
+        assert!(reopened.get("p2").is_none() && reopened.get("p1").is_some());
+        store.insert_pending(&dealer_key("p3")).await.unwrap();
+        store.discard_pending("p3").await.unwrap();
+        assert!(!store.dir().join("p3.pending.json").exists());
     }
 
     #[test]

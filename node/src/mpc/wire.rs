@@ -199,8 +199,13 @@ pub enum Body {
         group_key: Vec<u8>,
         package_digest: [u8; 32],
     },
-    /// Participant → coordinator: the key share is stored, the key is usable here.
+    /// Participant → coordinator: the key share is stored (pending: not usable yet).
     DkgStored,
+    /// Coordinator → participants: every participant stored its share; the key is active.
+    DkgActive,
+    /// Participant → coordinator: the key is active here (the coordinator answers its caller
+    /// only once every participant said so, or a round passed).
+    DkgActivated,
     /// Coordinator → key holders: send signing commitments for this message, which these
     /// client authorizations approve (each holder checks them against the key's policy).
     SignInvite {
@@ -226,8 +231,12 @@ pub enum Body {
     },
     /// Coordinator → participants: everyone accepted; store the task with these keys (JSON).
     AggTaskCommit { keys: Vec<u8> },
-    /// Participant → coordinator: the task is stored.
+    /// Participant → coordinator: the task is stored (pending: takes no reports yet).
     AggTaskStored,
+    /// Coordinator → participants: every participant stored the task; it is active.
+    AggTaskActive,
+    /// Participant → coordinator: the task is active here.
+    AggTaskActivated,
     /// Relay → owner: an encrypted share follows in `chunks` chunks of `bytes` bytes in all
     /// (shares that fit in one message travel in batches instead).
     AggShareInvite {
@@ -350,7 +359,9 @@ impl Body {
             | Body::DkgEcho { .. }
             | Body::DkgRound2 { .. }
             | Body::DkgConfirm { .. }
-            | Body::DkgStored => Some(Protocol::Dkg),
+            | Body::DkgStored
+            | Body::DkgActive
+            | Body::DkgActivated => Some(Protocol::Dkg),
             Body::SignInvite { .. }
             | Body::SignCommitments { .. }
             | Body::SignRound2 { .. }
@@ -358,7 +369,9 @@ impl Body {
             Body::AggTaskInvite { .. }
             | Body::AggTaskAccept { .. }
             | Body::AggTaskCommit { .. }
-            | Body::AggTaskStored => Some(Protocol::AggCreate),
+            | Body::AggTaskStored
+            | Body::AggTaskActive
+            | Body::AggTaskActivated => Some(Protocol::AggCreate),
             Body::AggShareInvite { .. }
             | Body::AggShareVerdict { .. }
             | Body::AggShareCommit { .. }
@@ -389,6 +402,8 @@ impl Body {
             Body::DkgRound2 { .. } => "dkg round 2",
             Body::DkgConfirm { .. } => "dkg confirmation",
             Body::DkgStored => "dkg stored",
+            Body::DkgActive => "dkg active",
+            Body::DkgActivated => "dkg activated",
             Body::SignInvite { .. } => "sign invite",
             Body::SignCommitments { .. } => "sign round 1",
             Body::SignRound2 { .. } => "sign round 2 request",
@@ -397,6 +412,8 @@ impl Body {
             Body::AggTaskAccept { .. } => "aggregation task accept",
             Body::AggTaskCommit { .. } => "aggregation task commit",
             Body::AggTaskStored => "aggregation task stored",
+            Body::AggTaskActive => "aggregation task active",
+            Body::AggTaskActivated => "aggregation task activated",
             Body::AggShareInvite { .. } => "aggregation share invite",
             Body::AggChunk { .. } => "aggregation chunk",
             Body::AggShareVerdict { .. } => "aggregation share verdict",

@@ -239,3 +239,40 @@ pub fn with_peer_id(addr: &Multiaddr, peer: PeerId) -> Multiaddr {
         _ => addr.clone().with(libp2p::multiaddr::Protocol::P2p(peer)),
     }
 }
+
+/// Starts a network service of its own for `key` on an ephemeral loopback port that dials
+/// `peer` (a `/ip4/…/p2p/…` address) and nothing else, with no roster: a peer that tools,
+/// tests and benchmarks drive from their own process (it can send what an honest node never
+/// would, through [`NetworkClient::send_mpc_raw`]). The service runs on the current runtime.
+pub async fn dial_peer(
+    key: libp2p::identity::Keypair,
+    peer: &str,
+    topics: &[&str],
+    max_message_size: usize,
+) -> Result<NetworkClient, String> {
+    use crate::metrics::{NodeMetrics, Readiness};
+    use std::sync::Arc;
+    let (peer_id, addr) = crate::config::parse_peer_multiaddr(peer)?;
+    let settings = NetworkSettings {
+        listen_address: std::net::Ipv4Addr::LOCALHOST.into(),
+        network_port: 0,
+        ws_port: None,
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        bootnodes: vec![crate::config::PeerAddr { peer_id, addr }],
+        seed_nodes: vec![],
+        max_connections: 16,
+        max_message_size,
+        roster: None,
+    };
+    let (service, client, _events) = NetworkService::start(
+        key,
+        settings,
+        Default::default(),
+        |r| Arc::new(NodeMetrics::new(r)),
+        Arc::new(Readiness::default()),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(service.run());
+    Ok(client)
+}

@@ -453,29 +453,7 @@ pub async fn library_peer(
     topics: &[&str],
     max_message_size: usize,
 ) -> p2p_mpc_node::network::NetworkClient {
-    use p2p_mpc_node::metrics::{NodeMetrics, Readiness};
-    use p2p_mpc_node::network::{NetworkService, NetworkSettings};
-    let (peer_id, addr) = p2p_mpc_node::config::parse_peer_multiaddr(victim).unwrap();
-    let settings = NetworkSettings {
-        listen_address: "127.0.0.1".parse().unwrap(),
-        network_port: 0,
-        ws_port: None,
-        topics: topics.iter().map(|t| t.to_string()).collect(),
-        bootnodes: vec![p2p_mpc_node::config::PeerAddr { peer_id, addr }],
-        seed_nodes: vec![],
-        max_connections: 16,
-        max_message_size,
-        roster: None,
-    };
-    let (service, client, _events) = NetworkService::start(
-        key,
-        settings,
-        Default::default(),
-        |r| Arc::new(NodeMetrics::new(r)),
-        Arc::new(Readiness::default()),
-    )
-    .await
-    .expect("the library peer starts");
-    tokio::spawn(service.run());
-    client
+    p2p_mpc_node::network::dial_peer(key, victim, topics, max_message_size)
+        .await
+        .expect("the library peer starts")
 }

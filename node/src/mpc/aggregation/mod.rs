@@ -30,7 +30,7 @@ use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tracing::{Instrument, info};
+use tracing::{Instrument, info, warn};
 
 use super::chunks::{ChunkAssembly, pieces};
 use super::session::{SessionError, SessionInbox, join_peers};
@@ -44,8 +44,11 @@ use store::{AggregationStore, ParticipantKey, TaskEntry, TaskInfo, TaskParams};
 pub const MAX_LENGTH: u32 = 1 << 21;
 /// Most participants of a task.
 pub const MAX_PARTICIPANTS: usize = 64;
+/// Largest report a task may take (participants × sealed share of the vector, base64): the
+/// API reads a report body up to its task's size, so this bounds what one request can hold.
+pub const MAX_REPORT_BYTES: usize = 512 * 1024 * 1024;
 /// HPKE adds this many bytes (the Poly1305 tag) to a share.
-const TAG_BYTES: usize = 16;
+pub const TAG_BYTES: usize = 16;
 
 /// This node's aggregation state: its tasks and its HPKE key.
 pub struct Aggregation {
@@ -232,6 +235,15 @@ pub fn check_params(local: PeerId, p: &TaskParams) -> Result<Vec<PeerId>, String
             p.length
         ));
     }
+    let report = crate::api::body::report(n, p.length);
+    if report > MAX_REPORT_BYTES {
+        return Err(format!(
+            "{n} participants × length {} make reports of {} MiB; at most {} MiB (use fewer participants or a shorter vector)",
+            p.length,
+            report >> 20,
+            MAX_REPORT_BYTES >> 20
+        ));
+    }
     if p.modulus != shares::MODULUS {
         return Err(format!(
             "modulus {} is not supported: values live in the field of prio's Field64, modulus {} (2^64 - 2^32 + 1)",
@@ -334,6 +346,17 @@ impl MpcEngine {
         })
     }
 
+    /// The number of participants and the vector length of a task (no lock taken).
+    pub fn task_shape(&self, task_id: &str) -> Result<(usize, u32), AggError> {
+        let task = self
+            .agg()
+            .store
+            .get(task_id)
+            .ok_or_else(|| AggError::unknown_task(task_id))?;
+        let p = &task.info.params;
+        Ok((p.participants.len(), p.length))
+    }
+
     /// Counts a client report refused before it reached [`submit_report`](Self::submit_report).
     pub fn count_report_outcome(&self, outcome: &str) {
         self.count_report(outcome)
@@ -377,8 +400,11 @@ impl MpcEngine {
             modulus: request.modulus.unwrap_or(shares::MODULUS),
             min_reports: request.min_reports,
             created_at: now(),
+            created_by: Some(local.to_string()),
         };
         let peers = check_params(local, &params).map_err(AggError::bad)?;
+        self.check_task_cap(&local)
+            .map_err(|m| AggError::new(429, "limit_reached", m))?;
         self.inner
             .roster
             .check_all(&peers)
@@ -480,25 +506,39 @@ impl MpcEngine {
             }
             let info = TaskInfo { params, keys };
             let index = peers.iter().position(|p| *p == local).unwrap_or(0);
-            engine
-                .agg()
-                .store
-                .insert(info.clone(), index)
+            let store = &engine.agg().store;
+            let task_id = info.params.task_id.clone();
+            let pending = store
+                .insert_pending(info.clone(), index)
                 .await
                 .map_err(|e| SessionError::failed(format!("cannot store the task: {e}")))?;
-            inbox
+            let stored = inbox
                 .collect("aggregation task stored", &others, timeout, |b| match b {
                     Body::AggTaskStored => Some(()),
                     _ => None,
                 })
+                .await;
+            if let Err(e) = stored {
+                engine.discard_pending_task(&task_id).await;
+                return Err(SessionError::failed(format!(
+                    "not every participant confirmed storing task {task_id}; the task is discarded: {e}"
+                )));
+            }
+            store
+                .activate(pending)
                 .await
-                .map_err(|e| {
-                    SessionError::failed(format!(
-                        "task {} is stored here, but not every participant confirmed storing it: {e}",
-                        info.params.task_id
-                    ))
-                })?;
-            info!(task_id = %info.params.task_id, "aggregation task created on every participant");
+                .map_err(|e| SessionError::failed(format!("cannot store the task: {e}")))?;
+            engine
+                .announce_active(
+                    &mut inbox,
+                    &others,
+                    &format!("aggregation task {task_id}"),
+                    Body::AggTaskActive,
+                    Body::AggTaskActivated,
+                    timeout,
+                )
+                .await;
+            info!(%task_id, "aggregation task created on every participant");
             Ok(info)
         };
         self.run_session(Protocol::AggCreate, "coordinator", session, others, run)
@@ -542,6 +582,13 @@ impl MpcEngine {
         if self.agg().store.get(&params.task_id).is_some() {
             return Err(format!("task {} exists already", params.task_id));
         }
+        if params.created_by != Some(from.to_string()) {
+            return Err(format!(
+                "the task names {} as its creator, but {from} sent it",
+                params.created_by.as_deref().unwrap_or("no one")
+            ));
+        }
+        self.check_task_cap(&from)?;
         let inbox = self
             .inner
             .router
@@ -621,15 +668,59 @@ impl MpcEngine {
             .map_err(|e| SessionError::blame(vec![from], e))?;
         }
         let info = TaskInfo { params, keys };
-        agg.store
-            .insert(info.clone(), index)
+        let task_id = info.params.task_id.clone();
+        let pending = agg
+            .store
+            .insert_pending(info, index)
             .await
             .map_err(|e| SessionError::failed(format!("cannot store the task: {e}")))?;
-        info!(task_id = %info.params.task_id, "aggregation task stored");
-        self.send(from, session, Body::AggTaskStored)
+        let activated = async {
+            self.send(from, session, Body::AggTaskStored)
+                .await
+                .map_err(|e| unreachable_error(vec![(from, e)], "the storage confirmation"))?;
+            // The coordinator waits up to a round for the slowest participant first.
+            inbox
+                .collect("aggregation task activation", &[from], 2 * timeout, |b| {
+                    matches!(b, Body::AggTaskActive).then_some(())
+                })
+                .await
+                .map_err(|e| {
+                    SessionError::failed(format!(
+                        "the coordinator did not confirm that every participant stored task {task_id}; the task is discarded: {e}"
+                    ))
+                })
+        }
+        .await;
+        if let Err(e) = activated {
+            self.discard_pending_task(&task_id).await;
+            return Err(e);
+        }
+        agg.store
+            .activate(pending)
             .await
-            .map_err(|e| unreachable_error(vec![(from, e)], "the storage confirmation"))?;
+            .map_err(|e| SessionError::failed(format!("cannot store the task: {e}")))?;
+        self.report_active(from, session, Body::AggTaskActivated)
+            .await;
+        info!(%task_id, "aggregation task stored");
         Ok(())
+    }
+
+    async fn discard_pending_task(&self, task_id: &str) {
+        if let Err(e) = self.agg().store.discard_pending(task_id).await {
+            warn!(%task_id, error = %e, "cannot remove a pending task whose creation did not complete");
+        }
+    }
+
+    fn check_task_cap(&self, creator: &PeerId) -> Result<(), String> {
+        let held = self.agg().store.count_created_by(&creator.to_string());
+        super::check_creator_cap(
+            &self.inner.local,
+            creator,
+            "aggregation tasks",
+            held,
+            self.inner.max_tasks_per_creator,
+            "mpc_max_tasks_per_creator",
+        )
     }
 
     /// Checks and decrypts one sealed share for this node; reserves the report id on success.
@@ -1420,5 +1511,41 @@ impl MpcEngine {
             .map_err(|e| unreachable_error(vec![(from, e)], "the share sum"))?;
         info!(task_id = %task.info.params.task_id, reports = snapshot.count, "share sum opened");
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn params(n: usize, length: u32) -> (PeerId, TaskParams) {
+        let mut peers: Vec<String> = (0..n).map(|_| PeerId::random().to_string()).collect();
+        peers.sort();
+        let local = peers[0].parse().unwrap();
+        let p = TaskParams {
+            task_id: "ab".repeat(16),
+            participants: peers,
+            threshold: 1,
+            length,
+            modulus: shares::MODULUS,
+            min_reports: 1,
+            created_at: 0,
+            created_by: None,
+        };
+        (local, p)
+    }
+
+    #[test]
+    fn reports_are_bounded_by_participants_times_length() {
+        let (local, p) = params(3, MAX_LENGTH);
+        assert!(check_params(local, &p).is_ok());
+        let (local, p) = params(MAX_PARTICIPANTS, MAX_LENGTH);
+        let e = check_params(local, &p).unwrap_err();
+        assert!(
+            e.contains("make reports of 1365 MiB; at most 512 MiB"),
+            "{e}"
+        );
+        let (local, p) = params(MAX_PARTICIPANTS, MAX_LENGTH / 4);
+        assert!(check_params(local, &p).is_ok());
     }
 }

@@ -2,6 +2,11 @@
 //! (parameters and participants' keys, written once) and `<id>.state.json` (accepted report
 //! ids and this node's running share sum, replaced atomically after every accepted report).
 //! The share sum is a Shamir share, never a client's plaintext.
+//!
+//! A new task's file is first written as `<id>.pending.json` (not loaded, takes no reports)
+//! and renamed to `<id>.task.json` once the coordinator confirmed that every participant
+//! stored the task. A pending task whose confirmation never comes is removed when its
+//! session ends; pending files found at start are removed with their state, never loaded.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fs;
@@ -14,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::shares::{self, Field};
+
+const PENDING_SUFFIX: &str = ".pending.json";
 
 /// Version of the task and state file formats.
 pub const TASK_FILE_FORMAT: u32 = 1;
@@ -34,6 +41,9 @@ pub struct TaskParams {
     pub min_reports: u64,
     /// Seconds since the Unix epoch, set by the creating node.
     pub created_at: u64,
+    /// The peer that coordinated the task's creation (tasks made before this field: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_by: Option<String>,
 }
 
 /// One participant's published encryption key.
@@ -287,6 +297,15 @@ impl TaskEntry {
     }
 }
 
+/// What [`AggregationStore::open`] found besides valid tasks.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    /// Task files that could not be loaded (left in place), with the reason.
+    pub unreadable: Vec<(PathBuf, String)>,
+    /// Tasks whose creation never completed (pending at the last stop), removed.
+    pub removed_pending: Vec<PathBuf>,
+}
+
 /// The aggregation tasks of this node.
 #[derive(Clone)]
 pub struct AggregationStore {
@@ -296,10 +315,8 @@ pub struct AggregationStore {
 
 impl AggregationStore {
     /// Opens `<data_dir>/aggregation/`, loading every task; returns unreadable files too.
-    pub fn open(
-        data_dir: &Path,
-        local_peer: &str,
-    ) -> Result<(Self, Vec<(PathBuf, String)>), TaskStoreError> {
+    /// Pending tasks (creation never confirmed) are removed.
+    pub fn open(data_dir: &Path, local_peer: &str) -> Result<(Self, OpenReport), TaskStoreError> {
         let dir = data_dir.join("aggregation");
         let state = crate::atomic_file::open_state_dir(&dir).map_err(|source| {
             TaskStoreError::CreateDir {
@@ -309,7 +326,17 @@ impl AggregationStore {
         })?;
         let mut tasks = HashMap::new();
         let mut unreadable = Vec::new();
+        let mut removed_pending = Vec::new();
         for (path, name) in state.files {
+            if let Some(task_id) = name.strip_suffix(PENDING_SUFFIX) {
+                let files = [path.clone(), dir.join(format!("{task_id}.state.json"))];
+                crate::atomic_file::remove(&files).map_err(|source| TaskStoreError::Write {
+                    path: path.clone(),
+                    source,
+                })?;
+                removed_pending.push(path);
+                continue;
+            }
             let Some(task_id) = name.strip_suffix(".task.json") else {
                 continue;
             };
@@ -325,7 +352,10 @@ impl AggregationStore {
                 dir,
                 tasks: Arc::new(RwLock::new(tasks)),
             },
-            unreadable,
+            OpenReport {
+                unreadable,
+                removed_pending,
+            },
         ))
     }
 
@@ -343,12 +373,27 @@ impl AggregationStore {
             .cloned()
     }
 
-    /// Stores a new task (state first, then the task file that makes it visible at restart).
-    pub async fn insert(
+    /// How many tasks held here were created by `peer`.
+    pub fn count_created_by(&self, peer: &str) -> usize {
+        self.tasks
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .filter(|t| t.info.params.created_by.as_deref() == Some(peer))
+            .count()
+    }
+
+    fn pending_path(&self, task_id: &str) -> PathBuf {
+        self.dir.join(format!("{task_id}{PENDING_SUFFIX}"))
+    }
+
+    /// Stores a new task as pending (state first, then the pending task file); it takes no
+    /// reports and is not loaded at restart until [`activate`](Self::activate)d.
+    pub async fn insert_pending(
         &self,
         info: TaskInfo,
         index: usize,
-    ) -> Result<Arc<TaskEntry>, TaskStoreError> {
+    ) -> Result<TaskEntry, TaskStoreError> {
         let task_id = info.params.task_id.clone();
         if self.get(&task_id).is_some() {
             return Err(TaskStoreError::Other(format!(
@@ -376,16 +421,57 @@ impl AggregationStore {
             task: info,
         })
         .map_err(|e| TaskStoreError::Other(e.to_string()))?;
-        let path = self.dir.join(format!("{task_id}.task.json"));
+        let path = self.pending_path(&task_id);
         tokio::task::spawn_blocking(move || replace_atomically(&path, &bytes))
             .await
             .map_err(|e| TaskStoreError::Other(format!("the store task failed: {e}")))??;
+        Ok(entry)
+    }
+
+    /// Makes a pending task a task: its file renamed into place, then visible.
+    pub async fn activate(&self, entry: TaskEntry) -> Result<Arc<TaskEntry>, TaskStoreError> {
+        let task_id = entry.info.params.task_id.clone();
+        let from = self.pending_path(&task_id);
+        let to = self.dir.join(format!("{task_id}.task.json"));
+        tokio::task::spawn_blocking(move || {
+            crate::atomic_file::promote(&from, &to)
+                .map_err(|source| TaskStoreError::Write { path: to, source })
+        })
+        .await
+        .map_err(|e| TaskStoreError::Other(format!("the store task failed: {e}")))??;
         let entry = Arc::new(entry);
         self.tasks
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(task_id, entry.clone());
         Ok(entry)
+    }
+
+    /// Removes a pending task and its state (its creation did not complete).
+    pub async fn discard_pending(&self, task_id: &str) -> Result<(), TaskStoreError> {
+        let files = vec![
+            self.pending_path(task_id),
+            self.dir.join(format!("{task_id}.state.json")),
+        ];
+        tokio::task::spawn_blocking(move || {
+            crate::atomic_file::remove(&files).map_err(|source| TaskStoreError::Write {
+                path: files[0].clone(),
+                source,
+            })
+        })
+        .await
+        .map_err(|e| TaskStoreError::Other(format!("the store task failed: {e}")))?
+    }
+
+    /// Stores a new task and makes it visible at once (tests and tools).
+    #[cfg(test)]
+    pub async fn insert(
+        &self,
+        info: TaskInfo,
+        index: usize,
+    ) -> Result<Arc<TaskEntry>, TaskStoreError> {
+        let entry = self.insert_pending(info, index).await?;
+        self.activate(entry).await
     }
 }
 
@@ -458,6 +544,7 @@ mod tests {
                 modulus: shares::MODULUS,
                 min_reports: 1,
                 created_at: 0,
+                created_by: Some("me".into()),
             },
             keys: vec![],
         }
@@ -473,14 +560,38 @@ mod tests {
         assert!(!task.reserve("r1"));
         let share = shares::to_field(&[1, 2, 3]).unwrap();
         task.commit("r1", &share).await.unwrap();
-        let (again, bad) = AggregationStore::open(dir.path(), "me").unwrap();
-        assert!(bad.is_empty(), "{bad:?}");
+        let (again, report) = AggregationStore::open(dir.path(), "me").unwrap();
+        assert!(report.unreadable.is_empty(), "{report:?}");
         let task = again.get("t1").unwrap();
         assert_eq!(task.info, info);
         assert!(!task.reserve("r1"), "accepted ids are remembered");
         let snap = task.snapshot().await;
         assert_eq!(snap.count, 1);
         assert_eq!(shares::to_integers(&snap.share_sum), vec![1, 2, 3]);
+    }
+
+    #[tokio::test]
+    async fn pending_tasks_take_no_reports_and_are_never_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = AggregationStore::open(dir.path(), "me").unwrap();
+        let pending = store.insert_pending(task_info("p1", 2), 0).await.unwrap();
+        store.insert_pending(task_info("p2", 2), 0).await.unwrap();
+        assert!(store.get("p1").is_none(), "a pending task is not visible");
+        assert_eq!(store.count_created_by("me"), 0);
+        store.activate(pending).await.unwrap();
+        assert!(store.get("p1").is_some());
+        assert_eq!(store.count_created_by("me"), 1);
+        let (again, report) = AggregationStore::open(dir.path(), "me").unwrap();
+        assert_eq!(
+            report.removed_pending,
+            vec![store.dir().join("p2.pending.json")]
+        );
+        assert!(!store.dir().join("p2.state.json").exists());
+        assert!(again.get("p1").is_some() && again.get("p2").is_none());
+        store.insert_pending(task_info("p3", 2), 0).await.unwrap();
+        store.discard_pending("p3").await.unwrap();
+        assert!(!store.dir().join("p3.pending.json").exists());
+        assert!(!store.dir().join("p3.state.json").exists());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
