@@ -8,7 +8,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service};
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
@@ -17,7 +18,9 @@ use kube::{Client, CustomResourceExt};
 use p2p_mpc_operator::crd::MpcCluster;
 use p2p_mpc_operator::keys::ClusterKeys;
 use p2p_mpc_operator::resources::statefulset::WorkloadDefaults;
-use p2p_mpc_operator::resources::{ClusterNames, config, pdb, secret, services, statefulset};
+use p2p_mpc_operator::resources::{
+    ClusterNames, api_token, config, member_secret, network_policy, pdb, pvc, services, statefulset,
+};
 use p2p_mpc_testenv::ControlPlane;
 use serde_json::json;
 
@@ -37,7 +40,7 @@ async fn namespace(client: &Client, name: &str) -> anyhow::Result<()> {
 fn cluster(name: &str) -> anyhow::Result<MpcCluster> {
     Ok(serde_json::from_value(json!({
         "apiVersion": "p2p-mpc.dev/v1alpha1", "kind": "MpcCluster",
-        "metadata": {"name": name}, "spec": {"replicas": 3}
+        "metadata": {"name": name}, "spec": {"replicas": REPLICAS}
     }))?)
 }
 
@@ -60,7 +63,12 @@ async fn create_clusters(
     made.into_iter().collect()
 }
 
-/// Waits until `n` clusters' children all exist in `ns`.
+/// Members of every cluster of the benchmark.
+const REPLICAS: usize = 3;
+
+/// Waits until `n` clusters' children all exist in `ns`: per cluster a Secret, a claim and a
+/// StatefulSet per member, the API token Secret, two Services (headless, metrics), a
+/// NetworkPolicy and a PodDisruptionBudget.
 async fn children_present(
     client: &Client,
     ns: &str,
@@ -71,38 +79,62 @@ async fn children_present(
     let deadline = Instant::now() + timeout;
     loop {
         let counts = [
-            Api::<Secret>::namespaced(client.clone(), ns)
-                .list_metadata(&lp)
-                .await?
-                .items
-                .len(),
-            Api::<ConfigMap>::namespaced(client.clone(), ns)
-                .list_metadata(&lp)
-                .await?
-                .items
-                .len(),
-            Api::<Service>::namespaced(client.clone(), ns)
-                .list_metadata(&lp)
-                .await?
-                .items
-                .len()
-                / 2,
-            Api::<StatefulSet>::namespaced(client.clone(), ns)
-                .list_metadata(&lp)
-                .await?
-                .items
-                .len(),
-            Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
-                .list_metadata(&lp)
-                .await?
-                .items
-                .len(),
+            (
+                Api::<Secret>::namespaced(client.clone(), ns)
+                    .list_metadata(&lp)
+                    .await?
+                    .items
+                    .len(),
+                (REPLICAS + 1) * n,
+            ),
+            (
+                Api::<NetworkPolicy>::namespaced(client.clone(), ns)
+                    .list_metadata(&lp)
+                    .await?
+                    .items
+                    .len(),
+                n,
+            ),
+            (
+                Api::<PersistentVolumeClaim>::namespaced(client.clone(), ns)
+                    .list_metadata(&lp)
+                    .await?
+                    .items
+                    .len(),
+                REPLICAS * n,
+            ),
+            (
+                Api::<Service>::namespaced(client.clone(), ns)
+                    .list_metadata(&lp)
+                    .await?
+                    .items
+                    .len(),
+                2 * n,
+            ),
+            (
+                Api::<StatefulSet>::namespaced(client.clone(), ns)
+                    .list_metadata(&lp)
+                    .await?
+                    .items
+                    .len(),
+                REPLICAS * n,
+            ),
+            (
+                Api::<PodDisruptionBudget>::namespaced(client.clone(), ns)
+                    .list_metadata(&lp)
+                    .await?
+                    .items
+                    .len(),
+                n,
+            ),
         ];
-        if counts.iter().all(|c| *c >= n) {
+        if counts.iter().all(|(seen, want)| seen >= want) {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("children of {n} clusters not present within {timeout:?}: {counts:?}");
+            bail!(
+                "children of {n} clusters not present within {timeout:?}: {counts:?} (seen, wanted)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -113,22 +145,36 @@ async fn apply_children(client: &Client, mc: &MpcCluster) -> anyhow::Result<()> 
     let names = ClusterNames::of(mc, "cluster.local");
     let ns = names.namespace.clone();
     let mut keys = ClusterKeys::default();
-    keys.ensure(&names.name, mc.spec.replicas);
+    keys.ensure(mc.spec.replicas);
     let pp = PatchParams::apply("baseline").force();
-    Api::<Secret>::namespaced(client.clone(), &ns)
-        .patch(
-            &names.secret(),
-            &pp,
-            &Patch::Apply(secret::build(mc, &names, &keys)),
-        )
-        .await?;
-    Api::<ConfigMap>::namespaced(client.clone(), &ns)
-        .patch(
-            &names.config_map(),
-            &pp,
-            &Patch::Apply(config::build(mc, &names, &keys)?),
-        )
-        .await?;
+    let members = config::members_file(mc, &names, &keys)?;
+    let defaults = WorkloadDefaults {
+        image: "p2p-mpc:bench".into(),
+    };
+    for i in 0..mc.spec.replicas {
+        let files = member_secret::MemberFiles {
+            key: keys.get(i).context("a key per member")?,
+            config: config::node_config(mc, &names, &keys, i)?,
+            members: members.clone(),
+        };
+        Api::<Secret>::namespaced(client.clone(), &ns)
+            .patch(
+                &names.member_secret(i),
+                &pp,
+                &Patch::Apply(member_secret::build(mc, &names, i, files)),
+            )
+            .await?;
+        Api::<PersistentVolumeClaim>::namespaced(client.clone(), &ns)
+            .create(&PostParams::default(), &pvc::build(mc, &names, i))
+            .await?;
+        Api::<StatefulSet>::namespaced(client.clone(), &ns)
+            .patch(
+                &names.member(i),
+                &pp,
+                &Patch::Apply(statefulset::build(mc, &names, i, &defaults)),
+            )
+            .await?;
+    }
     let svcs = Api::<Service>::namespaced(client.clone(), &ns);
     svcs.patch(
         &names.headless_service(),
@@ -137,19 +183,19 @@ async fn apply_children(client: &Client, mc: &MpcCluster) -> anyhow::Result<()> 
     )
     .await?;
     svcs.patch(
-        &names.client_service(),
+        &names.metrics_service(),
         &pp,
-        &Patch::Apply(services::client(mc, &names)),
+        &Patch::Apply(services::metrics(mc, &names)),
     )
     .await?;
-    let defaults = WorkloadDefaults {
-        image: "p2p-mpc:bench".into(),
-    };
-    Api::<StatefulSet>::namespaced(client.clone(), &ns)
+    Api::<Secret>::namespaced(client.clone(), &ns)
+        .create(&PostParams::default(), &api_token::generate(mc, &names))
+        .await?;
+    Api::<NetworkPolicy>::namespaced(client.clone(), &ns)
         .patch(
             &names.workload(),
             &pp,
-            &Patch::Apply(statefulset::build(mc, &names, &defaults)),
+            &Patch::Apply(network_policy::build(mc, &names)),
         )
         .await?;
     Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns)

@@ -6,12 +6,13 @@ use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
-use kube::api::{Api, DynamicObject, Patch, PatchParams};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::watcher;
@@ -21,10 +22,13 @@ use serde::de::DeserializeOwned;
 use tracing::{Instrument, info, warn};
 
 use crate::crd::{MpcCluster, MpcClusterStatus, PeerStatus};
-use crate::keys::{ClusterKeys, KeyError, pod_name};
+use crate::keys::{ClusterKeys, KeyError};
 use crate::metrics::OperatorMetrics;
 use crate::resources::statefulset::WorkloadDefaults;
-use crate::resources::{ClusterNames, config, pdb, secret, service_monitor, services, statefulset};
+use crate::resources::{
+    ClusterNames, MEMBER_LABEL, api_token, config, member_secret, network_policy, pdb, pvc,
+    service_monitor, services, statefulset,
+};
 
 /// The one field manager of every server-side apply.
 pub const FIELD_MANAGER: &str = "p2p-mpc-operator";
@@ -40,6 +44,8 @@ pub struct OperatorConfig {
     pub default_image: String,
     /// DNS suffix of the cluster, for the pods' stable names.
     pub cluster_domain: String,
+    /// Namespaces whose MpcClusters are managed; empty: every namespace.
+    pub watch_namespaces: Vec<String>,
 }
 
 /// A failed reconciliation.
@@ -55,6 +61,9 @@ pub enum Error {
     },
     #[error(transparent)]
     Keys(#[from] KeyError),
+    /// The spec names something that cannot be used as it is.
+    #[error("{0}")]
+    Spec(String),
 }
 
 impl Error {
@@ -63,6 +72,7 @@ impl Error {
         match self {
             Error::Kube { .. } => "kube",
             Error::Keys(_) => "keys",
+            Error::Spec(_) => "spec",
         }
     }
 }
@@ -99,6 +109,7 @@ impl Context {
 pub enum Change {
     Created,
     Updated,
+    Deleted,
     Unchanged,
 }
 
@@ -199,66 +210,239 @@ pub fn error_policy(mc: Arc<MpcCluster>, _error: &Error, ctx: Arc<Context>) -> A
     Action::requeue(delay)
 }
 
+/// `obj` is controlled by `mc`.
+fn controlled_by(obj: &impl Resource, mc: &MpcCluster) -> bool {
+    obj.meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true) && Some(&r.uid) == mc.metadata.uid.as_ref())
+}
+
+/// How long to wait for the earlier layout's pods to be gone before the members start.
+const MIGRATION_POLL: Duration = Duration::from_secs(2);
+
 async fn reconcile_cluster(mc: &MpcCluster, ctx: &Context) -> Result<Action, Error> {
     let names = ClusterNames::of(mc, &ctx.config.cluster_domain);
     let ns = names.namespace.clone();
     let client = ctx.client.clone();
+    let replicas = mc.spec.replicas;
     let mut changes: Vec<(Change, &'static str, String)> = Vec::new();
 
-    // Identity keys: existing ones are kept byte for byte, missing ones generated.
+    // Identity keys: a member's own Secret first, then the earlier layout's Secret of every
+    // key (migrated, peer ids kept), else a new key. Existing keys are kept byte for byte.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let existing = secrets.get_opt(&names.secret()).await.map_err(kube_err(
-        "read",
-        "Secret",
-        &names.secret(),
-    ))?;
-    let entries = existing
-        .and_then(|s| s.data)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|(k, v)| (k, v.0))
-        .collect();
-    let mut keys = ClusterKeys::from_entries(entries);
-    let added = keys.ensure(&names.name, mc.spec.replicas);
-    let (_, c) = apply(&secrets, &secret::build(mc, &names, &keys), "Secret").await?;
-    changes.push((c, "Secret", names.secret()));
+    let legacy_secret = secrets
+        .get_opt(&names.legacy_secret())
+        .await
+        .map_err(kube_err("read", "Secret", &names.legacy_secret()))?
+        .filter(|s| controlled_by(s, mc));
+    let mut keys = match &legacy_secret {
+        Some(s) => {
+            let entries = s
+                .data
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            ClusterKeys::from_legacy_entries(&names.name, &entries)
+        }
+        None => ClusterKeys::default(),
+    };
+    let known = keys.ordinals().max().map_or(0, |m| m + 1).max(replicas);
+    for i in 0..known {
+        let name = names.member_secret(i);
+        let found = secrets
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("read", "Secret", &name))?;
+        if let Some(key) = found.as_ref().and_then(member_secret::key_of) {
+            keys.insert_existing(i, key);
+        }
+    }
+    let added = keys.ensure(replicas);
+    let members = config::members_file(mc, &names, &keys)?;
+    let ordinals: Vec<i32> = keys.ordinals().collect();
+    for i in ordinals {
+        let files = member_secret::MemberFiles {
+            key: keys.get(i).unwrap_or_default(),
+            config: config::node_config(mc, &names, &keys, i)?,
+            members: members.clone(),
+        };
+        let secret = member_secret::build(mc, &names, i, files);
+        let (_, c) = apply(&secrets, &secret, "Secret").await?;
+        changes.push((c, "Secret", names.member_secret(i)));
+    }
     if !added.is_empty() {
+        let list: Vec<String> = added.iter().map(|i| names.member(*i)).collect();
         publish(
             ctx,
             mc,
             EventType::Normal,
             "KeysGenerated",
-            format!("generated identity keys for {}", added.join(", ")),
+            format!("generated identity keys for {}", list.join(", ")),
         )
         .await;
     }
 
-    let config_maps: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
-    let (_, c) = apply(
-        &config_maps,
-        &config::build(mc, &names, &keys)?,
-        "ConfigMap",
-    )
-    .await?;
-    changes.push((c, "ConfigMap", names.config_map()));
+    // The API token: the spec's Secret, checked, or one made once and never changed.
+    let token_name = api_token::secret_name(mc, &names);
+    let token =
+        secrets
+            .get_opt(&token_name)
+            .await
+            .map_err(kube_err("read", "Secret", &token_name))?;
+    match token {
+        Some(s) => {
+            if let Some(why) = api_token::unusable(&s) {
+                return Err(Error::Spec(format!(
+                    "the API token Secret {token_name} {why}: put the bearer token under the key `{}`",
+                    api_token::TOKEN_KEY
+                )));
+            }
+        }
+        None if mc.spec.api.token_secret.is_some() => {
+            return Err(Error::Spec(format!(
+                "spec.api.tokenSecret names Secret {token_name}, which does not exist in namespace {ns}: create it with the bearer token under the key `{}`, or remove the field to have the operator make one",
+                api_token::TOKEN_KEY
+            )));
+        }
+        None => match secrets
+            .create(&PostParams::default(), &api_token::generate(mc, &names))
+            .await
+        {
+            Ok(_) => changes.push((Change::Created, "Secret", token_name)),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => return Err(kube_err("create", "Secret", &token_name)(e)),
+        },
+    }
 
-    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
-    let (_, c) = apply(&svcs, &services::headless(mc, &names), "Service").await?;
-    changes.push((c, "Service", names.headless_service()));
-    let (_, c) = apply(&svcs, &services::client(mc, &names), "Service").await?;
-    changes.push((c, "Service", names.client_service()));
+    // Data claims: made when missing, never changed (a bound claim's spec is immutable).
+    let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &ns);
+    for i in 0..replicas {
+        let name = names.data_claim(i);
+        let exists = claims
+            .get_opt(&name)
+            .await
+            .map_err(kube_err("read", "PersistentVolumeClaim", &name))?
+            .is_some();
+        if !exists {
+            match claims
+                .create(&PostParams::default(), &pvc::build(mc, &names, i))
+                .await
+            {
+                Ok(_) => changes.push((Change::Created, "PersistentVolumeClaim", name)),
+                Err(kube::Error::Api(e)) if e.code == 409 => {}
+                Err(e) => return Err(kube_err("create", "PersistentVolumeClaim", &name)(e)),
+            }
+        }
+    }
+
+    // The earlier layout's one StatefulSet goes first, and the members start only once its
+    // pods are gone: two processes must never share a data volume.
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
+    let legacy_set = sets
+        .get_opt(&names.legacy_workload())
+        .await
+        .map_err(kube_err("read", "StatefulSet", &names.legacy_workload()))?
+        .filter(|s| controlled_by(s, mc) && !s.labels().contains_key(MEMBER_LABEL));
+    if let Some(legacy) = legacy_set {
+        if legacy.metadata.deletion_timestamp.is_none() {
+            sets.delete(&names.legacy_workload(), &DeleteParams::foreground())
+                .await
+                .map_err(kube_err("delete", "StatefulSet", &names.legacy_workload()))?;
+            info!(name = %names.legacy_workload(), "migrating: deleted the StatefulSet of the earlier layout");
+            publish(
+                ctx,
+                mc,
+                EventType::Normal,
+                "Migrating",
+                format!(
+                    "deleted StatefulSet {} of the earlier layout; each member gets its own StatefulSet, Secret and the same data volume once its pods are gone",
+                    names.legacy_workload()
+                ),
+            )
+            .await;
+        }
+        return Ok(Action::requeue(MIGRATION_POLL));
+    }
 
     let defaults = WorkloadDefaults {
         image: ctx.config.default_image.clone(),
     };
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
-    let (sts, c) = apply(
-        &sets,
-        &statefulset::build(mc, &names, &defaults),
-        "StatefulSet",
+    let mut member_sets = Vec::new();
+    for i in 0..replicas {
+        let (sts, c) = apply(
+            &sets,
+            &statefulset::build(mc, &names, i, &defaults),
+            "StatefulSet",
+        )
+        .await?;
+        changes.push((c, "StatefulSet", names.member(i)));
+        member_sets.push(sts);
+    }
+    // Scaled down: the members at or above `replicas` stop; their Secret and claim stay.
+    let ours = sets
+        .list(&ListParams::default().labels(&instance_selector(&names.name)))
+        .await
+        .map_err(kube_err("list", "StatefulSet", &names.name))?;
+    for sts in ours.items {
+        let ordinal = sts
+            .labels()
+            .get(MEMBER_LABEL)
+            .and_then(|v| v.parse::<i32>().ok());
+        if ordinal.is_some_and(|i| i >= replicas)
+            && controlled_by(&sts, mc)
+            && sts.metadata.deletion_timestamp.is_none()
+        {
+            let name = sts.name_any();
+            sets.delete(&name, &DeleteParams::default())
+                .await
+                .map_err(kube_err("delete", "StatefulSet", &name))?;
+            changes.push((Change::Deleted, "StatefulSet", name));
+        }
+    }
+
+    // Every key is in its member's Secret now: the earlier layout's Secret and ConfigMap go.
+    if legacy_secret.is_some() {
+        delete_owned::<Secret>(ctx, mc, &names.legacy_secret(), "Secret", &mut changes).await?;
+    }
+    delete_owned::<ConfigMap>(
+        ctx,
+        mc,
+        &names.legacy_config_map(),
+        "ConfigMap",
+        &mut changes,
     )
     .await?;
-    changes.push((c, "StatefulSet", names.workload()));
+
+    let svcs: Api<Service> = Api::namespaced(client.clone(), &ns);
+    let (_, c) = apply(&svcs, &services::headless(mc, &names), "Service").await?;
+    changes.push((c, "Service", names.headless_service()));
+    let (_, c) = apply(&svcs, &services::metrics(mc, &names), "Service").await?;
+    changes.push((c, "Service", names.metrics_service()));
+    // The API's Service only when asked for (the earlier layout always made one).
+    if mc.spec.api.service {
+        let (_, c) = apply(&svcs, &services::client(mc, &names), "Service").await?;
+        changes.push((c, "Service", names.client_service()));
+    } else {
+        delete_owned::<Service>(ctx, mc, &names.client_service(), "Service", &mut changes).await?;
+    }
+
+    let policies: Api<NetworkPolicy> = Api::namespaced(client.clone(), &ns);
+    if mc.spec.network_policy.enabled {
+        let (_, c) = apply(
+            &policies,
+            &network_policy::build(mc, &names),
+            "NetworkPolicy",
+        )
+        .await?;
+        changes.push((c, "NetworkPolicy", names.workload()));
+    } else {
+        delete_owned::<NetworkPolicy>(ctx, mc, &names.workload(), "NetworkPolicy", &mut changes)
+            .await?;
+    }
 
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
     let (_, c) = apply(&pdbs, &pdb::build(mc, &names), "PodDisruptionBudget").await?;
@@ -270,6 +454,7 @@ async fn reconcile_cluster(mc: &MpcCluster, ctx: &Context) -> Result<Action, Err
         let (reason, verb) = match change {
             Change::Created => ("Created", "created"),
             Change::Updated => ("Updated", "updated"),
+            Change::Deleted => ("Deleted", "deleted"),
             Change::Unchanged => continue,
         };
         info!(kind, name, "{verb}");
@@ -283,9 +468,40 @@ async fn reconcile_cluster(mc: &MpcCluster, ctx: &Context) -> Result<Action, Err
         .await;
     }
 
-    let status = observed_status(mc, &names, &keys, &sts, monitor_condition)?;
+    let status = observed_status(mc, &names, &keys, &member_sets, monitor_condition)?;
     write_status(mc, ctx, status).await?;
     Ok(Action::requeue(RESYNC))
+}
+
+/// The label selector of every child object of cluster `name`.
+fn instance_selector(name: &str) -> String {
+    format!("app.kubernetes.io/instance={name},{CHILD_SELECTOR}")
+}
+
+/// Deletes an object that is no longer wanted (or of the earlier layout), if `mc` controls it.
+async fn delete_owned<K>(
+    ctx: &Context,
+    mc: &MpcCluster,
+    name: &str,
+    kind: &'static str,
+    changes: &mut Vec<(Change, &'static str, String)>,
+) -> Result<(), Error>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope> + Clone + DeserializeOwned + Debug,
+    K::DynamicType: Default,
+{
+    let api: Api<K> = Api::namespaced(ctx.client.clone(), &mc.namespace().unwrap_or_default());
+    let found = api
+        .get_opt(name)
+        .await
+        .map_err(kube_err("read", kind, name))?;
+    if found.is_some_and(|o| controlled_by(&o, mc)) {
+        api.delete(name, &DeleteParams::default())
+            .await
+            .map_err(kube_err("delete", kind, name))?;
+        changes.push((Change::Deleted, kind, name.to_string()));
+    }
+    Ok(())
 }
 
 /// Applies or removes the ServiceMonitor; returns the condition to report when one was asked for.
@@ -359,24 +575,28 @@ fn condition(type_: &str, ok: bool, reason: &str, message: &str) -> Condition {
     }
 }
 
-/// The status from what was observed: keys, the StatefulSet's status.
+/// The status from what was observed: keys, the members' StatefulSets (`sets[i]` is
+/// member `i`'s).
 pub fn observed_status(
     mc: &MpcCluster,
     names: &ClusterNames,
     keys: &ClusterKeys,
-    sts: &StatefulSet,
+    sets: &[StatefulSet],
     extra: Option<Condition>,
 ) -> Result<MpcClusterStatus, KeyError> {
     let replicas = mc.spec.replicas;
-    let st = sts.status.clone().unwrap_or_default();
-    let ready = st.ready_replicas.unwrap_or(0);
-    let updated = st.updated_replicas.unwrap_or(0);
-    let sts_current = st.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0);
+    let (mut ready, mut updated, mut sts_current) = (0, 0, true);
+    for sts in sets {
+        let st = sts.status.clone().unwrap_or_default();
+        ready += st.ready_replicas.unwrap_or(0).min(1);
+        updated += st.updated_replicas.unwrap_or(0).min(1);
+        sts_current &= st.observed_generation.unwrap_or(0) >= sts.metadata.generation.unwrap_or(0);
+    }
 
     let mut peers = std::collections::BTreeMap::new();
     for i in 0..replicas {
-        let pod = pod_name(&names.name, i);
-        if let Some(peer) = keys.peer_id(&pod)? {
+        if let Some(peer) = config::member_peer(names, keys, i)? {
+            let pod = names.pod(i);
             let peer = peer.to_string();
             peers.insert(
                 pod.clone(),
@@ -500,25 +720,37 @@ async fn mark_degraded(mc: &MpcCluster, ctx: &Context, message: &str) {
     }
 }
 
-/// Runs the controller until `shutdown` resolves.
-pub async fn run(
-    client: Client,
-    config: OperatorConfig,
-    metrics: Arc<OperatorMetrics>,
+/// The APIs of one watch scope: every namespace (`None`) or one.
+fn scoped<K>(client: &Client, namespace: Option<&str>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope>,
+    K::DynamicType: Default,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
+/// One controller for MpcClusters of `namespace` (every namespace when `None`).
+async fn run_scope(
+    ctx: Arc<Context>,
+    namespace: Option<String>,
     shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let ctx = Arc::new(Context::new(client.clone(), config, metrics.clone()));
+    let client = ctx.client.clone();
+    let ns = namespace.as_deref();
     let children = watcher::Config::default().labels(CHILD_SELECTOR);
-    metrics.set_ready(true);
+    // Secrets are not watched: that would need list/watch on every Secret in scope. The
+    // operator reads its Secrets by name and repairs them at the next resync.
     Controller::new(
-        Api::<MpcCluster>::all(client.clone()),
+        scoped::<MpcCluster>(&client, ns),
         watcher::Config::default(),
     )
-    .owns(Api::<StatefulSet>::all(client.clone()), children.clone())
-    .owns(Api::<Secret>::all(client.clone()), children.clone())
-    .owns(Api::<ConfigMap>::all(client.clone()), children.clone())
-    .owns(Api::<Service>::all(client.clone()), children.clone())
-    .owns(Api::<PodDisruptionBudget>::all(client.clone()), children)
+    .owns(scoped::<StatefulSet>(&client, ns), children.clone())
+    .owns(scoped::<Service>(&client, ns), children.clone())
+    .owns(scoped::<PodDisruptionBudget>(&client, ns), children.clone())
+    .owns(scoped::<NetworkPolicy>(&client, ns), children)
     .graceful_shutdown_on(shutdown)
     .run(reconcile, error_policy, ctx)
     .for_each(|result| async move {
@@ -526,6 +758,30 @@ pub async fn run(
             tracing::debug!(error = %e, "reconcile did not finish");
         }
     })
+    .await;
+}
+
+/// Runs the controller until `shutdown` resolves: one for every namespace, or one per
+/// namespace of `config.watch_namespaces`.
+pub async fn run(
+    client: Client,
+    config: OperatorConfig,
+    metrics: Arc<OperatorMetrics>,
+    shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static,
+) {
+    let scopes: Vec<Option<String>> = if config.watch_namespaces.is_empty() {
+        vec![None]
+    } else {
+        config.watch_namespaces.iter().cloned().map(Some).collect()
+    };
+    let ctx = Arc::new(Context::new(client, config, metrics.clone()));
+    let shutdown = shutdown.shared();
+    metrics.set_ready(true);
+    futures::future::join_all(
+        scopes
+            .into_iter()
+            .map(|ns| run_scope(ctx.clone(), ns, shutdown.clone())),
+    )
     .await;
     metrics.set_ready(false);
 }

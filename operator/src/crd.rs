@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ResourceRequirements, Toleration};
+use k8s_openapi::api::networking::v1::NetworkPolicyPeer;
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
@@ -73,6 +74,30 @@ pub struct MpcClusterSpec {
     /// Scheduling and metadata extras for the node pods.
     #[serde(default)]
     pub pod: PodExtras,
+    /// The NetworkPolicy that limits who reaches the nodes' ports.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// The NetworkPolicy of the nodes.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Create it (on by default; it takes effect where the network plugin enforces
+    /// NetworkPolicies). The p2p port admits only the cluster's own pods; the API and metrics
+    /// ports admit `api.allowFrom` and `metrics.allowFrom`.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        Self { enabled: true }
+    }
 }
 
 /// Image pull policy.
@@ -196,6 +221,11 @@ pub struct MetricsSpec {
     /// A Prometheus-operator ServiceMonitor for the nodes.
     #[serde(default)]
     pub service_monitor: ServiceMonitorSpec,
+    /// Who may reach the metrics port, as NetworkPolicy peers. Default: pods of the namespace
+    /// `monitoring` (where kube-prometheus-stack is usually installed) and of the cluster's
+    /// own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_from: Option<Vec<NetworkPolicyPeer>>,
 }
 
 impl Default for MetricsSpec {
@@ -203,6 +233,7 @@ impl Default for MetricsSpec {
         Self {
             port: default_metrics_port(),
             service_monitor: ServiceMonitorSpec::default(),
+            allow_from: None,
         }
     }
 }
@@ -289,12 +320,29 @@ pub struct ApiSpec {
     #[serde(default = "default_api_port")]
     #[schemars(range(min = 1, max = 65535))]
     pub port: i32,
+    /// A Secret of the cluster's namespace whose key `token` is the API's bearer token. When
+    /// absent, the operator creates `<name>-api-token` with a random token and never changes it.
+    /// Every `/v1` request needs `Authorization: Bearer <token>`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub token_secret: Option<String>,
+    /// Create a ClusterIP Service `<name>` for the API (off by default: callers reach a pod by
+    /// its stable DNS name).
+    #[serde(default)]
+    pub service: bool,
+    /// Who may reach the API port, as NetworkPolicy peers. Default: every pod of the cluster's
+    /// namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_from: Option<Vec<NetworkPolicyPeer>>,
 }
 
 impl Default for ApiSpec {
     fn default() -> Self {
         Self {
             port: default_api_port(),
+            token_secret: None,
+            service: false,
+            allow_from: None,
         }
     }
 }

@@ -54,7 +54,7 @@ struct RunArgs {
     #[arg(long, env = "P2P_MPC_OPERATOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
     log_format: LogFormat,
     /// Node image for MpcClusters that name none.
-    #[arg(long, env = "P2P_MPC_OPERATOR_DEFAULT_IMAGE", default_value = concat!("ghcr.io/p2p-mpc/p2p-mpc:", env!("CARGO_PKG_VERSION")))]
+    #[arg(long, env = "P2P_MPC_OPERATOR_DEFAULT_IMAGE", default_value = concat!("localhost/p2p-mpc:", env!("CARGO_PKG_VERSION")))]
     default_image: String,
     /// DNS suffix of the cluster, used in the pods' bootnode addresses.
     #[arg(
@@ -66,6 +66,15 @@ struct RunArgs {
     /// Export spans over OTLP gRPC to this endpoint (e.g. http://jaeger-collector:4317).
     #[arg(long, env = "P2P_MPC_OPERATOR_OTLP_ENDPOINT")]
     otlp_endpoint: Option<String>,
+    /// Manage MpcClusters of this namespace only (repeat it, or a comma-separated list);
+    /// none: every namespace (the operator then needs a ClusterRole).
+    #[arg(
+        long = "watch-namespace",
+        env = "P2P_MPC_OPERATOR_WATCH_NAMESPACES",
+        value_name = "NAMESPACE",
+        value_delimiter = ','
+    )]
+    watch_namespaces: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -151,10 +160,24 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
             .with_graceful_shutdown(stopped(stop_rx.clone()))
             .into_future(),
     );
-    tracing::info!(%metrics_addr, %health_addr, default_image = %args.default_image, cluster_domain = %args.cluster_domain, "operator starting");
+    let mut watch_namespaces: Vec<String> = args
+        .watch_namespaces
+        .iter()
+        .map(|n| n.trim().to_string())
+        .filter(|n| !n.is_empty())
+        .collect();
+    watch_namespaces.sort();
+    watch_namespaces.dedup();
+    let scope = if watch_namespaces.is_empty() {
+        "every namespace".to_string()
+    } else {
+        watch_namespaces.join(",")
+    };
+    tracing::info!(%metrics_addr, %health_addr, default_image = %args.default_image, cluster_domain = %args.cluster_domain, namespaces = %scope, "operator starting");
     let config = OperatorConfig {
         default_image: args.default_image,
         cluster_domain: args.cluster_domain,
+        watch_namespaces,
     };
     controller::run(client, config, metrics, termination_signal()).await;
     tracing::info!("controller stopped; shutting down");

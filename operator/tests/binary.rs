@@ -101,7 +101,7 @@ async fn operator_binary_serves_reconciles_and_stops_on_sigterm() {
         .unwrap();
     let sets: Api<k8s_openapi::api::apps::v1::StatefulSet> = Api::namespaced(client.clone(), &ns);
     let sts = wait_for("the StatefulSet", DEADLINE, || async {
-        sets.get_opt("bin")
+        sets.get_opt("bin-0")
             .await
             .map_err(|e| e.to_string())?
             .ok_or_else(|| "absent".to_string())

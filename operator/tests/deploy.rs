@@ -201,7 +201,22 @@ async fn chart_and_manifests_lint_validate_and_install() {
         ])
         .arg(chart());
     helm_env(&mut template);
-    std::fs::write(&rendered, run(&mut template)).unwrap();
+    let defaults = run(&mut template);
+    // By default the chart, the raw manifest and the operator name the image that
+    // deploy/image/build.sh builds, so a user who built it locally has what the pods ask for.
+    let built = format!("localhost/p2p-mpc:{}", env!("CARGO_PKG_VERSION"));
+    assert_eq!(
+        defaults.matches(&format!("\"{built}\"")).count(),
+        2,
+        "the operator's image and its default node image are {built}: {defaults}"
+    );
+    let manifest = std::fs::read_to_string(root().join("deploy/operator.yaml")).unwrap();
+    assert_eq!(
+        manifest.matches(&built).count(),
+        2,
+        "deploy/operator.yaml names {built}"
+    );
+    std::fs::write(&rendered, defaults).unwrap();
     let rendered_all = work.path().join("rendered-all.yaml");
     let mut template = Command::new(&helm);
     template
@@ -213,12 +228,38 @@ async fn chart_and_manifests_lint_validate_and_install() {
             "nodeSelector.disk=ssd",
             "--set",
             "logFormat=text",
+            "--set",
+            "image.repository=registry.example/team/p2p-mpc",
+            "--set",
+            "image.tag=9.9.9",
         ])
         .arg(chart());
     helm_env(&mut template);
     let all = run(&mut template);
     assert!(all.contains("P2P_MPC_OPERATOR_OTLP_ENDPOINT"), "{all}");
+    assert_eq!(
+        all.matches("\"registry.example/team/p2p-mpc:9.9.9\"")
+            .count(),
+        2,
+        "--set image.repository/image.tag name the operator's and the nodes' image: {all}"
+    );
+    assert!(!all.contains("localhost/p2p-mpc"), "{all}");
     std::fs::write(&rendered_all, all).unwrap();
+
+    // Namespaced RBAC renders valid Roles too.
+    let rendered_ns = work.path().join("rendered-ns.yaml");
+    let mut template = Command::new(&helm);
+    template
+        .args(["template", "t", "--namespace", "p2p-mpc-system"])
+        .args([
+            "--set",
+            "rbac.scope=namespace",
+            "--set",
+            "watchNamespaces={team-a,team-b}",
+        ])
+        .arg(chart());
+    helm_env(&mut template);
+    std::fs::write(&rendered_ns, run(&mut template)).unwrap();
 
     let schemas = work.path().join("schemas");
     std::fs::create_dir_all(&schemas).unwrap();
@@ -229,6 +270,7 @@ async fn chart_and_manifests_lint_validate_and_install() {
         &[
             rendered,
             rendered_all,
+            rendered_ns,
             root().join("deploy/operator.yaml"),
             root().join("deploy/crd"),
             root().join("deploy/examples"),
@@ -376,4 +418,243 @@ async fn chart_and_manifests_lint_validate_and_install() {
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     ctrl.stop().await;
+}
+
+/// Whether `user` (a service account) may `verb` `resource` of `group` in `namespace` (all
+/// namespaces when `None`), as the API server's authorizer answers: what `kubectl auth can-i
+/// --as` asks.
+async fn can(
+    client: &Client,
+    user: &str,
+    verb: &str,
+    group: &str,
+    resource: &str,
+    namespace: Option<&str>,
+) -> bool {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let sa_ns = user.split(':').nth(2).unwrap_or_default();
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "spec": {
+            "user": user,
+            "groups": ["system:serviceaccounts", format!("system:serviceaccounts:{sa_ns}"), "system:authenticated"],
+            "resourceAttributes": {"verb": verb, "group": group, "resource": resource, "namespace": namespace.unwrap_or("")},
+        }
+    }))
+    .unwrap();
+    Api::<SubjectAccessReview>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &review)
+        .await
+        .unwrap_or_else(|e| panic!("SubjectAccessReview for {user}: {e}"))
+        .status
+        .map(|s| s.allowed)
+        .unwrap_or(false)
+}
+
+/// The rules of a Role or ClusterRole, normalized for comparison.
+fn rules_of(obj: &Value) -> Vec<(Vec<String>, Vec<String>, Vec<String>)> {
+    let list = |v: &Value| -> Vec<String> {
+        let mut l: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|x| x.as_str().map(String::from))
+            .collect();
+        l.sort();
+        l
+    };
+    let mut rules: Vec<_> = obj["rules"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| {
+            (
+                list(&r["apiGroups"]),
+                list(&r["resources"]),
+                list(&r["verbs"]),
+            )
+        })
+        .collect();
+    rules.sort();
+    rules
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rbac_is_least_privilege_cluster_wide_and_per_namespace() {
+    let Some(plane) = or_skip(ControlPlane::start_or_connect().await) else {
+        return;
+    };
+    let helm = or_skip(tool("helm").await).unwrap();
+    let client = plane.client().await.unwrap_or_else(|e| panic!("{e}"));
+    install_crd(&client, MpcCluster::crd()).await;
+    let work = tempfile::tempdir().unwrap();
+    let helm_cmd = |args: &[&str]| {
+        let mut c = Command::new(&helm);
+        c.args(args)
+            .arg(chart())
+            .env("KUBECONFIG", plane.kubeconfig())
+            .env("HELM_CACHE_HOME", work.path().join("helm/cache"))
+            .env("HELM_CONFIG_HOME", work.path().join("helm/config"))
+            .env("HELM_DATA_HOME", work.path().join("helm/data"));
+        c
+    };
+
+    // Wrong settings are refused with the reason.
+    for (set, says) in [
+        (
+            "rbac.scope=everything",
+            "rbac.scope must be cluster or namespace",
+        ),
+        ("watchNamespaces={a}", "use rbac.scope=namespace"),
+    ] {
+        let out = helm_cmd(&["template", "t", "--set", set]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{set}: {err}");
+    }
+
+    // Namespaced: Roles in the watched namespaces only, the operator told which.
+    let watched = namespace(&client).await;
+    let other = namespace(&client).await;
+    let op_ns = namespace(&client).await;
+    let set_watch = format!("watchNamespaces={{{watched}}}");
+    let rendered = run(&mut helm_cmd(&[
+        "template",
+        "t",
+        "--set",
+        "rbac.scope=namespace",
+        "--set",
+        &set_watch,
+    ]));
+    assert!(!rendered.contains("kind: ClusterRole"), "{rendered}");
+    assert_eq!(rendered.matches("\nkind: Role\n").count(), 1, "{rendered}");
+    assert!(
+        rendered.contains("P2P_MPC_OPERATOR_WATCH_NAMESPACES"),
+        "{rendered}"
+    );
+    run(&mut helm_cmd(&[
+        "install",
+        "nsop",
+        "--namespace",
+        &op_ns,
+        "--skip-crds",
+        "--timeout",
+        "60s",
+        "--set",
+        "rbac.scope=namespace",
+        "--set",
+        &set_watch,
+    ]));
+    let sa = format!("system:serviceaccount:{op_ns}:nsop-p2p-mpc-operator");
+    let w = Some(watched.as_str());
+    let o = Some(other.as_str());
+    assert!(can(&client, &sa, "get", "", "secrets", w).await);
+    assert!(can(&client, &sa, "create", "apps", "statefulsets", w).await);
+    assert!(can(&client, &sa, "watch", "p2p-mpc.dev", "mpcclusters", w).await);
+    assert!(
+        !can(&client, &sa, "get", "", "secrets", o).await,
+        "no Secret elsewhere"
+    );
+    assert!(!can(&client, &sa, "create", "apps", "statefulsets", o).await);
+    assert!(!can(&client, &sa, "list", "p2p-mpc.dev", "mpcclusters", None).await);
+    assert!(
+        !can(&client, &sa, "list", "", "secrets", w).await,
+        "Secrets are never listed"
+    );
+
+    // The namespaced operator's account is enough to manage a cluster in its namespace.
+    let kubeconfig = kube::config::Kubeconfig::read_from(plane.kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(sa.clone());
+    let as_operator = Client::try_from(config).unwrap();
+    let ctrl = RunningController::start_in(&as_operator, &[&watched]);
+    let mcs: Api<MpcCluster> = Api::namespaced(client.clone(), &watched);
+    mcs.create(
+        &kube::api::PostParams::default(),
+        &cluster("scoped", json!({"replicas": 2})),
+    )
+    .await
+    .unwrap();
+    wait_for(
+        "the namespaced operator to reconcile fully",
+        DEADLINE,
+        || async {
+            let m = mcs.get("scoped").await.map_err(|e| e.to_string())?;
+            let st = m.status.unwrap_or_default();
+            let ok = st
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Degraded" && c.status == "False");
+            if st.peers.len() == 2 && ok {
+                Ok(())
+            } else {
+                Err(format!("{st:?}"))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    ctrl.stop().await;
+
+    // Cluster-wide: the same rules in a ClusterRole, and nothing beyond them.
+    run(&mut helm_cmd(&[
+        "install",
+        "cwop",
+        "--namespace",
+        &op_ns,
+        "--skip-crds",
+        "--timeout",
+        "60s",
+    ]));
+    let sa = format!("system:serviceaccount:{op_ns}:cwop-p2p-mpc-operator");
+    assert!(can(&client, &sa, "get", "", "secrets", o).await);
+    assert!(can(&client, &sa, "list", "p2p-mpc.dev", "mpcclusters", None).await);
+    for (verb, group, resource) in [
+        ("list", "", "secrets"),
+        ("watch", "", "secrets"),
+        ("update", "", "secrets"),
+        ("delete", "", "persistentvolumeclaims"),
+        ("patch", "", "persistentvolumeclaims"),
+        ("get", "", "pods"),
+        ("create", "", "pods/exec"),
+        ("list", "", "configmaps"),
+        ("patch", "", "configmaps"),
+        ("update", "apps", "statefulsets"),
+        ("delete", "p2p-mpc.dev", "mpcclusters"),
+        ("create", "rbac.authorization.k8s.io", "clusterroles"),
+        ("escalate", "rbac.authorization.k8s.io", "roles"),
+    ] {
+        assert!(
+            !can(&client, &sa, verb, group, resource, o).await,
+            "the ClusterRole grants {verb} {group}/{resource}"
+        );
+    }
+    let get = |kind: &str, name: &str, ns: Option<&str>| {
+        let gvk = GroupVersionKind::gvk("rbac.authorization.k8s.io", "v1", kind);
+        let ar = kube::api::ApiResource::from_gvk(&gvk);
+        let api: Api<DynamicObject> = match ns {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        let name = name.to_string();
+        async move { serde_json::to_value(api.get(&name).await.unwrap().data).unwrap() }
+    };
+    let cluster_rules = rules_of(&get("ClusterRole", "cwop-p2p-mpc-operator", None).await);
+    let role_rules = rules_of(&get("Role", "nsop-p2p-mpc-operator", w).await);
+    assert_eq!(
+        cluster_rules, role_rules,
+        "one list of rules for both scopes"
+    );
+    // deploy/operator.yaml grants exactly the same.
+    let manifest = std::fs::read_to_string(root().join("deploy/operator.yaml")).unwrap();
+    let raw_role = manifest
+        .split("\n---\n")
+        .map(|doc| serde_yaml::from_str::<Value>(doc).unwrap())
+        .find(|v| v["kind"] == "ClusterRole")
+        .expect("deploy/operator.yaml has a ClusterRole");
+    assert_eq!(
+        rules_of(&raw_role),
+        cluster_rules,
+        "deploy/operator.yaml and the chart agree"
+    );
 }

@@ -1,13 +1,13 @@
-//! What the operator writes works: the Secret and ConfigMap it produced for a 3-pod cluster
-//! (on the real test API server) are handed to 3 real `p2p-mpc` processes, which form a
-//! mesh and exchange a gossip message.
+//! What the operator writes works: the member Secrets it produced for a 3-member cluster (on
+//! the real test API server: each a key, a node config and the roster) are handed to 3 real
+//! `p2p-mpc` processes, which form a mesh and exchange a gossip message.
 //!
-//! The pods' DNS names (`net-i.net-headless.<ns>.svc.cluster.local`) are resolved through a
+//! The pods' DNS names (`net-i-0.net-headless.<ns>.svc.cluster.local`) are resolved through a
 //! hosts file inside a network namespace made for this test (`ip netns`, which bind-mounts
 //! /etc/netns/<name>/hosts over /etc/hosts for the processes it runs). Each node gets its own
 //! loopback address there, so all three listen on the configured port, as pods would. The only
-//! per-process flags are those a pod gets from its environment: its name, its key file, its
-//! listen address; and free ports for the API and metrics, which pods would not share.
+//! per-process flags say where the files are (a pod mounts them at fixed paths), its listen
+//! address, and free ports for the API and metrics, which pods would not share.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -16,7 +16,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::{Client, CustomResourceExt};
 use p2p_mpc_operator::crd::MpcCluster;
@@ -114,7 +114,8 @@ fn collect(r: impl std::io::Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>
     });
 }
 
-async fn operator_output(client: &Client) -> ((String, String), BTreeMap<String, Vec<u8>>, String) {
+/// The files of each member's Secret (file name to bytes), the API token, and the namespace.
+async fn operator_output(client: &Client) -> (Vec<BTreeMap<String, Vec<u8>>>, String, String) {
     install_crd(client, MpcCluster::crd()).await;
     let ns = namespace(client).await;
 
@@ -130,39 +131,44 @@ async fn operator_output(client: &Client) -> ((String, String), BTreeMap<String,
         .await
         .unwrap();
 
-    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), &ns);
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    let (config, keys) = wait_for("the operator's ConfigMap and Secret", DEADLINE, || async {
-        let cm = cms
-            .get_opt("net-config")
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("no ConfigMap")?;
-        let s = secrets
-            .get_opt("net-identity")
-            .await
-            .map_err(|e| e.to_string())?
-            .ok_or("no Secret")?;
-        let keys: BTreeMap<String, Vec<u8>> = s
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        if keys.len() < 3 {
-            return Err(format!("{} keys", keys.len()));
+    let members = wait_for("the operator's member Secrets", DEADLINE, || async {
+        let mut members = Vec::new();
+        for i in 0..3 {
+            let s = secrets
+                .get_opt(&format!("net-node-{i}"))
+                .await
+                .map_err(|e| e.to_string())?
+                .ok_or(format!("no Secret net-node-{i}"))?;
+            let files: BTreeMap<String, Vec<u8>> = s
+                .data
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, v)| (k, v.0))
+                .collect();
+            let roster = String::from_utf8_lossy(files.get("cluster-members").ok_or("no roster")?)
+                .lines()
+                .filter(|l| !l.starts_with('#') && !l.trim().is_empty())
+                .count();
+            if roster < 3 {
+                return Err(format!("net-node-{i} lists {roster} members"));
+            }
+            members.push(files);
         }
-        let data = cm.data.unwrap_or_default();
-        let members = data
-            .get("cluster-members")
-            .cloned()
-            .ok_or("no cluster-members in the ConfigMap")?;
-        Ok(((data["node.yml"].clone(), members), keys))
+        Ok(members)
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    let token = secrets
+        .get("net-api-token")
+        .await
+        .unwrap()
+        .data
+        .unwrap()
+        .remove("token")
+        .expect("the API token Secret holds `token`");
     ctrl.stop().await;
-    (config, keys, ns)
+    (members, String::from_utf8(token.0).unwrap(), ns)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,12 +177,12 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
         return;
     };
     let client = plane.client().await.unwrap_or_else(|e| panic!("{e}"));
-    let ((config, members), keys, ns) = operator_output(&client).await;
+    let (members, token, ns) = operator_output(&client).await;
 
     let hosts: String = (0..3)
         .map(|i| {
             format!(
-                "127.0.0.{} net-{i}.net-headless.{ns}.svc.cluster.local\n",
+                "127.0.0.{} net-{i}-0.net-headless.{ns}.svc.cluster.local\n",
                 i + 2
             )
         })
@@ -192,39 +198,44 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
         Err(e) => panic!("cannot make a network namespace: {e}"),
     };
 
-    // The files, as the pods mount them.
+    // Each member's files, as its pod mounts them (a directory of its own), and the token.
     let dir = tempfile::tempdir().unwrap();
-    let config_path = dir.path().join("node.yml");
-    std::fs::write(&config_path, &config).unwrap();
-    // The roster the operator wrote lists the three pods' peer ids.
-    let members_path = dir.path().join("cluster-members");
-    std::fs::write(&members_path, &members).unwrap();
-    let roster = p2p_mpc_node::roster::parse_members(&members).unwrap();
-    assert_eq!(roster.len(), 3, "{members}");
-    let keys_dir = dir.path().join("keys");
-    std::fs::create_dir_all(&keys_dir).unwrap();
-    for (entry, bytes) in &keys {
-        std::fs::write(keys_dir.join(entry), bytes).unwrap();
+    let token_path = dir.path().join("token");
+    std::fs::write(&token_path, &token).unwrap();
+    let mut files = Vec::new();
+    for (i, m) in members.iter().enumerate() {
+        let d = dir.path().join(format!("member-{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        for (name, bytes) in m {
+            std::fs::write(d.join(name), bytes).unwrap();
+        }
+        // The roster the operator wrote lists the three members' peer ids.
+        let roster = p2p_mpc_node::roster::parse_members(
+            &std::fs::read_to_string(d.join("cluster-members")).unwrap(),
+        )
+        .unwrap();
+        assert_eq!(roster.len(), 3);
+        files.push(d);
     }
 
     let bin = node_binary();
     let mut nodes = Vec::new();
-    for i in 0..3 {
-        let pod = format!("net-{i}");
+    for (i, d) in files.iter().enumerate() {
         let mut child = Command::new("ip")
             .args(["netns", "exec", &netns.name])
             .arg(&bin)
             .arg("--config")
-            .arg(&config_path)
+            .arg(d.join("node.yml"))
             .arg("--identity-key-path")
-            .arg(keys_dir.join(format!("{pod}.key")))
+            .arg(d.join("identity.key"))
             .arg("--cluster-members-file")
-            .arg(&members_path)
+            .arg(d.join("cluster-members"))
+            .arg("--api-token-file")
+            .arg(&token_path)
             .args(["--listen-address", &format!("127.0.0.{}", i + 2)])
             .args(["--api-port", "0", "--metrics-port", "0"])
             .arg("--data-dir")
             .arg(dir.path().join(format!("data-{i}")))
-            .env("P2P_MPC_POD_NAME", &pod)
             .env_remove("RUST_LOG")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -243,8 +254,8 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
     }
 
     let peer_of = |i: usize| {
-        let key = libp2p::identity::Keypair::from_protobuf_encoding(&keys[&format!("net-{i}.key")])
-            .unwrap();
+        let key =
+            libp2p::identity::Keypair::from_protobuf_encoding(&members[i]["identity.key"]).unwrap();
         key.public().to_peer_id().to_string()
     };
     let dump = |nodes: &Vec<NodeProc>| {
@@ -293,6 +304,38 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
             dump(&nodes)
         );
     }
+
+    // The API the operator's config turns on is closed: 401 without the token, 200 with it.
+    // (The API listens inside the namespace, so requests go there too.)
+    let log = nodes[0].stderr.lock().unwrap().join("\n");
+    let api = log
+        .lines()
+        .find(|l| l.contains("HTTP API listening"))
+        .and_then(|l| l.split("addr=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no API address in the log:\n{log}"))
+        .to_string();
+    let curl = |auth: Option<&str>| {
+        let mut cmd = Command::new("ip");
+        cmd.args([
+            "netns",
+            "exec",
+            &netns.name,
+            "curl",
+            "-s",
+            "-o",
+            "/dev/null",
+        ])
+        .args(["-w", "%{http_code}"]);
+        if let Some(token) = auth {
+            cmd.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        let out = cmd.arg(format!("http://{api}/v1/status")).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(None), "401", "no token");
+    assert_eq!(curl(Some("wrong")), "401", "a wrong token");
+    assert_eq!(curl(Some(&token)), "200", "the operator's token");
     drop(nodes);
     drop(netns);
 }

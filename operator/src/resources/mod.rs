@@ -1,8 +1,11 @@
 //! One pure builder per child object: spec in, object out. No cluster needed to test them.
 
+pub mod api_token;
 pub mod config;
+pub mod member_secret;
+pub mod network_policy;
 pub mod pdb;
-pub mod secret;
+pub mod pvc;
 pub mod service_monitor;
 pub mod services;
 pub mod statefulset;
@@ -36,20 +39,50 @@ impl ClusterNames {
     pub fn headless_service(&self) -> String {
         format!("{}-headless", self.name)
     }
-    /// The client Service (API and metrics).
+    /// The client Service of the API (only when `spec.api.service` asks for it).
     pub fn client_service(&self) -> String {
         self.name.clone()
     }
-    /// The Secret of identity keys.
-    pub fn secret(&self) -> String {
+    /// The Service of the metrics port (what the ServiceMonitor selects).
+    pub fn metrics_service(&self) -> String {
+        format!("{}-metrics", self.name)
+    }
+    /// The Secret of the API token the operator makes when the spec names none.
+    pub fn api_token_secret(&self) -> String {
+        format!("{}-api-token", self.name)
+    }
+    /// The PodDisruptionBudget, NetworkPolicy and ServiceMonitor.
+    pub fn workload(&self) -> String {
+        self.name.clone()
+    }
+    /// The StatefulSet of member `i` (one replica).
+    pub fn member(&self, i: i32) -> String {
+        format!("{}-{i}", self.name)
+    }
+    /// The pod of member `i`.
+    pub fn pod(&self, i: i32) -> String {
+        format!("{}-{i}-0", self.name)
+    }
+    /// The Secret of member `i`: its identity key, its node config and the roster. Only
+    /// member `i`'s pod mounts it.
+    pub fn member_secret(&self, i: i32) -> String {
+        format!("{}-node-{i}", self.name)
+    }
+    /// The data volume claim of member `i`: the name the one StatefulSet of the earlier
+    /// layout gave the claim of ordinal `i`, so an upgraded cluster keeps its key shares.
+    pub fn data_claim(&self, i: i32) -> String {
+        format!("data-{}-{i}", self.name)
+    }
+    /// The Secret of every identity key, of the earlier layout (migrated, then deleted).
+    pub fn legacy_secret(&self) -> String {
         format!("{}-identity", self.name)
     }
-    /// The ConfigMap of node config.
-    pub fn config_map(&self) -> String {
+    /// The ConfigMap of node config and roster, of the earlier layout (deleted).
+    pub fn legacy_config_map(&self) -> String {
         format!("{}-config", self.name)
     }
-    /// The StatefulSet, PodDisruptionBudget and ServiceMonitor.
-    pub fn workload(&self) -> String {
+    /// The one StatefulSet of every node, of the earlier layout (deleted).
+    pub fn legacy_workload(&self) -> String {
         self.name.clone()
     }
     /// The stable DNS name of `pod`.
@@ -69,6 +102,16 @@ pub fn selector_labels(name: &str) -> BTreeMap<String, String> {
         ("app.kubernetes.io/name".to_string(), "p2p-mpc".to_string()),
         ("app.kubernetes.io/instance".to_string(), name.to_string()),
     ])
+}
+
+/// The label that tells the members of a cluster apart (value: the ordinal).
+pub const MEMBER_LABEL: &str = "p2p-mpc.dev/member";
+
+/// Labels that select member `i`'s pod.
+pub fn member_selector_labels(name: &str, i: i32) -> BTreeMap<String, String> {
+    let mut l = selector_labels(name);
+    l.insert(MEMBER_LABEL.into(), i.to_string());
+    l
 }
 
 /// Labels of every child object.

@@ -4,7 +4,7 @@
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
 use serde_json::json;
 
-use super::services::CLIENT_SERVICE_LABEL;
+use super::services::METRICS_SERVICE_LABEL;
 use super::{ClusterNames, child_meta, selector_labels};
 use crate::crd::MpcCluster;
 
@@ -18,7 +18,7 @@ pub fn api_resource() -> ApiResource {
     ApiResource::from_gvk_with_plural(&gvk(), "servicemonitors")
 }
 
-/// The ServiceMonitor selecting the client Service's `metrics` port.
+/// The ServiceMonitor selecting the metrics Service's `metrics` port.
 pub fn build(mc: &MpcCluster, names: &ClusterNames) -> DynamicObject {
     let sm = &mc.spec.metrics.service_monitor;
     let mut meta = child_meta(mc, names, names.workload());
@@ -26,7 +26,10 @@ pub fn build(mc: &MpcCluster, names: &ClusterNames) -> DynamicObject {
         labels.extend(sm.labels.clone());
     }
     let mut selector = selector_labels(&names.name);
-    selector.insert(CLIENT_SERVICE_LABEL.0.into(), CLIENT_SERVICE_LABEL.1.into());
+    selector.insert(
+        METRICS_SERVICE_LABEL.0.into(),
+        METRICS_SERVICE_LABEL.1.into(),
+    );
     let mut obj = DynamicObject::new(&names.workload(), &api_resource()).within(&names.namespace);
     obj.metadata = meta;
     obj.data = json!({

@@ -1,4 +1,5 @@
-//! The headless Service (stable pod DNS names for bootnodes) and the client Service.
+//! The headless Service (stable pod DNS names for bootnodes), the metrics Service (what
+//! Prometheus scrapes) and the optional client Service of the API.
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -36,23 +37,36 @@ pub fn headless(mc: &MpcCluster, names: &ClusterNames) -> Service {
     }
 }
 
-/// Label that marks the client Service (what the ServiceMonitor selects).
-pub const CLIENT_SERVICE_LABEL: (&str, &str) = ("p2p-mpc.dev/service", "client");
+/// Label that marks the metrics Service (what the ServiceMonitor selects).
+pub const METRICS_SERVICE_LABEL: (&str, &str) = ("p2p-mpc.dev/service", "metrics");
 
-/// The client Service: the HTTP API and the metrics port.
-pub fn client(mc: &MpcCluster, names: &ClusterNames) -> Service {
-    let mut metadata = child_meta(mc, names, names.client_service());
+/// The metrics Service: the metrics port only (unauthenticated, Prometheus' convention).
+pub fn metrics(mc: &MpcCluster, names: &ClusterNames) -> Service {
+    let mut metadata = child_meta(mc, names, names.metrics_service());
     if let Some(labels) = metadata.labels.as_mut() {
-        labels.insert(CLIENT_SERVICE_LABEL.0.into(), CLIENT_SERVICE_LABEL.1.into());
+        labels.insert(
+            METRICS_SERVICE_LABEL.0.into(),
+            METRICS_SERVICE_LABEL.1.into(),
+        );
     }
     Service {
         metadata,
         spec: Some(ServiceSpec {
             selector: Some(selector_labels(&names.name)),
-            ports: Some(vec![
-                port("api", mc.spec.api.port),
-                port("metrics", mc.spec.metrics.port),
-            ]),
+            ports: Some(vec![port("metrics", mc.spec.metrics.port)]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The client Service of the API (made only when `spec.api.service` is set).
+pub fn client(mc: &MpcCluster, names: &ClusterNames) -> Service {
+    Service {
+        metadata: child_meta(mc, names, names.client_service()),
+        spec: Some(ServiceSpec {
+            selector: Some(selector_labels(&names.name)),
+            ports: Some(vec![port("api", mc.spec.api.port)]),
             ..Default::default()
         }),
         ..Default::default()

@@ -1,30 +1,27 @@
-//! The StatefulSet running the nodes.
+//! The StatefulSet of one member: one pod, which mounts only that member's Secret (its
+//! key, config and the roster) and its data volume claim.
 //!
-//! The pod template is the same for every pod and does not depend on the number of
-//! replicas: each node reads its own settings (bootnodes, key) by its pod name at start.
-
-use std::collections::BTreeMap;
+//! The template does not depend on the number of members, so scaling does not roll the pods
+//! of the others; the roster reaches them through their Secrets.
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount, VolumeResourceRequirements,
+    Capabilities, Container, ContainerPort, HTTPGetAction, KeyToPath,
+    PersistentVolumeClaimVolumeSource, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
+    SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::api_token::{self, TOKEN_DIR, TOKEN_KEY};
 use super::config::{CONFIG_DIR, CONFIG_FILE, DATA_DIR, shared_settings};
-use super::{ClusterNames, child_meta, labels, selector_labels};
+use super::{ClusterNames, child_meta, labels, member_selector_labels};
 use crate::crd::MpcCluster;
 
-/// Where the pods mount the identity Secret.
-pub const KEYS_DIR: &str = "/var/run/p2p-mpc/keys";
 /// The user the node runs as (no root).
 pub const NODE_UID: i64 = 65532;
-/// Annotation with a hash of the shared node settings: a change rolls the pods; the
-/// per-pod part (which grows on scale-up) is left out on purpose.
+/// Annotation with a hash of the shared node settings: a change rolls the pods; the roster
+/// (which grows on scale-up) is left out on purpose.
 pub const CONFIG_HASH_ANNOTATION: &str = "p2p-mpc.dev/config-hash";
 
 /// What the operator decides beyond the spec.
@@ -64,12 +61,18 @@ pub fn config_hash(mc: &MpcCluster) -> String {
     hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
 }
 
-/// The StatefulSet.
-pub fn build(mc: &MpcCluster, names: &ClusterNames, defaults: &WorkloadDefaults) -> StatefulSet {
+/// The StatefulSet of member `i`.
+pub fn build(
+    mc: &MpcCluster,
+    names: &ClusterNames,
+    i: i32,
+    defaults: &WorkloadDefaults,
+) -> StatefulSet {
     let spec = &mc.spec;
+    let selector = member_selector_labels(&names.name, i);
     let mut pod_labels = labels(&names.name);
     pod_labels.extend(spec.pod.labels.clone());
-    pod_labels.extend(selector_labels(&names.name));
+    pod_labels.extend(selector.clone());
     let mut annotations = spec.pod.annotations.clone();
     annotations.insert(CONFIG_HASH_ANNOTATION.into(), config_hash(mc));
 
@@ -86,23 +89,11 @@ pub fn build(mc: &MpcCluster, names: &ClusterNames, defaults: &WorkloadDefaults)
         name: "node".into(),
         image: Some(spec.image.clone().unwrap_or_else(|| defaults.image.clone())),
         image_pull_policy: spec.image_pull_policy.map(|p| p.as_str().to_string()),
+        // The config names the key and the roster, all three in the member's Secret.
         args: Some(vec![
             "--config".into(),
             format!("{CONFIG_DIR}/{CONFIG_FILE}"),
-            "--identity-key-path".into(),
-            format!("{KEYS_DIR}/$(P2P_MPC_POD_NAME).key"),
         ]),
-        env: Some(vec![EnvVar {
-            name: "P2P_MPC_POD_NAME".into(),
-            value_from: Some(EnvVarSource {
-                field_ref: Some(ObjectFieldSelector {
-                    field_path: "metadata.name".into(),
-                    ..Default::default()
-                }),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }]),
         ports: Some(ports),
         liveness_probe: Some(http_probe("/healthz", 10, 3)),
         readiness_probe: Some(http_probe("/readyz", 5, 3)),
@@ -121,14 +112,14 @@ pub fn build(mc: &MpcCluster, names: &ClusterNames, defaults: &WorkloadDefaults)
         }),
         volume_mounts: Some(vec![
             VolumeMount {
-                name: "config".into(),
+                name: "member".into(),
                 mount_path: CONFIG_DIR.into(),
                 read_only: Some(true),
                 ..Default::default()
             },
             VolumeMount {
-                name: "keys".into(),
-                mount_path: KEYS_DIR.into(),
+                name: "api-token".into(),
+                mount_path: TOKEN_DIR.into(),
                 read_only: Some(true),
                 ..Default::default()
             },
@@ -156,21 +147,37 @@ pub fn build(mc: &MpcCluster, names: &ClusterNames, defaults: &WorkloadDefaults)
         tolerations: (!spec.pod.tolerations.is_empty()).then(|| spec.pod.tolerations.clone()),
         affinity: spec.pod.affinity.clone(),
         termination_grace_period_seconds: Some(15),
+        // The node never calls the Kubernetes API: no token to steal from its pod.
+        automount_service_account_token: Some(false),
         volumes: Some(vec![
             Volume {
-                name: "config".into(),
-                config_map: Some(ConfigMapVolumeSource {
-                    name: names.config_map(),
+                name: "member".into(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(names.member_secret(i)),
+                    default_mode: Some(0o440),
                     ..Default::default()
                 }),
                 ..Default::default()
             },
             Volume {
-                name: "keys".into(),
+                name: "api-token".into(),
                 secret: Some(SecretVolumeSource {
-                    secret_name: Some(names.secret()),
+                    secret_name: Some(api_token::secret_name(mc, names)),
+                    items: Some(vec![KeyToPath {
+                        key: TOKEN_KEY.into(),
+                        path: TOKEN_KEY.into(),
+                        ..Default::default()
+                    }]),
                     default_mode: Some(0o440),
                     ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Volume {
+                name: "data".into(),
+                persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                    claim_name: names.data_claim(i),
+                    read_only: None,
                 }),
                 ..Default::default()
             },
@@ -178,35 +185,17 @@ pub fn build(mc: &MpcCluster, names: &ClusterNames, defaults: &WorkloadDefaults)
         ..Default::default()
     };
 
-    let claim = PersistentVolumeClaim {
-        metadata: ObjectMeta {
-            name: Some("data".into()),
-            labels: Some(selector_labels(&names.name)),
-            ..Default::default()
-        },
-        spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(vec!["ReadWriteOnce".into()]),
-            storage_class_name: spec.storage.storage_class_name.clone(),
-            resources: Some(VolumeResourceRequirements {
-                requests: Some(BTreeMap::from([(
-                    "storage".to_string(),
-                    spec.storage.size.clone(),
-                )])),
-                ..Default::default()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
-
+    let mut metadata = child_meta(mc, names, names.member(i));
+    if let Some(labels) = metadata.labels.as_mut() {
+        labels.insert(super::MEMBER_LABEL.into(), i.to_string());
+    }
     StatefulSet {
-        metadata: child_meta(mc, names, names.workload()),
+        metadata,
         spec: StatefulSetSpec {
-            replicas: Some(spec.replicas),
+            replicas: Some(1),
             service_name: Some(names.headless_service()),
-            pod_management_policy: Some("Parallel".into()),
             selector: LabelSelector {
-                match_labels: Some(selector_labels(&names.name)),
+                match_labels: Some(selector),
                 ..Default::default()
             },
             template: PodTemplateSpec {
@@ -217,7 +206,6 @@ pub fn build(mc: &MpcCluster, names: &ClusterNames, defaults: &WorkloadDefaults)
                 }),
                 spec: Some(pod_spec),
             },
-            volume_claim_templates: Some(vec![claim]),
             ..Default::default()
         },
         ..Default::default()
@@ -240,51 +228,59 @@ mod tests {
         let a = cluster("net", 3);
         let b = cluster("net", 5);
         let names = ClusterNames::of(&a, "cluster.local");
-        let sa = build(&a, &names, &defaults());
-        let sb = build(&b, &names, &defaults());
-        assert_eq!(sa.spec.template, sb.spec.template);
-        assert_eq!(sb.spec.replicas, Some(5));
+        let sa = build(&a, &names, 1, &defaults());
+        let sb = build(&b, &names, 1, &defaults());
+        assert_eq!(sa, sb);
+        assert_eq!(sb.spec.replicas, Some(1));
     }
 
     #[test]
-    fn node_container_is_locked_down_and_finds_its_key_by_pod_name() {
+    fn a_member_pod_mounts_only_its_own_secret_and_claim_and_no_token() {
         let mc = cluster("net", 3);
         let names = ClusterNames::of(&mc, "cluster.local");
-        let sts = build(&mc, &names, &defaults());
+        let sts = build(&mc, &names, 2, &defaults());
+        assert_eq!(sts.metadata.name.as_deref(), Some("net-2"));
         let spec = sts.spec;
-        assert_eq!(spec.pod_management_policy.as_deref(), Some("Parallel"));
         assert_eq!(spec.service_name.as_deref(), Some("net-headless"));
+        let selector = spec.selector.match_labels.clone().unwrap();
+        assert_eq!(selector[crate::resources::MEMBER_LABEL], "2");
+        assert!(spec.volume_claim_templates.is_none());
         let pod = spec.template.spec.unwrap();
+        assert_eq!(pod.automount_service_account_token, Some(false));
+        let volumes = pod.volumes.unwrap();
+        let secrets: Vec<_> = volumes
+            .iter()
+            .filter_map(|v| v.secret.as_ref()?.secret_name.clone())
+            .collect();
+        assert_eq!(
+            secrets,
+            vec!["net-node-2".to_string(), "net-api-token".to_string()],
+            "its own identity and the API token, nobody else's key"
+        );
+        let claims: Vec<_> = volumes
+            .iter()
+            .filter_map(|v| Some(v.persistent_volume_claim.as_ref()?.claim_name.clone()))
+            .collect();
+        assert_eq!(claims, vec!["data-net-2".to_string()]);
+        assert!(
+            volumes
+                .iter()
+                .all(|v| v.config_map.is_none() && v.projected.is_none())
+        );
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("p2p-mpc:test"));
-        let args = c.args.clone().unwrap();
-        assert!(args.contains(&format!("{KEYS_DIR}/$(P2P_MPC_POD_NAME).key")));
+        assert_eq!(
+            c.args.clone().unwrap(),
+            vec![
+                "--config".to_string(),
+                format!("{CONFIG_DIR}/{CONFIG_FILE}")
+            ]
+        );
         let sc = c.security_context.clone().unwrap();
         assert_eq!(sc.run_as_non_root, Some(true));
         assert_eq!(sc.read_only_root_filesystem, Some(true));
-        assert_eq!(
-            c.readiness_probe
-                .as_ref()
-                .unwrap()
-                .http_get
-                .as_ref()
-                .unwrap()
-                .path
-                .as_deref(),
-            Some("/readyz")
-        );
-        assert_eq!(
-            c.liveness_probe
-                .as_ref()
-                .unwrap()
-                .http_get
-                .as_ref()
-                .unwrap()
-                .path
-                .as_deref(),
-            Some("/healthz")
-        );
-        let claim = &spec.volume_claim_templates.unwrap()[0];
-        assert_eq!(claim.metadata.name.as_deref(), Some("data"));
+        let probe_path = |p: &Option<Probe>| p.as_ref()?.http_get.as_ref()?.path.clone();
+        assert_eq!(probe_path(&c.readiness_probe).as_deref(), Some("/readyz"));
+        assert_eq!(probe_path(&c.liveness_probe).as_deref(), Some("/healthz"));
     }
 }

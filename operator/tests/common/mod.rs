@@ -59,11 +59,17 @@ pub struct RunningController {
 
 impl RunningController {
     pub fn start(client: &Client) -> Self {
+        Self::start_in(client, &[])
+    }
+
+    /// A controller that manages the MpcClusters of `namespaces` only (none: all).
+    pub fn start_in(client: &Client, namespaces: &[&str]) -> Self {
         let (tx, rx) = oneshot::channel::<()>();
         let metrics = Arc::new(OperatorMetrics::new());
         let config = OperatorConfig {
             default_image: "p2p-mpc:test".into(),
             cluster_domain: "cluster.local".into(),
+            watch_namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
         };
         let task = tokio::spawn(controller::run(
             client.clone(),
