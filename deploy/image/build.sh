@@ -158,6 +158,8 @@ esac
 size=$("$engine" images --format '{{.Size}}' "$tag" 2>/dev/null | head -n 1 || true)
 say "built $tag (${size:-size unknown})"
 if [ -n "$archive" ]; then
+    # A docker-archive is written whole, never added to.
+    rm -f "$archive"
     case "$engine" in
     podman) podman save --format docker-archive -o "$archive" "$tag" >&2 ;;
     buildah) buildah push "$tag" "docker-archive:$archive:$tag" >&2 ;;
