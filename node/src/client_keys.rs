@@ -51,16 +51,32 @@ pub fn authorize(key: &SigningKey, key_id: &str, message: &[u8], ttl_secs: u64) 
     policy::authorize(key, key_id, message, policy::now() + ttl_secs)
 }
 
+/// Approves `what` for `key_id` with every client key file that `args` names.
+pub fn approve_with_files(
+    args: &crate::cli::AuthorizeArgs,
+    key_id: &str,
+    what: policy::Approves<'_>,
+) -> Result<Vec<Authorization>, String> {
+    args.client_keys
+        .iter()
+        .map(|file| {
+            Ok(policy::approve(
+                &read(file)?,
+                key_id,
+                what,
+                policy::now() + args.ttl,
+            ))
+        })
+        .collect()
+}
+
 /// Authorizes signing `message` with `key_id` with every client key file that `args` names.
 pub fn authorize_with_files(
     args: &crate::cli::AuthorizeArgs,
     key_id: &str,
     message: &[u8],
 ) -> Result<Vec<Authorization>, String> {
-    args.client_keys
-        .iter()
-        .map(|file| Ok(authorize(&read(file)?, key_id, message, args.ttl)))
-        .collect()
+    approve_with_files(args, key_id, policy::Approves::Signing(message))
 }
 
 #[cfg(test)]

@@ -45,10 +45,19 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
                 serde_json::from_value(policy_json(&policy))
                     .map_err(|e| ClientError::Decode(e.to_string()))?;
             let new_policy = new_policy.normalized().map_err(ClientError::Decode)?;
-            let message = crate::mpc::policy::policy_change_message(&new_policy);
-            let authorizations =
-                crate::client_keys::authorize_with_files(&authorize, &key_id, &message)
-                    .map_err(ClientError::Decode)?;
+            // The approvals name the policy in force, as this node shows it: a change
+            // approved against another policy is refused by every holder.
+            let key_path = format!("v1/keys/{}", encode_segment(&key_id));
+            let info: Value = client.get(&key_path).await?;
+            let current: crate::mpc::policy::SigningPolicy =
+                serde_json::from_value(info["policy"].clone())
+                    .map_err(|e| ClientError::Decode(format!("the key's current policy: {e}")))?;
+            let what = crate::mpc::policy::Approves::PolicyChange {
+                current: current.digest(),
+                new: new_policy.digest(),
+            };
+            let authorizations = crate::client_keys::approve_with_files(&authorize, &key_id, what)
+                .map_err(ClientError::Decode)?;
             let path = format!("v1/keys/{}/policy", encode_segment(&key_id));
             let answer: Value = client
                 .post(

@@ -303,7 +303,7 @@ fn run_ok(args: &[&str]) -> String {
 
 #[test]
 fn client_key_subcommands() {
-    use p2p_mpc_node::mpc::policy::{Authorization, SigningPolicy};
+    use p2p_mpc_node::mpc::policy::{Approves, Authorization, SigningPolicy};
     let dir = tempdir();
     let key = dir.path().join("alice.key");
     let key_arg = key.to_str().unwrap();
@@ -350,12 +350,18 @@ fn client_key_subcommands() {
     let now = p2p_mpc_node::mpc::policy::now();
     assert!(
         policy
-            .check("k1", b"hello", std::slice::from_ref(&auth), now, |_| false)
+            .check(
+                "k1",
+                Approves::Signing(b"hello"),
+                std::slice::from_ref(&auth),
+                now,
+                |_| false
+            )
             .is_ok()
     );
     assert_eq!(
         policy
-            .check("k2", b"hello", &[auth], now, |_| false)
+            .check("k2", Approves::Signing(b"hello"), &[auth], now, |_| false)
             .unwrap_err()
             .rule,
         "invalid_signature"

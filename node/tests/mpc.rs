@@ -890,15 +890,61 @@ async fn every_holder_checks_the_signing_policy() {
         "replayed",
     );
 
-    // A policy change needs K approvals under the current policy, checked by every holder:
-    // the compromised holder forwards one with a single approval, and nobody takes it.
+    // A policy change needs K approvals under the current policy, checked by every holder.
+    use p2p_mpc_node::mpc::policy::{Approves, SigningPolicy, approve_change};
+    let current: SigningPolicy = serde_json::from_value(key["policy"].clone()).unwrap();
     let c3 = client_key();
-    let new_policy: p2p_mpc_node::mpc::policy::SigningPolicy =
+    let new_policy: SigningPolicy =
         serde_json::from_value(json!({"clients": [public(&c3)], "approvals": 1})).unwrap();
     let new_policy = new_policy.normalized().unwrap();
-    let change = p2p_mpc_node::mpc::policy::policy_change_message(&new_policy);
+    let approval = |c: &ed25519_dalek::SigningKey, from: &SigningPolicy| {
+        let expires = p2p_mpc_node::mpc::policy::now() + 60;
+        serde_json::to_value(approve_change(c, &key_id, from, &new_policy, expires)).unwrap()
+    };
     let policy_path = format!("/v1/keys/{key_id}/policy");
-    let one = vec![auth(&c1, &key_id, &change, 60)];
+
+    // Signing authorizations are no change approvals, whatever bytes the clients signed:
+    // not the bytes of the change approval itself, not the message that approved a change
+    // before approvals had a domain of their own. The compromised holder skips its own check
+    // and forwards them; every honest holder refuses, and the policy stays.
+    let what = Approves::PolicyChange {
+        current: current.digest(),
+        new: new_policy.digest(),
+    };
+    let approval_bytes = what.signed_bytes(&key_id, &[7; 16], p2p_mpc_node::mpc::policy::now());
+    let earlier_change_message = [
+        b"p2p-mpc policy change v1\0".as_slice(),
+        &new_policy.to_bytes(),
+    ]
+    .concat();
+    for signed in [approval_bytes, earlier_change_message] {
+        let signing = vec![
+            auth(&c1, &key_id, &signed, 60),
+            auth(&c2, &key_id, &signed, 60),
+        ];
+        let body = json!({"policy": new_policy, "authorizations": signing});
+        let (status, answer) = post(rogue, &policy_path, body.clone()).await;
+        assert_ne!(status, 200, "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("invalid_signature"),
+            "the honest holders refuse: {answer}"
+        );
+        assert_refused(
+            "signing authorizations as change approvals",
+            post(a, &policy_path, body).await,
+            "invalid_signature",
+        );
+        for node in [a, b] {
+            let k = node.get(&format!("/v1/keys/{key_id}")).await.unwrap();
+            assert_eq!(k["policy"]["clients"], json!(clients), "on {}", node.name);
+        }
+    }
+
+    // The compromised holder forwards a change with a single approval, and nobody takes it.
+    let one = vec![approval(&c1, &current)];
     let (status, body) = post(
         rogue,
         &policy_path,
@@ -918,7 +964,7 @@ async fn every_holder_checks_the_signing_policy() {
         post(
             a,
             &policy_path,
-            json!({"policy": new_policy, "authorizations": [auth(&c1, &key_id, &change, 60)]}),
+            json!({"policy": new_policy, "authorizations": [approval(&c1, &current)]}),
         )
         .await,
         "too_few_approvals",
@@ -933,10 +979,7 @@ async fn every_holder_checks_the_signing_policy() {
         );
     }
     // With both approvals it takes effect on every holder.
-    let both = vec![
-        auth(&c1, &key_id, &change, 60),
-        auth(&c2, &key_id, &change, 60),
-    ];
+    let both = vec![approval(&c1, &current), approval(&c2, &current)];
     let (status, body) = post(
         a,
         &policy_path,
@@ -966,6 +1009,17 @@ async fn every_holder_checks_the_signing_policy() {
     );
     let (status, body) = sign_with(b, &key_id, msg, vec![auth(&c3, &key_id, msg, 60)]).await;
     assert_eq!(status, 200, "{body}");
+    // An approval made against the policy that was replaced is void, even by a listed client.
+    assert_refused(
+        "an approval against the replaced policy",
+        post(
+            b,
+            &policy_path,
+            json!({"policy": current, "authorizations": [approval(&c3, &current)]}),
+        )
+        .await,
+        "invalid_signature",
+    );
 
     // The rate rule: two signatures a minute, on every holder.
     let rated = create_key_with(

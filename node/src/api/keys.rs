@@ -48,8 +48,9 @@ fn default_scheme() -> String {
 pub struct PolicyRequest {
     /// The new policy.
     pub policy: SigningPolicy,
-    /// Approvals of the change under the current policy: client authorizations of the
-    /// message [`crate::mpc::policy::policy_change_message`] with this key id.
+    /// Approvals of the change under the current policy: client signatures under the change
+    /// domain over the key id and both policies' digests
+    /// ([`crate::mpc::policy::Approves::PolicyChange`]).
     #[serde(default)]
     pub authorizations: Vec<Authorization>,
 }

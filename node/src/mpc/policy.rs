@@ -10,6 +10,11 @@
 //! not too far ahead, request ids never seen before (the
 //! [`ReplayGuard`](super::replay_guard::ReplayGuard), kept on disk), and
 //! the rules.
+//!
+//! A policy change is approved under a domain of its own ([`CHANGE_APPROVAL_DOMAIN`]):
+//! the client signs the key id, the digest of the policy in force and the digest of the new
+//! one. A signing authorization can therefore never pass for a change approval, whatever
+//! message it signs, and an approval is void once the policy it names was replaced.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -24,8 +29,52 @@ pub const MAX_CLIENTS: usize = 64;
 pub const MAX_PREFIX_BYTES: usize = 1024;
 /// How far in the future an authorization may expire.
 pub const MAX_AHEAD: Duration = Duration::from_secs(600);
-/// Domain separation of the bytes a client signs.
+/// Domain separation of the bytes a client signs to authorize a signature.
 pub const AUTHORIZATION_DOMAIN: &[u8] = b"p2p-mpc sign authorization v1\0";
+/// Domain separation of the bytes a client signs to approve a policy change.
+pub const CHANGE_APPROVAL_DOMAIN: &[u8] = b"p2p-mpc policy change approval v1\0";
+
+/// What a client's signature approves.
+#[derive(Debug, Clone, Copy)]
+pub enum Approves<'a> {
+    /// Signing `message` with the key.
+    Signing(&'a [u8]),
+    /// Replacing the policy whose digest is `current` with the one whose digest is `new`.
+    PolicyChange { current: [u8; 32], new: [u8; 32] },
+}
+
+impl Approves<'_> {
+    /// The bytes a client signs for this, with `key_id`, `request_id` and `expires_at`.
+    pub fn signed_bytes(&self, key_id: &str, request_id: &[u8; 16], expires_at: u64) -> Vec<u8> {
+        match self {
+            Approves::Signing(message) => {
+                authorization_bytes(key_id, message, request_id, expires_at)
+            }
+            Approves::PolicyChange { current, new } => {
+                let mut out = Vec::with_capacity(CHANGE_APPROVAL_DOMAIN.len() + key_id.len() + 96);
+                out.extend_from_slice(CHANGE_APPROVAL_DOMAIN);
+                out.extend_from_slice(&(key_id.len() as u64).to_be_bytes());
+                out.extend_from_slice(key_id.as_bytes());
+                out.extend_from_slice(current);
+                out.extend_from_slice(new);
+                out.extend_from_slice(request_id);
+                out.extend_from_slice(&expires_at.to_be_bytes());
+                out
+            }
+        }
+    }
+
+    /// What it approves, for a refusal's message.
+    fn describe(&self, key_id: &str) -> String {
+        match self {
+            Approves::Signing(_) => format!("signing this message with key {key_id}"),
+            Approves::PolicyChange { current, .. } => format!(
+                "replacing the policy in force here (digest {}) of key {key_id} with this policy",
+                hex::encode(&current[..8])
+            ),
+        }
+    }
+}
 
 /// A key's signing policy, as `POST /v1/keys` takes it and `GET /v1/keys/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,22 +148,17 @@ pub fn authorization_bytes(
     out
 }
 
-/// Makes an authorization with a client's signing key.
-pub fn authorize(
+/// Makes an authorization (or approval) of `what` with a client's signing key.
+pub fn approve(
     client: &ed25519_dalek::SigningKey,
     key_id: &str,
-    message: &[u8],
+    what: Approves<'_>,
     expires_at: u64,
 ) -> Authorization {
     use ed25519_dalek::Signer;
     let mut request_id = [0u8; 16];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut request_id);
-    let sig = client.sign(&authorization_bytes(
-        key_id,
-        message,
-        &request_id,
-        expires_at,
-    ));
+    let sig = client.sign(&what.signed_bytes(key_id, &request_id, expires_at));
     Authorization {
         client: hex::encode(client.verifying_key().as_bytes()),
         request_id: hex::encode(request_id),
@@ -123,15 +167,29 @@ pub fn authorize(
     }
 }
 
-/// Domain separation of a policy change: clients authorize this "message" (followed by the
-/// new policy's canonical JSON) with the key id, like a signing request.
-pub const POLICY_CHANGE_DOMAIN: &[u8] = b"p2p-mpc policy change v1\0";
+/// Makes an authorization to sign `message` with `key_id`.
+pub fn authorize(
+    client: &ed25519_dalek::SigningKey,
+    key_id: &str,
+    message: &[u8],
+    expires_at: u64,
+) -> Authorization {
+    approve(client, key_id, Approves::Signing(message), expires_at)
+}
 
-/// The message clients authorize to replace a key's policy with `new_policy`.
-pub fn policy_change_message(new_policy: &SigningPolicy) -> Vec<u8> {
-    let mut m = POLICY_CHANGE_DOMAIN.to_vec();
-    m.extend_from_slice(&new_policy.to_bytes());
-    m
+/// Makes an approval to replace `current` (the policy in force) with `new` on `key_id`.
+pub fn approve_change(
+    client: &ed25519_dalek::SigningKey,
+    key_id: &str,
+    current: &SigningPolicy,
+    new: &SigningPolicy,
+    expires_at: u64,
+) -> Authorization {
+    let what = Approves::PolicyChange {
+        current: current.digest(),
+        new: new.digest(),
+    };
+    approve(client, key_id, what, expires_at)
 }
 
 /// A new random client signing key.
@@ -264,12 +322,18 @@ impl SigningPolicy {
     pub fn check(
         &self,
         key_id: &str,
-        message: &[u8],
+        what: Approves<'_>,
         authorizations: &[Authorization],
         now: u64,
         seen: impl Fn(&[u8; 16]) -> bool,
     ) -> Result<Vec<([u8; 16], u64)>, Refusal> {
-        if let Some(max) = self.max_message_bytes
+        // The message rules govern what may be signed, not who may change the policy.
+        let message = match what {
+            Approves::Signing(m) => m,
+            Approves::PolicyChange { .. } => &[],
+        };
+        let signing = matches!(what, Approves::Signing(_));
+        if let Some(max) = self.max_message_bytes.filter(|_| signing)
             && message.len() > max as usize
         {
             return Err(refuse(
@@ -280,7 +344,7 @@ impl SigningPolicy {
                 ),
             ));
         }
-        if let Some(prefix) = &self.message_prefix {
+        if let Some(prefix) = self.message_prefix.as_ref().filter(|_| signing) {
             let prefix = hex::decode(prefix).unwrap_or_default();
             if !message.starts_with(&prefix) {
                 return Err(refuse(
@@ -330,12 +394,13 @@ impl SigningPolicy {
                 .and_then(|b| <[u8; 64]>::try_from(b).ok())
                 .map(|b| Signature::from_bytes(&b))
                 .ok_or_else(|| refuse("malformed", "signature is not 64 bytes of hex"))?;
-            let signed = authorization_bytes(key_id, message, &request_id, a.expires_at);
+            let signed = what.signed_bytes(key_id, &request_id, a.expires_at);
             if key.verify(&signed, &sig).is_err() {
                 return Err(refuse(
                     "invalid_signature",
                     format!(
-                        "the authorization by {client} does not sign key {key_id} and this message"
+                        "the signature by {client} does not approve {}",
+                        what.describe(key_id)
                     ),
                 ));
             }
@@ -408,40 +473,94 @@ pub(crate) mod tests {
             authorize(&a, "k1", msg, now + 60),
             authorize(&b, "k1", msg, now + 60),
         ];
-        assert_eq!(p.check("k1", msg, &both, now, |_| false).unwrap().len(), 2);
         assert_eq!(
-            rule(p.check("k1", msg, &both[..1], now, |_| false)),
+            p.check("k1", Approves::Signing(msg), &both, now, |_| false)
+                .unwrap()
+                .len(),
+            2
+        );
+        assert_eq!(
+            rule(p.check("k1", Approves::Signing(msg), &both[..1], now, |_| false)),
             "too_few_approvals"
         );
         // The same client twice is one approval.
         let twice = vec![both[0].clone(), authorize(&a, "k1", msg, now + 60)];
         assert_eq!(
-            rule(p.check("k1", msg, &twice, now, |_| false)),
+            rule(p.check("k1", Approves::Signing(msg), &twice, now, |_| false)),
             "too_few_approvals"
         );
         assert_eq!(
-            rule(p.check("k2", msg, &both, now, |_| false)),
+            rule(p.check("k2", Approves::Signing(msg), &both, now, |_| false)),
             "invalid_signature"
         );
         assert_eq!(
-            rule(p.check("k1", b"pay 6", &both, now, |_| false)),
+            rule(p.check("k1", Approves::Signing(b"pay 6"), &both, now, |_| false)),
             "invalid_signature"
         );
         assert_eq!(
-            rule(p.check("k1", msg, &both, now + 61, |_| false)),
+            rule(p.check("k1", Approves::Signing(msg), &both, now + 61, |_| false)),
             "expired"
         );
         let far = vec![authorize(&a, "k1", msg, now + 601), both[1].clone()];
         assert_eq!(
-            rule(p.check("k1", msg, &far, now, |_| false)),
+            rule(p.check("k1", Approves::Signing(msg), &far, now, |_| false)),
             "expiry_too_far"
         );
         let outsider = vec![authorize(&stranger, "k1", msg, now + 60), both[0].clone()];
         assert_eq!(
-            rule(p.check("k1", msg, &outsider, now, |_| false)),
+            rule(p.check("k1", Approves::Signing(msg), &outsider, now, |_| false)),
             "unlisted_client"
         );
-        assert_eq!(rule(p.check("k1", msg, &both, now, |_| true)), "replayed");
+        assert_eq!(
+            rule(p.check("k1", Approves::Signing(msg), &both, now, |_| true)),
+            "replayed"
+        );
+    }
+
+    #[test]
+    fn signing_authorizations_and_change_approvals_never_stand_for_each_other() {
+        let a = client();
+        let mut p = policy(&[&a], 1);
+        // The holders' rules would let the client sign only "pay …" messages.
+        p.message_prefix = Some(hex::encode(b"pay "));
+        let p = p.normalized().unwrap();
+        let new = policy(&[&client()], 1);
+        let now = 1_000_000;
+        let change = Approves::PolicyChange {
+            current: p.digest(),
+            new: new.digest(),
+        };
+        // A signing authorization over any bytes, even the change's own encoding, is no
+        // approval of the change.
+        let bytes = change.signed_bytes("k", &[0; 16], now + 60);
+        for message in [bytes.as_slice(), b"pay 5".as_slice()] {
+            let signing = vec![authorize(&a, "k", message, now + 60)];
+            assert_eq!(
+                rule(p.check("k", change, &signing, now, |_| false)),
+                "invalid_signature"
+            );
+        }
+        // A change approval is no signing authorization, and it approves only the change
+        // from the policy it names.
+        let approval = vec![approve_change(&a, "k", &p, &new, now + 60)];
+        assert_eq!(
+            p.check("k", change, &approval, now, |_| false)
+                .unwrap()
+                .len(),
+            1
+        );
+        let refused = p
+            .check("k", Approves::Signing(b"pay 5"), &approval, now, |_| false)
+            .unwrap_err();
+        assert_eq!(refused.rule, "invalid_signature");
+        let stale = Approves::PolicyChange {
+            current: new.digest(),
+            new: p.digest(),
+        };
+        let refused = p.check("k", stale, &approval, now, |_| false).unwrap_err();
+        assert!(refused.detail.contains("policy in force here"), "{refused}");
+        // The message rules do not apply to a change.
+        assert!(p.check("k", change, &approval, now, |_| false).is_ok());
     }
 
     #[test]
@@ -455,13 +574,16 @@ pub(crate) mod tests {
         long.message_prefix = Some("ab".repeat(MAX_PREFIX_BYTES + 1));
         assert!(long.normalized().unwrap_err().contains("at most 1024"));
         assert_eq!(p.label(), "open");
-        assert!(p.check("k", &[0xab, 1], &[], 0, |_| false).is_ok());
+        assert!(
+            p.check("k", Approves::Signing(&[0xab, 1]), &[], 0, |_| false)
+                .is_ok()
+        );
         assert_eq!(
-            rule(p.check("k", &[0xab; 5], &[], 0, |_| false)),
+            rule(p.check("k", Approves::Signing(&[0xab; 5]), &[], 0, |_| false)),
             "max_message_bytes"
         );
         assert_eq!(
-            rule(p.check("k", &[0xac], &[], 0, |_| false)),
+            rule(p.check("k", Approves::Signing(&[0xac]), &[], 0, |_| false)),
             "message_prefix"
         );
     }

@@ -20,7 +20,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use super::policy::{self, Authorization, Refusal, SigningPolicy};
+use super::policy::{self, Approves, Authorization, Refusal, SigningPolicy};
 
 /// The log's file name in the data directory.
 pub const LOG_FILE: &str = "sign-requests.log";
@@ -176,12 +176,20 @@ impl ReplayGuard {
         authorizations: &[Authorization],
         now: u64,
     ) -> Result<Pending, Refusal> {
-        self.admit_inner(policy, key_id, message, authorizations, now, true)
+        self.admit_inner(
+            policy,
+            key_id,
+            Approves::Signing(message),
+            authorizations,
+            now,
+            true,
+        )
     }
 
-    /// Checks the approvals of a policy change: the current policy's clients, approvals,
-    /// expiry and replay rules apply; its message rules and rate do not (they govern what
-    /// may be signed, not who may change the policy).
+    /// Checks the approvals of a policy change from `current` to `new_policy`, signed under
+    /// the change domain over both digests: the current policy's clients, approvals, expiry
+    /// and replay rules apply; its message rules and rate do not (they govern what may be
+    /// signed, not who may change the policy).
     pub fn admit_change(
         &self,
         current: &SigningPolicy,
@@ -196,29 +204,25 @@ impl ReplayGuard {
             max_signatures_per_minute: None,
             ..current.clone()
         };
-        let message = policy::policy_change_message(new_policy);
-        self.admit_inner(
-            &approvals_only,
-            key_id,
-            &message,
-            authorizations,
-            now,
-            false,
-        )
+        let change = Approves::PolicyChange {
+            current: current.digest(),
+            new: new_policy.digest(),
+        };
+        self.admit_inner(&approvals_only, key_id, change, authorizations, now, false)
     }
 
     fn admit_inner(
         &self,
         policy: &SigningPolicy,
         key_id: &str,
-        message: &[u8],
+        what: Approves<'_>,
         authorizations: &[Authorization],
         now: u64,
         count_rate: bool,
     ) -> Result<Pending, Refusal> {
         let mut state = self.state();
         state.forget_expired(now);
-        let ids = policy.check(key_id, message, authorizations, now, |id| {
+        let ids = policy.check(key_id, what, authorizations, now, |id| {
             state.seen.contains_key(id)
         })?;
         if let Some(max) = policy.max_signatures_per_minute.filter(|_| count_rate) {
