@@ -943,6 +943,34 @@ async fn every_holder_checks_the_signing_policy() {
         }
     }
 
+    // A client key of small order (for which anyone forges signatures) is refused in a new
+    // key's policy and in a change.
+    let mut identity_point = [0u8; 32];
+    identity_point[0] = 1;
+    let weak = hex::encode(identity_point);
+    let (status, body) = post(
+        a,
+        "/v1/keys",
+        json!({"threshold": 2, "policy": {"clients": [weak]}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("small order"),
+        "{body}"
+    );
+    let (status, body) = post(
+        a,
+        &policy_path,
+        json!({"policy": {"clients": [weak]}, "authorizations": []}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("small order"),
+        "{body}"
+    );
+
     // The compromised holder forwards a change with a single approval, and nobody takes it.
     let one = vec![approval(&c1, &current)];
     let (status, body) = post(

@@ -19,7 +19,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use ed25519_dalek::{Signature, Verifier, VerifyingKey};
+use ed25519_dalek::{Signature, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -199,13 +199,26 @@ pub fn generate_client_key() -> ed25519_dalek::SigningKey {
     ed25519_dalek::SigningKey::from_bytes(&seed)
 }
 
-/// Parses a client public key (32 bytes, hex).
+/// Parses a client public key (32 bytes, hex). Keys of small order (for which signatures
+/// can be forged without any secret) and non-canonical encodings of a point are refused.
 pub fn parse_client(s: &str) -> Result<VerifyingKey, String> {
     let bytes: [u8; 32] = hex::decode(s.trim())
         .ok()
         .and_then(|b| b.try_into().ok())
         .ok_or_else(|| format!("`{s}` is not an Ed25519 public key (64 hex digits)"))?;
-    VerifyingKey::from_bytes(&bytes).map_err(|_| format!("`{s}` is not a valid Ed25519 public key"))
+    let key = VerifyingKey::from_bytes(&bytes)
+        .map_err(|_| format!("`{s}` is not a valid Ed25519 public key"))?;
+    if key.is_weak() {
+        return Err(format!(
+            "`{s}` is an Ed25519 key of small order, for which anyone can forge signatures; use a client key made by `p2p-mpc client keygen`"
+        ));
+    }
+    if key.to_bytes() != bytes {
+        return Err(format!(
+            "`{s}` is not the canonical encoding of its Ed25519 point"
+        ));
+    }
+    Ok(key)
 }
 
 fn parse_request_id(s: &str) -> Option<[u8; 16]> {
@@ -395,7 +408,8 @@ impl SigningPolicy {
                 .map(|b| Signature::from_bytes(&b))
                 .ok_or_else(|| refuse("malformed", "signature is not 64 bytes of hex"))?;
             let signed = what.signed_bytes(key_id, &request_id, a.expires_at);
-            if key.verify(&signed, &sig).is_err() {
+            // Strict: no small-order components, no malleable signatures.
+            if key.verify_strict(&signed, &sig).is_err() {
                 return Err(refuse(
                     "invalid_signature",
                     format!(
@@ -515,6 +529,30 @@ pub(crate) mod tests {
             rule(p.check("k1", Approves::Signing(msg), &both, now, |_| true)),
             "replayed"
         );
+    }
+
+    #[test]
+    fn client_keys_of_small_order_or_non_canonical_are_refused() {
+        // The identity point (y = 1) has small order: any signature "verifies" loosely.
+        let mut identity = [0u8; 32];
+        identity[0] = 1;
+        // A non-canonical encoding: y = p + 1 (the identity again), which decodes but is
+        // not how the point is written.
+        let mut non_canonical = [0xffu8; 32];
+        non_canonical[0] = 0xee;
+        non_canonical[31] = 0x7f;
+        for bad in [identity, non_canonical] {
+            let err = parse_client(&hex::encode(bad)).unwrap_err();
+            assert!(
+                err.contains("small order") || err.contains("canonical"),
+                "{err}"
+            );
+            let mut p = SigningPolicy::open();
+            p.open = false;
+            p.clients = vec![hex::encode(bad)];
+            assert!(p.normalized().is_err(), "a policy listing {bad:?}");
+        }
+        assert!(parse_client(&hex::encode(client().verifying_key().as_bytes())).is_ok());
     }
 
     #[test]
