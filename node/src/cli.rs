@@ -334,6 +334,17 @@ pub struct PolicyArgs {
     /// Policy rule: most signatures per minute on each holder.
     #[arg(long, value_name = "N")]
     pub max_signatures_per_minute: Option<u32>,
+    /// With --open: public key (hex) of an admin who may approve changes of the key's policy (repeatable or comma-separated); an open key without admins keeps its policy for good.
+    #[arg(
+        long = "admin",
+        value_delimiter = ',',
+        value_name = "PUBKEY",
+        requires = "open"
+    )]
+    pub admins: Vec<String>,
+    /// How many distinct admins must approve a policy change (default 1).
+    #[arg(long, value_name = "K", requires = "admins")]
+    pub admin_approvals: Option<u16>,
 }
 
 /// `p2p-mpc client ...`: the Ed25519 keys that API clients authorize signing requests with.
@@ -419,6 +430,21 @@ pub enum KeysCommand {
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
+    },
+    /// Give a key stored before signing policies existed (legacy-open) a policy, offline, in a holder's data directory: it stays open, fixed for good or changeable by the admins given. Run it with the node stopped, on every holder, with the same arguments.
+    ConvertLegacy {
+        /// The key id.
+        #[arg(value_name = "KEY_ID")]
+        key_id: String,
+        /// The holder's data directory (--data-dir of its node).
+        #[arg(long, value_name = "DIR")]
+        data_dir: PathBuf,
+        /// Public key (hex) of an admin who may approve changes of the key's policy (repeatable or comma-separated); without any, the key's policy is fixed for good.
+        #[arg(long = "admin", value_delimiter = ',', value_name = "PUBKEY")]
+        admins: Vec<String>,
+        /// How many distinct admins must approve a policy change (default 1).
+        #[arg(long, value_name = "K", requires = "admins")]
+        admin_approvals: Option<u16>,
     },
     /// Sign a message with a key (POST /v1/keys/{key_id}/sign).
     Sign {

@@ -73,6 +73,11 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
                 )
             });
         }
+        KeysCommand::ConvertLegacy { .. } => {
+            return Err(ClientError::Decode(
+                "`keys convert-legacy` works on a data directory, not through the API".into(),
+            ));
+        }
         KeysCommand::Sign {
             key_id,
             message,
@@ -138,13 +143,31 @@ fn policy_json(p: &crate::cli::PolicyArgs) -> Value {
     if let Some(n) = p.max_signatures_per_minute {
         policy["max_signatures_per_minute"] = json!(n);
     }
+    if !p.admins.is_empty() {
+        policy["admins"] = json!(p.admins);
+    }
+    if let Some(k) = p.admin_approvals {
+        policy["admin_approvals"] = json!(k);
+    }
     policy
 }
 
-/// `open` or `K-of-N clients`, from a key's JSON policy.
+/// `open`, `legacy-open` or `K-of-N clients`, from a key's JSON policy.
 fn policy_label(p: &Value) -> String {
+    if p["legacy"] == json!(true) {
+        return "legacy-open".into();
+    }
     if p["open"] == json!(true) {
-        return "open".into();
+        return match p["admins"].as_array() {
+            Some(a) if !a.is_empty() => {
+                format!(
+                    "open ({}-of-{} admins)",
+                    text(&p["admin_approvals"]),
+                    a.len()
+                )
+            }
+            _ => "open (fixed)".into(),
+        };
     }
     let n = p["clients"].as_array().map(Vec::len).unwrap_or(0);
     format!("{}-of-{n} clients", text(&p["approvals"]))

@@ -184,12 +184,47 @@ fn run_subcommand(command: Command) -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(1, e),
         },
+        Command::Keys {
+            command:
+                KeysCommand::ConvertLegacy {
+                    key_id,
+                    data_dir,
+                    admins,
+                    admin_approvals,
+                },
+        } => {
+            let policy = p2p_mpc_node::mpc::policy::SigningPolicy {
+                admins,
+                admin_approvals,
+                ..p2p_mpc_node::mpc::policy::SigningPolicy::open()
+            };
+            match p2p_mpc_node::mpc::store::convert_legacy(&data_dir, &key_id, &policy) {
+                Ok(path) => {
+                    let label = if policy.admins.is_empty() {
+                        "open, fixed for good".to_string()
+                    } else {
+                        format!(
+                            "open, changeable by {} of {} admins",
+                            policy.admin_approvals.unwrap_or(1),
+                            policy.admins.len()
+                        )
+                    };
+                    println!(
+                        "key {key_id}: {label} ({}); convert it on every other holder with the same arguments before starting the nodes",
+                        path.display()
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(1, e),
+            }
+        }
         Command::Keys { command } => {
             let api = match &command {
                 KeysCommand::Create { api, .. }
                 | KeysCommand::List { api, .. }
                 | KeysCommand::SetPolicy { api, .. }
                 | KeysCommand::Sign { api, .. } => api.clone(),
+                KeysCommand::ConvertLegacy { .. } => unreachable!("handled above"),
             };
             client_call(&api.url, api.api_token_file.as_deref(), |c| {
                 p2p_mpc_node::key_commands::run(c, command)

@@ -103,6 +103,19 @@ pub async fn run(
         warn!(path = %path.display(), "removed a key share whose DKG never completed");
     }
     info!(keys = report.loaded, dir = %key_store.dir().display(), "key shares loaded");
+    let legacy: Vec<String> = key_store
+        .list()
+        .into_iter()
+        .filter(|k| k.policy.legacy)
+        .map(|k| k.key_id)
+        .collect();
+    if !legacy.is_empty() {
+        warn!(
+            count = legacy.len(),
+            keys = %legacy.iter().take(10).cloned().collect::<Vec<_>>().join(","),
+            "keys stored before signing policies existed load as legacy-open: they sign for any API caller and their policy cannot be changed until converted on every holder (p2p-mpc keys convert-legacy)"
+        );
+    }
     let faults = Faults::from_env().map_err(NodeError::Faults)?;
     if faults.any() {
         warn!(

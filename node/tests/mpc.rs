@@ -1284,3 +1284,231 @@ async fn t_minus_one_compromised_holders_cannot_sign_alone() {
         body["signature"].as_str().unwrap(),
     );
 }
+
+/// Writes `change` as the new policy of `key_id` through `node`, approved by `approvals`.
+async fn change_policy(
+    node: &NodeProcess,
+    key_id: &str,
+    change: &Value,
+    approvals: Vec<Value>,
+) -> (u16, Value) {
+    post(
+        node,
+        &format!("/v1/keys/{key_id}/policy"),
+        json!({"policy": change, "authorizations": approvals}),
+    )
+    .await
+}
+
+/// The approval by `client` of replacing `current` with `new` on `key_id`.
+fn change_approval(
+    client: &ed25519_dalek::SigningKey,
+    key_id: &str,
+    current: &Value,
+    new: &Value,
+) -> Value {
+    use p2p_mpc_node::mpc::policy::{SigningPolicy, approve_change, now};
+    let parse = |v: &Value| {
+        serde_json::from_value::<SigningPolicy>(v.clone())
+            .unwrap()
+            .normalized()
+            .unwrap()
+    };
+    serde_json::to_value(approve_change(
+        client,
+        key_id,
+        &serde_json::from_value(current.clone()).unwrap(),
+        &parse(new),
+        now() + 60,
+    ))
+    .unwrap()
+}
+
+async fn policy_on(node: &NodeProcess, key_id: &str) -> Value {
+    node.get(&format!("/v1/keys/{key_id}")).await.unwrap()["policy"].clone()
+}
+
+/// An open key's policy cannot be taken over by an API caller: without admins it is fixed,
+/// with admins it takes K of their approvals; a key stored before policies existed loads as
+/// legacy-open, is counted, refuses every change until it is converted offline on every
+/// holder. Each refusal is made by the honest holders too, not only by the coordinator.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
+    let dir = tempdir();
+    let names = ["a", "b", "rogue"];
+    let env_of = |name: &str| {
+        if name == "rogue" {
+            vec![("P2P_MPC_TEST_FAULT", "skip-sign-authorization")]
+        } else {
+            vec![]
+        }
+    };
+    let nodes = start_cluster(dir.path(), &names, env_of).await;
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let (a, b, rogue) = (&nodes[0], &nodes[1], &nodes[2]);
+    let attacker = client_key();
+    let seize = json!({"clients": [public(&attacker)]});
+
+    // Open, without admins: fixed, on the coordinator and on every holder.
+    let fixed = create_key(a, 2, &all).await;
+    let fixed_id = fixed["key_id"].as_str().unwrap().to_string();
+    let open_policy = fixed["policy"].clone();
+    assert_refused(
+        "seizing an open key",
+        change_policy(a, &fixed_id, &seize, vec![]).await,
+        "policy_fixed",
+    );
+    let approval = change_approval(&attacker, &fixed_id, &open_policy, &seize);
+    let (status, body) = change_policy(rogue, &fixed_id, &seize, vec![approval]).await;
+    assert_ne!(status, 200, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("policy_fixed"),
+        "the honest holders refuse: {body}"
+    );
+    for node in [a, b] {
+        assert_eq!(
+            policy_on(node, &fixed_id).await,
+            json!({"open": true}),
+            "{}",
+            node.name
+        );
+    }
+
+    // Open with admins: two of them must approve; then the change holds everywhere.
+    let (adm1, adm2, c) = (client_key(), client_key(), client_key());
+    let admin_key = create_key_with(
+        a,
+        2,
+        &all,
+        json!({"open": true, "admins": [public(&adm1), public(&adm2)], "admin_approvals": 2}),
+    )
+    .await;
+    let admin_id = admin_key["key_id"].as_str().unwrap().to_string();
+    let current = admin_key["policy"].clone();
+    let to_clients = json!({"clients": [public(&c)]});
+    let by = |k: &ed25519_dalek::SigningKey| change_approval(k, &admin_id, &current, &to_clients);
+    assert_refused(
+        "one of two admins",
+        change_policy(a, &admin_id, &to_clients, vec![by(&adm1)]).await,
+        "too_few_approvals",
+    );
+    assert_refused(
+        "a stranger as admin",
+        change_policy(a, &admin_id, &to_clients, vec![by(&adm1), by(&attacker)]).await,
+        "unlisted_client",
+    );
+    let (status, body) = change_policy(rogue, &admin_id, &to_clients, vec![by(&adm1)]).await;
+    assert_ne!(status, 200, "{body}");
+    let (status, body) = change_policy(b, &admin_id, &to_clients, vec![by(&adm1), by(&adm2)]).await;
+    assert_eq!(status, 200, "{body}");
+    for node in [a, b, rogue] {
+        assert_eq!(
+            policy_on(node, &admin_id).await["clients"],
+            json!([public(&c)]),
+            "{}",
+            node.name
+        );
+    }
+    assert_refused(
+        "an open request after the change",
+        sign_with(a, &admin_id, b"m", vec![]).await,
+        "too_few_approvals",
+    );
+
+    // A key file without a policy (written before policies existed) on every holder.
+    let legacy = create_key(a, 2, &all).await;
+    let legacy_id = legacy["key_id"].as_str().unwrap().to_string();
+    drop(nodes);
+    let key_file = |name: &str| {
+        dir.path()
+            .join(format!("data-{name}/keys/{legacy_id}.key.json"))
+    };
+    for name in names {
+        let path = key_file(name);
+        let mut file: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert!(file.as_object_mut().unwrap().remove("policy").is_some());
+        std::fs::write(&path, serde_json::to_vec_pretty(&file).unwrap()).unwrap();
+    }
+    let nodes = start_cluster(dir.path(), &names, env_of).await;
+    let (a, rogue) = (&nodes[0], &nodes[2]);
+    for node in &nodes {
+        assert_eq!(
+            policy_on(node, &legacy_id).await,
+            json!({"open": true, "legacy": true})
+        );
+        assert_eq!(
+            metric_sum(node, "p2p_mpc_legacy_open_keys", "").await,
+            1.0,
+            "{}",
+            node.name
+        );
+        assert!(
+            node.stderr_lines()
+                .iter()
+                .any(|l| l.contains("legacy-open") && l.contains(&legacy_id)),
+            "{} warns at start",
+            node.name
+        );
+    }
+    assert_refused(
+        "changing a legacy key",
+        change_policy(a, &legacy_id, &seize, vec![]).await,
+        "legacy_open",
+    );
+    let (status, body) = change_policy(rogue, &legacy_id, &seize, vec![]).await;
+    assert_ne!(status, 200, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("legacy_open"),
+        "{body}"
+    );
+    let (status, body) = sign(a, &legacy_id, b"still signs for any caller").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Converted offline on every holder: open, changeable by one admin.
+    drop(nodes);
+    let admin = client_key();
+    for name in names {
+        let out = std::process::Command::new(common::bin())
+            .args([
+                "keys",
+                "convert-legacy",
+                &legacy_id,
+                "--admin",
+                &public(&admin),
+            ])
+            .arg("--data-dir")
+            .arg(dir.path().join(format!("data-{name}")))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains("changeable by 1 of 1 admins"),
+            "{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A second conversion is refused: the key has a policy now.
+    let out = std::process::Command::new(common::bin())
+        .args(["keys", "convert-legacy", &legacy_id, "--data-dir"])
+        .arg(dir.path().join("data-a"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("has a signing policy already"),
+        "{out:?}"
+    );
+    let nodes = start_cluster(dir.path(), &names, env_of).await;
+    let a = &nodes[0];
+    assert_eq!(metric_sum(a, "p2p_mpc_legacy_open_keys", "").await, 0.0);
+    let converted = policy_on(a, &legacy_id).await;
+    let approval = change_approval(&admin, &legacy_id, &converted, &seize);
+    let (status, body) = change_policy(a, &legacy_id, &seize, vec![approval]).await;
+    assert_eq!(status, 200, "the admin may change it now: {body}");
+}

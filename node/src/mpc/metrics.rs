@@ -24,6 +24,8 @@ pub struct MpcMetrics {
     /// Signing requests checked against their key's policy, by policy kind (`open`,
     /// `clients`) and outcome (`authorized` or the rule that refused it).
     pub sign_authorizations: IntCounterVec,
+    /// Keys held here that were stored before signing policies existed (`legacy-open`).
+    pub legacy_open_keys: prometheus::IntGauge,
 }
 
 impl MpcMetrics {
@@ -84,6 +86,11 @@ impl MpcMetrics {
                 "Signing requests checked against their key's policy on this node, by policy (open, clients) and outcome (authorized or the refusing rule).",
                 &["policy", "outcome"],
             ),
+            legacy_open_keys: prometheus::IntGauge::new(
+                "p2p_mpc_legacy_open_keys",
+                "Keys held here that were stored before signing policies existed: they sign for any API caller and their policy cannot be changed until converted (p2p-mpc keys convert-legacy).",
+            )
+            .expect("valid metric"),
         };
         for c in [
             Box::new(m.sessions_started.clone()) as Box<dyn prometheus::core::Collector>,
@@ -95,6 +102,7 @@ impl MpcMetrics {
             Box::new(m.aggregation_reports.clone()),
             Box::new(m.aggregation_shares.clone()),
             Box::new(m.sign_authorizations.clone()),
+            Box::new(m.legacy_open_keys.clone()),
         ] {
             registry.register(c).expect("MPC metric names are unique");
         }

@@ -161,6 +161,8 @@ impl MpcEngine {
         aggregation: aggregation::Aggregation,
         settings: EngineSettings,
     ) -> Self {
+        let legacy = store.list().iter().filter(|k| k.policy.legacy).count();
+        metrics.legacy_open_keys.set(legacy as i64);
         Self {
             inner: Arc::new(Inner {
                 local,
@@ -197,7 +199,13 @@ impl MpcEngine {
             authorizations,
             policy::now(),
         );
-        let kind = if key.policy.open { "open" } else { "clients" };
+        let kind = if key.policy.legacy {
+            "legacy-open"
+        } else if key.policy.open {
+            "open"
+        } else {
+            "clients"
+        };
         let outcome = match &result {
             Ok(_) => "authorized",
             Err(r) => r.rule,

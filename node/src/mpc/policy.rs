@@ -98,6 +98,19 @@ pub struct SigningPolicy {
     /// Most signatures per minute, on each holder.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_signatures_per_minute: Option<u32>,
+    /// Admin clients of an `open` key (Ed25519 public keys, lowercase hex, sorted):
+    /// `admin_approvals` of them approve a change of its policy. An open key without admins
+    /// keeps its policy for good. (A `clients` policy is changed by its clients.)
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub admins: Vec<String>,
+    /// How many distinct admins must approve a change (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_approvals: Option<u16>,
+    /// Set only on keys stored before policies existed: they sign for any API caller, and
+    /// their policy cannot be changed until an operator converts them
+    /// (`p2p-mpc keys convert-legacy`). Never accepted in a request.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub legacy: bool,
 }
 
 /// One client's approval of one signing request.
@@ -226,7 +239,7 @@ fn parse_request_id(s: &str) -> Option<[u8; 16]> {
 }
 
 impl SigningPolicy {
-    /// The open policy.
+    /// The open policy (without admins: fixed for good).
     pub fn open() -> Self {
         Self {
             open: true,
@@ -235,16 +248,98 @@ impl SigningPolicy {
             max_message_bytes: None,
             message_prefix: None,
             max_signatures_per_minute: None,
+            admins: vec![],
+            admin_approvals: None,
+            legacy: false,
         }
+    }
+
+    /// The policy of a key stored before policies existed.
+    pub fn legacy_open() -> Self {
+        Self {
+            legacy: true,
+            ..Self::open()
+        }
+    }
+
+    /// Who approves a change of this policy, as a policy of its own (its clients and
+    /// approvals; no message rules, no rate), or why nobody may change it.
+    pub fn change_approvers(&self) -> Result<SigningPolicy, Refusal> {
+        if self.legacy {
+            return Err(refuse(
+                "legacy_open",
+                "the key was stored before signing policies existed; its policy cannot be changed until an operator converts it on every holder (`p2p-mpc keys convert-legacy`)",
+            ));
+        }
+        let (clients, approvals) = if self.open {
+            if self.admins.is_empty() {
+                return Err(refuse(
+                    "policy_fixed",
+                    "the key is open and was created without admins: its policy cannot be changed",
+                ));
+            }
+            (self.admins.clone(), self.admin_approvals)
+        } else {
+            (self.clients.clone(), self.approvals)
+        };
+        Ok(SigningPolicy {
+            open: false,
+            clients,
+            approvals: Some(approvals.unwrap_or(1)),
+            ..Self::open()
+        })
+    }
+
+    /// The keys of `list` (named `field` in errors) parsed, deduplicated and sorted, and the
+    /// approvals `k` (default 1) checked against their number.
+    fn client_set(
+        list: &[String],
+        field: &str,
+        k: Option<u16>,
+        k_field: &str,
+    ) -> Result<(Vec<String>, u16), String> {
+        if list.len() > MAX_CLIENTS {
+            return Err(format!("at most {MAX_CLIENTS} {field}"));
+        }
+        let mut set = BTreeSet::new();
+        for c in list {
+            let key = parse_client(c)?;
+            if !set.insert(hex::encode(key.as_bytes())) {
+                return Err(format!("{field}: {c} is listed twice"));
+            }
+        }
+        let k = k.unwrap_or(1);
+        if k < 1 || usize::from(k) > set.len() {
+            return Err(format!(
+                "{k_field} {k} is out of range: 1 to the number of {field} ({})",
+                set.len()
+            ));
+        }
+        Ok((set.into_iter().collect(), k))
     }
 
     /// Checks the policy and returns it in canonical form (clients lowercase and sorted,
     /// `approvals` set). The error says what is wrong.
     pub fn normalized(&self) -> Result<Self, String> {
         let mut p = self.clone();
+        if p.legacy {
+            return Err(
+                "`legacy` marks keys stored before policies existed; no request may set it".into(),
+            );
+        }
         if p.open {
             if !p.clients.is_empty() || p.approvals.is_some() {
                 return Err("an open policy takes no `clients` or `approvals`".into());
+            }
+            if p.admins.is_empty() {
+                if p.admin_approvals.is_some() {
+                    return Err("`admin_approvals` needs `admins`".into());
+                }
+            } else {
+                let (admins, k) =
+                    Self::client_set(&p.admins, "admins", p.admin_approvals, "admin_approvals")?;
+                p.admins = admins;
+                p.admin_approvals = Some(k);
             }
         } else {
             if p.clients.is_empty() {
@@ -253,24 +348,14 @@ impl SigningPolicy {
                         .into(),
                 );
             }
-            if p.clients.len() > MAX_CLIENTS {
-                return Err(format!("at most {MAX_CLIENTS} clients"));
+            if !p.admins.is_empty() || p.admin_approvals.is_some() {
+                return Err(
+                    "`admins` are for open keys; a `clients` policy is changed by its clients"
+                        .into(),
+                );
             }
-            let mut set = BTreeSet::new();
-            for c in &p.clients {
-                let key = parse_client(c)?;
-                if !set.insert(hex::encode(key.as_bytes())) {
-                    return Err(format!("client {c} is listed twice"));
-                }
-            }
-            p.clients = set.into_iter().collect();
-            let k = p.approvals.unwrap_or(1);
-            if k < 1 || usize::from(k) > p.clients.len() {
-                return Err(format!(
-                    "approvals {k} is out of range: 1 to the number of clients ({})",
-                    p.clients.len()
-                ));
-            }
+            let (clients, k) = Self::client_set(&p.clients, "clients", p.approvals, "approvals")?;
+            p.clients = clients;
             p.approvals = Some(k);
         }
         if let Some(prefix) = &p.message_prefix {
@@ -317,7 +402,9 @@ impl SigningPolicy {
 
     /// A short label for lists and metrics: `open` or `K-of-N clients`.
     pub fn label(&self) -> String {
-        if self.open {
+        if self.legacy {
+            "legacy-open".into()
+        } else if self.open {
             "open".into()
         } else {
             format!(
@@ -465,9 +552,7 @@ pub(crate) mod tests {
                 .map(|c| hex::encode(c.verifying_key().as_bytes()))
                 .collect(),
             approvals: Some(k),
-            max_message_bytes: None,
-            message_prefix: None,
-            max_signatures_per_minute: None,
+            ..SigningPolicy::open()
         }
         .normalized()
         .unwrap()
@@ -529,6 +614,48 @@ pub(crate) mod tests {
             rule(p.check("k1", Approves::Signing(msg), &both, now, |_| true)),
             "replayed"
         );
+    }
+
+    #[test]
+    fn who_may_change_a_policy() {
+        let (a, b) = (client(), client());
+        let hexkey = |c: &ed25519_dalek::SigningKey| hex::encode(c.verifying_key().as_bytes());
+        // A clients policy: its clients, with its approvals.
+        let p = policy(&[&a, &b], 2);
+        let approvers = p.change_approvers().unwrap();
+        assert_eq!(approvers.clients, p.clients);
+        assert_eq!(approvers.approvals, Some(2));
+        // An open key without admins: fixed; a legacy key: refused until converted.
+        assert_eq!(
+            SigningPolicy::open().change_approvers().unwrap_err().rule,
+            "policy_fixed"
+        );
+        let legacy = SigningPolicy::legacy_open();
+        assert_eq!(legacy.change_approvers().unwrap_err().rule, "legacy_open");
+        assert_eq!(legacy.label(), "legacy-open");
+        assert!(legacy.normalized().unwrap_err().contains("legacy"));
+        // An open key with admins: K of them.
+        let admin = SigningPolicy {
+            admins: vec![hexkey(&b), hexkey(&a)],
+            admin_approvals: Some(2),
+            ..SigningPolicy::open()
+        }
+        .normalized()
+        .unwrap();
+        let approvers = admin.change_approvers().unwrap();
+        assert!(!approvers.open);
+        assert_eq!(approvers.clients.len(), 2);
+        assert_eq!(approvers.approvals, Some(2));
+        // Admins belong to open keys only, and need a sane K.
+        let mut bad = p.clone();
+        bad.admins = vec![hexkey(&a)];
+        assert!(bad.normalized().unwrap_err().contains("open keys"));
+        let mut bad = admin.clone();
+        bad.admin_approvals = Some(3);
+        assert!(bad.normalized().unwrap_err().contains("admin_approvals 3"));
+        let mut bad = SigningPolicy::open();
+        bad.admin_approvals = Some(1);
+        assert!(bad.normalized().unwrap_err().contains("needs `admins`"));
     }
 
     #[test]

@@ -187,8 +187,9 @@ impl ReplayGuard {
     }
 
     /// Checks the approvals of a policy change from `current` to `new_policy`, signed under
-    /// the change domain over both digests: the current policy's clients, approvals, expiry
-    /// and replay rules apply; its message rules and rate do not (they govern what may be
+    /// the change domain over both digests, by the current policy's change approvers (its
+    /// clients, or an open key's admins; none for a fixed or legacy key), with the expiry
+    /// and replay rules; the message rules and rate do not apply (they govern what may be
     /// signed, not who may change the policy).
     pub fn admit_change(
         &self,
@@ -198,17 +199,12 @@ impl ReplayGuard {
         authorizations: &[Authorization],
         now: u64,
     ) -> Result<Pending, Refusal> {
-        let approvals_only = SigningPolicy {
-            max_message_bytes: None,
-            message_prefix: None,
-            max_signatures_per_minute: None,
-            ..current.clone()
-        };
+        let approvers = current.change_approvers()?;
         let change = Approves::PolicyChange {
             current: current.digest(),
             new: new_policy.digest(),
         };
-        self.admit_inner(&approvals_only, key_id, change, authorizations, now, false)
+        self.admit_inner(&approvers, key_id, change, authorizations, now, false)
     }
 
     fn admit_inner(

@@ -64,8 +64,8 @@ pub struct KeyInfo {
     /// Seconds since the Unix epoch.
     pub created_at: u64,
     /// Who may have the key sign; every holder stores the same one (the DKG agreed on it)
-    /// and checks it. Keys made before policies existed load as `open`.
-    #[serde(default = "super::policy::SigningPolicy::open")]
+    /// and checks it. Keys made before policies existed load as `legacy-open`.
+    #[serde(default = "super::policy::SigningPolicy::legacy_open")]
     pub policy: super::policy::SigningPolicy,
 }
 
@@ -290,6 +290,59 @@ impl KeyShareStore {
             .insert(key_id, key.clone());
         Ok(key)
     }
+}
+
+/// Gives legacy-open key `key_id` under `data_dir` the open policy `policy` (fixed, or
+/// changeable by its admins), rewriting its key file atomically. Offline: the node that owns
+/// `data_dir` must be stopped. Returns the key file's path. The error says what is wrong.
+pub fn convert_legacy(
+    data_dir: &Path,
+    key_id: &str,
+    policy: &super::policy::SigningPolicy,
+) -> Result<PathBuf, String> {
+    if key_id.is_empty() || !key_id.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(format!("`{key_id}` is not a key id (hex digits)"));
+    }
+    let policy = policy.normalized()?;
+    if !policy.open {
+        return Err(
+            "a legacy key is converted to an open policy (fixed, or with admins who may approve a change later); it then takes other policies through `keys set-policy`"
+                .into(),
+        );
+    }
+    let path = data_dir
+        .join("keys")
+        .join(format!("{key_id}{KEY_FILE_SUFFIX}"));
+    let bytes = fs::read(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let mut file: serde_json::Value = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("{} is not a key file: {e}", path.display()))?;
+    let info = file
+        .as_object_mut()
+        .ok_or_else(|| format!("{} is not a key file (no JSON object)", path.display()))?;
+    if info.contains_key("policy") {
+        return Err(format!(
+            "key {key_id} has a signing policy already ({}): only legacy-open keys are converted; change a policy with `keys set-policy`",
+            path.display()
+        ));
+    }
+    info.insert(
+        "policy".into(),
+        serde_json::to_value(&policy).map_err(|e| e.to_string())?,
+    );
+    let out = serde_json::to_vec_pretty(&file).map_err(|e| e.to_string())?;
+    // The whole file must still load as a key before it replaces the old one.
+    let parsed: KeyFile = serde_json::from_slice(&out)
+        .map_err(|e| format!("{}: the converted file does not load: {e}", path.display()))?;
+    if parsed.info.key_id != key_id {
+        return Err(format!(
+            "{} holds key {}, not {key_id}",
+            path.display(),
+            parsed.info.key_id
+        ));
+    }
+    write_atomically(&path, &out, crate::atomic_file::Existing::Replace)
+        .map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+    Ok(path)
 }
 
 /// The key file of a key.
