@@ -744,17 +744,21 @@ fn assert_refused(what: &str, (status, body): (u16, Value), rule: &str) {
     assert_eq!(body["rule"], rule, "{what}: {body}");
 }
 
+/// The environment of node `name` of a cluster whose node `rogue` is a compromised holder
+/// that skips its own authorization checks.
+fn rogue_skips_its_checks(name: &str) -> Vec<(&'static str, &'static str)> {
+    if name == "rogue" {
+        vec![("P2P_MPC_TEST_FAULT", "skip-sign-authorization")]
+    } else {
+        vec![]
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_holder_checks_the_signing_policy() {
     let dir = tempdir();
     let names = ["a", "b", "rogue"];
-    let env_of = |name: &str| {
-        if name == "rogue" {
-            vec![("P2P_MPC_TEST_FAULT", "skip-sign-authorization")]
-        } else {
-            vec![]
-        }
-    };
+    let env_of = rogue_skips_its_checks;
     let nodes = start_cluster(dir.path(), &names, env_of).await;
     let (a, b, rogue) = (&nodes[0], &nodes[1], &nodes[2]);
     let (c1, c2, outsider) = (client_key(), client_key(), client_key());
@@ -1336,13 +1340,7 @@ async fn policy_on(node: &NodeProcess, key_id: &str) -> Value {
 async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
     let dir = tempdir();
     let names = ["a", "b", "rogue"];
-    let env_of = |name: &str| {
-        if name == "rogue" {
-            vec![("P2P_MPC_TEST_FAULT", "skip-sign-authorization")]
-        } else {
-            vec![]
-        }
-    };
+    let env_of = rogue_skips_its_checks;
     let nodes = start_cluster(dir.path(), &names, env_of).await;
     let all: Vec<&NodeProcess> = nodes.iter().collect();
     let (a, b, rogue) = (&nodes[0], &nodes[1], &nodes[2]);

@@ -382,13 +382,11 @@ async fn chart_and_manifests_lint_validate_and_install() {
     // The RBAC of deploy/operator.yaml is enough: a controller acting as its service account
     // reconciles a cluster, ServiceMonitor, status and events included.
     install_crd(&client, service_monitor_crd()).await;
-    let kubeconfig = kube::config::Kubeconfig::read_from(plane.kubeconfig()).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    config.auth_info.impersonate =
-        Some("system:serviceaccount:p2p-mpc-system:p2p-mpc-operator".into());
-    let as_operator = Client::try_from(config).unwrap();
+    let as_operator = as_service_account(
+        &plane,
+        "system:serviceaccount:p2p-mpc-system:p2p-mpc-operator",
+    )
+    .await;
     let ctrl = RunningController::start(&as_operator);
     let ns = namespace(&client).await;
     let mcs: Api<MpcCluster> = Api::namespaced(client.clone(), &ns);
@@ -401,14 +399,34 @@ async fn chart_and_manifests_lint_validate_and_install() {
     )
     .await
     .unwrap();
+    reconciled_fully(&mcs, "rbac", 2, Some("ServiceMonitor")).await;
+    ctrl.stop().await;
+}
+
+/// A client of the test control plane acting as `user` (e.g. a service account).
+async fn as_service_account(plane: &ControlPlane, user: &str) -> Client {
+    let kubeconfig = kube::config::Kubeconfig::read_from(plane.kubeconfig()).unwrap();
+    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    config.auth_info.impersonate = Some(user.to_string());
+    Client::try_from(config).unwrap()
+}
+
+/// Waits until MpcCluster `name` reports `peers` peers, is not Degraded, and (if named) has
+/// condition `also` True: every child was applied with the controller's permissions.
+async fn reconciled_fully(mcs: &Api<MpcCluster>, name: &str, peers: usize, also: Option<&str>) {
     wait_for(
-        "the service account's controller to reconcile fully",
+        &format!("the operator to reconcile {name} fully"),
         DEADLINE,
         || async {
-            let m = mcs.get("rbac").await.map_err(|e| e.to_string())?;
+            let m = mcs.get(name).await.map_err(|e| e.to_string())?;
             let st = m.status.unwrap_or_default();
             let ok = |t: &str, s: &str| st.conditions.iter().any(|c| c.type_ == t && c.status == s);
-            if st.peers.len() == 2 && ok("Degraded", "False") && ok("ServiceMonitor", "True") {
+            if st.peers.len() == peers
+                && ok("Degraded", "False")
+                && also.is_none_or(|t| ok(t, "True"))
+            {
                 Ok(())
             } else {
                 Err(format!("{st:?}"))
@@ -417,7 +435,6 @@ async fn chart_and_manifests_lint_validate_and_install() {
     )
     .await
     .unwrap_or_else(|e| panic!("{e}"));
-    ctrl.stop().await;
 }
 
 /// Whether `user` (a service account) may `verb` `resource` of `group` in `namespace` (all
@@ -561,12 +578,7 @@ async fn rbac_is_least_privilege_cluster_wide_and_per_namespace() {
     );
 
     // The namespaced operator's account is enough to manage a cluster in its namespace.
-    let kubeconfig = kube::config::Kubeconfig::read_from(plane.kubeconfig()).unwrap();
-    let mut config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .unwrap();
-    config.auth_info.impersonate = Some(sa.clone());
-    let as_operator = Client::try_from(config).unwrap();
+    let as_operator = as_service_account(&plane, &sa).await;
     let ctrl = RunningController::start_in(&as_operator, &[&watched]);
     let mcs: Api<MpcCluster> = Api::namespaced(client.clone(), &watched);
     mcs.create(
@@ -575,25 +587,7 @@ async fn rbac_is_least_privilege_cluster_wide_and_per_namespace() {
     )
     .await
     .unwrap();
-    wait_for(
-        "the namespaced operator to reconcile fully",
-        DEADLINE,
-        || async {
-            let m = mcs.get("scoped").await.map_err(|e| e.to_string())?;
-            let st = m.status.unwrap_or_default();
-            let ok = st
-                .conditions
-                .iter()
-                .any(|c| c.type_ == "Degraded" && c.status == "False");
-            if st.peers.len() == 2 && ok {
-                Ok(())
-            } else {
-                Err(format!("{st:?}"))
-            }
-        },
-    )
-    .await
-    .unwrap_or_else(|e| panic!("{e}"));
+    reconciled_fully(&mcs, "scoped", 2, None).await;
     ctrl.stop().await;
 
     // Cluster-wide: the same rules in a ClusterRole, and nothing beyond them.

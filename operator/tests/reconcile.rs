@@ -10,13 +10,15 @@ use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Pod, Secret, 
 use k8s_openapi::api::networking::v1::NetworkPolicy;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
-use kube::{CustomResourceExt, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use p2p_mpc_operator::crd::MpcCluster;
 use p2p_mpc_operator::resources::service_monitor;
-use p2p_mpc_testenv::{ControlPlane, or_skip, wait_for};
+use p2p_mpc_testenv::wait_for;
 
 mod common;
-use common::{DEADLINE, RunningController, cluster, install_crd, namespace, service_monitor_crd};
+use common::{
+    DEADLINE, RunningController, cluster, install_crd, plane_and_namespace, service_monitor_crd,
+};
 use serde_json::json;
 
 fn is_controlled_by(obj: &impl Resource, mc: &MpcCluster) -> bool {
@@ -108,12 +110,9 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mpc_cluster_lifecycle_against_a_real_api_server() {
-    let Some(plane) = or_skip(ControlPlane::start_or_connect().await) else {
+    let Some((_plane, client, ns)) = plane_and_namespace().await else {
         return;
     };
-    let client = plane.client().await.unwrap_or_else(|e| panic!("{e}"));
-    install_crd(&client, MpcCluster::crd()).await;
-    let ns = namespace(&client).await;
     let ctrl = RunningController::start(&client);
 
     let mcs: Api<MpcCluster> = Api::namespaced(client.clone(), &ns);
@@ -614,12 +613,9 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
 /// id and its very data volume claim, and the old objects are gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cluster_of_the_earlier_layout_is_migrated_with_peer_ids_and_volumes_kept() {
-    let Some(plane) = or_skip(ControlPlane::start_or_connect().await) else {
+    let Some((_plane, client, ns)) = plane_and_namespace().await else {
         return;
     };
-    let client = plane.client().await.unwrap_or_else(|e| panic!("{e}"));
-    install_crd(&client, MpcCluster::crd()).await;
-    let ns = namespace(&client).await;
     let mcs: Api<MpcCluster> = Api::namespaced(client.clone(), &ns);
     let mc = mcs
         .create(
@@ -793,12 +789,9 @@ async fn a_cluster_of_the_earlier_layout_is_migrated_with_peer_ids_and_volumes_k
 /// status and no pod starts without its token; once it is there, the pods mount it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_secret_of_the_users_is_checked_and_mounted() {
-    let Some(plane) = or_skip(ControlPlane::start_or_connect().await) else {
+    let Some((_plane, client, ns)) = plane_and_namespace().await else {
         return;
     };
-    let client = plane.client().await.unwrap_or_else(|e| panic!("{e}"));
-    install_crd(&client, MpcCluster::crd()).await;
-    let ns = namespace(&client).await;
     let ctrl = RunningController::start(&client);
     let mcs: Api<MpcCluster> = Api::namespaced(client.clone(), &ns);
     mcs.create(
@@ -875,12 +868,9 @@ async fn a_token_secret_of_the_users_is_checked_and_mounted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_specs_are_refused_at_apply_time() {
-    let Some(plane) = or_skip(ControlPlane::start_or_connect().await) else {
+    let Some((_plane, client, ns)) = plane_and_namespace().await else {
         return;
     };
-    let client = plane.client().await.unwrap_or_else(|e| panic!("{e}"));
-    install_crd(&client, MpcCluster::crd()).await;
-    let ns = namespace(&client).await;
     let mcs: Api<MpcCluster> = Api::namespaced(client.clone(), &ns);
     // Raw objects, so that the client sends what its own types would refuse.
     let raw: Api<DynamicObject> = Api::namespaced_with(

@@ -8,10 +8,11 @@ use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::wait::{await_condition, conditions};
-use kube::{Client, ResourceExt};
+use kube::{Client, CustomResourceExt, ResourceExt};
 use p2p_mpc_operator::controller::{self, OperatorConfig};
 use p2p_mpc_operator::crd::MpcCluster;
 use p2p_mpc_operator::metrics::OperatorMetrics;
+use p2p_mpc_testenv::{ControlPlane, or_skip};
 use serde_json::json;
 use tokio::sync::oneshot;
 
@@ -110,6 +111,16 @@ impl Drop for RunningController {
         }
         self.task.abort();
     }
+}
+
+/// The test control plane (kept running while the first value lives), a client, the CRD
+/// installed and a fresh namespace; `None` when the test is skipped (outside CI only).
+pub async fn plane_and_namespace() -> Option<(ControlPlane, Client, String)> {
+    let plane = or_skip(ControlPlane::start_or_connect().await)?;
+    let client = plane.client().await.unwrap_or_else(|e| panic!("{e}"));
+    install_crd(&client, MpcCluster::crd()).await;
+    let ns = namespace(&client).await;
+    Some((plane, client, ns))
 }
 
 pub fn cluster(name: &str, spec: serde_json::Value) -> MpcCluster {
