@@ -11,6 +11,7 @@ pub mod config;
 pub mod devnet;
 pub mod identity;
 pub mod key_commands;
+pub mod log_limit;
 pub mod metrics;
 pub mod mpc;
 pub mod network;

@@ -196,4 +196,13 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
         ),
         "amplifying messages are counted as malformed"
     );
+    // The flood did not flood the log: 10,000 refused invitations and hundreds of refused
+    // messages leave a few lines at most (they are counted in the metrics instead).
+    let lines = node_a.stderr_lines();
+    assert!(
+        lines.len() < 300,
+        "the flooded node wrote {} log lines; the last: {:?}",
+        lines.len(),
+        lines.last()
+    );
 }

@@ -28,7 +28,7 @@ use frost_ed25519 as frost;
 use futures::future::join_all;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::network::{InboundMpc, MpcSendError, NetworkClient};
 use faults::Faults;
@@ -315,7 +315,9 @@ impl MpcEngine {
                         MpcAck::Accepted
                     }
                     Err(reason) => {
-                        info!(%session, %peer, %reason, "MPC invite refused");
+                        if let Some(suppressed) = crate::log_limit::allow("mpc_invite_refused") {
+                            debug!(%session, %peer, reason = %crate::log_limit::echo(&reason), suppressed, "MPC invite refused");
+                        }
                         MpcAck::Rejected(reason)
                     }
                 },

@@ -151,7 +151,9 @@ impl MpcEngine {
         ) {
             Ok(pending) => pending,
             Err(refusal) => {
-                warn!(%coordinator, key_id, rule = refusal.rule, "policy change refused");
+                if let Some(suppressed) = crate::log_limit::allow("policy_change_refused") {
+                    warn!(%coordinator, key_id = %crate::log_limit::echo(&key_id), rule = refusal.rule, suppressed, "policy change refused");
+                }
                 return Err(format!("peer {local}: {refusal}"));
             }
         };

@@ -294,7 +294,9 @@ impl MpcEngine {
                 None
             }
             Err(refusal) => {
-                warn!(%coordinator, key_id, rule = refusal.rule, "signing request refused by the key's policy");
+                if let Some(suppressed) = crate::log_limit::allow("sign_refused") {
+                    warn!(%coordinator, key_id = %crate::log_limit::echo(&key_id), rule = refusal.rule, suppressed, "signing request refused by the key's policy");
+                }
                 return Err(format!("peer {local}: {refusal}"));
             }
         };

@@ -724,7 +724,9 @@ impl NetworkService {
                 };
                 let acceptance = match rejection {
                     Some(reason) => {
-                        warn!(topic = %topic, source = %propagation_source, reason, bytes = message.data.len(), "gossip message rejected");
+                        if let Some(suppressed) = crate::log_limit::allow("gossip_rejected") {
+                            warn!(topic = %crate::log_limit::echo(topic.as_str()), source = %propagation_source, reason, bytes = message.data.len(), suppressed, "gossip message rejected");
+                        }
                         self.metrics
                             .gossip_rejected
                             .with_label_values(&[&label, reason])
