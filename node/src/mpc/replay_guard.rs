@@ -6,8 +6,10 @@
 //! loop, which must never wait on a disk). What makes the ids durable is a separate,
 //! asynchronous step that the caller awaits before it commits to round 1: an append to
 //! `<data-dir>/sign-requests.log` with `fdatasync`, off the async threads. The log is one
-//! line per id (`<32 hex digits> <expiry in unix seconds>`); it is compacted when it opens
-//! and whenever it holds more than twice the live ids (plus some slack).
+//! line per id (`<32 hex digits> <expiry in unix seconds>`), and one line per signing
+//! request counted by a key's per-minute rule (`rate <key id> <unix seconds>`), so that a
+//! restart resets neither; it is compacted when it opens and whenever it holds more than
+//! twice the live entries (plus some slack).
 //!
 //! A torn last line (a crash in the middle of an append) is ignored: its append never
 //! returned, so the request it belonged to was never signed. Any other malformed line
@@ -59,7 +61,12 @@ struct Log {
 pub struct Pending {
     guard: ReplayGuard,
     ids: Vec<([u8; 16], u64)>,
+    /// The key and time this request counts against the per-minute rule, if it has one.
+    rate: Option<(String, u64)>,
 }
+
+/// How long a signing request counts against a key's per-minute rule.
+const RATE_WINDOW: u64 = 60;
 
 impl State {
     fn forget_expired(&mut self, now: u64) {
@@ -84,10 +91,29 @@ fn line(id: &[u8; 16], exp: u64) -> String {
     format!("{} {exp}\n", hex::encode(id))
 }
 
-fn parse_line(text: &str) -> Option<([u8; 16], u64)> {
+fn rate_line(key_id: &str, at: u64) -> String {
+    format!("rate {key_id} {at}\n")
+}
+
+/// A key id that can stand in a log line (the ids this node makes are 32 hex digits).
+fn loggable(key_id: &str) -> bool {
+    !key_id.is_empty() && key_id.len() <= 128 && key_id.chars().all(|c| c.is_ascii_graphic())
+}
+
+/// One line of the log.
+enum Entry {
+    Id([u8; 16], u64),
+    Rate(String, u64),
+}
+
+fn parse_line(text: &str) -> Option<Entry> {
+    if let Some(rest) = text.strip_prefix("rate ") {
+        let (key, at) = rest.split_once(' ')?;
+        return loggable(key).then(|| Some(Entry::Rate(key.to_string(), at.parse().ok()?)))?;
+    }
     let (id, exp) = text.split_once(' ')?;
     let id = <[u8; 16]>::try_from(hex::decode(id).ok()?).ok()?;
-    Some((id, exp.parse().ok()?))
+    Some(Entry::Id(id, exp.parse().ok()?))
 }
 
 fn open_append(path: &Path) -> std::io::Result<File> {
@@ -98,14 +124,24 @@ fn open_append(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// Rewrites the log atomically with the live ids only.
-fn compact(path: &Path, state: &State) -> std::io::Result<(File, usize)> {
+/// Rewrites the log atomically with the live entries only: ids not expired, requests of the
+/// last minute.
+fn compact(path: &Path, state: &State, now: u64) -> std::io::Result<(File, usize)> {
     let mut text = String::with_capacity(state.seen.len() * 44);
     for (exp, id) in &state.by_expiry {
         text.push_str(&line(id, *exp));
     }
+    let mut lines = state.seen.len();
+    for (key, times) in &state.recent {
+        for at in times.iter().filter(|at| **at + RATE_WINDOW > now) {
+            if loggable(key) {
+                text.push_str(&rate_line(key, *at));
+                lines += 1;
+            }
+        }
+    }
     crate::atomic_file::write(path, text.as_bytes(), crate::atomic_file::Existing::Replace)?;
-    Ok((open_append(path)?, state.seen.len()))
+    Ok((open_append(path)?, lines))
 }
 
 impl ReplayGuard {
@@ -131,23 +167,31 @@ impl ReplayGuard {
                 torn = complete.len() < text.len();
                 for (n, l) in complete.lines().enumerate() {
                     read = n + 1;
-                    let (id, exp) = parse_line(l).ok_or_else(|| {
-                        format!(
-                            "{} line {}: expected `<32 hex digits> <unix seconds>`",
-                            path.display(),
-                            n + 1
-                        )
-                    })?;
-                    state.insert(id, exp);
+                    match parse_line(l) {
+                        Some(Entry::Id(id, exp)) => state.insert(id, exp),
+                        Some(Entry::Rate(key, at)) => {
+                            if at + RATE_WINDOW > now {
+                                state.recent.entry(key).or_default().push_back(at);
+                            }
+                        }
+                        None => {
+                            return Err(format!(
+                                "{} line {}: expected `<32 hex digits> <unix seconds>` or `rate <key id> <unix seconds>`",
+                                path.display(),
+                                n + 1
+                            ));
+                        }
+                    }
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => return Err(format!("cannot read {}: {e}", path.display())),
         }
         state.forget_expired(now);
-        // Rewritten only when it holds more than the live ids.
-        let opened = if torn || read > state.seen.len() {
-            compact(&path, &state)
+        let live = state.seen.len() + state.recent.values().map(VecDeque::len).sum::<usize>();
+        // Rewritten only when it holds more than the live entries.
+        let opened = if torn || read > live {
+            compact(&path, &state, now)
         } else {
             open_append(&path).map(|file| (file, read))
         };
@@ -221,9 +265,10 @@ impl ReplayGuard {
         let ids = policy.check(key_id, what, authorizations, now, |id| {
             state.seen.contains_key(id)
         })?;
+        let mut rate = None;
         if let Some(max) = policy.max_signatures_per_minute.filter(|_| count_rate) {
             let recent = state.recent.entry(key_id.to_string()).or_default();
-            while recent.front().is_some_and(|t| *t + 60 <= now) {
+            while recent.front().is_some_and(|t| *t + RATE_WINDOW <= now) {
                 recent.pop_front();
             }
             if recent.len() >= max as usize {
@@ -236,6 +281,7 @@ impl ReplayGuard {
                 ));
             }
             recent.push_back(now);
+            rate = loggable(key_id).then(|| (key_id.to_string(), now));
         }
         for (id, exp) in &ids {
             state.insert(*id, *exp);
@@ -243,39 +289,48 @@ impl ReplayGuard {
         Ok(Pending {
             guard: self.clone(),
             ids,
+            rate,
         })
     }
 
-    /// Appends `ids` to the log and syncs it; compacts first when the log has grown.
-    fn append(&self, ids: &[([u8; 16], u64)]) -> std::io::Result<()> {
+    /// Appends `ids` (and the request's `rate` entry) to the log and syncs it; compacts
+    /// first when the log has grown.
+    fn append(&self, ids: &[([u8; 16], u64)], rate: Option<&(String, u64)>) -> std::io::Result<()> {
         let inner = &self.inner;
         let mut log = inner.log.lock().unwrap_or_else(|e| e.into_inner());
-        let live = self.state().seen.len();
-        if log.lines > 2 * live + COMPACT_SLACK {
-            // The reserved ids are in memory already, so the compacted log holds them too.
+        let live = {
             let state = self.state();
-            let (file, lines) = compact(&inner.path, &state)?;
+            state.seen.len() + state.recent.values().map(VecDeque::len).sum::<usize>()
+        };
+        if log.lines > 2 * live + COMPACT_SLACK {
+            // The reserved entries are in memory already, so the compacted log holds them too.
+            let state = self.state();
+            let (file, lines) = compact(&inner.path, &state, policy::now())?;
             drop(state);
             *log = Log { file, lines };
             return Ok(());
         }
-        let text: String = ids.iter().map(|(id, exp)| line(id, *exp)).collect();
+        let mut text: String = ids.iter().map(|(id, exp)| line(id, *exp)).collect();
+        if let Some((key, at)) = rate {
+            text.push_str(&rate_line(key, *at));
+        }
         log.file.write_all(text.as_bytes())?;
         log.file.sync_data()?;
-        log.lines += ids.len();
+        log.lines += ids.len() + usize::from(rate.is_some());
         Ok(())
     }
 }
 
 impl Pending {
-    /// Makes the reserved ids durable (an open policy has none: nothing to do). On failure
-    /// the request must be refused: after a restart its ids would be forgotten.
+    /// Makes the reserved ids and the rate entry durable (an open policy without a rate rule
+    /// has neither: nothing to do). On failure the request must be refused: after a restart
+    /// its ids would be forgotten.
     pub async fn persist(self) -> Result<(), Refusal> {
-        if self.ids.is_empty() {
+        if self.ids.is_empty() && self.rate.is_none() {
             return Ok(());
         }
-        let Pending { guard, ids } = self;
-        let result = tokio::task::spawn_blocking(move || guard.append(&ids))
+        let Pending { guard, ids, rate } = self;
+        let result = tokio::task::spawn_blocking(move || guard.append(&ids, rate.as_ref()))
             .await
             .map_err(|e| e.to_string())
             .and_then(|r| r.map_err(|e| e.to_string()));
@@ -353,6 +408,62 @@ mod tests {
         // A minute later the rate allows it again.
         let later = vec![authorize(&a, "k", b"m", now + 100)];
         let _ = guard.admit(&p, "k", b"m", &later, now + 61).unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_per_minute_rule_survives_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = client();
+        let mut p = policy(&[&a], 1);
+        p.max_signatures_per_minute = Some(2);
+        let now = policy::now();
+        let guard = ReplayGuard::open_at(dir.path(), now).unwrap();
+        for _ in 0..2 {
+            let auth = vec![authorize(&a, "k", b"m", now + 30)];
+            admit_persisted(&guard, &p, &auth, now).await;
+        }
+        // An open key with a rate rule has no ids to record, but its rate is recorded too.
+        let mut open = SigningPolicy::open();
+        open.max_signatures_per_minute = Some(1);
+        guard
+            .admit(&open, "o", b"m", &[], now)
+            .unwrap()
+            .persist()
+            .await
+            .unwrap();
+        drop(guard);
+        let text = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("rate k ")).count(),
+            2,
+            "{text}"
+        );
+        // Restarted within the minute: the third signature is still refused.
+        let again = ReplayGuard::open_at(dir.path(), now + 10).unwrap();
+        let third = vec![authorize(&a, "k", b"m", now + 40)];
+        assert_eq!(
+            refused(&again, &p, &third, now + 10),
+            "max_signatures_per_minute"
+        );
+        assert_eq!(
+            again
+                .admit(&open, "o", b"m", &[], now + 10)
+                .err()
+                .unwrap()
+                .rule,
+            "max_signatures_per_minute"
+        );
+        drop(again);
+        // Restarted a minute later: allowed again, and the old entries are compacted away.
+        let later = ReplayGuard::open_at(dir.path(), now + 61).unwrap();
+        let fourth = vec![authorize(&a, "k", b"m", now + 90)];
+        admit_persisted(&later, &p, &fourth, now + 61).await;
+        let text = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert_eq!(
+            text.lines().filter(|l| l.starts_with("rate ")).count(),
+            1,
+            "{text}"
+        );
     }
 
     #[tokio::test]
