@@ -1,18 +1,19 @@
 //! A member of the cluster floods one node: 10,000 session invitations, 100 MiB of messages
 //! for sessions that do not exist, oversized and amplifying messages. The node's memory
-//! stays bounded (RSS grows by at most 32 MiB) and signing among the honest members still
-//! works. (A peer outside the roster is refused before decoding; see roster.rs.)
+//! stays bounded (RSS grows by at most 32 MiB), its log stays short, signing among the honest
+//! members still works, and 16 valid invitations fill the member's session cap, so that the
+//! 17th is refused. (A peer outside the roster is refused before decoding; see roster.rs.)
 
 mod common;
 
 use std::time::Duration;
 
-use common::{NodeProcess, args, identity, library_peer, post, tempdir, wait_for};
+use common::{NodeProcess, args, identity, post, tempdir, wait_for};
 use futures::StreamExt;
 use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use p2p_mpc_node::mpc::wire::{self, Body, MpcMessage, SessionId};
-use p2p_mpc_node::network::NetworkClient;
+use p2p_mpc_node::network::{MpcSendError, NetworkClient};
 use serde_json::json;
 
 fn rss_kib(pid: u32) -> u64 {
@@ -97,7 +98,10 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
     };
     assert_eq!(sign().await.0, 200);
 
-    let flood = library_peer(flood_key, &node_a.tcp_addr, &[], 1024 * 1024).await;
+    // The flooder takes whatever the node sends it and answers nothing (a silent member).
+    let flood = p2p_mpc_node::network::dial_silent_member(flood_key, &node_a.tcp_addr, 1 << 20)
+        .await
+        .expect("the flooding peer starts");
     // Wait for the connection (the first message may race it).
     wait_for(
         "the flooder to reach A",
@@ -205,4 +209,33 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
         lines.len(),
         lines.last()
     );
+
+    // The per-peer session cap holds for valid invitations too: 16 DKG invitations with fresh
+    // key ids among members open 16 sessions (mpc_max_sessions_per_peer), the 17th is refused
+    // with the cap's rule while they run. The inviter takes the node's round-1 messages and
+    // stays silent, so its sessions stay open until their deadline.
+
+    let valid = |i: u64| {
+        wire::encode(&MpcMessage::new(
+            SessionId::random(),
+            Body::DkgInvite {
+                key_id: format!("{:032x}", 0xcafe_0000 + i),
+                threshold: 2,
+                participants: vec![a.to_string(), flood_peer.to_string()],
+                policy: wire::Blob(b"{\"open\":true}".to_vec().into()),
+            },
+        ))
+    };
+    for i in 0..16 {
+        flood
+            .send_mpc_raw(a, valid(i))
+            .await
+            .unwrap_or_else(|e| panic!("valid invitation {i} was refused: {e}"));
+    }
+    match flood.send_mpc_raw(a, valid(16)).await {
+        Err(MpcSendError::Rejected { reason, .. }) => {
+            assert!(reason.contains("mpc_max_sessions_per_peer"), "{reason}")
+        }
+        other => panic!("the 17th session was not refused: {other:?}"),
+    }
 }

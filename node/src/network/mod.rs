@@ -250,6 +250,27 @@ pub async fn dial_peer(
     topics: &[&str],
     max_message_size: usize,
 ) -> Result<NetworkClient, String> {
+    start_peer(key, peer, topics, max_message_size, false).await
+}
+
+/// Like [`dial_peer`], but the peer takes every MPC message sent to it (answers `Accepted`
+/// and drops it), as a member that joins sessions and then stays silent would: the sessions
+/// it is invited to stay open until their deadlines.
+pub async fn dial_silent_member(
+    key: libp2p::identity::Keypair,
+    peer: &str,
+    max_message_size: usize,
+) -> Result<NetworkClient, String> {
+    start_peer(key, peer, &[], max_message_size, true).await
+}
+
+async fn start_peer(
+    key: libp2p::identity::Keypair,
+    peer: &str,
+    topics: &[&str],
+    max_message_size: usize,
+    accept_mpc: bool,
+) -> Result<NetworkClient, String> {
     use crate::metrics::{NodeMetrics, Readiness};
     use std::sync::Arc;
     let (peer_id, addr) = crate::config::parse_peer_multiaddr(peer)?;
@@ -264,7 +285,7 @@ pub async fn dial_peer(
         max_message_size,
         roster: None,
     };
-    let (service, client, _events) = NetworkService::start(
+    let (mut service, client, _events) = NetworkService::start(
         key,
         settings,
         Default::default(),
@@ -273,6 +294,14 @@ pub async fn dial_peer(
     )
     .await
     .map_err(|e| e.to_string())?;
+    if accept_mpc {
+        let mut inbound = service.take_mpc_inbound(64);
+        tokio::spawn(async move {
+            while let Some(m) = inbound.recv().await {
+                let _ = m.ack.send(MpcAck::Accepted);
+            }
+        });
+    }
     tokio::spawn(service.run());
     Ok(client)
 }
