@@ -233,12 +233,17 @@ impl KeyShareStore {
         })
         .await
         .map_err(|e| StoreError::Task(e.to_string()))??;
+        Ok(self.make_visible(key_id, key))
+    }
+
+    /// Puts a key whose file is in place into the in-memory map, where signing finds it.
+    fn make_visible(&self, key_id: String, key: StoredKey) -> Arc<StoredKey> {
         let key = Arc::new(key);
         self.keys
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(key_id, key.clone());
-        Ok(key)
+        key
     }
 
     /// Removes a pending key (its DKG did not complete).
@@ -283,12 +288,7 @@ impl KeyShareStore {
         tokio::task::spawn_blocking(move || write_atomically(&path, &bytes, existing))
             .await
             .map_err(|e| StoreError::Task(e.to_string()))??;
-        let key = Arc::new(key);
-        self.keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key_id, key.clone());
-        Ok(key)
+        Ok(self.make_visible(key_id, key))
     }
 }
 
