@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # Builds the test infrastructure from the pinned Go modules under tools/ (kube-apiserver,
-# kube-controller-manager, etcd, helm, kubeconform, jaeger) into a cache directory outside
+# kube-controller-manager, etcd, helm, kubeconform, jaeger; for the node of up.sh --with-node
+# kubelet, kube-scheduler, kube-proxy, kubectl and CoreDNS) into a cache directory outside
 # the clone, and makes sure Debian's prometheus/promtool are installed and linked beside them.
+# The node's container runtime (containerd, runc, the CNI plugins, iptables, conntrack) comes
+# from Debian packages, installed here when missing.
 #
 # Idempotent and safe to run from many processes at once: builds happen under a lock, so
 # one process builds and the others wait, then find everything in place.
@@ -20,7 +23,7 @@ set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 tools=$here/tools
 # Part of the cache key: bump it when the build commands below change so caches rebuild.
-recipe=2
+recipe=3
 
 say() { printf 'testenv install: %s\n' "$*" >&2; }
 die() {
@@ -43,7 +46,7 @@ key=$(
     {
         echo "recipe=$recipe"
         go env GOVERSION GOOS GOARCH
-        for f in "$tools"/*/go.mod "$tools"/*/go.sum; do
+        for f in "$tools"/*/go.mod "$tools"/*/go.sum "$tools"/*/*.go; do
             echo "== ${f#"$here"/}"
             cat "$f"
         done
@@ -54,7 +57,8 @@ dir=$cache_root/$key
 bin=$dir/bin
 logs=$dir/logs
 
-go_binaries=(kube-apiserver kube-controller-manager etcd helm kubeconform jaeger)
+go_binaries=(kube-apiserver kube-controller-manager etcd helm kubeconform jaeger
+    kubelet kube-scheduler kube-proxy kubectl coredns pause)
 prom_binaries=(prometheus promtool)
 
 all_present() {
@@ -62,6 +66,12 @@ all_present() {
     for b in "${go_binaries[@]}" "${prom_binaries[@]}"; do
         [ -x "$bin/$b" ] || return 1
     done
+    [ -s "$bin/pause-image.tar" ] && [ -s "$bin/tools-image.tar" ] || return 1
+    [ -x /bin/busybox ] || return 1
+    for b in containerd containerd-shim-runc-v2 ctr runc iptables conntrack; do
+        command -v "$b" >/dev/null 2>&1 || return 1
+    done
+    [ -x /usr/lib/cni/bridge ]
 }
 
 # Fast path without the lock: binaries only ever appear by an atomic rename.
@@ -144,7 +154,11 @@ for p in k8s.io/component-base/version k8s.io/client-go/pkg/version; do
 done
 build kubernetes "$k8s_ld" \
     kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver \
-    kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager
+    kube-controller-manager=k8s.io/kubernetes/cmd/kube-controller-manager \
+    kube-scheduler=k8s.io/kubernetes/cmd/kube-scheduler \
+    kube-proxy=k8s.io/kubernetes/cmd/kube-proxy \
+    kubectl=k8s.io/kubernetes/cmd/kubectl \
+    kubelet=k8s.io/kubernetes/cmd/kubelet
 
 build etcd "-s -w" etcd=go.etcd.io/etcd/server/v3
 
@@ -160,6 +174,80 @@ kubeconform_version=$(modversion kubeconform github.com/yannh/kubeconform)
 build kubeconform "-s -w -X main.version=$kubeconform_version" kubeconform=github.com/yannh/kubeconform/cmd/kubeconform
 
 build jaeger "-s -w" jaeger=github.com/jaegertracing/jaeger/cmd/jaeger
+
+build coredns "-s -w" coredns=github.com/coredns/coredns
+
+# The node of up.sh --with-node runs containers with Debian's containerd and runc, networks
+# them with the reference CNI plugins, and kube-proxy programs iptables (conntrack cleans up
+# stale UDP entries). Each missing one is installed from Debian.
+node_packages=()
+command -v containerd >/dev/null 2>&1 || node_packages+=(containerd)
+command -v runc >/dev/null 2>&1 || node_packages+=(runc)
+command -v iptables >/dev/null 2>&1 || node_packages+=(iptables)
+command -v conntrack >/dev/null 2>&1 || node_packages+=(conntrack)
+[ -x /usr/lib/cni/bridge ] || node_packages+=(containernetworking-plugins)
+# The test pods' toolbox (tools-image.tar below) is Debian's static busybox.
+# It must be the static build: the image holds nothing else.
+if ! [ -x /bin/busybox ] || ldd /bin/busybox >/dev/null 2>&1; then node_packages+=(busybox-static); fi
+if [ ${#node_packages[@]} -gt 0 ]; then
+    if [ "${P2P_MPC_TESTENV_NO_APT:-0}" = 1 ] || [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+        die "missing for the test node: ${node_packages[*]} (Debian packages); install them or run as root with apt-get"
+    fi
+    say "installing ${node_packages[*]} from Debian (log $logs/node-apt.log)"
+    {
+        apt-get update &&
+            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${node_packages[@]}"
+    } >"$logs/node-apt.log" 2>&1 || {
+        say "installing ${node_packages[*]} FAILED; last lines of $logs/node-apt.log:"
+        tail -n 40 "$logs/node-apt.log" >&2
+        exit 1
+    }
+fi
+
+# pack_image NAME REF CONFIG ROOTFS: packs the directory ROOTFS as a one-layer image REF
+# into $bin/NAME-image.tar, a docker-archive that `ctr images import` takes (no image can be
+# pulled here, and no image builder is needed). CONFIG is the image config's "config" object.
+pack_image() {
+    local name=$1 ref=$2 config=$3 rootfs=$4
+    local img=$dir/tmp-$name-image diff_id config_id
+    say "packing the $name image ($ref)"
+    rm -rf "$img"
+    mkdir -p "$img"
+    tar --sort=name --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$rootfs" -cf "$img/layer.tar" .
+    diff_id=$(sha256sum "$img/layer.tar" | cut -d' ' -f1)
+    printf '{"architecture":"%s","os":"linux","config":%s,"rootfs":{"type":"layers","diff_ids":["sha256:%s"]},"history":[{"created_by":"deploy/testenv/install.sh"}]}' \
+        "$(go env GOARCH)" "$config" "$diff_id" >"$img/config.json"
+    config_id=$(sha256sum "$img/config.json" | cut -d' ' -f1)
+    mv "$img/config.json" "$img/$config_id.json"
+    printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["layer.tar"]}]' "$config_id" "$ref" >"$img/manifest.json"
+    tar --owner=0 --group=0 --numeric-owner --mtime=@0 -C "$img" -cf "$img/image.tar" manifest.json "$config_id.json" layer.tar
+    mv -f "$img/image.tar" "$bin/$name-image.tar"
+    rm -rf "$img"
+}
+
+# The pods' sandbox image: our static pause program alone.
+build pause "-s -w" pause=.
+if [ ! -s "$bin/pause-image.tar" ]; then
+    rootfs=$dir/tmp-pause-rootfs
+    rm -rf "$rootfs" && mkdir -p "$rootfs"
+    cp "$bin/pause" "$rootfs/pause"
+    pack_image pause localhost/pause:testenv '{"Entrypoint":["/pause"],"User":"65535:65535"}' "$rootfs"
+    rm -rf "$rootfs"
+fi
+# A toolbox image for test pods that probe the node from inside (DNS lookups, connections
+# to Services and pods): Debian's static busybox with a link per applet, nothing else.
+if [ ! -s "$bin/tools-image.tar" ]; then
+    rootfs=$dir/tmp-tools-rootfs
+    rm -rf "$rootfs" && mkdir -p "$rootfs/bin" "$rootfs/tmp"
+    cp /bin/busybox "$rootfs/bin/busybox"
+    for applet in $("$rootfs/bin/busybox" --list); do
+        [ -e "$rootfs/bin/$applet" ] || ln -s busybox "$rootfs/bin/$applet"
+    done
+    chmod 1777 "$rootfs/tmp"
+    pack_image tools localhost/testenv-tools:testenv \
+        '{"Entrypoint":["/bin/sh","-c"],"Env":["PATH=/bin"],"User":"65534:65534"}' "$rootfs"
+    rm -rf "$rootfs"
+fi
 
 # Prometheus and promtool come from Debian's package. We start prometheus ourselves, so the
 # package's service must not start (it would take port 9090): policy-rc.d forbids that

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
 # Starts a throwaway Kubernetes control plane on loopback: etcd, kube-apiserver and
 # kube-controller-manager (so StatefulSets get Pods and owner references are garbage
-# collected; there is no scheduler and no kubelet, so Pods stay Pending).
+# collected; without --with-node there is no scheduler and no kubelet, so Pods stay Pending).
 #
-#   eval "$(deploy/testenv/up.sh [STATE_DIR])"   # sets KUBECONFIG
+#   eval "$(deploy/testenv/up.sh [--with-node] [STATE_DIR])"   # sets KUBECONFIG
 #   kubectl get ns
 #   deploy/testenv/down.sh STATE_DIR             # stops it and removes STATE_DIR
+#
+# --with-node adds one node where pods really run (root only, one per machine): containerd
+# with runc, a CNI bridge network, kubelet, kube-scheduler, kube-proxy (iptables) and CoreDNS
+# as cluster DNS (node-up.sh). Its network: bridge p2pmpc0 = 10.244.0.1/24 (the pods'
+# subnet), Services in 10.0.0.0/24; the rest of 10.244.0.0/16 and the whole Service range
+# are routed to a blackhole and pods may send nothing beyond the bridge, so nothing leaves
+# the machine. The API server then listens on 10.244.0.1 (pods reach it through the
+# `kubernetes` Service) and the kubeconfig names that address. README.md says why.
 #
 # STATE_DIR (argument, else $P2P_MPC_TESTENV_STATE, else a new directory under $TMPDIR)
 # holds certificates, data, logs and pid files; several control planes can run at once,
@@ -33,7 +41,22 @@ for c in openssl curl setsid base64; do
     command -v "$c" >/dev/null 2>&1 || die "$c not found on PATH"
 done
 
-state=${1:-${P2P_MPC_TESTENV_STATE:-}}
+with_node=0
+args=()
+for a in "$@"; do
+    case "$a" in
+    --with-node) with_node=1 ;;
+    -h | --help)
+        sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+        exit 0
+        ;;
+    -*) die "unknown option '$a' (see --help)" ;;
+    *) args+=("$a") ;;
+    esac
+done
+[ ${#args[@]} -le 1 ] || die "at most one STATE_DIR argument, got: ${args[*]}"
+
+state=${args[0]:-${P2P_MPC_TESTENV_STATE:-}}
 if [ -z "$state" ]; then
     state=$(mktemp -d "${TMPDIR:-/tmp}/p2p-mpc-testenv.XXXXXX")
 fi
@@ -53,6 +76,58 @@ fi
 for b in etcd kube-apiserver kube-controller-manager; do
     [ -x "$bin/$b" ] || die "$bin/$b missing or not executable"
 done
+
+# The node's fixed network (one node per machine, so fixed names and ranges).
+node_bridge=p2pmpc0
+node_ip=10.244.0.1
+pod_range=10.244.0.0/16
+service_range=10.0.0.0/24
+kubernetes_service_ip=10.0.0.1
+node_name=testenv-node
+node_owner_file=/run/p2p-mpc-testenv-node
+node_net_up=0
+if [ "$with_node" = 1 ]; then
+    [ "$(id -u)" = 0 ] || die "--with-node needs root (containers, network, iptables)"
+    for c in ip iptables sysctl flock; do
+        command -v "$c" >/dev/null 2>&1 || die "$c not found on PATH (needed by --with-node)"
+    done
+    for b in kubelet kube-scheduler kube-proxy kubectl coredns pause-image.tar; do
+        [ -e "$bin/$b" ] || die "$bin/$b missing: run install.sh (it builds the node's programs)"
+    done
+    for c in containerd containerd-shim-runc-v2 ctr runc conntrack; do
+        command -v "$c" >/dev/null 2>&1 || die "$c not found on PATH: run install.sh (it installs Debian's packages)"
+    done
+    [ -x /usr/lib/cni/bridge ] || die "/usr/lib/cni/bridge missing: run install.sh (Debian's containernetworking-plugins)"
+    # One node per machine: the bridge, the kubelet's ports and the address ranges are fixed.
+    exec 8>"$node_owner_file.lock"
+    flock -n 8 || die "another up.sh --with-node is starting (lock $node_owner_file.lock)"
+    if [ -s "$node_owner_file" ]; then
+        other=$(cat "$node_owner_file")
+        if [ -e "$other/.p2p-mpc-testenv" ]; then
+            die "a test node already runs (state $other); stop it first: $here/down.sh $other"
+        fi
+        say "the test node of a removed state dir ($other) left its network behind; removing it"
+        "$here/down.sh" --node-network-only >&2 || die "could not remove the old node's network"
+    fi
+    if ip link show "$node_bridge" >/dev/null 2>&1; then
+        die "network interface $node_bridge exists but no test node owns it; remove it (ip link del $node_bridge)"
+    fi
+    for range in "$pod_range" "$service_range"; do
+        clash=$(ip -4 route show to match "${range%/*}" | grep -v '^default' || true)
+        [ -z "$clash" ] || die "the node's address range $range is already routed on this machine: $clash"
+    done
+    echo "$state" >"$node_owner_file"
+    # Everything down.sh needs to undo the node, written before anything is made.
+    cat >"$state/node.env" <<EOF
+BIN=$bin
+BRIDGE=$node_bridge
+POD_RANGE=$pod_range
+SERVICE_RANGE=$service_range
+OLD_IP_FORWARD=$(cat /proc/sys/net/ipv4/ip_forward)
+OLD_BRIDGE_NF_CALL_IPTABLES=$(cat /proc/sys/net/bridge/bridge-nf-call-iptables 2>/dev/null || true)
+EOF
+    cp "$state/node.env" "$node_owner_file.env"
+fi
 
 # With an owner process (the Rust test helper passes its own pid), a watcher stops the
 # control plane once the owner is gone, so a test process killed by Ctrl-C or a timeout,
@@ -94,7 +169,9 @@ pick_port() {
         p=$((port_low + (RANDOM * 32768 + RANDOM) % (port_high - port_low)))
         case "$used_ports" in *" $p "*) continue ;; esac
         # A listener answers the connect; a free port refuses it at once.
-        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null; then
+        # Once the node's bridge exists, listeners on its address count too.
+        if ! (exec 3<>"/dev/tcp/127.0.0.1/$p") 2>/dev/null &&
+            { [ "$node_net_up" != 1 ] || ! (exec 3<>"/dev/tcp/$node_ip/$p") 2>/dev/null; }; then
             used_ports+="$p "
             port=$p
             return 0
@@ -158,11 +235,32 @@ mkdir -p "$pki"
         -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
     openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
         -keyout apiserver.key -out apiserver.csr -subj "/CN=kube-apiserver"
-    printf '%s\n' "subjectAltName=IP:127.0.0.1,DNS:localhost,DNS:kubernetes.default.svc" \
+    san="IP:127.0.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc"
+    if [ "$with_node" = 1 ]; then
+        san+=",DNS:kubernetes.default.svc.cluster.local,IP:$node_ip,IP:$kubernetes_service_ip"
+    fi
+    printf '%s\n' "subjectAltName=$san" \
         "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
         "extendedKeyUsage=serverAuth" >apiserver.ext
     openssl x509 -req -in apiserver.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
         -out apiserver.crt -days 365 -extfile apiserver.ext
+    if [ "$with_node" = 1 ]; then
+        # The kubelet's serving certificate (the API server checks it against the CA) and
+        # the client certificate the API server shows the kubelet (logs, port-forward).
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout kubelet.key -out kubelet.csr -subj "/CN=$node_name"
+        printf '%s\n' "subjectAltName=IP:$node_ip,DNS:$node_name" "basicConstraints=CA:FALSE" \
+            "keyUsage=critical,digitalSignature" "extendedKeyUsage=serverAuth" >kubelet.ext
+        openssl x509 -req -in kubelet.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+            -out kubelet.crt -days 365 -extfile kubelet.ext
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
+            -keyout apiserver-kubelet-client.key -out apiserver-kubelet-client.csr \
+            -subj "/O=system:masters/CN=kube-apiserver-kubelet-client"
+        printf '%s\n' "basicConstraints=CA:FALSE" "keyUsage=critical,digitalSignature" \
+            "extendedKeyUsage=clientAuth" >client.ext
+        openssl x509 -req -in apiserver-kubelet-client.csr -CA ca.crt -CAkey ca.key -CAcreateserial \
+            -out apiserver-kubelet-client.crt -days 365 -extfile client.ext
+    fi
     # Service-account token signing key pair.
     openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out sa.key
     openssl pkey -in sa.key -pubout -out sa.pub
@@ -201,14 +299,47 @@ done
 [ "$rc" = 0 ] || die "etcd could not get a free port in 3 attempts"
 
 # --- kube-apiserver ----------------------------------------------------------------------
+if [ "$with_node" = 1 ]; then
+    # Pods reach the API server through the `kubernetes` Service, whose endpoint is the
+    # advertised address: the bridge's, which only this machine can reach. The lease
+    # reconciler keeps that endpoint. The kubelet is reached at its InternalIP, its serving
+    # certificate checked against the CA, with a client certificate shown.
+    api_ip=$node_ip
+    api_node_args=(
+        --endpoint-reconciler-type=lease
+        --kubelet-preferred-address-types=InternalIP
+        --kubelet-certificate-authority="$pki/ca.crt"
+        --kubelet-client-certificate="$pki/apiserver-kubelet-client.crt"
+        --kubelet-client-key="$pki/apiserver-kubelet-client.key"
+    )
+    # The bridge is made before any pod, so the API server can bind its address.
+    say "making the node's network: bridge $node_bridge $node_ip/24, blackhole routes for $pod_range and $service_range"
+    ip link add "$node_bridge" type bridge
+    ip addr add "$node_ip/24" dev "$node_bridge"
+    ip link set "$node_bridge" up
+    node_net_up=1
+    ip route add blackhole "$pod_range"
+    ip route add blackhole "$service_range"
+    sysctl -qw net.ipv4.ip_forward=1
+    # Bridged pod-to-pod packets pass iptables, so kube-proxy's Service rules see the replies.
+    sysctl -qw net.bridge.bridge-nf-call-iptables=1
+    # Pods may reach each other and this machine, and nothing beyond it.
+    iptables -N P2P-MPC-TESTENV
+    iptables -A P2P-MPC-TESTENV -i "$node_bridge" -o "$node_bridge" -j ACCEPT
+    iptables -A P2P-MPC-TESTENV -i "$node_bridge" -j REJECT --reject-with icmp-net-prohibited
+    iptables -I FORWARD 1 -j P2P-MPC-TESTENV
+else
+    api_ip=127.0.0.1
+    api_node_args=(--endpoint-reconciler-type=none)
+fi
 for _ in 1 2 3; do
     pick_port
     api_port=$port
-    say "starting kube-apiserver on https://127.0.0.1:$api_port"
+    say "starting kube-apiserver on https://$api_ip:$api_port"
     launch kube-apiserver "$bin/kube-apiserver" \
         --etcd-servers="http://127.0.0.1:$etcd_port" \
-        --bind-address=127.0.0.1 \
-        --advertise-address=127.0.0.1 \
+        --bind-address="$api_ip" \
+        --advertise-address="$api_ip" \
         --secure-port="$api_port" \
         --cert-dir="$state/apiserver-certs" \
         --tls-cert-file="$pki/apiserver.crt" \
@@ -218,15 +349,15 @@ for _ in 1 2 3; do
         --service-account-issuer=https://kubernetes.default.svc.cluster.local \
         --service-account-key-file="$pki/sa.pub" \
         --service-account-signing-key-file="$pki/sa.key" \
-        --service-cluster-ip-range=10.0.0.0/24 \
+        --service-cluster-ip-range="$service_range" \
         --authorization-mode=RBAC \
-        --endpoint-reconciler-type=none \
+        "${api_node_args[@]}" \
         --allow-privileged=true \
         --profiling=false \
         --v=1
     rc=0
     wait_ready kube-apiserver curl -fsS --max-time 2 --cacert "$pki/ca.crt" \
-        -H "Authorization: Bearer $token" "https://127.0.0.1:$api_port/readyz" || rc=$?
+        -H "Authorization: Bearer $token" "https://$api_ip:$api_port/readyz" || rc=$?
     [ "$rc" = 2 ] || break
     say "kube-apiserver: port taken, retrying with another port"
 done
@@ -241,7 +372,7 @@ kind: Config
 clusters:
 - name: testenv
   cluster:
-    server: https://127.0.0.1:$api_port
+    server: https://$api_ip:$api_port
     certificate-authority-data: $(base64 -w0 <"$pki/ca.crt")
 users:
 - name: admin
@@ -284,7 +415,7 @@ done
 # default ServiceAccount: wait for it, so the first StatefulSet does not hit a back-off.
 wait_ready kube-controller-manager curl -fsS --max-time 2 --cacert "$pki/ca.crt" \
     -H "Authorization: Bearer $token" \
-    "https://127.0.0.1:$api_port/api/v1/namespaces/default/serviceaccounts/default"
+    "https://$api_ip:$api_port/api/v1/namespaces/default/serviceaccounts/default"
 
 cat >"$state/endpoints.env" <<EOF
 ETCD_PORT=$etcd_port
@@ -292,6 +423,11 @@ ETCD_PEER_PORT=$etcd_peer_port
 APISERVER_PORT=$api_port
 CONTROLLER_MANAGER_PORT=$kcm_port
 EOF
+
+if [ "$with_node" = 1 ]; then
+    # shellcheck source=deploy/testenv/node-up.sh
+    source "$here/node-up.sh"
+fi
 
 started_ok=1
 say "control plane ready (state in $state; stop it with $here/down.sh $state)"

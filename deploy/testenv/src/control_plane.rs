@@ -10,16 +10,44 @@ use crate::process::ready_timeout;
 use crate::tools::{bin_dir, install_script};
 
 /// A Kubernetes control plane for tests: etcd, kube-apiserver and kube-controller-manager
-/// on loopback. One started here is stopped, and its data removed, when the handle drops.
+/// on loopback, and with [`ControlPlane::start_with_node`] one node where pods run. One
+/// started here is stopped, and its data removed, when the handle drops.
 pub struct ControlPlane {
     kubeconfig: PathBuf,
     /// Set when this handle started the control plane (and so stops it).
     state_dir: Option<PathBuf>,
+    with_node: bool,
 }
+
+/// The name of the test node's Node object.
+pub const NODE_NAME: &str = "testenv-node";
 
 impl ControlPlane {
     /// Starts a fresh control plane with `up.sh` (building the binaries first if needed).
     pub async fn start() -> Result<Self, Error> {
+        Self::launch(false).await
+    }
+
+    /// Starts a fresh control plane with a node (`up.sh --with-node`): containerd, the CNI
+    /// bridge, kubelet, kube-scheduler, kube-proxy and CoreDNS, so pods really run. Needs
+    /// root, and only one runs per machine; without root it is [`Error::Unavailable`].
+    pub async fn start_with_node() -> Result<Self, Error> {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self")
+            .map_err(|e| Error::io("reading /proc/self", e))?
+            .uid();
+        if uid != 0 {
+            return Err(Error::Unavailable {
+                tool: "the test node (up.sh --with-node)".into(),
+                reason: format!(
+                    "it needs root (containers, network, iptables); this process runs as uid {uid}"
+                ),
+            });
+        }
+        Self::launch(true).await
+    }
+
+    async fn launch(with_node: bool) -> Result<Self, Error> {
         let bin = bin_dir().await?;
         let state_dir = tempfile::Builder::new()
             .prefix("p2p-mpc-testenv-")
@@ -30,10 +58,15 @@ impl ControlPlane {
         let mut plane = ControlPlane {
             kubeconfig: state_dir.join("kubeconfig"),
             state_dir: Some(state_dir.clone()),
+            with_node,
         };
         let script = script("up.sh");
-        let child = Command::new("bash")
-            .arg(&script)
+        let mut command = Command::new("bash");
+        command.arg(&script);
+        if with_node {
+            command.arg("--with-node");
+        }
+        let child = command
             .arg(&state_dir)
             .env("P2P_MPC_TESTENV_BIN", &bin)
             // Stops the control plane should this process die without running drop.
@@ -45,7 +78,8 @@ impl ControlPlane {
             .spawn()
             .map_err(|e| Error::io(format!("running {}", script.display()), e))?;
         // up.sh has a deadline per component; this one only guards against a hung script.
-        let overall = ready_timeout() * 4 + Duration::from_secs(30);
+        let components = if with_node { 10 } else { 4 };
+        let overall = ready_timeout() * components + Duration::from_secs(30);
         let output = match tokio::time::timeout(overall, child.wait_with_output()).await {
             Ok(result) => {
                 result.map_err(|e| Error::io(format!("running {}", script.display()), e))?
@@ -92,6 +126,7 @@ impl ControlPlane {
             Some(path) => Ok(ControlPlane {
                 kubeconfig: PathBuf::from(path),
                 state_dir: None,
+                with_node: false,
             }),
             None => Self::start().await,
         }
@@ -127,16 +162,63 @@ impl ControlPlane {
         self.state_dir.as_deref()
     }
 
-    /// Process ids of etcd, kube-apiserver and kube-controller-manager (owned ones only).
+    /// True when this control plane has a node where pods run.
+    pub fn has_node(&self) -> bool {
+        self.with_node
+    }
+
+    /// Loads an image into the node's containerd (`load-image.sh`): `image` is an archive
+    /// file (docker-archive or OCI) or a reference in podman's local storage. Returns the
+    /// image reference loaded, for a pod's `image` with `imagePullPolicy: Never`.
+    pub async fn load_image(&self, image: &str) -> Result<String, Error> {
+        let Some(dir) = self.state_dir.as_ref().filter(|_| self.with_node) else {
+            return Err(Error::Unavailable {
+                tool: "load-image.sh".into(),
+                reason: "this control plane has no node (start it with start_with_node)".into(),
+            });
+        };
+        let script = script("load-image.sh");
+        let output = Command::new("bash")
+            .arg(&script)
+            .arg(image)
+            .arg(dir)
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| Error::io(format!("running {}", script.display()), e))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        match stdout.lines().last().map(str::trim) {
+            Some(reference) if output.status.success() && !reference.is_empty() => {
+                Ok(reference.to_string())
+            }
+            _ => Err(Error::Script {
+                script,
+                status: output.status.to_string(),
+                output: String::from_utf8_lossy(&output.stderr).into_owned(),
+            }),
+        }
+    }
+
+    /// Process ids of etcd, kube-apiserver and kube-controller-manager, and with a node of
+    /// containerd, kube-scheduler, the kubelet, kube-proxy and CoreDNS (owned ones only).
     pub fn process_ids(&self) -> Vec<u32> {
         let Some(dir) = &self.state_dir else {
             return Vec::new();
         };
-        ["etcd", "kube-apiserver", "kube-controller-manager"]
-            .iter()
-            .filter_map(|name| std::fs::read_to_string(dir.join(format!("{name}.pid"))).ok())
-            .filter_map(|pid| pid.trim().parse().ok())
-            .collect()
+        [
+            "etcd",
+            "kube-apiserver",
+            "kube-controller-manager",
+            "containerd",
+            "kube-scheduler",
+            "kubelet",
+            "kube-proxy",
+            "coredns",
+        ]
+        .iter()
+        .filter_map(|name| std::fs::read_to_string(dir.join(format!("{name}.pid"))).ok())
+        .filter_map(|pid| pid.trim().parse().ok())
+        .collect()
     }
 
     /// Every port the components listen on (owned ones only).

@@ -42,6 +42,14 @@ pub enum Error {
         output: String,
     },
 
+    /// A helper script (`load-image.sh`, ...) failed; its own output says why.
+    #[error("{} failed ({status}):\n{output}", script.display())]
+    Script {
+        script: PathBuf,
+        status: String,
+        output: String,
+    },
+
     /// A file or process operation failed.
     #[error("{action}: {source}")]
     Io {

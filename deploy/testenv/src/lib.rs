@@ -1,5 +1,6 @@
 //! Real infrastructure for tests: a Kubernetes control plane (etcd, kube-apiserver,
-//! kube-controller-manager), Jaeger and Prometheus, each started on loopback on free ports
+//! kube-controller-manager; optionally a node where pods run: containerd, kubelet,
+//! kube-scheduler, kube-proxy, CoreDNS), Jaeger and Prometheus, each started on free ports
 //! and stopped when its handle is dropped.
 //!
 //! The binaries are built from pinned Go modules by `deploy/testenv/install.sh`, which the
@@ -25,7 +26,7 @@ mod process;
 mod prometheus;
 mod tools;
 
-pub use control_plane::ControlPlane;
+pub use control_plane::{ControlPlane, NODE_NAME};
 pub use error::Error;
 pub use jaeger::Jaeger;
 pub use prometheus::{Prometheus, scrape_config};

@@ -9,6 +9,11 @@ async fn every_tool_runs_and_reports_its_pinned_version() {
     let cases = [
         ("kube-apiserver", &["--version"][..], "v1.37.2"),
         ("kube-controller-manager", &["--version"][..], "v1.37.2"),
+        ("kube-scheduler", &["--version"][..], "v1.37.2"),
+        ("kubelet", &["--version"][..], "v1.37.2"),
+        ("kube-proxy", &["--version"][..], "v1.37.2"),
+        ("kubectl", &["version", "--client"][..], "v1.37.2"),
+        ("coredns", &["-version"][..], "CoreDNS-1.12.4"),
         ("etcd", &["--version"][..], "3.7.3"),
         ("helm", &["version", "--short"][..], "v3.22.0"),
         ("kubeconform", &["-v"][..], "v0.8.0"),
