@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Builds the test infrastructure from the pinned Go modules under tools/ (kube-apiserver,
-# kube-controller-manager, etcd, helm, kubeconform, jaeger; for the node of up.sh --with-node
-# kubelet, kube-scheduler, kube-proxy, kubectl and CoreDNS) into a cache directory outside
-# the clone, and makes sure Debian's prometheus/promtool are installed and linked beside them.
-# The node's container runtime (containerd, runc, the CNI plugins, iptables, conntrack) comes
-# from Debian packages, installed here when missing.
+# kube-controller-manager, etcd, helm, kubeconform, jaeger, prometheus and promtool; for the
+# node of up.sh --with-node kubelet, kube-scheduler, kube-proxy, kubectl and CoreDNS) into a
+# cache directory outside the clone. The node's container runtime (containerd, runc, the CNI
+# plugins, iptables, conntrack, busybox for a toolbox image) comes from Debian packages,
+# installed here when missing.
 #
 # Idempotent and safe to run from many processes at once: builds happen under a lock, so
 # one process builds and the others wait, then find everything in place.
@@ -17,7 +17,8 @@
 #   P2P_MPC_TESTENV_CACHE  cache root (default ${XDG_CACHE_HOME:-~/.cache}/p2p-mpc/testenv);
 #                          binaries go to <root>/<key>/bin, key = hash of the tools' go.mod/go.sum
 #   P2P_MPC_TESTENV_NICE   niceness of the Go builds (default 10), so a build shares the machine
-#   P2P_MPC_TESTENV_NO_APT set to 1 to never run apt-get (prometheus must then be on PATH)
+#   P2P_MPC_TESTENV_NO_APT set to 1 to never run apt-get (the Debian packages above must
+#                          then be installed already)
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -58,12 +59,11 @@ bin=$dir/bin
 logs=$dir/logs
 
 go_binaries=(kube-apiserver kube-controller-manager etcd helm kubeconform jaeger
-    kubelet kube-scheduler kube-proxy kubectl coredns pause)
-prom_binaries=(prometheus promtool)
+    prometheus promtool kubelet kube-scheduler kube-proxy kubectl coredns pause)
 
 all_present() {
     local b
-    for b in "${go_binaries[@]}" "${prom_binaries[@]}"; do
+    for b in "${go_binaries[@]}"; do
         [ -x "$bin/$b" ] || return 1
     done
     [ -s "$bin/pause-image.tar" ] && [ -s "$bin/tools-image.tar" ] || return 1
@@ -177,6 +177,18 @@ build jaeger "-s -w" jaeger=github.com/jaegertracing/jaeger/cmd/jaeger
 
 build coredns "-s -w" coredns=github.com/coredns/coredns
 
+# Prometheus with its Kubernetes service discovery (Debian's package is built without it),
+# and promtool of the same release. Without the `builtinassets` tag the web UI's assets are
+# not embedded; the HTTP API the tests use does not need them.
+prom_version=$(modversion prometheus github.com/prometheus/prometheus)
+# Its module versions v0.3MM.P are the releases 3.MM.P.
+prom_minor_patch=${prom_version#v0.}
+prom_release="3.$((10#${prom_minor_patch%%.*} - 300)).${prom_minor_patch#*.}"
+prom_ld="-s -w -X github.com/prometheus/common/version.Version=$prom_release -X github.com/prometheus/common/version.Branch=module"
+build prometheus "$prom_ld" \
+    prometheus=github.com/prometheus/prometheus/cmd/prometheus \
+    promtool=github.com/prometheus/prometheus/cmd/promtool
+
 # The node of up.sh --with-node runs containers with Debian's containerd and runc, networks
 # them with the reference CNI plugins, and kube-proxy programs iptables (conntrack cleans up
 # stale UDP entries). Each missing one is installed from Debian.
@@ -249,36 +261,6 @@ if [ ! -s "$bin/tools-image.tar" ]; then
     rm -rf "$rootfs"
 fi
 
-# Prometheus and promtool come from Debian's package. We start prometheus ourselves, so the
-# package's service must not start (it would take port 9090): policy-rc.d forbids that
-# during the install.
-if ! command -v prometheus >/dev/null 2>&1 || ! command -v promtool >/dev/null 2>&1; then
-    if [ "${P2P_MPC_TESTENV_NO_APT:-0}" = 1 ] || [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null 2>&1; then
-        die "prometheus/promtool not found on PATH and apt-get cannot be used here; install Debian's 'prometheus' package"
-    fi
-    say "installing Debian's prometheus package (apt-get, log $logs/prometheus-apt.log)"
-    policy=/usr/sbin/policy-rc.d
-    added_policy=0
-    if [ ! -e "$policy" ]; then
-        printf '#!/bin/sh\nexit 101\n' >"$policy"
-        chmod 755 "$policy"
-        added_policy=1
-    fi
-    rc=0
-    {
-        apt-get update &&
-            DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends prometheus
-    } >"$logs/prometheus-apt.log" 2>&1 || rc=$?
-    [ "$added_policy" = 1 ] && rm -f "$policy"
-    if [ "$rc" -ne 0 ]; then
-        say "installing prometheus FAILED with exit code $rc; last lines of $logs/prometheus-apt.log:"
-        tail -n 40 "$logs/prometheus-apt.log" >&2
-        exit 1
-    fi
-fi
-for b in "${prom_binaries[@]}"; do
-    ln -sfn "$(command -v "$b")" "$bin/$b"
-done
 
 all_present || die "internal error: $bin is incomplete after the build"
 say "ready: $bin"

@@ -148,6 +148,8 @@ protectKernelDefaults: false
 makeIPTablesUtilChains: false
 serializeImagePulls: false
 maxPods: 60
+# Mounted Secrets and ConfigMaps follow their objects within seconds (default 1 minute).
+syncFrequency: 10s
 EOF
 for p in 10250 10248; do
     for ip in 127.0.0.1 "$node_ip"; do
@@ -222,6 +224,53 @@ EOF
 say "starting CoreDNS on $node_ip:53 (zone cluster.local)"
 launch coredns "$bin/coredns" -conf "$node_dir/Corefile"
 wait_ready coredns curl -fsS --max-time 2 "http://127.0.0.1:$dns_ready_port/ready"
+
+# --- storage -------------------------------------------------------------------------------
+# No dynamic provisioner runs here: a default StorageClass of local volumes and a pool of
+# PersistentVolumes (directories under the state dir) take its place, the static kind of
+# provisioning Kubernetes has for local disks. A claim of the default class binds to one
+# when its pod is scheduled; the kubelet gives it the pod's fsGroup, as on any cluster.
+pv_count=${P2P_MPC_TESTENV_VOLUMES:-16}
+mkdir -p "$state/volumes"
+{
+    cat <<EOF
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: testenv-local
+  annotations:
+    storageclass.kubernetes.io/is-default-class: "true"
+provisioner: kubernetes.io/no-provisioner
+volumeBindingMode: WaitForFirstConsumer
+reclaimPolicy: Retain
+EOF
+    for i in $(seq -w 1 "$pv_count"); do
+        mkdir -p "$state/volumes/pv-$i"
+        cat <<EOF
+---
+apiVersion: v1
+kind: PersistentVolume
+metadata:
+  name: testenv-local-$i
+spec:
+  capacity: {storage: 10Gi}
+  accessModes: [ReadWriteOnce]
+  persistentVolumeReclaimPolicy: Retain
+  storageClassName: testenv-local
+  local: {path: "$state/volumes/pv-$i"}
+  nodeAffinity:
+    required:
+      nodeSelectorTerms:
+      - matchExpressions:
+        - {key: kubernetes.io/hostname, operator: In, values: [$node_name]}
+EOF
+    done
+} >"$node_dir/storage.yaml"
+"$bin/kubectl" --kubeconfig "$kubeconfig" apply -f "$node_dir/storage.yaml" >"$node_dir/storage.log" 2>&1 || {
+    log_tail "$node_dir/storage.log"
+    die "creating the StorageClass and the local PersistentVolumes failed"
+}
+say "storage: default StorageClass testenv-local with $pv_count local PersistentVolumes of 10Gi"
 
 cat >>"$state/endpoints.env" <<EOF
 SCHEDULER_PORT=$scheduler_port

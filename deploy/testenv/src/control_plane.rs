@@ -22,6 +22,10 @@ pub struct ControlPlane {
 /// The name of the test node's Node object.
 pub const NODE_NAME: &str = "testenv-node";
 
+/// The test node's address (its bridge's): where pods reach this machine, the API server
+/// listens and the cluster DNS answers.
+pub const NODE_IP: std::net::Ipv4Addr = std::net::Ipv4Addr::new(10, 244, 0, 1);
+
 impl ControlPlane {
     /// Starts a fresh control plane with `up.sh` (building the binaries first if needed).
     pub async fn start() -> Result<Self, Error> {

@@ -1,3 +1,4 @@
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -5,14 +6,16 @@ use tempfile::TempDir;
 
 use crate::Error;
 use crate::http::{encode_query_value, get, get_json};
-use crate::ports::{free_ports, loopback};
+use crate::ports::free_ports;
 use crate::process::{Component, ready_timeout};
 use crate::tools::tool;
 
-/// A Jaeger v2 all-in-one (in-memory storage) receiving OTLP on loopback; stopped on drop.
+/// A Jaeger v2 all-in-one (in-memory storage) receiving OTLP on loopback (or another
+/// address of this machine); stopped on drop.
 pub struct Jaeger {
     // Field order matters: the process stops before its directory is removed.
     process: Component,
+    otlp_host: IpAddr,
     otlp_grpc_port: u16,
     otlp_http_port: u16,
     query_port: u16,
@@ -20,12 +23,20 @@ pub struct Jaeger {
 }
 
 impl Jaeger {
-    /// Starts Jaeger on free ports and waits until it accepts OTLP and answers queries.
+    /// Starts Jaeger on free loopback ports and waits until it accepts OTLP and answers
+    /// queries.
     pub async fn start() -> Result<Self, Error> {
+        Self::start_receiving_on(IpAddr::V4(Ipv4Addr::LOCALHOST)).await
+    }
+
+    /// Like [`Jaeger::start`], with the OTLP receivers on `host` (an address of this
+    /// machine, e.g. the test node's bridge address, so pods can send spans); the query
+    /// service stays on loopback.
+    pub async fn start_receiving_on(host: IpAddr) -> Result<Self, Error> {
         let binary = tool("jaeger").await?;
         let mut attempt = 1;
         loop {
-            match Self::start_once(&binary).await {
+            match Self::start_once(&binary, host).await {
                 Err(StartError::PortTaken(_)) if attempt < 3 => attempt += 1,
                 Err(StartError::PortTaken(err)) | Err(StartError::Other(err)) => return Err(err),
                 Ok(jaeger) => return Ok(jaeger),
@@ -33,7 +44,7 @@ impl Jaeger {
         }
     }
 
-    async fn start_once(binary: &Path) -> Result<Self, StartError> {
+    async fn start_once(binary: &Path, otlp_host: IpAddr) -> Result<Self, StartError> {
         let dir = tempfile::Builder::new()
             .prefix("p2p-mpc-jaeger-")
             .tempdir()
@@ -44,7 +55,13 @@ impl Jaeger {
         let config = dir.path().join("jaeger.yaml");
         std::fs::write(
             &config,
-            jaeger_config(otlp_grpc_port, otlp_http_port, query_port, query_grpc_port),
+            jaeger_config(
+                otlp_host,
+                otlp_grpc_port,
+                otlp_http_port,
+                query_port,
+                query_grpc_port,
+            ),
         )
         .map_err(|e| Error::io(format!("writing {}", config.display()), e))?;
         let args = vec![format!("--config=file:{}", config.display())];
@@ -56,7 +73,7 @@ impl Jaeger {
             .wait_ready(ready_timeout(), || {
                 let services_url = services_url.clone();
                 async move {
-                    tokio::net::TcpStream::connect(loopback(otlp_grpc_port))
+                    tokio::net::TcpStream::connect(SocketAddr::new(otlp_host, otlp_grpc_port))
                         .await
                         .map_err(|e| format!("OTLP gRPC port {otlp_grpc_port}: {e}"))?;
                     match get(&services_url, Duration::from_secs(2)).await {
@@ -72,6 +89,7 @@ impl Jaeger {
         match ready {
             Ok(()) => Ok(Jaeger {
                 process,
+                otlp_host,
                 otlp_grpc_port,
                 otlp_http_port,
                 query_port,
@@ -84,12 +102,23 @@ impl Jaeger {
 
     /// Where to send OTLP over gRPC, e.g. `http://127.0.0.1:43170`.
     pub fn otlp_grpc_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.otlp_grpc_port)
+        format!(
+            "http://{}",
+            SocketAddr::new(self.otlp_host, self.otlp_grpc_port)
+        )
+    }
+
+    /// The address and port OTLP over gRPC is received on.
+    pub fn otlp_grpc_address(&self) -> SocketAddr {
+        SocketAddr::new(self.otlp_host, self.otlp_grpc_port)
     }
 
     /// Where to send OTLP over HTTP (the base; traces go to `/v1/traces`).
     pub fn otlp_http_endpoint(&self) -> String {
-        format!("http://127.0.0.1:{}", self.otlp_http_port)
+        format!(
+            "http://{}",
+            SocketAddr::new(self.otlp_host, self.otlp_http_port)
+        )
     }
 
     /// Base URL of the query service (HTTP JSON API, e.g. `/api/traces?service=...`).
@@ -141,9 +170,15 @@ impl From<Error> for StartError {
     }
 }
 
-/// The all-in-one pipeline (OTLP in, memory storage, query service) with every listener
-/// on loopback, and the collector's own metrics endpoint (port 8888 by default) turned off.
-fn jaeger_config(otlp_grpc: u16, otlp_http: u16, query_http: u16, query_grpc: u16) -> String {
+/// The all-in-one pipeline (OTLP in on `otlp_host`, memory storage, query service on
+/// loopback), and the collector's own metrics endpoint (port 8888 by default) turned off.
+fn jaeger_config(
+    otlp_host: IpAddr,
+    otlp_grpc: u16,
+    otlp_http: u16,
+    query_http: u16,
+    query_grpc: u16,
+) -> String {
     format!(
         r#"service:
   extensions: [jaeger_storage, jaeger_query]
@@ -176,9 +211,9 @@ receivers:
   otlp:
     protocols:
       grpc:
-        endpoint: 127.0.0.1:{otlp_grpc}
+        endpoint: {otlp_host}:{otlp_grpc}
       http:
-        endpoint: 127.0.0.1:{otlp_http}
+        endpoint: {otlp_host}:{otlp_http}
 
 processors:
   batch:

@@ -26,7 +26,7 @@ mod process;
 mod prometheus;
 mod tools;
 
-pub use control_plane::{ControlPlane, NODE_NAME};
+pub use control_plane::{ControlPlane, NODE_IP, NODE_NAME};
 pub use error::Error;
 pub use jaeger::Jaeger;
 pub use prometheus::{Prometheus, scrape_config};

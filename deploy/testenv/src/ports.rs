@@ -1,4 +1,4 @@
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::net::{Ipv4Addr, TcpListener};
 
 use crate::Error;
 
@@ -21,8 +21,4 @@ pub(crate) fn free_ports(count: usize) -> Result<Vec<u16>, Error> {
                 .map_err(|e| Error::io("reading a bound port", e))
         })
         .collect()
-}
-
-pub(crate) fn loopback(port: u16) -> SocketAddr {
-    SocketAddr::from((Ipv4Addr::LOCALHOST, port))
 }

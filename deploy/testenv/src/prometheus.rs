@@ -8,7 +8,7 @@ use crate::Error;
 use crate::http::{encode_query_value, get, get_json};
 use crate::ports::free_ports;
 use crate::process::{Component, ready_timeout};
-use crate::tools::{find_on_path, tool};
+use crate::tools::tool;
 
 /// A Prometheus server on loopback with a scrape configuration of the test's; stopped on drop.
 pub struct Prometheus {
@@ -143,8 +143,5 @@ impl Prometheus {
 /// `prometheus` from PATH (Debian's package), else from the bin directory, whose install
 /// step installs that package when it is missing.
 async fn prometheus_binary() -> Result<PathBuf, Error> {
-    match find_on_path("prometheus") {
-        Some(path) => Ok(path),
-        None => tool("prometheus").await,
-    }
+    tool("prometheus").await
 }

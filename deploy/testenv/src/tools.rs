@@ -33,25 +33,13 @@ pub async fn tool(name: &str) -> Result<PathBuf, Error> {
     }
 }
 
-/// `promtool` from PATH (Debian's prometheus package), else from the bin directory,
-/// whose install step installs that package when it is missing.
+/// `promtool`, of the same release as the Prometheus the tests run.
 pub async fn promtool() -> Result<PathBuf, Error> {
-    match find_on_path("promtool") {
-        Some(path) => Ok(path),
-        None => tool("promtool").await,
-    }
+    tool("promtool").await
 }
 
 pub(crate) fn install_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("install.sh")
-}
-
-pub(crate) fn find_on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|paths| std::env::split_paths(&paths).collect::<Vec<_>>())
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
 }
 
 fn is_executable(path: &Path) -> bool {

@@ -18,8 +18,8 @@ async fn every_tool_runs_and_reports_its_pinned_version() {
         ("helm", &["version", "--short"][..], "v3.22.0"),
         ("kubeconform", &["-v"][..], "v0.8.0"),
         ("jaeger", &["version"][..], ""),
-        ("prometheus", &["--version"][..], "prometheus"),
-        ("promtool", &["--version"][..], "promtool"),
+        ("prometheus", &["--version"][..], "version 3.16.0"),
+        ("promtool", &["--version"][..], "version 3.16.0"),
     ];
     for (name, args, expected) in cases {
         let Some(path) = or_skip(tool(name).await) else {
