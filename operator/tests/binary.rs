@@ -110,18 +110,24 @@ async fn operator_binary_serves_reconciles_and_stops_on_sigterm() {
     .unwrap_or_else(|e| panic!("{e}"));
     let image = sts.spec.template.spec.unwrap().containers[0].image.clone();
     assert_eq!(image.as_deref(), Some("example/p2p-mpc:1"));
-    let page = http
-        .get(format!("http://{metrics}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        page.contains("p2p_mpc_operator_reconciliations_total{result=\"ok\"}"),
-        "{page}"
-    );
+    // The StatefulSet is applied during the reconciliation, which is counted once it ends.
+    wait_for("a counted reconciliation on /metrics", DEADLINE, || async {
+        let page = http
+            .get(format!("http://{metrics}/metrics"))
+            .send()
+            .await
+            .map_err(|e| e.to_string())?
+            .text()
+            .await
+            .map_err(|e| e.to_string())?;
+        if page.contains("p2p_mpc_operator_reconciliations_total{result=\"ok\"}") {
+            Ok(())
+        } else {
+            Err(format!("no ok reconciliation counted yet:\n{page}"))
+        }
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 
     // SIGTERM: a clean exit within a few seconds.
     let pid = child.id().to_string();
