@@ -744,6 +744,23 @@ fn assert_refused(what: &str, (status, body): (u16, Value), rule: &str) {
     assert_eq!(body["rule"], rule, "{what}: {body}");
 }
 
+/// Like [`assert_refused`], for a refusal by the key's other holders (the coordinator did
+/// not refuse): the answer names exactly `holders` as the ones that refused.
+fn assert_refused_by(what: &str, answer: (u16, Value), rule: &str, holders: &[&NodeProcess]) {
+    let body = answer.1.clone();
+    assert_refused(what, answer, rule);
+    let mut refused_by: Vec<String> = body["refused_by"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no refused_by in {body}"))
+        .iter()
+        .map(|p| p.as_str().unwrap_or_default().to_string())
+        .collect();
+    refused_by.sort();
+    let mut expected: Vec<String> = holders.iter().map(|n| n.peer_id.clone()).collect();
+    expected.sort();
+    assert_eq!(refused_by, expected, "{what}: {body}");
+}
+
 /// The environment of node `name` of a cluster whose node `rogue` is a compromised holder
 /// that skips its own authorization checks.
 fn rogue_skips_its_checks(name: &str) -> Vec<(&'static str, &'static str)> {
@@ -779,17 +796,11 @@ async fn every_holder_checks_the_signing_policy() {
     // A holder that skips its own check (one compromised holder = t - 1 here) coordinates
     // without valid approvals: the honest holders refuse, so there is no signature and they
     // never open a signing session (no nonce, no signature share).
+    // The caller hears a typed refusal (403, the rule, who refused), not a 502.
     for auths in [vec![], vec![auth(&c1, &key_id, msg, 60)]] {
-        let (status, body) = sign_with(rogue, &key_id, msg, auths).await;
-        assert_ne!(status, 200, "{body}");
-        assert!(body["signature"].is_null(), "{body}");
-        assert!(
-            body["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("too_few_approvals"),
-            "{body}"
-        );
+        let answer = sign_with(rogue, &key_id, msg, auths).await;
+        assert!(answer.1["signature"].is_null(), "{}", answer.1);
+        assert_refused_by("no approvals", answer, "too_few_approvals", &[a, b]);
     }
     for honest in [a, b] {
         assert!(
@@ -872,8 +883,21 @@ async fn every_holder_checks_the_signing_policy() {
             "max_message_bytes",
         ),
     ];
+    for (what, message, auths, rule) in &cases {
+        assert_refused(
+            what,
+            sign_with(a, &key_id, message, auths.clone()).await,
+            rule,
+        );
+    }
+    // And each is refused by the holders themselves when the coordinator checks nothing.
     for (what, message, auths, rule) in cases {
-        assert_refused(what, sign_with(a, &key_id, message, auths).await, rule);
+        assert_refused_by(
+            what,
+            sign_with(rogue, &key_id, message, auths).await,
+            rule,
+            &[a, b],
+        );
     }
 
     // A request id is accepted once, also after every holder restarted.
@@ -927,14 +951,11 @@ async fn every_holder_checks_the_signing_policy() {
             auth(&c2, &key_id, &signed, 60),
         ];
         let body = json!({"policy": new_policy, "authorizations": signing});
-        let (status, answer) = post(rogue, &policy_path, body.clone()).await;
-        assert_ne!(status, 200, "{answer}");
-        assert!(
-            answer["error"]
-                .as_str()
-                .unwrap_or_default()
-                .contains("invalid_signature"),
-            "the honest holders refuse: {answer}"
+        assert_refused_by(
+            "signing authorizations as change approvals, through a rogue coordinator",
+            post(rogue, &policy_path, body.clone()).await,
+            "invalid_signature",
+            &[a, b],
         );
         assert_refused(
             "signing authorizations as change approvals",
@@ -1357,14 +1378,11 @@ async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
         "policy_fixed",
     );
     let approval = change_approval(&attacker, &fixed_id, &open_policy, &seize);
-    let (status, body) = change_policy(rogue, &fixed_id, &seize, vec![approval]).await;
-    assert_ne!(status, 200, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("policy_fixed"),
-        "the honest holders refuse: {body}"
+    assert_refused_by(
+        "seizing an open key through a rogue coordinator",
+        change_policy(rogue, &fixed_id, &seize, vec![approval]).await,
+        "policy_fixed",
+        &[a, b],
     );
     for node in [a, b] {
         assert_eq!(
@@ -1398,8 +1416,12 @@ async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
         change_policy(a, &admin_id, &to_clients, vec![by(&adm1), by(&attacker)]).await,
         "unlisted_client",
     );
-    let (status, body) = change_policy(rogue, &admin_id, &to_clients, vec![by(&adm1)]).await;
-    assert_ne!(status, 200, "{body}");
+    assert_refused_by(
+        "one of two admins through a rogue coordinator",
+        change_policy(rogue, &admin_id, &to_clients, vec![by(&adm1)]).await,
+        "too_few_approvals",
+        &[a, b],
+    );
     let (status, body) = change_policy(b, &admin_id, &to_clients, vec![by(&adm1), by(&adm2)]).await;
     assert_eq!(status, 200, "{body}");
     for node in [a, b, rogue] {
@@ -1456,14 +1478,11 @@ async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
         change_policy(a, &legacy_id, &seize, vec![]).await,
         "legacy_open",
     );
-    let (status, body) = change_policy(rogue, &legacy_id, &seize, vec![]).await;
-    assert_ne!(status, 200, "{body}");
-    assert!(
-        body["error"]
-            .as_str()
-            .unwrap_or_default()
-            .contains("legacy_open"),
-        "{body}"
+    assert_refused_by(
+        "changing a legacy key through a rogue coordinator",
+        change_policy(rogue, &legacy_id, &seize, vec![]).await,
+        "legacy_open",
+        &[&nodes[0], &nodes[1]],
     );
     let (status, body) = sign(a, &legacy_id, b"still signs for any caller").await;
     assert_eq!(status, 200, "{body}");

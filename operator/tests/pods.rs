@@ -203,19 +203,15 @@ async fn an_mpc_cluster_of_real_pods_forms_its_network_and_signs() {
         Some(3),
         "the key's holders are not the three members: {key}"
     );
-    let message: String = b"signed by three pods under a real kubelet"
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let signed: Value = api_post(
-        &http,
-        &token,
-        &format!("{}/v1/keys/{key_id}/sign", forwards[1].url()),
-        json!({"message": message}),
-    )
-    .await;
-    let signature = signed["signature"].as_str().expect("signature");
-    verify_ed25519(&public_key, signature, &message);
+    let signing = Signing {
+        http: &http,
+        token: &token,
+        key_id: &key_id,
+        public_key: &public_key,
+    };
+    signing
+        .sign_and_verify(&forwards[1], b"signed by three pods under a real kubelet")
+        .await;
 
     // `kubectl logs` of a node pod shows its start-up line.
     let out = Command::new(&kubectl)
@@ -363,22 +359,9 @@ async fn an_mpc_cluster_of_real_pods_forms_its_network_and_signs() {
         .await
         .expect("GET the key on member 1");
     assert_eq!(key_there.status(), 200, "member 1 lost its key share");
-    let message: String = b"signed again after a pod was replaced"
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
-    let signed: Value = api_post(
-        &http,
-        &token,
-        &format!("{}/v1/keys/{key_id}/sign", forwards[1].url()),
-        json!({"message": message}),
-    )
-    .await;
-    verify_ed25519(
-        &public_key,
-        signed["signature"].as_str().expect("signature"),
-        &message,
-    );
+    signing
+        .sign_and_verify(&forwards[1], b"signed again after a pod was replaced")
+        .await;
 
     drop(forwards);
     drop(plane);
@@ -493,6 +476,29 @@ fn node_scrape_config(kubeconfig: &Path) -> String {
 ",
         kubeconfig.display()
     )
+}
+
+/// Signs through one member's API and checks the signature independently.
+struct Signing<'a> {
+    http: &'a reqwest::Client,
+    token: &'a str,
+    key_id: &'a str,
+    public_key: &'a str,
+}
+
+impl Signing<'_> {
+    async fn sign_and_verify(&self, through: &PortForward, message: &[u8]) {
+        let message: String = message.iter().map(|b| format!("{b:02x}")).collect();
+        let signed: Value = api_post(
+            self.http,
+            self.token,
+            &format!("{}/v1/keys/{}/sign", through.url(), self.key_id),
+            json!({"message": message}),
+        )
+        .await;
+        let signature = signed["signature"].as_str().expect("a signature");
+        verify_ed25519(self.public_key, signature, &message);
+    }
 }
 
 /// POST with the token; panics with the body unless the answer is a success.

@@ -11,6 +11,7 @@ use super::body::{self, Limited};
 use super::{ApiError, ApiState, parse_body};
 use crate::mpc::dkg::DkgRequest;
 use crate::mpc::policy::{Authorization, SigningPolicy};
+use crate::mpc::session::SessionError;
 use crate::mpc::sign::SignResponse;
 use crate::mpc::store::KeyInfo;
 use crate::mpc::{MpcError, parse_peers};
@@ -72,6 +73,18 @@ impl From<MpcError> for ApiError {
             MpcError::BadRequest(_) => ApiError::bad_request("invalid_request", e.to_string()),
             MpcError::UnknownKey(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_key", e.to_string())
+            }
+            MpcError::Session {
+                error:
+                    SessionError::Refused {
+                        rule, refused_by, ..
+                    },
+                ..
+            } => {
+                let mut error = ApiError::new(StatusCode::FORBIDDEN, "unauthorized", e.to_string())
+                    .with_rule(rule);
+                error.refused_by = refused_by.iter().map(ToString::to_string).collect();
+                error
             }
             MpcError::Session { error, .. } => {
                 let code = if error.blamed().is_empty() {

@@ -50,6 +50,8 @@ pub struct ApiError {
     pub message: String,
     /// For `unauthorized`: the policy rule that refused the request.
     pub rule: Option<&'static str>,
+    /// For `unauthorized`: the key holders that refused it (empty: this node did).
+    pub refused_by: Vec<String>,
 }
 
 impl ApiError {
@@ -60,6 +62,7 @@ impl ApiError {
             code,
             message: message.into(),
             rule: None,
+            refused_by: Vec::new(),
         }
     }
 
@@ -79,6 +82,9 @@ impl IntoResponse for ApiError {
         let mut body = json!({"error": self.message, "code": self.code});
         if let Some(rule) = self.rule {
             body["rule"] = json!(rule);
+        }
+        if !self.refused_by.is_empty() {
+            body["refused_by"] = json!(self.refused_by);
         }
         (self.status, Json(body)).into_response()
     }

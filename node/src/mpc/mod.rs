@@ -6,6 +6,7 @@
 //! own task inside a tracing span carrying the session id, and ends `completed`,
 //! `failed(reason)` or `aborted(blamed participants)`; every round has a deadline.
 
+pub mod admission;
 pub mod aggregation;
 pub mod chunks;
 pub mod dkg;
@@ -66,6 +67,45 @@ pub enum MpcError {
     /// Something local went wrong (500).
     #[error("{0}")]
     Internal(String),
+}
+
+/// Why an invitation was refused: by the key's policy (a typed rule, answered as
+/// [`MpcAck::Refused`], so the coordinator can tell the caller which rule and who), or for
+/// another reason (answered as [`MpcAck::Rejected`]).
+#[derive(Debug)]
+pub(crate) enum InviteRefusal {
+    Policy {
+        /// The refusing holder.
+        peer: PeerId,
+        refusal: policy::Refusal,
+    },
+    Other(String),
+}
+
+impl InviteRefusal {
+    fn ack(&self) -> MpcAck {
+        match self {
+            InviteRefusal::Policy { refusal, .. } => {
+                MpcAck::refused(refusal.rule, &self.to_string())
+            }
+            InviteRefusal::Other(reason) => MpcAck::rejected(reason),
+        }
+    }
+}
+
+impl std::fmt::Display for InviteRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            InviteRefusal::Policy { peer, refusal } => write!(f, "peer {peer}: {refusal}"),
+            InviteRefusal::Other(reason) => f.write_str(reason),
+        }
+    }
+}
+
+impl From<String> for InviteRefusal {
+    fn from(reason: String) -> Self {
+        InviteRefusal::Other(reason)
+    }
 }
 
 /// Refuses a new key or task from `creator` once `held` of its `what` are held here
@@ -183,41 +223,6 @@ impl MpcEngine {
         }
     }
 
-    /// Checks a signing request against the key's policy, reserves its request ids and
-    /// counts the outcome. Every holder calls it, and awaits the returned
-    /// [`Pending::persist`](replay_guard::Pending::persist), before it commits to round 1.
-    pub(crate) fn authorize_signing(
-        &self,
-        key: &store::KeyInfo,
-        message: &[u8],
-        authorizations: &[policy::Authorization],
-    ) -> Result<replay_guard::Pending, policy::Refusal> {
-        let result = self.inner.replay_guard.admit(
-            &key.policy,
-            &key.key_id,
-            message,
-            authorizations,
-            policy::now(),
-        );
-        let kind = if key.policy.legacy {
-            "legacy-open"
-        } else if key.policy.open {
-            "open"
-        } else {
-            "clients"
-        };
-        let outcome = match &result {
-            Ok(_) => "authorized",
-            Err(r) => r.rule,
-        };
-        self.inner
-            .metrics
-            .sign_authorizations
-            .with_label_values(&[kind, outcome])
-            .inc();
-        result
-    }
-
     /// The key `key_id` as held here, when `coordinator` holds a share of it too: the first
     /// check of every invitation to use a key.
     pub(crate) fn key_shared_with(
@@ -304,8 +309,8 @@ impl MpcEngine {
                         .messages_dropped
                         .with_label_values(&["any", "peer_session_cap"])
                         .inc();
-                    MpcAck::Rejected(format!(
-                        "peer {peer} already has {} sessions running here (mpc_max_sessions_per_peer); retry later",
+                    MpcAck::busy(&format!(
+                        "peer {peer} already has {} sessions running here (mpc_max_sessions_per_peer)",
                         self.inner.max_sessions_per_peer
                     ))
                 }
@@ -314,11 +319,11 @@ impl MpcEngine {
                         self.inner.router.mark_invited(session, peer);
                         MpcAck::Accepted
                     }
-                    Err(reason) => {
+                    Err(refusal) => {
                         if let Some(suppressed) = crate::log_limit::allow("mpc_invite_refused") {
-                            debug!(%session, %peer, reason = %crate::log_limit::echo(&reason), suppressed, "MPC invite refused");
+                            debug!(%session, %peer, reason = %crate::log_limit::echo(&refusal.to_string()), suppressed, "MPC invite refused");
                         }
-                        MpcAck::Rejected(reason)
+                        refusal.ack()
                     }
                 },
                 other => other.ack(),
@@ -327,60 +332,67 @@ impl MpcEngine {
         }
     }
 
-    fn accept_invite(&self, from: PeerId, message: MpcMessage) -> Result<(), String> {
+    fn accept_invite(&self, from: PeerId, message: MpcMessage) -> Result<(), InviteRefusal> {
         let session = message.session;
+        let other = InviteRefusal::Other;
         match message.body {
             Body::DkgInvite {
                 key_id,
                 threshold,
                 participants,
                 policy,
-            } => self.join_dkg(session, from, key_id, threshold, participants, &policy.0),
+            } => self
+                .join_dkg(session, from, key_id, threshold, participants, &policy.0)
+                .map_err(other),
             Body::SignInvite {
                 key_id,
                 message,
                 authorizations,
             } => self.join_signing(session, from, key_id, message, authorizations),
-            Body::AggTaskInvite { params } => self.join_aggregation_create(session, from, params),
+            Body::AggTaskInvite { params } => self
+                .join_aggregation_create(session, from, params)
+                .map_err(other),
             Body::AggShareInvite {
                 task_id,
                 report_id,
                 encapped_key,
                 bytes,
                 chunks,
-            } => self.join_aggregation_share(
-                session,
-                from,
-                aggregation::ShareInvite {
-                    task_id,
-                    report_id,
-                    encapped_key,
-                    bytes,
-                    chunks,
-                },
-            ),
-            Body::AggBatchInvite { task_id, shares } => {
-                self.join_aggregation_batch(session, from, task_id, shares)
-            }
-            Body::AggCollectInvite { task_id } => {
-                self.join_aggregation_collect(session, from, task_id)
-            }
-            Body::TransferInvite { bytes, chunks } => {
-                self.join_transfer(session, from, bytes, chunks)
-            }
+            } => self
+                .join_aggregation_share(
+                    session,
+                    from,
+                    aggregation::ShareInvite {
+                        task_id,
+                        report_id,
+                        encapped_key,
+                        bytes,
+                        chunks,
+                    },
+                )
+                .map_err(other),
+            Body::AggBatchInvite { task_id, shares } => self
+                .join_aggregation_batch(session, from, task_id, shares)
+                .map_err(other),
+            Body::AggCollectInvite { task_id } => self
+                .join_aggregation_collect(session, from, task_id)
+                .map_err(other),
+            Body::TransferInvite { bytes, chunks } => self
+                .join_transfer(session, from, bytes, chunks)
+                .map_err(other),
             Body::PolicyInvite {
                 key_id,
                 policy,
                 authorizations,
             } => self.join_policy_change(session, from, key_id, &policy.0, authorizations),
-            other => Err(format!(
+            body => Err(other(format!(
                 "a {} message does not open a session",
-                other.kind()
-            )),
+                body.kind()
+            ))),
         }
     }
 
-    /// Sends one message, counting it; retries briefly when the peer's queue is full.
+    /// Sends one message, counting it; retries briefly while the peer answers busy.
     async fn send(&self, peer: PeerId, session: SessionId, body: Body) -> Result<(), MpcSendError> {
         let protocol = body.protocol().map(Protocol::as_str).unwrap_or("any");
         let message = MpcMessage::new(session, body);
@@ -392,10 +404,7 @@ impl MpcEngine {
                 .with_label_values(&[protocol, "sent"])
                 .inc();
             match self.inner.network.send_mpc(peer, message.clone()).await {
-                Err(MpcSendError::Rejected { reason, .. })
-                    if attempt < 5
-                        && (reason.contains("retry") || reason.contains("overloaded")) =>
-                {
+                Err(MpcSendError::Busy { .. }) if attempt < 5 => {
                     tokio::time::sleep(wait).await;
                     wait *= 2;
                 }
@@ -512,6 +521,7 @@ impl MpcEngine {
                 let outcome = match e {
                     SessionError::Failed(_) => "failed",
                     SessionError::Aborted { .. } => "aborted",
+                    SessionError::Refused { .. } => "refused",
                 };
                 m.sessions_failed.with_label_values(&[p, outcome]).inc();
                 m.session_duration_seconds

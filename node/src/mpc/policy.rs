@@ -127,6 +127,29 @@ pub struct Authorization {
     pub signature: String,
 }
 
+/// Every rule a refusal names: the stable codes of the API's 403 `rule` and of a holder's
+/// typed refusal on the wire.
+pub const RULES: &[&str] = &[
+    "legacy_open",
+    "policy_fixed",
+    "max_message_bytes",
+    "message_prefix",
+    "unlisted_client",
+    "malformed",
+    "expired",
+    "expiry_too_far",
+    "invalid_signature",
+    "replayed",
+    "too_few_approvals",
+    "max_signatures_per_minute",
+    "internal",
+];
+
+/// The rule of [`RULES`] called `name` (a peer's refusal names it as text).
+pub fn rule_named(name: &str) -> Option<&'static str> {
+    RULES.iter().copied().find(|r| *r == name)
+}
+
 /// Why a request was refused: the rule (a stable code) and what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unauthorized ({rule}): {detail}")]
@@ -539,6 +562,28 @@ pub fn now() -> u64 {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+
+    #[test]
+    fn every_rule_refused_in_this_file_is_a_known_rule() {
+        // Every rule named as a literal by a refusal in this file and in the replay guard
+        // (their code before the tests).
+        for file in [include_str!("policy.rs"), include_str!("replay_guard.rs")] {
+            let source = file.split("#[cfg(test)]").next().unwrap();
+            for (i, _) in source.match_indices("refuse(") {
+                let after = source[i + "refuse(".len()..].trim_start();
+                let Some(rest) = after.strip_prefix('"') else {
+                    continue;
+                };
+                let rule = &rest[..rest.find('"').unwrap()];
+                assert_eq!(
+                    rule_named(rule),
+                    Some(rule),
+                    "rule `{rule}` is not in RULES"
+                );
+            }
+        }
+        assert_eq!(rule_named("nonsense"), None);
+    }
 
     pub(crate) fn client() -> ed25519_dalek::SigningKey {
         generate_client_key()

@@ -15,7 +15,7 @@ use super::policy::{self, Authorization, SigningPolicy};
 use super::replay_guard::Pending;
 use super::session::{SessionError, SessionInbox, join_peers};
 use super::wire::{Blob, Body, Protocol, SessionId};
-use super::{MpcEngine, MpcError, parse_peers, unreachable_error};
+use super::{InviteRefusal, MpcEngine, MpcError, parse_peers, unreachable_error};
 
 /// The answer of a completed policy change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -84,6 +84,9 @@ impl MpcEngine {
         let id = key_id.to_string();
         let run = async move {
             let failures = engine.broadcast(&others2, session, &invite).await;
+            if let Some(refused) = SessionError::refused_by_holders(&failures) {
+                return Err(refused);
+            }
             if !failures.is_empty() {
                 return Err(inbox
                     .explain(unreachable_error(failures, "the policy change"))
@@ -138,7 +141,7 @@ impl MpcEngine {
         key_id: String,
         policy_bytes: &[u8],
         authorizations: Vec<Authorization>,
-    ) -> Result<(), String> {
+    ) -> Result<(), InviteRefusal> {
         let local = self.inner.local;
         let key = self.key_shared_with(&key_id, coordinator)?;
         let new_policy = SigningPolicy::from_bytes(policy_bytes)?;
@@ -154,7 +157,10 @@ impl MpcEngine {
                 if let Some(suppressed) = crate::log_limit::allow("policy_change_refused") {
                     warn!(%coordinator, key_id = %crate::log_limit::echo(&key_id), rule = refusal.rule, suppressed, "policy change refused");
                 }
-                return Err(format!("peer {local}: {refusal}"));
+                return Err(InviteRefusal::Policy {
+                    peer: local,
+                    refusal,
+                });
             }
         };
         let inbox = self

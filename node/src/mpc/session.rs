@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::metrics::MpcMetrics;
 use super::wire::{Body, MpcAck, MpcMessage, Protocol, SessionId};
+use crate::network::MpcSendError;
 
 /// Capacity of one session's inbox.
 const INBOX_CAPACITY: usize = 256;
@@ -56,6 +57,17 @@ pub enum SessionError {
     Failed(String),
     #[error("{reason} (blamed: {})", join_peers(blamed))]
     Aborted { blamed: Vec<PeerId>, reason: String },
+    /// Holders refused the request by the key's policy (each checks it itself): `rule` is
+    /// the policy rule's code, `refused_by` who refused. Honest behaviour, so nobody is blamed.
+    #[error(
+        "refused by the key's policy ({rule}) on {}: {reason}",
+        join_peers(refused_by)
+    )]
+    Refused {
+        rule: &'static str,
+        refused_by: Vec<PeerId>,
+        reason: String,
+    },
 }
 
 impl SessionError {
@@ -75,8 +87,30 @@ impl SessionError {
     /// What went wrong, without the list of blamed participants.
     pub fn reason(&self) -> &str {
         match self {
-            Self::Failed(reason) | Self::Aborted { reason, .. } => reason,
+            Self::Failed(reason) | Self::Aborted { reason, .. } | Self::Refused { reason, .. } => {
+                reason
+            }
         }
+    }
+
+    /// The typed refusal of the holders among `failures` that answered with the key's policy
+    /// ([`MpcSendError::Refused`]); `None` when none did. The rule is the first refuser's (a
+    /// rule this node does not know is reported as `unknown_rule`).
+    pub fn refused_by_holders(failures: &[(PeerId, MpcSendError)]) -> Option<Self> {
+        let mut refused_by = Vec::new();
+        let mut first: Option<(&str, &str)> = None;
+        for (peer, error) in failures {
+            if let MpcSendError::Refused { rule, reason, .. } = error {
+                refused_by.push(*peer);
+                first.get_or_insert((rule.as_str(), reason.as_str()));
+            }
+        }
+        let (rule, reason) = first?;
+        Some(Self::Refused {
+            rule: super::policy::rule_named(rule).unwrap_or("unknown_rule"),
+            refused_by,
+            reason: reason.to_string(),
+        })
     }
 
     /// The error for an `Abort` from participant `from`: the blame it carries is kept, so a
@@ -94,7 +128,7 @@ impl SessionError {
     /// The participants blamed, if any.
     pub fn blamed(&self) -> &[PeerId] {
         match self {
-            Self::Failed(_) => &[],
+            Self::Failed(_) | Self::Refused { .. } => &[],
             Self::Aborted { blamed, .. } => blamed,
         }
     }
@@ -103,6 +137,7 @@ impl SessionError {
     pub fn outcome(&self) -> SessionOutcome {
         match self {
             Self::Failed(r) => SessionOutcome::Failed(r.clone()),
+            Self::Refused { .. } => SessionOutcome::Failed(self.to_string()),
             Self::Aborted { blamed, reason } => SessionOutcome::Aborted {
                 blamed: blamed.clone(),
                 reason: reason.clone(),
@@ -196,7 +231,12 @@ impl RouteDecision {
             RouteDecision::Delivered | RouteDecision::Buffered | RouteDecision::Invite(_) => {
                 MpcAck::Accepted
             }
-            RouteDecision::Dropped { message, .. } => MpcAck::Rejected(message.clone()),
+            // A full inbox is a moment's congestion; every other drop is final.
+            RouteDecision::Dropped {
+                reason: "inbox_full",
+                message,
+            } => MpcAck::busy(message),
+            RouteDecision::Dropped { message, .. } => MpcAck::rejected(message),
         }
     }
 }

@@ -12,10 +12,14 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info, warn};
 
+use super::admission::round1;
 use super::policy::Authorization;
 use super::session::{SessionError, join_peers};
 use super::wire::{Body, Protocol, SessionId};
-use super::{MpcEngine, MpcError, frost_error, frost_identifier, parse_peers, unreachable_error};
+use super::{
+    InviteRefusal, MpcEngine, MpcError, frost_error, frost_identifier, parse_peers,
+    unreachable_error,
+};
 use crate::network::MpcSendError;
 
 /// Why a holder that answered was not chosen as a signer.
@@ -52,16 +56,11 @@ impl MpcEngine {
             .store
             .get(key_id)
             .ok_or_else(|| MpcError::UnknownKey(key_id.to_string()))?;
-        if self.inner.faults.skip_sign_authorization {
-            warn!(
-                key_id,
-                "test fault: signing without checking the key's policy"
-            );
-        } else {
-            self.authorize_signing(&key.info, &message, &authorizations)?
-                .persist()
-                .await?;
-        }
+        // The request ids are on disk before round 1 can start: `round1` needs the token.
+        let admitted = self
+            .admit_signing(&key.info, &message, &authorizations)?
+            .persist()
+            .await?;
         let local = self.inner.local;
         let holders = parse_peers(&key.info.participants).map_err(MpcError::Internal)?;
         let others: Vec<PeerId> = holders.iter().filter(|p| **p != local).copied().collect();
@@ -83,9 +82,7 @@ impl MpcEngine {
             for p in &holders {
                 ids.insert(frost_identifier(p).map_err(SessionError::failed)?, *p);
             }
-            let mut rng = rand_core::OsRng;
-            let (my_nonces, my_commitments) =
-                frost::round1::commit(key.key_package.signing_share(), &mut rng);
+            let (my_nonces, my_commitments) = round1(admitted, key.key_package.signing_share());
 
             // Round 1: invite `needed` holders (where the list starts rotates with the session,
             // spreading the work); a holder that cannot be reached is replaced at once, and when
@@ -137,6 +134,11 @@ impl MpcEngine {
                     }
                 }
                 if pending.len() + commitments.len() < needed && pending.is_empty() {
+                    // Holders that refused by the key's policy are not "unreachable": the
+                    // caller hears which rule refused and who refused it.
+                    if let Some(refused) = SessionError::refused_by_holders(&failures) {
+                        return Err(refused);
+                    }
                     let missing: Vec<PeerId> = failures.iter().map(|(p, _)| *p).collect();
                     return Err(SessionError::blame(
                         missing.clone(),
@@ -283,23 +285,11 @@ impl MpcEngine {
         key_id: String,
         message: Vec<u8>,
         authorizations: Vec<Authorization>,
-    ) -> Result<(), String> {
+    ) -> Result<(), InviteRefusal> {
         let local = self.inner.local;
-        let key = self.key_shared_with(&key_id, coordinator)?;
-        // This holder's own check of the key's policy, whatever the coordinator decided.
-        let pending = match self.authorize_signing(&key.info, &message, &authorizations) {
-            Ok(pending) => Some(pending),
-            Err(refusal) if self.inner.faults.skip_sign_authorization => {
-                warn!(%coordinator, key_id, rule = refusal.rule, "test fault: signing anyway");
-                None
-            }
-            Err(refusal) => {
-                if let Some(suppressed) = crate::log_limit::allow("sign_refused") {
-                    warn!(%coordinator, key_id = %crate::log_limit::echo(&key_id), rule = refusal.rule, suppressed, "signing request refused by the key's policy");
-                }
-                return Err(format!("peer {local}: {refusal}"));
-            }
-        };
+        // This holder's own admission, whatever the coordinator decided.
+        let (key, admission) =
+            self.admit_sign_invite(coordinator, &key_id, &message, &authorizations)?;
         // Only the coordinator may talk to this side of a signing session.
         let mut inbox = self
             .inner
@@ -315,15 +305,11 @@ impl MpcEngine {
                 }
                 let run = async {
                     // The request ids are on disk before this holder commits to anything.
-                    if let Some(pending) = pending {
-                        pending
-                            .persist()
-                            .await
-                            .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
-                    }
-                    let mut rng = rand_core::OsRng;
-                    let (nonces, commitments) =
-                        frost::round1::commit(key.key_package.signing_share(), &mut rng);
+                    let admitted = admission
+                        .persist()
+                        .await
+                        .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
+                    let (nonces, commitments) = round1(admitted, key.key_package.signing_share());
                     let bytes = commitments.serialize().map_err(fail("commitments"))?;
                     match engine
                         .send(coordinator, session, Body::SignCommitments { commitments: bytes })

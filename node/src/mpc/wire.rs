@@ -466,6 +466,44 @@ pub enum MpcAck {
     Accepted,
     /// Refused, with the reason (not a participant, finished session, bad version, ...).
     Rejected(String),
+    /// The key's policy, as this holder holds it, refuses the request: `rule` is the
+    /// policy rule's stable code (the API's `rule`), `reason` what was wrong.
+    Refused { rule: String, reason: String },
+    /// Not now (a queue or a cap is full): the same message may be sent again shortly.
+    Busy(String),
+}
+
+/// Longest reason an acknowledgement carries, in bytes (acks are read up to
+/// [`MAX_ACK_BYTES`]); longer ones are cut at a character boundary.
+pub const MAX_ACK_REASON: usize = 1024;
+
+impl MpcAck {
+    /// A policy refusal, its reason bounded.
+    pub fn refused(rule: &str, reason: &str) -> Self {
+        MpcAck::Refused {
+            rule: cut_text(rule, 64),
+            reason: cut_text(reason, MAX_ACK_REASON),
+        }
+    }
+
+    /// A refusal, its reason bounded.
+    pub fn rejected(reason: &str) -> Self {
+        MpcAck::Rejected(cut_text(reason, MAX_ACK_REASON))
+    }
+
+    /// A transient refusal, its reason bounded.
+    pub fn busy(reason: &str) -> Self {
+        MpcAck::Busy(cut_text(reason, MAX_ACK_REASON))
+    }
+}
+
+/// `text` cut to at most `max` bytes at a character boundary.
+fn cut_text(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_string()
 }
 
 #[cfg(test)]
@@ -491,6 +529,32 @@ mod tests {
         assert!(out.len() < 1100, "{} bytes", out.len());
         let back: MpcMessage = cbor4ii::serde::from_slice(&out).unwrap();
         assert!(matches!(back.body, Body::AggChunk { data, .. } if data.0[..] == [200; 1000]));
+    }
+
+    #[test]
+    fn acks_are_cut_to_fit_the_ack_limit_and_round_trip() {
+        // Two-byte characters, so a cut in the middle of one would be possible.
+        let long = "é".repeat(4 * MAX_ACK_REASON);
+        for ack in [
+            MpcAck::refused(&"r".repeat(500), &long),
+            MpcAck::rejected(&long),
+            MpcAck::busy(&long),
+        ] {
+            let bytes = cbor4ii::serde::to_vec(Vec::new(), &ack).unwrap();
+            assert!(bytes.len() as u64 <= MAX_ACK_BYTES, "{} bytes", bytes.len());
+            let back: MpcAck = cbor4ii::serde::from_slice(&bytes).unwrap();
+            assert_eq!(back, ack);
+            let reason = match &back {
+                MpcAck::Refused { rule, reason } => {
+                    assert_eq!(rule.len(), 64);
+                    reason
+                }
+                MpcAck::Rejected(reason) | MpcAck::Busy(reason) => reason,
+                MpcAck::Accepted => unreachable!(),
+            };
+            assert!(reason.len() <= MAX_ACK_REASON && reason.len() >= MAX_ACK_REASON - 1);
+            assert!(reason.chars().all(|c| c == 'é'));
+        }
     }
 
     #[test]

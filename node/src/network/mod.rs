@@ -42,6 +42,16 @@ pub enum MpcSendError {
     Unreachable { peer: PeerId, message: String },
     #[error("peer {peer} refused the message: {reason}")]
     Rejected { peer: PeerId, reason: String },
+    /// The key's policy, as that holder holds it, refuses the request.
+    #[error("peer {peer} refused the request ({rule}): {reason}")]
+    Refused {
+        peer: PeerId,
+        rule: String,
+        reason: String,
+    },
+    /// The peer is busy (a queue or cap is full); the message may be sent again.
+    #[error("peer {peer} is busy: {reason}")]
+    Busy { peer: PeerId, reason: String },
     #[error(transparent)]
     Network(#[from] NetworkError),
 }
@@ -218,6 +228,10 @@ impl NetworkClient {
             Ok(Ok(Err(message))) => Err(MpcSendError::Unreachable { peer, message }),
             Ok(Ok(Ok(MpcAck::Accepted))) => Ok(()),
             Ok(Ok(Ok(MpcAck::Rejected(reason)))) => Err(MpcSendError::Rejected { peer, reason }),
+            Ok(Ok(Ok(MpcAck::Refused { rule, reason }))) => {
+                Err(MpcSendError::Refused { peer, rule, reason })
+            }
+            Ok(Ok(Ok(MpcAck::Busy(reason)))) => Err(MpcSendError::Busy { peer, reason }),
         }
     }
 

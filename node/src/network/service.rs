@@ -360,7 +360,7 @@ impl NetworkService {
                     }
                     Err(_) => {
                         self.refused(&peer, "queue_full", "");
-                        let ack = refuse("the node's MPC queue is full; retry later".into());
+                        let ack = MpcAck::busy("the node's MPC queue is full");
                         let _ = self.swarm.behaviour_mut().mpc.send_response(channel, ack);
                     }
                 }

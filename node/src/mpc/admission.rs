@@ -1,0 +1,191 @@
+//! The gate of signing requests: where a request to use a key is admitted, on the
+//! coordinator and on every holder alike, and nowhere else.
+//!
+//! Admission checks, in order: the key is held here and (for an invitation) shared with the
+//! coordinator; the key's policy as this node holds it (message rules, K distinct listed
+//! clients, each authorization's expiry and signature, request ids unseen); the per-minute
+//! rate. Passing reserves the request ids in memory and yields a [`PendingAdmission`]; its
+//! [`persist`](PendingAdmission::persist) writes them to disk and only then yields an
+//! [`Admitted`] token. Signing round 1 ([`round1`]) takes that token by value, so a nonce
+//! cannot be committed for a request whose ids are not durable: "on disk before a nonce" is a
+//! type, not a habit. A refusal is a [`Refusal`] with the rule's stable code, the same code
+//! on the wire (`MpcAck::Refused`) and in the API's 403.
+//!
+//! The token cannot be made outside this module:
+//!
+//! ```compile_fail
+//! let forged = p2p_mpc_node::mpc::admission::Admitted { _sealed: () };
+//! ```
+
+use std::sync::Arc;
+
+use frost_ed25519 as frost;
+use libp2p::PeerId;
+use tracing::warn;
+
+use super::faults::Faults;
+use super::policy::{self, Authorization, Refusal};
+use super::replay_guard::Pending;
+use super::store::{KeyInfo, StoredKey};
+use super::{InviteRefusal, MpcEngine};
+
+/// Proof that a signing request passed the gate and its request ids are on disk. Made only
+/// by [`PendingAdmission::persist`]; spent by [`round1`].
+#[must_use = "an admission is spent by signing round 1"]
+#[derive(Debug)]
+pub struct Admitted {
+    _sealed: (),
+}
+
+/// A request admitted in memory whose request ids are not yet durable.
+#[must_use = "the request ids are not durable until `persist` returns"]
+pub struct PendingAdmission {
+    ids: Option<Pending>,
+}
+
+impl PendingAdmission {
+    /// Makes the request ids durable; on failure the request must be refused (after a
+    /// restart its ids would be forgotten).
+    pub async fn persist(self) -> Result<Admitted, Refusal> {
+        if let Some(pending) = self.ids {
+            pending.persist().await?;
+        }
+        Ok(Admitted { _sealed: () })
+    }
+
+    /// Test-only (`skip-sign-authorization`, a compromised node): an admission without any
+    /// check. `None` unless that fault is set, which only a test-faults build allows.
+    fn unchecked(faults: &Faults) -> Option<Self> {
+        faults
+            .skip_sign_authorization
+            .then_some(PendingAdmission { ids: None })
+    }
+}
+
+/// Signing round 1 for an admitted request: this holder's nonces and their commitments.
+/// The nonces live in the caller's session task and are spent by its one round 2.
+pub(crate) fn round1(
+    admitted: Admitted,
+    share: &frost::keys::SigningShare,
+) -> (
+    frost::round1::SigningNonces,
+    frost::round1::SigningCommitments,
+) {
+    let Admitted { _sealed: () } = admitted;
+    frost::round1::commit(share, &mut rand_core::OsRng)
+}
+
+impl MpcEngine {
+    /// The coordinator's admission of a signing request with `key`.
+    pub(crate) fn admit_signing(
+        &self,
+        key: &KeyInfo,
+        message: &[u8],
+        authorizations: &[Authorization],
+    ) -> Result<PendingAdmission, Refusal> {
+        if let Some(unchecked) = PendingAdmission::unchecked(&self.inner.faults) {
+            warn!(
+                key_id = %key.key_id,
+                "test fault: signing without checking the key's policy"
+            );
+            return Ok(unchecked);
+        }
+        self.check_signing(key, message, authorizations)
+    }
+
+    /// A holder's admission of a signing invitation from `coordinator`: the key must be
+    /// held here and shared with the coordinator, and the request must pass this holder's
+    /// own copy of the policy, whatever the coordinator decided.
+    pub(crate) fn admit_sign_invite(
+        &self,
+        coordinator: PeerId,
+        key_id: &str,
+        message: &[u8],
+        authorizations: &[Authorization],
+    ) -> Result<(Arc<StoredKey>, PendingAdmission), InviteRefusal> {
+        let key = self.key_shared_with(key_id, coordinator)?;
+        match self.check_signing(&key.info, message, authorizations) {
+            Ok(admission) => Ok((key, admission)),
+            Err(refusal) => match PendingAdmission::unchecked(&self.inner.faults) {
+                Some(unchecked) => {
+                    warn!(%coordinator, key_id, rule = refusal.rule, "test fault: signing anyway");
+                    Ok((key, unchecked))
+                }
+                None => {
+                    if let Some(suppressed) = crate::log_limit::allow("sign_refused") {
+                        warn!(%coordinator, key_id = %crate::log_limit::echo(key_id), rule = refusal.rule, suppressed, "signing request refused by the key's policy");
+                    }
+                    Err(InviteRefusal::Policy {
+                        peer: self.inner.local,
+                        refusal,
+                    })
+                }
+            },
+        }
+    }
+
+    /// Checks a signing request against the key's policy and rate, reserves its request
+    /// ids and counts the outcome (`p2p_mpc_sign_authorizations_total`).
+    fn check_signing(
+        &self,
+        key: &KeyInfo,
+        message: &[u8],
+        authorizations: &[Authorization],
+    ) -> Result<PendingAdmission, Refusal> {
+        let result = self.inner.replay_guard.admit(
+            &key.policy,
+            &key.key_id,
+            message,
+            authorizations,
+            policy::now(),
+        );
+        let kind = if key.policy.legacy {
+            "legacy-open"
+        } else if key.policy.open {
+            "open"
+        } else {
+            "clients"
+        };
+        let outcome = match &result {
+            Ok(_) => "authorized",
+            Err(r) => r.rule,
+        };
+        self.inner
+            .metrics
+            .sign_authorizations
+            .with_label_values(&[kind, outcome])
+            .inc();
+        result.map(|pending| PendingAdmission { ids: Some(pending) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_skip_fault_admits_without_checks() {
+        assert!(PendingAdmission::unchecked(&Faults::default()).is_none());
+        let skip = Faults {
+            skip_sign_authorization: true,
+            ..Faults::default()
+        };
+        assert!(PendingAdmission::unchecked(&skip).is_some());
+    }
+
+    #[tokio::test]
+    async fn an_admission_without_ids_persists_to_a_token_that_round1_spends() {
+        let skip = Faults {
+            skip_sign_authorization: true,
+            ..Faults::default()
+        };
+        let admitted = PendingAdmission::unchecked(&skip)
+            .unwrap()
+            .persist()
+            .await
+            .unwrap();
+        let share = frost::keys::SigningShare::deserialize(&[1; 32]).unwrap();
+        let (nonces, commitments) = round1(admitted, &share);
+        assert_eq!(nonces.commitments(), &commitments);
+    }
+}
