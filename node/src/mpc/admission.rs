@@ -1,5 +1,6 @@
-//! The gate of signing requests: where a request to use a key is admitted, on the
-//! coordinator and on every holder alike, and nowhere else.
+//! The gate of signing and policy-change requests: where a request to use a key or to
+//! change its policy is admitted, on the coordinator and on every holder alike, and
+//! nowhere else.
 //!
 //! Admission checks, in order: the key is held here and (for an invitation) shared with the
 //! coordinator; the key's policy as this node holds it (message rules, K distinct listed
@@ -24,14 +25,14 @@ use libp2p::PeerId;
 use tracing::warn;
 
 use super::faults::Faults;
-use super::policy::{self, Authorization, Refusal};
+use super::policy::{self, Authorization, Refusal, SigningPolicy};
 use super::replay_guard::Pending;
 use super::store::{KeyInfo, StoredKey};
 use super::{InviteRefusal, MpcEngine};
 
 /// Proof that a signing request passed the gate and its request ids are on disk. Made only
 /// by [`PendingAdmission::persist`]; spent by [`round1`].
-#[must_use = "an admission is spent by signing round 1"]
+#[must_use = "an admission is spent by signing round 1 (or the policy change it admits)"]
 #[derive(Debug)]
 pub struct Admitted {
     _sealed: (),
@@ -122,6 +123,67 @@ impl MpcEngine {
                 }
             },
         }
+    }
+
+    /// The coordinator's admission of a change of `key`'s policy to `new_policy`: approvals
+    /// under the change domain by the current policy's change approvers (see
+    /// `ReplayGuard::admit_change`).
+    pub(crate) fn admit_policy_change(
+        &self,
+        key: &KeyInfo,
+        new_policy: &SigningPolicy,
+        authorizations: &[Authorization],
+    ) -> Result<PendingAdmission, Refusal> {
+        if let Some(unchecked) = PendingAdmission::unchecked(&self.inner.faults) {
+            warn!(
+                key_id = %key.key_id,
+                "test fault: changing the policy without checking the approvals"
+            );
+            return Ok(unchecked);
+        }
+        self.check_policy_change(key, new_policy, authorizations)
+    }
+
+    /// A holder's admission of a policy change from `coordinator`, against this holder's
+    /// own copy of the current policy.
+    pub(crate) fn admit_policy_change_invite(
+        &self,
+        coordinator: PeerId,
+        key_id: &str,
+        new_policy: &SigningPolicy,
+        authorizations: &[Authorization],
+    ) -> Result<(Arc<StoredKey>, PendingAdmission), InviteRefusal> {
+        let key = self.key_shared_with(key_id, coordinator)?;
+        match self.check_policy_change(&key.info, new_policy, authorizations) {
+            Ok(admission) => Ok((key, admission)),
+            Err(refusal) => {
+                if let Some(suppressed) = crate::log_limit::allow("policy_change_refused") {
+                    warn!(%coordinator, key_id = %crate::log_limit::echo(key_id), rule = refusal.rule, suppressed, "policy change refused");
+                }
+                Err(InviteRefusal::Policy {
+                    peer: self.inner.local,
+                    refusal,
+                })
+            }
+        }
+    }
+
+    fn check_policy_change(
+        &self,
+        key: &KeyInfo,
+        new_policy: &SigningPolicy,
+        authorizations: &[Authorization],
+    ) -> Result<PendingAdmission, Refusal> {
+        self.inner
+            .replay_guard
+            .admit_change(
+                &key.policy,
+                &key.key_id,
+                new_policy,
+                authorizations,
+                policy::now(),
+            )
+            .map(|pending| PendingAdmission { ids: Some(pending) })
     }
 
     /// Checks a signing request against the key's policy and rate, reserves its request

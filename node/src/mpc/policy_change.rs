@@ -9,10 +9,10 @@
 
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
-use tracing::{Instrument, warn};
+use tracing::Instrument;
 
-use super::policy::{self, Authorization, SigningPolicy};
-use super::replay_guard::Pending;
+use super::admission::PendingAdmission;
+use super::policy::{Authorization, SigningPolicy};
 use super::session::{SessionError, SessionInbox, join_peers};
 use super::wire::{Blob, Body, Protocol, SessionId};
 use super::{InviteRefusal, MpcEngine, MpcError, parse_peers, unreachable_error};
@@ -42,24 +42,11 @@ impl MpcEngine {
         let new_policy = new_policy
             .normalized()
             .map_err(|m| MpcError::BadRequest(format!("policy: {m}")))?;
-        if self.inner.faults.skip_sign_authorization {
-            warn!(
-                key_id,
-                "test fault: changing the policy without checking the approvals"
-            );
-        } else {
-            self.inner
-                .replay_guard
-                .admit_change(
-                    &key.info.policy,
-                    key_id,
-                    &new_policy,
-                    &authorizations,
-                    policy::now(),
-                )?
-                .persist()
-                .await?;
-        }
+        // The approvals' request ids are on disk before any holder is asked.
+        let _admitted = self
+            .admit_policy_change(&key.info, &new_policy, &authorizations)?
+            .persist()
+            .await?;
         let local = self.inner.local;
         let others: Vec<PeerId> = parse_peers(&key.info.participants)
             .map_err(MpcError::Internal)?
@@ -142,27 +129,9 @@ impl MpcEngine {
         policy_bytes: &[u8],
         authorizations: Vec<Authorization>,
     ) -> Result<(), InviteRefusal> {
-        let local = self.inner.local;
-        let key = self.key_shared_with(&key_id, coordinator)?;
         let new_policy = SigningPolicy::from_bytes(policy_bytes)?;
-        let pending = match self.inner.replay_guard.admit_change(
-            &key.info.policy,
-            &key_id,
-            &new_policy,
-            &authorizations,
-            policy::now(),
-        ) {
-            Ok(pending) => pending,
-            Err(refusal) => {
-                if let Some(suppressed) = crate::log_limit::allow("policy_change_refused") {
-                    warn!(%coordinator, key_id = %crate::log_limit::echo(&key_id), rule = refusal.rule, suppressed, "policy change refused");
-                }
-                return Err(InviteRefusal::Policy {
-                    peer: local,
-                    refusal,
-                });
-            }
-        };
+        let (_key, pending) =
+            self.admit_policy_change_invite(coordinator, &key_id, &new_policy, &authorizations)?;
         let inbox = self
             .inner
             .router
@@ -193,10 +162,11 @@ impl MpcEngine {
         coordinator: PeerId,
         key_id: String,
         new_policy: SigningPolicy,
-        pending: Pending,
+        pending: PendingAdmission,
     ) -> Result<(), SessionError> {
         let local = self.inner.local;
-        pending
+        // The approvals' request ids are on disk before the new policy is.
+        let _admitted = pending
             .persist()
             .await
             .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
