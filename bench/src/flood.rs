@@ -31,6 +31,10 @@ fn flood_message(i: u64, victim: &str, flooder: &str) -> Vec<u8> {
             key_id: format!("{i:032x}"),
             message: vec![1; 64],
             authorizations: vec![],
+            policy: p2p_mpc_node::mpc::policy::PolicyStamp {
+                version: 0,
+                digest: [0; 32],
+            },
         },
         2 => Body::DkgRound1 {
             package: vec![0; 64 * 1024],

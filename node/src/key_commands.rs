@@ -52,8 +52,9 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
             let current: crate::mpc::policy::SigningPolicy =
                 serde_json::from_value(info["policy"].clone())
                     .map_err(|e| ClientError::Decode(format!("the key's current policy: {e}")))?;
+            let version = info["policy_version"].as_u64().unwrap_or(0);
             let what = crate::mpc::policy::Approves::PolicyChange {
-                current: current.digest(),
+                current: current.stamp(version),
                 new: new_policy.digest(),
             };
             let authorizations = crate::client_keys::approve_with_files(&authorize, &key_id, what)
@@ -66,11 +67,20 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
                 )
                 .await?;
             print(output, &answer, || {
-                format!(
-                    "key id: {}\npolicy: {}",
+                let mut out = format!(
+                    "key id: {}\npolicy: {} (version {})\ncommitted on: {}",
                     text(&answer["key_id"]),
-                    policy_label(&answer["policy"])
-                )
+                    policy_label(&answer["policy"]),
+                    answer["policy_version"],
+                    list(&answer["committed_on"])
+                );
+                let lagging = list(&answer["lagging"]);
+                if !lagging.is_empty() {
+                    out.push_str(&format!(
+                        "\nlagging (will catch up; they refuse to sign until then): {lagging}"
+                    ));
+                }
+                out
             });
         }
         KeysCommand::ConvertLegacy { .. } => {
@@ -153,6 +163,18 @@ fn policy_json(p: &crate::cli::PolicyArgs) -> Value {
 }
 
 /// `open`, `legacy-open` or `K-of-N clients`, from a key's JSON policy.
+/// A JSON list of strings, comma-separated.
+fn list(v: &Value) -> String {
+    v.as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        })
+        .unwrap_or_default()
+}
+
 fn policy_label(p: &Value) -> String {
     if p["legacy"] == json!(true) {
         return "legacy-open".into();

@@ -20,6 +20,10 @@ use crate::mpc::{self as mpc_mod, MpcEngine};
 use crate::network::{NetworkEvent, NetworkService, NetworkSettings};
 use crate::roster::Roster;
 
+/// How long after start a node asks its peers for policy changes it missed (the bootnodes
+/// are dialed by then).
+const POLICY_CATCH_UP_DELAY: Duration = Duration::from_secs(2);
+
 /// A failure while starting or running the node.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -220,6 +224,8 @@ pub async fn run(
         },
     );
     let router_task = tokio::spawn(mpc.clone().run_router(mpc_inbound));
+    // A holder that was down while a key's policy changed learns of it from its peers.
+    mpc.catch_up_policies_at_start(POLICY_CATCH_UP_DELAY);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -135,6 +135,10 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
                     key_id: format!("{i:032x}"),
                     message: vec![1; 64],
                     authorizations: vec![],
+                    policy: p2p_mpc_node::mpc::policy::PolicyStamp {
+                        version: 0,
+                        digest: [0; 32],
+                    },
                 }
             } else {
                 Body::DkgInvite {

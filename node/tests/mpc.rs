@@ -927,7 +927,14 @@ async fn every_holder_checks_the_signing_policy() {
     let new_policy = new_policy.normalized().unwrap();
     let approval = |c: &ed25519_dalek::SigningKey, from: &SigningPolicy| {
         let expires = p2p_mpc_node::mpc::policy::now() + 60;
-        serde_json::to_value(approve_change(c, &key_id, from, &new_policy, expires)).unwrap()
+        serde_json::to_value(approve_change(
+            c,
+            &key_id,
+            from.stamp(0),
+            &new_policy,
+            expires,
+        ))
+        .unwrap()
     };
     let policy_path = format!("/v1/keys/{key_id}/policy");
 
@@ -936,7 +943,7 @@ async fn every_holder_checks_the_signing_policy() {
     // before approvals had a domain of their own. The compromised holder skips its own check
     // and forwards them; every honest holder refuses, and the policy stays.
     let what = Approves::PolicyChange {
-        current: current.digest(),
+        current: current.stamp(0),
         new: new_policy.digest(),
     };
     let approval_bytes = what.signed_bytes(&key_id, &[7; 16], p2p_mpc_node::mpc::policy::now());
@@ -1330,6 +1337,7 @@ fn change_approval(
     client: &ed25519_dalek::SigningKey,
     key_id: &str,
     current: &Value,
+    version: u64,
     new: &Value,
 ) -> Value {
     use p2p_mpc_node::mpc::policy::{SigningPolicy, approve_change, now};
@@ -1339,10 +1347,11 @@ fn change_approval(
             .normalized()
             .unwrap()
     };
+    let current: SigningPolicy = serde_json::from_value(current.clone()).unwrap();
     serde_json::to_value(approve_change(
         client,
         key_id,
-        &serde_json::from_value(current.clone()).unwrap(),
+        current.stamp(version),
         &parse(new),
         now() + 60,
     ))
@@ -1351,6 +1360,216 @@ fn change_approval(
 
 async fn policy_on(node: &NodeProcess, key_id: &str) -> Value {
     node.get(&format!("/v1/keys/{key_id}")).await.unwrap()["policy"].clone()
+}
+
+/// A 409 refusal of `rule` by exactly `holders`.
+fn assert_conflict_by(
+    what: &str,
+    (status, body): (u16, Value),
+    rule: &str,
+    holders: &[&NodeProcess],
+) {
+    assert_eq!(status, 409, "{what}: {body}");
+    assert_eq!(body["code"], "conflict", "{what}: {body}");
+    assert_eq!(body["rule"], rule, "{what}: {body}");
+    let mut refused_by: Vec<&str> = body["refused_by"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{what}: no refused_by in {body}"))
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    refused_by.sort();
+    let mut expected: Vec<&str> = holders.iter().map(|n| n.peer_id.as_str()).collect();
+    expected.sort();
+    assert_eq!(refused_by, expected, "{what}: {body}");
+}
+
+/// Waits until `node` has version `version` of `key_id`'s policy in force; returns the key.
+async fn wait_policy_version(node: &NodeProcess, key_id: &str, version: u64) -> Value {
+    wait_for(
+        &format!("{} to have policy version {version}", node.name),
+        Duration::from_secs(30),
+        || async {
+            let k = node.get(&format!("/v1/keys/{key_id}")).await?;
+            if k["policy_version"] == version {
+                Ok(k)
+            } else {
+                Err(format!("{k}"))
+            }
+        },
+    )
+    .await
+}
+
+/// A revocation commits while a holder is down, and the revoked client gets nothing from
+/// that holder when it returns: the other holders refuse its invitations (policy version
+/// mismatch) and it catches up from them; a holder that is behind when invited catches up
+/// from the coordinator. No node catches up at start here, so each path is the one tested.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revocation_holds_while_a_holder_is_down_and_stale_holders_catch_up() {
+    let dir = tempdir();
+    let names = ["a", "b", "c"];
+    let env_of = |_: &str| vec![("P2P_MPC_TEST_FAULT", "no-policy-catch-up-at-start")];
+    let mut nodes = start_cluster(dir.path(), &names, env_of).await;
+    let (c1, c2, c3) = (client_key(), client_key(), client_key());
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let key = create_key_with(
+        &nodes[0],
+        2,
+        &all,
+        json!({"clients": [public(&c1), public(&c2)], "approvals": 1}),
+    )
+    .await;
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    assert_eq!(key["policy_version"], 0, "{key}");
+    let msg = b"pay 1";
+    let (status, body) =
+        sign_with(&nodes[2], &key_id, msg, vec![auth(&c1, &key_id, msg, 60)]).await;
+    assert_eq!(status, 200, "{body}");
+
+    // c is down; c2 revokes c1. Two of three holders commit it (the quorum of a 2-of-3 key).
+    nodes[2].kill();
+    let current = key["policy"].clone();
+    let revoked = json!({"clients": [public(&c2)], "approvals": 1});
+    let (status, body) = change_policy(
+        &nodes[0],
+        &key_id,
+        &revoked,
+        vec![change_approval(&c2, &key_id, &current, 0, &revoked)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["policy_version"], 1, "{body}");
+    let mut ab = vec![nodes[0].peer_id.clone(), nodes[1].peer_id.clone()];
+    ab.sort();
+    assert_eq!(body["committed_on"], json!(ab), "{body}");
+    assert_eq!(body["lagging"], json!([nodes[2].peer_id]), "{body}");
+    assert_eq!(policy_on(&nodes[1], &key_id).await, revoked);
+
+    // c returns with the old policy; the revoked client asks it to sign. The others refuse
+    // its invitations (it checked another version), so nothing is signed, and c catches up.
+    nodes[2] = start_node(dir.path(), "c", &nodes[..2], &env_of("c")).await;
+    let c = &nodes[2];
+    for other in &nodes[..2] {
+        c.wait_connected_to(&other.peer_id, Duration::from_secs(30))
+            .await;
+    }
+    let stale = c.get(&format!("/v1/keys/{key_id}")).await.unwrap();
+    assert_eq!(stale["policy_version"], 0, "no catch-up at start: {stale}");
+    assert_conflict_by(
+        "the revoked client through the stale holder",
+        sign_with(c, &key_id, msg, vec![auth(&c1, &key_id, msg, 60)]).await,
+        "policy_version_mismatch",
+        &[&nodes[0], &nodes[1]],
+    );
+    let caught_up = wait_policy_version(c, &key_id, 1).await;
+    assert_eq!(caught_up["policy"], revoked, "{caught_up}");
+    assert_eq!(
+        metric_sum(c, "p2p_mpc_policy_changes_total", "catch_up").await,
+        1.0
+    );
+    assert_refused(
+        "the revoked client once the holder caught up",
+        sign_with(c, &key_id, msg, vec![auth(&c1, &key_id, msg, 60)]).await,
+        "unlisted_client",
+    );
+    let (status, body) = sign_with(c, &key_id, msg, vec![auth(&c2, &key_id, msg, 60)]).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Now b misses a change (c2 adds c3), and a invites it while c is down: b refuses, sees
+    // that it is behind and catches up from a; then it signs.
+    nodes[1].kill();
+    let mut both = vec![public(&c2), public(&c3)];
+    both.sort();
+    let added = json!({"clients": both, "approvals": 1});
+    let (status, body) = change_policy(
+        &nodes[0],
+        &key_id,
+        &added,
+        vec![change_approval(&c2, &key_id, &revoked, 1, &added)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["lagging"], json!([nodes[1].peer_id]), "{body}");
+    // An approval of the replaced version is void, even for the same change.
+    let (status, body) = change_policy(
+        &nodes[0],
+        &key_id,
+        &revoked,
+        vec![change_approval(&c2, &key_id, &revoked, 1, &revoked)],
+    )
+    .await;
+    assert_eq!(status, 403, "{body}");
+    nodes[1] = start_node(dir.path(), "b", &nodes[..1], &env_of("b")).await;
+    nodes[1]
+        .wait_connected_to(&nodes[0].peer_id, Duration::from_secs(30))
+        .await;
+    nodes[2].kill();
+    let (a, b) = (&nodes[0], &nodes[1]);
+    assert_conflict_by(
+        "a signature with a holder one change behind",
+        sign_with(a, &key_id, msg, vec![auth(&c3, &key_id, msg, 60)]).await,
+        "policy_version_mismatch",
+        &[b],
+    );
+    let caught_up = wait_policy_version(b, &key_id, 2).await;
+    assert_eq!(caught_up["policy"], added, "{caught_up}");
+    let (status, body) = sign_with(a, &key_id, msg, vec![auth(&c3, &key_id, msg, 60)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        metric_sum(a, "p2p_mpc_policy_changes_total", "coordinator").await,
+        2.0
+    );
+}
+
+/// Two approved changes of one key started at once on two holders: exactly one commits,
+/// on every holder, and the other is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_concurrent_policy_changes_exactly_one_commits_everywhere() {
+    let dir = tempdir();
+    let nodes = start_cluster(dir.path(), &["a", "b", "c"], |_| vec![]).await;
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let owner = client_key();
+    let key = create_key_with(&nodes[0], 2, &all, json!({"clients": [public(&owner)]})).await;
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    let mut current = key["policy"].clone();
+    for version in 0..3u64 {
+        // Each change keeps the owner and adds a client of its own.
+        let (x, y) = (client_key(), client_key());
+        let to_x = json!({"clients": [public(&owner), public(&x)]});
+        let to_y = json!({"clients": [public(&owner), public(&y)]});
+        let (one, two) = tokio::join!(
+            change_policy(
+                &nodes[0],
+                &key_id,
+                &to_x,
+                vec![change_approval(&owner, &key_id, &current, version, &to_x)],
+            ),
+            change_policy(
+                &nodes[1],
+                &key_id,
+                &to_y,
+                vec![change_approval(&owner, &key_id, &current, version, &to_y)],
+            ),
+        );
+        let winners: Vec<&Value> = [&one, &two]
+            .into_iter()
+            .filter(|(s, _)| *s == 200)
+            .map(|(_, b)| b)
+            .collect();
+        assert_eq!(winners.len(), 1, "round {version}: {one:?} {two:?}");
+        let loser = if one.0 == 200 { &two } else { &one };
+        assert!(
+            [403, 409].contains(&loser.0),
+            "round {version}: the other change is refused: {loser:?}"
+        );
+        let won = winners[0]["policy"].clone();
+        for node in &nodes {
+            let k = wait_policy_version(node, &key_id, version + 1).await;
+            assert_eq!(k["policy"], won, "round {version} on {}", node.name);
+        }
+        current = won;
+    }
 }
 
 /// An open key's policy cannot be taken over by an API caller: without admins it is fixed,
@@ -1377,7 +1596,7 @@ async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
         change_policy(a, &fixed_id, &seize, vec![]).await,
         "policy_fixed",
     );
-    let approval = change_approval(&attacker, &fixed_id, &open_policy, &seize);
+    let approval = change_approval(&attacker, &fixed_id, &open_policy, 0, &seize);
     assert_refused_by(
         "seizing an open key through a rogue coordinator",
         change_policy(rogue, &fixed_id, &seize, vec![approval]).await,
@@ -1405,7 +1624,8 @@ async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
     let admin_id = admin_key["key_id"].as_str().unwrap().to_string();
     let current = admin_key["policy"].clone();
     let to_clients = json!({"clients": [public(&c)]});
-    let by = |k: &ed25519_dalek::SigningKey| change_approval(k, &admin_id, &current, &to_clients);
+    let by =
+        |k: &ed25519_dalek::SigningKey| change_approval(k, &admin_id, &current, 0, &to_clients);
     assert_refused(
         "one of two admins",
         change_policy(a, &admin_id, &to_clients, vec![by(&adm1)]).await,
@@ -1525,7 +1745,7 @@ async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
     let a = &nodes[0];
     assert_eq!(metric_sum(a, "p2p_mpc_legacy_open_keys", "").await, 0.0);
     let converted = policy_on(a, &legacy_id).await;
-    let approval = change_approval(&admin, &legacy_id, &converted, &seize);
+    let approval = change_approval(&admin, &legacy_id, &converted, 0, &seize);
     let (status, body) = change_policy(a, &legacy_id, &seize, vec![approval]).await;
     assert_eq!(status, 200, "the admin may change it now: {body}");
 }

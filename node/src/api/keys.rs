@@ -81,8 +81,7 @@ impl From<MpcError> for ApiError {
                     },
                 ..
             } => {
-                let mut error = ApiError::new(StatusCode::FORBIDDEN, "unauthorized", e.to_string())
-                    .with_rule(rule);
+                let mut error = refusal_error(rule, e.to_string());
                 error.refused_by = refused_by.iter().map(ToString::to_string).collect();
                 error
             }
@@ -94,10 +93,7 @@ impl From<MpcError> for ApiError {
                 };
                 ApiError::new(StatusCode::BAD_GATEWAY, code, e.to_string())
             }
-            MpcError::Unauthorized(refusal) => {
-                ApiError::new(StatusCode::FORBIDDEN, "unauthorized", e.to_string())
-                    .with_rule(refusal.rule)
-            }
+            MpcError::Unauthorized(refusal) => refusal_error(refusal.rule, e.to_string()),
             MpcError::Limit(_) => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "limit_reached",
@@ -108,6 +104,17 @@ impl From<MpcError> for ApiError {
             }
         }
     }
+}
+
+/// A refusal by `rule`: 403 `unauthorized`, or 409 `conflict` for a rule that means "not
+/// now" (another policy version, another change in progress).
+fn refusal_error(rule: &'static str, message: String) -> ApiError {
+    let (status, code) = if crate::mpc::policy::CONFLICT_RULES.contains(&rule) {
+        (StatusCode::CONFLICT, "conflict")
+    } else {
+        (StatusCode::FORBIDDEN, "unauthorized")
+    };
+    ApiError::new(status, code, message).with_rule(rule)
 }
 
 pub(super) async fn create(

@@ -3,7 +3,9 @@
 //! nowhere else.
 //!
 //! Admission checks, in order: the key is held here and (for an invitation) shared with the
-//! coordinator; the key's policy as this node holds it (message rules, K distinct listed
+//! coordinator; the coordinator checked the same version of the key's policy as this node
+//! holds (`policy_version_mismatch` otherwise; a holder that is behind starts catching up);
+//! the key's policy as this node holds it (message rules, K distinct listed
 //! clients, each authorization's expiry and signature, request ids unseen); the per-minute
 //! rate. Passing reserves the request ids in memory and yields a [`PendingAdmission`]; its
 //! [`persist`](PendingAdmission::persist) writes them to disk and only then yields an
@@ -25,7 +27,7 @@ use libp2p::PeerId;
 use tracing::warn;
 
 use super::faults::Faults;
-use super::policy::{self, Authorization, Refusal, SigningPolicy};
+use super::policy::{self, Authorization, PolicyStamp, Refusal, SigningPolicy};
 use super::replay_guard::Pending;
 use super::store::{KeyInfo, StoredKey};
 use super::{InviteRefusal, MpcEngine};
@@ -101,11 +103,15 @@ impl MpcEngine {
         &self,
         coordinator: PeerId,
         key_id: &str,
+        stamp: PolicyStamp,
         message: &[u8],
         authorizations: &[Authorization],
     ) -> Result<(Arc<StoredKey>, PendingAdmission), InviteRefusal> {
         let key = self.key_shared_with(key_id, coordinator)?;
-        match self.check_signing(&key.info, message, authorizations) {
+        let checked = self
+            .check_stamp(&key, coordinator, stamp)
+            .and_then(|()| self.check_signing(&key.info, message, authorizations));
+        match checked {
             Ok(admission) => Ok((key, admission)),
             Err(refusal) => match PendingAdmission::unchecked(&self.inner.faults) {
                 Some(unchecked) => {
@@ -150,11 +156,15 @@ impl MpcEngine {
         &self,
         coordinator: PeerId,
         key_id: &str,
+        stamp: PolicyStamp,
         new_policy: &SigningPolicy,
         authorizations: &[Authorization],
     ) -> Result<(Arc<StoredKey>, PendingAdmission), InviteRefusal> {
         let key = self.key_shared_with(key_id, coordinator)?;
-        match self.check_policy_change(&key.info, new_policy, authorizations) {
+        let checked = self
+            .check_stamp(&key, coordinator, stamp)
+            .and_then(|()| self.check_policy_change(&key.info, new_policy, authorizations));
+        match checked {
             Ok(admission) => Ok((key, admission)),
             Err(refusal) => {
                 if let Some(suppressed) = crate::log_limit::allow("policy_change_refused") {
@@ -168,6 +178,20 @@ impl MpcEngine {
         }
     }
 
+    /// The coordinator of an invitation checked the policy version this holder has in force.
+    fn check_stamp(
+        &self,
+        key: &StoredKey,
+        coordinator: PeerId,
+        theirs: PolicyStamp,
+    ) -> Result<(), Refusal> {
+        let ours = key.info.policy_stamp();
+        if theirs == ours {
+            return Ok(());
+        }
+        Err(self.policy_mismatch(&key.info.key_id, coordinator, theirs, ours))
+    }
+
     fn check_policy_change(
         &self,
         key: &KeyInfo,
@@ -178,6 +202,7 @@ impl MpcEngine {
             .replay_guard
             .admit_change(
                 &key.policy,
+                key.policy_version,
                 &key.key_id,
                 new_policy,
                 authorizations,

@@ -477,11 +477,13 @@ impl MpcEngine {
                 .map(|d| d.as_secs())
                 .unwrap_or(0),
             policy: params.policy.clone(),
+            policy_version: 0,
         };
         let key = StoredKey {
             info: info.clone(),
             key_package,
             public_key_package,
+            policy_changes: vec![],
         };
         // Stored as pending first: durable, but no one can sign with it until the
         // coordinator confirmed that every participant stored its share. A key that is never

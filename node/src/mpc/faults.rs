@@ -45,6 +45,9 @@ pub struct Faults {
     /// Store a DKG share but never confirm it to the coordinator (the coordinator and this
     /// node must then discard the pending key).
     pub withhold_dkg_stored: bool,
+    /// Do not catch up on the keys' policies at start (a holder that stays behind until an
+    /// invitation shows it).
+    pub no_policy_catch_up_at_start: bool,
 }
 
 impl Faults {
@@ -72,6 +75,7 @@ impl Faults {
                 "plaintext-shares" => f.plaintext_shares = true,
                 "skip-sign-authorization" => f.skip_sign_authorization = true,
                 "withhold-dkg-stored" => f.withhold_dkg_stored = true,
+                "no-policy-catch-up-at-start" => f.no_policy_catch_up_at_start = true,
                 other => return Err(format!("{FAULT_ENV}: unknown fault `{other}`")),
             }
         }

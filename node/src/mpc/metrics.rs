@@ -26,6 +26,8 @@ pub struct MpcMetrics {
     pub sign_authorizations: IntCounterVec,
     /// Keys held here that were stored before signing policies existed (`legacy-open`).
     pub legacy_open_keys: prometheus::IntGauge,
+    /// Policy changes applied here, by how (`coordinator`, `commit`, `catch_up`).
+    pub policy_changes: IntCounterVec,
 }
 
 impl MpcMetrics {
@@ -91,6 +93,11 @@ impl MpcMetrics {
                 "Keys held here that were stored before signing policies existed: they sign for any API caller and their policy cannot be changed until converted (p2p-mpc keys convert-legacy).",
             )
             .expect("valid metric"),
+            policy_changes: counter(
+                "p2p_mpc_policy_changes_total",
+                "Signing policy changes applied on this node, by how it learned of them: as their coordinator, from a commit, or catching up from a peer.",
+                &["via"],
+            ),
         };
         for c in [
             Box::new(m.sessions_started.clone()) as Box<dyn prometheus::core::Collector>,
@@ -103,6 +110,7 @@ impl MpcMetrics {
             Box::new(m.aggregation_shares.clone()),
             Box::new(m.sign_authorizations.clone()),
             Box::new(m.legacy_open_keys.clone()),
+            Box::new(m.policy_changes.clone()),
         ] {
             registry.register(c).expect("MPC metric names are unique");
         }

@@ -165,6 +165,8 @@ struct Inner {
     max_tasks_per_creator: usize,
     /// Request ids of signing authorizations already used (on disk) and signing rates.
     replay_guard: replay_guard::ReplayGuard,
+    /// Votes for prepared policy changes and the order of policy writes.
+    policy: policy_change::PolicyState,
 }
 
 /// The node's MPC handle; cheap to clone.
@@ -219,6 +221,7 @@ impl MpcEngine {
                 max_keys_per_creator: settings.max_keys_per_creator,
                 max_tasks_per_creator: settings.max_tasks_per_creator,
                 replay_guard: settings.replay_guard,
+                policy: policy_change::PolicyState::default(),
             }),
         }
     }
@@ -348,7 +351,8 @@ impl MpcEngine {
                 key_id,
                 message,
                 authorizations,
-            } => self.join_signing(session, from, key_id, message, authorizations),
+                policy,
+            } => self.join_signing(session, from, key_id, policy, message, authorizations),
             Body::AggTaskInvite { params } => self
                 .join_aggregation_create(session, from, params)
                 .map_err(other),
@@ -380,11 +384,21 @@ impl MpcEngine {
             Body::TransferInvite { bytes, chunks } => self
                 .join_transfer(session, from, bytes, chunks)
                 .map_err(other),
-            Body::PolicyInvite {
+            Body::PolicyPrepare {
                 key_id,
+                current,
                 policy,
                 authorizations,
-            } => self.join_policy_change(session, from, key_id, &policy.0, authorizations),
+            } => {
+                self.join_policy_prepare(session, from, key_id, current, &policy.0, authorizations)
+            }
+            Body::PolicyCommit { key_id, record } => {
+                self.join_policy_commit(session, from, key_id, record)
+            }
+            Body::PolicySyncRequest {
+                key_id,
+                after_version,
+            } => self.answer_policy_sync(session, from, &key_id, after_version),
             body => Err(other(format!(
                 "a {} message does not open a session",
                 body.kind()

@@ -12,9 +12,13 @@
 //! the rules.
 //!
 //! A policy change is approved under a domain of its own ([`CHANGE_APPROVAL_DOMAIN`]):
-//! the client signs the key id, the digest of the policy in force and the digest of the new
-//! one. A signing authorization can therefore never pass for a change approval, whatever
-//! message it signs, and an approval is void once the policy it names was replaced.
+//! the client signs the key id, the [`PolicyStamp`] of the policy in force (its version and
+//! digest) and the digest of the new one, which gets the next version. A signing
+//! authorization can therefore never pass for a change approval, whatever message it signs,
+//! and an approval is void once the policy it names was replaced. A committed change is kept
+//! as a [`PolicyChangeRecord`]; [`verify_change_record`] checks one against the policy it
+//! replaces, which is how a holder that missed a change catches up without trusting the
+//! peer that hands it the record.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -32,15 +36,49 @@ pub const MAX_AHEAD: Duration = Duration::from_secs(600);
 /// Domain separation of the bytes a client signs to authorize a signature.
 pub const AUTHORIZATION_DOMAIN: &[u8] = b"p2p-mpc sign authorization v1\0";
 /// Domain separation of the bytes a client signs to approve a policy change.
-pub const CHANGE_APPROVAL_DOMAIN: &[u8] = b"p2p-mpc policy change approval v1\0";
+pub const CHANGE_APPROVAL_DOMAIN: &[u8] = b"p2p-mpc policy change approval v2\0";
+/// Most committed changes a key file keeps (what a holder that missed changes can fetch).
+pub const MAX_POLICY_HISTORY: usize = 32;
+
+/// Which policy of a key is in force: its version (0 for the policy the key was made with,
+/// one more per committed change) and its digest. Signing invitations carry the stamp the
+/// coordinator checked; a holder with another one refuses (`policy_version_mismatch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyStamp {
+    pub version: u64,
+    pub digest: [u8; 32],
+}
+
+impl std::fmt::Display for PolicyStamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "version {} (digest {})",
+            self.version,
+            hex::encode(&self.digest[..8])
+        )
+    }
+}
+
+/// A committed policy change: the policy that became version `version`, and the approvals
+/// that replaced version `version - 1` with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyChangeRecord {
+    pub version: u64,
+    pub policy: SigningPolicy,
+    #[serde(deserialize_with = "super::wire::peer_list")]
+    pub approvals: Vec<Authorization>,
+}
 
 /// What a client's signature approves.
 #[derive(Debug, Clone, Copy)]
 pub enum Approves<'a> {
     /// Signing `message` with the key.
     Signing(&'a [u8]),
-    /// Replacing the policy whose digest is `current` with the one whose digest is `new`.
-    PolicyChange { current: [u8; 32], new: [u8; 32] },
+    /// Replacing the policy in force, `current`, with the one whose digest is `new` (it
+    /// becomes version `current.version + 1`).
+    PolicyChange { current: PolicyStamp, new: [u8; 32] },
 }
 
 impl Approves<'_> {
@@ -51,11 +89,12 @@ impl Approves<'_> {
                 authorization_bytes(key_id, message, request_id, expires_at)
             }
             Approves::PolicyChange { current, new } => {
-                let mut out = Vec::with_capacity(CHANGE_APPROVAL_DOMAIN.len() + key_id.len() + 96);
+                let mut out = Vec::with_capacity(CHANGE_APPROVAL_DOMAIN.len() + key_id.len() + 104);
                 out.extend_from_slice(CHANGE_APPROVAL_DOMAIN);
                 out.extend_from_slice(&(key_id.len() as u64).to_be_bytes());
                 out.extend_from_slice(key_id.as_bytes());
-                out.extend_from_slice(current);
+                out.extend_from_slice(&current.version.to_be_bytes());
+                out.extend_from_slice(&current.digest);
                 out.extend_from_slice(new);
                 out.extend_from_slice(request_id);
                 out.extend_from_slice(&expires_at.to_be_bytes());
@@ -69,8 +108,7 @@ impl Approves<'_> {
         match self {
             Approves::Signing(_) => format!("signing this message with key {key_id}"),
             Approves::PolicyChange { current, .. } => format!(
-                "replacing the policy in force here (digest {}) of key {key_id} with this policy",
-                hex::encode(&current[..8])
+                "replacing the policy in force here ({current}) of key {key_id} with this policy"
             ),
         }
     }
@@ -142,8 +180,15 @@ pub const RULES: &[&str] = &[
     "replayed",
     "too_few_approvals",
     "max_signatures_per_minute",
+    "policy_version_mismatch",
+    "policy_change_conflict",
     "internal",
 ];
+
+/// Rules that say "not now" rather than "not allowed": the coordinator and a holder hold
+/// different versions of the key's policy, or another change is being committed. The API
+/// answers them with 409 instead of 403.
+pub const CONFLICT_RULES: &[&str] = &["policy_version_mismatch", "policy_change_conflict"];
 
 /// The rule of [`RULES`] called `name` (a peer's refusal names it as text).
 pub fn rule_named(name: &str) -> Option<&'static str> {
@@ -213,16 +258,17 @@ pub fn authorize(
     approve(client, key_id, Approves::Signing(message), expires_at)
 }
 
-/// Makes an approval to replace `current` (the policy in force) with `new` on `key_id`.
+/// Makes an approval to replace `current` (the stamp of the policy in force) with `new` on
+/// `key_id`.
 pub fn approve_change(
     client: &ed25519_dalek::SigningKey,
     key_id: &str,
-    current: &SigningPolicy,
+    current: PolicyStamp,
     new: &SigningPolicy,
     expires_at: u64,
 ) -> Authorization {
     let what = Approves::PolicyChange {
-        current: current.digest(),
+        current,
         new: new.digest(),
     };
     approve(client, key_id, what, expires_at)
@@ -423,6 +469,14 @@ impl SigningPolicy {
         Sha256::digest(self.to_bytes()).into()
     }
 
+    /// This policy's stamp when in force at `version`.
+    pub fn stamp(&self, version: u64) -> PolicyStamp {
+        PolicyStamp {
+            version,
+            digest: self.digest(),
+        }
+    }
+
     /// A short label for lists and metrics: `open` or `K-of-N clients`.
     pub fn label(&self) -> String {
         if self.legacy {
@@ -479,6 +533,19 @@ impl SigningPolicy {
         if self.open {
             return Ok(vec![]);
         }
+        self.check_approvals(key_id, what, authorizations, Some(now), seen)
+    }
+
+    /// The client part of [`check`](Self::check): listed clients, expiry (when `now` is
+    /// given), valid signatures of `what`, request ids unseen, K distinct clients.
+    fn check_approvals(
+        &self,
+        key_id: &str,
+        what: Approves<'_>,
+        authorizations: &[Authorization],
+        now: Option<u64>,
+        seen: impl Fn(&[u8; 16]) -> bool,
+    ) -> Result<Vec<([u8; 16], u64)>, Refusal> {
         let mut approved = BTreeSet::new();
         let mut ids = Vec::new();
         let mut batch_ids = BTreeSet::new();
@@ -496,13 +563,17 @@ impl SigningPolicy {
                     format!("request_id `{}` is not 16 bytes of hex", a.request_id),
                 )
             })?;
-            if a.expires_at <= now {
+            if let Some(now) = now
+                && a.expires_at <= now
+            {
                 return Err(refuse(
                     "expired",
                     format!("the authorization by {client} expired at {}", a.expires_at),
                 ));
             }
-            if a.expires_at > now + MAX_AHEAD.as_secs() {
+            if let Some(now) = now
+                && a.expires_at > now + MAX_AHEAD.as_secs()
+            {
                 return Err(refuse(
                     "expiry_too_far",
                     format!(
@@ -549,6 +620,43 @@ impl SigningPolicy {
         }
         Ok(ids)
     }
+}
+
+/// Checks that `record` is the next change of key `key_id`'s policy `current` (in force at
+/// `current_version`): the version that follows, a canonical policy, and K distinct change
+/// approvers of `current` who approved exactly this replacement. Expiry and replay are not
+/// checked: the holders that committed the change checked them when it was made, and a
+/// record only ever applies to the one policy its approvals name, so replaying it is
+/// harmless. A holder that missed a change takes it through this check, from any peer.
+pub fn verify_change_record(
+    current: &SigningPolicy,
+    current_version: u64,
+    key_id: &str,
+    record: &PolicyChangeRecord,
+) -> Result<(), Refusal> {
+    if record.version != current_version.saturating_add(1) {
+        return Err(refuse(
+            "policy_version_mismatch",
+            format!(
+                "a change to version {} does not follow version {current_version}, in force here",
+                record.version
+            ),
+        ));
+    }
+    if record.policy.normalized().as_ref() != Ok(&record.policy) {
+        return Err(refuse(
+            "malformed",
+            "the changed policy is not valid and canonical",
+        ));
+    }
+    let what = Approves::PolicyChange {
+        current: current.stamp(current_version),
+        new: record.policy.digest(),
+    };
+    current
+        .change_approvers()?
+        .check_approvals(key_id, what, &record.approvals, None, |_| false)
+        .map(|_| ())
 }
 
 /// Unix seconds now.
@@ -737,7 +845,7 @@ pub(crate) mod tests {
         let new = policy(&[&client()], 1);
         let now = 1_000_000;
         let change = Approves::PolicyChange {
-            current: p.digest(),
+            current: p.stamp(0),
             new: new.digest(),
         };
         // A signing authorization over any bytes, even the change's own encoding, is no
@@ -752,7 +860,7 @@ pub(crate) mod tests {
         }
         // A change approval is no signing authorization, and it approves only the change
         // from the policy it names.
-        let approval = vec![approve_change(&a, "k", &p, &new, now + 60)];
+        let approval = vec![approve_change(&a, "k", p.stamp(0), &new, now + 60)];
         assert_eq!(
             p.check("k", change, &approval, now, |_| false)
                 .unwrap()
@@ -763,14 +871,84 @@ pub(crate) mod tests {
             .check("k", Approves::Signing(b"pay 5"), &approval, now, |_| false)
             .unwrap_err();
         assert_eq!(refused.rule, "invalid_signature");
-        let stale = Approves::PolicyChange {
-            current: new.digest(),
-            new: p.digest(),
-        };
-        let refused = p.check("k", stale, &approval, now, |_| false).unwrap_err();
-        assert!(refused.detail.contains("policy in force here"), "{refused}");
+        // Nor a change from another policy, or from the same policy at another version.
+        for current in [new.stamp(0), p.stamp(1)] {
+            let stale = Approves::PolicyChange {
+                current,
+                new: new.digest(),
+            };
+            let refused = p.check("k", stale, &approval, now, |_| false).unwrap_err();
+            assert!(refused.detail.contains("policy in force here"), "{refused}");
+        }
         // The message rules do not apply to a change.
         assert!(p.check("k", change, &approval, now, |_| false).is_ok());
+    }
+
+    #[test]
+    fn a_change_record_applies_only_to_the_policy_and_version_it_replaces() {
+        let (a, b) = (client(), client());
+        let p = policy(&[&a, &b], 2);
+        let new = policy(&[&b], 1);
+        let now = 1_000_000;
+        let approvals = vec![
+            approve_change(&a, "k", p.stamp(3), &new, now + 60),
+            approve_change(&b, "k", p.stamp(3), &new, now + 60),
+        ];
+        let record = PolicyChangeRecord {
+            version: 4,
+            policy: new.clone(),
+            approvals: approvals.clone(),
+        };
+        // Long after the approvals expired: a holder catching up still takes it.
+        assert_eq!(verify_change_record(&p, 3, "k", &record), Ok(()));
+        // Not from another version, another key, or another policy.
+        assert_eq!(
+            verify_change_record(&p, 2, "k", &record).unwrap_err().rule,
+            "policy_version_mismatch"
+        );
+        assert_eq!(
+            verify_change_record(&p, 3, "other", &record)
+                .unwrap_err()
+                .rule,
+            "invalid_signature"
+        );
+        assert_eq!(
+            verify_change_record(&new, 3, "k", &record)
+                .unwrap_err()
+                .rule,
+            "unlisted_client"
+        );
+        // Not with fewer approvals than the replaced policy needs, nor another new policy.
+        let one = PolicyChangeRecord {
+            approvals: approvals[..1].to_vec(),
+            ..record.clone()
+        };
+        assert_eq!(
+            verify_change_record(&p, 3, "k", &one).unwrap_err().rule,
+            "too_few_approvals"
+        );
+        let swapped = PolicyChangeRecord {
+            policy: policy(&[&a], 1),
+            ..record.clone()
+        };
+        assert_eq!(
+            verify_change_record(&p, 3, "k", &swapped).unwrap_err().rule,
+            "invalid_signature"
+        );
+        // A policy that is not canonical (so its digest is not the holders') is refused.
+        let mut odd = record.clone();
+        odd.policy.approvals = None;
+        assert_eq!(
+            verify_change_record(&p, 3, "k", &odd).unwrap_err().rule,
+            "malformed"
+        );
+        // An open key without admins never changes, whatever a peer hands over.
+        assert_eq!(
+            verify_change_record(&SigningPolicy::open(), 3, "k", &record)
+                .unwrap_err()
+                .rule,
+            "policy_fixed"
+        );
     }
 
     #[test]

@@ -1,32 +1,178 @@
-//! Changing a key's signing policy (`POST /v1/keys/{id}/policy`).
+//! Changing a key's signing policy (`POST /v1/keys/{id}/policy`): versioned, voted on,
+//! committed on a quorum, and caught up by the holders that missed it.
 //!
-//! The node asked coordinates: it checks the approvals under the key's current policy
-//! itself, then invites every other holder, each of which checks them again under its own
-//! stored policy (clients, K approvals, expiry, replay), stores the new policy and answers
-//! with its digest. The coordinator stores the new policy last, once every other holder
-//! stored it, so that a change that fails part-way leaves it, at least, unchanged; the
-//! answer names the holders that did not confirm.
+//! Every key's policy has a version (0 at creation). A change from version `v` is approved
+//! by the clients over the stamp of `v` (version and digest) and the new policy's digest, and
+//! runs in two rounds:
+//!
+//! 1. **Prepare.** The coordinator votes for the change itself, admits the approvals and asks
+//!    every other holder to do the same ([`Body::PolicyPrepare`]). A holder checks the
+//!    approvals under its own copy of the policy, refuses when its version is not `v`
+//!    (`policy_version_mismatch`) or when it already voted for another change to `v + 1`
+//!    (`policy_change_conflict`), and answers [`Body::PolicyPrepared`]. A vote lapses after
+//!    three rounds or when the coordinator aborts.
+//! 2. **Commit.** Once [`commit_quorum`] holders (the coordinator included) prepared, the
+//!    coordinator applies the change and sends it to every other holder as a
+//!    [`PolicyChangeRecord`] ([`Body::PolicyCommit`]); each checks the record against its own
+//!    policy ([`verify_change_record`](super::policy::verify_change_record)) before it
+//!    applies it, and answers [`Body::PolicyCommitted`].
+//!
+//! The quorum is `max(n - t + 1, ⌊n/2⌋ + 1)` of the `n` holders of a `t`-of-`n` key:
+//! - after a commit at most `t - 1` holders still hold the old version, and a holder refuses
+//!   a signing invitation that names another version than its own, so the old policy can no
+//!   longer gather `t` signers: a revoked client gets no signature;
+//! - any two quorums share a holder, and an honest holder votes for one change per version,
+//!   so two concurrent changes cannot both commit;
+//! - a change (a revocation above all) commits while up to `min(t - 1, ⌈n/2⌉ - 1)` holders
+//!   are down or refuse: one rogue holder cannot veto it (for `t ≥ 2`, `n ≥ 3`).
+//!
+//! A holder that missed a commit catches up from its peers ([`Body::PolicySyncRequest`]):
+//! at start, and whenever an invitation shows it is behind (or, on the coordinator, when a
+//! holder refuses with `policy_version_mismatch`). It takes each record only through the same
+//! check, so a peer can delay it but never make it apply a policy the clients did not
+//! approve, and never a downgrade. Key files keep the last
+//! [`MAX_POLICY_HISTORY`](super::policy::MAX_POLICY_HISTORY) changes.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
-use tracing::Instrument;
+use tracing::{Instrument, debug, info, warn};
 
 use super::admission::PendingAdmission;
-use super::policy::{Authorization, SigningPolicy};
+use super::policy::{
+    self, Authorization, PolicyChangeRecord, PolicyStamp, Refusal, SigningPolicy, refuse,
+};
 use super::session::{SessionError, SessionInbox, join_peers};
+use super::store::StoredKey;
 use super::wire::{Blob, Body, Protocol, SessionId};
 use super::{InviteRefusal, MpcEngine, MpcError, parse_peers, unreachable_error};
+use crate::network::MpcSendError;
 
-/// The answer of a completed policy change.
+/// Rounds a holder's vote for a prepared change lasts without a commit or an abort.
+const VOTE_ROUNDS: u32 = 3;
+/// Most records one sync answer carries (each holds a policy and its approvals, at most
+/// about 20 KiB; the answer stays far below the message limit).
+const SYNC_BATCH: usize = 4;
+/// Most sync requests of one catch-up.
+const SYNC_ROUNDS: usize = 16;
+
+/// The answer of a committed policy change.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct PolicyChangeResponse {
     pub key_id: String,
-    /// The policy now in force on every holder.
+    /// The policy now in force.
     pub policy: SigningPolicy,
+    /// Its version.
+    pub policy_version: u64,
     pub session_id: String,
+    /// Holders that applied the change (this node included), sorted.
+    pub committed_on: Vec<String>,
+    /// Holders that did not confirm it in time: they refuse signing with the old policy
+    /// (`policy_version_mismatch`) until they have caught up, which they do by themselves.
+    pub lagging: Vec<String>,
+}
+
+/// How many of `holders` (the coordinator included) must prepare a change of a
+/// `threshold`-of-`holders` key before it commits (see the module documentation).
+pub fn commit_quorum(holders: usize, threshold: usize) -> usize {
+    let after_commit = holders.saturating_sub(threshold) + 1;
+    after_commit.max(holders / 2 + 1).min(holders)
+}
+
+struct Vote {
+    version: u64,
+    digest: [u8; 32],
+    session: SessionId,
+    until: Instant,
+}
+
+/// This node's votes for prepared changes, the lock that orders its policy writes, and the
+/// keys it is catching up.
+#[derive(Default)]
+pub(crate) struct PolicyState {
+    votes: Mutex<HashMap<String, Vote>>,
+    write: tokio::sync::Mutex<()>,
+    syncing: Mutex<HashSet<String>>,
+}
+
+impl PolicyState {
+    /// Votes for the change of `key_id` to `version` with `digest` in `session`, unless a
+    /// live vote for another change to that version stands.
+    fn vote(
+        &self,
+        key_id: &str,
+        version: u64,
+        digest: [u8; 32],
+        session: SessionId,
+        ttl: Duration,
+    ) -> Result<(), Refusal> {
+        let now = Instant::now();
+        let mut votes = self.votes.lock().unwrap_or_else(|e| e.into_inner());
+        votes.retain(|_, v| v.until > now);
+        if let Some(v) = votes.get(key_id)
+            && v.version == version
+            && v.digest != digest
+        {
+            return Err(refuse(
+                "policy_change_conflict",
+                format!(
+                    "another change of key {key_id} to policy version {version} is being committed (session {}); try again once it is done",
+                    v.session
+                ),
+            ));
+        }
+        votes.insert(
+            key_id.to_string(),
+            Vote {
+                version,
+                digest,
+                session,
+                until: now + ttl,
+            },
+        );
+        Ok(())
+    }
+
+    /// Drops the vote of `session` for `key_id`, if it still stands.
+    fn release(&self, key_id: &str, session: SessionId) {
+        let mut votes = self.votes.lock().unwrap_or_else(|e| e.into_inner());
+        if votes.get(key_id).is_some_and(|v| v.session == session) {
+            votes.remove(key_id);
+        }
+    }
+
+    /// Drops every vote for `key_id` up to `version` (a change to it was applied).
+    fn settled(&self, key_id: &str, version: u64) {
+        let mut votes = self.votes.lock().unwrap_or_else(|e| e.into_inner());
+        if votes.get(key_id).is_some_and(|v| v.version <= version) {
+            votes.remove(key_id);
+        }
+    }
+}
+
+/// The refusal of a request checked against `theirs` by a node that holds `ours`.
+pub(crate) fn version_mismatch(key_id: &str, theirs: PolicyStamp, ours: PolicyStamp) -> Refusal {
+    let note = if theirs.version > ours.version {
+        "; this holder is catching up"
+    } else {
+        ""
+    };
+    refuse(
+        "policy_version_mismatch",
+        format!(
+            "key {key_id}: the request was checked against policy {theirs}, this holder has {ours} in force{note}"
+        ),
+    )
 }
 
 impl MpcEngine {
+    fn vote_ttl(&self) -> Duration {
+        self.inner.round_timeout * VOTE_ROUNDS
+    }
+
     /// Replaces key `key_id`'s policy with `new_policy` on every holder.
     pub async fn change_policy(
         &self,
@@ -42,55 +188,104 @@ impl MpcEngine {
         let new_policy = new_policy
             .normalized()
             .map_err(|m| MpcError::BadRequest(format!("policy: {m}")))?;
+        let current = key.info.policy_stamp();
+        if new_policy.digest() == current.digest {
+            return Err(MpcError::BadRequest(format!(
+                "key {key_id} has this policy in force already ({current})"
+            )));
+        }
+        let session = SessionId::random();
+        let state = &self.inner.policy;
+        state.vote(
+            key_id,
+            current.version + 1,
+            new_policy.digest(),
+            session,
+            self.vote_ttl(),
+        )?;
+        let result = self
+            .coordinate_policy_change(key, new_policy, authorizations, session)
+            .await;
+        state.release(key_id, session);
+        result
+    }
+
+    async fn coordinate_policy_change(
+        &self,
+        key: std::sync::Arc<StoredKey>,
+        new_policy: SigningPolicy,
+        authorizations: Vec<Authorization>,
+        session: SessionId,
+    ) -> Result<PolicyChangeResponse, MpcError> {
+        let key_id = key.info.key_id.clone();
+        let current = key.info.policy_stamp();
         // The approvals' request ids are on disk before any holder is asked.
         let _admitted = self
             .admit_policy_change(&key.info, &new_policy, &authorizations)?
             .persist()
             .await?;
         let local = self.inner.local;
-        let others: Vec<PeerId> = parse_peers(&key.info.participants)
-            .map_err(MpcError::Internal)?
-            .into_iter()
-            .filter(|p| *p != local)
-            .collect();
-        let session = SessionId::random();
+        let holders = parse_peers(&key.info.participants).map_err(MpcError::Internal)?;
+        let others: Vec<PeerId> = holders.iter().filter(|p| **p != local).copied().collect();
+        let quorum = commit_quorum(holders.len(), usize::from(key.info.threshold));
         let mut inbox = self
             .inner
             .router
             .open(session, Protocol::PolicyChange, others.clone())
             .map_err(|error| MpcError::Session { session, error })?;
-        let invite = Body::PolicyInvite {
-            key_id: key_id.to_string(),
+        let prepare = Body::PolicyPrepare {
+            key_id: key_id.clone(),
+            current,
             policy: Blob(new_policy.to_bytes().into()),
-            authorizations,
+            authorizations: authorizations.clone(),
         };
         let digest = new_policy.digest();
+        let record = PolicyChangeRecord {
+            version: current.version + 1,
+            policy: new_policy.clone(),
+            approvals: authorizations,
+        };
         let engine = self.clone();
         let others2 = others.clone();
-        let policy2 = new_policy.clone();
-        let id = key_id.to_string();
+        let timeout = self.inner.round_timeout;
+        let id = key_id.clone();
         let run = async move {
-            let failures = engine.broadcast(&others2, session, &invite).await;
-            if let Some(refused) = SessionError::refused_by_holders(&failures) {
-                return Err(refused);
-            }
-            if !failures.is_empty() {
+            let others = others2;
+            let failures = engine.broadcast(&others, session, &prepare).await;
+            engine.catch_up_from_refusers(&id, &failures);
+            let reached: Vec<PeerId> = others
+                .iter()
+                .filter(|p| !failures.iter().any(|(f, _)| f == *p))
+                .copied()
+                .collect();
+            let needed = quorum - 1;
+            if reached.len() < needed {
+                if let Some(refused) = SessionError::refused_by_holders(&failures) {
+                    return Err(refused);
+                }
                 return Err(inbox
-                    .explain(unreachable_error(failures, "the policy change"))
+                    .explain(unreachable_error(
+                        failures,
+                        &format!(
+                            "the policy change (it commits once {quorum} of the {} holders prepared it)",
+                            others.len() + 1
+                        ),
+                    ))
                     .await);
             }
-            let stored = inbox
-                .collect(
-                    "policy stored",
-                    &others2,
-                    engine.inner.round_timeout,
-                    |b| match b {
-                        Body::PolicyStored { digest } => Some(*digest),
+            let prepared = inbox
+                .collect_some(
+                    "policy prepared",
+                    &reached,
+                    needed,
+                    timeout,
+                    &mut |b| match b {
+                        Body::PolicyPrepared { digest } => Some(*digest),
                         _ => None,
                     },
                 )
                 .await?;
-            let wrong: Vec<PeerId> = stored
+            let wrong: Vec<PeerId> = prepared
                 .iter()
                 .filter(|(_, d)| **d != digest)
                 .map(|(p, _)| *p)
@@ -98,40 +293,250 @@ impl MpcEngine {
             if !wrong.is_empty() {
                 return Err(SessionError::blame(
                     wrong.clone(),
-                    format!("holder {} stored a different policy", join_peers(&wrong)),
+                    format!("holder {} prepared a different policy", join_peers(&wrong)),
                 ));
             }
-            engine
-                .inner
-                .store
-                .set_policy(&id, policy2)
+            // A quorum prepared: the change is committed, here first, then everywhere.
+            match engine
+                .apply_policy_record(&id, record.clone(), "coordinator")
                 .await
-                .map_err(|e| SessionError::failed(e.to_string()))?;
-            Ok(())
+            {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(SessionError::failed(format!(
+                        "key {id}: another change to policy version {} was applied here meanwhile",
+                        record.version
+                    )));
+                }
+                Err(r) => {
+                    return Err(SessionError::failed(format!(
+                        "cannot apply the change here: {r}"
+                    )));
+                }
+            }
+            let commit = Body::PolicyCommit {
+                key_id: id.clone(),
+                record: record.clone(),
+            };
+            let failures = engine.broadcast(&others, session, &commit).await;
+            let delivered: Vec<PeerId> = others
+                .iter()
+                .filter(|p| !failures.iter().any(|(f, _)| f == *p))
+                .copied()
+                .collect();
+            let confirmed = await_committed(&mut inbox, &delivered, record.version, timeout).await;
+            Ok(confirmed)
         };
-        self.run_session(Protocol::PolicyChange, "coordinator", session, others, run)
+        let confirmed = self
+            .run_session(
+                Protocol::PolicyChange,
+                "coordinator",
+                session,
+                others.clone(),
+                run,
+            )
             .await
             .map_err(|error| MpcError::Session { session, error })?;
+        let mut committed_on: Vec<String> = confirmed
+            .iter()
+            .chain([&local])
+            .map(ToString::to_string)
+            .collect();
+        committed_on.sort();
+        let mut lagging: Vec<String> = others
+            .iter()
+            .filter(|p| !confirmed.contains(p))
+            .map(ToString::to_string)
+            .collect();
+        lagging.sort();
+        if !lagging.is_empty() {
+            warn!(%key_id, lagging = %lagging.join(","), "policy change committed; these holders did not confirm it and will catch up");
+        }
         Ok(PolicyChangeResponse {
-            key_id: key_id.to_string(),
+            key_id,
             policy: new_policy,
+            policy_version: current.version + 1,
             session_id: session.to_string(),
+            committed_on,
+            lagging,
         })
     }
 
-    /// Answers a policy change invitation: checks the approvals under this holder's own
-    /// copy of the current policy, then stores the new policy in its own task.
-    pub(super) fn join_policy_change(
+    /// Answers a prepare from `coordinator`: votes for the change, admits its approvals
+    /// under this holder's own copy of the policy, then (in its own task) makes their request
+    /// ids durable, says prepared and waits for the commit or an abort.
+    pub(super) fn join_policy_prepare(
         &self,
         session: SessionId,
         coordinator: PeerId,
         key_id: String,
+        current: PolicyStamp,
         policy_bytes: &[u8],
         authorizations: Vec<Authorization>,
     ) -> Result<(), InviteRefusal> {
+        let local = self.inner.local;
         let new_policy = SigningPolicy::from_bytes(policy_bytes)?;
-        let (_key, pending) =
-            self.admit_policy_change_invite(coordinator, &key_id, &new_policy, &authorizations)?;
+        let state = &self.inner.policy;
+        // The key must be held here and shared with the coordinator before a vote is
+        // recorded for it; the gate below checks the version and the approvals. The vote
+        // comes first, so that a change refused for a conflict does not spend its approvals.
+        self.key_shared_with(&key_id, coordinator)?;
+        state
+            .vote(
+                &key_id,
+                current.version + 1,
+                new_policy.digest(),
+                session,
+                self.vote_ttl(),
+            )
+            .map_err(|refusal| InviteRefusal::Policy {
+                peer: local,
+                refusal,
+            })?;
+        let admitted = self
+            .admit_policy_change_invite(coordinator, &key_id, current, &new_policy, &authorizations)
+            .and_then(|(_, pending)| {
+                self.inner
+                    .router
+                    .open(session, Protocol::PolicyChange, [coordinator])
+                    .map(|inbox| (inbox, pending))
+                    .map_err(|e| InviteRefusal::Other(e.to_string()))
+            });
+        let (inbox, pending) = match admitted {
+            Ok(x) => x,
+            Err(e) => {
+                state.release(&key_id, session);
+                return Err(e);
+            }
+        };
+        let engine = self.clone();
+        tokio::spawn(
+            async move {
+                let run = engine.prepare_and_wait(
+                    inbox,
+                    coordinator,
+                    key_id.clone(),
+                    new_policy,
+                    pending,
+                );
+                let _ = engine
+                    .run_session(
+                        Protocol::PolicyChange,
+                        "participant",
+                        session,
+                        vec![coordinator],
+                        run,
+                    )
+                    .await;
+                engine.inner.policy.release(&key_id, session);
+            }
+            .in_current_span(),
+        );
+        Ok(())
+    }
+
+    async fn prepare_and_wait(
+        &self,
+        mut inbox: SessionInbox,
+        coordinator: PeerId,
+        key_id: String,
+        new_policy: SigningPolicy,
+        pending: PendingAdmission,
+    ) -> Result<(), SessionError> {
+        let local = self.inner.local;
+        // The approvals' request ids are on disk before this holder votes aloud.
+        let _admitted = pending
+            .persist()
+            .await
+            .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
+        let digest = new_policy.digest();
+        self.send(
+            coordinator,
+            inbox.session(),
+            Body::PolicyPrepared { digest },
+        )
+        .await
+        .map_err(|e| unreachable_error(vec![(coordinator, e)], "the prepared vote"))?;
+        let commit = inbox
+            .collect(
+                "policy commit",
+                &[coordinator],
+                self.vote_ttl(),
+                |b| match b {
+                    Body::PolicyCommit { record, .. } => Some(record.clone()),
+                    _ => None,
+                },
+            )
+            .await?;
+        let record = commit
+            .into_values()
+            .next()
+            .ok_or_else(|| SessionError::failed("no commit"))?;
+        if record.policy.digest() != digest {
+            return Err(SessionError::blame(
+                vec![coordinator],
+                format!("coordinator {coordinator} committed another policy than it prepared"),
+            ));
+        }
+        self.commit_here(&inbox, coordinator, &key_id, record).await
+    }
+
+    /// Applies a commit from `coordinator` (catching up first if this holder is more than
+    /// one version behind) and confirms it.
+    async fn commit_here(
+        &self,
+        inbox: &SessionInbox,
+        coordinator: PeerId,
+        key_id: &str,
+        record: PolicyChangeRecord,
+    ) -> Result<(), SessionError> {
+        let version = record.version;
+        let behind = self
+            .inner
+            .store
+            .get(key_id)
+            .is_some_and(|k| k.info.policy_version + 1 < version);
+        if behind {
+            self.catch_up_policy(key_id, coordinator)
+                .await
+                .map_err(SessionError::failed)?;
+        }
+        match self.apply_policy_record(key_id, record, "commit").await {
+            Ok(_) => {}
+            Err(r) => {
+                return Err(SessionError::blame(
+                    vec![coordinator],
+                    format!(
+                        "coordinator {coordinator} committed a change this holder refuses: {r}"
+                    ),
+                ));
+            }
+        }
+        let now_at = self
+            .inner
+            .store
+            .get(key_id)
+            .map(|k| k.info.policy_version)
+            .unwrap_or_default();
+        self.send(
+            coordinator,
+            inbox.session(),
+            Body::PolicyCommitted { version: now_at },
+        )
+        .await
+        .map_err(|e| unreachable_error(vec![(coordinator, e)], "the commit confirmation"))
+    }
+
+    /// Answers a commit sent as an invitation (this holder did not prepare it: it refused,
+    /// was busy or was down when it was prepared).
+    pub(super) fn join_policy_commit(
+        &self,
+        session: SessionId,
+        coordinator: PeerId,
+        key_id: String,
+        record: PolicyChangeRecord,
+    ) -> Result<(), InviteRefusal> {
+        self.key_shared_with(&key_id, coordinator)?;
         let inbox = self
             .inner
             .router
@@ -140,7 +545,7 @@ impl MpcEngine {
         let engine = self.clone();
         tokio::spawn(
             async move {
-                let run = engine.store_new_policy(inbox, coordinator, key_id, new_policy, pending);
+                let run = engine.commit_here(&inbox, coordinator, &key_id, record);
                 let _ = engine
                     .run_session(
                         Protocol::PolicyChange,
@@ -156,28 +561,325 @@ impl MpcEngine {
         Ok(())
     }
 
-    async fn store_new_policy(
+    /// Applies `record` if it is the next change of the policy in force here and its
+    /// approvals verify under it. `Ok(false)`: this node is at that version or later already.
+    pub(crate) async fn apply_policy_record(
         &self,
-        inbox: SessionInbox,
-        coordinator: PeerId,
-        key_id: String,
-        new_policy: SigningPolicy,
-        pending: PendingAdmission,
-    ) -> Result<(), SessionError> {
-        let local = self.inner.local;
-        // The approvals' request ids are on disk before the new policy is.
-        let _admitted = pending
-            .persist()
-            .await
-            .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
-        let digest = new_policy.digest();
+        key_id: &str,
+        record: PolicyChangeRecord,
+        via: &'static str,
+    ) -> Result<bool, Refusal> {
+        let _write = self.inner.policy.write.lock().await;
+        let key = self
+            .inner
+            .store
+            .get(key_id)
+            .ok_or_else(|| refuse("internal", format!("no key {key_id} here")))?;
+        let ours = key.info.policy_stamp();
+        if record.version <= ours.version {
+            if record.version == ours.version && record.policy.digest() != ours.digest {
+                warn!(%key_id, version = record.version, "a peer holds another policy at the version in force here");
+            }
+            return Ok(false);
+        }
+        policy::verify_change_record(&key.info.policy, ours.version, key_id, &record)?;
+        let version = record.version;
         self.inner
             .store
-            .set_policy(&key_id, new_policy)
+            .apply_policy_change(key_id, record)
             .await
-            .map_err(|e| SessionError::failed(e.to_string()))?;
-        self.send(coordinator, inbox.session(), Body::PolicyStored { digest })
+            .map_err(|e| refuse("internal", e.to_string()))?;
+        self.inner.policy.settled(key_id, version);
+        self.inner
+            .metrics
+            .policy_changes
+            .with_label_values(&[via])
+            .inc();
+        info!(%key_id, from = ours.version, to = version, via, "signing policy changed");
+        Ok(true)
+    }
+
+    /// The refusal of a request checked against `theirs`; when `theirs` is newer, this node
+    /// starts catching up from `from`.
+    pub(crate) fn policy_mismatch(
+        &self,
+        key_id: &str,
+        from: PeerId,
+        theirs: PolicyStamp,
+        ours: PolicyStamp,
+    ) -> Refusal {
+        if theirs.version > ours.version {
+            self.spawn_policy_catch_up(key_id.to_string(), vec![from]);
+        }
+        version_mismatch(key_id, theirs, ours)
+    }
+
+    /// Catches up from the holders that refused a request with `policy_version_mismatch`
+    /// (this coordinator may be the one behind; if it is not, they send nothing).
+    pub(crate) fn catch_up_from_refusers(&self, key_id: &str, failures: &[(PeerId, MpcSendError)]) {
+        let refusers: Vec<PeerId> = failures
+            .iter()
+            .filter(|(_, e)| {
+                matches!(e, MpcSendError::Refused { rule, .. } if rule == "policy_version_mismatch")
+            })
+            .map(|(p, _)| *p)
+            .collect();
+        if !refusers.is_empty() {
+            self.spawn_policy_catch_up(key_id.to_string(), refusers);
+        }
+    }
+
+    /// Catches up key `key_id`'s policy from the first of `peers` that answers, in the
+    /// background; one catch-up per key at a time.
+    pub(crate) fn spawn_policy_catch_up(&self, key_id: String, peers: Vec<PeerId>) {
+        {
+            let mut syncing = self
+                .inner
+                .policy
+                .syncing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            if !syncing.insert(key_id.clone()) {
+                return;
+            }
+        }
+        let engine = self.clone();
+        tokio::spawn(
+            async move {
+                for peer in peers {
+                    match engine.catch_up_policy(&key_id, peer).await {
+                        Ok(_) => break,
+                        Err(e) => debug!(%key_id, %peer, error = %e, "policy catch-up failed"),
+                    }
+                }
+                engine
+                    .inner
+                    .policy
+                    .syncing
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key_id);
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// Fetches and applies the committed changes of key `key_id`'s policy that `peer` holds
+    /// beyond this node's version. Returns how many were applied.
+    pub(crate) async fn catch_up_policy(
+        &self,
+        key_id: &str,
+        peer: PeerId,
+    ) -> Result<usize, String> {
+        let mut applied = 0;
+        for _ in 0..SYNC_ROUNDS {
+            let ours = self
+                .inner
+                .store
+                .get(key_id)
+                .ok_or_else(|| format!("no key {key_id} here"))?
+                .info
+                .policy_version;
+            let session = SessionId::random();
+            let mut inbox = self
+                .inner
+                .router
+                .open(session, Protocol::PolicyChange, [peer])
+                .map_err(|e| e.to_string())?;
+            let request = Body::PolicySyncRequest {
+                key_id: key_id.to_string(),
+                after_version: ours,
+            };
+            let answer = match self.send(peer, session, request).await {
+                Ok(()) => inbox
+                    .collect(
+                        "policy sync records",
+                        &[peer],
+                        self.inner.round_timeout,
+                        |b| match b {
+                            Body::PolicySyncRecords { records } => Some(records.clone()),
+                            _ => None,
+                        },
+                    )
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            self.inner.router.close(session);
+            let records = answer?.into_values().next().unwrap_or_default();
+            if records.is_empty() {
+                break;
+            }
+            let mut progressed = false;
+            for record in records {
+                let version = record.version;
+                match self.apply_policy_record(key_id, record, "catch_up").await {
+                    Ok(true) => {
+                        applied += 1;
+                        progressed = true;
+                    }
+                    Ok(false) => {}
+                    Err(r) => {
+                        return Err(format!(
+                            "peer {peer} sent a change of key {key_id} to version {version} that does not verify here: {r}"
+                        ));
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        if applied > 0 {
+            info!(%key_id, %peer, applied, "caught up on the key's signing policy");
+        }
+        Ok(applied)
+    }
+
+    /// Answers a sync request from `peer`, a holder of the key: the next committed changes
+    /// after `after_version` that this node keeps.
+    pub(super) fn answer_policy_sync(
+        &self,
+        session: SessionId,
+        peer: PeerId,
+        key_id: &str,
+        after_version: u64,
+    ) -> Result<(), InviteRefusal> {
+        let key = self.key_shared_with(key_id, peer)?;
+        let records: Vec<PolicyChangeRecord> = key
+            .policy_changes
+            .iter()
+            .filter(|r| r.version > after_version)
+            .take(SYNC_BATCH)
+            .cloned()
+            .collect();
+        if records
+            .first()
+            .is_some_and(|r| r.version > after_version + 1)
+        {
+            warn!(%key_id, %peer, after_version, oldest = records[0].version, "a holder asks for policy changes older than this node keeps");
+        }
+        let engine = self.clone();
+        tokio::spawn(
+            async move {
+                if let Err(e) = engine
+                    .send(peer, session, Body::PolicySyncRecords { records })
+                    .await
+                {
+                    debug!(%peer, error = %e, "cannot answer a policy sync request");
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(())
+    }
+
+    /// Catches up every key's policy from its other holders, once, in the background: a
+    /// holder that was down while a change was committed learns of it before anyone asks.
+    pub fn catch_up_policies_at_start(&self, delay: Duration) {
+        if self.inner.faults.no_policy_catch_up_at_start {
+            warn!("test fault: no policy catch-up at start");
+            return;
+        }
+        let engine = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let local = engine.inner.local;
+            for key in engine.keys() {
+                if key.policy.legacy {
+                    continue;
+                }
+                let Ok(holders) = parse_peers(&key.participants) else {
+                    continue;
+                };
+                for peer in holders.into_iter().filter(|p| *p != local) {
+                    match engine.catch_up_policy(&key.key_id, peer).await {
+                        Ok(_) => break,
+                        Err(e) => {
+                            debug!(key_id = %key.key_id, %peer, error = %e, "policy catch-up at start failed")
+                        }
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// Waits up to `timeout` for `from` to confirm the commit of `version`; returns who did.
+async fn await_committed(
+    inbox: &mut SessionInbox,
+    from: &[PeerId],
+    version: u64,
+    timeout: Duration,
+) -> Vec<PeerId> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut confirmed = Vec::new();
+    let mut pending: Vec<PeerId> = from.to_vec();
+    while !pending.is_empty() {
+        match inbox
+            .next_of("policy committed", &pending, deadline, |b| match b {
+                Body::PolicyCommitted { version } => Some(*version),
+                _ => None,
+            })
             .await
-            .map_err(|e| unreachable_error(vec![(coordinator, e)], "the policy confirmation"))
+        {
+            Ok((peer, at)) => {
+                pending.retain(|p| *p != peer);
+                if at >= version {
+                    confirmed.push(peer);
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    confirmed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_commit_quorum_outnumbers_the_old_policy_and_any_other_quorum() {
+        for n in 2..=20 {
+            for t in 2..=n {
+                let q = commit_quorum(n, t);
+                assert!(q <= n, "{t}-of-{n}");
+                // After a commit, fewer than t holders keep the old version.
+                assert!(n - q < t, "{t}-of-{n}: quorum {q}");
+                // Two quorums always share a holder.
+                assert!(2 * q > n, "{t}-of-{n}: quorum {q}");
+                // And no quorum is larger than it must be for both.
+                assert_eq!(q, (n - t + 1).max(n / 2 + 1), "{t}-of-{n}");
+            }
+        }
+        // A 2-of-3 or 3-of-5 key changes its policy with one holder down.
+        assert_eq!(commit_quorum(3, 2), 2);
+        assert_eq!(commit_quorum(5, 3), 3);
+    }
+
+    #[test]
+    fn a_holder_votes_for_one_change_per_version_until_it_lapses_or_settles() {
+        let state = PolicyState::default();
+        let (s1, s2) = (SessionId::random(), SessionId::random());
+        let ttl = Duration::from_secs(60);
+        state.vote("k", 1, [1; 32], s1, ttl).unwrap();
+        // The same change from another coordinator is no conflict.
+        state.vote("k", 1, [1; 32], s2, ttl).unwrap();
+        let refused = state.vote("k", 1, [2; 32], s1, ttl).unwrap_err();
+        assert_eq!(refused.rule, "policy_change_conflict");
+        // Another key is independent.
+        state.vote("other", 1, [2; 32], s1, ttl).unwrap();
+        // Released by its session only (s2 holds it now).
+        state.release("k", s1);
+        assert!(state.vote("k", 1, [2; 32], s1, ttl).is_err());
+        state.release("k", s2);
+        state.vote("k", 1, [2; 32], s1, ttl).unwrap();
+        // Settled by an applied change of that version.
+        state.settled("k", 1);
+        state.vote("k", 2, [3; 32], s1, ttl).unwrap();
+        // A vote lapses.
+        state.vote("lapse", 1, [1; 32], s1, Duration::ZERO).unwrap();
+        state.vote("lapse", 1, [2; 32], s2, ttl).unwrap();
     }
 }

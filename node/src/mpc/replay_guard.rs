@@ -238,6 +238,7 @@ impl ReplayGuard {
     pub fn admit_change(
         &self,
         current: &SigningPolicy,
+        current_version: u64,
         key_id: &str,
         new_policy: &SigningPolicy,
         authorizations: &[Authorization],
@@ -245,7 +246,7 @@ impl ReplayGuard {
     ) -> Result<Pending, Refusal> {
         let approvers = current.change_approvers()?;
         let change = Approves::PolicyChange {
-            current: current.digest(),
+            current: current.stamp(current_version),
             new: new_policy.digest(),
         };
         self.admit_inner(&approvers, key_id, change, authorizations, now, false)

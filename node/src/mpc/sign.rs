@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info, warn};
 
 use super::admission::round1;
-use super::policy::Authorization;
+use super::policy::{Authorization, PolicyStamp};
 use super::session::{SessionError, join_peers};
 use super::wire::{Body, Protocol, SessionId};
 use super::{
@@ -97,6 +97,7 @@ impl MpcEngine {
                 key_id: key.info.key_id.clone(),
                 message: message.clone(),
                 authorizations,
+                policy: key.info.policy_stamp(),
             };
             // Invitations go out in the background: a holder that is slow to acknowledge
             // (or frozen) holds up nobody; one that cannot be reached is reported here.
@@ -178,6 +179,7 @@ impl MpcEngine {
                     Some((peer, e)) = failed_rx.recv() => {
                         waiting.retain(|p| *p != peer);
                         failures.push((peer, e));
+                        engine.catch_up_from_refusers(&key.info.key_id, &failures[failures.len() - 1..]);
                     }
                 }
             }
@@ -283,13 +285,14 @@ impl MpcEngine {
         session: SessionId,
         coordinator: PeerId,
         key_id: String,
+        stamp: PolicyStamp,
         message: Vec<u8>,
         authorizations: Vec<Authorization>,
     ) -> Result<(), InviteRefusal> {
         let local = self.inner.local;
         // This holder's own admission, whatever the coordinator decided.
         let (key, admission) =
-            self.admit_sign_invite(coordinator, &key_id, &message, &authorizations)?;
+            self.admit_sign_invite(coordinator, &key_id, stamp, &message, &authorizations)?;
         // Only the coordinator may talk to this side of a signing session.
         let mut inbox = self
             .inner
@@ -309,6 +312,13 @@ impl MpcEngine {
                         .persist()
                         .await
                         .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
+                    // A policy change applied since the admission voids it.
+                    let now_in_force = engine.inner.store.get(&key_id).map(|k| k.info.policy_stamp());
+                    if now_in_force != Some(stamp) && !engine.inner.faults.skip_sign_authorization {
+                        return Err(SessionError::failed(format!(
+                            "peer {local}: the policy of key {key_id} changed while this request was admitted; refused"
+                        )));
+                    }
                     let (nonces, commitments) = round1(admitted, key.key_package.signing_share());
                     let bytes = commitments.serialize().map_err(fail("commitments"))?;
                     match engine

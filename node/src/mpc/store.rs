@@ -67,6 +67,17 @@ pub struct KeyInfo {
     /// and checks it. Keys made before policies existed load as `legacy-open`.
     #[serde(default = "super::policy::SigningPolicy::legacy_open")]
     pub policy: super::policy::SigningPolicy,
+    /// The version of `policy`: 0 for the policy the key was made with, one more per
+    /// committed change.
+    #[serde(default)]
+    pub policy_version: u64,
+}
+
+impl KeyInfo {
+    /// The version and digest of the policy in force.
+    pub fn policy_stamp(&self) -> super::policy::PolicyStamp {
+        self.policy.stamp(self.policy_version)
+    }
 }
 
 /// The on-disk form of one key share.
@@ -80,6 +91,10 @@ struct KeyFile {
     key_package: String,
     /// frost `PublicKeyPackage`, hex.
     public_key_package: String,
+    /// The last committed changes of the policy, oldest first (what a holder that missed
+    /// them fetches from this one).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    policy_changes: Vec<super::policy::PolicyChangeRecord>,
 }
 
 /// A key this node holds a share of, decoded and ready to sign with.
@@ -87,6 +102,9 @@ pub struct StoredKey {
     pub info: KeyInfo,
     pub key_package: frost::keys::KeyPackage,
     pub public_key_package: frost::keys::PublicKeyPackage,
+    /// The last committed changes of the policy (at most
+    /// [`MAX_POLICY_HISTORY`](super::policy::MAX_POLICY_HISTORY)), oldest first.
+    pub policy_changes: Vec<super::policy::PolicyChangeRecord>,
 }
 
 /// The key shares of this node: an in-memory map backed by one file per key.
@@ -257,22 +275,31 @@ impl KeyShareStore {
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
-    /// Replaces the signing policy of a key held here (the key file is rewritten
-    /// atomically; the share is unchanged).
-    pub async fn set_policy(
+    /// Makes `record` the policy of a key held here and keeps it in the key's history (the
+    /// key file is rewritten atomically; the share is unchanged). The caller checked the
+    /// record against the policy in force and holds the engine's policy write lock.
+    pub async fn apply_policy_change(
         &self,
         key_id: &str,
-        policy: super::policy::SigningPolicy,
+        record: super::policy::PolicyChangeRecord,
     ) -> Result<Arc<StoredKey>, StoreError> {
         let old = self
             .get(key_id)
             .ok_or_else(|| StoreError::Task(format!("no key {key_id}")))?;
         let mut info = old.info.clone();
-        info.policy = policy;
+        info.policy = record.policy.clone();
+        info.policy_version = record.version;
+        let mut policy_changes = old.policy_changes.clone();
+        policy_changes.push(record);
+        let excess = policy_changes
+            .len()
+            .saturating_sub(super::policy::MAX_POLICY_HISTORY);
+        policy_changes.drain(..excess);
         let key = StoredKey {
             info,
             key_package: old.key_package.clone(),
             public_key_package: old.public_key_package.clone(),
+            policy_changes,
         };
         self.write(key, crate::atomic_file::Existing::Replace).await
     }
@@ -357,6 +384,7 @@ fn encode(key: &StoredKey) -> Result<Vec<u8>, StoreError> {
         info: key.info.clone(),
         key_package: hex::encode(key.key_package.serialize().map_err(encode_err)?),
         public_key_package: hex::encode(key.public_key_package.serialize().map_err(encode_err)?),
+        policy_changes: key.policy_changes.clone(),
     };
     serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Encode {
         key_id: key_id.clone(),
@@ -387,6 +415,7 @@ fn read_key_file(path: &Path) -> Result<StoredKey, String> {
         info: file.info,
         key_package,
         public_key_package,
+        policy_changes: file.policy_changes,
     })
 }
 
@@ -425,9 +454,11 @@ mod tests {
                 created_by: Some("coordinator".into()),
                 created_at: 1,
                 policy: crate::mpc::policy::SigningPolicy::open(),
+                policy_version: 0,
             },
             key_package,
             public_key_package: pubkeys,
+            policy_changes: vec![],
         }
     }
 

@@ -77,7 +77,7 @@ where
     })
 }
 
-fn peer_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
+pub(crate) fn peer_list<'de, D, T>(d: D) -> Result<Vec<T>, D::Error>
 where
     D: serde::Deserializer<'de>,
     T: Deserialize<'de>,
@@ -213,6 +213,9 @@ pub enum Body {
         message: Vec<u8>,
         #[serde(default, deserialize_with = "peer_list")]
         authorizations: Vec<super::policy::Authorization>,
+        /// The key's policy that the coordinator checked them against; a holder with
+        /// another version in force refuses (`policy_version_mismatch`).
+        policy: super::policy::PolicyStamp,
     },
     /// Signer → coordinator: round-1 commitments.
     SignCommitments { commitments: Vec<u8> },
@@ -285,16 +288,35 @@ pub enum Body {
     },
     /// Owner → relay: the committed shares of the batch are in the persisted sum.
     AggBatchStored,
-    /// Coordinator → key holders: replace the key's signing policy with `policy` (canonical
-    /// JSON), which these client authorizations approve under the current policy.
-    PolicyInvite {
+    /// Coordinator → key holders: prepare to replace the key's policy `current` with `policy`
+    /// (canonical JSON, version `current.version + 1`), which these client approvals
+    /// approve: vote for this change and no other of that version.
+    PolicyPrepare {
         key_id: String,
+        current: super::policy::PolicyStamp,
         policy: Blob,
         #[serde(default, deserialize_with = "peer_list")]
         authorizations: Vec<super::policy::Authorization>,
     },
-    /// Holder → coordinator: the new policy (this digest) is stored.
-    PolicyStored { digest: [u8; 32] },
+    /// Holder → coordinator: prepared (voted for the new policy with this digest).
+    PolicyPrepared { digest: [u8; 32] },
+    /// Coordinator → key holders: a quorum prepared; this change is committed. Every holder
+    /// checks the record against its own policy before it applies it; sent in the prepare
+    /// session to those in it, as an invitation to the others.
+    PolicyCommit {
+        key_id: String,
+        record: super::policy::PolicyChangeRecord,
+    },
+    /// Holder → coordinator: the key's policy here is now at this version.
+    PolicyCommitted { version: u64 },
+    /// Holder → holder: send the committed changes of the key's policy after this version.
+    PolicySyncRequest { key_id: String, after_version: u64 },
+    /// Answer to a sync request: the next committed changes, oldest first (none: nothing
+    /// newer here).
+    PolicySyncRecords {
+        #[serde(deserialize_with = "peer_list")]
+        records: Vec<super::policy::PolicyChangeRecord>,
+    },
     /// The sender gives up on the session, naming the participants it blames (peer ids), if any.
     Abort {
         reason: String,
@@ -386,7 +408,12 @@ impl Body {
             Body::TransferInvite { .. }
             | Body::TransferChunk { .. }
             | Body::TransferDone { .. } => Some(Protocol::Transfer),
-            Body::PolicyInvite { .. } | Body::PolicyStored { .. } => Some(Protocol::PolicyChange),
+            Body::PolicyPrepare { .. }
+            | Body::PolicyPrepared { .. }
+            | Body::PolicyCommit { .. }
+            | Body::PolicyCommitted { .. }
+            | Body::PolicySyncRequest { .. }
+            | Body::PolicySyncRecords { .. } => Some(Protocol::PolicyChange),
             // Chunks belong to whichever aggregation session carries them.
             Body::AggChunk { .. } => None,
             Body::Abort { .. } => None,
@@ -429,8 +456,12 @@ impl Body {
             Body::TransferInvite { .. } => "transfer invite",
             Body::TransferChunk { .. } => "transfer chunk",
             Body::TransferDone { .. } => "transfer done",
-            Body::PolicyInvite { .. } => "policy change invite",
-            Body::PolicyStored { .. } => "policy stored",
+            Body::PolicyPrepare { .. } => "policy prepare",
+            Body::PolicyPrepared { .. } => "policy prepared",
+            Body::PolicyCommit { .. } => "policy commit",
+            Body::PolicyCommitted { .. } => "policy committed",
+            Body::PolicySyncRequest { .. } => "policy sync request",
+            Body::PolicySyncRecords { .. } => "policy sync records",
             Body::Abort { .. } => "abort",
         }
     }
@@ -446,7 +477,9 @@ impl Body {
                 | Body::AggBatchInvite { .. }
                 | Body::AggCollectInvite { .. }
                 | Body::TransferInvite { .. }
-                | Body::PolicyInvite { .. }
+                | Body::PolicyPrepare { .. }
+                | Body::PolicyCommit { .. }
+                | Body::PolicySyncRequest { .. }
         )
     }
 }
