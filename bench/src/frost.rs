@@ -188,9 +188,11 @@ pub async fn run(quick: bool) -> anyhow::Result<(Vec<Figure>, Option<u64>)> {
         let message = format!("{i:08x}");
         let bytes = hex::decode(&message)?;
         let t0 = Instant::now();
+        let coordinator: libp2p::PeerId = nodes[i % 5].peer_id.parse()?;
         let authorization = p2p_mpc_node::mpc::policy::authorize(
             &client,
             &authorized_key,
+            &coordinator,
             &bytes,
             p2p_mpc_node::mpc::policy::now() + 60,
         );

@@ -373,6 +373,9 @@ pub enum ClientCommand {
         /// The message, hex.
         #[arg(long, value_name = "HEX")]
         message: String,
+        /// Peer id of the node the request will be sent to (its `GET /v1/status` shows it): only that node may coordinate it.
+        #[arg(long, value_name = "PEER_ID")]
+        coordinator: String,
         /// Seconds until the authorization expires (1 to 600).
         #[arg(long, value_name = "SECONDS", default_value_t = 60,
               value_parser = clap::value_parser!(u64).range(1..=600))]

@@ -46,9 +46,15 @@ pub fn public_key(key: &SigningKey) -> String {
     hex::encode(key.verifying_key().as_bytes())
 }
 
-/// Authorizes signing `message` with `key_id`, valid for `ttl_secs`.
-pub fn authorize(key: &SigningKey, key_id: &str, message: &[u8], ttl_secs: u64) -> Authorization {
-    policy::authorize(key, key_id, message, policy::now() + ttl_secs)
+/// Authorizes signing `message` with `key_id` through `coordinator`, valid for `ttl_secs`.
+pub fn authorize(
+    key: &SigningKey,
+    key_id: &str,
+    coordinator: &libp2p::PeerId,
+    message: &[u8],
+    ttl_secs: u64,
+) -> Authorization {
+    policy::authorize(key, key_id, coordinator, message, policy::now() + ttl_secs)
 }
 
 /// Approves `what` for `key_id` with every client key file that `args` names.
@@ -70,13 +76,19 @@ pub fn approve_with_files(
         .collect()
 }
 
-/// Authorizes signing `message` with `key_id` with every client key file that `args` names.
+/// Authorizes signing `message` with `key_id` through `coordinator` with every client key
+/// file that `args` names.
 pub fn authorize_with_files(
     args: &crate::cli::AuthorizeArgs,
     key_id: &str,
+    coordinator: libp2p::PeerId,
     message: &[u8],
 ) -> Result<Vec<Authorization>, String> {
-    approve_with_files(args, key_id, policy::Approves::Signing(message))
+    let what = policy::Approves::Signing {
+        message,
+        coordinator,
+    };
+    approve_with_files(args, key_id, what)
 }
 
 #[cfg(test)]

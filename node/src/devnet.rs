@@ -392,7 +392,14 @@ async fn demo(
         signer.index
     );
     let started = Instant::now();
-    let authorization = crate::client_keys::authorize(client_key, &key_id, message, 60);
+    let coordinator: libp2p::PeerId = signer.peer_id.parse().map_err(|e| {
+        DevnetError::Demo(format!(
+            "node {}: peer id `{}`: {e}",
+            signer.index, signer.peer_id
+        ))
+    })?;
+    let authorization =
+        crate::client_keys::authorize(client_key, &key_id, &coordinator, message, 60);
     let answer: Value = client(signer)?
         .post(
             &format!("v1/keys/{key_id}/sign"),

@@ -101,9 +101,22 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
                     "--message must be hex (e.g. 68656c6c6f for \"hello\"), got `{message}`"
                 ))
             })?;
-            let authorizations =
-                crate::client_keys::authorize_with_files(&authorize, &key_id, &bytes)
-                    .map_err(ClientError::Decode)?;
+            // Authorizations name the node that coordinates the request: the one called.
+            let authorizations = if authorize.client_keys.is_empty() {
+                vec![]
+            } else {
+                let status: Value = client.get("v1/status").await?;
+                let coordinator = status["peer_id"]
+                    .as_str()
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| {
+                        ClientError::Decode(format!(
+                            "the node's status names no peer id to authorize: {status}"
+                        ))
+                    })?;
+                crate::client_keys::authorize_with_files(&authorize, &key_id, coordinator, &bytes)
+                    .map_err(ClientError::Decode)?
+            };
             let path = format!("v1/keys/{}/sign", encode_segment(&key_id));
             let answer: Value = client
                 .post(

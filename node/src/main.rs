@@ -112,12 +112,18 @@ fn run_client(command: ClientCommand) -> Result<(), String> {
             client_key,
             key_id,
             message,
+            coordinator,
             ttl,
         } => {
             let bytes =
                 hex::decode(message.trim()).map_err(|e| format!("--message must be hex: {e}"))?;
+            let coordinator: libp2p::PeerId = coordinator.trim().parse().map_err(|e| {
+                format!(
+                    "--coordinator must be a peer id (GET /v1/status of the node shows it): {e}"
+                )
+            })?;
             let key = client_keys::read(&client_key)?;
-            let auth = client_keys::authorize(&key, &key_id, &bytes, ttl);
+            let auth = client_keys::authorize(&key, &key_id, &coordinator, &bytes, ttl);
             println!(
                 "{}",
                 serde_json::to_string(&auth).map_err(|e| e.to_string())?

@@ -322,7 +322,13 @@ fn client_key_subcommands() {
     let secret = String::from_utf8(before).unwrap();
     assert!(!public.contains(secret.trim()));
 
-    // An authorization the policy check accepts, for that key id and message only.
+    // An authorization the policy check accepts, for that key id, message and coordinator
+    // only.
+    let coordinator = libp2p::PeerId::random();
+    let signing = |message| Approves::Signing {
+        message,
+        coordinator,
+    };
     let line = run_ok(&[
         "client",
         "authorize",
@@ -332,11 +338,14 @@ fn client_key_subcommands() {
         "k1",
         "--message",
         "68656c6c6f",
+        "--coordinator",
+        &coordinator.to_string(),
         "--ttl",
         "30",
     ]);
     let auth: Authorization = serde_json::from_str(&line).unwrap();
     assert_eq!(auth.client, public);
+    assert_eq!(auth.coordinator, Some(coordinator.to_string()));
     let policy = SigningPolicy {
         clients: vec![public.clone()],
         ..SigningPolicy::open()
@@ -352,7 +361,7 @@ fn client_key_subcommands() {
         policy
             .check(
                 "k1",
-                Approves::Signing(b"hello"),
+                signing(b"hello"),
                 std::slice::from_ref(&auth),
                 now,
                 |_| false
@@ -361,10 +370,27 @@ fn client_key_subcommands() {
     );
     assert_eq!(
         policy
-            .check("k2", Approves::Signing(b"hello"), &[auth], now, |_| false)
+            .check(
+                "k2",
+                signing(b"hello"),
+                std::slice::from_ref(&auth),
+                now,
+                |_| false
+            )
             .unwrap_err()
             .rule,
         "invalid_signature"
+    );
+    let elsewhere = Approves::Signing {
+        message: b"hello",
+        coordinator: libp2p::PeerId::random(),
+    };
+    assert_eq!(
+        policy
+            .check("k1", elsewhere, &[auth], now, |_| false)
+            .unwrap_err()
+            .rule,
+        "wrong_coordinator"
     );
 
     // Bad input: a corrupt key file, a TTL over 10 minutes, a key without a policy.
@@ -385,8 +411,20 @@ fn client_key_subcommands() {
             "k",
             "--message",
             "00",
+            "--coordinator",
+            &coordinator.to_string(),
             "--ttl",
             "601",
+        ],
+        vec![
+            "client",
+            "authorize",
+            "--client-key",
+            key_arg,
+            "--key-id",
+            "k",
+            "--message",
+            "00",
         ],
         vec!["keys", "create", "--threshold", "2"],
         vec![

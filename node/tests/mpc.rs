@@ -714,12 +714,23 @@ fn public(k: &ed25519_dalek::SigningKey) -> String {
     hex::encode(k.verifying_key().as_bytes())
 }
 
-/// An authorization of `message` with `key_id` by `client`, expiring `ttl` seconds from now
-/// (negative: already expired).
-fn auth(client: &ed25519_dalek::SigningKey, key_id: &str, message: &[u8], ttl: i64) -> Value {
+/// An authorization of `message` with `key_id` by `client` for a request coordinated by
+/// `coordinator`, expiring `ttl` seconds from now (negative: already expired).
+fn auth(
+    client: &ed25519_dalek::SigningKey,
+    coordinator: &NodeProcess,
+    key_id: &str,
+    message: &[u8],
+    ttl: i64,
+) -> Value {
     let expires = p2p_mpc_node::mpc::policy::now().saturating_add_signed(ttl);
+    let coordinator: libp2p::PeerId = coordinator.peer_id.parse().unwrap();
     serde_json::to_value(p2p_mpc_node::mpc::policy::authorize(
-        client, key_id, message, expires,
+        client,
+        key_id,
+        &coordinator,
+        message,
+        expires,
     ))
     .unwrap()
 }
@@ -797,7 +808,7 @@ async fn every_holder_checks_the_signing_policy() {
     // without valid approvals: the honest holders refuse, so there is no signature and they
     // never open a signing session (no nonce, no signature share).
     // The caller hears a typed refusal (403, the rule, who refused), not a 502.
-    for auths in [vec![], vec![auth(&c1, &key_id, msg, 60)]] {
+    for auths in [vec![], vec![auth(&c1, rogue, &key_id, msg, 60)]] {
         let answer = sign_with(rogue, &key_id, msg, auths).await;
         assert!(answer.1["signature"].is_null(), "{}", answer.1);
         assert_refused_by("no approvals", answer, "too_few_approvals", &[a, b]);
@@ -826,7 +837,10 @@ async fn every_holder_checks_the_signing_policy() {
         rogue,
         &key_id,
         msg,
-        vec![auth(&c1, &key_id, msg, 60), auth(&c2, &key_id, msg, 60)],
+        vec![
+            auth(&c1, rogue, &key_id, msg, 60),
+            auth(&c2, rogue, &key_id, msg, 60),
+        ],
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -836,72 +850,78 @@ async fn every_holder_checks_the_signing_policy() {
         body["signature"].as_str().unwrap(),
     );
 
-    // On an honest coordinator, each refusal names its rule.
-    let ok2 = || auth(&c2, &key_id, msg, 60);
-    let long = [b'x'; 65];
-    let cases: Vec<(&str, &[u8], Vec<Value>, &str)> = vec![
-        (
-            "expired",
-            msg,
-            vec![auth(&c1, &key_id, msg, -1), ok2()],
-            "expired",
-        ),
-        (
-            "too far ahead",
-            msg,
-            vec![auth(&c1, &key_id, msg, 3600), ok2()],
-            "expiry_too_far",
-        ),
-        (
-            "wrong key id",
-            msg,
-            vec![auth(&c1, &"0".repeat(32), msg, 60), ok2()],
-            "invalid_signature",
-        ),
-        (
-            "wrong message",
-            msg,
-            vec![auth(&c1, &key_id, b"other", 60), ok2()],
-            "invalid_signature",
-        ),
-        (
-            "unlisted client",
-            msg,
-            vec![auth(&outsider, &key_id, msg, 60), ok2()],
-            "unlisted_client",
-        ),
-        (
-            "one of two approvals",
-            msg,
-            vec![ok2()],
-            "too_few_approvals",
-        ),
-        (
-            "message over max_message_bytes",
-            &long,
-            vec![auth(&c1, &key_id, &long, 60), auth(&c2, &key_id, &long, 60)],
-            "max_message_bytes",
-        ),
-    ];
-    for (what, message, auths, rule) in &cases {
-        assert_refused(
-            what,
-            sign_with(a, &key_id, message, auths.clone()).await,
-            rule,
-        );
+    // On an honest coordinator, each refusal names its rule (the authorizations name the
+    // coordinator they are sent to).
+    let cases = |via: &NodeProcess| {
+        let ok2 = || auth(&c2, via, &key_id, msg, 60);
+        let long = [b'x'; 65];
+        let cases: Vec<(&str, Vec<u8>, Vec<Value>, &str)> = vec![
+            (
+                "expired",
+                msg.to_vec(),
+                vec![auth(&c1, via, &key_id, msg, -1), ok2()],
+                "expired",
+            ),
+            (
+                "too far ahead",
+                msg.to_vec(),
+                vec![auth(&c1, via, &key_id, msg, 3600), ok2()],
+                "expiry_too_far",
+            ),
+            (
+                "wrong key id",
+                msg.to_vec(),
+                vec![auth(&c1, via, &"0".repeat(32), msg, 60), ok2()],
+                "invalid_signature",
+            ),
+            (
+                "wrong message",
+                msg.to_vec(),
+                vec![auth(&c1, via, &key_id, b"other", 60), ok2()],
+                "invalid_signature",
+            ),
+            (
+                "unlisted client",
+                msg.to_vec(),
+                vec![auth(&outsider, via, &key_id, msg, 60), ok2()],
+                "unlisted_client",
+            ),
+            (
+                "one of two approvals",
+                msg.to_vec(),
+                vec![ok2()],
+                "too_few_approvals",
+            ),
+            (
+                "message over max_message_bytes",
+                long.to_vec(),
+                vec![
+                    auth(&c1, via, &key_id, &long, 60),
+                    auth(&c2, via, &key_id, &long, 60),
+                ],
+                "max_message_bytes",
+            ),
+        ];
+        cases
+    };
+    for (what, message, auths, rule) in cases(a) {
+        assert_refused(what, sign_with(a, &key_id, &message, auths).await, rule);
     }
     // And each is refused by the holders themselves when the coordinator checks nothing.
-    for (what, message, auths, rule) in cases {
+    for (what, message, auths, rule) in cases(rogue) {
         assert_refused_by(
             what,
-            sign_with(rogue, &key_id, message, auths).await,
+            sign_with(rogue, &key_id, &message, auths).await,
             rule,
             &[a, b],
         );
     }
 
     // A request id is accepted once, also after every holder restarted.
-    let pair = vec![auth(&c1, &key_id, msg, 300), auth(&c2, &key_id, msg, 300)];
+    let pair = vec![
+        auth(&c1, a, &key_id, msg, 300),
+        auth(&c2, a, &key_id, msg, 300),
+    ];
     let (status, body) = sign_with(a, &key_id, msg, pair.clone()).await;
     assert_eq!(status, 200, "{body}");
     assert_refused(
@@ -953,10 +973,16 @@ async fn every_holder_checks_the_signing_policy() {
     ]
     .concat();
     for signed in [approval_bytes, earlier_change_message] {
-        let signing = vec![
-            auth(&c1, &key_id, &signed, 60),
-            auth(&c2, &key_id, &signed, 60),
-        ];
+        // (Without the coordinator they name: a change approval names none, and with it
+        // they are refused as malformed before any signature is checked.)
+        let signing: Vec<Value> = [&c1, &c2]
+            .into_iter()
+            .map(|c| {
+                let mut signing = auth(c, a, &key_id, &signed, 60);
+                signing.as_object_mut().unwrap().remove("coordinator");
+                signing
+            })
+            .collect();
         let body = json!({"policy": new_policy, "authorizations": signing});
         assert_refused_by(
             "signing authorizations as change approvals, through a rogue coordinator",
@@ -1062,12 +1088,15 @@ async fn every_holder_checks_the_signing_policy() {
             b,
             &key_id,
             msg,
-            vec![auth(&c1, &key_id, msg, 60), auth(&c2, &key_id, msg, 60)],
+            vec![
+                auth(&c1, b, &key_id, msg, 60),
+                auth(&c2, b, &key_id, msg, 60),
+            ],
         )
         .await,
         "unlisted_client",
     );
-    let (status, body) = sign_with(b, &key_id, msg, vec![auth(&c3, &key_id, msg, 60)]).await;
+    let (status, body) = sign_with(b, &key_id, msg, vec![auth(&c3, b, &key_id, msg, 60)]).await;
     assert_eq!(status, 200, "{body}");
     // An approval made against the policy that was replaced is void, even by a listed client.
     assert_refused(
@@ -1091,12 +1120,13 @@ async fn every_holder_checks_the_signing_policy() {
     .await;
     let rated_id = rated["key_id"].as_str().unwrap();
     for _ in 0..2 {
-        let (status, body) = sign_with(a, rated_id, msg, vec![auth(&c1, rated_id, msg, 60)]).await;
+        let (status, body) =
+            sign_with(a, rated_id, msg, vec![auth(&c1, a, rated_id, msg, 60)]).await;
         assert_eq!(status, 200, "{body}");
     }
     assert_refused(
         "third signature in a minute",
-        sign_with(a, rated_id, msg, vec![auth(&c1, rated_id, msg, 60)]).await,
+        sign_with(a, rated_id, msg, vec![auth(&c1, a, rated_id, msg, 60)]).await,
         "max_signatures_per_minute",
     );
 }
@@ -1228,12 +1258,23 @@ async fn creator_caps_hold_on_every_participant_and_unconfirmed_keys_are_discard
         .await;
         assert_eq!(key_count(n).await, count, "{} lists no new key", n.name);
     }
-    assert!(
-        mute.stderr_lines()
-            .iter()
-            .any(|l| l.contains("did not confirm that every participant stored key")),
-        "the mute participant says why it dropped its share"
-    );
+    // The share is removed before the session's end is logged.
+    wait_for(
+        "the mute participant to say why it dropped its share",
+        Duration::from_secs(10),
+        || async {
+            let said = mute
+                .stderr_lines()
+                .iter()
+                .any(|l| l.contains("did not confirm that every participant stored key"));
+            if said {
+                Ok(())
+            } else {
+                Err("not yet".to_string())
+            }
+        },
+    )
+    .await;
 }
 
 /// t − 1 = 2 compromised holders of a 3-of-5 key, which sign for anyone, cannot get a
@@ -1265,7 +1306,7 @@ async fn t_minus_one_compromised_holders_cannot_sign_alone() {
     let msg = b"pay mallory";
     let stranger = client_key();
     for coordinator in rogues {
-        for auths in [vec![], vec![auth(&stranger, &key_id, msg, 60)]] {
+        for auths in [vec![], vec![auth(&stranger, coordinator, &key_id, msg, 60)]] {
             let (status, body) = sign_with(coordinator, &key_id, msg, auths).await;
             assert_ne!(status, 200, "{}: {body}", coordinator.name);
             assert!(body["signature"].is_null(), "{body}");
@@ -1306,7 +1347,7 @@ async fn t_minus_one_compromised_holders_cannot_sign_alone() {
         &rogues[0],
         &key_id,
         msg,
-        vec![auth(&client, &key_id, msg, 60)],
+        vec![auth(&client, &rogues[0], &key_id, msg, 60)],
     )
     .await;
     assert_eq!(status, 200, "{body}");
@@ -1423,8 +1464,13 @@ async fn a_revocation_holds_while_a_holder_is_down_and_stale_holders_catch_up() 
     let key_id = key["key_id"].as_str().unwrap().to_string();
     assert_eq!(key["policy_version"], 0, "{key}");
     let msg = b"pay 1";
-    let (status, body) =
-        sign_with(&nodes[2], &key_id, msg, vec![auth(&c1, &key_id, msg, 60)]).await;
+    let (status, body) = sign_with(
+        &nodes[2],
+        &key_id,
+        msg,
+        vec![auth(&c1, &nodes[2], &key_id, msg, 60)],
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
 
     // c is down; c2 revokes c1. Two of three holders commit it (the quorum of a 2-of-3 key).
@@ -1458,7 +1504,7 @@ async fn a_revocation_holds_while_a_holder_is_down_and_stale_holders_catch_up() 
     assert_eq!(stale["policy_version"], 0, "no catch-up at start: {stale}");
     assert_conflict_by(
         "the revoked client through the stale holder",
-        sign_with(c, &key_id, msg, vec![auth(&c1, &key_id, msg, 60)]).await,
+        sign_with(c, &key_id, msg, vec![auth(&c1, c, &key_id, msg, 60)]).await,
         "policy_version_mismatch",
         &[&nodes[0], &nodes[1]],
     );
@@ -1470,10 +1516,10 @@ async fn a_revocation_holds_while_a_holder_is_down_and_stale_holders_catch_up() 
     );
     assert_refused(
         "the revoked client once the holder caught up",
-        sign_with(c, &key_id, msg, vec![auth(&c1, &key_id, msg, 60)]).await,
+        sign_with(c, &key_id, msg, vec![auth(&c1, c, &key_id, msg, 60)]).await,
         "unlisted_client",
     );
-    let (status, body) = sign_with(c, &key_id, msg, vec![auth(&c2, &key_id, msg, 60)]).await;
+    let (status, body) = sign_with(c, &key_id, msg, vec![auth(&c2, c, &key_id, msg, 60)]).await;
     assert_eq!(status, 200, "{body}");
 
     // Now b misses a change (c2 adds c3), and a invites it while c is down: b refuses, sees
@@ -1508,13 +1554,13 @@ async fn a_revocation_holds_while_a_holder_is_down_and_stale_holders_catch_up() 
     let (a, b) = (&nodes[0], &nodes[1]);
     assert_conflict_by(
         "a signature with a holder one change behind",
-        sign_with(a, &key_id, msg, vec![auth(&c3, &key_id, msg, 60)]).await,
+        sign_with(a, &key_id, msg, vec![auth(&c3, a, &key_id, msg, 60)]).await,
         "policy_version_mismatch",
         &[b],
     );
     let caught_up = wait_policy_version(b, &key_id, 2).await;
     assert_eq!(caught_up["policy"], added, "{caught_up}");
-    let (status, body) = sign_with(a, &key_id, msg, vec![auth(&c3, &key_id, msg, 60)]).await;
+    let (status, body) = sign_with(a, &key_id, msg, vec![auth(&c3, a, &key_id, msg, 60)]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
         metric_sum(a, "p2p_mpc_policy_changes_total", "coordinator").await,
@@ -1570,6 +1616,96 @@ async fn of_two_concurrent_policy_changes_exactly_one_commits_everywhere() {
         }
         current = won;
     }
+}
+
+/// A holder that receives a client's authorizations as a participant and at once
+/// coordinates a signature of its own with them (front-running) gets nothing: the
+/// authorizations name the coordinator the client chose, every honest holder refuses the
+/// front-runner (`wrong_coordinator`, counted and logged with its peer id) without spending
+/// the request ids, and the chosen coordinator still gets its signature.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_front_running_holder_gets_nothing_and_the_chosen_coordinator_signs() {
+    let dir = tempdir();
+    let env_of = |name: &str| {
+        if name == "rogue" {
+            vec![(
+                "P2P_MPC_TEST_FAULT",
+                "skip-sign-authorization,front-run-signing",
+            )]
+        } else {
+            vec![]
+        }
+    };
+    let nodes = start_cluster(dir.path(), &["a", "b", "rogue"], env_of).await;
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let (a, b, rogue) = (&nodes[0], &nodes[1], &nodes[2]);
+    let client = client_key();
+    // 3-of-3: the chosen coordinator must invite the front-runner.
+    let key = create_key_with(a, 3, &all, json!({"clients": [public(&client)]})).await;
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    for i in 0..3u8 {
+        let msg = [b'p', b'a', b'y', i];
+        let (status, body) =
+            sign_with(a, &key_id, &msg, vec![auth(&client, a, &key_id, &msg, 60)]).await;
+        assert_eq!(status, 200, "round {i}: {body}");
+        verify_everywhere(
+            key["public_key"].as_str().unwrap(),
+            &msg,
+            body["signature"].as_str().unwrap(),
+        );
+        for honest in [a, b] {
+            wait_for(
+                &format!("{} to refuse front-run {i}", honest.name),
+                Duration::from_secs(20),
+                || async {
+                    let n = metric_sum(
+                        honest,
+                        "p2p_mpc_sign_authorizations_total",
+                        "wrong_coordinator",
+                    )
+                    .await;
+                    if n > f64::from(i) {
+                        Ok(())
+                    } else {
+                        Err(format!("{n}"))
+                    }
+                },
+            )
+            .await;
+        }
+    }
+    for honest in [a, b] {
+        assert!(
+            honest
+                .stderr_lines()
+                .iter()
+                .any(|l| l.contains("front-running") && l.contains(&rogue.peer_id)),
+            "{} names the front-runner",
+            honest.name
+        );
+    }
+    wait_for(
+        "the front-runner to log its refusals",
+        Duration::from_secs(20),
+        || async {
+            let lines = rogue.stderr_lines();
+            let refused = lines
+                .iter()
+                .filter(|l| l.contains("front-running signature refused"))
+                .count();
+            assert!(
+                !lines
+                    .iter()
+                    .any(|l| l.contains("front-running signature SUCCEEDED"))
+            );
+            if refused >= 3 {
+                Ok(())
+            } else {
+                Err(format!("{refused} refused"))
+            }
+        },
+    )
+    .await;
 }
 
 /// An open key's policy cannot be taken over by an API caller: without admins it is fixed,

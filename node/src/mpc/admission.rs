@@ -93,7 +93,7 @@ impl MpcEngine {
             );
             return Ok(unchecked);
         }
-        self.check_signing(key, message, authorizations)
+        self.check_signing(key, self.inner.local, message, authorizations)
     }
 
     /// A holder's admission of a signing invitation from `coordinator`: the key must be
@@ -110,7 +110,7 @@ impl MpcEngine {
         let key = self.key_shared_with(key_id, coordinator)?;
         let checked = self
             .check_stamp(&key, coordinator, stamp)
-            .and_then(|()| self.check_signing(&key.info, message, authorizations));
+            .and_then(|()| self.check_signing(&key.info, coordinator, message, authorizations));
         match checked {
             Ok(admission) => Ok((key, admission)),
             Err(refusal) => match PendingAdmission::unchecked(&self.inner.faults) {
@@ -119,7 +119,13 @@ impl MpcEngine {
                     Ok((key, unchecked))
                 }
                 None => {
-                    if let Some(suppressed) = crate::log_limit::allow("sign_refused") {
+                    if refusal.rule == "wrong_coordinator" {
+                        // The clients bound these authorizations to another node: the
+                        // coordinator reuses what it received as a participant.
+                        if let Some(suppressed) = crate::log_limit::allow("sign_front_running") {
+                            warn!(%coordinator, key_id = %crate::log_limit::echo(key_id), suppressed, "peer coordinates a signing request with authorizations made for another coordinator (front-running); refused and blamed");
+                        }
+                    } else if let Some(suppressed) = crate::log_limit::allow("sign_refused") {
                         warn!(%coordinator, key_id = %crate::log_limit::echo(key_id), rule = refusal.rule, suppressed, "signing request refused by the key's policy");
                     }
                     Err(InviteRefusal::Policy {
@@ -211,18 +217,24 @@ impl MpcEngine {
             .map(|pending| PendingAdmission { ids: Some(pending) })
     }
 
-    /// Checks a signing request against the key's policy and rate, reserves its request
-    /// ids and counts the outcome (`p2p_mpc_sign_authorizations_total`).
+    /// Checks a signing request coordinated by `coordinator` against the key's policy and
+    /// rate, reserves its request ids and counts the outcome
+    /// (`p2p_mpc_sign_authorizations_total`; `wrong_coordinator` counts front-running).
     fn check_signing(
         &self,
         key: &KeyInfo,
+        coordinator: PeerId,
         message: &[u8],
         authorizations: &[Authorization],
     ) -> Result<PendingAdmission, Refusal> {
+        let signing = policy::Approves::Signing {
+            message,
+            coordinator,
+        };
         let result = self.inner.replay_guard.admit(
             &key.policy,
             &key.key_id,
-            message,
+            signing,
             authorizations,
             policy::now(),
         );

@@ -48,6 +48,10 @@ pub struct Faults {
     /// Do not catch up on the keys' policies at start (a holder that stays behind until an
     /// invitation shows it).
     pub no_policy_catch_up_at_start: bool,
+    /// On a signing invitation, at once coordinate a signing session of its own with the
+    /// authorizations received (a holder front-running the coordinator the clients chose);
+    /// the honest holders must refuse it, and the invitation is still answered.
+    pub front_run_signing: bool,
 }
 
 impl Faults {
@@ -76,6 +80,7 @@ impl Faults {
                 "skip-sign-authorization" => f.skip_sign_authorization = true,
                 "withhold-dkg-stored" => f.withhold_dkg_stored = true,
                 "no-policy-catch-up-at-start" => f.no_policy_catch_up_at_start = true,
+                "front-run-signing" => f.front_run_signing = true,
                 other => return Err(format!("{FAULT_ENV}: unknown fault `{other}`")),
             }
         }

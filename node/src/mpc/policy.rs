@@ -24,6 +24,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use ed25519_dalek::{Signature, VerifyingKey};
+use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -34,7 +35,7 @@ pub const MAX_PREFIX_BYTES: usize = 1024;
 /// How far in the future an authorization may expire.
 pub const MAX_AHEAD: Duration = Duration::from_secs(600);
 /// Domain separation of the bytes a client signs to authorize a signature.
-pub const AUTHORIZATION_DOMAIN: &[u8] = b"p2p-mpc sign authorization v1\0";
+pub const AUTHORIZATION_DOMAIN: &[u8] = b"p2p-mpc sign authorization v2\0";
 /// Domain separation of the bytes a client signs to approve a policy change.
 pub const CHANGE_APPROVAL_DOMAIN: &[u8] = b"p2p-mpc policy change approval v2\0";
 /// Most committed changes a key file keeps (what a holder that missed changes can fetch).
@@ -74,8 +75,13 @@ pub struct PolicyChangeRecord {
 /// What a client's signature approves.
 #[derive(Debug, Clone, Copy)]
 pub enum Approves<'a> {
-    /// Signing `message` with the key.
-    Signing(&'a [u8]),
+    /// Signing `message` with the key, in a session coordinated by `coordinator`: an
+    /// authorization names the one node that may coordinate it, so a holder that received it
+    /// as a participant cannot use it for a session of its own.
+    Signing {
+        message: &'a [u8],
+        coordinator: PeerId,
+    },
     /// Replacing the policy in force, `current`, with the one whose digest is `new` (it
     /// becomes version `current.version + 1`).
     PolicyChange { current: PolicyStamp, new: [u8; 32] },
@@ -85,9 +91,10 @@ impl Approves<'_> {
     /// The bytes a client signs for this, with `key_id`, `request_id` and `expires_at`.
     pub fn signed_bytes(&self, key_id: &str, request_id: &[u8; 16], expires_at: u64) -> Vec<u8> {
         match self {
-            Approves::Signing(message) => {
-                authorization_bytes(key_id, message, request_id, expires_at)
-            }
+            Approves::Signing {
+                message,
+                coordinator,
+            } => authorization_bytes(key_id, coordinator, message, request_id, expires_at),
             Approves::PolicyChange { current, new } => {
                 let mut out = Vec::with_capacity(CHANGE_APPROVAL_DOMAIN.len() + key_id.len() + 104);
                 out.extend_from_slice(CHANGE_APPROVAL_DOMAIN);
@@ -106,7 +113,9 @@ impl Approves<'_> {
     /// What it approves, for a refusal's message.
     fn describe(&self, key_id: &str) -> String {
         match self {
-            Approves::Signing(_) => format!("signing this message with key {key_id}"),
+            Approves::Signing { coordinator, .. } => {
+                format!("signing this message with key {key_id}, coordinated by {coordinator}")
+            }
             Approves::PolicyChange { current, .. } => format!(
                 "replacing the policy in force here ({current}) of key {key_id} with this policy"
             ),
@@ -159,6 +168,10 @@ pub struct Authorization {
     pub client: String,
     /// 16 random bytes, hex; never accepted twice.
     pub request_id: String,
+    /// For a signing request: the peer id of the only node that may coordinate it. (A
+    /// change approval names none.)
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub coordinator: Option<String>,
     /// Unix seconds after which the authorization is refused.
     pub expires_at: u64,
     /// Ed25519 signature over [`authorization_bytes`], hex.
@@ -178,6 +191,7 @@ pub const RULES: &[&str] = &[
     "expiry_too_far",
     "invalid_signature",
     "replayed",
+    "wrong_coordinator",
     "too_few_approvals",
     "max_signatures_per_minute",
     "policy_version_mismatch",
@@ -210,18 +224,24 @@ pub(crate) fn refuse(rule: &'static str, detail: impl Into<String>) -> Refusal {
     }
 }
 
-/// The bytes a client signs to authorize signing `message` with `key_id`.
+/// The bytes a client signs to authorize signing `message` with `key_id` in a session
+/// coordinated by `coordinator`.
 pub fn authorization_bytes(
     key_id: &str,
+    coordinator: &PeerId,
     message: &[u8],
     request_id: &[u8; 16],
     expires_at: u64,
 ) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(AUTHORIZATION_DOMAIN.len() + key_id.len() + message.len() + 40);
+    let peer = coordinator.to_bytes();
+    let mut out = Vec::with_capacity(
+        AUTHORIZATION_DOMAIN.len() + key_id.len() + peer.len() + message.len() + 48,
+    );
     out.extend_from_slice(AUTHORIZATION_DOMAIN);
     out.extend_from_slice(&(key_id.len() as u64).to_be_bytes());
     out.extend_from_slice(key_id.as_bytes());
+    out.extend_from_slice(&(peer.len() as u64).to_be_bytes());
+    out.extend_from_slice(&peer);
     out.extend_from_slice(&(message.len() as u64).to_be_bytes());
     out.extend_from_slice(message);
     out.extend_from_slice(request_id);
@@ -240,22 +260,33 @@ pub fn approve(
     let mut request_id = [0u8; 16];
     rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut request_id);
     let sig = client.sign(&what.signed_bytes(key_id, &request_id, expires_at));
+    let coordinator = match what {
+        Approves::Signing { coordinator, .. } => Some(coordinator.to_string()),
+        Approves::PolicyChange { .. } => None,
+    };
     Authorization {
         client: hex::encode(client.verifying_key().as_bytes()),
         request_id: hex::encode(request_id),
+        coordinator,
         expires_at,
         signature: hex::encode(sig.to_bytes()),
     }
 }
 
-/// Makes an authorization to sign `message` with `key_id`.
+/// Makes an authorization to sign `message` with `key_id` in a session coordinated by
+/// `coordinator`.
 pub fn authorize(
     client: &ed25519_dalek::SigningKey,
     key_id: &str,
+    coordinator: &PeerId,
     message: &[u8],
     expires_at: u64,
 ) -> Authorization {
-    approve(client, key_id, Approves::Signing(message), expires_at)
+    let what = Approves::Signing {
+        message,
+        coordinator: *coordinator,
+    };
+    approve(client, key_id, what, expires_at)
 }
 
 /// Makes an approval to replace `current` (the stamp of the policy in force) with `new` on
@@ -506,10 +537,10 @@ impl SigningPolicy {
     ) -> Result<Vec<([u8; 16], u64)>, Refusal> {
         // The message rules govern what may be signed, not who may change the policy.
         let message = match what {
-            Approves::Signing(m) => m,
+            Approves::Signing { message, .. } => message,
             Approves::PolicyChange { .. } => &[],
         };
-        let signing = matches!(what, Approves::Signing(_));
+        let signing = matches!(what, Approves::Signing { .. });
         if let Some(max) = self.max_message_bytes.filter(|_| signing)
             && message.len() > max as usize
         {
@@ -588,14 +619,66 @@ impl SigningPolicy {
                 .and_then(|b| <[u8; 64]>::try_from(b).ok())
                 .map(|b| Signature::from_bytes(&b))
                 .ok_or_else(|| refuse("malformed", "signature is not 64 bytes of hex"))?;
-            let signed = what.signed_bytes(key_id, &request_id, a.expires_at);
+            // A signing authorization is checked over the coordinator it names; one that
+            // names another coordinator than this session's is refused once its signature
+            // shows that the client really made it for that other node.
+            let (named, actual) = match what {
+                Approves::Signing {
+                    message,
+                    coordinator,
+                } => {
+                    let named: PeerId = a
+                        .coordinator
+                        .as_deref()
+                        .ok_or_else(|| {
+                            refuse(
+                                "malformed",
+                                format!("the authorization by {client} names no coordinator (`coordinator`, the peer id of the node that coordinates the request)"),
+                            )
+                        })?
+                        .parse()
+                        .map_err(|_| {
+                            refuse(
+                                "malformed",
+                                format!("the authorization by {client}: `coordinator` is not a peer id"),
+                            )
+                        })?;
+                    let what = Approves::Signing {
+                        message,
+                        coordinator: named,
+                    };
+                    (what, Some((named, coordinator)))
+                }
+                Approves::PolicyChange { .. } => {
+                    if a.coordinator.is_some() {
+                        return Err(refuse(
+                            "malformed",
+                            format!(
+                                "the approval by {client} names a coordinator: that is for signing authorizations"
+                            ),
+                        ));
+                    }
+                    (what, None)
+                }
+            };
+            let signed = named.signed_bytes(key_id, &request_id, a.expires_at);
             // Strict: no small-order components, no malleable signatures.
             if key.verify_strict(&signed, &sig).is_err() {
                 return Err(refuse(
                     "invalid_signature",
                     format!(
                         "the signature by {client} does not approve {}",
-                        what.describe(key_id)
+                        named.describe(key_id)
+                    ),
+                ));
+            }
+            if let Some((named, actual)) = actual
+                && named != actual
+            {
+                return Err(refuse(
+                    "wrong_coordinator",
+                    format!(
+                        "the authorization by {client} is for a request coordinated by {named}; this one is coordinated by {actual}"
                     ),
                 ));
             }
@@ -671,6 +754,75 @@ pub fn now() -> u64 {
 pub(crate) mod tests {
     use super::*;
 
+    /// The coordinator of the signing requests in these tests.
+    pub(crate) fn coordinator() -> PeerId {
+        static C: std::sync::OnceLock<PeerId> = std::sync::OnceLock::new();
+        *C.get_or_init(PeerId::random)
+    }
+
+    /// Signing `message` through [`coordinator`].
+    pub(crate) fn signing(message: &[u8]) -> Approves<'_> {
+        Approves::Signing {
+            message,
+            coordinator: coordinator(),
+        }
+    }
+
+    #[test]
+    fn a_signing_authorization_is_for_the_coordinator_it_names_only() {
+        let a = client();
+        let p = policy(&[&a], 1);
+        let now = 1_000_000;
+        let auth = authorize(&a, "k", &coordinator(), b"m", now + 60);
+        assert!(
+            p.check("k", signing(b"m"), std::slice::from_ref(&auth), now, |_| {
+                false
+            })
+            .is_ok()
+        );
+        // Used by another node (a holder that received it as a participant): refused by
+        // its rule, once the signature shows the client made it for the named node.
+        let other = Approves::Signing {
+            message: b"m",
+            coordinator: PeerId::random(),
+        };
+        assert_eq!(
+            rule(p.check("k", other, std::slice::from_ref(&auth), now, |_| false)),
+            "wrong_coordinator"
+        );
+        // Renamed to the other node: the signature no longer verifies.
+        let mut renamed = auth.clone();
+        if let Approves::Signing { coordinator, .. } = other {
+            renamed.coordinator = Some(coordinator.to_string());
+        }
+        assert_eq!(
+            rule(p.check("k", other, &[renamed], now, |_| false)),
+            "invalid_signature"
+        );
+        // Without a coordinator, or with garbage in its place: malformed.
+        for named in [None, Some("not a peer id".to_string())] {
+            let mut bad = auth.clone();
+            bad.coordinator = named;
+            assert_eq!(
+                rule(p.check("k", signing(b"m"), &[bad], now, |_| false)),
+                "malformed"
+            );
+        }
+        // A change approval names no coordinator.
+        let new = policy(&[&client()], 1);
+        let mut change = approve_change(&a, "k", p.stamp(0), &new, now + 60);
+        assert!(change.coordinator.is_none());
+        change.coordinator = Some(coordinator().to_string());
+        let what = Approves::PolicyChange {
+            current: p.stamp(0),
+            new: new.digest(),
+        };
+        assert_eq!(
+            rule(p.check("k", what, &[change], now, |_| false)),
+            "malformed"
+        );
+    }
+
     #[test]
     fn every_rule_refused_in_this_file_is_a_known_rule() {
         // Every rule named as a literal by a refusal in this file and in the replay guard
@@ -722,49 +874,58 @@ pub(crate) mod tests {
         let now = 1_000_000;
         let msg = b"pay 5";
         let both = vec![
-            authorize(&a, "k1", msg, now + 60),
-            authorize(&b, "k1", msg, now + 60),
+            authorize(&a, "k1", &coordinator(), msg, now + 60),
+            authorize(&b, "k1", &coordinator(), msg, now + 60),
         ];
         assert_eq!(
-            p.check("k1", Approves::Signing(msg), &both, now, |_| false)
+            p.check("k1", signing(msg), &both, now, |_| false)
                 .unwrap()
                 .len(),
             2
         );
         assert_eq!(
-            rule(p.check("k1", Approves::Signing(msg), &both[..1], now, |_| false)),
+            rule(p.check("k1", signing(msg), &both[..1], now, |_| false)),
             "too_few_approvals"
         );
         // The same client twice is one approval.
-        let twice = vec![both[0].clone(), authorize(&a, "k1", msg, now + 60)];
+        let twice = vec![
+            both[0].clone(),
+            authorize(&a, "k1", &coordinator(), msg, now + 60),
+        ];
         assert_eq!(
-            rule(p.check("k1", Approves::Signing(msg), &twice, now, |_| false)),
+            rule(p.check("k1", signing(msg), &twice, now, |_| false)),
             "too_few_approvals"
         );
         assert_eq!(
-            rule(p.check("k2", Approves::Signing(msg), &both, now, |_| false)),
+            rule(p.check("k2", signing(msg), &both, now, |_| false)),
             "invalid_signature"
         );
         assert_eq!(
-            rule(p.check("k1", Approves::Signing(b"pay 6"), &both, now, |_| false)),
+            rule(p.check("k1", signing(b"pay 6"), &both, now, |_| false)),
             "invalid_signature"
         );
         assert_eq!(
-            rule(p.check("k1", Approves::Signing(msg), &both, now + 61, |_| false)),
+            rule(p.check("k1", signing(msg), &both, now + 61, |_| false)),
             "expired"
         );
-        let far = vec![authorize(&a, "k1", msg, now + 601), both[1].clone()];
+        let far = vec![
+            authorize(&a, "k1", &coordinator(), msg, now + 601),
+            both[1].clone(),
+        ];
         assert_eq!(
-            rule(p.check("k1", Approves::Signing(msg), &far, now, |_| false)),
+            rule(p.check("k1", signing(msg), &far, now, |_| false)),
             "expiry_too_far"
         );
-        let outsider = vec![authorize(&stranger, "k1", msg, now + 60), both[0].clone()];
+        let outsider = vec![
+            authorize(&stranger, "k1", &coordinator(), msg, now + 60),
+            both[0].clone(),
+        ];
         assert_eq!(
-            rule(p.check("k1", Approves::Signing(msg), &outsider, now, |_| false)),
+            rule(p.check("k1", signing(msg), &outsider, now, |_| false)),
             "unlisted_client"
         );
         assert_eq!(
-            rule(p.check("k1", Approves::Signing(msg), &both, now, |_| true)),
+            rule(p.check("k1", signing(msg), &both, now, |_| true)),
             "replayed"
         );
     }
@@ -852,7 +1013,14 @@ pub(crate) mod tests {
         // approval of the change.
         let bytes = change.signed_bytes("k", &[0; 16], now + 60);
         for message in [bytes.as_slice(), b"pay 5".as_slice()] {
-            let signing = vec![authorize(&a, "k", message, now + 60)];
+            let mut signing = vec![authorize(&a, "k", &coordinator(), message, now + 60)];
+            // As made, it names a coordinator, which no change approval does; without it,
+            // its signature is over other bytes.
+            assert_eq!(
+                rule(p.check("k", change, &signing, now, |_| false)),
+                "malformed"
+            );
+            signing[0].coordinator = None;
             assert_eq!(
                 rule(p.check("k", change, &signing, now, |_| false)),
                 "invalid_signature"
@@ -868,7 +1036,13 @@ pub(crate) mod tests {
             1
         );
         let refused = p
-            .check("k", Approves::Signing(b"pay 5"), &approval, now, |_| false)
+            .check("k", signing(b"pay 5"), &approval, now, |_| false)
+            .unwrap_err();
+        assert_eq!(refused.rule, "malformed", "it names no coordinator");
+        let mut named = approval.clone();
+        named[0].coordinator = Some(coordinator().to_string());
+        let refused = p
+            .check("k", signing(b"pay 5"), &named, now, |_| false)
             .unwrap_err();
         assert_eq!(refused.rule, "invalid_signature");
         // Nor a change from another policy, or from the same policy at another version.
@@ -962,16 +1136,13 @@ pub(crate) mod tests {
         long.message_prefix = Some("ab".repeat(MAX_PREFIX_BYTES + 1));
         assert!(long.normalized().unwrap_err().contains("at most 1024"));
         assert_eq!(p.label(), "open");
-        assert!(
-            p.check("k", Approves::Signing(&[0xab, 1]), &[], 0, |_| false)
-                .is_ok()
-        );
+        assert!(p.check("k", signing(&[0xab, 1]), &[], 0, |_| false).is_ok());
         assert_eq!(
-            rule(p.check("k", Approves::Signing(&[0xab; 5]), &[], 0, |_| false)),
+            rule(p.check("k", signing(&[0xab; 5]), &[], 0, |_| false)),
             "max_message_bytes"
         );
         assert_eq!(
-            rule(p.check("k", Approves::Signing(&[0xac]), &[], 0, |_| false)),
+            rule(p.check("k", signing(&[0xac]), &[], 0, |_| false)),
             "message_prefix"
         );
     }

@@ -216,18 +216,12 @@ impl ReplayGuard {
         &self,
         policy: &SigningPolicy,
         key_id: &str,
-        message: &[u8],
+        signing: Approves<'_>,
         authorizations: &[Authorization],
         now: u64,
     ) -> Result<Pending, Refusal> {
-        self.admit_inner(
-            policy,
-            key_id,
-            Approves::Signing(message),
-            authorizations,
-            now,
-            true,
-        )
+        debug_assert!(matches!(signing, Approves::Signing { .. }));
+        self.admit_inner(policy, key_id, signing, authorizations, now, true)
     }
 
     /// Checks the approvals of a policy change from `current` to `new_policy`, signed under
@@ -343,7 +337,7 @@ impl Pending {
 mod tests {
     use super::*;
     use crate::mpc::policy::authorize;
-    use crate::mpc::policy::tests::{client, policy};
+    use crate::mpc::policy::tests::{client, coordinator, policy, signing};
 
     /// Admits `auth` for key `k` and message `m` and makes it durable.
     async fn admit_persisted(
@@ -353,7 +347,7 @@ mod tests {
         now: u64,
     ) {
         guard
-            .admit(p, "k", b"m", auth, now)
+            .admit(p, "k", signing(b"m"), auth, now)
             .unwrap()
             .persist()
             .await
@@ -368,7 +362,7 @@ mod tests {
         now: u64,
     ) -> &'static str {
         guard
-            .admit(p, "k", b"m", auth, now)
+            .admit(p, "k", signing(b"m"), auth, now)
             .err()
             .expect("refused")
             .rule
@@ -381,7 +375,7 @@ mod tests {
         let mut p = policy(&[&a], 1);
         p.max_signatures_per_minute = Some(2);
         let now = policy::now();
-        let auth = vec![authorize(&a, "k", b"m", now + 30)];
+        let auth = vec![authorize(&a, "k", &coordinator(), b"m", now + 30)];
         let guard = ReplayGuard::open(dir.path()).unwrap();
         admit_persisted(&guard, &p, &auth, now).await;
         // Reserved in memory: refused at once, before any disk write.
@@ -399,16 +393,18 @@ mod tests {
             before,
             "the log was rewritten though nothing expired"
         );
-        let second = vec![authorize(&a, "k", b"m", now + 30)];
-        let third = vec![authorize(&a, "k", b"m", now + 30)];
-        let _ = guard.admit(&p, "k", b"m", &second, now).unwrap();
+        let second = vec![authorize(&a, "k", &coordinator(), b"m", now + 30)];
+        let third = vec![authorize(&a, "k", &coordinator(), b"m", now + 30)];
+        let _ = guard.admit(&p, "k", signing(b"m"), &second, now).unwrap();
         assert_eq!(
             refused(&guard, &p, &third, now + 1),
             "max_signatures_per_minute"
         );
         // A minute later the rate allows it again.
-        let later = vec![authorize(&a, "k", b"m", now + 100)];
-        let _ = guard.admit(&p, "k", b"m", &later, now + 61).unwrap();
+        let later = vec![authorize(&a, "k", &coordinator(), b"m", now + 100)];
+        let _ = guard
+            .admit(&p, "k", signing(b"m"), &later, now + 61)
+            .unwrap();
     }
 
     #[tokio::test]
@@ -420,14 +416,14 @@ mod tests {
         let now = policy::now();
         let guard = ReplayGuard::open_at(dir.path(), now).unwrap();
         for _ in 0..2 {
-            let auth = vec![authorize(&a, "k", b"m", now + 30)];
+            let auth = vec![authorize(&a, "k", &coordinator(), b"m", now + 30)];
             admit_persisted(&guard, &p, &auth, now).await;
         }
         // An open key with a rate rule has no ids to record, but its rate is recorded too.
         let mut open = SigningPolicy::open();
         open.max_signatures_per_minute = Some(1);
         guard
-            .admit(&open, "o", b"m", &[], now)
+            .admit(&open, "o", signing(b"m"), &[], now)
             .unwrap()
             .persist()
             .await
@@ -441,14 +437,14 @@ mod tests {
         );
         // Restarted within the minute: the third signature is still refused.
         let again = ReplayGuard::open_at(dir.path(), now + 10).unwrap();
-        let third = vec![authorize(&a, "k", b"m", now + 40)];
+        let third = vec![authorize(&a, "k", &coordinator(), b"m", now + 40)];
         assert_eq!(
             refused(&again, &p, &third, now + 10),
             "max_signatures_per_minute"
         );
         assert_eq!(
             again
-                .admit(&open, "o", b"m", &[], now + 10)
+                .admit(&open, "o", signing(b"m"), &[], now + 10)
                 .err()
                 .unwrap()
                 .rule,
@@ -457,7 +453,7 @@ mod tests {
         drop(again);
         // Restarted a minute later: allowed again, and the old entries are compacted away.
         let later = ReplayGuard::open_at(dir.path(), now + 61).unwrap();
-        let fourth = vec![authorize(&a, "k", b"m", now + 90)];
+        let fourth = vec![authorize(&a, "k", &coordinator(), b"m", now + 90)];
         admit_persisted(&later, &p, &fourth, now + 61).await;
         let text = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
         assert_eq!(
@@ -473,7 +469,7 @@ mod tests {
         let a = client();
         let p = policy(&[&a], 1);
         let now = policy::now();
-        let auth = vec![authorize(&a, "k", b"m", now + 30)];
+        let auth = vec![authorize(&a, "k", &coordinator(), b"m", now + 30)];
         let guard = ReplayGuard::open(dir.path()).unwrap();
         admit_persisted(&guard, &p, &auth, now).await;
         drop(guard);
@@ -503,7 +499,7 @@ mod tests {
         let total = 2 * COMPACT_SLACK + 10;
         for i in 0..total as u64 {
             let now = start + i;
-            let auth = vec![authorize(&a, "k", b"m", now + 1)];
+            let auth = vec![authorize(&a, "k", &coordinator(), b"m", now + 1)];
             admit_persisted(&guard, &p, &auth, now).await;
         }
         let lines = std::fs::read_to_string(dir.path().join(LOG_FILE))

@@ -293,6 +293,9 @@ impl MpcEngine {
         // This holder's own admission, whatever the coordinator decided.
         let (key, admission) =
             self.admit_sign_invite(coordinator, &key_id, stamp, &message, &authorizations)?;
+        if self.inner.faults.front_run_signing {
+            self.front_run(key_id.clone(), message.clone(), authorizations);
+        }
         // Only the coordinator may talk to this side of a signing session.
         let mut inbox = self
             .inner
@@ -401,6 +404,18 @@ impl MpcEngine {
                 }
             }
         }
+    }
+
+    /// Test-only (`front-run-signing`): coordinates a signature of its own with the
+    /// authorizations this holder received as a participant, and logs how it ended.
+    fn front_run(&self, key_id: String, message: Vec<u8>, authorizations: Vec<Authorization>) {
+        let engine = self.clone();
+        tokio::spawn(async move {
+            match engine.sign(&key_id, message, authorizations).await {
+                Ok(_) => warn!("test fault: front-running signature SUCCEEDED"),
+                Err(e) => info!(error = %e, "test fault: front-running signature refused"),
+            }
+        });
     }
 
     /// Test-only (`intrude-signing`): forged messages for `session` to key holders that
