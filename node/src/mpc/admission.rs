@@ -259,8 +259,13 @@ impl MpcEngine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    /// A token for the in-memory tests of the signing core (no request to admit there).
+    pub(crate) fn admitted() -> Admitted {
+        Admitted { _sealed: () }
+    }
 
     #[test]
     fn only_the_skip_fault_admits_without_checks() {

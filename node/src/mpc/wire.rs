@@ -223,6 +223,8 @@ pub enum Body {
     SignRound2 { signing_package: Vec<u8> },
     /// Signer → coordinator: the signature share.
     SignShare { share: Vec<u8> },
+    /// Coordinator → a holder that committed but was not chosen: drop the nonces.
+    SignDismissed,
     /// Coordinator → participants: store this aggregation task (JSON of its parameters).
     AggTaskInvite { params: Vec<u8> },
     /// Participant → coordinator: parameters accepted; its signed HPKE key.
@@ -387,7 +389,8 @@ impl Body {
             Body::SignInvite { .. }
             | Body::SignCommitments { .. }
             | Body::SignRound2 { .. }
-            | Body::SignShare { .. } => Some(Protocol::Sign),
+            | Body::SignShare { .. }
+            | Body::SignDismissed => Some(Protocol::Sign),
             Body::AggTaskInvite { .. }
             | Body::AggTaskAccept { .. }
             | Body::AggTaskCommit { .. }
@@ -435,6 +438,7 @@ impl Body {
             Body::SignCommitments { .. } => "sign round 1",
             Body::SignRound2 { .. } => "sign round 2 request",
             Body::SignShare { .. } => "sign round 2 share",
+            Body::SignDismissed => "sign dismissed",
             Body::AggTaskInvite { .. } => "aggregation task invite",
             Body::AggTaskAccept { .. } => "aggregation task accept",
             Body::AggTaskCommit { .. } => "aggregation task commit",

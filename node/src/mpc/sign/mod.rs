@@ -1,29 +1,25 @@
-//! FROST threshold signing. The node asked to sign coordinates: it invites `t - 1` other key
-//! holders (replacing at once any it cannot reach, and inviting every holder left when some
-//! are slow to answer), takes the first `t - 1` commitments, runs round 2 with them, and
-//! aggregates with cheater detection (the frost crate returns the signature only once it
-//! verifies against the group key). Nonces live only in the memory of one session task and
-//! are consumed by its single round 2; a finished session refuses every further message.
+//! FROST threshold signing: the driver of the I/O-free [`core`]. The node asked to sign
+//! coordinates: it invites `t - 1` other key holders (replacing at once any it cannot reach,
+//! and inviting every holder left when some are slow to answer), takes the first `t - 1`
+//! commitments, runs round 2 with them, and aggregates with cheater detection (the frost
+//! crate returns the signature only once it verifies against the group key). Holders that
+//! answered but were not chosen get `SignDismissed` and drop their nonces. This file does
+//! the sends, deadlines, retries and logs; every check of a protocol message and every
+//! FROST step is in [`core`]. Nonces live only in the memory of one session task and are
+//! consumed by its single round 2; a finished session refuses every further message.
 
-use std::collections::BTreeMap;
+pub mod core;
 
-use frost_ed25519 as frost;
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info, warn};
 
-use super::admission::round1;
+use self::core::{Coordinator, Signer};
 use super::policy::{Authorization, PolicyStamp};
 use super::session::{SessionError, join_peers};
 use super::wire::{Body, Protocol, SessionId};
-use super::{
-    InviteRefusal, MpcEngine, MpcError, frost_error, frost_identifier, parse_peers,
-    unreachable_error,
-};
+use super::{InviteRefusal, MpcEngine, MpcError, parse_peers, unreachable_error};
 use crate::network::MpcSendError;
-
-/// Why a holder that answered was not chosen as a signer.
-const NOT_SELECTED: &str = "not selected as a signer";
 
 /// A verified group signature.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -36,10 +32,6 @@ pub struct SignResponse {
     /// Peer ids of the participants whose shares made the signature, sorted.
     pub signers: Vec<String>,
     pub session_id: String,
-}
-
-fn fail(what: &str) -> impl Fn(frost::Error) -> SessionError + '_ {
-    move |e| SessionError::failed(format!("{what}: {e}"))
 }
 
 impl MpcEngine {
@@ -78,11 +70,7 @@ impl MpcEngine {
         let run = async move {
             let key = key2;
             let others = others2;
-            let mut ids: BTreeMap<frost::Identifier, PeerId> = BTreeMap::new();
-            for p in &holders {
-                ids.insert(frost_identifier(p).map_err(SessionError::failed)?, *p);
-            }
-            let (my_nonces, my_commitments) = round1(admitted, key.key_package.signing_share());
+            let mut core = Coordinator::start(admitted, &key, &holders, local, message.clone())?;
 
             // Round 1: invite `needed` holders (where the list starts rotates with the session,
             // spreading the work); a holder that cannot be reached is replaced at once, and when
@@ -119,14 +107,14 @@ impl MpcEngine {
             let mut failures: Vec<(PeerId, MpcSendError)> = Vec::new();
             let deadline = tokio::time::Instant::now() + timeout;
             let straggler_deadline = tokio::time::Instant::now() + timeout / 5;
-            let mut commitments: BTreeMap<PeerId, Vec<u8>> = BTreeMap::new();
-            while commitments.len() < needed {
+            let mut committed: Vec<PeerId> = Vec::new();
+            while !core.ready() {
                 let pending: Vec<PeerId> = waiting
                     .iter()
-                    .filter(|p| !commitments.contains_key(p))
+                    .filter(|p| !committed.contains(p))
                     .copied()
                     .collect();
-                if pending.len() + commitments.len() < needed {
+                if pending.len() + committed.len() < needed {
                     // A holder could not be reached: invite the next one in its place.
                     if let Some(peer) = candidates.pop_front() {
                         invite_one(peer);
@@ -134,7 +122,7 @@ impl MpcEngine {
                         continue;
                     }
                 }
-                if pending.len() + commitments.len() < needed && pending.is_empty() {
+                if pending.len() + committed.len() < needed && pending.is_empty() {
                     // Holders that refused by the key's policy are not "unreachable": the
                     // caller hears which rule refused and who refused it.
                     if let Some(refused) = SessionError::refused_by_holders(&failures) {
@@ -164,7 +152,9 @@ impl MpcEngine {
                         _ => None,
                     }) => match next {
                         Ok((peer, c)) => {
-                            commitments.insert(peer, c);
+                            if core.commitments(peer, &c)? {
+                                committed.push(peer);
+                            }
                         }
                         // Slow holders: invite every holder left as well.
                         Err(_) if widen_at.is_some() && tokio::time::Instant::now() >= wait_until => {
@@ -183,39 +173,25 @@ impl MpcEngine {
                     }
                 }
             }
+            let (mut collecting, package) = core.round2()?;
+            let chosen: Vec<PeerId> = collecting.chosen().to_vec();
             // Holders invited but not chosen are told to discard their nonces; their late
             // commitments still reach the session and are ignored there.
-            let chosen: Vec<PeerId> = commitments.keys().copied().collect();
             let not_chosen: Vec<PeerId> = waiting
                 .iter()
                 .filter(|p| !chosen.contains(p))
                 .copied()
                 .collect();
             if !not_chosen.is_empty() {
-                engine.abort_others(not_chosen, session, NOT_SELECTED.into(), &[]);
+                let engine = engine.clone();
+                tokio::spawn(async move {
+                    let _ = engine
+                        .broadcast(&not_chosen, session, &Body::SignDismissed)
+                        .await;
+                });
             }
-
-            let mut signing_commitments = BTreeMap::new();
-            signing_commitments.insert(
-                frost_identifier(&local).map_err(SessionError::failed)?,
-                my_commitments,
-            );
-            for (peer, bytes) in &commitments {
-                let c = frost::round1::SigningCommitments::deserialize(bytes).map_err(|e| {
-                    SessionError::blame(
-                        vec![*peer],
-                        format!("participant {peer} sent malformed commitments: {e}"),
-                    )
-                })?;
-                signing_commitments
-                    .insert(frost_identifier(peer).map_err(SessionError::failed)?, c);
-            }
-            let signing_package = frost::SigningPackage::new(signing_commitments, &message);
-            let package_bytes = signing_package
-                .serialize()
-                .map_err(fail("signing package"))?;
             let round2 = Body::SignRound2 {
-                signing_package: package_bytes,
+                signing_package: package,
             };
             let failures = engine.broadcast(&chosen, session, &round2).await;
             if !failures.is_empty() {
@@ -223,39 +199,22 @@ impl MpcEngine {
                     .explain(unreachable_error(failures, "the signing round 2 request"))
                     .await);
             }
-            let my_share = frost::round2::sign(&signing_package, &my_nonces, &key.key_package)
-                .map_err(fail("signing round 2"))?;
-            drop(my_nonces);
-            let shares = inbox
-                .collect("sign round 2 share", &chosen, timeout, |b| match b {
-                    Body::SignShare { share } => Some(share.clone()),
-                    _ => None,
-                })
-                .await?;
-            let mut signature_shares = BTreeMap::new();
-            signature_shares.insert(
-                frost_identifier(&local).map_err(SessionError::failed)?,
-                my_share,
-            );
-            for (peer, bytes) in &shares {
-                let s = frost::round2::SignatureShare::deserialize(bytes).map_err(|e| {
-                    SessionError::blame(
-                        vec![*peer],
-                        format!("participant {peer} sent a malformed signature share: {e}"),
-                    )
-                })?;
-                signature_shares.insert(frost_identifier(peer).map_err(SessionError::failed)?, s);
-            }
-            let signature = frost::aggregate_custom(
-                &signing_package,
-                &signature_shares,
-                &key.public_key_package,
-                frost::CheaterDetection::AllCheaters,
-            )
-            // `aggregate_custom` verifies the aggregated signature against the group key and
-            // returns it only when it verifies (it checks each share only when it does not).
-            .map_err(|e| frost_error(e, &ids, "invalid signature share"))?;
-            let signature = signature.serialize().map_err(fail("signature"))?;
+            let deadline = tokio::time::Instant::now() + timeout;
+            let signature =
+                loop {
+                    let (peer, share) =
+                        inbox
+                            .next_of("sign round 2 share", &collecting.missing(), deadline, |b| {
+                                match b {
+                                    Body::SignShare { share } => Some(share.clone()),
+                                    _ => None,
+                                }
+                            })
+                            .await?;
+                    if let Some(signature) = collecting.share(peer, &share)? {
+                        break signature;
+                    }
+                };
             if engine.inner.faults.replay_sign_round2 {
                 engine.replay(&chosen, session, &round2).await;
             }
@@ -322,8 +281,8 @@ impl MpcEngine {
                             "peer {local}: the policy of key {key_id} changed while this request was admitted; refused"
                         )));
                     }
-                    let (nonces, commitments) = round1(admitted, key.key_package.signing_share());
-                    let bytes = commitments.serialize().map_err(fail("commitments"))?;
+                    let (signer, bytes) =
+                        Signer::round1(admitted, &key, &local, coordinator, message)?;
                     match engine
                         .send(coordinator, session, Body::SignCommitments { commitments: bytes })
                         .await
@@ -340,37 +299,20 @@ impl MpcEngine {
                     // invitation and collects the others' commitments.
                     let request = inbox
                         .collect("sign round 2 request", &[coordinator], timeout * 3, |b| match b {
-                            Body::SignRound2 { signing_package } => Some(signing_package.clone()),
+                            Body::SignRound2 { signing_package } => Some(Some(signing_package.clone())),
+                            Body::SignDismissed => Some(None),
                             _ => None,
                         })
-                        .await;
-                    let bytes = match request {
-                        Ok(mut r) => r.remove(&coordinator).unwrap_or_default(),
-                        Err(SessionError::Failed(reason)) if reason.ends_with(NOT_SELECTED) => {
-                            debug!("not selected as a signer; nonces discarded");
-                            return Ok(());
-                        }
-                        Err(e) => return Err(e),
+                        .await?;
+                    let Some(package) = request.into_values().next().flatten() else {
+                        debug!("not chosen as a signer; nonces discarded");
+                        return Ok(());
                     };
-                    let package = frost::SigningPackage::deserialize(&bytes).map_err(|e| {
-                        SessionError::blame(vec![coordinator], format!("coordinator {coordinator} sent a malformed signing package: {e}"))
-                    })?;
-                    let my_id = frost_identifier(&local).map_err(SessionError::failed)?;
-                    if package.message() != message.as_slice()
-                        || package.signing_commitments().get(&my_id) != Some(&commitments)
-                    {
-                        return Err(SessionError::blame(
-                            vec![coordinator],
-                            format!("coordinator {coordinator} sent a signing package for another message or other commitments; refused"),
-                        ));
-                    }
-                    let share = frost::round2::sign(&package, &nonces, &key.key_package)
-                        .map_err(fail("signing round 2"))?;
-                    drop(nonces);
-                    // The nonces are spent: from now on this session refuses every message,
-                    // a replayed round-2 request included.
+                    // The nonces are spent by this one round 2, whatever its outcome; from
+                    // now on this session refuses every message, a replayed request included.
+                    let share = signer.round2(&package);
                     engine.inner.router.close(session);
-                    let mut share = share.serialize();
+                    let mut share = share?;
                     if engine.inner.faults.corrupt_signature_share {
                         // Test-only: a share that decodes but is wrong.
                         if let Some(b) = share.first_mut() {

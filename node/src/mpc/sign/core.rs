@@ -1,0 +1,491 @@
+//! FROST signing as an I/O-free core: no network, no clock, no task. The driver
+//! ([`super`]) delivers what arrived and sends what the core returns; every check of an
+//! incoming message is made here, at the top of the method that takes it.
+//!
+//! The rounds are types, each consumed by the step that ends it:
+//!
+//! - a holder: [`Signer::round1`] (needs the admission's [`Admitted`] token, so its request
+//!   ids are on disk before a nonce exists) → [`Signer::round2`], which takes the signer by
+//!   value: its nonces sign once, and a second round 2 does not compile;
+//! - the coordinator: [`Coordinator::start`] (its own round 1, from the token too) →
+//!   [`Coordinator::commitments`] until enough holders committed → [`Coordinator::round2`]
+//!   (by value) → [`Collecting::share`] until every chosen signer answered → the verified
+//!   signature.
+//!
+//! A second round 2 on a signer, spelled out:
+//!
+//! ```compile_fail
+//! # fn twice(signer: p2p_mpc_node::mpc::sign::core::Signer, package: &[u8]) {
+//! let _ = signer.round2(package);
+//! let _ = signer.round2(package); // `signer` was moved by the first round 2
+//! # }
+//! ```
+
+use std::collections::BTreeMap;
+
+use frost_ed25519 as frost;
+use libp2p::PeerId;
+
+use super::super::admission::{Admitted, round1};
+use super::super::session::SessionError;
+use super::super::store::StoredKey;
+use super::super::{frost_error, frost_identifier};
+
+/// Round 1 done on a holder: its nonces, waiting for the coordinator's signing package.
+pub struct Signer {
+    coordinator: PeerId,
+    message: Vec<u8>,
+    id: frost::Identifier,
+    nonces: frost::round1::SigningNonces,
+    commitments: frost::round1::SigningCommitments,
+    key_package: frost::keys::KeyPackage,
+}
+
+impl Signer {
+    /// Commits to a round for an admitted request; returns the signer and the commitments
+    /// to send to `coordinator`.
+    pub fn round1(
+        admitted: Admitted,
+        key: &StoredKey,
+        local: &PeerId,
+        coordinator: PeerId,
+        message: Vec<u8>,
+    ) -> Result<(Self, Vec<u8>), SessionError> {
+        let id = frost_identifier(local).map_err(SessionError::failed)?;
+        let (nonces, commitments) = round1(admitted, key.key_package.signing_share());
+        let bytes = commitments
+            .serialize()
+            .map_err(|e| SessionError::failed(format!("commitments: {e}")))?;
+        let signer = Self {
+            coordinator,
+            message,
+            id,
+            nonces,
+            commitments,
+            key_package: key.key_package.clone(),
+        };
+        Ok((signer, bytes))
+    }
+
+    /// Signs the coordinator's package once: it must be for the authorized message and hold
+    /// this signer's own commitments. Returns the signature share. The nonces are gone
+    /// afterwards, whatever the outcome.
+    pub fn round2(self, package: &[u8]) -> Result<Vec<u8>, SessionError> {
+        let coordinator = self.coordinator;
+        let package = frost::SigningPackage::deserialize(package).map_err(|e| {
+            SessionError::blame(
+                vec![coordinator],
+                format!("coordinator {coordinator} sent a malformed signing package: {e}"),
+            )
+        })?;
+        if package.message() != self.message.as_slice()
+            || package.signing_commitments().get(&self.id) != Some(&self.commitments)
+        {
+            return Err(SessionError::blame(
+                vec![coordinator],
+                format!(
+                    "coordinator {coordinator} sent a signing package for another message or other commitments; refused"
+                ),
+            ));
+        }
+        let share = frost::round2::sign(&package, &self.nonces, &self.key_package)
+            .map_err(|e| SessionError::failed(format!("signing round 2: {e}")))?;
+        Ok(share.serialize())
+    }
+}
+
+/// The coordinator's round 1: its own nonces, and the holders' commitments as they come.
+pub struct Coordinator {
+    local: PeerId,
+    message: Vec<u8>,
+    needed: usize,
+    /// FROST identifier of every holder of the key.
+    ids: BTreeMap<PeerId, frost::Identifier>,
+    nonces: frost::round1::SigningNonces,
+    own: frost::round1::SigningCommitments,
+    commitments: BTreeMap<PeerId, frost::round1::SigningCommitments>,
+    key_package: frost::keys::KeyPackage,
+    public_key_package: frost::keys::PublicKeyPackage,
+}
+
+impl Coordinator {
+    /// Starts coordinating a signature of `message` with `key` by `holders` (this node
+    /// among them), for an admitted request: this node's round 1.
+    pub fn start(
+        admitted: Admitted,
+        key: &StoredKey,
+        holders: &[PeerId],
+        local: PeerId,
+        message: Vec<u8>,
+    ) -> Result<Self, SessionError> {
+        let mut ids = BTreeMap::new();
+        for p in holders {
+            ids.insert(*p, frost_identifier(p).map_err(SessionError::failed)?);
+        }
+        if !ids.contains_key(&local) {
+            return Err(SessionError::failed(format!(
+                "this node ({local}) does not hold the key"
+            )));
+        }
+        let (nonces, own) = round1(admitted, key.key_package.signing_share());
+        Ok(Self {
+            local,
+            message,
+            needed: usize::from(key.info.threshold).saturating_sub(1),
+            ids,
+            nonces,
+            own,
+            commitments: BTreeMap::new(),
+            key_package: key.key_package.clone(),
+            public_key_package: key.public_key_package.clone(),
+        })
+    }
+
+    /// How many other holders' commitments round 2 needs.
+    pub fn needed(&self) -> usize {
+        self.needed
+    }
+
+    /// Whether enough holders committed for round 2.
+    pub fn ready(&self) -> bool {
+        self.commitments.len() >= self.needed
+    }
+
+    /// Takes `from`'s commitments. Refused: a peer that does not hold the key, this node
+    /// itself, bytes that are not commitments (blamed), a second, different set from the
+    /// same holder (equivocation, blamed), and any set once enough are in (`Ok(false)`:
+    /// the holder came too late and is not a signer). `Ok(true)`: taken.
+    pub fn commitments(&mut self, from: PeerId, bytes: &[u8]) -> Result<bool, SessionError> {
+        if from == self.local || !self.ids.contains_key(&from) {
+            return Err(SessionError::blame(
+                vec![from],
+                format!("peer {from} is not a holder invited to sign"),
+            ));
+        }
+        let c = frost::round1::SigningCommitments::deserialize(bytes).map_err(|e| {
+            SessionError::blame(
+                vec![from],
+                format!("participant {from} sent malformed commitments: {e}"),
+            )
+        })?;
+        match self.commitments.get(&from) {
+            Some(previous) if *previous == c => return Ok(true),
+            Some(_) => {
+                return Err(SessionError::blame(
+                    vec![from],
+                    format!("participant {from} sent two different sign round 1 messages"),
+                ));
+            }
+            None => {}
+        }
+        if self.ready() {
+            return Ok(false);
+        }
+        self.commitments.insert(from, c);
+        Ok(true)
+    }
+
+    /// Round 2, once [`ready`](Self::ready): the signing package for the chosen signers
+    /// (the holders whose commitments were taken) and this node's own share. Consumes the
+    /// round: the coordinator's nonces sign once.
+    pub fn round2(self) -> Result<(Collecting, Vec<u8>), SessionError> {
+        if !self.ready() {
+            return Err(SessionError::failed(format!(
+                "round 2 needs {} commitments, {} arrived",
+                self.needed,
+                self.commitments.len()
+            )));
+        }
+        let mut signing_commitments = BTreeMap::new();
+        signing_commitments.insert(self.ids[&self.local], self.own);
+        for (peer, c) in &self.commitments {
+            signing_commitments.insert(self.ids[peer], *c);
+        }
+        let package = frost::SigningPackage::new(signing_commitments, &self.message);
+        let bytes = package
+            .serialize()
+            .map_err(|e| SessionError::failed(format!("signing package: {e}")))?;
+        let own = frost::round2::sign(&package, &self.nonces, &self.key_package)
+            .map_err(|e| SessionError::failed(format!("signing round 2: {e}")))?;
+        let mut shares = BTreeMap::new();
+        shares.insert(self.ids[&self.local], own);
+        let collecting = Collecting {
+            chosen: self.commitments.keys().copied().collect(),
+            ids: self.ids,
+            package,
+            shares,
+            received: BTreeMap::new(),
+            public_key_package: self.public_key_package,
+        };
+        Ok((collecting, bytes))
+    }
+}
+
+/// Round 2 on the coordinator: the chosen signers' shares as they come.
+pub struct Collecting {
+    chosen: Vec<PeerId>,
+    ids: BTreeMap<PeerId, frost::Identifier>,
+    package: frost::SigningPackage,
+    shares: BTreeMap<frost::Identifier, frost::round2::SignatureShare>,
+    received: BTreeMap<PeerId, Vec<u8>>,
+    public_key_package: frost::keys::PublicKeyPackage,
+}
+
+impl Collecting {
+    /// The signers chosen for round 2 (other than this node), sorted.
+    pub fn chosen(&self) -> &[PeerId] {
+        &self.chosen
+    }
+
+    /// The chosen signers whose share has not arrived.
+    pub fn missing(&self) -> Vec<PeerId> {
+        self.chosen
+            .iter()
+            .filter(|p| !self.received.contains_key(p))
+            .copied()
+            .collect()
+    }
+
+    /// Takes `from`'s signature share. Refused: a peer that is not a chosen signer, bytes
+    /// that are not a share (blamed), a second, different share (blamed). Once every chosen
+    /// signer answered, aggregates with cheater detection and returns the signature (64
+    /// bytes), which frost returns only when it verifies against the group key; a wrong
+    /// share blames its sender.
+    pub fn share(&mut self, from: PeerId, bytes: &[u8]) -> Result<Option<Vec<u8>>, SessionError> {
+        if !self.chosen.contains(&from) {
+            return Err(SessionError::blame(
+                vec![from],
+                format!("peer {from} is not a chosen signer of this session"),
+            ));
+        }
+        if let Some(previous) = self.received.get(&from) {
+            if previous.as_slice() == bytes {
+                return Ok(None);
+            }
+            return Err(SessionError::blame(
+                vec![from],
+                format!("participant {from} sent two different sign round 2 share messages"),
+            ));
+        }
+        let share = frost::round2::SignatureShare::deserialize(bytes).map_err(|e| {
+            SessionError::blame(
+                vec![from],
+                format!("participant {from} sent a malformed signature share: {e}"),
+            )
+        })?;
+        self.received.insert(from, bytes.to_vec());
+        self.shares.insert(self.ids[&from], share);
+        if !self.missing().is_empty() {
+            return Ok(None);
+        }
+        let by_id: BTreeMap<frost::Identifier, PeerId> =
+            self.ids.iter().map(|(p, id)| (*id, *p)).collect();
+        let signature = frost::aggregate_custom(
+            &self.package,
+            &self.shares,
+            &self.public_key_package,
+            frost::CheaterDetection::AllCheaters,
+        )
+        .map_err(|e| frost_error(e, &by_id, "invalid signature share"))?;
+        let bytes = signature
+            .serialize()
+            .map_err(|e| SessionError::failed(format!("signature: {e}")))?;
+        Ok(Some(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::super::admission::tests::admitted;
+    use super::super::super::policy::SigningPolicy;
+    use super::super::super::store::KeyInfo;
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A t-of-n key dealt among `n` random peers (FROST identifiers derived from their ids,
+    /// as the DKG does).
+    fn dealt(t: u16, n: u16) -> (Vec<PeerId>, Vec<StoredKey>) {
+        let peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
+        let ids: Vec<frost::Identifier> =
+            peers.iter().map(|p| frost_identifier(p).unwrap()).collect();
+        let (shares, public) = frost::keys::generate_with_dealer(
+            n,
+            t,
+            frost::keys::IdentifierList::Custom(&ids),
+            rand_core::OsRng,
+        )
+        .unwrap();
+        let keys = ids
+            .iter()
+            .map(|id| StoredKey {
+                info: KeyInfo {
+                    key_id: "k".into(),
+                    scheme: "ed25519".into(),
+                    public_key: hex::encode(public.verifying_key().serialize().unwrap()),
+                    threshold: t,
+                    participants: peers.iter().map(ToString::to_string).collect(),
+                    status: "active".into(),
+                    created_by: None,
+                    created_at: 0,
+                    policy: SigningPolicy::open(),
+                    policy_version: 0,
+                },
+                key_package: frost::keys::KeyPackage::try_from(shares[id].clone()).unwrap(),
+                public_key_package: public.clone(),
+                policy_changes: vec![],
+            })
+            .collect();
+        (peers, keys)
+    }
+
+    fn verify(key: &StoredKey, message: &[u8], signature: &[u8]) {
+        let sig = frost::Signature::deserialize(signature).unwrap();
+        key.public_key_package
+            .verifying_key()
+            .verify(message, &sig)
+            .unwrap();
+    }
+
+    #[test]
+    fn three_of_five_signs_among_cores_and_refuses_every_misstep() {
+        let (peers, keys) = dealt(3, 5);
+        let message = b"pay 5".to_vec();
+        let mut coordinator =
+            Coordinator::start(admitted(), &keys[0], &peers, peers[0], message.clone()).unwrap();
+        assert_eq!(coordinator.needed(), 2);
+        // Holders 1 to 3 commit; holder 3 is one too many.
+        let mut signers = Vec::new();
+        let mut first = Vec::new();
+        for i in 1..=3 {
+            let (signer, bytes) =
+                Signer::round1(admitted(), &keys[i], &peers[i], peers[0], message.clone()).unwrap();
+            signers.push(signer);
+            first.push(bytes);
+        }
+        // Refused before anything counts: itself, a stranger, garbage.
+        for (from, bytes) in [
+            (peers[0], first[0].clone()),
+            (PeerId::random(), first[0].clone()),
+            (peers[1], vec![1, 2, 3]),
+        ] {
+            let e = coordinator.commitments(from, &bytes).unwrap_err();
+            assert_eq!(e.blamed(), &[from]);
+        }
+        assert!(coordinator.commitments(peers[1], &first[0]).unwrap());
+        // The same again is no change; different ones are equivocation.
+        assert!(coordinator.commitments(peers[1], &first[0]).unwrap());
+        let e = coordinator.commitments(peers[1], &first[1]).unwrap_err();
+        assert_eq!(e.blamed(), &[peers[1]]);
+        assert!(!coordinator.ready());
+        assert!(coordinator.commitments(peers[2], &first[1]).unwrap());
+        assert!(coordinator.ready());
+        assert!(
+            !coordinator.commitments(peers[3], &first[2]).unwrap(),
+            "late"
+        );
+
+        let (mut collecting, package) = coordinator.round2().unwrap();
+        let mut chosen = vec![peers[1], peers[2]];
+        chosen.sort();
+        assert_eq!(collecting.chosen(), chosen.as_slice());
+        let late = signers.pop().unwrap();
+        // A holder that was not chosen cannot sign this package (its commitments are not
+        // in it): it blames the coordinator and its nonces are gone.
+        assert_eq!(late.round2(&package).unwrap_err().blamed(), &[peers[0]]);
+        let mut shares: Vec<Vec<u8>> = signers
+            .into_iter()
+            .map(|s| s.round2(&package).unwrap())
+            .collect();
+        // A share from someone not chosen, a malformed one: refused, nothing taken.
+        assert!(collecting.share(peers[3], &shares[0]).is_err());
+        assert_eq!(
+            collecting.share(peers[1], &[0; 3]).unwrap_err().blamed(),
+            &[peers[1]]
+        );
+        assert_eq!(collecting.share(peers[1], &shares[0]).unwrap(), None);
+        assert_eq!(collecting.missing(), vec![peers[2]]);
+        let signature = collecting
+            .share(peers[2], &shares.pop().unwrap())
+            .unwrap()
+            .unwrap();
+        verify(&keys[0], &message, &signature);
+    }
+
+    #[test]
+    fn a_wrong_share_is_named_and_a_package_for_another_message_refused() {
+        let (peers, keys) = dealt(2, 3);
+        let message = b"m".to_vec();
+        let mut coordinator =
+            Coordinator::start(admitted(), &keys[0], &peers, peers[0], message.clone()).unwrap();
+        let (signer, bytes) =
+            Signer::round1(admitted(), &keys[1], &peers[1], peers[0], message.clone()).unwrap();
+        coordinator.commitments(peers[1], &bytes).unwrap();
+        let (mut collecting, package) = coordinator.round2().unwrap();
+        let mut share = signer.round2(&package).unwrap();
+        share[0] ^= 1;
+        let e = collecting.share(peers[1], &share).unwrap_err();
+        assert_eq!(e.blamed(), &[peers[1]], "{e}");
+
+        // A signer asked to sign another message than the one it was invited for refuses.
+        let (signer, bytes) =
+            Signer::round1(admitted(), &keys[2], &peers[2], peers[0], message).unwrap();
+        let c = frost::round1::SigningCommitments::deserialize(&bytes).unwrap();
+        let ids = [frost_identifier(&peers[2]).unwrap()];
+        let other = frost::SigningPackage::new(BTreeMap::from([(ids[0], c)]), b"other");
+        let e = signer.round2(&other.serialize().unwrap()).unwrap_err();
+        assert_eq!(e.blamed(), &[peers[0]]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Random and mutated messages to every round of the coordinator: no panic, it
+        /// takes at most the commitments it needs and one share per chosen signer, and a
+        /// signature, if one comes out, verifies.
+        #[test]
+        fn random_and_mutated_messages_never_panic_and_state_stays_bounded(
+            ops in proptest::collection::vec(
+                (0u8..3, 0usize..6, proptest::collection::vec(any::<u8>(), 0..80), any::<u16>()),
+                1..40,
+            )
+        ) {
+            let (peers, keys) = dealt(3, 4);
+            let message = b"m".to_vec();
+            let mut coordinator =
+                Coordinator::start(admitted(), &keys[0], &peers, peers[0], message.clone()).unwrap();
+            let honest: Vec<(Signer, Vec<u8>)> = (1..4)
+                .map(|i| Signer::round1(admitted(), &keys[i], &peers[i], peers[0], message.clone()).unwrap())
+                .collect();
+            let who = |i: usize| if i < 4 { peers[i] } else { PeerId::random() };
+            // kind 0: random bytes; 1: a holder's real commitments; 2: the same, one bit flipped.
+            let pick = |kind: u8, random: &[u8], flip: u16, real: &[u8]| -> Vec<u8> {
+                let mut b = if kind == 0 { random.to_vec() } else { real.to_vec() };
+                if kind == 2 && !b.is_empty() {
+                    let at = usize::from(flip) % b.len();
+                    b[at] ^= 1 << (flip % 8);
+                }
+                b
+            };
+            for (kind, from, random, flip) in &ops {
+                let real = &honest[usize::from(*flip) % 3].1;
+                let _ = coordinator.commitments(who(*from), &pick(*kind, random, *flip, real));
+                prop_assert!(coordinator.commitments.len() <= coordinator.needed());
+            }
+            if coordinator.ready() {
+                let (mut collecting, package) = coordinator.round2().unwrap();
+                // Each honest signer signs the package if its commitments are in it.
+                let shares: Vec<Vec<u8>> = honest
+                    .into_iter()
+                    .map(|(s, _)| s.round2(&package).unwrap_or_default())
+                    .collect();
+                for (kind, from, random, flip) in &ops {
+                    let real = &shares[usize::from(*flip) % 3];
+                    if let Ok(Some(sig)) = collecting.share(who(*from), &pick(*kind, random, *flip, real)) {
+                        verify(&keys[0], &message, &sig);
+                    }
+                    prop_assert!(collecting.received.len() <= collecting.chosen().len());
+                }
+            }
+        }
+    }
+}
