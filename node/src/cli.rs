@@ -182,6 +182,11 @@ pub struct NodeArgs {
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub max_connections: u32,
 
+    /// Most HTTP API requests served at once; more are answered 503 `overloaded` at once.
+    #[arg(long, env = "P2P_MPC_API_MAX_CONCURRENT_REQUESTS", default_value_t = 256, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub api_max_concurrent_requests: u32,
+
     /// Deadline of one round of an MPC session, in seconds (raise it for large DKGs on slow
     /// machines: every participant of a t-of-n DKG checks n - 1 shares against t commitments).
     #[arg(long, env = "P2P_MPC_MPC_ROUND_TIMEOUT", default_value_t = crate::mpc::DEFAULT_ROUND_TIMEOUT.as_secs(), value_name = "SECONDS",

@@ -81,6 +81,7 @@ pub struct FileConfig {
     pub api_port: Option<u16>,
     pub api_address: Option<IpAddr>,
     pub api_token_file: Option<PathBuf>,
+    pub api_max_concurrent_requests: Option<u32>,
     pub data_dir: Option<PathBuf>,
     pub max_connections: Option<u32>,
     pub max_message_size: Option<usize>,
@@ -181,6 +182,8 @@ pub struct NodeConfig {
     pub api_address: IpAddr,
     pub api_token_file: Option<PathBuf>,
     pub api_token: Option<ApiToken>,
+    /// Most API requests served at once.
+    pub api_max_concurrent_requests: usize,
     pub data_dir: PathBuf,
     pub max_connections: u32,
     pub max_message_size: usize,
@@ -381,6 +384,15 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
     check_max_message_size(max_message_size)
         .map_err(|m| invalid(&origin_of("max_message_size"), "max_message_size".into(), m))?;
 
+    let api_max_concurrent_requests: u32 = pick!(api_max_concurrent_requests);
+    if !(1..=65536).contains(&api_max_concurrent_requests) {
+        return Err(invalid(
+            &origin_of("api_max_concurrent_requests"),
+            "api_max_concurrent_requests".into(),
+            format!("must be from 1 to 65536, not {api_max_concurrent_requests}"),
+        ));
+    }
+
     let mpc_round_timeout: u64 = pick!(mpc_round_timeout);
     if !(1..=600).contains(&mpc_round_timeout) {
         return Err(invalid(
@@ -457,6 +469,7 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         api_address: pick!(api_address),
         api_token_file,
         api_token,
+        api_max_concurrent_requests: api_max_concurrent_requests as usize,
         data_dir: pick!(data_dir),
         max_connections,
         max_message_size,

@@ -259,6 +259,9 @@ pub async fn run(
         token: config.api_token.clone(),
         max_message_size: config.max_message_size,
         mpc,
+        in_flight: Arc::new(tokio::sync::Semaphore::new(
+            config.api_max_concurrent_requests,
+        )),
     };
     let api_task = tokio::spawn(api::serve(api_listener, state, stopped(stop_rx.clone())));
     let metrics_task = tokio::spawn(metrics::serve(

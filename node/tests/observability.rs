@@ -418,3 +418,68 @@ async fn publish_subcommand_reaches_other_nodes() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot reach the node"));
 }
+
+/// At most `api_max_concurrent_requests` requests are served at once: with a cap of one, a
+/// request whose body is still on its way holds the slot, the next request is answered 503
+/// `overloaded` (with Retry-After) at once instead of waiting, and when the first one ends
+/// the node serves again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_beyond_the_concurrency_cap_are_refused_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempdir();
+    let a = NodeProcess::start(
+        "A",
+        dir.path(),
+        &args(&["-t", "chat", "--api-max-concurrent-requests", "1"]),
+    )
+    .await;
+    let status = format!("{}/v1/status", a.api);
+    assert_eq!(a.http.get(&status).send().await.unwrap().status(), 200);
+
+    // A publish whose body never comes.
+    let addr = a.api.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(
+        format!("POST /v1/topics/chat/messages HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n{{")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let refused = wait_status(&a, &status, 503).await;
+    assert_eq!(
+        refused.headers()["retry-after"].to_str().unwrap(),
+        "1",
+        "{:?}",
+        refused.headers()
+    );
+    let body: Value = refused.json().await.unwrap();
+    assert_eq!(body["code"], "overloaded", "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("api_max_concurrent_requests"),
+        "{body}"
+    );
+
+    // The slow caller goes away: the slot is free again.
+    drop(slow);
+    wait_status(&a, &status, 200).await;
+}
+
+/// Polls GET `url` until it answers `code`; returns that response.
+async fn wait_status(node: &NodeProcess, url: &str, code: u16) -> reqwest::Response {
+    wait_for(
+        &format!("GET {url} to answer {code}"),
+        Duration::from_secs(10),
+        || async {
+            let r = node.http.get(url).send().await.map_err(|e| e.to_string())?;
+            if r.status() == code {
+                Ok(r)
+            } else {
+                Err(format!("{}", r.status()))
+            }
+        },
+    )
+    .await
+}

@@ -40,6 +40,8 @@ pub struct ApiState {
     pub token: Option<ApiToken>,
     pub max_message_size: usize,
     pub mpc: crate::mpc::MpcEngine,
+    /// One permit per request being served (`api_max_concurrent_requests`).
+    pub in_flight: Arc<tokio::sync::Semaphore>,
 }
 
 /// An API error: HTTP status, a stable machine-readable code and a message for people.
@@ -172,6 +174,10 @@ pub fn router(state: ApiState) -> Router {
     v1.fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body::NONE))
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            limit_in_flight,
+        ))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -186,6 +192,26 @@ async fn label_route(req: Request, next: Next) -> Response {
         resp.extensions_mut().insert(RouteLabel(label));
     }
     resp
+}
+
+/// Serves at most `api_max_concurrent_requests` requests at once (a permit is held until the
+/// response is made, body reading included); one more is answered 503 `overloaded` at once,
+/// with `Retry-After: 1`, rather than queued.
+async fn limit_in_flight(State(state): State<ApiState>, req: Request, next: Next) -> Response {
+    let Ok(_permit) = state.in_flight.clone().try_acquire_owned() else {
+        let mut resp = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "overloaded",
+            "this node serves as many API requests at once as it takes (api_max_concurrent_requests); retry shortly",
+        )
+        .into_response();
+        resp.headers_mut().insert(
+            axum::http::header::RETRY_AFTER,
+            axum::http::HeaderValue::from_static("1"),
+        );
+        return resp;
+    };
+    next.run(req).await
 }
 
 /// Counts and times every request, inside a span.

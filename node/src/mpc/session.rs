@@ -155,6 +155,21 @@ pub fn join_peers(peers: &[PeerId]) -> String {
         .join(", ")
 }
 
+/// Whether `body` may be delivered to a session of `protocol`: a message of another
+/// protocol never is, and a chunk only to the aggregation sessions that carry chunks (an
+/// `Abort` belongs to every session).
+fn belongs_to(body: &Body, protocol: Protocol) -> bool {
+    match body.protocol() {
+        Some(p) => p == protocol,
+        None => match body {
+            Body::AggChunk { .. } => {
+                matches!(protocol, Protocol::AggReport | Protocol::AggCollect)
+            }
+            _ => true,
+        },
+    }
+}
+
 /// A message routed to a session.
 #[derive(Debug)]
 pub struct Routed {
@@ -315,11 +330,7 @@ impl SessionRouter {
                     format!("peer {from} is not a participant of session {session}"),
                 );
             }
-            if message
-                .body
-                .protocol()
-                .is_some_and(|p| p != active.protocol)
-            {
+            if !belongs_to(&message.body, active.protocol) {
                 let p = active.protocol.as_str();
                 drop(table);
                 return self.dropped(
@@ -750,6 +761,49 @@ mod tests {
             .with_label_values(&["frost_dkg", "not_participant"])
             .get();
         assert_eq!(dropped, 1);
+    }
+
+    #[test]
+    fn chunks_reach_only_the_sessions_that_carry_chunks_and_aborts_every_session() {
+        let router = SessionRouter::new(MpcMetrics::unregistered());
+        let peer = PeerId::random();
+        let chunk = || Body::AggChunk {
+            index: 0,
+            data: super::super::wire::Blob(vec![0; 16].into()),
+        };
+        let abort = || Body::Abort {
+            reason: "x".into(),
+            blamed: vec![],
+        };
+        let mut inboxes = Vec::new();
+        for (protocol, takes_chunks) in [
+            (Protocol::Sign, false),
+            (Protocol::Dkg, false),
+            (Protocol::PolicyChange, false),
+            (Protocol::Transfer, false),
+            (Protocol::AggReport, true),
+            (Protocol::AggCollect, true),
+        ] {
+            let s = SessionId::random();
+            inboxes.push(router.open(s, protocol, [peer]).unwrap());
+            let d = router.route(peer, msg(s, chunk()));
+            if takes_chunks {
+                assert!(matches!(d, RouteDecision::Delivered), "{protocol:?}: {d:?}");
+            } else {
+                assert!(
+                    matches!(
+                        d,
+                        RouteDecision::Dropped {
+                            reason: "wrong_protocol",
+                            ..
+                        }
+                    ),
+                    "{protocol:?}: {d:?}"
+                );
+            }
+            let d = router.route(peer, msg(s, abort()));
+            assert!(matches!(d, RouteDecision::Delivered), "{protocol:?}: {d:?}");
+        }
     }
 
     #[test]
