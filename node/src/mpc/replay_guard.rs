@@ -12,8 +12,11 @@
 //! twice the live entries (plus some slack).
 //!
 //! A torn last line (a crash in the middle of an append) is ignored: its append never
-//! returned, so the request it belonged to was never signed. Any other malformed line
-//! stops the node with the line's number, since forgetting used ids would reopen replays.
+//! returned, so the request it belonged to was never signed. An append that fails part-way
+//! (a full disk) cuts the file back to where it started, or, if even that fails, has the
+//! next append rewrite the log from memory first, so a torn line never ends up in the
+//! middle. Any other malformed line stops the node with the line's number, since forgetting
+//! used ids would reopen replays.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fs::{File, OpenOptions};
@@ -40,6 +43,9 @@ struct Inner {
     state: Mutex<State>,
     /// Serializes appends and compactions; only ever locked on a blocking thread.
     log: Mutex<Log>,
+    /// Test-only: the next append writes this many bytes, then fails (a full disk).
+    #[cfg(test)]
+    short_write: Mutex<Option<usize>>,
 }
 
 #[derive(Default)]
@@ -53,6 +59,9 @@ struct State {
 struct Log {
     file: File,
     lines: usize,
+    /// A failed append could not be cut back: the file may end in a torn line, so the next
+    /// append rewrites the log from memory first.
+    dirty: bool,
 }
 
 /// Request ids admitted in memory that are not yet on disk. Await
@@ -200,7 +209,13 @@ impl ReplayGuard {
             inner: Arc::new(Inner {
                 path,
                 state: Mutex::new(state),
-                log: Mutex::new(Log { file, lines }),
+                log: Mutex::new(Log {
+                    file,
+                    lines,
+                    dirty: false,
+                }),
+                #[cfg(test)]
+                short_write: Mutex::new(None),
             }),
         })
     }
@@ -297,22 +312,51 @@ impl ReplayGuard {
             let state = self.state();
             state.seen.len() + state.recent.values().map(VecDeque::len).sum::<usize>()
         };
-        if log.lines > 2 * live + COMPACT_SLACK {
+        if log.dirty || log.lines > 2 * live + COMPACT_SLACK {
             // The reserved entries are in memory already, so the compacted log holds them too.
             let state = self.state();
             let (file, lines) = compact(&inner.path, &state, policy::now())?;
             drop(state);
-            *log = Log { file, lines };
+            *log = Log {
+                file,
+                lines,
+                dirty: false,
+            };
             return Ok(());
         }
         let mut text: String = ids.iter().map(|(id, exp)| line(id, *exp)).collect();
         if let Some((key, at)) = rate {
             text.push_str(&rate_line(key, *at));
         }
-        log.file.write_all(text.as_bytes())?;
-        log.file.sync_data()?;
+        let start = log.file.metadata()?.len();
+        let written = self
+            .write(&mut log.file, text.as_bytes())
+            .and_then(|()| log.file.sync_data());
+        if let Err(e) = written {
+            // Cut a partial line off, so that the next append starts on a line of its own.
+            let cut = log.file.set_len(start).and_then(|()| log.file.sync_data());
+            if cut.is_err() {
+                log.dirty = true;
+            }
+            return Err(e);
+        }
         log.lines += ids.len() + usize::from(rate.is_some());
         Ok(())
+    }
+
+    fn write(&self, file: &mut File, bytes: &[u8]) -> std::io::Result<()> {
+        #[cfg(test)]
+        if let Some(n) = self
+            .inner
+            .short_write
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            file.write_all(&bytes[..n.min(bytes.len())])?;
+            return Err(std::io::Error::other("test: no space left on device"));
+        }
+        file.write_all(bytes)
     }
 }
 
@@ -486,6 +530,43 @@ mod tests {
         std::fs::write(&path, format!("{text}not an id\n")).unwrap();
         let err = ReplayGuard::open(dir.path()).err().unwrap();
         assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn an_append_cut_short_leaves_no_torn_line_in_the_middle() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = client();
+        let p = policy(&[&a], 1);
+        let now = policy::now();
+        let auths: Vec<Vec<Authorization>> = (0..3)
+            .map(|_| vec![authorize(&a, "k", &coordinator(), b"m", now + 30)])
+            .collect();
+        let guard = ReplayGuard::open(dir.path()).unwrap();
+        admit_persisted(&guard, &p, &auths[0], now).await;
+        // The disk fills in the middle of the second append: that request is refused.
+        *guard.inner.short_write.lock().unwrap() = Some(10);
+        let cut_short = guard
+            .admit(&p, "k", signing(b"m"), &auths[1], now)
+            .unwrap()
+            .persist()
+            .await
+            .unwrap_err();
+        assert_eq!(cut_short.rule, "internal");
+        assert!(cut_short.detail.contains("no space left"), "{cut_short}");
+        // Space again: the third one is recorded on a line of its own.
+        admit_persisted(&guard, &p, &auths[2], now).await;
+        drop(guard);
+        let text = std::fs::read_to_string(dir.path().join(LOG_FILE)).unwrap();
+        assert!(text.lines().all(|l| parse_line(l).is_some()), "{text}");
+        // The node starts; the used ids stay used, the refused request's were never used.
+        let reopened = ReplayGuard::open(dir.path()).unwrap();
+        assert_eq!(refused(&reopened, &p, &auths[0], now), "replayed");
+        assert_eq!(refused(&reopened, &p, &auths[2], now), "replayed");
+        assert!(
+            reopened
+                .admit(&p, "k", signing(b"m"), &auths[1], now)
+                .is_ok()
+        );
     }
 
     #[tokio::test]
