@@ -9,7 +9,8 @@
 //! line per id (`<32 hex digits> <expiry in unix seconds>`), and one line per signing
 //! request counted by a key's per-minute rule (`rate <key id> <unix seconds>`), so that a
 //! restart resets neither; it is compacted when it opens and whenever it holds more than
-//! twice the live entries (plus some slack).
+//! twice the live entries (plus some slack), from a snapshot taken under the state lock and
+//! written without it, so admissions go on while the file is rewritten.
 //!
 //! A torn last line (a crash in the middle of an append) is ignored: its append never
 //! returned, so the request it belonged to was never signed. An append that fails part-way
@@ -46,6 +47,9 @@ struct Inner {
     /// Test-only: the next append writes this many bytes, then fails (a full disk).
     #[cfg(test)]
     short_write: Mutex<Option<usize>>,
+    /// Test-only: whether the state lock was free while a compaction wrote the file.
+    #[cfg(test)]
+    compacted_unlocked: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -136,6 +140,12 @@ fn open_append(path: &Path) -> std::io::Result<File> {
 /// Rewrites the log atomically with the live entries only: ids not expired, requests of the
 /// last minute.
 fn compact(path: &Path, state: &State, now: u64) -> std::io::Result<(File, usize)> {
+    let (text, lines) = live_text(state, now);
+    write_compacted(path, &text, lines)
+}
+
+/// The live entries as the text of a compacted log, and its number of lines.
+fn live_text(state: &State, now: u64) -> (String, usize) {
     let mut text = String::with_capacity(state.seen.len() * 44);
     for (exp, id) in &state.by_expiry {
         text.push_str(&line(id, *exp));
@@ -149,6 +159,11 @@ fn compact(path: &Path, state: &State, now: u64) -> std::io::Result<(File, usize
             }
         }
     }
+    (text, lines)
+}
+
+/// Replaces the log with `text` (`lines` lines) atomically and opens it for appends.
+fn write_compacted(path: &Path, text: &str, lines: usize) -> std::io::Result<(File, usize)> {
     crate::atomic_file::write(path, text.as_bytes(), crate::atomic_file::Existing::Replace)?;
     Ok((open_append(path)?, lines))
 }
@@ -216,6 +231,8 @@ impl ReplayGuard {
                 }),
                 #[cfg(test)]
                 short_write: Mutex::new(None),
+                #[cfg(test)]
+                compacted_unlocked: std::sync::atomic::AtomicBool::new(false),
             }),
         })
     }
@@ -314,9 +331,16 @@ impl ReplayGuard {
         };
         if log.dirty || log.lines > 2 * live + COMPACT_SLACK {
             // The reserved entries are in memory already, so the compacted log holds them too.
-            let state = self.state();
-            let (file, lines) = compact(&inner.path, &state, policy::now())?;
-            drop(state);
+            // Only the snapshot is taken under the state lock: the router admits requests
+            // while the file is written and synced (appends wait for the log lock, and an
+            // entry both in the snapshot and appended after it is only a repeated line).
+            let (text, lines) = live_text(&self.state(), policy::now());
+            #[cfg(test)]
+            inner.compacted_unlocked.store(
+                inner.state.try_lock().is_ok(),
+                std::sync::atomic::Ordering::SeqCst,
+            );
+            let (file, lines) = write_compacted(&inner.path, &text, lines)?;
             *log = Log {
                 file,
                 lines,
@@ -588,6 +612,14 @@ mod tests {
             .lines()
             .count();
         assert!(lines < total, "the log was never compacted: {lines} lines");
+        // The router's admissions were not locked out while the file was written.
+        assert!(
+            guard
+                .inner
+                .compacted_unlocked
+                .load(std::sync::atomic::Ordering::SeqCst),
+            "the state lock was held across the compaction's write"
+        );
         assert!(
             guard.state().seen.len() <= 2,
             "expired ids stayed in memory"
