@@ -1618,6 +1618,57 @@ async fn of_two_concurrent_policy_changes_exactly_one_commits_everywhere() {
     }
 }
 
+/// A compromised holder with the clients' approvals of a change (a change that lost a
+/// conflict, or that the clients gave up on) sends it to the other holders as committed,
+/// without a quorum's votes: every honest holder refuses it (`uncertified_change`), applies
+/// nothing, and the key keeps signing under the policy in force.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_that_no_quorum_voted_for_is_applied_nowhere() {
+    let dir = tempdir();
+    let env_of = |name: &str| {
+        if name == "rogue" {
+            vec![("P2P_MPC_TEST_FAULT", "commit-without-quorum")]
+        } else {
+            vec![]
+        }
+    };
+    let nodes = start_cluster(dir.path(), &["a", "b", "rogue"], env_of).await;
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let (a, b, rogue) = (&nodes[0], &nodes[1], &nodes[2]);
+    let (owner, intruder) = (client_key(), client_key());
+    let key = create_key_with(a, 2, &all, json!({"clients": [public(&owner)]})).await;
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    let current = key["policy"].clone();
+    let hijack = json!({"clients": [public(&intruder)]});
+    let approvals = vec![change_approval(&owner, &key_id, &current, 0, &hijack)];
+    assert_refused_by(
+        "a commit without votes",
+        change_policy(rogue, &key_id, &hijack, approvals).await,
+        "uncertified_change",
+        &[a, b],
+    );
+    for node in &nodes {
+        let k = node.get(&format!("/v1/keys/{key_id}")).await.unwrap();
+        assert_eq!(k["policy_version"], 0, "{}: {k}", node.name);
+        assert_eq!(k["policy"], current, "{}: {k}", node.name);
+        assert_eq!(
+            metric_sum(node, "p2p_mpc_policy_changes_total", "commit").await,
+            0.0,
+            "{}",
+            node.name
+        );
+    }
+    // The owner still signs, and the intruder does not.
+    let msg = b"still mine";
+    let (status, body) = sign_with(a, &key_id, msg, vec![auth(&owner, a, &key_id, msg, 60)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_refused(
+        "the intruder",
+        sign_with(a, &key_id, msg, vec![auth(&intruder, a, &key_id, msg, 60)]).await,
+        "unlisted_client",
+    );
+}
+
 /// A holder that receives a client's authorizations as a participant and at once
 /// coordinates a signature of its own with them (front-running) gets nothing: the
 /// authorizations name the coordinator the client chose, every honest holder refuses the

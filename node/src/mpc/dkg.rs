@@ -484,6 +484,7 @@ impl MpcEngine {
             key_package,
             public_key_package,
             policy_changes: vec![],
+            vote: None,
         };
         // Stored as pending first: durable, but no one can sign with it until the
         // coordinator confirmed that every participant stored its share. A key that is never

@@ -52,6 +52,10 @@ pub struct Faults {
     /// authorizations received (a holder front-running the coordinator the clients chose);
     /// the honest holders must refuse it, and the invitation is still answered.
     pub front_run_signing: bool,
+    /// Coordinate a policy change by sending it to the other holders as committed at once,
+    /// without a quorum's votes (a compromised holder with client approvals of a change
+    /// that never committed): the honest holders must refuse it.
+    pub commit_without_quorum: bool,
 }
 
 impl Faults {
@@ -81,6 +85,7 @@ impl Faults {
                 "withhold-dkg-stored" => f.withhold_dkg_stored = true,
                 "no-policy-catch-up-at-start" => f.no_policy_catch_up_at_start = true,
                 "front-run-signing" => f.front_run_signing = true,
+                "commit-without-quorum" => f.commit_without_quorum = true,
                 other => return Err(format!("{FAULT_ENV}: unknown fault `{other}`")),
             }
         }

@@ -205,6 +205,7 @@ impl MpcEngine {
     ) -> Self {
         let legacy = store.list().iter().filter(|k| k.policy.legacy).count();
         metrics.legacy_open_keys.set(legacy as i64);
+        let policy = policy_change::PolicyState::restore(&store);
         Self {
             inner: Arc::new(Inner {
                 local,
@@ -221,7 +222,7 @@ impl MpcEngine {
                 max_keys_per_creator: settings.max_keys_per_creator,
                 max_tasks_per_creator: settings.max_tasks_per_creator,
                 replay_guard: settings.replay_guard,
-                policy: policy_change::PolicyState::default(),
+                policy,
             }),
         }
     }

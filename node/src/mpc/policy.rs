@@ -61,8 +61,10 @@ impl std::fmt::Display for PolicyStamp {
     }
 }
 
-/// A committed policy change: the policy that became version `version`, and the approvals
-/// that replaced version `version - 1` with it.
+/// A committed policy change: the policy that became version `version`, the approvals
+/// that replaced version `version - 1` with it, and the votes of the holders that prepared
+/// it (its certificate: a quorum of the key's holders, see
+/// [`policy_change::core`](super::policy_change::core)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PolicyChangeRecord {
@@ -70,6 +72,8 @@ pub struct PolicyChangeRecord {
     pub policy: SigningPolicy,
     #[serde(deserialize_with = "super::wire::peer_list")]
     pub approvals: Vec<Authorization>,
+    #[serde(default, deserialize_with = "super::wire::peer_list")]
+    pub votes: Vec<super::policy_change::core::PolicyVote>,
 }
 
 /// What a client's signature approves.
@@ -196,6 +200,7 @@ pub const RULES: &[&str] = &[
     "max_signatures_per_minute",
     "policy_version_mismatch",
     "policy_change_conflict",
+    "uncertified_change",
     "internal",
 ];
 
@@ -1072,6 +1077,7 @@ pub(crate) mod tests {
             version: 4,
             policy: new.clone(),
             approvals: approvals.clone(),
+            votes: vec![],
         };
         // Long after the approvals expired: a holder catching up still takes it.
         assert_eq!(verify_change_record(&p, 3, "k", &record), Ok(()));

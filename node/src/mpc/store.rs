@@ -95,6 +95,10 @@ struct KeyFile {
     /// them fetches from this one).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     policy_changes: Vec<super::policy::PolicyChangeRecord>,
+    /// This holder's live vote for a change of the policy (kept across restarts: a holder
+    /// votes for one change per version while a vote lives).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vote: Option<super::policy_change::core::StoredVote>,
 }
 
 /// A key this node holds a share of, decoded and ready to sign with.
@@ -105,6 +109,8 @@ pub struct StoredKey {
     /// The last committed changes of the policy (at most
     /// [`MAX_POLICY_HISTORY`](super::policy::MAX_POLICY_HISTORY)), oldest first.
     pub policy_changes: Vec<super::policy::PolicyChangeRecord>,
+    /// This holder's last vote for a change of the policy, as kept on disk.
+    pub vote: Option<super::policy_change::core::StoredVote>,
 }
 
 /// The key shares of this node: an in-memory map backed by one file per key.
@@ -300,6 +306,27 @@ impl KeyShareStore {
             key_package: old.key_package.clone(),
             public_key_package: old.public_key_package.clone(),
             policy_changes,
+            vote: None,
+        };
+        self.write(key, crate::atomic_file::Existing::Replace).await
+    }
+
+    /// Keeps `vote` in key `key_id`'s file (the caller orders this with the other policy
+    /// writes of the key).
+    pub async fn record_vote(
+        &self,
+        key_id: &str,
+        vote: super::policy_change::core::StoredVote,
+    ) -> Result<Arc<StoredKey>, StoreError> {
+        let old = self
+            .get(key_id)
+            .ok_or_else(|| StoreError::Task(format!("no key {key_id}")))?;
+        let key = StoredKey {
+            info: old.info.clone(),
+            key_package: old.key_package.clone(),
+            public_key_package: old.public_key_package.clone(),
+            policy_changes: old.policy_changes.clone(),
+            vote: Some(vote),
         };
         self.write(key, crate::atomic_file::Existing::Replace).await
     }
@@ -385,6 +412,7 @@ fn encode(key: &StoredKey) -> Result<Vec<u8>, StoreError> {
         key_package: hex::encode(key.key_package.serialize().map_err(encode_err)?),
         public_key_package: hex::encode(key.public_key_package.serialize().map_err(encode_err)?),
         policy_changes: key.policy_changes.clone(),
+        vote: key.vote,
     };
     serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Encode {
         key_id: key_id.clone(),
@@ -416,6 +444,7 @@ fn read_key_file(path: &Path) -> Result<StoredKey, String> {
         key_package,
         public_key_package,
         policy_changes: file.policy_changes,
+        vote: file.vote,
     })
 }
 
@@ -459,6 +488,7 @@ mod tests {
             key_package,
             public_key_package: pubkeys,
             policy_changes: vec![],
+            vote: None,
         }
     }
 
@@ -478,6 +508,32 @@ mod tests {
         assert_eq!(report.loaded, 1);
         let k = reopened.get("k1").unwrap();
         assert_eq!(k.info, store.get("k1").unwrap().info);
+    }
+
+    #[tokio::test]
+    async fn a_vote_survives_a_restart_until_a_change_is_applied() {
+        use crate::mpc::policy_change::core::StoredVote;
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = KeyShareStore::open(dir.path()).unwrap();
+        store.insert(dealer_key("k1")).await.unwrap();
+        let vote = StoredVote {
+            version: 1,
+            digest: [7; 32],
+            until_ms: 42,
+        };
+        store.record_vote("k1", vote).await.unwrap();
+        let (reopened, _) = KeyShareStore::open(dir.path()).unwrap();
+        assert_eq!(reopened.get("k1").unwrap().vote, Some(vote));
+        let record = crate::mpc::policy::PolicyChangeRecord {
+            version: 1,
+            policy: crate::mpc::policy::SigningPolicy::open(),
+            approvals: vec![],
+            votes: vec![],
+        };
+        reopened.apply_policy_change("k1", record).await.unwrap();
+        let (again, _) = KeyShareStore::open(dir.path()).unwrap();
+        let k = again.get("k1").unwrap();
+        assert_eq!((k.vote, k.info.policy_version), (None, 1));
     }
 
     #[tokio::test]

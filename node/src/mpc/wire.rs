@@ -300,11 +300,14 @@ pub enum Body {
         #[serde(default, deserialize_with = "peer_list")]
         authorizations: Vec<super::policy::Authorization>,
     },
-    /// Holder → coordinator: prepared (voted for the new policy with this digest).
-    PolicyPrepared { digest: [u8; 32] },
-    /// Coordinator → key holders: a quorum prepared; this change is committed. Every holder
-    /// checks the record against its own policy before it applies it; sent in the prepare
-    /// session to those in it, as an invitation to the others.
+    /// Holder → coordinator: prepared, with the holder's signed vote for the change.
+    PolicyPrepared {
+        vote: super::policy_change::core::PolicyVote,
+    },
+    /// Coordinator → key holders: a quorum prepared; this change is committed, and the
+    /// record carries the quorum's votes. Every holder checks the record (approvals and
+    /// votes) against its own policy before it applies it; sent in the prepare session to
+    /// those in it, as an invitation to the others.
     PolicyCommit {
         key_id: String,
         record: super::policy::PolicyChangeRecord,

@@ -333,6 +333,7 @@ mod tests {
                 key_package: frost::keys::KeyPackage::try_from(shares[id].clone()).unwrap(),
                 public_key_package: public.clone(),
                 policy_changes: vec![],
+                vote: None,
             })
             .collect();
         (peers, keys)

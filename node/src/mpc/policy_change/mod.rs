@@ -1,5 +1,7 @@
 //! Changing a key's signing policy (`POST /v1/keys/{id}/policy`): versioned, voted on,
-//! committed on a quorum, and caught up by the holders that missed it.
+//! committed on a quorum with a certificate, and caught up by the holders that missed it.
+//! This file is the driver (sends, deadlines, persistence, catch-up); every check of a
+//! protocol message is in the I/O-free [`core`].
 //!
 //! Every key's policy has a version (0 at creation). A change from version `v` is approved
 //! by the clients over the stamp of `v` (version and digest) and the new policy's digest, and
@@ -9,52 +11,62 @@
 //!    every other holder to do the same ([`Body::PolicyPrepare`]). A holder checks the
 //!    approvals under its own copy of the policy, refuses when its version is not `v`
 //!    (`policy_version_mismatch`) or when it already voted for another change to `v + 1`
-//!    (`policy_change_conflict`), and answers [`Body::PolicyPrepared`]. A vote lapses after
-//!    three rounds or when the coordinator aborts.
-//! 2. **Commit.** Once [`commit_quorum`] holders (the coordinator included) prepared, the
+//!    (`policy_change_conflict`), keeps its vote on disk, and answers
+//!    [`Body::PolicyPrepared`] with the vote signed by its node identity key. A vote lives
+//!    for three rounds (across restarts); one that never left the holder is dropped at once
+//!    when the change fails.
+//! 2. **Commit.** Once [`commit_quorum`] holders (the coordinator included) voted, the
 //!    coordinator applies the change and sends it to every other holder as a
-//!    [`PolicyChangeRecord`] ([`Body::PolicyCommit`]); each checks the record against its own
-//!    policy ([`verify_change_record`](super::policy::verify_change_record)) before it
-//!    applies it, and answers [`Body::PolicyCommitted`].
+//!    [`PolicyChangeRecord`] carrying the quorum's votes ([`Body::PolicyCommit`]); each
+//!    checks the record against its own policy and checks the votes
+//!    ([`core::verify_committed`]) before it applies it, and answers
+//!    [`Body::PolicyCommitted`].
 //!
 //! The quorum is `max(n - t + 1, ⌊n/2⌋ + 1)` of the `n` holders of a `t`-of-`n` key:
 //! - after a commit at most `t - 1` holders still hold the old version, and a holder refuses
 //!   a signing invitation that names another version than its own, so the old policy can no
 //!   longer gather `t` signers: a revoked client gets no signature;
-//! - any two quorums share a holder, and an honest holder votes for one change per version,
-//!   so two concurrent changes cannot both commit;
+//! - any two quorums share a holder, and an honest holder votes for one change per version
+//!   while its vote lives, so two concurrent changes cannot both commit;
 //! - a change (a revocation above all) commits while up to `min(t - 1, ⌈n/2⌉ - 1)` holders
-//!   are down or refuse: one rogue holder cannot veto it (for `t ≥ 2`, `n ≥ 3`).
+//!   are down or refuse: one rogue holder cannot veto it (for `t ≥ 2`, `n ≥ 3`);
+//! - a record applies only with the votes of a quorum, so a change that never committed (it
+//!   lost a conflict, or its clients gave up) cannot be applied later by a holder that kept
+//!   its approvals.
 //!
 //! A holder that missed a commit catches up from its peers ([`Body::PolicySyncRequest`]):
 //! at start, and whenever an invitation shows it is behind (or, on the coordinator, when a
 //! holder refuses with `policy_version_mismatch`). It takes each record only through the same
 //! check, so a peer can delay it but never make it apply a policy the clients did not
-//! approve, and never a downgrade. Key files keep the last
+//! approve and a quorum did not vote for, and never a downgrade. Key files keep the last
 //! [`MAX_POLICY_HISTORY`](super::policy::MAX_POLICY_HISTORY) changes.
 
-use std::collections::{HashMap, HashSet};
+pub mod core;
+
+use std::collections::HashSet;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tracing::{Instrument, debug, info, warn};
 
+pub use self::core::commit_quorum;
+use self::core::{Change, ChangeCoordinator, StoredVote, VoteBook, Voter};
 use super::admission::PendingAdmission;
 use super::policy::{
-    self, Authorization, PolicyChangeRecord, PolicyStamp, Refusal, SigningPolicy, refuse,
+    Authorization, PolicyChangeRecord, PolicyStamp, Refusal, SigningPolicy, refuse,
 };
-use super::session::{SessionError, SessionInbox, join_peers};
-use super::store::StoredKey;
-use super::wire::{Blob, Body, Protocol, SessionId};
+use super::session::{SessionError, SessionInbox};
+use super::store::{KeyShareStore, StoredKey};
+use super::wire::{Body, MAX_MESSAGE_BYTES, Protocol, SessionId};
 use super::{InviteRefusal, MpcEngine, MpcError, parse_peers, unreachable_error};
 use crate::network::MpcSendError;
 
-/// Rounds a holder's vote for a prepared change lasts without a commit or an abort.
+/// Rounds a holder's vote for a prepared change lasts without a commit.
 const VOTE_ROUNDS: u32 = 3;
-/// Most records one sync answer carries (each holds a policy and its approvals, at most
-/// about 20 KiB; the answer stays far below the message limit).
+/// Most records one sync answer carries; fewer when they would fill more than half a
+/// message (a record holds a policy, its approvals and its votes).
 const SYNC_BATCH: usize = 4;
 /// Most sync requests of one catch-up.
 const SYNC_ROUNDS: usize = 16;
@@ -75,32 +87,44 @@ pub struct PolicyChangeResponse {
     pub lagging: Vec<String>,
 }
 
-/// How many of `holders` (the coordinator included) must prepare a change of a
-/// `threshold`-of-`holders` key before it commits (see the module documentation).
-pub fn commit_quorum(holders: usize, threshold: usize) -> usize {
-    let after_commit = holders.saturating_sub(threshold) + 1;
-    after_commit.max(holders / 2 + 1).min(holders)
-}
-
-struct Vote {
-    version: u64,
-    digest: [u8; 32],
-    session: SessionId,
-    until: Instant,
+/// Unix milliseconds now.
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 /// This node's votes for prepared changes, the lock that orders its policy writes, and the
 /// keys it is catching up.
 #[derive(Default)]
 pub(crate) struct PolicyState {
-    votes: Mutex<HashMap<String, Vote>>,
+    votes: Mutex<VoteBook>,
     write: tokio::sync::Mutex<()>,
     syncing: Mutex<HashSet<String>>,
 }
 
 impl PolicyState {
-    /// Votes for the change of `key_id` to `version` with `digest` in `session`, unless a
-    /// live vote for another change to that version stands.
+    /// The state of a node whose keys are in `store`: the live votes kept in the key files
+    /// stand again.
+    pub(crate) fn restore(store: &KeyShareStore) -> Self {
+        let state = Self::default();
+        let now = now_ms();
+        {
+            let mut book = state.book();
+            for key in store.list() {
+                if let Some(vote) = store.get(&key.key_id).and_then(|k| k.vote) {
+                    book.restore(&key.key_id, vote, now);
+                }
+            }
+        }
+        state
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, VoteBook> {
+        self.votes.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     fn vote(
         &self,
         key_id: &str,
@@ -108,48 +132,19 @@ impl PolicyState {
         digest: [u8; 32],
         session: SessionId,
         ttl: Duration,
-    ) -> Result<(), Refusal> {
-        let now = Instant::now();
-        let mut votes = self.votes.lock().unwrap_or_else(|e| e.into_inner());
-        votes.retain(|_, v| v.until > now);
-        if let Some(v) = votes.get(key_id)
-            && v.version == version
-            && v.digest != digest
-        {
-            return Err(refuse(
-                "policy_change_conflict",
-                format!(
-                    "another change of key {key_id} to policy version {version} is being committed (session {}); try again once it is done",
-                    v.session
-                ),
-            ));
-        }
-        votes.insert(
-            key_id.to_string(),
-            Vote {
-                version,
-                digest,
-                session,
-                until: now + ttl,
-            },
-        );
-        Ok(())
+    ) -> Result<StoredVote, Refusal> {
+        let now = now_ms();
+        let until = now.saturating_add(ttl.as_millis() as u64);
+        self.book()
+            .vote(key_id, version, digest, session, now, until)
     }
 
-    /// Drops the vote of `session` for `key_id`, if it still stands.
     fn release(&self, key_id: &str, session: SessionId) {
-        let mut votes = self.votes.lock().unwrap_or_else(|e| e.into_inner());
-        if votes.get(key_id).is_some_and(|v| v.session == session) {
-            votes.remove(key_id);
-        }
+        self.book().release(key_id, session);
     }
 
-    /// Drops every vote for `key_id` up to `version` (a change to it was applied).
     fn settled(&self, key_id: &str, version: u64) {
-        let mut votes = self.votes.lock().unwrap_or_else(|e| e.into_inner());
-        if votes.get(key_id).is_some_and(|v| v.version <= version) {
-            votes.remove(key_id);
-        }
+        self.book().settled(key_id, version);
     }
 }
 
@@ -196,6 +191,7 @@ impl MpcEngine {
         }
         let session = SessionId::random();
         let state = &self.inner.policy;
+        // The coordinator's own vote leaves this node only inside the committed record.
         state.vote(
             key_id,
             current.version + 1,
@@ -220,46 +216,53 @@ impl MpcEngine {
         let key_id = key.info.key_id.clone();
         let current = key.info.policy_stamp();
         // The approvals' request ids are on disk before any holder is asked.
-        let _admitted = self
+        let admitted = self
             .admit_policy_change(&key.info, &new_policy, &authorizations)?
             .persist()
             .await?;
         let local = self.inner.local;
         let holders = parse_peers(&key.info.participants).map_err(MpcError::Internal)?;
         let others: Vec<PeerId> = holders.iter().filter(|p| **p != local).copied().collect();
-        let quorum = commit_quorum(holders.len(), usize::from(key.info.threshold));
+        let uncertified = PolicyChangeRecord {
+            version: current.version + 1,
+            policy: new_policy.clone(),
+            approvals: authorizations.clone(),
+            votes: vec![],
+        };
+        let mut core = ChangeCoordinator::start(
+            admitted,
+            &self.inner.aggregation.identity,
+            &key.info,
+            holders,
+            new_policy.clone(),
+            authorizations,
+        )
+        .map_err(|error| MpcError::Session { session, error })?;
+        let quorum = core.quorum();
         let mut inbox = self
             .inner
             .router
             .open(session, Protocol::PolicyChange, others.clone())
             .map_err(|error| MpcError::Session { session, error })?;
-        let prepare = Body::PolicyPrepare {
-            key_id: key_id.clone(),
-            current,
-            policy: Blob(new_policy.to_bytes().into()),
-            authorizations: authorizations.clone(),
-        };
-        let digest = new_policy.digest();
-        let record = PolicyChangeRecord {
-            version: current.version + 1,
-            policy: new_policy.clone(),
-            approvals: authorizations,
-        };
         let engine = self.clone();
         let others2 = others.clone();
         let timeout = self.inner.round_timeout;
         let id = key_id.clone();
         let run = async move {
             let others = others2;
-            let failures = engine.broadcast(&others, session, &prepare).await;
+            if engine.inner.faults.commit_without_quorum {
+                return engine
+                    .commit_without_quorum(&others, session, id.clone(), uncertified)
+                    .await;
+            }
+            let failures = engine.broadcast(&others, session, &core.prepare()).await;
             engine.catch_up_from_refusers(&id, &failures);
             let reached: Vec<PeerId> = others
                 .iter()
                 .filter(|p| !failures.iter().any(|(f, _)| f == *p))
                 .copied()
                 .collect();
-            let needed = quorum - 1;
-            if reached.len() < needed {
+            if reached.len() + 1 < quorum {
                 if let Some(refused) = SessionError::refused_by_holders(&failures) {
                     return Err(refused);
                 }
@@ -267,36 +270,26 @@ impl MpcEngine {
                     .explain(unreachable_error(
                         failures,
                         &format!(
-                            "the policy change (it commits once {quorum} of the {} holders prepared it)",
+                            "the policy change (it commits once {quorum} of the {} holders voted for it)",
                             others.len() + 1
                         ),
                     ))
                     .await);
             }
-            let prepared = inbox
-                .collect_some(
-                    "policy prepared",
-                    &reached,
-                    needed,
-                    timeout,
-                    &mut |b| match b {
-                        Body::PolicyPrepared { digest } => Some(*digest),
+            let deadline = tokio::time::Instant::now() + timeout;
+            let mut pending = reached;
+            while !core.certified() {
+                let (peer, vote) = inbox
+                    .next_of("policy prepared", &pending, deadline, |b| match b {
+                        Body::PolicyPrepared { vote } => Some(vote.clone()),
                         _ => None,
-                    },
-                )
-                .await?;
-            let wrong: Vec<PeerId> = prepared
-                .iter()
-                .filter(|(_, d)| **d != digest)
-                .map(|(p, _)| *p)
-                .collect();
-            if !wrong.is_empty() {
-                return Err(SessionError::blame(
-                    wrong.clone(),
-                    format!("holder {} prepared a different policy", join_peers(&wrong)),
-                ));
+                    })
+                    .await?;
+                pending.retain(|p| *p != peer);
+                core.prepared(peer, &vote)?;
             }
-            // A quorum prepared: the change is committed, here first, then everywhere.
+            // A quorum voted: the change is committed, here first, then everywhere.
+            let record = core.commit()?;
             match engine
                 .apply_policy_record(&id, record.clone(), "coordinator")
                 .await
@@ -362,9 +355,33 @@ impl MpcEngine {
         })
     }
 
+    /// Test-only (`commit-without-quorum`, a compromised holder): sends the client-approved
+    /// change to every other holder as committed, with no vote, without asking anyone to
+    /// prepare it. The honest holders must refuse it (`uncertified_change`).
+    async fn commit_without_quorum(
+        &self,
+        others: &[PeerId],
+        session: SessionId,
+        key_id: String,
+        record: PolicyChangeRecord,
+    ) -> Result<Vec<PeerId>, SessionError> {
+        let commit = Body::PolicyCommit { key_id, record };
+        let refused = self.broadcast(others, session, &commit).await;
+        info!(
+            holders = others.len(),
+            refused = refused.len(),
+            "test fault: sent a commit no quorum voted for"
+        );
+        Err(
+            SessionError::refused_by_holders(&refused).unwrap_or_else(|| {
+                SessionError::failed("test fault: a commit no quorum voted for was accepted")
+            }),
+        )
+    }
+
     /// Answers a prepare from `coordinator`: votes for the change, admits its approvals
     /// under this holder's own copy of the policy, then (in its own task) makes their request
-    /// ids durable, says prepared and waits for the commit or an abort.
+    /// ids and the vote durable, sends the signed vote and waits for the commit.
     pub(super) fn join_policy_prepare(
         &self,
         session: SessionId,
@@ -381,7 +398,7 @@ impl MpcEngine {
         // recorded for it; the gate below checks the version and the approvals. The vote
         // comes first, so that a change refused for a conflict does not spend its approvals.
         self.key_shared_with(&key_id, coordinator)?;
-        state
+        let vote = state
             .vote(
                 &key_id,
                 current.version + 1,
@@ -409,16 +426,15 @@ impl MpcEngine {
                 return Err(e);
             }
         };
+        let change = Change {
+            key_id: key_id.clone(),
+            current,
+            digest: new_policy.digest(),
+        };
         let engine = self.clone();
         tokio::spawn(
             async move {
-                let run = engine.prepare_and_wait(
-                    inbox,
-                    coordinator,
-                    key_id.clone(),
-                    new_policy,
-                    pending,
-                );
+                let run = engine.prepare_and_wait(inbox, coordinator, change, vote, pending);
                 let _ = engine
                     .run_session(
                         Protocol::PolicyChange,
@@ -439,46 +455,69 @@ impl MpcEngine {
         &self,
         mut inbox: SessionInbox,
         coordinator: PeerId,
-        key_id: String,
-        new_policy: SigningPolicy,
+        change: Change,
+        vote: StoredVote,
         pending: PendingAdmission,
     ) -> Result<(), SessionError> {
         let local = self.inner.local;
-        // The approvals' request ids are on disk before this holder votes aloud.
-        let _admitted = pending
+        let session = inbox.session();
+        // The approvals' request ids are on disk before this holder votes aloud, and so is
+        // the vote (a restarted holder does not vote for another change to this version).
+        let admitted = pending
             .persist()
             .await
             .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
-        let digest = new_policy.digest();
-        self.send(
+        self.keep_vote(&change.key_id, vote)
+            .await
+            .map_err(|e| SessionError::failed(format!("peer {local}: {e}")))?;
+        let (voter, signed) = Voter::prepare(
+            admitted,
+            &self.inner.aggregation.identity,
             coordinator,
-            inbox.session(),
-            Body::PolicyPrepared { digest },
-        )
-        .await
-        .map_err(|e| unreachable_error(vec![(coordinator, e)], "the prepared vote"))?;
-        let commit = inbox
-            .collect(
+            change.clone(),
+        )?;
+        self.inner.policy.book().sent(&change.key_id, session);
+        self.send(coordinator, session, Body::PolicyPrepared { vote: signed })
+            .await
+            .map_err(|e| unreachable_error(vec![(coordinator, e)], "the prepared vote"))?;
+        let (from, record) = inbox
+            .next_of(
                 "policy commit",
                 &[coordinator],
-                self.vote_ttl(),
+                tokio::time::Instant::now() + self.vote_ttl(),
                 |b| match b {
                     Body::PolicyCommit { record, .. } => Some(record.clone()),
                     _ => None,
                 },
             )
             .await?;
-        let record = commit
-            .into_values()
-            .next()
-            .ok_or_else(|| SessionError::failed("no commit"))?;
-        if record.policy.digest() != digest {
-            return Err(SessionError::blame(
-                vec![coordinator],
-                format!("coordinator {coordinator} committed another policy than it prepared"),
+        let record = voter.commit(from, record)?;
+        self.commit_here(&inbox, coordinator, &change.key_id, record)
+            .await
+    }
+
+    /// Keeps this holder's vote for a change of `key_id` in the key's file, in order with
+    /// the other policy writes of the key (a vote for a version that is in force already is
+    /// not kept).
+    async fn keep_vote(&self, key_id: &str, vote: StoredVote) -> Result<(), String> {
+        let _write = self.inner.policy.write.lock().await;
+        let key = self
+            .inner
+            .store
+            .get(key_id)
+            .ok_or_else(|| format!("no key {key_id} here"))?;
+        if key.info.policy_version >= vote.version {
+            return Err(format!(
+                "key {key_id} is at policy version {} already",
+                key.info.policy_version
             ));
         }
-        self.commit_here(&inbox, coordinator, &key_id, record).await
+        self.inner
+            .store
+            .record_vote(key_id, vote)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("cannot keep the vote: {e}"))
     }
 
     /// Applies a commit from `coordinator` (catching up first if this holder is more than
@@ -528,7 +567,8 @@ impl MpcEngine {
     }
 
     /// Answers a commit sent as an invitation (this holder did not prepare it: it refused,
-    /// was busy or was down when it was prepared).
+    /// was busy or was down when it was prepared). A record this holder refuses (its
+    /// certificate or approvals do not verify here) is refused at once, with the rule.
     pub(super) fn join_policy_commit(
         &self,
         session: SessionId,
@@ -536,7 +576,19 @@ impl MpcEngine {
         key_id: String,
         record: PolicyChangeRecord,
     ) -> Result<(), InviteRefusal> {
-        self.key_shared_with(&key_id, coordinator)?;
+        let key = self.key_shared_with(&key_id, coordinator)?;
+        if record.version == key.info.policy_version + 1 {
+            let holders = parse_peers(&key.info.participants).map_err(InviteRefusal::Other)?;
+            if let Err(refusal) = core::verify_committed(&key.info, &holders, &record) {
+                if let Some(suppressed) = crate::log_limit::allow("policy_commit_refused") {
+                    warn!(%coordinator, key_id = %crate::log_limit::echo(&key_id), rule = refusal.rule, suppressed, "policy commit refused");
+                }
+                return Err(InviteRefusal::Policy {
+                    peer: self.inner.local,
+                    refusal,
+                });
+            }
+        }
         let inbox = self
             .inner
             .router
@@ -582,7 +634,8 @@ impl MpcEngine {
             }
             return Ok(false);
         }
-        policy::verify_change_record(&key.info.policy, ours.version, key_id, &record)?;
+        let holders = parse_peers(&key.info.participants).map_err(|e| refuse("internal", e))?;
+        core::verify_committed(&key.info, &holders, &record)?;
         let version = record.version;
         self.inner
             .store
@@ -746,13 +799,25 @@ impl MpcEngine {
         after_version: u64,
     ) -> Result<(), InviteRefusal> {
         let key = self.key_shared_with(key_id, peer)?;
-        let records: Vec<PolicyChangeRecord> = key
+        // The first record always goes (a record fits a message: its lists are bounded);
+        // more only while the answer stays within half a message (JSON is longer than the
+        // CBOR on the wire, so this errs on the safe side).
+        let mut records: Vec<PolicyChangeRecord> = Vec::new();
+        let mut bytes = 0;
+        for r in key
             .policy_changes
             .iter()
             .filter(|r| r.version > after_version)
             .take(SYNC_BATCH)
-            .cloned()
-            .collect();
+        {
+            bytes += serde_json::to_vec(r)
+                .map(|b| b.len())
+                .unwrap_or(usize::MAX / 2);
+            if !records.is_empty() && bytes as u64 > MAX_MESSAGE_BYTES / 2 {
+                break;
+            }
+            records.push(r.clone());
+        }
         if records
             .first()
             .is_some_and(|r| r.version > after_version + 1)
@@ -833,53 +898,4 @@ async fn await_committed(
         }
     }
     confirmed
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_commit_quorum_outnumbers_the_old_policy_and_any_other_quorum() {
-        for n in 2..=20 {
-            for t in 2..=n {
-                let q = commit_quorum(n, t);
-                assert!(q <= n, "{t}-of-{n}");
-                // After a commit, fewer than t holders keep the old version.
-                assert!(n - q < t, "{t}-of-{n}: quorum {q}");
-                // Two quorums always share a holder.
-                assert!(2 * q > n, "{t}-of-{n}: quorum {q}");
-                // And no quorum is larger than it must be for both.
-                assert_eq!(q, (n - t + 1).max(n / 2 + 1), "{t}-of-{n}");
-            }
-        }
-        // A 2-of-3 or 3-of-5 key changes its policy with one holder down.
-        assert_eq!(commit_quorum(3, 2), 2);
-        assert_eq!(commit_quorum(5, 3), 3);
-    }
-
-    #[test]
-    fn a_holder_votes_for_one_change_per_version_until_it_lapses_or_settles() {
-        let state = PolicyState::default();
-        let (s1, s2) = (SessionId::random(), SessionId::random());
-        let ttl = Duration::from_secs(60);
-        state.vote("k", 1, [1; 32], s1, ttl).unwrap();
-        // The same change from another coordinator is no conflict.
-        state.vote("k", 1, [1; 32], s2, ttl).unwrap();
-        let refused = state.vote("k", 1, [2; 32], s1, ttl).unwrap_err();
-        assert_eq!(refused.rule, "policy_change_conflict");
-        // Another key is independent.
-        state.vote("other", 1, [2; 32], s1, ttl).unwrap();
-        // Released by its session only (s2 holds it now).
-        state.release("k", s1);
-        assert!(state.vote("k", 1, [2; 32], s1, ttl).is_err());
-        state.release("k", s2);
-        state.vote("k", 1, [2; 32], s1, ttl).unwrap();
-        // Settled by an applied change of that version.
-        state.settled("k", 1);
-        state.vote("k", 2, [3; 32], s1, ttl).unwrap();
-        // A vote lapses.
-        state.vote("lapse", 1, [1; 32], s1, Duration::ZERO).unwrap();
-        state.vote("lapse", 1, [2; 32], s2, ttl).unwrap();
-    }
 }
