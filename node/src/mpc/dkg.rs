@@ -139,9 +139,7 @@ impl MpcEngine {
         let run = async move {
             let failures = engine.broadcast(&others2, session, &invite).await;
             if !failures.is_empty() {
-                return Err(inbox
-                    .explain(unreachable_error(failures, "the DKG invitation"))
-                    .await);
+                return Err(inbox.explain_failures(failures, "the DKG invitation").await);
             }
             engine.run_dkg(inbox, params).await
         };
@@ -276,9 +274,7 @@ impl MpcEngine {
                 .await,
             );
             if !failures.is_empty() {
-                return Err(inbox
-                    .explain(unreachable_error(failures, "DKG round 1"))
-                    .await);
+                return Err(inbox.explain_failures(failures, "DKG round 1").await);
             }
         } else {
             let failures = self
@@ -291,9 +287,7 @@ impl MpcEngine {
                 )
                 .await;
             if !failures.is_empty() {
-                return Err(inbox
-                    .explain(unreachable_error(failures, "DKG round 1"))
-                    .await);
+                return Err(inbox.explain_failures(failures, "DKG round 1").await);
             }
         }
         let round1 = inbox
@@ -312,9 +306,7 @@ impl MpcEngine {
         };
         let failures = self.broadcast(&others, session, &echo).await;
         if !failures.is_empty() {
-            return Err(inbox
-                .explain(unreachable_error(failures, "the DKG echo"))
-                .await);
+            return Err(inbox.explain_failures(failures, "the DKG echo").await);
         }
         let echoes = inbox
             .collect("dkg echo", &others, timeout, |b| match b {
@@ -382,16 +374,19 @@ impl MpcEngine {
                 let package = package
                     .serialize()
                     .map_err(|e| SessionError::failed(format!("DKG part 2: {e}")))?;
-                self.send(peer, session, Body::DkgRound2 { package })
+                Ok(self
+                    .send(peer, session, Body::DkgRound2 { package })
                     .await
-                    .map_err(|e| (peer, e))
-                    .map_err(|f| unreachable_error(vec![f], "DKG round 2"))
+                    .err()
+                    .map(|e| (peer, e)))
             }
         });
+        let mut failures = Vec::new();
         for r in futures::future::join_all(sends).await {
-            if let Err(e) = r {
-                return Err(inbox.explain(e).await);
-            }
+            failures.extend(r?);
+        }
+        if !failures.is_empty() {
+            return Err(inbox.explain_failures(failures, "DKG round 2").await);
         }
         let round2 = inbox
             .collect("dkg round 2", &others, timeout, |b| match b {
@@ -433,7 +428,7 @@ impl MpcEngine {
         let failures = self.broadcast(&others, session, &confirm).await;
         if !failures.is_empty() {
             return Err(inbox
-                .explain(unreachable_error(failures, "the DKG confirmation"))
+                .explain_failures(failures, "the DKG confirmation")
                 .await);
         }
         let confirms = inbox

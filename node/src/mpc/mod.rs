@@ -10,6 +10,7 @@ pub mod admission;
 pub mod aggregation;
 pub mod chunks;
 pub mod dkg;
+pub mod driver;
 pub mod faults;
 pub mod metrics;
 pub mod policy;
@@ -21,22 +22,20 @@ pub mod store;
 pub mod transfer;
 pub mod wire;
 
-use std::future::Future;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use frost_ed25519 as frost;
-use futures::future::join_all;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{debug, warn};
 
-use crate::network::{InboundMpc, MpcSendError, NetworkClient};
+use crate::network::{InboundMpc, NetworkClient};
 use faults::Faults;
 use metrics::MpcMetrics;
-use session::{RouteDecision, SessionError, SessionRouter};
+use session::{RouteDecision, SessionError, SessionRouter, unreachable_error};
 use store::{KeyInfo, KeyShareStore};
-use wire::{Body, MpcAck, MpcMessage, Protocol, SessionId};
+use wire::{Body, MpcAck, MpcMessage, SessionId};
 
 /// Default deadline of one protocol round.
 pub const DEFAULT_ROUND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -407,46 +406,6 @@ impl MpcEngine {
         }
     }
 
-    /// Sends one message, counting it; retries briefly while the peer answers busy.
-    async fn send(&self, peer: PeerId, session: SessionId, body: Body) -> Result<(), MpcSendError> {
-        let protocol = body.protocol().map(Protocol::as_str).unwrap_or("any");
-        let message = MpcMessage::new(session, body);
-        let mut wait = Duration::from_millis(20);
-        for attempt in 0.. {
-            self.inner
-                .metrics
-                .messages
-                .with_label_values(&[protocol, "sent"])
-                .inc();
-            match self.inner.network.send_mpc(peer, message.clone()).await {
-                Err(MpcSendError::Busy { .. }) if attempt < 5 => {
-                    tokio::time::sleep(wait).await;
-                    wait *= 2;
-                }
-                other => return other,
-            }
-        }
-        unreachable!("the loop returns")
-    }
-
-    /// Sends `body` to every peer in `to` at once; returns the peers it could not reach.
-    async fn broadcast(
-        &self,
-        to: &[PeerId],
-        session: SessionId,
-        body: &Body,
-    ) -> Vec<(PeerId, MpcSendError)> {
-        let sends = to.iter().map(|p| {
-            let body = body.clone();
-            async move { (*p, self.send(*p, session, body).await) }
-        });
-        join_all(sends)
-            .await
-            .into_iter()
-            .filter_map(|(p, r)| r.err().map(|e| (p, e)))
-            .collect()
-    }
-
     /// The coordinator's last round of a creation session (DKG, aggregation task), run once
     /// its own copy is active: tells the participants that everyone stored their part, then
     /// waits up to `timeout` for each to say it is active too. So the caller's answer means
@@ -491,63 +450,6 @@ impl MpcEngine {
             warn!(%coordinator, error = %e, "cannot tell the coordinator that the part is active");
         }
     }
-
-    /// Tells `to` that this node gives up on `session` (best effort, in the background).
-    fn abort_others(&self, to: Vec<PeerId>, session: SessionId, reason: String, blamed: &[PeerId]) {
-        let engine = self.clone();
-        let blamed = blamed.iter().map(ToString::to_string).collect();
-        tokio::spawn(async move {
-            let body = Body::Abort { reason, blamed };
-            let _ = engine.broadcast(&to, session, &body).await;
-        });
-    }
-
-    /// Runs one session future with metrics, a span and an outcome log line.
-    async fn run_session<T>(
-        &self,
-        protocol: Protocol,
-        role: &'static str,
-        session: SessionId,
-        others: Vec<PeerId>,
-        fut: impl Future<Output = Result<T, SessionError>>,
-    ) -> Result<T, SessionError> {
-        let span =
-            info_span!("mpc_session", session = %session, protocol = protocol.as_str(), role);
-        let m = &self.inner.metrics;
-        let p = protocol.as_str();
-        m.sessions_started.with_label_values(&[p, role]).inc();
-        let start = Instant::now();
-        let result = fut.instrument(span.clone()).await;
-        let elapsed = start.elapsed().as_secs_f64();
-        let _entered = span.enter();
-        match &result {
-            Ok(_) => {
-                m.sessions_completed.with_label_values(&[p]).inc();
-                m.session_duration_seconds
-                    .with_label_values(&[p, "completed"])
-                    .observe(elapsed);
-                info!(
-                    outcome = "completed",
-                    seconds = elapsed,
-                    "MPC session ended"
-                );
-            }
-            Err(e) => {
-                let outcome = match e {
-                    SessionError::Failed(_) => "failed",
-                    SessionError::Aborted { .. } => "aborted",
-                    SessionError::Refused { .. } => "refused",
-                };
-                m.sessions_failed.with_label_values(&[p, outcome]).inc();
-                m.session_duration_seconds
-                    .with_label_values(&[p, outcome])
-                    .observe(elapsed);
-                warn!(outcome, error = %e, seconds = elapsed, "MPC session ended");
-                self.abort_others(others, session, e.reason().to_string(), e.blamed());
-            }
-        }
-        result
-    }
 }
 
 /// Blames the peers behind FROST's culprits, or fails with the error when there are none.
@@ -572,15 +474,4 @@ fn frost_error(
             ),
         )
     }
-}
-
-/// Turns failed sends into a session error that names the unreachable peers.
-fn unreachable_error(failures: Vec<(PeerId, MpcSendError)>, what: &str) -> SessionError {
-    let blamed = failures.iter().map(|(p, _)| *p).collect();
-    let details = failures
-        .iter()
-        .map(|(_, e)| e.to_string())
-        .collect::<Vec<_>>()
-        .join("; ");
-    SessionError::blame(blamed, format!("could not deliver {what}: {details}"))
 }

@@ -31,7 +31,9 @@ const EARLY_TTL: Duration = Duration::from_secs(30);
 /// its own session only hurts that session).
 const MAX_STASHED: usize = 1024;
 /// What a peer answers to a message for a session it has finished.
-const FINISHED_REFUSAL: &str = "is over; its messages";
+/// The drop label (metric `reason`) of a message of a finished session, answered
+/// [`MpcAck::Finished`].
+const FINISHED_SESSION: &str = "finished_session";
 /// How long [`SessionInbox::explain`] waits for the `Abort` of a peer that finished early.
 const ABORT_GRACE: Duration = Duration::from_millis(1500);
 /// Finished session ids remembered, so that late and replayed messages are refused.
@@ -68,6 +70,17 @@ pub enum SessionError {
         refused_by: Vec<PeerId>,
         reason: String,
     },
+}
+
+/// Turns failed sends into a session error that names the unreachable peers.
+pub fn unreachable_error(failures: Vec<(PeerId, MpcSendError)>, what: &str) -> SessionError {
+    let blamed = failures.iter().map(|(p, _)| *p).collect();
+    let details = failures
+        .iter()
+        .map(|(_, e)| e.to_string())
+        .collect::<Vec<_>>()
+        .join("; ");
+    SessionError::blame(blamed, format!("could not deliver {what}: {details}"))
 }
 
 impl SessionError {
@@ -251,6 +264,10 @@ impl RouteDecision {
                 reason: "inbox_full",
                 message,
             } => MpcAck::busy(message),
+            RouteDecision::Dropped {
+                reason: FINISHED_SESSION,
+                message,
+            } => MpcAck::finished(message),
             RouteDecision::Dropped { message, .. } => MpcAck::rejected(message),
         }
     }
@@ -314,9 +331,9 @@ impl SessionRouter {
             drop(table);
             return self.dropped(
                 protocol,
-                "finished_session",
+                FINISHED_SESSION,
                 format!(
-                    "session {session} {FINISHED_REFUSAL} (including replayed round-2 requests) are refused"
+                    "session {session} is over; its messages (including replayed round-2 requests) are refused"
                 ),
             );
         }
@@ -522,15 +539,34 @@ impl SessionInbox {
         self.session
     }
 
-    /// When another participant already aborted the session, its reason explains `error`
-    /// better than `error` itself (e.g. a refused send because that peer gave up); returns
-    /// the error to report. When a peer refused a message because its side of the session
-    /// is over, its `Abort` may still be on the way: it is awaited for a moment.
+    /// The error of failed sends (`failures`, of `what`), explained by another
+    /// participant's `Abort` when there is one (e.g. a refused send because that peer gave
+    /// up). When a peer refused a message because its side of the session is over
+    /// ([`MpcSendError::Finished`]), its `Abort` may still be on the way: it is awaited for a
+    /// moment.
+    pub async fn explain_failures(
+        &mut self,
+        failures: Vec<(PeerId, MpcSendError)>,
+        what: &str,
+    ) -> SessionError {
+        let over = failures
+            .iter()
+            .any(|(_, e)| matches!(e, MpcSendError::Finished { .. }));
+        self.explain_with(unreachable_error(failures, what), over)
+            .await
+    }
+
+    /// `error`, or the reason of another participant's `Abort` already received, which
+    /// explains it better.
     pub async fn explain(&mut self, error: SessionError) -> SessionError {
+        self.explain_with(error, false).await
+    }
+
+    async fn explain_with(&mut self, error: SessionError, await_abort: bool) -> SessionError {
         while let Ok(m) = self.rx.try_recv() {
             self.keep_for_later(m);
         }
-        if !self.stash.contains_key("abort") && error.reason().contains(FINISHED_REFUSAL) {
+        if !self.stash.contains_key("abort") && await_abort {
             let deadline = tokio::time::Instant::now() + ABORT_GRACE;
             while let Ok(Some(m)) = tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 let is_abort = matches!(m.body, Body::Abort { .. });

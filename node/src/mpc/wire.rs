@@ -511,6 +511,9 @@ pub enum MpcAck {
     Refused { rule: String, reason: String },
     /// Not now (a queue or a cap is full): the same message may be sent again shortly.
     Busy(String),
+    /// The session is over on the receiver's side (finished or aborted there): nothing of
+    /// it is taken any more; an `Abort` with the reason may be on its way.
+    Finished(String),
 }
 
 /// Longest reason an acknowledgement carries, in bytes (acks are read up to
@@ -534,6 +537,11 @@ impl MpcAck {
     /// A transient refusal, its reason bounded.
     pub fn busy(reason: &str) -> Self {
         MpcAck::Busy(cut_text(reason, MAX_ACK_REASON))
+    }
+
+    /// The refusal of a message of a session that is over here, its reason bounded.
+    pub fn finished(reason: &str) -> Self {
+        MpcAck::Finished(cut_text(reason, MAX_ACK_REASON))
     }
 }
 
@@ -579,6 +587,7 @@ mod tests {
             MpcAck::refused(&"r".repeat(500), &long),
             MpcAck::rejected(&long),
             MpcAck::busy(&long),
+            MpcAck::finished(&long),
         ] {
             let bytes = cbor4ii::serde::to_vec(Vec::new(), &ack).unwrap();
             assert!(bytes.len() as u64 <= MAX_ACK_BYTES, "{} bytes", bytes.len());
@@ -589,7 +598,9 @@ mod tests {
                     assert_eq!(rule.len(), 64);
                     reason
                 }
-                MpcAck::Rejected(reason) | MpcAck::Busy(reason) => reason,
+                MpcAck::Rejected(reason) | MpcAck::Busy(reason) | MpcAck::Finished(reason) => {
+                    reason
+                }
                 MpcAck::Accepted => unreachable!(),
             };
             assert!(reason.len() <= MAX_ACK_REASON && reason.len() >= MAX_ACK_REASON - 1);

@@ -52,6 +52,9 @@ pub enum MpcSendError {
     /// The peer is busy (a queue or cap is full); the message may be sent again.
     #[error("peer {peer} is busy: {reason}")]
     Busy { peer: PeerId, reason: String },
+    /// The session is over on the peer's side.
+    #[error("peer {peer} refused the message: {reason}")]
+    Finished { peer: PeerId, reason: String },
     #[error(transparent)]
     Network(#[from] NetworkError),
 }
@@ -232,6 +235,7 @@ impl NetworkClient {
                 Err(MpcSendError::Refused { peer, rule, reason })
             }
             Ok(Ok(Ok(MpcAck::Busy(reason)))) => Err(MpcSendError::Busy { peer, reason }),
+            Ok(Ok(Ok(MpcAck::Finished(reason)))) => Err(MpcSendError::Finished { peer, reason }),
         }
     }
 

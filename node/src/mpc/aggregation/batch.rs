@@ -275,9 +275,7 @@ impl MpcEngine {
             )));
         }
         if !failures.is_empty() {
-            return Err(inbox
-                .explain(unreachable_error(failures, "the batch commit"))
-                .await);
+            return Err(inbox.explain_failures(failures, "the batch commit").await);
         }
         inbox
             .collect(

@@ -451,7 +451,7 @@ impl MpcEngine {
                 .await;
             if !failures.is_empty() {
                 return Err(inbox
-                    .explain(unreachable_error(failures, "the task invitation"))
+                    .explain_failures(failures, "the task invitation")
                     .await);
             }
             let timeout = engine.inner.round_timeout;
@@ -500,9 +500,7 @@ impl MpcEngine {
                 .broadcast(&others, session, &Body::AggTaskCommit { keys: keys_bytes })
                 .await;
             if !failures.is_empty() {
-                return Err(inbox
-                    .explain(unreachable_error(failures, "the task commit"))
-                    .await);
+                return Err(inbox.explain_failures(failures, "the task commit").await);
             }
             let info = TaskInfo { params, keys };
             let index = peers.iter().position(|p| *p == local).unwrap_or(0);
@@ -1390,9 +1388,7 @@ impl MpcEngine {
             )
             .await;
         if !failures.is_empty() {
-            return Err(inbox
-                .explain(unreachable_error(failures, "the open request"))
-                .await);
+            return Err(inbox.explain_failures(failures, "the open request").await);
         }
         let len = params.length as usize * shares::ELEMENT_BYTES;
         let received = Self::receive_chunks(&mut inbox, &remote_chosen, len, timeout).await?;

@@ -267,13 +267,11 @@ impl MpcEngine {
                     return Err(refused);
                 }
                 return Err(inbox
-                    .explain(unreachable_error(
-                        failures,
-                        &format!(
+                    .explain_failures(failures, &format!(
                             "the policy change (it commits once {quorum} of the {} holders voted for it)",
                             others.len() + 1
                         ),
-                    ))
+                    )
                     .await);
             }
             let deadline = tokio::time::Instant::now() + timeout;
@@ -410,17 +408,14 @@ impl MpcEngine {
                 peer: local,
                 refusal,
             })?;
-        let admitted = self
-            .admit_policy_change_invite(coordinator, &key_id, current, &new_policy, &authorizations)
-            .and_then(|(_, pending)| {
-                self.inner
-                    .router
-                    .open(session, Protocol::PolicyChange, [coordinator])
-                    .map(|inbox| (inbox, pending))
-                    .map_err(|e| InviteRefusal::Other(e.to_string()))
-            });
-        let (inbox, pending) = match admitted {
-            Ok(x) => x,
+        let pending = match self.admit_policy_change_invite(
+            coordinator,
+            &key_id,
+            current,
+            &new_policy,
+            &authorizations,
+        ) {
+            Ok((_, pending)) => pending,
             Err(e) => {
                 state.release(&key_id, session);
                 return Err(e);
@@ -431,24 +426,24 @@ impl MpcEngine {
             current,
             digest: new_policy.digest(),
         };
-        let engine = self.clone();
-        tokio::spawn(
-            async move {
-                let run = engine.prepare_and_wait(inbox, coordinator, change, vote, pending);
-                let _ = engine
-                    .run_session(
-                        Protocol::PolicyChange,
-                        "participant",
-                        session,
-                        vec![coordinator],
-                        run,
-                    )
+        let id = key_id.clone();
+        let spawned = self.spawn_participant(
+            Protocol::PolicyChange,
+            session,
+            coordinator,
+            move |engine, inbox| async move {
+                let result = engine
+                    .prepare_and_wait(inbox, coordinator, change, vote, pending)
                     .await;
                 engine.inner.policy.release(&key_id, session);
-            }
-            .in_current_span(),
+                result
+            },
         );
-        Ok(())
+        if spawned.is_err() {
+            // The vote was not sent: it goes with the refusal.
+            state.release(&id, session);
+        }
+        spawned
     }
 
     async fn prepare_and_wait(
@@ -589,28 +584,16 @@ impl MpcEngine {
                 });
             }
         }
-        let inbox = self
-            .inner
-            .router
-            .open(session, Protocol::PolicyChange, [coordinator])
-            .map_err(|e| e.to_string())?;
-        let engine = self.clone();
-        tokio::spawn(
-            async move {
-                let run = engine.commit_here(&inbox, coordinator, &key_id, record);
-                let _ = engine
-                    .run_session(
-                        Protocol::PolicyChange,
-                        "participant",
-                        session,
-                        vec![coordinator],
-                        run,
-                    )
-                    .await;
-            }
-            .in_current_span(),
-        );
-        Ok(())
+        self.spawn_participant(
+            Protocol::PolicyChange,
+            session,
+            coordinator,
+            move |engine, inbox| async move {
+                engine
+                    .commit_here(&inbox, coordinator, &key_id, record)
+                    .await
+            },
+        )
     }
 
     /// Applies `record` if it is the next change of the policy in force here and its

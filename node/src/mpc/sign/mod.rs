@@ -12,7 +12,7 @@ pub mod core;
 
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
-use tracing::{Instrument, debug, info, warn};
+use tracing::{debug, info, warn};
 
 use self::core::{Coordinator, Signer};
 use super::policy::{Authorization, PolicyStamp};
@@ -196,7 +196,7 @@ impl MpcEngine {
             let failures = engine.broadcast(&chosen, session, &round2).await;
             if !failures.is_empty() {
                 return Err(inbox
-                    .explain(unreachable_error(failures, "the signing round 2 request"))
+                    .explain_failures(failures, "the signing round 2 request")
                     .await);
             }
             let deadline = tokio::time::Instant::now() + timeout;
@@ -255,20 +255,12 @@ impl MpcEngine {
         if self.inner.faults.front_run_signing {
             self.front_run(key_id.clone(), message.clone(), authorizations);
         }
-        // Only the coordinator may talk to this side of a signing session.
-        let mut inbox = self
-            .inner
-            .router
-            .open(session, Protocol::Sign, [coordinator])
-            .map_err(|e| e.to_string())?;
-        let engine = self.clone();
         let timeout = self.inner.round_timeout;
-        tokio::spawn(
-            async move {
+        // Only the coordinator may talk to this side of a signing session.
+        self.spawn_participant(Protocol::Sign, session, coordinator, move |engine, mut inbox| async move {
                 if engine.inner.faults.intrude_signing {
                     engine.intrude(&key.info.participants, coordinator, session).await;
                 }
-                let run = async {
                     // The request ids are on disk before this holder commits to anything.
                     let admitted = admission
                         .persist()
@@ -289,7 +281,7 @@ impl MpcEngine {
                     {
                         Ok(()) => {}
                         // The coordinator already has its signers (this holder was too slow).
-                        Err(MpcSendError::Rejected { .. }) => {
+                        Err(MpcSendError::Rejected { .. } | MpcSendError::Finished { .. }) => {
                             debug!("commitments refused by the coordinator; not a signer this time");
                             return Ok(());
                         }
@@ -324,21 +316,16 @@ impl MpcEngine {
                         .await
                         .map_err(|e| unreachable_error(vec![(coordinator, e)], "the signature share"))?;
                     Ok(())
-                };
-                let _ = engine
-                    .run_session(Protocol::Sign, "participant", session, vec![coordinator], run)
-                    .await;
-            }
-            .in_current_span(),
-        );
-        Ok(())
+        })
     }
 
     /// Test-only (`replay-sign-round2`): sends a round-2 request again and logs each answer.
     async fn replay(&self, signers: &[PeerId], session: SessionId, round2: &Body) {
         for peer in signers {
             match self.send(*peer, session, round2.clone()).await {
-                Err(MpcSendError::Rejected { reason, .. }) => {
+                Err(
+                    MpcSendError::Finished { reason, .. } | MpcSendError::Rejected { reason, .. },
+                ) => {
                     info!(%peer, %reason, "test fault: replayed round-2 request refused")
                 }
                 other => {
