@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use ed25519_dalek::{Signature, VerifyingKey};
 use libp2p::PeerId;
+use libp2p::identity::{Keypair, PublicKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
@@ -38,6 +39,10 @@ pub const MAX_AHEAD: Duration = Duration::from_secs(600);
 pub const AUTHORIZATION_DOMAIN: &[u8] = b"p2p-mpc sign authorization v2\0";
 /// Domain separation of the bytes a client signs to approve a policy change.
 pub const CHANGE_APPROVAL_DOMAIN: &[u8] = b"p2p-mpc policy change approval v2\0";
+/// Domain separation of the bytes a holder signs to vote for a policy change (see
+/// [`policy_change`](super::policy_change)).
+pub const VOTE_DOMAIN: &[u8] = b"p2p-mpc policy change vote v1\0";
+
 /// Most committed changes a key file keeps (what a holder that missed changes can fetch).
 pub const MAX_POLICY_HISTORY: usize = 32;
 
@@ -73,7 +78,96 @@ pub struct PolicyChangeRecord {
     #[serde(deserialize_with = "super::wire::peer_list")]
     pub approvals: Vec<Authorization>,
     #[serde(default, deserialize_with = "super::wire::peer_list")]
-    pub votes: Vec<super::policy_change::core::PolicyVote>,
+    pub votes: Vec<PolicyVote>,
+}
+
+/// One change of one key's policy: from the policy `current` to the policy with digest
+/// `digest`, which becomes version `current.version + 1`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    pub key_id: String,
+    pub current: PolicyStamp,
+    pub digest: [u8; 32],
+}
+
+impl Change {
+    /// The version the change makes.
+    pub fn version(&self) -> u64 {
+        self.current.version.saturating_add(1)
+    }
+
+    /// The bytes a holder signs to vote for this change.
+    fn vote_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(VOTE_DOMAIN.len() + self.key_id.len() + 88);
+        out.extend_from_slice(VOTE_DOMAIN);
+        out.extend_from_slice(&(self.key_id.len() as u64).to_be_bytes());
+        out.extend_from_slice(self.key_id.as_bytes());
+        out.extend_from_slice(&self.current.version.to_be_bytes());
+        out.extend_from_slice(&self.current.digest);
+        out.extend_from_slice(&self.version().to_be_bytes());
+        out.extend_from_slice(&self.digest);
+        out
+    }
+}
+
+/// A holder's signed vote for one [`Change`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyVote {
+    /// The voting holder's peer id.
+    pub holder: String,
+    /// Its identity public key (libp2p protobuf encoding), hex.
+    pub public_key: String,
+    /// Its signature over the change's vote bytes, hex.
+    pub signature: String,
+}
+
+/// Longest hex field of a vote that is read (an Ed25519 or secp256k1 identity key and its
+/// signature fit easily; an RSA key does not, and a node with one cannot vote).
+const MAX_VOTE_HEX: usize = 512;
+
+impl PolicyVote {
+    /// `identity`'s vote for `change`.
+    pub fn sign(identity: &Keypair, change: &Change) -> Result<Self, String> {
+        let signature = identity
+            .sign(&change.vote_bytes())
+            .map_err(|e| format!("cannot sign the vote: {e}"))?;
+        Ok(Self {
+            holder: identity.public().to_peer_id().to_string(),
+            public_key: hex::encode(identity.public().encode_protobuf()),
+            signature: hex::encode(signature),
+        })
+    }
+
+    /// The holder whose valid vote for `change` this is; the error says what is wrong.
+    pub fn verify(&self, change: &Change) -> Result<PeerId, String> {
+        let holder: PeerId = self
+            .holder
+            .parse()
+            .map_err(|_| "the vote's holder is not a peer id".to_string())?;
+        if self.public_key.len() > MAX_VOTE_HEX || self.signature.len() > MAX_VOTE_HEX {
+            return Err(format!("the vote of {holder} is too long"));
+        }
+        let key = hex::decode(&self.public_key)
+            .ok()
+            .and_then(|b| PublicKey::try_decode_protobuf(&b).ok())
+            .ok_or_else(|| format!("the vote of {holder} carries a malformed public key"))?;
+        if key.to_peer_id() != holder {
+            return Err(format!(
+                "the vote of {holder} carries the public key of another peer"
+            ));
+        }
+        let signature = hex::decode(&self.signature)
+            .map_err(|_| format!("the vote of {holder} carries a malformed signature"))?;
+        if !key.verify(&change.vote_bytes(), &signature) {
+            return Err(format!(
+                "the vote of {holder} is not for this change of key {} to version {}",
+                change.key_id,
+                change.version()
+            ));
+        }
+        Ok(holder)
+    }
 }
 
 /// What a client's signature approves.

@@ -80,6 +80,16 @@ impl KeyInfo {
     }
 }
 
+/// A holder's vote for one change, kept while it lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredVote {
+    pub version: u64,
+    pub digest: [u8; 32],
+    /// Unix milliseconds after which the vote lapses.
+    pub until_ms: u64,
+}
+
 /// The on-disk form of one key share.
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -98,7 +108,7 @@ struct KeyFile {
     /// This holder's live vote for a change of the policy (kept across restarts: a holder
     /// votes for one change per version while a vote lives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    vote: Option<super::policy_change::core::StoredVote>,
+    vote: Option<StoredVote>,
 }
 
 /// A key this node holds a share of, decoded and ready to sign with.
@@ -110,7 +120,7 @@ pub struct StoredKey {
     /// [`MAX_POLICY_HISTORY`](super::policy::MAX_POLICY_HISTORY)), oldest first.
     pub policy_changes: Vec<super::policy::PolicyChangeRecord>,
     /// This holder's last vote for a change of the policy, as kept on disk.
-    pub vote: Option<super::policy_change::core::StoredVote>,
+    pub vote: Option<StoredVote>,
 }
 
 /// The key shares of this node: an in-memory map backed by one file per key.
@@ -316,7 +326,7 @@ impl KeyShareStore {
     pub async fn record_vote(
         &self,
         key_id: &str,
-        vote: super::policy_change::core::StoredVote,
+        vote: StoredVote,
     ) -> Result<Arc<StoredKey>, StoreError> {
         let old = self
             .get(key_id)
@@ -512,7 +522,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_vote_survives_a_restart_until_a_change_is_applied() {
-        use crate::mpc::policy_change::core::StoredVote;
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = KeyShareStore::open(dir.path()).unwrap();
         store.insert(dealer_key("k1")).await.unwrap();

@@ -22,8 +22,10 @@ pub const MAX_MESSAGE_BYTES: u64 = 256 * 1024;
 pub const MAX_ACK_BYTES: u64 = 4 * 1024;
 /// Most peer ids in one list of a message (participants, blame, echo digests).
 pub const MAX_PEERS: usize = 256;
-/// Most entries in one list of an aggregation batch message.
-pub const MAX_BATCH_ITEMS: usize = crate::mpc::aggregation::batch::MAX_BATCH;
+/// Most entries in one list of an aggregation batch message (the relay batches at most this
+/// many reports: `aggregation::batch::MAX_BATCH` is this constant, so the wire format does
+/// not import a protocol).
+pub const MAX_BATCH_ITEMS: usize = 512;
 
 /// Encodes a message for the wire.
 pub fn encode(message: &MpcMessage) -> Vec<u8> {
@@ -301,9 +303,7 @@ pub enum Body {
         authorizations: Vec<super::policy::Authorization>,
     },
     /// Holder → coordinator: prepared, with the holder's signed vote for the change.
-    PolicyPrepared {
-        vote: super::policy_change::core::PolicyVote,
-    },
+    PolicyPrepared { vote: super::policy::PolicyVote },
     /// Coordinator → key holders: a quorum prepared; this change is committed, and the
     /// record carries the quorum's votes. Every holder checks the record (approvals and
     /// votes) against its own policy before it applies it; sent in the prepare session to

@@ -29,7 +29,7 @@ pub const MAX_BATCHED_SHARE: usize = crate::mpc::chunks::CHUNK_BYTES;
 /// batch holds at least one report, so one share of [`MAX_BATCHED_SHARE`] must fit too).
 const BATCH_BYTES: usize = 200 * 1024;
 /// Reports in one batch at most.
-pub const MAX_BATCH: usize = 512;
+pub const MAX_BATCH: usize = crate::mpc::wire::MAX_BATCH_ITEMS;
 
 /// How one report of a batch ended: the owners that took it, or a refusal (code, message);
 /// or the relay session (its id) failed.

@@ -26,114 +26,23 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use libp2p::PeerId;
-use libp2p::identity::{Keypair, PublicKey};
-use serde::{Deserialize, Serialize};
+use libp2p::identity::Keypair;
 
 use super::super::admission::Admitted;
 use super::super::policy::{
-    self, Authorization, PolicyChangeRecord, PolicyStamp, Refusal, SigningPolicy, refuse,
+    self, Authorization, PolicyChangeRecord, Refusal, SigningPolicy, refuse,
 };
+pub use super::super::policy::{Change, PolicyVote, VOTE_DOMAIN};
 use super::super::session::SessionError;
 use super::super::store::KeyInfo;
+pub use super::super::store::StoredVote;
 use super::super::wire::{Blob, Body, SessionId};
-
-/// Domain separation of the bytes a holder signs to vote for a policy change.
-pub const VOTE_DOMAIN: &[u8] = b"p2p-mpc policy change vote v1\0";
 
 /// How many of `holders` (the coordinator included) must vote for a change of a
 /// `threshold`-of-`holders` key before it commits (see [`super`]).
 pub fn commit_quorum(holders: usize, threshold: usize) -> usize {
     let after_commit = holders.saturating_sub(threshold) + 1;
     after_commit.max(holders / 2 + 1).min(holders)
-}
-
-/// One change of one key's policy: from the policy `current` to the policy with digest
-/// `digest`, which becomes version `current.version + 1`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Change {
-    pub key_id: String,
-    pub current: PolicyStamp,
-    pub digest: [u8; 32],
-}
-
-impl Change {
-    /// The version the change makes.
-    pub fn version(&self) -> u64 {
-        self.current.version.saturating_add(1)
-    }
-
-    /// The bytes a holder signs to vote for this change.
-    fn vote_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(VOTE_DOMAIN.len() + self.key_id.len() + 88);
-        out.extend_from_slice(VOTE_DOMAIN);
-        out.extend_from_slice(&(self.key_id.len() as u64).to_be_bytes());
-        out.extend_from_slice(self.key_id.as_bytes());
-        out.extend_from_slice(&self.current.version.to_be_bytes());
-        out.extend_from_slice(&self.current.digest);
-        out.extend_from_slice(&self.version().to_be_bytes());
-        out.extend_from_slice(&self.digest);
-        out
-    }
-}
-
-/// A holder's signed vote for one [`Change`].
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyVote {
-    /// The voting holder's peer id.
-    pub holder: String,
-    /// Its identity public key (libp2p protobuf encoding), hex.
-    pub public_key: String,
-    /// Its signature over the change's vote bytes, hex.
-    pub signature: String,
-}
-
-/// Longest hex field of a vote that is read (an Ed25519 or secp256k1 identity key and its
-/// signature fit easily; an RSA key does not, and a node with one cannot vote).
-const MAX_VOTE_HEX: usize = 512;
-
-impl PolicyVote {
-    /// `identity`'s vote for `change`.
-    pub fn sign(identity: &Keypair, change: &Change) -> Result<Self, String> {
-        let signature = identity
-            .sign(&change.vote_bytes())
-            .map_err(|e| format!("cannot sign the vote: {e}"))?;
-        Ok(Self {
-            holder: identity.public().to_peer_id().to_string(),
-            public_key: hex::encode(identity.public().encode_protobuf()),
-            signature: hex::encode(signature),
-        })
-    }
-
-    /// The holder whose valid vote for `change` this is; the error says what is wrong.
-    pub fn verify(&self, change: &Change) -> Result<PeerId, String> {
-        let holder: PeerId = self
-            .holder
-            .parse()
-            .map_err(|_| "the vote's holder is not a peer id".to_string())?;
-        if self.public_key.len() > MAX_VOTE_HEX || self.signature.len() > MAX_VOTE_HEX {
-            return Err(format!("the vote of {holder} is too long"));
-        }
-        let key = hex::decode(&self.public_key)
-            .ok()
-            .and_then(|b| PublicKey::try_decode_protobuf(&b).ok())
-            .ok_or_else(|| format!("the vote of {holder} carries a malformed public key"))?;
-        if key.to_peer_id() != holder {
-            return Err(format!(
-                "the vote of {holder} carries the public key of another peer"
-            ));
-        }
-        let signature = hex::decode(&self.signature)
-            .map_err(|_| format!("the vote of {holder} carries a malformed signature"))?;
-        if !key.verify(&change.vote_bytes(), &signature) {
-            return Err(format!(
-                "the vote of {holder} is not for this change of key {} to version {}",
-                change.key_id,
-                change.version()
-            ));
-        }
-        Ok(holder)
-    }
 }
 
 /// Checks that `votes` are valid votes for `change` of at least `quorum` distinct holders
@@ -386,16 +295,6 @@ impl Voter {
         }
         Ok(record)
     }
-}
-
-/// A holder's vote for one change, kept while it lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct StoredVote {
-    pub version: u64,
-    pub digest: [u8; 32],
-    /// Unix milliseconds after which the vote lapses.
-    pub until_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy)]
