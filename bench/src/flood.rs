@@ -1,8 +1,9 @@
 //! Signing under a flood: a 2-of-3 cluster with a roster signs through the API of node 0
 //! while a peer floods node 0 with session invitations, messages for sessions that do not
 //! exist and garbage, as fast as 64 requests in flight allow. Once the flooder is outside
-//! the roster (refused before decoding), once a member (decoded, checked and refused by the
-//! session layer); each p50 beside the quiet p50 of the same cluster in the same run.
+//! the roster (each attempt is a new connection, refused after its handshake: nothing it
+//! sends is read), once a member (decoded, checked and refused by the session layer); each
+//! p50 beside the quiet p50 of the same cluster in the same run.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -44,13 +45,15 @@ fn flood_message(i: u64, victim: &str, flooder: &str) -> Vec<u8> {
     wire::encode(&MpcMessage::new(SessionId::random(), body))
 }
 
-/// Floods `victim` from `client` until `stop`; returns how many messages were answered.
+/// Floods `victim` from `client` until `stop`; returns how many messages were answered
+/// (`refused_at_the_door`: how many attempts ended, each a connection the victim refused).
 async fn flood(
     client: NetworkClient,
     victim: libp2p::PeerId,
     victim_id: String,
     flooder_id: String,
     stop: Arc<AtomicBool>,
+    refused_at_the_door: bool,
 ) -> u64 {
     let sent = Arc::new(AtomicU64::new(0));
     let counter = sent.clone();
@@ -61,10 +64,8 @@ async fn flood(
             let bytes = flood_message(i, &victim_id, &flooder_id);
             async move {
                 // Refusals are the point; any answer counts as a message the node handled.
-                if !matches!(
-                    client.send_mpc_raw(victim, bytes).await,
-                    Err(MpcSendError::Unreachable { .. })
-                ) {
+                let result = client.send_mpc_raw(victim, bytes).await;
+                if refused_at_the_door || !matches!(result, Err(MpcSendError::Unreachable { .. })) {
                     sent.fetch_add(1, Ordering::Relaxed);
                 }
             }
@@ -177,14 +178,16 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Figure>> {
     let rss_quiet = nodes[0].rss_bytes().unwrap_or(0);
     let mut figures = Vec::new();
 
-    for (who, flood_key, flood_id) in [
-        ("an outsider", outsider_key, outsider_id),
-        ("a member", member_key, member_id),
+    for (who, flood_key, flood_id, outsider) in [
+        ("an outsider", outsider_key, outsider_id, true),
+        ("a member", member_key, member_id, false),
     ] {
         let client = p2p_mpc_node::network::dial_peer(flood_key, &nodes[0].tcp_addr, &[], 1 << 20)
             .await
             .map_err(|e| anyhow::anyhow!("the flooding peer does not start: {e}"))?;
-        wait_reachable(&client, victim).await?;
+        if !outsider {
+            wait_reachable(&client, victim).await?;
+        }
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
         let flooding = tokio::spawn(flood(
@@ -193,6 +196,7 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Figure>> {
             nodes[0].peer_id.clone(),
             flood_id,
             stop.clone(),
+            outsider,
         ));
         // Let the flood reach its pace before measuring.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -210,7 +214,11 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Figure>> {
             quiet_p50 * 1e3,
         ));
         figures.push(Figure::plain(
-            format!("flood messages from {who} handled by the coordinator"),
+            if outsider {
+                format!("flood attempts by {who}, each refused at the coordinator's door")
+            } else {
+                format!("flood messages from {who} handled by the coordinator")
+            },
             handled as f64 / secs,
             "msg/s",
         ));

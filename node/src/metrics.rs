@@ -39,6 +39,8 @@ pub struct NodeMetrics {
     pub gossip_rejected: IntCounterVec,
     /// Inbound MPC messages refused by the network service, by reason.
     pub mpc_refused: IntCounterVec,
+    /// Connections refused or closed by the door (`network::door`).
+    pub connections_refused: IntCounterVec,
 }
 
 impl NodeMetrics {
@@ -107,6 +109,17 @@ impl NodeMetrics {
         for reason in ["not_member", "malformed", "version", "queue_full"] {
             mpc_refused.with_label_values(&[reason]);
         }
+        let connections_refused = IntCounterVec::new(
+            Opts::new(
+                "p2p_mpc_connections_refused_total",
+                "Connections refused right after the handshake because the peer is outside the cluster roster (direction: inbound, outbound), and connections closed because their peer left the roster (direction: evicted).",
+            ),
+            &["direction"],
+        )
+        .expect("valid metric");
+        for direction in ["inbound", "outbound", "evicted"] {
+            connections_refused.with_label_values(&[direction]);
+        }
         for m in [
             Box::new(requests_total.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(request_duration_seconds.clone()),
@@ -116,6 +129,7 @@ impl NodeMetrics {
             Box::new(gossip_received.clone()),
             Box::new(gossip_rejected.clone()),
             Box::new(mpc_refused.clone()),
+            Box::new(connections_refused.clone()),
         ] {
             registry.register(m).expect("metric names are unique");
         }
@@ -130,6 +144,7 @@ impl NodeMetrics {
             gossip_received,
             gossip_rejected,
             mpc_refused,
+            connections_refused,
         }
     }
 

@@ -2,7 +2,8 @@
 //! for sessions that do not exist, oversized and amplifying messages. The node's memory
 //! stays bounded (RSS grows by at most 32 MiB), its log stays short, signing among the honest
 //! members still works, and 16 valid invitations fill the member's session cap, so that the
-//! 17th is refused. (A peer outside the roster is refused before decoding; see roster.rs.)
+//! 17th is refused. Sybil strangers outside the roster are refused at the door (their
+//! connections, after the handshake) while members sign and reconnect.
 
 mod common;
 
@@ -243,4 +244,124 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
         }
         other => panic!("the 17th session was not refused: {other:?}"),
     }
+}
+
+/// `p2p_mpc_connections_refused_total{direction="inbound"}` on a metrics page.
+fn refused_inbound(page: &str) -> u64 {
+    page.lines()
+        .filter(|l| {
+            l.starts_with("p2p_mpc_connections_refused_total{") && l.contains("\"inbound\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Sybil strangers (fresh identities outside the roster) dial one node over and over and
+/// try to write 256 KiB messages on every attempt, while the members sign and one member
+/// restarts: every stranger's connection is refused after its handshake (none of its bytes
+/// is read as a message), the node's memory stays bounded, the restarted member gets back in
+/// and at least 90 % of the signatures made during the flood succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strangers_are_refused_at_the_door_and_members_keep_signing() {
+    let dir = tempdir();
+    let (key_a, a) = identity(dir.path(), "a");
+    let (key_b, b) = identity(dir.path(), "b");
+    let members = format!("{a},{b}");
+    let node_a = NodeProcess::start(
+        "A",
+        dir.path(),
+        &args(&["--identity-key-path", &key_a, "--cluster-member", &members]),
+    )
+    .await;
+    let b_args = args(&[
+        "--identity-key-path",
+        &key_b,
+        "--cluster-member",
+        &members,
+        "--bootnode",
+        &node_a.tcp_addr,
+    ]);
+    let mut node_b = NodeProcess::start("B", dir.path(), &b_args).await;
+    node_b
+        .wait_connected_to(&node_a.peer_id, Duration::from_secs(20))
+        .await;
+    let ids = [a.to_string(), b.to_string()];
+    let (status, key) = post(
+        &node_b,
+        "/v1/keys",
+        json!({"threshold": 2, "participants": ids, "policy": {"open": true}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{key}");
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    let before = rss_kib(node_a.pid());
+
+    // 16 strangers, each with 16 messages of 256 KiB in flight, until told to stop.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut floods = Vec::new();
+    for _ in 0..16 {
+        let client = p2p_mpc_node::network::dial_peer(
+            Keypair::generate_ed25519(),
+            &node_a.tcp_addr,
+            &[],
+            1 << 20,
+        )
+        .await
+        .expect("a stranger starts");
+        let stop = stop.clone();
+        floods.push(tokio::spawn(async move {
+            let message = wire::encode(&MpcMessage::new(
+                SessionId::random(),
+                Body::DkgRound1 {
+                    package: vec![7; 250 * 1024],
+                },
+            ));
+            let mut read = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let answers = futures::future::join_all(
+                    (0..16).map(|_| client.send_mpc_raw(a, message.clone())),
+                )
+                .await;
+                read += answers
+                    .iter()
+                    .filter(|r| !matches!(r, Err(MpcSendError::Unreachable { .. })))
+                    .count();
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            read
+        }));
+    }
+
+    // The members sign through the flood; B restarts half way and must get back in.
+    let path = format!("/v1/keys/{key_id}/sign");
+    let mut signed = 0;
+    for i in 0..20 {
+        if i == 10 {
+            node_b.kill();
+            node_b = NodeProcess::start("B", dir.path(), &b_args).await;
+            node_b
+                .wait_connected_to(&node_a.peer_id, Duration::from_secs(20))
+                .await;
+        }
+        if post(&node_b, &path, json!({"message": "00ff"})).await.0 == 200 {
+            signed += 1;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut read = 0;
+    for f in floods {
+        read += f.await.unwrap();
+    }
+    assert!(
+        signed >= 18,
+        "only {signed} of 20 signatures during the flood"
+    );
+    assert_eq!(read, 0, "a stranger's message was answered");
+    let page = node_a.metrics_page().await;
+    assert!(refused_inbound(&page) >= 16, "{page}");
+    let grown = rss_kib(node_a.pid()).saturating_sub(before);
+    assert!(
+        grown <= 32 * 1024,
+        "RSS grew by {grown} KiB under the strangers' flood"
+    );
 }

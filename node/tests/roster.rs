@@ -1,8 +1,8 @@
-//! The cluster roster against real node processes: a connected peer outside the roster gets
-//! nothing (its DKG, aggregation-task and transfer invitations and even garbage are refused
-//! before decoding and counted), a member that invites a stranger is refused by every
-//! participant, the default participants are the roster's members, and the members file
-//! is re-read while the node runs.
+//! The cluster roster against real node processes: a peer outside the roster gets no
+//! connection (refused after the handshake and counted, so none of its messages is read),
+//! a member that invites a stranger is refused by every participant, the default
+//! participants are the roster's members, and the members file is re-read while the node
+//! runs (a peer that leaves it is disconnected).
 
 mod common;
 
@@ -33,6 +33,17 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
     }
     out.sort();
     out
+}
+
+/// `p2p_mpc_connections_refused_total` of `direction` on a metrics page.
+fn connections_refused(page: &str, direction: &str) -> u64 {
+    page.lines()
+        .filter(|l| {
+            l.starts_with("p2p_mpc_connections_refused_total{")
+                && l.contains(&format!("\"{direction}\""))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 fn refused(page: &str, reason: &str) -> u64 {
@@ -117,7 +128,8 @@ async fn outsiders_get_nothing_and_members_check_every_participant() {
 
     let data_a = dir.path().join("data-A");
     let files_before = files(&data_a);
-    // A stranger, connected to A.
+    // A stranger dials A: the connection is refused right after the handshake, so none of
+    // its messages (invitations, garbage) is even read; the refusals are counted.
     let stranger_key = Keypair::generate_ed25519();
     let stranger = stranger_key.public().to_peer_id();
     let outsider = library_peer(stranger_key, &node_a.tcp_addr, &[], 1024 * 1024).await;
@@ -135,16 +147,42 @@ async fn outsiders_get_nothing_and_members_check_every_participant() {
             bytes: 1 << 20,
             chunks: 16,
         }),
-        // Not even CBOR: refused as a stranger's, never decoded (so not counted malformed).
         vec![0xff; 1000],
     ];
     for bytes in invites {
-        let reason = send_refused(&outsider, a, bytes).await;
-        assert!(reason.contains("not a member"), "{reason}");
+        match outsider.send_mpc_raw(a, bytes).await {
+            Err(MpcSendError::Unreachable { .. }) => {}
+            other => panic!("a stranger's message got through the door: {other:?}"),
+        }
     }
+    wait_for(
+        "A to count the stranger's refused connections",
+        Duration::from_secs(20),
+        || async {
+            let page = node_a.metrics_page().await;
+            let n = connections_refused(&page, "inbound");
+            if n >= 1 {
+                Ok(())
+            } else {
+                Err(format!("{n} refused"))
+            }
+        },
+    )
+    .await;
     let page = node_a.metrics_page().await;
-    assert_eq!(refused(&page, "not_member"), 4, "{page}");
+    assert_eq!(
+        refused(&page, "not_member"),
+        0,
+        "no message of the stranger was read"
+    );
     assert_eq!(refused(&page, "malformed"), 0);
+    assert!(
+        !node_a
+            .connected_peer_ids()
+            .await
+            .unwrap()
+            .contains(&stranger.to_string())
+    );
 
     // Nothing was stored, and the node keeps serving.
     assert_eq!(node_a.get("/v1/keys").await.unwrap()["keys"], json!([]));
@@ -165,7 +203,11 @@ async fn outsiders_get_nothing_and_members_check_every_participant() {
     );
 
     // A member's invitation that lists a stranger is refused by the participant itself.
+    let rogue_at_a = library_peer(member_key.clone(), &node_a.tcp_addr, &[], 1024 * 1024).await;
     let rogue = library_peer(member_key, &node_b.tcp_addr, &[], 1024 * 1024).await;
+    node_a
+        .wait_connected_to(&member.to_string(), Duration::from_secs(20))
+        .await;
     let reason = send_refused(
         &rogue,
         b,
@@ -217,6 +259,22 @@ async fn outsiders_get_nothing_and_members_check_every_participant() {
         },
     )
     .await;
+    // The library member left A's roster: A disconnects it and lets it in no more.
+    wait_for(
+        "A to disconnect the member that left its roster",
+        Duration::from_secs(20),
+        || async {
+            let peers = node_a.connected_peer_ids().await?;
+            let evicted = connections_refused(&node_a.metrics_page().await, "evicted");
+            if !peers.contains(&member.to_string()) && evicted >= 1 {
+                Ok(())
+            } else {
+                Err(format!("evicted {evicted}, peers {peers:?}"))
+            }
+        },
+    )
+    .await;
+    drop(rogue_at_a);
     let (code, body) = post(
         &node_a,
         "/v1/keys",

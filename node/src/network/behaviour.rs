@@ -21,6 +21,9 @@ pub const GOSSIP_ENVELOPE_OVERHEAD: usize = 64 * 1024;
 /// Everything a node speaks.
 #[derive(NetworkBehaviour)]
 pub struct NodeBehaviour {
+    /// Refuses connections of peers outside the cluster roster (first, so a stranger's
+    /// connection is refused before any other behaviour sets up for it).
+    pub door: super::door::Door,
     /// Caps on established and pending connections.
     pub limits: connection_limits::Behaviour,
     /// Pub/sub.
@@ -43,6 +46,8 @@ pub struct BehaviourSettings {
     pub max_message_size: usize,
     /// Largest number of established connections.
     pub max_connections: u32,
+    /// The cluster roster, if any: only its members get a connection.
+    pub roster: Option<std::sync::Arc<crate::roster::Roster>>,
 }
 
 /// A gossip message id: SHA-256 over topic and signed envelope (which holds the author and a
@@ -112,6 +117,7 @@ pub fn build(key: &Keypair, settings: &BehaviourSettings) -> Result<NodeBehaviou
     );
 
     Ok(NodeBehaviour {
+        door: super::door::Door::new(settings.roster.clone()),
         mpc,
         limits,
         gossipsub,

@@ -6,6 +6,7 @@
 
 pub mod behaviour;
 pub mod bootnodes;
+pub mod door;
 pub mod envelope;
 pub mod mpc_codec;
 mod service;

@@ -121,6 +121,7 @@ impl NetworkService {
         let behaviour_settings = BehaviourSettings {
             max_message_size: settings.max_message_size,
             max_connections: settings.max_connections,
+            roster: settings.roster.clone(),
         };
         let libp2p_metrics = libp2p::metrics::Metrics::new(&mut libp2p_registry);
         let node_behaviour =
@@ -285,6 +286,29 @@ impl NetworkService {
             self.refused_log.0 = Some(now);
         } else {
             self.refused_log.1 += 1;
+        }
+    }
+
+    fn handle_door(&mut self, event: super::door::DoorEvent) {
+        use super::door::DoorEvent;
+        match event {
+            DoorEvent::Refused { peer, inbound } => {
+                let direction = if inbound { "inbound" } else { "outbound" };
+                self.metrics
+                    .connections_refused
+                    .with_label_values(&[direction])
+                    .inc();
+                if let Some(suppressed) = crate::log_limit::allow("connection_refused") {
+                    debug!(%peer, direction, suppressed, "connection refused: not a member of the cluster roster");
+                }
+            }
+            DoorEvent::Evicted { peer } => {
+                self.metrics
+                    .connections_refused
+                    .with_label_values(&["evicted"])
+                    .inc();
+                info!(%peer, "disconnected a peer that left the cluster roster");
+            }
         }
     }
 
@@ -564,6 +588,7 @@ impl NetworkService {
                 }
             }
             SwarmEvent::Behaviour(NodeBehaviourEvent::Mpc(e)) => self.handle_mpc(e),
+            SwarmEvent::Behaviour(NodeBehaviourEvent::Door(e)) => self.handle_door(e),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(e)) => {
                 self.libp2p_metrics.record(&e);
                 if let Err(err) = &e.result {
