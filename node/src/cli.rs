@@ -210,6 +210,22 @@ pub struct NodeArgs {
           value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub mpc_max_tasks_per_creator: u32,
 
+    /// Most MiB of one peer's inbound MPC messages that one session may hold (waiting in its
+    /// inbox or kept for a later round); more are answered busy.
+    #[arg(long, env = "P2P_MPC_MPC_MAX_HELD_MIB_PER_SESSION_PEER", default_value_t = 4, value_name = "MIB",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub mpc_max_held_mib_per_session_peer: u32,
+
+    /// Most MiB of one peer's inbound MPC messages that all sessions may hold together.
+    #[arg(long, env = "P2P_MPC_MPC_MAX_HELD_MIB_PER_PEER", default_value_t = 16, value_name = "MIB",
+          value_parser = clap::value_parser!(u32).range(1..=16_384))]
+    pub mpc_max_held_mib_per_peer: u32,
+
+    /// Most MiB of inbound MPC messages that all sessions may hold together.
+    #[arg(long, env = "P2P_MPC_MPC_MAX_HELD_MIB", default_value_t = 128, value_name = "MIB",
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub mpc_max_held_mib: u32,
+
     /// Maximum size in bytes of one gossip message.
     #[arg(long, env = "P2P_MPC_MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES",
           value_parser = parse_max_message_size)]

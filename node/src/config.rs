@@ -89,6 +89,9 @@ pub struct FileConfig {
     pub mpc_max_sessions_per_peer: Option<u32>,
     pub mpc_max_keys_per_creator: Option<u32>,
     pub mpc_max_tasks_per_creator: Option<u32>,
+    pub mpc_max_held_mib_per_session_peer: Option<u32>,
+    pub mpc_max_held_mib_per_peer: Option<u32>,
+    pub mpc_max_held_mib: Option<u32>,
     /// Per-node settings by node name (`--pod-name`), e.g. written by the operator.
     pub pods: Option<BTreeMap<String, PodConfig>>,
 }
@@ -195,6 +198,8 @@ pub struct NodeConfig {
     pub mpc_max_keys_per_creator: usize,
     /// Most aggregation tasks held here that one peer created.
     pub mpc_max_tasks_per_creator: usize,
+    /// Byte budgets of the inbound messages that sessions hold.
+    pub mpc_held_budgets: crate::mpc::session::Budgets,
     /// The node's name in the `pods` section, if given.
     pub pod_name: Option<String>,
 }
@@ -428,6 +433,45 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         ));
     }
 
+    let per_session_peer: u32 = pick!(mpc_max_held_mib_per_session_peer);
+    let per_peer: u32 = pick!(mpc_max_held_mib_per_peer);
+    let held: u32 = pick!(mpc_max_held_mib);
+    for (key, value, max) in [
+        ("mpc_max_held_mib_per_session_peer", per_session_peer, 1024),
+        ("mpc_max_held_mib_per_peer", per_peer, 16_384),
+        ("mpc_max_held_mib", held, 65_536),
+    ] {
+        if !(1..=max).contains(&value) {
+            return Err(invalid(
+                &origin_of(key),
+                key.into(),
+                format!("must be from 1 to {max} MiB, not {value}"),
+            ));
+        }
+    }
+    if per_session_peer > per_peer {
+        return Err(invalid(
+            &origin_of("mpc_max_held_mib_per_session_peer"),
+            "mpc_max_held_mib_per_session_peer".into(),
+            format!(
+                "must not be more than mpc_max_held_mib_per_peer ({per_peer}), not {per_session_peer}"
+            ),
+        ));
+    }
+    if per_peer > held {
+        return Err(invalid(
+            &origin_of("mpc_max_held_mib_per_peer"),
+            "mpc_max_held_mib_per_peer".into(),
+            format!("must not be more than mpc_max_held_mib ({held}), not {per_peer}"),
+        ));
+    }
+    let mib = |m: u32| m as usize * 1024 * 1024;
+    let mpc_held_budgets = crate::mpc::session::Budgets {
+        per_session_peer: mib(per_session_peer),
+        per_peer: mib(per_peer),
+        total: mib(held),
+    };
+
     let jaeger_host: String = pick!(jaeger_host);
     if jaeger_host.trim().is_empty() || jaeger_host.contains(['/', ' ']) {
         return Err(invalid(
@@ -477,6 +521,7 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         mpc_max_sessions_per_peer: mpc_max_sessions_per_peer as usize,
         mpc_max_keys_per_creator: mpc_max_keys_per_creator as usize,
         mpc_max_tasks_per_creator: mpc_max_tasks_per_creator as usize,
+        mpc_held_budgets,
         pod_name: args.pod_name.clone(),
     })
 }

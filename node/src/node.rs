@@ -220,6 +220,7 @@ pub async fn run(
             max_sessions_per_peer: config.mpc_max_sessions_per_peer,
             max_keys_per_creator: config.mpc_max_keys_per_creator,
             max_tasks_per_creator: config.mpc_max_tasks_per_creator,
+            held_budgets: config.mpc_held_budgets,
             replay_guard,
         },
     );

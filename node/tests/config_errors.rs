@@ -173,6 +173,24 @@ fn bad_values_of_the_right_type() {
     ] {
         assert_config_error(&format!("{key}: 0\n"), &[key, "must be from 1 to", "not 0"]);
     }
+    for key in [
+        "mpc_max_held_mib_per_session_peer",
+        "mpc_max_held_mib_per_peer",
+        "mpc_max_held_mib",
+    ] {
+        assert_config_error(&format!("{key}: 0\n"), &[key, "must be from 1 to", "MiB"]);
+    }
+    assert_config_error(
+        "mpc_max_held_mib_per_session_peer: 32\n",
+        &[
+            "mpc_max_held_mib_per_session_peer",
+            "mpc_max_held_mib_per_peer (16)",
+        ],
+    );
+    assert_config_error(
+        "mpc_max_held_mib_per_peer: 200\n",
+        &["mpc_max_held_mib_per_peer", "mpc_max_held_mib (128)"],
+    );
     assert_config_error("topics: [\"\"]\n", &["topics[0]", "must not be empty"]);
     assert_config_error(
         "api_token_file: /nonexistent/token\n",

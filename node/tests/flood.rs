@@ -220,9 +220,10 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
     // with the cap's rule while they run. The inviter takes the node's round-1 messages and
     // stays silent, so its sessions stay open until their deadline.
 
+    let sessions: Vec<SessionId> = (0..17).map(|_| SessionId::random()).collect();
     let valid = |i: u64| {
         wire::encode(&MpcMessage::new(
-            SessionId::random(),
+            sessions[i as usize],
             Body::DkgInvite {
                 key_id: format!("{:032x}", 0xcafe_0000 + i),
                 threshold: 2,
@@ -244,6 +245,47 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
         }
         other => panic!("the 17th session was not refused: {other:?}"),
     }
+
+    // The member fills its 16 sessions with messages for a later round (250 KiB each, kept
+    // by each session until then): the byte budgets hold it to 16 MiB in all, the rest is
+    // answered busy and counted, and the node's memory stays bounded.
+    let before_fill = rss_kib(node_a.pid());
+    let fill: Vec<Vec<u8>> = sessions[..16]
+        .iter()
+        .flat_map(|s| {
+            (0..24).map(move |_| {
+                wire::encode(&MpcMessage::new(
+                    *s,
+                    Body::DkgRound2 {
+                        package: vec![3; 250 * 1024],
+                    },
+                ))
+            })
+        })
+        .collect();
+    let held = send_all(&flood, a, fill, 8).await;
+    let page = node_a.metrics_page().await;
+    let metric = |name: &str| -> f64 {
+        page.lines()
+            .filter(|l| l.starts_with(name))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    let held_bytes = metric("p2p_mpc_mpc_held_bytes ");
+    assert!(
+        held_bytes <= (16 * 1024 * 1024) as f64 && held > 0,
+        "held {held_bytes} bytes ({held} messages)"
+    );
+    assert!(
+        metric("p2p_mpc_mpc_held_bytes_refused_total{") > 0.0,
+        "{page}"
+    );
+    let grown = rss_kib(node_a.pid()).saturating_sub(before_fill);
+    assert!(
+        grown <= 32 * 1024,
+        "RSS grew by {grown} KiB while the member filled its sessions"
+    );
+    assert_eq!(sign().await.0, 200, "signing goes on");
 }
 
 /// `p2p_mpc_connections_refused_total{direction="inbound"}` on a metrics page.

@@ -28,6 +28,11 @@ pub struct MpcMetrics {
     pub legacy_open_keys: prometheus::IntGauge,
     /// Policy changes applied here, by how (`coordinator`, `commit`, `catch_up`).
     pub policy_changes: IntCounterVec,
+    /// Bytes of inbound messages that sessions hold (waiting in inboxes and kept for later
+    /// rounds).
+    pub held_bytes: prometheus::IntGauge,
+    /// Bytes of inbound messages refused for a byte budget, by budget.
+    pub held_bytes_refused: IntCounterVec,
 }
 
 impl MpcMetrics {
@@ -98,7 +103,20 @@ impl MpcMetrics {
                 "Signing policy changes applied on this node, by how it learned of them: as their coordinator, from a commit, or catching up from a peer.",
                 &["via"],
             ),
+            held_bytes: prometheus::IntGauge::new(
+                "p2p_mpc_mpc_held_bytes",
+                "Bytes of inbound MPC messages held by sessions (waiting in their inboxes or kept for later rounds).",
+            )
+            .expect("valid metric"),
+            held_bytes_refused: counter(
+                "p2p_mpc_mpc_held_bytes_refused_total",
+                "Bytes of inbound MPC messages refused (answered busy) because a byte budget was full: session (one sender in one session), peer (one sender in all sessions), total.",
+                &["budget"],
+            ),
         };
+        for budget in ["session", "peer", "total"] {
+            m.held_bytes_refused.with_label_values(&[budget]);
+        }
         for c in [
             Box::new(m.sessions_started.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.sessions_completed.clone()),
@@ -111,6 +129,8 @@ impl MpcMetrics {
             Box::new(m.sign_authorizations.clone()),
             Box::new(m.legacy_open_keys.clone()),
             Box::new(m.policy_changes.clone()),
+            Box::new(m.held_bytes.clone()),
+            Box::new(m.held_bytes_refused.clone()),
         ] {
             registry.register(c).expect("MPC metric names are unique");
         }

@@ -188,6 +188,8 @@ pub struct EngineSettings {
     pub max_keys_per_creator: usize,
     /// Most aggregation tasks held here that one peer created.
     pub max_tasks_per_creator: usize,
+    /// Byte budgets of the inbound messages that sessions hold.
+    pub held_budgets: session::Budgets,
     /// Used signing request ids and signing rates.
     pub replay_guard: replay_guard::ReplayGuard,
 }
@@ -210,7 +212,7 @@ impl MpcEngine {
                 local,
                 network,
                 store,
-                router: SessionRouter::new(metrics.clone()),
+                router: SessionRouter::with_budgets(metrics.clone(), settings.held_budgets),
                 metrics,
                 faults: settings.faults,
                 round_timeout: settings.round_timeout,

@@ -30,7 +30,31 @@ const EARLY_TTL: Duration = Duration::from_secs(30);
 /// Messages a session keeps for its later rounds; more are dropped (a participant flooding
 /// its own session only hurts that session).
 const MAX_STASHED: usize = 1024;
-/// What a peer answers to a message for a session it has finished.
+/// What sessions may hold of inbound messages (waiting in their inboxes or kept for a later
+/// round), in bytes. An honest sender has at most a window of chunks in flight in a session
+/// (8 of 192 KiB) or one message per round.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Budgets {
+    /// Of one sender's messages in one session.
+    pub per_session_peer: usize,
+    /// Of one sender's messages in all sessions.
+    pub per_peer: usize,
+    /// Of all messages in all sessions.
+    pub total: usize,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            per_session_peer: 4 * 1024 * 1024,
+            per_peer: 16 * 1024 * 1024,
+            total: 128 * 1024 * 1024,
+        }
+    }
+}
+/// The drop label of a message over one of the [`Budgets`] (answered busy: it fits
+/// once the session has taken what it holds).
+const BYTES_BUDGET: &str = "bytes_budget";
 /// The drop label (metric `reason`) of a message of a finished session, answered
 /// [`MpcAck::Finished`].
 const FINISHED_SESSION: &str = "finished_session";
@@ -188,6 +212,104 @@ fn belongs_to(body: &Body, protocol: Protocol) -> bool {
 pub struct Routed {
     pub from: PeerId,
     pub body: Body,
+    /// The bytes it holds of the budgets, released when the message is dropped (taken by
+    /// its round, or with the session).
+    _hold: Option<Hold>,
+}
+
+/// Bytes of routed messages held by sessions: per (session, sender), per sender, in all.
+#[derive(Debug, Default)]
+struct Ledger {
+    budgets: Budgets,
+    total: usize,
+    by_peer: HashMap<PeerId, usize>,
+    by_session_peer: HashMap<(SessionId, PeerId), usize>,
+}
+
+impl Ledger {
+    /// Which budget `size` more bytes from `peer` for `session` would break, if any.
+    fn over(&self, session: SessionId, peer: PeerId, size: usize) -> Option<&'static str> {
+        let in_session = self
+            .by_session_peer
+            .get(&(session, peer))
+            .copied()
+            .unwrap_or(0);
+        let of_peer = self.by_peer.get(&peer).copied().unwrap_or(0);
+        if in_session + size > self.budgets.per_session_peer {
+            Some("session")
+        } else if of_peer + size > self.budgets.per_peer {
+            Some("peer")
+        } else if self.total + size > self.budgets.total {
+            Some("total")
+        } else {
+            None
+        }
+    }
+
+    fn add(&mut self, session: SessionId, peer: PeerId, size: usize) {
+        self.total += size;
+        *self.by_peer.entry(peer).or_default() += size;
+        *self.by_session_peer.entry((session, peer)).or_default() += size;
+    }
+
+    fn remove(&mut self, session: SessionId, peer: PeerId, size: usize) {
+        self.total = self.total.saturating_sub(size);
+        if let Some(b) = self.by_peer.get_mut(&peer) {
+            *b = b.saturating_sub(size);
+            if *b == 0 {
+                self.by_peer.remove(&peer);
+            }
+        }
+        if let Some(b) = self.by_session_peer.get_mut(&(session, peer)) {
+            *b = b.saturating_sub(size);
+            if *b == 0 {
+                self.by_session_peer.remove(&(session, peer));
+            }
+        }
+    }
+}
+
+/// `size` bytes of the ledger, held while the message that carries it lives.
+#[derive(Debug)]
+struct Hold {
+    ledger: Arc<Mutex<Ledger>>,
+    gauge: prometheus::IntGauge,
+    session: SessionId,
+    peer: PeerId,
+    size: usize,
+}
+
+impl Hold {
+    fn new(
+        ledger: &Arc<Mutex<Ledger>>,
+        gauge: &prometheus::IntGauge,
+        session: SessionId,
+        peer: PeerId,
+        size: usize,
+    ) -> Self {
+        ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .add(session, peer, size);
+        gauge.add(size as i64);
+        Self {
+            ledger: ledger.clone(),
+            gauge: gauge.clone(),
+            session,
+            peer,
+            size,
+        }
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        self.ledger
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.session, self.peer, self.size);
+        self.gauge.sub(self.size as i64);
+    }
 }
 
 struct ActiveSession {
@@ -261,7 +383,7 @@ impl RouteDecision {
             }
             // A full inbox is a moment's congestion; every other drop is final.
             RouteDecision::Dropped {
-                reason: "inbox_full",
+                reason: "inbox_full" | BYTES_BUDGET,
                 message,
             } => MpcAck::busy(message),
             RouteDecision::Dropped {
@@ -277,6 +399,9 @@ impl RouteDecision {
 #[derive(Clone)]
 pub struct SessionRouter {
     table: Arc<Mutex<Table>>,
+    /// Its own lock, never taken while it is held by another; a [`Hold`] takes it when
+    /// dropped, which may happen while the table is locked.
+    ledger: Arc<Mutex<Ledger>>,
     metrics: MpcMetrics,
 }
 
@@ -287,10 +412,19 @@ impl fmt::Debug for SessionRouter {
 }
 
 impl SessionRouter {
-    /// An empty router.
+    /// An empty router with the default [`Budgets`].
     pub fn new(metrics: MpcMetrics) -> Self {
+        Self::with_budgets(metrics, Budgets::default())
+    }
+
+    /// An empty router whose sessions hold at most `budgets` of inbound messages.
+    pub fn with_budgets(metrics: MpcMetrics, budgets: Budgets) -> Self {
         Self {
             table: Arc::new(Mutex::new(Table::default())),
+            ledger: Arc::new(Mutex::new(Ledger {
+                budgets,
+                ..Ledger::default()
+            })),
             metrics,
         }
     }
@@ -359,9 +493,31 @@ impl SessionRouter {
                     ),
                 );
             }
+            let over = self
+                .ledger
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .over(session, from, size);
+            if let Some(budget) = over {
+                let p = active.protocol.as_str();
+                drop(table);
+                self.metrics
+                    .held_bytes_refused
+                    .with_label_values(&[budget])
+                    .inc_by(size as u64);
+                return self.dropped(
+                    p,
+                    BYTES_BUDGET,
+                    format!(
+                        "session {session} holds as many bytes of peer {from}'s messages as it may ({budget} budget); send again once it has taken them"
+                    ),
+                );
+            }
+            let hold = Hold::new(&self.ledger, &self.metrics.held_bytes, session, from, size);
             return match active.inbox.try_send(Routed {
                 from,
                 body: message.body,
+                _hold: Some(hold),
             }) {
                 Ok(()) => RouteDecision::Delivered,
                 Err(_) => {
@@ -443,9 +599,16 @@ impl SessionRouter {
         let early = table.remove_early(&session);
         let mut outsiders = 0;
         if let Some(early) = early {
-            for (from, body, _) in early.messages {
+            for (from, body, size) in early.messages {
                 if participants.contains(&from) {
-                    let _ = tx.try_send(Routed { from, body });
+                    // Within the early buffer's own caps; held on from here.
+                    let hold =
+                        Hold::new(&self.ledger, &self.metrics.held_bytes, session, from, size);
+                    let _ = tx.try_send(Routed {
+                        from,
+                        body,
+                        _hold: Some(hold),
+                    });
                 } else {
                     outsiders += 1;
                 }
@@ -757,6 +920,120 @@ mod tests {
             Body::DkgRound1 { package } => Some(package.clone()),
             _ => None,
         }
+    }
+
+    /// Routes messages of `size` bytes from `from` to `session` until one is refused;
+    /// returns how many were delivered and the refusal.
+    fn fill(
+        router: &SessionRouter,
+        from: PeerId,
+        session: SessionId,
+        size: usize,
+    ) -> (usize, RouteDecision) {
+        for n in 0.. {
+            match router.route_sized(from, msg(session, round1(1)), size) {
+                RouteDecision::Delivered => {}
+                refused => return (n, refused),
+            }
+        }
+        unreachable!()
+    }
+
+    fn busy_for_bytes(d: &RouteDecision) -> bool {
+        matches!(
+            d,
+            RouteDecision::Dropped {
+                reason: BYTES_BUDGET,
+                ..
+            }
+        ) && matches!(d.ack(), MpcAck::Busy(_))
+    }
+
+    #[tokio::test]
+    async fn held_bytes_are_budgeted_per_session_per_peer_and_in_all_and_released() {
+        let metrics = MpcMetrics::unregistered();
+        let router = SessionRouter::new(metrics.clone());
+        let (flooder, honest) = (PeerId::random(), PeerId::random());
+        let big = 200 * 1024;
+        // One sender in one session: its own budget, answered busy.
+        let s1 = SessionId::random();
+        let mut inbox1 = router.open(s1, Protocol::Dkg, [flooder, honest]).unwrap();
+        let (n, refused) = fill(&router, flooder, s1, big);
+        assert_eq!(n, Budgets::default().per_session_peer / big);
+        assert!(busy_for_bytes(&refused), "{refused:?}");
+        // Another sender of the same session is not held back by it.
+        assert!(matches!(
+            router.route_sized(honest, msg(s1, round1(2)), big),
+            RouteDecision::Delivered
+        ));
+        assert_eq!(metrics.held_bytes.get() as usize, (n + 1) * big);
+        // The flooder across sessions: its budget over all of them.
+        let mut inboxes = Vec::new();
+        let mut in_all = n;
+        loop {
+            let s = SessionId::random();
+            inboxes.push(router.open(s, Protocol::Dkg, [flooder]).unwrap());
+            let (k, refused) = fill(&router, flooder, s, big);
+            in_all += k;
+            assert!(busy_for_bytes(&refused), "{refused:?}");
+            if k < Budgets::default().per_session_peer / big {
+                break;
+            }
+        }
+        assert_eq!(in_all, Budgets::default().per_peer / big);
+        assert!(
+            metrics
+                .held_bytes_refused
+                .with_label_values(&["peer"])
+                .get()
+                > 0
+        );
+        assert!(
+            metrics
+                .held_bytes_refused
+                .with_label_values(&["session"])
+                .get()
+                > 0
+        );
+        // Taking messages frees their bytes; a closed session frees all it held.
+        let first = inbox1.rx.recv().await.unwrap();
+        drop(first);
+        assert!(matches!(
+            router.route_sized(flooder, msg(s1, round1(3)), big),
+            RouteDecision::Delivered
+        ));
+        drop(inboxes);
+        drop(inbox1);
+        assert_eq!(metrics.held_bytes.get(), 0);
+        assert_eq!(router.ledger.lock().unwrap().total, 0);
+        // Many senders together meet the budget in all.
+        let mut total = 0;
+        let mut keep = Vec::new();
+        'senders: loop {
+            let peer = PeerId::random();
+            let s = SessionId::random();
+            keep.push(router.open(s, Protocol::Dkg, [peer]).unwrap());
+            for _ in 0..Budgets::default().per_session_peer / big {
+                match router.route_sized(peer, msg(s, round1(1)), big) {
+                    RouteDecision::Delivered => total += big,
+                    refused => {
+                        assert!(busy_for_bytes(&refused), "{refused:?}");
+                        break 'senders;
+                    }
+                }
+            }
+        }
+        assert!(
+            total <= Budgets::default().total && total + big > Budgets::default().total,
+            "{total}"
+        );
+        assert!(
+            metrics
+                .held_bytes_refused
+                .with_label_values(&["total"])
+                .get()
+                > 0
+        );
     }
 
     #[tokio::test]
