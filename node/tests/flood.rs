@@ -52,10 +52,19 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
     let flood_key = Keypair::generate_ed25519();
     let flood_peer = flood_key.public().to_peer_id();
     let members = format!("{a},{b},{flood_peer}");
+    // Round deadlines of 60 s: the member's valid sessions below stay open while it fills
+    // them, however slow the machine.
     let node_a = NodeProcess::start(
         "A",
         dir.path(),
-        &args(&["--identity-key-path", &key_a, "--cluster-member", &members]),
+        &args(&[
+            "--identity-key-path",
+            &key_a,
+            "--cluster-member",
+            &members,
+            "--mpc-round-timeout",
+            "60",
+        ]),
     )
     .await;
     let node_b = NodeProcess::start(
@@ -250,17 +259,17 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
     // by each session until then): the byte budgets hold it to 16 MiB in all, the rest is
     // answered busy and counted, and the node's memory stays bounded.
     let before_fill = rss_kib(node_a.pid());
+    // 8 messages per session: 32 MiB in all, twice what the member may have held.
     let fill: Vec<Vec<u8>> = sessions[..16]
         .iter()
         .flat_map(|s| {
-            (0..24).map(move |_| {
-                wire::encode(&MpcMessage::new(
-                    *s,
-                    Body::DkgRound2 {
-                        package: vec![3; 250 * 1024],
-                    },
-                ))
-            })
+            let one = wire::encode(&MpcMessage::new(
+                *s,
+                Body::DkgRound2 {
+                    package: vec![3; 250 * 1024],
+                },
+            ));
+            std::iter::repeat_n(one, 8)
         })
         .collect();
     let held = send_all(&flood, a, fill, 8).await;
