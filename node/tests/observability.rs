@@ -425,7 +425,7 @@ async fn publish_subcommand_reaches_other_nodes() {
 /// the node serves again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_beyond_the_concurrency_cap_are_refused_at_once() {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let dir = tempdir();
     let a = NodeProcess::start(
         "A",
@@ -436,16 +436,34 @@ async fn requests_beyond_the_concurrency_cap_are_refused_at_once() {
     let status = format!("{}/v1/status", a.api);
     assert_eq!(a.http.get(&status).send().await.unwrap().status(), 200);
 
-    // A publish whose body never comes.
+    // A publish whose body never comes. Should it meet another request in flight, it is
+    // itself refused at once (its connection gets the 503): then it is sent again.
     let addr = a.api.trim_start_matches("http://").to_string();
-    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    slow.write_all(
-        format!("POST /v1/topics/chat/messages HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n{{")
-            .as_bytes(),
-    )
-    .await
-    .unwrap();
-    let refused = wait_status(&a, &status, 503).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let (refused, slow) = loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a request whose body never comes did not hold the node's one slot"
+        );
+        let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        slow.write_all(
+            format!("POST /v1/topics/chat/messages HTTP/1.1\r\nhost: {addr}\r\ncontent-type: application/json\r\ncontent-length: 64\r\n\r\n{{")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+        let mut answer = [0u8; 256];
+        if tokio::time::timeout(Duration::from_millis(300), slow.read(&mut answer))
+            .await
+            .is_ok()
+        {
+            continue;
+        }
+        let r = a.http.get(&status).send().await.unwrap();
+        if r.status() == 503 {
+            break (r, slow);
+        }
+    };
     assert_eq!(
         refused.headers()["retry-after"].to_str().unwrap(),
         "1",
