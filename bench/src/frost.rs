@@ -266,6 +266,10 @@ pub async fn run(quick: bool) -> anyhow::Result<(Vec<Figure>, Option<u64>)> {
         // For 100 processes on this machine's cores (every participant verifies 99 shares
         // against 67 commitments at the same moment) the default 10 s round deadline can pass;
         // it is raised so that the figure is measured, not a timeout.
+        // A DKG has five rounds: the client waits for all of them.
+        let dkg_http = reqwest::Client::builder()
+            .timeout(Duration::from_secs(900))
+            .build()?;
         for (t, n, round_timeout) in [(20u16, 30u16, "10"), (67, 100, "120")] {
             let nodes = cluster_with_args(
                 &bin,
@@ -274,7 +278,7 @@ pub async fn run(quick: bool) -> anyhow::Result<(Vec<Figure>, Option<u64>)> {
                 &["--mpc-round-timeout".into(), round_timeout.into()],
             )
             .await?;
-            let (took, _) = api_dkg(&http, &nodes, t.into(), json!({"open": true})).await?;
+            let (took, _) = api_dkg(&dkg_http, &nodes, t.into(), json!({"open": true})).await?;
             drop(nodes);
             figures.push(Figure::against(
                 format!("DKG {t}-of-{n}"),
