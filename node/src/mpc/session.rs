@@ -280,6 +280,32 @@ struct Hold {
 }
 
 impl Hold {
+    /// Holds `size` bytes from `peer` for `session` if no budget is broken by them (checked
+    /// and taken under one lock); otherwise names the budget.
+    fn reserve(
+        ledger: &Arc<Mutex<Ledger>>,
+        gauge: &prometheus::IntGauge,
+        session: SessionId,
+        peer: PeerId,
+        size: usize,
+    ) -> Result<Self, &'static str> {
+        let mut l = ledger.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(budget) = l.over(session, peer, size) {
+            return Err(budget);
+        }
+        l.add(session, peer, size);
+        drop(l);
+        gauge.add(size as i64);
+        Ok(Self {
+            ledger: ledger.clone(),
+            gauge: gauge.clone(),
+            session,
+            peer,
+            size,
+        })
+    }
+
+    /// Holds `size` bytes without a check (messages already bounded elsewhere).
     fn new(
         ledger: &Arc<Mutex<Ledger>>,
         gauge: &prometheus::IntGauge,
@@ -493,27 +519,30 @@ impl SessionRouter {
                     ),
                 );
             }
-            let over = self
-                .ledger
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .over(session, from, size);
-            if let Some(budget) = over {
-                let p = active.protocol.as_str();
-                drop(table);
-                self.metrics
-                    .held_bytes_refused
-                    .with_label_values(&[budget])
-                    .inc_by(size as u64);
-                return self.dropped(
-                    p,
-                    BYTES_BUDGET,
-                    format!(
-                        "session {session} holds as many bytes of peer {from}'s messages as it may ({budget} budget); send again once it has taken them"
-                    ),
-                );
-            }
-            let hold = Hold::new(&self.ledger, &self.metrics.held_bytes, session, from, size);
+            let hold = match Hold::reserve(
+                &self.ledger,
+                &self.metrics.held_bytes,
+                session,
+                from,
+                size,
+            ) {
+                Ok(hold) => hold,
+                Err(budget) => {
+                    let p = active.protocol.as_str();
+                    drop(table);
+                    self.metrics
+                        .held_bytes_refused
+                        .with_label_values(&[budget])
+                        .inc_by(size as u64);
+                    return self.dropped(
+                            p,
+                            BYTES_BUDGET,
+                            format!(
+                                "session {session} holds as many bytes of peer {from}'s messages as it may ({budget} budget); send again once it has taken them"
+                            ),
+                        );
+                }
+            };
             return match active.inbox.try_send(Routed {
                 from,
                 body: message.body,
