@@ -226,6 +226,12 @@ pub struct NodeArgs {
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub mpc_max_held_mib: u32,
 
+    /// Most MiB of inbound MPC requests being read (unfinished), from all peers together; a
+    /// request that would pass it is dropped while it is read.
+    #[arg(long, env = "P2P_MPC_MPC_MAX_READING_MIB", default_value_t = 64, value_name = "MIB",
+          value_parser = clap::value_parser!(u32).range(1..=65_536))]
+    pub mpc_max_reading_mib: u32,
+
     /// Maximum size in bytes of one gossip message.
     #[arg(long, env = "P2P_MPC_MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES",
           value_parser = parse_max_message_size)]

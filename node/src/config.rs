@@ -92,6 +92,7 @@ pub struct FileConfig {
     pub mpc_max_held_mib_per_session_peer: Option<u32>,
     pub mpc_max_held_mib_per_peer: Option<u32>,
     pub mpc_max_held_mib: Option<u32>,
+    pub mpc_max_reading_mib: Option<u32>,
     /// Per-node settings by node name (`--pod-name`), e.g. written by the operator.
     pub pods: Option<BTreeMap<String, PodConfig>>,
 }
@@ -200,6 +201,8 @@ pub struct NodeConfig {
     pub mpc_max_tasks_per_creator: usize,
     /// Byte budgets of the inbound messages that sessions hold.
     pub mpc_held_budgets: crate::mpc::session::Budgets,
+    /// Bound on the MiB of inbound MPC requests being read.
+    pub mpc_max_reading_mib: u32,
     /// The node's name in the `pods` section, if given.
     pub pod_name: Option<String>,
 }
@@ -436,10 +439,12 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
     let per_session_peer: u32 = pick!(mpc_max_held_mib_per_session_peer);
     let per_peer: u32 = pick!(mpc_max_held_mib_per_peer);
     let held: u32 = pick!(mpc_max_held_mib);
+    let reading: u32 = pick!(mpc_max_reading_mib);
     for (key, value, max) in [
         ("mpc_max_held_mib_per_session_peer", per_session_peer, 1024),
         ("mpc_max_held_mib_per_peer", per_peer, 16_384),
         ("mpc_max_held_mib", held, 65_536),
+        ("mpc_max_reading_mib", reading, 65_536),
     ] {
         if !(1..=max).contains(&value) {
             return Err(invalid(
@@ -522,6 +527,7 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         mpc_max_keys_per_creator: mpc_max_keys_per_creator as usize,
         mpc_max_tasks_per_creator: mpc_max_tasks_per_creator as usize,
         mpc_held_budgets,
+        mpc_max_reading_mib: reading,
         pod_name: args.pod_name.clone(),
     })
 }

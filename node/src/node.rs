@@ -176,6 +176,7 @@ pub async fn run(
         max_connections: config.max_connections,
         max_message_size: config.max_message_size,
         roster: Some(roster.clone()),
+        max_reading_bytes: u64::from(config.mpc_max_reading_mib) << 20,
     };
     let (aggregation_store, opened) = crate::mpc::aggregation::store::AggregationStore::open(
         &config.data_dir,

@@ -88,8 +88,9 @@ impl TracingGuard {
 pub fn init(settings: &TracingSettings) -> Result<TracingGuard, TracingError> {
     let level = settings.log_level.as_str();
     // The OTLP client's own HTTP/2 stack would otherwise trace its own exports, and Kademlia
-    // warns at every periodic bootstrap while a node is alone.
-    let quiet = "h2=warn,hyper=warn,hyper_util=warn,tonic=warn,tower=warn,opentelemetry_sdk=warn,libp2p_kad::behaviour=error";
+    // warns at every periodic bootstrap while a node is alone; request-response warns at every
+    // stream over the per-connection cap, which a peer controls.
+    let quiet = "h2=warn,hyper=warn,hyper_util=warn,tonic=warn,tower=warn,opentelemetry_sdk=warn,libp2p_kad::behaviour=error,libp2p_request_response::handler=error";
     let filter = match std::env::var("RUST_LOG") {
         Ok(extra) if !extra.trim().is_empty() => EnvFilter::new(format!("{level},{quiet},{extra}")),
         _ => EnvFilter::new(format!("{level},{quiet}")),

@@ -177,6 +177,7 @@ fn bad_values_of_the_right_type() {
         "mpc_max_held_mib_per_session_peer",
         "mpc_max_held_mib_per_peer",
         "mpc_max_held_mib",
+        "mpc_max_reading_mib",
     ] {
         assert_config_error(&format!("{key}: 0\n"), &[key, "must be from 1 to", "MiB"]);
     }

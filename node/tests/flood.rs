@@ -26,6 +26,14 @@ fn rss_kib(pid: u32) -> u64 {
         .expect("VmRSS in /proc/<pid>/status")
 }
 
+/// The sum of the samples on a metrics page whose line starts with `name`.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// Sends every message, `parallel` at a time; returns how many the victim accepted.
 async fn send_all(
     client: &NetworkClient,
@@ -274,19 +282,13 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
         .collect();
     let held = send_all(&flood, a, fill, 8).await;
     let page = node_a.metrics_page().await;
-    let metric = |name: &str| -> f64 {
-        page.lines()
-            .filter(|l| l.starts_with(name))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
-    };
-    let held_bytes = metric("p2p_mpc_mpc_held_bytes ");
+    let held_bytes = metric(&page, "p2p_mpc_mpc_held_bytes ");
     assert!(
         held_bytes <= (16 * 1024 * 1024) as f64 && held > 0,
         "held {held_bytes} bytes ({held} messages)"
     );
     assert!(
-        metric("p2p_mpc_mpc_held_bytes_refused_total{") > 0.0,
+        metric(&page, "p2p_mpc_mpc_held_bytes_refused_total{") > 0.0,
         "{page}"
     );
     let grown = rss_kib(node_a.pid()).saturating_sub(before_fill);
@@ -415,4 +417,83 @@ async fn strangers_are_refused_at_the_door_and_members_keep_signing() {
         grown <= 32 * 1024,
         "RSS grew by {grown} KiB under the strangers' flood"
     );
+}
+
+/// What requests still being read may hold is bounded by bytes for all peers together
+/// (`mpc_max_reading_mib`), members included: a member that sends 64 messages of 250 KiB at
+/// once to a node with a 1 MiB read budget gets most of them dropped while they are read,
+/// counted in `p2p_mpc_mpc_reads_refused_total`; the budget is given back, and the member's
+/// next small message is read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_requests_are_bounded_by_the_read_budget() {
+    let dir = tempdir();
+    let (key_a, a) = identity(dir.path(), "a");
+    let flood_key = Keypair::generate_ed25519();
+    let flood_peer = flood_key.public().to_peer_id();
+    let members = format!("{a},{flood_peer}");
+    let node_a = NodeProcess::start(
+        "A",
+        dir.path(),
+        &args(&[
+            "--identity-key-path",
+            &key_a,
+            "--cluster-member",
+            &members,
+            "--mpc-max-reading-mib",
+            "1",
+        ]),
+    )
+    .await;
+    let flood = p2p_mpc_node::network::dial_silent_member(flood_key, &node_a.tcp_addr, 1 << 20)
+        .await
+        .expect("the flooding peer starts");
+    let small = || {
+        wire::encode(&MpcMessage::new(
+            SessionId::random(),
+            Body::TransferDone { bytes: 0 },
+        ))
+    };
+    wait_for("the member to reach A", Duration::from_secs(20), || async {
+        match flood.send_mpc_raw(a, small()).await {
+            Err(MpcSendError::Unreachable { message, .. }) => Err(message),
+            _ => Ok(()),
+        }
+    })
+    .await;
+
+    let big = wire::encode(&MpcMessage::new(
+        SessionId::random(),
+        Body::DkgRound2 {
+            package: vec![5; 250 * 1024],
+        },
+    ));
+    let read = send_all(&flood, a, vec![big; 64], 64).await;
+    let page = node_a.metrics_page().await;
+    let refused = metric(&page, "p2p_mpc_mpc_reads_refused_total ");
+    eprintln!("{read} of 64 messages of 250 KiB read, {refused} dropped while read");
+    assert!(
+        refused > 0.0 && read < 64,
+        "64 messages of 250 KiB at once fit in a 1 MiB read budget? read {read}, refused {refused}"
+    );
+    wait_for(
+        "the read budget to be given back",
+        Duration::from_secs(20),
+        || async {
+            let page = node_a.metrics_page().await;
+            match page
+                .lines()
+                .find(|l| l.starts_with("p2p_mpc_mpc_reading_bytes "))
+            {
+                Some(l) if l.ends_with(" 0") => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        },
+    )
+    .await;
+    // The member is still connected and its next message is read (answered, not dropped).
+    if let Err(e @ (MpcSendError::Unreachable { .. } | MpcSendError::Network(_))) =
+        flood.send_mpc_raw(a, small()).await
+    {
+        panic!("a small message after the burst was not read: {e}");
+    }
 }

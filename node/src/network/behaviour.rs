@@ -48,7 +48,19 @@ pub struct BehaviourSettings {
     pub max_connections: u32,
     /// The cluster roster, if any: only its members get a connection.
     pub roster: Option<std::sync::Arc<crate::roster::Roster>>,
+    /// The bytes of inbound MPC requests being read, on all connections.
+    pub mpc_read_budget: std::sync::Arc<super::mpc_codec::ReadBudget>,
 }
+
+/// Concurrent `/p2p-mpc/mpc/1` streams on one connection, both directions together. A
+/// stream lasts from its open to the acknowledgement, which the session layer gives at once;
+/// 64 signatures in flight between two nodes need at most about 2 × 64. With 4 connections
+/// per peer, a peer can hold at most 4 × 128 × 256 KiB of unfinished requests here, and the
+/// read budget bounds all peers together.
+pub const MPC_STREAMS_PER_CONNECTION: usize = 128;
+
+/// Established connections of one peer.
+pub const CONNECTIONS_PER_PEER: u32 = 4;
 
 /// A gossip message id: SHA-256 over topic and signed envelope (which holds the author and a
 /// random nonce), truncated to 20 bytes. A forwarded copy is recognised as the same message
@@ -72,7 +84,7 @@ pub fn build(key: &Keypair, settings: &BehaviourSettings) -> Result<NodeBehaviou
             .with_max_established(Some(settings.max_connections))
             .with_max_pending_incoming(Some(pending))
             .with_max_pending_outgoing(Some(pending))
-            .with_max_established_per_peer(Some(4)),
+            .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER)),
     );
 
     let gossip_config = gossipsub::ConfigBuilder::default()
@@ -106,14 +118,14 @@ pub fn build(key: &Keypair, settings: &BehaviourSettings) -> Result<NodeBehaviou
     let ping = ping::Behaviour::new(ping::Config::new().with_interval(Duration::from_secs(15)));
 
     let mpc = request_response::Behaviour::with_codec(
-        MpcCodec,
+        MpcCodec::new(settings.mpc_read_budget.clone()),
         [(
             StreamProtocol::new(MPC_PROTOCOL),
             request_response::ProtocolSupport::Full,
         )],
         request_response::Config::default()
             .with_request_timeout(Duration::from_secs(10))
-            .with_max_concurrent_streams(1024),
+            .with_max_concurrent_streams(MPC_STREAMS_PER_CONNECTION),
     );
 
     Ok(NodeBehaviour {

@@ -303,6 +303,7 @@ async fn start_peer(
         max_connections: 16,
         max_message_size,
         roster: None,
+        max_reading_bytes: u64::from(mpc_codec::DEFAULT_MAX_READING_MIB) << 20,
     };
     let (mut service, client, _events) = NetworkService::start(
         key,

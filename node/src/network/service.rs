@@ -54,6 +54,8 @@ pub struct NetworkSettings {
     pub max_message_size: usize,
     /// Who may send this node MPC messages; `None` admits every peer.
     pub roster: Option<Arc<Roster>>,
+    /// Bound on the bytes of inbound MPC requests being read, on all connections.
+    pub max_reading_bytes: u64,
 }
 
 /// A failure to start the network.
@@ -122,7 +124,9 @@ impl NetworkService {
             max_message_size: settings.max_message_size,
             max_connections: settings.max_connections,
             roster: settings.roster.clone(),
+            mpc_read_budget: super::mpc_codec::ReadBudget::new(settings.max_reading_bytes),
         };
+        let read_budget = behaviour_settings.mpc_read_budget.clone();
         let libp2p_metrics = libp2p::metrics::Metrics::new(&mut libp2p_registry);
         let node_behaviour =
             behaviour::build(&key, &behaviour_settings).map_err(StartError::Behaviour)?;
@@ -145,6 +149,15 @@ impl NetworkService {
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
             .build();
         let metrics = build_metrics(libp2p_registry);
+        for collector in [
+            Box::new(read_budget.reading.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(read_budget.refused.clone()),
+        ] {
+            metrics
+                .registry()
+                .register(collector)
+                .expect("metric names are unique");
+        }
 
         let ip = match settings.listen_address {
             IpAddr::V4(v4) => Protocol::Ip4(v4),

@@ -31,6 +31,10 @@ const BATCH_BYTES: usize = 200 * 1024;
 /// Reports in one batch at most.
 pub const MAX_BATCH: usize = crate::mpc::wire::MAX_BATCH_ITEMS;
 
+/// Reports of one task waiting for relay on this node at most; one more is refused as busy.
+/// (The API's concurrency cap bounds them too, each waiting report holding a request.)
+pub const MAX_QUEUED_REPORTS: usize = 2 * MAX_BATCH;
+
 /// How one report of a batch ended: the owners that took it, or a refusal (code, message);
 /// or the relay session (its id) failed.
 pub type ReportOutcome = Result<Result<Vec<PeerId>, (String, String)>, (SessionId, SessionError)>;
@@ -47,18 +51,34 @@ pub struct RelayJob {
     pub done: tokio::sync::oneshot::Sender<ReportOutcome>,
 }
 
+/// Appends `job` to `queue` unless [`MAX_QUEUED_REPORTS`] wait there already.
+fn push_bounded(
+    queue: &std::sync::Mutex<std::collections::VecDeque<RelayJob>>,
+    job: RelayJob,
+) -> Result<(), RelayJob> {
+    let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
+    if queue.len() >= MAX_QUEUED_REPORTS {
+        return Err(job);
+    }
+    queue.push_back(job);
+    Ok(())
+}
+
 impl MpcEngine {
-    /// Queues `job` for relay and starts a relay loop for `task` if none runs.
-    pub(super) fn enqueue_relay(&self, task: &Arc<TaskEntry>, job: RelayJob) {
-        task.relay_queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push_back(job);
+    /// Queues `job` for relay and starts a relay loop for `task` if none runs; gives the job
+    /// back when [`MAX_QUEUED_REPORTS`] wait already.
+    pub(super) fn enqueue_relay(
+        &self,
+        task: &Arc<TaskEntry>,
+        job: RelayJob,
+    ) -> Result<(), RelayJob> {
+        push_bounded(&task.relay_queue, job)?;
         if !task.relay_running.swap(true, Ordering::AcqRel) {
             let engine = self.clone();
             let task = task.clone();
             tokio::spawn(async move { engine.relay_loop(task).await }.in_current_span());
         }
+        Ok(())
     }
 
     /// Relays batches of queued reports until the queue is empty.
@@ -446,7 +466,13 @@ impl MpcEngine {
 /// Takes queued jobs for one batch: up to [`MAX_BATCH`] reports and [`BATCH_BYTES`] of
 /// sealed shares per owner (at least one report).
 fn take_batch(task: &TaskEntry) -> Vec<RelayJob> {
-    let mut queue = task.relay_queue.lock().unwrap_or_else(|e| e.into_inner());
+    take_batch_from(&task.relay_queue)
+}
+
+fn take_batch_from(
+    queue: &std::sync::Mutex<std::collections::VecDeque<RelayJob>>,
+) -> Vec<RelayJob> {
+    let mut queue = queue.lock().unwrap_or_else(|e| e.into_inner());
     let mut batch = Vec::new();
     let mut bytes = 0usize;
     while let Some(job) = queue.front() {
@@ -463,4 +489,27 @@ fn take_batch(task: &TaskEntry) -> Vec<RelayJob> {
         batch.extend(queue.pop_front());
     }
     batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_relay_queue_of_a_task_is_bounded() {
+        let queue = std::sync::Mutex::default();
+        let job = |i: usize| RelayJob {
+            report_id: format!("r{i}"),
+            shares: vec![],
+            done: tokio::sync::oneshot::channel().0,
+        };
+        for i in 0..MAX_QUEUED_REPORTS {
+            assert!(push_bounded(&queue, job(i)).is_ok());
+        }
+        let refused = push_bounded(&queue, job(MAX_QUEUED_REPORTS)).unwrap_err();
+        assert_eq!(refused.report_id, format!("r{MAX_QUEUED_REPORTS}"));
+        // Once the relay takes a batch, reports are queued again.
+        assert_eq!(take_batch_from(&queue).len(), MAX_BATCH);
+        assert!(push_bounded(&queue, job(0)).is_ok());
+    }
 }

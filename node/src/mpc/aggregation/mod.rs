@@ -881,7 +881,7 @@ impl MpcEngine {
         {
             // Small shares go out in the next relay batch of this task.
             let (done, outcome) = tokio::sync::oneshot::channel();
-            self.enqueue_relay(
+            let queued = self.enqueue_relay(
                 &task,
                 batch::RelayJob {
                     report_id: report.report_id.clone(),
@@ -889,6 +889,16 @@ impl MpcEngine {
                     done,
                 },
             );
+            if queued.is_err() {
+                return Err(AggError::new(
+                    503,
+                    "busy",
+                    format!(
+                        "{} reports of task {task_id} wait for relay on this node already; send this one again later",
+                        batch::MAX_QUEUED_REPORTS
+                    ),
+                ));
+            }
             let outcome = outcome
                 .await
                 .map_err(|_| AggError::internal("the relay of this report was interrupted"))?;
