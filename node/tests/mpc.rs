@@ -499,6 +499,12 @@ async fn kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds() {
                 .any(|l| l.contains("key file ignored")),
             "round {round}: a key file could not be read"
         );
+        // A share whose DKG the kill cut short is not reloaded: removed at start.
+        let pending = pending_files(dir.path(), "victim");
+        assert!(
+            pending.is_empty(),
+            "round {round}: the restarted victim kept {pending:?}"
+        );
         for n in &nodes[..2] {
             restarted
                 .wait_connected_to(&n.peer_id, Duration::from_secs(30))
@@ -507,6 +513,11 @@ async fn kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds() {
         }
         nodes[2] = restarted;
         assert_eq!(nodes[2].peer_id, victim_id);
+    }
+    // The survivors dropped the shares of every DKG the kills cut short once its session
+    // ended: none is left pending.
+    for n in &nodes[..2] {
+        wait_no_pending(dir.path(), n, "drop the shares of the cut DKGs").await;
     }
     // A new DKG afterwards succeeds, and the key signs.
     let all: Vec<&NodeProcess> = nodes.iter().collect();
@@ -1131,6 +1142,23 @@ async fn every_holder_checks_the_signing_policy() {
     );
 }
 
+/// Waits up to 30 s until `node` keeps no pending key share (`what` says why it should).
+async fn wait_no_pending(dir: &Path, node: &NodeProcess, what: &str) {
+    wait_for(
+        &format!("{} to {what}", node.name),
+        Duration::from_secs(30),
+        || async {
+            let pending = pending_files(dir, &node.name);
+            if pending.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("{pending:?}"))
+            }
+        },
+    )
+    .await;
+}
+
 /// The `.pending.json` files under a node's key directory.
 fn pending_files(dir: &Path, name: &str) -> Vec<String> {
     let keys = dir.join(format!("data-{name}/keys"));
@@ -1243,19 +1271,7 @@ async fn creator_caps_hold_on_every_participant_and_unconfirmed_keys_are_discard
         "{body}"
     );
     for (n, count) in [p0, p1, mute].into_iter().zip(counts) {
-        wait_for(
-            &format!("{} to drop the unconfirmed share", n.name),
-            Duration::from_secs(30),
-            || async {
-                let pending = pending_files(dir.path(), &n.name);
-                if pending.is_empty() {
-                    Ok(())
-                } else {
-                    Err(format!("{pending:?}"))
-                }
-            },
-        )
-        .await;
+        wait_no_pending(dir.path(), n, "drop the unconfirmed share").await;
         assert_eq!(key_count(n).await, count, "{} lists no new key", n.name);
     }
     // The share is removed before the session's end is logged.

@@ -92,15 +92,52 @@ impl MpcEngine {
             .collect()
     }
 
-    /// Runs this holder's side of `session`, invited by `coordinator`: opens the session's
-    /// inbox to messages from the coordinator only, and runs `side` (given the engine and
-    /// the inbox) in its own task under [`run_session`](Self::run_session). An error to
-    /// open the inbox (the session exists already) refuses the invitation.
+    /// Sends each `(peer, body)` of one round at once; when any cannot be delivered, the
+    /// session ends with the reason `inbox` gives for it (a peer's own abort, or who was
+    /// unreachable during `what`).
+    pub(super) async fn send_round(
+        &self,
+        inbox: &mut SessionInbox,
+        messages: Vec<(PeerId, Body)>,
+        what: &str,
+    ) -> Result<(), SessionError> {
+        let session = inbox.session();
+        let sends = messages.into_iter().map(|(peer, body)| async move {
+            self.send(peer, session, body)
+                .await
+                .err()
+                .map(|e| (peer, e))
+        });
+        let failures: Vec<_> = join_all(sends).await.into_iter().flatten().collect();
+        if failures.is_empty() {
+            Ok(())
+        } else {
+            Err(inbox.explain_failures(failures, what).await)
+        }
+    }
+
+    /// [`send_round`](Self::send_round) of the same `body` to every peer in `to`.
+    pub(super) async fn broadcast_round(
+        &self,
+        inbox: &mut SessionInbox,
+        to: &[PeerId],
+        body: &Body,
+        what: &str,
+    ) -> Result<(), SessionError> {
+        let messages = to.iter().map(|p| (*p, body.clone())).collect();
+        self.send_round(inbox, messages, what).await
+    }
+
+    /// Runs this node's side of `session` as a participant: opens the session's inbox to
+    /// messages from `peers` only (the coordinator, for signing and policy change; every
+    /// other participant, for a DKG), and runs `side` (given the engine and the inbox) in
+    /// its own task under [`run_session`](Self::run_session). An error to open the inbox
+    /// (the session exists already) refuses the invitation.
     pub(super) fn spawn_participant<F, Fut>(
         &self,
         protocol: Protocol,
         session: SessionId,
-        coordinator: PeerId,
+        peers: Vec<PeerId>,
         side: F,
     ) -> Result<(), InviteRefusal>
     where
@@ -110,14 +147,14 @@ impl MpcEngine {
         let inbox = self
             .inner
             .router
-            .open(session, protocol, [coordinator])
+            .open(session, protocol, peers.iter().copied())
             .map_err(|e| InviteRefusal::Other(e.to_string()))?;
         let engine = self.clone();
         tokio::spawn(
             async move {
                 let run = side(engine.clone(), inbox);
                 let _ = engine
-                    .run_session(protocol, "participant", session, vec![coordinator], run)
+                    .run_session(protocol, "participant", session, peers, run)
                     .await;
             }
             .in_current_span(),

@@ -852,6 +852,22 @@ impl SessionInbox {
             .await
     }
 
+    /// Collects one round like [`collect`](Self::collect) and hands each message, in peer
+    /// order, to `receive` (a protocol core's check of it); the first refusal ends the round.
+    pub async fn collect_each<T: PartialEq>(
+        &mut self,
+        kind: &'static str,
+        from: &[PeerId],
+        timeout: Duration,
+        extract: impl FnMut(&Body) -> Option<T>,
+        mut receive: impl FnMut(PeerId, &T) -> Result<(), SessionError>,
+    ) -> Result<(), SessionError> {
+        for (peer, value) in &self.collect(kind, from, timeout, extract).await? {
+            receive(*peer, value)?;
+        }
+        Ok(())
+    }
+
     /// Like [`collect`](Self::collect), but returns as soon as `enough` peers have sent
     /// (the first ones to answer). Fails when fewer than `enough` sent before the deadline.
     pub async fn collect_some<T: PartialEq>(

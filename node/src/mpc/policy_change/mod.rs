@@ -430,7 +430,7 @@ impl MpcEngine {
         let spawned = self.spawn_participant(
             Protocol::PolicyChange,
             session,
-            coordinator,
+            vec![coordinator],
             move |engine, inbox| async move {
                 let result = engine
                     .prepare_and_wait(inbox, coordinator, change, vote, pending)
@@ -587,7 +587,7 @@ impl MpcEngine {
         self.spawn_participant(
             Protocol::PolicyChange,
             session,
-            coordinator,
+            vec![coordinator],
             move |engine, inbox| async move {
                 engine
                     .commit_here(&inbox, coordinator, &key_id, record)

@@ -257,7 +257,7 @@ impl MpcEngine {
         }
         let timeout = self.inner.round_timeout;
         // Only the coordinator may talk to this side of a signing session.
-        self.spawn_participant(Protocol::Sign, session, coordinator, move |engine, mut inbox| async move {
+        self.spawn_participant(Protocol::Sign, session, vec![coordinator], move |engine, mut inbox| async move {
                 if engine.inner.faults.intrude_signing {
                     engine.intrude(&key.info.participants, coordinator, session).await;
                 }

@@ -1,20 +1,22 @@
 //! FROST distributed key generation: parts 1–3 with an echo round after part 1 and a
 //! confirmation round after part 3. A key is stored only when every participant confirmed
-//! the same group key.
+//! the same group key. The rounds and every check of what arrives are in [`core`]; this
+//! module is the driver (invitations, sends, deadlines, storage).
 
-use std::collections::{BTreeMap, BTreeSet};
+pub mod core;
+
+use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use frost_ed25519 as frost;
 use libp2p::PeerId;
-use sha2::{Digest, Sha256};
-use tracing::{Instrument, debug, info, warn};
+use tracing::{debug, info, warn};
 
 use super::policy::SigningPolicy;
 use super::session::{SessionError, SessionInbox, join_peers};
 use super::store::{KeyInfo, StoredKey};
 use super::wire::{Blob, Body, Protocol, SessionId};
-use super::{MpcEngine, MpcError, frost_error, frost_identifier, parse_peers, unreachable_error};
+use super::{MpcEngine, MpcError, frost_identifier, parse_peers, unreachable_error};
 
 /// A DKG request (the body of `POST /v1/keys`, participants resolved).
 #[derive(Debug, Clone)]
@@ -34,10 +36,6 @@ struct DkgParams {
     /// Sorted, unique, this node included.
     participants: Vec<PeerId>,
     policy: SigningPolicy,
-}
-
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
 }
 
 /// Checks threshold and participants; returns them sorted.
@@ -185,11 +183,6 @@ impl MpcEngine {
             .filter(|p| **p != local)
             .copied()
             .collect();
-        let inbox = self
-            .inner
-            .router
-            .open(session, Protocol::Dkg, others.clone())
-            .map_err(|e| e.to_string())?;
         let params = DkgParams {
             key_id,
             coordinator: from,
@@ -197,17 +190,13 @@ impl MpcEngine {
             participants,
             policy,
         };
-        let engine = self.clone();
-        tokio::spawn(
-            async move {
-                let run = engine.run_dkg(inbox, params);
-                let _ = engine
-                    .run_session(Protocol::Dkg, "participant", session, others, run)
-                    .await;
-            }
-            .in_current_span(),
-        );
-        Ok(())
+        self.spawn_participant(
+            Protocol::Dkg,
+            session,
+            others,
+            move |engine, inbox| async move { engine.run_dkg(inbox, params).await.map(|_| ()) },
+        )
+        .map_err(|e| e.to_string())
     }
 
     fn check_key_cap(&self, creator: &PeerId) -> Result<(), String> {
@@ -230,230 +219,107 @@ impl MpcEngine {
         let session = inbox.session();
         let local = self.inner.local;
         let timeout = self.inner.round_timeout;
-        let n = params.participants.len() as u16;
-        let others: Vec<PeerId> = params
-            .participants
-            .iter()
-            .filter(|p| **p != local)
-            .copied()
-            .collect();
-        let mut ids: BTreeMap<frost::Identifier, PeerId> = BTreeMap::new();
-        for p in &params.participants {
-            ids.insert(frost_identifier(p).map_err(SessionError::failed)?, *p);
-        }
-        let id_of = |p: &PeerId| frost_identifier(p).map_err(SessionError::failed);
-        let my_id = id_of(&local)?;
-        info!(key_id = %params.key_id, threshold = params.threshold, participants = n, "DKG started");
+        let spec = core::DkgSpec {
+            key_id: params.key_id.clone(),
+            threshold: params.threshold,
+            participants: params.participants.clone(),
+            policy_digest: params.policy.digest(),
+        };
+        info!(key_id = %params.key_id, threshold = params.threshold, participants = params.participants.len(), "DKG started");
 
         // Part 1, broadcast with an echo round.
-        let rng = rand_core::OsRng;
-        let (secret1, package1) = frost::keys::dkg::part1(my_id, n, params.threshold, rng)
-            .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
-        let package1 = package1
-            .serialize()
-            .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
+        let (mut round1, package) = core::Round1::start(spec, local)?;
+        let others = round1.others();
         if self.inner.faults.equivocate_dkg_round1 {
-            // Test-only: a second, different package for half of the others.
-            let (_, other) = frost::keys::dkg::part1(my_id, n, params.threshold, rng)
-                .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
-            let other = other
-                .serialize()
-                .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
-            let (first, second) = others.split_at(others.len() / 2);
-            let mut failures = self
-                .broadcast(first, session, &Body::DkgRound1 { package: other })
-                .await;
-            failures.extend(
-                self.broadcast(
-                    second,
-                    session,
-                    &Body::DkgRound1 {
-                        package: package1.clone(),
-                    },
-                )
-                .await,
-            );
-            if !failures.is_empty() {
-                return Err(inbox.explain_failures(failures, "DKG round 1").await);
-            }
+            let messages = self.equivocate_round1(&others, package, &params)?;
+            self.send_round(&mut inbox, messages, "DKG round 1").await?;
         } else {
-            let failures = self
-                .broadcast(
-                    &others,
-                    session,
-                    &Body::DkgRound1 {
-                        package: package1.clone(),
-                    },
-                )
-                .await;
-            if !failures.is_empty() {
-                return Err(inbox.explain_failures(failures, "DKG round 1").await);
-            }
+            let body = Body::DkgRound1 { package };
+            self.broadcast_round(&mut inbox, &others, &body, "DKG round 1")
+                .await?;
         }
-        let round1 = inbox
-            .collect("dkg round 1", &others, timeout, |b| match b {
-                Body::DkgRound1 { package } => Some(package.clone()),
-                _ => None,
-            })
+        inbox
+            .collect_each(
+                "dkg round 1",
+                &others,
+                timeout,
+                |b| match b {
+                    Body::DkgRound1 { package } => Some(package.clone()),
+                    _ => None,
+                },
+                |from, package| round1.receive(from, package),
+            )
             .await?;
         debug!("DKG round 1 received");
 
-        let mut view: BTreeMap<PeerId, [u8; 32]> =
-            round1.iter().map(|(p, b)| (*p, sha256(b))).collect();
-        view.insert(local, sha256(&package1));
-        let echo = Body::DkgEcho {
-            digests: view.iter().map(|(p, d)| (p.to_string(), *d)).collect(),
-        };
-        let failures = self.broadcast(&others, session, &echo).await;
-        if !failures.is_empty() {
-            return Err(inbox.explain_failures(failures, "the DKG echo").await);
-        }
-        let echoes = inbox
-            .collect("dkg echo", &others, timeout, |b| match b {
-                Body::DkgEcho { digests } => Some(digests.clone()),
-                _ => None,
-            })
+        let (mut echoing, digests) = round1.echo()?;
+        let body = Body::DkgEcho { digests };
+        self.broadcast_round(&mut inbox, &others, &body, "the DKG echo")
             .await?;
-        let mut equivocators = Vec::new();
-        for sender in &params.participants {
-            let mut seen = BTreeSet::new();
-            seen.insert(view[sender]);
-            for (echoer, digests) in &echoes {
-                let claimed = digests
-                    .iter()
-                    .find(|(p, _)| *p == sender.to_string())
-                    .map(|(_, d)| *d);
-                match claimed {
-                    Some(d) => {
-                        seen.insert(d);
-                    }
-                    None => {
-                        return Err(SessionError::blame(
-                            vec![*echoer],
-                            format!("participant {echoer} sent an incomplete DKG echo"),
-                        ));
-                    }
-                }
-            }
-            if seen.len() > 1 {
-                equivocators.push(*sender);
-            }
-        }
-        if !equivocators.is_empty() {
-            return Err(SessionError::blame(
-                equivocators.clone(),
-                format!(
-                    "participant {} sent different DKG round-1 packages to different participants (echo broadcast mismatch)",
-                    join_peers(&equivocators)
-                ),
-            ));
-        }
-
-        let mut round1_packages = BTreeMap::new();
-        for (peer, bytes) in &round1 {
-            let package = frost::keys::dkg::round1::Package::deserialize(bytes).map_err(|e| {
-                SessionError::blame(
-                    vec![*peer],
-                    format!("participant {peer} sent a malformed DKG round-1 package: {e}"),
-                )
-            })?;
-            round1_packages.insert(id_of(peer)?, package);
-        }
+        inbox
+            .collect_each(
+                "dkg echo",
+                &others,
+                timeout,
+                |b| match b {
+                    Body::DkgEcho { digests } => Some(digests.clone()),
+                    _ => None,
+                },
+                |from, digests| echoing.receive(from, digests),
+            )
+            .await?;
 
         // Part 2: one package for each other participant.
-        let (secret2, outgoing) = frost::keys::dkg::part2(secret1, &round1_packages)
-            .map_err(|e| frost_error(e, &ids, "DKG part 2"))?;
-        let sends = outgoing.into_iter().map(|(id, package)| {
-            let peer = ids.get(&id).copied();
-            async move {
-                let Some(peer) = peer else {
-                    return Err(SessionError::failed(
-                        "DKG part 2 produced an unknown identifier",
-                    ));
-                };
-                let package = package
-                    .serialize()
-                    .map_err(|e| SessionError::failed(format!("DKG part 2: {e}")))?;
-                Ok(self
-                    .send(peer, session, Body::DkgRound2 { package })
-                    .await
-                    .err()
-                    .map(|e| (peer, e)))
-            }
-        });
-        let mut failures = Vec::new();
-        for r in futures::future::join_all(sends).await {
-            failures.extend(r?);
-        }
-        if !failures.is_empty() {
-            return Err(inbox.explain_failures(failures, "DKG round 2").await);
-        }
-        let round2 = inbox
-            .collect("dkg round 2", &others, timeout, |b| match b {
-                Body::DkgRound2 { package } => Some(package.clone()),
-                _ => None,
-            })
-            .await?;
-        let mut round2_packages = BTreeMap::new();
-        for (peer, bytes) in &round2 {
-            let package = frost::keys::dkg::round2::Package::deserialize(bytes).map_err(|e| {
-                SessionError::blame(
-                    vec![*peer],
-                    format!("participant {peer} sent a malformed DKG round-2 package: {e}"),
-                )
-            })?;
-            round2_packages.insert(id_of(peer)?, package);
-        }
-        let (key_package, public_key_package) =
-            frost::keys::dkg::part3(&secret2, &round1_packages, &round2_packages)
-                .map_err(|e| frost_error(e, &ids, "DKG part 3"))?;
-        drop(secret2);
-
-        // Confirmation: everyone must have derived the same group key.
-        let group_key = public_key_package
-            .verifying_key()
-            .serialize()
-            .map_err(|e| SessionError::failed(format!("group key: {e}")))?;
-        // The digest covers the signing policy too: a key exists only if every participant
-        // stores the same policy with it.
-        let mut confirmed = public_key_package
-            .serialize()
-            .map_err(|e| SessionError::failed(format!("public key package: {e}")))?;
-        confirmed.extend_from_slice(&params.policy.digest());
-        let package_digest = sha256(&confirmed);
-        let confirm = Body::DkgConfirm {
-            group_key: group_key.clone(),
-            package_digest,
-        };
-        let failures = self.broadcast(&others, session, &confirm).await;
-        if !failures.is_empty() {
-            return Err(inbox
-                .explain_failures(failures, "the DKG confirmation")
-                .await);
-        }
-        let confirms = inbox
-            .collect("dkg confirmation", &others, timeout, |b| match b {
-                Body::DkgConfirm {
-                    group_key,
-                    package_digest,
-                } => Some((group_key.clone(), *package_digest)),
-                _ => None,
-            })
-            .await?;
-        let disagree: Vec<PeerId> = confirms
-            .iter()
-            .filter(|(_, (k, d))| *k != group_key || *d != package_digest)
-            .map(|(p, _)| *p)
+        let (mut round2, outgoing) = echoing.part2()?;
+        let messages = outgoing
+            .into_iter()
+            .map(|(peer, package)| (peer, Body::DkgRound2 { package }))
             .collect();
-        if !disagree.is_empty() {
-            return Err(SessionError::blame(
-                disagree.clone(),
-                format!(
-                    "participant {} derived a different group key or holds a different signing policy; the key is discarded",
-                    join_peers(&disagree)
-                ),
-            ));
-        }
+        self.send_round(&mut inbox, messages, "DKG round 2").await?;
+        inbox
+            .collect_each(
+                "dkg round 2",
+                &others,
+                timeout,
+                |b| match b {
+                    Body::DkgRound2 { package } => Some(package.clone()),
+                    _ => None,
+                },
+                |from, package| round2.receive(from, package),
+            )
+            .await?;
+
+        // Part 3 and the confirmation: everyone must have derived the same key.
+        let (mut confirming, mine) = round2.part3()?;
+        let body = Body::DkgConfirm {
+            group_key: mine.group_key.clone(),
+            package_digest: mine.digest,
+        };
+        self.broadcast_round(&mut inbox, &others, &body, "the DKG confirmation")
+            .await?;
+        inbox
+            .collect_each(
+                "dkg confirmation",
+                &others,
+                timeout,
+                |b| match b {
+                    Body::DkgConfirm {
+                        group_key,
+                        package_digest,
+                    } => Some(core::Confirmation {
+                        group_key: group_key.clone(),
+                        digest: *package_digest,
+                    }),
+                    _ => None,
+                },
+                |from, confirmation| confirming.receive(from, confirmation),
+            )
+            .await?;
+        let core::DkgOutput {
+            group_key,
+            key_package,
+            public_key_package,
+        } = confirming.finish()?;
 
         let info = KeyInfo {
             key_id: params.key_id.clone(),
@@ -523,6 +389,36 @@ impl MpcEngine {
 
     /// The storage round: every participant reports its share stored to the coordinator,
     /// which then tells them that the key is active.
+    /// Test fault `equivocate-dkg-round1`: a second, different round-1 package for half of
+    /// the others, `package` for the rest.
+    fn equivocate_round1(
+        &self,
+        others: &[PeerId],
+        package: Vec<u8>,
+        params: &DkgParams,
+    ) -> Result<Vec<(PeerId, Body)>, SessionError> {
+        let id = frost_identifier(&self.inner.local).map_err(SessionError::failed)?;
+        let n = params.participants.len() as u16;
+        let (_, other) = frost::keys::dkg::part1(id, n, params.threshold, rand_core::OsRng)
+            .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
+        let other = other
+            .serialize()
+            .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
+        let half = others.len() / 2;
+        Ok(others
+            .iter()
+            .enumerate()
+            .map(|(i, p)| {
+                let package = if i < half {
+                    other.clone()
+                } else {
+                    package.clone()
+                };
+                (*p, Body::DkgRound1 { package })
+            })
+            .collect())
+    }
+
     async fn confirm_stored(
         &self,
         inbox: &mut SessionInbox,
