@@ -696,3 +696,57 @@ async fn concurrent_reports_are_batched_and_judged_one_by_one() {
     assert_eq!(sum, vec![(0..40).sum::<u64>(), 40, 280]);
     assert_eq!(body["reports"], 40);
 }
+
+/// A compromised collector that skips the minimum batch size (test fault
+/// `collect-ignores-min-reports`) asks for the sum after one report: each honest
+/// participant refuses to hand over its share sum, so nothing of the report is revealed and
+/// neither marks the task opened; the task keeps taking reports and opens once
+/// `min_reports` are in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_participant_enforces_min_reports() {
+    let dir = tempdir();
+    let mut nodes = start_cluster(dir.path(), 2).await;
+    let boots: Vec<String> = nodes.iter().map(|n| n.tcp_addr.clone()).collect();
+    let rogue =
+        start_node_with_faults(dir.path(), "R", &boots, "collect-ignores-min-reports").await;
+    for n in &nodes {
+        n.wait_connected_to(&rogue.peer_id, Duration::from_secs(30))
+            .await;
+    }
+    nodes.push(rogue);
+    // t = 2 of 3: opening needs every participant's share sum, so both honest ones are asked.
+    let task = create_task(&nodes[0], &nodes, 2, 3, 3).await;
+    let task_id = task.params.task_id.clone();
+    let report = |values: &[u64]| prepare_report(&task, values).unwrap();
+    let (status, body) = submit(&nodes[0], &task_id, &report(&[5, 6, 7])).await;
+    assert_eq!(status, 201, "{body}");
+
+    let (status, body) = collect(&nodes[2], &task_id).await;
+    assert_ne!(status, 200, "the rogue collector opened one report: {body}");
+    assert!(body.get("sum").is_none(), "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    assert!(error.contains("min_reports"), "{body}");
+    for honest in &nodes[..2] {
+        let info = get_task(honest, &task_id).await;
+        assert_eq!(info["opened"], false, "{} opened: {info}", honest.name);
+        assert!(
+            honest
+                .stderr_lines()
+                .iter()
+                .any(|l| l.contains("needs min_reports = 3; refused")),
+            "{} says why it refused",
+            honest.name
+        );
+    }
+
+    // The task goes on: two more reports, then an honest collect opens all three.
+    for values in [[1, 1, 1], [10, 20, 30]] {
+        let (status, body) = submit(&nodes[1], &task_id, &report(&values)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = collect(&nodes[0], &task_id).await;
+    assert_eq!(status, 200, "{body}");
+    let sum: Vec<u64> = serde_json::from_value(body["sum"].clone()).unwrap();
+    assert_eq!(sum, vec![16, 27, 38]);
+    assert_eq!(body["reports"], 3);
+}

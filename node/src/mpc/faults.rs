@@ -56,6 +56,10 @@ pub struct Faults {
     /// without a quorum's votes (a compromised holder with client approvals of a change
     /// that never committed): the honest holders must refuse it.
     pub commit_without_quorum: bool,
+    /// Collect an aggregation task's sum without checking `min_reports` (a compromised
+    /// collector after a single client's input): every participant asked for its share sum
+    /// must refuse.
+    pub collect_ignores_min_reports: bool,
 }
 
 impl Faults {
@@ -86,6 +90,7 @@ impl Faults {
                 "no-policy-catch-up-at-start" => f.no_policy_catch_up_at_start = true,
                 "front-run-signing" => f.front_run_signing = true,
                 "commit-without-quorum" => f.commit_without_quorum = true,
+                "collect-ignores-min-reports" => f.collect_ignores_min_reports = true,
                 other => return Err(format!("{FAULT_ENV}: unknown fault `{other}`")),
             }
         }

@@ -1345,7 +1345,7 @@ impl MpcEngine {
             return Ok(Err(error));
         };
         let (digest, count, members) = (*digest, *count, members.clone());
-        if count < params.min_reports {
+        if count < params.min_reports && !self.inner.faults.collect_ignores_min_reports {
             refuse_all(self).await;
             return Ok(Err(AggError::new(
                 409,
@@ -1506,6 +1506,18 @@ impl MpcEngine {
         if digest != snapshot.digest {
             return Err(SessionError::failed(
                 "asked to open a report set this node did not announce",
+            ));
+        }
+        // Every participant enforces the minimum batch size itself before its share sum
+        // leaves: a collector that skips the check learns nothing from an honest one.
+        let min_reports = task.info.params.min_reports;
+        if snapshot.count < min_reports {
+            return Err(SessionError::blame(
+                vec![from],
+                format!(
+                    "collector {from} asked for the share sum of {} report(s) of task {}, which needs min_reports = {min_reports}; refused",
+                    snapshot.count, task.info.params.task_id
+                ),
             ));
         }
         task.mark_opened(digest)
