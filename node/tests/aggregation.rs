@@ -750,3 +750,105 @@ async fn every_participant_enforces_min_reports() {
     assert_eq!(sum, vec![16, 27, 38]);
     assert_eq!(body["reports"], 3);
 }
+
+/// The `.pending.json` task files under a node's aggregation directory.
+fn pending_tasks(dir: &Path, node: &NodeProcess) -> Vec<String> {
+    common::files_ending(
+        &dir.join(format!("data-{}/aggregation", node.name)),
+        ".pending.json",
+    )
+}
+
+/// A task whose creation one participant never confirms (test fault `withhold-task-stored`)
+/// is kept by no node: each drops its pending task when the creation session ends. A
+/// pending task file found at start (a node stopped mid-creation) is removed, never loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_whose_creation_is_not_confirmed_is_kept_nowhere() {
+    let dir = tempdir();
+    let mut nodes = start_cluster(dir.path(), 2).await;
+    let boots: Vec<String> = nodes.iter().map(|n| n.tcp_addr.clone()).collect();
+    let mute = start_node_with_faults(dir.path(), "M", &boots, "withhold-task-stored").await;
+    for n in &nodes {
+        n.wait_connected_to(&mute.peer_id, Duration::from_secs(30))
+            .await;
+    }
+    nodes.push(mute);
+    let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    let (status, body) = wait_for(
+        "the creation to be tried",
+        Duration::from_secs(60),
+        || async {
+            let (status, body) = post(
+                &nodes[0],
+                "/v1/aggregations",
+                &json!({"participants": ids, "threshold": 1, "length": 3, "min_reports": 1}),
+            )
+            .await;
+            if status == 400
+                && body["error"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains("not connected")
+            {
+                Err(body.to_string())
+            } else {
+                Ok((status, body))
+            }
+        },
+    )
+    .await;
+    assert_ne!(
+        status, 201,
+        "a task was created without every confirmation: {body}"
+    );
+    for n in &nodes {
+        wait_for(
+            &format!("{} to drop the pending task", n.name),
+            Duration::from_secs(30),
+            || async {
+                let pending = pending_tasks(dir.path(), n);
+                if pending.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{pending:?}"))
+                }
+            },
+        )
+        .await;
+        let tasks: Vec<String> =
+            std::fs::read_dir(dir.path().join(format!("data-{}/aggregation", n.name)))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|f| f.ends_with(".task.json"))
+                .collect();
+        assert!(tasks.is_empty(), "{} keeps {tasks:?}", n.name);
+    }
+
+    // A node stopped while a task was pending finds the file at start and removes it.
+    let task = create_task(&nodes[0], &nodes[..2], 1, 3, 1).await;
+    let mut n1 = nodes.remove(1);
+    n1.kill();
+    let aggregation = dir.path().join("data-N1/aggregation");
+    let task_file = aggregation.join(format!("{}.task.json", task.params.task_id));
+    let pending = aggregation.join("0123456789abcdef0123456789abcdef.pending.json");
+    std::fs::copy(&task_file, &pending).unwrap();
+    let restarted = start_node(dir.path(), "N1", &boots[..1]).await;
+    assert!(!pending.exists(), "the pending task file is still there");
+    assert!(
+        restarted
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("removed an aggregation task whose creation never completed")),
+        "the node says what it removed"
+    );
+    assert!(
+        restarted
+            .get("/v1/aggregations/0123456789abcdef0123456789abcdef")
+            .await
+            .is_err(),
+        "the pending task was loaded"
+    );
+    let kept = get_task(&restarted, &task.params.task_id).await;
+    assert_eq!(kept["task_id"], task.params.task_id.as_str(), "{kept}");
+}

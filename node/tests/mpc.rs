@@ -1161,16 +1161,7 @@ async fn wait_no_pending(dir: &Path, node: &NodeProcess, what: &str) {
 
 /// The `.pending.json` files under a node's key directory.
 fn pending_files(dir: &Path, name: &str) -> Vec<String> {
-    let keys = dir.join(format!("data-{name}/keys"));
-    std::fs::read_dir(&keys)
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .filter(|n| n.ends_with(".pending.json"))
-                .collect()
-        })
-        .unwrap_or_default()
+    common::files_ending(&dir.join(format!("data-{name}/keys")), ".pending.json")
 }
 
 async fn key_count(node: &NodeProcess) -> usize {

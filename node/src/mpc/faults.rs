@@ -45,6 +45,9 @@ pub struct Faults {
     /// Store a DKG share but never confirm it to the coordinator (the coordinator and this
     /// node must then discard the pending key).
     pub withhold_dkg_stored: bool,
+    /// Store a new aggregation task but never confirm it to the coordinator (every node
+    /// must then discard the pending task).
+    pub withhold_task_stored: bool,
     /// Do not catch up on the keys' policies at start (a holder that stays behind until an
     /// invitation shows it).
     pub no_policy_catch_up_at_start: bool,
@@ -87,6 +90,7 @@ impl Faults {
                 "plaintext-shares" => f.plaintext_shares = true,
                 "skip-sign-authorization" => f.skip_sign_authorization = true,
                 "withhold-dkg-stored" => f.withhold_dkg_stored = true,
+                "withhold-task-stored" => f.withhold_task_stored = true,
                 "no-policy-catch-up-at-start" => f.no_policy_catch_up_at_start = true,
                 "front-run-signing" => f.front_run_signing = true,
                 "commit-without-quorum" => f.commit_without_quorum = true,

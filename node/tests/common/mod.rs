@@ -347,6 +347,19 @@ impl Drop for NodeProcess {
 }
 
 /// A temporary directory for one test.
+/// The names of the files directly in `dir` that end with `suffix` (none if `dir` is missing).
+pub fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.ends_with(suffix))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }

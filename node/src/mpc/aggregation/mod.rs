@@ -30,7 +30,7 @@ use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
-use tracing::{Instrument, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::chunks::{ChunkAssembly, pieces};
 use super::session::{SessionError, SessionInbox, join_peers};
@@ -673,9 +673,15 @@ impl MpcEngine {
             .await
             .map_err(|e| SessionError::failed(format!("cannot store the task: {e}")))?;
         let activated = async {
-            self.send(from, session, Body::AggTaskStored)
-                .await
-                .map_err(|e| unreachable_error(vec![(from, e)], "the storage confirmation"))?;
+            if self.inner.faults.withhold_task_stored {
+                debug!(%task_id, "test fault: the storage confirmation is withheld");
+            } else {
+                self.send(from, session, Body::AggTaskStored)
+                    .await
+                    .map_err(|e| {
+                        unreachable_error(vec![(from, e)], "the storage confirmation")
+                    })?;
+            }
             // The coordinator waits up to a round for the slowest participant first.
             inbox
                 .collect("aggregation task activation", &[from], 2 * timeout, |b| {
