@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use libp2p::{Multiaddr, PeerId};
 
-use crate::config::parse_peer_multiaddr;
+use crate::values::{parse_max_message_size, parse_peer_multiaddr, parse_topic};
 
 /// Default size limit of one gossip message (1 MiB).
 pub const DEFAULT_MAX_MESSAGE_SIZE: usize = 1024 * 1024;
@@ -581,45 +581,4 @@ fn parse_cli_peer_id(s: &str) -> Result<PeerId, String> {
 
 fn parse_cli_peer_addr(s: &str) -> Result<Multiaddr, String> {
     parse_peer_multiaddr(s).map(|(_, addr)| addr)
-}
-
-/// A topic name: non-empty, at most 256 bytes, no control characters.
-pub fn parse_topic(s: &str) -> Result<String, String> {
-    if s.is_empty() {
-        return Err("a topic name must not be empty".into());
-    }
-    if s.len() > 256 {
-        return Err(format!(
-            "a topic name is at most 256 bytes, this one has {}",
-            s.len()
-        ));
-    }
-    if s.chars().any(char::is_control) {
-        return Err("a topic name must not contain control characters".into());
-    }
-    Ok(s.to_string())
-}
-
-/// Smallest and largest accepted `--max-message-size`.
-pub const MESSAGE_SIZE_RANGE: std::ops::RangeInclusive<usize> = 1024..=(64 * 1024 * 1024);
-
-/// Parses `--max-message-size`, checking [`MESSAGE_SIZE_RANGE`].
-pub fn parse_max_message_size(s: &str) -> Result<usize, String> {
-    let n: usize = s
-        .parse()
-        .map_err(|_| format!("`{s}` is not a number of bytes"))?;
-    check_max_message_size(n)
-}
-
-/// Checks a message size limit against [`MESSAGE_SIZE_RANGE`].
-pub fn check_max_message_size(n: usize) -> Result<usize, String> {
-    if MESSAGE_SIZE_RANGE.contains(&n) {
-        Ok(n)
-    } else {
-        Err(format!(
-            "{n} is out of range: expected {} to {} bytes",
-            MESSAGE_SIZE_RANGE.start(),
-            MESSAGE_SIZE_RANGE.end()
-        ))
-    }
 }

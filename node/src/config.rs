@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 
 use clap::ArgMatches;
 use clap::parser::ValueSource;
-use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{LogLevel, NodeArgs, check_max_message_size, parse_topic};
+use crate::cli::{LogLevel, NodeArgs};
+use crate::values::{check_max_message_size, parse_peer_multiaddr, parse_topic};
 
 /// A configuration problem; the program exits with code 2 on any of them.
 #[derive(Debug, thiserror::Error)]
@@ -205,20 +205,6 @@ pub struct NodeConfig {
     pub mpc_max_reading_mib: u32,
     /// The node's name in the `pods` section, if given.
     pub pod_name: Option<String>,
-}
-
-/// Parses a multiaddr that must name its peer (`.../p2p/<peer id>`).
-pub fn parse_peer_multiaddr(s: &str) -> Result<(PeerId, Multiaddr), String> {
-    let addr: Multiaddr = s
-        .trim()
-        .parse()
-        .map_err(|e| format!("`{s}` is not a valid multiaddr ({e}); expected e.g. /ip4/10.0.0.1/tcp/4001/p2p/12D3KooW..."))?;
-    match addr.iter().last() {
-        Some(Protocol::P2p(peer_id)) => Ok((peer_id, addr)),
-        _ => Err(format!(
-            "`{s}` does not end in /p2p/<peer id>; a bootnode or seed node must name its peer, e.g. /ip4/10.0.0.1/tcp/4001/p2p/12D3KooW..."
-        )),
-    }
 }
 
 /// Merges flags (`args`, with `matches` telling where each value came from) over the file over defaults.

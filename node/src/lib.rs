@@ -1,16 +1,12 @@
 //! p2p-mpc node: a libp2p peer with gossipsub, Kademlia discovery, an HTTP API,
 //! Prometheus metrics and tracing. The binary `p2p-mpc` is a thin wrapper around it.
 
-pub mod aggregate_commands;
 pub mod api;
 pub mod atomic_file;
-pub mod chat;
 pub mod cli;
-pub mod client_keys;
+pub mod commands;
 pub mod config;
-pub mod devnet;
 pub mod identity;
-pub mod key_commands;
 pub mod log_limit;
 pub mod metrics;
 pub mod mpc;
@@ -18,3 +14,4 @@ pub mod network;
 pub mod node;
 pub mod roster;
 pub mod tracing_config;
+pub mod values;

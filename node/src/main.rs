@@ -85,7 +85,10 @@ fn run_node(args: &NodeArgs, matches: &clap::ArgMatches) -> ExitCode {
         if let Some(endpoint) = &settings.otlp_endpoint {
             tracing::info!(%endpoint, "exporting spans over OTLP gRPC");
         }
-        let result = node::run(config, key, node::termination_signal()).await;
+        let result = node::run(config, key, node::termination_signal(), |io| {
+            tokio::spawn(p2p_mpc_node::commands::chat::run(io));
+        })
+        .await;
         guard.shutdown().await;
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -99,7 +102,7 @@ fn run_node(args: &NodeArgs, matches: &clap::ArgMatches) -> ExitCode {
 }
 
 fn run_client(command: ClientCommand) -> Result<(), String> {
-    use p2p_mpc_node::client_keys;
+    use p2p_mpc_node::commands::client as client_keys;
     match command {
         ClientCommand::Keygen { out } => {
             let public = client_keys::generate(&out)?;
@@ -233,7 +236,7 @@ fn run_subcommand(command: Command) -> ExitCode {
                 KeysCommand::ConvertLegacy { .. } => unreachable!("handled above"),
             };
             client_call(&api.url, api.api_token_file.as_deref(), |c| {
-                p2p_mpc_node::key_commands::run(c, command)
+                p2p_mpc_node::commands::keys::run(c, command)
             })
         }
         Command::Aggregate { command } => {
@@ -243,7 +246,7 @@ fn run_subcommand(command: Command) -> ExitCode {
                 | AggregateCommand::Collect { api, .. } => api.clone(),
             };
             client_call(&api.url, api.api_token_file.as_deref(), |c| {
-                p2p_mpc_node::aggregate_commands::run(c, command)
+                p2p_mpc_node::commands::aggregate::run(c, command)
             })
         }
         Command::Devnet {
@@ -255,12 +258,12 @@ fn run_subcommand(command: Command) -> ExitCode {
                 Ok(rt) => rt,
                 Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
             };
-            let settings = p2p_mpc_node::devnet::DevnetSettings {
+            let settings = p2p_mpc_node::commands::devnet::DevnetSettings {
                 nodes,
                 threshold,
                 dir,
             };
-            match rt.block_on(p2p_mpc_node::devnet::run(
+            match rt.block_on(p2p_mpc_node::commands::devnet::run(
                 settings,
                 node::termination_signal(),
             )) {

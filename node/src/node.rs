@@ -6,18 +6,17 @@ use std::time::Duration;
 
 use libp2p::identity::Keypair;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tracing::{info, warn};
 
 use crate::api::{self, ApiState, messages::MessageLog};
-use crate::chat;
 use crate::config::NodeConfig;
 use crate::metrics::{self, NodeMetrics, Readiness};
 use crate::mpc::faults::Faults;
 use crate::mpc::metrics::MpcMetrics;
 use crate::mpc::store::KeyShareStore;
 use crate::mpc::{self as mpc_mod, MpcEngine};
-use crate::network::{NetworkEvent, NetworkService, NetworkSettings};
+use crate::network::{GossipMessage, NetworkClient, NetworkEvent, NetworkService, NetworkSettings};
 use crate::roster::Roster;
 
 /// How long after start a node asks its peers for policy changes it missed (the bootnodes
@@ -84,11 +83,28 @@ pub async fn termination_signal() {
     }
 }
 
-/// Runs the node until `stop` resolves, then shuts it down in order.
+/// Gossip messages kept for the starter's reader ([`NodeIo::messages`]) while it lags.
+const NODE_IO_MESSAGES: usize = 1024;
+
+/// What [`run`] hands to whoever started the node once the network runs: the `run`
+/// subcommand uses it for chat on stdin/stdout (`commands::chat`).
+pub struct NodeIo {
+    /// To publish gossip.
+    pub network: NetworkClient,
+    /// The topics joined at start.
+    pub topics: Vec<String>,
+    /// Every gossip message received and accepted; when the reader lags more than 1024
+    /// behind, newer messages are not queued for it (the API's message log still has them).
+    pub messages: mpsc::Receiver<GossipMessage>,
+}
+
+/// Runs the node until `stop` resolves, then shuts it down in order. `attach` is called
+/// once, when the network runs, with the node's [`NodeIo`].
 pub async fn run(
     config: NodeConfig,
     key: Keypair,
     stop: impl std::future::Future<Output = ()>,
+    attach: impl FnOnce(NodeIo),
 ) -> Result<(), NodeError> {
     let peer_id = key.public().to_peer_id();
     std::fs::create_dir_all(&config.data_dir).map_err(|source| NodeError::DataDir {
@@ -236,12 +252,13 @@ pub async fn run(
 
     let message_log = Arc::new(MessageLog::default());
     let log = message_log.clone();
+    let (messages_tx, messages) = mpsc::channel(NODE_IO_MESSAGES);
     let events_task = tokio::spawn(async move {
         while let Some(event) = events.recv().await {
             match event {
                 NetworkEvent::Message(msg) => {
-                    println!("{}", chat::format_message(&msg));
                     log.push(&msg);
+                    let _ = messages_tx.try_send(msg);
                 }
                 NetworkEvent::PeerConnected(p) => tracing::debug!(peer = %p, "peer connected"),
                 NetworkEvent::PeerDisconnected(p) => {
@@ -250,7 +267,11 @@ pub async fn run(
             }
         }
     });
-    tokio::spawn(chat::read_stdin(network.clone(), config.topics.clone()));
+    attach(NodeIo {
+        network: network.clone(),
+        topics: config.topics.clone(),
+        messages,
+    });
 
     let api_addr = api_listener.local_addr().ok();
     let metrics_addr = metrics_listener.local_addr().ok();

@@ -25,10 +25,10 @@ use serde_json::json;
 use subtle::ConstantTimeEq;
 use tracing::Instrument;
 
-use crate::cli::parse_topic;
 use crate::config::ApiToken;
 use crate::metrics::NodeMetrics;
 use crate::network::{NetworkClient, NetworkError, PublishError};
+use crate::values::parse_topic;
 use messages::MessageLog;
 
 /// Everything the handlers share.

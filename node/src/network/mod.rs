@@ -292,7 +292,7 @@ async fn start_peer(
 ) -> Result<NetworkClient, String> {
     use crate::metrics::{NodeMetrics, Readiness};
     use std::sync::Arc;
-    let (peer_id, addr) = crate::config::parse_peer_multiaddr(peer)?;
+    let (peer_id, addr) = crate::values::parse_peer_multiaddr(peer)?;
     let settings = NetworkSettings {
         listen_address: std::net::Ipv4Addr::LOCALHOST.into(),
         network_port: 0,

@@ -155,7 +155,7 @@ mod tests {
                         "/dns4/net-{j}-0.net-headless.ns1.svc.cluster.local/tcp/4001/p2p/{peer}"
                     )
                 );
-                p2p_mpc_node::config::parse_peer_multiaddr(b).unwrap();
+                p2p_mpc_node::values::parse_peer_multiaddr(b).unwrap();
             }
             assert_eq!(file.network_port, Some(4001));
             assert_eq!(file.data_dir.unwrap(), Path::new(DATA_DIR));

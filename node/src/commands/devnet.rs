@@ -258,12 +258,12 @@ pub async fn run(
     // The client key that the demo key's policy lists: only its holder can have it sign.
     let client_key_path = dir.join("client.key");
     let client_key = if client_key_path.exists() {
-        crate::client_keys::read(&client_key_path).map_err(DevnetError::Setup)?
+        crate::commands::client::read(&client_key_path).map_err(DevnetError::Setup)?
     } else {
-        crate::client_keys::generate(&client_key_path).map_err(DevnetError::Setup)?;
-        crate::client_keys::read(&client_key_path).map_err(DevnetError::Setup)?
+        crate::commands::client::generate(&client_key_path).map_err(DevnetError::Setup)?;
+        crate::commands::client::read(&client_key_path).map_err(DevnetError::Setup)?
     };
-    let client_public = crate::client_keys::public_key(&client_key);
+    let client_public = crate::commands::client::public_key(&client_key);
     println!(
         "  client key: {} (public key {client_public})",
         client_key_path.display()
@@ -362,7 +362,7 @@ async fn demo(
     let c0 = client(&nodes[0])?;
     let started = Instant::now();
     let key: Value = loop {
-        let policy = json!({ "clients": [crate::client_keys::public_key(client_key)] });
+        let policy = json!({ "clients": [crate::commands::client::public_key(client_key)] });
         let body = json!({"scheme": "ed25519", "threshold": threshold, "participants": participants, "policy": policy});
         match c0.post("v1/keys", &body).await {
             Ok(key) => break key,
@@ -399,7 +399,7 @@ async fn demo(
         ))
     })?;
     let authorization =
-        crate::client_keys::authorize(client_key, &key_id, &coordinator, message, 60);
+        crate::commands::client::authorize(client_key, &key_id, &coordinator, message, 60);
     let answer: Value = client(signer)?
         .post(
             &format!("v1/keys/{key_id}/sign"),

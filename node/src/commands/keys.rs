@@ -57,8 +57,9 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
                 current: current.stamp(version),
                 new: new_policy.digest(),
             };
-            let authorizations = crate::client_keys::approve_with_files(&authorize, &key_id, what)
-                .map_err(ClientError::Decode)?;
+            let authorizations =
+                crate::commands::client::approve_with_files(&authorize, &key_id, what)
+                    .map_err(ClientError::Decode)?;
             let path = format!("v1/keys/{}/policy", encode_segment(&key_id));
             let answer: Value = client
                 .post(
@@ -114,8 +115,13 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
                             "the node's status names no peer id to authorize: {status}"
                         ))
                     })?;
-                crate::client_keys::authorize_with_files(&authorize, &key_id, coordinator, &bytes)
-                    .map_err(ClientError::Decode)?
+                crate::commands::client::authorize_with_files(
+                    &authorize,
+                    &key_id,
+                    coordinator,
+                    &bytes,
+                )
+                .map_err(ClientError::Decode)?
             };
             let path = format!("v1/keys/{}/sign", encode_segment(&key_id));
             let answer: Value = client

@@ -7,6 +7,23 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tracing::{info, warn};
 
 use crate::network::{GossipMessage, NetworkClient};
+use crate::node::NodeIo;
+
+/// Chat for a running node: prints every message it receives and publishes every line
+/// typed on stdin, until stdin ends (the printing goes on after).
+pub async fn run(io: NodeIo) {
+    let NodeIo {
+        network,
+        topics,
+        mut messages,
+    } = io;
+    tokio::spawn(async move {
+        while let Some(msg) = messages.recv().await {
+            println!("{}", format_message(&msg));
+        }
+    });
+    read_stdin(network, topics).await;
+}
 
 /// Splits a typed line into (topic, text): `topic> text` names the topic, any other line
 /// goes to `default_topic`. A prefix with whitespace in it is text, not a topic.
