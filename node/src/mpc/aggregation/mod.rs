@@ -440,20 +440,12 @@ impl MpcEngine {
             let params_bytes =
                 serde_json::to_vec(&params).map_err(|e| SessionError::failed(e.to_string()))?;
             let digest = sha256(&params_bytes);
-            let failures = engine
-                .broadcast(
-                    &others,
-                    session,
-                    &Body::AggTaskInvite {
-                        params: params_bytes,
-                    },
-                )
-                .await;
-            if !failures.is_empty() {
-                return Err(inbox
-                    .explain_failures(failures, "the task invitation")
-                    .await);
-            }
+            let invite = Body::AggTaskInvite {
+                params: params_bytes,
+            };
+            engine
+                .broadcast_round(&mut inbox, &others, &invite, "the task invitation")
+                .await?;
             let timeout = engine.inner.round_timeout;
             let accepts = inbox
                 .collect("aggregation task accept", &others, timeout, |b| match b {
@@ -496,12 +488,10 @@ impl MpcEngine {
             }
             let keys_bytes =
                 serde_json::to_vec(&keys).map_err(|e| SessionError::failed(e.to_string()))?;
-            let failures = engine
-                .broadcast(&others, session, &Body::AggTaskCommit { keys: keys_bytes })
-                .await;
-            if !failures.is_empty() {
-                return Err(inbox.explain_failures(failures, "the task commit").await);
-            }
+            let commit = Body::AggTaskCommit { keys: keys_bytes };
+            engine
+                .broadcast_round(&mut inbox, &others, &commit, "the task commit")
+                .await?;
             let info = TaskInfo { params, keys };
             let index = peers.iter().position(|p| *p == local).unwrap_or(0);
             let store = &engine.agg().store;
@@ -1393,19 +1383,12 @@ impl MpcEngine {
                 },
             )
             .await;
-        let failures = self
-            .broadcast(
-                &remote_chosen,
-                session,
-                &Body::AggOpen {
-                    digest,
-                    send_sum: true,
-                },
-            )
-            .await;
-        if !failures.is_empty() {
-            return Err(inbox.explain_failures(failures, "the open request").await);
-        }
+        let open = Body::AggOpen {
+            digest,
+            send_sum: true,
+        };
+        self.broadcast_round(&mut inbox, &remote_chosen, &open, "the open request")
+            .await?;
         let len = params.length as usize * shares::ELEMENT_BYTES;
         let received = Self::receive_chunks(&mut inbox, &remote_chosen, len, timeout).await?;
         let mut points: Vec<(usize, Vec<Field>)> = Vec::new();

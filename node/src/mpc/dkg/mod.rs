@@ -135,10 +135,9 @@ impl MpcEngine {
         };
         let others2 = others.clone();
         let run = async move {
-            let failures = engine.broadcast(&others2, session, &invite).await;
-            if !failures.is_empty() {
-                return Err(inbox.explain_failures(failures, "the DKG invitation").await);
-            }
+            engine
+                .broadcast_round(&mut inbox, &others2, &invite, "the DKG invitation")
+                .await?;
             engine.run_dkg(inbox, params).await
         };
         self.run_session(Protocol::Dkg, "coordinator", session, others, run)

@@ -193,12 +193,9 @@ impl MpcEngine {
             let round2 = Body::SignRound2 {
                 signing_package: package,
             };
-            let failures = engine.broadcast(&chosen, session, &round2).await;
-            if !failures.is_empty() {
-                return Err(inbox
-                    .explain_failures(failures, "the signing round 2 request")
-                    .await);
-            }
+            engine
+                .broadcast_round(&mut inbox, &chosen, &round2, "the signing round 2 request")
+                .await?;
             let deadline = tokio::time::Instant::now() + timeout;
             let signature =
                 loop {
