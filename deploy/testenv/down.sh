@@ -90,7 +90,7 @@ alive() {
     [ -n "$st" ] && [ "$st" != Z ]
 }
 ours() {
-    tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | grep -qF -- "$state/"
+    tr '\0' '\n' <"/proc/$1/cmdline" 2>/dev/null | grep -F -- "$state/" >/dev/null
 }
 
 wait_gone() {

@@ -50,7 +50,7 @@ printf '%s\n' "$out" >&2
 # ctr prints "unpacking REF (sha256:...)...done" for each image it imported.
 ref=$(printf '%s\n' "$out" | sed -n 's/^unpacking \([^ ]*\) (sha256:.*$/\1/p' | tail -n 1)
 [ -n "$ref" ] || die "ctr imported no named image from $archive (output above)"
-ctr --address "$sock" --namespace k8s.io images ls -q | grep -qxF "$ref" ||
+ctr --address "$sock" --namespace k8s.io images ls -q | grep -xF "$ref" >/dev/null ||
     die "$ref is not listed by containerd after the import"
 say "loaded $ref"
 echo "$ref"
