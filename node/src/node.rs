@@ -210,6 +210,7 @@ pub async fn run(
             .map_err(NodeError::Aggregation)?;
     let aggregation = crate::mpc::aggregation::Aggregation {
         store: aggregation_store,
+        relays: Default::default(),
         key: hpke_key,
         identity: key.clone(),
     };

@@ -355,34 +355,15 @@ impl MpcEngine {
                 authorizations,
                 policy,
             } => self.join_signing(session, from, key_id, policy, message, authorizations),
-            Body::AggTaskInvite { params } => self
-                .join_aggregation_create(session, from, params)
-                .map_err(other),
-            Body::AggShareInvite {
+            Body::AggTaskInvite { params } => self.join_aggregation_create(session, from, params),
+            Body::AggBatchInvite {
                 task_id,
-                report_id,
-                encapped_key,
-                bytes,
-                chunks,
-            } => self
-                .join_aggregation_share(
-                    session,
-                    from,
-                    aggregation::ShareInvite {
-                        task_id,
-                        report_id,
-                        encapped_key,
-                        bytes,
-                        chunks,
-                    },
-                )
-                .map_err(other),
-            Body::AggBatchInvite { task_id, shares } => self
-                .join_aggregation_batch(session, from, task_id, shares)
-                .map_err(other),
-            Body::AggCollectInvite { task_id } => self
-                .join_aggregation_collect(session, from, task_id)
-                .map_err(other),
+                shares,
+                streamed,
+            } => self.join_aggregation_batch(session, from, task_id, shares, streamed),
+            Body::AggCollectInvite { task_id } => {
+                self.join_aggregation_collect(session, from, task_id)
+            }
             Body::TransferInvite { bytes, chunks } => self
                 .join_transfer(session, from, bytes, chunks)
                 .map_err(other),

@@ -23,7 +23,7 @@ pub const MAX_ACK_BYTES: u64 = 4 * 1024;
 /// Most peer ids in one list of a message (participants, blame, echo digests).
 pub const MAX_PEERS: usize = 256;
 /// Most entries in one list of an aggregation batch message (the relay batches at most this
-/// many reports: `aggregation::batch::MAX_BATCH` is this constant, so the wire format does
+/// many reports: `aggregation::relay::core::MAX_BATCH` is this constant, so the wire format does
 /// not import a protocol).
 pub const MAX_BATCH_ITEMS: usize = 512;
 
@@ -244,23 +244,8 @@ pub enum Body {
     AggTaskActive,
     /// Participant → coordinator: the task is active here.
     AggTaskActivated,
-    /// Relay → owner: an encrypted share follows in `chunks` chunks of `bytes` bytes in all
-    /// (shares that fit in one message travel in batches instead).
-    AggShareInvite {
-        task_id: String,
-        report_id: String,
-        encapped_key: Vec<u8>,
-        bytes: u64,
-        chunks: u32,
-    },
     /// A piece of a large payload (an encrypted share, or a share sum being opened).
     AggChunk { index: u32, data: Blob },
-    /// Owner → relay: the share decrypted and checked (`None`), or why not (code, message).
-    AggShareVerdict { rejected: Option<(String, String)> },
-    /// Relay → owners: every owner accepted (`true`): add the share; or drop it.
-    AggShareCommit { commit: bool },
-    /// Owner → relay: the share is in the persisted sum.
-    AggShareStored,
     /// Collector → participants: report which reports you hold for this task.
     AggCollectInvite { task_id: String },
     /// Participant → collector: digest and size of its report set (snapshot kept in memory).
@@ -274,11 +259,15 @@ pub enum Body {
     TransferChunk { index: u32, data: Blob },
     /// Receiver → sender: every chunk arrived; the bytes counted.
     TransferDone { bytes: u64 },
-    /// Relay → owner: the owner's sealed share of each report of a batch.
+    /// Relay → owner: the owner's sealed share of each report of a batch (a lone report is
+    /// a batch of one). `streamed`: the task's shares are too long for one message, so the
+    /// batch holds one report whose ciphertext is left empty here and follows in `AggChunk`s.
     AggBatchInvite {
         task_id: String,
         #[serde(deserialize_with = "batch_list")]
         shares: Vec<BatchShare>,
+        #[serde(default)]
+        streamed: bool,
     },
     /// Owner → relay: per share of the batch, accepted (`None`) or why not (code, message).
     AggBatchVerdict {
@@ -400,11 +389,7 @@ impl Body {
             | Body::AggTaskStored
             | Body::AggTaskActive
             | Body::AggTaskActivated => Some(Protocol::AggCreate),
-            Body::AggShareInvite { .. }
-            | Body::AggShareVerdict { .. }
-            | Body::AggShareCommit { .. }
-            | Body::AggShareStored
-            | Body::AggBatchInvite { .. }
+            Body::AggBatchInvite { .. }
             | Body::AggBatchVerdict { .. }
             | Body::AggBatchCommit { .. }
             | Body::AggBatchStored => Some(Protocol::AggReport),
@@ -448,11 +433,7 @@ impl Body {
             Body::AggTaskStored => "aggregation task stored",
             Body::AggTaskActive => "aggregation task active",
             Body::AggTaskActivated => "aggregation task activated",
-            Body::AggShareInvite { .. } => "aggregation share invite",
             Body::AggChunk { .. } => "aggregation chunk",
-            Body::AggShareVerdict { .. } => "aggregation share verdict",
-            Body::AggShareCommit { .. } => "aggregation share commit",
-            Body::AggShareStored => "aggregation share stored",
             Body::AggBatchInvite { .. } => "aggregation batch invite",
             Body::AggBatchVerdict { .. } => "aggregation batch verdict",
             Body::AggBatchCommit { .. } => "aggregation batch commit",
@@ -480,7 +461,6 @@ impl Body {
             Body::DkgInvite { .. }
                 | Body::SignInvite { .. }
                 | Body::AggTaskInvite { .. }
-                | Body::AggShareInvite { .. }
                 | Body::AggBatchInvite { .. }
                 | Body::AggCollectInvite { .. }
                 | Body::TransferInvite { .. }

@@ -131,10 +131,6 @@ pub struct TaskEntry {
     seen: Mutex<HashSet<String>>,
     /// Accepted shares waiting for the next state file write (group commit).
     pending: Mutex<Vec<PendingCommit>>,
-    /// Reports posted to this node, waiting to be relayed (see `batch`).
-    pub relay_queue: Mutex<std::collections::VecDeque<super::batch::RelayJob>>,
-    /// Whether a relay loop runs for this task.
-    pub relay_running: std::sync::atomic::AtomicBool,
     state_path: PathBuf,
 }
 
@@ -410,8 +406,6 @@ impl AggregationStore {
             state: tokio::sync::Mutex::new(state.clone()),
             seen: Mutex::new(HashSet::new()),
             pending: Mutex::new(Vec::new()),
-            relay_queue: Mutex::default(),
-            relay_running: Default::default(),
             state_path: self.dir.join(format!("{task_id}.state.json")),
             info: info.clone(),
         };
@@ -507,8 +501,6 @@ fn load_task(dir: &Path, task_id: &str, local_peer: &str) -> Result<TaskEntry, S
         index,
         seen: Mutex::new(report_ids.iter().cloned().collect()),
         pending: Mutex::new(Vec::new()),
-        relay_queue: Mutex::default(),
-        relay_running: Default::default(),
         state: tokio::sync::Mutex::new(TaskState {
             report_ids,
             share_sum,

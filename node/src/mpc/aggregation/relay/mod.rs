@@ -1,0 +1,661 @@
+//! Relaying client reports: the driver of [`core`]. A report posted to a node is checked,
+//! queued for its task, and relayed in that node's next relay session for the task, together
+//! with the reports queued meanwhile (a batch; a lone report is a batch of one and waits for
+//! nothing). The relay queue of each task is owned here, not by the stored task. Under load
+//! this turns four messages per owner per report into four per owner per batch; each report
+//! is still judged on its own: a bad one is refused (with its owner's reason) and the others
+//! are taken.
+//!
+//! This module does the I/O the core leaves out: sends and deadlines, opening shares with
+//! the node's HPKE key (off the async threads), report id reservations and the persisted
+//! share sum of the task.
+
+pub mod core;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use futures::future::join_all;
+use libp2p::PeerId;
+use tracing::{Instrument, info};
+
+use self::core::{Decision, Judged, Owner, Refusal, Relay, SealedShares, TaskShape};
+use super::shares::Field;
+use super::store::TaskEntry;
+use super::{AggError, Report, ReportAccepted, SealedShare, is_hex_id};
+use crate::mpc::chunks::pieces;
+use crate::mpc::session::{SessionError, SessionInbox};
+use crate::mpc::wire::{BatchShare, Body, Protocol, SessionId};
+use crate::mpc::{InviteRefusal, MpcEngine, unreachable_error};
+
+/// Sealed-share bytes per owner in one batch (the session layer caps a message at 256 KiB; a
+/// batch holds at least one report, so one share of [`core::MAX_INLINE_SHARE`] must fit too).
+const BATCH_BYTES: usize = 200 * 1024;
+
+/// Reports of one task waiting for relay on this node at most; one more is refused as busy.
+/// (The API's concurrency cap bounds them too, each waiting report holding a request.)
+pub const MAX_QUEUED_REPORTS: usize = 2 * core::MAX_BATCH;
+
+/// How one report of a batch ended, or the relay session (its id) that failed.
+pub type ReportOutcome = Result<Judged, (SessionId, SessionError)>;
+
+/// A report waiting to be relayed, and who waits for its outcome.
+pub struct RelayJob {
+    pub report_id: String,
+    pub shares: SealedShares,
+    pub done: tokio::sync::oneshot::Sender<ReportOutcome>,
+}
+
+/// The relay queues of this node's tasks: the reports posted here, waiting for the task's
+/// relay loop (at most one runs per task).
+#[derive(Default)]
+pub struct RelayQueues {
+    tasks: std::sync::Mutex<HashMap<String, TaskQueue>>,
+}
+
+#[derive(Default)]
+struct TaskQueue {
+    jobs: VecDeque<RelayJob>,
+    /// Whether a relay loop runs for the task.
+    running: bool,
+}
+
+impl RelayQueues {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, TaskQueue>> {
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Queues `job` for `task_id` unless [`MAX_QUEUED_REPORTS`] wait there already (the job
+    /// is given back). `Ok(true)`: no loop runs for the task; the caller starts one.
+    fn push(&self, task_id: &str, job: RelayJob) -> Result<bool, RelayJob> {
+        let mut tasks = self.lock();
+        let queue = tasks.entry(task_id.to_string()).or_default();
+        if queue.jobs.len() >= MAX_QUEUED_REPORTS {
+            return Err(job);
+        }
+        queue.jobs.push_back(job);
+        Ok(!std::mem::replace(&mut queue.running, true))
+    }
+
+    /// The next batch of `task_id`: up to [`core::MAX_BATCH`] reports and [`BATCH_BYTES`] of
+    /// sealed shares per owner, at least one report (and exactly one of a task whose shares
+    /// are streamed). Empty: the queue is empty and the loop must end; the task's entry is
+    /// gone under the same lock, so the next report starts a new loop.
+    fn next_batch(&self, task_id: &str, streamed: bool) -> Vec<RelayJob> {
+        let mut tasks = self.lock();
+        let Some(queue) = tasks.get_mut(task_id) else {
+            return Vec::new();
+        };
+        let mut batch = Vec::new();
+        let mut bytes = 0usize;
+        while let Some(job) = queue.jobs.front() {
+            let size = job
+                .shares
+                .iter()
+                .map(|(_, enc, ct)| enc.len() + ct.len() + job.report_id.len() + 16)
+                .max()
+                .unwrap_or(0);
+            let full = streamed || batch.len() >= core::MAX_BATCH || bytes + size > BATCH_BYTES;
+            if !batch.is_empty() && full {
+                break;
+            }
+            bytes += size;
+            batch.extend(queue.jobs.pop_front());
+        }
+        if batch.is_empty() {
+            tasks.remove(task_id);
+        }
+        batch
+    }
+
+    /// A loop that ended without emptying its queue (a panic): the next report starts one.
+    fn stopped(&self, task_id: &str) {
+        if let Some(queue) = self.lock().get_mut(task_id) {
+            queue.running = false;
+        }
+    }
+}
+
+/// Decodes a client's sealed shares of task `shape`: one per participant, base64, each of
+/// the task's sealed share size; in participant order.
+pub(super) fn decode_report(shape: &TaskShape, report: &Report) -> Result<SealedShares, AggError> {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let task_id = &shape.task_id;
+    if !is_hex_id(&report.report_id) {
+        return Err(AggError::new(
+            400,
+            "invalid_report",
+            format!(
+                "`{}` is not a report id: use 32 random lowercase hex digits",
+                report.report_id
+            ),
+        ));
+    }
+    let n = shape.participants.len();
+    let by_peer: HashMap<&str, &SealedShare> = report
+        .shares
+        .iter()
+        .map(|s| (s.peer_id.as_str(), s))
+        .collect();
+    let sealed_bytes = shape.sealed_bytes();
+    let mut decoded = Vec::with_capacity(n);
+    for peer in &shape.participants {
+        let p = peer.to_string();
+        let (Some(s), true) = (by_peer.get(p.as_str()), report.shares.len() == n) else {
+            return Err(AggError::new(
+                400,
+                "wrong_share_count",
+                format!(
+                    "task {task_id} has {n} participants; the report must carry exactly one sealed share for each (got {})",
+                    report.shares.len()
+                ),
+            ));
+        };
+        let field = |name: &str, value: &str| {
+            b64.decode(value).map_err(|e| {
+                AggError::new(
+                    400,
+                    "invalid_report",
+                    format!("share for {p}: `{name}` is not base64: {e}"),
+                )
+            })
+        };
+        let enc = field("enc", &s.enc)?;
+        let ct = field("ciphertext", &s.ciphertext)?;
+        if ct.len() != sealed_bytes {
+            return Err(AggError::new(
+                400,
+                "wrong_length",
+                format!(
+                    "the share for {p} is {} bytes; a share of the {} values of task {task_id} is {sealed_bytes} bytes sealed",
+                    ct.len(),
+                    shape.length
+                ),
+            ));
+        }
+        decoded.push((*peer, enc, ct));
+    }
+    Ok(decoded)
+}
+
+/// Stops a relay loop's queue when the loop dies without ending normally.
+struct LoopGuard<'a> {
+    queues: &'a RelayQueues,
+    task_id: &'a str,
+    armed: bool,
+}
+
+impl Drop for LoopGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            self.queues.stopped(self.task_id);
+        }
+    }
+}
+
+impl MpcEngine {
+    /// Takes a client's report: queues it for the task's next relay batch, which relays each
+    /// sealed share to its owner and commits the report only when every reachable owner
+    /// accepted it (and at least t + 1 did).
+    pub async fn submit_report(
+        &self,
+        task_id: &str,
+        report: Report,
+    ) -> Result<ReportAccepted, AggError> {
+        let result = self.submit_report_inner(task_id, report).await;
+        match &result {
+            Ok(_) => self.count_report("accepted"),
+            Err(e) => self.count_report(e.code),
+        }
+        result
+    }
+
+    async fn submit_report_inner(
+        &self,
+        task_id: &str,
+        report: Report,
+    ) -> Result<ReportAccepted, AggError> {
+        let task = self
+            .agg()
+            .store
+            .get(task_id)
+            .ok_or_else(|| AggError::unknown_task(task_id))?;
+        let shape = TaskShape::of(&task.info, self.inner.local).map_err(AggError::internal)?;
+        let shares = decode_report(&shape, &report)?;
+        let (done, outcome) = tokio::sync::oneshot::channel();
+        let job = RelayJob {
+            report_id: report.report_id.clone(),
+            shares,
+            done,
+        };
+        match self.agg().relays.push(task_id, job) {
+            Err(_) => {
+                return Err(AggError::new(
+                    503,
+                    "busy",
+                    format!(
+                        "{MAX_QUEUED_REPORTS} reports of task {task_id} wait for relay on this node already; send this one again later"
+                    ),
+                ));
+            }
+            Ok(true) => {
+                let engine = self.clone();
+                tokio::spawn(async move { engine.relay_loop(task, shape).await }.in_current_span());
+            }
+            Ok(false) => {}
+        }
+        let outcome = outcome
+            .await
+            .map_err(|_| AggError::internal("the relay of this report was interrupted"))?;
+        match outcome {
+            Ok(Ok(accepted_by)) => Ok(ReportAccepted {
+                task_id: task_id.to_string(),
+                report_id: report.report_id,
+                accepted_by: accepted_by.iter().map(ToString::to_string).collect(),
+            }),
+            Ok(Err((code, message))) => Err(AggError::from_verdict(&code, message)),
+            Err((session, e)) => Err(AggError::session(session, e)),
+        }
+    }
+
+    /// Relays batches of the task's queued reports until its queue is empty.
+    async fn relay_loop(&self, task: Arc<TaskEntry>, shape: TaskShape) {
+        let queues = &self.agg().relays;
+        let mut guard = LoopGuard {
+            queues,
+            task_id: &shape.task_id,
+            armed: true,
+        };
+        loop {
+            let batch = queues.next_batch(&shape.task_id, shape.streamed());
+            if batch.is_empty() {
+                guard.armed = false;
+                return;
+            }
+            self.relay_batch(&task, &shape, batch).await;
+        }
+    }
+
+    /// Runs one relay session for `jobs` and answers each of them.
+    async fn relay_batch(&self, task: &Arc<TaskEntry>, shape: &TaskShape, jobs: Vec<RelayJob>) {
+        let owners: Vec<PeerId> = shape.others();
+        let session = SessionId::random();
+        let count = jobs.len();
+        let mut reports = Vec::with_capacity(count);
+        let mut waiting = Vec::with_capacity(count);
+        for job in jobs {
+            reports.push((job.report_id, job.shares));
+            waiting.push(job.done);
+        }
+        let outcomes: Vec<ReportOutcome> =
+            match self
+                .inner
+                .router
+                .open(session, Protocol::AggReport, owners.clone())
+            {
+                Err(e) => vec![Err((session, e)); count],
+                Ok(inbox) => {
+                    let run = self.relay_session(inbox, task.clone(), shape.clone(), reports);
+                    match self
+                        .run_session(Protocol::AggReport, "relay", session, owners, run)
+                        .await
+                    {
+                        Ok(per_report) => per_report.into_iter().map(Ok).collect(),
+                        Err(e) => vec![Err((session, e)); count],
+                    }
+                }
+            };
+        for (done, outcome) in waiting.into_iter().zip(outcomes) {
+            let _ = done.send(outcome);
+        }
+    }
+
+    /// The relay's side of one batch: invites (and streamed shares) out, this node's shares
+    /// opened meanwhile, verdicts in, a commit flag per report out, confirmations in.
+    async fn relay_session(
+        &self,
+        mut inbox: SessionInbox,
+        task: Arc<TaskEntry>,
+        shape: TaskShape,
+        reports: Vec<(String, SealedShares)>,
+    ) -> Result<Vec<Judged>, SessionError> {
+        let session = inbox.session();
+        let task_id = shape.task_id.clone();
+        let report_ids: Vec<String> = reports.iter().map(|(id, _)| id.clone()).collect();
+        let (mut relay, invites, own) = Relay::start(shape.clone(), reports)?;
+        let sends = invites.into_iter().map(|(owner, invite)| {
+            let body = Body::AggBatchInvite {
+                task_id: task_id.clone(),
+                shares: invite.shares,
+                streamed: invite.streamed.is_some(),
+            };
+            async move {
+                let mut sent = self.send(owner, session, body).await;
+                if let (Ok(()), Some(bytes)) = (&sent, invite.streamed) {
+                    sent = self.send_share_chunks(owner, session, bytes).await;
+                }
+                (owner, sent)
+            }
+        });
+        let opens = report_ids
+            .iter()
+            .zip(own)
+            .map(|(id, (enc, ct))| self.open_share(&task, &shape, id, enc, ct));
+        let (sent, opened) = futures::join!(join_all(sends), join_all(opens));
+        relay.unreachable(sent.into_iter().filter_map(|(peer, result)| {
+            let e = result.err()?;
+            info!(peer = %peer, error = %e, "share owner unreachable");
+            Some(peer)
+        }));
+        let release = |opened: &[Result<Vec<Field>, Refusal>]| {
+            for (id, o) in report_ids.iter().zip(opened) {
+                if o.is_ok() {
+                    task.release(id);
+                }
+            }
+        };
+        let timeout = self.inner.round_timeout;
+        let awaited = relay.awaited();
+        let verdicts = inbox
+            .collect_each(
+                "aggregation batch verdict",
+                &awaited,
+                timeout,
+                |b| match b {
+                    Body::AggBatchVerdict { rejected } => Some(rejected.clone()),
+                    _ => None,
+                },
+                |from, rejected| relay.receive(from, rejected),
+            )
+            .await;
+        let local: Vec<Result<(), Refusal>> = opened
+            .iter()
+            .map(|o| o.as_ref().map(|_| ()).map_err(Clone::clone))
+            .collect();
+        let (mut committing, commits, outcomes) = match verdicts.and_then(|()| relay.judge(&local))
+        {
+            Ok(judged) => judged,
+            Err(e) => {
+                release(&opened);
+                return Err(e);
+            }
+        };
+        let commit_to = committing.commit_to();
+        let failures = self
+            .broadcast(
+                &commit_to,
+                session,
+                &Body::AggBatchCommit {
+                    commits: commits.clone(),
+                },
+            )
+            .await;
+        // This node's shares: committed together (one state write), or released.
+        let mut to_store = Vec::new();
+        for ((id, o), commit) in report_ids.iter().zip(opened).zip(&commits) {
+            match o {
+                Ok(share) if *commit => to_store.push((id, share)),
+                Ok(_) => task.release(id),
+                Err(_) => {}
+            }
+        }
+        let stored = join_all(to_store.iter().map(|(id, share)| task.commit(id, share))).await;
+        if let Some(Err(e)) = stored.into_iter().find(Result::is_err) {
+            return Err(SessionError::failed(format!(
+                "cannot store the share sum: {e}"
+            )));
+        }
+        if !failures.is_empty() {
+            return Err(inbox.explain_failures(failures, "the batch commit").await);
+        }
+        inbox
+            .collect_each(
+                "aggregation batch stored",
+                &commit_to,
+                timeout,
+                |b| matches!(b, Body::AggBatchStored).then_some(()),
+                |from, ()| committing.receive_stored(from),
+            )
+            .await?;
+        let taken = commits.iter().filter(|c| **c).count();
+        info!(%task_id, reports = commits.len(), taken, "report batch relayed");
+        Ok(outcomes)
+    }
+
+    /// Streams a sealed share to its owner in chunk messages (see [`crate::mpc::chunks`]).
+    async fn send_share_chunks(
+        &self,
+        peer: PeerId,
+        session: SessionId,
+        bytes: bytes::Bytes,
+    ) -> Result<(), crate::network::MpcSendError> {
+        self.send_chunked(peer, session, pieces(bytes), |index, data| Body::AggChunk {
+            index,
+            data,
+        })
+        .await
+    }
+
+    /// Answers a batch invite: the core checks it, then this node receives, opens and
+    /// judges its shares, and stores or drops each as the relay decides.
+    pub(in crate::mpc) fn join_aggregation_batch(
+        &self,
+        session: SessionId,
+        from: PeerId,
+        task_id: String,
+        shares: Vec<BatchShare>,
+        streamed: bool,
+    ) -> Result<(), InviteRefusal> {
+        let Some(task) = self.agg().store.get(&task_id) else {
+            self.count_share("unknown_task");
+            return Err(InviteRefusal::Other(format!(
+                "no aggregation task `{task_id}` on this node"
+            )));
+        };
+        let shape = TaskShape::of(&task.info, self.inner.local).map_err(InviteRefusal::Other)?;
+        let owner = Owner::invited(shape, from, shares, streamed).map_err(InviteRefusal::Other)?;
+        self.spawn_participant(
+            Protocol::AggReport,
+            session,
+            vec![from],
+            move |engine, inbox| async move { engine.run_owner(inbox, from, task, owner).await },
+        )
+    }
+
+    async fn run_owner(
+        &self,
+        mut inbox: SessionInbox,
+        from: PeerId,
+        task: Arc<TaskEntry>,
+        mut owner: Owner,
+    ) -> Result<(), SessionError> {
+        let session = inbox.session();
+        let timeout = self.inner.round_timeout;
+        while owner.waits_for_chunks() {
+            // Each chunk must come within a round deadline of the previous one.
+            let deadline = tokio::time::Instant::now() + timeout;
+            let (peer, (index, data)) = inbox
+                .next_of("aggregation chunk", &[from], deadline, |b| match b {
+                    Body::AggChunk { index, data } => Some((*index, data.0.clone())),
+                    _ => None,
+                })
+                .await?;
+            owner.receive_chunk(peer, index, &data)?;
+        }
+        let shape = owner.shape().clone();
+        let (judging, list) = owner.shares()?;
+        let opened: Vec<Result<Vec<Field>, Refusal>> =
+            join_all(list.into_iter().map(|(id, enc, ct)| {
+                let (task, shape) = (&task, &shape);
+                async move { self.open_share(task, shape, &id, enc, ct).await }
+            }))
+            .await;
+        for (code, _) in opened.iter().filter_map(|o| o.as_ref().err()) {
+            self.count_share(code);
+        }
+        let verdicts: Vec<Result<(), Refusal>> = opened
+            .iter()
+            .map(|o| o.as_ref().map(|_| ()).map_err(Clone::clone))
+            .collect();
+        let (awaiting, rejected) = judging.verdicts(&verdicts);
+        let report_ids = awaiting.report_ids().to_vec();
+        let release_all = || {
+            for (id, o) in report_ids.iter().zip(&opened) {
+                if o.is_ok() {
+                    task.release(id);
+                }
+            }
+        };
+        if let Err(e) = self
+            .send(from, session, Body::AggBatchVerdict { rejected })
+            .await
+        {
+            release_all();
+            return Err(unreachable_error(vec![(from, e)], "the batch verdict"));
+        }
+        let decisions = inbox
+            .collect("aggregation batch commit", &[from], timeout, |b| match b {
+                Body::AggBatchCommit { commits } => Some(commits.clone()),
+                _ => None,
+            })
+            .await
+            .and_then(|mut c| awaiting.receive_commit(from, &c.remove(&from).unwrap_or_default()));
+        let decisions = match decisions {
+            Ok(d) => d,
+            Err(e) => {
+                release_all();
+                return Err(e);
+            }
+        };
+        let mut to_store = Vec::new();
+        for ((id, o), decision) in report_ids.iter().zip(opened).zip(decisions) {
+            match (decision, o) {
+                (Decision::Store, Ok(share)) => to_store.push((id, share)),
+                (Decision::Drop, _) => {
+                    task.release(id);
+                    self.count_share("dropped");
+                }
+                _ => {}
+            }
+        }
+        let stored = join_all(to_store.iter().map(|(id, share)| task.commit(id, share))).await;
+        for ((id, _), result) in to_store.iter().zip(&stored) {
+            match result {
+                Ok(_) => self.count_share("accepted"),
+                Err(_) => task.release(id),
+            }
+        }
+        if let Some(Err(e)) = stored.into_iter().find(Result::is_err) {
+            return Err(SessionError::failed(format!(
+                "cannot store the share sum: {e}"
+            )));
+        }
+        self.send(from, session, Body::AggBatchStored)
+            .await
+            .map_err(|e| unreachable_error(vec![(from, e)], "the storage confirmation"))
+    }
+
+    /// Checks and opens one sealed share for this node (see [`open_reserved`]), decrypting
+    /// off the async threads.
+    async fn open_share(
+        &self,
+        task: &Arc<TaskEntry>,
+        shape: &TaskShape,
+        report_id: &str,
+        enc: Vec<u8>,
+        ciphertext: Vec<u8>,
+    ) -> Result<Vec<Field>, Refusal> {
+        let engine = self.clone();
+        let (task_id, length, id) = (shape.task_id.clone(), shape.length, report_id.to_string());
+        open_reserved(task, report_id, move || {
+            core::open_sealed(
+                &engine.agg().key,
+                &task_id,
+                length,
+                &id,
+                &enc,
+                &ciphertext,
+                engine.inner.faults.plaintext_shares,
+            )
+        })
+        .await
+    }
+}
+
+/// Opens one share of `report_id` with `open` (run off the async threads) unless the task
+/// was collected or the report id is taken (accepted, or being accepted): a replayed report
+/// id is refused before anything is decrypted. On success the id stays reserved until the
+/// share is committed or released.
+pub(super) async fn open_reserved(
+    task: &TaskEntry,
+    report_id: &str,
+    open: impl FnOnce() -> Result<Vec<Field>, Refusal> + Send + 'static,
+) -> Result<Vec<Field>, Refusal> {
+    let task_id = &task.info.params.task_id;
+    if task.state.lock().await.opened.is_some() {
+        return Err((
+            "task_collected".into(),
+            format!("task {task_id} was collected already; it accepts no more reports"),
+        ));
+    }
+    if !task.reserve(report_id) {
+        return Err((
+            "duplicate_report".into(),
+            format!("report {report_id} was submitted already (a replayed report id is refused)"),
+        ));
+    }
+    let opened = tokio::task::spawn_blocking(open)
+        .await
+        .map_err(|e| ("internal".to_string(), e.to_string()))
+        .and_then(|r| r);
+    if opened.is_err() {
+        task.release(report_id);
+    }
+    opened
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(i: usize) -> RelayJob {
+        RelayJob {
+            report_id: format!("r{i}"),
+            shares: vec![],
+            done: tokio::sync::oneshot::channel().0,
+        }
+    }
+
+    #[test]
+    fn the_relay_queue_of_a_task_is_bounded() {
+        let queues = RelayQueues::default();
+        assert_eq!(queues.push("t", job(0)).ok(), Some(true));
+        for i in 1..MAX_QUEUED_REPORTS {
+            assert_eq!(queues.push("t", job(i)).ok(), Some(false));
+        }
+        let refused = queues.push("t", job(MAX_QUEUED_REPORTS)).err().unwrap();
+        assert_eq!(refused.report_id, format!("r{MAX_QUEUED_REPORTS}"));
+        // Another task has its own queue.
+        assert_eq!(queues.push("u", job(0)).ok(), Some(true));
+        // Once the relay takes a batch, reports are queued again.
+        assert_eq!(queues.next_batch("t", false).len(), core::MAX_BATCH);
+        assert_eq!(queues.push("t", job(0)).ok(), Some(false));
+    }
+
+    #[test]
+    fn an_emptied_queue_ends_its_loop_and_the_next_report_starts_one() {
+        let queues = RelayQueues::default();
+        assert_eq!(queues.push("t", job(0)).ok(), Some(true));
+        assert_eq!(queues.push("t", job(1)).ok(), Some(false));
+        // A task with streamed shares goes one report at a time.
+        assert_eq!(queues.next_batch("t", true).len(), 1);
+        assert_eq!(queues.next_batch("t", true).len(), 1);
+        assert!(queues.next_batch("t", true).is_empty());
+        assert_eq!(queues.push("t", job(2)).ok(), Some(true));
+        // A loop that died leaves its jobs for the next one.
+        queues.stopped("t");
+        assert_eq!(queues.push("t", job(3)).ok(), Some(true));
+        assert_eq!(queues.next_batch("t", false).len(), 2);
+    }
+}
