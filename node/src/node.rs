@@ -227,7 +227,7 @@ pub async fn run(
     let network_task = tokio::spawn(service.run());
     let mpc = MpcEngine::new(
         peer_id,
-        network.clone(),
+        Arc::new(network.clone()),
         key_store,
         MpcMetrics::new(node_metrics.registry()),
         aggregation,

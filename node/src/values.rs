@@ -5,6 +5,13 @@
 use libp2p::multiaddr::Protocol;
 use libp2p::{Multiaddr, PeerId};
 
+/// A peer address that ends in `/p2p/<peer id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PeerAddr {
+    pub peer_id: PeerId,
+    pub addr: Multiaddr,
+}
+
 /// Parses a multiaddr that must name its peer (`.../p2p/<peer id>`).
 pub fn parse_peer_multiaddr(s: &str) -> Result<(PeerId, Multiaddr), String> {
     let addr: Multiaddr = s

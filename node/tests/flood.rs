@@ -491,7 +491,7 @@ async fn unfinished_requests_are_bounded_by_the_read_budget() {
     )
     .await;
     // The member is still connected and its next message is read (answered, not dropped).
-    if let Err(e @ (MpcSendError::Unreachable { .. } | MpcSendError::Network(_))) =
+    if let Err(e @ (MpcSendError::Unreachable { .. } | MpcSendError::Transport(_))) =
         flood.send_mpc_raw(a, small()).await
     {
         panic!("a small message after the burst was not read: {e}");

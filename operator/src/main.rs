@@ -5,8 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use p2p_mpc_node::cli::LogLevel;
 use p2p_mpc_node::node::termination_signal;
+use p2p_mpc_node::tracing_config::LogLevel;
 use p2p_mpc_node::tracing_config::{self, TracingSettings};
 use p2p_mpc_operator::controller::{self, OperatorConfig};
 use p2p_mpc_operator::metrics::{OperatorMetrics, health_router, metrics_router};

@@ -46,14 +46,9 @@ pub fn publish(max_message_size: usize) -> usize {
     FIXED + 6 * max_message_size
 }
 
-/// `POST /v1/aggregations/{id}/reports` for a task of `participants` and vector `length`:
-/// per participant its peer id, a 32-byte encapsulated key and a ciphertext of `8 × length`
-/// bytes plus the 16-byte tag, both base64.
-pub fn report(participants: usize, length: u32) -> usize {
-    let base64 = |n: usize| n.div_ceil(3) * 4;
-    let ciphertext = base64(8 * length as usize + crate::mpc::aggregation::TAG_BYTES);
-    FIXED + participants * (PEER_ID + base64(32) + ciphertext + 3 * ELEMENT)
-}
+/// `POST /v1/aggregations/{id}/reports` for a task of `participants` and vector `length`
+/// (the shape of a report is the aggregation's: see [`report_json_bytes`]).
+pub use crate::mpc::aggregation::report_json_bytes as report;
 
 /// A body of at most `MAX` bytes; a longer one is answered with `413 body_too_large`.
 pub struct Limited<const MAX: usize>(pub Bytes);

@@ -120,6 +120,16 @@ impl From<NetworkError> for ApiError {
     }
 }
 
+impl From<crate::mpc::transport::TransportError> for ApiError {
+    fn from(e: crate::mpc::transport::TransportError) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "network_unavailable",
+            e.to_string(),
+        )
+    }
+}
+
 /// Parses a JSON request body, with a message that says what is wrong with it.
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     if body.is_empty() {

@@ -10,7 +10,7 @@ use libp2p::PeerId;
 
 use super::MpcEngine;
 use super::wire::{Blob, Body, SessionId};
-use crate::network::MpcSendError;
+use crate::mpc::transport::MpcSendError;
 
 /// Payload bytes per chunk message (the session layer caps a message at 256 KiB).
 pub const CHUNK_BYTES: usize = 192 * 1024;

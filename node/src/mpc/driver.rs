@@ -22,7 +22,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::session::{SessionError, SessionInbox};
 use super::wire::{Body, MpcMessage, Protocol, SessionId};
 use super::{InviteRefusal, MpcEngine};
-use crate::network::MpcSendError;
+use crate::mpc::transport::MpcSendError;
 
 /// Most times a message is sent again to a peer that answered busy.
 const BUSY_RETRIES: u32 = 5;

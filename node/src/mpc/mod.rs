@@ -20,6 +20,7 @@ pub mod session;
 pub mod sign;
 pub mod store;
 pub mod transfer;
+pub mod transport;
 pub mod wire;
 
 use std::sync::Arc;
@@ -30,11 +31,11 @@ use libp2p::PeerId;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
-use crate::network::{InboundMpc, NetworkClient};
 use faults::Faults;
 use metrics::MpcMetrics;
 use session::{RouteDecision, SessionError, SessionRouter, unreachable_error};
 use store::{KeyInfo, KeyShareStore};
+use transport::{InboundMpc, Transport, TransportError};
 use wire::{Body, MpcAck, MpcMessage, SessionId};
 
 /// Default deadline of one protocol round.
@@ -148,7 +149,7 @@ pub fn parse_peers(list: &[String]) -> Result<Vec<PeerId>, String> {
 
 struct Inner {
     local: PeerId,
-    network: NetworkClient,
+    network: Arc<dyn Transport>,
     store: KeyShareStore,
     router: SessionRouter,
     metrics: MpcMetrics,
@@ -195,10 +196,10 @@ pub struct EngineSettings {
 }
 
 impl MpcEngine {
-    /// A new engine over `network` and `store`.
+    /// A new engine that reaches other nodes through `network` and keeps shares in `store`.
     pub fn new(
         local: PeerId,
-        network: NetworkClient,
+        network: Arc<dyn Transport>,
         store: KeyShareStore,
         metrics: MpcMetrics,
         aggregation: aggregation::Aggregation,
@@ -256,7 +257,7 @@ impl MpcEngine {
 
     /// The default participants of a new key or task: the roster's members, or, without a
     /// roster, this node and every connected peer that speaks MPC.
-    pub async fn default_participants(&self) -> Result<Vec<PeerId>, crate::network::NetworkError> {
+    pub async fn default_participants(&self) -> Result<Vec<PeerId>, TransportError> {
         if let Some(members) = self.inner.roster.members() {
             let mut all = members;
             if !all.contains(&self.inner.local) {
@@ -277,11 +278,6 @@ impl MpcEngine {
     /// The key store.
     pub fn store(&self) -> &KeyShareStore {
         &self.inner.store
-    }
-
-    /// The network client.
-    pub fn network(&self) -> &NetworkClient {
-        &self.inner.network
     }
 
     /// Metadata of every key held here.

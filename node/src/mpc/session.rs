@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 
 use super::metrics::MpcMetrics;
 use super::wire::{Body, MpcAck, MpcMessage, Protocol, SessionId};
-use crate::network::MpcSendError;
+use crate::mpc::transport::MpcSendError;
 
 /// Capacity of one session's inbox.
 const INBOX_CAPACITY: usize = 256;

@@ -8,7 +8,7 @@ use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use libp2p::{Multiaddr, PeerId};
 use tokio::time::Instant;
 
-use crate::config::PeerAddr;
+use crate::values::PeerAddr;
 
 /// First and largest wait between two dials of the same bootnode.
 const MIN_DELAY: Duration = Duration::from_millis(500);

@@ -13,52 +13,20 @@ mod service;
 
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use libp2p::{Multiaddr, PeerId};
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 pub use service::{NetworkService, NetworkSettings, StartError};
 
+pub use crate::mpc::transport::{InboundMpc, MpcSendError};
+use crate::mpc::transport::{Transport, TransportError};
 use crate::mpc::wire::{MpcAck, MpcMessage};
 
 /// How long a caller waits for an MPC message to be acknowledged (the request-response
 /// timeout is 10 s; this covers the trip through the network task on top of it).
 const MPC_SEND_TIMEOUT: Duration = Duration::from_secs(12);
-
-/// An MPC message received from a peer, to be routed by the session layer. The router
-/// answers on `ack`; the network task sends that answer back to the peer.
-#[derive(Debug)]
-pub struct InboundMpc {
-    pub peer: PeerId,
-    pub message: MpcMessage,
-    /// Its encoded size in bytes.
-    pub size: usize,
-    pub ack: oneshot::Sender<MpcAck>,
-}
-
-/// Why an MPC message did not reach its session at the peer.
-#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
-pub enum MpcSendError {
-    #[error("peer {peer} is unreachable: {message}")]
-    Unreachable { peer: PeerId, message: String },
-    #[error("peer {peer} refused the message: {reason}")]
-    Rejected { peer: PeerId, reason: String },
-    /// The key's policy, as that holder holds it, refuses the request.
-    #[error("peer {peer} refused the request ({rule}): {reason}")]
-    Refused {
-        peer: PeerId,
-        rule: String,
-        reason: String,
-    },
-    /// The peer is busy (a queue or cap is full); the message may be sent again.
-    #[error("peer {peer} is busy: {reason}")]
-    Busy { peer: PeerId, reason: String },
-    /// The session is over on the peer's side.
-    #[error("peer {peer} refused the message: {reason}")]
-    Finished { peer: PeerId, reason: String },
-    #[error(transparent)]
-    Network(#[from] NetworkError),
-}
 
 /// How long a caller waits for the network task to answer a command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
@@ -228,7 +196,7 @@ impl NetworkClient {
                 peer,
                 message: format!("no acknowledgement within {MPC_SEND_TIMEOUT:?}"),
             }),
-            Ok(Err(e)) => Err(e.into()),
+            Ok(Err(e)) => Err(TransportError::from(e).into()),
             Ok(Ok(Err(message))) => Err(MpcSendError::Unreachable { peer, message }),
             Ok(Ok(Ok(MpcAck::Accepted))) => Ok(()),
             Ok(Ok(Ok(MpcAck::Rejected(reason)))) => Err(MpcSendError::Rejected { peer, reason }),
@@ -248,6 +216,27 @@ impl NetworkClient {
     /// Stops listening, closes connections and ends the network task.
     pub async fn shutdown(&self) -> Result<(), NetworkError> {
         self.ask(|reply| Command::Shutdown { reply }).await
+    }
+}
+
+impl From<NetworkError> for TransportError {
+    fn from(e: NetworkError) -> Self {
+        TransportError(e.to_string())
+    }
+}
+
+/// The MPC engine's transport is this network.
+impl Transport for NetworkClient {
+    fn send_mpc(
+        &self,
+        peer: PeerId,
+        message: MpcMessage,
+    ) -> BoxFuture<'_, Result<(), MpcSendError>> {
+        Box::pin(NetworkClient::send_mpc(self, peer, message))
+    }
+
+    fn mpc_peers(&self) -> BoxFuture<'_, Result<Vec<PeerId>, TransportError>> {
+        Box::pin(async move { Ok(NetworkClient::mpc_peers(self).await?) })
     }
 }
 
@@ -298,7 +287,7 @@ async fn start_peer(
         network_port: 0,
         ws_port: None,
         topics: topics.iter().map(|t| t.to_string()).collect(),
-        bootnodes: vec![crate::config::PeerAddr { peer_id, addr }],
+        bootnodes: vec![crate::values::PeerAddr { peer_id, addr }],
         seed_nodes: vec![],
         max_connections: 16,
         max_message_size,

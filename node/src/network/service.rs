@@ -30,10 +30,10 @@ use super::{
     Command, GossipMessage, InboundMpc, NetworkClient, NetworkEvent, NetworkStatus, PeerInfo,
     PublishError, with_peer_id,
 };
-use crate::config::PeerAddr;
 use crate::metrics::{NodeMetrics, Readiness};
 use crate::mpc::wire::{self, MPC_PROTOCOL, MpcAck, WIRE_VERSION};
 use crate::roster::Roster;
+use crate::values::PeerAddr;
 
 /// How long the session router may take to answer an inbound MPC message.
 const MPC_ROUTE_TIMEOUT: Duration = Duration::from_secs(5);

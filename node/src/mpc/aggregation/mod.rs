@@ -54,6 +54,21 @@ pub const MAX_REPORT_BYTES: usize = 512 * 1024 * 1024;
 /// HPKE adds this many bytes (the Poly1305 tag) to a share.
 pub const TAG_BYTES: usize = 16;
 
+/// The largest JSON body of a [`Report`] of a task of `participants` and vector `length`:
+/// per participant its peer id, a 32-byte encapsulated key and a ciphertext of `8 × length`
+/// bytes plus the tag, both base64, with room for field names, quotes and whitespace. The
+/// API reads a report body up to this size.
+pub fn report_json_bytes(participants: usize, length: u32) -> usize {
+    /// Room for the fixed fields (names, braces, whitespace) and around one element.
+    const FIXED: usize = 4 * 1024;
+    const ELEMENT: usize = 64;
+    /// The longest peer id in text (52 characters for an Ed25519 key) and its room.
+    const PEER_ID: usize = 64 + ELEMENT;
+    let base64 = |n: usize| n.div_ceil(3) * 4;
+    let ciphertext = base64(shares::ELEMENT_BYTES * length as usize + TAG_BYTES);
+    FIXED + participants * (PEER_ID + base64(32) + ciphertext + 3 * ELEMENT)
+}
+
 /// This node's aggregation state: its tasks and its HPKE key.
 pub struct Aggregation {
     pub store: AggregationStore,
@@ -232,7 +247,7 @@ pub fn check_params(local: PeerId, p: &TaskParams) -> Result<Vec<PeerId>, String
             p.length
         ));
     }
-    let report = crate::api::body::report(n, p.length);
+    let report = report_json_bytes(n, p.length);
     if report > MAX_REPORT_BYTES {
         return Err(format!(
             "{n} participants × length {} make reports of {} MiB; at most {} MiB (use fewer participants or a shorter vector)",

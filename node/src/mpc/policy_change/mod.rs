@@ -61,7 +61,7 @@ use super::session::{SessionError, SessionInbox};
 use super::store::{KeyShareStore, StoredKey};
 use super::wire::{Body, MAX_MESSAGE_BYTES, Protocol, SessionId};
 use super::{InviteRefusal, MpcEngine, MpcError, parse_peers, unreachable_error};
-use crate::network::MpcSendError;
+use crate::mpc::transport::MpcSendError;
 
 /// Rounds a holder's vote for a prepared change lasts without a commit.
 const VOTE_ROUNDS: u32 = 3;

@@ -19,7 +19,7 @@ use super::policy::{Authorization, PolicyStamp};
 use super::session::{SessionError, join_peers};
 use super::wire::{Body, Protocol, SessionId};
 use super::{InviteRefusal, MpcEngine, MpcError, parse_peers, unreachable_error};
-use crate::network::MpcSendError;
+use crate::mpc::transport::MpcSendError;
 
 /// A verified group signature.
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -429,7 +429,7 @@ impl MpcEngine {
         peer: PeerId,
         session: SessionId,
         bytes: bytes::Bytes,
-    ) -> Result<(), crate::network::MpcSendError> {
+    ) -> Result<(), crate::mpc::transport::MpcSendError> {
         self.send_chunked(peer, session, pieces(bytes), |index, data| Body::AggChunk {
             index,
             data,

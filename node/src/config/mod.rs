@@ -14,7 +14,12 @@ use clap::parser::ValueSource;
 use libp2p::{Multiaddr, PeerId};
 use serde::{Deserialize, Serialize};
 
-use crate::cli::{LogLevel, NodeArgs};
+pub mod args;
+
+pub use crate::values::PeerAddr;
+pub use args::{DEFAULT_MAX_MESSAGE_SIZE, NodeArgs};
+
+use crate::tracing_config::LogLevel;
 use crate::values::{check_max_message_size, parse_peer_multiaddr, parse_topic};
 
 /// A configuration problem; the program exits with code 2 on any of them.
@@ -133,13 +138,6 @@ impl FileConfig {
         }
         serde_yaml::from_str(text).map_err(parse_err)
     }
-}
-
-/// A peer address that ends in `/p2p/<peer id>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PeerAddr {
-    pub peer_id: PeerId,
-    pub addr: Multiaddr,
 }
 
 /// The bearer token of the HTTP API. Its `Debug` never shows the token.
@@ -540,7 +538,12 @@ mod tests {
     use super::*;
     use clap::{CommandFactory, FromArgMatches};
 
-    use crate::cli::Cli;
+    /// The node's flags alone, as the `run` command parses them.
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        node: NodeArgs,
+    }
 
     fn resolve_with(args: &[&str]) -> Result<NodeConfig, ConfigError> {
         let matches = Cli::command()
