@@ -17,7 +17,8 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Figure>> {
             &dir.join(format!("s{i}")),
             &["-t".into(), "bench".into()],
             Box::new(|_, _| {}),
-        )?;
+        )
+        .await?;
         times.push(node.start_to_listening.as_secs_f64() * 1e3);
     }
     let node = Node::start(
@@ -25,7 +26,8 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Figure>> {
         &dir.join("idle"),
         &["-t".into(), "bench".into()],
         Box::new(|_, _| {}),
-    )?;
+    )
+    .await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = node.rss_bytes().unwrap_or(0) as f64 / 1048576.0;
     drop(node);

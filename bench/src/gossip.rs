@@ -120,7 +120,7 @@ async fn libp2p_mesh(bin: &Path, runs: Vec<(u64, Option<f64>)>) -> anyhow::Resul
         }
         a
     };
-    let mut publisher = Node::start(bin, &dir.join("n0"), &args(None), Box::new(|_, _| {}))?;
+    let mut publisher = Node::start(bin, &dir.join("n0"), &args(None), Box::new(|_, _| {})).await?;
     let mut receivers = Vec::new();
     let mut received = Vec::new();
     for i in 1..5 {
@@ -146,7 +146,8 @@ async fn libp2p_mesh(bin: &Path, runs: Vec<(u64, Option<f64>)>) -> anyhow::Resul
                     r.messages.push((seq, lat, at));
                 }
             }),
-        )?;
+        )
+        .await?;
         receivers.push(node);
         received.push(r);
     }
@@ -172,7 +173,7 @@ async fn libp2p_mesh(bin: &Path, runs: Vec<(u64, Option<f64>)>) -> anyhow::Resul
             bail!("the mesh did not form");
         }
     }
-    let mut stdin = publisher.stdin.take().context("publisher stdin")?;
+    let mut stdin = publisher.take_stdin().context("publisher stdin")?;
     let mut phases = Vec::new();
     let mut next_seq = 0u64;
     for (count, rate) in runs {

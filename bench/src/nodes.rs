@@ -1,12 +1,11 @@
 //! Real `p2p-mpc` processes on loopback for the benchmarks.
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use p2p_mpc_testenv::{Expect, RunningNode};
 use serde_json::Value;
 
 /// The `p2p-mpc` binary of the same build profile as this benchmark, built if missing.
@@ -37,14 +36,11 @@ pub fn node_binary() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// Called with each stdout line of a node and the time it was read.
-pub type LineSink = Box<dyn FnMut(&str, Instant) + Send>;
+pub use p2p_mpc_testenv::{LineSink, rss_bytes as rss_of};
 
 /// A node process; killed on drop.
 pub struct Node {
-    child: Child,
-    pub stdin: Option<ChildStdin>,
-    stderr: Arc<Mutex<Vec<String>>>,
+    process: RunningNode,
     pub api: String,
     pub peer_id: String,
     pub tcp_addr: String,
@@ -59,31 +55,22 @@ impl Node {
         data: &Path,
         extra: &[String],
         sink: LineSink,
-    ) -> anyhow::Result<Node> {
+    ) -> impl std::future::Future<Output = anyhow::Result<Node>> {
         Self::start_with_env(bin, data, extra, &[], sink)
     }
 
     /// Like [`start`](Self::start), with extra environment variables.
-    pub fn start_with_env(
+    pub async fn start_with_env(
         bin: &Path,
         data: &Path,
         extra: &[String],
         env: &[(&str, &str)],
-        mut sink: LineSink,
+        sink: LineSink,
     ) -> anyhow::Result<Node> {
-        let spawned = Instant::now();
-        let mut child = Command::new(bin)
-            .args([
-                "--listen-address",
-                "127.0.0.1",
-                "-p",
-                "0",
-                "--api-port",
-                "0",
-                "-m",
-                "0",
-            ])
-            .args(["--metrics-address", "127.0.0.1", "--log-level", "warn"])
+        let mut command = Command::new(bin);
+        command
+            .args(p2p_mpc_testenv::loopback_args())
+            .args(["--log-level", "warn"])
             .env(
                 "RUST_LOG",
                 "p2p_mpc_node::node=info,p2p_mpc_node::network::service=info",
@@ -91,101 +78,41 @@ impl Node {
             .envs(env.iter().copied())
             .arg("--data-dir")
             .arg(data)
-            .args(extra)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
+            .args(extra);
+        let mut process = RunningNode::spawn(command, Some(sink))
             .with_context(|| format!("starting {}", bin.display()))?;
-        let stdout = child.stdout.take().context("stdout")?;
-        std::thread::spawn(move || {
-            let mut reader = BufReader::new(stdout);
-            let mut line = String::new();
-            while reader.read_line(&mut line).map(|n| n > 0).unwrap_or(false) {
-                sink(line.trim_end(), Instant::now());
-                line.clear();
-            }
-        });
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let sink_err = stderr.clone();
-        let listening_at = Arc::new(Mutex::new(None::<Instant>));
-        let mark = listening_at.clone();
-        let err = child.stderr.take().context("stderr")?;
-        std::thread::spawn(move || {
-            for line in BufReader::new(err).lines().map_while(Result::ok) {
-                if line.contains(" listening address=") {
-                    mark.lock().unwrap().get_or_insert(Instant::now());
-                }
-                sink_err.lock().unwrap().push(line);
-            }
-        });
-        let stdin = child.stdin.take();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let lines = stderr.lock().unwrap().clone();
-            let find = |key: &str, field: &str| {
-                lines.iter().filter(|l| l.contains(key)).find_map(|l| {
-                    let s = l.find(field)? + field.len();
-                    Some(l[s..].split_whitespace().next()?.to_string())
-                })
-            };
-            if let (Some(api), Some(tcp), Some(at)) = (
-                find("HTTP API listening", "addr="),
-                find(" listening address=", "address="),
-                *listening_at.lock().unwrap(),
-            ) {
-                let peer_id = tcp.rsplit('/').next().unwrap_or_default().to_string();
-                return Ok(Node {
-                    child,
-                    stdin,
-                    stderr,
-                    api: format!("http://{api}"),
-                    peer_id,
-                    tcp_addr: tcp,
-                    start_to_listening: at - spawned,
-                });
-            }
-            if let Ok(Some(status)) = child.try_wait() {
-                bail!("node exited with {status}:\n{}", lines.join("\n"));
-            }
-            if Instant::now() > deadline {
-                bail!("node did not start within 30 s:\n{}", lines.join("\n"));
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        let listening = process
+            .wait_listening(Duration::from_secs(30), Expect::default())
+            .await
+            .map_err(anyhow::Error::msg)?;
+        Ok(Node {
+            start_to_listening: listening.at - process.spawned_at(),
+            process,
+            api: listening.api,
+            peer_id: listening.peer_id,
+            tcp_addr: listening.tcp_addr,
+        })
     }
 
     /// Resident memory in bytes (Linux /proc).
     pub fn rss_bytes(&self) -> Option<u64> {
-        rss_of(self.child.id())
+        self.process.rss_bytes()
     }
 
     /// Writes a line on the node's stdin (chat: publishes it on the first topic).
     pub fn type_line(&mut self, line: &str) -> std::io::Result<()> {
-        let stdin = self.stdin.as_mut().expect("stdin");
-        stdin.write_all(line.as_bytes())?;
-        stdin.write_all(b"\n")
+        self.process.type_line(line)
+    }
+
+    /// Takes the node's stdin, to write to it from another task.
+    pub fn take_stdin(&mut self) -> Option<std::process::ChildStdin> {
+        self.process.take_stdin()
     }
 
     /// The node's log so far.
     pub fn log(&self) -> String {
-        self.stderr.lock().unwrap().join("\n")
+        self.process.stderr_lines().join("\n")
     }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Resident memory of a process in bytes.
-pub fn rss_of(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// Connected peer ids of a node (`GET /v1/peers`).
@@ -245,19 +172,23 @@ pub async fn cluster_each(
     args_of: impl Fn(usize) -> Vec<String>,
     env: &[(&str, &str)],
 ) -> anyhow::Result<Vec<Node>> {
-    let first = Node::start_with_env(bin, &dir.join("n0"), &args_of(0), env, Box::new(|_, _| {}))?;
+    let first =
+        Node::start_with_env(bin, &dir.join("n0"), &args_of(0), env, Box::new(|_, _| {})).await?;
     let boot = first.tcp_addr.clone();
     let mut nodes = vec![first];
     for i in 1..n {
         let mut extra = args_of(i);
         extra.extend(["--bootnode".to_string(), boot.clone()]);
-        nodes.push(Node::start_with_env(
-            bin,
-            &dir.join(format!("n{i}")),
-            &extra,
-            env,
-            Box::new(|_, _| {}),
-        )?);
+        nodes.push(
+            Node::start_with_env(
+                bin,
+                &dir.join(format!("n{i}")),
+                &extra,
+                env,
+                Box::new(|_, _| {}),
+            )
+            .await?,
+        );
     }
     // Every participant must reach every other one: wait for a full mesh.
     let http = reqwest::Client::new();

@@ -134,13 +134,8 @@ async fn collect(node: &NodeProcess, task_id: &str) -> (u16, Value) {
     .await
 }
 
-fn metric(page: &str, name: &str, label: &str) -> u64 {
-    page.lines()
-        .find(|l| l.starts_with(name) && l.contains(label))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map(|v| v as u64)
-        .unwrap_or(0)
+fn metric(page: &str, name: &str, labels: &[(&str, &str)]) -> u64 {
+    p2p_mpc_testenv::metric_sum(page, name, labels) as u64
 }
 
 /// Every file under `dir`, recursively.
@@ -390,7 +385,7 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
             *counted.entry(outcome).or_insert(0) += metric(
                 &page,
                 "p2p_mpc_aggregation_reports_total",
-                &format!("outcome=\"{outcome}\""),
+                &[("outcome", outcome)],
             );
         }
     }
@@ -463,7 +458,7 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
             metric(
                 &page,
                 "p2p_mpc_mpc_sessions_completed_total",
-                &format!("protocol=\"{protocol}\"")
+                &[("protocol", protocol)]
             ) > 0,
             "{protocol} sessions completed"
         );
@@ -683,7 +678,7 @@ async fn concurrent_reports_are_batched_and_judged_one_by_one() {
     let relays = metric(
         &page,
         "p2p_mpc_mpc_sessions_started_total",
-        "protocol=\"agg_report\",role=\"relay\"",
+        &[("protocol", "agg_report"), ("role", "relay")],
     );
     assert!(
         (1..42).contains(&relays),

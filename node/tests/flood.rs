@@ -15,23 +15,11 @@ use libp2p::PeerId;
 use libp2p::identity::Keypair;
 use p2p_mpc_node::mpc::wire::{self, Body, MpcMessage, SessionId};
 use p2p_mpc_node::network::{MpcSendError, NetworkClient};
+use p2p_mpc_testenv::metric_sum;
 use serde_json::json;
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
-}
-
-/// The sum of the samples on a metrics page whose line starts with `name`.
-fn metric(page: &str, name: &str) -> f64 {
-    page.lines()
-        .filter(|l| l.starts_with(name))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+fn rss_kib(node: &NodeProcess) -> u64 {
+    node.rss_bytes() / 1024
 }
 
 /// Sends every message, `parallel` at a time; returns how many the victim accepted.
@@ -143,7 +131,7 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
         },
     )
     .await;
-    let before = rss_kib(node_a.pid());
+    let before = rss_kib(&node_a);
 
     // 10,000 session invitations (for keys and DKGs that cannot exist).
     let invites: Vec<Vec<u8>> = (0..10_000)
@@ -205,7 +193,7 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
         .collect();
     assert_eq!(send_all(&flood, a, amplifying, 8).await, 0);
 
-    let after = rss_kib(node_a.pid());
+    let after = rss_kib(&node_a);
     let grown = after.saturating_sub(before);
     eprintln!("RSS of the flooded node: {before} KiB before, {after} KiB after (+{grown} KiB)");
     assert!(grown <= 32 * 1024, "RSS grew by {grown} KiB");
@@ -266,7 +254,7 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
     // The member fills its 16 sessions with messages for a later round (250 KiB each, kept
     // by each session until then): the byte budgets hold it to 16 MiB in all, the rest is
     // answered busy and counted, and the node's memory stays bounded.
-    let before_fill = rss_kib(node_a.pid());
+    let before_fill = rss_kib(&node_a);
     // 8 messages per session: 32 MiB in all, twice what the member may have held.
     let fill: Vec<Vec<u8>> = sessions[..16]
         .iter()
@@ -282,16 +270,16 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
         .collect();
     let held = send_all(&flood, a, fill, 8).await;
     let page = node_a.metrics_page().await;
-    let held_bytes = metric(&page, "p2p_mpc_mpc_held_bytes ");
+    let held_bytes = metric_sum(&page, "p2p_mpc_mpc_held_bytes", &[]);
     assert!(
         held_bytes <= (16 * 1024 * 1024) as f64 && held > 0,
         "held {held_bytes} bytes ({held} messages)"
     );
     assert!(
-        metric(&page, "p2p_mpc_mpc_held_bytes_refused_total{") > 0.0,
+        metric_sum(&page, "p2p_mpc_mpc_held_bytes_refused_total", &[]) > 0.0,
         "{page}"
     );
-    let grown = rss_kib(node_a.pid()).saturating_sub(before_fill);
+    let grown = rss_kib(&node_a).saturating_sub(before_fill);
     assert!(
         grown <= 32 * 1024,
         "RSS grew by {grown} KiB while the member filled its sessions"
@@ -347,7 +335,7 @@ async fn strangers_are_refused_at_the_door_and_members_keep_signing() {
     .await;
     assert_eq!(status, 201, "{key}");
     let key_id = key["key_id"].as_str().unwrap().to_string();
-    let before = rss_kib(node_a.pid());
+    let before = rss_kib(&node_a);
 
     // 16 strangers, each with 16 messages of 256 KiB in flight, until told to stop.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -412,7 +400,7 @@ async fn strangers_are_refused_at_the_door_and_members_keep_signing() {
     assert_eq!(read, 0, "a stranger's message was answered");
     let page = node_a.metrics_page().await;
     assert!(refused_inbound(&page) >= 16, "{page}");
-    let grown = rss_kib(node_a.pid()).saturating_sub(before);
+    let grown = rss_kib(&node_a).saturating_sub(before);
     assert!(
         grown <= 32 * 1024,
         "RSS grew by {grown} KiB under the strangers' flood"
@@ -469,7 +457,7 @@ async fn unfinished_requests_are_bounded_by_the_read_budget() {
     ));
     let read = send_all(&flood, a, vec![big; 64], 64).await;
     let page = node_a.metrics_page().await;
-    let refused = metric(&page, "p2p_mpc_mpc_reads_refused_total ");
+    let refused = metric_sum(&page, "p2p_mpc_mpc_reads_refused_total", &[]);
     eprintln!("{read} of 64 messages of 250 KiB read, {refused} dropped while read");
     assert!(
         refused > 0.0 && read < 64,

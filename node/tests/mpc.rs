@@ -138,13 +138,8 @@ fn signers(body: &Value) -> Vec<String> {
         .collect()
 }
 
-async fn metric_sum(node: &NodeProcess, name: &str, label: &str) -> f64 {
-    node.metrics_page()
-        .await
-        .lines()
-        .filter(|l| l.starts_with(name) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
+async fn metric_sum(node: &NodeProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
+    node.metric(name, labels).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +228,7 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
     let completed = metric_sum(
         &nodes[0],
         "p2p_mpc_mpc_sessions_completed_total",
-        "frost_sign",
+        &[("protocol", "frost_sign")],
     )
     .await;
     assert!(completed >= 10.0, "sessions completed on n0: {completed}");
@@ -417,7 +412,7 @@ async fn misbehaving_participants_are_named_and_outsiders_ignored() {
             let n = metric_sum(
                 b,
                 "p2p_mpc_mpc_messages_dropped_total",
-                "reason=\"not_participant\"",
+                &[("reason", "not_participant")],
             )
             .await;
             if n >= 1.0 { Ok(n) } else { Err(format!("{n}")) }
@@ -651,7 +646,7 @@ async fn one_signature_is_one_session_span_on_every_node_and_metrics_pass_promto
     let started = metric_sum(
         &nodes[1],
         "p2p_mpc_mpc_sessions_started_total",
-        "role=\"participant\"",
+        &[("role", "participant")],
     )
     .await;
     assert!(
@@ -661,7 +656,7 @@ async fn one_signature_is_one_session_span_on_every_node_and_metrics_pass_promto
     let completed = metric_sum(
         &nodes[0],
         "p2p_mpc_mpc_sessions_completed_total",
-        "frost_sign",
+        &[("protocol", "frost_sign")],
     )
     .await;
     assert_eq!(completed, 1.0);
@@ -829,7 +824,7 @@ async fn every_holder_checks_the_signing_policy() {
             metric_sum(
                 honest,
                 "p2p_mpc_sign_authorizations_total",
-                "too_few_approvals"
+                &[("outcome", "too_few_approvals")]
             )
             .await
                 >= 1.0,
@@ -837,7 +832,12 @@ async fn every_holder_checks_the_signing_policy() {
             honest.name
         );
         assert_eq!(
-            metric_sum(honest, "p2p_mpc_mpc_sessions_started_total", "frost_sign").await,
+            metric_sum(
+                honest,
+                "p2p_mpc_mpc_sessions_started_total",
+                &[("protocol", "frost_sign")]
+            )
+            .await,
             0.0,
             "{} opened no signing session",
             honest.name
@@ -1321,13 +1321,24 @@ async fn t_minus_one_compromised_holders_cannot_sign_alone() {
     }
     for node in honest {
         assert_eq!(
-            metric_sum(node, "p2p_mpc_mpc_sessions_started_total", "frost_sign").await,
+            metric_sum(
+                node,
+                "p2p_mpc_mpc_sessions_started_total",
+                &[("protocol", "frost_sign")]
+            )
+            .await,
             0.0,
             "{} opened no signing session, so made no nonce and no share",
             node.name
         );
         assert!(
-            metric_sum(node, "p2p_mpc_sign_authorizations_total", "authorized").await == 0.0,
+            metric_sum(
+                node,
+                "p2p_mpc_sign_authorizations_total",
+                &[("outcome", "authorized")]
+            )
+            .await
+                == 0.0,
             "{} authorized nothing",
             node.name
         );
@@ -1338,7 +1349,7 @@ async fn t_minus_one_compromised_holders_cannot_sign_alone() {
         let joined = metric_sum(
             node,
             "p2p_mpc_mpc_sessions_started_total",
-            "protocol=\"frost_sign\",role=\"participant\"",
+            &[("protocol", "frost_sign"), ("role", "participant")],
         )
         .await;
         assert!(
@@ -1518,7 +1529,7 @@ async fn a_revocation_holds_while_a_holder_is_down_and_stale_holders_catch_up() 
     let caught_up = wait_policy_version(c, &key_id, 1).await;
     assert_eq!(caught_up["policy"], revoked, "{caught_up}");
     assert_eq!(
-        metric_sum(c, "p2p_mpc_policy_changes_total", "catch_up").await,
+        metric_sum(c, "p2p_mpc_policy_changes_total", &[("via", "catch_up")]).await,
         1.0
     );
     assert_refused(
@@ -1570,7 +1581,7 @@ async fn a_revocation_holds_while_a_holder_is_down_and_stale_holders_catch_up() 
     let (status, body) = sign_with(a, &key_id, msg, vec![auth(&c3, a, &key_id, msg, 60)]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(
-        metric_sum(a, "p2p_mpc_policy_changes_total", "coordinator").await,
+        metric_sum(a, "p2p_mpc_policy_changes_total", &[("via", "coordinator")]).await,
         2.0
     );
 }
@@ -1659,7 +1670,7 @@ async fn a_change_that_no_quorum_voted_for_is_applied_nowhere() {
         assert_eq!(k["policy_version"], 0, "{}: {k}", node.name);
         assert_eq!(k["policy"], current, "{}: {k}", node.name);
         assert_eq!(
-            metric_sum(node, "p2p_mpc_policy_changes_total", "commit").await,
+            metric_sum(node, "p2p_mpc_policy_changes_total", &[("via", "commit")]).await,
             0.0,
             "{}",
             node.name
@@ -1719,7 +1730,7 @@ async fn a_front_running_holder_gets_nothing_and_the_chosen_coordinator_signs() 
                     let n = metric_sum(
                         honest,
                         "p2p_mpc_sign_authorizations_total",
-                        "wrong_coordinator",
+                        &[("outcome", "wrong_coordinator")],
                     )
                     .await;
                     if n > f64::from(i) {
@@ -1874,7 +1885,7 @@ async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
             json!({"open": true, "legacy": true})
         );
         assert_eq!(
-            metric_sum(node, "p2p_mpc_legacy_open_keys", "").await,
+            metric_sum(node, "p2p_mpc_legacy_open_keys", &[]).await,
             1.0,
             "{}",
             node.name
@@ -1937,7 +1948,7 @@ async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
     );
     let nodes = start_cluster(dir.path(), &names, env_of).await;
     let a = &nodes[0];
-    assert_eq!(metric_sum(a, "p2p_mpc_legacy_open_keys", "").await, 0.0);
+    assert_eq!(metric_sum(a, "p2p_mpc_legacy_open_keys", &[]).await, 0.0);
     let converted = policy_on(a, &legacy_id).await;
     let approval = change_approval(&admin, &legacy_id, &converted, 0, &seize);
     let (status, body) = change_policy(a, &legacy_id, &seize, vec![approval]).await;

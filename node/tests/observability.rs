@@ -10,13 +10,9 @@ use common::{NodeProcess, args, start_pair, tempdir, wait_for, write_file};
 use p2p_mpc_testenv::or_skip;
 use serde_json::Value;
 
-/// The value of the first sample whose line starts with `prefix` (name plus labels).
-fn sample(page: &str, prefix: &str) -> Option<f64> {
-    page.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(prefix))
-        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
-        .reduce(f64::max)
+/// The largest sample of metric `name` with these labels, if there is one.
+fn sample(page: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    p2p_mpc_testenv::metric_samples(page, name, labels).reduce(f64::max)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,7 +22,7 @@ async fn metrics_move_with_traffic_and_pass_promtool() {
 
     let before = a.metrics_page().await;
     assert_eq!(
-        sample(&before, "p2p_mpc_requests_total{"),
+        sample(&before, "p2p_mpc_requests_total", &[]),
         None,
         "no API request yet"
     );
@@ -42,7 +38,12 @@ async fn metrics_move_with_traffic_and_pass_promtool() {
     let page = a.metrics_page().await;
     let status_requests = sample(
         &page,
-        "p2p_mpc_requests_total{method=\"GET\",route=\"/v1/status\",status=\"200\"}",
+        "p2p_mpc_requests_total",
+        &[
+            ("method", "GET"),
+            ("route", "/v1/status"),
+            ("status", "200"),
+        ],
     );
     assert!(
         status_requests >= Some(3.0),
@@ -51,23 +52,25 @@ async fn metrics_move_with_traffic_and_pass_promtool() {
     assert!(
         sample(
             &page,
-            "p2p_mpc_request_duration_seconds_count{method=\"GET\",route=\"/v1/status\""
+            "p2p_mpc_request_duration_seconds_count",
+            &[("method", "GET"), ("route", "/v1/status")]
         )
         .is_some_and(|v| v >= 3.0),
         "request duration histogram:\n{page}"
     );
     assert!(
-        sample(&page, "p2p_mpc_active_connections").is_some_and(|v| v >= 1.0),
+        sample(&page, "p2p_mpc_active_connections", &[]).is_some_and(|v| v >= 1.0),
         "{page}"
     );
     assert!(
-        sample(&page, "p2p_mpc_connected_peers").is_some_and(|v| v >= 1.0),
+        sample(&page, "p2p_mpc_connected_peers", &[]).is_some_and(|v| v >= 1.0),
         "{page}"
     );
     assert!(
         sample(
             &page,
-            "p2p_mpc_gossip_messages_published_total{topic=\"chat\"}"
+            "p2p_mpc_gossip_messages_published_total",
+            &[("topic", "chat")]
         )
         .is_some_and(|v| v >= 1.0),
         "{page}"
@@ -75,7 +78,8 @@ async fn metrics_move_with_traffic_and_pass_promtool() {
     assert!(
         sample(
             &page,
-            "p2p_mpc_gossip_messages_received_total{topic=\"chat\"}"
+            "p2p_mpc_gossip_messages_received_total",
+            &[("topic", "chat")]
         )
         .is_some_and(|v| v >= 1.0),
         "{page}"

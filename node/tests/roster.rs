@@ -37,22 +37,15 @@ fn files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 /// `p2p_mpc_connections_refused_total` of `direction` on a metrics page.
 fn connections_refused(page: &str, direction: &str) -> u64 {
-    page.lines()
-        .filter(|l| {
-            l.starts_with("p2p_mpc_connections_refused_total{")
-                && l.contains(&format!("\"{direction}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    p2p_mpc_testenv::metric_sum(
+        page,
+        "p2p_mpc_connections_refused_total",
+        &[("direction", direction)],
+    ) as u64
 }
 
 fn refused(page: &str, reason: &str) -> u64 {
-    page.lines()
-        .filter(|l| {
-            l.starts_with("p2p_mpc_mpc_refused_total{") && l.contains(&format!("\"{reason}\""))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum::<f64>() as u64
+    p2p_mpc_testenv::metric_sum(page, "p2p_mpc_mpc_refused_total", &[("reason", reason)]) as u64
 }
 
 /// Sends `body` until the victim answers (the connection may still be coming up), and

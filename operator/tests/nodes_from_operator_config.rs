@@ -10,17 +10,15 @@
 //! address, and free ports for the API and metrics, which pods would not share.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use kube::{Client, CustomResourceExt};
 use p2p_mpc_operator::crd::MpcCluster;
-use p2p_mpc_testenv::{ControlPlane, in_ci, or_skip, wait_for};
+use p2p_mpc_testenv::{ControlPlane, RunningNode, in_ci, or_skip, wait_for};
 
 mod common;
 use common::{DEADLINE, RunningController, install_crd, namespace};
@@ -91,27 +89,6 @@ impl Drop for NetNs {
             .status();
         let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&self.name));
     }
-}
-
-struct NodeProc {
-    child: Child,
-    stdout: Arc<Mutex<Vec<String>>>,
-    stderr: Arc<Mutex<Vec<String>>>,
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn collect(r: impl std::io::Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(r).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
 }
 
 /// The files of each member's Secret (file name to bytes), the API token, and the namespace.
@@ -221,7 +198,8 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
     let bin = node_binary();
     let mut nodes = Vec::new();
     for (i, d) in files.iter().enumerate() {
-        let mut child = Command::new("ip")
+        let mut command = Command::new("ip");
+        command
             .args(["netns", "exec", &netns.name])
             .arg(&bin)
             .arg("--config")
@@ -236,21 +214,8 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
             .args(["--api-port", "0", "--metrics-port", "0"])
             .arg("--data-dir")
             .arg(dir.path().join(format!("data-{i}")))
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        collect(child.stdout.take().unwrap(), stdout.clone());
-        collect(child.stderr.take().unwrap(), stderr.clone());
-        nodes.push(NodeProc {
-            child,
-            stdout,
-            stderr,
-        });
+            .env_remove("RUST_LOG");
+        nodes.push(RunningNode::spawn(command, None).unwrap());
     }
 
     let peer_of = |i: usize| {
@@ -258,11 +223,11 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
             libp2p::identity::Keypair::from_protobuf_encoding(&members[i]["identity.key"]).unwrap();
         key.public().to_peer_id().to_string()
     };
-    let dump = |nodes: &Vec<NodeProc>| {
+    let dump = |nodes: &Vec<RunningNode>| {
         nodes
             .iter()
             .enumerate()
-            .map(|(i, n)| format!("---- net-{i} ----\n{}", n.stderr.lock().unwrap().join("\n")))
+            .map(|(i, n)| format!("---- net-{i} ----\n{}", n.stderr_lines().join("\n")))
             .collect::<Vec<_>>()
             .join("\n")
     };
@@ -271,7 +236,7 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
     // other through Kademlia.
     wait_for("a full mesh of 3", DEADLINE, || async {
         for (i, n) in nodes.iter().enumerate() {
-            let log = n.stderr.lock().unwrap().join("\n");
+            let log = n.stderr_lines().join("\n");
             for j in 0..3 {
                 if j != i && !log.contains(&format!("connection_established{{peer={}", peer_of(j)))
                 {
@@ -290,11 +255,9 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
     let expected = format!("[mesh] {}: {text}", peer_of(2));
     let deadline = std::time::Instant::now() + DEADLINE;
     loop {
-        let stdin = nodes[2].child.stdin.as_mut().unwrap();
-        writeln!(stdin, "{text}").unwrap();
-        stdin.flush().unwrap();
+        nodes[2].type_line(text).unwrap();
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let arrived = |n: &NodeProc| n.stdout.lock().unwrap().iter().any(|l| l == &expected);
+        let arrived = |n: &RunningNode| n.stdout_lines().iter().any(|l| l == &expected);
         if arrived(&nodes[0]) && arrived(&nodes[1]) {
             break;
         }
@@ -307,7 +270,7 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
 
     // The API the operator's config turns on is closed: 401 without the token, 200 with it.
     // (The API listens inside the namespace, so requests go there too.)
-    let log = nodes[0].stderr.lock().unwrap().join("\n");
+    let log = nodes[0].stderr_lines().join("\n");
     let api = log
         .lines()
         .find(|l| l.contains("HTTP API listening"))

@@ -21,6 +21,7 @@ mod control_plane;
 mod error;
 mod http;
 mod jaeger;
+mod node;
 mod ports;
 mod process;
 mod prometheus;
@@ -29,6 +30,9 @@ mod tools;
 pub use control_plane::{ControlPlane, NODE_IP, NODE_NAME};
 pub use error::Error;
 pub use jaeger::Jaeger;
+pub use node::{
+    Expect, LineSink, Listening, RunningNode, loopback_args, metric_samples, metric_sum, rss_bytes,
+};
 pub use prometheus::{Prometheus, scrape_config};
 pub use tools::{bin_dir, promtool, tool};
 

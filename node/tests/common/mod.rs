@@ -2,12 +2,11 @@
 //! loopback, read their ports back from their logs, talk to their API, poll with deadlines.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
+use p2p_mpc_testenv::{Expect, RunningNode};
 use serde_json::Value;
 
 /// The binary under test.
@@ -38,10 +37,7 @@ where
 /// A running node process; killed when dropped.
 pub struct NodeProcess {
     pub name: String,
-    child: Child,
-    stdin: Option<ChildStdin>,
-    stderr: Arc<Mutex<Vec<String>>>,
-    stdout: Arc<Mutex<Vec<String>>>,
+    process: RunningNode,
     pub api: String,
     pub metrics: String,
     pub peer_id: String,
@@ -52,32 +48,9 @@ pub struct NodeProcess {
     pub http: reqwest::Client,
 }
 
-fn collect(reader: impl std::io::Read + Send + 'static, sink: Arc<Mutex<Vec<String>>>) {
-    std::thread::spawn(move || {
-        for line in BufReader::new(reader).lines() {
-            let Ok(line) = line else { break };
-            sink.lock().unwrap().push(line);
-        }
-    });
-}
-
 /// Arguments every test node gets: loopback only, free ports.
 pub fn base_args() -> Vec<String> {
-    [
-        "--listen-address",
-        "127.0.0.1",
-        "--network-port",
-        "0",
-        "--api-port",
-        "0",
-        "--metrics-port",
-        "0",
-        "--metrics-address",
-        "127.0.0.1",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
+    p2p_mpc_testenv::loopback_args()
 }
 
 impl NodeProcess {
@@ -104,103 +77,48 @@ impl NodeProcess {
         args.extend(extra.iter().cloned());
         args.push("--data-dir".into());
         args.push(dir.join(format!("data-{name}")).display().to_string());
-        let mut child = Command::new(bin())
+        let mut command = Command::new(bin());
+        command
             .args(&args)
             .current_dir(dir)
             .env_remove("RUST_LOG")
             .env("NO_COLOR", "1")
-            .envs(env.iter().copied())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn p2p-mpc");
-        let stderr = Arc::new(Mutex::new(Vec::new()));
-        let stdout = Arc::new(Mutex::new(Vec::new()));
-        collect(child.stderr.take().unwrap(), stderr.clone());
-        collect(child.stdout.take().unwrap(), stdout.clone());
-        let stdin = child.stdin.take();
-        let mut node = NodeProcess {
+            .envs(env.iter().copied());
+        let mut process = RunningNode::spawn(command, None).expect("spawn p2p-mpc");
+        let expect = Expect {
+            metrics: true,
+            ws: extra.iter().any(|a| a == "--ws-port"),
+        };
+        let listening = process
+            .wait_listening(Duration::from_secs(30), expect)
+            .await
+            .unwrap_or_else(|e| panic!("node {name}: {e}"));
+        NodeProcess {
             name: name.to_string(),
-            child,
-            stdin,
-            stderr,
-            stdout,
-            api: String::new(),
-            metrics: String::new(),
-            peer_id: String::new(),
-            tcp_addr: String::new(),
-            ws_addr: None,
+            process,
+            api: listening.api,
+            metrics: listening.metrics.unwrap_or_default(),
+            peer_id: listening.peer_id,
+            tcp_addr: listening.tcp_addr,
+            ws_addr: listening.ws_addr,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()
                 .unwrap(),
-        };
-        let wants_ws = extra.iter().any(|a| a == "--ws-port");
-        let (api, metrics, tcp, ws) = wait_for(
-            &format!("node {name} to start"),
-            Duration::from_secs(30),
-            || {
-                let lines = node.stderr_lines();
-                let exited = node.child.try_wait().ok().flatten();
-                async move {
-                    if let Some(status) = exited {
-                        panic!("node exited early with {status}:\n{}", lines.join("\n"));
-                    }
-                    let find = |key: &str, field: &str| {
-                        lines.iter().find_map(|l| {
-                            if !l.contains(key) {
-                                return None;
-                            }
-                            let start = l.find(field)? + field.len();
-                            Some(l[start..].split_whitespace().next()?.to_string())
-                        })
-                    };
-                    let api = find("HTTP API listening", "addr=");
-                    let metrics = find("metrics listening", "addr=");
-                    let tcp = lines
-                        .iter()
-                        .filter(|l| l.contains(" listening address="))
-                        .filter_map(|l| l.split("address=").nth(1))
-                        .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
-                        .find(|a| !a.contains("/ws"));
-                    let ws = lines
-                        .iter()
-                        .filter(|l| l.contains(" listening address="))
-                        .filter_map(|l| l.split("address=").nth(1))
-                        .map(|a| a.split_whitespace().next().unwrap_or("").to_string())
-                        .find(|a| a.contains("/ws"));
-                    match (api, metrics, tcp) {
-                        (Some(a), Some(m), Some(t)) if !wants_ws || ws.is_some() => {
-                            Ok((a, m, t, ws))
-                        }
-                        _ => Err(lines.last().cloned().unwrap_or_default()),
-                    }
-                }
-            },
-        )
-        .await;
-        node.api = format!("http://{api}");
-        node.metrics = format!("http://{metrics}");
-        node.peer_id = tcp.rsplit('/').next().unwrap().to_string();
-        node.tcp_addr = tcp;
-        node.ws_addr = ws;
-        node
+        }
     }
 
     pub fn stderr_lines(&self) -> Vec<String> {
-        self.stderr.lock().unwrap().clone()
+        self.process.stderr_lines()
     }
 
     pub fn stdout_lines(&self) -> Vec<String> {
-        self.stdout.lock().unwrap().clone()
+        self.process.stdout_lines()
     }
 
     /// Types a line on the node's stdin.
     pub fn type_line(&mut self, line: &str) {
-        let stdin = self.stdin.as_mut().expect("stdin open");
-        writeln!(stdin, "{line}").unwrap();
-        stdin.flush().unwrap();
+        self.process.type_line(line).expect("stdin open");
     }
 
     pub async fn get(&self, path: &str) -> Result<Value, String> {
@@ -256,17 +174,22 @@ impl NodeProcess {
             .collect())
     }
 
-    /// Waits until `other` is connected.
+    /// Waits until `other` is connected and has identified itself (so the node knows which
+    /// protocols it speaks, MPC among them).
     pub async fn wait_connected_to(&self, other: &str, timeout: Duration) {
         wait_for(
             &format!("{} to be connected to {other}", self.name),
             timeout,
             || async {
-                let peers = self.connected_peer_ids().await?;
-                if peers.iter().any(|p| p == other) {
+                let peers = self.get("/v1/peers").await?;
+                let identified = peers["peers"].as_array().is_some_and(|list| {
+                    list.iter()
+                        .any(|p| p["peer_id"] == other && p["agent_version"].is_string())
+                });
+                if identified {
                     Ok(())
                 } else {
-                    Err(format!("{peers:?}"))
+                    Err(peers.to_string())
                 }
             },
         )
@@ -300,42 +223,36 @@ impl NodeProcess {
             .unwrap()
     }
 
+    /// The sum of metric `name`'s samples with these labels on the node's metrics page.
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        p2p_mpc_testenv::metric_sum(&self.metrics_page().await, name, labels)
+    }
+
     /// Sends SIGTERM and waits for the exit status (at most `timeout`).
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        unsafe {
-            libc_kill(self.child.id() as i32, 15);
-        }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        None
+        self.process.terminate(timeout)
     }
 
     /// Kills the process at once (SIGKILL) and reaps it.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
-}
 
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
+    /// Resident memory in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        self.process
+            .rss_bytes()
+            .expect("VmRSS in /proc/<pid>/status")
+    }
 }
 
 impl Drop for NodeProcess {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill();
         if std::thread::panicking() {
             eprintln!(
                 "---- stderr of node {} ----\n{}",
@@ -346,7 +263,6 @@ impl Drop for NodeProcess {
     }
 }
 
-/// A temporary directory for one test.
 /// The names of the files directly in `dir` that end with `suffix` (none if `dir` is missing).
 pub fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
     std::fs::read_dir(dir)
@@ -360,6 +276,7 @@ pub fn files_ending(dir: &Path, suffix: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// A temporary directory for one test.
 pub fn tempdir() -> tempfile::TempDir {
     tempfile::tempdir().expect("temp dir")
 }
