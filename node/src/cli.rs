@@ -289,6 +289,12 @@ pub enum AggregateCommand {
         /// A file of values separated by commas, spaces or newlines.
         #[arg(long, value_name = "FILE")]
         file: Option<PathBuf>,
+        /// A peer id this client trusts (repeatable or comma-separated): every participant of the task must be one of these or of --members, else nothing is sent.
+        #[arg(long = "member", value_delimiter = ',', value_name = "PEER_ID")]
+        member: Vec<String>,
+        /// A file of the peer ids this client trusts (separated by newlines, spaces or commas; `#` comments), e.g. a cluster's members file or `kubectl get mpc NAME -o jsonpath='{.status.peers.*.peerId}'`.
+        #[arg(long = "members", env = "P2P_MPC_MEMBERS_FILE", value_name = "FILE")]
+        members: Option<PathBuf>,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]

@@ -847,3 +847,150 @@ async fn a_task_whose_creation_is_not_confirmed_is_kept_nowhere() {
     let kept = get_task(&restarted, &task.params.task_id).await;
     assert_eq!(kept["task_id"], task.params.task_id.as_str(), "{kept}");
 }
+
+/// An HTTP API that serves `task` for every GET and answers every other request 503; it
+/// records each request line ("METHOD /path").
+async fn lying_api(task: TaskInfo) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let body = serde_json::to_vec(&task).unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // The head is enough: the answer does not depend on the body.
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => request.extend_from_slice(&buf[..n]),
+                }
+            }
+            let head = String::from_utf8_lossy(&request).to_string();
+            let line = head.lines().next().unwrap_or("").to_string();
+            let mut words = line.split_whitespace();
+            let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+            log.lock().unwrap().push(format!("{method} {path}"));
+            let (status, payload) = if method == "GET" {
+                ("200 OK", body.clone())
+            } else {
+                (
+                    "503 Service Unavailable",
+                    br#"{"code":"busy","error":"not today"}"#.to_vec(),
+                )
+            };
+            let head = format!(
+                "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                payload.len()
+            );
+            let _ = stream.write_all(head.as_bytes()).await;
+            let _ = stream.write_all(&payload).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    (url, seen)
+}
+
+/// `p2p-mpc aggregate submit` of `values` for `task_id` through `api`, with `extra` flags.
+fn cli_submit(api: &str, task_id: &str, extra: &[&str]) -> std::process::Output {
+    Command::new(bin())
+        .args(["aggregate", "submit", "--api", api, "--task", task_id])
+        .args(["--values", "1,2,3", "--output", "json"])
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// A client pinned to the cluster's members (`--members FILE`, as `kubectl get mpc -o
+/// jsonpath` prints them) submits to the real nodes, and refuses a task that a lying node
+/// serves with a participant of its own (an unpinned client seals a share to that peer and
+/// posts it) or with a participant's HPKE key replaced (every client refuses: the key is not
+/// signed by that participant).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_client_refuses_a_task_with_a_substituted_peer_or_key() {
+    use p2p_mpc_node::mpc::aggregation::encryption::{EncryptionKey, sign_binding};
+    use p2p_mpc_node::mpc::aggregation::store::ParticipantKey;
+    let dir = tempdir();
+    let nodes = start_cluster(dir.path(), 3).await;
+    let task = create_task(&nodes[0], &nodes, 1, 3, 1).await;
+    let task_id = task.params.task_id.clone();
+    let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    let members = dir.path().join("members");
+    std::fs::write(&members, format!("{}\n", ids.join(" "))).unwrap();
+    let members_flag = ["--members", members.to_str().unwrap()];
+
+    let out = cli_submit(&nodes[1].api, &task_id, &members_flag);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "pinned submit: {stderr}");
+    assert!(!stderr.contains("not pinned"), "{stderr}");
+    let out = cli_submit(&nodes[1].api, &task_id, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "unpinned submit: {stderr}");
+    assert!(stderr.contains("are not pinned"), "{stderr}");
+
+    // The attacker's own peer, with an HPKE key its identity really signed.
+    let attacker = libp2p::identity::Keypair::generate_ed25519();
+    let attacker_id = attacker.public().to_peer_id().to_string();
+    let hpke = EncryptionKey::load_or_create(dir.path()).unwrap();
+    let forged = ParticipantKey {
+        peer_id: attacker_id.clone(),
+        identity_public_key: hex::encode(attacker.public().encode_protobuf()),
+        hpke_public_key: hex::encode(hpke.public_key()),
+        signature: hex::encode(sign_binding(&attacker, hpke.public_key()).unwrap()),
+    };
+    let mut substituted = task.clone();
+    substituted.params.participants[2] = attacker_id.clone();
+    substituted.keys[2] = forged.clone();
+    assert!(
+        verify_task(&substituted).is_ok(),
+        "the forgery is well signed"
+    );
+    let (url, seen) = lying_api(substituted).await;
+    let out = cli_submit(&url, &task_id, &members_flag);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("not among the 3 pinned members") && stderr.contains(&attacker_id),
+        "{stderr}"
+    );
+    assert!(
+        seen.lock().unwrap().iter().all(|r| r.starts_with("GET ")),
+        "{seen:?}"
+    );
+    // Without pinning the client believes it and posts a share sealed to the attacker.
+    let out = cli_submit(&url, &task_id, &[]);
+    assert!(!out.status.success(), "the lying API answers 503");
+    assert!(
+        seen.lock().unwrap().iter().any(|r| r.starts_with("POST ")),
+        "{seen:?}"
+    );
+
+    // A real participant with the attacker's HPKE key: its identity never signed it.
+    let mut rekeyed = task.clone();
+    rekeyed.keys[2].hpke_public_key = forged.hpke_public_key.clone();
+    let (url, seen) = lying_api(rekeyed).await;
+    for flags in [&members_flag[..], &[]] {
+        let out = cli_submit(&url, &task_id, flags);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(stderr.contains("refusing to submit"), "{stderr}");
+    }
+    assert!(
+        seen.lock().unwrap().iter().all(|r| r.starts_with("GET ")),
+        "{seen:?}"
+    );
+    // A members file that lists no one, or something that is not a peer id, pins nothing.
+    let empty = dir.path().join("empty");
+    std::fs::write(&empty, "# nobody\n").unwrap();
+    let out = cli_submit(
+        &nodes[0].api,
+        &task_id,
+        &["--members", empty.to_str().unwrap()],
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("lists no peer id"));
+    let out = cli_submit(&nodes[0].api, &task_id, &["--member", "nobody"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--member: `nobody` is not a peer id"));
+    assert_eq!(get_task(&nodes[0], &task_id).await["reports_here"], 2);
+}

@@ -2,11 +2,17 @@
 //! `submit` does the client's cryptography locally: the node it talks to only ever sees
 //! shares sealed to each participant.
 
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use libp2p::PeerId;
 use serde_json::{Value, json};
 
 use crate::api::client::{ApiClient, ClientError, encode_segment};
 use crate::cli::{AggregateCommand, OutputFormat};
-use crate::mpc::aggregation::client::{parse_values, prepare_report, verify_task};
+use crate::mpc::aggregation::client::{
+    check_pinned, parse_pinned, parse_values, prepare_report, verify_task,
+};
 use crate::mpc::aggregation::store::TaskInfo;
 
 /// Runs one `aggregate` subcommand against `client` and prints the answer.
@@ -35,9 +41,12 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
             task,
             values,
             file,
+            member,
+            members,
             output,
             ..
         } => {
+            let pinned = pinned_members(&member, members.as_deref())?;
             let text = match (values, file) {
                 (Some(v), _) => v,
                 (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| {
@@ -58,6 +67,13 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
             }
             verify_task(&info)
                 .map_err(|e| ClientError::Decode(format!("refusing to submit: {e}")))?;
+            match &pinned {
+                Some(members) => check_pinned(&info, members)
+                    .map_err(|e| ClientError::Decode(format!("refusing to submit: {e}")))?,
+                None => eprintln!(
+                    "warning: the participants of task {task} are not pinned (--members FILE or --member PEER_ID): the node you asked named them, and each share is sealed to whoever it named"
+                ),
+            }
             let report = tokio::task::spawn_blocking(move || prepare_report(&info, &values))
                 .await
                 .map_err(|e| ClientError::Decode(e.to_string()))?
@@ -142,4 +158,38 @@ fn task_table(task: &Value) -> String {
         ));
     }
     out.trim_end().to_string()
+}
+
+/// The peers a client pins: `--member` ids and those of the `--members` file (none given:
+/// `None`, nothing pinned). An error names the flag, or the file and line.
+fn pinned_members(
+    list: &[String],
+    file: Option<&Path>,
+) -> Result<Option<BTreeSet<PeerId>>, ClientError> {
+    if list.is_empty() && file.is_none() {
+        return Ok(None);
+    }
+    let mut members = list
+        .iter()
+        .map(|s| {
+            s.trim()
+                .parse::<PeerId>()
+                .map_err(|e| ClientError::Decode(format!("--member: `{s}` is not a peer id ({e})")))
+        })
+        .collect::<Result<BTreeSet<PeerId>, _>>()?;
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ClientError::Decode(format!("cannot read members file {}: {e}", path.display()))
+        })?;
+        let from_file = parse_pinned(&text)
+            .map_err(|e| ClientError::Decode(format!("{}: {e}", path.display())))?;
+        if from_file.is_empty() {
+            return Err(ClientError::Decode(format!(
+                "members file {} lists no peer id",
+                path.display()
+            )));
+        }
+        members.extend(from_file);
+    }
+    Ok(Some(members))
 }

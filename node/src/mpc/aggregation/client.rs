@@ -1,6 +1,8 @@
 //! The client side of a report: check the task's keys, share the vector, seal each share to
 //! its node. Used by `p2p-mpc aggregate submit` (and by tests that craft bad reports).
 
+use std::collections::BTreeSet;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use libp2p::PeerId;
@@ -46,6 +48,51 @@ pub fn verify_task(task: &TaskInfo) -> Result<(), String> {
         )?;
     }
     Ok(())
+}
+
+/// Checks that every participant of `task` is one of `members`, the peers the client trusts
+/// (its pinned cluster): a node that names peers of its own in a task gets no share sealed
+/// to them. [`verify_task`] checks that each HPKE key is signed by its participant.
+pub fn check_pinned(task: &TaskInfo, members: &BTreeSet<PeerId>) -> Result<(), String> {
+    let strangers: Vec<&str> = task
+        .params
+        .participants
+        .iter()
+        .filter(|p| {
+            p.parse::<PeerId>()
+                .map_or(true, |id| !members.contains(&id))
+        })
+        .map(String::as_str)
+        .collect();
+    if strangers.is_empty() {
+        return Ok(());
+    }
+    Err(format!(
+        "task {} names {} participant(s) that are not among the {} pinned members: {}; no share is sealed to them",
+        task.params.task_id,
+        strangers.len(),
+        members.len(),
+        strangers.join(", ")
+    ))
+}
+
+/// Parses the peer ids a client pins: separated by newlines, spaces or commas, `#` starting
+/// a comment. An error names the line.
+pub fn parse_pinned(text: &str) -> Result<BTreeSet<PeerId>, String> {
+    let mut out = BTreeSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("");
+        for word in line.split(|c: char| c == ',' || c.is_whitespace()) {
+            if word.is_empty() {
+                continue;
+            }
+            let peer = word
+                .parse::<PeerId>()
+                .map_err(|e| format!("line {}: `{word}` is not a peer id ({e})", i + 1))?;
+            out.insert(peer);
+        }
+    }
+    Ok(out)
 }
 
 /// A fresh random report id (32 hex digits).
@@ -146,4 +193,48 @@ pub fn parse_values(text: &str) -> Result<Vec<u64>, String> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mpc::aggregation::store::{ParticipantKey, TaskParams};
+
+    fn task(participants: &[PeerId]) -> TaskInfo {
+        TaskInfo {
+            params: TaskParams {
+                task_id: "ab".repeat(16),
+                participants: participants.iter().map(ToString::to_string).collect(),
+                threshold: 1,
+                length: 1,
+                modulus: shares::MODULUS,
+                min_reports: 1,
+                created_at: 0,
+                created_by: None,
+            },
+            keys: Vec::<ParticipantKey>::new(),
+        }
+    }
+
+    #[test]
+    fn a_task_with_a_participant_outside_the_pinned_members_is_refused() {
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let members: BTreeSet<PeerId> = [a, b].into();
+        assert!(check_pinned(&task(&[a, b]), &members).is_ok());
+        let e = check_pinned(&task(&[a, c]), &members).unwrap_err();
+        assert!(
+            e.contains(&c.to_string()) && e.contains("2 pinned members"),
+            "{e}"
+        );
+        assert!(!e.contains(&a.to_string()), "{e}");
+    }
+
+    #[test]
+    fn pinned_members_are_read_from_lines_spaces_and_commas() {
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let text = format!("# the cluster\n{a} {b},{c}\n\n{a}  # again\n");
+        assert_eq!(parse_pinned(&text).unwrap(), [a, b, c].into());
+        let e = parse_pinned(&format!("{a}\nnot-a-peer\n")).unwrap_err();
+        assert!(e.starts_with("line 2: `not-a-peer`"), "{e}");
+    }
 }
