@@ -20,6 +20,7 @@
 //!   ([`collect::core`]) chooses the set and the openers, and each participant refuses to
 //!   open a set other than its own or one under `min_reports`.
 
+mod answers;
 pub mod client;
 pub mod collect;
 pub mod create;
@@ -293,6 +294,21 @@ impl MpcEngine {
             reports_here: state.report_ids.len() as u64,
             opened: state.opened.is_some(),
         })
+    }
+
+    /// A task held here and its shape as this node sees it.
+    fn task_and_shape(
+        &self,
+        task_id: &str,
+    ) -> Result<(std::sync::Arc<store::TaskEntry>, relay::core::TaskShape), AggError> {
+        let task = self
+            .agg()
+            .store
+            .get(task_id)
+            .ok_or_else(|| AggError::unknown_task(task_id))?;
+        let shape =
+            relay::core::TaskShape::of(&task.info, self.inner.local).map_err(AggError::internal)?;
+        Ok((task, shape))
     }
 
     /// The number of participants and the vector length of a task (no lock taken).

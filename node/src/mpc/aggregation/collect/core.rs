@@ -14,11 +14,12 @@
 //! only when that set has `min_reports` reports: every participant enforces the minimum
 //! batch size itself, so a collector that skips the check learns nothing from an honest one.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 
 use libp2p::PeerId;
 
 use super::super::AggError;
+use super::super::answers::Answers;
 use super::super::relay::core::TaskShape;
 use super::super::shares::{self, ELEMENT_BYTES, Field};
 use crate::mpc::chunks::ChunkAssembly;
@@ -51,9 +52,7 @@ pub struct Collector {
     shape: TaskShape,
     min_reports: u64,
     own: ReportSet,
-    asked: BTreeSet<PeerId>,
-    unreachable: Vec<PeerId>,
-    sets: BTreeMap<PeerId, ReportSet>,
+    sets: Answers<ReportSet>,
 }
 
 impl Collector {
@@ -62,53 +61,27 @@ impl Collector {
     pub fn start(shape: TaskShape, min_reports: u64, own: ReportSet) -> (Self, Vec<PeerId>) {
         let others = shape.others();
         let collector = Self {
-            asked: others.iter().copied().collect(),
+            sets: Answers::new(others.iter().copied()),
             shape,
             min_reports,
             own,
-            unreachable: Vec::new(),
-            sets: BTreeMap::new(),
         };
         (collector, others)
     }
 
     /// Participants that could not be asked: they give no report set.
     pub fn unreachable(&mut self, peers: impl IntoIterator<Item = PeerId>) {
-        for peer in peers {
-            if self.asked.remove(&peer) {
-                self.unreachable.push(peer);
-            }
-        }
+        self.sets.unreachable(peers);
     }
 
-    /// The participants asked (whose report sets are awaited).
+    /// The participants whose report sets are still to come.
     pub fn awaited(&self) -> Vec<PeerId> {
-        self.asked
-            .iter()
-            .filter(|p| !self.sets.contains_key(p))
-            .copied()
-            .collect()
+        self.sets.awaited()
     }
 
     /// Takes a participant's report set.
     pub fn receive_set(&mut self, from: PeerId, set: ReportSet) -> Result<(), SessionError> {
-        if !self.asked.contains(&from) {
-            return Err(SessionError::blame(
-                vec![from],
-                format!("peer {from} sent a report set it was not asked for"),
-            ));
-        }
-        match self.sets.get(&from) {
-            Some(old) if *old != set => Err(SessionError::blame(
-                vec![from],
-                format!("participant {from} sent two different report sets"),
-            )),
-            Some(_) => Ok(()),
-            None => {
-                self.sets.insert(from, set);
-                Ok(())
-            }
-        }
+        self.sets.take(from, set, "report sets")
     }
 
     /// Chooses the set to open and its openers. Returns the open request for every
@@ -121,11 +94,11 @@ impl Collector {
     ) -> (Vec<(PeerId, Open)>, Result<Opening, AggError>) {
         let t = usize::from(self.shape.threshold);
         let local = self.shape.local;
-        let answered: Vec<PeerId> = self.sets.keys().copied().collect();
+        let answered: Vec<PeerId> = self.sets.got().keys().copied().collect();
         let nothing = |peers: &[PeerId]| peers.iter().map(|p| (*p, Open::NOTHING)).collect();
         let mut groups: BTreeMap<ReportSet, Vec<PeerId>> = BTreeMap::new();
         groups.entry(self.own).or_default().push(local);
-        for (p, set) in &self.sets {
+        for (p, set) in self.sets.got() {
             groups.entry(*set).or_default().push(*p);
         }
         let best = groups
@@ -146,7 +119,7 @@ impl Collector {
                         answered.len() + 1,
                         self.shape.participants.len(),
                         t + 1,
-                        join_peers(&self.unreachable)
+                        join_peers(self.sets.unreached())
                     ),
                 )
             } else {

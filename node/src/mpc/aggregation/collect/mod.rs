@@ -32,12 +32,7 @@ impl MpcEngine {
     /// Opens the sum of a task: agrees with t + 1 participants on the report set, gathers
     /// their share sums and interpolates.
     pub async fn collect_aggregation(&self, task_id: &str) -> Result<CollectResult, AggError> {
-        let task = self
-            .agg()
-            .store
-            .get(task_id)
-            .ok_or_else(|| AggError::unknown_task(task_id))?;
-        let shape = TaskShape::of(&task.info, self.inner.local).map_err(AggError::internal)?;
+        let (task, shape) = self.task_and_shape(task_id)?;
         let others: Vec<PeerId> = shape.others();
         let session = SessionId::random();
         let inbox = self

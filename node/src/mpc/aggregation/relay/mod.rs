@@ -216,12 +216,7 @@ impl MpcEngine {
         task_id: &str,
         report: Report,
     ) -> Result<ReportAccepted, AggError> {
-        let task = self
-            .agg()
-            .store
-            .get(task_id)
-            .ok_or_else(|| AggError::unknown_task(task_id))?;
-        let shape = TaskShape::of(&task.info, self.inner.local).map_err(AggError::internal)?;
+        let (task, shape) = self.task_and_shape(task_id)?;
         let shares = decode_report(&shape, &report)?;
         let (done, outcome) = tokio::sync::oneshot::channel();
         let job = RelayJob {
