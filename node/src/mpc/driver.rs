@@ -22,7 +22,7 @@ use tracing::{Instrument, info, info_span, warn};
 use super::session::{SessionError, SessionInbox};
 use super::wire::{Body, MpcMessage, Protocol, SessionId};
 use super::{InviteRefusal, MpcEngine};
-use crate::mpc::transport::MpcSendError;
+use crate::mpc::transport::{MpcSendError, TransportError};
 
 /// Most times a message is sent again to a peer that answered busy.
 const BUSY_RETRIES: u32 = 5;
@@ -126,6 +126,26 @@ impl MpcEngine {
     ) -> Result<(), SessionError> {
         let messages = to.iter().map(|p| (*p, body.clone())).collect();
         self.send_round(inbox, messages, what).await
+    }
+
+    /// Before a coordinator starts a session with `peers`: the error that names those (other
+    /// than this node) not connected over the MPC protocol, if any.
+    pub(super) async fn unconnected(
+        &self,
+        peers: &[PeerId],
+    ) -> Result<Option<String>, TransportError> {
+        let connected = self.inner.network.mpc_peers().await?;
+        let unknown: Vec<PeerId> = peers
+            .iter()
+            .filter(|p| **p != self.inner.local && !connected.contains(p))
+            .copied()
+            .collect();
+        Ok((!unknown.is_empty()).then(|| {
+            format!(
+                "not connected to participant(s) {} over the MPC protocol (check the peer ids and GET /v1/peers)",
+                super::session::join_peers(&unknown)
+            )
+        }))
     }
 
     /// Runs this node's side of `session` as a participant: opens the session's inbox to

@@ -11,7 +11,7 @@ use super::encryption;
 use super::shares;
 use super::store::{ParticipantKey, TaskInfo, TaskParams};
 use super::{AggError, CreateTask, check_params, now, sha256};
-use crate::mpc::session::{SessionError, SessionInbox, join_peers};
+use crate::mpc::session::{SessionError, SessionInbox};
 use crate::mpc::wire::{Body, Protocol, SessionId};
 use crate::mpc::{InviteRefusal, MpcEngine, unreachable_error};
 
@@ -47,22 +47,12 @@ impl MpcEngine {
             .roster
             .check_all(&peers)
             .map_err(|m| AggError::bad(format!("participants {m}")))?;
-        let connected = self
-            .inner
-            .network
-            .mpc_peers()
+        let unconnected = self
+            .unconnected(&peers)
             .await
             .map_err(|e| AggError::internal(e.to_string()))?;
-        let unknown: Vec<PeerId> = peers
-            .iter()
-            .filter(|p| **p != local && !connected.contains(p))
-            .copied()
-            .collect();
-        if !unknown.is_empty() {
-            return Err(AggError::bad(format!(
-                "not connected to participant(s) {} over the MPC protocol (check the peer ids and GET /v1/peers)",
-                join_peers(&unknown)
-            )));
+        if let Some(message) = unconnected {
+            return Err(AggError::bad(message));
         }
         let others: Vec<PeerId> = peers.iter().filter(|p| **p != local).copied().collect();
         let session = SessionId::random();

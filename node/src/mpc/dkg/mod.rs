@@ -13,7 +13,7 @@ use libp2p::PeerId;
 use tracing::{debug, info, warn};
 
 use super::policy::SigningPolicy;
-use super::session::{SessionError, SessionInbox, join_peers};
+use super::session::{SessionError, SessionInbox};
 use super::store::{KeyInfo, StoredKey};
 use super::wire::{Blob, Body, Protocol, SessionId};
 use super::{MpcEngine, MpcError, frost_identifier, parse_peers, unreachable_error};
@@ -83,22 +83,12 @@ impl MpcEngine {
             .roster
             .check_all(&participants)
             .map_err(|m| MpcError::BadRequest(format!("participants {m}")))?;
-        let connected = self
-            .inner
-            .network
-            .mpc_peers()
+        let unconnected = self
+            .unconnected(&participants)
             .await
             .map_err(|e| MpcError::Internal(e.to_string()))?;
-        let unknown: Vec<PeerId> = participants
-            .iter()
-            .filter(|p| **p != local && !connected.contains(p))
-            .copied()
-            .collect();
-        if !unknown.is_empty() {
-            return Err(MpcError::BadRequest(format!(
-                "not connected to participant(s) {} over the MPC protocol (check the peer ids and GET /v1/peers)",
-                join_peers(&unknown)
-            )));
+        if let Some(message) = unconnected {
+            return Err(MpcError::BadRequest(message));
         }
         let session = SessionId::random();
         let params = DkgParams {
