@@ -295,6 +295,9 @@ pub enum AggregateCommand {
         /// A file of the peer ids this client trusts (separated by newlines, spaces or commas; `#` comments), e.g. a cluster's members file or `kubectl get mpc NAME -o jsonpath='{.status.peers.*.peerId}'`.
         #[arg(long = "members", env = "P2P_MPC_MEMBERS_FILE", value_name = "FILE")]
         members: Option<PathBuf>,
+        /// Refuse a task whose threshold t is below this (t + 1 colluding participants can read every input).
+        #[arg(long, env = "P2P_MPC_MIN_THRESHOLD", value_name = "T")]
+        min_threshold: Option<u16>,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]

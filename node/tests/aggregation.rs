@@ -943,6 +943,15 @@ async fn a_pinned_client_refuses_a_task_with_a_substituted_peer_or_key() {
     let mut substituted = task.clone();
     substituted.params.participants[2] = attacker_id.clone();
     substituted.keys[2] = forged.clone();
+    // In the order every node and client requires.
+    let mut pairs: Vec<(libp2p::PeerId, ParticipantKey)> = substituted
+        .keys
+        .iter()
+        .map(|k| (k.peer_id.parse().unwrap(), k.clone()))
+        .collect();
+    pairs.sort_by_key(|(p, _)| *p);
+    substituted.params.participants = pairs.iter().map(|(p, _)| p.to_string()).collect();
+    substituted.keys = pairs.into_iter().map(|(_, k)| k).collect();
     assert!(
         verify_task(&substituted).is_ok(),
         "the forgery is well signed"
@@ -981,6 +990,33 @@ async fn a_pinned_client_refuses_a_task_with_a_substituted_peer_or_key() {
         seen.lock().unwrap().iter().all(|r| r.starts_with("GET ")),
         "{seen:?}"
     );
+    // A pinned member named twice would get two shares: every client refuses. A lowered
+    // threshold is refused by a client that asks for a minimum.
+    let mut twice = task.clone();
+    twice.params.participants[1] = twice.params.participants[0].clone();
+    twice.keys[1] = twice.keys[0].clone();
+    let mut lowered = task.clone();
+    lowered.params.threshold = 0;
+    let (url_twice, seen_twice) = lying_api(twice).await;
+    for flags in [&members_flag[..], &[]] {
+        let out = cli_submit(&url_twice, &task_id, flags);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("listed twice"), "{stderr}");
+    }
+    assert!(
+        seen_twice
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| r.starts_with("GET "))
+    );
+    let out = cli_submit(&nodes[2].api, &task_id, &["--min-threshold", "2"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("threshold 1, below the 2"), "{stderr}");
+    let (url_low, _) = lying_api(lowered).await;
+    let out = cli_submit(&url_low, &task_id, &members_flag);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("threshold 0 is out of range"));
+
     // A members file that lists no one, or something that is not a peer id, pins nothing.
     let empty = dir.path().join("empty");
     std::fs::write(&empty, "# nobody\n").unwrap();

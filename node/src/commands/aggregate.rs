@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use crate::api::client::{ApiClient, ClientError, encode_segment};
 use crate::cli::{AggregateCommand, OutputFormat};
 use crate::mpc::aggregation::client::{
-    check_pinned, parse_pinned, parse_values, prepare_report, verify_task,
+    check_min_threshold, check_pinned, parse_pinned, parse_values, prepare_report, verify_task,
 };
 use crate::mpc::aggregation::store::TaskInfo;
 
@@ -43,6 +43,7 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
             file,
             member,
             members,
+            min_threshold,
             output,
             ..
         } => {
@@ -73,6 +74,10 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
                 None => eprintln!(
                     "warning: the participants of task {task} are not pinned (--members FILE or --member PEER_ID): the node you asked named them, and each share is sealed to whoever it named"
                 ),
+            }
+            if let Some(min) = min_threshold {
+                check_min_threshold(&info, min)
+                    .map_err(|e| ClientError::Decode(format!("refusing to submit: {e}")))?;
             }
             let report = tokio::task::spawn_blocking(move || prepare_report(&info, &values))
                 .await

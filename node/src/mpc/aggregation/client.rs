@@ -10,18 +10,12 @@ use libp2p::PeerId;
 use super::store::TaskInfo;
 use super::{Report, SealedShare, encryption, shares};
 
-/// Checks the task's parameters and that every participant's HPKE key is signed by that
-/// participant's identity key.
+/// Checks the task's parameters as every node does (participants sorted and unique, so no
+/// peer gets two shares; 1 <= t < n; the field) and that every participant's HPKE key is
+/// signed by that participant's identity key.
 pub fn verify_task(task: &TaskInfo) -> Result<(), String> {
     let p = &task.params;
-    if p.modulus != shares::MODULUS {
-        return Err(format!(
-            "task {} uses modulus {}, this client supports only {}",
-            p.task_id,
-            p.modulus,
-            shares::MODULUS
-        ));
-    }
+    super::check_shape(p).map_err(|e| format!("task {}: {e}", p.task_id))?;
     if task.keys.len() != p.participants.len() {
         return Err(format!(
             "task {} lists {} participants but {} keys",
@@ -74,6 +68,20 @@ pub fn check_pinned(task: &TaskInfo, members: &BTreeSet<PeerId>) -> Result<(), S
         members.len(),
         strangers.join(", ")
     ))
+}
+
+/// Checks that `task`'s threshold is at least `min`, the one the client was told to expect:
+/// a node that lowers it lets fewer colluding participants read every input.
+pub fn check_min_threshold(task: &TaskInfo, min: u16) -> Result<(), String> {
+    let t = task.params.threshold;
+    if t < min {
+        return Err(format!(
+            "task {} has threshold {t}, below the {min} this client requires (--min-threshold): {} colluding participants could read every input",
+            task.params.task_id,
+            t + 1
+        ));
+    }
+    Ok(())
 }
 
 /// Parses the peer ids a client pins: separated by newlines, spaces or commas, `#` starting
@@ -227,6 +235,30 @@ mod tests {
             "{e}"
         );
         assert!(!e.contains(&a.to_string()), "{e}");
+    }
+
+    #[test]
+    fn a_task_that_gives_one_peer_two_shares_or_a_low_threshold_is_refused() {
+        let mut peers = vec![PeerId::random(), PeerId::random(), PeerId::random()];
+        peers.sort();
+        let mut twice = task(&[peers[0], peers[0], peers[1]]);
+        twice.keys = vec![];
+        let e = verify_task(&twice).unwrap_err();
+        assert!(e.contains("listed twice"), "{e}");
+        let mut unsorted = task(&[peers[1], peers[0]]);
+        unsorted.keys = vec![];
+        assert!(verify_task(&unsorted).unwrap_err().contains("sorted"));
+        let mut all = task(&peers);
+        all.params.threshold = 3;
+        assert!(
+            verify_task(&all)
+                .unwrap_err()
+                .contains("threshold 3 is out of range")
+        );
+        all.params.threshold = 1;
+        let e = check_min_threshold(&all, 2).unwrap_err();
+        assert!(e.contains("threshold 1, below the 2"), "{e}");
+        assert!(check_min_threshold(&all, 1).is_ok());
     }
 
     #[test]

@@ -211,8 +211,22 @@ pub(crate) fn is_hex_id(s: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
-/// Checks task parameters; `Ok` holds the sorted participants.
+/// Checks task parameters on a node that is to hold the task; `Ok` holds the sorted
+/// participants.
 pub fn check_params(local: PeerId, p: &TaskParams) -> Result<Vec<PeerId>, String> {
+    let sorted = check_shape(p)?;
+    if !sorted.contains(&local) {
+        return Err(format!(
+            "this node ({local}) must be one of the participants"
+        ));
+    }
+    Ok(sorted)
+}
+
+/// Checks task parameters as anyone can (a client too): participants sorted and unique, 2 to
+/// [`MAX_PARTICIPANTS`] of them, 1 <= t < n, length, report size, modulus, `min_reports`,
+/// task id. `Ok` holds the participants.
+pub fn check_shape(p: &TaskParams) -> Result<Vec<PeerId>, String> {
     let peers = parse_peers(&p.participants)?;
     let mut seen = BTreeSet::new();
     for peer in &peers {
@@ -223,11 +237,6 @@ pub fn check_params(local: PeerId, p: &TaskParams) -> Result<Vec<PeerId>, String
     let sorted: Vec<PeerId> = seen.into_iter().collect();
     if sorted != peers {
         return Err("participants must be sorted".into());
-    }
-    if !sorted.contains(&local) {
-        return Err(format!(
-            "this node ({local}) must be one of the participants"
-        ));
     }
     let n = sorted.len();
     if !(2..=MAX_PARTICIPANTS).contains(&n) {

@@ -1,6 +1,7 @@
 //! Aggregation tasks on disk, under `<data-dir>/aggregation/`: per task, `<id>.task.json`
 //! (parameters and participants' keys, written once) and `<id>.state.json` (accepted report
-//! ids and this node's running share sum, replaced atomically after every accepted report).
+//! ids and this node's running share sum, replaced atomically once per group of accepted
+//! reports: see [`TaskEntry::commit`]).
 //! The share sum is a Shamir share, never a client's plaintext.
 //!
 //! A new task's file is first written as `<id>.pending.json` (not loaded, takes no reports)
@@ -125,7 +126,7 @@ pub struct TaskEntry {
     pub info: TaskInfo,
     /// This node's participant index.
     pub index: usize,
-    /// Held across the state file write so that writes land in order (one per accepted report).
+    /// Held across the state file write so that writes land in order (one per group commit).
     pub state: tokio::sync::Mutex<TaskState>,
     /// Accepted and in-flight report ids, so a replay is refused before it is decrypted.
     seen: Mutex<HashSet<String>>,

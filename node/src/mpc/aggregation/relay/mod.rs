@@ -396,6 +396,11 @@ impl MpcEngine {
             }
         }
         let stored = join_all(to_store.iter().map(|(id, share)| task.commit(id, share))).await;
+        for ((id, _), result) in to_store.iter().zip(&stored) {
+            if result.is_err() {
+                task.release(id);
+            }
+        }
         if let Some(Err(e)) = stored.into_iter().find(Result::is_err) {
             return Err(SessionError::failed(format!(
                 "cannot store the share sum: {e}"
