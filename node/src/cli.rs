@@ -303,11 +303,15 @@ pub enum AggregateCommand {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Reveal the sum once enough reports are in (POST /v1/aggregations/{id}/collect).
+    /// Reveal the sum of one batch once enough reports are in (POST /v1/aggregations/{id}/collect).
     Collect {
         /// The task id.
         #[arg(long, value_name = "TASK_ID")]
         task: String,
+        /// The batch to open (default: the lowest batch a collect froze that this node has not
+        /// seen opened, else the batch the node takes reports into).
+        #[arg(long, value_name = "N")]
+        batch: Option<u64>,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]

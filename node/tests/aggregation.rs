@@ -36,6 +36,7 @@ async fn start_node_with_faults(
     faults: &str,
 ) -> NodeProcess {
     let key = dir.join(format!("{name}.key"));
+    let partition = partition_file(dir);
     let mut extra = args(&["--identity-key-path", key.to_str().unwrap()]);
     for b in bootnodes {
         extra.push("--bootnode".into());
@@ -48,9 +49,33 @@ async fn start_node_with_faults(
         &[
             ("P2P_MPC_TEST_ROUND_TIMEOUT_MS", ROUND_TIMEOUT_MS),
             ("P2P_MPC_TEST_FAULT", faults),
+            ("P2P_MPC_TEST_PARTITION_FILE", partition.to_str().unwrap()),
         ],
     )
     .await
+}
+
+/// The file that partitions the nodes started under `dir` (none while it is missing): each
+/// line a group of peer ids that can exchange MPC messages.
+fn partition_file(dir: &Path) -> std::path::PathBuf {
+    dir.join("partition")
+}
+
+fn partition(dir: &Path, groups: &[&[&NodeProcess]]) {
+    let lines: Vec<String> = groups
+        .iter()
+        .map(|g| {
+            g.iter()
+                .map(|n| n.peer_id.as_str())
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .collect();
+    std::fs::write(partition_file(dir), lines.join("\n")).unwrap();
+}
+
+fn heal(dir: &Path) {
+    std::fs::write(partition_file(dir), "").unwrap();
 }
 
 async fn start_cluster(dir: &Path, n: usize) -> Vec<NodeProcess> {
@@ -130,6 +155,15 @@ async fn collect(node: &NodeProcess, task_id: &str) -> (u16, Value) {
         node,
         &format!("/v1/aggregations/{task_id}/collect"),
         &json!({}),
+    )
+    .await
+}
+
+async fn collect_batch(node: &NodeProcess, task_id: &str, batch: u64) -> (u16, Value) {
+    post(
+        node,
+        &format!("/v1/aggregations/{task_id}/collect"),
+        &json!({ "batch": batch }),
     )
     .await
 }
@@ -408,16 +442,39 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
         );
     }
 
-    // Two nodes die after accepting every report; t + 1 = 3 remain.
+    // Two nodes die after accepting every report: t + 1 = 3 remain, but a set is opened
+    // only once ⌈(n + t + 1) / 2⌉ = 4 participants voted for it, so nothing is opened and
+    // no vote is spent.
     nodes[3].kill();
     nodes[4].kill();
+    let (status, body) = collect(&nodes[1], &task_id).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("not_enough_participants")),
+        "{body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("only 3 of 5 participants answered; opening batch 0 needs 4"),
+        "{body}"
+    );
+    // One comes back (its reports and state kept): four vote and the batch opens.
+    let boots: Vec<String> = nodes[..3].iter().map(|n| n.tcp_addr.clone()).collect();
+    nodes[3] = start_node(dir.path(), "N3", &boots).await;
+    for node in &nodes[..3] {
+        node.wait_connected_to(&nodes[3].peer_id, Duration::from_secs(30))
+            .await;
+    }
     let start = Instant::now();
     let (status, body) = collect(&nodes[1], &task_id).await;
     assert_eq!(status, 200, "{body}");
     let sum: Vec<u64> = serde_json::from_value(body["sum"].clone()).unwrap();
     assert_eq!(body["reports"], clients as u64);
+    assert_eq!(body["batch"], 0);
     assert_eq!(sum, expected, "the collected sum equals the plaintext sum");
-    eprintln!("collect with 2 dead nodes took {:?}", start.elapsed());
+    eprintln!("collect with 1 dead node took {:?}", start.elapsed());
 
     // Collect through the CLI too (same report set: allowed again).
     let out = Command::new(bin())
@@ -428,6 +485,8 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
             &nodes[0].api,
             "--task",
             &task_id,
+            "--batch",
+            "0",
             "--output",
             "json",
         ])
@@ -441,13 +500,27 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
     let again: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(again["sum"], body["sum"]);
 
-    // Once a sum is opened the task takes no more reports (a second opened sum would reveal
-    // the reports in between).
+    // Once a batch is opened, reports go to the next one, which opens on its own at
+    // min_reports.
     let late = prepare_report(&task, &inputs[0]).unwrap();
     let (status, body) = submit(&nodes[0], &task_id, &late).await;
+    assert_eq!(status, 201, "{body}");
+    for node in &nodes[..4] {
+        let view = get_task(node, &task_id).await;
+        assert_eq!(view["current_batch"], 1, "{}: {view}", node.name);
+        assert_eq!(view["reports_in_current_batch"], 1, "{}: {view}", node.name);
+    }
+    let (status, body) = collect(&nodes[2], &task_id).await;
     assert_eq!(
         (status, body["code"].as_str()),
-        (409, Some("task_collected")),
+        (409, Some("not_enough_reports")),
+        "{body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("1 reports are in batch 1"),
         "{body}"
     );
 
@@ -467,6 +540,11 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
     // The restarted node still holds its accepted reports.
     let boots = vec![nodes[0].tcp_addr.clone()];
     let restarted = start_node(dir.path(), "N4", &boots).await;
+    assert_eq!(
+        get_task(&restarted, &task_id).await["current_batch"],
+        0,
+        "N4 missed the collect"
+    );
     assert_eq!(
         get_task(&restarted, &task_id).await["reports_here"],
         clients as u64
@@ -723,7 +801,17 @@ async fn every_participant_enforces_min_reports() {
     assert!(error.contains("min_reports"), "{body}");
     for honest in &nodes[..2] {
         let info = get_task(honest, &task_id).await;
-        assert_eq!(info["opened"], false, "{} opened: {info}", honest.name);
+        assert_eq!(
+            info["opened_batches"],
+            json!([]),
+            "{} opened: {info}",
+            honest.name
+        );
+        assert_eq!(
+            info["current_batch"], 0,
+            "{} froze batch 0: {info}",
+            honest.name
+        );
         assert!(
             honest
                 .stderr_lines()
@@ -1029,4 +1117,82 @@ async fn a_pinned_client_refuses_a_task_with_a_substituted_peer_or_key() {
     let out = cli_submit(&nodes[0].api, &task_id, &["--member", "nobody"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("--member: `nobody` is not a peer id"));
     assert_eq!(get_task(&nodes[0], &task_id).await["reports_here"], 2);
+}
+
+/// Six nodes, t = 2, partitioned 4 | 2 while reports come in and both sides try to open
+/// batch 0: a report commits on the four (t + 1 = 3 of them took it), none on the two (too
+/// few owners), and no side opens anything, because a set is opened only after
+/// ⌈(6 + 2 + 1) / 2⌉ = 5 participants voted for it. The side of four freezes batch 0
+/// meanwhile, so its next report goes to batch 1. Healed, batch 0 opens once, with the
+/// report of the partition, and batch 1 opens normally.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_partition_never_opens_two_report_sets_of_one_batch() {
+    let dir = tempdir();
+    let nodes = start_cluster(dir.path(), 6).await;
+    let task = create_task(&nodes[0], &nodes, 2, 2, 2).await;
+    let task_id = task.params.task_id.clone();
+    let report = |values: &[u64]| prepare_report(&task, values).unwrap();
+    for values in [[1, 10], [2, 20]] {
+        let (status, body) = submit(&nodes[0], &task_id, &report(&values)).await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    let (big, small) = nodes.split_at(4);
+    let big: Vec<&NodeProcess> = big.iter().collect();
+    let small: Vec<&NodeProcess> = small.iter().collect();
+    partition(dir.path(), &[&big, &small]);
+    let (status, body) = submit(&nodes[1], &task_id, &report(&[4, 40])).await;
+    assert_eq!(status, 201, "the side of four takes a report: {body}");
+    let (status, body) = submit(&nodes[5], &task_id, &report(&[1000, 1000])).await;
+    assert_eq!(status, 503, "the side of two cannot: {body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("t + 1 = 3 must"),
+        "{body}"
+    );
+    for (collector, answered) in [(&nodes[0], 4), (&nodes[4], 2)] {
+        let (status, body) = collect(collector, &task_id).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (503, Some("not_enough_participants")),
+            "{}: {body}",
+            collector.name
+        );
+        let needle = format!("only {answered} of 6 participants answered; opening batch 0 needs 5");
+        assert!(body["error"].as_str().unwrap().contains(&needle), "{body}");
+    }
+    // The side of four froze batch 0 (it holds min_reports): its next report is batch 1's.
+    let (status, body) = submit(&nodes[2], &task_id, &report(&[8, 80])).await;
+    assert_eq!(status, 201, "{body}");
+    for node in &nodes {
+        let view = get_task(node, &task_id).await;
+        assert_eq!(view["opened_batches"], json!([]), "{}: {view}", node.name);
+    }
+
+    heal(dir.path());
+    let (status, body) = collect_batch(&nodes[5], &task_id, 0).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reports"], 3);
+    assert_eq!(body["sum"], json!([7, 70]));
+    let digest = body["report_set_digest"].clone();
+    // Opened again, by any node: the same set, the same sum.
+    for collector in [&nodes[0], &nodes[4]] {
+        let (status, again) = collect_batch(collector, &task_id, 0).await;
+        assert_eq!(status, 200, "{again}");
+        assert_eq!(again["report_set_digest"], digest);
+        assert_eq!(again["sum"], body["sum"]);
+    }
+    // Batch 1: the report of the partition (held by the four) and one more.
+    let (status, body) = submit(&nodes[4], &task_id, &report(&[16, 160])).await;
+    assert_eq!(status, 201, "{body}");
+    let (status, body) = collect(&nodes[3], &task_id).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (body["batch"].clone(), body["reports"].clone()),
+        (json!(1), json!(2))
+    );
+    assert_eq!(body["sum"], json!([24, 240]));
+    for node in &nodes {
+        let view = get_task(node, &task_id).await;
+        assert_eq!(view["current_batch"], 2, "{}: {view}", node.name);
+    }
 }

@@ -113,14 +113,30 @@ pub(super) async fn submit(
     Ok((StatusCode::CREATED, Json(accepted)))
 }
 
+/// `POST /v1/aggregations/{id}/collect` body (optional).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectRequest {
+    /// The batch to open (default: see `TaskState::default_collect_batch`).
+    #[serde(default)]
+    pub batch: Option<u64>,
+}
+
 pub(super) async fn collect(
     State(state): State<ApiState>,
     Path(task_id): Path<String>,
+    Limited(body): Limited<{ body::COLLECT }>,
 ) -> Result<Json<CollectResult>, ApiError> {
+    let request: CollectRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        CollectRequest::default()
+    } else {
+        parse_body(&body)?
+    };
     let mpc = state.mpc.clone();
-    let result =
-        tokio::spawn(async move { mpc.collect_aggregation(&task_id).await }.in_current_span())
-            .await
-            .map_err(task_failed)??;
+    let result = tokio::spawn(
+        async move { mpc.collect_aggregation(&task_id, request.batch).await }.in_current_span(),
+    )
+    .await
+    .map_err(task_failed)??;
     Ok(Json(result))
 }

@@ -37,6 +37,8 @@ pub const SET_POLICY: usize = FIXED + POLICY + MAX_CLIENTS * AUTHORIZATION;
 pub const CREATE_AGGREGATION: usize = FIXED + crate::mpc::aggregation::MAX_PARTICIPANTS * PEER_ID;
 /// `POST /v1/peers/{id}/transfer`: one number.
 pub const TRANSFER: usize = FIXED;
+/// `POST /v1/aggregations/{id}/collect`: at most a batch number.
+pub const COLLECT: usize = FIXED;
 /// Routes that read no body.
 pub const NONE: usize = FIXED;
 

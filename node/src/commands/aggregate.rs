@@ -95,9 +95,18 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
                 )
             });
         }
-        AggregateCommand::Collect { task, output, .. } => {
+        AggregateCommand::Collect {
+            task,
+            batch,
+            output,
+            ..
+        } => {
             let path = format!("v1/aggregations/{}/collect", encode_segment(&task));
-            let answer: Value = client.post(&path, &json!({})).await?;
+            let body = match batch {
+                Some(b) => json!({ "batch": b }),
+                None => json!({}),
+            };
+            let answer: Value = client.post(&path, &body).await?;
             print(output, &answer, || {
                 let sum = answer["sum"].as_array().cloned().unwrap_or_default();
                 let shown: Vec<String> = sum.iter().take(20).map(Value::to_string).collect();
@@ -107,8 +116,9 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
                     String::new()
                 };
                 format!(
-                    "task:      {}\nreports:   {}\nsum:       [{}{more}]\nopened by: {}",
+                    "task:      {}\nbatch:     {}\nreports:   {}\nsum:       [{}{more}]\nopened by: {}",
                     text_of(&answer["task_id"]),
+                    text_of(&answer["batch"]),
                     text_of(&answer["reports"]),
                     shown.join(", "),
                     list(&answer["opened_by"], "\n           ")

@@ -53,6 +53,14 @@ impl MpcEngine {
         body: Body,
     ) -> Result<(), MpcSendError> {
         let protocol = body.protocol().map(Protocol::as_str).unwrap_or("any");
+        if let Some(path) = &self.inner.faults.partition_file
+            && super::faults::partitioned(path, &self.inner.local, &peer)
+        {
+            return Err(MpcSendError::Unreachable {
+                peer,
+                message: "partitioned (test fault)".into(),
+            });
+        }
         let message = MpcMessage::new(session, body);
         let mut attempt = 0;
         loop {

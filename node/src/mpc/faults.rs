@@ -59,23 +59,54 @@ pub struct Faults {
     /// without a quorum's votes (a compromised holder with client approvals of a change
     /// that never committed): the honest holders must refuse it.
     pub commit_without_quorum: bool,
-    /// Collect an aggregation task's sum without checking `min_reports` (a compromised
-    /// collector after a single client's input): every participant asked for its share sum
-    /// must refuse.
+    /// Collect an aggregation task's sum without checking `min_reports`, the proof that a
+    /// set was frozen, or the quorum of votes (a compromised collector after a single
+    /// client's input): every participant asked to vote or for its share sum must refuse.
     pub collect_ignores_min_reports: bool,
+    /// A file that partitions the MPC network ([`PARTITION_ENV`]), read at every message.
+    pub partition_file: Option<std::path::PathBuf>,
+}
+
+/// Hidden environment variable naming a partition file: each line a group of peer ids
+/// (separated by white space) that can exchange MPC messages; two peers in no common line
+/// cannot (sends fail as unreachable, messages that arrive are dropped). A missing or empty
+/// file partitions nothing. The file is read at every message, so a test partitions and
+/// heals running nodes by writing it.
+pub const PARTITION_ENV: &str = "P2P_MPC_TEST_PARTITION_FILE";
+
+/// Whether the partition file at `path` separates `a` from `b`.
+pub fn partitioned(path: &std::path::Path, a: &libp2p::PeerId, b: &libp2p::PeerId) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let (a, b) = (a.to_string(), b.to_string());
+    let groups: Vec<Vec<&str>> = text
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .filter(|g| !g.is_empty())
+        .collect();
+    !groups.is_empty()
+        && !groups
+            .iter()
+            .any(|g| g.contains(&a.as_str()) && g.contains(&b.as_str()))
 }
 
 impl Faults {
     /// Reads [`FAULT_ENV`]; unknown names are returned as an error.
     /// In a binary without the `test-faults` feature, a set variable is an error.
     pub fn from_env() -> Result<Self, String> {
-        match std::env::var_os(FAULT_ENV) {
+        let mut faults = match std::env::var_os(FAULT_ENV) {
             Some(v) => {
                 refuse_unless_compiled(FAULT_ENV, COMPILED_IN)?;
-                Self::parse(&v.to_string_lossy())
+                Self::parse(&v.to_string_lossy())?
             }
-            None => Ok(Self::default()),
+            None => Self::default(),
+        };
+        if let Some(path) = std::env::var_os(PARTITION_ENV) {
+            refuse_unless_compiled(PARTITION_ENV, COMPILED_IN)?;
+            faults.partition_file = Some(path.into());
         }
+        Ok(faults)
     }
 
     /// Parses a comma-separated list of fault names.
@@ -139,6 +170,19 @@ mod tests {
             "{err}"
         );
         assert!(refuse_unless_compiled(FAULT_ENV, true).is_ok());
+    }
+
+    #[test]
+    fn a_partition_file_separates_peers_in_no_common_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("partition");
+        let p: Vec<libp2p::PeerId> = (0..3).map(|_| libp2p::PeerId::random()).collect();
+        assert!(!partitioned(&file, &p[0], &p[1]), "no file: no partition");
+        std::fs::write(&file, format!("{} {}\n\n{}\n", p[0], p[1], p[2])).unwrap();
+        assert!(!partitioned(&file, &p[0], &p[1]));
+        assert!(partitioned(&file, &p[1], &p[2]));
+        std::fs::write(&file, "").unwrap();
+        assert!(!partitioned(&file, &p[1], &p[2]), "healed");
     }
 
     #[test]

@@ -299,6 +299,12 @@ impl MpcEngine {
             ack,
         }) = inbound.recv().await
         {
+            if let Some(path) = &self.inner.faults.partition_file
+                && faults::partitioned(path, &self.inner.local, &peer)
+            {
+                let _ = ack.send(MpcAck::rejected("partitioned (test fault)"));
+                continue;
+            }
             let session = message.session;
             let decision = self.inner.router.route_sized(peer, message, size);
             let answer = match decision {
@@ -357,8 +363,8 @@ impl MpcEngine {
                 shares,
                 streamed,
             } => self.join_aggregation_batch(session, from, task_id, shares, streamed),
-            Body::AggCollectInvite { task_id } => {
-                self.join_aggregation_collect(session, from, task_id)
+            Body::AggCollectInvite { task_id, batch } => {
+                self.join_aggregation_collect(session, from, task_id, batch)
             }
             Body::TransferInvite { bytes, chunks } => self
                 .join_transfer(session, from, bytes, chunks)

@@ -246,13 +246,41 @@ pub enum Body {
     AggTaskActivated,
     /// A piece of a large payload (an encrypted share, or a share sum being opened).
     AggChunk { index: u32, data: Blob },
-    /// Collector → participants: report which reports you hold for this task.
-    AggCollectInvite { task_id: String },
-    /// Participant → collector: digest and size of its report set (snapshot kept in memory).
-    AggReportSet { digest: [u8; 32], count: u64 },
-    /// Collector → participants that answered: send (`send_sum`) the share sum of the snapshot
-    /// with this digest in chunks, or nothing (not chosen, or the collect was refused).
-    AggOpen { digest: [u8; 32], send_sum: bool },
+    /// Collector → participants: batch `batch` of this task is being opened; freeze it and
+    /// say which reports you hold in it.
+    AggCollectInvite { task_id: String, batch: u64 },
+    /// Participant → collector: its report set of the batch; `holds`: its signature that
+    /// this set is its frozen set (absent while the batch is not frozen here); `vote`: the
+    /// set it voted to open for this batch, if any, signed.
+    AggReportSet {
+        digest: [u8; 32],
+        count: u64,
+        holds: Option<Blob>,
+        vote: Option<SignedSet>,
+    },
+    /// Collector → participants: vote for this report set as the batch's; `holds`: the
+    /// signatures of at least t + 1 participants that froze exactly this set.
+    AggPropose {
+        digest: [u8; 32],
+        count: u64,
+        #[serde(deserialize_with = "peer_list")]
+        holds: Vec<(u16, Blob)>,
+    },
+    /// Participant → collector: its vote in force for the batch (signed), or why it gives none.
+    AggVote {
+        vote: Option<SignedSet>,
+        refusal: String,
+    },
+    /// Collector → participants that answered: send (`send_sum`) the share sum of this
+    /// report set in chunks, or nothing (not chosen, or the collect was refused);
+    /// `certificate`: the signed votes for the set of a quorum of participants.
+    AggOpen {
+        digest: [u8; 32],
+        count: u64,
+        send_sum: bool,
+        #[serde(deserialize_with = "peer_list")]
+        certificate: Vec<(u16, Blob)>,
+    },
     /// Sender → receiver: a transfer test of `bytes` throwaway bytes in `chunks` chunks follows.
     TransferInvite { bytes: u64, chunks: u32 },
     /// A piece of a transfer test.
@@ -269,15 +297,19 @@ pub enum Body {
         #[serde(default)]
         streamed: bool,
     },
-    /// Owner → relay: per share of the batch, accepted (`None`) or why not (code, message).
+    /// Owner → relay: per share of the batch, accepted (`None`) or why not (code, message);
+    /// `batch`: the task batch the owner takes reports into.
     AggBatchVerdict {
         #[serde(deserialize_with = "batch_list")]
         rejected: Vec<Option<(String, String)>>,
+        batch: u64,
     },
-    /// Relay → owners: per report of the batch, add the share (`true`) or drop it.
+    /// Relay → owners: per report of the batch, add the share (`true`) or drop it; the
+    /// added ones go to task batch `batch`.
     AggBatchCommit {
         #[serde(deserialize_with = "batch_list")]
         commits: Vec<bool>,
+        batch: u64,
     },
     /// Owner → relay: the committed shares of the batch are in the persisted sum.
     AggBatchStored,
@@ -317,6 +349,14 @@ pub enum Body {
         #[serde(default, deserialize_with = "peer_list")]
         blamed: Vec<String>,
     },
+}
+
+/// A report set of a task batch with a participant's signature over it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedSet {
+    pub digest: [u8; 32],
+    pub count: u64,
+    pub signature: Blob,
 }
 
 /// One owner's sealed share of one report, in a batch invite.
@@ -393,9 +433,11 @@ impl Body {
             | Body::AggBatchVerdict { .. }
             | Body::AggBatchCommit { .. }
             | Body::AggBatchStored => Some(Protocol::AggReport),
-            Body::AggCollectInvite { .. } | Body::AggReportSet { .. } | Body::AggOpen { .. } => {
-                Some(Protocol::AggCollect)
-            }
+            Body::AggCollectInvite { .. }
+            | Body::AggReportSet { .. }
+            | Body::AggPropose { .. }
+            | Body::AggVote { .. }
+            | Body::AggOpen { .. } => Some(Protocol::AggCollect),
             Body::TransferInvite { .. }
             | Body::TransferChunk { .. }
             | Body::TransferDone { .. } => Some(Protocol::Transfer),
@@ -440,6 +482,8 @@ impl Body {
             Body::AggBatchStored => "aggregation batch stored",
             Body::AggCollectInvite { .. } => "aggregation collect invite",
             Body::AggReportSet { .. } => "aggregation report set",
+            Body::AggPropose { .. } => "aggregation proposal",
+            Body::AggVote { .. } => "aggregation vote",
             Body::AggOpen { .. } => "aggregation open",
             Body::TransferInvite { .. } => "transfer invite",
             Body::TransferChunk { .. } => "transfer chunk",

@@ -2,15 +2,19 @@
 //! key and task store (in a temporary directory); a few lines per round carry the cores'
 //! messages from one to another, as the drivers do.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
 use libp2p::PeerId;
+use libp2p::identity::Keypair;
 
 use super::client::prepare_report;
-use super::collect::core::{Collector, Participant, ReportSet};
+use super::collect::core::{
+    BatchAnswer, Collector, Held, Open, Participant, Proposal, ReportSet, Signers, Statement,
+    VoteAnswer, statement_bytes,
+};
 use super::encryption::EncryptionKey;
 use super::relay::core::{Decision, Judged, Owner, Refusal, Relay, TaskShape, open_sealed};
 use super::relay::{decode_report, open_reserved};
@@ -21,6 +25,7 @@ use crate::mpc::chunks::pieces;
 
 struct Node {
     peer: PeerId,
+    identity: Keypair,
     key: Arc<EncryptionKey>,
     task: Arc<TaskEntry>,
     _dir: tempfile::TempDir,
@@ -28,8 +33,9 @@ struct Node {
 
 /// `n` nodes holding one task of threshold `t` and vector length `length`.
 async fn cluster(n: usize, t: u16, length: u32, min_reports: u64) -> (Vec<Node>, TaskInfo) {
-    let mut peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
-    peers.sort();
+    let mut identities: Vec<Keypair> = (0..n).map(|_| Keypair::generate_ed25519()).collect();
+    identities.sort_by_key(|k| k.public().to_peer_id());
+    let peers: Vec<PeerId> = identities.iter().map(|k| k.public().to_peer_id()).collect();
     let dirs: Vec<tempfile::TempDir> = (0..n).map(|_| tempfile::tempdir().unwrap()).collect();
     let keys: Vec<Arc<EncryptionKey>> = dirs
         .iter()
@@ -46,23 +52,25 @@ async fn cluster(n: usize, t: u16, length: u32, min_reports: u64) -> (Vec<Node>,
             created_at: 0,
             created_by: None,
         },
-        keys: peers
+        keys: identities
             .iter()
             .zip(&keys)
-            .map(|(p, k)| ParticipantKey {
-                peer_id: p.to_string(),
-                identity_public_key: String::new(),
+            .map(|(id, k)| ParticipantKey {
+                peer_id: id.public().to_peer_id().to_string(),
+                identity_public_key: hex::encode(id.public().encode_protobuf()),
                 hpke_public_key: hex::encode(k.public_key()),
                 signature: String::new(),
             })
             .collect(),
     };
     let mut nodes = Vec::new();
-    for (i, ((peer, key), dir)) in peers.into_iter().zip(keys).zip(dirs).enumerate() {
+    for (i, ((identity, key), dir)) in identities.into_iter().zip(keys).zip(dirs).enumerate() {
+        let peer = identity.public().to_peer_id();
         let (store, _) = AggregationStore::open(dir.path(), &peer.to_string()).unwrap();
         let task = store.insert(info.clone(), i).await.unwrap();
         nodes.push(Node {
             peer,
+            identity,
             key,
             task,
             _dir: dir,
@@ -128,17 +136,23 @@ async fn relay_batch(nodes: &[Node], info: &TaskInfo, r: usize, reports: &[Repor
         for (id, enc, ct) in list {
             opened.push(open_on(&nodes[j], &owner_shape, &id, enc, ct).await);
         }
-        let (awaiting, rejected) = judging.verdicts(&verdicts(&opened));
-        relay.receive(peer, &rejected).unwrap();
+        let batch = nodes[j].task.current_batch();
+        let (awaiting, rejected) = judging.verdicts(&verdicts(&opened), batch);
+        relay.receive(peer, &rejected, batch).unwrap();
         owners.push((j, awaiting, opened));
     }
-    let (mut committing, commits, outcomes) = relay.judge(&verdicts(&local)).unwrap();
+    let (mut committing, commits, outcomes) = relay
+        .judge(&verdicts(&local), nodes[r].task.current_batch())
+        .unwrap();
+    let batch = committing.batch();
     for (j, awaiting, opened) in owners {
-        let decisions = awaiting.receive_commit(relay_peer, &commits).unwrap();
+        let decisions = awaiting
+            .receive_commit(relay_peer, &commits, batch)
+            .unwrap();
         for ((id, o), d) in ids.iter().zip(opened).zip(decisions) {
             match (d, o) {
                 (Decision::Store, Ok(share)) => {
-                    nodes[j].task.commit(id, &share).await.unwrap();
+                    nodes[j].task.commit(id, &share, batch).await.unwrap();
                 }
                 (Decision::Drop, _) => nodes[j].task.release(id),
                 (Decision::Refused, o) => assert!(o.is_err()),
@@ -151,7 +165,7 @@ async fn relay_batch(nodes: &[Node], info: &TaskInfo, r: usize, reports: &[Repor
     for ((id, o), commit) in ids.iter().zip(local).zip(&commits) {
         match o {
             Ok(share) if *commit => {
-                nodes[r].task.commit(id, &share).await.unwrap();
+                nodes[r].task.commit(id, &share, batch).await.unwrap();
             }
             Ok(_) => nodes[r].task.release(id),
             Err(_) => {}
@@ -160,40 +174,128 @@ async fn relay_batch(nodes: &[Node], info: &TaskInfo, r: usize, reports: &[Repor
     outcomes
 }
 
-async fn set_of(node: &Node) -> (ReportSet, Vec<Field>) {
-    let s = node.task.snapshot().await;
-    let set = ReportSet {
-        digest: s.digest,
-        count: s.count,
-    };
-    (set, s.share_sum)
+fn held(node_batch: &super::store::Snapshot) -> Held {
+    Held {
+        set: node_batch.set,
+        frozen: node_batch.frozen,
+        vote: node_batch.vote,
+    }
 }
 
-/// A collect by node `c`, every other node answering.
-async fn collect(nodes: &[Node], info: &TaskInfo, c: usize) -> Result<(Vec<u64>, u64), AggError> {
-    let collector_peer = nodes[c].peer;
-    let shape = TaskShape::of(info, collector_peer).unwrap();
-    let (own, own_sum) = set_of(&nodes[c]).await;
-    let (mut collector, others) = Collector::start(shape, info.params.min_reports, own);
-    let mut participants = BTreeMap::new();
-    for peer in others {
-        let j = nodes.iter().position(|n| n.peer == peer).unwrap();
-        let (set, sum) = set_of(&nodes[j]).await;
-        let participant = Participant::start(
-            collector_peer,
-            info.params.task_id.clone(),
-            info.params.min_reports,
-            set,
-        );
-        collector.receive_set(peer, set).unwrap();
-        participants.insert(peer, (j, participant, sum));
+fn sign(node: &Node, info: &TaskInfo, statement: Statement, batch: u64, set: ReportSet) -> Vec<u8> {
+    let bytes = statement_bytes(statement, &info.params.task_id, batch, set);
+    node.identity.sign(&bytes).unwrap()
+}
+
+/// A node's answer to a collect invite of `batch`, as the driver makes it.
+async fn answer(node: &Node, info: &TaskInfo, p: &Participant, batch: u64) -> BatchAnswer {
+    let mut snapshot = node.task.snapshot(batch).await;
+    if p.freezes(&held(&snapshot)) {
+        snapshot = node
+            .task
+            .freeze(batch, Duration::from_secs(1))
+            .await
+            .unwrap();
     }
-    let (requests, opening) = collector.choose(false);
+    BatchAnswer {
+        set: snapshot.set,
+        holds: snapshot
+            .frozen
+            .then(|| sign(node, info, Statement::Holds, batch, snapshot.set)),
+        vote: snapshot
+            .vote
+            .map(|v| (v, sign(node, info, Statement::Vote, batch, v))),
+    }
+}
+
+/// A node's vote on a proposal, as the driver makes it.
+async fn vote_on(
+    node: &Node,
+    info: &TaskInfo,
+    p: &Participant,
+    collector: PeerId,
+    proposal: &Proposal,
+    batch: u64,
+) -> Option<(ReportSet, Vec<u8>)> {
+    let mut snapshot = node.task.snapshot(batch).await;
+    let mut answer = p
+        .receive_proposal(collector, proposal, &held(&snapshot))
+        .unwrap();
+    if answer == VoteAnswer::FreezeFirst {
+        snapshot = node
+            .task
+            .freeze(batch, Duration::from_secs(1))
+            .await
+            .unwrap();
+        answer = p
+            .receive_proposal(collector, proposal, &held(&snapshot))
+            .unwrap();
+    }
+    match answer {
+        VoteAnswer::Vote(set) => {
+            let in_force = node.task.vote(batch, set).await.unwrap();
+            Some((in_force, sign(node, info, Statement::Vote, batch, in_force)))
+        }
+        _ => None,
+    }
+}
+
+/// A node's share sum of `batch` if it opens, as the driver releases it.
+async fn release(
+    node: &Node,
+    p: &Participant,
+    collector: PeerId,
+    open: &Open,
+    batch: u64,
+) -> Option<Vec<Field>> {
+    let snapshot = node.task.snapshot(batch).await;
+    let set = p.receive_open(collector, open, &held(&snapshot)).unwrap()?;
+    node.task.mark_released(batch, set.digest).await.unwrap();
+    Some(snapshot.share_sum)
+}
+
+/// A collect of `batch` by node `c`, every other node answering.
+async fn collect(
+    nodes: &[Node],
+    info: &TaskInfo,
+    c: usize,
+    batch: u64,
+) -> Result<(Vec<u64>, u64), AggError> {
+    let collector_peer = nodes[c].peer;
+    let shape = |i: usize| TaskShape::of(info, nodes[i].peer).unwrap();
+    let signers = Signers::of(info, batch).unwrap();
+    let min = info.params.min_reports;
+    let participant = |i: usize| Participant::new(collector_peer, shape(i), signers.clone(), min);
+    let me = participant(c);
+    let own = answer(&nodes[c], info, &me, batch).await;
+    let (mut collector, others) = Collector::start(shape(c), signers.clone(), min, own);
+    let index = |peer: PeerId| nodes.iter().position(|n| n.peer == peer).unwrap();
+    for peer in &others {
+        let j = index(*peer);
+        let a = answer(&nodes[j], info, &participant(j), batch).await;
+        collector.receive_answer(*peer, a).unwrap();
+    }
+    let (proposal, ask, mut voting) = collector.propose(false).map_err(|(_, e)| e)?;
+    let own_vote = vote_on(&nodes[c], info, &me, collector_peer, &proposal, batch).await;
+    voting.local_vote(own_vote, "refused");
+    for peer in ask {
+        let j = index(peer);
+        let v = vote_on(
+            &nodes[j],
+            info,
+            &participant(j),
+            collector_peer,
+            &proposal,
+            batch,
+        )
+        .await;
+        voting.receive_vote(peer, v, "refused").unwrap();
+    }
+    let (requests, opening) = voting.certify(false);
     let mut sums = Vec::new();
     for (peer, open) in requests {
-        let (j, participant, sum) = participants.remove(&peer).unwrap();
-        if let Some(digest) = participant.receive_open(collector_peer, open).unwrap() {
-            nodes[j].task.mark_opened(digest).await.unwrap();
+        let j = index(peer);
+        if let Some(sum) = release(&nodes[j], &participant(j), collector_peer, &open, batch).await {
             sums.push((peer, shares::encode(&sum)));
         }
     }
@@ -204,12 +306,14 @@ async fn collect(nodes: &[Node], info: &TaskInfo, c: usize) -> Result<(Vec<u64>,
         }
     }
     let own = if opening.local_opens() {
+        let snapshot = nodes[c].task.snapshot(batch).await;
+        assert_eq!(snapshot.set, opening.set());
         nodes[c]
             .task
-            .mark_opened(opening.set().digest)
+            .mark_released(batch, opening.set().digest)
             .await
             .unwrap();
-        Some(own_sum)
+        Some(snapshot.share_sum)
     } else {
         None
     };
@@ -268,7 +372,7 @@ async fn relay_and_collect(length: u32) -> (Vec<String>, Vec<u64>, u64) {
     for node in &nodes {
         assert_eq!(node.task.report_count().await, 3);
     }
-    let (sum, count) = collect(&nodes, &info, 0).await.unwrap();
+    let (sum, count) = collect(&nodes, &info, 0, 0).await.unwrap();
     let expected: Vec<u64> = (0..u64::from(length)).map(|i| i * 6 + 3).collect();
     assert_eq!(sum, expected);
     (codes(&outcomes), sum, count)
@@ -297,35 +401,75 @@ async fn a_sum_under_min_reports_is_refused_by_the_collector_and_by_every_partic
     let one = prepare_report(&info, &[1, 2, 3, 4]).unwrap();
     let outcome = relay_batch(&nodes, &info, 0, &[one]).await;
     assert_eq!(codes(&outcome), ["accepted"]);
-    let e = collect(&nodes, &info, 0).await.unwrap_err();
+    let e = collect(&nodes, &info, 0, 0).await.unwrap_err();
     assert_eq!(e.code, "not_enough_reports", "{e}");
-    // A collector that skips the check (the test fault) gets nothing from a participant.
-    let collector = nodes[0].peer;
-    let (set, _) = set_of(&nodes[1]).await;
-    let (mut rogue, _) = Collector::start(
-        TaskShape::of(&info, collector).unwrap(),
+    // Nobody froze batch 0 (it is under min_reports), so a rogue collector cannot prove a
+    // set to vote for: its own signature is one, t + 1 = 2 are needed.
+    let rogue = nodes[0].peer;
+    let signers = Signers::of(&info, 0).unwrap();
+    let honest = Participant::new(
+        rogue,
+        TaskShape::of(&info, nodes[1].peer).unwrap(),
+        signers,
         2,
-        set_of(&nodes[0]).await.0,
     );
-    rogue.receive_set(nodes[1].peer, set).unwrap();
-    let (requests, opening) = rogue.choose(true);
-    assert!(opening.is_ok());
-    let (_, open) = requests[0];
-    assert!(open.send_sum);
-    let participant = Participant::start(collector, info.params.task_id.clone(), 2, set);
-    let e = participant.receive_open(collector, open).unwrap_err();
-    assert_eq!(e.blamed(), [collector]);
+    let (set, _) = {
+        let s = nodes[1].task.snapshot(0).await;
+        assert!(!s.frozen);
+        (s.set, ())
+    };
+    let proposal = Proposal {
+        set,
+        holds: vec![(0, sign(&nodes[0], &info, Statement::Holds, 0, set))],
+    };
+    let held_by_1 = held(&nodes[1].task.snapshot(0).await);
+    let e = honest
+        .receive_proposal(rogue, &proposal, &held_by_1)
+        .unwrap_err();
+    assert_eq!(e.blamed(), [rogue]);
     assert!(e.reason().contains("min_reports = 2"), "{e}");
-    // Nothing was marked opened anywhere: the task still takes reports.
+    // Nor can it open one report with votes it cannot get.
+    let open = Open {
+        set,
+        send_sum: true,
+        certificate: vec![(0, sign(&nodes[0], &info, Statement::Vote, 0, set))],
+    };
+    assert_eq!(
+        honest
+            .receive_open(rogue, &open, &held_by_1)
+            .unwrap_err()
+            .blamed(),
+        [rogue]
+    );
+    // Nothing was frozen or opened anywhere: batch 0 still takes reports.
     let two = prepare_report(&info, &[1, 1, 1, 1]).unwrap();
     assert_eq!(
         codes(&relay_batch(&nodes, &info, 2, &[two]).await),
         ["accepted"]
     );
-    let (sum, count) = collect(&nodes, &info, 1).await.unwrap();
+    let (sum, count) = collect(&nodes, &info, 1, 0).await.unwrap();
     assert_eq!((sum, count), (vec![2, 3, 4, 5], 2));
-    // Once opened, a task takes no more reports, on every node.
-    let three = prepare_report(&info, &[0, 0, 0, 0]).unwrap();
-    let outcome = relay_batch(&nodes, &info, 0, &[three]).await;
-    assert_eq!(codes(&outcome), ["task_collected"]);
+    // Batch 0 is opened; later reports go to batch 1, which opens on its own.
+    for node in &nodes {
+        assert_eq!(node.task.current_batch(), 1);
+    }
+    let three = prepare_report(&info, &[5, 0, 0, 0]).unwrap();
+    assert_eq!(
+        codes(&relay_batch(&nodes, &info, 0, &[three]).await),
+        ["accepted"]
+    );
+    assert_eq!(
+        collect(&nodes, &info, 2, 1).await.unwrap_err().code,
+        "not_enough_reports"
+    );
+    let four = prepare_report(&info, &[1, 0, 0, 7]).unwrap();
+    assert_eq!(
+        codes(&relay_batch(&nodes, &info, 1, &[four]).await),
+        ["accepted"]
+    );
+    let (sum, count) = collect(&nodes, &info, 2, 1).await.unwrap();
+    assert_eq!((sum, count), (vec![6, 0, 0, 7], 2));
+    // Batch 0 opened again gives the same sum: the same set, certified once.
+    let (sum, count) = collect(&nodes, &info, 1, 0).await.unwrap();
+    assert_eq!((sum, count), (vec![2, 3, 4, 5], 2));
 }

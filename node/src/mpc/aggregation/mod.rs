@@ -1,8 +1,8 @@
 //! Secure aggregation: clients Shamir-share vectors over a prime field (threshold t of n
 //! nodes), seal share i to node i's HPKE key and post the bundle to any node, which relays
-//! each sealed share to its owner; nodes add shares to a persisted running share sum and
-//! reveal only the sum, after `min_reports` reports, once t + 1 nodes agree on the exact
-//! set of reports it covers.
+//! each sealed share to its owner; nodes add shares to a persisted running share sum of the
+//! task's current batch and reveal only the sum of a batch, after `min_reports` reports,
+//! once a quorum of participants voted for the exact set of reports it covers.
 //!
 //! Three protocols run over the session layer (deadlines, participant checks, buffering,
 //! metrics and `mpc_session` spans come from there), each with its own module:
@@ -14,11 +14,11 @@
 //!   for long vectors), decrypts and checks each (verdicts), and only a report that every
 //!   reachable owner accepted, and at least t + 1 did, is committed. An I/O-free core
 //!   ([`relay::core`]) makes every check and decision.
-//! - [`collect`] (`agg_collect`): every reachable participant reports the digest of its
-//!   report set (a snapshot); t + 1 participants with the same set, the largest such set,
-//!   stream their share sums to the collector, which interpolates the sum. Its core
-//!   ([`collect::core`]) chooses the set and the openers, and each participant refuses to
-//!   open a set other than its own or one under `min_reports`.
+//! - [`collect`] (`agg_collect`): every reachable participant freezes the batch and
+//!   reports its set, signed; the collector proposes a set t + 1 froze, a quorum of
+//!   ⌈(n + t + 1) / 2⌉ votes for it (each participant once per batch), and t + 1 that froze
+//!   exactly it stream their share sums against that certificate. Its core
+//!   ([`collect::core`]) makes every check; no two sets of one batch are ever opened.
 
 mod answers;
 pub mod client;
@@ -121,7 +121,7 @@ impl AggError {
     fn from_verdict(code: &str, message: String) -> Self {
         let (status, code) = match code {
             "duplicate_report" => (409, "duplicate_report"),
-            "task_collected" => (409, "task_collected"),
+            "not_enough_participants" => (503, "not_enough_participants"),
             "bad_ciphertext" => (400, "bad_ciphertext"),
             "wrong_length" => (400, "wrong_length"),
             "value_out_of_field" => (400, "value_out_of_field"),
@@ -175,6 +175,8 @@ pub struct ReportAccepted {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CollectResult {
     pub task_id: String,
+    /// The batch opened.
+    pub batch: u64,
     pub sum: Vec<u64>,
     pub reports: u64,
     /// SHA-256 over the sorted report ids the sum covers, hex.
@@ -188,10 +190,14 @@ pub struct CollectResult {
 pub struct TaskView {
     #[serde(flatten)]
     pub task: TaskInfo,
-    /// Reports accepted by this node.
+    /// Reports accepted by this node, in every batch.
     pub reports_here: u64,
-    /// Whether this node has opened its share sum.
-    pub opened: bool,
+    /// The batch this node takes new reports into.
+    pub current_batch: u64,
+    /// Reports accepted by this node in the current batch.
+    pub reports_in_current_batch: u64,
+    /// The batches this node has seen opened (it released its share sum, or collected).
+    pub opened_batches: Vec<u64>,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -300,8 +306,13 @@ impl MpcEngine {
         let state = task.state.lock().await;
         Ok(TaskView {
             task: task.info.clone(),
-            reports_here: state.report_ids.len() as u64,
-            opened: state.opened.is_some(),
+            reports_here: state.report_count(),
+            current_batch: state.current,
+            reports_in_current_batch: state
+                .batches
+                .get(&state.current)
+                .map_or(0, |b| b.report_ids.len() as u64),
+            opened_batches: state.opened_batches(),
         })
     }
 

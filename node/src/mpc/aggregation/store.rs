@@ -1,18 +1,26 @@
 //! Aggregation tasks on disk, under `<data-dir>/aggregation/`: per task, `<id>.task.json`
-//! (parameters and participants' keys, written once) and `<id>.state.json` (accepted report
-//! ids and this node's running share sum, replaced atomically once per group of accepted
-//! reports: see [`TaskEntry::commit`]).
-//! The share sum is a Shamir share, never a client's plaintext.
+//! (parameters and participants' keys, written once) and `<id>.state.json` (per batch: the
+//! accepted report ids, this node's running share sum, its vote and what it released;
+//! replaced atomically once per group of accepted reports: see [`TaskEntry::commit`]).
+//! The share sums are Shamir shares, never a client's plaintext.
+//!
+//! Batches: a task's reports fall into consecutive batches 0, 1, 2, ... A report is stored
+//! in the batch its relay names (never below the batch this node was taking when it
+//! reserved the report id). [`TaskEntry::freeze`] closes a batch for good: new reports go
+//! to the next one, reports already under way into it are waited for, and from then on its
+//! report set never changes (see `collect` for how a frozen batch is opened).
 //!
 //! A new task's file is first written as `<id>.pending.json` (not loaded, takes no reports)
 //! and renamed to `<id>.task.json` once the coordinator confirmed that every participant
 //! stored the task. A pending task whose confirmation never comes is removed when its
 //! session ends; pending files found at start are removed with their state, never loaded.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -23,8 +31,11 @@ use super::shares::{self, Field};
 
 const PENDING_SUFFIX: &str = ".pending.json";
 
-/// Version of the task and state file formats.
+/// Version of the task file format.
 pub const TASK_FILE_FORMAT: u32 = 1;
+/// Version of the state file format this node writes (format 1, one report set per task,
+/// is read as batch 0).
+pub const STATE_FILE_FORMAT: u32 = 2;
 
 /// The parameters every participant of a task stores identically.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,15 +86,42 @@ struct TaskFile {
     task: TaskInfo,
 }
 
+/// The state file of format 1: one report set per task.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateFileV1 {
+    #[allow(dead_code)]
+    format: u32,
+    report_ids: Vec<String>,
+    share_sum: String,
+    opened: Option<String>,
+}
+
 #[derive(Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct StateFile {
     format: u32,
+    /// The batch new reports go to.
+    current: u64,
+    batches: Vec<BatchFile>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchFile {
+    batch: u64,
     report_ids: Vec<String>,
-    /// This node's share sum, little-endian 8-byte elements, base64.
+    /// This node's share sum of the batch, little-endian 8-byte elements, base64.
     share_sum: String,
-    /// Digest of the report set whose sum this node opened, hex.
-    opened: Option<String>,
+    /// The report set this node voted to open for this batch: digest (hex) and count.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    vote: Option<(String, u64)>,
+    /// Digest (hex) of the report set whose share sum this node released or opened.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    released: Option<String>,
+    /// Whether this node collected (opened) the batch's sum as collector.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    collected: bool,
 }
 
 /// A failure of the task store.
@@ -105,20 +143,99 @@ pub enum TaskStoreError {
     Other(String),
 }
 
+/// A report set: the digest of its sorted report ids and how many there are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ReportSet {
+    pub digest: [u8; 32],
+    pub count: u64,
+}
+
+/// One batch of a task on this node.
+#[derive(Clone)]
+pub struct Batch {
+    pub report_ids: BTreeSet<String>,
+    pub share_sum: Vec<Field>,
+    /// The report set this node voted to open for this batch (at most one, ever).
+    pub vote: Option<ReportSet>,
+    /// The report set whose share sum this node released (or opened, as collector).
+    pub released: Option<[u8; 32]>,
+    /// Whether this node opened the batch's sum as collector.
+    pub collected: bool,
+}
+
+impl Batch {
+    fn empty(length: usize) -> Self {
+        Self {
+            report_ids: BTreeSet::new(),
+            share_sum: vec![Field::from(0u64); length],
+            vote: None,
+            released: None,
+            collected: false,
+        }
+    }
+
+    /// This batch's report set here.
+    pub fn set(&self) -> ReportSet {
+        ReportSet {
+            digest: report_set_digest(&self.report_ids),
+            count: self.report_ids.len() as u64,
+        }
+    }
+}
+
 /// The mutable part of a task.
 #[derive(Clone)]
 pub struct TaskState {
-    pub report_ids: BTreeSet<String>,
-    pub share_sum: Vec<Field>,
-    pub opened: Option<[u8; 32]>,
+    /// The batch that new reports go to; every batch below it is frozen (or closing).
+    pub current: u64,
+    /// Batches that hold reports or a vote, by number.
+    pub batches: BTreeMap<u64, Batch>,
 }
 
-/// A snapshot of the reports a node holds, taken under its lock.
+impl TaskState {
+    /// Reports accepted here, in every batch.
+    pub fn report_count(&self) -> u64 {
+        self.batches
+            .values()
+            .map(|b| b.report_ids.len() as u64)
+            .sum()
+    }
+
+    /// The batch a collect opens unless told otherwise: the lowest frozen batch holding
+    /// reports that this node has not seen opened (a collect of it failed or was never
+    /// finished here), else the batch taking reports.
+    pub fn default_collect_batch(&self) -> u64 {
+        self.batches
+            .iter()
+            .find(|(n, b)| {
+                **n < self.current
+                    && !b.report_ids.is_empty()
+                    && b.released.is_none()
+                    && !b.collected
+            })
+            .map_or(self.current, |(n, _)| *n)
+    }
+
+    /// The batches this node has seen opened (it released its share sum, or collected).
+    pub fn opened_batches(&self) -> Vec<u64> {
+        self.batches
+            .iter()
+            .filter(|(_, b)| b.released.is_some() || b.collected)
+            .map(|(n, _)| *n)
+            .collect()
+    }
+}
+
+/// A batch as this node holds it, taken under its lock.
 #[derive(Clone)]
 pub struct Snapshot {
-    pub digest: [u8; 32],
-    pub count: u64,
+    pub batch: u64,
+    pub set: ReportSet,
     pub share_sum: Vec<Field>,
+    /// Frozen: its report set here never changes again.
+    pub frozen: bool,
+    pub vote: Option<ReportSet>,
+    pub released: Option<[u8; 32]>,
 }
 
 /// One task held by this node.
@@ -130,6 +247,13 @@ pub struct TaskEntry {
     pub state: tokio::sync::Mutex<TaskState>,
     /// Accepted and in-flight report ids, so a replay is refused before it is decrypted.
     seen: Mutex<HashSet<String>>,
+    /// Report ids reserved and not yet stored or released, with the batch this node was
+    /// taking when it reserved them (the lowest batch they may be stored in).
+    in_flight: Mutex<HashMap<String, u64>>,
+    /// `state.current`, readable without the lock.
+    current: AtomicU64,
+    /// Batches below this one take no more reports (frozen, not only closing).
+    closed_below: AtomicU64,
     /// Accepted shares waiting for the next state file write (group commit).
     pending: Mutex<Vec<PendingCommit>>,
     state_path: PathBuf,
@@ -138,6 +262,7 @@ pub struct TaskEntry {
 /// One accepted share waiting to be written, and who waits for the outcome.
 struct PendingCommit {
     report_id: String,
+    batch: u64,
     share: Vec<Field>,
     done: tokio::sync::oneshot::Sender<Result<u64, String>>,
 }
@@ -154,35 +279,89 @@ pub fn report_set_digest(ids: &BTreeSet<String>) -> [u8; 32] {
 }
 
 impl TaskEntry {
-    /// Reserves `report_id`; false when it was accepted or is being accepted already.
+    fn new(info: TaskInfo, index: usize, state: TaskState, state_path: PathBuf) -> Self {
+        let seen = state
+            .batches
+            .values()
+            .flat_map(|b| b.report_ids.iter().cloned())
+            .collect();
+        Self {
+            index,
+            seen: Mutex::new(seen),
+            in_flight: Mutex::new(HashMap::new()),
+            current: AtomicU64::new(state.current),
+            // After a start nothing is under way: every batch below the current one is frozen.
+            closed_below: AtomicU64::new(state.current),
+            pending: Mutex::new(Vec::new()),
+            state: tokio::sync::Mutex::new(state),
+            state_path,
+            info,
+        }
+    }
+
+    /// The batch new reports go to.
+    pub fn current_batch(&self) -> u64 {
+        self.current.load(Ordering::SeqCst)
+    }
+
+    /// Reserves `report_id` for the current batch (or a later one); false when it was
+    /// accepted or is being accepted already.
     pub fn reserve(&self, report_id: &str) -> bool {
-        self.seen
+        let fresh = self
+            .seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(report_id.to_string())
+            .insert(report_id.to_string());
+        if fresh {
+            self.in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(report_id.to_string(), self.current_batch());
+        }
+        fresh
+    }
+
+    /// The lowest batch a reserved report may be stored in (`None`: not reserved).
+    pub fn reserved_batch(&self, report_id: &str) -> Option<u64> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(report_id)
+            .copied()
     }
 
     /// Releases a reservation that was not committed.
     pub fn release(&self, report_id: &str) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(report_id);
         self.seen
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(report_id);
     }
 
-    /// Adds an accepted share to the sum and persists the state before returning.
+    /// Adds an accepted share to the sum of `batch` and persists the state before
+    /// returning. Refused when that batch is frozen.
     ///
     /// Group commit: shares that arrive while a write is running are added together and
     /// written once, by whichever caller takes the state lock next; each caller returns once
     /// the write holding its share is durable. One state file write (and fsync) serves many
     /// reports under load, instead of one each.
-    pub async fn commit(&self, report_id: &str, share: &[Field]) -> Result<u64, TaskStoreError> {
+    pub async fn commit(
+        &self,
+        report_id: &str,
+        share: &[Field],
+        batch: u64,
+    ) -> Result<u64, TaskStoreError> {
         let (done, outcome) = tokio::sync::oneshot::channel();
         self.pending
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(PendingCommit {
                 report_id: report_id.to_string(),
+                batch,
                 share: share.to_vec(),
                 done,
             });
@@ -194,30 +373,42 @@ impl TaskEntry {
                 self.commit_batch(&mut state, batch).await;
             }
         }
-        match outcome.await {
+        let result = match outcome.await {
             Ok(result) => result.map_err(TaskStoreError::Other),
             Err(_) => Err(TaskStoreError::Other(
                 "the write holding this share was interrupted".into(),
             )),
+        };
+        if result.is_ok() {
+            self.in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(report_id);
         }
+        result
     }
 
     /// Adds `batch` to a copy of the state, writes it, and makes it current once durable.
     async fn commit_batch(&self, state: &mut TaskState, batch: Vec<PendingCommit>) {
-        if state.opened.is_some() {
-            for p in batch {
-                let _ = p.done.send(Err(
-                    "the sum of this task was opened already; no more reports are accepted".into(),
-                ));
-            }
-            return;
-        }
+        let closed_below = self.closed_below.load(Ordering::SeqCst);
+        let length = self.info.params.length as usize;
         let mut next = state.clone();
         let mut waiting = Vec::with_capacity(batch.len());
         for p in batch {
-            match shares::add_assign(&mut next.share_sum, &p.share) {
+            if p.batch < closed_below {
+                let _ = p.done.send(Err(format!(
+                    "batch {} of this task is frozen (its sum is being or was opened); it takes no more reports",
+                    p.batch
+                )));
+                continue;
+            }
+            let target = next
+                .batches
+                .entry(p.batch)
+                .or_insert_with(|| Batch::empty(length));
+            match shares::add_assign(&mut target.share_sum, &p.share) {
                 Ok(()) => {
-                    next.report_ids.insert(p.report_id);
+                    target.report_ids.insert(p.report_id);
                     waiting.push(p.done);
                 }
                 Err(e) => {
@@ -231,7 +422,7 @@ impl TaskEntry {
         match self.persist(&next).await {
             Ok(()) => {
                 *state = next;
-                let count = state.report_ids.len() as u64;
+                let count = state.report_count();
                 for done in waiting {
                     let _ = done.send(Ok(count));
                 }
@@ -245,33 +436,103 @@ impl TaskEntry {
         }
     }
 
-    /// The current report set and share sum.
-    pub async fn snapshot(&self) -> Snapshot {
+    /// Batch `batch` as held here.
+    pub async fn snapshot(&self, batch: u64) -> Snapshot {
         let state = self.state.lock().await;
+        self.snapshot_of(&state, batch)
+    }
+
+    fn snapshot_of(&self, state: &TaskState, batch: u64) -> Snapshot {
+        let empty;
+        let b = match state.batches.get(&batch) {
+            Some(b) => b,
+            None => {
+                empty = Batch::empty(self.info.params.length as usize);
+                &empty
+            }
+        };
         Snapshot {
-            digest: report_set_digest(&state.report_ids),
-            count: state.report_ids.len() as u64,
-            share_sum: state.share_sum.clone(),
+            batch,
+            set: b.set(),
+            share_sum: b.share_sum.clone(),
+            frozen: batch < self.closed_below.load(Ordering::SeqCst),
+            vote: b.vote,
+            released: b.released,
         }
     }
 
-    /// Number of reports accepted here.
+    /// Number of reports accepted here, in every batch.
     pub async fn report_count(&self) -> u64 {
-        self.state.lock().await.report_ids.len() as u64
+        self.state.lock().await.report_count()
     }
 
-    /// Records that the sum of report set `digest` is opened; refuses a different set (the
-    /// difference of two opened sums would reveal the reports in between).
-    pub async fn mark_opened(&self, digest: [u8; 32]) -> Result<(), TaskStoreError> {
+    /// Freezes `batch` (and every batch below it): new reports go to a later batch (durable
+    /// before this returns), reports reserved for it or below are waited for until `wait`
+    /// (their relay decides; one whose commit comes later is refused), and from then on its
+    /// report set here never changes. Returns the frozen batch.
+    pub async fn freeze(&self, batch: u64, wait: Duration) -> Result<Snapshot, TaskStoreError> {
+        {
+            let mut state = self.state.lock().await;
+            if state.current <= batch {
+                let mut next = state.clone();
+                next.current = batch + 1;
+                self.persist(&next).await?;
+                *state = next;
+                self.current.store(batch + 1, Ordering::SeqCst);
+            }
+        }
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let under_way = self
+                .in_flight
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|b| *b <= batch);
+            if !under_way || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let state = self.state.lock().await;
+        self.closed_below.fetch_max(batch + 1, Ordering::SeqCst);
+        Ok(self.snapshot_of(&state, batch))
+    }
+
+    /// Records this node's vote for `set` as the report set of `batch` (durable before this
+    /// returns). A node votes once per batch: the vote in force is returned, which is `set`
+    /// unless another one was recorded before.
+    pub async fn vote(&self, batch: u64, set: ReportSet) -> Result<ReportSet, TaskStoreError> {
         let mut state = self.state.lock().await;
-        match state.opened {
+        if let Some(v) = state.batches.get(&batch).and_then(|b| b.vote) {
+            return Ok(v);
+        }
+        let mut next = state.clone();
+        next.batches
+            .entry(batch)
+            .or_insert_with(|| Batch::empty(self.info.params.length as usize))
+            .vote = Some(set);
+        self.persist(&next).await?;
+        *state = next;
+        Ok(set)
+    }
+
+    /// Records that the share sum of report set `digest` of `batch` is released (durable
+    /// before this returns); refuses a different set of the same batch (the difference of
+    /// two opened sums would reveal the reports in between).
+    pub async fn mark_released(&self, batch: u64, digest: [u8; 32]) -> Result<(), TaskStoreError> {
+        let mut state = self.state.lock().await;
+        match state.batches.get(&batch).and_then(|b| b.released) {
             Some(d) if d == digest => Ok(()),
-            Some(_) => Err(TaskStoreError::Other(
-                "this node opened the sum of a different report set already; opening another would reveal the difference".into(),
-            )),
+            Some(_) => Err(TaskStoreError::Other(format!(
+                "this node released the sum of a different report set of batch {batch} already; releasing another would reveal the difference"
+            ))),
             None => {
                 let mut next = state.clone();
-                next.opened = Some(digest);
+                next.batches
+                    .entry(batch)
+                    .or_insert_with(|| Batch::empty(self.info.params.length as usize))
+                    .released = Some(digest);
                 self.persist(&next).await?;
                 *state = next;
                 Ok(())
@@ -279,12 +540,43 @@ impl TaskEntry {
         }
     }
 
+    /// Records that this node opened the sum of `batch` as collector.
+    pub async fn mark_collected(&self, batch: u64) -> Result<(), TaskStoreError> {
+        let mut state = self.state.lock().await;
+        if state.batches.get(&batch).is_some_and(|b| b.collected) {
+            return Ok(());
+        }
+        let mut next = state.clone();
+        next.batches
+            .entry(batch)
+            .or_insert_with(|| Batch::empty(self.info.params.length as usize))
+            .collected = true;
+        self.persist(&next).await?;
+        *state = next;
+        Ok(())
+    }
+
+    /// The batch a collect opens unless told otherwise (see [`TaskState::default_collect_batch`]).
+    pub async fn default_collect_batch(&self) -> u64 {
+        self.state.lock().await.default_collect_batch()
+    }
+
     async fn persist(&self, state: &TaskState) -> Result<(), TaskStoreError> {
         let file = StateFile {
-            format: TASK_FILE_FORMAT,
-            report_ids: state.report_ids.iter().cloned().collect(),
-            share_sum: B64.encode(shares::encode(&state.share_sum)),
-            opened: state.opened.map(hex::encode),
+            format: STATE_FILE_FORMAT,
+            current: state.current,
+            batches: state
+                .batches
+                .iter()
+                .map(|(n, b)| BatchFile {
+                    batch: *n,
+                    report_ids: b.report_ids.iter().cloned().collect(),
+                    share_sum: B64.encode(shares::encode(&b.share_sum)),
+                    vote: b.vote.map(|v| (hex::encode(v.digest), v.count)),
+                    released: b.released.map(hex::encode),
+                    collected: b.collected,
+                })
+                .collect(),
         };
         let bytes = serde_json::to_vec(&file).map_err(|e| TaskStoreError::Other(e.to_string()))?;
         let path = self.state_path.clone();
@@ -398,18 +690,11 @@ impl AggregationStore {
             )));
         }
         let state = TaskState {
-            report_ids: BTreeSet::new(),
-            share_sum: vec![Field::from(0u64); info.params.length as usize],
-            opened: None,
+            current: 0,
+            batches: BTreeMap::new(),
         };
-        let entry = TaskEntry {
-            index,
-            state: tokio::sync::Mutex::new(state.clone()),
-            seen: Mutex::new(HashSet::new()),
-            pending: Mutex::new(Vec::new()),
-            state_path: self.dir.join(format!("{task_id}.state.json")),
-            info: info.clone(),
-        };
+        let state_path = self.dir.join(format!("{task_id}.state.json"));
+        let entry = TaskEntry::new(info.clone(), index, state.clone(), state_path);
         entry.persist(&state).await?;
         let bytes = serde_json::to_vec_pretty(&TaskFile {
             format: TASK_FILE_FORMAT,
@@ -486,30 +771,81 @@ fn load_task(dir: &Path, task_id: &str, local_peer: &str) -> Result<TaskEntry, S
         .ok_or("this node is not a participant of the task")?;
     let state_path = dir.join(format!("{task_id}.state.json"));
     let bytes = fs::read(&state_path).map_err(|e| format!("{}: {e}", state_path.display()))?;
-    let state: StateFile = serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
-    let raw = B64.decode(&state.share_sum).map_err(|e| e.to_string())?;
-    let share_sum =
-        shares::decode(&raw, file.task.params.length as usize).map_err(|e| e.to_string())?;
-    let opened = match state.opened {
-        Some(h) => {
-            let b = hex::decode(&h).map_err(|e| e.to_string())?;
-            Some(<[u8; 32]>::try_from(b.as_slice()).map_err(|_| "bad opened digest")?)
+    let state = parse_state(&bytes, file.task.params.length as usize)
+        .map_err(|e| format!("{}: {e}", state_path.display()))?;
+    Ok(TaskEntry::new(file.task, index, state, state_path))
+}
+
+fn parse_digest(h: &str) -> Result<[u8; 32], String> {
+    let b = hex::decode(h).map_err(|e| format!("bad digest: {e}"))?;
+    <[u8; 32]>::try_from(b.as_slice()).map_err(|_| "a digest is 32 bytes".to_string())
+}
+
+fn parse_sum(b64: &str, length: usize) -> Result<Vec<Field>, String> {
+    let raw = B64.decode(b64).map_err(|e| e.to_string())?;
+    shares::decode(&raw, length).map_err(|e| e.to_string())
+}
+
+/// Reads a state file of either format; format 1 becomes batch 0 (frozen when it was opened).
+fn parse_state(bytes: &[u8], length: usize) -> Result<TaskState, String> {
+    #[derive(Deserialize)]
+    struct Format {
+        format: u32,
+    }
+    let format: Format = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    match format.format {
+        1 => {
+            let state: StateFileV1 = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            let report_ids: BTreeSet<String> = state.report_ids.into_iter().collect();
+            let opened = state.opened.as_deref().map(parse_digest).transpose()?;
+            let mut batch = Batch {
+                share_sum: parse_sum(&state.share_sum, length)?,
+                vote: None,
+                released: opened,
+                collected: false,
+                report_ids,
+            };
+            if let Some(digest) = opened {
+                batch.vote = Some(ReportSet {
+                    digest,
+                    count: batch.report_ids.len() as u64,
+                });
+            }
+            Ok(TaskState {
+                current: u64::from(opened.is_some()),
+                batches: BTreeMap::from([(0, batch)]),
+            })
         }
-        None => None,
-    };
-    let report_ids: BTreeSet<String> = state.report_ids.into_iter().collect();
-    Ok(TaskEntry {
-        index,
-        seen: Mutex::new(report_ids.iter().cloned().collect()),
-        pending: Mutex::new(Vec::new()),
-        state: tokio::sync::Mutex::new(TaskState {
-            report_ids,
-            share_sum,
-            opened,
-        }),
-        state_path,
-        info: file.task,
-    })
+        STATE_FILE_FORMAT => {
+            let file: StateFile = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+            let mut batches = BTreeMap::new();
+            for b in file.batches {
+                let vote = match b.vote {
+                    Some((d, count)) => Some(ReportSet {
+                        digest: parse_digest(&d)?,
+                        count,
+                    }),
+                    None => None,
+                };
+                let batch = Batch {
+                    report_ids: b.report_ids.into_iter().collect(),
+                    share_sum: parse_sum(&b.share_sum, length)
+                        .map_err(|e| format!("batch {}: {e}", b.batch))?,
+                    vote,
+                    released: b.released.as_deref().map(parse_digest).transpose()?,
+                    collected: b.collected,
+                };
+                if batches.insert(b.batch, batch).is_some() {
+                    return Err(format!("batch {} appears twice", b.batch));
+                }
+            }
+            Ok(TaskState {
+                current: file.current,
+                batches,
+            })
+        }
+        other => Err(format!("unsupported state format {other}")),
+    }
 }
 
 /// Writes `bytes` to `path`, replacing it atomically (see `crate::atomic_file`).
@@ -552,14 +888,14 @@ mod tests {
         assert!(task.reserve("r1"));
         assert!(!task.reserve("r1"));
         let share = shares::to_field(&[1, 2, 3]).unwrap();
-        task.commit("r1", &share).await.unwrap();
+        task.commit("r1", &share, 0).await.unwrap();
         let (again, report) = AggregationStore::open(dir.path(), "me").unwrap();
         assert!(report.unreadable.is_empty(), "{report:?}");
         let task = again.get("t1").unwrap();
         assert_eq!(task.info, info);
         assert!(!task.reserve("r1"), "accepted ids are remembered");
-        let snap = task.snapshot().await;
-        assert_eq!(snap.count, 1);
+        let snap = task.snapshot(0).await;
+        assert_eq!(snap.set.count, 1);
         assert_eq!(shares::to_integers(&snap.share_sum), vec![1, 2, 3]);
     }
 
@@ -597,7 +933,7 @@ mod tests {
             let task = task.clone();
             tokio::spawn(async move {
                 let share = shares::to_field(&[i, 1]).unwrap();
-                task.commit(&format!("r{i}"), &share).await.unwrap()
+                task.commit(&format!("r{i}"), &share, 0).await.unwrap()
             })
         });
         let counts: Vec<u64> = futures::future::try_join_all(commits).await.unwrap();
@@ -606,18 +942,110 @@ mod tests {
         assert!(counts.contains(&64));
         // A wrong-length share fails alone.
         let bad = shares::to_field(&[1, 2, 3]).unwrap();
-        assert!(task.commit("bad", &bad).await.is_err());
+        assert!(task.commit("bad", &bad, 0).await.is_err());
         let (again, _) = AggregationStore::open(dir.path(), "me").unwrap();
-        let snap = again.get("t2").unwrap().snapshot().await;
-        assert_eq!(snap.count, 64);
+        let snap = again.get("t2").unwrap().snapshot(0).await;
+        assert_eq!(snap.set.count, 64);
         assert_eq!(
             shares::to_integers(&snap.share_sum),
             vec![(0..64).sum::<u64>(), 64]
         );
-        // After the sum is opened, commits are refused.
-        task.mark_opened(snap.digest).await.unwrap();
-        let late = shares::to_field(&[1, 1]).unwrap();
-        let err = task.commit("late", &late).await.unwrap_err();
-        assert!(err.to_string().contains("opened already"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_frozen_batch_never_changes_and_reports_go_on_in_the_next() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = AggregationStore::open(dir.path(), "me").unwrap();
+        let task = store.insert(task_info("t3", 2), 0).await.unwrap();
+        let share = |v| shares::to_field(&[v, 1]).unwrap();
+        assert!(task.reserve("r1"));
+        task.commit("r1", &share(5), 0).await.unwrap();
+        // r2 is reserved while batch 0 takes reports: the freeze waits for it.
+        assert!(task.reserve("r2"));
+        assert_eq!(task.reserved_batch("r2"), Some(0));
+        let freezing = {
+            let task = task.clone();
+            tokio::spawn(async move { task.freeze(0, Duration::from_secs(10)).await.unwrap() })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!freezing.is_finished(), "the freeze waits for r2");
+        assert_eq!(task.current_batch(), 1, "new reports go to batch 1 at once");
+        assert!(task.reserve("r3"));
+        assert_eq!(task.reserved_batch("r3"), Some(1));
+        task.commit("r2", &share(7), 0).await.unwrap();
+        let frozen = freezing.await.unwrap();
+        assert!(frozen.frozen);
+        assert_eq!(frozen.set.count, 2);
+        assert_eq!(shares::to_integers(&frozen.share_sum), vec![12, 2]);
+        // Batch 0 takes nothing more; batch 1 does.
+        let e = task.commit("late", &share(1), 0).await.unwrap_err();
+        assert!(
+            e.to_string().contains("batch 0 of this task is frozen"),
+            "{e}"
+        );
+        task.commit("r3", &share(9), 1).await.unwrap();
+        // One vote and one released set per batch, and both survive a restart.
+        let other = ReportSet {
+            digest: [9; 32],
+            count: 2,
+        };
+        assert_eq!(task.default_collect_batch().await, 0, "frozen, not opened");
+        assert_eq!(task.vote(0, frozen.set).await.unwrap(), frozen.set);
+        assert_eq!(task.vote(0, other).await.unwrap(), frozen.set);
+        task.mark_released(0, frozen.set.digest).await.unwrap();
+        task.mark_released(0, frozen.set.digest).await.unwrap();
+        assert_eq!(
+            task.default_collect_batch().await,
+            1,
+            "opened: the next one"
+        );
+        let e = task.mark_released(0, [9; 32]).await.unwrap_err();
+        assert!(
+            e.to_string().contains("different report set of batch 0"),
+            "{e}"
+        );
+        let (again, _) = AggregationStore::open(dir.path(), "me").unwrap();
+        let task = again.get("t3").unwrap();
+        assert_eq!(task.current_batch(), 1);
+        let b0 = task.snapshot(0).await;
+        assert!(b0.frozen);
+        assert_eq!(
+            (b0.vote, b0.released),
+            (Some(frozen.set), Some(frozen.set.digest))
+        );
+        let b1 = task.snapshot(1).await;
+        assert!(!b1.frozen);
+        assert_eq!(shares::to_integers(&b1.share_sum), vec![9, 1]);
+        assert!(
+            !task.reserve("r1") && !task.reserve("r3"),
+            "ids of every batch are kept"
+        );
+        // A freeze does not wait past its deadline for a report that never comes.
+        assert!(task.reserve("r4"));
+        let start = std::time::Instant::now();
+        task.freeze(1, Duration::from_millis(100)).await.unwrap();
+        assert!(start.elapsed() < Duration::from_secs(5));
+        assert!(task.commit("r4", &share(1), 1).await.is_err());
+    }
+
+    #[test]
+    fn a_state_file_of_format_1_is_batch_0() {
+        let ids = BTreeSet::from(["a".to_string(), "b".to_string()]);
+        let digest = report_set_digest(&ids);
+        let sum = B64.encode(shares::encode(&shares::to_field(&[4, 2]).unwrap()));
+        let open =
+            format!(r#"{{"format":1,"report_ids":["a","b"],"share_sum":"{sum}","opened":null}}"#);
+        let state = parse_state(open.as_bytes(), 2).unwrap();
+        assert_eq!(state.current, 0);
+        assert_eq!(state.batches[&0].set().count, 2);
+        let opened = format!(
+            r#"{{"format":1,"report_ids":["a","b"],"share_sum":"{sum}","opened":"{}"}}"#,
+            hex::encode(digest)
+        );
+        let state = parse_state(opened.as_bytes(), 2).unwrap();
+        assert_eq!(state.current, 1, "an opened task's reports go to batch 1");
+        assert_eq!(state.batches[&0].released, Some(digest));
+        let e = parse_state(br#"{"format":3}"#, 2).err().unwrap();
+        assert!(e.contains("unsupported state format 3"), "{e}");
     }
 }

@@ -1,125 +1,347 @@
-//! Opening the sum of a task as an I/O-free core: no network, no clock, no task, no disk.
-//! The driver ([`super`]) sends what a step returns, hands in what arrived, and reads and
-//! marks the task state; every check of an incoming message is made here.
+//! Opening one batch of a task as an I/O-free core: no network, no clock, no task, no disk.
+//! The driver ([`super`]) sends what a step returns, hands in what arrived, freezes, votes
+//! and marks the task state, and signs; every check of an incoming message is made here.
 //!
-//! The collector: [`Collector::start`] (whom to ask for their report sets) →
-//! [`Collector::receive_set`] from every participant reached → [`Collector::choose`]: the
-//! largest report set that t + 1 participants hold identically, refused below
-//! `min_reports`; t + 1 of its holders are chosen to open, this node first when it is one →
-//! [`Opening::receive_chunk`] until every chosen participant's share sum is in →
-//! [`Opening::finish`] (the points to interpolate).
+//! Why no two report sets of one batch are ever opened (the argument is in
+//! ARCHITECTURE.md, "Secure aggregation: one report set per batch"): every participant
+//! votes for at most one report set per batch, durably, before it says so; a participant
+//! releases its share sum of a batch only against a certificate of [`open_quorum`]`(n, t)`
+//! signed votes for that very set; two such quorums share at least t + 1 participants, so at
+//! least one that is not compromised, and it voted once. So at most one set per batch ever
+//! gets a certificate, and no share sum of any other set of that batch leaves an honest node.
 //!
-//! A participant: [`Participant::start`] (its report set, a snapshot) →
-//! [`Participant::receive_open`]: it sends its share sum only for the set it announced, and
-//! only when that set has `min_reports` reports: every participant enforces the minimum
-//! batch size itself, so a collector that skips the check learns nothing from an honest one.
+//! The collector: [`Collector::start`] (whom to ask) → [`Collector::receive_answer`] from
+//! every participant reached (its report set of the batch, its signed statement that the set
+//! is frozen, its vote if it voted) → [`Collector::propose`]: a set that at least t + 1
+//! participants froze (proved by their signatures), preferring one already voted for, then
+//! the largest → [`Proposing::receive_vote`] → [`Proposing::certify`]: a quorum of votes for
+//! the set, and t + 1 of the participants that froze exactly it to open →
+//! [`Opening::receive_chunk`] until their share sums are in → [`Opening::finish`].
+//!
+//! A participant ([`Participant`]): freezes the batch when asked if it holds `min_reports`
+//! reports in it ([`Participant::freezes`]); votes for a proposed set only when t + 1
+//! signatures prove it frozen, it has `min_reports` reports and no fewer than this node's
+//! own set ([`Participant::receive_proposal`]); sends its share sum only of its own frozen
+//! set, against a certificate ([`Participant::receive_open`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use libp2p::PeerId;
+use libp2p::identity::PublicKey;
 
 use super::super::AggError;
 use super::super::answers::Answers;
 use super::super::relay::core::TaskShape;
 use super::super::shares::{self, ELEMENT_BYTES, Field};
+pub use super::super::store::ReportSet;
+use super::super::store::TaskInfo;
 use crate::mpc::chunks::ChunkAssembly;
 use crate::mpc::session::{SessionError, join_peers};
 
-/// A participant's report set: the digest of its sorted report ids and how many there are.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct ReportSet {
-    pub digest: [u8; 32],
-    pub count: u64,
+/// Participants that must vote for a report set of a batch before any share sum of it is
+/// released: ⌈(n + t + 1) / 2⌉, so that two such quorums share at least t + 1 participants.
+pub fn open_quorum(n: usize, t: usize) -> usize {
+    (n + t + 2) / 2
 }
 
-/// The open request for one participant: send the share sum of the set with this digest
-/// (`send_sum`), or nothing (not chosen, or the collect was refused).
+/// What a participant's signature over a report set of a batch says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Statement {
+    /// "This is my frozen report set of the batch."
+    Holds,
+    /// "I vote for this report set as the batch's, and for no other."
+    Vote,
+}
+
+const STATEMENT_DOMAIN: &[u8] = b"p2p-mpc aggregation batch statement v1\0";
+
+/// The bytes a participant signs for `statement` about `set` of `batch` of `task_id`.
+pub fn statement_bytes(statement: Statement, task_id: &str, batch: u64, set: ReportSet) -> Vec<u8> {
+    let mut out = Vec::with_capacity(STATEMENT_DOMAIN.len() + task_id.len() + 64);
+    out.extend_from_slice(STATEMENT_DOMAIN);
+    out.push(match statement {
+        Statement::Holds => 1,
+        Statement::Vote => 2,
+    });
+    out.extend_from_slice(&(task_id.len() as u64).to_be_bytes());
+    out.extend_from_slice(task_id.as_bytes());
+    out.extend_from_slice(&batch.to_be_bytes());
+    out.extend_from_slice(&set.digest);
+    out.extend_from_slice(&set.count.to_be_bytes());
+    out
+}
+
+/// A participant's signature as it travels in a list: (participant index, signature).
+pub type Signed = (u16, Vec<u8>);
+
+/// Who may sign statements about a batch: the participants' identity keys, in participant
+/// order, as every participant stored them with the task.
+#[derive(Clone)]
+pub struct Signers {
+    task_id: String,
+    batch: u64,
+    keys: Vec<PublicKey>,
+}
+
+impl Signers {
+    /// The signers of batch `batch` of `info`.
+    pub fn of(info: &TaskInfo, batch: u64) -> Result<Self, String> {
+        let keys = info
+            .keys
+            .iter()
+            .map(|k| {
+                hex::decode(&k.identity_public_key)
+                    .ok()
+                    .and_then(|b| PublicKey::try_decode_protobuf(&b).ok())
+                    .ok_or_else(|| format!("the identity key of {} is malformed", k.peer_id))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        if keys.len() != info.params.participants.len() {
+            return Err("the task does not hold one identity key per participant".into());
+        }
+        Ok(Self {
+            task_id: info.params.task_id.clone(),
+            batch,
+            keys,
+        })
+    }
+
+    /// The batch these statements are about.
+    pub fn batch(&self) -> u64 {
+        self.batch
+    }
+
+    /// Whether participant `index` signed `statement` about `set`.
+    pub fn verifies(&self, index: usize, statement: Statement, set: ReportSet, sig: &[u8]) -> bool {
+        self.keys.get(index).is_some_and(|k| {
+            k.verify(
+                &statement_bytes(statement, &self.task_id, self.batch, set),
+                sig,
+            )
+        })
+    }
+
+    /// Checks a list of signatures of `statement` about `set`: distinct participants, each
+    /// valid; returns how many signed. The error says what is wrong.
+    pub fn check_list(
+        &self,
+        statement: Statement,
+        set: ReportSet,
+        list: &[Signed],
+    ) -> Result<usize, String> {
+        let mut signers = BTreeSet::new();
+        for (index, sig) in list {
+            let i = usize::from(*index);
+            if !signers.insert(i) {
+                return Err(format!("participant #{i} appears twice"));
+            }
+            if !self.verifies(i, statement, set, sig) {
+                return Err(format!(
+                    "the signature of participant #{i} does not verify for this set of batch {}",
+                    self.batch
+                ));
+            }
+        }
+        Ok(signers.len())
+    }
+}
+
+/// A participant's answer to a collect invite.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BatchAnswer {
+    /// Its report set of the batch.
+    pub set: ReportSet,
+    /// Its signature that `set` is its frozen set (none: not frozen there).
+    pub holds: Option<Vec<u8>>,
+    /// The set it voted for, with its signature.
+    pub vote: Option<(ReportSet, Vec<u8>)>,
+}
+
+/// A proposal: the set to vote for and the proof that t + 1 froze it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Proposal {
+    pub set: ReportSet,
+    pub holds: Vec<Signed>,
+}
+
+/// The open request for one participant: send the share sum of `set` (`send_sum`), or
+/// nothing (not chosen, or the collect was refused); `certificate`: the quorum's votes.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Open {
-    pub digest: [u8; 32],
+    pub set: ReportSet,
     pub send_sum: bool,
+    pub certificate: Vec<Signed>,
 }
 
 impl Open {
-    const NOTHING: Open = Open {
-        digest: [0; 32],
-        send_sum: false,
-    };
+    /// No share sum asked for.
+    pub fn nothing() -> Self {
+        Open {
+            set: ReportSet {
+                digest: [0; 32],
+                count: 0,
+            },
+            send_sum: false,
+            certificate: Vec::new(),
+        }
+    }
 }
 
-/// The collector, asking for report sets.
+fn index_of(shape: &TaskShape, peer: &PeerId) -> Option<usize> {
+    shape.participants.iter().position(|p| p == peer)
+}
+
+/// The collector, asking for report sets of one batch.
 pub struct Collector {
     shape: TaskShape,
+    signers: Signers,
     min_reports: u64,
-    own: ReportSet,
-    sets: Answers<ReportSet>,
+    own: BatchAnswer,
+    answers: Answers<BatchAnswer>,
 }
 
 impl Collector {
-    /// Starts a collect of task `shape` (which needs `min_reports`) whose own report set is
-    /// `own`; returns the participants to ask.
-    pub fn start(shape: TaskShape, min_reports: u64, own: ReportSet) -> (Self, Vec<PeerId>) {
+    /// Starts a collect of the batch `signers` are about, of task `shape` (which needs
+    /// `min_reports`), whose own answer is `own`; returns the participants to ask.
+    pub fn start(
+        shape: TaskShape,
+        signers: Signers,
+        min_reports: u64,
+        own: BatchAnswer,
+    ) -> (Self, Vec<PeerId>) {
         let others = shape.others();
         let collector = Self {
-            sets: Answers::new(others.iter().copied()),
+            answers: Answers::new(others.iter().copied()),
             shape,
+            signers,
             min_reports,
             own,
         };
         (collector, others)
     }
 
-    /// Participants that could not be asked: they give no report set.
+    /// Participants that could not be asked.
     pub fn unreachable(&mut self, peers: impl IntoIterator<Item = PeerId>) {
-        self.sets.unreachable(peers);
+        self.answers.unreachable(peers);
     }
 
-    /// The participants whose report sets are still to come.
+    /// The participants whose answers are still to come.
     pub fn awaited(&self) -> Vec<PeerId> {
-        self.sets.awaited()
+        self.answers.awaited()
     }
 
-    /// Takes a participant's report set.
-    pub fn receive_set(&mut self, from: PeerId, set: ReportSet) -> Result<(), SessionError> {
-        self.sets.take(from, set, "report sets")
+    /// Takes a participant's answer; a signature that does not verify is blamed.
+    pub fn receive_answer(
+        &mut self,
+        from: PeerId,
+        answer: BatchAnswer,
+    ) -> Result<(), SessionError> {
+        if let Some(index) = index_of(&self.shape, &from) {
+            let bad = |what: &str| {
+                SessionError::blame(
+                    vec![from],
+                    format!(
+                        "participant {from} sent {what} that does not verify for batch {}",
+                        self.signers.batch()
+                    ),
+                )
+            };
+            if let Some(sig) = &answer.holds
+                && !self
+                    .signers
+                    .verifies(index, Statement::Holds, answer.set, sig)
+            {
+                return Err(bad("a frozen report set"));
+            }
+            if let Some((set, sig)) = &answer.vote
+                && !self.signers.verifies(index, Statement::Vote, *set, sig)
+            {
+                return Err(bad("a vote"));
+            }
+        }
+        self.answers.take(from, answer, "report sets")
     }
 
-    /// Chooses the set to open and its openers. Returns the open request for every
-    /// participant that answered (the chosen ones send their sums; the others nothing) and
-    /// the opening, or why the sum cannot be opened (then every request says nothing).
+    /// Every answer by participant index, this node's included.
+    fn all(&self) -> Vec<(PeerId, usize, &BatchAnswer)> {
+        let mut all = vec![(self.shape.local, &self.own)];
+        all.extend(self.answers.got().iter().map(|(p, a)| (*p, a)));
+        all.into_iter()
+            .filter_map(|(p, a)| index_of(&self.shape, &p).map(|i| (p, i, a)))
+            .collect()
+    }
+
+    /// Chooses the set to propose. Returns the proposal for every participant that answered
+    /// and has not voted yet, and the vote round, or why the batch cannot be opened (then
+    /// every participant that answered is sent [`Open::nothing`]).
     /// `ignore_min_reports` is the test fault of a collector that skips the check.
-    pub fn choose(
+    #[allow(clippy::type_complexity)]
+    pub fn propose(
         self,
         ignore_min_reports: bool,
-    ) -> (Vec<(PeerId, Open)>, Result<Opening, AggError>) {
+    ) -> Result<(Proposal, Vec<PeerId>, Proposing), (Vec<PeerId>, AggError)> {
         let t = usize::from(self.shape.threshold);
-        let local = self.shape.local;
-        let answered: Vec<PeerId> = self.sets.got().keys().copied().collect();
-        let nothing = |peers: &[PeerId]| peers.iter().map(|p| (*p, Open::NOTHING)).collect();
-        let mut groups: BTreeMap<ReportSet, Vec<PeerId>> = BTreeMap::new();
-        groups.entry(self.own).or_default().push(local);
-        for (p, set) in self.sets.got() {
-            groups.entry(*set).or_default().push(*p);
+        let n = self.shape.participants.len();
+        let batch = self.signers.batch();
+        let answered: Vec<PeerId> = self.answers.got().keys().copied().collect();
+        let mut holders: BTreeMap<ReportSet, Vec<Signed>> = BTreeMap::new();
+        let mut votes: BTreeMap<ReportSet, Vec<Signed>> = BTreeMap::new();
+        let mut largest = 0;
+        for (_, i, a) in self.all() {
+            largest = largest.max(a.set.count);
+            if let Some(sig) = &a.holds {
+                holders
+                    .entry(a.set)
+                    .or_default()
+                    .push((i as u16, sig.clone()));
+            }
+            if let Some((set, sig)) = &a.vote {
+                votes.entry(*set).or_default().push((i as u16, sig.clone()));
+            }
         }
-        let best = groups
+        if answered.len() + 1 < open_quorum(n, t) && !ignore_min_reports {
+            // No quorum can vote now: no proposal, so that no vote is spent on a set that a
+            // later collect, with everyone back, might not choose.
+            let error = AggError::new(
+                503,
+                "not_enough_participants",
+                format!(
+                    "only {} of {n} participants answered; opening batch {batch} needs {} of them (unreachable: {})",
+                    answered.len() + 1,
+                    open_quorum(n, t),
+                    join_peers(self.answers.unreached())
+                ),
+            );
+            return Err((answered, error));
+        }
+        let vote_count = |set: &ReportSet| votes.get(set).map_or(0, Vec::len);
+        let mut best = holders
             .iter()
-            .filter(|(_, members)| members.len() > t)
-            .max_by_key(|(set, members)| (set.count, members.len()));
-        let Some((set, members)) = best else {
-            let summary: Vec<String> = groups
+            .filter(|(set, h)| h.len() > t && set.count >= self.min_reports)
+            .max_by_key(|(set, _)| (vote_count(set), set.count, set.digest))
+            .map(|(set, proof)| (*set, proof.clone()));
+        if ignore_min_reports && best.is_none() {
+            // The rogue collector of the test fault proposes the largest set it was told
+            // of, proved or not, whatever its size.
+            best = self
+                .all()
                 .iter()
-                .map(|(s, m)| format!("{} node(s) hold {} reports", m.len(), s.count))
+                .map(|(_, _, a)| a.set)
+                .max()
+                .map(|set| (set, holders.get(&set).cloned().unwrap_or_default()));
+        }
+        let Some((set, proof)) = best else {
+            let groups: Vec<String> = holders
+                .iter()
+                .map(|(s, h)| format!("{} froze {} reports", h.len(), s.count))
                 .collect();
-            let error = if answered.len() < t {
+            let error = if largest < self.min_reports {
                 AggError::new(
-                    503,
-                    "not_enough_participants",
+                    409,
+                    "not_enough_reports",
                     format!(
-                        "only {} of {} participants answered; t + 1 = {} are needed to open the sum (unreachable: {})",
-                        answered.len() + 1,
-                        self.shape.participants.len(),
-                        t + 1,
-                        join_peers(self.sets.unreached())
+                        "collect refused: {largest} reports are in batch {batch} of task {} (at most, on any participant); it needs min_reports = {}",
+                        self.shape.task_id, self.min_reports
                     ),
                 )
             } else {
@@ -127,51 +349,211 @@ impl Collector {
                     409,
                     "no_agreed_report_set",
                     format!(
-                        "no t + 1 = {} participants hold the same set of reports ({}); the sum cannot be opened consistently",
+                        "no t + 1 = {} participants froze the same report set of batch {batch} with min_reports = {} or more ({}); it cannot be opened consistently",
                         t + 1,
-                        summary.join("; ")
+                        self.min_reports,
+                        if groups.is_empty() {
+                            "none froze it".to_string()
+                        } else {
+                            groups.join("; ")
+                        }
                     ),
                 )
             };
-            return (nothing(&answered), Err(error));
+            return Err((answered, error));
         };
-        if set.count < self.min_reports && !ignore_min_reports {
-            let error = AggError::new(
-                409,
-                "not_enough_reports",
+        let set = &set;
+        let proposal = Proposal {
+            set: *set,
+            holds: proof.iter().take(t + 1).cloned().collect(),
+        };
+        let ask: Vec<PeerId> = self
+            .answers
+            .got()
+            .iter()
+            .filter(|(_, a)| a.vote.is_none())
+            .map(|(p, _)| *p)
+            .collect();
+        let openers: Vec<PeerId> = self
+            .all()
+            .iter()
+            .filter(|(_, _, a)| (a.holds.is_some() || ignore_min_reports) && a.set == *set)
+            .map(|(p, _, _)| *p)
+            .collect();
+        let refusals = self
+            .all()
+            .iter()
+            .filter_map(|(p, _, a)| match &a.vote {
+                Some((v, _)) if v != set => Some(format!(
+                    "{p} voted for another set of this batch ({} reports)",
+                    v.count
+                )),
+                _ => None,
+            })
+            .collect();
+        let proposing = Proposing {
+            votes: Answers::new(ask.iter().copied()),
+            certificate: votes.remove(set).unwrap_or_default(),
+            refusals,
+            set: *set,
+            openers,
+            answered,
+            shape: self.shape,
+            signers: self.signers,
+        };
+        Ok((proposal, ask, proposing))
+    }
+}
+
+/// The collector, gathering votes for the proposed set.
+pub struct Proposing {
+    shape: TaskShape,
+    signers: Signers,
+    set: ReportSet,
+    /// The participants that froze exactly the set (they can open it).
+    openers: Vec<PeerId>,
+    /// Every remote participant that answered the invite.
+    answered: Vec<PeerId>,
+    votes: Answers<Option<(ReportSet, Vec<u8>)>>,
+    certificate: Vec<Signed>,
+    refusals: Vec<String>,
+}
+
+impl Proposing {
+    /// The set being voted on.
+    pub fn set(&self) -> ReportSet {
+        self.set
+    }
+
+    /// Participants that could not be sent the proposal.
+    pub fn unreachable(&mut self, peers: impl IntoIterator<Item = PeerId>) {
+        self.votes.unreachable(peers);
+    }
+
+    /// The participants whose votes are still to come.
+    pub fn awaited(&self) -> Vec<PeerId> {
+        self.votes.awaited()
+    }
+
+    /// This node's own vote in force (recorded by the driver).
+    pub fn local_vote(&mut self, vote: Option<(ReportSet, Vec<u8>)>, refusal: &str) {
+        let local = self.shape.local;
+        self.count(local, vote, refusal);
+    }
+
+    fn count(&mut self, from: PeerId, vote: Option<(ReportSet, Vec<u8>)>, refusal: &str) {
+        match (vote, index_of(&self.shape, &from)) {
+            (Some((set, sig)), Some(i)) if set == self.set => {
+                if !self.certificate.iter().any(|(j, _)| usize::from(*j) == i) {
+                    self.certificate.push((i as u16, sig));
+                }
+            }
+            (Some((set, _)), _) => self.refusals.push(format!(
+                "{from} voted for another set of this batch ({} reports)",
+                set.count
+            )),
+            (None, _) => self.refusals.push(format!("{from}: {refusal}")),
+        }
+    }
+
+    /// Takes a participant's vote in force (or its refusal); a vote that does not verify is
+    /// blamed.
+    pub fn receive_vote(
+        &mut self,
+        from: PeerId,
+        vote: Option<(ReportSet, Vec<u8>)>,
+        refusal: &str,
+    ) -> Result<(), SessionError> {
+        if let (Some((set, sig)), Some(i)) = (&vote, index_of(&self.shape, &from))
+            && !self.signers.verifies(i, Statement::Vote, *set, sig)
+        {
+            return Err(SessionError::blame(
+                vec![from],
                 format!(
-                    "collect refused: {} reports are in (accepted by at least t + 1 = {} nodes), task {} needs min_reports = {}",
-                    set.count,
-                    t + 1,
-                    self.shape.task_id,
-                    self.min_reports
+                    "participant {from} sent a vote that does not verify for batch {}",
+                    self.signers.batch()
+                ),
+            ));
+        }
+        self.votes.take(from, vote.clone(), "votes")?;
+        self.count(from, vote, refusal);
+        Ok(())
+    }
+
+    /// With a quorum of votes for the set: the open request for every participant that
+    /// answered the invite (t + 1 openers among those that froze the set, this node first
+    /// when it is one) and the opening; otherwise why the batch cannot be opened now.
+    /// `ignore_quorum`: the test fault of a rogue collector that asks for the share sums
+    /// with whatever votes it has.
+    pub fn certify(self, ignore_quorum: bool) -> (Vec<(PeerId, Open)>, Result<Opening, AggError>) {
+        let t = usize::from(self.shape.threshold);
+        let n = self.shape.participants.len();
+        let quorum = open_quorum(n, t);
+        let batch = self.signers.batch();
+        let nothing = |peers: &[PeerId]| peers.iter().map(|p| (*p, Open::nothing())).collect();
+        if self.certificate.len() < quorum && !ignore_quorum {
+            let error = AggError::new(
+                503,
+                "no_quorum",
+                format!(
+                    "only {} of the {quorum} participants needed voted for the report set of batch {batch} ({} reports); the votes are kept and a later collect of batch {batch} goes on from them{}{}",
+                    self.certificate.len(),
+                    self.set.count,
+                    if self.votes.unreached().is_empty() {
+                        String::new()
+                    } else {
+                        format!("; unreachable: {}", join_peers(self.votes.unreached()))
+                    },
+                    if self.refusals.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; {}", self.refusals.join("; "))
+                    }
                 ),
             );
-            return (nothing(&answered), Err(error));
+            return (nothing(&self.answered), Err(error));
         }
-        // t + 1 openers from the agreeing group, this node first when it is one of them.
+        let local = self.shape.local;
         let mut chosen: Vec<PeerId> = Vec::with_capacity(t + 1);
-        if members.contains(&local) {
+        if self.openers.contains(&local) {
             chosen.push(local);
         }
-        for m in members {
+        for p in &self.openers {
             if chosen.len() > t {
                 break;
             }
-            if *m != local {
-                chosen.push(*m);
+            if *p != local {
+                chosen.push(*p);
             }
         }
-        let requests = answered
+        if chosen.len() <= t {
+            return (
+                nothing(&self.answered),
+                Err(AggError::new(
+                    503,
+                    "not_enough_participants",
+                    format!(
+                        "batch {batch} is certified, but only {} of the participants that froze its set answered; t + 1 = {} must open it",
+                        chosen.len(),
+                        t + 1
+                    ),
+                )),
+            );
+        }
+        let mut certificate = self.certificate;
+        certificate.sort();
+        let requests = self
+            .answered
             .iter()
             .map(|p| {
                 let open = if chosen.contains(p) {
                     Open {
-                        digest: set.digest,
+                        set: self.set,
                         send_sum: true,
+                        certificate: certificate.clone(),
                     }
                 } else {
-                    Open::NOTHING
+                    Open::nothing()
                 };
                 (*p, open)
             })
@@ -184,7 +566,7 @@ impl Collector {
             .collect();
         let opening = Opening {
             shape: self.shape,
-            set: *set,
+            set: self.set,
             chosen,
             pending,
             sums: BTreeMap::new(),
@@ -276,12 +658,7 @@ impl Opening {
         let mut own = own;
         let mut points = Vec::with_capacity(self.chosen.len());
         for p in &self.chosen {
-            let index = self
-                .shape
-                .participants
-                .iter()
-                .position(|q| q == p)
-                .unwrap_or(0);
+            let index = index_of(&self.shape, p).unwrap_or(0);
             let sum = if *p == self.shape.local {
                 own.take()
                     .ok_or_else(|| SessionError::failed("this node's own share sum is missing"))?
@@ -305,77 +682,236 @@ impl Opening {
     }
 }
 
-/// A participant asked for its report set, waiting for the collector's open request.
+/// This node's batch as a participant sees it when a message comes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Held {
+    pub set: ReportSet,
+    pub frozen: bool,
+    pub vote: Option<ReportSet>,
+}
+
+/// What a participant answers a proposal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VoteAnswer {
+    /// Vote for this set (the driver records it; a vote recorded before stays in force).
+    Vote(ReportSet),
+    /// The proposal is proved, but this node's batch is not frozen yet: freeze it and ask
+    /// again (its set, final then, decides).
+    FreezeFirst,
+    /// No vote, and why.
+    Refuse(String),
+}
+
+/// A participant of a collect of one batch: the checks of what the collector sends.
 pub struct Participant {
     collector: PeerId,
-    task_id: String,
+    shape: TaskShape,
+    signers: Signers,
     min_reports: u64,
-    set: ReportSet,
 }
 
 impl Participant {
-    /// Answers a collect invitation from `collector` with this node's report set `set`.
-    pub fn start(collector: PeerId, task_id: String, min_reports: u64, set: ReportSet) -> Self {
+    /// A participant of a collect by `collector` of the batch `signers` are about.
+    pub fn new(collector: PeerId, shape: TaskShape, signers: Signers, min_reports: u64) -> Self {
         Self {
             collector,
-            task_id,
+            shape,
+            signers,
             min_reports,
-            set,
         }
     }
 
-    /// Takes the collector's open request: `Ok(Some(digest))` when this node sends its share
-    /// sum of the set with that digest (the one it announced), `Ok(None)` when it was not
-    /// chosen. A request for another set, or for a set under `min_reports`, is refused.
-    pub fn receive_open(self, from: PeerId, open: Open) -> Result<Option<[u8; 32]>, SessionError> {
+    /// Whether this node freezes the batch on a collect invite: when it holds `min_reports`
+    /// reports in it (a batch under the minimum keeps taking reports, so a collector cannot
+    /// cut a task into batches too small to open).
+    pub fn freezes(&self, held: &Held) -> bool {
+        !held.frozen && held.set.count >= self.min_reports
+    }
+
+    fn check_sender(&self, from: PeerId, what: &str) -> Result<(), SessionError> {
         if from != self.collector {
             return Err(SessionError::blame(
                 vec![from],
-                format!(
-                    "peer {from} sent an open request of a collect by {}",
-                    self.collector
-                ),
+                format!("peer {from} sent {what} of a collect by {}", self.collector),
             ));
         }
-        if !open.send_sum {
-            return Ok(None);
+        Ok(())
+    }
+
+    /// Takes a proposal (this node's batch frozen by then). A proposal that is not proved
+    /// (t + 1 signatures of participants that froze the set) or is under `min_reports` is
+    /// blamed on the collector; a set smaller than this node's own is refused.
+    pub fn receive_proposal(
+        &self,
+        from: PeerId,
+        proposal: &Proposal,
+        held: &Held,
+    ) -> Result<VoteAnswer, SessionError> {
+        self.check_sender(from, "a proposal")?;
+        if let Some(vote) = held.vote {
+            return Ok(VoteAnswer::Vote(vote));
         }
-        if open.digest != self.set.digest {
-            return Err(SessionError::failed(
-                "asked to open a report set this node did not announce",
-            ));
-        }
-        if self.set.count < self.min_reports {
+        let batch = self.signers.batch();
+        let t = usize::from(self.shape.threshold);
+        if proposal.set.count < self.min_reports {
             return Err(SessionError::blame(
                 vec![from],
                 format!(
-                    "collector {from} asked for the share sum of {} report(s) of task {}, which needs min_reports = {}; refused",
-                    self.set.count, self.task_id, self.min_reports
+                    "collector {from} proposed {} report(s) for batch {batch} of task {}, which needs min_reports = {}; refused",
+                    proposal.set.count, self.shape.task_id, self.min_reports
                 ),
             ));
         }
-        Ok(Some(self.set.digest))
+        let proved = self
+            .signers
+            .check_list(Statement::Holds, proposal.set, &proposal.holds)
+            .map_err(|e| {
+                SessionError::blame(
+                    vec![from],
+                    format!("collector {from} proposed a report set of batch {batch}: {e}"),
+                )
+            })?;
+        if proved <= t {
+            return Err(SessionError::blame(
+                vec![from],
+                format!(
+                    "collector {from} proposed a report set of batch {batch} that only {proved} participant(s) froze; t + 1 = {} must",
+                    t + 1
+                ),
+            ));
+        }
+        if !held.frozen {
+            return Ok(VoteAnswer::FreezeFirst);
+        }
+        if held.set.count > proposal.set.count {
+            return Ok(VoteAnswer::Refuse(format!(
+                "it holds {} reports of batch {batch}, more than the {} proposed",
+                held.set.count, proposal.set.count
+            )));
+        }
+        Ok(VoteAnswer::Vote(proposal.set))
+    }
+
+    /// Takes the collector's open request: `Ok(Some(set))` when this node sends its share
+    /// sum of `set` (its own frozen set, certified by a quorum of votes, with `min_reports`
+    /// reports), `Ok(None)` when it was not chosen.
+    pub fn receive_open(
+        &self,
+        from: PeerId,
+        open: &Open,
+        held: &Held,
+    ) -> Result<Option<ReportSet>, SessionError> {
+        self.check_sender(from, "an open request")?;
+        if !open.send_sum {
+            return Ok(None);
+        }
+        let batch = self.signers.batch();
+        let t = usize::from(self.shape.threshold);
+        let quorum = open_quorum(self.shape.participants.len(), t);
+        let votes = self
+            .signers
+            .check_list(Statement::Vote, open.set, &open.certificate)
+            .map_err(|e| {
+                SessionError::blame(
+                    vec![from],
+                    format!("collector {from} sent a certificate for batch {batch}: {e}"),
+                )
+            })?;
+        if votes < quorum {
+            return Err(SessionError::blame(
+                vec![from],
+                format!(
+                    "collector {from} asked for the share sum of batch {batch} with the votes of {votes} participants; {quorum} must vote for a set before it is opened"
+                ),
+            ));
+        }
+        if !held.frozen || held.set != open.set {
+            return Err(SessionError::failed(format!(
+                "asked to open a report set of batch {batch} that this node did not freeze"
+            )));
+        }
+        if open.set.count < self.min_reports {
+            return Err(SessionError::blame(
+                vec![from],
+                format!(
+                    "collector {from} asked for the share sum of {} report(s) of batch {batch} of task {}, which needs min_reports = {}; refused",
+                    open.set.count, self.shape.task_id, self.min_reports
+                ),
+            ));
+        }
+        Ok(Some(open.set))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::store::{ParticipantKey, TaskParams};
     use super::*;
+    use libp2p::identity::Keypair;
     use proptest::prelude::*;
 
-    fn peers(n: usize) -> Vec<PeerId> {
-        let mut peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
-        peers.sort();
-        peers
+    struct Net {
+        keys: Vec<Keypair>,
+        peers: Vec<PeerId>,
+        info: TaskInfo,
     }
 
-    fn shape(participants: &[PeerId], local: usize, threshold: u16) -> TaskShape {
-        TaskShape {
-            task_id: "ab".repeat(16),
-            participants: participants.to_vec(),
-            threshold,
-            length: 2,
-            local: participants[local],
+    fn net(n: usize, t: u16) -> Net {
+        let mut keys: Vec<Keypair> = (0..n).map(|_| Keypair::generate_ed25519()).collect();
+        keys.sort_by_key(|k| k.public().to_peer_id());
+        let peers: Vec<PeerId> = keys.iter().map(|k| k.public().to_peer_id()).collect();
+        let info = TaskInfo {
+            params: TaskParams {
+                task_id: "ab".repeat(16),
+                participants: peers.iter().map(ToString::to_string).collect(),
+                threshold: t,
+                length: 2,
+                modulus: shares::MODULUS,
+                min_reports: 2,
+                created_at: 0,
+                created_by: None,
+            },
+            keys: keys
+                .iter()
+                .map(|k| ParticipantKey {
+                    peer_id: k.public().to_peer_id().to_string(),
+                    identity_public_key: hex::encode(k.public().encode_protobuf()),
+                    hpke_public_key: String::new(),
+                    signature: String::new(),
+                })
+                .collect(),
+        };
+        Net { keys, peers, info }
+    }
+
+    impl Net {
+        fn shape(&self, local: usize) -> TaskShape {
+            TaskShape::of(&self.info, self.peers[local]).unwrap()
+        }
+        fn signers(&self) -> Signers {
+            Signers::of(&self.info, 7).unwrap()
+        }
+        fn sign(&self, i: usize, statement: Statement, s: ReportSet) -> Vec<u8> {
+            self.keys[i]
+                .sign(&statement_bytes(statement, &self.info.params.task_id, 7, s))
+                .unwrap()
+        }
+        /// Participant i's answer: it froze `s` (when `frozen`) and maybe voted.
+        fn answer(
+            &self,
+            i: usize,
+            s: ReportSet,
+            frozen: bool,
+            vote: Option<ReportSet>,
+        ) -> BatchAnswer {
+            BatchAnswer {
+                set: s,
+                holds: frozen.then(|| self.sign(i, Statement::Holds, s)),
+                vote: vote.map(|v| (v, self.sign(i, Statement::Vote, v))),
+            }
+        }
+        fn participant(&self, local: usize, collector: usize) -> Participant {
+            Participant::new(self.peers[collector], self.shape(local), self.signers(), 2)
         }
     }
 
@@ -386,185 +922,391 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_collector_takes_one_report_set_from_each_participant_it_asked() {
-        let p = peers(4);
-        let stranger = PeerId::random();
-        let (mut c, ask) = Collector::start(shape(&p, 0, 1), 1, set(1, 5));
-        assert_eq!(ask, [p[1], p[2], p[3]]);
-        c.unreachable([p[3]]);
-        assert_eq!(c.awaited(), [p[1], p[2]]);
-        assert_eq!(
-            c.receive_set(stranger, set(1, 5)).unwrap_err().blamed(),
-            [stranger]
-        );
-        assert_eq!(c.receive_set(p[3], set(1, 5)).unwrap_err().blamed(), [p[3]]);
-        c.receive_set(p[1], set(1, 5)).unwrap();
-        c.receive_set(p[1], set(1, 5)).unwrap();
-        let e = c.receive_set(p[1], set(2, 5)).unwrap_err();
-        assert!(e.reason().contains("two different"), "{e}");
-        assert_eq!(c.awaited(), [p[2]]);
+    /// A frozen batch holding `s`, with this vote.
+    fn frozen(s: ReportSet, vote: Option<ReportSet>) -> Held {
+        Held {
+            set: s,
+            frozen: true,
+            vote,
+        }
     }
 
     #[test]
-    fn the_largest_set_that_t_plus_one_hold_is_opened_by_t_plus_one_of_them() {
-        let p = peers(5);
-        // t = 2: the larger set of the collector and p1 (2 holders) cannot be opened; the
-        // smaller one of p2, p3 and p4 can.
-        let (mut c, _) = Collector::start(shape(&p, 0, 2), 1, set(1, 5));
-        c.receive_set(p[1], set(1, 5)).unwrap();
-        for peer in &p[2..] {
-            c.receive_set(*peer, set(2, 4)).unwrap();
+    fn two_quorums_share_t_plus_one_participants() {
+        for n in 2..=64usize {
+            for t in 1..n {
+                let q = open_quorum(n, t);
+                assert!(q <= n, "n = {n}, t = {t}");
+                assert!(2 * q - n > t, "n = {n}, t = {t}: q = {q}");
+                // And no smaller quorum would do.
+                assert!(2 * (q - 1) < n + t + 1, "n = {n}, t = {t}");
+            }
         }
-        let (requests, opening) = c.choose(false);
-        let mut opening = opening.unwrap();
-        let send: Vec<PeerId> = requests
-            .iter()
-            .filter(|(_, o)| o.send_sum)
-            .map(|(p, _)| *p)
-            .collect();
-        assert_eq!(send, [p[2], p[3], p[4]]);
-        assert!(
-            requests
-                .iter()
-                .all(|(_, o)| !o.send_sum || o.digest == [2; 32])
+        assert_eq!(open_quorum(6, 2), 5);
+        assert_eq!(open_quorum(3, 1), 3);
+        assert_eq!(open_quorum(5, 2), 4);
+    }
+
+    #[test]
+    fn a_whole_collect_certifies_one_set_and_opens_it_with_t_plus_one_holders() {
+        let net = net(6, 2);
+        let full = set(1, 5);
+        let partial = set(2, 4);
+        let (mut c, ask) = Collector::start(
+            net.shape(0),
+            net.signers(),
+            2,
+            net.answer(0, full, true, None),
         );
-        assert!(!opening.local_opens());
-        assert_eq!(opening.set(), set(2, 4));
-        assert_eq!(opening.remote_chosen(), send);
-        // Sums come from the chosen only, whole and well formed.
+        assert_eq!(ask, net.peers[1..]);
+        // p5 missed a report: it froze a subset. p4 is not reached.
+        for i in 1..4 {
+            c.receive_answer(net.peers[i], net.answer(i, full, true, None))
+                .unwrap();
+        }
+        c.receive_answer(net.peers[5], net.answer(5, partial, true, None))
+            .unwrap();
+        c.unreachable([net.peers[4]]);
+        let (proposal, ask, mut voting) = c.propose(false).unwrap();
+        assert_eq!(proposal.set, full);
+        assert_eq!(proposal.holds.len(), 3);
+        assert_eq!(
+            ask,
+            [net.peers[1], net.peers[2], net.peers[3], net.peers[5]]
+        );
+        // Every participant checks the proposal and votes.
+        let mut votes = Vec::new();
+        for i in [1, 2, 3, 5] {
+            let held = Held {
+                set: if i == 5 { partial } else { full },
+                frozen: true,
+                vote: None,
+            };
+            let answer = net
+                .participant(i, 0)
+                .receive_proposal(net.peers[0], &proposal, &held)
+                .unwrap();
+            assert_eq!(answer, VoteAnswer::Vote(full), "participant {i}");
+            votes.push((i, net.sign(i, Statement::Vote, full)));
+        }
+        voting.local_vote(Some((full, net.sign(0, Statement::Vote, full))), "");
+        for (i, sig) in votes {
+            voting
+                .receive_vote(net.peers[i], Some((full, sig)), "")
+                .unwrap();
+        }
+        let (requests, opening) = voting.certify(false);
+        let mut opening = opening.unwrap();
+        assert!(opening.local_opens());
+        let chosen: Vec<&(PeerId, Open)> = requests.iter().filter(|(_, o)| o.send_sum).collect();
+        assert_eq!(chosen.len(), 2, "this node and two more: t + 1");
+        // p5 froze another set: it is never chosen to open.
+        assert!(chosen.iter().all(|(p, _)| *p != net.peers[5]));
+        // A chosen participant checks the certificate and its own set.
+        let (peer, open) = chosen[0];
+        let i = net.peers.iter().position(|p| p == peer).unwrap();
+        let held = Held {
+            set: full,
+            frozen: true,
+            vote: Some(full),
+        };
+        assert_eq!(
+            net.participant(i, 0)
+                .receive_open(net.peers[0], open, &held)
+                .unwrap(),
+            Some(full)
+        );
+        // Share sums come from the chosen only.
         assert_eq!(
             opening
-                .receive_chunk(p[1], 0, &[0; 16])
+                .receive_chunk(net.peers[5], 0, &[0; 16])
                 .unwrap_err()
                 .blamed(),
-            [p[1]]
+            [net.peers[5]]
         );
-        assert!(
-            opening
-                .receive_chunk(p[2], 0, &[0; 15])
+        for (p, _) in &chosen {
+            let sum = shares::encode(&shares::to_field(&[1, 2]).unwrap());
+            opening.receive_chunk(*p, 0, &sum).unwrap();
+        }
+        let opened = opening
+            .finish(Some(shares::to_field(&[1, 2]).unwrap()))
+            .unwrap();
+        assert_eq!(opened.points.len(), 3);
+        assert_eq!(opened.set, full);
+    }
+
+    #[test]
+    fn a_participant_votes_only_for_a_proved_set_no_smaller_than_its_own() {
+        let net = net(4, 1);
+        let s = set(1, 3);
+        let p = net.participant(1, 0);
+        let held = frozen(s, None);
+        let proof = |who: &[usize], of: ReportSet| Proposal {
+            set: of,
+            holds: who
+                .iter()
+                .map(|i| (*i as u16, net.sign(*i, Statement::Holds, of)))
+                .collect(),
+        };
+        // Not from the collector.
+        assert_eq!(
+            p.receive_proposal(net.peers[2], &proof(&[0, 2], s), &held)
                 .unwrap_err()
-                .reason()
-                .contains("must hold 16")
+                .blamed(),
+            [net.peers[2]]
         );
-        let sum = |v: u64| shares::encode(&shares::to_field(&[v, v]).unwrap());
-        opening.receive_chunk(p[2], 0, &sum(1)).unwrap();
-        opening.receive_chunk(p[3], 0, &sum(2)).unwrap();
-        assert_eq!(opening.awaited(), [p[4]]);
-        opening.receive_chunk(p[4], 0, &[0xff; 16]).unwrap();
-        let e = opening.finish(None).err().unwrap();
-        assert_eq!(e.blamed(), [p[4]]);
-        assert!(e.reason().contains("malformed share sum"), "{e}");
-    }
-
-    #[test]
-    fn this_node_opens_first_when_it_holds_the_set() {
-        let p = peers(4);
-        let (mut c, _) = Collector::start(shape(&p, 2, 1), 1, set(1, 3));
-        for peer in [p[0], p[1], p[3]] {
-            c.receive_set(peer, set(1, 3)).unwrap();
-        }
-        let (requests, opening) = c.choose(false);
-        let opening = opening.unwrap();
-        assert!(opening.local_opens());
-        assert_eq!(opening.remote_chosen(), [p[0]]);
-        assert_eq!(requests.iter().filter(|(_, o)| o.send_sum).count(), 1);
-        // Its own sum is needed.
-        let mut opening = opening;
-        opening.receive_chunk(p[0], 0, &[0; 16]).unwrap();
+        // One holder is not t + 1; the same holder twice neither; a forged signature is blamed.
+        let e = p
+            .receive_proposal(net.peers[0], &proof(&[0], s), &held)
+            .unwrap_err();
+        assert!(e.reason().contains("only 1 participant(s) froze"), "{e}");
+        let e = p
+            .receive_proposal(net.peers[0], &proof(&[0, 0], s), &held)
+            .unwrap_err();
+        assert!(e.reason().contains("appears twice"), "{e}");
+        let mut forged = proof(&[0, 2], s);
+        forged.holds[1].1 = net.sign(2, Statement::Vote, s);
+        let e = p
+            .receive_proposal(net.peers[0], &forged, &held)
+            .unwrap_err();
+        assert!(e.reason().contains("does not verify"), "{e}");
+        // A set signed for another batch does not prove this one.
+        let other_batch = Signers::of(&net.info, 8).unwrap();
+        let q = Participant::new(net.peers[0], net.shape(1), other_batch, 2);
         assert!(
-            opening
-                .finish(None)
-                .err()
-                .unwrap()
-                .reason()
-                .contains("own share sum")
+            q.receive_proposal(net.peers[0], &proof(&[0, 2], s), &held)
+                .is_err()
+        );
+        // Under min_reports: blamed.
+        let tiny = set(3, 1);
+        let e = p
+            .receive_proposal(net.peers[0], &proof(&[0, 2], tiny), &held)
+            .unwrap_err();
+        assert!(e.reason().contains("min_reports = 2"), "{e}");
+        // Smaller than its own set: no vote, no blame.
+        let smaller = set(4, 2);
+        assert!(matches!(
+            p.receive_proposal(net.peers[0], &proof(&[0, 2], smaller), &held).unwrap(),
+            VoteAnswer::Refuse(r) if r.contains("more than the 2 proposed")
+        ));
+        // Proved, but this node's batch still takes reports: freeze first.
+        let thawed = Held {
+            frozen: false,
+            ..held
+        };
+        assert_eq!(
+            p.receive_proposal(net.peers[0], &proof(&[0, 2], s), &thawed)
+                .unwrap(),
+            VoteAnswer::FreezeFirst
+        );
+        // Proved and large enough: a vote; a vote recorded before stays in force.
+        assert_eq!(
+            p.receive_proposal(net.peers[0], &proof(&[0, 2], s), &held)
+                .unwrap(),
+            VoteAnswer::Vote(s)
+        );
+        let voted = Held {
+            vote: Some(smaller),
+            ..held
+        };
+        assert_eq!(
+            p.receive_proposal(net.peers[0], &proof(&[0, 2], s), &voted)
+                .unwrap(),
+            VoteAnswer::Vote(smaller)
         );
     }
 
     #[test]
-    fn a_collect_without_an_agreed_set_or_enough_reports_opens_nothing() {
-        let p = peers(4);
-        let (mut c, _) = Collector::start(shape(&p, 0, 1), 1, set(1, 3));
-        for (i, peer) in p[1..].iter().enumerate() {
-            c.receive_set(*peer, set(i as u8 + 2, 3)).unwrap();
+    fn a_participant_opens_only_its_own_frozen_set_against_a_quorum_of_votes() {
+        let net = net(4, 1);
+        let s = set(1, 3);
+        let p = net.participant(1, 0);
+        let held = frozen(s, Some(s));
+        let open = |who: &[usize], of: ReportSet| Open {
+            set: of,
+            send_sum: true,
+            certificate: who
+                .iter()
+                .map(|i| (*i as u16, net.sign(*i, Statement::Vote, of)))
+                .collect(),
+        };
+        assert_eq!(open_quorum(4, 1), 3);
+        assert_eq!(
+            p.receive_open(net.peers[0], &Open::nothing(), &held)
+                .unwrap(),
+            None
+        );
+        assert_eq!(
+            p.receive_open(net.peers[2], &open(&[0, 1, 2], s), &held)
+                .unwrap_err()
+                .blamed(),
+            [net.peers[2]]
+        );
+        // t + 1 votes are not a quorum.
+        let e = p
+            .receive_open(net.peers[0], &open(&[0, 1], s), &held)
+            .unwrap_err();
+        assert!(
+            e.reason().contains("votes of 2 participants; 3 must"),
+            "{e}"
+        );
+        // Holds statements are not votes.
+        let mut holds = open(&[0, 1, 2], s);
+        holds.certificate[2].1 = net.sign(2, Statement::Holds, s);
+        assert!(p.receive_open(net.peers[0], &holds, &held).is_err());
+        // Another set than its own frozen one, or a batch not frozen: refused.
+        let other = set(2, 3);
+        let e = p
+            .receive_open(net.peers[0], &open(&[0, 1, 2], other), &held)
+            .unwrap_err();
+        assert!(e.reason().contains("did not freeze"), "{e}");
+        let thawed = Held {
+            frozen: false,
+            ..held
+        };
+        assert!(
+            p.receive_open(net.peers[0], &open(&[0, 1, 2], s), &thawed)
+                .is_err()
+        );
+        // Under min_reports: refused even with a certificate.
+        let tiny = set(3, 1);
+        let small = Held {
+            set: tiny,
+            frozen: true,
+            vote: Some(tiny),
+        };
+        let e = p
+            .receive_open(net.peers[0], &open(&[0, 1, 2], tiny), &small)
+            .unwrap_err();
+        assert!(e.reason().contains("min_reports = 2"), "{e}");
+        assert_eq!(
+            p.receive_open(net.peers[0], &open(&[0, 1, 3], s), &held)
+                .unwrap(),
+            Some(s)
+        );
+    }
+
+    #[test]
+    fn a_collect_without_a_proved_set_or_a_quorum_opens_nothing() {
+        let net = net(4, 1);
+        // Nobody froze (under min_reports): not enough reports.
+        let (mut c, _) = Collector::start(
+            net.shape(0),
+            net.signers(),
+            2,
+            net.answer(0, set(1, 1), false, None),
+        );
+        for i in 1..4 {
+            c.receive_answer(net.peers[i], net.answer(i, set(1, 1), false, None))
+                .unwrap();
         }
-        let (requests, opening) = c.choose(false);
-        assert_eq!(opening.err().unwrap().code, "no_agreed_report_set");
-        assert!(requests.iter().all(|(_, o)| *o == Open::NOTHING));
-        assert_eq!(requests.len(), 3);
-
-        let (mut c, _) = Collector::start(shape(&p, 0, 2), 1, set(1, 3));
-        c.unreachable([p[2], p[3]]);
-        c.receive_set(p[1], set(1, 3)).unwrap();
-        let e = c.choose(false).1.err().unwrap();
-        assert_eq!((e.status, e.code), (503, "not_enough_participants"));
-        assert!(e.message.contains(&p[2].to_string()), "{e}");
-
-        let (mut c, _) = Collector::start(shape(&p, 0, 1), 4, set(1, 3));
-        c.receive_set(p[1], set(1, 3)).unwrap();
-        let (requests, opening) = c.choose(false);
-        assert_eq!(opening.err().unwrap().code, "not_enough_reports");
+        let (told, e) = c.propose(false).err().unwrap();
+        assert_eq!(e.code, "not_enough_reports");
+        assert!(e.message.contains("1 reports are in batch 7"), "{e}");
+        assert_eq!(told.len(), 3);
+        // Every set frozen by one node only: no agreed set.
+        let (mut c, _) = Collector::start(
+            net.shape(0),
+            net.signers(),
+            2,
+            net.answer(0, set(0, 3), true, None),
+        );
+        for i in 1..4 {
+            c.receive_answer(net.peers[i], net.answer(i, set(i as u8, 3), true, None))
+                .unwrap();
+        }
+        assert_eq!(
+            c.propose(false).err().unwrap().1.code,
+            "no_agreed_report_set"
+        );
+        // A bad signature in an answer is blamed.
+        let (mut c, _) = Collector::start(
+            net.shape(0),
+            net.signers(),
+            2,
+            net.answer(0, set(0, 3), true, None),
+        );
+        let mut forged = net.answer(1, set(0, 3), true, None);
+        forged.holds = Some(net.sign(2, Statement::Holds, set(0, 3)));
+        assert_eq!(
+            c.receive_answer(net.peers[1], forged).unwrap_err().blamed(),
+            [net.peers[1]]
+        );
+        // Too few votes: no quorum, nothing opened, the reason named.
+        let s = set(0, 3);
+        let (mut c, _) =
+            Collector::start(net.shape(0), net.signers(), 2, net.answer(0, s, true, None));
+        c.receive_answer(net.peers[1], net.answer(1, s, true, None))
+            .unwrap();
+        c.receive_answer(net.peers[2], net.answer(2, s, true, Some(set(9, 4))))
+            .unwrap();
+        c.unreachable([net.peers[3]]);
+        let (_, ask, mut voting) = c.propose(false).unwrap();
+        assert_eq!(ask, [net.peers[1]], "p2 voted already");
+        voting.local_vote(Some((s, net.sign(0, Statement::Vote, s))), "");
+        voting
+            .receive_vote(net.peers[1], Some((s, net.sign(1, Statement::Vote, s))), "")
+            .unwrap();
+        let (requests, opening) = voting.certify(false);
+        let e = opening.err().unwrap();
+        assert_eq!(e.code, "no_quorum");
+        assert!(e.message.contains("only 2 of the 3"), "{e}");
+        assert!(e.message.contains("voted for another set"), "{e}");
         assert!(requests.iter().all(|(_, o)| !o.send_sum));
     }
 
     #[test]
-    fn a_participant_opens_only_the_set_it_announced_and_only_at_min_reports() {
-        let p = peers(3);
-        let start = |count| Participant::start(p[0], "t".into(), 3, set(1, count));
-        let open = |byte| Open {
-            digest: [byte; 32],
-            send_sum: true,
-        };
-        assert_eq!(
-            start(3).receive_open(p[1], open(1)).unwrap_err().blamed(),
-            [p[1]]
-        );
-        assert_eq!(start(3).receive_open(p[0], Open::NOTHING).unwrap(), None);
-        assert!(
-            start(3)
-                .receive_open(p[0], open(2))
-                .unwrap_err()
-                .reason()
-                .contains("did not announce")
-        );
-        let e = start(2).receive_open(p[0], open(1)).unwrap_err();
-        assert_eq!(e.blamed(), [p[0]]);
-        assert!(e.reason().contains("min_reports = 3"), "{e}");
-        assert_eq!(start(3).receive_open(p[0], open(1)).unwrap(), Some([1; 32]));
+    fn a_collect_goes_on_from_the_votes_of_an_earlier_one() {
+        let net = net(4, 1);
+        let (a, b) = (set(1, 3), set(2, 3));
+        // An earlier collect left votes for `a` on p1 and p2; the larger-count `b` would
+        // otherwise win. `a` is proposed again so that the votes add up.
+        let (mut c, _) =
+            Collector::start(net.shape(0), net.signers(), 2, net.answer(0, a, true, None));
+        c.receive_answer(net.peers[1], net.answer(1, a, true, Some(a)))
+            .unwrap();
+        c.receive_answer(net.peers[2], net.answer(2, b, true, Some(a)))
+            .unwrap();
+        c.receive_answer(net.peers[3], net.answer(3, b, true, None))
+            .unwrap();
+        let (proposal, ask, _) = c.propose(false).unwrap();
+        assert_eq!(proposal.set, a);
+        assert_eq!(ask, [net.peers[3]]);
     }
 
     proptest! {
+        /// Whatever honest participants froze and voted before, and whatever a collector
+        /// proposes, no two different sets of one batch get a certificate that an honest
+        /// participant accepts, as long as each honest participant votes once.
         #[test]
-        fn any_report_sets_choose_a_set_held_by_t_plus_one_or_nothing(
-            t in 1u16..4,
-            answers in proptest::collection::vec((0usize..7, 0u8..3), 0..12),
-            min_reports in 1u64..4,
+        fn no_two_sets_of_one_batch_are_certified(
+            n in 3usize..8,
+            t_pick in 0usize..8,
+            // Per participant: which of three sets it votes for (3: none).
+            votes in proptest::collection::vec(0u8..4, 8),
+            // Compromised participants vote for every set.
+            compromised in proptest::collection::vec(proptest::bool::ANY, 8),
         ) {
-            let p = peers(6);
-            let (mut c, _) = Collector::start(shape(&p, 0, t), min_reports, set(0, 2));
-            let mut held: BTreeMap<PeerId, ReportSet> = BTreeMap::new();
-            held.insert(p[0], set(0, 2));
-            for (who, byte) in answers {
-                let peer = p.get(who).copied().unwrap_or_else(PeerId::random);
-                // A digest stands for one set: its count follows from it.
-                let s = set(byte, u64::from(byte) + 2);
-                if c.receive_set(peer, s).is_ok() {
-                    held.insert(peer, s);
-                }
-            }
-            let (requests, opening) = c.choose(false);
-            if let Ok(opening) = opening {
-                let s = opening.set();
-                let holders = held.values().filter(|h| **h == s).count();
-                prop_assert!(holders > usize::from(t));
-                prop_assert!(s.count >= min_reports);
-                let chosen = opening.remote_chosen().len() + usize::from(opening.local_opens());
-                prop_assert_eq!(chosen, usize::from(t) + 1);
-                prop_assert!(requests.iter().all(|(peer, o)| !o.send_sum || held[peer] == s));
-            } else {
-                prop_assert!(requests.iter().all(|(_, o)| !o.send_sum));
-            }
+            let t = 1 + t_pick % (n - 1);
+            let net = net(n, t as u16);
+            let sets = [set(1, 3), set(2, 3), set(3, 3)];
+            let bad: Vec<usize> = (0..n).filter(|i| compromised[*i]).take(t).collect();
+            let certified: Vec<ReportSet> = sets
+                .iter()
+                .copied()
+                .filter(|s| {
+                    let certificate: Vec<Signed> = (0..n)
+                        .filter(|i| bad.contains(i) || sets.get(usize::from(votes[*i])) == Some(s))
+                        .map(|i| (i as u16, net.sign(i, Statement::Vote, *s)))
+                        .collect();
+                    let held = Held { set: *s, frozen: true, vote: Some(*s) };
+                    let honest = (0..n).find(|i| !bad.contains(i)).unwrap();
+                    let collector = (honest + 1) % n;
+                    let open = Open { set: *s, send_sum: true, certificate };
+                    net.participant(honest, collector).receive_open(net.peers[collector], &open, &held).is_ok()
+                })
+                .collect();
+            prop_assert!(certified.len() <= 1, "n = {}, t = {}: {:?}", n, t, certified);
         }
     }
 }

@@ -1,38 +1,107 @@
-//! Opening the sum of a task: the driver of [`core`]. The collector asks every participant
-//! for its report set, the core chooses the set t + 1 of them hold and who opens it, the
-//! chosen stream their share sums here in chunks, and the sum is interpolated off the async
-//! threads. This module does the I/O the core leaves out: sends, deadlines, the task's
-//! snapshot and its persisted "opened" mark.
+//! Opening one batch of a task: the driver of [`core`]. The collector asks every
+//! participant to freeze the batch and say which reports it holds in it, proposes the set
+//! that t + 1 of them froze, gathers a quorum of votes for it, and the t + 1 chosen stream
+//! their share sums here in chunks, against that certificate; the sum is interpolated off
+//! the async threads. This module does the I/O the core leaves out: sends, deadlines,
+//! signatures, and the task's frozen batches, votes and released marks.
 
 pub mod core;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use libp2p::PeerId;
 use tracing::info;
 
-use self::core::{Collector, Open, Participant, ReportSet};
+use self::core::{
+    BatchAnswer, Collector, Held, Open, Participant, Proposal, ReportSet, Signers, Statement,
+    VoteAnswer, statement_bytes,
+};
 use super::relay::core::TaskShape;
 use super::shares;
-use super::store::TaskEntry;
+use super::store::{Snapshot, TaskEntry};
 use super::{AggError, CollectResult};
 use crate::mpc::chunks::pieces;
 use crate::mpc::session::{SessionError, SessionInbox};
-use crate::mpc::wire::{Body, Protocol, SessionId};
+use crate::mpc::wire::{Blob, Body, Protocol, SessionId, SignedSet};
 use crate::mpc::{InviteRefusal, MpcEngine, unreachable_error};
 
-fn open_body(open: Open) -> Body {
+fn signed_list(list: &[(u16, Vec<u8>)]) -> Vec<(u16, Blob)> {
+    list.iter()
+        .map(|(i, s)| (*i, Blob(s.clone().into())))
+        .collect()
+}
+
+fn unsigned_list(list: &[(u16, Blob)]) -> Vec<(u16, Vec<u8>)> {
+    list.iter().map(|(i, s)| (*i, s.0.to_vec())).collect()
+}
+
+fn open_body(open: &Open) -> Body {
     Body::AggOpen {
-        digest: open.digest,
+        digest: open.set.digest,
+        count: open.set.count,
         send_sum: open.send_sum,
+        certificate: signed_list(&open.certificate),
+    }
+}
+
+fn held(snapshot: &Snapshot) -> Held {
+    Held {
+        set: snapshot.set,
+        frozen: snapshot.frozen,
+        vote: snapshot.vote,
+    }
+}
+
+fn signed_set(set: ReportSet, signature: Vec<u8>) -> SignedSet {
+    SignedSet {
+        digest: set.digest,
+        count: set.count,
+        signature: Blob(signature.into()),
+    }
+}
+
+fn from_signed(s: &SignedSet) -> (ReportSet, Vec<u8>) {
+    (
+        ReportSet {
+            digest: s.digest,
+            count: s.count,
+        },
+        s.signature.0.to_vec(),
+    )
+}
+
+/// What a participant waits for after its report set: a proposal or the open request.
+enum Next {
+    Propose(Proposal),
+    Open(Open),
+}
+
+impl PartialEq for Next {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Next::Propose(a), Next::Propose(b)) => a == b,
+            (Next::Open(a), Next::Open(b)) => a == b,
+            _ => false,
+        }
     }
 }
 
 impl MpcEngine {
-    /// Opens the sum of a task: agrees with t + 1 participants on the report set, gathers
-    /// their share sums and interpolates.
-    pub async fn collect_aggregation(&self, task_id: &str) -> Result<CollectResult, AggError> {
+    /// Opens batch `batch` of a task (by default the batch this node takes reports into):
+    /// agrees with a quorum of participants on its report set, gathers t + 1 share sums and
+    /// interpolates.
+    pub async fn collect_aggregation(
+        &self,
+        task_id: &str,
+        batch: Option<u64>,
+    ) -> Result<CollectResult, AggError> {
         let (task, shape) = self.task_and_shape(task_id)?;
+        let batch = match batch {
+            Some(b) => b,
+            None => task.default_collect_batch().await,
+        };
+        let signers = Signers::of(&task.info, batch).map_err(AggError::internal)?;
         let others: Vec<PeerId> = shape.others();
         let session = SessionId::random();
         let inbox = self
@@ -41,10 +110,98 @@ impl MpcEngine {
             .open(session, Protocol::AggCollect, others.clone())
             .map_err(|e| AggError::session(session, e))?;
         let engine = self.clone();
-        let run = async move { engine.run_collect(inbox, task, shape).await };
+        let run = async move { engine.run_collect(inbox, task, shape, signers).await };
         self.run_session(Protocol::AggCollect, "collector", session, others, run)
             .await
             .map_err(|e| AggError::session(session, e))?
+    }
+
+    fn sign_statement(
+        &self,
+        statement: Statement,
+        task: &TaskEntry,
+        batch: u64,
+        set: ReportSet,
+    ) -> Result<Vec<u8>, SessionError> {
+        let bytes = statement_bytes(statement, &task.info.params.task_id, batch, set);
+        self.agg()
+            .identity
+            .sign(&bytes)
+            .map_err(|e| SessionError::failed(format!("cannot sign: {e}")))
+    }
+
+    /// How long a freeze waits for reports already under way into the batch.
+    fn freeze_wait(&self) -> Duration {
+        self.inner.round_timeout / 2
+    }
+
+    async fn freeze(&self, task: &TaskEntry, batch: u64) -> Result<Snapshot, SessionError> {
+        let frozen = task
+            .freeze(batch, self.freeze_wait())
+            .await
+            .map_err(|e| SessionError::failed(e.to_string()))?;
+        info!(task_id = %task.info.params.task_id, batch, reports = frozen.set.count, "batch frozen");
+        Ok(frozen)
+    }
+
+    /// This node's answer to a collect of `batch`: its batch frozen first when it holds
+    /// `min_reports` reports in it, then its set, signed when frozen, and its vote.
+    async fn batch_answer(
+        &self,
+        task: &TaskEntry,
+        participant: &Participant,
+        batch: u64,
+    ) -> Result<BatchAnswer, SessionError> {
+        let mut snapshot = task.snapshot(batch).await;
+        if participant.freezes(&held(&snapshot)) {
+            snapshot = self.freeze(task, batch).await?;
+        }
+        let holds = if snapshot.frozen {
+            Some(self.sign_statement(Statement::Holds, task, batch, snapshot.set)?)
+        } else {
+            None
+        };
+        let vote = match snapshot.vote {
+            Some(v) => Some((v, self.sign_statement(Statement::Vote, task, batch, v)?)),
+            None => None,
+        };
+        Ok(BatchAnswer {
+            set: snapshot.set,
+            holds,
+            vote,
+        })
+    }
+
+    /// This node's vote on `proposal` (freezing its batch first when the proposal is
+    /// proved): the vote in force, signed, or why it gives none.
+    async fn vote_on(
+        &self,
+        task: &TaskEntry,
+        participant: &Participant,
+        collector: PeerId,
+        proposal: &Proposal,
+        batch: u64,
+    ) -> Result<(Option<(ReportSet, Vec<u8>)>, String), SessionError> {
+        let mut snapshot = task.snapshot(batch).await;
+        let mut answer = participant.receive_proposal(collector, proposal, &held(&snapshot))?;
+        if answer == VoteAnswer::FreezeFirst {
+            snapshot = self.freeze(task, batch).await?;
+            answer = participant.receive_proposal(collector, proposal, &held(&snapshot))?;
+        }
+        match answer {
+            VoteAnswer::Vote(set) => {
+                let in_force = task
+                    .vote(batch, set)
+                    .await
+                    .map_err(|e| SessionError::failed(e.to_string()))?;
+                let sig = self.sign_statement(Statement::Vote, task, batch, in_force)?;
+                Ok((Some((in_force, sig)), String::new()))
+            }
+            VoteAnswer::Refuse(why) => Ok((None, why)),
+            VoteAnswer::FreezeFirst => Err(SessionError::failed(format!(
+                "batch {batch} did not freeze"
+            ))),
+        }
     }
 
     async fn run_collect(
@@ -52,17 +209,19 @@ impl MpcEngine {
         mut inbox: SessionInbox,
         task: Arc<TaskEntry>,
         shape: TaskShape,
+        signers: Signers,
     ) -> Result<Result<CollectResult, AggError>, SessionError> {
         let session = inbox.session();
         let task_id = shape.task_id.clone();
-        let snapshot = task.snapshot().await;
-        let own = ReportSet {
-            digest: snapshot.digest,
-            count: snapshot.count,
-        };
-        let (mut collector, others) = Collector::start(shape, task.info.params.min_reports, own);
+        let batch = signers.batch();
+        let local = shape.local;
+        let min_reports = task.info.params.min_reports;
+        let me = Participant::new(local, shape.clone(), signers.clone(), min_reports);
+        let own = self.batch_answer(&task, &me, batch).await?;
+        let (mut collector, others) = Collector::start(shape, signers, min_reports, own);
         let invite = Body::AggCollectInvite {
             task_id: task_id.clone(),
+            batch,
         };
         let failures = self.broadcast(&others, session, &invite).await;
         collector.unreachable(failures.into_iter().map(|(p, _)| p));
@@ -74,26 +233,69 @@ impl MpcEngine {
                 &awaited,
                 timeout,
                 |b| match b {
-                    Body::AggReportSet { digest, count } => Some(ReportSet {
-                        digest: *digest,
-                        count: *count,
+                    Body::AggReportSet {
+                        digest,
+                        count,
+                        holds,
+                        vote,
+                    } => Some(BatchAnswer {
+                        set: ReportSet {
+                            digest: *digest,
+                            count: *count,
+                        },
+                        holds: holds.as_ref().map(|h| h.0.to_vec()),
+                        vote: vote.as_ref().map(from_signed),
                     }),
                     _ => None,
                 },
-                |from, set| collector.receive_set(from, *set),
+                |from, answer| collector.receive_answer(from, answer.clone()),
             )
             .await?;
-        let (requests, opening) = collector.choose(self.inner.faults.collect_ignores_min_reports);
+        let (proposal, ask, mut voting) =
+            match collector.propose(self.inner.faults.collect_ignores_min_reports) {
+                Ok(proposed) => proposed,
+                Err((answered, refusal)) => {
+                    self.tell_nothing(session, &answered).await;
+                    return Ok(Err(refusal));
+                }
+            };
+        let rogue = self.inner.faults.collect_ignores_min_reports;
+        let (own_vote, refusal) = match self.vote_on(&task, &me, local, &proposal, batch).await {
+            Ok(vote) => vote,
+            // The rogue collector of the test fault goes on past its own checks.
+            Err(e) if rogue => (None, e.to_string()),
+            Err(e) => return Err(e),
+        };
+        voting.local_vote(own_vote, &refusal);
+        let body = Body::AggPropose {
+            digest: proposal.set.digest,
+            count: proposal.set.count,
+            holds: signed_list(&proposal.holds),
+        };
+        let failures = self.broadcast(&ask, session, &body).await;
+        voting.unreachable(failures.into_iter().map(|(p, _)| p));
+        let awaited = voting.awaited();
+        inbox
+            .collect_each(
+                "aggregation vote",
+                &awaited,
+                timeout,
+                |b| match b {
+                    Body::AggVote { vote, refusal } => {
+                        Some((vote.as_ref().map(from_signed), refusal.clone()))
+                    }
+                    _ => None,
+                },
+                |from, (vote, refusal)| voting.receive_vote(from, vote.clone(), refusal),
+            )
+            .await?;
+        let (requests, opening) = voting.certify(rogue);
         let (chosen, not_chosen): (Vec<_>, Vec<_>) =
             requests.into_iter().partition(|(_, open)| open.send_sum);
-        let not_chosen: Vec<(PeerId, Body)> = not_chosen
-            .into_iter()
-            .map(|(p, open)| (p, open_body(open)))
-            .collect();
         let _ = futures::future::join_all(
             not_chosen
-                .into_iter()
-                .map(|(p, body)| self.send(p, session, body)),
+                .iter()
+                .map(|(p, open)| self.send(*p, session, open_body(open))),
         )
         .await;
         let mut opening = match opening {
@@ -101,8 +303,8 @@ impl MpcEngine {
             Err(refusal) => return Ok(Err(refusal)),
         };
         let messages = chosen
-            .into_iter()
-            .map(|(p, open)| (p, open_body(open)))
+            .iter()
+            .map(|(p, open)| (*p, open_body(open)))
             .collect();
         self.send_round(&mut inbox, messages, "the open request")
             .await?;
@@ -119,7 +321,13 @@ impl MpcEngine {
             opening.receive_chunk(peer, index, &data)?;
         }
         let own_sum = if opening.local_opens() {
-            task.mark_opened(opening.set().digest)
+            let snapshot = task.snapshot(batch).await;
+            if !snapshot.frozen || snapshot.set != opening.set() {
+                return Err(SessionError::failed(format!(
+                    "this node's batch {batch} is not the set being opened"
+                )));
+            }
+            task.mark_released(batch, opening.set().digest)
                 .await
                 .map_err(|e| SessionError::failed(e.to_string()))?;
             Some(snapshot.share_sum)
@@ -132,9 +340,13 @@ impl MpcEngine {
             .await
             .map_err(|e| SessionError::failed(e.to_string()))?
             .map_err(|e| SessionError::failed(e.to_string()))?;
-        info!(%task_id, reports = opened.set.count, "aggregate opened");
+        task.mark_collected(batch)
+            .await
+            .map_err(|e| SessionError::failed(e.to_string()))?;
+        info!(%task_id, batch, reports = opened.set.count, "aggregate opened");
         Ok(Ok(CollectResult {
             task_id,
+            batch,
             sum: shares::to_integers(&sum),
             reports: opened.set.count,
             report_set_digest: hex::encode(opened.set.digest),
@@ -142,12 +354,22 @@ impl MpcEngine {
         }))
     }
 
-    /// Answers a collect invitation: reports its report set, then opens when chosen.
+    /// Ends the participants' side of a refused collect.
+    async fn tell_nothing(&self, session: SessionId, peers: &[PeerId]) {
+        let body = open_body(&Open::nothing());
+        let _ =
+            futures::future::join_all(peers.iter().map(|p| self.send(*p, session, body.clone())))
+                .await;
+    }
+
+    /// Answers a collect invitation: freezes the batch (when it holds enough reports),
+    /// reports its set, votes on the proposal, and opens when chosen against a certificate.
     pub(in crate::mpc) fn join_aggregation_collect(
         &self,
         session: SessionId,
         from: PeerId,
         task_id: String,
+        batch: u64,
     ) -> Result<(), InviteRefusal> {
         let Some(task) = self.agg().store.get(&task_id) else {
             return Err(InviteRefusal::Other(format!(
@@ -159,12 +381,17 @@ impl MpcEngine {
                 "peer {from} is not another participant of task {task_id}"
             )));
         }
+        let shape = TaskShape::of(&task.info, self.inner.local).map_err(InviteRefusal::Other)?;
+        let signers = Signers::of(&task.info, batch).map_err(InviteRefusal::Other)?;
+        let participant = Participant::new(from, shape, signers, task.info.params.min_reports);
         self.spawn_participant(
             Protocol::AggCollect,
             session,
             vec![from],
             move |engine, inbox| async move {
-                engine.run_collect_participant(inbox, from, task).await
+                engine
+                    .run_collect_participant(inbox, from, task, participant, batch)
+                    .await
             },
         )
     }
@@ -174,40 +401,82 @@ impl MpcEngine {
         mut inbox: SessionInbox,
         from: PeerId,
         task: Arc<TaskEntry>,
+        participant: Participant,
+        batch: u64,
     ) -> Result<(), SessionError> {
         let session = inbox.session();
-        let snapshot = task.snapshot().await;
-        let params = &task.info.params;
-        let participant = Participant::start(
-            from,
-            params.task_id.clone(),
-            params.min_reports,
-            ReportSet {
-                digest: snapshot.digest,
-                count: snapshot.count,
-            },
-        );
-        let set = Body::AggReportSet {
-            digest: snapshot.digest,
-            count: snapshot.count,
+        let answer = self.batch_answer(&task, &participant, batch).await?;
+        let body = Body::AggReportSet {
+            digest: answer.set.digest,
+            count: answer.set.count,
+            holds: answer.holds.map(|h| Blob(h.into())),
+            vote: answer.vote.map(|(set, sig)| signed_set(set, sig)),
         };
-        self.send(from, session, set)
+        self.send(from, session, body)
             .await
             .map_err(|e| unreachable_error(vec![(from, e)], "the report set"))?;
         let timeout = self.inner.round_timeout;
-        let open = inbox
-            .collect("aggregation open", &[from], timeout, |b| match b {
-                Body::AggOpen { digest, send_sum } => Some(Open {
-                    digest: *digest,
-                    send_sum: *send_sum,
-                }),
-                _ => None,
-            })
-            .await?;
-        let Some(digest) = participant.receive_open(from, open[&from])? else {
+        let mut proposed = false;
+        let open = loop {
+            let next = inbox
+                .collect("aggregation proposal", &[from], timeout, |b| match b {
+                    Body::AggPropose {
+                        digest,
+                        count,
+                        holds,
+                    } => Some(Next::Propose(Proposal {
+                        set: ReportSet {
+                            digest: *digest,
+                            count: *count,
+                        },
+                        holds: unsigned_list(holds),
+                    })),
+                    Body::AggOpen {
+                        digest,
+                        count,
+                        send_sum,
+                        certificate,
+                    } => Some(Next::Open(Open {
+                        set: ReportSet {
+                            digest: *digest,
+                            count: *count,
+                        },
+                        send_sum: *send_sum,
+                        certificate: unsigned_list(certificate),
+                    })),
+                    _ => None,
+                })
+                .await?
+                .remove(&from);
+            match next {
+                Some(Next::Propose(_)) if proposed => {
+                    return Err(SessionError::blame(
+                        vec![from],
+                        format!("collector {from} sent a second proposal for batch {batch}"),
+                    ));
+                }
+                Some(Next::Propose(proposal)) => {
+                    proposed = true;
+                    let (vote, refusal) = self
+                        .vote_on(&task, &participant, from, &proposal, batch)
+                        .await?;
+                    let body = Body::AggVote {
+                        vote: vote.map(|(set, sig)| signed_set(set, sig)),
+                        refusal,
+                    };
+                    self.send(from, session, body)
+                        .await
+                        .map_err(|e| unreachable_error(vec![(from, e)], "the vote"))?;
+                }
+                Some(Next::Open(open)) => break open,
+                None => return Err(SessionError::failed("no open request")),
+            }
+        };
+        let snapshot = task.snapshot(batch).await;
+        let Some(set) = participant.receive_open(from, &open, &held(&snapshot))? else {
             return Ok(());
         };
-        task.mark_opened(digest)
+        task.mark_released(batch, set.digest)
             .await
             .map_err(|e| SessionError::failed(e.to_string()))?;
         let bytes = shares::encode(&snapshot.share_sum);
@@ -216,7 +485,7 @@ impl MpcEngine {
         })
         .await
         .map_err(|e| unreachable_error(vec![(from, e)], "the share sum"))?;
-        info!(task_id = %params.task_id, reports = snapshot.count, "share sum opened");
+        info!(task_id = %task.info.params.task_id, batch, reports = set.count, "share sum released");
         Ok(())
     }
 }

@@ -149,8 +149,9 @@ pub type Judged = Result<Vec<PeerId>, Refusal>;
 pub struct Relay {
     shape: TaskShape,
     report_ids: Vec<String>,
-    /// The remote owners sent an invite, each owing a verdict list.
-    verdicts: Answers<Vec<Option<Refusal>>>,
+    /// The remote owners sent an invite, each owing a verdict list and the batch it was
+    /// taking when it reserved the reports.
+    verdicts: Answers<(Vec<Option<Refusal>>, u64)>,
 }
 
 impl Relay {
@@ -244,11 +245,13 @@ impl Relay {
     }
 
     /// Takes an owner's verdict list: one entry per report of the batch, `None` for a share
-    /// it accepted (and holds reserved), or its refusal.
+    /// it accepted (and holds reserved), or its refusal; and `batch`, the task batch the
+    /// owner takes reports into (the commit names a batch no lower).
     pub fn receive(
         &mut self,
         from: PeerId,
         rejected: &[Option<Refusal>],
+        batch: u64,
     ) -> Result<(), SessionError> {
         let count = self.report_ids.len();
         if rejected.len() != count {
@@ -260,15 +263,19 @@ impl Relay {
                 ),
             ));
         }
-        self.verdicts.take(from, rejected.to_vec(), "verdicts")
+        self.verdicts
+            .take(from, (rejected.to_vec(), batch), "verdicts")
     }
 
     /// Judges every report once every owner answered, given this node's own verdict on its
-    /// share of each (`Ok`: opened and reserved here). Returns the commit round and, per
+    /// share of each (`Ok`: opened and reserved here) and the task batch this node takes
+    /// reports into. Returns the commit round (which names the batch the reports go to:
+    /// the highest any owner takes, so that none stores them in a batch it froze) and, per
     /// report, whether it is committed and how it ended.
     pub fn judge(
         self,
         local: &[Result<(), Refusal>],
+        local_batch: u64,
     ) -> Result<(Committing, Vec<bool>, Vec<Judged>), SessionError> {
         let missing = self.awaited();
         if !missing.is_empty() {
@@ -290,7 +297,10 @@ impl Relay {
             let (mut accepted, refusal) = judge_report(
                 self.shape.local,
                 own.as_ref().map(|_| ()),
-                self.verdicts.got().iter().map(|(p, v)| (*p, v[i].as_ref())),
+                self.verdicts
+                    .got()
+                    .iter()
+                    .map(|(p, v)| (*p, v.0[i].as_ref())),
                 need,
                 self.verdicts.unreached(),
             );
@@ -303,8 +313,15 @@ impl Relay {
             });
         }
         let commits: Vec<bool> = outcomes.iter().map(Result::is_ok).collect();
+        let batch = self
+            .verdicts
+            .got()
+            .values()
+            .map(|(_, b)| *b)
+            .fold(local_batch, u64::max);
         let committing = Committing {
             waiting: self.verdicts.got().keys().copied().collect(),
+            batch,
         };
         Ok((committing, commits, outcomes))
     }
@@ -352,9 +369,15 @@ fn judge_report<'a>(
 /// The relay's commit round: the owners that answered confirm they stored their shares.
 pub struct Committing {
     waiting: BTreeSet<PeerId>,
+    batch: u64,
 }
 
 impl Committing {
+    /// The task batch the committed reports go to, on every owner.
+    pub fn batch(&self) -> u64 {
+        self.batch
+    }
+
     /// The owners the commit flags go to (every owner that sent verdicts).
     pub fn commit_to(&self) -> Vec<PeerId> {
         self.waiting.iter().copied().collect()
@@ -524,10 +547,12 @@ pub struct Judging {
 
 impl Judging {
     /// The verdict list to send, from this node's outcome of opening each share (`Ok`:
-    /// opened and reserved).
+    /// opened and reserved), and `batch`, the task batch this node reserved them for (the
+    /// lowest it will store them in).
     pub fn verdicts(
         self,
         opened: &[Result<(), Refusal>],
+        batch: u64,
     ) -> (AwaitingCommit, Vec<Option<Refusal>>) {
         let rejected: Vec<Option<Refusal>> = opened.iter().map(|o| o.clone().err()).collect();
         let accepted = opened.iter().map(Result::is_ok).collect();
@@ -536,6 +561,7 @@ impl Judging {
                 relay: self.relay,
                 report_ids: self.report_ids,
                 accepted,
+                batch,
             },
             rejected,
         )
@@ -558,6 +584,7 @@ pub struct AwaitingCommit {
     relay: PeerId,
     report_ids: Vec<String>,
     accepted: Vec<bool>,
+    batch: u64,
 }
 
 impl AwaitingCommit {
@@ -566,13 +593,15 @@ impl AwaitingCommit {
         &self.report_ids
     }
 
-    /// Takes the relay's commit flags; returns what to do with each share, in batch order.
-    /// A relay that commits a report this node refused (an honest one never does: one
-    /// refusal drops the report everywhere) is blamed.
+    /// Takes the relay's commit flags and the task batch they go to; returns what to do
+    /// with each share, in batch order. A relay that commits a report this node refused (an
+    /// honest one never does: one refusal drops the report everywhere), or into a batch
+    /// below the one this node reserved it for, is blamed.
     pub fn receive_commit(
         self,
         from: PeerId,
         commits: &[bool],
+        batch: u64,
     ) -> Result<Vec<Decision>, SessionError> {
         if from != self.relay {
             return Err(SessionError::blame(
@@ -590,6 +619,15 @@ impl AwaitingCommit {
                     "relay {from} sent {} commit flags for {} shares",
                     commits.len(),
                     self.accepted.len()
+                ),
+            ));
+        }
+        if batch < self.batch && commits.iter().any(|c| *c) {
+            return Err(SessionError::blame(
+                vec![from],
+                format!(
+                    "relay {from} committed reports into task batch {batch}; this node took them for batch {} or later",
+                    self.batch
                 ),
             ));
         }
@@ -716,20 +754,25 @@ mod tests {
         relay.unreachable([p[3], stranger]);
         assert_eq!(relay.awaited(), [p[1], p[2]]);
         let blamed = |r: Result<(), SessionError>| r.unwrap_err().blamed().to_vec();
-        assert_eq!(blamed(relay.receive(stranger, &[None, None])), [stranger]);
-        assert_eq!(blamed(relay.receive(p[3], &[None, None])), [p[3]]);
-        let e = relay.receive(p[1], &[None]).unwrap_err();
+        assert_eq!(
+            blamed(relay.receive(stranger, &[None, None], 0)),
+            [stranger]
+        );
+        assert_eq!(blamed(relay.receive(p[3], &[None, None], 0)), [p[3]]);
+        let e = relay.receive(p[1], &[None], 0).unwrap_err();
         assert!(e.reason().contains("2 reports with 1 verdicts"), "{e}");
-        relay.receive(p[1], &[None, None]).unwrap();
-        relay.receive(p[1], &[None, None]).unwrap();
-        let e = relay.receive(p[1], &[None, refusal("x")]).unwrap_err();
+        relay.receive(p[1], &[None, None], 3).unwrap();
+        relay.receive(p[1], &[None, None], 3).unwrap();
+        let e = relay.receive(p[1], &[None, refusal("x")], 3).unwrap_err();
         assert!(e.reason().contains("two different verdicts"), "{e}");
         assert_eq!(relay.awaited(), [p[2]]);
         relay
-            .receive(p[2], &[None, refusal("bad_ciphertext")])
+            .receive(p[2], &[None, refusal("bad_ciphertext")], 2)
             .unwrap();
-        let (mut committing, commits, outcomes) = relay.judge(&[Ok(()), Ok(())]).unwrap();
+        let (mut committing, commits, outcomes) = relay.judge(&[Ok(()), Ok(())], 1).unwrap();
         assert_eq!(commits, [true, false]);
+        // The reports go to the highest task batch any owner takes them into.
+        assert_eq!(committing.batch(), 3);
         assert_eq!(outcomes[0], Ok(vec![p[0], p[1], p[2]]));
         let (code, message) = outcomes[1].clone().unwrap_err();
         assert_eq!(code, "bad_ciphertext");
@@ -753,13 +796,13 @@ mod tests {
         let s = shape(&p, 0, 2, 3);
         let (relay, _, _) = Relay::start(s.clone(), vec![report(&s, 1)]).unwrap();
         // Judging before every verdict is in blames those missing.
-        let e = relay.judge(&[Ok(())]).err().unwrap();
+        let e = relay.judge(&[Ok(())], 0).err().unwrap();
         assert_eq!(e.blamed(), [p[1], p[2], p[3]]);
         // Two owners unreachable: 2 took it, t + 1 = 3 must.
         let (mut relay, _, _) = Relay::start(s.clone(), vec![report(&s, 1)]).unwrap();
         relay.unreachable([p[2], p[3]]);
-        relay.receive(p[1], &[None]).unwrap();
-        let (committing, commits, outcomes) = relay.judge(&[Ok(())]).unwrap();
+        relay.receive(p[1], &[None], 0).unwrap();
+        let (committing, commits, outcomes) = relay.judge(&[Ok(())], 0).unwrap();
         assert_eq!(commits, [false]);
         assert_eq!(
             outcomes[0].clone().unwrap_err().0,
@@ -769,10 +812,10 @@ mod tests {
         // This node's own refusal counts like any owner's.
         let (mut relay, _, _) = Relay::start(s.clone(), vec![report(&s, 1)]).unwrap();
         for peer in &p[1..] {
-            relay.receive(*peer, &[None]).unwrap();
+            relay.receive(*peer, &[None], 0).unwrap();
         }
         let (_, commits, outcomes) = relay
-            .judge(&[Err(("duplicate_report".into(), "again".into()))])
+            .judge(&[Err(("duplicate_report".into(), "again".into()))], 0)
             .unwrap();
         assert_eq!(commits, [false]);
         assert_eq!(outcomes[0].clone().unwrap_err().0, "duplicate_report");
@@ -866,7 +909,7 @@ mod tests {
         assert!(!owner.waits_for_chunks());
         let (judging, list) = owner.shares().unwrap();
         assert_eq!(list, [(report_id(7), vec![1; 32], payload)]);
-        let (awaiting, rejected) = judging.verdicts(&[Ok(())]);
+        let (awaiting, rejected) = judging.verdicts(&[Ok(())], 0);
         assert_eq!(rejected, [None]);
         assert_eq!(awaiting.report_ids(), [report_id(7)]);
         // An incomplete stream gives nothing to open.
@@ -889,7 +932,8 @@ mod tests {
             Err(("bad_ciphertext".to_string(), "x".to_string())),
             Ok(()),
         ];
-        let waiting = || {
+        // An owner that took the reports for task batch `reserved`, waiting for the commit.
+        let waiting_from = |reserved| {
             let (judging, _) = Owner::invited(
                 s.clone(),
                 p[0],
@@ -899,9 +943,10 @@ mod tests {
             .unwrap()
             .shares()
             .unwrap();
-            judging.verdicts(&opened).0
+            judging.verdicts(&opened, reserved).0
         };
-        let (awaiting, rejected) = judging.verdicts(&opened);
+        let waiting = || waiting_from(0);
+        let (awaiting, rejected) = judging.verdicts(&opened, 0);
         assert_eq!(
             rejected,
             [
@@ -912,28 +957,35 @@ mod tests {
         );
         assert_eq!(
             awaiting
-                .receive_commit(p[2], &[true, false, false])
+                .receive_commit(p[2], &[true, false, false], 0)
                 .unwrap_err()
                 .blamed(),
             [p[2]]
         );
         assert!(
             waiting()
-                .receive_commit(p[0], &[true])
+                .receive_commit(p[0], &[true], 0)
                 .unwrap_err()
                 .reason()
                 .contains("1 commit flags for 3")
         );
         let e = waiting()
-            .receive_commit(p[0], &[true, true, true])
+            .receive_commit(p[0], &[true, true, true], 0)
             .unwrap_err();
         assert!(e.reason().contains("which this node refused"), "{e}");
         assert_eq!(
             waiting()
-                .receive_commit(p[0], &[true, false, false])
+                .receive_commit(p[0], &[true, false, false], 0)
                 .unwrap(),
             [Decision::Store, Decision::Refused, Decision::Drop]
         );
+        // Into a later task batch, fine; into one below what this node reserved them for,
+        // the relay is blamed (the owner may have frozen it).
+        let later = |batch| waiting_from(4).receive_commit(p[0], &[true, false, false], batch);
+        assert!(later(5).is_ok());
+        let e = later(3).unwrap_err();
+        assert_eq!(e.blamed(), [p[0]]);
+        assert!(e.reason().contains("batch 4 or later"), "{e}");
     }
 
     proptest! {
@@ -961,14 +1013,14 @@ mod tests {
                 let peer = p.get(who).copied().unwrap_or_else(PeerId::random);
                 let list: Vec<Option<Refusal>> = list.iter().map(|r| r.then(|| ("x".into(), "y".into()))).collect();
                 let before = relay.awaited().len();
-                let taken = relay.receive(peer, &list).is_ok();
+                let taken = relay.receive(peer, &list, 0).is_ok();
                 // An answer is taken once: the same one again changes nothing; a refused
                 // one changes nothing either.
                 let after = relay.awaited().len();
                 prop_assert!(after == before || (taken && after + 1 == before));
             }
             let local = vec![Ok(()); count.max(1)];
-            if let Ok((_, commits, outcomes)) = relay.judge(&local) {
+            if let Ok((_, commits, outcomes)) = relay.judge(&local, 0) {
                 prop_assert_eq!(commits.len(), count.max(1));
                 prop_assert!(commits.iter().zip(&outcomes).all(|(c, o)| *c == o.is_ok()));
             }

@@ -358,24 +358,24 @@ impl MpcEngine {
                 &awaited,
                 timeout,
                 |b| match b {
-                    Body::AggBatchVerdict { rejected } => Some(rejected.clone()),
+                    Body::AggBatchVerdict { rejected, batch } => Some((rejected.clone(), *batch)),
                     _ => None,
                 },
-                |from, rejected| relay.receive(from, rejected),
+                |from, (rejected, batch)| relay.receive(from, rejected, *batch),
             )
             .await;
         let local: Vec<Result<(), Refusal>> = opened
             .iter()
             .map(|o| o.as_ref().map(|_| ()).map_err(Clone::clone))
             .collect();
-        let (mut committing, commits, outcomes) = match verdicts.and_then(|()| relay.judge(&local))
-        {
-            Ok(judged) => judged,
-            Err(e) => {
-                release(&opened);
-                return Err(e);
-            }
-        };
+        let (mut committing, commits, outcomes) =
+            match verdicts.and_then(|()| relay.judge(&local, task.current_batch())) {
+                Ok(judged) => judged,
+                Err(e) => {
+                    release(&opened);
+                    return Err(e);
+                }
+            };
         let commit_to = committing.commit_to();
         let failures = self
             .broadcast(
@@ -383,6 +383,7 @@ impl MpcEngine {
                 session,
                 &Body::AggBatchCommit {
                     commits: commits.clone(),
+                    batch: committing.batch(),
                 },
             )
             .await;
@@ -395,7 +396,13 @@ impl MpcEngine {
                 Err(_) => {}
             }
         }
-        let stored = join_all(to_store.iter().map(|(id, share)| task.commit(id, share))).await;
+        let batch = committing.batch();
+        let stored = join_all(
+            to_store
+                .iter()
+                .map(|(id, share)| task.commit(id, share, batch)),
+        )
+        .await;
         for ((id, _), result) in to_store.iter().zip(&stored) {
             if result.is_err() {
                 task.release(id);
@@ -498,7 +505,8 @@ impl MpcEngine {
             .iter()
             .map(|o| o.as_ref().map(|_| ()).map_err(Clone::clone))
             .collect();
-        let (awaiting, rejected) = judging.verdicts(&verdicts);
+        let batch = task.current_batch();
+        let (awaiting, rejected) = judging.verdicts(&verdicts, batch);
         let report_ids = awaiting.report_ids().to_vec();
         let release_all = || {
             for (id, o) in report_ids.iter().zip(&opened) {
@@ -508,7 +516,7 @@ impl MpcEngine {
             }
         };
         if let Err(e) = self
-            .send(from, session, Body::AggBatchVerdict { rejected })
+            .send(from, session, Body::AggBatchVerdict { rejected, batch })
             .await
         {
             release_all();
@@ -516,12 +524,17 @@ impl MpcEngine {
         }
         let decisions = inbox
             .collect("aggregation batch commit", &[from], timeout, |b| match b {
-                Body::AggBatchCommit { commits } => Some(commits.clone()),
+                Body::AggBatchCommit { commits, batch } => Some((commits.clone(), *batch)),
                 _ => None,
             })
             .await
-            .and_then(|mut c| awaiting.receive_commit(from, &c.remove(&from).unwrap_or_default()));
-        let decisions = match decisions {
+            .and_then(|mut c| {
+                let (commits, batch) = c.remove(&from).unwrap_or_default();
+                awaiting
+                    .receive_commit(from, &commits, batch)
+                    .map(|d| (d, batch))
+            });
+        let (decisions, batch) = match decisions {
             Ok(d) => d,
             Err(e) => {
                 release_all();
@@ -539,7 +552,12 @@ impl MpcEngine {
                 _ => {}
             }
         }
-        let stored = join_all(to_store.iter().map(|(id, share)| task.commit(id, share))).await;
+        let stored = join_all(
+            to_store
+                .iter()
+                .map(|(id, share)| task.commit(id, share, batch)),
+        )
+        .await;
         for ((id, _), result) in to_store.iter().zip(&stored) {
             match result {
                 Ok(_) => self.count_share("accepted"),
@@ -583,22 +601,15 @@ impl MpcEngine {
     }
 }
 
-/// Opens one share of `report_id` with `open` (run off the async threads) unless the task
-/// was collected or the report id is taken (accepted, or being accepted): a replayed report
-/// id is refused before anything is decrypted. On success the id stays reserved until the
-/// share is committed or released.
+/// Opens one share of `report_id` with `open` (run off the async threads) unless the report
+/// id is taken (accepted, or being accepted): a replayed report id is refused before
+/// anything is decrypted. On success the id stays reserved (for the task batch this node
+/// takes reports into, or a later one) until the share is committed or released.
 pub(super) async fn open_reserved(
     task: &TaskEntry,
     report_id: &str,
     open: impl FnOnce() -> Result<Vec<Field>, Refusal> + Send + 'static,
 ) -> Result<Vec<Field>, Refusal> {
-    let task_id = &task.info.params.task_id;
-    if task.state.lock().await.opened.is_some() {
-        return Err((
-            "task_collected".into(),
-            format!("task {task_id} was collected already; it accepts no more reports"),
-        ));
-    }
     if !task.reserve(report_id) {
         return Err((
             "duplicate_report".into(),
