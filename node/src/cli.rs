@@ -342,4 +342,8 @@ pub struct ApiClientArgs {
     /// File holding the API bearer token.
     #[arg(long, env = "P2P_MPC_API_TOKEN_FILE", value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
+    /// CA certificate(s) (PEM) that an https:// API's certificate must chain to (the only
+    /// ones trusted; needed for an https:// API).
+    #[arg(long, env = "P2P_MPC_API_CA", value_name = "FILE")]
+    pub api_ca: Option<PathBuf>,
 }

@@ -13,5 +13,6 @@ pub mod mpc;
 pub mod network;
 pub mod node;
 pub mod roster;
+pub mod tls;
 pub mod tracing_config;
 pub mod values;

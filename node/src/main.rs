@@ -156,40 +156,38 @@ fn run_subcommand(command: Command) -> ExitCode {
             }
             Err(e) => fail(1, e),
         },
-        Command::Status { json, api } => {
-            client_call(&api.url, api.api_token_file.as_deref(), |c| async move {
-                let status: serde_json::Value = c.get("v1/status").await?;
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&status).unwrap_or_default()
-                    );
-                    return Ok(());
-                }
-                let s: StatusResponse = serde_json::from_value(status)
-                    .map_err(|e| p2p_mpc_node::api::client::ClientError::Decode(e.to_string()))?;
-                println!("peer id:         {}", s.peer_id);
-                println!("version:         {}", s.version);
-                println!("connected peers: {}", s.connected_peers);
-                println!("topics:          {}", s.topics.join(", "));
-                match &s.roster {
-                    Some(r) => println!(
-                        "cluster roster:  {} members{}",
-                        r.size,
-                        if r.member {
-                            ""
-                        } else {
-                            " (this node is not one)"
-                        }
-                    ),
-                    None => println!("cluster roster:  none (every peer is admitted)"),
-                }
-                for addr in &s.listen_addrs {
-                    println!("listening on:    {addr}");
-                }
-                Ok(())
-            })
-        }
+        Command::Status { json, api } => client_call(&api, |c| async move {
+            let status: serde_json::Value = c.get("v1/status").await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&status).unwrap_or_default()
+                );
+                return Ok(());
+            }
+            let s: StatusResponse = serde_json::from_value(status)
+                .map_err(|e| p2p_mpc_node::api::client::ClientError::Decode(e.to_string()))?;
+            println!("peer id:         {}", s.peer_id);
+            println!("version:         {}", s.version);
+            println!("connected peers: {}", s.connected_peers);
+            println!("topics:          {}", s.topics.join(", "));
+            match &s.roster {
+                Some(r) => println!(
+                    "cluster roster:  {} members{}",
+                    r.size,
+                    if r.member {
+                        ""
+                    } else {
+                        " (this node is not one)"
+                    }
+                ),
+                None => println!("cluster roster:  none (every peer is admitted)"),
+            }
+            for addr in &s.listen_addrs {
+                println!("listening on:    {addr}");
+            }
+            Ok(())
+        }),
         Command::Client { command } => match run_client(command) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(1, e),
@@ -236,9 +234,7 @@ fn run_subcommand(command: Command) -> ExitCode {
                 | KeysCommand::Sign { api, .. } => api.clone(),
                 KeysCommand::ConvertLegacy { .. } => unreachable!("handled above"),
             };
-            client_call(&api.url, api.api_token_file.as_deref(), |c| {
-                p2p_mpc_node::commands::keys::run(c, command)
-            })
+            client_call(&api, |c| p2p_mpc_node::commands::keys::run(c, command))
         }
         Command::Aggregate { command } => {
             let api = match &command {
@@ -246,9 +242,7 @@ fn run_subcommand(command: Command) -> ExitCode {
                 | AggregateCommand::Submit { api, .. }
                 | AggregateCommand::Collect { api, .. } => api.clone(),
             };
-            client_call(&api.url, api.api_token_file.as_deref(), |c| {
-                p2p_mpc_node::commands::aggregate::run(c, command)
-            })
+            client_call(&api, |c| p2p_mpc_node::commands::aggregate::run(c, command))
         }
         Command::Devnet {
             nodes,
@@ -272,24 +266,25 @@ fn run_subcommand(command: Command) -> ExitCode {
                 Err(e) => fail(1, e),
             }
         }
-        Command::Publish { topic, text, api } => {
-            client_call(&api.url, api.api_token_file.as_deref(), |c| async move {
-                let path = format!("v1/topics/{}/messages", encode_segment(&topic));
-                let r: PublishResponse =
-                    c.post(&path, &serde_json::json!({ "data": text })).await?;
-                println!("{}", r.message_id);
-                Ok(())
-            })
-        }
+        Command::Publish { topic, text, api } => client_call(&api, |c| async move {
+            let path = format!("v1/topics/{}/messages", encode_segment(&topic));
+            let r: PublishResponse = c.post(&path, &serde_json::json!({ "data": text })).await?;
+            println!("{}", r.message_id);
+            Ok(())
+        }),
     }
 }
 
-fn client_call<F, Fut>(url: &str, token_file: Option<&std::path::Path>, f: F) -> ExitCode
+fn client_call<F, Fut>(api: &p2p_mpc_node::cli::ApiClientArgs, f: F) -> ExitCode
 where
     F: FnOnce(ApiClient) -> Fut,
     Fut: std::future::Future<Output = Result<(), p2p_mpc_node::api::client::ClientError>>,
 {
-    let client = match ApiClient::new(url, token_file) {
+    let client = match ApiClient::new(
+        &api.url,
+        api.api_token_file.as_deref(),
+        api.api_ca.as_deref(),
+    ) {
         Ok(c) => c,
         Err(e) => return fail(EXIT_BAD_INPUT, e),
     };

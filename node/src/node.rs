@@ -287,7 +287,13 @@ pub async fn run(
             config.api_max_concurrent_requests,
         )),
     };
-    let api_task = tokio::spawn(api::serve(api_listener, state, stopped(stop_rx.clone())));
+    let api_tls = config.api_tls.as_ref().map(|t| t.config.clone());
+    let api_task = tokio::spawn(api::serve(
+        api_listener,
+        state,
+        api_tls,
+        stopped(stop_rx.clone()),
+    ));
     let metrics_task = tokio::spawn(metrics::serve(
         metrics_listener,
         node_metrics,
@@ -295,7 +301,12 @@ pub async fn run(
         stopped(stop_rx.clone()),
     ));
     if let Some(addr) = api_addr {
-        info!(%addr, auth = config.api_token.is_some(), "HTTP API listening");
+        let scheme = if config.api_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        info!(%addr, scheme, auth = config.api_token.is_some(), "HTTP API listening");
     }
     if let Some(addr) = metrics_addr {
         info!(%addr, "metrics listening");

@@ -1196,3 +1196,155 @@ async fn a_partition_never_opens_two_report_sets_of_one_batch() {
         assert_eq!(view["current_batch"], 2, "{}: {view}", node.name);
     }
 }
+
+/// Certificate parameters with common name `name` for `hosts`.
+fn cert_params(name: &str, hosts: &[&str]) -> rcgen::CertificateParams {
+    let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+    let mut params = rcgen::CertificateParams::new(hosts).unwrap();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    params
+}
+
+/// A self-signed CA named `name`.
+fn test_ca(name: &str) -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = cert_params(name, &[]);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    (params.self_signed(&key).unwrap(), key)
+}
+
+/// A CA, a certificate for 127.0.0.1 and localhost signed by it, and another CA: written as
+/// PEM under `dir` as ca.pem, cert.pem, key.pem and other-ca.pem.
+fn tls_files(dir: &Path) {
+    let (ca, ca_key) = test_ca("p2p-mpc test CA");
+    let key = rcgen::KeyPair::generate().unwrap();
+    let leaf = cert_params("p2p-mpc test node", &["127.0.0.1", "localhost"])
+        .signed_by(&key, &ca, &ca_key)
+        .unwrap();
+    let (other, _) = test_ca("another CA");
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    std::fs::write(dir.join("other-ca.pem"), other.pem()).unwrap();
+}
+
+/// The API served over HTTPS (`--api-tls-cert`, `--api-tls-key`): the CLI submits and
+/// collects through it when it trusts the CA (`--api-ca`), and refuses with a clear error
+/// a certificate of another CA, plain HTTP to the HTTPS port, and a CA for an http:// URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_submits_and_collects_over_https_and_checks_the_ca() {
+    let dir = tempdir();
+    tls_files(dir.path());
+    let file = |name: &str| dir.path().join(name).display().to_string();
+    let mut nodes = start_cluster(dir.path(), 2).await;
+    let boots: Vec<String> = nodes.iter().map(|n| n.tcp_addr.clone()).collect();
+    let key = dir.path().join("T.key");
+    let mut extra = args(&[
+        "--identity-key-path",
+        key.to_str().unwrap(),
+        "--api-tls-cert",
+        &file("cert.pem"),
+        "--api-tls-key",
+        &file("key.pem"),
+    ]);
+    for b in &boots {
+        extra.push("--bootnode".into());
+        extra.push(b.clone());
+    }
+    let tls_node = NodeProcess::start_with_env(
+        "T",
+        dir.path(),
+        &extra,
+        &[("P2P_MPC_TEST_ROUND_TIMEOUT_MS", ROUND_TIMEOUT_MS)],
+    )
+    .await;
+    for n in &nodes {
+        n.wait_connected_to(&tls_node.peer_id, Duration::from_secs(30))
+            .await;
+    }
+    assert!(
+        tls_node
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("HTTP API listening") && l.contains("scheme=\"https\"")),
+        "the node says it serves HTTPS"
+    );
+    let https = tls_node.api.replace("http://", "https://");
+    nodes.push(tls_node);
+    let task = create_task(&nodes[0], &nodes, 1, 2, 2).await;
+    let task_id = task.params.task_id.clone();
+    let cli = |extra: &[&str]| {
+        Command::new(bin())
+            .args(["aggregate"])
+            .args(extra)
+            .args(["--task", &task_id])
+            .output()
+            .unwrap()
+    };
+    for values in ["1,10", "2,20"] {
+        let out = cli(&[
+            "submit",
+            "--api",
+            &https,
+            "--api-ca",
+            &file("ca.pem"),
+            "--values",
+            values,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = cli(&[
+        "collect",
+        "--api",
+        &https,
+        "--api-ca",
+        &file("ca.pem"),
+        "--output",
+        "json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sum: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(sum["sum"], json!([3, 30]));
+
+    // Another CA's certificate, plain HTTP to the HTTPS port, a CA for plain HTTP: refused,
+    // with what went wrong.
+    let out = cli(&[
+        "collect",
+        "--api",
+        &https,
+        "--api-ca",
+        &file("other-ca.pem"),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("certificate") && stderr.contains("UnknownIssuer"),
+        "{stderr}"
+    );
+    let plain = https.replace("https://", "http://");
+    let out = cli(&["collect", "--api", &plain]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("cannot reach the node"), "{stderr}");
+    let out = cli(&["collect", "--api", &plain, "--api-ca", &file("ca.pem")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not an https:// URL"), "{stderr}");
+    let out = cli(&["collect", "--api", &https, "--api-ca", &file("key.pem")]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("holds no PEM certificate"), "{stderr}");
+    assert!(
+        !stderr.contains("PRIVATE KEY"),
+        "the key file is not echoed: {stderr}"
+    );
+}

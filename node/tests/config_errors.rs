@@ -197,6 +197,58 @@ fn bad_values_of_the_right_type() {
         "api_token_file: /nonexistent/token\n",
         &["api_token_file", "/nonexistent/token"],
     );
+    assert_config_error(
+        "api_tls_cert: /nonexistent/cert.pem\n",
+        &["api_tls_cert", "without api_tls_key"],
+    );
+    assert_config_error(
+        "api_tls_key: /nonexistent/key.pem\n",
+        &["api_tls_key", "without api_tls_cert"],
+    );
+    assert_config_error(
+        "api_tls_cert: /nonexistent/cert.pem\napi_tls_key: /nonexistent/key.pem\n",
+        &["api_tls_cert", "cannot read /nonexistent/cert.pem"],
+    );
+}
+
+/// A certificate file that holds no certificate and a key file that holds no key are named
+/// with what is wrong; the key file's content never appears.
+#[test]
+fn bad_tls_files_are_named_and_never_echoed() {
+    let dir = tempdir();
+    let secret = "-----BEGIN NOT A KEY-----\nc2VjcmV0LXNlY3JldA==\n-----END NOT A KEY-----\n";
+    let key = write_file(dir.path(), "key.pem", secret);
+    let cert = write_file(dir.path(), "cert.pem", "not a certificate\n");
+    let start_with_tls = || {
+        let flags = [
+            "--api-tls-cert",
+            cert.to_str().unwrap(),
+            "--api-tls-key",
+            key.to_str().unwrap(),
+        ];
+        let out = run(dir.path(), &flags);
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        stderr
+    };
+    let stderr = start_with_tls();
+    assert!(
+        stderr.contains("api_tls_cert") && stderr.contains("holds no PEM certificate"),
+        "{stderr}"
+    );
+    // A real certificate with a key file that holds no key.
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let good = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .self_signed(&ca_key)
+        .unwrap();
+    std::fs::write(&cert, good.pem()).unwrap();
+    let stderr = start_with_tls();
+    assert!(stderr.contains("holds no PEM private key"), "{stderr}");
+    assert!(
+        !stderr.contains("c2VjcmV0"),
+        "the key file is not echoed: {stderr}"
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
-//! A small client of the HTTP API, used by the `status` and `publish` subcommands.
+//! A small client of the HTTP API, used by the client subcommands (`status`, `publish`,
+//! `keys`, `aggregate`): plain HTTP, or HTTPS checked against `--api-ca`.
 
 use std::path::Path;
 use std::time::Duration;
@@ -17,6 +18,8 @@ pub enum ClientError {
     Url { url: String, message: String },
     #[error("cannot reach the node at {url}: {message} (is it running, and is --api right?)")]
     Connect { url: String, message: String },
+    #[error("{0}")]
+    Tls(String),
     #[error("the node answered {status}: {message} ({code})")]
     Api {
         status: u16,
@@ -31,12 +34,35 @@ pub enum ClientError {
 pub struct ApiClient {
     base: reqwest::Url,
     token: Option<ApiToken>,
-    http: reqwest::Client,
+    http: Http,
+}
+
+/// Whole-request deadline: a DKG runs several rounds of up to 10 s each when participants
+/// are slow.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How requests travel: plain HTTP through reqwest, or HTTPS (HTTP/1.1 over tokio-rustls,
+/// one connection per request) verified against the `--api-ca` certificates only.
+enum Http {
+    Plain(reqwest::Client),
+    Tls {
+        connector: tokio_rustls::TlsConnector,
+        server_name: rustls::pki_types::ServerName<'static>,
+        host: String,
+        port: u16,
+    },
 }
 
 impl ApiClient {
-    /// A client for the API at `base_url`, with the token from `token_file` if given.
-    pub fn new(base_url: &str, token_file: Option<&Path>) -> Result<Self, ClientError> {
+    /// A client for the API at `base_url`, with the token from `token_file` if given. An
+    /// `https://` API is verified against the CA certificates in `ca_file` (only those),
+    /// which it needs.
+    pub fn new(
+        base_url: &str,
+        token_file: Option<&Path>,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, ClientError> {
         let base = reqwest::Url::parse(base_url).map_err(|e| ClientError::Url {
             url: base_url.to_string(),
             message: e.to_string(),
@@ -44,22 +70,52 @@ impl ApiClient {
         if !matches!(base.scheme(), "http" | "https") {
             return Err(ClientError::Url {
                 url: base_url.to_string(),
-                message: "expected an http:// URL".into(),
+                message: "expected an http:// or https:// URL".into(),
             });
         }
         let token = token_file
             .map(read_token)
             .transpose()
             .map_err(ClientError::Token)?;
-        let http = reqwest::Client::builder()
-            // A DKG runs several rounds of up to 10 s each when participants are slow.
-            .timeout(Duration::from_secs(120))
-            .connect_timeout(Duration::from_secs(5))
-            .build()
-            .map_err(|e| ClientError::Connect {
-                url: base_url.to_string(),
-                message: e.to_string(),
-            })?;
+        let host = base.host_str().unwrap_or_default().to_string();
+        let http = match (base.scheme(), ca_file) {
+            ("https", Some(ca)) => {
+                let config = crate::tls::client_config(ca)
+                    .map_err(|e| ClientError::Tls(format!("--api-ca: {e}")))?;
+                let name = host.trim_start_matches('[').trim_end_matches(']');
+                let server_name = rustls::pki_types::ServerName::try_from(name.to_string())
+                    .map_err(|e| ClientError::Url {
+                        url: base_url.to_string(),
+                        message: format!("`{host}` is not a host name or IP address: {e}"),
+                    })?;
+                Http::Tls {
+                    connector: tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
+                    server_name,
+                    port: base.port_or_known_default().unwrap_or(443),
+                    host,
+                }
+            }
+            ("https", None) => {
+                return Err(ClientError::Tls(format!(
+                    "{base_url} is an https:// API: give the CA certificate that signed its certificate with --api-ca FILE (env P2P_MPC_API_CA)"
+                )));
+            }
+            (_, Some(_)) => {
+                return Err(ClientError::Tls(format!(
+                    "--api-ca is given but {base_url} is not an https:// URL: the CA would check nothing"
+                )));
+            }
+            _ => Http::Plain(
+                reqwest::Client::builder()
+                    .timeout(REQUEST_TIMEOUT)
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .build()
+                    .map_err(|e| ClientError::Connect {
+                        url: base_url.to_string(),
+                        message: e.to_string(),
+                    })?,
+            ),
+        };
         Ok(Self { base, token, http })
     }
 
@@ -70,27 +126,112 @@ impl ApiClient {
         })
     }
 
+    /// Sends one request; the status and body of the answer.
+    async fn exchange(
+        &self,
+        post: bool,
+        url: reqwest::Url,
+        body: Option<Vec<u8>>,
+    ) -> Result<(u16, bytes::Bytes), String> {
+        match &self.http {
+            Http::Plain(client) => {
+                let req = if post {
+                    client.post(url)
+                } else {
+                    client.get(url)
+                };
+                let req = match body {
+                    Some(b) => req.header("content-type", "application/json").body(b),
+                    None => req,
+                };
+                let req = match &self.token {
+                    Some(t) => req.bearer_auth(t.expose()),
+                    None => req,
+                };
+                let resp = req.send().await.map_err(|e| error_chain(&e))?;
+                let status = resp.status().as_u16();
+                let bytes = resp.bytes().await.map_err(|e| error_chain(&e))?;
+                Ok((status, bytes))
+            }
+            Http::Tls {
+                connector,
+                server_name,
+                host,
+                port,
+            } => {
+                let exchange = async {
+                    let tcp = tokio::time::timeout(
+                        CONNECT_TIMEOUT,
+                        tokio::net::TcpStream::connect((host.as_str(), *port)),
+                    )
+                    .await
+                    .map_err(|_| format!("no connection within {CONNECT_TIMEOUT:?}"))?
+                    .map_err(|e| error_chain(&e))?;
+                    let tls = connector
+                        .connect(server_name.clone(), tcp)
+                        .await
+                        .map_err(|e| format!("TLS handshake failed: {}", error_chain(&e)))?;
+                    let (mut sender, connection) =
+                        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                            .await
+                            .map_err(|e| error_chain(&e))?;
+                    tokio::spawn(connection);
+                    let target = match url.query() {
+                        Some(q) => format!("{}?{q}", url.path()),
+                        None => url.path().to_string(),
+                    };
+                    let mut req = hyper::Request::builder()
+                        .method(if post { "POST" } else { "GET" })
+                        .uri(target)
+                        .header("host", format!("{host}:{port}"));
+                    if body.is_some() {
+                        req = req.header("content-type", "application/json");
+                    }
+                    if let Some(t) = &self.token {
+                        req = req.header("authorization", format!("Bearer {}", t.expose()));
+                    }
+                    let req = req
+                        .body(http_body_util::Full::new(bytes::Bytes::from(
+                            body.unwrap_or_default(),
+                        )))
+                        .map_err(|e| e.to_string())?;
+                    let resp = sender
+                        .send_request(req)
+                        .await
+                        .map_err(|e| error_chain(&e))?;
+                    let status = resp.status().as_u16();
+                    let bytes = http_body_util::BodyExt::collect(resp.into_body())
+                        .await
+                        .map_err(|e| error_chain(&e))?
+                        .to_bytes();
+                    Ok((status, bytes))
+                };
+                tokio::time::timeout(REQUEST_TIMEOUT, exchange)
+                    .await
+                    .map_err(|_| format!("no answer within {REQUEST_TIMEOUT:?}"))?
+            }
+        }
+    }
+
     async fn send<T: DeserializeOwned>(
         &self,
-        req: reqwest::RequestBuilder,
+        post: bool,
+        path: &str,
+        body: Option<&Value>,
     ) -> Result<T, ClientError> {
-        let req = match &self.token {
-            Some(t) => req.bearer_auth(t.expose()),
-            None => req,
-        };
-        let resp = req.send().await.map_err(|e| ClientError::Connect {
-            url: self.base.to_string(),
-            message: e.to_string(),
-        })?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| ClientError::Decode(e.to_string()))?;
-        if !status.is_success() {
+        let url = self.url(path)?;
+        let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
+        let (status, body) =
+            self.exchange(post, url, body)
+                .await
+                .map_err(|message| ClientError::Connect {
+                    url: self.base.to_string(),
+                    message,
+                })?;
+        if !(200..300).contains(&status) {
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             return Err(ClientError::Api {
-                status: status.as_u16(),
+                status,
                 code: v["code"].as_str().unwrap_or("unknown").to_string(),
                 message: v["error"]
                     .as_str()
@@ -103,8 +244,7 @@ impl ApiClient {
 
     /// `GET path`.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        let url = self.url(path)?;
-        self.send(self.http.get(url)).await
+        self.send(false, path, None).await
     }
 
     /// `POST path` with a JSON body.
@@ -113,9 +253,24 @@ impl ApiClient {
         path: &str,
         body: &Value,
     ) -> Result<T, ClientError> {
-        let url = self.url(path)?;
-        self.send(self.http.post(url).json(body)).await
+        self.send(true, path, Some(body)).await
     }
+}
+
+/// An error and its causes, joined: reqwest's own message hides why a request failed (a
+/// refused connection, an unknown certificate issuer, ...).
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// Percent-encodes a path segment (topic names may hold any printable character).

@@ -218,7 +218,7 @@ async fn wait_started(node: &mut DevnetNode) -> Result<(), DevnetError> {
 }
 
 fn client(node: &DevnetNode) -> Result<ApiClient, DevnetError> {
-    ApiClient::new(&node.api, None).map_err(|e| DevnetError::Setup(e.to_string()))
+    ApiClient::new(&node.api, None, None).map_err(|e| DevnetError::Setup(e.to_string()))
 }
 
 /// Runs the devnet until `stop` resolves.

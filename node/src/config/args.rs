@@ -149,6 +149,15 @@ pub struct NodeArgs {
     #[arg(long, env = "P2P_MPC_API_TOKEN_FILE", value_name = "FILE")]
     pub api_token_file: Option<PathBuf>,
 
+    /// Certificate chain (PEM, leaf first) to serve the HTTP API over HTTPS; needs
+    /// --api-tls-key.
+    #[arg(long, env = "P2P_MPC_API_TLS_CERT", value_name = "FILE")]
+    pub api_tls_cert: Option<PathBuf>,
+
+    /// Private key (PEM) of --api-tls-cert.
+    #[arg(long, env = "P2P_MPC_API_TLS_KEY", value_name = "FILE")]
+    pub api_tls_key: Option<PathBuf>,
+
     /// Directory for the node's persistent state (created at start).
     #[arg(
         long,

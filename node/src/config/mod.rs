@@ -86,6 +86,8 @@ pub struct FileConfig {
     pub api_port: Option<u16>,
     pub api_address: Option<IpAddr>,
     pub api_token_file: Option<PathBuf>,
+    pub api_tls_cert: Option<PathBuf>,
+    pub api_tls_key: Option<PathBuf>,
     pub api_max_concurrent_requests: Option<u32>,
     pub data_dir: Option<PathBuf>,
     pub max_connections: Option<u32>,
@@ -157,6 +159,24 @@ impl fmt::Debug for ApiToken {
     }
 }
 
+/// The API's TLS setup, loaded from its certificate and key files. Its `Debug` shows the
+/// files, never the key.
+#[derive(Clone)]
+pub struct ApiTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub config: std::sync::Arc<rustls::ServerConfig>,
+}
+
+impl fmt::Debug for ApiTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiTls")
+            .field("cert", &self.cert)
+            .field("key", &self.key)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The node's resolved configuration.
 #[derive(Debug, Clone)]
 pub struct NodeConfig {
@@ -184,6 +204,8 @@ pub struct NodeConfig {
     pub api_address: IpAddr,
     pub api_token_file: Option<PathBuf>,
     pub api_token: Option<ApiToken>,
+    /// HTTPS for the API (from `api_tls_cert` and `api_tls_key`); none: plain HTTP.
+    pub api_tls: Option<ApiTls>,
     /// Most API requests served at once.
     pub api_max_concurrent_requests: usize,
     pub data_dir: PathBuf,
@@ -479,6 +501,31 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         ),
     };
 
+    let api_tls = match (pick_opt!(api_tls_cert), pick_opt!(api_tls_key)) {
+        (None, None) => None,
+        (Some(cert), Some(key)) => {
+            let config = crate::tls::server_config(&cert, &key)
+                .map_err(|m| invalid(&origin_of("api_tls_cert"), "api_tls_cert".into(), m))?;
+            Some(ApiTls { cert, key, config })
+        }
+        (Some(_), None) => {
+            return Err(invalid(
+                &origin_of("api_tls_cert"),
+                "api_tls_cert".into(),
+                "is set without api_tls_key: HTTPS needs the certificate and its private key"
+                    .into(),
+            ));
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                &origin_of("api_tls_key"),
+                "api_tls_key".into(),
+                "is set without api_tls_cert: HTTPS needs the certificate and its private key"
+                    .into(),
+            ));
+        }
+    };
+
     Ok(NodeConfig {
         config_file: args.config.clone(),
         network_port: pick!(network_port),
@@ -502,6 +549,7 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         api_address: pick!(api_address),
         api_token_file,
         api_token,
+        api_tls,
         api_max_concurrent_requests: api_max_concurrent_requests as usize,
         data_dir: pick!(data_dir),
         max_connections,
@@ -693,6 +741,8 @@ mod tests {
                 "ws_port",
                 "identity_key_path",
                 "api_token_file",
+                "api_tls_cert",
+                "api_tls_key",
                 "cluster_members_file",
             ];
             let key = key.as_str().unwrap();

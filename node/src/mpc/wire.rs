@@ -258,8 +258,12 @@ pub enum Body {
         holds: Option<Blob>,
         vote: Option<SignedSet>,
     },
+    /// Collector → a participant that froze the set with this digest: send its report ids
+    /// (in `AggChunk`s, 32 bytes each, ascending).
+    AggIdsRequest { digest: [u8; 32] },
     /// Collector → participants: vote for this report set as the batch's; `holds`: the
-    /// signatures of at least t + 1 participants that froze exactly this set.
+    /// signatures of at least t + 1 participants that froze exactly this set. Its report
+    /// ids follow in `AggChunk`s (32 bytes each, ascending).
     AggPropose {
         digest: [u8; 32],
         count: u64,
@@ -435,6 +439,7 @@ impl Body {
             | Body::AggBatchStored => Some(Protocol::AggReport),
             Body::AggCollectInvite { .. }
             | Body::AggReportSet { .. }
+            | Body::AggIdsRequest { .. }
             | Body::AggPropose { .. }
             | Body::AggVote { .. }
             | Body::AggOpen { .. } => Some(Protocol::AggCollect),
@@ -482,6 +487,7 @@ impl Body {
             Body::AggBatchStored => "aggregation batch stored",
             Body::AggCollectInvite { .. } => "aggregation collect invite",
             Body::AggReportSet { .. } => "aggregation report set",
+            Body::AggIdsRequest { .. } => "aggregation ids request",
             Body::AggPropose { .. } => "aggregation proposal",
             Body::AggVote { .. } => "aggregation vote",
             Body::AggOpen { .. } => "aggregation open",

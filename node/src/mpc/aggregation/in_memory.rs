@@ -13,7 +13,7 @@ use libp2p::identity::Keypair;
 use super::client::prepare_report;
 use super::collect::core::{
     BatchAnswer, Collector, Held, Open, Participant, Proposal, ReportSet, Signers, Statement,
-    VoteAnswer, statement_bytes,
+    VoteAnswer, encode_ids, statement_bytes,
 };
 use super::encryption::EncryptionKey;
 use super::relay::core::{Decision, Judged, Owner, Refusal, Relay, TaskShape, open_sealed};
@@ -216,7 +216,7 @@ async fn vote_on(
     collector: PeerId,
     proposal: &Proposal,
     batch: u64,
-) -> Option<(ReportSet, Vec<u8>)> {
+) -> (Option<(ReportSet, Vec<u8>)>, String) {
     let mut snapshot = node.task.snapshot(batch).await;
     let mut answer = p
         .receive_proposal(collector, proposal, &held(&snapshot))
@@ -232,11 +232,15 @@ async fn vote_on(
             .unwrap();
     }
     match answer {
-        VoteAnswer::Vote(set) => {
-            let in_force = node.task.vote(batch, set).await.unwrap();
-            Some((in_force, sign(node, info, Statement::Vote, batch, in_force)))
-        }
-        _ => None,
+        VoteAnswer::Vote(set) => match node.task.vote(batch, set, &proposal.ids).await.unwrap() {
+            Ok(v) => (
+                Some((v, sign(node, info, Statement::Vote, batch, v))),
+                String::new(),
+            ),
+            Err(why) => (None, why),
+        },
+        VoteAnswer::Refuse(why) => (None, why),
+        VoteAnswer::FreezeFirst => panic!("frozen above"),
     }
 }
 
@@ -275,12 +279,16 @@ async fn collect(
         let a = answer(&nodes[j], info, &participant(j), batch).await;
         collector.receive_answer(*peer, a).unwrap();
     }
-    let (proposal, ask, mut voting) = collector.propose(false).map_err(|(_, e)| e)?;
-    let own_vote = vote_on(&nodes[c], info, &me, collector_peer, &proposal, batch).await;
-    voting.local_vote(own_vote, "refused");
+    let (mut proposal, ask, mut voting) = collector.propose(false).map_err(|(_, e)| e)?;
+    // The ids from the first holder of the set, as the driver gets them.
+    let holder = voting.holders()[0];
+    let held_ids = nodes[index(holder)].task.snapshot(batch).await.report_ids;
+    proposal.ids = voting.receive_ids(holder, &encode_ids(&held_ids)).unwrap();
+    let (own_vote, why) = vote_on(&nodes[c], info, &me, collector_peer, &proposal, batch).await;
+    voting.local_vote(own_vote, &why);
     for peer in ask {
         let j = index(peer);
-        let v = vote_on(
+        let (v, why) = vote_on(
             &nodes[j],
             info,
             &participant(j),
@@ -289,7 +297,7 @@ async fn collect(
             batch,
         )
         .await;
-        voting.receive_vote(peer, v, "refused").unwrap();
+        voting.receive_vote(peer, v, &why).unwrap();
     }
     let (requests, opening) = voting.certify(false);
     let mut sums = Vec::new();
@@ -413,14 +421,15 @@ async fn a_sum_under_min_reports_is_refused_by_the_collector_and_by_every_partic
         signers,
         2,
     );
-    let (set, _) = {
+    let (set, ids) = {
         let s = nodes[1].task.snapshot(0).await;
         assert!(!s.frozen);
-        (s.set, ())
+        (s.set, s.report_ids.into_iter().collect())
     };
     let proposal = Proposal {
         set,
         holds: vec![(0, sign(&nodes[0], &info, Statement::Holds, 0, set))],
+        ids,
     };
     let held_by_1 = held(&nodes[1].task.snapshot(0).await);
     let e = honest
@@ -472,4 +481,41 @@ async fn a_sum_under_min_reports_is_refused_by_the_collector_and_by_every_partic
     // Batch 0 opened again gives the same sum: the same set, certified once.
     let (sum, count) = collect(&nodes, &info, 1, 0).await.unwrap();
     assert_eq!((sum, count), (vec![2, 3, 4, 5], 2));
+}
+
+/// A compromised relay commits report X into batch 0 on three nodes and into batch 1 on the
+/// other three (n = 6, t = 2). Opening batch 0 with X and batch 1 with X would give the sum
+/// of the honest report v of batch 0 by subtraction. The nodes that hold X in batch 1
+/// refuse to vote for a batch-0 set that holds it, so that set never reaches the quorum of
+/// 5, and no two sets that share a report are ever certified.
+#[tokio::test]
+async fn a_report_split_across_batches_by_a_relay_is_never_opened_twice() {
+    let (nodes, info) = cluster(6, 2, 1, 1).await;
+    let v = prepare_report(&info, &[41]).unwrap();
+    assert_eq!(
+        codes(&relay_batch(&nodes, &info, 3, &[v]).await),
+        ["accepted"]
+    );
+    // The relay's doing: X (any share will do here) in batch 0 on nodes 0-2, batch 1 on 3-5.
+    let x = "ff".repeat(16);
+    let share = shares::to_field(&[7]).unwrap();
+    for (i, node) in nodes.iter().enumerate() {
+        assert!(node.task.reserve(&x));
+        node.task
+            .commit(&x, &share, u64::from(i >= 3))
+            .await
+            .unwrap();
+    }
+    let e = collect(&nodes, &info, 0, 0).await.unwrap_err();
+    assert_eq!(e.code, "no_quorum", "{e}");
+    assert!(
+        e.message.contains(&format!(
+            "report {x} of the proposed set is in batch 1 here"
+        )),
+        "{e}"
+    );
+    // Nothing of batch 0 was released anywhere.
+    for node in &nodes {
+        assert_eq!(node.task.snapshot(0).await.released, None);
+    }
 }

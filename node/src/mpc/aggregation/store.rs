@@ -116,6 +116,9 @@ struct BatchFile {
     /// The report set this node voted to open for this batch: digest (hex) and count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vote: Option<(String, u64)>,
+    /// The report ids of that set.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    vote_ids: Vec<String>,
     /// Digest (hex) of the report set whose share sum this node released or opened.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     released: Option<String>,
@@ -157,6 +160,8 @@ pub struct Batch {
     pub share_sum: Vec<Field>,
     /// The report set this node voted to open for this batch (at most one, ever).
     pub vote: Option<ReportSet>,
+    /// The report ids of the set it voted for (no report id is voted for in two batches).
+    pub vote_ids: BTreeSet<String>,
     /// The report set whose share sum this node released (or opened, as collector).
     pub released: Option<[u8; 32]>,
     /// Whether this node opened the batch's sum as collector.
@@ -169,6 +174,7 @@ impl Batch {
             report_ids: BTreeSet::new(),
             share_sum: vec![Field::from(0u64); length],
             vote: None,
+            vote_ids: BTreeSet::new(),
             released: None,
             collected: false,
         }
@@ -231,6 +237,8 @@ impl TaskState {
 pub struct Snapshot {
     pub batch: u64,
     pub set: ReportSet,
+    /// The report ids of `set`.
+    pub report_ids: BTreeSet<String>,
     pub share_sum: Vec<Field>,
     /// Frozen: its report set here never changes again.
     pub frozen: bool,
@@ -402,6 +410,13 @@ impl TaskEntry {
                 )));
                 continue;
             }
+            if p.batch > state.current.saturating_add(1) {
+                let _ = p.done.send(Err(format!(
+                    "batch {} is ahead of this node, which takes reports into batch {} (or the next)",
+                    p.batch, state.current
+                )));
+                continue;
+            }
             let target = next
                 .batches
                 .entry(p.batch)
@@ -454,6 +469,7 @@ impl TaskEntry {
         Snapshot {
             batch,
             set: b.set(),
+            report_ids: b.report_ids.clone(),
             share_sum: b.share_sum.clone(),
             frozen: batch < self.closed_below.load(Ordering::SeqCst),
             vote: b.vote,
@@ -471,14 +487,17 @@ impl TaskEntry {
     /// (their relay decides; one whose commit comes later is refused), and from then on its
     /// report set here never changes. Returns the frozen batch.
     pub async fn freeze(&self, batch: u64, wait: Duration) -> Result<Snapshot, TaskStoreError> {
+        let after = batch
+            .checked_add(1)
+            .ok_or_else(|| TaskStoreError::Other(format!("batch {batch} is out of range")))?;
         {
             let mut state = self.state.lock().await;
             if state.current <= batch {
                 let mut next = state.clone();
-                next.current = batch + 1;
+                next.current = after;
                 self.persist(&next).await?;
                 *state = next;
-                self.current.store(batch + 1, Ordering::SeqCst);
+                self.current.store(after, Ordering::SeqCst);
             }
         }
         let deadline = tokio::time::Instant::now() + wait;
@@ -495,26 +514,45 @@ impl TaskEntry {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         let state = self.state.lock().await;
-        self.closed_below.fetch_max(batch + 1, Ordering::SeqCst);
+        self.closed_below.fetch_max(after, Ordering::SeqCst);
         Ok(self.snapshot_of(&state, batch))
     }
 
-    /// Records this node's vote for `set` as the report set of `batch` (durable before this
-    /// returns). A node votes once per batch: the vote in force is returned, which is `set`
-    /// unless another one was recorded before.
-    pub async fn vote(&self, batch: u64, set: ReportSet) -> Result<ReportSet, TaskStoreError> {
+    /// Records this node's vote for `set` (report ids `ids`, checked against its digest by
+    /// the caller) as the report set of `batch`, durable before this returns. A node votes
+    /// once per batch: the vote in force is returned, which is `set` unless another one was
+    /// recorded before. `Ok(Err(why))`: no vote, because a report of `ids` is in another
+    /// batch here (held, or in the set voted for there): a report counts in one batch only.
+    pub async fn vote(
+        &self,
+        batch: u64,
+        set: ReportSet,
+        ids: &[String],
+    ) -> Result<Result<ReportSet, String>, TaskStoreError> {
         let mut state = self.state.lock().await;
         if let Some(v) = state.batches.get(&batch).and_then(|b| b.vote) {
-            return Ok(v);
+            return Ok(Ok(v));
+        }
+        for (n, b) in state.batches.iter().filter(|(n, _)| **n != batch) {
+            if let Some(id) = ids
+                .iter()
+                .find(|id| b.report_ids.contains(*id) || b.vote_ids.contains(*id))
+            {
+                return Ok(Err(format!(
+                    "report {id} of the proposed set is in batch {n} here (held, or voted for); a report counts in one batch only"
+                )));
+            }
         }
         let mut next = state.clone();
-        next.batches
+        let entry = next
+            .batches
             .entry(batch)
-            .or_insert_with(|| Batch::empty(self.info.params.length as usize))
-            .vote = Some(set);
+            .or_insert_with(|| Batch::empty(self.info.params.length as usize));
+        entry.vote = Some(set);
+        entry.vote_ids = ids.iter().cloned().collect();
         self.persist(&next).await?;
         *state = next;
-        Ok(set)
+        Ok(Ok(set))
     }
 
     /// Records that the share sum of report set `digest` of `batch` is released (durable
@@ -573,6 +611,7 @@ impl TaskEntry {
                     report_ids: b.report_ids.iter().cloned().collect(),
                     share_sum: B64.encode(shares::encode(&b.share_sum)),
                     vote: b.vote.map(|v| (hex::encode(v.digest), v.count)),
+                    vote_ids: b.vote_ids.iter().cloned().collect(),
                     released: b.released.map(hex::encode),
                     collected: b.collected,
                 })
@@ -801,6 +840,7 @@ fn parse_state(bytes: &[u8], length: usize) -> Result<TaskState, String> {
             let mut batch = Batch {
                 share_sum: parse_sum(&state.share_sum, length)?,
                 vote: None,
+                vote_ids: BTreeSet::new(),
                 released: opened,
                 collected: false,
                 report_ids,
@@ -810,6 +850,7 @@ fn parse_state(bytes: &[u8], length: usize) -> Result<TaskState, String> {
                     digest,
                     count: batch.report_ids.len() as u64,
                 });
+                batch.vote_ids = batch.report_ids.clone();
             }
             Ok(TaskState {
                 current: u64::from(opened.is_some()),
@@ -832,6 +873,7 @@ fn parse_state(bytes: &[u8], length: usize) -> Result<TaskState, String> {
                     share_sum: parse_sum(&b.share_sum, length)
                         .map_err(|e| format!("batch {}: {e}", b.batch))?,
                     vote,
+                    vote_ids: b.vote_ids.into_iter().collect(),
                     released: b.released.as_deref().map(parse_digest).transpose()?,
                     collected: b.collected,
                 };
@@ -990,8 +1032,42 @@ mod tests {
             count: 2,
         };
         assert_eq!(task.default_collect_batch().await, 0, "frozen, not opened");
-        assert_eq!(task.vote(0, frozen.set).await.unwrap(), frozen.set);
-        assert_eq!(task.vote(0, other).await.unwrap(), frozen.set);
+        let ids: Vec<String> = frozen.report_ids.iter().cloned().collect();
+        assert_eq!(
+            task.vote(0, frozen.set, &ids).await.unwrap(),
+            Ok(frozen.set)
+        );
+        assert_eq!(task.vote(0, other, &[]).await.unwrap(), Ok(frozen.set));
+        // No report is voted for in two batches, nor voted for in one and held in another.
+        let why = task
+            .vote(1, other, &["r2".into()])
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            why.contains("report r2 of the proposed set is in batch 0"),
+            "{why}"
+        );
+        let why = task
+            .vote(2, other, &["r3".into()])
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert!(
+            why.contains("report r3 of the proposed set is in batch 1"),
+            "{why}"
+        );
+        // A batch ahead of the next one takes nothing.
+        let e = task.commit("far", &share(1), 9).await.unwrap_err();
+        assert!(
+            e.to_string().contains("batch 9 is ahead of this node"),
+            "{e}"
+        );
+        assert!(
+            task.freeze(u64::MAX, Duration::from_millis(1))
+                .await
+                .is_err()
+        );
         task.mark_released(0, frozen.set.digest).await.unwrap();
         task.mark_released(0, frozen.set.digest).await.unwrap();
         assert_eq!(

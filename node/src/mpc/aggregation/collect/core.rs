@@ -157,11 +157,68 @@ pub struct BatchAnswer {
     pub vote: Option<(ReportSet, Vec<u8>)>,
 }
 
-/// A proposal: the set to vote for and the proof that t + 1 froze it.
+/// A proposal: the set to vote for, the proof that t + 1 froze it, and its report ids
+/// (sorted; they travel in chunks after the proposal, [`ID_BYTES`] each).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proposal {
     pub set: ReportSet,
     pub holds: Vec<Signed>,
+    pub ids: Vec<String>,
+}
+
+/// Bytes of one report id in an id list: 32 lowercase hex digits.
+pub const ID_BYTES: usize = 32;
+
+/// Most reports of a batch that a collect opens (their ids travel in chunks, 32 bytes each:
+/// 128 MiB at most).
+pub const MAX_OPEN_REPORTS: u64 = 1 << 22;
+
+/// Report ids as they travel: each id's 32 bytes, in order.
+pub fn encode_ids<'a>(ids: impl IntoIterator<Item = &'a String>) -> Vec<u8> {
+    ids.into_iter().flat_map(|id| id.bytes()).collect()
+}
+
+/// Report ids read from the wire for `set`: each 32 bytes (see [`check_ids`]).
+pub fn decode_ids(bytes: &[u8], set: ReportSet) -> Result<Vec<String>, String> {
+    if bytes.len() as u64 != set.count.saturating_mul(ID_BYTES as u64) {
+        return Err(format!(
+            "{} bytes of report ids for a set of {} reports",
+            bytes.len(),
+            set.count
+        ));
+    }
+    let ids = bytes
+        .chunks(ID_BYTES)
+        .map(|piece| String::from_utf8(piece.to_vec()).map_err(|_| "a report id is not text"))
+        .collect::<Result<Vec<String>, _>>()?;
+    check_ids(&ids, set)?;
+    Ok(ids)
+}
+
+/// Checks that `ids` are the report ids of `set`: `set.count` report ids (32 lowercase hex
+/// digits), strictly ascending, whose digest is `set.digest`. The error says what is wrong.
+pub fn check_ids(ids: &[String], set: ReportSet) -> Result<(), String> {
+    if ids.len() as u64 != set.count {
+        return Err(format!(
+            "{} report ids for a set of {} reports",
+            ids.len(),
+            set.count
+        ));
+    }
+    if let Some(bad) = ids.iter().find(|id| !super::super::is_hex_id(id)) {
+        return Err(format!(
+            "`{}` is not a report id (32 lowercase hex digits)",
+            bad.escape_debug()
+        ));
+    }
+    if ids.windows(2).any(|w| w[0] >= w[1]) {
+        return Err("the report ids are not strictly ascending".into());
+    }
+    let sorted: BTreeSet<String> = ids.iter().cloned().collect();
+    if super::super::store::report_set_digest(&sorted) != set.digest {
+        return Err("the report ids do not match the set's digest".into());
+    }
+    Ok(())
 }
 
 /// The open request for one participant: send the share sum of `set` (`send_sum`), or
@@ -366,6 +423,7 @@ impl Collector {
         let proposal = Proposal {
             set: *set,
             holds: proof.iter().take(t + 1).cloned().collect(),
+            ids: Vec::new(),
         };
         let ask: Vec<PeerId> = self
             .answers
@@ -423,6 +481,31 @@ impl Proposing {
     /// The set being voted on.
     pub fn set(&self) -> ReportSet {
         self.set
+    }
+
+    /// The participants that froze exactly the set (they hold its report ids), this node
+    /// first when it is one.
+    pub fn holders(&self) -> Vec<PeerId> {
+        let local = self.shape.local;
+        let mut holders: Vec<PeerId> = self
+            .openers
+            .iter()
+            .copied()
+            .filter(|p| *p == local)
+            .collect();
+        holders.extend(self.openers.iter().copied().filter(|p| *p != local));
+        holders
+    }
+
+    /// Checks the report ids of the set that holder `from` sent; a list that does not match
+    /// the set's digest is blamed on it.
+    pub fn receive_ids(&self, from: PeerId, bytes: &[u8]) -> Result<Vec<String>, SessionError> {
+        decode_ids(bytes, self.set).map_err(|e| {
+            SessionError::blame(
+                vec![from],
+                format!("participant {from} sent the report ids of the set: {e}"),
+            )
+        })
     }
 
     /// Participants that could not be sent the proposal.
@@ -728,7 +811,8 @@ impl Participant {
         !held.frozen && held.set.count >= self.min_reports
     }
 
-    fn check_sender(&self, from: PeerId, what: &str) -> Result<(), SessionError> {
+    /// Refuses (and blames) `what` from anyone but the collector.
+    pub fn check_sender(&self, from: PeerId, what: &str) -> Result<(), SessionError> {
         if from != self.collector {
             return Err(SessionError::blame(
                 vec![from],
@@ -738,33 +822,39 @@ impl Participant {
         Ok(())
     }
 
-    /// Takes a proposal (this node's batch frozen by then). A proposal that is not proved
-    /// (t + 1 signatures of participants that froze the set) or is under `min_reports` is
-    /// blamed on the collector; a set smaller than this node's own is refused.
-    pub fn receive_proposal(
+    /// Checks a proposal before its report ids are taken in: from the collector, at least
+    /// `min_reports` and at most [`MAX_OPEN_REPORTS`] reports, proved by t + 1 signatures
+    /// of participants that froze the set. Every failure is blamed on the collector.
+    pub fn check_proposal(
         &self,
         from: PeerId,
-        proposal: &Proposal,
-        held: &Held,
-    ) -> Result<VoteAnswer, SessionError> {
+        set: ReportSet,
+        holds: &[Signed],
+    ) -> Result<(), SessionError> {
         self.check_sender(from, "a proposal")?;
-        if let Some(vote) = held.vote {
-            return Ok(VoteAnswer::Vote(vote));
-        }
         let batch = self.signers.batch();
         let t = usize::from(self.shape.threshold);
-        if proposal.set.count < self.min_reports {
+        if set.count > MAX_OPEN_REPORTS {
+            return Err(SessionError::blame(
+                vec![from],
+                format!(
+                    "collector {from} proposed {} reports for batch {batch}; at most {MAX_OPEN_REPORTS} are opened at once",
+                    set.count
+                ),
+            ));
+        }
+        if set.count < self.min_reports {
             return Err(SessionError::blame(
                 vec![from],
                 format!(
                     "collector {from} proposed {} report(s) for batch {batch} of task {}, which needs min_reports = {}; refused",
-                    proposal.set.count, self.shape.task_id, self.min_reports
+                    set.count, self.shape.task_id, self.min_reports
                 ),
             ));
         }
         let proved = self
             .signers
-            .check_list(Statement::Holds, proposal.set, &proposal.holds)
+            .check_list(Statement::Holds, set, holds)
             .map_err(|e| {
                 SessionError::blame(
                     vec![from],
@@ -780,6 +870,31 @@ impl Participant {
                 ),
             ));
         }
+        Ok(())
+    }
+
+    /// Takes a proposal with its report ids (this node's batch frozen by then): checked as
+    /// [`check_proposal`](Self::check_proposal) says, and its ids must be the set's (else
+    /// the collector is blamed); a set smaller than this node's own is refused. The driver's
+    /// vote then refuses ids that are in another batch here.
+    pub fn receive_proposal(
+        &self,
+        from: PeerId,
+        proposal: &Proposal,
+        held: &Held,
+    ) -> Result<VoteAnswer, SessionError> {
+        self.check_sender(from, "a proposal")?;
+        if let Some(vote) = held.vote {
+            return Ok(VoteAnswer::Vote(vote));
+        }
+        self.check_proposal(from, proposal.set, &proposal.holds)?;
+        let batch = self.signers.batch();
+        check_ids(&proposal.ids, proposal.set).map_err(|e| {
+            SessionError::blame(
+                vec![from],
+                format!("collector {from} proposed a report set of batch {batch}: {e}"),
+            )
+        })?;
         if !held.frozen {
             return Ok(VoteAnswer::FreezeFirst);
         }
@@ -922,6 +1037,22 @@ mod tests {
         }
     }
 
+    /// `count` report ids from `first` on.
+    fn ids(first: u32, count: u32) -> Vec<String> {
+        (first..first + count)
+            .map(|i| format!("{i:032x}"))
+            .collect()
+    }
+
+    /// The report set of `ids`.
+    fn real(ids: &[String]) -> ReportSet {
+        let sorted: BTreeSet<String> = ids.iter().cloned().collect();
+        ReportSet {
+            digest: crate::mpc::aggregation::store::report_set_digest(&sorted),
+            count: ids.len() as u64,
+        }
+    }
+
     /// A frozen batch holding `s`, with this vote.
     fn frozen(s: ReportSet, vote: Option<ReportSet>) -> Held {
         Held {
@@ -950,8 +1081,8 @@ mod tests {
     #[test]
     fn a_whole_collect_certifies_one_set_and_opens_it_with_t_plus_one_holders() {
         let net = net(6, 2);
-        let full = set(1, 5);
-        let partial = set(2, 4);
+        let full = real(&ids(0, 5));
+        let partial = real(&ids(0, 4));
         let (mut c, ask) = Collector::start(
             net.shape(0),
             net.signers(),
@@ -967,9 +1098,21 @@ mod tests {
         c.receive_answer(net.peers[5], net.answer(5, partial, true, None))
             .unwrap();
         c.unreachable([net.peers[4]]);
-        let (proposal, ask, mut voting) = c.propose(false).unwrap();
+        let (mut proposal, ask, mut voting) = c.propose(false).unwrap();
         assert_eq!(proposal.set, full);
         assert_eq!(proposal.holds.len(), 3);
+        // The ids come from a holder of the set (this node first), checked against it.
+        assert_eq!(voting.holders()[..2], [net.peers[0], net.peers[1]]);
+        assert!(!voting.holders().contains(&net.peers[5]));
+        let e = voting
+            .receive_ids(net.peers[1], &encode_ids(&ids(1, 5)))
+            .unwrap_err();
+        assert_eq!(e.blamed(), [net.peers[1]]);
+        assert!(e.reason().contains("do not match"), "{e}");
+        assert!(voting.receive_ids(net.peers[1], &[b'0'; 31]).is_err());
+        proposal.ids = voting
+            .receive_ids(net.peers[1], &encode_ids(&ids(0, 5)))
+            .unwrap();
         assert_eq!(
             ask,
             [net.peers[1], net.peers[2], net.peers[3], net.peers[5]]
@@ -1038,33 +1181,38 @@ mod tests {
     #[test]
     fn a_participant_votes_only_for_a_proved_set_no_smaller_than_its_own() {
         let net = net(4, 1);
-        let s = set(1, 3);
+        let s_ids = ids(0, 3);
+        let s = real(&s_ids);
         let p = net.participant(1, 0);
         let held = frozen(s, None);
-        let proof = |who: &[usize], of: ReportSet| Proposal {
-            set: of,
-            holds: who
-                .iter()
-                .map(|i| (*i as u16, net.sign(*i, Statement::Holds, of)))
-                .collect(),
+        let proof = |who: &[usize], of: &[String]| {
+            let set = real(of);
+            Proposal {
+                set,
+                holds: who
+                    .iter()
+                    .map(|i| (*i as u16, net.sign(*i, Statement::Holds, set)))
+                    .collect(),
+                ids: of.to_vec(),
+            }
         };
         // Not from the collector.
         assert_eq!(
-            p.receive_proposal(net.peers[2], &proof(&[0, 2], s), &held)
+            p.receive_proposal(net.peers[2], &proof(&[0, 2], &s_ids), &held)
                 .unwrap_err()
                 .blamed(),
             [net.peers[2]]
         );
         // One holder is not t + 1; the same holder twice neither; a forged signature is blamed.
         let e = p
-            .receive_proposal(net.peers[0], &proof(&[0], s), &held)
+            .receive_proposal(net.peers[0], &proof(&[0], &s_ids), &held)
             .unwrap_err();
         assert!(e.reason().contains("only 1 participant(s) froze"), "{e}");
         let e = p
-            .receive_proposal(net.peers[0], &proof(&[0, 0], s), &held)
+            .receive_proposal(net.peers[0], &proof(&[0, 0], &s_ids), &held)
             .unwrap_err();
         assert!(e.reason().contains("appears twice"), "{e}");
-        let mut forged = proof(&[0, 2], s);
+        let mut forged = proof(&[0, 2], &s_ids);
         forged.holds[1].1 = net.sign(2, Statement::Vote, s);
         let e = p
             .receive_proposal(net.peers[0], &forged, &held)
@@ -1074,19 +1222,36 @@ mod tests {
         let other_batch = Signers::of(&net.info, 8).unwrap();
         let q = Participant::new(net.peers[0], net.shape(1), other_batch, 2);
         assert!(
-            q.receive_proposal(net.peers[0], &proof(&[0, 2], s), &held)
+            q.receive_proposal(net.peers[0], &proof(&[0, 2], &s_ids), &held)
                 .is_err()
         );
-        // Under min_reports: blamed.
-        let tiny = set(3, 1);
+        // Ids that are not the set's: blamed.
+        let mut swapped = proof(&[0, 2], &s_ids);
+        swapped.ids = ids(1, 3);
         let e = p
-            .receive_proposal(net.peers[0], &proof(&[0, 2], tiny), &held)
+            .receive_proposal(net.peers[0], &swapped, &held)
+            .unwrap_err();
+        assert!(e.reason().contains("do not match the set's digest"), "{e}");
+        swapped.ids.pop();
+        let e = p
+            .receive_proposal(net.peers[0], &swapped, &held)
+            .unwrap_err();
+        assert!(e.reason().contains("2 report ids for a set of 3"), "{e}");
+        // Under min_reports, or over what a collect opens: blamed.
+        let e = p
+            .receive_proposal(net.peers[0], &proof(&[0, 2], &ids(10, 1)), &held)
             .unwrap_err();
         assert!(e.reason().contains("min_reports = 2"), "{e}");
+        let huge = ReportSet {
+            digest: [1; 32],
+            count: MAX_OPEN_REPORTS + 1,
+        };
+        let e = p.check_proposal(net.peers[0], huge, &[]).unwrap_err();
+        assert!(e.reason().contains("at most"), "{e}");
         // Smaller than its own set: no vote, no blame.
-        let smaller = set(4, 2);
+        let smaller = ids(20, 2);
         assert!(matches!(
-            p.receive_proposal(net.peers[0], &proof(&[0, 2], smaller), &held).unwrap(),
+            p.receive_proposal(net.peers[0], &proof(&[0, 2], &smaller), &held).unwrap(),
             VoteAnswer::Refuse(r) if r.contains("more than the 2 proposed")
         ));
         // Proved, but this node's batch still takes reports: freeze first.
@@ -1095,24 +1260,24 @@ mod tests {
             ..held
         };
         assert_eq!(
-            p.receive_proposal(net.peers[0], &proof(&[0, 2], s), &thawed)
+            p.receive_proposal(net.peers[0], &proof(&[0, 2], &s_ids), &thawed)
                 .unwrap(),
             VoteAnswer::FreezeFirst
         );
         // Proved and large enough: a vote; a vote recorded before stays in force.
         assert_eq!(
-            p.receive_proposal(net.peers[0], &proof(&[0, 2], s), &held)
+            p.receive_proposal(net.peers[0], &proof(&[0, 2], &s_ids), &held)
                 .unwrap(),
             VoteAnswer::Vote(s)
         );
         let voted = Held {
-            vote: Some(smaller),
+            vote: Some(real(&smaller)),
             ..held
         };
         assert_eq!(
-            p.receive_proposal(net.peers[0], &proof(&[0, 2], s), &voted)
+            p.receive_proposal(net.peers[0], &proof(&[0, 2], &s_ids), &voted)
                 .unwrap(),
-            VoteAnswer::Vote(smaller)
+            VoteAnswer::Vote(real(&smaller))
         );
     }
 

@@ -14,14 +14,14 @@ use libp2p::PeerId;
 use tracing::info;
 
 use self::core::{
-    BatchAnswer, Collector, Held, Open, Participant, Proposal, ReportSet, Signers, Statement,
-    VoteAnswer, statement_bytes,
+    BatchAnswer, Collector, Held, ID_BYTES, Open, Participant, Proposal, ReportSet, Signed,
+    Signers, Statement, VoteAnswer, encode_ids, statement_bytes,
 };
 use super::relay::core::TaskShape;
 use super::shares;
 use super::store::{Snapshot, TaskEntry};
 use super::{AggError, CollectResult};
-use crate::mpc::chunks::pieces;
+use crate::mpc::chunks::{ChunkAssembly, pieces};
 use crate::mpc::session::{SessionError, SessionInbox};
 use crate::mpc::wire::{Blob, Body, Protocol, SessionId, SignedSet};
 use crate::mpc::{InviteRefusal, MpcEngine, unreachable_error};
@@ -71,20 +71,13 @@ fn from_signed(s: &SignedSet) -> (ReportSet, Vec<u8>) {
     )
 }
 
-/// What a participant waits for after its report set: a proposal or the open request.
+/// What a participant waits for after its report set: a request for the ids of its set, a
+/// proposal (its ids follow in chunks), or the open request.
+#[derive(PartialEq)]
 enum Next {
-    Propose(Proposal),
+    Ids([u8; 32]),
+    Propose(ReportSet, Vec<Signed>),
     Open(Open),
-}
-
-impl PartialEq for Next {
-    fn eq(&self, other: &Self) -> bool {
-        match (self, other) {
-            (Next::Propose(a), Next::Propose(b)) => a == b,
-            (Next::Open(a), Next::Open(b)) => a == b,
-            _ => false,
-        }
-    }
 }
 
 impl MpcEngine {
@@ -191,9 +184,13 @@ impl MpcEngine {
         match answer {
             VoteAnswer::Vote(set) => {
                 let in_force = task
-                    .vote(batch, set)
+                    .vote(batch, set, &proposal.ids)
                     .await
                     .map_err(|e| SessionError::failed(e.to_string()))?;
+                let in_force = match in_force {
+                    Ok(v) => v,
+                    Err(why) => return Ok((None, why)),
+                };
                 let sig = self.sign_statement(Statement::Vote, task, batch, in_force)?;
                 Ok((Some((in_force, sig)), String::new()))
             }
@@ -251,7 +248,7 @@ impl MpcEngine {
                 |from, answer| collector.receive_answer(from, answer.clone()),
             )
             .await?;
-        let (proposal, ask, mut voting) =
+        let (mut proposal, ask, mut voting) =
             match collector.propose(self.inner.faults.collect_ignores_min_reports) {
                 Ok(proposed) => proposed,
                 Err((answered, refusal)) => {
@@ -259,6 +256,30 @@ impl MpcEngine {
                     return Ok(Err(refusal));
                 }
             };
+        // The report ids of the set: this node's own when it froze it, else a holder's.
+        proposal.ids = match voting.holders().first() {
+            Some(p) if *p == local => {
+                let own = task.snapshot(batch).await;
+                own.report_ids.iter().cloned().collect()
+            }
+            Some(holder) => {
+                let holder = *holder;
+                self.send(
+                    holder,
+                    session,
+                    Body::AggIdsRequest {
+                        digest: proposal.set.digest,
+                    },
+                )
+                .await
+                .map_err(|e| unreachable_error(vec![(holder, e)], "the ids request"))?;
+                let bytes = self
+                    .receive_ids(&mut inbox, holder, proposal.set.count)
+                    .await?;
+                voting.receive_ids(holder, &bytes)?
+            }
+            None => Vec::new(),
+        };
         let rogue = self.inner.faults.collect_ignores_min_reports;
         let (own_vote, refusal) = match self.vote_on(&task, &me, local, &proposal, batch).await {
             Ok(vote) => vote,
@@ -273,7 +294,25 @@ impl MpcEngine {
             holds: signed_list(&proposal.holds),
         };
         let failures = self.broadcast(&ask, session, &body).await;
-        voting.unreachable(failures.into_iter().map(|(p, _)| p));
+        let ids = bytes::Bytes::from(encode_ids(&proposal.ids));
+        let sent: Vec<PeerId> = ask
+            .iter()
+            .filter(|p| !failures.iter().any(|(f, _)| f == *p))
+            .copied()
+            .collect();
+        let streams = futures::future::join_all(sent.iter().map(|p| {
+            self.send_chunked(*p, session, pieces(ids.clone()), |index, data| {
+                Body::AggChunk { index, data }
+            })
+        }))
+        .await;
+        let unreached = failures.into_iter().map(|(p, _)| p).chain(
+            sent.iter()
+                .zip(streams)
+                .filter(|(_, r)| r.is_err())
+                .map(|(p, _)| *p),
+        );
+        voting.unreachable(unreached.collect::<Vec<_>>());
         let awaited = voting.awaited();
         inbox
             .collect_each(
@@ -354,6 +393,35 @@ impl MpcEngine {
         }))
     }
 
+    /// Receives `count` report ids in chunks from `from`, each within a round deadline of
+    /// the previous one.
+    async fn receive_ids(
+        &self,
+        inbox: &mut SessionInbox,
+        from: PeerId,
+        count: u64,
+    ) -> Result<Vec<u8>, SessionError> {
+        let mut assembly = ChunkAssembly::new(count as usize * ID_BYTES, true);
+        loop {
+            let deadline = tokio::time::Instant::now() + self.inner.round_timeout;
+            let (peer, (index, data)) = inbox
+                .next_of("aggregation chunk", &[from], deadline, |b| match b {
+                    Body::AggChunk { index, data } => Some((*index, data.0.clone())),
+                    _ => None,
+                })
+                .await?;
+            let complete = assembly.accept(index, &data).map_err(|e| {
+                SessionError::blame(
+                    vec![peer],
+                    format!("{peer} sent a bad chunk of report ids: {e}"),
+                )
+            })?;
+            if complete {
+                return Ok(assembly.into_bytes().unwrap_or_default());
+            }
+        }
+    }
+
     /// Ends the participants' side of a refused collect.
     async fn tell_nothing(&self, session: SessionId, peers: &[PeerId]) {
         let body = open_body(&Open::nothing());
@@ -416,21 +484,22 @@ impl MpcEngine {
             .await
             .map_err(|e| unreachable_error(vec![(from, e)], "the report set"))?;
         let timeout = self.inner.round_timeout;
-        let mut proposed = false;
+        let (mut proposed, mut ids_sent) = (false, false);
         let open = loop {
             let next = inbox
                 .collect("aggregation proposal", &[from], timeout, |b| match b {
+                    Body::AggIdsRequest { digest } => Some(Next::Ids(*digest)),
                     Body::AggPropose {
                         digest,
                         count,
                         holds,
-                    } => Some(Next::Propose(Proposal {
-                        set: ReportSet {
+                    } => Some(Next::Propose(
+                        ReportSet {
                             digest: *digest,
                             count: *count,
                         },
-                        holds: unsigned_list(holds),
-                    })),
+                        unsigned_list(holds),
+                    )),
                     Body::AggOpen {
                         digest,
                         count,
@@ -449,14 +518,50 @@ impl MpcEngine {
                 .await?
                 .remove(&from);
             match next {
-                Some(Next::Propose(_)) if proposed => {
+                Some(Next::Ids(_) | Next::Propose(..)) if proposed => {
                     return Err(SessionError::blame(
                         vec![from],
-                        format!("collector {from} sent a second proposal for batch {batch}"),
+                        format!(
+                            "collector {from} asked again after its proposal for batch {batch}"
+                        ),
                     ));
                 }
-                Some(Next::Propose(proposal)) => {
+                Some(Next::Ids(digest)) => {
+                    if ids_sent {
+                        return Err(SessionError::blame(
+                            vec![from],
+                            format!(
+                                "collector {from} asked twice for the report ids of batch {batch}"
+                            ),
+                        ));
+                    }
+                    ids_sent = true;
+                    participant.check_sender(from, "a request for report ids")?;
+                    let snapshot = task.snapshot(batch).await;
+                    if !snapshot.frozen || snapshot.set.digest != digest {
+                        return Err(SessionError::failed(format!(
+                            "asked for the report ids of a set of batch {batch} that this node did not freeze"
+                        )));
+                    }
+                    let bytes = bytes::Bytes::from(encode_ids(&snapshot.report_ids));
+                    self.send_chunked(from, session, pieces(bytes), |index, data| Body::AggChunk {
+                        index,
+                        data,
+                    })
+                    .await
+                    .map_err(|e| unreachable_error(vec![(from, e)], "the report ids"))?;
+                }
+                Some(Next::Propose(set, holds)) => {
                     proposed = true;
+                    participant.check_proposal(from, set, &holds)?;
+                    let bytes = self.receive_ids(&mut inbox, from, set.count).await?;
+                    let ids = self::core::decode_ids(&bytes, set).map_err(|e| {
+                        SessionError::blame(
+                            vec![from],
+                            format!("collector {from} sent the report ids of its proposal: {e}"),
+                        )
+                    })?;
+                    let proposal = Proposal { set, holds, ids };
                     let (vote, refusal) = self
                         .vote_on(&task, &participant, from, &proposal, batch)
                         .await?;
