@@ -1348,3 +1348,36 @@ async fn the_cli_submits_and_collects_over_https_and_checks_the_ca() {
         "the key file is not echoed: {stderr}"
     );
 }
+
+/// A compromised opener (test fault `wrong-share-sum`) sends a share sum one off: with
+/// three nodes at t = 1, all three open, the third share sum does not lie on the line
+/// through the other two, and the collect fails instead of returning a shifted sum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_share_sum_is_caught_by_one_more_opener() {
+    let dir = tempdir();
+    let mut nodes = start_cluster(dir.path(), 2).await;
+    let boots: Vec<String> = nodes.iter().map(|n| n.tcp_addr.clone()).collect();
+    let liar = start_node_with_faults(dir.path(), "L", &boots, "wrong-share-sum").await;
+    for n in &nodes {
+        n.wait_connected_to(&liar.peer_id, Duration::from_secs(30))
+            .await;
+    }
+    nodes.push(liar);
+    let task = create_task(&nodes[0], &nodes, 1, 2, 2).await;
+    let task_id = task.params.task_id.clone();
+    for values in [[1, 2], [3, 4]] {
+        let report = prepare_report(&task, &values).unwrap();
+        let (status, body) = submit(&nodes[0], &task_id, &report).await;
+        assert_eq!(status, 201, "{body}");
+    }
+    let (status, body) = collect(&nodes[0], &task_id).await;
+    assert_ne!(status, 200, "a shifted sum was returned: {body}");
+    assert!(body.get("sum").is_none(), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("share sums disagree"),
+        "{body}"
+    );
+}

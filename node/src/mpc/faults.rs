@@ -63,6 +63,9 @@ pub struct Faults {
     /// set was frozen, or the quorum of votes (a compromised collector after a single
     /// client's input): every participant asked to vote or for its share sum must refuse.
     pub collect_ignores_min_reports: bool,
+    /// Release a share sum one off in its first value (a compromised opener): the collector
+    /// must notice with the share sum of one more participant.
+    pub wrong_share_sum: bool,
     /// A file that partitions the MPC network ([`PARTITION_ENV`]), read at every message.
     pub partition_file: Option<std::path::PathBuf>,
 }
@@ -126,6 +129,7 @@ impl Faults {
                 "front-run-signing" => f.front_run_signing = true,
                 "commit-without-quorum" => f.commit_without_quorum = true,
                 "collect-ignores-min-reports" => f.collect_ignores_min_reports = true,
+                "wrong-share-sum" => f.wrong_share_sum = true,
                 other => return Err(format!("{FAULT_ENV}: unknown fault `{other}`")),
             }
         }

@@ -183,6 +183,10 @@ pub struct CollectResult {
     pub report_set_digest: String,
     /// The participants whose share sums were combined.
     pub opened_by: Vec<String>,
+    /// Whether one more participant's share sum than the t + 1 needed checked the sum (a
+    /// wrong share sum would have been caught); false when only t + 1 holders of the set
+    /// answered.
+    pub cross_checked: bool,
 }
 
 /// `GET /v1/aggregations/{id}`: parameters, keys, and what this node holds.

@@ -107,6 +107,37 @@ pub fn add_assign(sum: &mut [Field], share: &[Field]) -> Result<(), ShareError> 
 /// (x = index + 1), by Lagrange interpolation at zero. Needs at least `threshold + 1` of them
 /// (the caller checks the count; with fewer, the result is meaningless).
 pub fn reconstruct(shares: &[(usize, Vec<Field>)]) -> Result<Vec<Field>, ShareError> {
+    interpolate_at(shares, Field::zero())
+}
+
+/// Opens a sum from the share sums of `threshold + 1` or more participants: the first
+/// `threshold + 1` give the sum; every further one must lie on the same polynomial (else
+/// some participant sent a wrong share sum, and nothing is returned). Returns the sum and
+/// whether a further share sum checked it.
+pub fn open_checked(
+    shares: &[(usize, Vec<Field>)],
+    threshold: usize,
+) -> Result<(Vec<Field>, bool), ShareError> {
+    if shares.len() <= threshold {
+        return Err(ShareError::Parameters(format!(
+            "{} share sums cannot open a sum of threshold {threshold}",
+            shares.len()
+        )));
+    }
+    let (base, extra) = shares.split_at(threshold + 1);
+    for (index, sum) in extra {
+        let expected = interpolate_at(base, Field::from(*index as u64 + 1))?;
+        if expected != *sum {
+            return Err(ShareError::Parameters(format!(
+                "the share sums disagree: the one of participant index {index} does not lie on the polynomial of the others; some participant sent a wrong share sum"
+            )));
+        }
+    }
+    Ok((reconstruct(base)?, !extra.is_empty()))
+}
+
+/// The shared polynomial, through the given shares, evaluated at `x`.
+fn interpolate_at(shares: &[(usize, Vec<Field>)], x: Field) -> Result<Vec<Field>, ShareError> {
     let Some((_, first)) = shares.first() else {
         return Err(ShareError::Parameters(
             "no shares to reconstruct from".into(),
@@ -130,15 +161,15 @@ pub fn reconstruct(shares: &[(usize, Vec<Field>)]) -> Result<Vec<Field>, ShareEr
             )));
         }
     }
-    // lambda_j = prod_{m != j} x_m / (x_m - x_j)
+    // lambda_j = prod_{m != j} (x - x_m) / (x_j - x_m)
     let lambdas: Vec<Field> = (0..xs.len())
         .map(|j| {
             let mut num = Field::one();
             let mut den = Field::one();
             for (m, xm) in xs.iter().enumerate() {
                 if m != j {
-                    num *= *xm;
-                    den *= *xm - xs[j];
+                    num *= x - *xm;
+                    den *= xs[j] - *xm;
                 }
             }
             num * den.inv()
@@ -222,6 +253,20 @@ mod tests {
             let picked: Vec<(usize, Vec<Field>)> =
                 subset.iter().map(|&i| (i, sums[i].clone())).collect();
             assert_eq!(to_integers(&reconstruct(&picked).unwrap()), expected);
+        }
+        // t + 2 share sums: the extra one checks the others; a wrong one is caught.
+        let four: Vec<(usize, Vec<Field>)> =
+            [3, 0, 4, 1].iter().map(|&i| (i, sums[i].clone())).collect();
+        let (sum, checked) = open_checked(&four, t).unwrap();
+        assert_eq!((to_integers(&sum), checked), (expected.clone(), true));
+        let (_, checked) = open_checked(&four[..3], t).unwrap();
+        assert!(!checked);
+        assert!(open_checked(&four[..2], t).is_err());
+        for wrong in 0..4 {
+            let mut bad = four.clone();
+            bad[wrong].1[7] += Field::one();
+            let e = open_checked(&bad, t).unwrap_err();
+            assert!(e.to_string().contains("share sums disagree"), "{e}");
         }
     }
 

@@ -596,13 +596,15 @@ impl Proposing {
             );
             return (nothing(&self.answered), Err(error));
         }
+        // t + 1 openers give the sum; one more, when there is one, checks them (a wrong
+        // share sum from any of them is then caught instead of shifting the sum).
         let local = self.shape.local;
-        let mut chosen: Vec<PeerId> = Vec::with_capacity(t + 1);
+        let mut chosen: Vec<PeerId> = Vec::with_capacity(t + 2);
         if self.openers.contains(&local) {
             chosen.push(local);
         }
         for p in &self.openers {
-            if chosen.len() > t {
+            if chosen.len() > t + 1 {
                 break;
             }
             if *p != local {
@@ -1142,7 +1144,11 @@ mod tests {
         let mut opening = opening.unwrap();
         assert!(opening.local_opens());
         let chosen: Vec<&(PeerId, Open)> = requests.iter().filter(|(_, o)| o.send_sum).collect();
-        assert_eq!(chosen.len(), 2, "this node and two more: t + 1");
+        assert_eq!(
+            chosen.len(),
+            3,
+            "this node and three more: t + 1, and one to check them"
+        );
         // p5 froze another set: it is never chosen to open.
         assert!(chosen.iter().all(|(p, _)| *p != net.peers[5]));
         // A chosen participant checks the certificate and its own set.
@@ -1174,7 +1180,7 @@ mod tests {
         let opened = opening
             .finish(Some(shares::to_field(&[1, 2]).unwrap()))
             .unwrap();
-        assert_eq!(opened.points.len(), 3);
+        assert_eq!(opened.points.len(), 4);
         assert_eq!(opened.set, full);
     }
 

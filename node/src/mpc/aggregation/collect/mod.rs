@@ -375,10 +375,12 @@ impl MpcEngine {
         };
         let opened = opening.finish(own_sum)?;
         let points = opened.points;
-        let sum = tokio::task::spawn_blocking(move || shares::reconstruct(&points))
-            .await
-            .map_err(|e| SessionError::failed(e.to_string()))?
-            .map_err(|e| SessionError::failed(e.to_string()))?;
+        let t = usize::from(task.info.params.threshold);
+        let (sum, cross_checked) =
+            tokio::task::spawn_blocking(move || shares::open_checked(&points, t))
+                .await
+                .map_err(|e| SessionError::failed(e.to_string()))?
+                .map_err(|e| SessionError::failed(e.to_string()))?;
         task.mark_collected(batch)
             .await
             .map_err(|e| SessionError::failed(e.to_string()))?;
@@ -390,6 +392,7 @@ impl MpcEngine {
             reports: opened.set.count,
             report_set_digest: hex::encode(opened.set.digest),
             opened_by: opened.opened_by.iter().map(ToString::to_string).collect(),
+            cross_checked,
         }))
     }
 
@@ -584,7 +587,13 @@ impl MpcEngine {
         task.mark_released(batch, set.digest)
             .await
             .map_err(|e| SessionError::failed(e.to_string()))?;
-        let bytes = shares::encode(&snapshot.share_sum);
+        let mut sum = snapshot.share_sum;
+        if self.inner.faults.wrong_share_sum
+            && let Some(first) = sum.first_mut()
+        {
+            *first += shares::Field::from(1u64);
+        }
+        let bytes = shares::encode(&sum);
         self.send_chunked(from, session, pieces(bytes.into()), |index, data| {
             Body::AggChunk { index, data }
         })
