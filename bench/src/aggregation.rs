@@ -1,7 +1,8 @@
 //! Secure aggregation through the HTTP API of five real node processes: report ingest at
 //! L = 1 and L = 1,000 beside the same clients posting unsealed shares (the plaintext
-//! baseline), and one vector of a million values from three clients beside transfer tests of
-//! the same bytes over the same request-response protocol.
+//! baseline), ingest of reports signed by their clients (a task that names client keys)
+//! beside the same reports to an open task, and one vector of a million values from three
+//! clients beside transfer tests of the same bytes over the same request-response protocol.
 //!
 //! The nodes run with the test-only `plaintext-shares` fault so that the same processes take
 //! both sealed and unsealed reports (a node without it refuses unsealed shares).
@@ -13,7 +14,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use futures::future::try_join_all;
 use p2p_mpc_node::mpc::aggregation::Report;
-use p2p_mpc_node::mpc::aggregation::client::{prepare_report, unsealed_report_for_tests};
+use p2p_mpc_node::mpc::aggregation::client::{
+    prepare_report, sign_report, unsealed_report_for_tests,
+};
 use p2p_mpc_node::mpc::aggregation::shares::ELEMENT_BYTES;
 use p2p_mpc_node::mpc::aggregation::store::TaskInfo;
 use serde_json::{Value, json};
@@ -24,21 +27,33 @@ use crate::results::Figure;
 /// Clients with a report in flight at once.
 const CLIENTS: usize = 32;
 
-/// Creates a task over every node, t = 2.
+/// Creates a task over every node, t = 2, taking reports of `clients` only (none: open).
 async fn create_task(
     http: &reqwest::Client,
     nodes: &[Node],
     length: u32,
     min_reports: u64,
+    clients: &[String],
 ) -> anyhow::Result<TaskInfo> {
     let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
     let v = post(
         http,
         format!("{}/v1/aggregations", nodes[0].api),
-        json!({"participants": ids, "threshold": 2, "length": length, "min_reports": min_reports}),
+        json!({"participants": ids, "threshold": 2, "length": length, "min_reports": min_reports, "clients": clients}),
     )
     .await?;
     serde_json::from_value(v).context("task in the answer")
+}
+
+/// How the clients of [`ingest`] build their reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Unsealed shares (the plaintext baseline; needs the `plaintext-shares` fault).
+    Plain,
+    /// Sealed shares to an open task.
+    Sealed,
+    /// Sealed shares, each signed by the client's key, to a task that names the clients.
+    Signed,
 }
 
 /// Submits `count` reports of `length` values, [`CLIENTS`] at a time, round robin over the
@@ -49,27 +64,43 @@ async fn ingest(
     nodes: &[Node],
     length: u32,
     count: usize,
-    sealed: bool,
+    kind: Kind,
 ) -> anyhow::Result<f64> {
-    let task = Arc::new(create_task(http, nodes, length, 1).await?);
+    let keys: Vec<_> = match kind {
+        Kind::Signed => (0..CLIENTS)
+            .map(|_| p2p_mpc_node::mpc::policy::generate_client_key())
+            .collect(),
+        _ => Vec::new(),
+    };
+    let public: Vec<String> = keys
+        .iter()
+        .map(p2p_mpc_node::commands::client::public_key)
+        .collect();
+    let task = Arc::new(create_task(http, nodes, length, 1, &public).await?);
     let apis: Arc<Vec<String>> = Arc::new(nodes.iter().map(|n| n.api.clone()).collect());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let keys = Arc::new(keys);
     let t0 = Instant::now();
-    let clients = (0..CLIENTS).map(|_| {
+    let clients = (0..CLIENTS).map(|c| {
         let (http, task, apis, next) = (http.clone(), task.clone(), apis.clone(), next.clone());
+        let keys = keys.clone();
         async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 if i >= count {
                     return anyhow::Ok(());
                 }
-                let t = task.clone();
+                let (t, keys) = (task.clone(), keys.clone());
                 let report: Report = tokio::task::spawn_blocking(move || {
                     let values = vec![i as u64; t.params.length as usize];
-                    if sealed {
-                        prepare_report(&t, &values)
-                    } else {
-                        unsealed_report_for_tests(&t, &values)
+                    match kind {
+                        Kind::Plain => unsealed_report_for_tests(&t, &values),
+                        Kind::Sealed => prepare_report(&t, &values),
+                        Kind::Signed => {
+                            let mut report = prepare_report(&t, &values)?;
+                            sign_report(&t, &mut report, &keys[c])?;
+                            Ok(report)
+                        }
                     }
                 })
                 .await?
@@ -91,7 +122,7 @@ async fn ingest(
 /// 3 collects the sum. Returns seconds from the first submission to the sum (the clients'
 /// reports are built beforehand).
 async fn large_vector(http: &reqwest::Client, nodes: &[Node], length: u32) -> anyhow::Result<f64> {
-    let task = create_task(http, nodes, length, 3).await?;
+    let task = create_task(http, nodes, length, 3, &[]).await?;
     let reports: Vec<Value> = (0..3u64)
         .map(|c| {
             let values = vec![c + 1; length as usize];
@@ -181,7 +212,8 @@ pub async fn run(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Vec<Figu
         let half = count.div_ceil(2);
         let mut seconds = [0.0f64; 2];
         for sealed in [true, false, false, true] {
-            let rate = ingest(&http, &nodes, length, half, sealed).await?;
+            let kind = if sealed { Kind::Sealed } else { Kind::Plain };
+            let rate = ingest(&http, &nodes, length, half, kind).await?;
             seconds[usize::from(sealed)] += half as f64 / rate;
         }
         let (plain, sealed) = (
@@ -196,6 +228,22 @@ pub async fn run(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Vec<Figu
             plain,
         ));
     }
+    // Signed reports against the same reports to an open task, ABBA.
+    let count = if quick { 100usize } else { 3000 };
+    let half = count.div_ceil(2);
+    let mut seconds = [0.0f64; 2];
+    for signed in [true, false, false, true] {
+        let kind = if signed { Kind::Signed } else { Kind::Sealed };
+        let rate = ingest(&http, &nodes, 1, half, kind).await?;
+        seconds[usize::from(signed)] += half as f64 / rate;
+    }
+    figures.push(Figure::against(
+        format!("aggregation ingest, L = 1, {CLIENTS} clients in flight, reports signed by their clients"),
+        2.0 * half as f64 / seconds[1],
+        "reports/s",
+        "same clients, open task (unsigned reports)",
+        2.0 * half as f64 / seconds[0],
+    ));
     let length = if quick { 100_000 } else { 1_000_000 };
     let took = large_vector(&http, &nodes, length).await?;
     let base = large_vector_transfers(&http, &nodes, length).await?;

@@ -268,6 +268,9 @@ pub enum AggregateCommand {
         /// Participant peer ids (repeatable or comma-separated); default: the node's cluster roster (without one: the node and its connected MPC peers).
         #[arg(long = "participants", value_delimiter = ',', value_name = "PEER_ID")]
         participants: Vec<String>,
+        /// A client public key (hex, as `p2p-mpc client keygen` prints; repeatable): the task then takes only reports signed by a listed client, and counts each client once per batch towards --min-reports. Default: any report.
+        #[arg(long = "client", value_name = "PUBLIC_KEY")]
+        clients: Vec<String>,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
@@ -298,6 +301,9 @@ pub enum AggregateCommand {
         /// Refuse a task whose threshold t is below this (t + 1 colluding participants can read every input).
         #[arg(long, env = "P2P_MPC_MIN_THRESHOLD", value_name = "T")]
         min_threshold: Option<u16>,
+        /// Client key file (as `p2p-mpc client keygen` writes) to sign the report with; a task that names clients takes only signed reports.
+        #[arg(long, env = "P2P_MPC_CLIENT_KEY", value_name = "FILE")]
+        client_key: Option<PathBuf>,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{NodeProcess, args, bin, post, tempdir, wait_for};
 use p2p_mpc_node::mpc::aggregation::client::{
-    new_report_id, prepare_report, seal_shares, verify_task,
+    new_report_id, prepare_report, seal_shares, sign_report, verify_task,
 };
 use p2p_mpc_node::mpc::aggregation::shares::{self, MODULUS};
 use p2p_mpc_node::mpc::aggregation::store::TaskInfo;
@@ -1380,4 +1380,145 @@ async fn a_wrong_share_sum_is_caught_by_one_more_opener() {
             .contains("share sums disagree"),
         "{body}"
     );
+}
+
+/// A task that names client keys takes only reports signed by one of them, checked by every
+/// owner of a share, and counts each client once per batch towards `min_reports`: an
+/// unsigned report, a report of an unlisted key and one whose share signatures were swapped
+/// are refused; five reports of one client do not open a batch that needs two clients; one
+/// more from the second client does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_with_client_keys_takes_signed_reports_and_counts_each_client_once() {
+    let dir = tempdir();
+    let nodes = start_cluster(dir.path(), 3).await;
+    let keygen = |name: &str| {
+        let path = dir.path().join(name);
+        let out = Command::new(bin())
+            .args(["client", "keygen", "--out", path.to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        (path, public)
+    };
+    let (a_file, a) = keygen("a.key");
+    let (b_file, b) = keygen("b.key");
+    let (c_file, c) = keygen("c.key");
+    let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    let (status, body) = post(
+        &nodes[0],
+        "/v1/aggregations",
+        &json!({"participants": ids, "threshold": 1, "length": 2, "min_reports": 2, "clients": [a, b]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let task: TaskInfo = serde_json::from_value(body).unwrap();
+    let task_id = task.params.task_id.clone();
+    for node in &nodes {
+        let view = get_task(node, &task_id).await;
+        assert_eq!(view["access"], "clients", "{view}");
+        assert_eq!(view["clients"], json!([a, b]), "{view}");
+    }
+
+    // Unsigned, by an unlisted client, or with its shares' signatures swapped: refused.
+    let (status, body) = submit(
+        &nodes[0],
+        &task_id,
+        &prepare_report(&task, &[1, 1]).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("unsigned_report")),
+        "{body}"
+    );
+    let read_key = |path: &Path| {
+        let hex = std::fs::read_to_string(path).unwrap();
+        let seed: [u8; 32] = hex::decode(hex.trim()).unwrap().try_into().unwrap();
+        ed25519_dalek::SigningKey::from_bytes(&seed)
+    };
+    let mut listed_c = task.clone();
+    listed_c.params.clients.push(c.clone());
+    let mut by_c = prepare_report(&task, &[1, 1]).unwrap();
+    sign_report(&listed_c, &mut by_c, &read_key(&c_file)).unwrap();
+    let (status, body) = submit(&nodes[0], &task_id, &by_c).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("unknown_client")),
+        "{body}"
+    );
+    let mut swapped = prepare_report(&task, &[1, 1]).unwrap();
+    sign_report(&task, &mut swapped, &read_key(&a_file)).unwrap();
+    let first = swapped.shares[0].signature.clone();
+    swapped.shares[0].signature = swapped.shares[1].signature.clone();
+    swapped.shares[1].signature = first;
+    for node in &nodes[..2] {
+        let (status, body) = submit(node, &task_id, &swapped).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (403, Some("bad_signature")),
+            "{}: {body}",
+            node.name
+        );
+    }
+    // The CLI refuses to submit to such a task without a key, and signs with one.
+    let cli_submit = |key: Option<&Path>, values: &str| {
+        let mut cmd = Command::new(bin());
+        cmd.args([
+            "aggregate",
+            "submit",
+            "--api",
+            &nodes[1].api,
+            "--task",
+            &task_id,
+            "--values",
+            values,
+        ]);
+        if let Some(key) = key {
+            cmd.args(["--client-key", key.to_str().unwrap()]);
+        }
+        cmd.output().unwrap()
+    };
+    let out = cli_submit(None, "1,1");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --client-key FILE"));
+    for _ in 0..5 {
+        let out = cli_submit(Some(&a_file), "1,10");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    for node in &nodes {
+        assert_eq!(get_task(node, &task_id).await["reports_here"], 5);
+    }
+    // Five reports, one client: min_reports = 2 is not reached, on any node.
+    let (status, body) = collect(&nodes[2], &task_id).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (409, Some("not_enough_reports")),
+        "{body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("1 reports are in batch 0"),
+        "{body}"
+    );
+    let out = cli_submit(Some(&b_file), "100,1000");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = collect(&nodes[2], &task_id).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["reports"], 6);
+    assert_eq!(body["sum"], json!([105, 1050]));
 }

@@ -31,8 +31,11 @@ pub struct CreateAggregationRequest {
     /// Field modulus; only 18446744069414584321 (prio's Field64) is supported.
     #[serde(default)]
     pub modulus: Option<u64>,
-    /// Reports needed before the sum may be collected.
+    /// Reports needed before the sum may be collected (with `clients`: distinct clients).
     pub min_reports: u64,
+    /// Client Ed25519 public keys (hex) whose signed reports the task takes; none: any.
+    #[serde(default)]
+    pub clients: Vec<String>,
 }
 
 impl From<AggError> for ApiError {
@@ -67,6 +70,7 @@ pub(super) async fn create(
         length: req.length,
         modulus: req.modulus,
         min_reports: req.min_reports,
+        clients: req.clients,
     };
     // Sessions run in their own task so a client hanging up does not cut them short.
     let mpc = state.mpc.clone();

@@ -162,10 +162,12 @@ mod tests {
             peer_id: peer,
             enc: b64(32),
             ciphertext: b64(8 * length as usize + crate::mpc::aggregation::TAG_BYTES),
+            signature: Some("cd".repeat(64)),
         };
         let body = serde_json::to_vec_pretty(&crate::mpc::aggregation::Report {
             report_id: "ab".repeat(16),
             shares: vec![share; 3],
+            client: Some("ef".repeat(32)),
         })
         .unwrap();
         let limit = report(3, length);

@@ -11,7 +11,8 @@ use serde_json::{Value, json};
 use crate::api::client::{ApiClient, ClientError, encode_segment};
 use crate::cli::{AggregateCommand, OutputFormat};
 use crate::mpc::aggregation::client::{
-    check_min_threshold, check_pinned, parse_pinned, parse_values, prepare_report, verify_task,
+    check_min_threshold, check_pinned, parse_pinned, parse_values, prepare_report, sign_report,
+    verify_task,
 };
 use crate::mpc::aggregation::store::TaskInfo;
 
@@ -23,6 +24,7 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
             length,
             min_reports,
             participants,
+            clients,
             output,
             ..
         } => {
@@ -34,6 +36,9 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
             if !participants.is_empty() {
                 body["participants"] = json!(participants);
             }
+            if !clients.is_empty() {
+                body["clients"] = json!(clients);
+            }
             let task: Value = client.post("v1/aggregations", &body).await?;
             print(output, &task, || task_table(&task));
         }
@@ -44,10 +49,16 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
             member,
             members,
             min_threshold,
+            client_key,
             output,
             ..
         } => {
             let pinned = pinned_members(&member, members.as_deref())?;
+            let signer = client_key
+                .as_deref()
+                .map(crate::commands::client::read)
+                .transpose()
+                .map_err(ClientError::Decode)?;
             let text = match (values, file) {
                 (Some(v), _) => v,
                 (None, Some(f)) => std::fs::read_to_string(&f).map_err(|e| {
@@ -79,10 +90,21 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
                 check_min_threshold(&info, min)
                     .map_err(|e| ClientError::Decode(format!("refusing to submit: {e}")))?;
             }
-            let report = tokio::task::spawn_blocking(move || prepare_report(&info, &values))
-                .await
-                .map_err(|e| ClientError::Decode(e.to_string()))?
-                .map_err(|e| ClientError::Decode(format!("refusing to submit: {e}")))?;
+            if !info.params.clients.is_empty() && signer.is_none() {
+                return Err(ClientError::Decode(format!(
+                    "task {task} takes only reports signed by one of its clients: give --client-key FILE"
+                )));
+            }
+            let report = tokio::task::spawn_blocking(move || {
+                let mut report = prepare_report(&info, &values)?;
+                if let Some(key) = &signer {
+                    sign_report(&info, &mut report, key)?;
+                }
+                Ok::<_, String>(report)
+            })
+            .await
+            .map_err(|e| ClientError::Decode(e.to_string()))?
+            .map_err(|e| ClientError::Decode(format!("refusing to submit: {e}")))?;
             let body =
                 serde_json::to_value(&report).map_err(|e| ClientError::Decode(e.to_string()))?;
             let answer: Value = client.post(&format!("{path}/reports"), &body).await?;

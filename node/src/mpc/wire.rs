@@ -255,6 +255,8 @@ pub enum Body {
     AggReportSet {
         digest: [u8; 32],
         count: u64,
+        /// What counts towards `min_reports` in the set (distinct clients, or reports).
+        clients: u64,
         holds: Option<Blob>,
         vote: Option<SignedSet>,
     },
@@ -369,6 +371,10 @@ pub struct BatchShare {
     pub report_id: String,
     pub encapped_key: Blob,
     pub ciphertext: Blob,
+    /// The client's signature of this share (its index in the task's clients, the
+    /// signature), when the task names clients.
+    #[serde(default)]
+    pub client: Option<(u16, Blob)>,
 }
 
 /// Bytes that travel as one CBOR byte string (a `Vec<u8>` alone would be an array of

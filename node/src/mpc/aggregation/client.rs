@@ -126,12 +126,55 @@ pub fn seal_shares(
             peer_id: key.peer_id.clone(),
             enc: B64.encode(enc),
             ciphertext: B64.encode(ct),
+            signature: None,
         });
     }
     Ok(Report {
         report_id: report_id.to_string(),
         shares: sealed,
+        client: None,
     })
+}
+
+/// Signs every share of `report` with a client key of `task`: each owner checks the
+/// signature of its own share (see `relay::core::share_signed_bytes`).
+pub fn sign_report(
+    task: &TaskInfo,
+    report: &mut Report,
+    key: &ed25519_dalek::SigningKey,
+) -> Result<(), String> {
+    use ed25519_dalek::Signer;
+    let public = hex::encode(key.verifying_key().as_bytes());
+    if !task
+        .params
+        .clients
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(&public))
+    {
+        return Err(format!(
+            "the client key {public} is not one of the {} clients of task {}",
+            task.params.clients.len(),
+            task.params.task_id
+        ));
+    }
+    for share in &mut report.shares {
+        let owner: PeerId = share
+            .peer_id
+            .parse()
+            .map_err(|_| format!("`{}` is not a peer id", share.peer_id))?;
+        let enc = B64.decode(&share.enc).map_err(|e| e.to_string())?;
+        let ct = B64.decode(&share.ciphertext).map_err(|e| e.to_string())?;
+        let bytes = super::relay::core::share_signed_bytes(
+            &task.params.task_id,
+            &report.report_id,
+            &owner,
+            &enc,
+            &ct,
+        );
+        share.signature = Some(hex::encode(key.sign(&bytes).to_bytes()));
+    }
+    report.client = Some(public);
+    Ok(())
 }
 
 /// Builds a report of `values` for `task` (which must have passed [`verify_task`]): checks
@@ -177,12 +220,14 @@ pub fn unsealed_report_for_tests(task: &TaskInfo, values: &[u64]) -> Result<Repo
                 peer_id: key.peer_id.clone(),
                 enc: String::new(),
                 ciphertext: B64.encode(plain),
+                signature: None,
             }
         })
         .collect();
     Ok(Report {
         report_id: new_report_id(),
         shares: shares_out,
+        client: None,
     })
 }
 
@@ -219,6 +264,7 @@ mod tests {
                 min_reports: 1,
                 created_at: 0,
                 created_by: None,
+                clients: Vec::new(),
             },
             keys: Vec::<ParticipantKey>::new(),
         }

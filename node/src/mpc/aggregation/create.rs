@@ -39,6 +39,7 @@ impl MpcEngine {
             min_reports: request.min_reports,
             created_at: now(),
             created_by: Some(local.to_string()),
+            clients: request.clients,
         };
         let peers = check_params(local, &params).map_err(AggError::bad)?;
         self.check_task_cap(&local)

@@ -16,7 +16,9 @@ use super::collect::core::{
     VoteAnswer, encode_ids, statement_bytes,
 };
 use super::encryption::EncryptionKey;
-use super::relay::core::{Decision, Judged, Owner, Refusal, Relay, TaskShape, open_sealed};
+use super::relay::core::{
+    Decision, Judged, Owner, Refusal, Relay, Sealed, TaskShape, check_client, open_sealed,
+};
 use super::relay::{decode_report, open_reserved};
 use super::shares::{self, Field};
 use super::store::{AggregationStore, ParticipantKey, TaskEntry, TaskInfo, TaskParams};
@@ -51,6 +53,7 @@ async fn cluster(n: usize, t: u16, length: u32, min_reports: u64) -> (Vec<Node>,
             min_reports,
             created_at: 0,
             created_by: None,
+            clients: Vec::new(),
         },
         keys: identities
             .iter()
@@ -79,22 +82,28 @@ async fn cluster(n: usize, t: u16, length: u32, min_reports: u64) -> (Vec<Node>,
     (nodes, info)
 }
 
+/// A node's share of a report opened as the driver opens it: the client's signature, then
+/// the seal; the share and the client it counts under.
 async fn open_on(
     node: &Node,
     shape: &TaskShape,
     id: &str,
-    enc: Vec<u8>,
-    ct: Vec<u8>,
-) -> Result<Vec<Field>, Refusal> {
+    sealed: Sealed,
+) -> Result<(Vec<Field>, Option<String>), Refusal> {
+    let client = check_client(shape, id, &sealed.enc, &sealed.ct, sealed.signed.as_ref())?;
     let key = node.key.clone();
     let (task_id, length, report_id) = (shape.task_id.clone(), shape.length, id.to_string());
-    open_reserved(&node.task, id, move || {
+    let Sealed { enc, ct, .. } = sealed;
+    let share = open_reserved(&node.task, id, move || {
         open_sealed(&key, &task_id, length, &report_id, &enc, &ct, false)
     })
-    .await
+    .await?;
+    Ok((share, client))
 }
 
-fn verdicts(opened: &[Result<Vec<Field>, Refusal>]) -> Vec<Result<(), Refusal>> {
+type Opened = Result<(Vec<Field>, Option<String>), Refusal>;
+
+fn verdicts(opened: &[Opened]) -> Vec<Result<(), Refusal>> {
     opened
         .iter()
         .map(|o| o.as_ref().map(|_| ()).map_err(Clone::clone))
@@ -112,8 +121,8 @@ async fn relay_batch(nodes: &[Node], info: &TaskInfo, r: usize, reports: &[Repor
     let ids: Vec<String> = decoded.iter().map(|(id, _)| id.clone()).collect();
     let (mut relay, invites, own) = Relay::start(shape.clone(), decoded).unwrap();
     let mut local = Vec::new();
-    for (id, (enc, ct)) in ids.iter().zip(own) {
-        local.push(open_on(&nodes[r], &shape, id, enc, ct).await);
+    for (id, sealed) in ids.iter().zip(own) {
+        local.push(open_on(&nodes[r], &shape, id, sealed).await);
     }
     let mut owners = Vec::new();
     for (peer, invite) in invites {
@@ -133,8 +142,8 @@ async fn relay_batch(nodes: &[Node], info: &TaskInfo, r: usize, reports: &[Repor
         assert!(!owner.waits_for_chunks());
         let (judging, list) = owner.shares().unwrap();
         let mut opened = Vec::new();
-        for (id, enc, ct) in list {
-            opened.push(open_on(&nodes[j], &owner_shape, &id, enc, ct).await);
+        for (id, sealed) in list {
+            opened.push(open_on(&nodes[j], &owner_shape, &id, sealed).await);
         }
         let batch = nodes[j].task.current_batch();
         let (awaiting, rejected) = judging.verdicts(&verdicts(&opened), batch);
@@ -151,8 +160,12 @@ async fn relay_batch(nodes: &[Node], info: &TaskInfo, r: usize, reports: &[Repor
             .unwrap();
         for ((id, o), d) in ids.iter().zip(opened).zip(decisions) {
             match (d, o) {
-                (Decision::Store, Ok(share)) => {
-                    nodes[j].task.commit(id, &share, batch).await.unwrap();
+                (Decision::Store, Ok((share, client))) => {
+                    nodes[j]
+                        .task
+                        .commit(id, &share, batch, client)
+                        .await
+                        .unwrap();
                 }
                 (Decision::Drop, _) => nodes[j].task.release(id),
                 (Decision::Refused, o) => assert!(o.is_err()),
@@ -164,8 +177,12 @@ async fn relay_batch(nodes: &[Node], info: &TaskInfo, r: usize, reports: &[Repor
     assert!(committing.is_done());
     for ((id, o), commit) in ids.iter().zip(local).zip(&commits) {
         match o {
-            Ok(share) if *commit => {
-                nodes[r].task.commit(id, &share, batch).await.unwrap();
+            Ok((share, client)) if *commit => {
+                nodes[r]
+                    .task
+                    .commit(id, &share, batch, client)
+                    .await
+                    .unwrap();
             }
             Ok(_) => nodes[r].task.release(id),
             Err(_) => {}
@@ -179,6 +196,7 @@ fn held(node_batch: &super::store::Snapshot) -> Held {
         set: node_batch.set,
         frozen: node_batch.frozen,
         vote: node_batch.vote,
+        clients: node_batch.clients,
     }
 }
 
@@ -199,6 +217,7 @@ async fn answer(node: &Node, info: &TaskInfo, p: &Participant, batch: u64) -> Ba
     }
     BatchAnswer {
         set: snapshot.set,
+        clients: snapshot.clients,
         holds: snapshot
             .frozen
             .then(|| sign(node, info, Statement::Holds, batch, snapshot.set)),
@@ -502,7 +521,7 @@ async fn a_report_split_across_batches_by_a_relay_is_never_opened_twice() {
     for (i, node) in nodes.iter().enumerate() {
         assert!(node.task.reserve(&x));
         node.task
-            .commit(&x, &share, u64::from(i >= 3))
+            .commit(&x, &share, u64::from(i >= 3), None)
             .await
             .unwrap();
     }

@@ -49,6 +49,8 @@ use store::{AggregationStore, TaskInfo, TaskParams};
 pub const MAX_LENGTH: u32 = 1 << 21;
 /// Most participants of a task.
 pub const MAX_PARTICIPANTS: usize = 64;
+/// Most client keys a task names.
+pub const MAX_TASK_CLIENTS: usize = 256;
 /// Largest report a task may take (participants × sealed share of the vector, base64): the
 /// API reads a report body up to its task's size, so this bounds what one request can hold.
 pub const MAX_REPORT_BYTES: usize = 512 * 1024 * 1024;
@@ -57,7 +59,8 @@ pub const TAG_BYTES: usize = 16;
 
 /// The largest JSON body of a [`Report`] of a task of `participants` and vector `length`:
 /// per participant its peer id, a 32-byte encapsulated key and a ciphertext of `8 × length`
-/// bytes plus the tag, both base64, with room for field names, quotes and whitespace. The
+/// bytes plus the tag, both base64, and a client's signature (hex), with room for field
+/// names, quotes and whitespace. The
 /// API reads a report body up to this size.
 pub fn report_json_bytes(participants: usize, length: u32) -> usize {
     /// Room for the fixed fields (names, braces, whitespace) and around one element.
@@ -65,9 +68,11 @@ pub fn report_json_bytes(participants: usize, length: u32) -> usize {
     const ELEMENT: usize = 64;
     /// The longest peer id in text (52 characters for an Ed25519 key) and its room.
     const PEER_ID: usize = 64 + ELEMENT;
+    /// A client's signature of a share, hex, and its room.
+    const SIGNATURE: usize = 128 + ELEMENT;
     let base64 = |n: usize| n.div_ceil(3) * 4;
     let ciphertext = base64(shares::ELEMENT_BYTES * length as usize + TAG_BYTES);
-    FIXED + participants * (PEER_ID + base64(32) + ciphertext + 3 * ELEMENT)
+    FIXED + participants * (PEER_ID + base64(32) + ciphertext + SIGNATURE + 3 * ELEMENT)
 }
 
 /// This node's aggregation state: its tasks and its HPKE key.
@@ -121,6 +126,9 @@ impl AggError {
     fn from_verdict(code: &str, message: String) -> Self {
         let (status, code) = match code {
             "duplicate_report" => (409, "duplicate_report"),
+            "unsigned_report" => (403, "unsigned_report"),
+            "unknown_client" => (403, "unknown_client"),
+            "bad_signature" => (403, "bad_signature"),
             "not_enough_participants" => (503, "not_enough_participants"),
             "bad_ciphertext" => (400, "bad_ciphertext"),
             "wrong_length" => (400, "wrong_length"),
@@ -140,6 +148,8 @@ pub struct CreateTask {
     pub length: u32,
     pub modulus: Option<u64>,
     pub min_reports: u64,
+    /// Client public keys (hex); empty: an open task.
+    pub clients: Vec<String>,
 }
 
 /// One sealed share of a report, as a client posts it.
@@ -151,6 +161,9 @@ pub struct SealedShare {
     pub enc: String,
     /// HPKE ciphertext of the share, base64.
     pub ciphertext: String,
+    /// The client's Ed25519 signature of this share (hex), for a task that names clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
 }
 
 /// Body of `POST /v1/aggregations/{id}/reports`.
@@ -161,6 +174,10 @@ pub struct Report {
     pub report_id: String,
     /// One per participant.
     pub shares: Vec<SealedShare>,
+    /// The client's Ed25519 public key (hex) that signed every share, for a task that names
+    /// clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client: Option<String>,
 }
 
 /// Answer of an accepted report.
@@ -202,6 +219,8 @@ pub struct TaskView {
     pub reports_in_current_batch: u64,
     /// The batches this node has seen opened (it released its share sum, or collected).
     pub opened_batches: Vec<u64>,
+    /// `open` (any report is taken) or `clients` (only reports signed by a listed client).
+    pub access: String,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -286,6 +305,19 @@ pub fn check_shape(p: &TaskParams) -> Result<Vec<PeerId>, String> {
     if p.min_reports < 1 {
         return Err("min_reports must be at least 1".into());
     }
+    if p.clients.len() > MAX_TASK_CLIENTS {
+        return Err(format!(
+            "{} clients; a task names at most {MAX_TASK_CLIENTS}",
+            p.clients.len()
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (i, c) in p.clients.iter().enumerate() {
+        crate::mpc::policy::parse_client(c).map_err(|e| format!("clients[{i}]: {e}"))?;
+        if !seen.insert(c.to_ascii_lowercase()) {
+            return Err(format!("clients[{i}]: `{c}` is listed twice"));
+        }
+    }
     if !is_hex_id(&p.task_id) {
         return Err(format!(
             "`{}` is not a task id (32 lowercase hex digits)",
@@ -317,6 +349,11 @@ impl MpcEngine {
                 .get(&state.current)
                 .map_or(0, |b| b.report_ids.len() as u64),
             opened_batches: state.opened_batches(),
+            access: if task.info.params.clients.is_empty() {
+                "open".into()
+            } else {
+                "clients".into()
+            },
         })
     }
 
@@ -385,6 +422,7 @@ mod tests {
             min_reports: 1,
             created_at: 0,
             created_by: None,
+            clients: Vec::new(),
         };
         (local, p)
     }

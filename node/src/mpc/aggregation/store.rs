@@ -56,6 +56,11 @@ pub struct TaskParams {
     /// The peer that coordinated the task's creation (tasks made before this field: none).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub created_by: Option<String>,
+    /// The clients whose reports the task takes: Ed25519 public keys, hex. Every share of a
+    /// report must be signed by one of them, and each counts once per batch towards
+    /// `min_reports`. Empty: any report (an open task).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub clients: Vec<String>,
 }
 
 /// One participant's published encryption key.
@@ -125,6 +130,9 @@ struct BatchFile {
     /// Whether this node collected (opened) the batch's sum as collector.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     collected: bool,
+    /// The client (public key, hex) of each report, for a task that names clients.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    report_clients: BTreeMap<String, String>,
 }
 
 /// A failure of the task store.
@@ -166,6 +174,8 @@ pub struct Batch {
     pub released: Option<[u8; 32]>,
     /// Whether this node opened the batch's sum as collector.
     pub collected: bool,
+    /// The client of each report (a task that names clients; empty for an open task).
+    pub report_clients: BTreeMap<String, String>,
 }
 
 impl Batch {
@@ -177,6 +187,17 @@ impl Batch {
             vote_ids: BTreeSet::new(),
             released: None,
             collected: false,
+            report_clients: BTreeMap::new(),
+        }
+    }
+
+    /// What counts towards `min_reports`: the distinct clients of a task that names clients
+    /// (each counts once per batch), else the reports.
+    pub fn clients(&self) -> u64 {
+        if self.report_clients.is_empty() {
+            self.report_ids.len() as u64
+        } else {
+            self.report_clients.values().collect::<BTreeSet<_>>().len() as u64
         }
     }
 
@@ -239,6 +260,8 @@ pub struct Snapshot {
     pub set: ReportSet,
     /// The report ids of `set`.
     pub report_ids: BTreeSet<String>,
+    /// What counts towards `min_reports` (see [`Batch::clients`]).
+    pub clients: u64,
     pub share_sum: Vec<Field>,
     /// Frozen: its report set here never changes again.
     pub frozen: bool,
@@ -271,6 +294,7 @@ pub struct TaskEntry {
 struct PendingCommit {
     report_id: String,
     batch: u64,
+    client: Option<String>,
     share: Vec<Field>,
     done: tokio::sync::oneshot::Sender<Result<u64, String>>,
 }
@@ -362,6 +386,7 @@ impl TaskEntry {
         report_id: &str,
         share: &[Field],
         batch: u64,
+        client: Option<String>,
     ) -> Result<u64, TaskStoreError> {
         let (done, outcome) = tokio::sync::oneshot::channel();
         self.pending
@@ -370,6 +395,7 @@ impl TaskEntry {
             .push(PendingCommit {
                 report_id: report_id.to_string(),
                 batch,
+                client,
                 share: share.to_vec(),
                 done,
             });
@@ -423,6 +449,9 @@ impl TaskEntry {
                 .or_insert_with(|| Batch::empty(length));
             match shares::add_assign(&mut target.share_sum, &p.share) {
                 Ok(()) => {
+                    if let Some(client) = p.client {
+                        target.report_clients.insert(p.report_id.clone(), client);
+                    }
                     target.report_ids.insert(p.report_id);
                     waiting.push(p.done);
                 }
@@ -470,6 +499,7 @@ impl TaskEntry {
             batch,
             set: b.set(),
             report_ids: b.report_ids.clone(),
+            clients: b.clients(),
             share_sum: b.share_sum.clone(),
             frozen: batch < self.closed_below.load(Ordering::SeqCst),
             vote: b.vote,
@@ -614,6 +644,7 @@ impl TaskEntry {
                     vote_ids: b.vote_ids.iter().cloned().collect(),
                     released: b.released.map(hex::encode),
                     collected: b.collected,
+                    report_clients: b.report_clients.clone(),
                 })
                 .collect(),
         };
@@ -843,6 +874,7 @@ fn parse_state(bytes: &[u8], length: usize) -> Result<TaskState, String> {
                 vote_ids: BTreeSet::new(),
                 released: opened,
                 collected: false,
+                report_clients: BTreeMap::new(),
                 report_ids,
             };
             if let Some(digest) = opened {
@@ -876,6 +908,7 @@ fn parse_state(bytes: &[u8], length: usize) -> Result<TaskState, String> {
                     vote_ids: b.vote_ids.into_iter().collect(),
                     released: b.released.as_deref().map(parse_digest).transpose()?,
                     collected: b.collected,
+                    report_clients: b.report_clients,
                 };
                 if batches.insert(b.batch, batch).is_some() {
                     return Err(format!("batch {} appears twice", b.batch));
@@ -916,6 +949,7 @@ mod tests {
                 min_reports: 1,
                 created_at: 0,
                 created_by: Some("me".into()),
+                clients: Vec::new(),
             },
             keys: vec![],
         }
@@ -930,7 +964,7 @@ mod tests {
         assert!(task.reserve("r1"));
         assert!(!task.reserve("r1"));
         let share = shares::to_field(&[1, 2, 3]).unwrap();
-        task.commit("r1", &share, 0).await.unwrap();
+        task.commit("r1", &share, 0, None).await.unwrap();
         let (again, report) = AggregationStore::open(dir.path(), "me").unwrap();
         assert!(report.unreadable.is_empty(), "{report:?}");
         let task = again.get("t1").unwrap();
@@ -975,7 +1009,9 @@ mod tests {
             let task = task.clone();
             tokio::spawn(async move {
                 let share = shares::to_field(&[i, 1]).unwrap();
-                task.commit(&format!("r{i}"), &share, 0).await.unwrap()
+                task.commit(&format!("r{i}"), &share, 0, None)
+                    .await
+                    .unwrap()
             })
         });
         let counts: Vec<u64> = futures::future::try_join_all(commits).await.unwrap();
@@ -984,7 +1020,7 @@ mod tests {
         assert!(counts.contains(&64));
         // A wrong-length share fails alone.
         let bad = shares::to_field(&[1, 2, 3]).unwrap();
-        assert!(task.commit("bad", &bad, 0).await.is_err());
+        assert!(task.commit("bad", &bad, 0, None).await.is_err());
         let (again, _) = AggregationStore::open(dir.path(), "me").unwrap();
         let snap = again.get("t2").unwrap().snapshot(0).await;
         assert_eq!(snap.set.count, 64);
@@ -1001,7 +1037,7 @@ mod tests {
         let task = store.insert(task_info("t3", 2), 0).await.unwrap();
         let share = |v| shares::to_field(&[v, 1]).unwrap();
         assert!(task.reserve("r1"));
-        task.commit("r1", &share(5), 0).await.unwrap();
+        task.commit("r1", &share(5), 0, None).await.unwrap();
         // r2 is reserved while batch 0 takes reports: the freeze waits for it.
         assert!(task.reserve("r2"));
         assert_eq!(task.reserved_batch("r2"), Some(0));
@@ -1014,18 +1050,18 @@ mod tests {
         assert_eq!(task.current_batch(), 1, "new reports go to batch 1 at once");
         assert!(task.reserve("r3"));
         assert_eq!(task.reserved_batch("r3"), Some(1));
-        task.commit("r2", &share(7), 0).await.unwrap();
+        task.commit("r2", &share(7), 0, None).await.unwrap();
         let frozen = freezing.await.unwrap();
         assert!(frozen.frozen);
         assert_eq!(frozen.set.count, 2);
         assert_eq!(shares::to_integers(&frozen.share_sum), vec![12, 2]);
         // Batch 0 takes nothing more; batch 1 does.
-        let e = task.commit("late", &share(1), 0).await.unwrap_err();
+        let e = task.commit("late", &share(1), 0, None).await.unwrap_err();
         assert!(
             e.to_string().contains("batch 0 of this task is frozen"),
             "{e}"
         );
-        task.commit("r3", &share(9), 1).await.unwrap();
+        task.commit("r3", &share(9), 1, None).await.unwrap();
         // One vote and one released set per batch, and both survive a restart.
         let other = ReportSet {
             digest: [9; 32],
@@ -1058,7 +1094,7 @@ mod tests {
             "{why}"
         );
         // A batch ahead of the next one takes nothing.
-        let e = task.commit("far", &share(1), 9).await.unwrap_err();
+        let e = task.commit("far", &share(1), 9, None).await.unwrap_err();
         assert!(
             e.to_string().contains("batch 9 is ahead of this node"),
             "{e}"
@@ -1101,7 +1137,7 @@ mod tests {
         let start = std::time::Instant::now();
         task.freeze(1, Duration::from_millis(100)).await.unwrap();
         assert!(start.elapsed() < Duration::from_secs(5));
-        assert!(task.commit("r4", &share(1), 1).await.is_err());
+        assert!(task.commit("r4", &share(1), 1, None).await.is_err());
     }
 
     #[test]

@@ -151,6 +151,9 @@ impl Signers {
 pub struct BatchAnswer {
     /// Its report set of the batch.
     pub set: ReportSet,
+    /// What counts towards `min_reports` in it (distinct clients, or reports of an open
+    /// task): a claim, used only to say why nothing can be opened.
+    pub clients: u64,
     /// Its signature that `set` is its frozen set (none: not frozen there).
     pub holds: Option<Vec<u8>>,
     /// The set it voted for, with its signature.
@@ -345,7 +348,7 @@ impl Collector {
         let mut votes: BTreeMap<ReportSet, Vec<Signed>> = BTreeMap::new();
         let mut largest = 0;
         for (_, i, a) in self.all() {
-            largest = largest.max(a.set.count);
+            largest = largest.max(a.clients);
             if let Some(sig) = &a.holds {
                 holders
                     .entry(a.set)
@@ -397,7 +400,7 @@ impl Collector {
                     409,
                     "not_enough_reports",
                     format!(
-                        "collect refused: {largest} reports are in batch {batch} of task {} (at most, on any participant); it needs min_reports = {}",
+                        "collect refused: {largest} reports are in batch {batch} of task {} (at most, on any participant; a task that names clients counts each client once); it needs min_reports = {}",
                         self.shape.task_id, self.min_reports
                     ),
                 )
@@ -773,6 +776,9 @@ pub struct Held {
     pub set: ReportSet,
     pub frozen: bool,
     pub vote: Option<ReportSet>,
+    /// What counts towards `min_reports` in its set: its distinct clients when the task
+    /// names clients (each counts once per batch), else its reports.
+    pub clients: u64,
 }
 
 /// What a participant answers a proposal.
@@ -810,7 +816,7 @@ impl Participant {
     /// reports in it (a batch under the minimum keeps taking reports, so a collector cannot
     /// cut a task into batches too small to open).
     pub fn freezes(&self, held: &Held) -> bool {
-        !held.frozen && held.set.count >= self.min_reports
+        !held.frozen && held.clients >= self.min_reports
     }
 
     /// Refuses (and blames) `what` from anyone but the collector.
@@ -947,6 +953,12 @@ impl Participant {
                 "asked to open a report set of batch {batch} that this node did not freeze"
             )));
         }
+        if held.clients < self.min_reports {
+            return Err(SessionError::failed(format!(
+                "asked for the share sum of batch {batch}, whose {} reports come from {} distinct clients; min_reports = {} counts each client once",
+                held.set.count, held.clients, self.min_reports
+            )));
+        }
         if open.set.count < self.min_reports {
             return Err(SessionError::blame(
                 vec![from],
@@ -987,6 +999,7 @@ mod tests {
                 min_reports: 2,
                 created_at: 0,
                 created_by: None,
+                clients: Vec::new(),
             },
             keys: keys
                 .iter()
@@ -1023,6 +1036,7 @@ mod tests {
         ) -> BatchAnswer {
             BatchAnswer {
                 set: s,
+                clients: s.count,
                 holds: frozen.then(|| self.sign(i, Statement::Holds, s)),
                 vote: vote.map(|v| (v, self.sign(i, Statement::Vote, v))),
             }
@@ -1061,6 +1075,7 @@ mod tests {
             set: s,
             frozen: true,
             vote,
+            clients: s.count,
         }
     }
 
@@ -1122,11 +1137,7 @@ mod tests {
         // Every participant checks the proposal and votes.
         let mut votes = Vec::new();
         for i in [1, 2, 3, 5] {
-            let held = Held {
-                set: if i == 5 { partial } else { full },
-                frozen: true,
-                vote: None,
-            };
+            let held = frozen(if i == 5 { partial } else { full }, None);
             let answer = net
                 .participant(i, 0)
                 .receive_proposal(net.peers[0], &proposal, &held)
@@ -1154,11 +1165,7 @@ mod tests {
         // A chosen participant checks the certificate and its own set.
         let (peer, open) = chosen[0];
         let i = net.peers.iter().position(|p| p == peer).unwrap();
-        let held = Held {
-            set: full,
-            frozen: true,
-            vote: Some(full),
-        };
+        let held = frozen(full, Some(full));
         assert_eq!(
             net.participant(i, 0)
                 .receive_open(net.peers[0], open, &held)
@@ -1341,11 +1348,7 @@ mod tests {
         );
         // Under min_reports: refused even with a certificate.
         let tiny = set(3, 1);
-        let small = Held {
-            set: tiny,
-            frozen: true,
-            vote: Some(tiny),
-        };
+        let small = frozen(tiny, Some(tiny));
         let e = p
             .receive_open(net.peers[0], &open(&[0, 1, 2], tiny), &small)
             .unwrap_err();
@@ -1470,7 +1473,7 @@ mod tests {
                         .filter(|i| bad.contains(i) || sets.get(usize::from(votes[*i])) == Some(s))
                         .map(|i| (i as u16, net.sign(i, Statement::Vote, *s)))
                         .collect();
-                    let held = Held { set: *s, frozen: true, vote: Some(*s) };
+                    let held = frozen(*s, Some(*s));
                     let honest = (0..n).find(|i| !bad.contains(i)).unwrap();
                     let collector = (honest + 1) % n;
                     let open = Open { set: *s, send_sum: true, certificate };

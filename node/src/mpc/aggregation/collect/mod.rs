@@ -50,6 +50,7 @@ fn held(snapshot: &Snapshot) -> Held {
         set: snapshot.set,
         frozen: snapshot.frozen,
         vote: snapshot.vote,
+        clients: snapshot.clients,
     }
 }
 
@@ -160,6 +161,7 @@ impl MpcEngine {
         };
         Ok(BatchAnswer {
             set: snapshot.set,
+            clients: snapshot.clients,
             holds,
             vote,
         })
@@ -233,6 +235,7 @@ impl MpcEngine {
                     Body::AggReportSet {
                         digest,
                         count,
+                        clients,
                         holds,
                         vote,
                     } => Some(BatchAnswer {
@@ -240,6 +243,7 @@ impl MpcEngine {
                             digest: *digest,
                             count: *count,
                         },
+                        clients: *clients,
                         holds: holds.as_ref().map(|h| h.0.to_vec()),
                         vote: vote.as_ref().map(from_signed),
                     }),
@@ -480,6 +484,7 @@ impl MpcEngine {
         let body = Body::AggReportSet {
             digest: answer.set.digest,
             count: answer.set.count,
+            clients: answer.clients,
             holds: answer.holds.map(|h| Blob(h.into())),
             vote: answer.vote.map(|(set, sig)| signed_set(set, sig)),
         };

@@ -38,9 +38,96 @@ use crate::mpc::wire::{BatchShare, Blob, MAX_BATCH_ITEMS};
 /// Why a share or report was refused: (code, message), as a verdict carries it.
 pub type Refusal = (String, String);
 
-/// The sealed shares of one report: (owner, encapsulated key, ciphertext), one per
-/// participant, in participant order.
-pub type SealedShares = Vec<(PeerId, Vec<u8>, Vec<u8>)>;
+/// One owner's sealed share of a report, and the client's signature of it when the task
+/// names clients: (the client's index in the task's list, its signature).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Sealed {
+    pub owner: PeerId,
+    pub enc: Vec<u8>,
+    pub ct: Vec<u8>,
+    pub signed: Option<(u16, Vec<u8>)>,
+}
+
+/// The sealed shares of one report, one per participant, in participant order.
+pub type SealedShares = Vec<Sealed>;
+
+const SHARE_DOMAIN: &[u8] = b"p2p-mpc aggregation share v1\0";
+
+/// The bytes a client signs for the share of report `report_id` of task `task_id` sealed
+/// to `owner`: each owner checks the signature of its own share.
+pub fn share_signed_bytes(
+    task_id: &str,
+    report_id: &str,
+    owner: &PeerId,
+    enc: &[u8],
+    ct: &[u8],
+) -> Vec<u8> {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update((enc.len() as u64).to_be_bytes());
+    h.update(enc);
+    h.update(ct);
+    let owner = owner.to_bytes();
+    let mut out =
+        Vec::with_capacity(SHARE_DOMAIN.len() + task_id.len() + report_id.len() + owner.len() + 56);
+    out.extend_from_slice(SHARE_DOMAIN);
+    for part in [task_id.as_bytes(), report_id.as_bytes(), &owner] {
+        out.extend_from_slice(&(part.len() as u64).to_be_bytes());
+        out.extend_from_slice(part);
+    }
+    out.extend_from_slice(&h.finalize());
+    out
+}
+
+/// Checks the client's signature of this node's share of a report of a task that names
+/// `clients` (none: an open task, where nothing is checked). Returns the client's key (hex)
+/// to count the report under, or why the share is refused.
+pub fn check_client(
+    shape: &TaskShape,
+    report_id: &str,
+    enc: &[u8],
+    ct: &[u8],
+    signed: Option<&(u16, Vec<u8>)>,
+) -> Result<Option<String>, Refusal> {
+    let clients = &shape.clients;
+    if clients.is_empty() {
+        return Ok(None);
+    }
+    let task_id = &shape.task_id;
+    let Some((index, signature)) = signed else {
+        return Err((
+            "unsigned_report".into(),
+            format!("task {task_id} takes only reports signed by one of its clients"),
+        ));
+    };
+    let Some(client) = clients.get(usize::from(*index)) else {
+        return Err((
+            "unknown_client".into(),
+            format!(
+                "the report names client #{index}; task {task_id} lists {} clients",
+                clients.len()
+            ),
+        ));
+    };
+    let key =
+        crate::mpc::policy::parse_client(client).map_err(|e| ("unknown_client".to_string(), e))?;
+    let sig = <[u8; 64]>::try_from(signature.as_slice())
+        .map(|b| ed25519_dalek::Signature::from_bytes(&b))
+        .map_err(|_| {
+            (
+                "bad_signature".to_string(),
+                "a client signature is 64 bytes".to_string(),
+            )
+        })?;
+    let bytes = share_signed_bytes(task_id, report_id, &shape.local, enc, ct);
+    key.verify_strict(&bytes, &sig).map_err(|_| {
+        (
+            "bad_signature".to_string(),
+            format!("the signature of this node's share of report {report_id} by client #{index} does not verify"),
+        )
+    })?;
+    Ok(Some(client.to_ascii_lowercase()))
+}
 
 /// Largest sealed share that travels inside an invite; longer ones follow it in chunks.
 pub const MAX_INLINE_SHARE: usize = CHUNK_BYTES;
@@ -58,6 +145,8 @@ pub struct TaskShape {
     pub length: u32,
     /// This node.
     pub local: PeerId,
+    /// The task's client keys (hex); empty: an open task.
+    pub clients: Vec<String>,
 }
 
 impl TaskShape {
@@ -69,6 +158,7 @@ impl TaskShape {
             threshold: info.params.threshold,
             length: info.params.length,
             local,
+            clients: info.params.clients.clone(),
         })
     }
 
@@ -161,7 +251,7 @@ impl Relay {
     pub fn start(
         shape: TaskShape,
         reports: Vec<(String, SealedShares)>,
-    ) -> Result<(Self, Vec<(PeerId, Invite)>, Vec<(Vec<u8>, Vec<u8>)>), SessionError> {
+    ) -> Result<(Self, Vec<(PeerId, Invite)>, Vec<Sealed>), SessionError> {
         let count = reports.len();
         if count == 0 || count > MAX_BATCH {
             return Err(SessionError::failed(format!(
@@ -180,24 +270,28 @@ impl Relay {
         let mut per_owner: BTreeMap<PeerId, Vec<BatchShare>> = BTreeMap::new();
         let mut streams: BTreeMap<PeerId, Bytes> = BTreeMap::new();
         for (report_id, sealed) in reports {
-            let owners: Vec<PeerId> = sealed.iter().map(|(p, _, _)| *p).collect();
+            let owners: Vec<PeerId> = sealed.iter().map(|s| s.owner).collect();
             if owners != shape.participants {
                 return Err(SessionError::failed(format!(
                     "report {report_id} does not carry one share per participant of task {}, in order",
                     shape.task_id
                 )));
             }
-            for (owner, enc, ct) in sealed {
-                if ct.len() != sealed_bytes {
+            for share in sealed {
+                let owner = share.owner;
+                if share.ct.len() != sealed_bytes {
                     return Err(SessionError::failed(format!(
                         "the share of report {report_id} for {owner} is {} bytes, not {sealed_bytes}",
-                        ct.len()
+                        share.ct.len()
                     )));
                 }
                 if owner == shape.local {
-                    local.push((enc, ct));
+                    local.push(share);
                     continue;
                 }
+                let Sealed {
+                    enc, ct, signed, ..
+                } = share;
                 let ciphertext = if shape.streamed() {
                     streams.insert(owner, Bytes::from(ct));
                     Blob(Bytes::new())
@@ -208,6 +302,7 @@ impl Relay {
                     report_id: report_id.clone(),
                     encapped_key: Blob(enc.into()),
                     ciphertext,
+                    client: signed.map(|(i, s)| (i, Blob(s.into()))),
                 });
             }
             report_ids.push(report_id);
@@ -508,7 +603,7 @@ impl Owner {
 
     /// The shares to open: (report id, encapsulated key, ciphertext), in batch order.
     #[allow(clippy::type_complexity)]
-    pub fn shares(self) -> Result<(Judging, Vec<(String, Vec<u8>, Vec<u8>)>), SessionError> {
+    pub fn shares(self) -> Result<(Judging, Vec<(String, Sealed)>), SessionError> {
         if self.stream.is_some() {
             return Err(SessionError::failed("the streamed share is not complete"));
         }
@@ -517,11 +612,13 @@ impl Owner {
             .shares
             .into_iter()
             .map(|s| {
-                (
-                    s.report_id,
-                    s.encapped_key.0.to_vec(),
-                    s.ciphertext.0.to_vec(),
-                )
+                let sealed = Sealed {
+                    owner: self.shape.local,
+                    enc: s.encapped_key.0.to_vec(),
+                    ct: s.ciphertext.0.to_vec(),
+                    signed: s.client.map(|(i, b)| (i, b.0.to_vec())),
+                };
+                (s.report_id, sealed)
             })
             .collect();
         Ok((
@@ -671,6 +768,7 @@ mod tests {
             threshold,
             length,
             local: participants[local],
+            clients: Vec::new(),
         }
     }
 
@@ -683,7 +781,12 @@ mod tests {
         let shares = shape
             .participants
             .iter()
-            .map(|p| (*p, vec![1; 32], vec![i as u8; shape.sealed_bytes()]))
+            .map(|p| Sealed {
+                owner: *p,
+                enc: vec![1; 32],
+                ct: vec![i as u8; shape.sealed_bytes()],
+                signed: None,
+            })
             .collect();
         (report_id(i), shares)
     }
@@ -697,6 +800,7 @@ mod tests {
             report_id: report_id(i),
             encapped_key: Blob(vec![1; 32].into()),
             ciphertext: Blob(vec![0; len].into()),
+            client: None,
         }
     }
 
@@ -728,7 +832,7 @@ mod tests {
         let e = |r: Result<_, SessionError>| r.err().unwrap().reason().to_string();
         assert!(e(Relay::start(s.clone(), vec![])).contains("1 to"));
         let mut wrong_size = report(&s, 1);
-        wrong_size.1[2].2.pop();
+        wrong_size.1[2].ct.pop();
         assert!(e(Relay::start(s.clone(), vec![wrong_size])).contains("bytes, not"));
         let mut out_of_order = report(&s, 1);
         out_of_order.1.swap(0, 1);
@@ -908,7 +1012,13 @@ mod tests {
         assert!(owner.receive_chunk(p[0], 0, &pieces[0]).unwrap());
         assert!(!owner.waits_for_chunks());
         let (judging, list) = owner.shares().unwrap();
-        assert_eq!(list, [(report_id(7), vec![1; 32], payload)]);
+        let expected = Sealed {
+            owner: p[1],
+            enc: vec![1; 32],
+            ct: payload,
+            signed: None,
+        };
+        assert_eq!(list, [(report_id(7), expected)]);
         let (awaiting, rejected) = judging.verdicts(&[Ok(())], 0);
         assert_eq!(rejected, [None]);
         assert_eq!(awaiting.report_ids(), [report_id(7)]);
@@ -986,6 +1096,58 @@ mod tests {
         let e = later(3).unwrap_err();
         assert_eq!(e.blamed(), [p[0]]);
         assert!(e.reason().contains("batch 4 or later"), "{e}");
+    }
+
+    #[test]
+    fn an_owner_takes_only_its_own_share_signed_by_a_listed_client() {
+        use ed25519_dalek::Signer;
+        let p = peers(3);
+        let key = ed25519_dalek::SigningKey::from_bytes(&[7; 32]);
+        let mut s = shape(&p, 1, 1, 3);
+        let (enc, ct) = (vec![1u8; 32], vec![2u8; s.sealed_bytes()]);
+        let id = report_id(1);
+        let sign = |owner: &PeerId| {
+            key.sign(&share_signed_bytes(&s.task_id, &id, owner, &enc, &ct))
+                .to_bytes()
+                .to_vec()
+        };
+        let mine = (0u16, sign(&p[1]));
+        let theirs = (0u16, sign(&p[2]));
+        // An open task checks nothing.
+        assert_eq!(check_client(&s, &id, &enc, &ct, None), Ok(None));
+        s.clients = vec![hex::encode(key.verifying_key().as_bytes())];
+        let code = |r: Result<Option<String>, Refusal>| r.unwrap_err().0;
+        assert_eq!(
+            code(check_client(&s, &id, &enc, &ct, None)),
+            "unsigned_report"
+        );
+        assert_eq!(
+            code(check_client(&s, &id, &enc, &ct, Some(&(1, mine.1.clone())))),
+            "unknown_client"
+        );
+        // Another owner's signature, another report, another ciphertext: refused.
+        assert_eq!(
+            code(check_client(&s, &id, &enc, &ct, Some(&theirs))),
+            "bad_signature"
+        );
+        assert_eq!(
+            code(check_client(&s, &report_id(2), &enc, &ct, Some(&mine))),
+            "bad_signature"
+        );
+        let mut other = ct.clone();
+        other[0] ^= 1;
+        assert_eq!(
+            code(check_client(&s, &id, &enc, &other, Some(&mine))),
+            "bad_signature"
+        );
+        assert_eq!(
+            code(check_client(&s, &id, &enc, &ct, Some(&(0, vec![0; 10])))),
+            "bad_signature"
+        );
+        assert_eq!(
+            check_client(&s, &id, &enc, &ct, Some(&mine)),
+            Ok(Some(s.clients[0].clone()))
+        );
     }
 
     proptest! {

@@ -19,7 +19,7 @@ use futures::future::join_all;
 use libp2p::PeerId;
 use tracing::{Instrument, info};
 
-use self::core::{Decision, Judged, Owner, Refusal, Relay, SealedShares, TaskShape};
+use self::core::{Decision, Judged, Owner, Refusal, Relay, Sealed, SealedShares, TaskShape};
 use super::shares::Field;
 use super::store::TaskEntry;
 use super::{AggError, Report, ReportAccepted, SealedShare, is_hex_id};
@@ -92,7 +92,10 @@ impl RelayQueues {
             let size = job
                 .shares
                 .iter()
-                .map(|(_, enc, ct)| enc.len() + ct.len() + job.report_id.len() + 16)
+                .map(|s| {
+                    let signature = s.signed.as_ref().map_or(0, |(_, sig)| sig.len() + 8);
+                    s.enc.len() + s.ct.len() + job.report_id.len() + signature + 16
+                })
                 .max()
                 .unwrap_or(0);
             let full = streamed || batch.len() >= core::MAX_BATCH || bytes + size > BATCH_BYTES;
@@ -132,6 +135,36 @@ pub(super) fn decode_report(shape: &TaskShape, report: &Report) -> Result<Sealed
             ),
         ));
     }
+    let signed_by: Option<u16> = match (shape.clients.is_empty(), &report.client) {
+        (true, _) => None,
+        (false, None) => {
+            return Err(AggError::new(
+                403,
+                "unsigned_report",
+                format!(
+                    "task {task_id} takes only reports signed by one of its clients (`client` and a `signature` on every share)"
+                ),
+            ));
+        }
+        (false, Some(client)) => {
+            let position = shape
+                .clients
+                .iter()
+                .position(|c| c.eq_ignore_ascii_case(client))
+                .ok_or_else(|| {
+                    AggError::new(
+                        403,
+                        "unknown_client",
+                        format!(
+                            "client `{}` is not one of the {} clients of task {task_id}",
+                            crate::log_limit::echo(client),
+                            shape.clients.len()
+                        ),
+                    )
+                })?;
+            Some(position as u16)
+        }
+    };
     let n = shape.participants.len();
     let by_peer: HashMap<&str, &SealedShare> = report
         .shares
@@ -174,7 +207,32 @@ pub(super) fn decode_report(shape: &TaskShape, report: &Report) -> Result<Sealed
                 ),
             ));
         }
-        decoded.push((*peer, enc, ct));
+        let signed = match signed_by {
+            None => None,
+            Some(index) => {
+                let sig = s
+                    .signature
+                    .as_deref()
+                    .and_then(|h| hex::decode(h).ok())
+                    .filter(|b| b.len() == 64)
+                    .ok_or_else(|| {
+                        AggError::new(
+                            403,
+                            "unsigned_report",
+                            format!(
+                                "the share for {p} carries no client signature (128 hex digits)"
+                            ),
+                        )
+                    })?;
+                Some((index, sig))
+            }
+        };
+        decoded.push(Sealed {
+            owner: *peer,
+            enc,
+            ct,
+            signed,
+        });
     }
     Ok(decoded)
 }
@@ -336,14 +394,14 @@ impl MpcEngine {
         let opens = report_ids
             .iter()
             .zip(own)
-            .map(|(id, (enc, ct))| self.open_share(&task, &shape, id, enc, ct));
+            .map(|(id, sealed)| self.open_share(&task, &shape, id, sealed));
         let (sent, opened) = futures::join!(join_all(sends), join_all(opens));
         relay.unreachable(sent.into_iter().filter_map(|(peer, result)| {
             let e = result.err()?;
             info!(peer = %peer, error = %e, "share owner unreachable");
             Some(peer)
         }));
-        let release = |opened: &[Result<Vec<Field>, Refusal>]| {
+        let release = |opened: &[Result<OpenedShare, Refusal>]| {
             for (id, o) in report_ids.iter().zip(opened) {
                 if o.is_ok() {
                     task.release(id);
@@ -391,7 +449,7 @@ impl MpcEngine {
         let mut to_store = Vec::new();
         for ((id, o), commit) in report_ids.iter().zip(opened).zip(&commits) {
             match o {
-                Ok(share) if *commit => to_store.push((id, share)),
+                Ok(opened) if *commit => to_store.push((id, opened)),
                 Ok(_) => task.release(id),
                 Err(_) => {}
             }
@@ -400,7 +458,7 @@ impl MpcEngine {
         let stored = join_all(
             to_store
                 .iter()
-                .map(|(id, share)| task.commit(id, share, batch)),
+                .map(|(id, (share, client))| task.commit(id, share, batch, client.clone())),
         )
         .await;
         for ((id, _), result) in to_store.iter().zip(&stored) {
@@ -492,10 +550,10 @@ impl MpcEngine {
         }
         let shape = owner.shape().clone();
         let (judging, list) = owner.shares()?;
-        let opened: Vec<Result<Vec<Field>, Refusal>> =
-            join_all(list.into_iter().map(|(id, enc, ct)| {
+        let opened: Vec<Result<OpenedShare, Refusal>> =
+            join_all(list.into_iter().map(|(id, sealed)| {
                 let (task, shape) = (&task, &shape);
-                async move { self.open_share(task, shape, &id, enc, ct).await }
+                async move { self.open_share(task, shape, &id, sealed).await }
             }))
             .await;
         for (code, _) in opened.iter().filter_map(|o| o.as_ref().err()) {
@@ -544,7 +602,7 @@ impl MpcEngine {
         let mut to_store = Vec::new();
         for ((id, o), decision) in report_ids.iter().zip(opened).zip(decisions) {
             match (decision, o) {
-                (Decision::Store, Ok(share)) => to_store.push((id, share)),
+                (Decision::Store, Ok(opened)) => to_store.push((id, opened)),
                 (Decision::Drop, _) => {
                     task.release(id);
                     self.count_share("dropped");
@@ -555,7 +613,7 @@ impl MpcEngine {
         let stored = join_all(
             to_store
                 .iter()
-                .map(|(id, share)| task.commit(id, share, batch)),
+                .map(|(id, (share, client))| task.commit(id, share, batch, client.clone())),
         )
         .await;
         for ((id, _), result) in to_store.iter().zip(&stored) {
@@ -574,16 +632,28 @@ impl MpcEngine {
             .map_err(|e| unreachable_error(vec![(from, e)], "the storage confirmation"))
     }
 
-    /// Checks and opens one sealed share for this node (see [`open_reserved`]), decrypting
-    /// off the async threads.
+    /// Checks and opens one sealed share for this node: the client's signature when the
+    /// task names clients ([`core::check_client`]), then [`open_reserved`], decrypting off
+    /// the async threads. Returns the share and the client it counts under.
     async fn open_share(
         &self,
         task: &Arc<TaskEntry>,
         shape: &TaskShape,
         report_id: &str,
-        enc: Vec<u8>,
-        ciphertext: Vec<u8>,
-    ) -> Result<Vec<Field>, Refusal> {
+        sealed: Sealed,
+    ) -> Result<OpenedShare, Refusal> {
+        let client = core::check_client(
+            shape,
+            report_id,
+            &sealed.enc,
+            &sealed.ct,
+            sealed.signed.as_ref(),
+        )?;
+        let Sealed {
+            enc,
+            ct: ciphertext,
+            ..
+        } = sealed;
         let engine = self.clone();
         let (task_id, length, id) = (shape.task_id.clone(), shape.length, report_id.to_string());
         open_reserved(task, report_id, move || {
@@ -598,8 +668,12 @@ impl MpcEngine {
             )
         })
         .await
+        .map(|share| (share, client))
     }
 }
+
+/// An opened share of this node and the client it counts under (none: an open task).
+type OpenedShare = (Vec<Field>, Option<String>);
 
 /// Opens one share of `report_id` with `open` (run off the async threads) unless the report
 /// id is taken (accepted, or being accepted): a replayed report id is refused before
