@@ -271,6 +271,9 @@ pub enum AggregateCommand {
         /// A client public key (hex, as `p2p-mpc client keygen` prints; repeatable): the task then takes only reports signed by a listed client, and counts each client once per batch towards --min-reports. Default: any report.
         #[arg(long = "client", value_name = "PUBLIC_KEY")]
         clients: Vec<String>,
+        /// A collector public key (hex; repeatable): the task then opens a batch only for a collect signed by a listed collector, which every participant checks. Default: anyone with API access may collect.
+        #[arg(long = "collector", value_name = "PUBLIC_KEY")]
+        collectors: Vec<String>,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
@@ -318,6 +321,9 @@ pub enum AggregateCommand {
         /// seen opened, else the batch the node takes reports into).
         #[arg(long, value_name = "N")]
         batch: Option<u64>,
+        /// Collector key file (as `p2p-mpc client keygen` writes) to sign the collect with, for a task that names collectors; the authorization is good for this node, this batch, one use and 5 minutes.
+        #[arg(long, env = "P2P_MPC_COLLECTOR_KEY", value_name = "FILE")]
+        client_key: Option<PathBuf>,
         #[command(flatten)]
         api: ApiClientArgs,
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]

@@ -209,6 +209,7 @@ pub async fn run(
         crate::mpc::aggregation::encryption::EncryptionKey::load_or_create(aggregation_store.dir())
             .map_err(NodeError::Aggregation)?;
     let aggregation = crate::mpc::aggregation::Aggregation {
+        collect_requests: Default::default(),
         store: aggregation_store,
         relays: Default::default(),
         key: hpke_key,

@@ -1382,6 +1382,29 @@ async fn a_wrong_share_sum_is_caught_by_one_more_opener() {
     );
 }
 
+/// A client key made by `p2p-mpc client keygen` under `dir`: its file and public key.
+fn client_keygen(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let path = dir.join(name);
+    let out = Command::new(bin())
+        .args(["client", "keygen", "--out", path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (
+        path,
+        String::from_utf8(out.stdout).unwrap().trim().to_string(),
+    )
+}
+
+/// The signing key in a client key file.
+fn read_client_key(path: &Path) -> ed25519_dalek::SigningKey {
+    p2p_mpc_node::commands::client::read(path).unwrap()
+}
+
 /// A task that names client keys takes only reports signed by one of them, checked by every
 /// owner of a share, and counts each client once per batch towards `min_reports`: an
 /// unsigned report, a report of an unlisted key and one whose share signatures were swapped
@@ -1391,20 +1414,7 @@ async fn a_wrong_share_sum_is_caught_by_one_more_opener() {
 async fn a_task_with_client_keys_takes_signed_reports_and_counts_each_client_once() {
     let dir = tempdir();
     let nodes = start_cluster(dir.path(), 3).await;
-    let keygen = |name: &str| {
-        let path = dir.path().join(name);
-        let out = Command::new(bin())
-            .args(["client", "keygen", "--out", path.to_str().unwrap()])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let public = String::from_utf8(out.stdout).unwrap().trim().to_string();
-        (path, public)
-    };
+    let keygen = |name: &str| client_keygen(dir.path(), name);
     let (a_file, a) = keygen("a.key");
     let (b_file, b) = keygen("b.key");
     let (c_file, c) = keygen("c.key");
@@ -1436,15 +1446,10 @@ async fn a_task_with_client_keys_takes_signed_reports_and_counts_each_client_onc
         (403, Some("unsigned_report")),
         "{body}"
     );
-    let read_key = |path: &Path| {
-        let hex = std::fs::read_to_string(path).unwrap();
-        let seed: [u8; 32] = hex::decode(hex.trim()).unwrap().try_into().unwrap();
-        ed25519_dalek::SigningKey::from_bytes(&seed)
-    };
     let mut listed_c = task.clone();
     listed_c.params.clients.push(c.clone());
     let mut by_c = prepare_report(&task, &[1, 1]).unwrap();
-    sign_report(&listed_c, &mut by_c, &read_key(&c_file)).unwrap();
+    sign_report(&listed_c, &mut by_c, &read_client_key(&c_file)).unwrap();
     let (status, body) = submit(&nodes[0], &task_id, &by_c).await;
     assert_eq!(
         (status, body["code"].as_str()),
@@ -1452,7 +1457,7 @@ async fn a_task_with_client_keys_takes_signed_reports_and_counts_each_client_onc
         "{body}"
     );
     let mut swapped = prepare_report(&task, &[1, 1]).unwrap();
-    sign_report(&task, &mut swapped, &read_key(&a_file)).unwrap();
+    sign_report(&task, &mut swapped, &read_client_key(&a_file)).unwrap();
     let first = swapped.shares[0].signature.clone();
     swapped.shares[0].signature = swapped.shares[1].signature.clone();
     swapped.shares[1].signature = first;
@@ -1521,4 +1526,126 @@ async fn a_task_with_client_keys_takes_signed_reports_and_counts_each_client_onc
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["reports"], 6);
     assert_eq!(body["sum"], json!([105, 1050]));
+}
+
+/// A task that names collector keys opens a batch only for a collect signed by one of them,
+/// checked by every participant: without an authorization the node refuses at once; a
+/// rogue node that skips that check (test fault `collect-ignores-min-reports`) is refused by
+/// every other participant, which freezes nothing; an unlisted key is refused; the listed
+/// collector opens the batch, once per authorization.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_a_listed_collector_opens_a_batch() {
+    let dir = tempdir();
+    let mut nodes = start_cluster(dir.path(), 2).await;
+    let boots: Vec<String> = nodes.iter().map(|n| n.tcp_addr.clone()).collect();
+    let rogue =
+        start_node_with_faults(dir.path(), "R", &boots, "collect-ignores-min-reports").await;
+    for n in &nodes {
+        n.wait_connected_to(&rogue.peer_id, Duration::from_secs(30))
+            .await;
+    }
+    nodes.push(rogue);
+    let keygen = |name: &str| client_keygen(dir.path(), name);
+    let (k_file, k) = keygen("collector.key");
+    let (x_file, _) = keygen("stranger.key");
+    let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    let (status, body) = post(
+        &nodes[0],
+        "/v1/aggregations",
+        &json!({"participants": ids, "threshold": 1, "length": 2, "min_reports": 1, "collectors": [k]}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let task: TaskInfo = serde_json::from_value(body).unwrap();
+    let task_id = task.params.task_id.clone();
+    for values in [[1, 2], [3, 4]] {
+        let (status, body) = submit(
+            &nodes[0],
+            &task_id,
+            &prepare_report(&task, &values).unwrap(),
+        )
+        .await;
+        assert_eq!(status, 201, "{body}");
+    }
+
+    let (status, body) = collect(&nodes[0], &task_id).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("collector_refused")),
+        "{body}"
+    );
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("signed by one of its 1 collectors"),
+        "{body}"
+    );
+    let (status, body) = collect(&nodes[2], &task_id).await;
+    assert_ne!(status, 200, "the rogue opened the batch: {body}");
+    for honest in &nodes[..2] {
+        let view = get_task(honest, &task_id).await;
+        assert_eq!(
+            view["current_batch"], 0,
+            "{} froze the batch: {view}",
+            honest.name
+        );
+        assert!(
+            honest
+                .stderr_lines()
+                .iter()
+                .any(|l| l.contains("collect refused")),
+            "{} says why it refused",
+            honest.name
+        );
+    }
+    let cli_collect = |node: &NodeProcess, key: &Path| {
+        Command::new(bin())
+            .args([
+                "aggregate",
+                "collect",
+                "--api",
+                &node.api,
+                "--task",
+                &task_id,
+                "--batch",
+                "0",
+            ])
+            .args(["--client-key", key.to_str().unwrap(), "--output", "json"])
+            .output()
+            .unwrap()
+    };
+    let out = cli_collect(&nodes[1], &x_file);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not by a collector"));
+
+    let key = read_client_key(&k_file);
+    let coordinator: libp2p::PeerId = nodes[1].peer_id.parse().unwrap();
+    let auth = p2p_mpc_node::mpc::aggregation::collect::core::authorize_collect(
+        &key,
+        &task_id,
+        0,
+        &coordinator,
+        p2p_mpc_node::mpc::policy::now() + 300,
+    );
+    let body = json!({"batch": 0, "authorization": auth});
+    let path = format!("/v1/aggregations/{task_id}/collect");
+    let (status, opened) = post(&nodes[1], &path, &body).await;
+    assert_eq!(status, 200, "{opened}");
+    assert_eq!(opened["sum"], json!([4, 6]));
+    let (status, again) = post(&nodes[1], &path, &body).await;
+    assert_eq!(
+        (status, again["code"].as_str()),
+        (409, Some("replayed_collect")),
+        "{again}"
+    );
+    // Through the CLI, with the listed key: the same batch, the same sum.
+    let out = cli_collect(&nodes[0], &k_file);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["sum"], json!([4, 6]));
 }

@@ -36,6 +36,9 @@ pub struct CreateAggregationRequest {
     /// Client Ed25519 public keys (hex) whose signed reports the task takes; none: any.
     #[serde(default)]
     pub clients: Vec<String>,
+    /// Collector Ed25519 public keys (hex) that may open a batch; none: anyone.
+    #[serde(default)]
+    pub collectors: Vec<String>,
 }
 
 impl From<AggError> for ApiError {
@@ -71,6 +74,7 @@ pub(super) async fn create(
         modulus: req.modulus,
         min_reports: req.min_reports,
         clients: req.clients,
+        collectors: req.collectors,
     };
     // Sessions run in their own task so a client hanging up does not cut them short.
     let mpc = state.mpc.clone();
@@ -124,6 +128,9 @@ pub struct CollectRequest {
     /// The batch to open (default: see `TaskState::default_collect_batch`).
     #[serde(default)]
     pub batch: Option<u64>,
+    /// A collector's signed authorization, for a task that names collectors.
+    #[serde(default)]
+    pub authorization: Option<crate::mpc::policy::Authorization>,
 }
 
 pub(super) async fn collect(
@@ -138,7 +145,11 @@ pub(super) async fn collect(
     };
     let mpc = state.mpc.clone();
     let result = tokio::spawn(
-        async move { mpc.collect_aggregation(&task_id, request.batch).await }.in_current_span(),
+        async move {
+            mpc.collect_aggregation(&task_id, request.batch, request.authorization)
+                .await
+        }
+        .in_current_span(),
     )
     .await
     .map_err(task_failed)??;

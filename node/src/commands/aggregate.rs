@@ -25,6 +25,7 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
             min_reports,
             participants,
             clients,
+            collectors,
             output,
             ..
         } => {
@@ -38,6 +39,9 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
             }
             if !clients.is_empty() {
                 body["clients"] = json!(clients);
+            }
+            if !collectors.is_empty() {
+                body["collectors"] = json!(collectors);
             }
             let task: Value = client.post("v1/aggregations", &body).await?;
             print(output, &task, || task_table(&task));
@@ -120,14 +124,43 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
         AggregateCommand::Collect {
             task,
             batch,
+            client_key,
             output,
             ..
         } => {
             let path = format!("v1/aggregations/{}/collect", encode_segment(&task));
-            let body = match batch {
+            let mut body = match batch {
                 Some(b) => json!({ "batch": b }),
                 None => json!({}),
             };
+            if let Some(file) = client_key {
+                let key = crate::commands::client::read(&file).map_err(ClientError::Decode)?;
+                // The authorization names the node and the batch: ask the node for both.
+                let status: Value = client.get("v1/status").await?;
+                let coordinator: libp2p::PeerId = status["peer_id"]
+                    .as_str()
+                    .and_then(|p| p.parse().ok())
+                    .ok_or_else(|| ClientError::Decode("no peer id in the node's status".into()))?;
+                let batch = match batch {
+                    Some(b) => b,
+                    None => {
+                        let view: Value = client
+                            .get(&format!("v1/aggregations/{}", encode_segment(&task)))
+                            .await?;
+                        view["next_collect_batch"].as_u64().ok_or_else(|| {
+                            ClientError::Decode("no next_collect_batch in the task".into())
+                        })?
+                    }
+                };
+                let auth = crate::mpc::aggregation::collect::core::authorize_collect(
+                    &key,
+                    &task,
+                    batch,
+                    &coordinator,
+                    crate::mpc::policy::now() + 300,
+                );
+                body = json!({ "batch": batch, "authorization": auth });
+            }
             let answer: Value = client.post(&path, &body).await?;
             print(output, &answer, || {
                 let sum = answer["sum"].as_array().cloned().unwrap_or_default();

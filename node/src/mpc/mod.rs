@@ -363,9 +363,11 @@ impl MpcEngine {
                 shares,
                 streamed,
             } => self.join_aggregation_batch(session, from, task_id, shares, streamed),
-            Body::AggCollectInvite { task_id, batch } => {
-                self.join_aggregation_collect(session, from, task_id, batch)
-            }
+            Body::AggCollectInvite {
+                task_id,
+                batch,
+                authorization,
+            } => self.join_aggregation_collect(session, from, task_id, batch, authorization),
             Body::TransferInvite { bytes, chunks } => self
                 .join_transfer(session, from, bytes, chunks)
                 .map_err(other),

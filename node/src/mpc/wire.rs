@@ -248,7 +248,13 @@ pub enum Body {
     AggChunk { index: u32, data: Blob },
     /// Collector → participants: batch `batch` of this task is being opened; freeze it and
     /// say which reports you hold in it.
-    AggCollectInvite { task_id: String, batch: u64 },
+    AggCollectInvite {
+        task_id: String,
+        batch: u64,
+        /// A collector's signed authorization, for a task that names collectors.
+        #[serde(default)]
+        authorization: Option<super::policy::Authorization>,
+    },
     /// Participant → collector: its report set of the batch; `holds`: its signature that
     /// this set is its frozen set (absent while the batch is not frozen here); `vote`: the
     /// set it voted to open for this batch, if any, signed.

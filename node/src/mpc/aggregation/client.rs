@@ -265,6 +265,7 @@ mod tests {
                 created_at: 0,
                 created_by: None,
                 clients: Vec::new(),
+                collectors: Vec::new(),
             },
             keys: Vec::<ParticipantKey>::new(),
         }

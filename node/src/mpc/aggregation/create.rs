@@ -40,6 +40,7 @@ impl MpcEngine {
             created_at: now(),
             created_by: Some(local.to_string()),
             clients: request.clients,
+            collectors: request.collectors,
         };
         let peers = check_params(local, &params).map_err(AggError::bad)?;
         self.check_task_cap(&local)

@@ -54,6 +54,7 @@ async fn cluster(n: usize, t: u16, length: u32, min_reports: u64) -> (Vec<Node>,
             created_at: 0,
             created_by: None,
             clients: Vec::new(),
+            collectors: Vec::new(),
         },
         keys: identities
             .iter()

@@ -49,7 +49,7 @@ use store::{AggregationStore, TaskInfo, TaskParams};
 pub const MAX_LENGTH: u32 = 1 << 21;
 /// Most participants of a task.
 pub const MAX_PARTICIPANTS: usize = 64;
-/// Most client keys a task names.
+/// Most client keys (and most collector keys) a task names.
 pub const MAX_TASK_CLIENTS: usize = 256;
 /// Largest report a task may take (participants × sealed share of the vector, base64): the
 /// API reads a report body up to its task's size, so this bounds what one request can hold.
@@ -82,6 +82,9 @@ pub struct Aggregation {
     pub relays: relay::RelayQueues,
     pub key: EncryptionKey,
     pub identity: Keypair,
+    /// Collect authorizations used through this node: request id → expiry (a replayed one is
+    /// refused; entries go once expired).
+    pub collect_requests: std::sync::Mutex<std::collections::HashMap<String, u64>>,
 }
 
 /// An aggregation request that failed, with the HTTP status and code the API answers.
@@ -150,6 +153,8 @@ pub struct CreateTask {
     pub min_reports: u64,
     /// Client public keys (hex); empty: an open task.
     pub clients: Vec<String>,
+    /// Collector public keys (hex); empty: anyone may collect.
+    pub collectors: Vec<String>,
 }
 
 /// One sealed share of a report, as a client posts it.
@@ -221,6 +226,8 @@ pub struct TaskView {
     pub opened_batches: Vec<u64>,
     /// `open` (any report is taken) or `clients` (only reports signed by a listed client).
     pub access: String,
+    /// The batch a collect opens unless told otherwise.
+    pub next_collect_batch: u64,
 }
 
 fn sha256(bytes: &[u8]) -> [u8; 32] {
@@ -305,17 +312,19 @@ pub fn check_shape(p: &TaskParams) -> Result<Vec<PeerId>, String> {
     if p.min_reports < 1 {
         return Err("min_reports must be at least 1".into());
     }
-    if p.clients.len() > MAX_TASK_CLIENTS {
-        return Err(format!(
-            "{} clients; a task names at most {MAX_TASK_CLIENTS}",
-            p.clients.len()
-        ));
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (i, c) in p.clients.iter().enumerate() {
-        crate::mpc::policy::parse_client(c).map_err(|e| format!("clients[{i}]: {e}"))?;
-        if !seen.insert(c.to_ascii_lowercase()) {
-            return Err(format!("clients[{i}]: `{c}` is listed twice"));
+    for (what, keys) in [("clients", &p.clients), ("collectors", &p.collectors)] {
+        if keys.len() > MAX_TASK_CLIENTS {
+            return Err(format!(
+                "{} {what}; a task names at most {MAX_TASK_CLIENTS}",
+                keys.len()
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, c) in keys.iter().enumerate() {
+            crate::mpc::policy::parse_client(c).map_err(|e| format!("{what}[{i}]: {e}"))?;
+            if !seen.insert(c.to_ascii_lowercase()) {
+                return Err(format!("{what}[{i}]: `{c}` is listed twice"));
+            }
         }
     }
     if !is_hex_id(&p.task_id) {
@@ -349,6 +358,7 @@ impl MpcEngine {
                 .get(&state.current)
                 .map_or(0, |b| b.report_ids.len() as u64),
             opened_batches: state.opened_batches(),
+            next_collect_batch: state.default_collect_batch(),
             access: if task.info.params.clients.is_empty() {
                 "open".into()
             } else {
@@ -423,6 +433,7 @@ mod tests {
             created_at: 0,
             created_by: None,
             clients: Vec::new(),
+            collectors: Vec::new(),
         };
         (local, p)
     }

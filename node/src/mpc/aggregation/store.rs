@@ -61,6 +61,10 @@ pub struct TaskParams {
     /// `min_reports`. Empty: any report (an open task).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub clients: Vec<String>,
+    /// The collectors that may open a batch: Ed25519 public keys, hex; every participant
+    /// checks a collect's signature before it answers. Empty: anyone may collect.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub collectors: Vec<String>,
 }
 
 /// One participant's published encryption key.
@@ -950,6 +954,7 @@ mod tests {
                 created_at: 0,
                 created_by: Some("me".into()),
                 clients: Vec::new(),
+                collectors: Vec::new(),
             },
             keys: vec![],
         }

@@ -36,7 +36,118 @@ use super::super::shares::{self, ELEMENT_BYTES, Field};
 pub use super::super::store::ReportSet;
 use super::super::store::TaskInfo;
 use crate::mpc::chunks::ChunkAssembly;
+use crate::mpc::policy::Authorization;
 use crate::mpc::session::{SessionError, join_peers};
+
+const COLLECT_DOMAIN: &[u8] = b"p2p-mpc aggregation collect v1\0";
+
+/// Longest a collect authorization may be valid for (seconds ahead of the clock).
+pub const MAX_COLLECT_TTL: u64 = 3600;
+
+/// The bytes a collector signs to open batch `batch` of `task_id` through `coordinator`.
+pub fn collect_bytes(
+    task_id: &str,
+    batch: u64,
+    coordinator: &PeerId,
+    request_id: &[u8; 16],
+    expires_at: u64,
+) -> Vec<u8> {
+    let peer = coordinator.to_bytes();
+    let mut out = Vec::with_capacity(COLLECT_DOMAIN.len() + task_id.len() + peer.len() + 56);
+    out.extend_from_slice(COLLECT_DOMAIN);
+    out.extend_from_slice(&(task_id.len() as u64).to_be_bytes());
+    out.extend_from_slice(task_id.as_bytes());
+    out.extend_from_slice(&(peer.len() as u64).to_be_bytes());
+    out.extend_from_slice(&peer);
+    out.extend_from_slice(&batch.to_be_bytes());
+    out.extend_from_slice(request_id);
+    out.extend_from_slice(&expires_at.to_be_bytes());
+    out
+}
+
+/// A collector's authorization to open batch `batch` of `task_id` through `coordinator`
+/// (the signing request format of client keys, with its own signed bytes).
+pub fn authorize_collect(
+    key: &ed25519_dalek::SigningKey,
+    task_id: &str,
+    batch: u64,
+    coordinator: &PeerId,
+    expires_at: u64,
+) -> Authorization {
+    use ed25519_dalek::Signer;
+    let mut request_id = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut request_id);
+    let bytes = collect_bytes(task_id, batch, coordinator, &request_id, expires_at);
+    Authorization {
+        client: hex::encode(key.verifying_key().as_bytes()),
+        request_id: hex::encode(request_id),
+        coordinator: Some(coordinator.to_string()),
+        expires_at,
+        signature: hex::encode(key.sign(&bytes).to_bytes()),
+    }
+}
+
+/// Checks that a collect of batch `batch` of `task_id`, run by `coordinator` at `now`, is
+/// authorized by one of the task's `collectors` (none: anyone may collect). Every
+/// participant checks it before it freezes or answers anything. The error says why not.
+pub fn check_collector(
+    collectors: &[String],
+    task_id: &str,
+    batch: u64,
+    coordinator: &PeerId,
+    authorization: Option<&Authorization>,
+    now: u64,
+) -> Result<(), String> {
+    if collectors.is_empty() {
+        return Ok(());
+    }
+    let Some(auth) = authorization else {
+        return Err(format!(
+            "task {task_id} opens a batch only for a collect signed by one of its {} collectors",
+            collectors.len()
+        ));
+    };
+    if !collectors
+        .iter()
+        .any(|c| c.eq_ignore_ascii_case(&auth.client))
+    {
+        return Err(format!(
+            "the collect is signed by `{}`, not by a collector of task {task_id}",
+            crate::log_limit::echo(&auth.client)
+        ));
+    }
+    if auth.coordinator.as_deref() != Some(coordinator.to_string().as_str()) {
+        return Err(format!(
+            "the collect authorization names another coordinator than {coordinator}"
+        ));
+    }
+    if auth.expires_at < now {
+        return Err(format!(
+            "the collect authorization expired at {} (now {now})",
+            auth.expires_at
+        ));
+    }
+    if auth.expires_at > now + MAX_COLLECT_TTL + 60 {
+        return Err(format!(
+            "the collect authorization is valid until {}: more than {MAX_COLLECT_TTL} s ahead",
+            auth.expires_at
+        ));
+    }
+    let request_id: [u8; 16] = hex::decode(&auth.request_id)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("the collect authorization's request_id is not 32 hex digits")?;
+    let key = crate::mpc::policy::parse_client(&auth.client)?;
+    let signature: [u8; 64] = hex::decode(&auth.signature)
+        .ok()
+        .and_then(|b| b.try_into().ok())
+        .ok_or("the collect authorization's signature is not 128 hex digits")?;
+    let bytes = collect_bytes(task_id, batch, coordinator, &request_id, auth.expires_at);
+    key.verify_strict(&bytes, &ed25519_dalek::Signature::from_bytes(&signature))
+        .map_err(|_| {
+            format!("the collect authorization's signature does not verify for batch {batch} of task {task_id}")
+        })
+}
 
 /// Participants that must vote for a report set of a batch before any share sum of it is
 /// released: ⌈(n + t + 1) / 2⌉, so that two such quorums share at least t + 1 participants.
@@ -1000,6 +1111,7 @@ mod tests {
                 created_at: 0,
                 created_by: None,
                 clients: Vec::new(),
+                collectors: Vec::new(),
             },
             keys: keys
                 .iter()
@@ -1446,6 +1558,60 @@ mod tests {
         let (proposal, ask, _) = c.propose(false).unwrap();
         assert_eq!(proposal.set, a);
         assert_eq!(ask, [net.peers[3]]);
+    }
+
+    #[test]
+    fn only_a_listed_collector_opens_a_batch_through_the_node_it_names() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[3; 32]);
+        let other = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
+        let collectors = vec![hex::encode(key.verifying_key().as_bytes())];
+        let (node, elsewhere) = (PeerId::random(), PeerId::random());
+        let now = 1_000_000;
+        let task = "ab".repeat(16);
+        let check =
+            |auth: Option<&Authorization>| check_collector(&collectors, &task, 2, &node, auth, now);
+        assert!(
+            check_collector(&[], &task, 2, &node, None, now).is_ok(),
+            "open task"
+        );
+        assert!(
+            check(None)
+                .unwrap_err()
+                .contains("signed by one of its 1 collectors")
+        );
+        let good = authorize_collect(&key, &task, 2, &node, now + 60);
+        assert_eq!(check(Some(&good)), Ok(()));
+        let e = check(Some(&authorize_collect(&other, &task, 2, &node, now + 60))).unwrap_err();
+        assert!(e.contains("not by a collector"), "{e}");
+        let e = check(Some(&authorize_collect(
+            &key,
+            &task,
+            2,
+            &elsewhere,
+            now + 60,
+        )))
+        .unwrap_err();
+        assert!(e.contains("another coordinator"), "{e}");
+        let e = check(Some(&authorize_collect(&key, &task, 3, &node, now + 60))).unwrap_err();
+        assert!(e.contains("does not verify for batch 2"), "{e}");
+        let e = check(Some(&authorize_collect(&key, &task, 2, &node, now - 1))).unwrap_err();
+        assert!(e.contains("expired"), "{e}");
+        let e = check(Some(&authorize_collect(
+            &key,
+            &task,
+            2,
+            &node,
+            now + 2 * MAX_COLLECT_TTL,
+        )))
+        .unwrap_err();
+        assert!(e.contains("ahead"), "{e}");
+        let mut forged = good.clone();
+        forged.expires_at += 1;
+        assert!(
+            check(Some(&forged))
+                .unwrap_err()
+                .contains("does not verify")
+        );
     }
 
     proptest! {

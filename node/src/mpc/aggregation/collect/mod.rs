@@ -15,13 +15,14 @@ use tracing::info;
 
 use self::core::{
     BatchAnswer, Collector, Held, ID_BYTES, Open, Participant, Proposal, ReportSet, Signed,
-    Signers, Statement, VoteAnswer, encode_ids, statement_bytes,
+    Signers, Statement, VoteAnswer, check_collector, encode_ids, statement_bytes,
 };
 use super::relay::core::TaskShape;
 use super::shares;
 use super::store::{Snapshot, TaskEntry};
 use super::{AggError, CollectResult};
 use crate::mpc::chunks::{ChunkAssembly, pieces};
+use crate::mpc::policy::Authorization;
 use crate::mpc::session::{SessionError, SessionInbox};
 use crate::mpc::wire::{Blob, Body, Protocol, SessionId, SignedSet};
 use crate::mpc::{InviteRefusal, MpcEngine, unreachable_error};
@@ -89,12 +90,29 @@ impl MpcEngine {
         &self,
         task_id: &str,
         batch: Option<u64>,
+        authorization: Option<Authorization>,
     ) -> Result<CollectResult, AggError> {
         let (task, shape) = self.task_and_shape(task_id)?;
         let batch = match batch {
             Some(b) => b,
             None => task.default_collect_batch().await,
         };
+        // The rogue collector of the test fault skips its own checks; the participants
+        // still make them.
+        if !self.inner.faults.collect_ignores_min_reports {
+            check_collector(
+                &task.info.params.collectors,
+                task_id,
+                batch,
+                &self.inner.local,
+                authorization.as_ref(),
+                crate::mpc::policy::now(),
+            )
+            .map_err(|m| AggError::new(403, "collector_refused", m))?;
+            if let Some(auth) = &authorization {
+                self.use_collect_request(auth)?;
+            }
+        }
         let signers = Signers::of(&task.info, batch).map_err(AggError::internal)?;
         let others: Vec<PeerId> = shape.others();
         let session = SessionId::random();
@@ -104,10 +122,46 @@ impl MpcEngine {
             .open(session, Protocol::AggCollect, others.clone())
             .map_err(|e| AggError::session(session, e))?;
         let engine = self.clone();
-        let run = async move { engine.run_collect(inbox, task, shape, signers).await };
+        let run = async move {
+            engine
+                .run_collect(inbox, task, shape, signers, authorization)
+                .await
+        };
         self.run_session(Protocol::AggCollect, "collector", session, others, run)
             .await
             .map_err(|e| AggError::session(session, e))?
+    }
+
+    /// Takes a collect authorization's request id once: a replayed one is refused (it
+    /// would hand the sum to whoever replays it). Expired ids are dropped.
+    fn use_collect_request(&self, auth: &Authorization) -> Result<(), AggError> {
+        const MAX_REMEMBERED: usize = 100_000;
+        let now = crate::mpc::policy::now();
+        let mut used = self
+            .agg()
+            .collect_requests
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        used.retain(|_, expires| *expires >= now);
+        if used.contains_key(&auth.request_id) {
+            return Err(AggError::new(
+                409,
+                "replayed_collect",
+                format!(
+                    "collect request {} was used already",
+                    crate::log_limit::echo(&auth.request_id)
+                ),
+            ));
+        }
+        if used.len() >= MAX_REMEMBERED {
+            return Err(AggError::new(
+                429,
+                "limit_reached",
+                "too many collect authorizations are still valid here; retry later",
+            ));
+        }
+        used.insert(auth.request_id.clone(), auth.expires_at);
+        Ok(())
     }
 
     fn sign_statement(
@@ -209,6 +263,7 @@ impl MpcEngine {
         task: Arc<TaskEntry>,
         shape: TaskShape,
         signers: Signers,
+        authorization: Option<Authorization>,
     ) -> Result<Result<CollectResult, AggError>, SessionError> {
         let session = inbox.session();
         let task_id = shape.task_id.clone();
@@ -221,8 +276,12 @@ impl MpcEngine {
         let invite = Body::AggCollectInvite {
             task_id: task_id.clone(),
             batch,
+            authorization,
         };
         let failures = self.broadcast(&others, session, &invite).await;
+        for (peer, e) in &failures {
+            info!(%peer, error = %e, "participant did not take the collect invite");
+        }
         collector.unreachable(failures.into_iter().map(|(p, _)| p));
         let timeout = self.inner.round_timeout;
         let awaited = collector.awaited();
@@ -445,6 +504,7 @@ impl MpcEngine {
         from: PeerId,
         task_id: String,
         batch: u64,
+        authorization: Option<Authorization>,
     ) -> Result<(), InviteRefusal> {
         let Some(task) = self.agg().store.get(&task_id) else {
             return Err(InviteRefusal::Other(format!(
@@ -456,6 +516,18 @@ impl MpcEngine {
                 "peer {from} is not another participant of task {task_id}"
             )));
         }
+        check_collector(
+            &task.info.params.collectors,
+            &task_id,
+            batch,
+            &from,
+            authorization.as_ref(),
+            crate::mpc::policy::now(),
+        )
+        .map_err(|m| {
+            info!(%task_id, batch, collector = %from, reason = %m, "collect refused");
+            InviteRefusal::Other(m)
+        })?;
         let shape = TaskShape::of(&task.info, self.inner.local).map_err(InviteRefusal::Other)?;
         let signers = Signers::of(&task.info, batch).map_err(InviteRefusal::Other)?;
         let participant = Participant::new(from, shape, signers, task.info.params.min_reports);
