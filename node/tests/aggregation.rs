@@ -99,6 +99,25 @@ async fn start_cluster_with_faults(dir: &Path, n: usize, faults: &str) -> Vec<No
     nodes
 }
 
+/// `honest` nodes and one more, named `name`, running test fault `fault` (last), all
+/// connected.
+async fn cluster_with_one_fault(
+    dir: &Path,
+    honest: usize,
+    name: &str,
+    fault: &str,
+) -> Vec<NodeProcess> {
+    let mut nodes = start_cluster(dir, honest).await;
+    let boots: Vec<String> = nodes.iter().map(|n| n.tcp_addr.clone()).collect();
+    let faulty = start_node_with_faults(dir, name, &boots, fault).await;
+    for n in &nodes {
+        n.wait_connected_to(&faulty.peer_id, Duration::from_secs(30))
+            .await;
+    }
+    nodes.push(faulty);
+    nodes
+}
+
 /// Creates a task, retrying while peers are still being identified as MPC peers.
 async fn create_task(
     node: &NodeProcess,
@@ -778,15 +797,7 @@ async fn concurrent_reports_are_batched_and_judged_one_by_one() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_participant_enforces_min_reports() {
     let dir = tempdir();
-    let mut nodes = start_cluster(dir.path(), 2).await;
-    let boots: Vec<String> = nodes.iter().map(|n| n.tcp_addr.clone()).collect();
-    let rogue =
-        start_node_with_faults(dir.path(), "R", &boots, "collect-ignores-min-reports").await;
-    for n in &nodes {
-        n.wait_connected_to(&rogue.peer_id, Duration::from_secs(30))
-            .await;
-    }
-    nodes.push(rogue);
+    let nodes = cluster_with_one_fault(dir.path(), 2, "R", "collect-ignores-min-reports").await;
     // t = 2 of 3: opening needs every participant's share sum, so both honest ones are asked.
     let task = create_task(&nodes[0], &nodes, 2, 3, 3).await;
     let task_id = task.params.task_id.clone();
@@ -848,14 +859,7 @@ fn pending_tasks(dir: &Path, node: &NodeProcess) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_task_whose_creation_is_not_confirmed_is_kept_nowhere() {
     let dir = tempdir();
-    let mut nodes = start_cluster(dir.path(), 2).await;
-    let boots: Vec<String> = nodes.iter().map(|n| n.tcp_addr.clone()).collect();
-    let mute = start_node_with_faults(dir.path(), "M", &boots, "withhold-task-stored").await;
-    for n in &nodes {
-        n.wait_connected_to(&mute.peer_id, Duration::from_secs(30))
-            .await;
-    }
-    nodes.push(mute);
+    let mut nodes = cluster_with_one_fault(dir.path(), 2, "M", "withhold-task-stored").await;
     let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
     let (status, body) = wait_for(
         "the creation to be tried",
@@ -916,7 +920,7 @@ async fn a_task_whose_creation_is_not_confirmed_is_kept_nowhere() {
     let task_file = aggregation.join(format!("{}.task.json", task.params.task_id));
     let pending = aggregation.join("0123456789abcdef0123456789abcdef.pending.json");
     std::fs::copy(&task_file, &pending).unwrap();
-    let restarted = start_node(dir.path(), "N1", &boots[..1]).await;
+    let restarted = start_node(dir.path(), "N1", &[nodes[0].tcp_addr.clone()]).await;
     assert!(!pending.exists(), "the pending task file is still there");
     assert!(
         restarted
@@ -1355,14 +1359,7 @@ async fn the_cli_submits_and_collects_over_https_and_checks_the_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_share_sum_is_caught_by_one_more_opener() {
     let dir = tempdir();
-    let mut nodes = start_cluster(dir.path(), 2).await;
-    let boots: Vec<String> = nodes.iter().map(|n| n.tcp_addr.clone()).collect();
-    let liar = start_node_with_faults(dir.path(), "L", &boots, "wrong-share-sum").await;
-    for n in &nodes {
-        n.wait_connected_to(&liar.peer_id, Duration::from_secs(30))
-            .await;
-    }
-    nodes.push(liar);
+    let nodes = cluster_with_one_fault(dir.path(), 2, "L", "wrong-share-sum").await;
     let task = create_task(&nodes[0], &nodes, 1, 2, 2).await;
     let task_id = task.params.task_id.clone();
     for values in [[1, 2], [3, 4]] {
@@ -1536,15 +1533,7 @@ async fn a_task_with_client_keys_takes_signed_reports_and_counts_each_client_onc
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn only_a_listed_collector_opens_a_batch() {
     let dir = tempdir();
-    let mut nodes = start_cluster(dir.path(), 2).await;
-    let boots: Vec<String> = nodes.iter().map(|n| n.tcp_addr.clone()).collect();
-    let rogue =
-        start_node_with_faults(dir.path(), "R", &boots, "collect-ignores-min-reports").await;
-    for n in &nodes {
-        n.wait_connected_to(&rogue.peer_id, Duration::from_secs(30))
-            .await;
-    }
-    nodes.push(rogue);
+    let nodes = cluster_with_one_fault(dir.path(), 2, "R", "collect-ignores-min-reports").await;
     let keygen = |name: &str| client_keygen(dir.path(), name);
     let (k_file, k) = keygen("collector.key");
     let (x_file, _) = keygen("stranger.key");

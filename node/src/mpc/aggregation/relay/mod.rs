@@ -454,23 +454,7 @@ impl MpcEngine {
                 Err(_) => {}
             }
         }
-        let batch = committing.batch();
-        let stored = join_all(
-            to_store
-                .iter()
-                .map(|(id, (share, client))| task.commit(id, share, batch, client.clone())),
-        )
-        .await;
-        for ((id, _), result) in to_store.iter().zip(&stored) {
-            if result.is_err() {
-                task.release(id);
-            }
-        }
-        if let Some(Err(e)) = stored.into_iter().find(Result::is_err) {
-            return Err(SessionError::failed(format!(
-                "cannot store the share sum: {e}"
-            )));
-        }
+        store_shares(&task, &to_store, committing.batch()).await?;
         if !failures.is_empty() {
             return Err(inbox.explain_failures(failures, "the batch commit").await);
         }
@@ -610,22 +594,9 @@ impl MpcEngine {
                 _ => {}
             }
         }
-        let stored = join_all(
-            to_store
-                .iter()
-                .map(|(id, (share, client))| task.commit(id, share, batch, client.clone())),
-        )
-        .await;
-        for ((id, _), result) in to_store.iter().zip(&stored) {
-            match result {
-                Ok(_) => self.count_share("accepted"),
-                Err(_) => task.release(id),
-            }
-        }
-        if let Some(Err(e)) = stored.into_iter().find(Result::is_err) {
-            return Err(SessionError::failed(format!(
-                "cannot store the share sum: {e}"
-            )));
+        store_shares(&task, &to_store, batch).await?;
+        for _ in &to_store {
+            self.count_share("accepted");
         }
         self.send(from, session, Body::AggBatchStored)
             .await
@@ -674,6 +645,32 @@ impl MpcEngine {
 
 /// An opened share of this node and the client it counts under (none: an open task).
 type OpenedShare = (Vec<Field>, Option<String>);
+
+/// Adds this node's shares of a relay batch to task batch `batch` (written together, one
+/// group commit); the id of a share that was not stored is released. Fails if any was not.
+async fn store_shares(
+    task: &TaskEntry,
+    shares: &[(&String, OpenedShare)],
+    batch: u64,
+) -> Result<(), SessionError> {
+    let stored = join_all(
+        shares
+            .iter()
+            .map(|(id, (share, client))| task.commit(id, share, batch, client.clone())),
+    )
+    .await;
+    for ((id, _), result) in shares.iter().zip(&stored) {
+        if result.is_err() {
+            task.release(id);
+        }
+    }
+    match stored.into_iter().find_map(Result::err) {
+        Some(e) => Err(SessionError::failed(format!(
+            "cannot store the share sum: {e}"
+        ))),
+        None => Ok(()),
+    }
+}
 
 /// Opens one share of `report_id` with `open` (run off the async threads) unless the report
 /// id is taken (accepted, or being accepted): a replayed report id is refused before
