@@ -156,6 +156,7 @@ async fn apply_children(client: &Client, mc: &MpcCluster) -> anyhow::Result<()> 
             key: keys.get(i).context("a key per member")?,
             config: config::node_config(mc, &names, &keys, i)?,
             members: members.clone(),
+            schemas: config::schema_files(mc),
         };
         Api::<Secret>::namespaced(client.clone(), &ns)
             .patch(

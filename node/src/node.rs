@@ -187,6 +187,7 @@ pub async fn run(
         network_port: config.network_port,
         ws_port: config.ws_port,
         topics: config.topics.clone(),
+        topic_rules: config.topic_rules.clone(),
         bootnodes: config.bootnodes.clone(),
         seed_nodes: config.seed_nodes.clone(),
         max_connections: config.max_connections,
@@ -252,7 +253,7 @@ pub async fn run(
         let _ = rx.wait_for(|s| *s).await;
     };
 
-    let message_log = Arc::new(MessageLog::default());
+    let message_log = Arc::new(MessageLog::new(config.topic_rules.clone()));
     let log = message_log.clone();
     let (messages_tx, messages) = mpsc::channel(NODE_IO_MESSAGES);
     let events_task = tokio::spawn(async move {
@@ -283,6 +284,7 @@ pub async fn run(
         metrics: node_metrics.clone(),
         token: config.api_token.clone(),
         max_message_size: config.max_message_size,
+        topic_rules: config.topic_rules.clone(),
         mpc,
         in_flight: Arc::new(tokio::sync::Semaphore::new(
             config.api_max_concurrent_requests,

@@ -252,6 +252,45 @@ fn bad_tls_files_are_named_and_never_echoed() {
 }
 
 #[test]
+fn bad_topic_rules_name_the_topic() {
+    assert_config_error(
+        "topics: [a]\ntopic_rules:\n  b: {max_bytes: 10}\n",
+        &["topic_rules.b", "`b` is not a joined topic (joined: a)"],
+    );
+    assert_config_error(
+        "topics: [a]\ntopic_rules:\n  a: {content_type: json, schema: missing.json}\n",
+        &[
+            "topic_rules.a",
+            "cannot read the schema file",
+            "missing.json",
+        ],
+    );
+    assert_config_error(
+        "topics: [a]\ntopic_rules:\n  a: {content_type: xml}\n",
+        &["topic_rules", "unknown variant `xml`"],
+    );
+    assert_config_error(
+        "topics: [a]\ntopic_rules:\n  a: {content_type: bytes, max_bytes: 0}\n",
+        &["topic_rules.a", "max_bytes must be at least 1"],
+    );
+    // A schema file next to the config that is not a JSON Schema.
+    let dir = tempdir();
+    write_file(dir.path(), "bad.json", r#"{"type": "nothing"}"#);
+    let path = write_file(
+        dir.path(),
+        "node.yml",
+        "topics: [a]\ntopic_rules:\n  a: {content_type: json, schema: bad.json}\n",
+    );
+    let out = run(dir.path(), &["-c", path.to_str().unwrap()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("topic_rules.a") && stderr.contains("not a valid JSON Schema"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn top_level_must_be_a_mapping() {
     assert_config_error("- a\n- b\n", &["expected a mapping"]);
 }

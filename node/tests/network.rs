@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{NodeProcess, args, start_pair, tempdir, wait_for};
+use common::{NodeProcess, args, identity, start_pair, tempdir, wait_for, write_file};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_discovery_gossip_and_bootnode_reconnect() {
@@ -252,4 +252,189 @@ async fn sigterm_stops_the_node_cleanly() {
         }
     })
     .await;
+}
+
+/// A JSON topic with a schema on B and C, none on A. A (A — B — C, C admits only B) publishes
+/// valid and invalid readings: the valid ones reach both; the invalid ones reach neither, are
+/// counted by reason on B (the first receiver) and are not forwarded by it (C sees none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_rules_keep_invalid_messages_from_every_node_that_has_them() {
+    let dir = tempdir();
+    write_file(
+        dir.path(),
+        "reading.schema.json",
+        r#"{"type": "object", "required": ["sensor", "value"],
+            "properties": {"sensor": {"type": "string"}, "value": {"type": "number"}}}"#,
+    );
+    let ruled = write_file(
+        dir.path(),
+        "ruled.yml",
+        "topics: [readings, frames]\ntopic_rules:\n  readings:\n    max_bytes: 120\n    content_type: json\n    schema: reading.schema.json\n  frames:\n    content_type: cbor\n",
+    );
+    let ruled = ruled.display().to_string();
+    let (key_b, peer_b) = identity(dir.path(), "b");
+    let (key_c, peer_c) = identity(dir.path(), "c");
+
+    let b = NodeProcess::start(
+        "B",
+        dir.path(),
+        &args(&["-c", &ruled, "--identity-key-path", &key_b]),
+    )
+    .await;
+    let (b_id, c_id) = (peer_b.to_string(), peer_c.to_string());
+    let c = NodeProcess::start(
+        "C",
+        dir.path(),
+        &args(&[
+            "-c",
+            &ruled,
+            "--identity-key-path",
+            &key_c,
+            "--bootnode",
+            &b.tcp_addr,
+            "--cluster-member",
+            &b_id,
+            "--cluster-member",
+            &c_id,
+        ]),
+    )
+    .await;
+    let a = NodeProcess::start(
+        "A",
+        dir.path(),
+        &args(&["-t", "readings", "--bootnode", &b.tcp_addr]),
+    )
+    .await;
+    a.wait_connected_to(&b_id, Duration::from_secs(20)).await;
+    c.wait_connected_to(&b_id, Duration::from_secs(20)).await;
+
+    // The rule is shown by B's status and topic list.
+    let topics = b.get("/v1/topics").await.unwrap();
+    let rule = &topics["topics"][0];
+    assert_eq!(rule["topic"], "readings", "{topics}");
+    assert_eq!(rule["content_type"], "json", "{topics}");
+    assert_eq!(rule["max_bytes"], 120, "{topics}");
+    assert_eq!(rule["schema"]["required"][1], "value", "{topics}");
+    let status = b.get("/v1/status").await.unwrap();
+    assert_eq!(status["topic_rules"][0]["topic"], "readings", "{status}");
+    let plain = a.get("/v1/topics").await.unwrap();
+    assert_eq!(plain["topics"][0]["content_type"], "text", "{plain}");
+    assert!(plain["topics"][0]["max_bytes"].is_null(), "{plain}");
+
+    // Valid: delivered to every subscriber, through B to C.
+    let valid = r#"{"sensor":"t1","value":21.5}"#;
+    a.publish_when_ready("readings", valid).await;
+    b.wait_message("readings", valid).await;
+    c.wait_message("readings", valid).await;
+
+    // Invalid, from A which has no rule: wrong type, missing field, not JSON, too long.
+    let long = format!(r#"{{"sensor":"{}","value":1}}"#, "x".repeat(120));
+    let invalid = [
+        r#"{"sensor":"t1","value":"hot"}"#.to_string(),
+        r#"{"sensor":"t1"}"#.to_string(),
+        "21.5 degrees".to_string(),
+        long,
+    ];
+    for text in &invalid {
+        let (status, body) = a.publish("readings", text).await;
+        assert_eq!(status, 201, "A has no rule and publishes: {body}");
+    }
+    // A valid message after them: once it is everywhere, the others had their chance.
+    let after = r#"{"sensor":"t1","value":22}"#;
+    a.publish("readings", after).await;
+    b.wait_message("readings", after).await;
+    c.wait_message("readings", after).await;
+
+    for node in [&b, &c] {
+        let got = node.get("/v1/topics/readings/messages").await.unwrap();
+        let texts: Vec<&str> = got["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["data"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, vec![valid, after], "{}: {got}", node.name);
+    }
+    let b_page = b.metrics_page().await;
+    let rejected = |reason: &str| {
+        p2p_mpc_testenv::metric_sum(
+            &b_page,
+            "p2p_mpc_gossip_messages_rejected_total",
+            &[("topic", "readings"), ("reason", reason)],
+        )
+    };
+    assert_eq!(rejected("schema"), 2.0);
+    assert_eq!(rejected("not_json"), 1.0);
+    assert_eq!(rejected("over_max_bytes"), 1.0);
+    let c_page = c.metrics_page().await;
+    assert_eq!(
+        p2p_mpc_testenv::metric_sum(
+            &c_page,
+            "p2p_mpc_gossip_messages_rejected_total",
+            &[("topic", "readings")]
+        ),
+        0.0,
+        "B forwarded a message it rejected"
+    );
+    assert!(
+        b.stderr_lines()
+            .iter()
+            .any(|l| l.contains("gossip message rejected")
+                && l.contains("reason=\"schema\"")
+                && l.contains("/value")),
+        "B logs what was wrong"
+    );
+
+    // B refuses to publish what its own rule refuses, and says why.
+    let (status, body) = b.publish("readings", r#"{"sensor":1,"value":2}"#).await;
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(body["code"], "breaks_topic_rule", "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("/sensor"),
+        "{body}"
+    );
+
+    // A CBOR topic carries bytes: published and shown in base64, malformed CBOR refused.
+    let frame = "oWF2AQ=="; // CBOR {"v": 1}
+    let (status, body) = common::post(
+        &b,
+        "/v1/topics/frames/messages",
+        serde_json::json!({"data_base64": frame}),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    wait_for(
+        "C to receive the CBOR frame",
+        Duration::from_secs(20),
+        || async {
+            let got = c.get("/v1/topics/frames/messages").await?;
+            match got["messages"][0]["data_base64"].as_str() {
+                Some(f) if f == frame && got["messages"][0]["data"].is_null() => Ok(()),
+                _ => Err(got.to_string()),
+            }
+        },
+    )
+    .await;
+    let (status, body) = common::post(
+        &b,
+        "/v1/topics/frames/messages",
+        serde_json::json!({"data_base64": "oWF2"}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (422, Some("breaks_topic_rule")),
+        "{body}"
+    );
+    let (status, body) = common::post(
+        &b,
+        "/v1/topics/frames/messages",
+        serde_json::json!({"data": "x", "data_base64": "eA=="}),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_body")),
+        "{body}"
+    );
 }

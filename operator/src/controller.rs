@@ -228,6 +228,7 @@ async fn reconcile_cluster(mc: &MpcCluster, ctx: &Context) -> Result<Action, Err
     let client = ctx.client.clone();
     let replicas = mc.spec.replicas;
     let mut changes: Vec<(Change, &'static str, String)> = Vec::new();
+    mc.spec.network.check_topic_rules().map_err(Error::Spec)?;
 
     // Identity keys: a member's own Secret first, then the earlier layout's Secret of every
     // key (migrated, peer ids kept), else a new key. Existing keys are kept byte for byte.
@@ -269,6 +270,7 @@ async fn reconcile_cluster(mc: &MpcCluster, ctx: &Context) -> Result<Action, Err
             key: keys.get(i).unwrap_or_default(),
             config: config::node_config(mc, &names, &keys, i)?,
             members: members.clone(),
+            schemas: config::schema_files(mc),
         };
         let secret = member_secret::build(mc, &names, i, files);
         let (_, c) = apply(&secrets, &secret, "Secret").await?;

@@ -173,6 +173,10 @@ pub struct NetworkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub websocket_port: Option<i32>,
+    /// Content rules of joined topics, by topic: a message that breaks its topic's rule is
+    /// rejected by every node (not delivered, not forwarded) and counted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub topic_rules: BTreeMap<String, TopicRuleSpec>,
 }
 
 impl Default for NetworkSpec {
@@ -181,7 +185,82 @@ impl Default for NetworkSpec {
             port: default_network_port(),
             topics: default_topics(),
             websocket_port: None,
+            topic_rules: BTreeMap::new(),
         }
+    }
+}
+
+/// What a valid message on a topic is.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct TopicRuleSpec {
+    /// Largest payload a publisher may give, in bytes (at most the node's 1 MiB message limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_bytes: Option<i64>,
+    /// `text` (the default), `json`, `cbor` or `bytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content_type: Option<TopicContentType>,
+    /// A JSON Schema, as JSON text, that every message must meet (with `json` or `cbor`). It
+    /// must be self-contained: a `$ref` outside it is refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub schema: Option<String>,
+}
+
+/// The payload of a topic's messages.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum TopicContentType {
+    Text,
+    Json,
+    Cbor,
+    Bytes,
+}
+
+impl TopicContentType {
+    /// The node's name of this content type.
+    pub fn to_node(self) -> p2p_mpc_node::network::topic_rules::ContentType {
+        use p2p_mpc_node::network::topic_rules::ContentType;
+        match self {
+            TopicContentType::Text => ContentType::Text,
+            TopicContentType::Json => ContentType::Json,
+            TopicContentType::Cbor => ContentType::Cbor,
+            TopicContentType::Bytes => ContentType::Bytes,
+        }
+    }
+}
+
+impl NetworkSpec {
+    /// Checks the topic rules as the nodes will (so a bad schema is reported on the
+    /// MpcCluster, not as pods that refuse to start): each ruled topic is joined, and its
+    /// schema is JSON and a valid, self-contained JSON Schema for a `json` or `cbor` topic.
+    pub fn check_topic_rules(&self) -> Result<(), String> {
+        for (topic, rule) in &self.topic_rules {
+            let at = format!("spec.network.topicRules[{topic:?}]");
+            if !self.topics.contains(topic) {
+                return Err(format!(
+                    "{at}: `{topic}` is not in spec.network.topics ({}); add it there",
+                    self.topics.join(", ")
+                ));
+            }
+            let schema = match &rule.schema {
+                None => None,
+                Some(text) => Some((
+                    None,
+                    serde_json::from_str(text)
+                        .map_err(|e| format!("{at}.schema is not JSON: {e}"))?,
+                )),
+            };
+            p2p_mpc_node::network::topic_rules::TopicRule::compile(
+                rule.max_bytes.map(|m| m.max(0) as usize),
+                rule.content_type.map(TopicContentType::to_node),
+                schema,
+                p2p_mpc_node::config::args::DEFAULT_MAX_MESSAGE_SIZE,
+            )
+            .map_err(|e| format!("{at}: {e}"))?;
+        }
+        Ok(())
     }
 }
 

@@ -100,7 +100,13 @@ async fn operator_output(client: &Client) -> (Vec<BTreeMap<String, Vec<u8>>>, St
     let mc: MpcCluster = serde_json::from_value(json!({
         "apiVersion": "p2p-mpc.dev/v1alpha1", "kind": "MpcCluster",
         "metadata": {"name": "net"},
-        "spec": {"replicas": 3, "network": {"topics": ["mesh"]}}
+        "spec": {"replicas": 3, "network": {
+            "topics": ["mesh", "readings"],
+            "topicRules": {"readings": {
+                "contentType": "json", "maxBytes": 256,
+                "schema": r#"{"type": "object", "required": ["value"]}"#
+            }}
+        }}
     }))
     .unwrap();
     Api::<MpcCluster>::namespaced(client.clone(), &ns)
@@ -299,6 +305,26 @@ async fn nodes_started_from_the_operators_files_form_a_mesh() {
     assert_eq!(curl(None), "401", "no token");
     assert_eq!(curl(Some("wrong")), "401", "a wrong token");
     assert_eq!(curl(Some(&token)), "200", "the operator's token");
+
+    // The topic rule of the spec is in force on the node, with its schema.
+    let out = Command::new("ip")
+        .args(["netns", "exec", &netns.name, "curl", "-s"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("http://{api}/v1/topics"))
+        .output()
+        .unwrap();
+    let topics: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let readings = topics["topics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["topic"] == "readings")
+        .unwrap_or_else(|| panic!("{topics}"))
+        .clone();
+    assert_eq!(readings["content_type"], "json", "{topics}");
+    assert_eq!(readings["max_bytes"], 256, "{topics}");
+    assert_eq!(readings["schema"]["required"][0], "value", "{topics}");
     drop(nodes);
     drop(netns);
 }

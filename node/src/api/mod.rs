@@ -39,6 +39,8 @@ pub struct ApiState {
     pub metrics: Arc<NodeMetrics>,
     pub token: Option<ApiToken>,
     pub max_message_size: usize,
+    /// Content rules of the joined topics.
+    pub topic_rules: crate::network::topic_rules::TopicRules,
     pub mpc: crate::mpc::MpcEngine,
     /// One permit per request being served (`api_max_concurrent_requests`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
@@ -106,6 +108,11 @@ impl From<NetworkError> for ApiError {
             NetworkError::Publish(PublishError::Duplicate) => {
                 Self::new(StatusCode::CONFLICT, "duplicate", e.to_string())
             }
+            NetworkError::Publish(PublishError::BreaksRule { .. }) => Self::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "breaks_topic_rule",
+                e.to_string(),
+            ),
             NetworkError::Publish(PublishError::Other(_)) => Self::new(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "publish_failed",
@@ -155,6 +162,7 @@ pub fn router(state: ApiState) -> Router {
             "/v1/peers/{peer_id}/transfer",
             axum::routing::post(transfer::transfer),
         )
+        .route("/v1/topics", get(topics))
         .route(
             "/v1/topics/{topic}/messages",
             get(topic_messages).post(publish),
@@ -307,6 +315,9 @@ pub struct StatusResponse {
     pub version: String,
     /// The cluster roster; `null` when the node has none (it then admits every peer).
     pub roster: Option<crate::roster::RosterStatus>,
+    /// The content rules of joined topics that have one.
+    #[serde(default)]
+    pub topic_rules: Vec<crate::network::topic_rules::TopicView>,
 }
 
 async fn status(State(state): State<ApiState>) -> Result<Json<StatusResponse>, ApiError> {
@@ -315,10 +326,23 @@ async fn status(State(state): State<ApiState>) -> Result<Json<StatusResponse>, A
         peer_id: s.peer_id,
         listen_addrs: s.listen_addrs,
         connected_peers: s.connected_peers,
+        topic_rules: s
+            .topics
+            .iter()
+            .filter(|t| state.topic_rules.get(t).is_some())
+            .map(|t| state.topic_rules.view(t))
+            .collect(),
         topics: s.topics,
         version: env!("CARGO_PKG_VERSION").to_string(),
         roster: state.mpc.roster().status(),
     }))
+}
+
+/// `GET /v1/topics`: every joined topic with its content rule.
+async fn topics(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
+    let s = state.network.status().await?;
+    let views: Vec<_> = s.topics.iter().map(|t| state.topic_rules.view(t)).collect();
+    Ok(Json(json!({ "topics": views })))
 }
 
 async fn peers(State(state): State<ApiState>) -> Result<Json<serde_json::Value>, ApiError> {
@@ -331,7 +355,11 @@ async fn peers(State(state): State<ApiState>) -> Result<Json<serde_json::Value>,
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     /// UTF-8 text to publish.
-    pub data: String,
+    #[serde(default)]
+    pub data: Option<String>,
+    /// Bytes to publish, in standard base64 (for `cbor` and `bytes` topics); instead of `data`.
+    #[serde(default)]
+    pub data_base64: Option<String>,
 }
 
 /// Answer of `POST /v1/topics/{topic}/messages`.
@@ -355,13 +383,33 @@ async fn publish(
     check_topic(&topic)?;
     let body = body::read(&headers, body, body::publish(state.max_message_size)).await?;
     let req: PublishRequest = parse_body(&body)?;
-    if req.data.is_empty() {
+    let data = match (req.data, req.data_base64) {
+        (Some(text), None) => text.into_bytes(),
+        (None, Some(b64)) => {
+            use base64::Engine as _;
+            base64::engine::general_purpose::STANDARD
+                .decode(b64.as_bytes())
+                .map_err(|e| {
+                    ApiError::bad_request(
+                        "invalid_body",
+                        format!("`data_base64` is not standard base64: {e}"),
+                    )
+                })?
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_body",
+                "give exactly one of `data` (text) and `data_base64` (bytes)",
+            ));
+        }
+    };
+    if data.is_empty() {
         return Err(ApiError::bad_request(
             "invalid_body",
-            "`data` must not be empty",
+            "the message must not be empty",
         ));
     }
-    let message_id = state.network.publish(&topic, req.data.into_bytes()).await?;
+    let message_id = state.network.publish(&topic, data).await?;
     Ok((StatusCode::CREATED, Json(PublishResponse { message_id })))
 }
 

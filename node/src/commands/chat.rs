@@ -47,12 +47,19 @@ pub fn format_message(msg: &GossipMessage) -> String {
         .source
         .map(|p| p.to_string())
         .unwrap_or_else(|| "unknown".into());
-    format!(
-        "[{}] {}: {}",
-        msg.topic,
-        source,
-        String::from_utf8_lossy(&msg.data)
-    )
+    match std::str::from_utf8(&msg.data) {
+        Ok(text) => format!("[{}] {}: {}", msg.topic, source, text),
+        Err(_) => {
+            use base64::Engine as _;
+            format!(
+                "[{}] {}: ({} bytes, base64) {}",
+                msg.topic,
+                source,
+                msg.data.len(),
+                base64::engine::general_purpose::STANDARD.encode(&msg.data)
+            )
+        }
+    }
 }
 
 /// Reads stdin until it ends, publishing each line.

@@ -100,6 +100,8 @@ pub struct FileConfig {
     pub mpc_max_held_mib_per_peer: Option<u32>,
     pub mpc_max_held_mib: Option<u32>,
     pub mpc_max_reading_mib: Option<u32>,
+    /// Content rules of joined topics, by topic (config file only).
+    pub topic_rules: Option<BTreeMap<String, crate::network::topic_rules::TopicRuleSpec>>,
     /// Per-node settings by node name (`--pod-name`), e.g. written by the operator.
     pub pods: Option<BTreeMap<String, PodConfig>>,
 }
@@ -185,6 +187,8 @@ pub struct NodeConfig {
     pub listen_address: IpAddr,
     pub ws_port: Option<u16>,
     pub topics: Vec<String>,
+    /// Content rules of the joined topics.
+    pub topic_rules: crate::network::topic_rules::TopicRules,
     pub bootnodes: Vec<PeerAddr>,
     pub seed_nodes: Vec<PeerAddr>,
     /// Roster members given as flags or in the config file.
@@ -398,6 +402,35 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
     check_max_message_size(max_message_size)
         .map_err(|m| invalid(&origin_of("max_message_size"), "max_message_size".into(), m))?;
 
+    // Topic rules live in the config file only; relative schema paths start at its directory.
+    let mut topic_rules = BTreeMap::new();
+    for (topic, spec) in file.topic_rules.iter().flatten() {
+        let key = format!("topic_rules.{topic}");
+        if !topics.contains(topic) {
+            return Err(invalid(
+                &file_origin,
+                key,
+                format!(
+                    "`{topic}` is not a joined topic (joined: {}); add it to topics",
+                    if topics.is_empty() {
+                        "none".to_string()
+                    } else {
+                        topics.join(", ")
+                    }
+                ),
+            ));
+        }
+        let base = args
+            .config
+            .as_deref()
+            .and_then(Path::parent)
+            .unwrap_or(Path::new("."));
+        let rule = crate::network::topic_rules::TopicRule::load(spec, base, max_message_size)
+            .map_err(|m| invalid(&file_origin, key, m))?;
+        topic_rules.insert(topic.clone(), rule);
+    }
+    let topic_rules = crate::network::topic_rules::TopicRules::new(topic_rules);
+
     let api_max_concurrent_requests: u32 = pick!(api_max_concurrent_requests);
     if !(1..=65536).contains(&api_max_concurrent_requests) {
         return Err(invalid(
@@ -532,6 +565,7 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         listen_address: pick!(listen_address),
         ws_port: pick_opt!(ws_port),
         topics,
+        topic_rules,
         bootnodes,
         seed_nodes,
         cluster_members,
@@ -744,6 +778,7 @@ mod tests {
                 "api_tls_cert",
                 "api_tls_key",
                 "cluster_members_file",
+                "topic_rules",
             ];
             let key = key.as_str().unwrap();
             if !optional.contains(&key) {

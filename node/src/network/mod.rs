@@ -10,6 +10,7 @@ pub mod door;
 pub mod envelope;
 pub mod mpc_codec;
 mod service;
+pub mod topic_rules;
 
 use std::time::Duration;
 
@@ -86,6 +87,12 @@ pub enum PublishError {
     NoPeers(String),
     #[error("the same message was already published")]
     Duplicate,
+    #[error("the message breaks the rule of topic `{topic}` ({reason}): {detail}")]
+    BreaksRule {
+        topic: String,
+        reason: &'static str,
+        detail: String,
+    },
     #[error("publish failed: {0}")]
     Other(String),
 }
@@ -287,6 +294,7 @@ async fn start_peer(
         network_port: 0,
         ws_port: None,
         topics: topics.iter().map(|t| t.to_string()).collect(),
+        topic_rules: Default::default(),
         bootnodes: vec![crate::values::PeerAddr { peer_id, addr }],
         seed_nodes: vec![],
         max_connections: 16,

@@ -46,8 +46,10 @@ pub struct NetworkSettings {
     pub listen_address: IpAddr,
     pub network_port: u16,
     pub ws_port: Option<u16>,
-    /// Topics joined at start; messages on them must be UTF-8 text (chat).
+    /// Topics joined at start.
     pub topics: Vec<String>,
+    /// What a message on each joined topic must be (`text` without a rule).
+    pub topic_rules: super::topic_rules::TopicRules,
     pub bootnodes: Vec<PeerAddr>,
     pub seed_nodes: Vec<PeerAddr>,
     pub max_connections: u32,
@@ -536,6 +538,15 @@ impl NetworkService {
                 limit: self.settings.max_message_size,
             });
         }
+        if self.settings.topics.iter().any(|t| t == topic)
+            && let Err(v) = self.settings.topic_rules.check(topic, &data)
+        {
+            return Err(PublishError::BreaksRule {
+                topic: topic.to_string(),
+                reason: v.reason,
+                detail: v.detail,
+            });
+        }
         let envelope =
             super::envelope::seal(&self.key, topic, &data).map_err(PublishError::Other)?;
         let result = self
@@ -743,18 +754,20 @@ impl NetworkService {
                 let topic = message.topic.as_str().to_string();
                 let label = self.topic_label(&topic).to_string();
                 let opened = self.envelopes.open(&topic, &message.data);
-                let rejection = match &opened {
-                    Err(e) => Some(e.label()),
+                // Envelope first, then the node's size limit, then the topic's rule (only
+                // joined topics are delivered here; a topic without a rule takes UTF-8 text).
+                let (rejection, detail) = match &opened {
+                    Err(e) => (Some(e.label()), None),
                     Ok((_, payload)) if payload.len() > self.settings.max_message_size => {
-                        Some("too_large")
+                        (Some("too_large"), None)
                     }
-                    Ok((_, payload))
-                        if self.settings.topics.contains(&topic)
-                            && std::str::from_utf8(payload).is_err() =>
-                    {
-                        Some("invalid_utf8")
+                    Ok((_, payload)) if self.settings.topics.contains(&topic) => {
+                        match self.settings.topic_rules.check(&topic, payload) {
+                            Ok(()) => (None, None),
+                            Err(v) => (Some(v.reason), Some(v.detail)),
+                        }
                     }
-                    Ok(_) => None,
+                    Ok(_) => (None, None),
                 };
                 let delivered = match (&opened, rejection) {
                     (Ok((author, payload)), None) => Some((*author, payload.to_vec())),
@@ -763,7 +776,8 @@ impl NetworkService {
                 let acceptance = match rejection {
                     Some(reason) => {
                         if let Some(suppressed) = crate::log_limit::allow("gossip_rejected") {
-                            warn!(topic = %crate::log_limit::echo(topic.as_str()), source = %propagation_source, reason, bytes = message.data.len(), suppressed, "gossip message rejected");
+                            let author = opened.as_ref().ok().map(|(a, _)| a.to_string());
+                            warn!(topic = %crate::log_limit::echo(topic.as_str()), source = %propagation_source, author = author.as_deref().unwrap_or("unknown"), reason, detail = detail.as_deref().unwrap_or(""), bytes = message.data.len(), suppressed, "gossip message rejected");
                         }
                         self.metrics
                             .gossip_rejected

@@ -36,6 +36,24 @@ pub fn shared_settings(mc: &MpcCluster) -> serde_json::Map<String, Value> {
         m.insert("ws_port".into(), json!(ws));
     }
     m.insert("topics".into(), json!(spec.network.topics));
+    if !spec.network.topic_rules.is_empty() {
+        let mut rules = serde_json::Map::new();
+        for (i, (topic, rule)) in spec.network.topic_rules.iter().enumerate() {
+            let mut r = serde_json::Map::new();
+            if let Some(max) = rule.max_bytes {
+                r.insert("max_bytes".into(), json!(max));
+            }
+            if let Some(ct) = rule.content_type {
+                r.insert("content_type".into(), json!(ct.to_node().as_str()));
+            }
+            if rule.schema.is_some() {
+                // Beside node.yml in the member's Secret; the node reads it relative to its config.
+                r.insert("schema".into(), json!(schema_file_name(i)));
+            }
+            rules.insert(topic.clone(), Value::Object(r));
+        }
+        m.insert("topic_rules".into(), Value::Object(rules));
+    }
     m.insert("log_level".into(), json!(spec.log_level.as_str()));
     m.insert("metrics_address".into(), json!("0.0.0.0"));
     m.insert("metrics_port".into(), json!(spec.metrics.port));
@@ -62,6 +80,22 @@ pub fn shared_settings(mc: &MpcCluster) -> serde_json::Map<String, Value> {
     m.insert("jaeger_host".into(), json!(spec.tracing.jaeger.host));
     m.insert("jaeger_port".into(), json!(spec.tracing.jaeger.port));
     m
+}
+
+/// The Secret file name of the schema of the `i`th topic rule (in topic order).
+pub fn schema_file_name(i: usize) -> String {
+    format!("topic-schema-{i}.json")
+}
+
+/// The schema files of the topic rules: (file name, JSON text).
+pub fn schema_files(mc: &MpcCluster) -> Vec<(String, String)> {
+    mc.spec
+        .network
+        .topic_rules
+        .values()
+        .enumerate()
+        .filter_map(|(i, r)| Some((schema_file_name(i), r.schema.clone()?)))
+        .collect()
 }
 
 /// The peer id of member `i`, if it has a key.
@@ -201,5 +235,84 @@ mod tests {
         keys.ensure(2);
         let b = bootnodes_of(&names, &keys, 4001, 1).unwrap();
         assert!(b[0].starts_with("/dns4/net-0-0.net-headless.ns1.svc.corp.example/tcp/4001/p2p/"));
+    }
+
+    #[test]
+    fn topic_rules_are_checked_and_reach_the_node_with_their_schema_files() {
+        use crate::crd::{TopicContentType, TopicRuleSpec};
+        let mut mc = cluster("net", 1);
+        mc.spec.network.topics = vec!["chat".into(), "readings".into()];
+        mc.spec.network.topic_rules.insert(
+            "readings".into(),
+            TopicRuleSpec {
+                max_bytes: Some(512),
+                content_type: Some(TopicContentType::Json),
+                schema: Some(r#"{"type": "object", "required": ["value"]}"#.into()),
+            },
+        );
+        mc.spec.network.check_topic_rules().unwrap();
+        let names = ClusterNames::of(&mc, "cluster.local");
+        let mut keys = ClusterKeys::default();
+        keys.ensure(1);
+        // The node's own loader takes the config and the schema file written beside it.
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join(CONFIG_FILE);
+        std::fs::write(&config, node_config(&mc, &names, &keys, 0).unwrap()).unwrap();
+        let files = schema_files(&mc);
+        assert_eq!(files.len(), 1);
+        for (name, text) in &files {
+            std::fs::write(dir.path().join(name), text).unwrap();
+        }
+        let file = p2p_mpc_node::config::FileConfig::load(&config).unwrap();
+        let spec = &file.topic_rules.unwrap()["readings"];
+        assert_eq!(spec.max_bytes, Some(512));
+        let rule =
+            p2p_mpc_node::network::topic_rules::TopicRule::load(spec, dir.path(), 1 << 20).unwrap();
+        assert!(rule.check(br#"{"value": 1}"#).is_ok());
+        assert_eq!(rule.check(br#"{"v": 1}"#).unwrap_err().reason, "schema");
+        // A schema change changes the pods' config hash (they restart to read it).
+        let before = crate::resources::statefulset::config_hash(&mc);
+        mc.spec
+            .network
+            .topic_rules
+            .get_mut("readings")
+            .unwrap()
+            .schema = Some("{}".into());
+        assert_ne!(before, crate::resources::statefulset::config_hash(&mc));
+
+        // What the nodes would refuse is reported by the operator, naming the rule.
+        let refused = |rule: TopicRuleSpec, topic: &str| {
+            let mut mc = cluster("net", 1);
+            mc.spec.network.topics = vec!["chat".into()];
+            mc.spec.network.topic_rules.insert(topic.into(), rule);
+            mc.spec.network.check_topic_rules().unwrap_err()
+        };
+        let json = |schema: &str| TopicRuleSpec {
+            content_type: Some(TopicContentType::Json),
+            schema: Some(schema.into()),
+            ..Default::default()
+        };
+        let e = refused(TopicRuleSpec::default(), "other");
+        assert!(
+            e.contains(r#"topicRules["other"]"#) && e.contains("not in spec.network.topics"),
+            "{e}"
+        );
+        let e = refused(json("{nope"), "chat");
+        assert!(
+            e.contains(r#"topicRules["chat"].schema is not JSON"#),
+            "{e}"
+        );
+        let e = refused(json(r#"{"type": 5}"#), "chat");
+        assert!(e.contains("not a valid JSON Schema"), "{e}");
+        let e = refused(json(r#"{"$ref": "https://example.com/x.json"}"#), "chat");
+        assert!(e.contains("self-contained"), "{e}");
+        let e = refused(
+            TopicRuleSpec {
+                schema: Some("{}".into()),
+                ..Default::default()
+            },
+            "chat",
+        );
+        assert!(e.contains("json or cbor, not text"), "{e}");
     }
 }

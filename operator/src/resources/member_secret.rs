@@ -20,6 +20,8 @@ pub struct MemberFiles<'a> {
     pub config: String,
     /// The roster, shared by every member.
     pub members: String,
+    /// The JSON Schemas of the topic rules, by file name (`config::schema_files`).
+    pub schemas: Vec<(String, String)>,
 }
 
 /// The Secret `<cluster>-node-<i>`.
@@ -28,20 +30,24 @@ pub fn build(mc: &MpcCluster, names: &ClusterNames, i: i32, files: MemberFiles<'
     if let Some(labels) = metadata.labels.as_mut() {
         labels.insert(MEMBER_LABEL.into(), i.to_string());
     }
+    let mut data = BTreeMap::from([
+        (KEY_FILE.to_string(), ByteString(files.key.to_vec())),
+        (
+            CONFIG_FILE.to_string(),
+            ByteString(files.config.into_bytes()),
+        ),
+        (
+            MEMBERS_FILE.to_string(),
+            ByteString(files.members.into_bytes()),
+        ),
+    ]);
+    for (name, text) in files.schemas {
+        data.insert(name, ByteString(text.into_bytes()));
+    }
     Secret {
         metadata,
         type_: Some("Opaque".into()),
-        data: Some(BTreeMap::from([
-            (KEY_FILE.to_string(), ByteString(files.key.to_vec())),
-            (
-                CONFIG_FILE.to_string(),
-                ByteString(files.config.into_bytes()),
-            ),
-            (
-                MEMBERS_FILE.to_string(),
-                ByteString(files.members.into_bytes()),
-            ),
-        ])),
+        data: Some(data),
         ..Default::default()
     }
 }

@@ -54,10 +54,19 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     }
 }
 
-/// A hash of the shared settings (first 16 hex digits of SHA-256), to notice a change.
+/// A hash of the shared settings and the topic schemas (first 16 hex digits of SHA-256), to
+/// notice a change.
 pub fn config_hash(mc: &MpcCluster) -> String {
     use sha2::Digest;
-    let text = serde_json::to_string(&shared_settings(mc)).expect("JSON");
+    let schemas = super::config::schema_files(mc);
+    // Without schemas the hash is that of the settings alone, as before schemas existed, so
+    // an operator upgrade restarts no pod.
+    let text = if schemas.is_empty() {
+        serde_json::to_string(&shared_settings(mc))
+    } else {
+        serde_json::to_string(&(shared_settings(mc), schemas))
+    }
+    .expect("JSON");
     hex::encode(&sha2::Sha256::digest(text.as_bytes())[..8])
 }
 
