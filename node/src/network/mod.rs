@@ -294,7 +294,21 @@ async fn start_peer(
         network_port: 0,
         ws_port: None,
         topics: topics.iter().map(|t| t.to_string()).collect(),
-        topic_rules: Default::default(),
+        // It publishes and takes any bytes on its topics (what an honest node never would).
+        topic_rules: topic_rules::TopicRules::new(
+            topics
+                .iter()
+                .map(|t| {
+                    let rule = topic_rules::TopicRule::compile(
+                        None,
+                        Some(topic_rules::ContentType::Bytes),
+                        None,
+                        max_message_size,
+                    )?;
+                    Ok((t.to_string(), rule))
+                })
+                .collect::<Result<_, String>>()?,
+        ),
         bootnodes: vec![crate::values::PeerAddr { peer_id, addr }],
         seed_nodes: vec![],
         max_connections: 16,
