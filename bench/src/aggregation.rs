@@ -1,7 +1,8 @@
 //! Secure aggregation through the HTTP API of five real node processes: report ingest at
 //! L = 1 and L = 1,000 beside the same clients posting unsealed shares (the plaintext
 //! baseline), ingest of reports signed by their clients (a task that names client keys)
-//! beside the same reports to an open task, and one vector of a million values from three
+//! beside the same reports to an open task, validated `sum` reports (Prio3, 8 bits) beside
+//! raw reports of one value, and one vector of a million values from three
 //! clients beside transfer tests of the same bytes over the same request-response protocol.
 //!
 //! The nodes run with the test-only `plaintext-shares` fault so that the same processes take
@@ -27,21 +28,23 @@ use crate::results::Figure;
 /// Clients with a report in flight at once.
 const CLIENTS: usize = 32;
 
-/// Creates a task over every node, t = 2, taking reports of `clients` only (none: open).
+/// Creates a task over every node, t = 2, taking reports of `clients` only (none: open);
+/// `validated`: a Prio3 `sum` of 8 bits instead (n of n, length 1).
 async fn create_task(
     http: &reqwest::Client,
     nodes: &[Node],
     length: u32,
     min_reports: u64,
     clients: &[String],
+    validated: bool,
 ) -> anyhow::Result<TaskInfo> {
     let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
-    let v = post(
-        http,
-        format!("{}/v1/aggregations", nodes[0].api),
-        json!({"participants": ids, "threshold": 2, "length": length, "min_reports": min_reports, "clients": clients}),
-    )
-    .await?;
+    let body = if validated {
+        json!({"participants": ids, "input": {"type": "sum", "bits": 8}, "min_reports": min_reports})
+    } else {
+        json!({"participants": ids, "threshold": 2, "length": length, "min_reports": min_reports, "clients": clients})
+    };
+    let v = post(http, format!("{}/v1/aggregations", nodes[0].api), body).await?;
     serde_json::from_value(v).context("task in the answer")
 }
 
@@ -54,6 +57,8 @@ enum Kind {
     Sealed,
     /// Sealed shares, each signed by the client's key, to a task that names the clients.
     Signed,
+    /// One value of 8 bits with its Prio3 validity proof, to a validated `sum` task.
+    Validated,
 }
 
 /// Submits `count` reports of `length` values, [`CLIENTS`] at a time, round robin over the
@@ -76,7 +81,8 @@ async fn ingest(
         .iter()
         .map(p2p_mpc_node::commands::client::public_key)
         .collect();
-    let task = Arc::new(create_task(http, nodes, length, 1, &public).await?);
+    let validated = kind == Kind::Validated;
+    let task = Arc::new(create_task(http, nodes, length, 1, &public, validated).await?);
     let apis: Arc<Vec<String>> = Arc::new(nodes.iter().map(|n| n.api.clone()).collect());
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let keys = Arc::new(keys);
@@ -92,8 +98,9 @@ async fn ingest(
                 }
                 let (t, keys) = (task.clone(), keys.clone());
                 let report: Report = tokio::task::spawn_blocking(move || {
-                    let values = vec![i as u64; t.params.length as usize];
+                    let values = vec![i as u64 % 256; t.params.length as usize];
                     match kind {
+                        Kind::Validated => prepare_report(&t, &values),
                         Kind::Plain => unsealed_report_for_tests(&t, &values),
                         Kind::Sealed => prepare_report(&t, &values),
                         Kind::Signed => {
@@ -122,7 +129,7 @@ async fn ingest(
 /// 3 collects the sum. Returns seconds from the first submission to the sum (the clients'
 /// reports are built beforehand).
 async fn large_vector(http: &reqwest::Client, nodes: &[Node], length: u32) -> anyhow::Result<f64> {
-    let task = create_task(http, nodes, length, 3, &[]).await?;
+    let task = create_task(http, nodes, length, 3, &[], false).await?;
     let reports: Vec<Value> = (0..3u64)
         .map(|c| {
             let values = vec![c + 1; length as usize];
@@ -242,6 +249,24 @@ pub async fn run(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Vec<Figu
         2.0 * half as f64 / seconds[1],
         "reports/s",
         "same clients, open task (unsigned reports)",
+        2.0 * half as f64 / seconds[0],
+    ));
+    // Validated sums (8 bits, proven) against raw reports of one value, ABBA.
+    let mut seconds = [0.0f64; 2];
+    for validated in [true, false, false, true] {
+        let kind = if validated {
+            Kind::Validated
+        } else {
+            Kind::Sealed
+        };
+        let rate = ingest(&http, &nodes, 1, half, kind).await?;
+        seconds[usize::from(validated)] += half as f64 / rate;
+    }
+    figures.push(Figure::against(
+        format!("aggregation ingest, {CLIENTS} clients in flight, validated sum of 8 bits (Prio3, 5 of 5)"),
+        2.0 * half as f64 / seconds[1],
+        "reports/s",
+        "same clients, raw reports of one value (Shamir, t = 2)",
         2.0 * half as f64 / seconds[0],
     ));
     let length = if quick { 100_000 } else { 1_000_000 };

@@ -251,17 +251,35 @@ pub enum KeysCommand {
     },
 }
 
+/// The input type of a new aggregation task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputKind {
+    Raw,
+    Count,
+    Sum,
+    Histogram,
+}
+
 /// `p2p-mpc aggregate ...`: secure-sum tasks through a node's API.
 #[derive(Debug, Subcommand)]
 pub enum AggregateCommand {
     /// Create a secure-sum task on the participants (POST /v1/aggregations).
     Create {
-        /// Any T + 1 participants open the sum; any T of them learn nothing of an input (at least 1, below the number of participants).
-        #[arg(long, value_name = "T")]
-        threshold: u16,
-        /// Length of every input vector.
-        #[arg(long, value_name = "L")]
-        length: u32,
+        /// What a report holds: `raw` (vectors of field elements, Shamir-shared, unvalidated), or a type whose every report carries a Prio3 validity proof the participants check: `count` (0 or 1), `sum` (0 to 2^bits - 1; --bits), `histogram` (a bucket index; --buckets).
+        #[arg(long = "type", value_enum, default_value_t = InputKind::Raw, value_name = "TYPE")]
+        input: InputKind,
+        /// Bits of a `sum` value (1 to 62).
+        #[arg(long, value_name = "B", required_if_eq("input", "sum"))]
+        bits: Option<u8>,
+        /// Buckets of a `histogram` (2 to 1000).
+        #[arg(long, value_name = "N", required_if_eq("input", "histogram"))]
+        buckets: Option<u32>,
+        /// Any T + 1 participants open the sum; any T of them learn nothing of an input (at least 1, below the number of participants). Required for `raw`; a validated type opens only with all n participants (T = n - 1, the default).
+        #[arg(long, value_name = "T", required_if_eq("input", "raw"))]
+        threshold: Option<u16>,
+        /// Length of every input vector. Required for `raw`; a validated type's is its own (1, or the buckets).
+        #[arg(long, value_name = "L", required_if_eq("input", "raw"))]
+        length: Option<u32>,
         /// Reports needed before the sum can be collected.
         #[arg(long, value_name = "M")]
         min_reports: u64,
@@ -279,12 +297,12 @@ pub enum AggregateCommand {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
-    /// Share a private vector among the task's nodes: checks their signed keys, splits it into Shamir shares, seals each share to its node with HPKE and posts the bundle (POST /v1/aggregations/{id}/reports).
+    /// Share a private vector among the task's nodes: checks their signed keys, splits it into shares (Shamir, or Prio3 with a validity proof for a validated task), seals each share to its node with HPKE and posts the bundle (POST /v1/aggregations/{id}/reports).
     Submit {
         /// The task id.
         #[arg(long, value_name = "TASK_ID")]
         task: String,
-        /// The values, comma-separated integers from 0 to 18446744069414584320.
+        /// The values, comma-separated integers from 0 to 18446744069414584320 (a validated task takes one: the count, the sum's value or the histogram's bucket).
         #[arg(
             long,
             value_name = "V1,V2,...",

@@ -1638,3 +1638,293 @@ async fn only_a_listed_collector_opens_a_batch() {
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["sum"], json!([4, 6]));
 }
+
+/// `p2p-mpc aggregate create` through `api` with `extra` flags; the task it printed.
+fn cli_create(api: &str, nodes: &[NodeProcess], extra: &[&str]) -> Value {
+    let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    let out = Command::new(bin())
+        .args(["aggregate", "create", "--api", api, "--output", "json"])
+        .args(["--participants", &ids.join(",")])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "aggregate create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// `p2p-mpc aggregate submit --values V` of a test-faults client running `fault`.
+fn cli_submit_value(api: &str, task_id: &str, value: &str, fault: &str) -> std::process::Output {
+    Command::new(bin())
+        .args(["aggregate", "submit", "--api", api, "--task", task_id])
+        .args(["--values", value, "--output", "json"])
+        .env("P2P_MPC_TEST_FAULT", fault)
+        .output()
+        .unwrap()
+}
+
+/// A validated `sum` task (8 bits) and a `histogram` task among three nodes: honest reports
+/// sum correctly; a report of 256 made with `forge-report` (proven for 0), a report whose
+/// first share carries a proof made for another value, a histogram report with two ones, and
+/// malformed proofs are refused by the participants and counted, and the sums of the honest
+/// reports are unaffected. The verify key stays among the participants.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validated_reports_are_proven_and_forged_ones_are_refused() {
+    use p2p_mpc_node::mpc::aggregation::validity::{InputType, Validator};
+    let dir = tempdir();
+    let nodes = start_cluster(dir.path(), 3).await;
+    let api = nodes[0].api.clone();
+
+    // A raw threshold does not fit a validated task: refused with the reason.
+    let ids: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
+    let (status, body) = post(
+        &nodes[0],
+        "/v1/aggregations",
+        &json!({"participants": ids, "threshold": 1, "min_reports": 1, "input": {"type": "sum", "bits": 8}}),
+    )
+    .await;
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("leave threshold out"),
+        "{body}"
+    );
+
+    let task = cli_create(
+        &api,
+        &nodes,
+        &["--type", "sum", "--bits", "8", "--min-reports", "3"],
+    );
+    let task_id = task["task_id"].as_str().unwrap().to_string();
+    assert_eq!(task["input"], json!({"type": "sum", "bits": 8}), "{task}");
+    assert_eq!(task["threshold"], 2, "n of n: {task}");
+    assert_eq!(task["length"], 1, "{task}");
+    for node in &nodes {
+        let view = get_task(node, &task_id).await.to_string();
+        assert!(
+            !view.contains("verify_key"),
+            "the API never shows the verify key: {view}"
+        );
+    }
+
+    // Honest reports through the CLI.
+    for value in ["3", "200", "7"] {
+        let out = cli_submit_value(&api, &task_id, value, "");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // A client that refuses to prove an out-of-range value itself says so...
+    let out = cli_submit_value(&api, &task_id, "256", "");
+    assert!(!out.status.success());
+    // ...and one that forges it (proven for 0, shares adding up to 256) is refused by the
+    // participants.
+    let out = cli_submit_value(&api, &task_id, "256", "forge-report");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("invalid_report"),
+        "{stderr}"
+    );
+
+    // A report whose first share (and its proof share) was made for 6, the others for 5.
+    let info: TaskInfo = serde_json::from_value(get_task(&nodes[0], &task_id).await).unwrap();
+    let v = Validator::new(InputType::Sum { bits: 8 }, 3)
+        .unwrap()
+        .unwrap();
+    let rid = new_report_id();
+    let five = v.shard(&task_id, &rid, 5).unwrap();
+    let six = v.shard(&task_id, &rid, 6).unwrap();
+    let mixed = vec![six[0].clone(), five[1].clone(), five[2].clone()];
+    let (status, body) = submit(
+        &nodes[1],
+        &task_id,
+        &seal_shares(&info, &rid, &mixed).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("invalid_report")),
+        "{body}"
+    );
+    // Malformed proofs: random bytes of the right size, and a share whose header lies.
+    let rid = new_report_id();
+    let random: Vec<Vec<u8>> = (0..3)
+        .map(|i| {
+            (0..v.share_bytes())
+                .map(|j| (j * 7 + i * 13 + 1) as u8)
+                .collect()
+        })
+        .collect();
+    let (status, body) = submit(
+        &nodes[2],
+        &task_id,
+        &seal_shares(&info, &rid, &random).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("malformed_report")),
+        "{body}"
+    );
+    let rid = new_report_id();
+    let mut lying = v.shard(&task_id, &rid, 1).unwrap();
+    lying[1][..4].copy_from_slice(&u32::MAX.to_be_bytes());
+    let (status, body) = submit(
+        &nodes[0],
+        &task_id,
+        &seal_shares(&info, &rid, &lying).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("malformed_report")),
+        "{body}"
+    );
+    let message = body["error"].as_str().unwrap();
+    assert!(
+        message.contains("public share"),
+        "says what is wrong: {body}"
+    );
+
+    // The relay that decided each refusal counted it.
+    let mut invalid = 0;
+    for node in &nodes {
+        let page = node.metrics_page().await;
+        invalid += metric(
+            &page,
+            "p2p_mpc_aggregation_shares_total",
+            &[("outcome", "invalid_report")],
+        );
+    }
+    assert_eq!(invalid, 2, "the forged and the mixed report");
+    // The node keeps serving: one more honest report, then the sum of the honest ones.
+    let out = cli_submit_value(&nodes[2].api, &task_id, "40", "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (status, body) = collect(&nodes[1], &task_id).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sum"], json!([250]), "{body}");
+    assert_eq!(body["reports"], 4, "{body}");
+    assert_eq!(
+        body["opened_by"].as_array().unwrap().len(),
+        3,
+        "all n open: {body}"
+    );
+
+    // A histogram: bucket counts; a report with two ones refused.
+    let hist = cli_create(
+        &api,
+        &nodes,
+        &[
+            "--type",
+            "histogram",
+            "--buckets",
+            "4",
+            "--min-reports",
+            "3",
+        ],
+    );
+    let hist_id = hist["task_id"].as_str().unwrap().to_string();
+    assert_eq!(hist["length"], 4, "{hist}");
+    for bucket in ["0", "3", "3"] {
+        let out = cli_submit_value(&api, &hist_id, bucket, "");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let out = cli_submit_value(&api, &hist_id, "2", "forge-report");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("invalid_report"),
+        "{stderr}"
+    );
+    let (status, body) = collect(&nodes[2], &hist_id).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sum"], json!([1, 0, 0, 2]), "{body}");
+
+    // The verify key is on every participant's disk, in the task file only.
+    for node in &nodes {
+        let files = files_under(&dir.path().join(format!("data-{}", node.name)));
+        let holding: Vec<_> = files
+            .iter()
+            .filter(|f| std::fs::read_to_string(f).is_ok_and(|t| t.contains("verify_key")))
+            .collect();
+        assert_eq!(holding.len(), 2, "{}: {holding:?}", node.name);
+    }
+}
+
+/// A relay that skips the proof check (test fault `skip-proof-check`) commits a forged report:
+/// every honest participant decides the proof itself and refuses to add it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_participant_checks_the_proof_a_rogue_relay_commits() {
+    let dir = tempdir();
+    let nodes = cluster_with_one_fault(dir.path(), 2, "Rogue", "skip-proof-check").await;
+    let rogue = &nodes[2];
+    let task = cli_create(
+        &nodes[0].api,
+        &nodes,
+        &["--type", "count", "--min-reports", "1"],
+    );
+    let task_id = task["task_id"].as_str().unwrap().to_string();
+    // An honest report through the rogue relay is taken everywhere.
+    let out = cli_submit_value(&rogue.api, &task_id, "1", "");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A forged count of 5 through the rogue relay: it commits it, the honest nodes refuse it.
+    let out = cli_submit_value(&rogue.api, &task_id, "5", "forge-report");
+    assert!(
+        out.status.success(),
+        "the rogue relay says it took it: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for node in &nodes[..2] {
+        wait_for(
+            "the honest node to count the refusal",
+            Duration::from_secs(20),
+            || async {
+                let page = node.metrics_page().await;
+                match metric(
+                    &page,
+                    "p2p_mpc_aggregation_shares_total",
+                    &[("outcome", "invalid_report")],
+                ) {
+                    1 => Ok(()),
+                    n => Err(format!("{n}")),
+                }
+            },
+        )
+        .await;
+        assert_eq!(
+            get_task(node, &task_id).await["reports_here"],
+            1,
+            "{}",
+            node.name
+        );
+        assert!(
+            node.stderr_lines()
+                .iter()
+                .any(|l| l.contains("validity proof does not hold here")),
+            "{} says so",
+            node.name
+        );
+    }
+    assert_eq!(get_task(rogue, &task_id).await["reports_here"], 2);
+    // No set that every participant froze holds the forged report: it is never opened.
+    let (status, body) = collect(&nodes[0], &task_id).await;
+    assert_ne!(status, 200, "{body}");
+}

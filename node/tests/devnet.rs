@@ -84,7 +84,10 @@ fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
     }
     let text = lines.lock().unwrap().join("\n");
     assert!(
-        text.contains("verified against the group public key") && text.contains("the sum matches"),
+        text.contains("verified against the group public key")
+            && text.contains("the sum matches")
+            && text.contains("tried to count 5 with a forged proof: refused")
+            && text.contains("the count matches"),
         "{text}"
     );
     assert_eq!(text.matches("  node ").count(), 3, "{text}");

@@ -24,10 +24,17 @@ pub struct CreateAggregationRequest {
     /// every connected peer that speaks MPC).
     #[serde(default)]
     pub participants: Option<Vec<String>>,
-    /// t: any t + 1 participants open the sum, any t learn nothing.
-    pub threshold: u16,
-    /// Vector length L.
-    pub length: u32,
+    /// t: any t + 1 participants open the sum, any t learn nothing. Required for `raw`; a
+    /// validated input is n of n (t = n − 1, the default).
+    #[serde(default)]
+    pub threshold: Option<u16>,
+    /// Vector length L. Required for `raw`; a validated input's own (1, or the buckets).
+    #[serde(default)]
+    pub length: Option<u32>,
+    /// What a report holds: `{"type": "raw"}` (the default), `{"type": "count"}`,
+    /// `{"type": "sum", "bits": B}` or `{"type": "histogram", "buckets": N}`.
+    #[serde(default)]
+    pub input: crate::mpc::aggregation::validity::InputType,
     /// Field modulus; only 18446744069414584321 (prio's Field64) is supported.
     #[serde(default)]
     pub modulus: Option<u64>,
@@ -71,6 +78,7 @@ pub(super) async fn create(
         participants,
         threshold: req.threshold,
         length: req.length,
+        input: req.input,
         modulus: req.modulus,
         min_reports: req.min_reports,
         clients: req.clients,

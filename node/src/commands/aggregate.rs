@@ -11,8 +11,8 @@ use serde_json::{Value, json};
 use crate::api::client::{ApiClient, ClientError, encode_segment};
 use crate::cli::{AggregateCommand, OutputFormat};
 use crate::mpc::aggregation::client::{
-    check_min_threshold, check_pinned, parse_pinned, parse_values, prepare_report, sign_report,
-    verify_task,
+    check_min_threshold, check_pinned, parse_pinned, parse_values, prepare_report_with,
+    sign_report, verify_task,
 };
 use crate::mpc::aggregation::store::TaskInfo;
 
@@ -20,6 +20,9 @@ use crate::mpc::aggregation::store::TaskInfo;
 pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), ClientError> {
     match command {
         AggregateCommand::Create {
+            input,
+            bits,
+            buckets,
             threshold,
             length,
             min_reports,
@@ -29,11 +32,21 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
             output,
             ..
         } => {
-            let mut body = json!({
-                "threshold": threshold,
-                "length": length,
-                "min_reports": min_reports,
-            });
+            let mut body = json!({ "min_reports": min_reports });
+            if let Some(t) = threshold {
+                body["threshold"] = json!(t);
+            }
+            if let Some(l) = length {
+                body["length"] = json!(l);
+            }
+            body["input"] = match input {
+                crate::cli::InputKind::Raw => json!({"type": "raw"}),
+                crate::cli::InputKind::Count => json!({"type": "count"}),
+                crate::cli::InputKind::Sum => json!({"type": "sum", "bits": bits}),
+                crate::cli::InputKind::Histogram => {
+                    json!({"type": "histogram", "buckets": buckets})
+                }
+            };
             if !participants.is_empty() {
                 body["participants"] = json!(participants);
             }
@@ -99,8 +112,13 @@ pub async fn run(client: ApiClient, command: AggregateCommand) -> Result<(), Cli
                     "task {task} takes only reports signed by one of its clients: give --client-key FILE"
                 )));
             }
+            // The test-only `forge-report` fault (test-faults builds): prove one value, share
+            // another, so that tests exercise the participants' check of the proof.
+            let forge = crate::mpc::faults::Faults::from_env()
+                .map_err(ClientError::Decode)?
+                .forge_report;
             let report = tokio::task::spawn_blocking(move || {
-                let mut report = prepare_report(&info, &values)?;
+                let mut report = prepare_report_with(&info, &values, forge)?;
                 if let Some(key) = &signer {
                     sign_report(&info, &mut report, key)?;
                 }
@@ -209,8 +227,22 @@ fn print(output: OutputFormat, json: &Value, table: impl FnOnce() -> String) {
 
 fn task_table(task: &Value) -> String {
     let keys = task["keys"].as_array().cloned().unwrap_or_default();
+    let input = match task["input"]["type"].as_str() {
+        None | Some("raw") => "raw (unvalidated vectors, Shamir-shared)".to_string(),
+        Some("sum") => format!(
+            "sum of {} bits (each report proven valid; Prio3, all participants open)",
+            text_of(&task["input"]["bits"])
+        ),
+        Some("histogram") => format!(
+            "histogram of {} buckets (each report proven valid; Prio3, all participants open)",
+            text_of(&task["input"]["buckets"])
+        ),
+        Some(other) => {
+            format!("{other} (each report proven valid; Prio3, all participants open)")
+        }
+    };
     let mut out = format!(
-        "task id:     {}\nthreshold:   {} (any {} of {} nodes open the sum)\nlength:      {}\nmin reports: {}\nmodulus:     {}\n{:<54}  HPKE PUBLIC KEY\n",
+        "task id:     {}\ninput:       {input}\nthreshold:   {} (any {} of {} nodes open the sum)\nlength:      {}\nmin reports: {}\nmodulus:     {}\n{:<54}  HPKE PUBLIC KEY\n",
         text_of(&task["task_id"]),
         text_of(&task["threshold"]),
         task["threshold"].as_u64().unwrap_or(0) + 1,

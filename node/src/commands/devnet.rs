@@ -463,6 +463,66 @@ async fn aggregation_demo(nodes: &[DevnetNode], threshold: u16) -> Result<(), De
         )));
     }
     println!("  task {task_id}: sum {sum:?} of 3 reports; the sum matches, no node saw an input");
+    validated_count_demo(nodes).await
+}
+
+/// A count whose every report is proven to be 0 or 1 (Prio3): four clients, one of which
+/// tries to count 5 with a forged report that every node refuses.
+async fn validated_count_demo(nodes: &[DevnetNode]) -> Result<(), DevnetError> {
+    use crate::mpc::aggregation::client::{prepare_report, prepare_report_with, verify_task};
+    use crate::mpc::aggregation::store::TaskInfo;
+    let n = nodes.len();
+    let participants: Vec<&str> = nodes.iter().map(|x| x.peer_id.as_str()).collect();
+    println!(
+        "creating a validated count on node 0 (each report proven to be 0 or 1, all {n} nodes open the count, 3 reports needed)..."
+    );
+    let c0 = client(&nodes[0])?;
+    let body = json!({"participants": participants, "input": {"type": "count"}, "min_reports": 3});
+    let task: TaskInfo = c0
+        .post("v1/aggregations", &body)
+        .await
+        .map_err(|e| DevnetError::Demo(format!("creating the validated count failed: {e}")))?;
+    verify_task(&task).map_err(DevnetError::Demo)?;
+    let task_id = task.params.task_id.clone();
+    for (i, value) in [1u64, 0, 1].iter().enumerate() {
+        let node = &nodes[i % n];
+        let report = prepare_report(&task, &[*value]).map_err(DevnetError::Demo)?;
+        let body = serde_json::to_value(&report).map_err(|e| DevnetError::Demo(e.to_string()))?;
+        client(node)?
+            .post::<Value>(&format!("v1/aggregations/{task_id}/reports"), &body)
+            .await
+            .map_err(|e| DevnetError::Demo(format!("submitting a count failed: {e}")))?;
+        println!("  client {i} counted {value}, with a proof that it is 0 or 1");
+    }
+    // A client that shares 5 behind a proof made for 0.
+    let forged = prepare_report_with(&task, &[5], true).map_err(DevnetError::Demo)?;
+    let body = serde_json::to_value(&forged).map_err(|e| DevnetError::Demo(e.to_string()))?;
+    match client(&nodes[n - 1])?
+        .post::<Value>(&format!("v1/aggregations/{task_id}/reports"), &body)
+        .await
+    {
+        Ok(_) => {
+            return Err(DevnetError::Demo(
+                "a forged count of 5 was taken; every node must refuse it".into(),
+            ));
+        }
+        Err(e) => println!("  client 3 tried to count 5 with a forged proof: refused ({e})"),
+    }
+    let answer: Value = c0
+        .post(&format!("v1/aggregations/{task_id}/collect"), &json!({}))
+        .await
+        .map_err(|e| DevnetError::Demo(format!("collecting the count failed: {e}")))?;
+    let sum: Vec<u64> = serde_json::from_value(answer["sum"].clone())
+        .map_err(|e| DevnetError::Demo(format!("unexpected collect answer: {e}")))?;
+    if sum != [2] {
+        return Err(DevnetError::Demo(format!(
+            "the count is {sum:?}, expected [2]"
+        )));
+    }
+    println!(
+        "  task {task_id}: count {} of 3 proven reports; the count matches",
+        sum[0]
+    );
     Ok(())
 }
 

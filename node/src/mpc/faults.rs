@@ -66,6 +66,12 @@ pub struct Faults {
     /// Release a share sum one off in its first value (a compromised opener): the collector
     /// must notice with the share sum of one more participant.
     pub wrong_share_sum: bool,
+    /// `aggregate submit` proves one value and shares another (a forging client): the
+    /// participants must refuse the report.
+    pub forge_report: bool,
+    /// A relay of a validated task's reports takes every proof as valid and commits the
+    /// report (a compromised relay): every other participant must decide it itself.
+    pub skip_proof_check: bool,
     /// A file that partitions the MPC network ([`PARTITION_ENV`]), read at every message.
     pub partition_file: Option<std::path::PathBuf>,
 }
@@ -128,6 +134,8 @@ impl Faults {
                 "no-policy-catch-up-at-start" => f.no_policy_catch_up_at_start = true,
                 "front-run-signing" => f.front_run_signing = true,
                 "commit-without-quorum" => f.commit_without_quorum = true,
+                "forge-report" => f.forge_report = true,
+                "skip-proof-check" => f.skip_proof_check = true,
                 "collect-ignores-min-reports" => f.collect_ignores_min_reports = true,
                 "wrong-share-sum" => f.wrong_share_sum = true,
                 other => return Err(format!("{FAULT_ENV}: unknown fault `{other}`")),

@@ -95,6 +95,10 @@ where
     bounded(d, MAX_BATCH_ITEMS)
 }
 
+/// The verifier shares of one report, one per participant (empty: the report is dropped).
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifierSet(#[serde(deserialize_with = "peer_list")] pub Vec<Blob>);
+
 /// A session id: 16 random bytes, shown as 32 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct SessionId(pub [u8; 16]);
@@ -236,8 +240,13 @@ pub enum Body {
         hpke_public_key: Vec<u8>,
         signature: Vec<u8>,
     },
-    /// Coordinator → participants: everyone accepted; store the task with these keys (JSON).
-    AggTaskCommit { keys: Vec<u8> },
+    /// Coordinator → participants: everyone accepted; store the task with these keys (JSON)
+    /// and, for a validated task, its Prio3 verify key (32 bytes; empty for a raw task).
+    AggTaskCommit {
+        keys: Vec<u8>,
+        #[serde(default)]
+        verify_key: Vec<u8>,
+    },
     /// Participant → coordinator: the task is stored (pending: takes no reports yet).
     AggTaskStored,
     /// Coordinator → participants: every participant stored the task; it is active.
@@ -311,17 +320,25 @@ pub enum Body {
     },
     /// Owner → relay: per share of the batch, accepted (`None`) or why not (code, message);
     /// `batch`: the task batch the owner takes reports into.
+    /// On a validated task, `verifiers` holds the owner's Prio3 verifier share of each
+    /// report (empty for a refused one).
     AggBatchVerdict {
         #[serde(deserialize_with = "batch_list")]
         rejected: Vec<Option<(String, String)>>,
         batch: u64,
+        #[serde(default, deserialize_with = "batch_list")]
+        verifiers: Vec<Blob>,
     },
     /// Relay → owners: per report of the batch, add the share (`true`) or drop it; the
-    /// added ones go to task batch `batch`.
+    /// added ones go to task batch `batch`. On a validated task, `verifiers` holds every
+    /// participant's verifier share of each committed report (each owner decides the proof
+    /// itself before it adds anything).
     AggBatchCommit {
         #[serde(deserialize_with = "batch_list")]
         commits: Vec<bool>,
         batch: u64,
+        #[serde(default, deserialize_with = "batch_list")]
+        verifiers: Vec<VerifierSet>,
     },
     /// Owner → relay: the committed shares of the batch are in the persisted sum.
     AggBatchStored,

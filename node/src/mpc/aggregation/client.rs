@@ -179,9 +179,49 @@ pub fn sign_report(
 
 /// Builds a report of `values` for `task` (which must have passed [`verify_task`]): checks
 /// length and range, splits into Shamir shares, seals share i to participant i.
+/// A validated task takes one value (a count's 0 or 1, a sum's value, a histogram's
+/// bucket), sharded and proven with Prio3.
 pub fn prepare_report(task: &TaskInfo, values: &[u64]) -> Result<Report, String> {
-    let plaintexts = share_values(task, values)?;
-    seal_shares(task, &new_report_id(), &plaintexts)
+    prepare_report_with(task, values, false)
+}
+
+/// Like [`prepare_report`]; with `forge` (the test-only `forge-report` fault of a client), a
+/// validated task's report proves 0 (bucket 0 for a histogram) while its shares add up to
+/// the given value (a histogram: one more 1, in the given bucket), so that only the
+/// participants' check of the proof can refuse it.
+pub fn prepare_report_with(task: &TaskInfo, values: &[u64], forge: bool) -> Result<Report, String> {
+    let report_id = new_report_id();
+    let p = &task.params;
+    let plaintexts = match super::validity::Validator::new(p.input, p.participants.len())? {
+        None if forge => {
+            return Err(format!(
+                "task {} takes raw input; a forged report needs a validated task",
+                p.task_id
+            ));
+        }
+        None => share_values(task, values)?,
+        Some(v) => {
+            let [value] = values else {
+                return Err(format!(
+                    "task {} takes one {} value per report; got {}",
+                    p.task_id,
+                    p.input.name(),
+                    values.len()
+                ));
+            };
+            if forge {
+                let (index, delta) = match p.input {
+                    super::validity::InputType::Histogram { .. } => (*value as usize, 1),
+                    _ => (0, *value),
+                };
+                v.shard_forged(&p.task_id, &report_id, 0, Some((index, delta)))?
+            } else {
+                v.shard(&p.task_id, &report_id, *value)
+                    .map_err(|e| format!("task {} ({}): {e}", p.task_id, p.input.name()))?
+            }
+        }
+    };
+    seal_shares(task, &report_id, &plaintexts)
 }
 
 /// Checks `values` against the task and splits them into encoded shares, one per participant.
@@ -266,6 +306,7 @@ mod tests {
                 created_by: None,
                 clients: Vec::new(),
                 collectors: Vec::new(),
+                input: Default::default(),
             },
             keys: Vec::<ParticipantKey>::new(),
         }

@@ -10,6 +10,7 @@ use tracing::{debug, info, warn};
 use super::encryption;
 use super::shares;
 use super::store::{ParticipantKey, TaskInfo, TaskParams};
+use super::validity::VERIFY_KEY_BYTES;
 use super::{AggError, CreateTask, check_params, now, sha256};
 use crate::mpc::session::{SessionError, SessionInbox};
 use crate::mpc::wire::{Body, Protocol, SessionId};
@@ -30,17 +31,39 @@ impl MpcEngine {
             return Err(AggError::bad("a participant is listed twice"));
         }
         participants.sort();
+        let n = participants.len();
+        let (threshold, length) = if request.input.validated() {
+            (
+                request
+                    .threshold
+                    .unwrap_or(u16::try_from(n.saturating_sub(1)).unwrap_or(u16::MAX)),
+                request
+                    .length
+                    .or(request.input.output_len())
+                    .unwrap_or_default(),
+            )
+        } else {
+            (
+                request.threshold.ok_or_else(|| {
+                    AggError::bad("threshold is required for raw input (t + 1 of n open the sum)")
+                })?,
+                request
+                    .length
+                    .ok_or_else(|| AggError::bad("length is required for raw input"))?,
+            )
+        };
         let params = TaskParams {
             task_id: SessionId::random().to_string(),
             participants,
-            threshold: request.threshold,
-            length: request.length,
+            threshold,
+            length,
             modulus: request.modulus.unwrap_or(shares::MODULUS),
             min_reports: request.min_reports,
             created_at: now(),
             created_by: Some(local.to_string()),
             clients: request.clients,
             collectors: request.collectors,
+            input: request.input,
         };
         let peers = check_params(local, &params).map_err(AggError::bad)?;
         self.check_task_cap(&local)
@@ -118,7 +141,17 @@ impl MpcEngine {
             }
             let keys_bytes =
                 serde_json::to_vec(&keys).map_err(|e| SessionError::failed(e.to_string()))?;
-            let commit = Body::AggTaskCommit { keys: keys_bytes };
+            // A validated task's verify key: drawn here, sent to the participants inside the
+            // commit (the MPC channel is encrypted and authenticated), never to a client.
+            let verify_key = params.input.validated().then(|| {
+                let mut k = [0u8; VERIFY_KEY_BYTES];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut k);
+                k
+            });
+            let commit = Body::AggTaskCommit {
+                keys: keys_bytes,
+                verify_key: verify_key.map(|k| k.to_vec()).unwrap_or_default(),
+            };
             engine
                 .broadcast_round(&mut inbox, &others, &commit, "the task commit")
                 .await?;
@@ -127,7 +160,7 @@ impl MpcEngine {
             let store = &engine.agg().store;
             let task_id = info.params.task_id.clone();
             let pending = store
-                .insert_pending(info.clone(), index)
+                .insert_pending(info.clone(), index, verify_key)
                 .await
                 .map_err(|e| SessionError::failed(format!("cannot store the task: {e}")))?;
             let stored = inbox
@@ -255,11 +288,31 @@ impl MpcEngine {
         let timeout = self.inner.round_timeout;
         let commit = inbox
             .collect("aggregation task commit", &[from], timeout, |b| match b {
-                Body::AggTaskCommit { keys } => Some(keys.clone()),
+                Body::AggTaskCommit { keys, verify_key } => {
+                    Some((keys.clone(), verify_key.clone()))
+                }
                 _ => None,
             })
             .await?;
-        let keys: Vec<ParticipantKey> = serde_json::from_slice(&commit[&from])
+        let (keys, verify_key) = &commit[&from];
+        let verify_key = match (params.input.validated(), verify_key.len()) {
+            (false, 0) => None,
+            (true, VERIFY_KEY_BYTES) => {
+                let mut k = [0u8; VERIFY_KEY_BYTES];
+                k.copy_from_slice(verify_key);
+                Some(k)
+            }
+            (validated, len) => {
+                return Err(SessionError::blame(
+                    vec![from],
+                    format!(
+                        "the task commit carries a {len}-byte verify key for a {} task",
+                        if validated { "validated" } else { "raw" }
+                    ),
+                ));
+            }
+        };
+        let keys: Vec<ParticipantKey> = serde_json::from_slice(keys)
             .map_err(|e| SessionError::blame(vec![from], format!("malformed task keys: {e}")))?;
         if keys.len() != peers.len()
             || keys
@@ -296,7 +349,7 @@ impl MpcEngine {
         let task_id = info.params.task_id.clone();
         let pending = agg
             .store
-            .insert_pending(info, index)
+            .insert_pending(info, index, verify_key)
             .await
             .map_err(|e| SessionError::failed(format!("cannot store the task: {e}")))?;
         let activated = async {

@@ -55,6 +55,7 @@ async fn cluster(n: usize, t: u16, length: u32, min_reports: u64) -> (Vec<Node>,
             created_by: None,
             clients: Vec::new(),
             collectors: Vec::new(),
+            input: Default::default(),
         },
         keys: identities
             .iter()

@@ -30,6 +30,7 @@ mod in_memory;
 pub mod relay;
 pub mod shares;
 pub mod store;
+pub mod validity;
 
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -136,6 +137,7 @@ impl AggError {
             "bad_ciphertext" => (400, "bad_ciphertext"),
             "wrong_length" => (400, "wrong_length"),
             "value_out_of_field" => (400, "value_out_of_field"),
+            "malformed_report" => (400, "malformed_report"),
             "unknown_task" => (404, "unknown_task"),
             _ => (400, "invalid_report"),
         };
@@ -147,8 +149,11 @@ impl AggError {
 #[derive(Debug, Clone)]
 pub struct CreateTask {
     pub participants: Vec<PeerId>,
-    pub threshold: u16,
-    pub length: u32,
+    /// Required for raw input; validated input: n − 1 when absent (and only that).
+    pub threshold: Option<u16>,
+    /// Required for raw input; validated input: its own length when absent (and only that).
+    pub length: Option<u32>,
+    pub input: validity::InputType,
     pub modulus: Option<u64>,
     pub min_reports: u64,
     /// Client public keys (hex); empty: an open task.
@@ -247,6 +252,15 @@ pub(crate) fn is_hex_id(s: &str) -> bool {
             .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
 }
 
+/// The share length, in 8-byte elements, that bounds a report of task `p`: the vector length
+/// of a raw task, the (padded) Prio3 share of a validated one.
+pub fn report_length(p: &TaskParams) -> Result<u32, String> {
+    match validity::Validator::new(p.input, p.participants.len())? {
+        None => Ok(p.length),
+        Some(v) => Ok(v.share_bytes().div_ceil(shares::ELEMENT_BYTES) as u32),
+    }
+}
+
 /// Checks task parameters on a node that is to hold the task; `Ok` holds the sorted
 /// participants.
 pub fn check_params(local: PeerId, p: &TaskParams) -> Result<Vec<PeerId>, String> {
@@ -293,7 +307,33 @@ pub fn check_shape(p: &TaskParams) -> Result<Vec<PeerId>, String> {
             p.length
         ));
     }
-    let report = report_json_bytes(n, p.length);
+    if p.input.validated() {
+        p.input.check()?;
+        if n > validity::MAX_VALIDATED_PARTICIPANTS {
+            return Err(format!(
+                "{n} participants: a validated task ({}) has at most {}",
+                p.input.name(),
+                validity::MAX_VALIDATED_PARTICIPANTS
+            ));
+        }
+        if usize::from(p.threshold) != n - 1 {
+            return Err(format!(
+                "threshold {} does not fit a validated task ({}): its reports are Prio3 shares that open only with all {n} participants (t = {}); leave threshold out",
+                p.threshold,
+                p.input.name(),
+                n - 1
+            ));
+        }
+        if Some(p.length) != p.input.output_len() {
+            return Err(format!(
+                "length {} does not fit input {}: its sum has {} values; leave length out",
+                p.length,
+                p.input.name(),
+                p.input.output_len().unwrap_or(0)
+            ));
+        }
+    }
+    let report = report_json_bytes(n, report_length(p)?);
     if report > MAX_REPORT_BYTES {
         return Err(format!(
             "{n} participants × length {} make reports of {} MiB; at most {} MiB (use fewer participants or a shorter vector)",
@@ -378,7 +418,7 @@ impl MpcEngine {
             .get(task_id)
             .ok_or_else(|| AggError::unknown_task(task_id))?;
         let shape =
-            relay::core::TaskShape::of(&task.info, self.inner.local).map_err(AggError::internal)?;
+            relay::core::TaskShape::of_task(&task, self.inner.local).map_err(AggError::internal)?;
         Ok((task, shape))
     }
 
@@ -390,7 +430,11 @@ impl MpcEngine {
             .get(task_id)
             .ok_or_else(|| AggError::unknown_task(task_id))?;
         let p = &task.info.params;
-        Ok((p.participants.len(), p.length))
+        let length = match &task.validation {
+            Some((v, _)) => v.share_bytes().div_ceil(shares::ELEMENT_BYTES) as u32,
+            None => p.length,
+        };
+        Ok((p.participants.len(), length))
     }
 
     /// Counts a client report refused before it reached [`submit_report`](Self::submit_report).
@@ -434,6 +478,7 @@ mod tests {
             created_by: None,
             clients: Vec::new(),
             collectors: Vec::new(),
+            input: Default::default(),
         };
         (local, p)
     }

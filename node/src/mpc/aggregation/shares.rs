@@ -136,6 +136,26 @@ pub fn open_checked(
     Ok((reconstruct(base)?, !extra.is_empty()))
 }
 
+/// Adds additive shares (a validated task's Prio3 share sums): exactly one from each of the
+/// `n` participants.
+pub fn add_all(shares: &[(usize, Vec<Field>)], n: usize) -> Result<Vec<Field>, ShareError> {
+    let mut indexes: Vec<usize> = shares.iter().map(|(i, _)| *i).collect();
+    indexes.sort_unstable();
+    indexes.dedup();
+    if shares.len() != n || indexes.len() != n {
+        return Err(ShareError::Parameters(format!(
+            "additive shares open only with one share sum from each of the {n} participants; got {} from {} participants",
+            shares.len(),
+            indexes.len()
+        )));
+    }
+    let mut sum = shares[0].1.clone();
+    for (_, s) in &shares[1..] {
+        add_assign(&mut sum, s)?;
+    }
+    Ok(sum)
+}
+
 /// The shared polynomial, through the given shares, evaluated at `x`.
 fn interpolate_at(shares: &[(usize, Vec<Field>)], x: Field) -> Result<Vec<Field>, ShareError> {
     let Some((_, first)) = shares.first() else {

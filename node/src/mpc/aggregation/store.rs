@@ -28,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::shares::{self, Field};
+use super::validity::{InputType, VERIFY_KEY_BYTES, Validator};
 
 const PENDING_SUFFIX: &str = ".pending.json";
 
@@ -65,6 +66,14 @@ pub struct TaskParams {
     /// checks a collect's signature before it answers. Empty: anyone may collect.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub collectors: Vec<String>,
+    /// What a report holds: `raw` (Shamir-shared vectors, unvalidated) or a validated type
+    /// whose reports carry a Prio3 validity proof (`count`, `sum`, `histogram`).
+    #[serde(default, skip_serializing_if = "is_raw")]
+    pub input: InputType,
+}
+
+fn is_raw(input: &InputType) -> bool {
+    *input == InputType::Raw
 }
 
 /// One participant's published encryption key.
@@ -93,6 +102,10 @@ pub struct TaskInfo {
 struct TaskFile {
     format: u32,
     task: TaskInfo,
+    /// The Prio3 verify key of a validated task (hex): shared by the participants, never
+    /// shown to clients or by the API.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    verify_key: Option<String>,
 }
 
 /// The state file of format 1: one report set per task.
@@ -278,6 +291,8 @@ pub struct TaskEntry {
     pub info: TaskInfo,
     /// This node's participant index.
     pub index: usize,
+    /// A validated task's Prio3 instance and verify key.
+    pub validation: Option<(Arc<Validator>, [u8; VERIFY_KEY_BYTES])>,
     /// Held across the state file write so that writes land in order (one per group commit).
     pub state: tokio::sync::Mutex<TaskState>,
     /// Accepted and in-flight report ids, so a replay is refused before it is decrypted.
@@ -315,7 +330,13 @@ pub fn report_set_digest(ids: &BTreeSet<String>) -> [u8; 32] {
 }
 
 impl TaskEntry {
-    fn new(info: TaskInfo, index: usize, state: TaskState, state_path: PathBuf) -> Self {
+    fn new(
+        info: TaskInfo,
+        index: usize,
+        validation: Option<(Arc<Validator>, [u8; VERIFY_KEY_BYTES])>,
+        state: TaskState,
+        state_path: PathBuf,
+    ) -> Self {
         let seen = state
             .batches
             .values()
@@ -323,6 +344,7 @@ impl TaskEntry {
             .collect();
         Self {
             index,
+            validation,
             seen: Mutex::new(seen),
             in_flight: Mutex::new(HashMap::new()),
             current: AtomicU64::new(state.current),
@@ -756,6 +778,7 @@ impl AggregationStore {
         &self,
         info: TaskInfo,
         index: usize,
+        verify_key: Option<[u8; VERIFY_KEY_BYTES]>,
     ) -> Result<TaskEntry, TaskStoreError> {
         let task_id = info.params.task_id.clone();
         if self.get(&task_id).is_some() {
@@ -763,16 +786,18 @@ impl AggregationStore {
                 "task {task_id} exists already"
             )));
         }
+        let validation = validation_of(&info, verify_key).map_err(TaskStoreError::Other)?;
         let state = TaskState {
             current: 0,
             batches: BTreeMap::new(),
         };
         let state_path = self.dir.join(format!("{task_id}.state.json"));
-        let entry = TaskEntry::new(info.clone(), index, state.clone(), state_path);
+        let entry = TaskEntry::new(info.clone(), index, validation, state.clone(), state_path);
         entry.persist(&state).await?;
         let bytes = serde_json::to_vec_pretty(&TaskFile {
             format: TASK_FILE_FORMAT,
             task: info,
+            verify_key: verify_key.map(hex::encode),
         })
         .map_err(|e| TaskStoreError::Other(e.to_string()))?;
         let path = self.pending_path(&task_id);
@@ -824,7 +849,13 @@ impl AggregationStore {
         info: TaskInfo,
         index: usize,
     ) -> Result<Arc<TaskEntry>, TaskStoreError> {
-        let entry = self.insert_pending(info, index).await?;
+        // A validated task gets a fixed verify key here.
+        let key = info
+            .params
+            .input
+            .validated()
+            .then_some([9; VERIFY_KEY_BYTES]);
+        let entry = self.insert_pending(info, index, key).await?;
         self.activate(entry).await
     }
 }
@@ -847,7 +878,42 @@ fn load_task(dir: &Path, task_id: &str, local_peer: &str) -> Result<TaskEntry, S
     let bytes = fs::read(&state_path).map_err(|e| format!("{}: {e}", state_path.display()))?;
     let state = parse_state(&bytes, file.task.params.length as usize)
         .map_err(|e| format!("{}: {e}", state_path.display()))?;
-    Ok(TaskEntry::new(file.task, index, state, state_path))
+    let key = match &file.verify_key {
+        None => None,
+        Some(h) => Some(
+            hex::decode(h)
+                .ok()
+                .and_then(|b| <[u8; VERIFY_KEY_BYTES]>::try_from(b.as_slice()).ok())
+                .ok_or("the verify key is not 32 bytes of hex")?,
+        ),
+    };
+    let validation = validation_of(&file.task, key)?;
+    Ok(TaskEntry::new(
+        file.task, index, validation, state, state_path,
+    ))
+}
+
+/// The Prio3 instance and verify key of a validated task; a validated task without a key,
+/// or a raw task with one, is refused.
+#[allow(clippy::type_complexity)]
+pub fn validation_of(
+    info: &TaskInfo,
+    key: Option<[u8; VERIFY_KEY_BYTES]>,
+) -> Result<Option<(Arc<Validator>, [u8; VERIFY_KEY_BYTES])>, String> {
+    let validator = Validator::new(info.params.input, info.params.participants.len())?;
+    match (validator, key) {
+        (None, None) => Ok(None),
+        (Some(v), Some(k)) => Ok(Some((Arc::new(v), k))),
+        (Some(_), None) => Err(format!(
+            "task {} is validated ({}) but has no verify key",
+            info.params.task_id,
+            info.params.input.name()
+        )),
+        (None, Some(_)) => Err(format!(
+            "task {} takes raw reports but came with a verify key",
+            info.params.task_id
+        )),
+    }
 }
 
 fn parse_digest(h: &str) -> Result<[u8; 32], String> {
@@ -955,6 +1021,7 @@ mod tests {
                 created_by: Some("me".into()),
                 clients: Vec::new(),
                 collectors: Vec::new(),
+                input: Default::default(),
             },
             keys: vec![],
         }
@@ -984,8 +1051,14 @@ mod tests {
     async fn pending_tasks_take_no_reports_and_are_never_reloaded() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = AggregationStore::open(dir.path(), "me").unwrap();
-        let pending = store.insert_pending(task_info("p1", 2), 0).await.unwrap();
-        store.insert_pending(task_info("p2", 2), 0).await.unwrap();
+        let pending = store
+            .insert_pending(task_info("p1", 2), 0, None)
+            .await
+            .unwrap();
+        store
+            .insert_pending(task_info("p2", 2), 0, None)
+            .await
+            .unwrap();
         assert!(store.get("p1").is_none(), "a pending task is not visible");
         assert_eq!(store.count_created_by("me"), 0);
         store.activate(pending).await.unwrap();
@@ -998,7 +1071,10 @@ mod tests {
         );
         assert!(!store.dir().join("p2.state.json").exists());
         assert!(again.get("p1").is_some() && again.get("p2").is_none());
-        store.insert_pending(task_info("p3", 2), 0).await.unwrap();
+        store
+            .insert_pending(task_info("p3", 2), 0, None)
+            .await
+            .unwrap();
         store.discard_pending("p3").await.unwrap();
         assert!(!store.dir().join("p3.pending.json").exists());
         assert!(!store.dir().join("p3.state.json").exists());

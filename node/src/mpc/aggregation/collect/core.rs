@@ -1112,6 +1112,7 @@ mod tests {
                 created_by: None,
                 clients: Vec::new(),
                 collectors: Vec::new(),
+                input: Default::default(),
             },
             keys: keys
                 .iter()

@@ -439,11 +439,20 @@ impl MpcEngine {
         let opened = opening.finish(own_sum)?;
         let points = opened.points;
         let t = usize::from(task.info.params.threshold);
-        let (sum, cross_checked) =
-            tokio::task::spawn_blocking(move || shares::open_checked(&points, t))
-                .await
-                .map_err(|e| SessionError::failed(e.to_string()))?
-                .map_err(|e| SessionError::failed(e.to_string()))?;
+        let n = task.info.params.participants.len();
+        let additive = task.validation.is_some();
+        let (sum, cross_checked) = tokio::task::spawn_blocking(move || {
+            // A validated task's share sums are additive Prio3 shares: all n add up to the
+            // sum (there is no spare to cross-check with).
+            if additive {
+                shares::add_all(&points, n).map(|s| (s, false))
+            } else {
+                shares::open_checked(&points, t)
+            }
+        })
+        .await
+        .map_err(|e| SessionError::failed(e.to_string()))?
+        .map_err(|e| SessionError::failed(e.to_string()))?;
         task.mark_collected(batch)
             .await
             .map_err(|e| SessionError::failed(e.to_string()))?;
@@ -528,7 +537,7 @@ impl MpcEngine {
             info!(%task_id, batch, collector = %from, reason = %m, "collect refused");
             InviteRefusal::Other(m)
         })?;
-        let shape = TaskShape::of(&task.info, self.inner.local).map_err(InviteRefusal::Other)?;
+        let shape = TaskShape::of_task(&task, self.inner.local).map_err(InviteRefusal::Other)?;
         let signers = Signers::of(&task.info, batch).map_err(InviteRefusal::Other)?;
         let participant = Participant::new(from, shape, signers, task.info.params.min_reports);
         self.spawn_participant(

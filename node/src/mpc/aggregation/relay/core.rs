@@ -28,7 +28,8 @@ use libp2p::PeerId;
 use super::super::answers::Answers;
 use super::super::encryption::{self, EncryptionKey};
 use super::super::shares::{self, Field};
-use super::super::store::TaskInfo;
+use super::super::store::{TaskEntry, TaskInfo};
+use super::super::validity::Validator;
 use super::super::{TAG_BYTES, is_hex_id};
 use crate::mpc::chunks::{CHUNK_BYTES, ChunkAssembly};
 use crate::mpc::parse_peers;
@@ -147,11 +148,32 @@ pub struct TaskShape {
     pub local: PeerId,
     /// The task's client keys (hex); empty: an open task.
     pub clients: Vec<String>,
+    /// The Prio3 instance of a validated task (its reports carry validity proofs).
+    pub validator: Option<std::sync::Arc<Validator>>,
 }
 
 impl TaskShape {
     /// The shape of a stored task, seen from `local`.
     pub fn of(info: &TaskInfo, local: PeerId) -> Result<Self, String> {
+        let validator =
+            Validator::new(info.params.input, info.params.participants.len())?.map(Into::into);
+        Self::with_validator(info, local, validator)
+    }
+
+    /// The shape of a task this node holds (its Prio3 instance made once, at load).
+    pub fn of_task(task: &TaskEntry, local: PeerId) -> Result<Self, String> {
+        Self::with_validator(
+            &task.info,
+            local,
+            task.validation.as_ref().map(|(v, _)| v.clone()),
+        )
+    }
+
+    fn with_validator(
+        info: &TaskInfo,
+        local: PeerId,
+        validator: Option<std::sync::Arc<Validator>>,
+    ) -> Result<Self, String> {
         Ok(Self {
             task_id: info.params.task_id.clone(),
             participants: parse_peers(&info.params.participants)?,
@@ -159,12 +181,21 @@ impl TaskShape {
             length: info.params.length,
             local,
             clients: info.params.clients.clone(),
+            validator,
         })
     }
 
-    /// Bytes of one sealed share of this task.
+    /// Bytes of one sealed share of this task: the vector, or the (padded) Prio3 share.
     pub fn sealed_bytes(&self) -> usize {
-        self.length as usize * shares::ELEMENT_BYTES + TAG_BYTES
+        match &self.validator {
+            Some(v) => v.share_bytes() + TAG_BYTES,
+            None => self.length as usize * shares::ELEMENT_BYTES + TAG_BYTES,
+        }
+    }
+
+    /// This node's participant index.
+    pub fn local_index(&self) -> Option<usize> {
+        self.participants.iter().position(|p| *p == self.local)
     }
 
     /// Whether this task's shares travel in chunks after the invite (one report per batch)
@@ -173,9 +204,12 @@ impl TaskShape {
         self.sealed_bytes() > MAX_INLINE_SHARE
     }
 
-    /// Owners that must take a report: t + 1.
+    /// Owners that must take a report: t + 1 (every one of a validated task: n of n).
     fn need(&self) -> usize {
-        usize::from(self.threshold) + 1
+        match self.validator {
+            Some(_) => self.participants.len(),
+            None => usize::from(self.threshold) + 1,
+        }
     }
 
     /// The participants other than this node, in order.
@@ -224,6 +258,119 @@ pub fn open_sealed(
     })
 }
 
+/// Opens one sealed share of a validated task: the plaintext Prio3 report share (its proof
+/// is checked by [`Validator::start`] and [`Validator::finish`]).
+pub fn open_plain(
+    key: &EncryptionKey,
+    task_id: &str,
+    report_id: &str,
+    encapped_key: &[u8],
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, Refusal> {
+    let aad = encryption::associated_data(task_id, report_id);
+    key.open(encapped_key, ciphertext, &aad)
+        .map_err(|e| ("bad_ciphertext".to_string(), e))
+}
+
+/// Checks the verifier shares an owner sent with its verdicts on a validated task: one per
+/// report of the batch, each as long as the task's verifier shares, and empty exactly for
+/// the reports it refused.
+pub fn check_verifiers(
+    shape: &TaskShape,
+    from: PeerId,
+    rejected: &[Option<Refusal>],
+    verifiers: &[Blob],
+) -> Result<(), SessionError> {
+    let Some(v) = &shape.validator else {
+        return if verifiers.is_empty() {
+            Ok(())
+        } else {
+            Err(SessionError::blame(
+                vec![from],
+                format!("participant {from} sent verifier shares for a raw task"),
+            ))
+        };
+    };
+    if verifiers.len() != rejected.len() {
+        return Err(SessionError::blame(
+            vec![from],
+            format!(
+                "participant {from} sent {} verifier shares for {} reports",
+                verifiers.len(),
+                rejected.len()
+            ),
+        ));
+    }
+    for (r, s) in rejected.iter().zip(verifiers) {
+        let expected = if r.is_some() { 0 } else { v.verifier_bytes() };
+        if s.0.len() != expected {
+            return Err(SessionError::blame(
+                vec![from],
+                format!(
+                    "participant {from} sent a {}-byte verifier share; expected {expected}",
+                    s.0.len()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Checks the verifier shares a relay committed with a validated task's reports: for each
+/// committed report, one per participant in participant order, this node's own unchanged
+/// (`own`: this node's verifier share of each report, empty where it refused); nothing for
+/// a report not committed.
+pub fn check_committed_verifiers(
+    shape: &TaskShape,
+    from: PeerId,
+    commits: &[bool],
+    verifiers: &[Vec<Blob>],
+    own: &[Vec<u8>],
+) -> Result<(), SessionError> {
+    let blame = |m: String| Err(SessionError::blame(vec![from], m));
+    let Some(v) = &shape.validator else {
+        return if verifiers.is_empty() {
+            Ok(())
+        } else {
+            blame(format!("relay {from} sent verifier shares for a raw task"))
+        };
+    };
+    if verifiers.len() != commits.len() || own.len() != commits.len() {
+        return blame(format!(
+            "relay {from} sent verifier shares of {} reports for a batch of {}",
+            verifiers.len(),
+            commits.len()
+        ));
+    }
+    let n = shape.participants.len();
+    let index = shape.local_index().unwrap_or(usize::MAX);
+    for ((commit, set), mine) in commits.iter().zip(verifiers).zip(own) {
+        match commit {
+            false if set.is_empty() => {}
+            false => {
+                return blame(format!(
+                    "relay {from} sent verifier shares of a dropped report"
+                ));
+            }
+            true => {
+                if set.len() != n || set.iter().any(|s| s.0.len() != v.verifier_bytes()) {
+                    return blame(format!(
+                        "relay {from} committed a report with {} verifier shares (of the wrong size or count); {n} of {} bytes are needed",
+                        set.len(),
+                        v.verifier_bytes()
+                    ));
+                }
+                if set.get(index).map(|s| &s.0[..]) != Some(&mine[..]) {
+                    return blame(format!(
+                        "relay {from} committed a report with another verifier share for this node than the one it sent"
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A remote owner's invite: its sealed share of each report (ciphertexts left empty when
 /// `streamed`), and the ciphertext to send after it in chunks when streamed.
 #[derive(Clone)]
@@ -242,6 +389,8 @@ pub struct Relay {
     /// The remote owners sent an invite, each owing a verdict list and the batch it was
     /// taking when it reserved the reports.
     verdicts: Answers<(Vec<Option<Refusal>>, u64)>,
+    /// A validated task's verifier shares, by owner: one per report (empty: refused).
+    verifiers: BTreeMap<PeerId, Vec<Blob>>,
 }
 
 impl Relay {
@@ -321,6 +470,7 @@ impl Relay {
             })
             .collect();
         let relay = Self {
+            verifiers: BTreeMap::new(),
             verdicts: Answers::new(invites.iter().map(|(p, _)| *p)),
             shape,
             report_ids,
@@ -360,6 +510,40 @@ impl Relay {
         }
         self.verdicts
             .take(from, (rejected.to_vec(), batch), "verdicts")
+    }
+
+    /// Takes an owner's verdicts with the verifier shares of a validated task (checked by
+    /// [`check_verifiers`]).
+    pub fn receive_with_verifiers(
+        &mut self,
+        from: PeerId,
+        rejected: &[Option<Refusal>],
+        batch: u64,
+        verifiers: Vec<Blob>,
+    ) -> Result<(), SessionError> {
+        check_verifiers(&self.shape, from, rejected, &verifiers)?;
+        self.receive(from, rejected, batch)?;
+        if self.shape.validator.is_some() {
+            self.verifiers.insert(from, verifiers);
+        }
+        Ok(())
+    }
+
+    /// The verifier shares of report `i` of the batch in participant order, `own` (this
+    /// node's) among them; `None` unless every participant sent one.
+    pub fn verifier_set(&self, i: usize, own: &[u8]) -> Option<Vec<Vec<u8>>> {
+        self.shape
+            .participants
+            .iter()
+            .map(|p| {
+                let share = if *p == self.shape.local {
+                    own
+                } else {
+                    &self.verifiers.get(p)?.get(i)?.0[..]
+                };
+                (!share.is_empty()).then(|| share.to_vec())
+            })
+            .collect()
     }
 
     /// Judges every report once every owner answered, given this node's own verdict on its
@@ -769,6 +953,7 @@ mod tests {
             length,
             local: participants[local],
             clients: Vec::new(),
+            validator: None,
         }
     }
 

@@ -22,10 +22,11 @@ use tracing::{Instrument, info};
 use self::core::{Decision, Judged, Owner, Refusal, Relay, Sealed, SealedShares, TaskShape};
 use super::shares::Field;
 use super::store::TaskEntry;
+use super::validity::Verifying;
 use super::{AggError, Report, ReportAccepted, SealedShare, is_hex_id};
 use crate::mpc::chunks::pieces;
 use crate::mpc::session::{SessionError, SessionInbox};
-use crate::mpc::wire::{BatchShare, Body, Protocol, SessionId};
+use crate::mpc::wire::{BatchShare, Blob, Body, Protocol, SessionId, VerifierSet};
 use crate::mpc::{InviteRefusal, MpcEngine, unreachable_error};
 
 /// Sealed-share bytes per owner in one batch (the session layer caps a message at 256 KiB; a
@@ -81,7 +82,9 @@ impl RelayQueues {
     /// sealed shares per owner, at least one report (and exactly one of a task whose shares
     /// are streamed). Empty: the queue is empty and the loop must end; the task's entry is
     /// gone under the same lock, so the next report starts a new loop.
-    fn next_batch(&self, task_id: &str, streamed: bool) -> Vec<RelayJob> {
+    /// `commit_extra`: bytes each report adds to the commit message besides its share (a
+    /// validated task's verifier shares of every participant).
+    fn next_batch(&self, task_id: &str, streamed: bool, commit_extra: usize) -> Vec<RelayJob> {
         let mut tasks = self.lock();
         let Some(queue) = tasks.get_mut(task_id) else {
             return Vec::new();
@@ -97,7 +100,8 @@ impl RelayQueues {
                     s.enc.len() + s.ct.len() + job.report_id.len() + signature + 16
                 })
                 .max()
-                .unwrap_or(0);
+                .unwrap_or(0)
+                + commit_extra;
             let full = streamed || batch.len() >= core::MAX_BATCH || bytes + size > BATCH_BYTES;
             if !batch.is_empty() && full {
                 break;
@@ -197,13 +201,16 @@ pub(super) fn decode_report(shape: &TaskShape, report: &Report) -> Result<Sealed
         let enc = field("enc", &s.enc)?;
         let ct = field("ciphertext", &s.ciphertext)?;
         if ct.len() != sealed_bytes {
+            let what = match &shape.validator {
+                Some(_) => "a Prio3 report share (with its proof share)".to_string(),
+                None => format!("a share of the {} values", shape.length),
+            };
             return Err(AggError::new(
                 400,
                 "wrong_length",
                 format!(
-                    "the share for {p} is {} bytes; a share of the {} values of task {task_id} is {sealed_bytes} bytes sealed",
+                    "the share for {p} is {} bytes; {what} of task {task_id} is {sealed_bytes} bytes sealed",
                     ct.len(),
-                    shape.length
                 ),
             ));
         }
@@ -321,7 +328,11 @@ impl MpcEngine {
             armed: true,
         };
         loop {
-            let batch = queues.next_batch(&shape.task_id, shape.streamed());
+            let commit_extra = shape
+                .validator
+                .as_ref()
+                .map_or(0, |v| v.verifier_bytes() * shape.participants.len());
+            let batch = queues.next_batch(&shape.task_id, shape.streamed(), commit_extra);
             if batch.is_empty() {
                 guard.armed = false;
                 return;
@@ -416,17 +427,33 @@ impl MpcEngine {
                 &awaited,
                 timeout,
                 |b| match b {
-                    Body::AggBatchVerdict { rejected, batch } => Some((rejected.clone(), *batch)),
+                    Body::AggBatchVerdict {
+                        rejected,
+                        batch,
+                        verifiers,
+                    } => Some((rejected.clone(), *batch, verifiers.clone())),
                     _ => None,
                 },
-                |from, (rejected, batch)| relay.receive(from, rejected, *batch),
+                |from, (rejected, batch, verifiers)| {
+                    relay.receive_with_verifiers(from, rejected, *batch, verifiers.clone())
+                },
             )
             .await;
         let local: Vec<Result<(), Refusal>> = opened
             .iter()
             .map(|o| o.as_ref().map(|_| ()).map_err(Clone::clone))
             .collect();
-        let (mut committing, commits, outcomes) =
+        // A validated task: every participant's verifier share of each report, this node's
+        // own among them (taken before the core judges the batch).
+        let verifier_sets: Vec<Option<Vec<Vec<u8>>>> = opened
+            .iter()
+            .enumerate()
+            .map(|(i, o)| match o {
+                Ok((Opened::Proven(_, own), _)) => relay.verifier_set(i, own),
+                _ => None,
+            })
+            .collect();
+        let (mut committing, mut commits, mut outcomes) =
             match verdicts.and_then(|()| relay.judge(&local, task.current_batch())) {
                 Ok(judged) => judged,
                 Err(e) => {
@@ -434,6 +461,37 @@ impl MpcEngine {
                     return Err(e);
                 }
             };
+        // Each report every owner took is decided here from all verifier shares: an invalid
+        // proof drops it everywhere, and each owner decides again for itself on commit.
+        let (mut outputs, decided) = decide_proofs(&shape, opened, &verifier_sets, &commits).await;
+        for (i, d) in decided.into_iter().enumerate() {
+            if let Some(refusal) = d {
+                if self.inner.faults.skip_proof_check {
+                    // The test fault of a compromised relay: commit it all the same.
+                    if let Some((share, _)) = outputs[i].as_mut() {
+                        *share = vec![Field::from(0u64); shape.length as usize];
+                    }
+                    continue;
+                }
+                self.count_share(&refusal.0);
+                commits[i] = false;
+                outcomes[i] = Err(refusal);
+            }
+        }
+        let verifiers: Vec<VerifierSet> = if shape.validator.is_some() {
+            verifier_sets
+                .iter()
+                .zip(&commits)
+                .map(|(set, commit)| match (set, commit) {
+                    (Some(set), true) => {
+                        VerifierSet(set.iter().map(|s| Blob(s.clone().into())).collect())
+                    }
+                    _ => VerifierSet::default(),
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let commit_to = committing.commit_to();
         let failures = self
             .broadcast(
@@ -442,16 +500,17 @@ impl MpcEngine {
                 &Body::AggBatchCommit {
                     commits: commits.clone(),
                     batch: committing.batch(),
+                    verifiers,
                 },
             )
             .await;
         // This node's shares: committed together (one state write), or released.
         let mut to_store = Vec::new();
-        for ((id, o), commit) in report_ids.iter().zip(opened).zip(&commits) {
+        for ((id, o), commit) in report_ids.iter().zip(outputs).zip(&commits) {
             match o {
-                Ok(opened) if *commit => to_store.push((id, opened)),
-                Ok(_) => task.release(id),
-                Err(_) => {}
+                Some(opened) if *commit => to_store.push((id, opened)),
+                Some(_) => task.release(id),
+                None => {}
             }
         }
         store_shares(&task, &to_store, committing.batch()).await?;
@@ -502,7 +561,7 @@ impl MpcEngine {
                 "no aggregation task `{task_id}` on this node"
             )));
         };
-        let shape = TaskShape::of(&task.info, self.inner.local).map_err(InviteRefusal::Other)?;
+        let shape = TaskShape::of_task(&task, self.inner.local).map_err(InviteRefusal::Other)?;
         let owner = Owner::invited(shape, from, shares, streamed).map_err(InviteRefusal::Other)?;
         self.spawn_participant(
             Protocol::AggReport,
@@ -547,6 +606,21 @@ impl MpcEngine {
             .iter()
             .map(|o| o.as_ref().map(|_| ()).map_err(Clone::clone))
             .collect();
+        let own_verifiers: Vec<Vec<u8>> = opened
+            .iter()
+            .map(|o| match o {
+                Ok((Opened::Proven(_, v), _)) => v.clone(),
+                _ => Vec::new(),
+            })
+            .collect();
+        let verifiers: Vec<Blob> = if shape.validator.is_some() {
+            own_verifiers
+                .iter()
+                .map(|v| Blob(v.clone().into()))
+                .collect()
+        } else {
+            Vec::new()
+        };
         let batch = task.current_batch();
         let (awaiting, rejected) = judging.verdicts(&verdicts, batch);
         let report_ids = awaiting.report_ids().to_vec();
@@ -558,7 +632,15 @@ impl MpcEngine {
             }
         };
         if let Err(e) = self
-            .send(from, session, Body::AggBatchVerdict { rejected, batch })
+            .send(
+                from,
+                session,
+                Body::AggBatchVerdict {
+                    rejected,
+                    batch,
+                    verifiers,
+                },
+            )
             .await
         {
             release_all();
@@ -566,28 +648,48 @@ impl MpcEngine {
         }
         let decisions = inbox
             .collect("aggregation batch commit", &[from], timeout, |b| match b {
-                Body::AggBatchCommit { commits, batch } => Some((commits.clone(), *batch)),
+                Body::AggBatchCommit {
+                    commits,
+                    batch,
+                    verifiers,
+                } => Some((commits.clone(), *batch, verifiers.clone())),
                 _ => None,
             })
             .await
             .and_then(|mut c| {
-                let (commits, batch) = c.remove(&from).unwrap_or_default();
+                let (commits, batch, verifiers) = c.remove(&from).unwrap_or_default();
+                let sets: Vec<Vec<Blob>> = verifiers.into_iter().map(|s| s.0).collect();
+                core::check_committed_verifiers(&shape, from, &commits, &sets, &own_verifiers)?;
                 awaiting
                     .receive_commit(from, &commits, batch)
-                    .map(|d| (d, batch))
+                    .map(|d| (d, batch, sets))
             });
-        let (decisions, batch) = match decisions {
+        let (decisions, batch, sets) = match decisions {
             Ok(d) => d,
             Err(e) => {
                 release_all();
                 return Err(e);
             }
         };
+        // A validated task: this node decides every committed report's proof itself.
+        let committed: Vec<bool> = decisions.iter().map(|d| *d == Decision::Store).collect();
+        let sets: Vec<Option<Vec<Vec<u8>>>> = sets
+            .into_iter()
+            .map(|s| (!s.is_empty()).then(|| s.iter().map(|b| b.0.to_vec()).collect()))
+            .collect();
+        let (outputs, decided) = decide_proofs(&shape, opened, &sets, &committed).await;
         let mut to_store = Vec::new();
-        for ((id, o), decision) in report_ids.iter().zip(opened).zip(decisions) {
-            match (decision, o) {
-                (Decision::Store, Ok(opened)) => to_store.push((id, opened)),
-                (Decision::Drop, _) => {
+        for (((id, o), decision), refused) in
+            report_ids.iter().zip(outputs).zip(decisions).zip(decided)
+        {
+            match (decision, o, refused) {
+                (Decision::Store, Some(_), Some((code, message))) => {
+                    task.release(id);
+                    self.count_share(&code);
+                    tracing::warn!(%from, report_id = %id, %message, "the relay committed a report whose validity proof does not hold here; not added");
+                }
+                (Decision::Store, Some(opened), None) => to_store.push((id, opened)),
+                (Decision::Drop, _, _) => {
                     task.release(id);
                     self.count_share("dropped");
                 }
@@ -627,8 +729,18 @@ impl MpcEngine {
         } = sealed;
         let engine = self.clone();
         let (task_id, length, id) = (shape.task_id.clone(), shape.length, report_id.to_string());
-        open_reserved(task, report_id, move || {
-            core::open_sealed(
+        let proving = match (&task.validation, shape.local_index()) {
+            (Some((v, key)), Some(index)) => Some((v.clone(), *key, index)),
+            (Some(_), None) => {
+                return Err((
+                    "internal".into(),
+                    "this node is not a participant of the task".into(),
+                ));
+            }
+            (None, _) => None,
+        };
+        open_reserved(task, report_id, move || match proving {
+            None => core::open_sealed(
                 &engine.agg().key,
                 &task_id,
                 length,
@@ -637,20 +749,98 @@ impl MpcEngine {
                 &ciphertext,
                 engine.inner.faults.plaintext_shares,
             )
+            .map(Opened::Raw),
+            Some((validator, key, index)) => {
+                let plain = core::open_plain(&engine.agg().key, &task_id, &id, &enc, &ciphertext)?;
+                let (state, verifier) = validator.start(&key, &task_id, &id, index, &plain)?;
+                Ok(Opened::Proven(state, verifier))
+            }
         })
         .await
         .map(|share| (share, client))
     }
 }
 
+/// What opening a share of this node gave: a raw task's share vector, or a validated task's
+/// verification state and verifier share (the output share comes once the proof is decided).
+enum Opened {
+    Raw(Vec<Field>),
+    Proven(Verifying, Vec<u8>),
+}
+
 /// An opened share of this node and the client it counts under (none: an open task).
-type OpenedShare = (Vec<Field>, Option<String>);
+type OpenedShare = (Opened, Option<String>);
+
+/// A share ready to store: the vector to add and the client it counts under.
+type StoredShare = (Vec<Field>, Option<String>);
+
+/// Turns the opened shares of a batch into what to store, given each report's commit flag
+/// and (for a validated task) the verifier shares of every participant: a raw share as it
+/// is; a proven one only if its proof holds ([`Validator::finish`], run off the async
+/// threads), else the refusal. `None` where nothing was opened.
+#[allow(clippy::type_complexity)]
+async fn decide_proofs(
+    shape: &TaskShape,
+    opened: Vec<Result<OpenedShare, Refusal>>,
+    sets: &[Option<Vec<Vec<u8>>>],
+    commits: &[bool],
+) -> (Vec<Option<StoredShare>>, Vec<Option<Refusal>>) {
+    let validator = shape.validator.clone();
+    let task_id = shape.task_id.clone();
+    let sets = sets.to_vec();
+    let commits = commits.to_vec();
+    let work = move || {
+        let mut outputs = Vec::with_capacity(opened.len());
+        let mut refused = Vec::with_capacity(opened.len());
+        for (i, o) in opened.into_iter().enumerate() {
+            let (share, client) = match o {
+                Err(_) => {
+                    outputs.push(None);
+                    refused.push(None);
+                    continue;
+                }
+                Ok(x) => x,
+            };
+            match share {
+                Opened::Raw(v) => {
+                    outputs.push(Some((v, client)));
+                    refused.push(None);
+                }
+                Opened::Proven(state, _) => {
+                    let committed = commits.get(i).copied().unwrap_or(false);
+                    let set = sets.get(i).and_then(Option::as_ref);
+                    match (&validator, committed, set) {
+                        (Some(v), true, Some(set)) => match v.finish(&task_id, state, set) {
+                            Ok(output) => {
+                                outputs.push(Some((output, client)));
+                                refused.push(None);
+                            }
+                            Err(r) => {
+                                outputs.push(Some((Vec::new(), client)));
+                                refused.push(Some(r));
+                            }
+                        },
+                        // Not committed: nothing to decide; the caller releases it.
+                        _ => {
+                            outputs.push(Some((Vec::new(), client)));
+                            refused.push(None);
+                        }
+                    }
+                }
+            }
+        }
+        (outputs, refused)
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or_else(|e| panic!("deciding report proofs: {e}"))
+}
 
 /// Adds this node's shares of a relay batch to task batch `batch` (written together, one
 /// group commit); the id of a share that was not stored is released. Fails if any was not.
 async fn store_shares(
     task: &TaskEntry,
-    shares: &[(&String, OpenedShare)],
+    shares: &[(&String, StoredShare)],
     batch: u64,
 ) -> Result<(), SessionError> {
     let stored = join_all(
@@ -676,11 +866,11 @@ async fn store_shares(
 /// id is taken (accepted, or being accepted): a replayed report id is refused before
 /// anything is decrypted. On success the id stays reserved (for the task batch this node
 /// takes reports into, or a later one) until the share is committed or released.
-pub(super) async fn open_reserved(
+pub(super) async fn open_reserved<T: Send + 'static>(
     task: &TaskEntry,
     report_id: &str,
-    open: impl FnOnce() -> Result<Vec<Field>, Refusal> + Send + 'static,
-) -> Result<Vec<Field>, Refusal> {
+    open: impl FnOnce() -> Result<T, Refusal> + Send + 'static,
+) -> Result<T, Refusal> {
     if !task.reserve(report_id) {
         return Err((
             "duplicate_report".into(),
@@ -721,7 +911,7 @@ mod tests {
         // Another task has its own queue.
         assert_eq!(queues.push("u", job(0)).ok(), Some(true));
         // Once the relay takes a batch, reports are queued again.
-        assert_eq!(queues.next_batch("t", false).len(), core::MAX_BATCH);
+        assert_eq!(queues.next_batch("t", false, 0).len(), core::MAX_BATCH);
         assert_eq!(queues.push("t", job(0)).ok(), Some(false));
     }
 
@@ -731,13 +921,13 @@ mod tests {
         assert_eq!(queues.push("t", job(0)).ok(), Some(true));
         assert_eq!(queues.push("t", job(1)).ok(), Some(false));
         // A task with streamed shares goes one report at a time.
-        assert_eq!(queues.next_batch("t", true).len(), 1);
-        assert_eq!(queues.next_batch("t", true).len(), 1);
-        assert!(queues.next_batch("t", true).is_empty());
+        assert_eq!(queues.next_batch("t", true, 0).len(), 1);
+        assert_eq!(queues.next_batch("t", true, 0).len(), 1);
+        assert!(queues.next_batch("t", true, 0).is_empty());
         assert_eq!(queues.push("t", job(2)).ok(), Some(true));
         // A loop that died leaves its jobs for the next one.
         queues.stopped("t");
         assert_eq!(queues.push("t", job(3)).ok(), Some(true));
-        assert_eq!(queues.next_batch("t", false).len(), 2);
+        assert_eq!(queues.next_batch("t", false, 0).len(), 2);
     }
 }
