@@ -268,7 +268,7 @@ pub enum AggregateCommand {
         /// What a report holds: `raw` (vectors of field elements, Shamir-shared, unvalidated), or a type whose every report carries a Prio3 validity proof the participants check: `count` (0 or 1), `sum` (0 to 2^bits - 1; --bits), `histogram` (a bucket index; --buckets).
         #[arg(long = "type", value_enum, default_value_t = InputKind::Raw, value_name = "TYPE")]
         input: InputKind,
-        /// Bits of a `sum` value (1 to 62).
+        /// Bits of a `sum` value (1 to 32).
         #[arg(long, value_name = "B", required_if_eq("input", "sum"))]
         bits: Option<u8>,
         /// Buckets of a `histogram` (2 to 1000).

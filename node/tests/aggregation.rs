@@ -1753,6 +1753,16 @@ async fn validated_reports_are_proven_and_forged_ones_are_refused() {
         (400, Some("invalid_report")),
         "{body}"
     );
+    // Its id (the Prio3 nonce) stays used: the same id with honest shares is a duplicate.
+    for node in [&nodes[1], &nodes[2]] {
+        let (status, body) =
+            submit(node, &task_id, &seal_shares(&info, &rid, &five).unwrap()).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (409, Some("duplicate_report")),
+            "{body}"
+        );
+    }
     // Malformed proofs: random bytes of the right size, and a share whose header lies.
     let rid = new_report_id();
     let random: Vec<Vec<u8>> = (0..3)

@@ -388,6 +388,16 @@ impl TaskEntry {
             .copied()
     }
 
+    /// Ends a reservation without freeing the report id: a validated task's report refused
+    /// for its proof or encoding keeps its id (its Prio3 nonce) used, so the same query point
+    /// is never checked twice (until a restart, which forgets refused ids).
+    pub fn burn(&self, report_id: &str) {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(report_id);
+    }
+
     /// Releases a reservation that was not committed.
     pub fn release(&self, report_id: &str) {
         self.in_flight

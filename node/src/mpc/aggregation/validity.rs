@@ -35,8 +35,9 @@ use serde::{Deserialize, Serialize};
 pub const VERIFY_KEY_BYTES: usize = 32;
 /// Bytes of a report's nonce (its id, 32 hex digits).
 pub const NONCE_BYTES: usize = 16;
-/// Most bits of a `sum` input.
-pub const MAX_SUM_BITS: u8 = 62;
+/// Most bits of a `sum` input: sums are taken mod p ≈ 2^64, so a batch wraps only past
+/// 2^32 reports at the largest value.
+pub const MAX_SUM_BITS: u8 = 32;
 /// Most buckets of a `histogram` input.
 pub const MAX_BUCKETS: u32 = 1_000;
 /// Most participants of a validated task (every one checks every other's verifier share).
@@ -683,7 +684,8 @@ mod tests {
         assert!(parse(r#"{"type":"sum"}"#).is_err());
         assert!(parse(r#"{"type":"vote"}"#).is_err());
         assert!(InputType::Sum { bits: 0 }.check().is_err());
-        assert!(InputType::Sum { bits: 63 }.check().is_err());
+        assert!(InputType::Sum { bits: 33 }.check().is_err());
+        assert!(InputType::Sum { bits: 32 }.check().is_ok());
         assert!(InputType::Histogram { buckets: 1 }.check().is_err());
         assert_eq!(InputType::Histogram { buckets: 7 }.output_len(), Some(7));
         assert!(Validator::new(InputType::Raw, 3).unwrap().is_none());

@@ -463,7 +463,9 @@ impl MpcEngine {
             };
         // Each report every owner took is decided here from all verifier shares: an invalid
         // proof drops it everywhere, and each owner decides again for itself on commit.
-        let (mut outputs, decided) = decide_proofs(&shape, opened, &verifier_sets, &commits).await;
+        let (mut outputs, decided) =
+            decide_proofs(&task, &report_ids, &shape, opened, &verifier_sets, &commits).await;
+        let mut burned = vec![false; commits.len()];
         for (i, d) in decided.into_iter().enumerate() {
             if let Some(refusal) = d {
                 if self.inner.faults.skip_proof_check {
@@ -474,6 +476,7 @@ impl MpcEngine {
                     continue;
                 }
                 self.count_share(&refusal.0);
+                burned[i] = is_proof_refusal(&refusal.0);
                 commits[i] = false;
                 outcomes[i] = Err(refusal);
             }
@@ -506,9 +509,11 @@ impl MpcEngine {
             .await;
         // This node's shares: committed together (one state write), or released.
         let mut to_store = Vec::new();
-        for ((id, o), commit) in report_ids.iter().zip(outputs).zip(&commits) {
+        for (((id, o), commit), burned) in report_ids.iter().zip(outputs).zip(&commits).zip(burned)
+        {
             match o {
                 Some(opened) if *commit => to_store.push((id, opened)),
+                Some(_) if burned => task.burn(id),
                 Some(_) => task.release(id),
                 None => {}
             }
@@ -677,14 +682,19 @@ impl MpcEngine {
             .into_iter()
             .map(|s| (!s.is_empty()).then(|| s.iter().map(|b| b.0.to_vec()).collect()))
             .collect();
-        let (outputs, decided) = decide_proofs(&shape, opened, &sets, &committed).await;
+        let (outputs, decided) =
+            decide_proofs(&task, &report_ids, &shape, opened, &sets, &committed).await;
         let mut to_store = Vec::new();
         for (((id, o), decision), refused) in
             report_ids.iter().zip(outputs).zip(decisions).zip(decided)
         {
             match (decision, o, refused) {
                 (Decision::Store, Some(_), Some((code, message))) => {
-                    task.release(id);
+                    if is_proof_refusal(&code) {
+                        task.burn(id);
+                    } else {
+                        task.release(id);
+                    }
                     self.count_share(&code);
                     tracing::warn!(%from, report_id = %id, %message, "the relay committed a report whose validity proof does not hold here; not added");
                 }
@@ -778,8 +788,12 @@ type StoredShare = (Vec<Field>, Option<String>);
 /// and (for a validated task) the verifier shares of every participant: a raw share as it
 /// is; a proven one only if its proof holds ([`Validator::finish`], run off the async
 /// threads), else the refusal. `None` where nothing was opened.
+/// If the check itself fails (its thread panicked), every report of the batch is refused and
+/// the ids of `report_ids` reserved here are released.
 #[allow(clippy::type_complexity)]
 async fn decide_proofs(
+    task: &TaskEntry,
+    report_ids: &[String],
     shape: &TaskShape,
     opened: Vec<Result<OpenedShare, Refusal>>,
     sets: &[Option<Vec<Vec<u8>>>],
@@ -787,6 +801,8 @@ async fn decide_proofs(
 ) -> (Vec<Option<StoredShare>>, Vec<Option<Refusal>>) {
     let validator = shape.validator.clone();
     let task_id = shape.task_id.clone();
+    let count = opened.len();
+    let reserved: Vec<bool> = opened.iter().map(Result::is_ok).collect();
     let sets = sets.to_vec();
     let commits = commits.to_vec();
     let work = move || {
@@ -831,9 +847,22 @@ async fn decide_proofs(
         }
         (outputs, refused)
     };
-    tokio::task::spawn_blocking(work)
-        .await
-        .unwrap_or_else(|e| panic!("deciding report proofs: {e}"))
+    match tokio::task::spawn_blocking(work).await {
+        Ok(decided) => decided,
+        // The check itself failed: every report of the batch is refused, none stored.
+        Err(e) => {
+            for (id, reserved) in report_ids.iter().zip(reserved) {
+                if reserved {
+                    task.release(id);
+                }
+            }
+            let refusal = (
+                "internal".to_string(),
+                format!("deciding report proofs: {e}"),
+            );
+            (vec![None; count], vec![Some(refusal); count])
+        }
+    }
 }
 
 /// Adds this node's shares of a relay batch to task batch `batch` (written together, one
@@ -881,10 +910,18 @@ pub(super) async fn open_reserved<T: Send + 'static>(
         .await
         .map_err(|e| ("internal".to_string(), e.to_string()))
         .and_then(|r| r);
-    if opened.is_err() {
-        task.release(report_id);
+    match &opened {
+        Err((code, _)) if is_proof_refusal(code) => task.burn(report_id),
+        Err(_) => task.release(report_id),
+        Ok(_) => {}
     }
     opened
+}
+
+/// Whether a refusal is a validated report's own fault (its share or proof): its id stays
+/// used ([`TaskEntry::burn`]).
+fn is_proof_refusal(code: &str) -> bool {
+    code == "invalid_report" || code == "malformed_report"
 }
 
 #[cfg(test)]
