@@ -363,6 +363,22 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
         (400, Some("bad_ciphertext")),
         "{body}"
     );
+    // An encapsulated key of the wrong size is refused by the node asked, before relay.
+    let mut long_enc = prepare_report(&task, &vec![5; len as usize]).unwrap();
+    {
+        use base64::Engine as _;
+        long_enc.shares[1].enc = base64::engine::general_purpose::STANDARD.encode([7u8; 33]);
+    }
+    let (status, body) = submit(&nodes[2], &task_id, &long_enc).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (400, Some("bad_ciphertext")),
+        "{body}"
+    );
+    assert!(
+        body["error"].as_str().unwrap().contains("is 33 bytes"),
+        "{body}"
+    );
 
     let (status, body) = submit(&nodes[4], &task_id, &accepted[3]).await;
     assert_eq!(
@@ -443,14 +459,14 @@ async fn five_nodes_sum_twenty_clients_refuse_bad_reports_and_survive_dead_nodes
         }
     }
     assert_eq!(counted["accepted"], clients as u64, "{counted:?}");
-    for outcome in [
-        "wrong_length",
-        "value_out_of_field",
-        "bad_ciphertext",
-        "duplicate_report",
-        "unknown_task",
+    for (outcome, count) in [
+        ("wrong_length", 1),
+        ("value_out_of_field", 1),
+        ("bad_ciphertext", 2),
+        ("duplicate_report", 1),
+        ("unknown_task", 1),
     ] {
-        assert_eq!(counted[outcome], 1, "{outcome}: {counted:?}");
+        assert_eq!(counted[outcome], count, "{outcome}: {counted:?}");
     }
     for node in &nodes {
         assert_eq!(

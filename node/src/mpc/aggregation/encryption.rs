@@ -90,6 +90,9 @@ impl EncryptionKey {
     }
 }
 
+/// Bytes of an encapsulated key (X25519).
+pub const ENCAPPED_KEY_BYTES: usize = 32;
+
 /// Seals `plaintext` to `public_key`; returns (encapsulated key, ciphertext).
 pub fn seal(public_key: &[u8], plaintext: &[u8], aad: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
     let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(public_key)

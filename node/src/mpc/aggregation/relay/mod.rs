@@ -199,6 +199,19 @@ pub(super) fn decode_report(shape: &TaskShape, report: &Report) -> Result<Sealed
             })
         };
         let enc = field("enc", &s.enc)?;
+        // An X25519 encapsulated key; empty only under the test-only `plaintext-shares`
+        // fault (a node without it refuses such a share when it opens it).
+        if !enc.is_empty() && enc.len() != super::encryption::ENCAPPED_KEY_BYTES {
+            return Err(AggError::new(
+                400,
+                "bad_ciphertext",
+                format!(
+                    "share for {p}: `enc` is {} bytes; an X25519 encapsulated key is {}",
+                    enc.len(),
+                    super::encryption::ENCAPPED_KEY_BYTES
+                ),
+            ));
+        }
         let ct = field("ciphertext", &s.ciphertext)?;
         if ct.len() != sealed_bytes {
             let what = match &shape.validator {
