@@ -415,6 +415,22 @@ async fn topic_rules_keep_invalid_messages_from_every_node_that_has_them() {
         },
     )
     .await;
+    // Base64 of more than a message is refused before it is decoded.
+    let huge = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(vec![0u8; (1 << 20) + 16])
+    };
+    let (status, body) = common::post(
+        &b,
+        "/v1/topics/frames/messages",
+        serde_json::json!({ "data_base64": huge }),
+    )
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (413, Some("message_too_large")),
+        "{body}"
+    );
     let (status, body) = common::post(
         &b,
         "/v1/topics/frames/messages",

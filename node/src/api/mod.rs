@@ -387,6 +387,18 @@ async fn publish(
         (Some(text), None) => text.into_bytes(),
         (None, Some(b64)) => {
             use base64::Engine as _;
+            // Nothing longer than a message is decoded.
+            let estimate = base64::decoded_len_estimate(b64.len());
+            if estimate > state.max_message_size + 3 {
+                return Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "message_too_large",
+                    format!(
+                        "`data_base64` holds about {estimate} bytes, over the limit of {} bytes (--max-message-size)",
+                        state.max_message_size
+                    ),
+                ));
+            }
             base64::engine::general_purpose::STANDARD
                 .decode(b64.as_bytes())
                 .map_err(|e| {

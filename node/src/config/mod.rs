@@ -411,11 +411,16 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
                 &file_origin,
                 key,
                 format!(
-                    "`{topic}` is not a joined topic (joined: {}); add it to topics",
+                    "`{topic}` is not a joined topic (joined: {}{}); add it to topics",
                     if topics.is_empty() {
                         "none".to_string()
                     } else {
                         topics.join(", ")
+                    },
+                    if from_cli("topics") {
+                        ", from --topic / P2P_MPC_TOPIC, which replace the file's topics"
+                    } else {
+                        ""
                     }
                 ),
             ));

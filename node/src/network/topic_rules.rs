@@ -3,8 +3,9 @@
 //! A rule names a payload size limit, a content type (`text`, `json`, `cbor` or `bytes`)
 //! and, for `json` and `cbor`, an optional JSON Schema. The network service checks every
 //! message of a ruled topic once, after its envelope, and reports the outcome to gossipsub:
-//! a message that breaks the rule is rejected there (not forwarded, and held against the peer
-//! that sent it), counted by topic and reason, and never reaches the API or chat. A node also
+//! a message that breaks the rule is rejected there (not forwarded; gossipsub's peer
+//! scoring, once switched on, holds it against the peer that sent it), counted by topic and
+//! reason, and never reaches the API or chat. A node also
 //! refuses to publish a message that breaks its own rule.
 //!
 //! Schemas are self-contained: a `$ref` to anything outside the schema file (a URL or another
@@ -224,13 +225,22 @@ impl TopicRule {
         };
         match &self.validator {
             Some(v) => v.validate(&value).map_err(|e| {
+                // Where and which keyword, never the value itself (the error's own text
+                // quotes the payload; this detail goes to logs and API answers).
                 let at = e.instance_path().to_string();
                 let at = if at.is_empty() {
                     "the top level".into()
                 } else {
-                    format!("`{at}`")
+                    format!("`{}`", crate::log_limit::echo(&at))
                 };
-                violation("schema", format!("breaks the topic's schema at {at}: {e}"))
+                violation(
+                    "schema",
+                    format!(
+                        "breaks the topic's schema at {at}: fails `{}` (schema location `{}`)",
+                        e.kind().keyword(),
+                        crate::log_limit::echo(&e.schema_path().to_string())
+                    ),
+                )
             }),
             None => Ok(()),
         }
@@ -238,7 +248,8 @@ impl TopicRule {
 }
 
 /// Decodes one CBOR item (nothing may follow it); as JSON when `as_json` (a schema is checked
-/// on it: byte strings, tags and non-text map keys then do not fit).
+/// on it: byte strings, most tags and non-text map keys then do not fit; non-finite floats
+/// and `undefined` read as null, and of duplicate map keys the last counts).
 fn decode_cbor(payload: &[u8], as_json: bool) -> Result<Value, Violation> {
     let mut reader = payload;
     let value = if as_json {
@@ -249,7 +260,10 @@ fn decode_cbor(payload: &[u8], as_json: bool) -> Result<Value, Violation> {
         .map_err(|e| {
             violation(
                 "not_cbor",
-                format!("not CBOR that a JSON Schema can check: {e}"),
+                format!(
+                    "not CBOR that a JSON Schema can check: {}",
+                    crate::log_limit::echo(&e.to_string())
+                ),
             )
         })?
     } else {
@@ -257,7 +271,15 @@ fn decode_cbor(payload: &[u8], as_json: bool) -> Result<Value, Violation> {
             &mut reader,
             CBOR_RECURSION_LIMIT,
         )
-        .map_err(|e| violation("not_cbor", format!("not one CBOR item: {e}")))?;
+        .map_err(|e| {
+            violation(
+                "not_cbor",
+                format!(
+                    "not one CBOR item: {}",
+                    crate::log_limit::echo(&e.to_string())
+                ),
+            )
+        })?;
         Value::Null
     };
     if !reader.is_empty() {
@@ -374,8 +396,18 @@ mod tests {
         assert_eq!(reason(b"{not json"), "not_json");
         assert_eq!(reason(b"\xff\xfe"), "not_json");
         assert_eq!(reason(&[b' '; 65]), "over_max_bytes");
-        let e = r.check(br#"{"sensor":"a","value":"x"}"#).unwrap_err();
-        assert!(e.detail.contains("/value"), "{}", e.detail);
+        let e = r
+            .check(br#"{"sensor":"a","value":"hot-secret"}"#)
+            .unwrap_err();
+        assert!(
+            e.detail.contains("/value") && e.detail.contains("`type`"),
+            "{}",
+            e.detail
+        );
+        // The detail goes to logs and API answers: it never quotes the message.
+        assert!(!e.detail.contains("hot-secret"), "{}", e.detail);
+        let whole = r.check(br#"["very-secret"]"#).unwrap_err();
+        assert!(!whole.detail.contains("very-secret"), "{}", whole.detail);
     }
 
     #[test]
