@@ -203,6 +203,30 @@ async fn large_vector_transfers(
     Ok(t0.elapsed().as_secs_f64())
 }
 
+/// Ingest of `count` reports of kind `a` against kind `b`, alternating (ABBA, half the
+/// reports each time) so that drift of a shared machine falls on both alike; reports/s of
+/// each.
+async fn abba(
+    http: &reqwest::Client,
+    nodes: &[Node],
+    length: u32,
+    count: usize,
+    a: Kind,
+    b: Kind,
+) -> anyhow::Result<(f64, f64)> {
+    let half = count.div_ceil(2);
+    let mut seconds = [0.0f64; 2];
+    for first in [true, false, false, true] {
+        let kind = if first { a } else { b };
+        let rate = ingest(http, nodes, length, half, kind).await?;
+        seconds[usize::from(first)] += half as f64 / rate;
+    }
+    Ok((
+        2.0 * half as f64 / seconds[1],
+        2.0 * half as f64 / seconds[0],
+    ))
+}
+
 /// Runs the aggregation benchmarks on one 5-node cluster.
 pub async fn run(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
     let http = reqwest::Client::builder()
@@ -214,19 +238,7 @@ pub async fn run(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Vec<Figu
         (1u32, if quick { 100usize } else { 3000 }),
         (1000, if quick { 50 } else { 1000 }),
     ] {
-        // Sealed and plain alternate (ABBA), half the reports each time, so that drift of a
-        // shared machine falls on both alike.
-        let half = count.div_ceil(2);
-        let mut seconds = [0.0f64; 2];
-        for sealed in [true, false, false, true] {
-            let kind = if sealed { Kind::Sealed } else { Kind::Plain };
-            let rate = ingest(&http, &nodes, length, half, kind).await?;
-            seconds[usize::from(sealed)] += half as f64 / rate;
-        }
-        let (plain, sealed) = (
-            2.0 * half as f64 / seconds[0],
-            2.0 * half as f64 / seconds[1],
-        );
+        let (sealed, plain) = abba(&http, &nodes, length, count, Kind::Sealed, Kind::Plain).await?;
         figures.push(Figure::against(
             format!("aggregation ingest, L = {length}, {CLIENTS} clients in flight"),
             sealed,
@@ -235,39 +247,22 @@ pub async fn run(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Vec<Figu
             plain,
         ));
     }
-    // Signed reports against the same reports to an open task, ABBA.
     let count = if quick { 100usize } else { 3000 };
-    let half = count.div_ceil(2);
-    let mut seconds = [0.0f64; 2];
-    for signed in [true, false, false, true] {
-        let kind = if signed { Kind::Signed } else { Kind::Sealed };
-        let rate = ingest(&http, &nodes, 1, half, kind).await?;
-        seconds[usize::from(signed)] += half as f64 / rate;
-    }
+    let (signed, open) = abba(&http, &nodes, 1, count, Kind::Signed, Kind::Sealed).await?;
     figures.push(Figure::against(
         format!("aggregation ingest, L = 1, {CLIENTS} clients in flight, reports signed by their clients"),
-        2.0 * half as f64 / seconds[1],
+        signed,
         "reports/s",
         "same clients, open task (unsigned reports)",
-        2.0 * half as f64 / seconds[0],
+        open,
     ));
-    // Validated sums (8 bits, proven) against raw reports of one value, ABBA.
-    let mut seconds = [0.0f64; 2];
-    for validated in [true, false, false, true] {
-        let kind = if validated {
-            Kind::Validated
-        } else {
-            Kind::Sealed
-        };
-        let rate = ingest(&http, &nodes, 1, half, kind).await?;
-        seconds[usize::from(validated)] += half as f64 / rate;
-    }
+    let (validated, raw) = abba(&http, &nodes, 1, count, Kind::Validated, Kind::Sealed).await?;
     figures.push(Figure::against(
         format!("aggregation ingest, {CLIENTS} clients in flight, validated sum of 8 bits (Prio3, 5 of 5)"),
-        2.0 * half as f64 / seconds[1],
+        validated,
         "reports/s",
         "same clients, raw reports of one value (Shamir, t = 2)",
-        2.0 * half as f64 / seconds[0],
+        raw,
     ));
     let length = if quick { 100_000 } else { 1_000_000 };
     let took = large_vector(&http, &nodes, length).await?;

@@ -1003,12 +1003,27 @@ async fn lying_api(task: TaskInfo) -> (String, std::sync::Arc<std::sync::Mutex<V
 
 /// `p2p-mpc aggregate submit` of `values` for `task_id` through `api`, with `extra` flags.
 fn cli_submit(api: &str, task_id: &str, extra: &[&str]) -> std::process::Output {
-    Command::new(bin())
+    cli_submit_with(api, task_id, "1,2,3", extra, "")
+}
+
+/// `p2p-mpc aggregate submit --values VALUES` with `extra` flags, as a client running test
+/// fault `fault` (none when empty).
+fn cli_submit_with(
+    api: &str,
+    task_id: &str,
+    values: &str,
+    extra: &[&str],
+    fault: &str,
+) -> std::process::Output {
+    let mut command = Command::new(bin());
+    command
         .args(["aggregate", "submit", "--api", api, "--task", task_id])
-        .args(["--values", "1,2,3", "--output", "json"])
-        .args(extra)
-        .output()
-        .unwrap()
+        .args(["--values", values, "--output", "json"])
+        .args(extra);
+    if !fault.is_empty() {
+        command.env("P2P_MPC_TEST_FAULT", fault);
+    }
+    command.output().unwrap()
 }
 
 /// A client pinned to the cluster's members (`--members FILE`, as `kubectl get mpc -o
@@ -1674,12 +1689,7 @@ fn cli_create(api: &str, nodes: &[NodeProcess], extra: &[&str]) -> Value {
 
 /// `p2p-mpc aggregate submit --values V` of a test-faults client running `fault`.
 fn cli_submit_value(api: &str, task_id: &str, value: &str, fault: &str) -> std::process::Output {
-    Command::new(bin())
-        .args(["aggregate", "submit", "--api", api, "--task", task_id])
-        .args(["--values", value, "--output", "json"])
-        .env("P2P_MPC_TEST_FAULT", fault)
-        .output()
-        .unwrap()
+    cli_submit_with(api, task_id, value, &[], fault)
 }
 
 /// A validated `sum` task (8 bits) and a `histogram` task among three nodes: honest reports
