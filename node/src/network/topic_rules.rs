@@ -251,35 +251,25 @@ impl TopicRule {
 /// on it: byte strings, most tags and non-text map keys then do not fit; non-finite floats
 /// and `undefined` read as null, and of duplicate map keys the last counts).
 fn decode_cbor(payload: &[u8], as_json: bool) -> Result<Value, Violation> {
+    let not_cbor = |what: &str, e: &dyn std::fmt::Display| {
+        violation(
+            "not_cbor",
+            format!("{what}: {}", crate::log_limit::echo(&e.to_string())),
+        )
+    };
     let mut reader = payload;
     let value = if as_json {
         ciborium::de::from_reader_with_recursion_limit::<Value, _>(
             &mut reader,
             CBOR_RECURSION_LIMIT,
         )
-        .map_err(|e| {
-            violation(
-                "not_cbor",
-                format!(
-                    "not CBOR that a JSON Schema can check: {}",
-                    crate::log_limit::echo(&e.to_string())
-                ),
-            )
-        })?
+        .map_err(|e| not_cbor("not CBOR that a JSON Schema can check", &e))?
     } else {
         ciborium::de::from_reader_with_recursion_limit::<ciborium::Value, _>(
             &mut reader,
             CBOR_RECURSION_LIMIT,
         )
-        .map_err(|e| {
-            violation(
-                "not_cbor",
-                format!(
-                    "not one CBOR item: {}",
-                    crate::log_limit::echo(&e.to_string())
-                ),
-            )
-        })?;
+        .map_err(|e| not_cbor("not one CBOR item", &e))?;
         Value::Null
     };
     if !reader.is_empty() {

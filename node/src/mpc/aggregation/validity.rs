@@ -509,6 +509,18 @@ mod tests {
         outcomes.into_iter().collect()
     }
 
+    /// Honest reports of `values` (report ids 0, 1, ...), each checked by every participant.
+    fn honest(v: &Validator, values: &[u64]) -> Vec<Vec<Vec<Field64>>> {
+        values
+            .iter()
+            .enumerate()
+            .map(|(i, x)| {
+                let r = rid(i as u8);
+                verify(v, &r, &v.shard(TASK, &r, *x).unwrap()).unwrap()
+            })
+            .collect()
+    }
+
     fn total(outputs: &[Vec<Vec<Field64>>]) -> Vec<u64> {
         let len = outputs[0][0].len();
         let mut sum = vec![Field64::from(0u64); len];
@@ -528,15 +540,7 @@ mod tests {
             let v = Validator::new(InputType::Sum { bits: 8 }, n)
                 .unwrap()
                 .unwrap();
-            let outputs: Vec<_> = [3u64, 255, 0, 17]
-                .iter()
-                .enumerate()
-                .map(|(i, x)| {
-                    let r = rid(i as u8);
-                    verify(&v, &r, &v.shard(TASK, &r, *x).unwrap()).unwrap()
-                })
-                .collect();
-            assert_eq!(total(&outputs), vec![275]);
+            assert_eq!(total(&honest(&v, &[3, 255, 0, 17])), vec![275]);
             // 256 does not fit in 8 bits: the client refuses to prove it ...
             assert!(v.shard(TASK, &rid(9), 256).is_err());
             // ... and shares that add up to 256, proven for 0, are refused by the participants.
@@ -579,19 +583,7 @@ mod tests {
     #[test]
     fn counts_and_histograms() {
         let count = Validator::new(InputType::Count, 3).unwrap().unwrap();
-        let outs: Vec<_> = [1u64, 0, 1]
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                verify(
-                    &count,
-                    &rid(i as u8),
-                    &count.shard(TASK, &rid(i as u8), *x).unwrap(),
-                )
-                .unwrap()
-            })
-            .collect();
-        assert_eq!(total(&outs), vec![2]);
+        assert_eq!(total(&honest(&count, &[1, 0, 1])), vec![2]);
         assert!(count.shard(TASK, &rid(5), 2).is_err());
         let forged = count.shard_forged(TASK, &rid(6), 1, Some((0, 1))).unwrap();
         assert_eq!(
@@ -602,19 +594,7 @@ mod tests {
         let hist = Validator::new(InputType::Histogram { buckets: 4 }, 3)
             .unwrap()
             .unwrap();
-        let outs: Vec<_> = [0u64, 3, 3, 1]
-            .iter()
-            .enumerate()
-            .map(|(i, x)| {
-                verify(
-                    &hist,
-                    &rid(i as u8),
-                    &hist.shard(TASK, &rid(i as u8), *x).unwrap(),
-                )
-                .unwrap()
-            })
-            .collect();
-        assert_eq!(total(&outs), vec![1, 1, 0, 2]);
+        assert_eq!(total(&honest(&hist, &[0, 3, 3, 1])), vec![1, 1, 0, 2]);
         assert!(hist.shard(TASK, &rid(7), 4).is_err());
         // Two ones: bucket 0 proven, bucket 2 added to the shares.
         let two = hist.shard_forged(TASK, &rid(8), 0, Some((2, 1))).unwrap();

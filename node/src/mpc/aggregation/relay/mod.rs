@@ -813,6 +813,7 @@ async fn decide_proofs(
     commits: &[bool],
 ) -> (Vec<Option<StoredShare>>, Vec<Option<Refusal>>) {
     let validator = shape.validator.clone();
+    let raw = validator.is_none();
     let task_id = shape.task_id.clone();
     let count = opened.len();
     let reserved: Vec<bool> = opened.iter().map(Result::is_ok).collect();
@@ -860,6 +861,10 @@ async fn decide_proofs(
         }
         (outputs, refused)
     };
+    // A raw task has nothing to decide: its shares pass through here, no thread hop.
+    if raw {
+        return work();
+    }
     match tokio::task::spawn_blocking(work).await {
         Ok(decided) => decided,
         // The check itself failed: every report of the batch is refused, none stored.
