@@ -23,6 +23,7 @@ use crate::results::{Figure, quantile};
 fn flood_message(i: u64, victim: &str, flooder: &str) -> Vec<u8> {
     let body = match i % 4 {
         0 => Body::DkgInvite {
+            scheme: Default::default(),
             key_id: format!("{i:032x}"),
             threshold: 2,
             participants: vec![victim.to_string(), flooder.to_string()],

@@ -148,6 +148,7 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
                 }
             } else {
                 Body::DkgInvite {
+                    scheme: Default::default(),
                     key_id: format!("{i:032x}"),
                     threshold: 9,
                     participants: vec![a.to_string(), flood_peer.to_string()],
@@ -230,6 +231,7 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
         wire::encode(&MpcMessage::new(
             sessions[i as usize],
             Body::DkgInvite {
+                scheme: Default::default(),
                 key_id: format!("{:032x}", 0xcafe_0000 + i),
                 threshold: 2,
                 participants: vec![a.to_string(), flood_peer.to_string()],

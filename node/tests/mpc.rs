@@ -560,7 +560,7 @@ async fn bad_key_requests_are_400s_that_say_why() {
         ),
         (
             json!({"scheme": "secp256k1", "threshold": 2, "policy": {"open": true}}),
-            "not supported",
+            "unknown signature scheme `secp256k1` (known: ed25519",
         ),
         (
             json!({"policy": {"open": true}, "threshold": "two"}),

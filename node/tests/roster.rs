@@ -128,6 +128,7 @@ async fn outsiders_get_nothing_and_members_check_every_participant() {
     let outsider = library_peer(stranger_key, &node_a.tcp_addr, &[], 1024 * 1024).await;
     let invites = vec![
         encode(Body::DkgInvite {
+            scheme: Default::default(),
             key_id: "0".repeat(32),
             threshold: 2,
             participants: vec![a.to_string(), stranger.to_string()],
@@ -205,6 +206,7 @@ async fn outsiders_get_nothing_and_members_check_every_participant() {
         &rogue,
         b,
         encode(Body::DkgInvite {
+            scheme: Default::default(),
             key_id: "1".repeat(32),
             threshold: 2,
             participants: vec![b.to_string(), member.to_string(), stranger.to_string()],

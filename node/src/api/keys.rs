@@ -11,6 +11,7 @@ use super::body::{self, Limited};
 use super::{ApiError, ApiState, parse_body};
 use crate::mpc::dkg::DkgRequest;
 use crate::mpc::policy::{Authorization, SigningPolicy};
+use crate::mpc::scheme::Scheme;
 use crate::mpc::session::SessionError;
 use crate::mpc::sign::SignResponse;
 use crate::mpc::store::KeyInfo;
@@ -23,7 +24,8 @@ pub const MAX_SIGN_MESSAGE: usize = 64 * 1024;
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKeyRequest {
-    /// Only `ed25519`.
+    /// The signature scheme's name (see [`Scheme`]); default `ed25519`. An unknown name is
+    /// refused with the list of known ones.
     #[serde(default = "default_scheme")]
     pub scheme: String,
     pub threshold: u16,
@@ -40,7 +42,7 @@ pub struct CreateKeyRequest {
 pub const POLICY_REQUIRED: &str = "`policy` is required: {\"clients\": [\"<Ed25519 public key, hex>\", ...], \"approvals\": K} (optional rules: \"max_message_bytes\", \"message_prefix\" (hex), \"max_signatures_per_minute\"), or {\"open\": true} to let anyone who can call a holder's API sign";
 
 fn default_scheme() -> String {
-    "ed25519".into()
+    Scheme::default().name().into()
 }
 
 /// Body of `POST /v1/keys/{key_id}/policy`.
@@ -127,12 +129,8 @@ pub(super) async fn create(
         .ok_or_else(|| ApiError::bad_request("invalid_request", POLICY_REQUIRED))?
         .normalized()
         .map_err(|m| ApiError::bad_request("invalid_request", format!("policy: {m}")))?;
-    if req.scheme != "ed25519" {
-        return Err(ApiError::bad_request(
-            "invalid_request",
-            format!("scheme `{}` is not supported; use `ed25519`", req.scheme),
-        ));
-    }
+    let scheme =
+        Scheme::parse(&req.scheme).map_err(|m| ApiError::bad_request("invalid_request", m))?;
     let participants = match req.participants {
         Some(list) => {
             parse_peers(&list).map_err(|m| ApiError::bad_request("invalid_request", m))?
@@ -143,6 +141,7 @@ pub(super) async fn create(
     // half-way (the other participants would only time out).
     let mpc = state.mpc.clone();
     let request = DkgRequest {
+        scheme,
         threshold: req.threshold,
         participants,
         policy,

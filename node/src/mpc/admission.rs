@@ -22,7 +22,6 @@
 
 use std::sync::Arc;
 
-use frost_ed25519 as frost;
 use libp2p::PeerId;
 use tracing::warn;
 
@@ -67,15 +66,15 @@ impl PendingAdmission {
 
 /// Signing round 1 for an admitted request: this holder's nonces and their commitments.
 /// The nonces live in the caller's session task and are spent by its one round 2.
-pub(crate) fn round1(
+pub(crate) fn round1<C: frost_core::Ciphersuite>(
     admitted: Admitted,
-    share: &frost::keys::SigningShare,
+    share: &frost_core::keys::SigningShare<C>,
 ) -> (
-    frost::round1::SigningNonces,
-    frost::round1::SigningCommitments,
+    frost_core::round1::SigningNonces<C>,
+    frost_core::round1::SigningCommitments<C>,
 ) {
     let Admitted { _sealed: () } = admitted;
-    frost::round1::commit(share, &mut rand_core::OsRng)
+    frost_core::round1::commit(share, &mut rand_core::OsRng)
 }
 
 impl MpcEngine {
@@ -288,7 +287,7 @@ pub(crate) mod tests {
             .persist()
             .await
             .unwrap();
-        let share = frost::keys::SigningShare::deserialize(&[1; 32]).unwrap();
+        let share = frost_ed25519::keys::SigningShare::deserialize(&[1; 32]).unwrap();
         let (nonces, commitments) = round1(admitted, &share);
         assert_eq!(nonces.commitments(), &commitments);
     }

@@ -239,7 +239,7 @@ impl MpcEngine {
             Err(e) => {
                 let outcome = match e {
                     SessionError::Failed(_) => "failed",
-                    SessionError::Aborted { .. } => "aborted",
+                    SessionError::Aborted { .. } | SessionError::WrongScheme { .. } => "aborted",
                     SessionError::Refused { .. } => "refused",
                 };
                 m.sessions_failed.with_label_values(&[p, outcome]).inc();

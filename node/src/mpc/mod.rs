@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod policy;
 pub mod policy_change;
 pub mod replay_guard;
+pub mod scheme;
 pub mod session;
 pub mod sign;
 pub mod store;
@@ -26,7 +27,6 @@ pub mod wire;
 use std::sync::Arc;
 use std::time::Duration;
 
-use frost_ed25519 as frost;
 use libp2p::PeerId;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
@@ -132,8 +132,10 @@ pub(crate) fn check_creator_cap(
 }
 
 /// The identifier of a participant in FROST, derived from its peer id.
-pub fn frost_identifier(peer: &PeerId) -> Result<frost::Identifier, String> {
-    frost::Identifier::derive(&peer.to_bytes())
+pub fn frost_identifier<C: frost_core::Ciphersuite>(
+    peer: &PeerId,
+) -> Result<frost_core::Identifier<C>, String> {
+    frost_core::Identifier::derive(&peer.to_bytes())
         .map_err(|e| format!("cannot derive a FROST identifier for {peer}: {e}"))
 }
 
@@ -345,12 +347,20 @@ impl MpcEngine {
         match message.body {
             Body::DkgInvite {
                 key_id,
+                scheme,
                 threshold,
                 participants,
                 policy,
-            } => self
-                .join_dkg(session, from, key_id, threshold, participants, &policy.0)
-                .map_err(other),
+            } => {
+                let invitation = dkg::DkgInvitation {
+                    key_id,
+                    scheme,
+                    threshold,
+                    participants,
+                    policy,
+                };
+                self.join_dkg(session, from, invitation).map_err(other)
+            }
             Body::SignInvite {
                 key_id,
                 message,
@@ -440,9 +450,9 @@ impl MpcEngine {
 }
 
 /// Blames the peers behind FROST's culprits, or fails with the error when there are none.
-fn frost_error(
-    e: frost::Error,
-    ids: &std::collections::BTreeMap<frost::Identifier, PeerId>,
+fn frost_error<C: frost_core::Ciphersuite>(
+    e: frost_core::Error<C>,
+    ids: &std::collections::BTreeMap<frost_core::Identifier<C>, PeerId>,
     what: &str,
 ) -> SessionError {
     let culprits: Vec<PeerId> = e

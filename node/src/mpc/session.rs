@@ -94,6 +94,16 @@ pub enum SessionError {
         refused_by: Vec<PeerId>,
         reason: String,
     },
+    /// A participant sent a protocol message of another signature scheme than the key's.
+    #[error(
+        "participant {from} sent a {got} {what} into a {expected} session; refused (blamed: {from})"
+    )]
+    WrongScheme {
+        from: PeerId,
+        what: String,
+        got: super::scheme::Scheme,
+        expected: super::scheme::Scheme,
+    },
 }
 
 /// Turns failed sends into a session error that names the unreachable peers.
@@ -127,6 +137,29 @@ impl SessionError {
             Self::Failed(reason) | Self::Aborted { reason, .. } | Self::Refused { reason, .. } => {
                 reason
             }
+            Self::WrongScheme { what, .. } => what,
+        }
+    }
+
+    /// The error for a protocol message `from` a participant that could not be decoded as a
+    /// `what` of ciphersuite `C`: a message of another scheme is [`Self::WrongScheme`], any
+    /// other is malformed; either blames the sender.
+    pub fn undecodable<C: super::scheme::Suite>(
+        from: PeerId,
+        what: &str,
+        error: super::scheme::DecodeError,
+    ) -> Self {
+        match error {
+            super::scheme::DecodeError::OtherScheme(got) => Self::WrongScheme {
+                from,
+                what: what.to_string(),
+                got,
+                expected: C::SCHEME,
+            },
+            super::scheme::DecodeError::Malformed(e) => Self::blame(
+                vec![from],
+                format!("participant {from} sent a malformed {what}: {e}"),
+            ),
         }
     }
 
@@ -167,6 +200,7 @@ impl SessionError {
         match self {
             Self::Failed(_) | Self::Refused { .. } => &[],
             Self::Aborted { blamed, .. } => blamed,
+            Self::WrongScheme { from, .. } => std::slice::from_ref(from),
         }
     }
 
@@ -178,6 +212,10 @@ impl SessionError {
             Self::Aborted { blamed, reason } => SessionOutcome::Aborted {
                 blamed: blamed.clone(),
                 reason: reason.clone(),
+            },
+            Self::WrongScheme { from, .. } => SessionOutcome::Aborted {
+                blamed: vec![*from],
+                reason: self.to_string(),
             },
         }
     }

@@ -15,7 +15,6 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use frost_ed25519 as frost;
 use serde::{Deserialize, Serialize};
 
 /// Version of the key file format this node writes and reads.
@@ -50,7 +49,8 @@ pub enum StoreError {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct KeyInfo {
     pub key_id: String,
-    pub scheme: String,
+    /// The signature scheme (FROST ciphersuite) the key was made with.
+    pub scheme: super::scheme::Scheme,
     /// Group public key (32 bytes, hex), a standard Ed25519 public key.
     pub public_key: String,
     pub threshold: u16,
@@ -114,8 +114,8 @@ struct KeyFile {
 /// A key this node holds a share of, decoded and ready to sign with.
 pub struct StoredKey {
     pub info: KeyInfo,
-    pub key_package: frost::keys::KeyPackage,
-    pub public_key_package: frost::keys::PublicKeyPackage,
+    /// The secret share and the public parts, of the key's scheme.
+    pub share: super::scheme::KeyShare,
     /// The last committed changes of the policy (at most
     /// [`MAX_POLICY_HISTORY`](super::policy::MAX_POLICY_HISTORY)), oldest first.
     pub policy_changes: Vec<super::policy::PolicyChangeRecord>,
@@ -313,8 +313,7 @@ impl KeyShareStore {
         policy_changes.drain(..excess);
         let key = StoredKey {
             info,
-            key_package: old.key_package.clone(),
-            public_key_package: old.public_key_package.clone(),
+            share: old.share.clone(),
             policy_changes,
             vote: None,
         };
@@ -333,8 +332,7 @@ impl KeyShareStore {
             .ok_or_else(|| StoreError::Task(format!("no key {key_id}")))?;
         let key = StoredKey {
             info: old.info.clone(),
-            key_package: old.key_package.clone(),
-            public_key_package: old.public_key_package.clone(),
+            share: old.share.clone(),
             policy_changes: old.policy_changes.clone(),
             vote: Some(vote),
         };
@@ -412,15 +410,16 @@ pub fn convert_legacy(
 /// The key file of a key.
 fn encode(key: &StoredKey) -> Result<Vec<u8>, StoreError> {
     let key_id = &key.info.key_id;
-    let encode_err = |e: frost::Error| StoreError::Encode {
-        key_id: key_id.clone(),
-        message: e.to_string(),
-    };
+    let (key_package, public_key_package) =
+        key.share.encode().map_err(|message| StoreError::Encode {
+            key_id: key_id.clone(),
+            message,
+        })?;
     let file = KeyFile {
         format: KEY_FILE_FORMAT,
         info: key.info.clone(),
-        key_package: hex::encode(key.key_package.serialize().map_err(encode_err)?),
-        public_key_package: hex::encode(key.public_key_package.serialize().map_err(encode_err)?),
+        key_package: hex::encode(key_package),
+        public_key_package: hex::encode(public_key_package),
         policy_changes: key.policy_changes.clone(),
         vote: key.vote,
     };
@@ -441,18 +440,14 @@ fn read_key_file(path: &Path) -> Result<StoredKey, String> {
         ));
     }
     let decode = |what: &str, s: &str| hex::decode(s).map_err(|e| format!("{what}: bad hex: {e}"));
-    let key_package =
-        frost::keys::KeyPackage::deserialize(&decode("key_package", &file.key_package)?)
-            .map_err(|e| format!("key_package: {e}"))?;
-    let public_key_package = frost::keys::PublicKeyPackage::deserialize(&decode(
-        "public_key_package",
-        &file.public_key_package,
-    )?)
-    .map_err(|e| format!("public_key_package: {e}"))?;
+    let share = super::scheme::KeyShare::decode(
+        file.info.scheme,
+        &decode("key_package", &file.key_package)?,
+        &decode("public_key_package", &file.public_key_package)?,
+    )?;
     Ok(StoredKey {
         info: file.info,
-        key_package,
-        public_key_package,
+        share,
         policy_changes: file.policy_changes,
         vote: file.vote,
     })
@@ -476,17 +471,13 @@ mod tests {
     use std::os::unix::fs::PermissionsExt;
 
     fn dealer_key(key_id: &str) -> StoredKey {
-        let rng = rand_core::OsRng;
-        let (shares, pubkeys) =
-            frost::keys::generate_with_dealer(3, 2, frost::keys::IdentifierList::Default, rng)
-                .unwrap();
-        let (_, share) = shares.into_iter().next().unwrap();
-        let key_package = frost::keys::KeyPackage::try_from(share).unwrap();
+        let (_, shares) = crate::mpc::scheme::testing::dealt::<frost_ed25519::Ed25519Sha512>(2, 3);
+        let share = shares.into_iter().next().unwrap();
         StoredKey {
             info: KeyInfo {
                 key_id: key_id.into(),
-                scheme: "ed25519".into(),
-                public_key: hex::encode(pubkeys.verifying_key().serialize().unwrap()),
+                scheme: crate::mpc::scheme::Scheme::Ed25519,
+                public_key: hex::encode(share.group_key().unwrap()),
                 threshold: 2,
                 participants: vec!["a".into(), "b".into(), "c".into()],
                 status: "active".into(),
@@ -495,8 +486,7 @@ mod tests {
                 policy: crate::mpc::policy::SigningPolicy::open(),
                 policy_version: 0,
             },
-            key_package,
-            public_key_package: pubkeys,
+            share: crate::mpc::scheme::KeyShare::Ed25519(share),
             policy_changes: vec![],
             vote: None,
         }

@@ -184,6 +184,10 @@ pub enum Body {
     /// Coordinator → participants: join a DKG.
     DkgInvite {
         key_id: String,
+        /// The new key's signature scheme (`ed25519` when absent: invitations of nodes that
+        /// made Ed25519 keys only).
+        #[serde(default)]
+        scheme: super::scheme::Scheme,
         threshold: u16,
         /// Every participant, as peer id strings (coordinator included).
         #[serde(deserialize_with = "peer_list")]

@@ -17,10 +17,11 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use frost_ed25519 as frost;
+use frost_core::{self as frost, Identifier};
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
 
+use super::super::scheme::{self, Scheme, Suite};
 use super::super::session::{SessionError, join_peers};
 use super::super::{frost_error, frost_identifier};
 
@@ -31,6 +32,8 @@ const CONFIRM_DOMAIN: &[u8] = b"p2p-mpc dkg confirmation v1";
 #[derive(Debug, Clone)]
 pub struct DkgSpec {
     pub key_id: String,
+    /// The signature scheme; a round of another ciphersuite refuses to start.
+    pub scheme: Scheme,
     pub threshold: u16,
     /// Sorted, unique, this node included.
     pub participants: Vec<PeerId>,
@@ -49,14 +52,14 @@ fn sha256(bytes: &[u8]) -> [u8; 32] {
 }
 
 /// The parts of a DKG that every round carries.
-struct Common {
+struct Common<C: Suite> {
     spec: DkgSpec,
     local: PeerId,
-    ids: BTreeMap<frost::Identifier, PeerId>,
-    id_of: BTreeMap<PeerId, frost::Identifier>,
+    ids: BTreeMap<Identifier<C>, PeerId>,
+    id_of: BTreeMap<PeerId, Identifier<C>>,
 }
 
-impl Common {
+impl<C: Suite> Common<C> {
     fn others(&self) -> Vec<PeerId> {
         self.spec
             .participants
@@ -99,7 +102,7 @@ fn take_once<T: PartialEq>(
     }
 }
 
-fn missing<T>(common: &Common, got: &BTreeMap<PeerId, T>) -> Vec<PeerId> {
+fn missing<C: Suite, T>(common: &Common<C>, got: &BTreeMap<PeerId, T>) -> Vec<PeerId> {
     common
         .others()
         .into_iter()
@@ -107,7 +110,11 @@ fn missing<T>(common: &Common, got: &BTreeMap<PeerId, T>) -> Vec<PeerId> {
         .collect()
 }
 
-fn complete<T>(common: &Common, got: &BTreeMap<PeerId, T>, what: &str) -> Result<(), SessionError> {
+fn complete<C: Suite, T>(
+    common: &Common<C>,
+    got: &BTreeMap<PeerId, T>,
+    what: &str,
+) -> Result<(), SessionError> {
     let missing = missing(common, got);
     if missing.is_empty() {
         Ok(())
@@ -120,18 +127,25 @@ fn complete<T>(common: &Common, got: &BTreeMap<PeerId, T>, what: &str) -> Result
 }
 
 /// Part 1: this node's package sent, the others' packages as they come.
-pub struct Round1 {
-    common: Common,
-    secret: frost::keys::dkg::round1::SecretPackage,
+pub struct Round1<C: Suite> {
+    common: Common<C>,
+    secret: frost::keys::dkg::round1::SecretPackage<C>,
     own: Vec<u8>,
     received: BTreeMap<PeerId, Vec<u8>>,
-    packages: BTreeMap<frost::Identifier, frost::keys::dkg::round1::Package>,
+    packages: BTreeMap<Identifier<C>, frost::keys::dkg::round1::Package<C>>,
 }
 
-impl Round1 {
+impl<C: Suite> Round1<C> {
     /// Starts a DKG on `local`: frost part 1. Returns the round and the package to send to
     /// every other participant.
     pub fn start(spec: DkgSpec, local: PeerId) -> Result<(Self, Vec<u8>), SessionError> {
+        if spec.scheme != C::SCHEME {
+            return Err(SessionError::failed(format!(
+                "a {} DKG cannot run with the {} ciphersuite",
+                spec.scheme,
+                C::SCHEME
+            )));
+        }
         let mut ids = BTreeMap::new();
         let mut id_of = BTreeMap::new();
         for p in &spec.participants {
@@ -183,12 +197,8 @@ impl Round1 {
     /// different package.
     pub fn receive(&mut self, from: PeerId, bytes: &[u8]) -> Result<(), SessionError> {
         self.common.check_sender(&from, "DKG round-1 package")?;
-        let package = frost::keys::dkg::round1::Package::deserialize(bytes).map_err(|e| {
-            SessionError::blame(
-                vec![from],
-                format!("participant {from} sent a malformed DKG round-1 package: {e}"),
-            )
-        })?;
+        let package = scheme::decode(bytes, frost::keys::dkg::round1::Package::<C>::deserialize)
+            .map_err(|e| SessionError::undecodable::<C>(from, "DKG round-1 package", e))?;
         let coefficients = package.commitment().serialize().map(|c| c.len()).ok();
         if coefficients != Some(usize::from(self.common.spec.threshold)) {
             return Err(SessionError::blame(
@@ -206,7 +216,7 @@ impl Round1 {
 
     /// Once every package arrived: the echo, a digest of each participant's package as this
     /// node received it (its own included), to send to every other participant.
-    pub fn echo(self) -> Result<(Echoing, EchoDigests), SessionError> {
+    pub fn echo(self) -> Result<(Echoing<C>, EchoDigests), SessionError> {
         complete(&self.common, &self.received, "round 1")?;
         let mut view: BTreeMap<PeerId, [u8; 32]> =
             self.received.iter().map(|(p, b)| (*p, sha256(b))).collect();
@@ -224,15 +234,15 @@ impl Round1 {
 }
 
 /// The echo round: what the others saw of everyone's round-1 package.
-pub struct Echoing {
-    common: Common,
-    secret: frost::keys::dkg::round1::SecretPackage,
-    packages: BTreeMap<frost::Identifier, frost::keys::dkg::round1::Package>,
+pub struct Echoing<C: Suite> {
+    common: Common<C>,
+    secret: frost::keys::dkg::round1::SecretPackage<C>,
+    packages: BTreeMap<Identifier<C>, frost::keys::dkg::round1::Package<C>>,
     view: BTreeMap<PeerId, [u8; 32]>,
     echoes: BTreeMap<PeerId, BTreeMap<PeerId, [u8; 32]>>,
 }
 
-impl Echoing {
+impl<C: Suite> Echoing<C> {
     /// The participants whose echo has not arrived.
     pub fn missing(&self) -> Vec<PeerId> {
         missing(&self.common, &self.echoes)
@@ -276,7 +286,7 @@ impl Echoing {
     /// never forwarded, so they need no signature: a participant can only lie about what it
     /// received, which makes the packages look different and ends the DKG; it cannot make
     /// two honest participants accept different packages.
-    pub fn part2(self) -> Result<(Round2, Outgoing), SessionError> {
+    pub fn part2(self) -> Result<(Round2<C>, Outgoing), SessionError> {
         complete(&self.common, &self.echoes, "echo")?;
         let mut equivocators = Vec::new();
         for (sender, mine) in &self.view {
@@ -323,15 +333,15 @@ impl Echoing {
 }
 
 /// Part 2: the packages the others made for this node.
-pub struct Round2 {
-    common: Common,
-    secret: frost::keys::dkg::round2::SecretPackage,
-    round1: BTreeMap<frost::Identifier, frost::keys::dkg::round1::Package>,
+pub struct Round2<C: Suite> {
+    common: Common<C>,
+    secret: frost::keys::dkg::round2::SecretPackage<C>,
+    round1: BTreeMap<Identifier<C>, frost::keys::dkg::round1::Package<C>>,
     received: BTreeMap<PeerId, Vec<u8>>,
-    packages: BTreeMap<frost::Identifier, frost::keys::dkg::round2::Package>,
+    packages: BTreeMap<Identifier<C>, frost::keys::dkg::round2::Package<C>>,
 }
 
-impl Round2 {
+impl<C: Suite> Round2<C> {
     /// The participants whose package has not arrived.
     pub fn missing(&self) -> Vec<PeerId> {
         missing(&self.common, &self.received)
@@ -342,12 +352,8 @@ impl Round2 {
     /// (Whether the share in it is right is checked by part 3, which names the culprit.)
     pub fn receive(&mut self, from: PeerId, bytes: &[u8]) -> Result<(), SessionError> {
         self.common.check_sender(&from, "DKG round-2 package")?;
-        let package = frost::keys::dkg::round2::Package::deserialize(bytes).map_err(|e| {
-            SessionError::blame(
-                vec![from],
-                format!("participant {from} sent a malformed DKG round-2 package: {e}"),
-            )
-        })?;
+        let package = scheme::decode(bytes, frost::keys::dkg::round2::Package::<C>::deserialize)
+            .map_err(|e| SessionError::undecodable::<C>(from, "DKG round-2 package", e))?;
         take_once(&mut self.received, from, bytes.to_vec(), "DKG round-2")?;
         self.packages.insert(self.common.id_of[&from], package);
         Ok(())
@@ -356,7 +362,7 @@ impl Round2 {
     /// Once every package arrived: frost part 3 (each share checked against its sender's
     /// commitment). Returns the round and the confirmation to send to every other
     /// participant: the group key and the confirmation digest.
-    pub fn part3(self) -> Result<(Confirming, Confirmation), SessionError> {
+    pub fn part3(self) -> Result<(Confirming<C>, Confirmation), SessionError> {
         complete(&self.common, &self.received, "round 2")?;
         let (key_package, public_key_package) =
             frost::keys::dkg::part3(&self.secret, &self.round1, &self.packages)
@@ -381,17 +387,17 @@ impl Round2 {
 /// What a participant confirms at the end of a DKG.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confirmation {
-    /// The group key (32 bytes).
+    /// The group key, in the ciphersuite's encoding.
     pub group_key: Vec<u8>,
     /// The confirmation digest (see the module's documentation).
     pub digest: [u8; 32],
 }
 
-/// The digest each participant confirms: the key id, the threshold, the participants, the
-/// public key package and the policy digest, under their own domain.
-fn confirmation_digest(
+/// The digest each participant confirms: the key id, the scheme, the threshold, the
+/// participants, the public key package and the policy digest, under their own domain.
+fn confirmation_digest<C: Suite>(
     spec: &DkgSpec,
-    public_key_package: &frost::keys::PublicKeyPackage,
+    public_key_package: &frost::keys::PublicKeyPackage<C>,
 ) -> Result<[u8; 32], SessionError> {
     let package = public_key_package
         .serialize()
@@ -400,6 +406,9 @@ fn confirmation_digest(
     h.update(CONFIRM_DOMAIN);
     h.update((spec.key_id.len() as u64).to_be_bytes());
     h.update(spec.key_id.as_bytes());
+    let scheme = spec.scheme.name();
+    h.update((scheme.len() as u64).to_be_bytes());
+    h.update(scheme.as_bytes());
     h.update(spec.threshold.to_be_bytes());
     h.update((spec.participants.len() as u64).to_be_bytes());
     for p in &spec.participants {
@@ -414,22 +423,21 @@ fn confirmation_digest(
 }
 
 /// The confirmation round: every other participant must confirm the same key.
-pub struct Confirming {
-    common: Common,
+pub struct Confirming<C: Suite> {
+    common: Common<C>,
     mine: Confirmation,
-    key_package: frost::keys::KeyPackage,
-    public_key_package: frost::keys::PublicKeyPackage,
+    key_package: frost::keys::KeyPackage<C>,
+    public_key_package: frost::keys::PublicKeyPackage<C>,
     confirmed: BTreeSet<PeerId>,
 }
 
 /// A key that every participant confirmed.
-pub struct DkgOutput {
+pub struct DkgOutput<C: Suite> {
     pub group_key: Vec<u8>,
-    pub key_package: frost::keys::KeyPackage,
-    pub public_key_package: frost::keys::PublicKeyPackage,
+    pub share: scheme::Share<C>,
 }
 
-impl Confirming {
+impl<C: Suite> Confirming<C> {
     /// The participants whose confirmation has not arrived.
     pub fn missing(&self) -> Vec<PeerId> {
         self.common
@@ -460,7 +468,7 @@ impl Confirming {
     }
 
     /// Once every other participant confirmed: the key.
-    pub fn finish(self) -> Result<DkgOutput, SessionError> {
+    pub fn finish(self) -> Result<DkgOutput<C>, SessionError> {
         let missing = self.missing();
         if !missing.is_empty() {
             return Err(SessionError::failed(format!(
@@ -470,20 +478,25 @@ impl Confirming {
         }
         Ok(DkgOutput {
             group_key: self.mine.group_key,
-            key_package: self.key_package,
-            public_key_package: self.public_key_package,
+            share: scheme::Share {
+                key_package: self.key_package,
+                public_key_package: self.public_key_package,
+            },
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::super::scheme::testing::for_each_suite;
     use super::*;
+    use frost_ed25519::Ed25519Sha512 as Ed;
     use proptest::prelude::*;
 
-    fn spec(t: u16, peers: &[PeerId], key_id: &str) -> DkgSpec {
+    fn spec<C: Suite>(t: u16, peers: &[PeerId], key_id: &str) -> DkgSpec {
         DkgSpec {
             key_id: key_id.into(),
+            scheme: C::SCHEME,
             threshold: t,
             participants: peers.to_vec(),
             policy_digest: [7; 32],
@@ -497,8 +510,8 @@ mod tests {
     }
 
     /// Every participant's round 1 started, and the packages each sent.
-    fn started(t: u16, peers: &[PeerId]) -> (Vec<Round1>, Vec<Vec<u8>>) {
-        let spec = spec(t, peers, "k1");
+    fn started<C: Suite>(t: u16, peers: &[PeerId]) -> (Vec<Round1<C>>, Vec<Vec<u8>>) {
+        let spec = spec::<C>(t, peers, "k1");
         peers
             .iter()
             .map(|p| Round1::start(spec.clone(), *p).unwrap())
@@ -506,8 +519,11 @@ mod tests {
     }
 
     /// Every participant past round 1, each having received every package.
-    fn echoing(t: u16, peers: &[PeerId]) -> (Vec<Echoing>, Vec<EchoDigests>, Vec<Vec<u8>>) {
-        let (mut r1, packages) = started(t, peers);
+    fn echoing<C: Suite>(
+        t: u16,
+        peers: &[PeerId],
+    ) -> (Vec<Echoing<C>>, Vec<EchoDigests>, Vec<Vec<u8>>) {
+        let (mut r1, packages) = started::<C>(t, peers);
         for (i, round) in r1.iter_mut().enumerate() {
             for (j, package) in packages.iter().enumerate() {
                 if i != j {
@@ -520,8 +536,8 @@ mod tests {
     }
 
     /// Every participant in round 2, and the packages each made (recipient, bytes).
-    fn in_round2(t: u16, peers: &[PeerId]) -> (Vec<Round2>, Vec<Outgoing>) {
-        let (mut e, digests, _) = echoing(t, peers);
+    fn in_round2<C: Suite>(t: u16, peers: &[PeerId]) -> (Vec<Round2<C>>, Vec<Outgoing>) {
+        let (mut e, digests, _) = echoing::<C>(t, peers);
         for (i, round) in e.iter_mut().enumerate() {
             for (j, d) in digests.iter().enumerate() {
                 if i != j {
@@ -536,8 +552,8 @@ mod tests {
         peers.iter().position(|x| x == p).unwrap()
     }
 
-    fn confirming(t: u16, peers: &[PeerId]) -> (Vec<Confirming>, Vec<Confirmation>) {
-        let (mut r2, out) = in_round2(t, peers);
+    fn confirming<C: Suite>(t: u16, peers: &[PeerId]) -> (Vec<Confirming<C>>, Vec<Confirmation>) {
+        let (mut r2, out) = in_round2::<C>(t, peers);
         for (j, packages) in out.iter().enumerate() {
             for (to, bytes) in packages {
                 r2[index(peers, to)].receive(peers[j], bytes).unwrap();
@@ -546,8 +562,8 @@ mod tests {
         r2.into_iter().map(|r| r.part3().unwrap()).unzip()
     }
 
-    fn dkg(t: u16, peers: &[PeerId]) -> Vec<DkgOutput> {
-        let (mut c, mine) = confirming(t, peers);
+    fn dkg<C: Suite>(t: u16, peers: &[PeerId]) -> Vec<DkgOutput<C>> {
+        let (mut c, mine) = confirming::<C>(t, peers);
         for (i, round) in c.iter_mut().enumerate() {
             for (j, m) in mine.iter().enumerate() {
                 if i != j {
@@ -559,31 +575,34 @@ mod tests {
     }
 
     /// Signs with the key packages of the first `t` participants and verifies.
-    fn signs(outputs: &[DkgOutput], t: usize) {
+    fn signs<C: Suite>(outputs: &[DkgOutput<C>], t: usize) {
         let signers = &outputs[..t];
         let mut nonces = BTreeMap::new();
         let mut commitments = BTreeMap::new();
         for o in signers {
-            let id = *o.key_package.identifier();
-            let (n, c) =
-                frost::round1::commit(o.key_package.signing_share(), &mut rand_core::OsRng);
+            let id = *o.share.key_package.identifier();
+            let (n, c) = frost::round1::commit::<C, _>(
+                o.share.key_package.signing_share(),
+                &mut rand_core::OsRng,
+            );
             nonces.insert(id, n);
             commitments.insert(id, c);
         }
-        let package = frost::SigningPackage::new(commitments, b"made in memory");
+        let package = frost::SigningPackage::<C>::new(commitments, b"made in memory");
         let shares = signers
             .iter()
             .map(|o| {
-                let id = *o.key_package.identifier();
+                let id = *o.share.key_package.identifier();
                 (
                     id,
-                    frost::round2::sign(&package, &nonces[&id], &o.key_package).unwrap(),
+                    frost::round2::sign(&package, &nonces[&id], &o.share.key_package).unwrap(),
                 )
             })
             .collect();
         let signature =
-            frost::aggregate(&package, &shares, &outputs[0].public_key_package).unwrap();
+            frost::aggregate(&package, &shares, &outputs[0].share.public_key_package).unwrap();
         outputs[0]
+            .share
             .public_key_package
             .verifying_key()
             .verify(b"made in memory", &signature)
@@ -592,9 +611,13 @@ mod tests {
 
     #[test]
     fn cores_make_a_3_of_5_and_a_7_of_10_key_that_signs() {
+        for_each_suite!(make_and_sign);
+    }
+
+    fn make_and_sign<C: Suite>() {
         for (t, n) in [(3u16, 5usize), (7, 10)] {
             let peers = peers(n);
-            let outputs = dkg(t, &peers);
+            let outputs = dkg::<C>(t, &peers);
             assert_eq!(outputs.len(), n);
             assert!(
                 outputs.iter().all(|o| o.group_key == outputs[0].group_key),
@@ -617,7 +640,7 @@ mod tests {
     #[test]
     fn round_1_refuses_strangers_garbage_other_thresholds_and_equivocation() {
         let peers = peers(3);
-        let (mut r1, packages) = started(2, &peers);
+        let (mut r1, packages) = started::<Ed>(2, &peers);
         let stranger = PeerId::random();
         blamed(
             r1[0].receive(stranger, &packages[1]),
@@ -631,18 +654,19 @@ mod tests {
         );
         blamed(r1[0].receive(peers[1], b"garbage"), peers[1], "malformed");
         // A package of a 3-of-3 DKG in a 2-of-3 one.
-        let (_, other_threshold) = Round1::start(spec(3, &peers, "k1"), peers[1]).unwrap();
+        let (_, other_threshold) =
+            Round1::<Ed>::start(spec::<Ed>(3, &peers, "k1"), peers[1]).unwrap();
         blamed(
             r1[0].receive(peers[1], &other_threshold),
             peers[1],
             "another threshold",
         );
         // A round-2 package where a round-1 package belongs.
-        let (_, out) = in_round2(2, &peers);
+        let (_, out) = in_round2::<Ed>(2, &peers);
         blamed(r1[0].receive(peers[1], &out[1][0].1), peers[1], "malformed");
         r1[0].receive(peers[1], &packages[1]).unwrap();
         r1[0].receive(peers[1], &packages[1]).unwrap();
-        let (_, second) = Round1::start(spec(2, &peers, "k1"), peers[1]).unwrap();
+        let (_, second) = Round1::<Ed>::start(spec::<Ed>(2, &peers, "k1"), peers[1]).unwrap();
         blamed(r1[0].receive(peers[1], &second), peers[1], "two different");
         assert_eq!(r1[0].missing(), vec![peers[2]]);
         let round = r1.remove(0);
@@ -655,9 +679,9 @@ mod tests {
     #[test]
     fn echoes_expose_a_sender_that_sent_different_packages() {
         let peers = peers(3);
-        let (mut e, digests, _) = echoing(2, &peers);
+        let (mut e, digests, _) = echoing::<Ed>(2, &peers);
         // Participant 2 reports another package from participant 1 than participant 0 got.
-        let (_, other) = Round1::start(spec(2, &peers, "k1"), peers[1]).unwrap();
+        let (_, other) = Round1::<Ed>::start(spec::<Ed>(2, &peers, "k1"), peers[1]).unwrap();
         let mut lying = digests[2].clone();
         for (p, d) in &mut lying {
             if *p == peers[1].to_string() {
@@ -682,7 +706,7 @@ mod tests {
     #[test]
     fn echoes_must_name_every_participant_once() {
         let peers = peers(3);
-        let (mut e, digests, _) = echoing(2, &peers);
+        let (mut e, digests, _) = echoing::<Ed>(2, &peers);
         let from = peers[1];
         let mut short = digests[1].clone();
         short.pop();
@@ -711,7 +735,7 @@ mod tests {
     #[test]
     fn a_wrong_round_2_share_blames_its_sender() {
         let peers = peers(3);
-        let (mut r2, out) = in_round2(2, &peers);
+        let (mut r2, out) = in_round2::<Ed>(2, &peers);
         // Participant 1 hands participant 0 the package it made for participant 2.
         let for_2 = out[1]
             .iter()
@@ -738,7 +762,7 @@ mod tests {
     #[test]
     fn a_confirmation_of_another_key_or_key_id_is_refused() {
         let peers = peers(3);
-        let (mut c, mine) = confirming(2, &peers);
+        let (mut c, mine) = confirming::<Ed>(2, &peers);
         let mut other_key = mine[1].clone();
         other_key.group_key[0] ^= 1;
         blamed(
@@ -748,10 +772,10 @@ mod tests {
         );
         // The same DKG's package under another key id has another digest.
         let mut other_id = mine[1].clone();
-        let spec_other = spec(2, &peers, "k2");
+        let spec_other = spec::<Ed>(2, &peers, "k2");
         other_id.digest = confirmation_digest(&spec_other, &c[1].public_key_package).unwrap();
         assert_eq!(
-            confirmation_digest(&spec(2, &peers, "k1"), &c[1].public_key_package).unwrap(),
+            confirmation_digest(&spec::<Ed>(2, &peers, "k1"), &c[1].public_key_package).unwrap(),
             mine[1].digest
         );
         blamed(c[0].receive(peers[1], &other_id), peers[1], "key id");
@@ -784,7 +808,7 @@ mod tests {
         ) {
             let peers = peers(3);
             let from = if pick == 2 { PeerId::random() } else { peers[1 + pick % 2] };
-            let (mut r1, packages) = started(2, &peers);
+            let (mut r1, packages) = started::<Ed>(2, &peers);
             let _ = r1[0].receive(from, &bytes);
             let mut mutated = packages[1].clone();
             let at = flip % mutated.len();
@@ -793,7 +817,7 @@ mod tests {
             prop_assert!(r1[0].received.len() <= 1);
             prop_assert!(r1[0].received.keys().all(|p| peers.contains(p)));
 
-            let (mut e, digests, _) = echoing(2, &peers);
+            let (mut e, digests, _) = echoing::<Ed>(2, &peers);
             let mut echo = digests[1].clone();
             let at = flip % echo.len();
             echo[at].1[flip % 32] ^= 1;
@@ -806,11 +830,11 @@ mod tests {
             let _ = e[0].receive(from, &random);
             prop_assert!(e[0].echoes.len() <= 1);
 
-            let (mut r2, _) = in_round2(2, &peers);
+            let (mut r2, _) = in_round2::<Ed>(2, &peers);
             let _ = r2[0].receive(from, &bytes);
             prop_assert!(r2[0].received.is_empty());
 
-            let (mut c, mine) = confirming(2, &peers);
+            let (mut c, mine) = confirming::<Ed>(2, &peers);
             let mut confirmation = mine[1].clone();
             confirmation.digest[flip % 32] ^= 1;
             prop_assert!(c[0].receive(from, &confirmation).is_err());

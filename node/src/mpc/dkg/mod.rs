@@ -8,11 +8,11 @@ pub mod core;
 use std::collections::BTreeSet;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use frost_ed25519 as frost;
 use libp2p::PeerId;
 use tracing::{debug, info, warn};
 
 use super::policy::SigningPolicy;
+use super::scheme::{Scheme, Suite};
 use super::session::{SessionError, SessionInbox};
 use super::store::{KeyInfo, StoredKey};
 use super::wire::{Blob, Body, Protocol, SessionId};
@@ -21,6 +21,8 @@ use super::{MpcEngine, MpcError, frost_identifier, parse_peers, unreachable_erro
 /// A DKG request (the body of `POST /v1/keys`, participants resolved).
 #[derive(Debug, Clone)]
 pub struct DkgRequest {
+    /// The signature scheme of the new key.
+    pub scheme: Scheme,
     pub threshold: u16,
     /// Every participant, this node included.
     pub participants: Vec<PeerId>,
@@ -28,10 +30,20 @@ pub struct DkgRequest {
     pub policy: SigningPolicy,
 }
 
+/// What a `DkgInvite` asks of this node.
+pub(super) struct DkgInvitation {
+    pub key_id: String,
+    pub scheme: Scheme,
+    pub threshold: u16,
+    pub participants: Vec<String>,
+    pub policy: Blob,
+}
+
 /// The parameters every participant of one DKG agrees on.
 struct DkgParams {
     key_id: String,
     coordinator: PeerId,
+    scheme: Scheme,
     threshold: u16,
     /// Sorted, unique, this node included.
     participants: Vec<PeerId>,
@@ -94,6 +106,7 @@ impl MpcEngine {
         let params = DkgParams {
             key_id: SessionId::random().to_string(),
             coordinator: local,
+            scheme: request.scheme,
             threshold: request.threshold,
             participants,
             policy: request
@@ -115,6 +128,7 @@ impl MpcEngine {
         let engine = self.clone();
         let invite = Body::DkgInvite {
             key_id: params.key_id.clone(),
+            scheme: params.scheme,
             threshold: params.threshold,
             participants: params
                 .participants
@@ -128,7 +142,7 @@ impl MpcEngine {
             engine
                 .broadcast_round(&mut inbox, &others2, &invite, "the DKG invitation")
                 .await?;
-            engine.run_dkg(inbox, params).await
+            crate::with_suite!(params.scheme, C => engine.run_dkg::<C>(inbox, params).await)
         };
         self.run_session(Protocol::Dkg, "coordinator", session, others, run)
             .await
@@ -140,13 +154,17 @@ impl MpcEngine {
         &self,
         session: SessionId,
         from: PeerId,
-        key_id: String,
-        threshold: u16,
-        participants: Vec<String>,
-        policy: &[u8],
+        invitation: DkgInvitation,
     ) -> Result<(), String> {
+        let DkgInvitation {
+            key_id,
+            scheme,
+            threshold,
+            participants,
+            policy,
+        } = invitation;
         let local = self.inner.local;
-        let policy = SigningPolicy::from_bytes(policy)?;
+        let policy = SigningPolicy::from_bytes(&policy.0)?;
         let peers = parse_peers(&participants)?;
         let participants = check_params(local, threshold, &peers)?;
         if !participants.contains(&from) {
@@ -175,6 +193,7 @@ impl MpcEngine {
         let params = DkgParams {
             key_id,
             coordinator: from,
+            scheme,
             threshold,
             participants,
             policy,
@@ -183,7 +202,10 @@ impl MpcEngine {
             Protocol::Dkg,
             session,
             others,
-            move |engine, inbox| async move { engine.run_dkg(inbox, params).await.map(|_| ()) },
+            move |engine, inbox| async move {
+                crate::with_suite!(params.scheme, C => engine.run_dkg::<C>(inbox, params).await)
+                    .map(|_| ())
+            },
         )
         .map_err(|e| e.to_string())
     }
@@ -200,7 +222,7 @@ impl MpcEngine {
         )
     }
 
-    async fn run_dkg(
+    async fn run_dkg<C: Suite>(
         &self,
         mut inbox: SessionInbox,
         params: DkgParams,
@@ -210,17 +232,18 @@ impl MpcEngine {
         let timeout = self.inner.round_timeout;
         let spec = core::DkgSpec {
             key_id: params.key_id.clone(),
+            scheme: params.scheme,
             threshold: params.threshold,
             participants: params.participants.clone(),
             policy_digest: params.policy.digest(),
         };
-        info!(key_id = %params.key_id, threshold = params.threshold, participants = params.participants.len(), "DKG started");
+        info!(key_id = %params.key_id, scheme = %params.scheme, threshold = params.threshold, participants = params.participants.len(), "DKG started");
 
         // Part 1, broadcast with an echo round.
-        let (mut round1, package) = core::Round1::start(spec, local)?;
+        let (mut round1, package) = core::Round1::<C>::start(spec, local)?;
         let others = round1.others();
         if self.inner.faults.equivocate_dkg_round1 {
-            let messages = self.equivocate_round1(&others, package, &params)?;
+            let messages = self.equivocate_round1::<C>(&others, package, &params)?;
             self.send_round(&mut inbox, messages, "DKG round 1").await?;
         } else {
             let body = Body::DkgRound1 { package };
@@ -304,15 +327,11 @@ impl MpcEngine {
                 |from, confirmation| confirming.receive(from, confirmation),
             )
             .await?;
-        let core::DkgOutput {
-            group_key,
-            key_package,
-            public_key_package,
-        } = confirming.finish()?;
+        let core::DkgOutput { group_key, share } = confirming.finish()?;
 
         let info = KeyInfo {
             key_id: params.key_id.clone(),
-            scheme: "ed25519".into(),
+            scheme: params.scheme,
             public_key: hex::encode(&group_key),
             threshold: params.threshold,
             participants: params
@@ -331,8 +350,7 @@ impl MpcEngine {
         };
         let key = StoredKey {
             info: info.clone(),
-            key_package,
-            public_key_package,
+            share: C::wrap(share),
             policy_changes: vec![],
             vote: None,
         };
@@ -380,15 +398,15 @@ impl MpcEngine {
     /// which then tells them that the key is active.
     /// Test fault `equivocate-dkg-round1`: a second, different round-1 package for half of
     /// the others, `package` for the rest.
-    fn equivocate_round1(
+    fn equivocate_round1<C: Suite>(
         &self,
         others: &[PeerId],
         package: Vec<u8>,
         params: &DkgParams,
     ) -> Result<Vec<(PeerId, Body)>, SessionError> {
-        let id = frost_identifier(&self.inner.local).map_err(SessionError::failed)?;
+        let id = frost_identifier::<C>(&self.inner.local).map_err(SessionError::failed)?;
         let n = params.participants.len() as u16;
-        let (_, other) = frost::keys::dkg::part1(id, n, params.threshold, rand_core::OsRng)
+        let (_, other) = frost_core::keys::dkg::part1(id, n, params.threshold, rand_core::OsRng)
             .map_err(|e| SessionError::failed(format!("DKG part 1: {e}")))?;
         let other = other
             .serialize()

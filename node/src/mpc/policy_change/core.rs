@@ -496,7 +496,7 @@ mod tests {
         let new_policy = policy(&[&bob], 1);
         let key = KeyInfo {
             key_id: "k".into(),
-            scheme: "ed25519".into(),
+            scheme: crate::mpc::scheme::Scheme::Ed25519,
             public_key: String::new(),
             threshold: 3,
             participants: peers.iter().map(ToString::to_string).collect(),

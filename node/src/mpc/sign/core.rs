@@ -14,8 +14,11 @@
 //!
 //! A second round 2 on a signer, spelled out:
 //!
+//! The cores are generic over the key's ciphersuite ([`Suite`]); a message of another
+//! scheme's ciphersuite is refused as [`SessionError::WrongScheme`].
+//!
 //! ```compile_fail
-//! # fn twice(signer: p2p_mpc_node::mpc::sign::core::Signer, package: &[u8]) {
+//! # fn twice(signer: p2p_mpc_node::mpc::sign::core::Signer<frost_ed25519::Ed25519Sha512>, package: &[u8]) {
 //! let _ = signer.round2(package);
 //! let _ = signer.round2(package); // `signer` was moved by the first round 2
 //! # }
@@ -23,35 +26,35 @@
 
 use std::collections::BTreeMap;
 
-use frost_ed25519 as frost;
+use frost_core::{self as frost, Identifier};
 use libp2p::PeerId;
 
 use super::super::admission::{Admitted, round1};
+use super::super::scheme::{self, Share, Suite};
 use super::super::session::SessionError;
-use super::super::store::StoredKey;
 use super::super::{frost_error, frost_identifier};
 
 /// Round 1 done on a holder: its nonces, waiting for the coordinator's signing package.
-pub struct Signer {
+pub struct Signer<C: Suite> {
     coordinator: PeerId,
     message: Vec<u8>,
-    id: frost::Identifier,
-    nonces: frost::round1::SigningNonces,
-    commitments: frost::round1::SigningCommitments,
-    key_package: frost::keys::KeyPackage,
+    id: Identifier<C>,
+    nonces: frost::round1::SigningNonces<C>,
+    commitments: frost::round1::SigningCommitments<C>,
+    key_package: frost::keys::KeyPackage<C>,
 }
 
-impl Signer {
+impl<C: Suite> Signer<C> {
     /// Commits to a round for an admitted request; returns the signer and the commitments
     /// to send to `coordinator`.
     pub fn round1(
         admitted: Admitted,
-        key: &StoredKey,
+        key: &Share<C>,
         local: &PeerId,
         coordinator: PeerId,
         message: Vec<u8>,
     ) -> Result<(Self, Vec<u8>), SessionError> {
-        let id = frost_identifier(local).map_err(SessionError::failed)?;
+        let id = frost_identifier::<C>(local).map_err(SessionError::failed)?;
         let (nonces, commitments) = round1(admitted, key.key_package.signing_share());
         let bytes = commitments
             .serialize()
@@ -72,12 +75,8 @@ impl Signer {
     /// afterwards, whatever the outcome.
     pub fn round2(self, package: &[u8]) -> Result<Vec<u8>, SessionError> {
         let coordinator = self.coordinator;
-        let package = frost::SigningPackage::deserialize(package).map_err(|e| {
-            SessionError::blame(
-                vec![coordinator],
-                format!("coordinator {coordinator} sent a malformed signing package: {e}"),
-            )
-        })?;
+        let package = scheme::decode(package, frost::SigningPackage::<C>::deserialize)
+            .map_err(|e| SessionError::undecodable::<C>(coordinator, "signing package", e))?;
         if package.message() != self.message.as_slice()
             || package.signing_commitments().get(&self.id) != Some(&self.commitments)
         {
@@ -95,25 +94,26 @@ impl Signer {
 }
 
 /// The coordinator's round 1: its own nonces, and the holders' commitments as they come.
-pub struct Coordinator {
+pub struct Coordinator<C: Suite> {
     local: PeerId,
     message: Vec<u8>,
     needed: usize,
     /// FROST identifier of every holder of the key.
-    ids: BTreeMap<PeerId, frost::Identifier>,
-    nonces: frost::round1::SigningNonces,
-    own: frost::round1::SigningCommitments,
-    commitments: BTreeMap<PeerId, frost::round1::SigningCommitments>,
-    key_package: frost::keys::KeyPackage,
-    public_key_package: frost::keys::PublicKeyPackage,
+    ids: BTreeMap<PeerId, Identifier<C>>,
+    nonces: frost::round1::SigningNonces<C>,
+    own: frost::round1::SigningCommitments<C>,
+    commitments: BTreeMap<PeerId, frost::round1::SigningCommitments<C>>,
+    key_package: frost::keys::KeyPackage<C>,
+    public_key_package: frost::keys::PublicKeyPackage<C>,
 }
 
-impl Coordinator {
+impl<C: Suite> Coordinator<C> {
     /// Starts coordinating a signature of `message` with `key` by `holders` (this node
-    /// among them), for an admitted request: this node's round 1.
+    /// among them), for an admitted request: this node's round 1. `t` signers sign, `key`'s
+    /// threshold.
     pub fn start(
         admitted: Admitted,
-        key: &StoredKey,
+        key: &Share<C>,
         holders: &[PeerId],
         local: PeerId,
         message: Vec<u8>,
@@ -131,7 +131,7 @@ impl Coordinator {
         Ok(Self {
             local,
             message,
-            needed: usize::from(key.info.threshold).saturating_sub(1),
+            needed: usize::from(*key.key_package.min_signers()).saturating_sub(1),
             ids,
             nonces,
             own,
@@ -162,12 +162,8 @@ impl Coordinator {
                 format!("peer {from} is not a holder invited to sign"),
             ));
         }
-        let c = frost::round1::SigningCommitments::deserialize(bytes).map_err(|e| {
-            SessionError::blame(
-                vec![from],
-                format!("participant {from} sent malformed commitments: {e}"),
-            )
-        })?;
+        let c = scheme::decode(bytes, frost::round1::SigningCommitments::<C>::deserialize)
+            .map_err(|e| SessionError::undecodable::<C>(from, "signing commitments", e))?;
         match self.commitments.get(&from) {
             Some(previous) if *previous == c => return Ok(true),
             Some(_) => {
@@ -188,7 +184,7 @@ impl Coordinator {
     /// Round 2, once [`ready`](Self::ready): the signing package for the chosen signers
     /// (the holders whose commitments were taken) and this node's own share. Consumes the
     /// round: the coordinator's nonces sign once.
-    pub fn round2(self) -> Result<(Collecting, Vec<u8>), SessionError> {
+    pub fn round2(self) -> Result<(Collecting<C>, Vec<u8>), SessionError> {
         if !self.ready() {
             return Err(SessionError::failed(format!(
                 "round 2 needs {} commitments, {} arrived",
@@ -222,16 +218,16 @@ impl Coordinator {
 }
 
 /// Round 2 on the coordinator: the chosen signers' shares as they come.
-pub struct Collecting {
+pub struct Collecting<C: Suite> {
     chosen: Vec<PeerId>,
-    ids: BTreeMap<PeerId, frost::Identifier>,
-    package: frost::SigningPackage,
-    shares: BTreeMap<frost::Identifier, frost::round2::SignatureShare>,
+    ids: BTreeMap<PeerId, Identifier<C>>,
+    package: frost::SigningPackage<C>,
+    shares: BTreeMap<Identifier<C>, frost::round2::SignatureShare<C>>,
     received: BTreeMap<PeerId, Vec<u8>>,
-    public_key_package: frost::keys::PublicKeyPackage,
+    public_key_package: frost::keys::PublicKeyPackage<C>,
 }
 
-impl Collecting {
+impl<C: Suite> Collecting<C> {
     /// The signers chosen for round 2 (other than this node), sorted.
     pub fn chosen(&self) -> &[PeerId] {
         &self.chosen
@@ -267,18 +263,14 @@ impl Collecting {
                 format!("participant {from} sent two different sign round 2 share messages"),
             ));
         }
-        let share = frost::round2::SignatureShare::deserialize(bytes).map_err(|e| {
-            SessionError::blame(
-                vec![from],
-                format!("participant {from} sent a malformed signature share: {e}"),
-            )
-        })?;
+        let share = scheme::decode(bytes, frost::round2::SignatureShare::<C>::deserialize)
+            .map_err(|e| SessionError::undecodable::<C>(from, "signature share", e))?;
         self.received.insert(from, bytes.to_vec());
         self.shares.insert(self.ids[&from], share);
         if !self.missing().is_empty() {
             return Ok(None);
         }
-        let by_id: BTreeMap<frost::Identifier, PeerId> =
+        let by_id: BTreeMap<Identifier<C>, PeerId> =
             self.ids.iter().map(|(p, id)| (*id, *p)).collect();
         let signature = frost::aggregate_custom(
             &self.package,
@@ -297,59 +289,21 @@ impl Collecting {
 #[cfg(test)]
 mod tests {
     use super::super::super::admission::tests::admitted;
-    use super::super::super::policy::SigningPolicy;
-    use super::super::super::store::KeyInfo;
+    use super::super::super::scheme::testing::{dealt, for_each_suite};
     use super::*;
     use proptest::prelude::*;
 
-    /// A t-of-n key dealt among `n` random peers (FROST identifiers derived from their ids,
-    /// as the DKG does).
-    fn dealt(t: u16, n: u16) -> (Vec<PeerId>, Vec<StoredKey>) {
-        let peers: Vec<PeerId> = (0..n).map(|_| PeerId::random()).collect();
-        let ids: Vec<frost::Identifier> =
-            peers.iter().map(|p| frost_identifier(p).unwrap()).collect();
-        let (shares, public) = frost::keys::generate_with_dealer(
-            n,
-            t,
-            frost::keys::IdentifierList::Custom(&ids),
-            rand_core::OsRng,
-        )
-        .unwrap();
-        let keys = ids
-            .iter()
-            .map(|id| StoredKey {
-                info: KeyInfo {
-                    key_id: "k".into(),
-                    scheme: "ed25519".into(),
-                    public_key: hex::encode(public.verifying_key().serialize().unwrap()),
-                    threshold: t,
-                    participants: peers.iter().map(ToString::to_string).collect(),
-                    status: "active".into(),
-                    created_by: None,
-                    created_at: 0,
-                    policy: SigningPolicy::open(),
-                    policy_version: 0,
-                },
-                key_package: frost::keys::KeyPackage::try_from(shares[id].clone()).unwrap(),
-                public_key_package: public.clone(),
-                policy_changes: vec![],
-                vote: None,
-            })
-            .collect();
-        (peers, keys)
-    }
-
-    fn verify(key: &StoredKey, message: &[u8], signature: &[u8]) {
-        let sig = frost::Signature::deserialize(signature).unwrap();
-        key.public_key_package
-            .verifying_key()
-            .verify(message, &sig)
-            .unwrap();
+    fn verify<C: Suite>(key: &Share<C>, message: &[u8], signature: &[u8]) {
+        key.verify(message, signature).unwrap();
     }
 
     #[test]
     fn three_of_five_signs_among_cores_and_refuses_every_misstep() {
-        let (peers, keys) = dealt(3, 5);
+        for_each_suite!(three_of_five);
+    }
+
+    fn three_of_five<C: Suite>() {
+        let (peers, keys) = dealt::<C>(3, 5);
         let message = b"pay 5".to_vec();
         let mut coordinator =
             Coordinator::start(admitted(), &keys[0], &peers, peers[0], message.clone()).unwrap();
@@ -414,7 +368,11 @@ mod tests {
 
     #[test]
     fn a_wrong_share_is_named_and_a_package_for_another_message_refused() {
-        let (peers, keys) = dealt(2, 3);
+        for_each_suite!(a_wrong_share);
+    }
+
+    fn a_wrong_share<C: Suite>() {
+        let (peers, keys) = dealt::<C>(2, 3);
         let message = b"m".to_vec();
         let mut coordinator =
             Coordinator::start(admitted(), &keys[0], &peers, peers[0], message.clone()).unwrap();
@@ -423,15 +381,17 @@ mod tests {
         coordinator.commitments(peers[1], &bytes).unwrap();
         let (mut collecting, package) = coordinator.round2().unwrap();
         let mut share = signer.round2(&package).unwrap();
-        share[0] ^= 1;
+        // A bit in the middle of the scalar: the share decodes, and is wrong.
+        let middle = share.len() / 2;
+        share[middle] ^= 1;
         let e = collecting.share(peers[1], &share).unwrap_err();
         assert_eq!(e.blamed(), &[peers[1]], "{e}");
 
         // A signer asked to sign another message than the one it was invited for refuses.
         let (signer, bytes) =
             Signer::round1(admitted(), &keys[2], &peers[2], peers[0], message).unwrap();
-        let c = frost::round1::SigningCommitments::deserialize(&bytes).unwrap();
-        let ids = [frost_identifier(&peers[2]).unwrap()];
+        let c = frost::round1::SigningCommitments::<C>::deserialize(&bytes).unwrap();
+        let ids = [frost_identifier::<C>(&peers[2]).unwrap()];
         let other = frost::SigningPackage::new(BTreeMap::from([(ids[0], c)]), b"other");
         let e = signer.round2(&other.serialize().unwrap()).unwrap_err();
         assert_eq!(e.blamed(), &[peers[0]]);
@@ -450,11 +410,11 @@ mod tests {
                 1..40,
             )
         ) {
-            let (peers, keys) = dealt(3, 4);
+            let (peers, keys) = dealt::<frost_ed25519::Ed25519Sha512>(3, 4);
             let message = b"m".to_vec();
             let mut coordinator =
                 Coordinator::start(admitted(), &keys[0], &peers, peers[0], message.clone()).unwrap();
-            let honest: Vec<(Signer, Vec<u8>)> = (1..4)
+            let honest: Vec<(Signer<frost_ed25519::Ed25519Sha512>, Vec<u8>)> = (1..4)
                 .map(|i| Signer::round1(admitted(), &keys[i], &peers[i], peers[0], message.clone()).unwrap())
                 .collect();
             let who = |i: usize| if i < 4 { peers[i] } else { PeerId::random() };

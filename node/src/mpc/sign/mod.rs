@@ -14,12 +14,32 @@ use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
+use std::sync::Arc;
+
 use self::core::{Coordinator, Signer};
+use super::admission::Admitted;
 use super::policy::{Authorization, PolicyStamp};
-use super::session::{SessionError, join_peers};
+use super::scheme::{Share, Suite};
+use super::session::{SessionError, SessionInbox, join_peers};
+use super::store::StoredKey;
 use super::wire::{Body, Protocol, SessionId};
 use super::{InviteRefusal, MpcEngine, MpcError, parse_peers, unreachable_error};
 use crate::mpc::transport::MpcSendError;
+
+/// What the coordinator of one signature works with.
+struct Coordination {
+    key: Arc<StoredKey>,
+    /// Every holder of the key, this node included.
+    holders: Vec<PeerId>,
+    /// The holders other than this node.
+    others: Vec<PeerId>,
+    message: Vec<u8>,
+    authorizations: Vec<Authorization>,
+    session: SessionId,
+}
+
+/// A holder's signing round 2: signs the coordinator's package once.
+type SignRound2 = Box<dyn FnOnce(&[u8]) -> Result<Vec<u8>, SessionError> + Send>;
 
 /// A verified group signature.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -57,182 +77,207 @@ impl MpcEngine {
         let holders = parse_peers(&key.info.participants).map_err(MpcError::Internal)?;
         let others: Vec<PeerId> = holders.iter().filter(|p| **p != local).copied().collect();
         let session = SessionId::random();
-        let mut inbox = self
+        let inbox = self
             .inner
             .router
             .open(session, Protocol::Sign, others.clone())
             .map_err(|error| MpcError::Session { session, error })?;
-        let timeout = self.inner.round_timeout;
-        let needed = usize::from(key.info.threshold).saturating_sub(1);
         let engine = self.clone();
-        let key2 = key.clone();
-        let others2 = others.clone();
+        let request = Coordination {
+            key: key.clone(),
+            holders,
+            others: others.clone(),
+            message,
+            authorizations,
+            session,
+        };
         let run = async move {
-            let key = key2;
-            let others = others2;
-            let mut core = Coordinator::start(admitted, &key, &holders, local, message.clone())?;
-
-            // Round 1: invite `needed` holders (where the list starts rotates with the session,
-            // spreading the work); a holder that cannot be reached is replaced at once, and when
-            // some are slow to answer, every holder left is invited and the first to answer sign.
-            let start = usize::from(session.0[0]) % others.len().max(1);
-            let mut candidates: std::collections::VecDeque<PeerId> = others[start..]
-                .iter()
-                .chain(&others[..start])
-                .copied()
-                .collect();
-            let invite = Body::SignInvite {
-                key_id: key.info.key_id.clone(),
-                message: message.clone(),
-                authorizations,
-                policy: key.info.policy_stamp(),
-            };
-            // Invitations go out in the background: a holder that is slow to acknowledge
-            // (or frozen) holds up nobody; one that cannot be reached is reported here.
-            let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
-            let invite_one = |peer: PeerId| {
-                let (engine, invite, failed_tx) =
-                    (engine.clone(), invite.clone(), failed_tx.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = engine.send(peer, session, invite).await {
-                        let _ = failed_tx.send((peer, e));
-                    }
-                });
-            };
-            let mut waiting: Vec<PeerId> = Vec::new();
-            for peer in candidates.drain(..needed.min(candidates.len())) {
-                invite_one(peer);
-                waiting.push(peer);
-            }
-            let mut failures: Vec<(PeerId, MpcSendError)> = Vec::new();
-            let deadline = tokio::time::Instant::now() + timeout;
-            let straggler_deadline = tokio::time::Instant::now() + timeout / 5;
-            let mut committed: Vec<PeerId> = Vec::new();
-            while !core.ready() {
-                let pending: Vec<PeerId> = waiting
-                    .iter()
-                    .filter(|p| !committed.contains(p))
-                    .copied()
-                    .collect();
-                if pending.len() + committed.len() < needed {
-                    // A holder could not be reached: invite the next one in its place.
-                    if let Some(peer) = candidates.pop_front() {
-                        invite_one(peer);
-                        waiting.push(peer);
-                        continue;
-                    }
-                }
-                if pending.len() + committed.len() < needed && pending.is_empty() {
-                    // Holders that refused by the key's policy are not "unreachable": the
-                    // caller hears which rule refused and who refused it.
-                    if let Some(refused) = SessionError::refused_by_holders(&failures) {
-                        return Err(refused);
-                    }
-                    let missing: Vec<PeerId> = failures.iter().map(|(p, _)| *p).collect();
-                    return Err(SessionError::blame(
-                        missing.clone(),
-                        format!(
-                            "signing needs {} participants (threshold) but only {} are reachable; unreachable participants: {} ({})",
-                            key.info.threshold,
-                            others.len() - missing.len() + 1,
-                            join_peers(&missing),
-                            failures
-                                .iter()
-                                .map(|(_, e)| e.to_string())
-                                .collect::<Vec<_>>()
-                                .join("; ")
-                        ),
-                    ));
-                }
-                let widen_at = (!candidates.is_empty()).then_some(straggler_deadline.min(deadline));
-                let wait_until = widen_at.unwrap_or(deadline);
-                tokio::select! {
-                    next = inbox.next_of("sign round 1", &pending, wait_until, |b| match b {
-                        Body::SignCommitments { commitments } => Some(commitments.clone()),
-                        _ => None,
-                    }) => match next {
-                        Ok((peer, c)) => {
-                            if core.commitments(peer, &c)? {
-                                committed.push(peer);
-                            }
-                        }
-                        // Slow holders: invite every holder left as well.
-                        Err(_) if widen_at.is_some() && tokio::time::Instant::now() >= wait_until => {
-                            for peer in candidates.drain(..) {
-                                invite_one(peer);
-                                waiting.push(peer);
-                            }
-                        }
-                        // An abort, or the deadline.
-                        Err(e) => return Err(e),
-                    },
-                    Some((peer, e)) = failed_rx.recv() => {
-                        waiting.retain(|p| *p != peer);
-                        failures.push((peer, e));
-                        engine.catch_up_from_refusers(&key.info.key_id, &failures[failures.len() - 1..]);
-                    }
-                }
-            }
-            let (mut collecting, package) = core.round2()?;
-            let chosen: Vec<PeerId> = collecting.chosen().to_vec();
-            // Holders invited but not chosen are told to discard their nonces; their late
-            // commitments still reach the session and are ignored there.
-            let not_chosen: Vec<PeerId> = waiting
-                .iter()
-                .filter(|p| !chosen.contains(p))
-                .copied()
-                .collect();
-            if !not_chosen.is_empty() {
-                let engine = engine.clone();
-                tokio::spawn(async move {
-                    let _ = engine
-                        .broadcast(&not_chosen, session, &Body::SignDismissed)
-                        .await;
-                });
-            }
-            let round2 = Body::SignRound2 {
-                signing_package: package,
-            };
-            engine
-                .broadcast_round(&mut inbox, &chosen, &round2, "the signing round 2 request")
-                .await?;
-            let deadline = tokio::time::Instant::now() + timeout;
-            let signature =
-                loop {
-                    let (peer, share) =
-                        inbox
-                            .next_of("sign round 2 share", &collecting.missing(), deadline, |b| {
-                                match b {
-                                    Body::SignShare { share } => Some(share.clone()),
-                                    _ => None,
-                                }
-                            })
-                            .await?;
-                    if let Some(signature) = collecting.share(peer, &share)? {
-                        break signature;
-                    }
-                };
-            if engine.inner.faults.replay_sign_round2 {
-                engine.replay(&chosen, session, &round2).await;
-            }
-            let mut signers: Vec<String> = chosen
-                .iter()
-                .chain([&local])
-                .map(ToString::to_string)
-                .collect();
-            signers.sort();
-            info!(key_id = %key.info.key_id, signers = %signers.join(","), "signature made and verified");
-            Ok(SignResponse {
-                key_id: key.info.key_id.clone(),
-                signature: hex::encode(signature),
-                public_key: key.info.public_key.clone(),
-                signers,
-                session_id: session.to_string(),
-            })
+            crate::with_share!(&key.share, share => engine.coordinate(share, admitted, request, inbox).await)
         };
         self.run_session(Protocol::Sign, "coordinator", session, others, run)
             .await
             .map_err(|error| MpcError::Session { session, error })
+    }
+
+    /// The coordinator's side of one signature with `share`, the key's share.
+    async fn coordinate<C: Suite>(
+        &self,
+        share: &Share<C>,
+        admitted: Admitted,
+        request: Coordination,
+        mut inbox: SessionInbox,
+    ) -> Result<SignResponse, SessionError> {
+        let Coordination {
+            key,
+            holders,
+            others,
+            message,
+            authorizations,
+            session,
+        } = request;
+        let engine = self;
+        let local = self.inner.local;
+        let timeout = self.inner.round_timeout;
+        let needed = usize::from(key.info.threshold).saturating_sub(1);
+        let mut core = Coordinator::start(admitted, share, &holders, local, message.clone())?;
+
+        // Round 1: invite `needed` holders (where the list starts rotates with the session,
+        // spreading the work); a holder that cannot be reached is replaced at once, and when
+        // some are slow to answer, every holder left is invited and the first to answer sign.
+        let start = usize::from(session.0[0]) % others.len().max(1);
+        let mut candidates: std::collections::VecDeque<PeerId> = others[start..]
+            .iter()
+            .chain(&others[..start])
+            .copied()
+            .collect();
+        let invite = Body::SignInvite {
+            key_id: key.info.key_id.clone(),
+            message: message.clone(),
+            authorizations,
+            policy: key.info.policy_stamp(),
+        };
+        // Invitations go out in the background: a holder that is slow to acknowledge
+        // (or frozen) holds up nobody; one that cannot be reached is reported here.
+        let (failed_tx, mut failed_rx) = tokio::sync::mpsc::unbounded_channel();
+        let invite_one = |peer: PeerId| {
+            let (engine, invite, failed_tx) = (engine.clone(), invite.clone(), failed_tx.clone());
+            tokio::spawn(async move {
+                if let Err(e) = engine.send(peer, session, invite).await {
+                    let _ = failed_tx.send((peer, e));
+                }
+            });
+        };
+        let mut waiting: Vec<PeerId> = Vec::new();
+        for peer in candidates.drain(..needed.min(candidates.len())) {
+            invite_one(peer);
+            waiting.push(peer);
+        }
+        let mut failures: Vec<(PeerId, MpcSendError)> = Vec::new();
+        let deadline = tokio::time::Instant::now() + timeout;
+        let straggler_deadline = tokio::time::Instant::now() + timeout / 5;
+        let mut committed: Vec<PeerId> = Vec::new();
+        while !core.ready() {
+            let pending: Vec<PeerId> = waiting
+                .iter()
+                .filter(|p| !committed.contains(p))
+                .copied()
+                .collect();
+            if pending.len() + committed.len() < needed {
+                // A holder could not be reached: invite the next one in its place.
+                if let Some(peer) = candidates.pop_front() {
+                    invite_one(peer);
+                    waiting.push(peer);
+                    continue;
+                }
+            }
+            if pending.len() + committed.len() < needed && pending.is_empty() {
+                // Holders that refused by the key's policy are not "unreachable": the
+                // caller hears which rule refused and who refused it.
+                if let Some(refused) = SessionError::refused_by_holders(&failures) {
+                    return Err(refused);
+                }
+                let missing: Vec<PeerId> = failures.iter().map(|(p, _)| *p).collect();
+                return Err(SessionError::blame(
+                    missing.clone(),
+                    format!(
+                        "signing needs {} participants (threshold) but only {} are reachable; unreachable participants: {} ({})",
+                        key.info.threshold,
+                        others.len() - missing.len() + 1,
+                        join_peers(&missing),
+                        failures
+                            .iter()
+                            .map(|(_, e)| e.to_string())
+                            .collect::<Vec<_>>()
+                            .join("; ")
+                    ),
+                ));
+            }
+            let widen_at = (!candidates.is_empty()).then_some(straggler_deadline.min(deadline));
+            let wait_until = widen_at.unwrap_or(deadline);
+            tokio::select! {
+                next = inbox.next_of("sign round 1", &pending, wait_until, |b| match b {
+                    Body::SignCommitments { commitments } => Some(commitments.clone()),
+                    _ => None,
+                }) => match next {
+                    Ok((peer, c)) => {
+                        if core.commitments(peer, &c)? {
+                            committed.push(peer);
+                        }
+                    }
+                    // Slow holders: invite every holder left as well.
+                    Err(_) if widen_at.is_some() && tokio::time::Instant::now() >= wait_until => {
+                        for peer in candidates.drain(..) {
+                            invite_one(peer);
+                            waiting.push(peer);
+                        }
+                    }
+                    // An abort, or the deadline.
+                    Err(e) => return Err(e),
+                },
+                Some((peer, e)) = failed_rx.recv() => {
+                    waiting.retain(|p| *p != peer);
+                    failures.push((peer, e));
+                    engine.catch_up_from_refusers(&key.info.key_id, &failures[failures.len() - 1..]);
+                }
+            }
+        }
+        let (mut collecting, package) = core.round2()?;
+        let chosen: Vec<PeerId> = collecting.chosen().to_vec();
+        // Holders invited but not chosen are told to discard their nonces; their late
+        // commitments still reach the session and are ignored there.
+        let not_chosen: Vec<PeerId> = waiting
+            .iter()
+            .filter(|p| !chosen.contains(p))
+            .copied()
+            .collect();
+        if !not_chosen.is_empty() {
+            let engine = engine.clone();
+            tokio::spawn(async move {
+                let _ = engine
+                    .broadcast(&not_chosen, session, &Body::SignDismissed)
+                    .await;
+            });
+        }
+        let round2 = Body::SignRound2 {
+            signing_package: package,
+        };
+        engine
+            .broadcast_round(&mut inbox, &chosen, &round2, "the signing round 2 request")
+            .await?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let signature = loop {
+            let (peer, share) = inbox
+                .next_of(
+                    "sign round 2 share",
+                    &collecting.missing(),
+                    deadline,
+                    |b| match b {
+                        Body::SignShare { share } => Some(share.clone()),
+                        _ => None,
+                    },
+                )
+                .await?;
+            if let Some(signature) = collecting.share(peer, &share)? {
+                break signature;
+            }
+        };
+        if engine.inner.faults.replay_sign_round2 {
+            engine.replay(&chosen, session, &round2).await;
+        }
+        let mut signers: Vec<String> = chosen
+            .iter()
+            .chain([&local])
+            .map(ToString::to_string)
+            .collect();
+        signers.sort();
+        info!(key_id = %key.info.key_id, signers = %signers.join(","), "signature made and verified");
+        Ok(SignResponse {
+            key_id: key.info.key_id.clone(),
+            signature: hex::encode(signature),
+            public_key: key.info.public_key.clone(),
+            signers,
+            session_id: session.to_string(),
+        })
     }
 
     /// Answers a signing invitation: commits, and signs once if chosen.
@@ -270,8 +315,13 @@ impl MpcEngine {
                             "peer {local}: the policy of key {key_id} changed while this request was admitted; refused"
                         )));
                     }
-                    let (signer, bytes) =
-                        Signer::round1(admitted, &key, &local, coordinator, message)?;
+                    // Round 1 with the key's ciphersuite; round 2 is what the signer does
+                    // with the package, whatever the scheme.
+                    let (signer, bytes): (SignRound2, Vec<u8>) = crate::with_share!(&key.share, share => {
+                        let (signer, bytes) =
+                            Signer::round1(admitted, share, &local, coordinator, message)?;
+                        (Box::new(move |package: &[u8]| signer.round2(package)), bytes)
+                    });
                     match engine
                         .send(coordinator, session, Body::SignCommitments { commitments: bytes })
                         .await
@@ -299,12 +349,14 @@ impl MpcEngine {
                     };
                     // The nonces are spent by this one round 2, whatever its outcome; from
                     // now on this session refuses every message, a replayed request included.
-                    let share = signer.round2(&package);
+                    let share = signer(&package);
                     engine.inner.router.close(session);
                     let mut share = share?;
                     if engine.inner.faults.corrupt_signature_share {
-                        // Test-only: a share that decodes but is wrong.
-                        if let Some(b) = share.first_mut() {
+                        // Test-only: a share that decodes but is wrong (a bit in the middle of
+                        // the scalar, past frost's header).
+                        let middle = share.len() / 2;
+                        if let Some(b) = share.get_mut(middle) {
                             *b ^= 1;
                         }
                     }
