@@ -188,6 +188,9 @@ pub enum KeysCommand {
         /// Signatures need this many participants (at least 2).
         #[arg(long, value_name = "T")]
         threshold: u16,
+        /// The signature scheme: `ed25519` (standard Ed25519 signatures) or `secp256k1-tr` (BIP340 Schnorr signatures under a Taproot output key).
+        #[arg(long, value_name = "SCHEME", default_value = "ed25519", value_parser = crate::mpc::scheme::Scheme::parse)]
+        scheme: crate::mpc::scheme::Scheme,
         /// Participant peer ids (repeatable or comma-separated); default: the node's cluster roster (without one: the node and its connected MPC peers).
         #[arg(long = "participants", value_delimiter = ',', value_name = "PEER_ID")]
         participants: Vec<String>,

@@ -10,6 +10,33 @@ use std::time::{Duration, Instant};
 use common::{NodeProcess, args, post, tempdir, verify_everywhere, wait_for};
 use serde_json::{Value, json};
 
+/// Runs each named signing test, an async fn taking the scheme's name, once per signature
+/// scheme: the same test, not a copy, for `ed25519` and `secp256k1-tr` keys.
+macro_rules! for_each_scheme {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn ed25519() {
+                super::$name("ed25519").await
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn secp256k1_tr() {
+                super::$name("secp256k1-tr").await
+            }
+        }
+    )*};
+}
+
+for_each_scheme!(
+    dkg_3_of_5_sign_kill_restart_and_many_at_once,
+    misbehaving_participants_are_named_and_outsiders_ignored,
+    kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds,
+    every_holder_checks_the_signing_policy,
+    t_minus_one_compromised_holders_cannot_sign_alone,
+    a_front_running_holder_gets_nothing_and_the_chosen_coordinator_signs,
+    a_revocation_holds_while_a_holder_is_down_and_stale_holders_catch_up,
+);
+
 /// Round deadline of the test nodes, so that dead participants are noticed quickly.
 const ROUND_TIMEOUT_MS: &str = "3000";
 
@@ -61,15 +88,24 @@ async fn start_node(
 /// Runs a DKG of an `open` key on `coordinator` among `participants`, retrying while peers
 /// are still being identified as MPC peers (a 400 that says "not connected").
 async fn create_key(
+    scheme: &str,
     coordinator: &NodeProcess,
     threshold: u16,
     participants: &[&NodeProcess],
 ) -> Value {
-    create_key_with(coordinator, threshold, participants, json!({"open": true})).await
+    create_key_with(
+        scheme,
+        coordinator,
+        threshold,
+        participants,
+        json!({"open": true}),
+    )
+    .await
 }
 
 /// Like [`create_key`], with a signing policy.
 async fn create_key_with(
+    scheme: &str,
     coordinator: &NodeProcess,
     threshold: u16,
     participants: &[&NodeProcess],
@@ -80,11 +116,14 @@ async fn create_key_with(
         let (status, body) = post(
             coordinator,
             "/v1/keys",
-            json!({"scheme": "ed25519", "threshold": threshold, "participants": ids, "policy": policy}),
+            json!({"scheme": scheme, "threshold": threshold, "participants": ids, "policy": policy}),
         )
         .await;
         match status {
-            201 => Ok(body),
+            201 => {
+                assert_eq!(body["scheme"], scheme, "{body}");
+                Ok(body)
+            }
             400 if body["error"]
                 .as_str()
                 .unwrap_or("")
@@ -142,8 +181,7 @@ async fn metric_sum(node: &NodeProcess, name: &str, labels: &[(&str, &str)]) -> 
     node.metric(name, labels).await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
+async fn dkg_3_of_5_sign_kill_restart_and_many_at_once(scheme: &str) {
     let dir = tempdir();
     // The default round deadline: 50 sessions at once on a loaded 2-core machine need it.
     let mut nodes = start_cluster(dir.path(), &["n0", "n1", "n2", "n3", "n4"], |_| {
@@ -151,7 +189,7 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
     })
     .await;
     let all: Vec<&NodeProcess> = nodes.iter().collect();
-    let key = create_key(&nodes[0], 3, &all).await;
+    let key = create_key(scheme, &nodes[0], 3, &all).await;
     let key_id = key["key_id"].as_str().unwrap().to_string();
     let public_key = key["public_key"].as_str().unwrap().to_string();
     assert_eq!(key["threshold"], 3);
@@ -197,7 +235,7 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
         assert_eq!(signers(&body).len(), 3, "{body}");
         assert!(signers(&body).contains(&node.peer_id));
         verify_everywhere(
-            &public_key,
+            &key,
             message.as_bytes(),
             body["signature"].as_str().unwrap(),
         );
@@ -219,7 +257,7 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
     for (message, status, body) in futures::future::join_all(tasks).await {
         assert_eq!(status, 200, "{message}: {body}");
         verify_everywhere(
-            &public_key,
+            &key,
             message.as_bytes(),
             body["signature"].as_str().unwrap(),
         );
@@ -257,11 +295,7 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
     let (status, body) = sign(&nodes[0], &key_id, b"after one died").await;
     assert_eq!(status, 200, "{body}");
     assert!(!signers(&body).contains(&dead), "{body}");
-    verify_everywhere(
-        &public_key,
-        b"after one died",
-        body["signature"].as_str().unwrap(),
-    );
+    verify_everywhere(&key, b"after one died", body["signature"].as_str().unwrap());
 
     // Restart it with its data dir: it still holds its share and signs (as coordinator it
     // is always one of the signers).
@@ -294,7 +328,7 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
     assert_eq!(status, 200);
     assert!(signers(&body).contains(&dead), "{body}");
     verify_everywhere(
-        &public_key,
+        &key,
         b"signed by the restarted node",
         body["signature"].as_str().unwrap(),
     );
@@ -321,8 +355,7 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once() {
     nodes[0].get("/v1/status").await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn misbehaving_participants_are_named_and_outsiders_ignored() {
+async fn misbehaving_participants_are_named_and_outsiders_ignored(scheme: &str) {
     let dir = tempdir();
     let nodes = start_cluster(
         dir.path(),
@@ -383,7 +416,7 @@ async fn misbehaving_participants_are_named_and_outsiders_ignored() {
     );
 
     // A corrupted signature share: the cheater is named.
-    let key = create_key(a, 3, &[a, b, cheat]).await;
+    let key = create_key(scheme, a, 3, &[a, b, cheat]).await;
     let key_id = key["key_id"].as_str().unwrap();
     let (status, body) = sign(a, key_id, b"cheat here").await;
     assert_eq!(status, 502, "{body}");
@@ -395,13 +428,12 @@ async fn misbehaving_participants_are_named_and_outsiders_ignored() {
 
     // Forged messages from a peer outside the session's participants: dropped, counted, and
     // the session completes.
-    let key = create_key(a, 3, &[a, b, intruder]).await;
+    let key = create_key(scheme, a, 3, &[a, b, intruder]).await;
     let key_id = key["key_id"].as_str().unwrap();
-    let public_key = key["public_key"].as_str().unwrap();
     let (status, body) = sign(a, key_id, b"despite the intruder").await;
     assert_eq!(status, 200, "{body}");
     verify_everywhere(
-        public_key,
+        &key,
         b"despite the intruder",
         body["signature"].as_str().unwrap(),
     );
@@ -439,8 +471,7 @@ async fn misbehaving_participants_are_named_and_outsiders_ignored() {
     assert_eq!(status, 200, "{body}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds() {
+async fn kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds(scheme: &str) {
     let dir = tempdir();
     let mut nodes = start_cluster(dir.path(), &["p0", "p1", "victim"], |_| vec![]).await;
     let victim_id = nodes[2].peer_id.clone();
@@ -516,12 +547,12 @@ async fn kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds() {
     }
     // A new DKG afterwards succeeds, and the key signs.
     let all: Vec<&NodeProcess> = nodes.iter().collect();
-    let key = create_key(&nodes[0], 2, &all).await;
+    let key = create_key(scheme, &nodes[0], 2, &all).await;
     let key_id = key["key_id"].as_str().unwrap();
     let (status, body) = sign(&nodes[2], key_id, b"after the storm").await;
     assert_eq!(status, 200, "{body}");
     verify_everywhere(
-        key["public_key"].as_str().unwrap(),
+        &key,
         b"after the storm",
         body["signature"].as_str().unwrap(),
     );
@@ -638,7 +669,7 @@ async fn one_signature_is_one_session_span_on_every_node_and_metrics_pass_promto
         .wait_connected_to(&nodes[0].peer_id, Duration::from_secs(30))
         .await;
     let all: Vec<&NodeProcess> = nodes.iter().collect();
-    let key = create_key(&nodes[0], 2, &all).await;
+    let key = create_key("ed25519", &nodes[0], 2, &all).await;
     let (status, body) = sign(&nodes[0], key["key_id"].as_str().unwrap(), b"traced").await;
     assert_eq!(status, 200, "{body}");
     let session = body["session_id"].as_str().unwrap().to_string();
@@ -788,8 +819,7 @@ fn rogue_skips_its_checks(name: &str) -> Vec<(&'static str, &'static str)> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn every_holder_checks_the_signing_policy() {
+async fn every_holder_checks_the_signing_policy(scheme: &str) {
     let dir = tempdir();
     let names = ["a", "b", "rogue"];
     let env_of = rogue_skips_its_checks;
@@ -798,7 +828,7 @@ async fn every_holder_checks_the_signing_policy() {
     let (c1, c2, outsider) = (client_key(), client_key(), client_key());
     let policy =
         json!({"clients": [public(&c1), public(&c2)], "approvals": 2, "max_message_bytes": 64});
-    let key = create_key_with(a, 2, &[a, b, rogue], policy).await;
+    let key = create_key_with(scheme, a, 2, &[a, b, rogue], policy).await;
     let key_id = key["key_id"].as_str().unwrap().to_string();
     // Every holder stores the same policy, in canonical form.
     let mut clients = vec![public(&c1), public(&c2)];
@@ -855,11 +885,7 @@ async fn every_holder_checks_the_signing_policy() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    verify_everywhere(
-        key["public_key"].as_str().unwrap(),
-        msg,
-        body["signature"].as_str().unwrap(),
-    );
+    verify_everywhere(&key, msg, body["signature"].as_str().unwrap());
 
     // On an honest coordinator, each refusal names its rule (the authorizations name the
     // coordinator they are sent to).
@@ -1123,6 +1149,7 @@ async fn every_holder_checks_the_signing_policy() {
 
     // The rate rule: two signatures a minute, on every holder.
     let rated = create_key_with(
+        scheme,
         a,
         2,
         &[a, b, rogue],
@@ -1193,7 +1220,7 @@ async fn creator_caps_hold_on_every_participant_and_unconfirmed_keys_are_discard
         |ns: &[&NodeProcess]| -> Vec<String> { ns.iter().map(|n| n.peer_id.clone()).collect() };
 
     // One key from p0 is taken by `capped`; the second is refused by `capped` itself.
-    create_key(p0, 2, &[p0, p1, capped]).await;
+    create_key("ed25519", p0, 2, &[p0, p1, capped]).await;
     let (status, body) = post(
         p0,
         "/v1/keys",
@@ -1209,7 +1236,7 @@ async fn creator_caps_hold_on_every_participant_and_unconfirmed_keys_are_discard
     assert_eq!(key_count(p0).await, 1, "the refused DKG left no key on p0");
     assert_eq!(key_count(capped).await, 1);
     // A key `capped` makes itself counts against its own cap: the second is a 429.
-    create_key(capped, 2, &[capped, p0]).await;
+    create_key("ed25519", capped, 2, &[capped, p0]).await;
     let (status, body) = post(
         capped,
         "/v1/keys",
@@ -1219,7 +1246,7 @@ async fn creator_caps_hold_on_every_participant_and_unconfirmed_keys_are_discard
     assert_eq!(status, 429, "{body}");
     assert_eq!(body["code"], "limit_reached", "{body}");
     // Other creators are not affected by p0's count.
-    let key = create_key(p1, 2, &[p1, capped]).await;
+    let key = create_key("ed25519", p1, 2, &[p1, capped]).await;
     let (status, body) = sign(capped, key["key_id"].as_str().unwrap(), b"capped signs").await;
     assert_eq!(status, 200, "{body}");
 
@@ -1287,8 +1314,7 @@ async fn creator_caps_hold_on_every_participant_and_unconfirmed_keys_are_discard
 /// t − 1 = 2 compromised holders of a 3-of-5 key, which sign for anyone, cannot get a
 /// signature without the clients' approvals: every set of three signers holds an honest
 /// holder, and each honest holder refuses before it makes a nonce.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn t_minus_one_compromised_holders_cannot_sign_alone() {
+async fn t_minus_one_compromised_holders_cannot_sign_alone(scheme: &str) {
     let dir = tempdir();
     let names = ["h0", "h1", "h2", "r0", "r1"];
     let nodes = start_cluster(dir.path(), &names, |name| {
@@ -1302,6 +1328,7 @@ async fn t_minus_one_compromised_holders_cannot_sign_alone() {
     let all: Vec<&NodeProcess> = nodes.iter().collect();
     let client = client_key();
     let key = create_key_with(
+        scheme,
         &nodes[0],
         3,
         &all,
@@ -1369,11 +1396,7 @@ async fn t_minus_one_compromised_holders_cannot_sign_alone() {
     )
     .await;
     assert_eq!(status, 200, "{body}");
-    verify_everywhere(
-        key["public_key"].as_str().unwrap(),
-        msg,
-        body["signature"].as_str().unwrap(),
-    );
+    verify_everywhere(&key, msg, body["signature"].as_str().unwrap());
 }
 
 /// Writes `change` as the new policy of `key_id` through `node`, approved by `approvals`.
@@ -1464,8 +1487,7 @@ async fn wait_policy_version(node: &NodeProcess, key_id: &str, version: u64) -> 
 /// that holder when it returns: the other holders refuse its invitations (policy version
 /// mismatch) and it catches up from them; a holder that is behind when invited catches up
 /// from the coordinator. No node catches up at start here, so each path is the one tested.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_revocation_holds_while_a_holder_is_down_and_stale_holders_catch_up() {
+async fn a_revocation_holds_while_a_holder_is_down_and_stale_holders_catch_up(scheme: &str) {
     let dir = tempdir();
     let names = ["a", "b", "c"];
     let env_of = |_: &str| vec![("P2P_MPC_TEST_FAULT", "no-policy-catch-up-at-start")];
@@ -1473,6 +1495,7 @@ async fn a_revocation_holds_while_a_holder_is_down_and_stale_holders_catch_up() 
     let (c1, c2, c3) = (client_key(), client_key(), client_key());
     let all: Vec<&NodeProcess> = nodes.iter().collect();
     let key = create_key_with(
+        scheme,
         &nodes[0],
         2,
         &all,
@@ -1594,7 +1617,14 @@ async fn of_two_concurrent_policy_changes_exactly_one_commits_everywhere() {
     let nodes = start_cluster(dir.path(), &["a", "b", "c"], |_| vec![]).await;
     let all: Vec<&NodeProcess> = nodes.iter().collect();
     let owner = client_key();
-    let key = create_key_with(&nodes[0], 2, &all, json!({"clients": [public(&owner)]})).await;
+    let key = create_key_with(
+        "ed25519",
+        &nodes[0],
+        2,
+        &all,
+        json!({"clients": [public(&owner)]}),
+    )
+    .await;
     let key_id = key["key_id"].as_str().unwrap().to_string();
     let mut current = key["policy"].clone();
     for version in 0..3u64 {
@@ -1654,7 +1684,7 @@ async fn a_change_that_no_quorum_voted_for_is_applied_nowhere() {
     let all: Vec<&NodeProcess> = nodes.iter().collect();
     let (a, b, rogue) = (&nodes[0], &nodes[1], &nodes[2]);
     let (owner, intruder) = (client_key(), client_key());
-    let key = create_key_with(a, 2, &all, json!({"clients": [public(&owner)]})).await;
+    let key = create_key_with("ed25519", a, 2, &all, json!({"clients": [public(&owner)]})).await;
     let key_id = key["key_id"].as_str().unwrap().to_string();
     let current = key["policy"].clone();
     let hijack = json!({"clients": [public(&intruder)]});
@@ -1692,8 +1722,7 @@ async fn a_change_that_no_quorum_voted_for_is_applied_nowhere() {
 /// authorizations name the coordinator the client chose, every honest holder refuses the
 /// front-runner (`wrong_coordinator`, counted and logged with its peer id) without spending
 /// the request ids, and the chosen coordinator still gets its signature.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_front_running_holder_gets_nothing_and_the_chosen_coordinator_signs() {
+async fn a_front_running_holder_gets_nothing_and_the_chosen_coordinator_signs(scheme: &str) {
     let dir = tempdir();
     let env_of = |name: &str| {
         if name == "rogue" {
@@ -1710,18 +1739,14 @@ async fn a_front_running_holder_gets_nothing_and_the_chosen_coordinator_signs() 
     let (a, b, rogue) = (&nodes[0], &nodes[1], &nodes[2]);
     let client = client_key();
     // 3-of-3: the chosen coordinator must invite the front-runner.
-    let key = create_key_with(a, 3, &all, json!({"clients": [public(&client)]})).await;
+    let key = create_key_with(scheme, a, 3, &all, json!({"clients": [public(&client)]})).await;
     let key_id = key["key_id"].as_str().unwrap().to_string();
     for i in 0..3u8 {
         let msg = [b'p', b'a', b'y', i];
         let (status, body) =
             sign_with(a, &key_id, &msg, vec![auth(&client, a, &key_id, &msg, 60)]).await;
         assert_eq!(status, 200, "round {i}: {body}");
-        verify_everywhere(
-            key["public_key"].as_str().unwrap(),
-            &msg,
-            body["signature"].as_str().unwrap(),
-        );
+        verify_everywhere(&key, &msg, body["signature"].as_str().unwrap());
         for honest in [a, b] {
             wait_for(
                 &format!("{} to refuse front-run {i}", honest.name),
@@ -1793,7 +1818,7 @@ async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
     let seize = json!({"clients": [public(&attacker)]});
 
     // Open, without admins: fixed, on the coordinator and on every holder.
-    let fixed = create_key(a, 2, &all).await;
+    let fixed = create_key("ed25519", a, 2, &all).await;
     let fixed_id = fixed["key_id"].as_str().unwrap().to_string();
     let open_policy = fixed["policy"].clone();
     assert_refused(
@@ -1820,6 +1845,7 @@ async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
     // Open with admins: two of them must approve; then the change holds everywhere.
     let (adm1, adm2, c) = (client_key(), client_key(), client_key());
     let admin_key = create_key_with(
+        "ed25519",
         a,
         2,
         &all,
@@ -1864,7 +1890,7 @@ async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
     );
 
     // A key file without a policy (written before policies existed) on every holder.
-    let legacy = create_key(a, 2, &all).await;
+    let legacy = create_key("ed25519", a, 2, &all).await;
     let legacy_id = legacy["key_id"].as_str().unwrap().to_string();
     drop(nodes);
     let key_file = |name: &str| {

@@ -10,12 +10,13 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
     match command {
         KeysCommand::Create {
             threshold,
+            scheme,
             participants,
             policy,
             output,
             ..
         } => {
-            let mut body = json!({ "scheme": "ed25519", "threshold": threshold, "policy": policy_json(&policy) });
+            let mut body = json!({ "scheme": scheme.name(), "threshold": threshold, "policy": policy_json(&policy) });
             if !participants.is_empty() {
                 body["participants"] = json!(participants);
             }
@@ -234,14 +235,15 @@ fn print(output: OutputFormat, json: &Value, table: impl FnOnce() -> String) {
 /// A table of keys: id, threshold/participants, public key, status, policy.
 pub fn key_table(keys: &[Value]) -> String {
     let mut out = format!(
-        "{:<32}  {:>5}  {:<64}  {:<6}  {}\n",
-        "KEY ID", "T/N", "PUBLIC KEY", "STATUS", "POLICY"
+        "{:<32}  {:<12}  {:>5}  {:<64}  {:<6}  {}\n",
+        "KEY ID", "SCHEME", "T/N", "PUBLIC KEY", "STATUS", "POLICY"
     );
     for k in keys {
         let n = k["participants"].as_array().map(Vec::len).unwrap_or(0);
         out.push_str(&format!(
-            "{:<32}  {:>5}  {:<64}  {:<6}  {}\n",
+            "{:<32}  {:<12}  {:>5}  {:<64}  {:<6}  {}\n",
             text(&k["key_id"]),
+            text(&k["scheme"]),
             format!("{}/{n}", text(&k["threshold"])),
             text(&k["public_key"]),
             text(&k["status"]),

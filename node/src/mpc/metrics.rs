@@ -26,6 +26,8 @@ pub struct MpcMetrics {
     pub sign_authorizations: IntCounterVec,
     /// Keys held here that were stored before signing policies existed (`legacy-open`).
     pub legacy_open_keys: prometheus::IntGauge,
+    /// Keys held here, by signature scheme.
+    pub keys: prometheus::IntGaugeVec,
     /// Policy changes applied here, by how (`coordinator`, `commit`, `catch_up`).
     pub policy_changes: IntCounterVec,
     /// Bytes of inbound messages that sessions hold (waiting in inboxes and kept for later
@@ -98,6 +100,14 @@ impl MpcMetrics {
                 "Keys held here that were stored before signing policies existed: they sign for any API caller and their policy cannot be changed until converted (p2p-mpc keys convert-legacy).",
             )
             .expect("valid metric"),
+            keys: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "p2p_mpc_keys",
+                    "Keys this node holds a share of, by signature scheme (ed25519, secp256k1-tr).",
+                ),
+                &["scheme"],
+            )
+            .expect("valid metric"),
             policy_changes: counter(
                 "p2p_mpc_policy_changes_total",
                 "Signing policy changes applied on this node, by how it learned of them: as their coordinator, from a commit, or catching up from a peer.",
@@ -128,6 +138,7 @@ impl MpcMetrics {
             Box::new(m.aggregation_shares.clone()),
             Box::new(m.sign_authorizations.clone()),
             Box::new(m.legacy_open_keys.clone()),
+            Box::new(m.keys.clone()),
             Box::new(m.policy_changes.clone()),
             Box::new(m.held_bytes.clone()),
             Box::new(m.held_bytes_refused.clone()),

@@ -131,6 +131,18 @@ pub(crate) fn check_creator_cap(
     ))
 }
 
+/// Sets the gauge of keys held, per scheme (every scheme shown, 0 when none).
+fn count_keys(store: &KeyShareStore, metrics: &MpcMetrics) {
+    let keys = store.list();
+    for scheme in scheme::Scheme::ALL {
+        let held = keys.iter().filter(|k| k.scheme == scheme).count();
+        metrics
+            .keys
+            .with_label_values(&[scheme.name()])
+            .set(held as i64);
+    }
+}
+
 /// The identifier of a participant in FROST, derived from its peer id.
 pub fn frost_identifier<C: frost_core::Ciphersuite>(
     peer: &PeerId,
@@ -209,6 +221,7 @@ impl MpcEngine {
     ) -> Self {
         let legacy = store.list().iter().filter(|k| k.policy.legacy).count();
         metrics.legacy_open_keys.set(legacy as i64);
+        count_keys(&store, &metrics);
         let policy = policy_change::PolicyState::restore(&store);
         Self {
             inner: Arc::new(Inner {

@@ -8,6 +8,7 @@
 use std::fmt;
 
 use frost_core::Ciphersuite;
+use frost_core::VerifyingKey;
 use frost_core::keys::{KeyPackage, PublicKeyPackage};
 use serde::{Deserialize, Serialize};
 
@@ -20,16 +21,22 @@ pub enum Scheme {
     #[default]
     #[serde(rename = "ed25519")]
     Ed25519,
+    /// FROST(secp256k1, SHA-256) with BIP340 Schnorr signatures and a BIP341 Taproot key:
+    /// the DKG's group key is already tweaked for an unspendable script path
+    /// (Q = P + H_TapTweak(P)·G), so signatures verify under the output key Q.
+    #[serde(rename = "secp256k1-tr")]
+    Secp256k1Tr,
 }
 
 impl Scheme {
     /// Every scheme this node can make keys for.
-    pub const ALL: [Scheme; 1] = [Scheme::Ed25519];
+    pub const ALL: [Scheme; 2] = [Scheme::Ed25519, Scheme::Secp256k1Tr];
 
     /// The name used in the API, the CLI, key files and metrics.
     pub fn name(self) -> &'static str {
         match self {
             Scheme::Ed25519 => "ed25519",
+            Scheme::Secp256k1Tr => "secp256k1-tr",
         }
     }
 
@@ -72,12 +79,51 @@ pub trait Suite: Ciphersuite + Send + Sync + 'static {
 
     /// This ciphersuite's share as a [`KeyShare`].
     fn wrap(share: Share<Self>) -> KeyShare;
+
+    /// The group key as key info shows it and signatures verify under it.
+    fn public_key(key: &VerifyingKey<Self>) -> Result<Vec<u8>, String>;
+
+    /// The key before the DKG's post-processing, when the scheme shows it (Taproot's
+    /// internal key); `untweaked` is the sum of the participants' commitments.
+    fn internal_key(untweaked: &VerifyingKey<Self>) -> Result<Option<Vec<u8>>, String>;
 }
 
 impl Suite for frost_ed25519::Ed25519Sha512 {
     const SCHEME: Scheme = Scheme::Ed25519;
     fn wrap(share: Share<Self>) -> KeyShare {
         KeyShare::Ed25519(share)
+    }
+    /// The standard 32-byte Ed25519 public key.
+    fn public_key(key: &VerifyingKey<Self>) -> Result<Vec<u8>, String> {
+        key.serialize().map_err(|e| format!("group key: {e}"))
+    }
+    fn internal_key(_: &VerifyingKey<Self>) -> Result<Option<Vec<u8>>, String> {
+        Ok(None)
+    }
+}
+
+impl Suite for frost_secp256k1_tr::Secp256K1Sha256TR {
+    const SCHEME: Scheme = Scheme::Secp256k1Tr;
+    fn wrap(share: Share<Self>) -> KeyShare {
+        KeyShare::Secp256k1Tr(share)
+    }
+    /// The x-only output key Q (32 bytes), as BIP340 verifies and a P2TR output holds.
+    fn public_key(key: &VerifyingKey<Self>) -> Result<Vec<u8>, String> {
+        x_only(key)
+    }
+    /// The x-only internal key P (32 bytes).
+    fn internal_key(untweaked: &VerifyingKey<Self>) -> Result<Option<Vec<u8>>, String> {
+        x_only(untweaked).map(Some)
+    }
+}
+
+/// The x coordinate of a secp256k1 key (its SEC1 compressed encoding without the parity
+/// byte).
+fn x_only(key: &VerifyingKey<frost_secp256k1_tr::Secp256K1Sha256TR>) -> Result<Vec<u8>, String> {
+    let compressed = key.serialize().map_err(|e| format!("group key: {e}"))?;
+    match compressed.as_slice() {
+        [0x02 | 0x03, x @ ..] if x.len() == 32 => Ok(x.to_vec()),
+        _ => Err("group key: not a compressed secp256k1 point".into()),
     }
 }
 
@@ -89,12 +135,9 @@ pub struct Share<C: Ciphersuite> {
 }
 
 impl<C: Suite> Share<C> {
-    /// The group key in the ciphersuite's encoding.
+    /// The group key as key info shows it ([`Suite::public_key`]).
     pub fn group_key(&self) -> Result<Vec<u8>, String> {
-        self.public_key_package
-            .verifying_key()
-            .serialize()
-            .map_err(|e| format!("group key: {e}"))
+        C::public_key(self.public_key_package.verifying_key())
     }
 
     /// Verifies `signature` (the ciphersuite's encoding) of `message` under the group key.
@@ -130,6 +173,7 @@ impl<C: Suite> Share<C> {
 #[derive(Clone)]
 pub enum KeyShare {
     Ed25519(Share<frost_ed25519::Ed25519Sha512>),
+    Secp256k1Tr(Share<frost_secp256k1_tr::Secp256K1Sha256TR>),
 }
 
 /// Runs `$body` with `$share` bound to the [`Share`] inside a [`KeyShare`], whatever its
@@ -139,6 +183,7 @@ macro_rules! with_share {
     ($key_share:expr, $share:ident => $body:expr) => {
         match $key_share {
             $crate::mpc::scheme::KeyShare::Ed25519($share) => $body,
+            $crate::mpc::scheme::KeyShare::Secp256k1Tr($share) => $body,
         }
     };
 }
@@ -153,6 +198,10 @@ macro_rules! with_suite {
                 type $suite = frost_ed25519::Ed25519Sha512;
                 $body
             }
+            $crate::mpc::scheme::Scheme::Secp256k1Tr => {
+                type $suite = frost_secp256k1_tr::Secp256K1Sha256TR;
+                $body
+            }
         }
     };
 }
@@ -162,6 +211,7 @@ impl KeyShare {
     pub fn scheme(&self) -> Scheme {
         match self {
             KeyShare::Ed25519(_) => Scheme::Ed25519,
+            KeyShare::Secp256k1Tr(_) => Scheme::Secp256k1Tr,
         }
     }
 
@@ -191,6 +241,9 @@ impl KeyShare {
             Scheme::Ed25519 => {
                 Share::decode(key_package, public_key_package).map(KeyShare::Ed25519)
             }
+            Scheme::Secp256k1Tr => {
+                Share::decode(key_package, public_key_package).map(KeyShare::Secp256k1Tr)
+            }
         };
         decoded.map_err(|e| {
             match Scheme::ALL
@@ -199,7 +252,7 @@ impl KeyShare {
                 .find(|other| Self::decode(*other, key_package, public_key_package).is_ok())
             {
                 Some(other) => {
-                    format!("the share is a {other} key but the file says scheme {scheme}; refused")
+                    format!("the share is of scheme {other} but the file says {scheme}; refused")
                 }
                 None => e,
             }
@@ -227,6 +280,7 @@ pub fn scheme_of(bytes: &[u8]) -> Option<Scheme> {
     let head = bytes.get(..HEADER_BYTES)?;
     Scheme::ALL.into_iter().find(|s| match s {
         Scheme::Ed25519 => head == header::<frost_ed25519::Ed25519Sha512>().as_slice(),
+        Scheme::Secp256k1Tr => head == header::<frost_secp256k1_tr::Secp256K1Sha256TR>().as_slice(),
     })
 }
 
@@ -285,7 +339,155 @@ pub(crate) mod testing {
     macro_rules! for_each_suite {
         ($f:ident) => {{
             $f::<frost_ed25519::Ed25519Sha512>();
+            $f::<frost_secp256k1_tr::Secp256K1Sha256TR>();
         }};
     }
     pub(crate) use for_each_suite;
+}
+
+#[cfg(test)]
+mod tests {
+    use frost_ed25519::Ed25519Sha512 as Ed;
+    use frost_secp256k1_tr::Secp256K1Sha256TR as Tr;
+    use libp2p::PeerId;
+
+    use super::testing::dealt;
+    use super::*;
+    use crate::mpc::admission::tests::admitted;
+    use crate::mpc::dkg::core::{DkgSpec, Round1};
+    use crate::mpc::session::SessionError;
+    use crate::mpc::sign::core::{Coordinator, Signer};
+
+    #[test]
+    fn names_parse_and_an_unknown_one_lists_the_known() {
+        for s in Scheme::ALL {
+            assert_eq!(Scheme::parse(s.name()), Ok(s));
+            let json = serde_json::to_string(&s).unwrap();
+            assert_eq!(json, format!("\"{}\"", s.name()));
+        }
+        let e = Scheme::parse("secp256k1").unwrap_err();
+        assert!(
+            e.contains("`secp256k1`") && e.contains("ed25519, secp256k1-tr"),
+            "{e}"
+        );
+        assert_eq!(scheme_of(&header::<Ed>()), Some(Scheme::Ed25519));
+        assert_eq!(scheme_of(&header::<Tr>()), Some(Scheme::Secp256k1Tr));
+        assert_eq!(scheme_of(b"\x00abcd"), None);
+    }
+
+    /// Asserts a typed refusal of a `got` message in an `expected` session, blaming `from`.
+    fn wrong_scheme(result: SessionError, from: PeerId, got: Scheme, expected: Scheme) {
+        match &result {
+            SessionError::WrongScheme {
+                from: f,
+                got: g,
+                expected: e,
+                ..
+            } => assert_eq!((*f, *g, *e), (from, got, expected)),
+            other => panic!("expected WrongScheme, got {other}"),
+        }
+        assert_eq!(result.blamed(), [from]);
+    }
+
+    #[test]
+    fn a_message_of_one_scheme_in_a_session_of_the_other_is_refused_as_such() {
+        // Signing: secp256k1-tr commitments sent to an Ed25519 coordinator, and the reverse.
+        let (ed_peers, ed_keys) = dealt::<Ed>(2, 3);
+        let (tr_peers, tr_keys) = dealt::<Tr>(2, 3);
+        let (_, tr_commitments) = Signer::round1(
+            admitted(),
+            &tr_keys[1],
+            &tr_peers[1],
+            tr_peers[0],
+            b"m".to_vec(),
+        )
+        .unwrap();
+        let (_, ed_commitments) = Signer::round1(
+            admitted(),
+            &ed_keys[1],
+            &ed_peers[1],
+            ed_peers[0],
+            b"m".to_vec(),
+        )
+        .unwrap();
+        let mut ed = Coordinator::start(
+            admitted(),
+            &ed_keys[0],
+            &ed_peers,
+            ed_peers[0],
+            b"m".to_vec(),
+        )
+        .unwrap();
+        let e = ed.commitments(ed_peers[1], &tr_commitments).unwrap_err();
+        wrong_scheme(e, ed_peers[1], Scheme::Secp256k1Tr, Scheme::Ed25519);
+        let mut tr = Coordinator::start(
+            admitted(),
+            &tr_keys[0],
+            &tr_peers,
+            tr_peers[0],
+            b"m".to_vec(),
+        )
+        .unwrap();
+        let e = tr.commitments(tr_peers[1], &ed_commitments).unwrap_err();
+        wrong_scheme(e, tr_peers[1], Scheme::Ed25519, Scheme::Secp256k1Tr);
+        assert!(!ed.ready() && !tr.ready(), "nothing was taken");
+
+        // DKG: a secp256k1-tr round-1 package in an Ed25519 DKG.
+        let mut peers: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();
+        peers.sort();
+        let spec = |scheme| DkgSpec {
+            key_id: "k".into(),
+            scheme,
+            threshold: 2,
+            participants: peers.clone(),
+            policy_digest: [0; 32],
+        };
+        let (mut ed_dkg, _) = Round1::<Ed>::start(spec(Scheme::Ed25519), peers[0]).unwrap();
+        let (_, tr_package) = Round1::<Tr>::start(spec(Scheme::Secp256k1Tr), peers[1]).unwrap();
+        let e = ed_dkg.receive(peers[1], &tr_package).unwrap_err();
+        wrong_scheme(e, peers[1], Scheme::Secp256k1Tr, Scheme::Ed25519);
+        assert_eq!(ed_dkg.missing().len(), 2);
+        // A DKG core refuses to start with a spec of another scheme.
+        assert!(Round1::<Tr>::start(spec(Scheme::Ed25519), peers[0]).is_err());
+    }
+
+    #[test]
+    fn a_share_of_one_scheme_does_not_load_as_the_other() {
+        let (_, ed) = dealt::<Ed>(2, 3);
+        let (_, tr) = dealt::<Tr>(2, 3);
+        for (share, other) in [
+            (KeyShare::Ed25519(ed[0].clone()), Scheme::Secp256k1Tr),
+            (KeyShare::Secp256k1Tr(tr[0].clone()), Scheme::Ed25519),
+        ] {
+            let (kp, pkp) = share.encode().unwrap();
+            let back = KeyShare::decode(share.scheme(), &kp, &pkp).unwrap();
+            assert_eq!(back.group_key(), share.group_key());
+            let e = KeyShare::decode(other, &kp, &pkp).err().unwrap();
+            assert_eq!(
+                e,
+                format!(
+                    "the share is of scheme {} but the file says {other}; refused",
+                    share.scheme()
+                )
+            );
+        }
+    }
+
+    #[test]
+    fn a_taproot_key_shows_x_only_keys_and_its_signatures_are_64_bytes() {
+        let (peers, keys) = dealt::<Tr>(2, 3);
+        let share = &keys[0];
+        assert_eq!(share.group_key().unwrap().len(), 32);
+        let mut coordinator =
+            Coordinator::start(admitted(), share, &peers, peers[0], b"pay".to_vec()).unwrap();
+        let (signer, c) =
+            Signer::round1(admitted(), &keys[1], &peers[1], peers[0], b"pay".to_vec()).unwrap();
+        coordinator.commitments(peers[1], &c).unwrap();
+        let (mut collecting, package) = coordinator.round2().unwrap();
+        let s = signer.round2(&package).unwrap();
+        let signature = collecting.share(peers[1], &s).unwrap().unwrap();
+        assert_eq!(signature.len(), 64);
+        share.verify(b"pay", &signature).unwrap();
+        assert!(share.verify(b"other", &signature).is_err());
+    }
 }

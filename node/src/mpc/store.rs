@@ -51,8 +51,13 @@ pub struct KeyInfo {
     pub key_id: String,
     /// The signature scheme (FROST ciphersuite) the key was made with.
     pub scheme: super::scheme::Scheme,
-    /// Group public key (32 bytes, hex), a standard Ed25519 public key.
+    /// The group public key (32 bytes, hex) that signatures verify under: a standard
+    /// Ed25519 public key, or for `secp256k1-tr` the x-only Taproot output key Q (BIP340).
     pub public_key: String,
+    /// `secp256k1-tr` only: the x-only internal key P before the BIP341 tweak
+    /// (Q = P + H_TapTweak(P)·G), hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub internal_key: Option<String>,
     pub threshold: u16,
     /// Every participant's peer id, sorted.
     pub participants: Vec<String>,
@@ -478,6 +483,7 @@ mod tests {
                 key_id: key_id.into(),
                 scheme: crate::mpc::scheme::Scheme::Ed25519,
                 public_key: hex::encode(share.group_key().unwrap()),
+                internal_key: None,
                 threshold: 2,
                 participants: vec!["a".into(), "b".into(), "c".into()],
                 status: "active".into(),
@@ -571,6 +577,45 @@ mod tests {
         store.insert_pending(&dealer_key("p3")).await.unwrap();
         store.discard_pending("p3").await.unwrap();
         assert!(!store.dir().join("p3.pending.json").exists());
+    }
+
+    #[tokio::test]
+    async fn a_key_file_of_one_scheme_is_not_loaded_as_the_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = KeyShareStore::open(dir.path()).unwrap();
+        let (_, shares) =
+            crate::mpc::scheme::testing::dealt::<frost_secp256k1_tr::Secp256K1Sha256TR>(2, 3);
+        let mut key = dealer_key("tr");
+        key.info.scheme = crate::mpc::scheme::Scheme::Secp256k1Tr;
+        key.share = crate::mpc::scheme::KeyShare::Secp256k1Tr(shares[0].clone());
+        store.insert(key).await.unwrap();
+        store.insert(dealer_key("ed")).await.unwrap();
+        assert_eq!(KeyShareStore::open(dir.path()).unwrap().1.loaded, 2);
+        // Each file now names the other scheme.
+        for (id, from, to) in [
+            ("tr", "secp256k1-tr", "ed25519"),
+            ("ed", "ed25519", "secp256k1-tr"),
+        ] {
+            let path = store.dir().join(format!("{id}.key.json"));
+            let text = fs::read_to_string(&path).unwrap();
+            let swapped = text.replace(
+                &format!("\"scheme\": \"{from}\""),
+                &format!("\"scheme\": \"{to}\""),
+            );
+            assert_ne!(swapped, text);
+            fs::write(&path, swapped).unwrap();
+        }
+        let (reopened, report) = KeyShareStore::open(dir.path()).unwrap();
+        assert!(reopened.list().is_empty());
+        let mut reasons: Vec<&str> = report.unreadable.iter().map(|(_, r)| r.as_str()).collect();
+        reasons.sort();
+        assert_eq!(
+            reasons,
+            [
+                "the share is of scheme ed25519 but the file says secp256k1-tr; refused",
+                "the share is of scheme secp256k1-tr but the file says ed25519; refused",
+            ]
+        );
     }
 
     #[test]

@@ -305,8 +305,29 @@ pub async fn start_pair(dir: &Path, extra_a: &[&str]) -> (NodeProcess, NodeProce
     (a, b)
 }
 
+/// Verifies a signature of the key `key` (its key info: `scheme`, `public_key`,
+/// `internal_key`) with implementations that share no code with ours: ed25519-dalek and
+/// Python's `cryptography` for `ed25519`; libsecp256k1 (Python `coincurve`, BIP340) for
+/// `secp256k1-tr`, which also checks that the BIP341 tweak of `internal_key`, computed here,
+/// is `public_key`.
+pub fn verify_everywhere(key: &Value, message: &[u8], signature_hex: &str) {
+    let public_key = key["public_key"]
+        .as_str()
+        .expect("key info has a public key");
+    match key["scheme"].as_str() {
+        Some("ed25519") => verify_ed25519(public_key, message, signature_hex),
+        Some("secp256k1-tr") => {
+            let internal = key["internal_key"]
+                .as_str()
+                .expect("a secp256k1-tr key shows its internal key");
+            verify_bip340(public_key, internal, message, signature_hex)
+        }
+        other => panic!("key of unknown scheme {other:?}: {key}"),
+    }
+}
+
 /// Verifies with ed25519-dalek and with Python's `cryptography`.
-pub fn verify_everywhere(public_key_hex: &str, message: &[u8], signature_hex: &str) {
+fn verify_ed25519(public_key_hex: &str, message: &[u8], signature_hex: &str) {
     use ed25519_dalek::Verifier;
     let pk: [u8; 32] = hex::decode(public_key_hex).unwrap().try_into().unwrap();
     let sig: [u8; 64] = hex::decode(signature_hex).unwrap().try_into().unwrap();
@@ -320,34 +341,73 @@ pub fn verify_everywhere(public_key_hex: &str, message: &[u8], signature_hex: &s
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey\n\
 Ed25519PublicKey.from_public_bytes(bytes.fromhex(sys.argv[1])).verify(bytes.fromhex(sys.argv[3]), bytes.fromhex(sys.argv[2]))\n\
 print('ok')";
-    let out = std::process::Command::new("python3")
-        .args([
-            "-c",
-            script,
+    run_python_check(
+        "cryptography",
+        script,
+        &[public_key_hex, &hex::encode(message), signature_hex],
+    );
+}
+
+/// Verifies a BIP340 signature under the x-only `public_key_hex` with libsecp256k1 and
+/// checks that `public_key_hex` is the BIP341 output key of `internal_hex` with no script
+/// path: Q = P + int(tagged_hash("TapTweak", P))·G.
+fn verify_bip340(public_key_hex: &str, internal_hex: &str, message: &[u8], signature_hex: &str) {
+    assert_eq!(hex::decode(public_key_hex).unwrap().len(), 32, "x-only Q");
+    assert_eq!(hex::decode(internal_hex).unwrap().len(), 32, "x-only P");
+    assert_eq!(
+        hex::decode(signature_hex).unwrap().len(),
+        64,
+        "BIP340 signature"
+    );
+    let script = "import sys, hashlib\n\
+from coincurve import PublicKeyXOnly\n\
+q, p, m, s = (bytes.fromhex(a) for a in sys.argv[1:5])\n\
+assert PublicKeyXOnly(q).verify(s, m), 'the BIP340 signature does not verify'\n\
+tag = hashlib.sha256(b'TapTweak').digest()\n\
+t = hashlib.sha256(tag + tag + p).digest()\n\
+tweaked = PublicKeyXOnly(p)\n\
+tweaked.tweak_add(t)\n\
+assert tweaked.format() == q, 'public_key is not the BIP341 tweak of internal_key'\n\
+print('ok')";
+    run_python_check(
+        "coincurve",
+        script,
+        &[
             public_key_hex,
+            internal_hex,
             &hex::encode(message),
             signature_hex,
-        ])
-        .output();
+        ],
+    );
+}
+
+/// Runs a Python check that prints `ok`; without python3 or `module`, CI fails and a local
+/// run says loudly that it skipped the check.
+fn run_python_check(module: &str, script: &str, args: &[&str]) {
     let available = std::process::Command::new("python3")
-        .args(["-c", "import cryptography"])
+        .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|o| o.status.success());
     if !available {
         if p2p_mpc_testenv::in_ci() {
             panic!(
-                "python3 with `cryptography` is needed to verify signatures (CI installs it in .ci/run)"
+                "python3 with `{module}` is needed to verify signatures (CI installs it in .ci/run)"
             );
         }
         eprintln!(
-            "!!!! SKIPPING the Python `cryptography` check: python3 or the module is missing !!!!"
+            "!!!! SKIPPING the Python `{module}` check: python3 or the module is missing !!!!"
         );
         return;
     }
-    let out = out.expect("python3 runs");
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs");
     assert!(
         out.status.success() && String::from_utf8_lossy(&out.stdout).trim() == "ok",
-        "Python cryptography rejects the signature: {}",
+        "Python `{module}` rejects the signature: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

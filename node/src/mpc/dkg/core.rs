@@ -41,6 +41,9 @@ pub struct DkgSpec {
     pub policy_digest: [u8; 32],
 }
 
+/// A participant's commitment to its secret polynomial (round 1).
+type Commitment<C> = frost::keys::VerifiableSecretSharingCommitment<C>;
+
 /// Messages for single peers: (recipient, bytes).
 pub type Outgoing = Vec<(PeerId, Vec<u8>)>;
 
@@ -131,6 +134,8 @@ pub struct Round1<C: Suite> {
     common: Common<C>,
     secret: frost::keys::dkg::round1::SecretPackage<C>,
     own: Vec<u8>,
+    /// This node's own commitment (part of the untweaked group key).
+    own_commitment: Commitment<C>,
     received: BTreeMap<PeerId, Vec<u8>>,
     packages: BTreeMap<Identifier<C>, frost::keys::dkg::round1::Package<C>>,
 }
@@ -176,6 +181,7 @@ impl<C: Suite> Round1<C> {
             },
             secret,
             own: own.clone(),
+            own_commitment: package.commitment().clone(),
             received: BTreeMap::new(),
             packages: BTreeMap::new(),
         };
@@ -225,6 +231,7 @@ impl<C: Suite> Round1<C> {
         let echoing = Echoing {
             common: self.common,
             secret: self.secret,
+            own_commitment: self.own_commitment,
             packages: self.packages,
             view,
             echoes: BTreeMap::new(),
@@ -237,6 +244,7 @@ impl<C: Suite> Round1<C> {
 pub struct Echoing<C: Suite> {
     common: Common<C>,
     secret: frost::keys::dkg::round1::SecretPackage<C>,
+    own_commitment: Commitment<C>,
     packages: BTreeMap<Identifier<C>, frost::keys::dkg::round1::Package<C>>,
     view: BTreeMap<PeerId, [u8; 32]>,
     echoes: BTreeMap<PeerId, BTreeMap<PeerId, [u8; 32]>>,
@@ -324,6 +332,7 @@ impl<C: Suite> Echoing<C> {
         let round = Round2 {
             common: self.common,
             secret,
+            own_commitment: self.own_commitment,
             round1: self.packages,
             received: BTreeMap::new(),
             packages: BTreeMap::new(),
@@ -336,6 +345,7 @@ impl<C: Suite> Echoing<C> {
 pub struct Round2<C: Suite> {
     common: Common<C>,
     secret: frost::keys::dkg::round2::SecretPackage<C>,
+    own_commitment: Commitment<C>,
     round1: BTreeMap<Identifier<C>, frost::keys::dkg::round1::Package<C>>,
     received: BTreeMap<PeerId, Vec<u8>>,
     packages: BTreeMap<Identifier<C>, frost::keys::dkg::round2::Package<C>>,
@@ -367,15 +377,26 @@ impl<C: Suite> Round2<C> {
         let (key_package, public_key_package) =
             frost::keys::dkg::part3(&self.secret, &self.round1, &self.packages)
                 .map_err(|e| frost_error(e, &self.common.ids, "DKG part 3"))?;
-        let group_key = public_key_package
-            .verifying_key()
-            .serialize()
+        let group_key =
+            C::public_key(public_key_package.verifying_key()).map_err(SessionError::failed)?;
+        // The group key before the ciphersuite's post-processing: the sum of everyone's
+        // commitments (for Taproot, the internal key P of the output key Q).
+        let mut commitments: BTreeMap<Identifier<C>, &Commitment<C>> = self
+            .round1
+            .iter()
+            .map(|(id, package)| (*id, package.commitment()))
+            .collect();
+        commitments.insert(self.common.id_of[&self.common.local], &self.own_commitment);
+        let untweaked = frost::keys::PublicKeyPackage::from_dkg_commitments(&commitments)
             .map_err(|e| SessionError::failed(format!("group key: {e}")))?;
-        let digest = confirmation_digest(&self.common.spec, &public_key_package)?;
+        let internal_key =
+            C::internal_key(untweaked.verifying_key()).map_err(SessionError::failed)?;
+        let digest = confirmation_digest(&self.common.spec, &public_key_package, &internal_key)?;
         let mine = Confirmation { group_key, digest };
         let confirming = Confirming {
             common: self.common,
             mine: mine.clone(),
+            internal_key,
             key_package,
             public_key_package,
             confirmed: BTreeSet::new(),
@@ -387,7 +408,7 @@ impl<C: Suite> Round2<C> {
 /// What a participant confirms at the end of a DKG.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Confirmation {
-    /// The group key, in the ciphersuite's encoding.
+    /// The group key as key info shows it ([`Suite::public_key`]).
     pub group_key: Vec<u8>,
     /// The confirmation digest (see the module's documentation).
     pub digest: [u8; 32],
@@ -398,6 +419,7 @@ pub struct Confirmation {
 fn confirmation_digest<C: Suite>(
     spec: &DkgSpec,
     public_key_package: &frost::keys::PublicKeyPackage<C>,
+    internal_key: &Option<Vec<u8>>,
 ) -> Result<[u8; 32], SessionError> {
     let package = public_key_package
         .serialize()
@@ -418,6 +440,9 @@ fn confirmation_digest<C: Suite>(
     }
     h.update((package.len() as u64).to_be_bytes());
     h.update(&package);
+    let internal = internal_key.as_deref().unwrap_or_default();
+    h.update((internal.len() as u64).to_be_bytes());
+    h.update(internal);
     h.update(spec.policy_digest);
     Ok(h.finalize().into())
 }
@@ -426,6 +451,7 @@ fn confirmation_digest<C: Suite>(
 pub struct Confirming<C: Suite> {
     common: Common<C>,
     mine: Confirmation,
+    internal_key: Option<Vec<u8>>,
     key_package: frost::keys::KeyPackage<C>,
     public_key_package: frost::keys::PublicKeyPackage<C>,
     confirmed: BTreeSet<PeerId>,
@@ -433,7 +459,10 @@ pub struct Confirming<C: Suite> {
 
 /// A key that every participant confirmed.
 pub struct DkgOutput<C: Suite> {
+    /// The group key as key info shows it ([`Suite::public_key`]).
     pub group_key: Vec<u8>,
+    /// The untweaked key, for schemes that show it ([`Suite::internal_key`]).
+    pub internal_key: Option<Vec<u8>>,
     pub share: scheme::Share<C>,
 }
 
@@ -478,6 +507,7 @@ impl<C: Suite> Confirming<C> {
         }
         Ok(DkgOutput {
             group_key: self.mine.group_key,
+            internal_key: self.internal_key,
             share: scheme::Share {
                 key_package: self.key_package,
                 public_key_package: self.public_key_package,
@@ -773,9 +803,15 @@ mod tests {
         // The same DKG's package under another key id has another digest.
         let mut other_id = mine[1].clone();
         let spec_other = spec::<Ed>(2, &peers, "k2");
-        other_id.digest = confirmation_digest(&spec_other, &c[1].public_key_package).unwrap();
+        other_id.digest =
+            confirmation_digest(&spec_other, &c[1].public_key_package, &c[1].internal_key).unwrap();
         assert_eq!(
-            confirmation_digest(&spec::<Ed>(2, &peers, "k1"), &c[1].public_key_package).unwrap(),
+            confirmation_digest(
+                &spec::<Ed>(2, &peers, "k1"),
+                &c[1].public_key_package,
+                &c[1].internal_key
+            )
+            .unwrap(),
             mine[1].digest
         );
         blamed(c[0].receive(peers[1], &other_id), peers[1], "key id");

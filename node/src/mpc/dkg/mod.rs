@@ -327,12 +327,17 @@ impl MpcEngine {
                 |from, confirmation| confirming.receive(from, confirmation),
             )
             .await?;
-        let core::DkgOutput { group_key, share } = confirming.finish()?;
+        let core::DkgOutput {
+            group_key,
+            internal_key,
+            share,
+        } = confirming.finish()?;
 
         let info = KeyInfo {
             key_id: params.key_id.clone(),
             scheme: params.scheme,
             public_key: hex::encode(&group_key),
+            internal_key: internal_key.map(hex::encode),
             threshold: params.threshold,
             participants: params
                 .participants
@@ -375,7 +380,8 @@ impl MpcEngine {
             .activate(key)
             .await
             .map_err(|e| SessionError::failed(format!("cannot store the key share: {e}")))?;
-        info!(key_id = %info.key_id, public_key = %info.public_key, "DKG completed; key share stored");
+        super::count_keys(store, &self.inner.metrics);
+        info!(key_id = %info.key_id, scheme = %info.scheme, public_key = %info.public_key, "DKG completed; key share stored");
         if params.coordinator == local {
             let what = format!("key {}", info.key_id);
             self.announce_active(

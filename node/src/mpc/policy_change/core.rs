@@ -498,6 +498,7 @@ mod tests {
             key_id: "k".into(),
             scheme: crate::mpc::scheme::Scheme::Ed25519,
             public_key: String::new(),
+            internal_key: None,
             threshold: 3,
             participants: peers.iter().map(ToString::to_string).collect(),
             status: "active".into(),
