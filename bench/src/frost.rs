@@ -1,5 +1,6 @@
 //! FROST: DKG and threshold signing through the HTTP API of real node processes, beside the
-//! `frost-ed25519` crate doing the same rounds in one process with no network.
+//! frost crates doing the same rounds in one process with no network, for both signature
+//! schemes (`frost-ed25519`, `frost-secp256k1-tr`).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -7,16 +8,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use frost_ed25519 as frost;
+use frost_core::{self as frost, Ciphersuite};
+use frost_ed25519::Ed25519Sha512 as Ed;
+use frost_secp256k1_tr::Secp256K1Sha256TR as Tr;
 use serde_json::json;
 
 use crate::nodes::{Node, cluster, cluster_with_args, node_binary, post};
 use crate::results::{Figure, quantile};
 
 /// In process: one signature of `t` signers, all rounds (commit, sign, aggregate, verify).
-fn inprocess_sign(
-    key_packages: &[frost::keys::KeyPackage],
-    pubkeys: &frost::keys::PublicKeyPackage,
+fn inprocess_sign<C: Ciphersuite>(
+    key_packages: &[frost::keys::KeyPackage<C>],
+    pubkeys: &frost::keys::PublicKeyPackage<C>,
     msg: &[u8],
 ) {
     let mut rng = rand_core::OsRng;
@@ -38,15 +41,15 @@ fn inprocess_sign(
 }
 
 /// In-process signing latencies (seconds) of `t`-of-`n`.
-fn inprocess_signing(t: u16, n: u16, count: usize) -> Vec<f64> {
-    let (shares, pubkeys) = frost::keys::generate_with_dealer(
+fn inprocess_signing<C: Ciphersuite>(t: u16, n: u16, count: usize) -> Vec<f64> {
+    let (shares, pubkeys) = frost::keys::generate_with_dealer::<C, _>(
         n,
         t,
         frost::keys::IdentifierList::Default,
-        rand_core::OsRng,
+        &mut rand_core::OsRng,
     )
     .expect("dealer");
-    let kps: Vec<frost::keys::KeyPackage> = shares
+    let kps: Vec<frost::keys::KeyPackage<C>> = shares
         .into_values()
         .take(t as usize)
         .map(|s| frost::keys::KeyPackage::try_from(s).expect("key package"))
@@ -61,9 +64,9 @@ fn inprocess_signing(t: u16, n: u16, count: usize) -> Vec<f64> {
 }
 
 /// In-process DKG of `t`-of-`n`, all three parts for every participant (seconds).
-fn inprocess_dkg(t: u16, n: u16) -> f64 {
+fn inprocess_dkg<C: Ciphersuite>(t: u16, n: u16) -> f64 {
     let t0 = Instant::now();
-    let ids: Vec<frost::Identifier> = (1..=n)
+    let ids: Vec<frost::Identifier<C>> = (1..=n)
         .map(|i| frost::Identifier::try_from(i).expect("id"))
         .collect();
     let mut secrets1 = BTreeMap::new();
@@ -75,8 +78,8 @@ fn inprocess_dkg(t: u16, n: u16) -> f64 {
     }
     let mut secrets2 = BTreeMap::new();
     let mut round2_for: BTreeMap<
-        frost::Identifier,
-        BTreeMap<frost::Identifier, frost::keys::dkg::round2::Package>,
+        frost::Identifier<C>,
+        BTreeMap<frost::Identifier<C>, frost::keys::dkg::round2::Package<C>>,
     > = BTreeMap::new();
     for id in &ids {
         let others: BTreeMap<_, _> = round1
@@ -110,12 +113,23 @@ async fn api_dkg(
     t: usize,
     policy: serde_json::Value,
 ) -> anyhow::Result<(f64, String)> {
+    api_dkg_of(http, nodes, "ed25519", t, policy).await
+}
+
+/// [`api_dkg`] of a key of `scheme`.
+async fn api_dkg_of(
+    http: &reqwest::Client,
+    nodes: &[Node],
+    scheme: &str,
+    t: usize,
+    policy: serde_json::Value,
+) -> anyhow::Result<(f64, String)> {
     let participants: Vec<&str> = nodes.iter().map(|n| n.peer_id.as_str()).collect();
     let t0 = Instant::now();
     let v = post(
         http,
         format!("{}/v1/keys", nodes[0].api),
-        json!({"threshold": t, "participants": participants, "policy": policy}),
+        json!({"scheme": scheme, "threshold": t, "participants": participants, "policy": policy}),
     )
     .await?;
     let took = t0.elapsed().as_secs_f64();
@@ -141,7 +155,7 @@ pub async fn run(quick: bool) -> anyhow::Result<(Vec<Figure>, Option<u64>)> {
     // 3-of-5: DKG, sequential signing, 64 in flight.
     let nodes = cluster(&bin, &dir.join("c5"), 5, &[]).await?;
     let (dkg5, key) = api_dkg(&http, &nodes, 3, json!({"open": true})).await?;
-    let base_dkg5 = inprocess_dkg(3, 5);
+    let base_dkg5 = inprocess_dkg::<Ed>(3, 5);
     figures.push(Figure::against(
         "DKG 3-of-5",
         dkg5 * 1e3,
@@ -158,7 +172,7 @@ pub async fn run(quick: bool) -> anyhow::Result<(Vec<Figure>, Option<u64>)> {
         post(&http, url, json!({"message": format!("{i:08x}")})).await?;
         lat.push(t0.elapsed().as_secs_f64());
     }
-    let mut base = inprocess_signing(3, 5, sequential);
+    let mut base = inprocess_signing::<Ed>(3, 5, sequential);
     let (p50, p99) = (quantile(&mut lat.clone(), 0.5), quantile(&mut lat, 0.99));
     let (b50, b99) = (quantile(&mut base.clone(), 0.5), quantile(&mut base, 0.99));
     figures.push(Figure::against(
@@ -174,6 +188,48 @@ pub async fn run(quick: bool) -> anyhow::Result<(Vec<Figure>, Option<u64>)> {
         "ms",
         "frost-ed25519 in one process",
         b99 * 1e3,
+    ));
+
+    // The same for a secp256k1-tr (BIP340/Taproot) key on the same cluster: DKG and
+    // sequential signing, against frost-secp256k1-tr in one process, and against Ed25519.
+    let (tr_dkg5, tr_key) =
+        api_dkg_of(&http, &nodes, "secp256k1-tr", 3, json!({"open": true})).await?;
+    figures.push(Figure::against(
+        "DKG 3-of-5, secp256k1-tr",
+        tr_dkg5 * 1e3,
+        "ms",
+        "frost-secp256k1-tr in one process",
+        inprocess_dkg::<Tr>(3, 5) * 1e3,
+    ));
+    let mut tr_lat = Vec::with_capacity(sequential);
+    for i in 0..sequential {
+        let url = format!("{}/v1/keys/{tr_key}/sign", nodes[i % 5].api);
+        let t0 = Instant::now();
+        post(&http, url, json!({"message": format!("{i:08x}")})).await?;
+        tr_lat.push(t0.elapsed().as_secs_f64());
+    }
+    let mut tr_base = inprocess_signing::<Tr>(3, 5, sequential);
+    let tr50 = quantile(&mut tr_lat.clone(), 0.5);
+    figures.push(Figure::against(
+        "FROST sign 3-of-5 sequential, secp256k1-tr: p50",
+        tr50 * 1e3,
+        "ms",
+        "frost-secp256k1-tr in one process",
+        quantile(&mut tr_base.clone(), 0.5) * 1e3,
+    ));
+    figures.push(Figure::against(
+        "FROST sign 3-of-5 sequential, secp256k1-tr: p99",
+        quantile(&mut tr_lat, 0.99) * 1e3,
+        "ms",
+        "frost-secp256k1-tr in one process",
+        quantile(&mut tr_base, 0.99) * 1e3,
+    ));
+    figures.push(Figure::against(
+        "FROST sign 3-of-5 sequential, secp256k1-tr against ed25519: p50",
+        tr50 * 1e3,
+        "ms",
+        "an ed25519 key, same cluster",
+        p50 * 1e3,
     ));
 
     // The same with a key whose policy needs one client authorization: every holder checks
@@ -285,7 +341,7 @@ pub async fn run(quick: bool) -> anyhow::Result<(Vec<Figure>, Option<u64>)> {
                 took * 1e3,
                 "ms",
                 "frost-ed25519 in one process",
-                inprocess_dkg(t, n) * 1e3,
+                inprocess_dkg::<Ed>(t, n) * 1e3,
             ));
         }
     }

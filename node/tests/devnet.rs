@@ -84,7 +84,13 @@ fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
     }
     let text = lines.lock().unwrap().join("\n");
     assert!(
-        text.contains("verified against the group public key")
+        text.contains("ed25519 signature")
+            && text.contains("secp256k1-tr signature")
+            && text
+                .matches("verified against the group public key")
+                .count()
+                == 2
+            && text.contains("P2TR address (regtest): bcrt1p")
             && text.contains("the sum matches")
             && text.contains("tried to count 5 with a forged proof: refused")
             && text.contains("the count matches"),
@@ -109,9 +115,13 @@ fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
         String::from_utf8_lossy(&out.stderr)
     );
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(list["keys"].as_array().unwrap().len(), 1, "{list}");
+    // One key of each scheme.
+    let keys = list["keys"].as_array().unwrap();
+    let mut schemes: Vec<&str> = keys.iter().map(|k| k["scheme"].as_str().unwrap()).collect();
+    schemes.sort();
+    assert_eq!(schemes, ["ed25519", "secp256k1-tr"], "{list}");
 
-    // The demo key has a policy: signing without the client key is refused by the node...
+    // The demo keys have a policy: signing without the client key is refused by the node...
     let key_id = list["keys"][0]["key_id"].as_str().unwrap().to_string();
     assert_eq!(list["keys"][0]["policy"]["approvals"], 1, "{list}");
     let out = Command::new(bin())
@@ -140,37 +150,43 @@ fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
         .expect("the devnet names its client key")
         .to_string();
     assert!(std::path::Path::new(&client_key).exists(), "{client_key}");
-    let out = Command::new(bin())
-        .args([
-            "keys",
-            "sign",
-            &key_id,
-            "--message",
-            "68656c6c6f",
-            "--client-key",
-            &client_key,
-            "--api",
-            &api,
-        ])
-        .output()
-        .unwrap();
-    let table = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        table.contains("signature:") && table.contains(&key_id),
-        "{table}"
-    );
+    for key in keys {
+        let key_id = key["key_id"].as_str().unwrap();
+        let out = Command::new(bin())
+            .args([
+                "keys",
+                "sign",
+                key_id,
+                "--message",
+                "68656c6c6f",
+                "--client-key",
+                &client_key,
+                "--api",
+                &api,
+            ])
+            .output()
+            .unwrap();
+        let table = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            table.contains("signature:") && table.contains(key_id),
+            "{table}"
+        );
+    }
     let out = Command::new(bin())
         .args(["keys", "list", "--api", &api])
         .output()
         .unwrap();
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
-        table.contains("KEY ID") && table.contains("active") && table.contains("1-of-1 clients"),
+        table.contains("KEY ID")
+            && table.contains("secp256k1-tr")
+            && table.contains("active")
+            && table.contains("1-of-1 clients"),
         "{table}"
     );
     let out = Command::new(bin())

@@ -177,6 +177,55 @@ fn signers(body: &Value) -> Vec<String> {
         .collect()
 }
 
+/// `GET /v1/keys/{id}?network=…`: a `secp256k1-tr` key's P2TR address on each network is
+/// bech32m, segwit v1, with `public_key` as its witness program; an Ed25519 key has none, and
+/// a network or parameter this node does not know is a 400 that says what it knows.
+async fn check_address(node: &NodeProcess, key: &Value) {
+    let key_id = key["key_id"].as_str().unwrap();
+    let path = |query: &str| format!("/v1/keys/{key_id}?{query}");
+    for (network, hrp) in [
+        ("bitcoin", "bc"),
+        ("testnet", "tb"),
+        ("signet", "tb"),
+        ("regtest", "bcrt"),
+    ] {
+        let answer = node.get(&path(&format!("network={network}"))).await;
+        if key["scheme"] == "ed25519" {
+            let e = answer.unwrap_err();
+            assert!(
+                e.starts_with("400") && e.contains("only secp256k1-tr keys have a Bitcoin address"),
+                "{e}"
+            );
+            continue;
+        }
+        let info = answer.unwrap();
+        assert_eq!(
+            (&info["network"], &info["key_id"]),
+            (&json!(network), &key["key_id"])
+        );
+        let address = info["address"].as_str().unwrap();
+        let (got_hrp, version, program) = bech32::segwit::decode(address).unwrap();
+        assert_eq!(got_hrp.as_str(), hrp, "{address}");
+        assert_eq!(version, bech32::segwit::VERSION_1, "{address}");
+        assert_eq!(
+            hex::encode(program),
+            key["public_key"].as_str().unwrap(),
+            "{address}"
+        );
+    }
+    for (query, says) in [
+        (
+            "network=mainnet",
+            "unknown Bitcoin network `mainnet` (known: bitcoin, testnet, signet, regtest)",
+        ),
+        ("net=bitcoin", "the only parameter is `network`"),
+    ] {
+        let e = node.get(&path(query)).await.unwrap_err();
+        assert!(e.starts_with("400") && e.contains(says), "{query}: {e}");
+    }
+    assert!(node.get(&path("")).await.unwrap().get("address").is_none());
+}
+
 async fn metric_sum(node: &NodeProcess, name: &str, labels: &[(&str, &str)]) -> f64 {
     node.metric(name, labels).await
 }
@@ -194,6 +243,7 @@ async fn dkg_3_of_5_sign_kill_restart_and_many_at_once(scheme: &str) {
     let public_key = key["public_key"].as_str().unwrap().to_string();
     assert_eq!(key["threshold"], 3);
     assert_eq!(key["participants"].as_array().unwrap().len(), 5);
+    check_address(&nodes[1], &key).await;
 
     // Every participant holds the key; metadata only, and the share file is private.
     for node in &nodes {

@@ -1,7 +1,8 @@
 //! `/v1/keys`: distributed key generation, key metadata and threshold signing.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -11,7 +12,7 @@ use super::body::{self, Limited};
 use super::{ApiError, ApiState, parse_body};
 use crate::mpc::dkg::DkgRequest;
 use crate::mpc::policy::{Authorization, SigningPolicy};
-use crate::mpc::scheme::Scheme;
+use crate::mpc::scheme::{BitcoinNetwork, Scheme, p2tr_address};
 use crate::mpc::session::SessionError;
 use crate::mpc::sign::SignResponse;
 use crate::mpc::store::KeyInfo;
@@ -156,15 +157,67 @@ pub(super) async fn list(State(state): State<ApiState>) -> Json<serde_json::Valu
     Json(json!({ "keys": state.mpc.keys() }))
 }
 
+/// The query of `GET /v1/keys/{key_id}`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyQuery {
+    /// A Bitcoin network (`bitcoin`, `testnet`, `signet`, `regtest`): the answer then has the
+    /// P2TR address of a `secp256k1-tr` key on it.
+    pub network: Option<String>,
+}
+
+/// Key metadata, with the P2TR address when a network was asked for.
+#[derive(Debug, Serialize)]
+pub struct KeyView {
+    #[serde(flatten)]
+    pub info: KeyInfo,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub network: Option<&'static str>,
+    /// bech32m, segwit version 1, witness program `public_key` (the output key, as is).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+}
+
 pub(super) async fn get_key(
     State(state): State<ApiState>,
     Path(key_id): Path<String>,
-) -> Result<Json<KeyInfo>, ApiError> {
-    state
-        .mpc
-        .key(&key_id)
-        .map(Json)
-        .ok_or_else(|| MpcError::UnknownKey(key_id).into())
+    query: Result<Query<KeyQuery>, QueryRejection>,
+) -> Result<Json<KeyView>, ApiError> {
+    let Query(query) = query.map_err(|e| {
+        ApiError::bad_request(
+            "invalid_request",
+            format!("query: {} (the only parameter is `network`)", e.body_text()),
+        )
+    })?;
+    let info = state.mpc.key(&key_id).ok_or(MpcError::UnknownKey(key_id))?;
+    let Some(network) = query.network else {
+        return Ok(Json(KeyView {
+            info,
+            network: None,
+            address: None,
+        }));
+    };
+    let network =
+        BitcoinNetwork::parse(&network).map_err(|m| ApiError::bad_request("invalid_request", m))?;
+    if info.scheme != Scheme::Secp256k1Tr {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "key {} is an {} key; only {} keys have a Bitcoin address",
+                info.key_id,
+                info.scheme,
+                Scheme::Secp256k1Tr
+            ),
+        ));
+    }
+    let output_key = hex::decode(&info.public_key)
+        .map_err(|e| MpcError::Internal(format!("the stored public key is not hex: {e}")))?;
+    let address = p2tr_address(&output_key, network).map_err(MpcError::Internal)?;
+    Ok(Json(KeyView {
+        info,
+        network: Some(network.name()),
+        address: Some(address),
+    }))
 }
 
 pub(super) async fn sign(

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use frost_ed25519 as frost;
+use crate::mpc::scheme::Scheme;
 use serde_json::{Value, json};
 
 use crate::api::client::{ApiClient, ClientError};
@@ -357,13 +357,29 @@ async fn demo(
     }
     println!(" meshed.");
 
+    for scheme in Scheme::ALL {
+        key_demo(nodes, threshold, scheme, client_key, deadline).await?;
+    }
+    aggregation_demo(nodes, threshold).await
+}
+
+/// Creates a key of `scheme` on node 0 (its policy: the client key approves) and has the
+/// last node sign with it; verifies the signature.
+async fn key_demo(
+    nodes: &[DevnetNode],
+    threshold: u16,
+    scheme: Scheme,
+    client_key: &ed25519_dalek::SigningKey,
+    deadline: Instant,
+) -> Result<(), DevnetError> {
+    let n = nodes.len();
     let participants: Vec<&str> = nodes.iter().map(|x| x.peer_id.as_str()).collect();
-    println!("running a distributed key generation ({threshold} of {n}) on node 0...");
+    println!("running a distributed key generation ({threshold} of {n}, {scheme}) on node 0...");
     let c0 = client(&nodes[0])?;
     let started = Instant::now();
     let key: Value = loop {
         let policy = json!({ "clients": [crate::commands::client::public_key(client_key)] });
-        let body = json!({"scheme": "ed25519", "threshold": threshold, "participants": participants, "policy": policy});
+        let body = json!({"scheme": scheme.name(), "threshold": threshold, "participants": participants, "policy": policy});
         match c0.post("v1/keys", &body).await {
             Ok(key) => break key,
             // Peers are known as MPC peers once identify ran; that can lag the connection.
@@ -379,10 +395,23 @@ async fn demo(
     };
     let key_id = key["key_id"].as_str().unwrap_or_default().to_string();
     let public_key = key["public_key"].as_str().unwrap_or_default().to_string();
-    println!(
-        "  key {key_id} created in {:.2?}\n  group public key (Ed25519): {public_key}\n  policy: signatures need an authorization by the client key",
-        started.elapsed()
-    );
+    println!("  key {key_id} created in {:.2?}", started.elapsed());
+    match scheme {
+        Scheme::Ed25519 => println!("  group public key (Ed25519): {public_key}"),
+        Scheme::Secp256k1Tr => {
+            // The output key is the address's witness program as it is (never tweaked again).
+            let info: Value = c0
+                .get(&format!("v1/keys/{key_id}?network=regtest"))
+                .await
+                .map_err(|e| DevnetError::Demo(format!("key info: {e}")))?;
+            println!(
+                "  Taproot output key Q (BIP340, x-only): {public_key}\n  internal key P: {}\n  P2TR address (regtest): {}",
+                text(&info["internal_key"]),
+                text(&info["address"])
+            );
+        }
+    }
+    println!("  policy: signatures need an authorization by the client key");
 
     let message = b"hello from the p2p-mpc devnet";
     let signer = &nodes[n - 1];
@@ -408,13 +437,13 @@ async fn demo(
         .await
         .map_err(|e| DevnetError::Demo(format!("signing failed: {e}")))?;
     let signature = answer["signature"].as_str().unwrap_or_default().to_string();
-    verify(&public_key, message, &signature)?;
+    verify(scheme, &public_key, message, &signature)?;
     let signers = answer["signers"].as_array().map(Vec::len).unwrap_or(0);
     println!(
-        "  signature {signature}\n  made by {signers} nodes in {:.2?}, verified against the group public key",
+        "  {scheme} signature {signature}\n  made by {signers} nodes in {:.2?}, verified against the group public key",
         started.elapsed()
     );
-    aggregation_demo(nodes, threshold).await
+    Ok(())
 }
 
 /// A secure sum of three private vectors, each submitted to a different node.
@@ -526,13 +555,22 @@ async fn validated_count_demo(nodes: &[DevnetNode]) -> Result<(), DevnetError> {
     Ok(())
 }
 
-/// Standard Ed25519 verification of the demo signature.
-fn verify(public_key: &str, message: &[u8], signature: &str) -> Result<(), DevnetError> {
+/// Standard verification of the demo signature (Ed25519, or BIP340 under the x-only key).
+fn verify(
+    scheme: Scheme,
+    public_key: &str,
+    message: &[u8],
+    signature: &str,
+) -> Result<(), DevnetError> {
     let bad = |what: &str| DevnetError::Demo(format!("the node returned {what}"));
     let pk = hex::decode(public_key).map_err(|_| bad("a public key that is not hex"))?;
     let sig = hex::decode(signature).map_err(|_| bad("a signature that is not hex"))?;
-    let vk = frost::VerifyingKey::deserialize(&pk).map_err(|_| bad("an invalid public key"))?;
-    let sig = frost::Signature::deserialize(&sig).map_err(|_| bad("an invalid signature"))?;
-    vk.verify(message, &sig)
-        .map_err(|_| DevnetError::Demo("the signature does not verify".into()))
+    scheme
+        .verify(&pk, message, &sig)
+        .map_err(|e| DevnetError::Demo(format!("the {scheme} signature does not verify: {e}")))
+}
+
+/// A JSON string's text, or `?`.
+fn text(value: &Value) -> &str {
+    value.as_str().unwrap_or("?")
 }

@@ -59,6 +59,19 @@ impl Scheme {
     }
 }
 
+impl Scheme {
+    /// Verifies `signature` of `message` under `public_key` as key info shows it (an Ed25519
+    /// key, or a BIP340 x-only key), as any verifier of the scheme does.
+    pub fn verify(self, public_key: &[u8], message: &[u8], signature: &[u8]) -> Result<(), String> {
+        crate::with_suite!(self, C => {
+            let key = C::verifying_key(public_key)?;
+            let signature = frost_core::Signature::<C>::deserialize(signature)
+                .map_err(|e| format!("not a {self} signature: {e}"))?;
+            key.verify(message, &signature).map_err(|e| e.to_string())
+        })
+    }
+}
+
 impl fmt::Display for Scheme {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
@@ -70,6 +83,72 @@ impl std::str::FromStr for Scheme {
     fn from_str(s: &str) -> Result<Self, String> {
         Self::parse(s)
     }
+}
+
+/// A Bitcoin network, for the P2TR address of a `secp256k1-tr` key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BitcoinNetwork {
+    Bitcoin,
+    Testnet,
+    Signet,
+    Regtest,
+}
+
+impl BitcoinNetwork {
+    /// Every network an address can be asked for.
+    pub const ALL: [BitcoinNetwork; 4] = [
+        BitcoinNetwork::Bitcoin,
+        BitcoinNetwork::Testnet,
+        BitcoinNetwork::Signet,
+        BitcoinNetwork::Regtest,
+    ];
+
+    /// The network's name, as the API takes it.
+    pub fn name(self) -> &'static str {
+        match self {
+            BitcoinNetwork::Bitcoin => "bitcoin",
+            BitcoinNetwork::Testnet => "testnet",
+            BitcoinNetwork::Signet => "signet",
+            BitcoinNetwork::Regtest => "regtest",
+        }
+    }
+
+    /// Parses a network name; the error lists the known ones.
+    pub fn parse(name: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|n| n.name() == name)
+            .ok_or_else(|| {
+                format!(
+                    "unknown Bitcoin network `{name}` (known: {})",
+                    Self::ALL.map(BitcoinNetwork::name).join(", ")
+                )
+            })
+    }
+
+    /// The human-readable part of the network's segwit addresses (BIP173; testnet and signet
+    /// share theirs).
+    fn hrp(self) -> bech32::Hrp {
+        match self {
+            BitcoinNetwork::Bitcoin => bech32::hrp::BC,
+            BitcoinNetwork::Testnet | BitcoinNetwork::Signet => bech32::hrp::TB,
+            BitcoinNetwork::Regtest => bech32::hrp::BCRT,
+        }
+    }
+}
+
+/// The P2TR address (segwit version 1, bech32m, BIP350) whose witness program is the x-only
+/// output key `output_key`: the key itself, never tweaked again (it already is the Taproot
+/// output key of the DKG).
+pub fn p2tr_address(output_key: &[u8], network: BitcoinNetwork) -> Result<String, String> {
+    if output_key.len() != 32 {
+        return Err(format!(
+            "a Taproot output key has 32 bytes, not {}",
+            output_key.len()
+        ));
+    }
+    bech32::segwit::encode_v1(network.hrp(), output_key)
+        .map_err(|e| format!("cannot encode the P2TR address: {e}"))
 }
 
 /// A frost-core ciphersuite this node makes keys with.
@@ -86,6 +165,9 @@ pub trait Suite: Ciphersuite + Send + Sync + 'static {
     /// The key before the DKG's post-processing, when the scheme shows it (Taproot's
     /// internal key); `untweaked` is the sum of the participants' commitments.
     fn internal_key(untweaked: &VerifyingKey<Self>) -> Result<Option<Vec<u8>>, String>;
+
+    /// The verifying key of a [`public_key`](Suite::public_key) as key info shows it.
+    fn verifying_key(public_key: &[u8]) -> Result<VerifyingKey<Self>, String>;
 }
 
 impl Suite for frost_ed25519::Ed25519Sha512 {
@@ -99,6 +181,9 @@ impl Suite for frost_ed25519::Ed25519Sha512 {
     }
     fn internal_key(_: &VerifyingKey<Self>) -> Result<Option<Vec<u8>>, String> {
         Ok(None)
+    }
+    fn verifying_key(public_key: &[u8]) -> Result<VerifyingKey<Self>, String> {
+        VerifyingKey::deserialize(public_key).map_err(|e| format!("not an Ed25519 key: {e}"))
     }
 }
 
@@ -114,6 +199,18 @@ impl Suite for frost_secp256k1_tr::Secp256K1Sha256TR {
     /// The x-only internal key P (32 bytes).
     fn internal_key(untweaked: &VerifyingKey<Self>) -> Result<Option<Vec<u8>>, String> {
         x_only(untweaked).map(Some)
+    }
+    /// BIP340 reads an x-only key as the point with that x and an even y.
+    fn verifying_key(public_key: &[u8]) -> Result<VerifyingKey<Self>, String> {
+        if public_key.len() != 32 {
+            return Err(format!(
+                "an x-only key has 32 bytes, not {}",
+                public_key.len()
+            ));
+        }
+        let mut even = vec![0x02];
+        even.extend_from_slice(public_key);
+        VerifyingKey::deserialize(&even).map_err(|e| format!("not a secp256k1 x-only key: {e}"))
     }
 }
 
@@ -277,11 +374,18 @@ const HEADER_BYTES: usize = 5;
 
 /// The scheme whose frost header `bytes` start with, if any.
 pub fn scheme_of(bytes: &[u8]) -> Option<Scheme> {
+    static HEADERS: std::sync::OnceLock<Vec<(Scheme, Vec<u8>)>> = std::sync::OnceLock::new();
+    let headers = HEADERS.get_or_init(|| {
+        Scheme::ALL
+            .into_iter()
+            .map(|s| (s, crate::with_suite!(s, C => header::<C>())))
+            .collect()
+    });
     let head = bytes.get(..HEADER_BYTES)?;
-    Scheme::ALL.into_iter().find(|s| match s {
-        Scheme::Ed25519 => head == header::<frost_ed25519::Ed25519Sha512>().as_slice(),
-        Scheme::Secp256k1Tr => head == header::<frost_secp256k1_tr::Secp256K1Sha256TR>().as_slice(),
-    })
+    headers
+        .iter()
+        .find(|(_, header)| header.as_slice() == head)
+        .map(|(s, _)| *s)
 }
 
 /// Why a protocol message of a session of ciphersuite `C` was not taken.
@@ -474,6 +578,32 @@ mod tests {
     }
 
     #[test]
+    fn p2tr_addresses_encode_the_output_key_for_each_network() {
+        // BIP86's first receiving address (m/86'/0'/0'/0/0): its output key and address.
+        let q = hex::decode("a60869f0dbcf1dc659c9cecbaf8050135ea9e8cdc487053f1dc6880949dc684c")
+            .unwrap();
+        assert_eq!(
+            p2tr_address(&q, BitcoinNetwork::Bitcoin).unwrap(),
+            "bc1p5cyxnuxmeuwuvkwfem96lqzszd02n6xdcjrs20cac6yqjjwudpxqkedrcr"
+        );
+        for (network, prefix) in [
+            (BitcoinNetwork::Testnet, "tb1p"),
+            (BitcoinNetwork::Signet, "tb1p"),
+            (BitcoinNetwork::Regtest, "bcrt1p"),
+        ] {
+            let address = p2tr_address(&q, network).unwrap();
+            assert!(address.starts_with(prefix), "{address}");
+            let (_, version, program) = bech32::segwit::decode(&address).unwrap();
+            assert_eq!((version, program), (bech32::segwit::VERSION_1, q.clone()));
+        }
+        assert!(p2tr_address(&q[..31], BitcoinNetwork::Bitcoin).is_err());
+        assert_eq!(
+            BitcoinNetwork::parse("mainnet").unwrap_err(),
+            "unknown Bitcoin network `mainnet` (known: bitcoin, testnet, signet, regtest)"
+        );
+    }
+
+    #[test]
     fn a_taproot_key_shows_x_only_keys_and_its_signatures_are_64_bytes() {
         let (peers, keys) = dealt::<Tr>(2, 3);
         let share = &keys[0];
@@ -489,5 +619,14 @@ mod tests {
         assert_eq!(signature.len(), 64);
         share.verify(b"pay", &signature).unwrap();
         assert!(share.verify(b"other", &signature).is_err());
+        // From the x-only key alone, as a BIP340 verifier has it.
+        let q = share.group_key().unwrap();
+        Scheme::Secp256k1Tr.verify(&q, b"pay", &signature).unwrap();
+        assert!(
+            Scheme::Secp256k1Tr
+                .verify(&q, b"other", &signature)
+                .is_err()
+        );
+        assert!(Scheme::Ed25519.verify(&q, b"pay", &signature).is_err());
     }
 }
