@@ -434,7 +434,7 @@ async fn misbehaving_participants_are_named_and_outsiders_ignored(scheme: &str) 
             match post(
                 a,
                 "/v1/keys",
-                json!({"policy": {"open": true}, "threshold": 2, "participants": ids}),
+                json!({"scheme": scheme, "policy": {"open": true}, "threshold": 2, "participants": ids}),
             )
             .await
             {
@@ -472,7 +472,9 @@ async fn misbehaving_participants_are_named_and_outsiders_ignored(scheme: &str) 
     assert_eq!(status, 502, "{body}");
     let error = body["error"].as_str().unwrap();
     assert!(
-        error.contains(&cheat.peer_id) && !error.contains(&b.peer_id),
+        error.contains(&cheat.peer_id)
+            && !error.contains(&b.peer_id)
+            && error.contains("Invalid signature share"),
         "{error}"
     );
 
@@ -530,7 +532,7 @@ async fn kill_9_during_dkg_leaves_no_torn_key_and_a_new_dkg_succeeds(scheme: &st
         let request = post(
             &nodes[0],
             "/v1/keys",
-            json!({"policy": {"open": true}, "threshold": 2, "participants": ids}),
+            json!({"scheme": scheme, "policy": {"open": true}, "threshold": 2, "participants": ids}),
         );
         let kill = async {
             tokio::time::sleep(Duration::from_millis(delay_ms)).await;

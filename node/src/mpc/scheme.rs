@@ -23,7 +23,7 @@ pub enum Scheme {
     Ed25519,
     /// FROST(secp256k1, SHA-256) with BIP340 Schnorr signatures and a BIP341 Taproot key:
     /// the DKG's group key is already tweaked for an unspendable script path
-    /// (Q = P + H_TapTweak(P)·G), so signatures verify under the output key Q.
+    /// (Q = lift_x(x(P)) + H_TapTweak(x(P))·G), so signatures verify under the output key Q.
     #[serde(rename = "secp256k1-tr")]
     Secp256k1Tr,
 }
@@ -168,6 +168,14 @@ pub trait Suite: Ciphersuite + Send + Sync + 'static {
 
     /// The verifying key of a [`public_key`](Suite::public_key) as key info shows it.
     fn verifying_key(public_key: &[u8]) -> Result<VerifyingKey<Self>, String>;
+
+    /// Checks that the DKG's group key `output` is what this scheme derives from the
+    /// untweaked key package (the sum of everyone's commitments): the same key for Ed25519,
+    /// the BIP341 tweak with no script path for Taproot.
+    fn check_output_key(
+        untweaked: &PublicKeyPackage<Self>,
+        output: &VerifyingKey<Self>,
+    ) -> Result<(), String>;
 }
 
 impl Suite for frost_ed25519::Ed25519Sha512 {
@@ -184,6 +192,16 @@ impl Suite for frost_ed25519::Ed25519Sha512 {
     }
     fn verifying_key(public_key: &[u8]) -> Result<VerifyingKey<Self>, String> {
         VerifyingKey::deserialize(public_key).map_err(|e| format!("not an Ed25519 key: {e}"))
+    }
+    fn check_output_key(
+        untweaked: &PublicKeyPackage<Self>,
+        output: &VerifyingKey<Self>,
+    ) -> Result<(), String> {
+        if untweaked.verifying_key() == output {
+            Ok(())
+        } else {
+            Err("the group key is not the sum of the participants' commitments".into())
+        }
     }
 }
 
@@ -211,6 +229,20 @@ impl Suite for frost_secp256k1_tr::Secp256K1Sha256TR {
         let mut even = vec![0x02];
         even.extend_from_slice(public_key);
         VerifyingKey::deserialize(&even).map_err(|e| format!("not a secp256k1 x-only key: {e}"))
+    }
+    fn check_output_key(
+        untweaked: &PublicKeyPackage<Self>,
+        output: &VerifyingKey<Self>,
+    ) -> Result<(), String> {
+        use frost_secp256k1_tr::keys::Tweak;
+        if untweaked.clone().tweak::<&[u8]>(None).verifying_key() == output {
+            Ok(())
+        } else {
+            Err(
+                "the group key is not the BIP341 output key of the participants' commitments"
+                    .into(),
+            )
+        }
     }
 }
 
@@ -312,9 +344,14 @@ impl KeyShare {
         }
     }
 
-    /// The group key in the scheme's encoding.
+    /// The group key as key info shows it.
     pub fn group_key(&self) -> Result<Vec<u8>, String> {
         crate::with_share!(self, s => s.group_key())
+    }
+
+    /// How many holders sign (the key's threshold).
+    pub fn min_signers(&self) -> u16 {
+        crate::with_share!(self, s => *s.key_package.min_signers())
     }
 
     /// Verifies a signature of `message` under the group key.
@@ -535,6 +572,53 @@ mod tests {
         let e = tr.commitments(tr_peers[1], &ed_commitments).unwrap_err();
         wrong_scheme(e, tr_peers[1], Scheme::Ed25519, Scheme::Secp256k1Tr);
         assert!(!ed.ready() && !tr.ready(), "nothing was taken");
+
+        // Round 2: a secp256k1-tr signing package to an Ed25519 signer (which blames its
+        // coordinator), and a secp256k1-tr signature share to an Ed25519 coordinator. A share
+        // is a bare scalar in frost's encoding (no ciphersuite header), so it is refused as
+        // malformed or, if it happens to decode, by cheater detection: its sender is blamed
+        // either way.
+        tr.commitments(tr_peers[1], &tr_commitments).unwrap();
+        let (_, tr_package) = tr.round2().unwrap();
+        let (ed_signer, ed_c) = Signer::round1(
+            admitted(),
+            &ed_keys[2],
+            &ed_peers[2],
+            ed_peers[0],
+            b"m".to_vec(),
+        )
+        .unwrap();
+        let e = ed_signer.round2(&tr_package).unwrap_err();
+        wrong_scheme(e, ed_peers[0], Scheme::Secp256k1Tr, Scheme::Ed25519);
+        ed.commitments(ed_peers[2], &ed_c).unwrap();
+        let (mut collecting, ed_package) = ed.round2().unwrap();
+        let (tr_signer, tr_c) = Signer::round1(
+            admitted(),
+            &tr_keys[2],
+            &tr_peers[2],
+            tr_peers[0],
+            b"m".to_vec(),
+        )
+        .unwrap();
+        let mut tr3 = Coordinator::start(
+            admitted(),
+            &tr_keys[0],
+            &tr_peers,
+            tr_peers[0],
+            b"m".to_vec(),
+        )
+        .unwrap();
+        tr3.commitments(tr_peers[2], &tr_c).unwrap();
+        let (_, package3) = tr3.round2().unwrap();
+        let tr_share = tr_signer.round2(&package3).unwrap();
+        let e = collecting.share(ed_peers[2], &tr_share).unwrap_err();
+        assert_eq!(e.blamed(), [ed_peers[2]], "{e}");
+        let text = e.to_string();
+        assert!(
+            text.contains("malformed signature share") || text.contains("Invalid signature share"),
+            "{text}"
+        );
+        assert!(!ed_package.is_empty());
 
         // DKG: a secp256k1-tr round-1 package in an Ed25519 DKG.
         let mut peers: Vec<PeerId> = (0..3).map(|_| PeerId::random()).collect();

@@ -95,14 +95,12 @@ pub enum SessionError {
         reason: String,
     },
     /// A participant sent a protocol message of another signature scheme than the key's.
-    #[error(
-        "participant {from} sent a {got} {what} into a {expected} session; refused (blamed: {from})"
-    )]
+    #[error("{reason} (blamed: {from})")]
     WrongScheme {
         from: PeerId,
-        what: String,
         got: super::scheme::Scheme,
         expected: super::scheme::Scheme,
+        reason: String,
     },
 }
 
@@ -134,10 +132,10 @@ impl SessionError {
     /// What went wrong, without the list of blamed participants.
     pub fn reason(&self) -> &str {
         match self {
-            Self::Failed(reason) | Self::Aborted { reason, .. } | Self::Refused { reason, .. } => {
-                reason
-            }
-            Self::WrongScheme { what, .. } => what,
+            Self::Failed(reason)
+            | Self::Aborted { reason, .. }
+            | Self::Refused { reason, .. }
+            | Self::WrongScheme { reason, .. } => reason,
         }
     }
 
@@ -152,9 +150,12 @@ impl SessionError {
         match error {
             super::scheme::DecodeError::OtherScheme(got) => Self::WrongScheme {
                 from,
-                what: what.to_string(),
                 got,
                 expected: C::SCHEME,
+                reason: format!(
+                    "participant {from} sent a {got} {what} into a {} session; refused",
+                    C::SCHEME
+                ),
             },
             super::scheme::DecodeError::Malformed(e) => Self::blame(
                 vec![from],
@@ -213,9 +214,9 @@ impl SessionError {
                 blamed: blamed.clone(),
                 reason: reason.clone(),
             },
-            Self::WrongScheme { from, .. } => SessionOutcome::Aborted {
+            Self::WrongScheme { from, reason, .. } => SessionOutcome::Aborted {
                 blamed: vec![*from],
-                reason: self.to_string(),
+                reason: reason.clone(),
             },
         }
     }

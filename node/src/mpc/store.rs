@@ -55,7 +55,7 @@ pub struct KeyInfo {
     /// Ed25519 public key, or for `secp256k1-tr` the x-only Taproot output key Q (BIP340).
     pub public_key: String,
     /// `secp256k1-tr` only: the x-only internal key P before the BIP341 tweak
-    /// (Q = P + H_TapTweak(P)·G), hex.
+    /// (Q = lift_x(x(P)) + H_TapTweak(x(P))·G), hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub internal_key: Option<String>,
     pub threshold: u16,
@@ -450,6 +450,21 @@ fn read_key_file(path: &Path) -> Result<StoredKey, String> {
         &decode("key_package", &file.key_package)?,
         &decode("public_key_package", &file.public_key_package)?,
     )?;
+    // The metadata must describe the share: an address or threshold shown from a file that
+    // does not match its share would point at a key nobody can use.
+    if hex::encode(share.group_key()?) != file.info.public_key {
+        return Err(format!(
+            "public_key {} is not the group key of the share in the file",
+            file.info.public_key
+        ));
+    }
+    if share.min_signers() != file.info.threshold {
+        return Err(format!(
+            "threshold {} is not the share's ({})",
+            file.info.threshold,
+            share.min_signers()
+        ));
+    }
     Ok(StoredKey {
         info: file.info,
         share,
@@ -587,6 +602,7 @@ mod tests {
             crate::mpc::scheme::testing::dealt::<frost_secp256k1_tr::Secp256K1Sha256TR>(2, 3);
         let mut key = dealer_key("tr");
         key.info.scheme = crate::mpc::scheme::Scheme::Secp256k1Tr;
+        key.info.public_key = hex::encode(shares[0].group_key().unwrap());
         key.share = crate::mpc::scheme::KeyShare::Secp256k1Tr(shares[0].clone());
         store.insert(key).await.unwrap();
         store.insert(dealer_key("ed")).await.unwrap();
@@ -615,6 +631,30 @@ mod tests {
                 "the share is of scheme ed25519 but the file says secp256k1-tr; refused",
                 "the share is of scheme secp256k1-tr but the file says ed25519; refused",
             ]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_file_whose_public_key_or_threshold_is_not_its_share_is_not_loaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = KeyShareStore::open(dir.path()).unwrap();
+        let mut other_key = dealer_key("pk");
+        other_key.info.public_key = dealer_key("x").info.public_key;
+        store.insert(other_key).await.unwrap();
+        let mut other_threshold = dealer_key("t");
+        other_threshold.info.threshold = 3;
+        store.insert(other_threshold).await.unwrap();
+        let (reopened, report) = KeyShareStore::open(dir.path()).unwrap();
+        assert!(reopened.list().is_empty());
+        let reasons: Vec<&str> = report.unreadable.iter().map(|(_, r)| r.as_str()).collect();
+        assert!(
+            reasons
+                .iter()
+                .any(|r| r.contains("is not the group key of the share"))
+                && reasons
+                    .iter()
+                    .any(|r| r == &"threshold 3 is not the share's (2)"),
+            "{reasons:?}"
         );
     }
 

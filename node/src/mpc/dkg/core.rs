@@ -389,6 +389,8 @@ impl<C: Suite> Round2<C> {
         commitments.insert(self.common.id_of[&self.common.local], &self.own_commitment);
         let untweaked = frost::keys::PublicKeyPackage::from_dkg_commitments(&commitments)
             .map_err(|e| SessionError::failed(format!("group key: {e}")))?;
+        C::check_output_key(&untweaked, public_key_package.verifying_key())
+            .map_err(SessionError::failed)?;
         let internal_key =
             C::internal_key(untweaked.verifying_key()).map_err(SessionError::failed)?;
         let digest = confirmation_digest(&self.common.spec, &public_key_package, &internal_key)?;

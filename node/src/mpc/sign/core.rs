@@ -386,6 +386,8 @@ mod tests {
         share[middle] ^= 1;
         let e = collecting.share(peers[1], &share).unwrap_err();
         assert_eq!(e.blamed(), &[peers[1]], "{e}");
+        // Frost's cheater detection named it: the share decoded and did not verify.
+        assert!(e.to_string().contains("Invalid signature share"), "{e}");
 
         // A signer asked to sign another message than the one it was invited for refuses.
         let (signer, bytes) =

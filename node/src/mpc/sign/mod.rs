@@ -118,8 +118,9 @@ impl MpcEngine {
         let engine = self;
         let local = self.inner.local;
         let timeout = self.inner.round_timeout;
-        let needed = usize::from(key.info.threshold).saturating_sub(1);
         let mut core = Coordinator::start(admitted, share, &holders, local, message.clone())?;
+        // The share's own threshold (the key file's `threshold` is checked against it at load).
+        let needed = core.needed();
 
         // Round 1: invite `needed` holders (where the list starts rotates with the session,
         // spreading the work); a holder that cannot be reached is replaced at once, and when
@@ -354,7 +355,7 @@ impl MpcEngine {
                     let mut share = share?;
                     if engine.inner.faults.corrupt_signature_share {
                         // Test-only: a share that decodes but is wrong (a bit in the middle of
-                        // the scalar, past frost's header).
+                        // the scalar, far from the bits that could make it non-canonical).
                         let middle = share.len() / 2;
                         if let Some(b) = share.get_mut(middle) {
                             *b ^= 1;
