@@ -720,15 +720,19 @@ impl NetworkService {
 
     fn handle_identify(&mut self, event: identify::Event) {
         if let identify::Event::Received { peer_id, info, .. } = event {
-            if info.protocol_version != behaviour::IDENTIFY_PROTOCOL {
-                debug!(peer = %peer_id, protocol = %info.protocol_version, "peer of another network; not added to discovery");
-                return;
-            }
+            // Discovery by capability: a peer that speaks this network's Kademlia protocol is
+            // routable through this node, whatever identify's protocol version says (libp2p
+            // implementations default to their own string, or none). A peer of another
+            // network speaks another Kademlia protocol id and stays out.
             let speaks_kad = info
                 .protocols
                 .iter()
                 .any(|p| p.as_ref() == behaviour::KAD_PROTOCOL);
-            if speaks_kad {
+            if !speaks_kad {
+                debug!(peer = %peer_id, protocol = %info.protocol_version, "peer does not speak {}; not added to discovery", behaviour::KAD_PROTOCOL);
+            } else if info.listen_addrs.is_empty() {
+                debug!(peer = %peer_id, "peer reports no listen address; not added to discovery");
+            } else {
                 for addr in &info.listen_addrs {
                     self.swarm
                         .behaviour_mut()
