@@ -134,3 +134,58 @@ async fn find(bin: &str, node: &NodeProcess, target: &str, timeout: &str) -> std
         .unwrap()
         .expect("go-peer runs")
 }
+
+/// A go-libp2p-pubsub peer with its defaults signs its messages (StrictSign). The node runs
+/// gossipsub without author signatures (its own signed envelope is inside the payload), so
+/// gossipsub refuses those messages before the node sees them: they are never delivered, and
+/// gossipsub's own metrics, registered in the node's registry, count them per topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gossip_of_a_default_go_pubsub_peer_is_refused_by_gossipsub_and_counted() {
+    let bin = go_peer();
+    let dir = tempdir();
+    let node = NodeProcess::start("N", dir.path(), &common::args(&["-t", "chat"])).await;
+    let metric = "libp2p_gossipsub_invalid_messages_per_topic_total";
+    assert_eq!(node.metric(metric, &[("hash", "chat")]).await, 0.0);
+
+    let args: Vec<String> = [
+        "pubsub",
+        "--bootnode",
+        &node.tcp_addr,
+        "--topic",
+        "chat",
+        "--publish",
+        "3",
+        "--timeout",
+        "6s",
+    ]
+    .map(String::from)
+    .to_vec();
+    let out = tokio::task::spawn_blocking(move || Command::new(bin).args(args).output())
+        .await
+        .unwrap()
+        .expect("go-peer runs");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("published go message 2"),
+        "the Go peer did not publish:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for(
+        "gossipsub to count the Go peer's messages",
+        Duration::from_secs(10),
+        || async {
+            let n = node.metric(metric, &[("hash", "chat")]).await;
+            if n >= 3.0 {
+                Ok(())
+            } else {
+                Err(format!("{n}"))
+            }
+        },
+    )
+    .await;
+    let messages = node.get("/v1/topics/chat/messages").await.unwrap();
+    assert!(
+        !messages.to_string().contains("go message"),
+        "a message gossipsub refused reached the node: {messages}"
+    );
+}

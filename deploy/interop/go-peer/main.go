@@ -4,6 +4,7 @@
 // for discovery.
 //
 //	go-peer dht --bootnode MULTIADDR [--find PEER_ID] [--timeout 30s] [--prefix /p2p-mpc]
+//	go-peer pubsub --bootnode MULTIADDR --topic TOPIC [--publish N] [--timeout 30s]
 //
 // It listens on 127.0.0.1, runs go-libp2p-kad-dht in server mode under the node's protocol
 // id (/p2p-mpc/kad/1.0.0; --prefix names another network's) with the node as its only
@@ -11,6 +12,12 @@
 // `peer <id> <listen multiaddr>`. With --find it looks PEER_ID up through the DHT, prints
 // `found <id> <addrs>` and exits 0, or exits 1 when the lookup fails before the timeout.
 // Without --find it serves until stdin is closed.
+//
+// pubsub joins TOPIC with go-libp2p-pubsub's defaults (GossipSub; messages signed by the
+// author, StrictSign validation; message id = author + sequence number), connected to the
+// node only. Once the node is in the topic's mesh it publishes N messages `go message <i>`,
+// prints `received <from> <data>` for each message of others, and exits 0 once it has
+// published and the timeout passed, or 1 when the node never joined its mesh.
 package main
 
 import (
@@ -23,13 +30,18 @@ import (
 
 	"github.com/libp2p/go-libp2p"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
+	pubsub "github.com/libp2p/go-libp2p-pubsub"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 )
 
 func main() {
+	if len(os.Args) >= 2 && os.Args[1] == "pubsub" {
+		gossip()
+		return
+	}
 	if len(os.Args) < 2 || os.Args[1] != "dht" {
-		fail("usage: go-peer dht --bootnode MULTIADDR [--find PEER_ID] [--timeout 30s] [--prefix /p2p-mpc]")
+		fail("usage: go-peer dht --bootnode MULTIADDR [--find PEER_ID] [--timeout 30s] [--prefix /p2p-mpc] | go-peer pubsub --bootnode MULTIADDR --topic TOPIC [--publish N] [--timeout 30s]")
 	}
 	flags := flag.NewFlagSet("dht", flag.ExitOnError)
 	bootnode := flags.String("bootnode", "", "multiaddr of the node, with /p2p/<peer id>")
@@ -87,6 +99,69 @@ func main() {
 		}
 		time.Sleep(500 * time.Millisecond)
 	}
+}
+
+func gossip() {
+	flags := flag.NewFlagSet("pubsub", flag.ExitOnError)
+	bootnode := flags.String("bootnode", "", "multiaddr of the node, with /p2p/<peer id>")
+	topicName := flags.String("topic", "", "the topic to join")
+	publish := flags.Int("publish", 0, "messages to publish once the node is in the mesh")
+	timeout := flags.Duration("timeout", 30*time.Second, "how long to run")
+	_ = flags.Parse(os.Args[2:])
+
+	boot, err := peer.AddrInfoFromString(*bootnode)
+	if err != nil {
+		fail("--bootnode %q: %v", *bootnode, err)
+	}
+	host, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		fail("host: %v", err)
+	}
+	defer host.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	defer cancel()
+	ps, err := pubsub.NewGossipSub(ctx, host)
+	if err != nil {
+		fail("gossipsub: %v", err)
+	}
+	topic, err := ps.Join(*topicName)
+	if err != nil {
+		fail("join %s: %v", *topicName, err)
+	}
+	sub, err := topic.Subscribe()
+	if err != nil {
+		fail("subscribe %s: %v", *topicName, err)
+	}
+	if err := host.Connect(ctx, *boot); err != nil {
+		fail("connect to the node: %v", err)
+	}
+	fmt.Printf("peer %s %s\n", host.ID(), host.Addrs()[0])
+	go func() {
+		for {
+			msg, err := sub.Next(ctx)
+			if err != nil {
+				return
+			}
+			if msg.ReceivedFrom != host.ID() {
+				fmt.Printf("received %s %s\n", msg.GetFrom(), msg.Data)
+			}
+		}
+	}()
+	// Publish once the node is a peer of the topic (its subscription arrived).
+	for len(topic.ListPeers()) == 0 {
+		select {
+		case <-ctx.Done():
+			fail("the node never joined topic %s", *topicName)
+		case <-time.After(100 * time.Millisecond):
+		}
+	}
+	for i := 0; i < *publish; i++ {
+		if err := topic.Publish(ctx, []byte(fmt.Sprintf("go message %d", i))); err != nil {
+			fail("publish: %v", err)
+		}
+		fmt.Printf("published go message %d\n", i)
+	}
+	<-ctx.Done()
 }
 
 func fail(format string, args ...any) {

@@ -74,8 +74,14 @@ pub fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
     gossipsub::MessageId::from(h.finalize()[..20].to_vec())
 }
 
-/// Builds the behaviour for `key`.
-pub fn build(key: &Keypair, settings: &BehaviourSettings) -> Result<NodeBehaviour, String> {
+/// Builds the behaviour for `key`. Gossipsub registers its own metrics in `registry` (the
+/// libp2p registry, under `libp2p_gossipsub_`): among them the messages it refuses itself
+/// before the node sees them (`invalid_messages_per_topic`).
+pub fn build(
+    key: &Keypair,
+    settings: &BehaviourSettings,
+    registry: &mut prometheus_client::registry::Registry,
+) -> Result<NodeBehaviour, String> {
     let peer_id = key.public().to_peer_id();
 
     let pending = (settings.max_connections / 4).clamp(8, 256);
@@ -97,9 +103,30 @@ pub fn build(key: &Keypair, settings: &BehaviourSettings) -> Result<NodeBehaviou
         .heartbeat_interval(Duration::from_millis(700))
         .build()
         .map_err(|e| format!("gossipsub configuration: {e}"))?;
-    let gossipsub =
+    let mut gossipsub =
         gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
-            .map_err(|e| format!("gossipsub: {e}"))?;
+            .map_err(|e| format!("gossipsub: {e}"))?
+            .with_metrics(
+                registry.sub_registry_with_prefix("libp2p_gossipsub"),
+                gossipsub::MetricsConfig::default(),
+            );
+    // Gossipsub accounts for the messages it refuses itself (a signed message in anonymous
+    // mode, say) only while peer scoring is active: it is, with every weight 0, so each
+    // peer's score stays 0 and nobody is graylisted. Real weights and thresholds are the
+    // reputation work still to come; this only makes the refusals visible in
+    // `libp2p_gossipsub_invalid_messages_per_topic_total`.
+    gossipsub
+        .with_peer_score(
+            gossipsub::PeerScoreParams {
+                app_specific_weight: 0.0,
+                ip_colocation_factor_weight: 0.0,
+                behaviour_penalty_weight: 0.0,
+                slow_peer_weight: 0.0,
+                ..Default::default()
+            },
+            gossipsub::PeerScoreThresholds::default(),
+        )
+        .map_err(|e| format!("gossipsub peer scoring: {e}"))?;
 
     let mut kad_config = kad::Config::new(StreamProtocol::new(KAD_PROTOCOL));
     kad_config

@@ -130,8 +130,8 @@ impl NetworkService {
         };
         let read_budget = behaviour_settings.mpc_read_budget.clone();
         let libp2p_metrics = libp2p::metrics::Metrics::new(&mut libp2p_registry);
-        let node_behaviour =
-            behaviour::build(&key, &behaviour_settings).map_err(StartError::Behaviour)?;
+        let node_behaviour = behaviour::build(&key, &behaviour_settings, &mut libp2p_registry)
+            .map_err(StartError::Behaviour)?;
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
             .with_tokio()
             .with_tcp(
