@@ -31,6 +31,7 @@ import (
 	"github.com/libp2p/go-libp2p"
 	dht "github.com/libp2p/go-libp2p-kad-dht"
 	pubsub "github.com/libp2p/go-libp2p-pubsub"
+	"github.com/libp2p/go-libp2p/core/host"
 	"github.com/libp2p/go-libp2p/core/peer"
 	"github.com/libp2p/go-libp2p/core/protocol"
 )
@@ -50,14 +51,7 @@ func main() {
 	prefix := flags.String("prefix", "/p2p-mpc", "the DHT's protocol prefix (<prefix>/kad/1.0.0)")
 	_ = flags.Parse(os.Args[2:])
 
-	boot, err := peer.AddrInfoFromString(*bootnode)
-	if err != nil {
-		fail("--bootnode %q: %v", *bootnode, err)
-	}
-	host, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		fail("host: %v", err)
-	}
+	host, boot := listen(*bootnode)
 	defer host.Close()
 	ctx := context.Background()
 	kad, err := dht.New(host,
@@ -109,14 +103,7 @@ func gossip() {
 	timeout := flags.Duration("timeout", 30*time.Second, "how long to run")
 	_ = flags.Parse(os.Args[2:])
 
-	boot, err := peer.AddrInfoFromString(*bootnode)
-	if err != nil {
-		fail("--bootnode %q: %v", *bootnode, err)
-	}
-	host, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
-	if err != nil {
-		fail("host: %v", err)
-	}
+	host, boot := listen(*bootnode)
 	defer host.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 	defer cancel()
@@ -162,6 +149,19 @@ func gossip() {
 		fmt.Printf("published go message %d\n", i)
 	}
 	<-ctx.Done()
+}
+
+// listen starts a host with go-libp2p's defaults on 127.0.0.1 and reads the node's address.
+func listen(bootnode string) (host.Host, *peer.AddrInfo) {
+	boot, err := peer.AddrInfoFromString(bootnode)
+	if err != nil {
+		fail("--bootnode %q: %v", bootnode, err)
+	}
+	h, err := libp2p.New(libp2p.ListenAddrStrings("/ip4/127.0.0.1/tcp/0"))
+	if err != nil {
+		fail("host: %v", err)
+	}
+	return h, boot
 }
 
 func fail(format string, args ...any) {

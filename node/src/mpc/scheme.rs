@@ -530,27 +530,18 @@ mod tests {
         assert_eq!(result.blamed(), [from]);
     }
 
+    /// Holder `i`'s signing round 1 for a signature of `m` coordinated by holder 0.
+    fn round1<C: Suite>(keys: &[Share<C>], peers: &[PeerId], i: usize) -> (Signer<C>, Vec<u8>) {
+        Signer::round1(admitted(), &keys[i], &peers[i], peers[0], b"m".to_vec()).unwrap()
+    }
+
     #[test]
     fn a_message_of_one_scheme_in_a_session_of_the_other_is_refused_as_such() {
         // Signing: secp256k1-tr commitments sent to an Ed25519 coordinator, and the reverse.
         let (ed_peers, ed_keys) = dealt::<Ed>(2, 3);
         let (tr_peers, tr_keys) = dealt::<Tr>(2, 3);
-        let (_, tr_commitments) = Signer::round1(
-            admitted(),
-            &tr_keys[1],
-            &tr_peers[1],
-            tr_peers[0],
-            b"m".to_vec(),
-        )
-        .unwrap();
-        let (_, ed_commitments) = Signer::round1(
-            admitted(),
-            &ed_keys[1],
-            &ed_peers[1],
-            ed_peers[0],
-            b"m".to_vec(),
-        )
-        .unwrap();
+        let (_, tr_commitments) = round1(&tr_keys, &tr_peers, 1);
+        let (_, ed_commitments) = round1(&ed_keys, &ed_peers, 1);
         let mut ed = Coordinator::start(
             admitted(),
             &ed_keys[0],
@@ -580,26 +571,12 @@ mod tests {
         // either way.
         tr.commitments(tr_peers[1], &tr_commitments).unwrap();
         let (_, tr_package) = tr.round2().unwrap();
-        let (ed_signer, ed_c) = Signer::round1(
-            admitted(),
-            &ed_keys[2],
-            &ed_peers[2],
-            ed_peers[0],
-            b"m".to_vec(),
-        )
-        .unwrap();
+        let (ed_signer, ed_c) = round1(&ed_keys, &ed_peers, 2);
         let e = ed_signer.round2(&tr_package).unwrap_err();
         wrong_scheme(e, ed_peers[0], Scheme::Secp256k1Tr, Scheme::Ed25519);
         ed.commitments(ed_peers[2], &ed_c).unwrap();
         let (mut collecting, ed_package) = ed.round2().unwrap();
-        let (tr_signer, tr_c) = Signer::round1(
-            admitted(),
-            &tr_keys[2],
-            &tr_peers[2],
-            tr_peers[0],
-            b"m".to_vec(),
-        )
-        .unwrap();
+        let (tr_signer, tr_c) = round1(&tr_keys, &tr_peers, 2);
         let mut tr3 = Coordinator::start(
             admitted(),
             &tr_keys[0],
