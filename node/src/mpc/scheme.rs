@@ -535,6 +535,11 @@ mod tests {
         Signer::round1(admitted(), &keys[i], &peers[i], peers[0], b"m".to_vec()).unwrap()
     }
 
+    /// Holder 0 coordinating a signature of `m`.
+    fn coordinate<C: Suite>(keys: &[Share<C>], peers: &[PeerId]) -> Coordinator<C> {
+        Coordinator::start(admitted(), &keys[0], peers, peers[0], b"m".to_vec()).unwrap()
+    }
+
     #[test]
     fn a_message_of_one_scheme_in_a_session_of_the_other_is_refused_as_such() {
         // Signing: secp256k1-tr commitments sent to an Ed25519 coordinator, and the reverse.
@@ -542,24 +547,10 @@ mod tests {
         let (tr_peers, tr_keys) = dealt::<Tr>(2, 3);
         let (_, tr_commitments) = round1(&tr_keys, &tr_peers, 1);
         let (_, ed_commitments) = round1(&ed_keys, &ed_peers, 1);
-        let mut ed = Coordinator::start(
-            admitted(),
-            &ed_keys[0],
-            &ed_peers,
-            ed_peers[0],
-            b"m".to_vec(),
-        )
-        .unwrap();
+        let mut ed = coordinate(&ed_keys, &ed_peers);
         let e = ed.commitments(ed_peers[1], &tr_commitments).unwrap_err();
         wrong_scheme(e, ed_peers[1], Scheme::Secp256k1Tr, Scheme::Ed25519);
-        let mut tr = Coordinator::start(
-            admitted(),
-            &tr_keys[0],
-            &tr_peers,
-            tr_peers[0],
-            b"m".to_vec(),
-        )
-        .unwrap();
+        let mut tr = coordinate(&tr_keys, &tr_peers);
         let e = tr.commitments(tr_peers[1], &ed_commitments).unwrap_err();
         wrong_scheme(e, tr_peers[1], Scheme::Ed25519, Scheme::Secp256k1Tr);
         assert!(!ed.ready() && !tr.ready(), "nothing was taken");
@@ -577,14 +568,7 @@ mod tests {
         ed.commitments(ed_peers[2], &ed_c).unwrap();
         let (mut collecting, ed_package) = ed.round2().unwrap();
         let (tr_signer, tr_c) = round1(&tr_keys, &tr_peers, 2);
-        let mut tr3 = Coordinator::start(
-            admitted(),
-            &tr_keys[0],
-            &tr_peers,
-            tr_peers[0],
-            b"m".to_vec(),
-        )
-        .unwrap();
+        let mut tr3 = coordinate(&tr_keys, &tr_peers);
         tr3.commitments(tr_peers[2], &tr_c).unwrap();
         let (_, package3) = tr3.round2().unwrap();
         let tr_share = tr_signer.round2(&package3).unwrap();
