@@ -13,6 +13,7 @@ use anyhow::{Context, bail};
 
 use crate::nodes::{Node, node_binary, peers};
 use crate::results::{Figure, quantile};
+use p2p_mpc_testenv::metric_sum;
 
 const MESSAGE: usize = 256;
 const TOPIC: &str = "bench";
@@ -45,6 +46,9 @@ struct Delivery {
     p50_ms: f64,
     p99_ms: f64,
     delivered_fraction: f64,
+    /// Copies of each message a receiver's gossipsub read (and verified the signature of,
+    /// before it could tell a copy from the first), per message delivered (libp2p run only).
+    copies_per_message: f64,
 }
 
 /// Delivery of the messages with sequence numbers `first..first + sent`.
@@ -80,7 +84,30 @@ fn summarize(
         p50_ms: quantile(&mut latencies.clone(), 0.5) * 1e3,
         p99_ms: quantile(&mut latencies, 0.99) * 1e3,
         delivered_fraction: complete as f64 / sent as f64,
+        copies_per_message: 0.0,
     }
+}
+
+/// Messages of the benchmark's topic the receivers' gossipsub read, all copies and first
+/// copies, summed over the receivers (from their `libp2p_gossipsub_*` metrics).
+async fn copies_read(http: &reqwest::Client, receivers: &[Node]) -> anyhow::Result<(f64, f64)> {
+    let (mut all, mut first) = (0.0, 0.0);
+    for r in receivers {
+        let page = http
+            .get(format!("{}/metrics", r.metrics))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let hash = [("hash", TOPIC)];
+        all += metric_sum(
+            &page,
+            "libp2p_gossipsub_topic_msg_recv_counts_unfiltered_total",
+            &hash,
+        );
+        first += metric_sum(&page, "libp2p_gossipsub_topic_msg_recv_counts_total", &hash);
+    }
+    Ok((all, first))
 }
 
 async fn wait_all(
@@ -176,6 +203,7 @@ async fn libp2p_mesh(bin: &Path, runs: Vec<(u64, Option<f64>)>) -> anyhow::Resul
     let mut stdin = publisher.take_stdin().context("publisher stdin")?;
     let mut phases = Vec::new();
     let mut next_seq = 0u64;
+    let mut read_before = copies_read(&http, &receivers).await?;
     for (count, rate) in runs {
         let first = next_seq;
         next_seq += count;
@@ -248,6 +276,9 @@ async fn libp2p_mesh(bin: &Path, runs: Vec<(u64, Option<f64>)>) -> anyhow::Resul
         if delivery.receiver_event_drops {
             eprintln!("gossip: a receiver dropped network events (its event queue was full)");
         }
+        let read = copies_read(&http, &receivers).await?;
+        delivery.copies_per_message = (read.0 - read_before.0) / (read.1 - read_before.1).max(1.0);
+        read_before = read;
         phases.push(delivery);
     }
     drop(stdin);
@@ -325,6 +356,11 @@ pub async fn run(quick: bool) -> anyhow::Result<Vec<Figure>> {
             "gossip open loop: delivered fraction",
             mesh.delivered_fraction,
             "fraction",
+        ),
+        Figure::plain(
+            "gossip open loop: copies of a message each receiver read and verified",
+            mesh.copies_per_message,
+            "copies",
         ),
         Figure::plain(
             "gossip open loop: publishes refused by the publisher",

@@ -8,8 +8,17 @@ use anyhow::{Context, bail};
 use p2p_mpc_testenv::{Expect, RunningNode};
 use serde_json::Value;
 
-/// The `p2p-mpc` binary of the same build profile as this benchmark, built if missing.
+/// The `p2p-mpc` binary of the same build profile as this benchmark, built if missing; or
+/// the one `P2P_MPC_BENCH_NODE` names (to measure another build of the node against this
+/// one with the same benchmark, e.g. before and after a change).
 pub fn node_binary() -> anyhow::Result<PathBuf> {
+    if let Some(bin) = std::env::var_os("P2P_MPC_BENCH_NODE") {
+        let bin = PathBuf::from(bin);
+        if !bin.is_file() {
+            bail!("P2P_MPC_BENCH_NODE={}: no such file", bin.display());
+        }
+        return Ok(bin);
+    }
     let exe = std::env::current_exe()?;
     let dir = exe.parent().context("benchmark binary has no directory")?;
     let bin = dir.join("p2p-mpc");
@@ -44,6 +53,8 @@ pub struct Node {
     pub api: String,
     pub peer_id: String,
     pub tcp_addr: String,
+    /// `http://<ip>:<port>` of the metrics server.
+    pub metrics: String,
     /// From spawn to the first libp2p listen address in the log.
     pub start_to_listening: Duration,
 }
@@ -82,7 +93,13 @@ impl Node {
         let mut process = RunningNode::spawn(command, Some(sink))
             .with_context(|| format!("starting {}", bin.display()))?;
         let listening = process
-            .wait_listening(Duration::from_secs(30), Expect::default())
+            .wait_listening(
+                Duration::from_secs(30),
+                Expect {
+                    metrics: true,
+                    ..Expect::default()
+                },
+            )
             .await
             .map_err(anyhow::Error::msg)?;
         Ok(Node {
@@ -91,6 +108,7 @@ impl Node {
             api: listening.api,
             peer_id: listening.peer_id,
             tcp_addr: listening.tcp_addr,
+            metrics: listening.metrics.unwrap_or_default(),
         })
     }
 

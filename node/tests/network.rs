@@ -321,11 +321,32 @@ async fn topic_rules_keep_invalid_messages_from_every_node_that_has_them() {
     assert_eq!(plain["topics"][0]["content_type"], "text", "{plain}");
     assert!(plain["topics"][0]["max_bytes"].is_null(), "{plain}");
 
-    // Valid: delivered to every subscriber, through B to C.
+    // Valid: delivered to B. C has a roster of B and itself, so it refuses a message whose
+    // author (A) is not a member, even through B, which forwards it (B has no roster).
     let valid = r#"{"sensor":"t1","value":21.5}"#;
     a.publish_when_ready("readings", valid).await;
     b.wait_message("readings", valid).await;
-    c.wait_message("readings", valid).await;
+    let c_rejected = |reason: &'static str| {
+        let c = &c;
+        async move {
+            c.metric(
+                "p2p_mpc_gossip_messages_rejected_total",
+                &[("topic", "readings"), ("reason", reason)],
+            )
+            .await
+        }
+    };
+    wait_for(
+        "C to refuse A's message",
+        Duration::from_secs(20),
+        || async {
+            match c_rejected("author_not_member").await {
+                1.0 => Ok(()),
+                n => Err(format!("{n}")),
+            }
+        },
+    )
+    .await;
 
     // Invalid, from A which has no rule: wrong type, missing field, not JSON, too long.
     let long = format!(r#"{{"sensor":"{}","value":1}}"#, "x".repeat(120));
@@ -339,22 +360,32 @@ async fn topic_rules_keep_invalid_messages_from_every_node_that_has_them() {
         let (status, body) = a.publish("readings", text).await;
         assert_eq!(status, 201, "A has no rule and publishes: {body}");
     }
-    // A valid message after them: once it is everywhere, the others had their chance.
+    // A valid message after them: once B forwarded it, the others had their chance.
     let after = r#"{"sensor":"t1","value":22}"#;
     a.publish("readings", after).await;
     b.wait_message("readings", after).await;
-    c.wait_message("readings", after).await;
+    wait_for(
+        "C to refuse A's second valid message",
+        Duration::from_secs(20),
+        || async {
+            match c_rejected("author_not_member").await {
+                2.0 => Ok(()),
+                n => Err(format!("{n}")),
+            }
+        },
+    )
+    .await;
 
-    for node in [&b, &c] {
-        let got = node.get("/v1/topics/readings/messages").await.unwrap();
-        let texts: Vec<&str> = got["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["data"].as_str().unwrap())
-            .collect();
-        assert_eq!(texts, vec![valid, after], "{}: {got}", node.name);
-    }
+    let got = b.get("/v1/topics/readings/messages").await.unwrap();
+    let texts: Vec<&str> = got["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["data"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, vec![valid, after], "B: {got}");
+    let got = c.get("/v1/topics/readings/messages").await.unwrap();
+    assert_eq!(got["messages"], serde_json::json!([]), "C: {got}");
     let b_page = b.metrics_page().await;
     let rejected = |reason: &str| {
         p2p_mpc_testenv::metric_sum(
@@ -373,8 +404,8 @@ async fn topic_rules_keep_invalid_messages_from_every_node_that_has_them() {
             "p2p_mpc_gossip_messages_rejected_total",
             &[("topic", "readings")]
         ),
-        0.0,
-        "B forwarded a message it rejected"
+        2.0,
+        "B forwarded a message it rejected (C would have refused it too)"
     );
     assert!(
         b.stderr_lines()

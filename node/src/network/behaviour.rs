@@ -5,7 +5,6 @@ use std::time::Duration;
 use libp2p::identity::Keypair;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::{StreamProtocol, connection_limits, gossipsub, identify, kad, ping, request_response};
-use sha2::{Digest, Sha256};
 
 use super::mpc_codec::MpcCodec;
 use crate::mpc::wire::MPC_PROTOCOL;
@@ -14,8 +13,8 @@ use crate::mpc::wire::MPC_PROTOCOL;
 pub const KAD_PROTOCOL: &str = "/p2p-mpc/kad/1.0.0";
 /// Identify protocol version string (peers of other networks are told apart by it).
 pub const IDENTIFY_PROTOCOL: &str = "/p2p-mpc/id/1.0.0";
-/// Room for the gossipsub envelope (signature, key, topic, sequence number, control
-/// messages) on top of the application payload limit.
+/// Room for what gossipsub adds to a payload (author, sequence number, topic, signature,
+/// author key, framing) on top of the application payload limit.
 pub const GOSSIP_ENVELOPE_OVERHEAD: usize = 64 * 1024;
 
 /// Everything a node speaks.
@@ -62,16 +61,20 @@ pub const MPC_STREAMS_PER_CONNECTION: usize = 128;
 /// Established connections of one peer.
 pub const CONNECTIONS_PER_PEER: u32 = 4;
 
-/// A gossip message id: SHA-256 over topic and signed envelope (which holds the author and a
-/// random nonce), truncated to 20 bytes. A forwarded copy is recognised as the same message
-/// before any signature is checked; a re-sent text is a new message (new nonce); a forged
-/// envelope is another message and cannot shadow the real one.
+/// A gossip message id as the libp2p pubsub specification defines it and go-libp2p-pubsub
+/// and js-libp2p gossipsub compute it by default: the author's peer id (its bytes) followed
+/// by the 8-byte big-endian sequence number. rust-libp2p's own default writes the two as
+/// text (base58 and decimal) instead; ids must be the same bytes in every implementation
+/// for IHAVE, IWANT and IDONTWANT to name the same messages. The author's signature covers
+/// both parts, so a forged message cannot take the id of a real one (gossipsub checks the
+/// signature before it looks the id up).
 pub fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
-    let mut h = Sha256::new();
-    h.update((message.topic.as_str().len() as u64).to_be_bytes());
-    h.update(message.topic.as_str().as_bytes());
-    h.update(&message.data);
-    gossipsub::MessageId::from(h.finalize()[..20].to_vec())
+    let mut id = message
+        .source
+        .map(|author| author.to_bytes())
+        .unwrap_or_default();
+    id.extend_from_slice(&message.sequence_number.unwrap_or_default().to_be_bytes());
+    gossipsub::MessageId::from(id)
 }
 
 /// Builds the behaviour for `key`. Gossipsub registers its own metrics in `registry` (the
@@ -94,24 +97,26 @@ pub fn build(
     );
 
     let gossip_config = gossipsub::ConfigBuilder::default()
-        // Authorship is in our own signed envelope, checked once per message after
-        // duplicates are dropped (see `network::envelope`), not on every copy by gossipsub.
-        .validation_mode(gossipsub::ValidationMode::Anonymous)
+        // The libp2p default: every message carries its author, a sequence number and the
+        // author's signature, and a message without them or with a bad signature is refused.
+        .validation_mode(gossipsub::ValidationMode::Strict)
         .max_transmit_size(settings.max_message_size + GOSSIP_ENVELOPE_OVERHEAD)
         .message_id_fn(message_id)
         .validate_messages()
         .heartbeat_interval(Duration::from_millis(700))
         .build()
         .map_err(|e| format!("gossipsub configuration: {e}"))?;
-    let mut gossipsub =
-        gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Anonymous, gossip_config)
-            .map_err(|e| format!("gossipsub: {e}"))?
-            .with_metrics(
-                registry.sub_registry_with_prefix("libp2p_gossipsub"),
-                gossipsub::MetricsConfig::default(),
-            );
-    // Gossipsub accounts for the messages it refuses itself (a signed message in anonymous
-    // mode, say) only while peer scoring is active: it is, with every weight 0, so each
+    let mut gossipsub = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(key.clone()),
+        gossip_config,
+    )
+    .map_err(|e| format!("gossipsub: {e}"))?
+    .with_metrics(
+        registry.sub_registry_with_prefix("libp2p_gossipsub"),
+        gossipsub::MetricsConfig::default(),
+    );
+    // Gossipsub accounts for the messages it refuses itself (a bad or missing signature,
+    // say) only while peer scoring is active: it is, with every weight 0, so each
     // peer's score stays 0 and nobody is graylisted. Real weights and thresholds are the
     // reputation work still to come; this only makes the refusals visible in
     // `libp2p_gossipsub_invalid_messages_per_topic_total`.

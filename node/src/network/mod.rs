@@ -7,8 +7,8 @@
 pub mod behaviour;
 pub mod bootnodes;
 pub mod door;
-pub mod envelope;
 pub mod mpc_codec;
+pub mod seen;
 mod service;
 pub mod topic_rules;
 

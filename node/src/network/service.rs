@@ -35,6 +35,9 @@ use crate::mpc::wire::{self, MPC_PROTOCOL, MpcAck, WIRE_VERSION};
 use crate::roster::Roster;
 use crate::values::PeerAddr;
 
+/// The metric reason of a message delivered before (see `network::seen`).
+const REPLAYED: &str = "replayed";
+
 /// How long the session router may take to answer an inbound MPC message.
 const MPC_ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -106,10 +109,8 @@ pub struct NetworkService {
     mpc_acks: FuturesUnordered<PendingAck>,
     /// When a refused MPC message was last logged, and how many were not logged since.
     refused_log: (Option<Instant>, u64),
-    /// Signs the envelopes of published gossip.
-    key: Keypair,
-    /// Checks the envelopes of received gossip.
-    envelopes: super::envelope::EnvelopeChecker,
+    /// The ids of gossip messages delivered, kept beyond gossipsub's duplicate cache.
+    seen: super::seen::Seen,
 }
 
 impl NetworkService {
@@ -231,8 +232,7 @@ impl NetworkService {
             mpc_pending: HashMap::new(),
             mpc_acks: FuturesUnordered::new(),
             refused_log: (None, 0),
-            key,
-            envelopes: Default::default(),
+            seen: Default::default(),
         };
         Ok((service, NetworkClient { tx: cmd_tx }, event_rx))
     }
@@ -547,15 +547,16 @@ impl NetworkService {
                 detail: v.detail,
             });
         }
-        let envelope =
-            super::envelope::seal(&self.key, topic, &data).map_err(PublishError::Other)?;
         let result = self
             .swarm
             .behaviour_mut()
             .gossipsub
-            .publish(gossipsub::IdentTopic::new(topic), envelope);
+            .publish(gossipsub::IdentTopic::new(topic), data);
         match result {
             Ok(id) => {
+                // The node's own message, if a peer ever sends it back, is not delivered
+                // (gossipsub refuses it too: it names this node as its author).
+                self.seen.insert(&id.0);
                 self.metrics
                     .gossip_published
                     .with_label_values(&[self.topic_label(topic)])
@@ -757,54 +758,42 @@ impl NetworkService {
             } => {
                 let topic = message.topic.as_str().to_string();
                 let label = self.topic_label(&topic).to_string();
-                let opened = self.envelopes.open(&topic, &message.data);
-                // Envelope first, then the node's size limit, then the topic's rule (only
-                // joined topics are delivered here; a topic without a rule takes UTF-8 text).
-                let (rejection, detail) = match &opened {
-                    Err(e) => (Some(e.label()), None),
-                    Ok((_, payload)) if payload.len() > self.settings.max_message_size => {
-                        (Some("too_large"), None)
-                    }
-                    Ok((_, payload)) if self.settings.topics.contains(&topic) => {
-                        match self.settings.topic_rules.check(&topic, payload) {
-                            Ok(()) => (None, None),
-                            Err(v) => (Some(v.reason), Some(v.detail)),
-                        }
-                    }
-                    Ok(_) => (None, None),
-                };
-                let delivered = match (&opened, rejection) {
-                    (Ok((author, payload)), None) => Some((*author, payload.to_vec())),
-                    _ => None,
-                };
-                let acceptance = match rejection {
-                    Some(reason) => {
+                let verdict = self.judge_gossip(&topic, &message_id, &message);
+                let acceptance = match &verdict {
+                    Ok(()) => gossipsub::MessageAcceptance::Accept,
+                    Err((reason, detail)) => {
                         if let Some(suppressed) = crate::log_limit::allow("gossip_rejected") {
-                            let author = opened.as_ref().ok().map(|(a, _)| a.to_string());
-                            warn!(topic = %crate::log_limit::echo(topic.as_str()), source = %propagation_source, author = author.as_deref().unwrap_or("unknown"), reason, detail = detail.as_deref().unwrap_or(""), bytes = message.data.len(), suppressed, "gossip message rejected");
+                            let author = message.source.map(|a| a.to_string());
+                            warn!(topic = %crate::log_limit::echo(topic.as_str()), source = %propagation_source, author = author.as_deref().unwrap_or("none"), reason, detail = detail.as_deref().unwrap_or(""), bytes = message.data.len(), suppressed, "gossip message rejected");
                         }
                         self.metrics
                             .gossip_rejected
-                            .with_label_values(&[&label, reason])
+                            .with_label_values(&[label.as_str(), reason])
                             .inc();
-                        gossipsub::MessageAcceptance::Reject
+                        // A replay may be forwarded in good faith (the forwarder's own
+                        // memory of it may have expired): not held against the forwarder.
+                        if *reason == REPLAYED {
+                            gossipsub::MessageAcceptance::Ignore
+                        } else {
+                            gossipsub::MessageAcceptance::Reject
+                        }
                     }
-                    None => gossipsub::MessageAcceptance::Accept,
                 };
                 self.swarm
                     .behaviour_mut()
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
-                if let Some((author, data)) = delivered {
+                if verdict.is_ok() {
+                    self.seen.insert(&message_id.0);
                     self.metrics
                         .gossip_received
                         .with_label_values(&[&label])
                         .inc();
                     self.emit(NetworkEvent::Message(GossipMessage {
                         topic,
-                        source: Some(author),
+                        source: message.source,
                         id: hex::encode(&message_id.0),
-                        data,
+                        data: message.data,
                     }));
                 }
             }
@@ -824,6 +813,40 @@ impl NetworkService {
             }
             _ => {}
         }
+    }
+
+    /// What the node checks of a gossip message that gossipsub accepted (author, sequence
+    /// number and signature are gossipsub's): an author of the roster when there is one, a
+    /// message not delivered before, the node's size limit, then the topic's rule (only
+    /// joined topics are delivered here; a topic without a rule takes UTF-8 text). The
+    /// error is the metric's reason and, for a topic rule, its detail.
+    fn judge_gossip(
+        &self,
+        topic: &str,
+        id: &gossipsub::MessageId,
+        message: &gossipsub::Message,
+    ) -> Result<(), (&'static str, Option<String>)> {
+        let Some(author) = message.source else {
+            return Err(("no_author", None));
+        };
+        if let Some(roster) = &self.settings.roster
+            && !roster.admits(&author)
+        {
+            return Err(("author_not_member", None));
+        }
+        if self.seen.contains(&id.0) {
+            return Err((REPLAYED, None));
+        }
+        if message.data.len() > self.settings.max_message_size {
+            return Err(("too_large", None));
+        }
+        if self.settings.topics.iter().any(|t| t == topic) {
+            self.settings
+                .topic_rules
+                .check(topic, &message.data)
+                .map_err(|v| (v.reason, Some(v.detail)))?;
+        }
+        Ok(())
     }
 
     async fn shutdown(&mut self) {

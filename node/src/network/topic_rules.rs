@@ -2,7 +2,7 @@
 //!
 //! A rule names a payload size limit, a content type (`text`, `json`, `cbor` or `bytes`)
 //! and, for `json` and `cbor`, an optional JSON Schema. The network service checks every
-//! message of a ruled topic once, after its envelope, and reports the outcome to gossipsub:
+//! message of a ruled topic once, after gossipsub checked its signature, and reports the outcome to gossipsub:
 //! a message that breaks the rule is rejected there (not forwarded; gossipsub's peer
 //! scoring, once switched on, holds it against the peer that sent it), counted by topic and
 //! reason, and never reaches the API or chat. A node also
