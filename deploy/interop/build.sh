@@ -1,19 +1,44 @@
 #!/usr/bin/env bash
-# Builds the interop test peers (go-peer/: a go-libp2p peer with the library's defaults) into
-# a cache outside the clone, keyed by their sources, so a run builds them once. Safe to run
-# from many processes at once (one builds under a lock, the others wait). Progress goes to
-# stderr; the last line of stdout is the go-peer binary:
+# Builds an interop test peer into a cache outside the clone, keyed by its sources, so a run
+# builds it once: `go` (the default), go-peer/, a go-libp2p peer with the library's defaults;
+# `js`, js-peer/, a js-libp2p peer with the library's defaults (its npm packages, at the
+# versions of package-lock.json, installed with `npm ci`). Safe to run from many processes
+# at once (one builds under a lock, the others wait). Progress goes to stderr; the last line
+# of stdout is the go-peer binary, or the js peer's script to run with node:
 #   peer=$(deploy/interop/build.sh | tail -n 1)
+#   script=$(deploy/interop/build.sh js | tail -n 1)
 #
 # Environment: P2P_MPC_INTEROP_CACHE, the cache root (default
 # ${XDG_CACHE_HOME:-~/.cache}/p2p-mpc/interop).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+root=${P2P_MPC_INTEROP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/p2p-mpc/interop}
+
+if [ "${1:-go}" = js ]; then
+    command -v node >/dev/null 2>&1 || { echo "interop build: node not found on PATH (Node.js >= 20 needed)" >&2; exit 1; }
+    command -v npm >/dev/null 2>&1 || { echo "interop build: npm not found on PATH" >&2; exit 1; }
+    key=$(cat "$here"/js-peer/package.json "$here"/js-peer/package-lock.json "$here"/js-peer/*.mjs <(node --version) | sha256sum | cut -c1-16)
+    dir=$root/js-$key
+    if [ ! -e "$dir/.installed" ]; then
+        mkdir -p "$root"
+        exec 9>"$root/.lock"
+        flock 9
+        if [ ! -e "$dir/.installed" ]; then
+            echo "interop build: installing the js peer (js-libp2p) into $dir" >&2
+            rm -rf "$dir" && mkdir -p "$dir"
+            cp "$here"/js-peer/package.json "$here"/js-peer/package-lock.json "$here"/js-peer/*.mjs "$dir"/
+            (cd "$dir" && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error >&2)
+            touch "$dir/.installed"
+        fi
+    fi
+    echo "$dir/peer.mjs"
+    exit 0
+fi
+
 command -v go >/dev/null 2>&1 || { echo "interop build: go not found on PATH (Go >= 1.26 needed)" >&2; exit 1; }
 export GOFLAGS="-buildvcs=false -mod=readonly" CGO_ENABLED=0
 key=$(cat "$here"/go-peer/go.mod "$here"/go-peer/go.sum "$here"/go-peer/*.go <(go env GOVERSION) | sha256sum | cut -c1-16)
-root=${P2P_MPC_INTEROP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/p2p-mpc/interop}
 bin=$root/$key/go-peer
 if [ ! -x "$bin" ]; then
     mkdir -p "$root"

@@ -1,6 +1,7 @@
-//! Interop with libp2p peers written by others: go-libp2p peers built with the library's
-//! defaults (deploy/interop/go-peer, built once into a cache outside the clone by
-//! deploy/interop/build.sh), which share nothing with the node but its protocol ids.
+//! Interop with libp2p peers written by others: go-libp2p and js-libp2p peers built with
+//! their libraries' defaults (deploy/interop/go-peer and js-peer, built or installed once
+//! into a cache outside the clone by deploy/interop/build.sh), which share nothing with the
+//! node but its protocol ids.
 
 mod common;
 
@@ -136,40 +137,58 @@ async fn find(bin: &str, node: &NodeProcess, target: &str, timeout: &str) -> std
         .expect("go-peer runs")
 }
 
-/// `go-peer pubsub` on `topic`, publishing `publish` messages; its output lines are
-/// collected as they come.
-struct GoPubsub {
+/// A pubsub peer of another implementation (`go-peer pubsub` or the js peer) on a topic;
+/// its output lines are collected as they come.
+struct PubsubPeer {
     peer: GoPeer,
+    what: &'static str,
     lines: Arc<Mutex<Vec<String>>>,
 }
 
-impl Drop for GoPubsub {
+impl Drop for PubsubPeer {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!(
-                "---- output of the Go peer ----\n{}",
+                "---- output of the {} peer ----\n{}",
+                self.what,
                 self.lines.lock().unwrap().join("\n")
             );
         }
     }
 }
 
-impl GoPubsub {
-    fn start(bin: &str, node: &NodeProcess, topic: &str, publish: usize) -> GoPubsub {
-        let mut child = Command::new(bin)
-            .args(["pubsub", "--bootnode", &node.tcp_addr, "--topic", topic])
-            .args(["--publish", &publish.to_string(), "--timeout", "60s"])
+impl PubsubPeer {
+    /// `go-peer pubsub` dialing `addr`, publishing `publish` messages on `topic`.
+    fn go(bin: &str, addr: &str, topic: &str, publish: usize) -> PubsubPeer {
+        let mut command = Command::new(bin);
+        command
+            .args(["pubsub", "--bootnode", addr, "--topic", topic])
+            .args(["--publish", &publish.to_string(), "--timeout", "60s"]);
+        Self::start(command, "Go")
+    }
+
+    /// The js peer dialing `addr` (TCP or WebSocket), publishing `publish` messages.
+    fn js(script: &str, addr: &str, topic: &str, publish: usize) -> PubsubPeer {
+        let mut command = Command::new("node");
+        command
+            .args([script, "--bootnode", addr, "--topic", topic])
+            .args(["--publish", &publish.to_string(), "--timeout", "60"]);
+        Self::start(command, "js")
+    }
+
+    fn start(mut command: Command, what: &'static str) -> PubsubPeer {
+        let mut child = command
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("go-peer starts");
+            .unwrap_or_else(|e| panic!("the {what} peer does not start: {e}"));
         let mut stdout = BufReader::new(child.stdout.take().unwrap());
         let mut line = String::new();
         stdout.read_line(&mut line).unwrap();
         let id = line
             .strip_prefix("peer ")
             .and_then(|rest| rest.split_whitespace().next())
-            .unwrap_or_else(|| panic!("go-peer did not say who it is: {line:?}"))
+            .unwrap_or_else(|| panic!("the {what} peer did not say who it is: {line:?}"))
             .to_string();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -178,16 +197,17 @@ impl GoPubsub {
                 sink.lock().unwrap().push(line);
             }
         });
-        GoPubsub {
+        PubsubPeer {
             peer: GoPeer { child, id },
+            what,
             lines,
         }
     }
 
-    /// Waits for a line of the Go peer's output that starts with `prefix`; returns it.
+    /// Waits for a line of the peer's output that starts with `prefix`; returns it.
     async fn wait_line(&self, prefix: &str) -> String {
         wait_for(
-            &format!("the Go peer to print {prefix:?}"),
+            &format!("the {} peer to print {prefix:?}", self.what),
             Duration::from_secs(20),
             || async {
                 let lines = self.lines.lock().unwrap();
@@ -202,6 +222,42 @@ impl GoPubsub {
     }
 }
 
+/// Waits until `node` delivered `count` messages on `topic` authored by `author` of which
+/// the text starts with `prefix`; returns their message ids.
+async fn wait_delivered(
+    node: &NodeProcess,
+    topic: &str,
+    prefix: &str,
+    count: usize,
+    author: &str,
+) -> Vec<String> {
+    let received = "libp2p_gossipsub_topic_msg_recv_counts_unfiltered_total";
+    wait_for(
+        &format!("{} to deliver {count} messages {prefix:?}", node.name),
+        Duration::from_secs(20),
+        || async {
+            let body = node.get(&format!("/v1/topics/{topic}/messages")).await?;
+            let ours: Vec<&serde_json::Value> = body["messages"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter(|m| m["data"].as_str().is_some_and(|d| d.starts_with(prefix)))
+                .filter(|m| m["source"] == author)
+                .collect();
+            if ours.len() >= count {
+                Ok(ours
+                    .iter()
+                    .map(|m| m["message_id"].as_str().unwrap().to_string())
+                    .collect())
+            } else {
+                let read = node.metric(received, &[("hash", topic)]).await;
+                Err(format!("{body}; gossipsub read {read} messages"))
+            }
+        },
+    )
+    .await
+}
+
 /// A go-libp2p-pubsub peer with its defaults (messages signed by their author, StrictSign
 /// validation, message id = author + sequence number) and the node share a topic: each
 /// delivers the other's messages, under the same message ids.
@@ -210,32 +266,14 @@ async fn a_default_go_pubsub_peer_and_the_node_gossip_both_ways() {
     let bin = go_peer();
     let dir = tempdir();
     let node = NodeProcess::start("N", dir.path(), &common::args(&["-t", "chat"])).await;
-    let go = GoPubsub::start(&bin, &node, "chat", 3);
+    let go = PubsubPeer::go(&bin, &node.tcp_addr, "chat", 3);
     let go_id: libp2p::PeerId = go.peer.id.parse().unwrap();
 
     // The node delivers the Go peer's messages, with the Go peer as their author and the
     // libp2p default id: the author's peer id, then the 8-byte sequence number.
     let author = hex::encode(go_id.to_bytes());
-    let received = "libp2p_gossipsub_topic_msg_recv_counts_unfiltered_total";
-    wait_for(
-        "the node to deliver the Go peer's three messages",
-        Duration::from_secs(20),
-        || async {
-            let body = node.get("/v1/topics/chat/messages").await?;
-            let count = body["messages"].as_array().map_or(0, Vec::len);
-            if count >= 3 {
-                Ok(())
-            } else {
-                let read = node.metric(received, &[("hash", "chat")]).await;
-                Err(format!("{body}; gossipsub read {read} messages"))
-            }
-        },
-    )
-    .await;
-    for i in 0..3 {
-        let m = node.wait_message("chat", &format!("go message {i}")).await;
-        assert_eq!(m["source"], go.peer.id.as_str(), "{m}");
-        let id = m["message_id"].as_str().unwrap();
+    let ids = wait_delivered(&node, "chat", "go message ", 3, &go.peer.id).await;
+    for id in ids {
         assert!(
             id.len() == author.len() + 16 && id.starts_with(&author),
             "message id {id} is not the author ({author}) and a sequence number"
@@ -250,6 +288,64 @@ async fn a_default_go_pubsub_peer_and_the_node_gossip_both_ways() {
         format!("received {} {id} node message", node.peer_id),
         "the Go peer's view of the node's message"
     );
+    let metric = "libp2p_gossipsub_invalid_messages_per_topic_total";
+    assert_eq!(node.metric(metric, &[("hash", "chat")]).await, 0.0);
+}
+
+/// The js peer (deploy/interop/js-peer), installed once by deploy/interop/build.sh.
+fn js_peer() -> String {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/interop/build.sh");
+    let out = Command::new("bash")
+        .args([script, "js"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("bash runs deploy/interop/build.sh");
+    assert!(out.status.success(), "deploy/interop/build.sh js failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .expect("build.sh prints the script")
+        .to_string()
+}
+
+/// Two js-libp2p peers with their defaults (gossipsub with StrictSign), one over TCP and one
+/// over WebSocket, share a topic with the node: each side delivers the other's messages.
+/// js-libp2p's default message id is the author's public key (not its peer id) and the
+/// sequence number, so a js peer names the node's message by the node's id without the
+/// 2-byte multihash header of the peer id; go's and the node's ids are the peer id's bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn default_js_gossipsub_peers_and_the_node_gossip_both_ways_over_tcp_and_websocket() {
+    let script = js_peer();
+    let dir = tempdir();
+    let node = NodeProcess::start(
+        "N",
+        dir.path(),
+        &common::args(&["-t", "chat", "--ws-port", "0"]),
+    )
+    .await;
+    let ws_addr = node.ws_addr.clone().expect("the node listens on WebSocket");
+    let over_tcp = PubsubPeer::js(&script, &node.tcp_addr, "chat", 2);
+    let over_ws = PubsubPeer::js(&script, &ws_addr, "chat", 2);
+
+    // The node delivers each js peer's messages, with the js peer as their author.
+    for js in [&over_tcp, &over_ws] {
+        wait_delivered(&node, "chat", "js message ", 2, &js.peer.id).await;
+    }
+
+    // Each js peer receives the node's message.
+    let id = node.publish_when_ready("chat", "node message").await;
+    let js_id = id
+        .strip_prefix("0024")
+        .expect("an Ed25519 peer id starts with the identity multihash of 36 bytes");
+    for js in [&over_tcp, &over_ws] {
+        let line = js.wait_line(&format!("received {} ", node.peer_id)).await;
+        assert_eq!(
+            line,
+            format!("received {} {js_id} node message", node.peer_id),
+            "the js peer's view of the node's message"
+        );
+    }
     let metric = "libp2p_gossipsub_invalid_messages_per_topic_total";
     assert_eq!(node.metric(metric, &[("hash", "chat")]).await, 0.0);
 }

@@ -62,10 +62,12 @@ pub const MPC_STREAMS_PER_CONNECTION: usize = 128;
 pub const CONNECTIONS_PER_PEER: u32 = 4;
 
 /// A gossip message id as the libp2p pubsub specification defines it and go-libp2p-pubsub
-/// and js-libp2p gossipsub compute it by default: the author's peer id (its bytes) followed
-/// by the 8-byte big-endian sequence number. rust-libp2p's own default writes the two as
-/// text (base58 and decimal) instead; ids must be the same bytes in every implementation
-/// for IHAVE, IWANT and IDONTWANT to name the same messages. The author's signature covers
+/// computes it by default: the author's peer id (its bytes) followed by the 8-byte
+/// big-endian sequence number. Ids must be the same bytes in two implementations for IHAVE,
+/// IWANT and IDONTWANT to name the same messages: rust-libp2p's own default writes the two
+/// as text (base58 and decimal), and js-libp2p's takes the author's public key instead of
+/// its peer id (for Ed25519, the peer id without its 2-byte multihash header), so with js
+/// peers only the messages themselves line up. The author's signature covers
 /// both parts, so a forged message cannot take the id of a real one (gossipsub checks the
 /// signature before it looks the id up).
 pub fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
