@@ -350,11 +350,14 @@ async fn default_js_gossipsub_peers_and_the_node_gossip_both_ways_over_tcp_and_w
     assert_eq!(node.metric(metric, &[("hash", "chat")]).await, 0.0);
 }
 
-/// A peer that writes gossipsub's wire format by hand sends one correctly signed message and
-/// three whose signature does not match their data: the first is delivered, the others are
-/// refused by gossipsub before the node sees them, never delivered or forwarded, and counted.
-/// A minute later, when gossipsub's duplicate cache has forgotten it, it sends the signed
-/// message again: the node remembers it and refuses the replay.
+/// A peer that writes gossipsub's wire format by hand sends a forgery of its next message
+/// (same author and sequence number, other data), that message correctly signed, three
+/// whose signature does not match their data, and a correctly signed one whose sequence
+/// number lies far below the others. The signed message is delivered: the forgery sent
+/// first did not take its id. The forgeries are refused by gossipsub before the node sees
+/// them, never delivered or forwarded, and counted; the old number is refused by the node
+/// as stale. A minute later, when gossipsub's duplicate cache has forgotten it, the peer
+/// sends the signed message again: the node refuses the replay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_replayed_gossip_is_refused_and_counted() {
     let bin = go_peer();
@@ -388,7 +391,7 @@ async fn forged_and_replayed_gossip_is_refused_and_counted() {
         Duration::from_secs(10),
         || async {
             match node.metric(metric, &[("hash", "chat")]).await {
-                3.0 => Ok(()),
+                4.0 => Ok(()),
                 n => Err(format!("{n}")),
             }
         },
@@ -403,6 +406,27 @@ async fn forged_and_replayed_gossip_is_refused_and_counted() {
         );
     }
     assert_eq!(other.metric(metric, &[("hash", "chat")]).await, 0.0);
+    let rejected = "p2p_mpc_gossip_messages_rejected_total";
+    let stale = [("topic", "chat"), ("reason", "stale")];
+    wait_for(
+        "the node to refuse the stale message",
+        Duration::from_secs(10),
+        || async {
+            match node.metric(rejected, &stale).await {
+                1.0 => Ok(()),
+                n => Err(format!("{n}")),
+            }
+        },
+    )
+    .await;
+    for n in [&node, &other] {
+        let messages = n.get("/v1/topics/chat/messages").await.unwrap();
+        assert!(
+            !messages.to_string().contains("forge stale"),
+            "a stale message reached {}: {messages}",
+            n.name
+        );
+    }
 
     let out = forger.await.unwrap().expect("go-peer runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -412,7 +436,6 @@ async fn forged_and_replayed_gossip_is_refused_and_counted() {
         String::from_utf8_lossy(&out.stderr)
     );
     let replayed = [("topic", "chat"), ("reason", "replayed")];
-    let rejected = "p2p_mpc_gossip_messages_rejected_total";
     wait_for(
         "the node to refuse the replay",
         Duration::from_secs(10),

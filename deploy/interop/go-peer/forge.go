@@ -16,10 +16,13 @@ import (
 )
 
 // forge speaks gossipsub's wire format by hand on one /meshsub/1.1.0 stream to the node,
-// where a library would never send what it sends: it subscribes to TOPIC, then publishes one
-// message signed as the libp2p pubsub specification says (`forge valid`), and COUNT messages
-// whose signature does not match their data (`forge bad <i>`, signed, then altered). It
-// prints `sent <valid> <forged>` once the stream is written. With --replay-after D it sends
+// where a library would never send what it sends. It subscribes to TOPIC, then publishes in
+// one RPC: a forgery of the next message (its author and sequence number, its signature,
+// other data: `forge BAD first`), that message signed as the libp2p pubsub specification
+// says (`forge valid`), COUNT messages whose signature does not match their data (`forge
+// bad <i>`, signed, then altered), and a correctly signed message whose sequence number is
+// 5,000 below the highest of the others (`forge stale`). It prints `sent <valid> <forged>` once the
+// stream is written. With --replay-after D it sends
 // the signed message again, byte for byte, D later (after gossipsub's duplicate cache has
 // forgotten it) and prints `replayed`. It exits 0 when done.
 func forge() {
@@ -53,8 +56,12 @@ func forge() {
 	author := []byte(host.ID())
 	seqno := uint64(time.Now().UnixNano())
 
+	var signAs func(data string, seqno uint64) *pb.Message
 	sign := func(data string) *pb.Message {
 		seqno++
+		return signAs(data, seqno)
+	}
+	signAs = func(data string, seqno uint64) *pb.Message {
 		number := make([]byte, 8)
 		binary.BigEndian.PutUint64(number, seqno)
 		m := &pb.Message{From: author, Data: []byte(data), Seqno: number, Topic: topicName}
@@ -72,12 +79,15 @@ func forge() {
 	subscribe := true
 	rpc := &pb.RPC{Subscriptions: []*pb.RPC_SubOpts{{Subscribe: &subscribe, Topicid: topicName}}}
 	valid := sign("forge valid")
-	rpc.Publish = append(rpc.Publish, valid)
+	first := proto.CloneOf(valid)
+	first.Data = []byte("forge BAD first")
+	rpc.Publish = append(rpc.Publish, first, valid)
 	for i := 0; i < *count; i++ {
 		m := sign(fmt.Sprintf("forge bad %d", i))
 		m.Data = []byte(fmt.Sprintf("forge BAD %d", i))
 		rpc.Publish = append(rpc.Publish, m)
 	}
+	rpc.Publish = append(rpc.Publish, signAs("forge stale", seqno-5000))
 	bytes, err := proto.Marshal(rpc)
 	if err != nil {
 		fail("encode: %v", err)

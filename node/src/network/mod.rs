@@ -8,7 +8,7 @@ pub mod behaviour;
 pub mod bootnodes;
 pub mod door;
 pub mod mpc_codec;
-pub mod seen;
+pub mod replay;
 mod service;
 pub mod topic_rules;
 

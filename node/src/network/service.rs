@@ -26,6 +26,7 @@ use tracing::{debug, info, info_span, warn};
 use super::behaviour::{self, BehaviourSettings, NodeBehaviour, NodeBehaviourEvent};
 use super::bootnodes::BootnodeDialer;
 use super::mpc_codec::RawMpc;
+use super::replay::Verdict;
 use super::{
     Command, GossipMessage, InboundMpc, NetworkClient, NetworkEvent, NetworkStatus, PeerInfo,
     PublishError, with_peer_id,
@@ -35,8 +36,10 @@ use crate::mpc::wire::{self, MPC_PROTOCOL, MpcAck, WIRE_VERSION};
 use crate::roster::Roster;
 use crate::values::PeerAddr;
 
-/// The metric reason of a message delivered before (see `network::seen`).
-const REPLAYED: &str = "replayed";
+/// Refusal reasons given to gossipsub as `Ignore`, not `Reject`: an honest peer may forward
+/// such a message in good faith (its own memory of a replay may have expired, or its roster
+/// may not have changed yet), so it is not held against the forwarder.
+const IGNORED: [&str; 3] = ["replayed", "stale", "author_not_member"];
 
 /// How long the session router may take to answer an inbound MPC message.
 const MPC_ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
@@ -109,8 +112,8 @@ pub struct NetworkService {
     mpc_acks: FuturesUnordered<PendingAck>,
     /// When a refused MPC message was last logged, and how many were not logged since.
     refused_log: (Option<Instant>, u64),
-    /// The ids of gossip messages delivered, kept beyond gossipsub's duplicate cache.
-    seen: super::seen::Seen,
+    /// Each author's window of delivered sequence numbers (replays).
+    replays: super::replay::Replays,
 }
 
 impl NetworkService {
@@ -232,7 +235,7 @@ impl NetworkService {
             mpc_pending: HashMap::new(),
             mpc_acks: FuturesUnordered::new(),
             refused_log: (None, 0),
-            seen: Default::default(),
+            replays: Default::default(),
         };
         Ok((service, NetworkClient { tx: cmd_tx }, event_rx))
     }
@@ -554,9 +557,6 @@ impl NetworkService {
             .publish(gossipsub::IdentTopic::new(topic), data);
         match result {
             Ok(id) => {
-                // The node's own message, if a peer ever sends it back, is not delivered
-                // (gossipsub refuses it too: it names this node as its author).
-                self.seen.insert(&id.0);
                 self.metrics
                     .gossip_published
                     .with_label_values(&[self.topic_label(topic)])
@@ -758,7 +758,7 @@ impl NetworkService {
             } => {
                 let topic = message.topic.as_str().to_string();
                 let label = self.topic_label(&topic).to_string();
-                let verdict = self.judge_gossip(&topic, &message_id, &message);
+                let verdict = self.judge_gossip(&topic, &message);
                 let acceptance = match &verdict {
                     Ok(()) => gossipsub::MessageAcceptance::Accept,
                     Err((reason, detail)) => {
@@ -770,9 +770,7 @@ impl NetworkService {
                             .gossip_rejected
                             .with_label_values(&[label.as_str(), reason])
                             .inc();
-                        // A replay may be forwarded in good faith (the forwarder's own
-                        // memory of it may have expired): not held against the forwarder.
-                        if *reason == REPLAYED {
+                        if IGNORED.contains(reason) {
                             gossipsub::MessageAcceptance::Ignore
                         } else {
                             gossipsub::MessageAcceptance::Reject
@@ -784,7 +782,6 @@ impl NetworkService {
                     .gossipsub
                     .report_message_validation_result(&message_id, &propagation_source, acceptance);
                 if verdict.is_ok() {
-                    self.seen.insert(&message_id.0);
                     self.metrics
                         .gossip_received
                         .with_label_values(&[&label])
@@ -815,27 +812,24 @@ impl NetworkService {
         }
     }
 
-    /// What the node checks of a gossip message that gossipsub accepted (author, sequence
-    /// number and signature are gossipsub's): an author of the roster when there is one, a
-    /// message not delivered before, the node's size limit, then the topic's rule (only
-    /// joined topics are delivered here; a topic without a rule takes UTF-8 text). The
-    /// error is the metric's reason and, for a topic rule, its detail.
+    /// What the node checks of a gossip message whose signature gossipsub verified: an
+    /// author and a sequence number (gossipsub lets an empty sequence number through), an
+    /// author of the roster when there is one, the node's size limit, the topic's rule
+    /// (only joined topics are delivered here; a topic without a rule takes UTF-8 text), and
+    /// last a sequence number not delivered before (recorded once the message passed all
+    /// else). The error is the metric's reason and, for a topic rule, its detail.
     fn judge_gossip(
-        &self,
+        &mut self,
         topic: &str,
-        id: &gossipsub::MessageId,
         message: &gossipsub::Message,
     ) -> Result<(), (&'static str, Option<String>)> {
-        let Some(author) = message.source else {
+        let (Some(author), Some(seq)) = (message.source, message.sequence_number) else {
             return Err(("no_author", None));
         };
         if let Some(roster) = &self.settings.roster
             && !roster.admits(&author)
         {
             return Err(("author_not_member", None));
-        }
-        if self.seen.contains(&id.0) {
-            return Err((REPLAYED, None));
         }
         if message.data.len() > self.settings.max_message_size {
             return Err(("too_large", None));
@@ -846,7 +840,11 @@ impl NetworkService {
                 .check(topic, &message.data)
                 .map_err(|v| (v.reason, Some(v.detail)))?;
         }
-        Ok(())
+        match self.replays.admit(author, seq) {
+            Verdict::Fresh => Ok(()),
+            Verdict::Replayed => Err(("replayed", None)),
+            Verdict::Stale => Err(("stale", None)),
+        }
     }
 
     async fn shutdown(&mut self) {
