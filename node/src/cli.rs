@@ -208,6 +208,19 @@ pub enum KeysCommand {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         output: OutputFormat,
     },
+    /// Show one key (GET /v1/keys/{key_id}): scheme, threshold, participants, public key (for `secp256k1-tr` also the internal key), status and policy.
+    Show {
+        /// The key id.
+        #[arg(value_name = "KEY_ID")]
+        key_id: String,
+        /// Also show the key's P2TR address on this Bitcoin network: `bitcoin`, `testnet`, `signet` or `regtest` (`secp256k1-tr` keys only).
+        #[arg(long, value_name = "NETWORK", value_parser = crate::mpc::scheme::BitcoinNetwork::parse)]
+        network: Option<crate::mpc::scheme::BitcoinNetwork>,
+        #[command(flatten)]
+        api: ApiClientArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
     /// Replace a key's signing policy (POST /v1/keys/{key_id}/policy), approved by client keys under its current policy.
     SetPolicy {
         /// The key id.

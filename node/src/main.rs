@@ -230,6 +230,7 @@ fn run_subcommand(command: Command) -> ExitCode {
             let api = match &command {
                 KeysCommand::Create { api, .. }
                 | KeysCommand::List { api, .. }
+                | KeysCommand::Show { api, .. }
                 | KeysCommand::SetPolicy { api, .. }
                 | KeysCommand::Sign { api, .. } => api.clone(),
                 KeysCommand::ConvertLegacy { .. } => unreachable!("handled above"),

@@ -189,6 +189,67 @@ fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
             && table.contains("1-of-1 clients"),
         "{table}"
     );
+    // `keys show`: one key, with the P2TR address the devnet printed for a secp256k1-tr key.
+    let secp = keys.iter().find(|k| k["scheme"] == "secp256k1-tr").unwrap();
+    let secp_id = secp["key_id"].as_str().unwrap();
+    let printed = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("P2TR address (regtest): "))
+        .expect("the devnet prints the regtest address")
+        .to_string();
+    let show = |args: &[&str]| {
+        Command::new(bin())
+            .args(["keys", "show"])
+            .args(args)
+            .args(["--api", &api])
+            .output()
+            .unwrap()
+    };
+    let out = show(&[secp_id, "--network", "regtest"]);
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let row = |name: &str| {
+        table
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .map(str::trim)
+            .unwrap_or_else(|| panic!("no {name:?} row in:\n{table}"))
+            .to_string()
+    };
+    assert_eq!(row("address (regtest)"), printed);
+    assert_eq!(row("public key"), secp["public_key"].as_str().unwrap());
+    assert_eq!(row("internal key"), secp["internal_key"].as_str().unwrap());
+    assert_eq!(row("policy"), "1-of-1 clients (version 0)");
+    assert_eq!(row("threshold"), format!("{} of 3", secp["threshold"]));
+    let out = show(&[secp_id, "--output", "json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["public_key"], secp["public_key"], "{json}");
+    assert!(json["address"].is_null(), "no network, no address: {json}");
+    // An Ed25519 key has no address (the node says so), an unknown network is refused before
+    // any request, and so is an unknown key.
+    let ed = keys.iter().find(|k| k["scheme"] == "ed25519").unwrap();
+    let out = show(&[ed["key_id"].as_str().unwrap(), "--network", "regtest"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("400") && err.contains("only secp256k1-tr keys"),
+        "{err}"
+    );
+    let out = show(&[secp_id, "--network", "mars"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("unknown Bitcoin network `mars`")
+            && err.contains("regtest"),
+        "{err}"
+    );
+    let out = show(&["no-such-key"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("404"), "{err}");
+
     let out = Command::new(bin())
         .args([
             "keys",

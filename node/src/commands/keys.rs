@@ -1,4 +1,5 @@
-//! `p2p-mpc keys create|list|sign`: threshold keys through a node's HTTP API.
+//! `p2p-mpc keys create|list|show|set-policy|sign`: threshold keys through a node's HTTP
+//! API (`convert-legacy` works offline, in `main`).
 
 use serde_json::{Value, json};
 
@@ -34,6 +35,19 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
                     key_table(&keys)
                 }
             });
+        }
+        KeysCommand::Show {
+            key_id,
+            network,
+            output,
+            ..
+        } => {
+            let mut path = format!("v1/keys/{}", encode_segment(&key_id));
+            if let Some(network) = network {
+                path.push_str(&format!("?network={}", network.name()));
+            }
+            let key: Value = client.get(&path).await?;
+            print(output, &key, || key_details(&key));
         }
         KeysCommand::SetPolicy {
             key_id,
@@ -230,6 +244,44 @@ fn print(output: OutputFormat, json: &Value, table: impl FnOnce() -> String) {
         }
         OutputFormat::Table => println!("{}", table()),
     }
+}
+
+/// One key, a field per line.
+fn key_details(k: &Value) -> String {
+    let n = k["participants"].as_array().map(Vec::len).unwrap_or(0);
+    let mut rows = vec![
+        ("key id".to_string(), text(&k["key_id"])),
+        ("scheme".to_string(), text(&k["scheme"])),
+        (
+            "threshold".to_string(),
+            format!("{} of {n}", text(&k["threshold"])),
+        ),
+        ("participants".to_string(), list(&k["participants"])),
+        ("public key".to_string(), text(&k["public_key"])),
+    ];
+    if !k["internal_key"].is_null() {
+        rows.push(("internal key".into(), text(&k["internal_key"])));
+    }
+    if !k["address"].is_null() {
+        rows.push((
+            format!("address ({})", text(&k["network"])),
+            text(&k["address"]),
+        ));
+    }
+    rows.push(("status".into(), text(&k["status"])));
+    rows.push((
+        "policy".into(),
+        format!(
+            "{} (version {})",
+            policy_label(&k["policy"]),
+            text(&k["policy_version"])
+        ),
+    ));
+    let width = rows.iter().map(|(name, _)| name.len()).max().unwrap_or(0);
+    rows.iter()
+        .map(|(name, value)| format!("{name:<width$}  {value}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A table of keys: id, threshold/participants, public key, status, policy.

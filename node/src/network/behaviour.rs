@@ -75,7 +75,11 @@ pub fn message_id(message: &gossipsub::Message) -> gossipsub::MessageId {
         .source
         .map(|author| author.to_bytes())
         .unwrap_or_default();
-    id.extend_from_slice(&message.sequence_number.unwrap_or_default().to_be_bytes());
+    // Strict validation lets an empty sequence number through (the node then refuses the
+    // message): its id is the author alone, which no numbered message's id can be.
+    if let Some(seq) = message.sequence_number {
+        id.extend_from_slice(&seq.to_be_bytes());
+    }
     gossipsub::MessageId::from(id)
 }
 
@@ -171,4 +175,35 @@ pub fn build(
         identify,
         ping,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(source: Option<libp2p::PeerId>, seq: Option<u64>) -> gossipsub::Message {
+        gossipsub::Message {
+            source,
+            data: b"text".to_vec(),
+            sequence_number: seq,
+            topic: gossipsub::IdentTopic::new("chat").hash(),
+        }
+    }
+
+    #[test]
+    fn message_ids_are_the_author_then_the_big_endian_sequence_number() {
+        let author = Keypair::generate_ed25519().public().to_peer_id();
+        let id = message_id(&message(Some(author), Some(0x0102_0304_0506_0708)));
+        let mut want = author.to_bytes();
+        want.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        assert_eq!(id.0, want);
+        // The data is not part of the id (the signature binds it to author and number).
+        let mut other = message(Some(author), Some(0x0102_0304_0506_0708));
+        other.data = b"else".to_vec();
+        assert_eq!(message_id(&other), id);
+        // A message without a sequence number cannot take the id of number 0.
+        let none = message_id(&message(Some(author), None));
+        assert_eq!(none.0, author.to_bytes());
+        assert_ne!(none, message_id(&message(Some(author), Some(0))));
+    }
 }
