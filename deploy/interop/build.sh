@@ -18,6 +18,8 @@ root=${P2P_MPC_INTEROP_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/p2p-mpc/interop}
 if [ "${1:-go}" = js ]; then
     command -v node >/dev/null 2>&1 || { echo "interop build: node not found on PATH (Node.js >= 20 needed)" >&2; exit 1; }
     command -v npm >/dev/null 2>&1 || { echo "interop build: npm not found on PATH" >&2; exit 1; }
+    major=$(node -p 'process.versions.node.split(".")[0]')
+    [ "$major" -ge 20 ] || { echo "interop build: Node.js $(node --version) is too old for js-libp2p 3 (20 or later needed)" >&2; exit 1; }
     key=$(cat "$here"/js-peer/package.json "$here"/js-peer/package-lock.json "$here"/js-peer/*.mjs <(node --version) | sha256sum | cut -c1-16)
     dir=$root/js-$key
     if [ ! -e "$dir/.installed" ]; then
