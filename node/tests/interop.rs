@@ -29,13 +29,13 @@ fn go_peer() -> String {
         .to_string()
 }
 
-/// A running go-peer; killed when dropped.
-struct GoPeer {
+/// A running peer of another implementation (go-peer or the js peer); killed when dropped.
+struct ForeignPeer {
     child: Child,
     id: String,
 }
 
-impl Drop for GoPeer {
+impl Drop for ForeignPeer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -44,7 +44,7 @@ impl Drop for GoPeer {
 
 /// Starts `go-peer dht` under the protocol prefix `prefix` with `node` as its only bootnode;
 /// returns once it printed its id.
-fn serve_dht(bin: &str, node: &NodeProcess, prefix: &str) -> GoPeer {
+fn serve_dht(bin: &str, node: &NodeProcess, prefix: &str) -> ForeignPeer {
     let mut child = Command::new(bin)
         .args(["dht", "--bootnode", &node.tcp_addr, "--prefix", prefix])
         .stdin(Stdio::piped())
@@ -61,7 +61,7 @@ fn serve_dht(bin: &str, node: &NodeProcess, prefix: &str) -> GoPeer {
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("go-peer did not say who it is: {line:?}"))
         .to_string();
-    GoPeer { child, id }
+    ForeignPeer { child, id }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -140,7 +140,7 @@ async fn find(bin: &str, node: &NodeProcess, target: &str, timeout: &str) -> std
 /// A pubsub peer of another implementation (`go-peer pubsub` or the js peer) on a topic;
 /// its output lines are collected as they come.
 struct PubsubPeer {
-    peer: GoPeer,
+    peer: ForeignPeer,
     what: &'static str,
     lines: Arc<Mutex<Vec<String>>>,
 }
@@ -198,7 +198,7 @@ impl PubsubPeer {
             }
         });
         PubsubPeer {
-            peer: GoPeer { child, id },
+            peer: ForeignPeer { child, id },
             what,
             lines,
         }
