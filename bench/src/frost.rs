@@ -13,8 +13,27 @@ use frost_ed25519::Ed25519Sha512 as Ed;
 use frost_secp256k1_tr::Secp256K1Sha256TR as Tr;
 use serde_json::json;
 
+use p2p_mpc_testenv::metric_sum;
+
 use crate::nodes::{Node, cluster, cluster_with_args, node_binary, post};
 use crate::results::{Figure, quantile};
+
+/// Signatures the `nodes` coordinated, summed: (presigned, two rounds).
+async fn signature_paths(http: &reqwest::Client, nodes: &[Node]) -> anyhow::Result<(f64, f64)> {
+    let (mut presigned, mut two_round) = (0.0, 0.0);
+    for n in nodes {
+        let page = http
+            .get(format!("{}/metrics", n.metrics))
+            .send()
+            .await?
+            .text()
+            .await?;
+        let path = |p| [("path", p)];
+        presigned += metric_sum(&page, "p2p_mpc_signatures_total", &path("presigned"));
+        two_round += metric_sum(&page, "p2p_mpc_signatures_total", &path("two_round"));
+    }
+    Ok((presigned, two_round))
+}
 
 /// In process: one signature of `t` signers, all rounds (commit, sign, aggregate, verify).
 fn inprocess_sign<C: Ciphersuite>(
@@ -188,6 +207,42 @@ pub async fn run(quick: bool) -> anyhow::Result<(Vec<Figure>, Option<u64>)> {
         "ms",
         "frost-ed25519 in one process",
         b99 * 1e3,
+    ));
+
+    // How many of those were presigned (one round trip), from the coordinators' metrics.
+    let (presigned, two_round) = signature_paths(&http, &nodes).await?;
+    figures.push(Figure::plain(
+        "FROST sign 3-of-5 sequential: presigned (one round trip), share of signatures",
+        presigned / (presigned + two_round).max(1.0),
+        "fraction",
+    ));
+
+    // The same signatures on a cluster with presigning off: every one takes two rounds.
+    let two_round_nodes = cluster_with_args(
+        &bin,
+        &dir.join("c5-two-round"),
+        5,
+        &["--presign-pool-size".into(), "0".into()],
+    )
+    .await?;
+    let (_, two_round_key) = api_dkg(&http, &two_round_nodes, 3, json!({"open": true})).await?;
+    let mut two_round_lat = Vec::with_capacity(sequential);
+    for i in 0..sequential {
+        let url = format!(
+            "{}/v1/keys/{two_round_key}/sign",
+            two_round_nodes[i % 5].api
+        );
+        let t0 = Instant::now();
+        post(&http, url, json!({"message": format!("{i:08x}")})).await?;
+        two_round_lat.push(t0.elapsed().as_secs_f64());
+    }
+    drop(two_round_nodes);
+    figures.push(Figure::against(
+        "FROST sign 3-of-5 sequential: p50, presigned against two rounds",
+        p50 * 1e3,
+        "ms",
+        "presigning off (--presign-pool-size 0), same machine",
+        quantile(&mut two_round_lat, 0.5) * 1e3,
     ));
 
     // The same for a secp256k1-tr (BIP340/Taproot) key on the same cluster: DKG and

@@ -242,6 +242,7 @@ pub async fn run(
             max_tasks_per_creator: config.mpc_max_tasks_per_creator,
             held_budgets: config.mpc_held_budgets,
             replay_guard,
+            presign: config.presign,
         },
     );
     let router_task = tokio::spawn(mpc.clone().run_router(mpc_inbound));
@@ -255,6 +256,7 @@ pub async fn run(
 
     let message_log = Arc::new(MessageLog::new(config.topic_rules.clone()));
     let log = message_log.clone();
+    let events_mpc = mpc.clone();
     let (messages_tx, messages) = mpsc::channel(NODE_IO_MESSAGES);
     let events_task = tokio::spawn(async move {
         while let Some(event) = events.recv().await {
@@ -265,7 +267,9 @@ pub async fn run(
                 }
                 NetworkEvent::PeerConnected(p) => tracing::debug!(peer = %p, "peer connected"),
                 NetworkEvent::PeerDisconnected(p) => {
-                    tracing::debug!(peer = %p, "peer disconnected")
+                    tracing::debug!(peer = %p, "peer disconnected");
+                    // Presignatures made for it or by it are gone with its connection.
+                    events_mpc.peer_disconnected(&p);
                 }
             }
         }

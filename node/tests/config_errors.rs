@@ -192,6 +192,15 @@ fn bad_values_of_the_right_type() {
         "mpc_max_held_mib_per_peer: 200\n",
         &["mpc_max_held_mib_per_peer", "mpc_max_held_mib (128)"],
     );
+    assert_config_error(
+        "presign_pool_size: 300\n",
+        &["presign_pool_size", "from 0 to 256", "not 300"],
+    );
+    assert_config_error(
+        "presign_pool_size: 4\npresign_low_water: 5\n",
+        &["presign_low_water", "presign_pool_size (4)", "not 5"],
+    );
+    assert_config_error("presign_low_water: 0\n", &["presign_low_water", "not 0"]);
     assert_config_error("topics: [\"\"]\n", &["topics[0]", "must not be empty"]);
     assert_config_error(
         "api_token_file: /nonexistent/token\n",

@@ -2032,3 +2032,209 @@ async fn open_keys_cannot_be_seized_and_legacy_keys_wait_for_conversion() {
     let (status, body) = change_policy(a, &legacy_id, &seize, vec![approval]).await;
     assert_eq!(status, 200, "the admin may change it now: {body}");
 }
+
+/// The lines of a nonce log (`P2P_MPC_TEST_NONCE_LOG`): one per nonce a node signed with.
+fn nonce_log(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Signatures `range` of `key_id` through `node` (messages `presigned {i}`), each one a 200,
+/// added to `signed`.
+async fn sign_many(
+    node: &NodeProcess,
+    key_id: &str,
+    range: std::ops::Range<usize>,
+    signed: &mut Vec<(Vec<u8>, String)>,
+) {
+    for i in range {
+        let message = format!("presigned {i}").into_bytes();
+        let (status, body) = sign(node, key_id, &message).await;
+        assert_eq!(status, 200, "signature {i}: {body}");
+        signed.push((message, body["signature"].as_str().unwrap().to_string()));
+    }
+}
+
+/// How many signatures `node` coordinated in one round trip.
+async fn presigned_count(node: &NodeProcess) -> f64 {
+    node.metric("p2p_mpc_signatures_total", &[("path", "presigned")])
+        .await
+}
+
+/// Waits until `node` has no connection to `peer` any more.
+async fn wait_disconnected(node: &NodeProcess, peer: &str) {
+    wait_for(
+        &format!("{} to notice {peer} is gone", node.name),
+        Duration::from_secs(30),
+        || async {
+            let peers = node.connected_peer_ids().await?;
+            if peers.iter().any(|p| p == peer) {
+                Err(format!("{peers:?}"))
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await
+}
+
+/// Presigned signing: 1,000 signatures of a 2-of-3 key, one holder killed (-9) and
+/// restarted in the middle. Every signature verifies (ed25519-dalek and Python
+/// `cryptography`), most take one round trip, and no nonce ever signs twice: every node
+/// records the commitments of each nonce it signs with, and no line repeats.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_presigned_signatures_across_a_restart_never_reuse_a_nonce() {
+    let dir = tempdir();
+    let log = dir.path().join("nonces.log");
+    let log_env: &'static str = Box::leak(log.to_str().unwrap().to_string().into_boxed_str());
+    let env = move |_: &str| vec![("P2P_MPC_TEST_NONCE_LOG", log_env)];
+    let mut nodes = start_cluster(dir.path(), &["p0", "p1", "p2"], env).await;
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let key = create_key("ed25519", &nodes[0], 2, &all).await;
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    let mut signed: Vec<(Vec<u8>, String)> = Vec::new();
+    sign_many(&nodes[0], &key_id, 0..400, &mut signed).await;
+    let before = presigned_count(&nodes[0]).await;
+    assert!(before >= 300.0, "{before} of 400 presigned");
+    assert!(
+        metric_sum(&nodes[0], "p2p_mpc_presignatures", &[("key_id", &key_id)]).await > 0.0,
+        "the pool is refilled"
+    );
+
+    // p2 dies: its nonces die with it, and p0 drops its commitments once it notices.
+    let dead = nodes[2].peer_id.clone();
+    nodes[2].kill();
+    wait_disconnected(&nodes[0], &dead).await;
+    sign_many(&nodes[0], &key_id, 400..500, &mut signed).await;
+    let restarted = start_node(dir.path(), "p2", &nodes[..2], &env("p2")).await;
+    assert_eq!(restarted.peer_id, dead);
+    for n in &nodes[..2] {
+        restarted
+            .wait_connected_to(&n.peer_id, Duration::from_secs(30))
+            .await;
+    }
+    nodes[2] = restarted;
+    sign_many(&nodes[0], &key_id, 500..900, &mut signed).await;
+    // The restarted holder coordinates too: its pools start empty.
+    sign_many(&nodes[2], &key_id, 900..1000, &mut signed).await;
+    let after = presigned_count(&nodes[0]).await + presigned_count(&nodes[2]).await;
+    println!(
+        "{after} of 1000 signatures presigned; two rounds: {}",
+        1000.0 - after
+    );
+    assert!(after >= 800.0, "{after} of 1000 presigned");
+
+    common::verify_ed25519_many(key["public_key"].as_str().unwrap(), &signed);
+    // Every signature is two nonces (the coordinator's and one holder's), each recorded
+    // once; a line seen twice would be a nonce that signed twice.
+    let lines = nonce_log(&log);
+    assert_eq!(lines.len(), 2000, "two nonces per signature");
+    let distinct: std::collections::HashSet<&str> = lines
+        .iter()
+        .map(|l| l.split_whitespace().nth(1).unwrap())
+        .collect();
+    assert_eq!(distinct.len(), lines.len(), "a nonce signed twice");
+}
+
+/// A presigned request is still checked by every holder before its nonce signs: a
+/// compromised holder that skips its own checks holds presignatures (made for it after an
+/// authorized signature), and asks the honest holders to sign with them without an
+/// authorization, and with one they already used: refused. (3-of-3, so that every holder
+/// saw every request id: each holder keeps its own record of used ids.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presigned_requests_pass_every_holders_checks() {
+    let dir = tempdir();
+    let names = ["a", "b", "rogue"];
+    let nodes = start_cluster(dir.path(), &names, rogue_skips_its_checks).await;
+    let (a, b, rogue) = (&nodes[0], &nodes[1], &nodes[2]);
+    let client = client_key();
+    let policy = json!({"clients": [public(&client)], "approvals": 1});
+    let key = create_key_with("ed25519", a, 3, &[a, b, rogue], policy).await;
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    // Authorized signatures through the rogue: the first takes two rounds and fills its
+    // pools; the next ones are presigned.
+    let mut used = Vec::new();
+    for i in 0..4 {
+        let msg = format!("authorized {i}").into_bytes();
+        let a1 = auth(&client, rogue, &key_id, &msg, 60);
+        let (status, body) = sign_with(rogue, &key_id, &msg, vec![a1.clone()]).await;
+        assert_eq!(status, 200, "{body}");
+        verify_everywhere(&key, &msg, body["signature"].as_str().unwrap());
+        used.push((msg, a1));
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let presigned_before = presigned_count(rogue).await;
+    assert!(presigned_before >= 1.0, "the rogue signed presigned");
+
+    let msg = b"pay mallory".to_vec();
+    let (old_msg, old_auth) = used.pop().unwrap();
+    let pool = async || metric_sum(rogue, "p2p_mpc_presignatures", &[("key_id", &key_id)]).await;
+    for (what, message, auths, rule) in [
+        ("no authorization", msg.clone(), vec![], "too_few_approvals"),
+        ("a used authorization", old_msg, vec![old_auth], "replayed"),
+    ] {
+        // An authorized signature first: its refill gives the rogue presignatures of both
+        // honest holders (more than one holder's pool of 16).
+        let fill = format!("fill before {what}").into_bytes();
+        let fill_auth = auth(&client, rogue, &key_id, &fill, 60);
+        let (status, body) = sign_with(rogue, &key_id, &fill, vec![fill_auth]).await;
+        assert_eq!(status, 200, "{body}");
+        wait_for(
+            "the rogue's pools to refill",
+            Duration::from_secs(20),
+            || async {
+                let held = pool().await;
+                if held > 16.0 {
+                    Ok(())
+                } else {
+                    Err(held.to_string())
+                }
+            },
+        )
+        .await;
+        let presigned_before = presigned_count(rogue).await;
+        let answer = sign_with(rogue, &key_id, &message, auths).await;
+        assert!(answer.1["signature"].is_null(), "{what}: {}", answer.1);
+        assert_refused_by(what, answer, rule, &[a, b]);
+        // Both refused the presigned request itself: the rogue forgot both pools (and
+        // invites neither again in two rounds).
+        assert_eq!(
+            pool().await,
+            0.0,
+            "{what}: presigned request refused by both"
+        );
+        assert_eq!(
+            presigned_count(rogue).await,
+            presigned_before,
+            "{what}: no presigned signature"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for honest in [a, b] {
+        assert!(
+            metric_sum(
+                honest,
+                "p2p_mpc_sign_authorizations_total",
+                &[("outcome", "too_few_approvals")]
+            )
+            .await
+                + metric_sum(
+                    honest,
+                    "p2p_mpc_sign_authorizations_total",
+                    &[("outcome", "replayed")]
+                )
+                .await
+                >= 1.0,
+            "{} refused",
+            honest.name
+        );
+    }
+    // An authorized request still signs afterwards.
+    let a1 = auth(&client, rogue, &key_id, &msg, 60);
+    let (status, body) = sign_with(rogue, &key_id, &msg, vec![a1]).await;
+    assert_eq!(status, 200, "{body}");
+    verify_everywhere(&key, &msg, body["signature"].as_str().unwrap());
+}

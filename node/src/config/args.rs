@@ -222,6 +222,20 @@ pub struct NodeArgs {
           value_parser = clap::value_parser!(u32).range(1..=65_536))]
     pub mpc_max_reading_mib: u32,
 
+    /// Presignatures kept per key and holder (signing commitments made ahead of time, in
+    /// memory only): a signature this node coordinates takes one round trip while it has
+    /// them, two when they ran out. As a holder, the most nonces kept per key for one
+    /// coordinator. 0 turns presigning off.
+    #[arg(long, env = "P2P_MPC_PRESIGN_POOL_SIZE", default_value_t = 16, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(0..=256))]
+    pub presign_pool_size: u32,
+
+    /// A holder's pool is refilled (in the background) when it has fewer presignatures
+    /// left than this; at most presign_pool_size.
+    #[arg(long, env = "P2P_MPC_PRESIGN_LOW_WATER", default_value_t = 8, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=256))]
+    pub presign_low_water: u32,
+
     /// Maximum size in bytes of one gossip message.
     #[arg(long, env = "P2P_MPC_MAX_MESSAGE_SIZE", default_value_t = DEFAULT_MAX_MESSAGE_SIZE, value_name = "BYTES",
           value_parser = parse_max_message_size)]

@@ -100,6 +100,8 @@ pub struct FileConfig {
     pub mpc_max_held_mib_per_peer: Option<u32>,
     pub mpc_max_held_mib: Option<u32>,
     pub mpc_max_reading_mib: Option<u32>,
+    pub presign_pool_size: Option<u32>,
+    pub presign_low_water: Option<u32>,
     /// Content rules of joined topics, by topic (config file only).
     pub topic_rules: Option<BTreeMap<String, crate::network::topic_rules::TopicRuleSpec>>,
     /// Per-node settings by node name (`--pod-name`), e.g. written by the operator.
@@ -227,6 +229,8 @@ pub struct NodeConfig {
     pub mpc_held_budgets: crate::mpc::session::Budgets,
     /// Bound on the MiB of inbound MPC requests being read.
     pub mpc_max_reading_mib: u32,
+    /// Presignature pool sizes.
+    pub presign: crate::mpc::sign::presigned::PresignSettings,
     /// The node's name in the `pods` section, if given.
     pub pod_name: Option<String>,
 }
@@ -521,6 +525,27 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         total: mib(held),
     };
 
+    let pool_size: u32 = pick!(presign_pool_size);
+    let low_water: u32 = pick!(presign_low_water);
+    if pool_size > 256 {
+        return Err(invalid(
+            &origin_of("presign_pool_size"),
+            "presign_pool_size".into(),
+            format!("must be from 0 to 256, not {pool_size}"),
+        ));
+    }
+    if !(1..=256).contains(&low_water) || (pool_size > 0 && low_water > pool_size) {
+        return Err(invalid(
+            &origin_of("presign_low_water"),
+            "presign_low_water".into(),
+            format!("must be from 1 to presign_pool_size ({pool_size}), not {low_water}"),
+        ));
+    }
+    let presign = crate::mpc::sign::presigned::PresignSettings {
+        pool_size: pool_size as usize,
+        low_water: low_water as usize,
+    };
+
     let jaeger_host: String = pick!(jaeger_host);
     if jaeger_host.trim().is_empty() || jaeger_host.contains(['/', ' ']) {
         return Err(invalid(
@@ -599,6 +624,7 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         mpc_max_tasks_per_creator: mpc_max_tasks_per_creator as usize,
         mpc_held_budgets,
         mpc_max_reading_mib: reading,
+        presign,
         pod_name: args.pod_name.clone(),
     })
 }

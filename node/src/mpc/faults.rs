@@ -74,7 +74,14 @@ pub struct Faults {
     pub skip_proof_check: bool,
     /// A file that partitions the MPC network ([`PARTITION_ENV`]), read at every message.
     pub partition_file: Option<std::path::PathBuf>,
+    /// A file to which every nonce this node signs with is appended ([`NONCE_LOG_ENV`]).
+    pub nonce_log: Option<std::path::PathBuf>,
 }
+
+/// Hidden environment variable naming a file to which the node appends a line (its peer
+/// id and the commitments, hex) for every signing nonce it signs with, so that a test can
+/// check that no nonce ever signs twice.
+pub const NONCE_LOG_ENV: &str = "P2P_MPC_TEST_NONCE_LOG";
 
 /// Hidden environment variable naming a partition file: each line a group of peer ids
 /// (separated by white space) that can exchange MPC messages; two peers in no common line
@@ -114,6 +121,10 @@ impl Faults {
         if let Some(path) = std::env::var_os(PARTITION_ENV) {
             refuse_unless_compiled(PARTITION_ENV, COMPILED_IN)?;
             faults.partition_file = Some(path.into());
+        }
+        if let Some(path) = std::env::var_os(NONCE_LOG_ENV) {
+            refuse_unless_compiled(NONCE_LOG_ENV, COMPILED_IN)?;
+            faults.nonce_log = Some(path.into());
         }
         Ok(faults)
     }

@@ -35,6 +35,13 @@ pub struct MpcMetrics {
     pub held_bytes: prometheus::IntGauge,
     /// Bytes of inbound messages refused for a byte budget, by budget.
     pub held_bytes_refused: IntCounterVec,
+    /// Presignatures this node may use as coordinator, by key.
+    pub presignatures: prometheus::IntGaugeVec,
+    /// Nonces this node made ahead of time for coordinators and keeps in memory.
+    pub presign_nonces_held: prometheus::IntGauge,
+    /// Signatures this node coordinated, by path (`presigned`: one round trip;
+    /// `two_round`).
+    pub signatures: IntCounterVec,
 }
 
 impl MpcMetrics {
@@ -123,9 +130,30 @@ impl MpcMetrics {
                 "Bytes of inbound MPC messages refused (answered busy) because a byte budget was full: session (one sender in one session), peer (one sender in all sessions), total.",
                 &["budget"],
             ),
+            presignatures: prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "p2p_mpc_presignatures",
+                    "Presignatures (other holders' signing commitments made ahead of time) this node may use as coordinator, by key.",
+                ),
+                &["key_id"],
+            )
+            .expect("valid metric"),
+            presign_nonces_held: prometheus::IntGauge::new(
+                "p2p_mpc_presign_nonces_held",
+                "Signing nonces this node made ahead of time for other coordinators and keeps in memory (never on disk).",
+            )
+            .expect("valid metric"),
+            signatures: counter(
+                "p2p_mpc_signatures_total",
+                "Signatures this node coordinated, by path: presigned (one round trip) or two_round.",
+                &["path"],
+            ),
         };
         for budget in ["session", "peer", "total"] {
             m.held_bytes_refused.with_label_values(&[budget]);
+        }
+        for path in ["presigned", "two_round"] {
+            m.signatures.with_label_values(&[path]);
         }
         for c in [
             Box::new(m.sessions_started.clone()) as Box<dyn prometheus::core::Collector>,
@@ -142,6 +170,9 @@ impl MpcMetrics {
             Box::new(m.policy_changes.clone()),
             Box::new(m.held_bytes.clone()),
             Box::new(m.held_bytes_refused.clone()),
+            Box::new(m.presignatures.clone()),
+            Box::new(m.presign_nonces_held.clone()),
+            Box::new(m.signatures.clone()),
         ] {
             registry.register(c).expect("MPC metric names are unique");
         }

@@ -181,6 +181,8 @@ struct Inner {
     replay_guard: replay_guard::ReplayGuard,
     /// Votes for prepared policy changes and the order of policy writes.
     policy: policy_change::PolicyState,
+    /// Presignatures, as holder and as coordinator.
+    presign: sign::presigned::Presignatures,
 }
 
 /// The node's MPC handle; cheap to clone.
@@ -207,6 +209,8 @@ pub struct EngineSettings {
     pub held_budgets: session::Budgets,
     /// Used signing request ids and signing rates.
     pub replay_guard: replay_guard::ReplayGuard,
+    /// Presignature pool sizes.
+    pub presign: sign::presigned::PresignSettings,
 }
 
 impl MpcEngine {
@@ -240,6 +244,7 @@ impl MpcEngine {
                 max_tasks_per_creator: settings.max_tasks_per_creator,
                 replay_guard: settings.replay_guard,
                 policy,
+                presign: sign::presigned::Presignatures::new(settings.presign),
             }),
         }
     }
@@ -380,6 +385,29 @@ impl MpcEngine {
                 authorizations,
                 policy,
             } => self.join_signing(session, from, key_id, policy, message, authorizations),
+            Body::SignPresigned {
+                key_id,
+                message,
+                authorizations,
+                policy,
+                epoch,
+                signing_package,
+            } => {
+                let request = sign::presigned::PresignedRequest {
+                    key_id,
+                    message,
+                    authorizations,
+                    stamp: policy,
+                    epoch,
+                    package: signing_package,
+                };
+                self.join_presigned(session, from, request)
+            }
+            Body::PresignRequest {
+                key_id,
+                epoch,
+                count,
+            } => self.answer_presign_request(session, from, key_id, epoch, count),
             Body::AggTaskInvite { params } => self.join_aggregation_create(session, from, params),
             Body::AggBatchInvite {
                 task_id,

@@ -124,6 +124,25 @@ impl fmt::Debug for SessionId {
     }
 }
 
+/// Names one pool of presignatures: a coordinator's random choice for one key and holder,
+/// new whenever it starts the pool afresh (after a restart, or when it gave up on the old
+/// one).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PoolEpoch(pub [u8; 16]);
+
+impl PoolEpoch {
+    /// A fresh random epoch.
+    pub fn random() -> Self {
+        Self(SessionId::random().0)
+    }
+}
+
+impl fmt::Debug for PoolEpoch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PoolEpoch({})", hex::encode(self.0))
+    }
+}
+
 /// The MPC protocol a session runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Protocol {
@@ -141,6 +160,9 @@ pub enum Protocol {
     Transfer,
     /// A change of a key's signing policy, approved under the current one.
     PolicyChange,
+    /// A refill of presignatures: a holder's signing commitments made ahead of time for
+    /// one coordinator.
+    Presign,
 }
 
 impl Protocol {
@@ -154,6 +176,7 @@ impl Protocol {
             Protocol::AggCollect => "agg_collect",
             Protocol::Transfer => "transfer",
             Protocol::PolicyChange => "policy_change",
+            Protocol::Presign => "frost_presign",
         }
     }
 }
@@ -235,6 +258,35 @@ pub enum Body {
     SignShare { share: Vec<u8> },
     /// Coordinator → a holder that committed but was not chosen: drop the nonces.
     SignDismissed,
+    /// Coordinator → key holders: sign in one round with a presignature. Like
+    /// [`Body::SignInvite`], plus the signing package, which holds a set of the holder's
+    /// commitments it made ahead of time for this coordinator and pool `epoch`. The holder
+    /// checks the request as for an invitation, spends those nonces (whatever the outcome)
+    /// and answers [`Body::SignShare`].
+    SignPresigned {
+        key_id: String,
+        message: Vec<u8>,
+        #[serde(default, deserialize_with = "peer_list")]
+        authorizations: Vec<super::policy::Authorization>,
+        policy: super::policy::PolicyStamp,
+        epoch: PoolEpoch,
+        signing_package: Vec<u8>,
+    },
+    /// Coordinator → a holder of the key: make `count` signing commitments for this
+    /// coordinator's pool `epoch` (a new epoch replaces every earlier one of this
+    /// coordinator and key on the holder).
+    PresignRequest {
+        key_id: String,
+        epoch: PoolEpoch,
+        count: u16,
+    },
+    /// Holder → coordinator: the commitments made for `epoch` (at most the holder's own
+    /// pool size, fewer when its pool for this coordinator is nearly full).
+    PresignCommitments {
+        epoch: PoolEpoch,
+        #[serde(deserialize_with = "peer_list")]
+        commitments: Vec<Vec<u8>>,
+    },
     /// Coordinator → participants: store this aggregation task (JSON of its parameters).
     AggTaskInvite { params: Vec<u8> },
     /// Participant → coordinator: parameters accepted; its signed HPKE key.
@@ -459,7 +511,11 @@ impl Body {
             | Body::SignCommitments { .. }
             | Body::SignRound2 { .. }
             | Body::SignShare { .. }
-            | Body::SignDismissed => Some(Protocol::Sign),
+            | Body::SignDismissed
+            | Body::SignPresigned { .. } => Some(Protocol::Sign),
+            Body::PresignRequest { .. } | Body::PresignCommitments { .. } => {
+                Some(Protocol::Presign)
+            }
             Body::AggTaskInvite { .. }
             | Body::AggTaskAccept { .. }
             | Body::AggTaskCommit { .. }
@@ -507,6 +563,9 @@ impl Body {
             Body::SignRound2 { .. } => "sign round 2 request",
             Body::SignShare { .. } => "sign round 2 share",
             Body::SignDismissed => "sign dismissed",
+            Body::SignPresigned { .. } => "sign presigned",
+            Body::PresignRequest { .. } => "presign request",
+            Body::PresignCommitments { .. } => "presign commitments",
             Body::AggTaskInvite { .. } => "aggregation task invite",
             Body::AggTaskAccept { .. } => "aggregation task accept",
             Body::AggTaskCommit { .. } => "aggregation task commit",
@@ -543,6 +602,8 @@ impl Body {
             self,
             Body::DkgInvite { .. }
                 | Body::SignInvite { .. }
+                | Body::SignPresigned { .. }
+                | Body::PresignRequest { .. }
                 | Body::AggTaskInvite { .. }
                 | Body::AggBatchInvite { .. }
                 | Body::AggCollectInvite { .. }

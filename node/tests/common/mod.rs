@@ -326,6 +326,46 @@ pub fn verify_everywhere(key: &Value, message: &[u8], signature_hex: &str) {
     }
 }
 
+/// Verifies many Ed25519 signatures under one key: each with ed25519-dalek (strict), and
+/// all of them with Python's `cryptography` in one run (a file of `message signature` hex
+/// lines).
+pub fn verify_ed25519_many(public_key_hex: &str, signed: &[(Vec<u8>, String)]) {
+    use ed25519_dalek::Verifier;
+    let pk: [u8; 32] = hex::decode(public_key_hex).unwrap().try_into().unwrap();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&pk).expect("valid public key");
+    let dir = tempdir();
+    let file = dir.path().join("signed.txt");
+    let mut lines = String::new();
+    for (message, signature_hex) in signed {
+        let sig: [u8; 64] = hex::decode(signature_hex).unwrap().try_into().unwrap();
+        let sig = ed25519_dalek::Signature::from_bytes(&sig);
+        vk.verify(message, &sig).expect("ed25519-dalek accepts");
+        vk.verify_strict(message, &sig)
+            .expect("ed25519-dalek strict verification accepts");
+        lines.push_str(&format!("{} {signature_hex}\n", hex::encode(message)));
+    }
+    std::fs::write(&file, lines).unwrap();
+    // A raw string: the loop body's indentation is Python syntax.
+    let script = format!(
+        r#"import sys
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+k = Ed25519PublicKey.from_public_bytes(bytes.fromhex(sys.argv[1]))
+n = 0
+for line in open(sys.argv[2]):
+    m, s = line.split()
+    k.verify(bytes.fromhex(s), bytes.fromhex(m))
+    n += 1
+if n != {}: sys.exit('read %d signatures' % n)
+print('ok')"#,
+        signed.len()
+    );
+    run_python_check(
+        "cryptography",
+        &script,
+        &[public_key_hex, file.to_str().unwrap()],
+    );
+}
+
 /// Verifies with ed25519-dalek and with Python's `cryptography`.
 fn verify_ed25519(public_key_hex: &str, message: &[u8], signature_hex: &str) {
     use ed25519_dalek::Verifier;

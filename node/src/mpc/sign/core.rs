@@ -70,6 +70,37 @@ impl<C: Suite> Signer<C> {
         Ok((signer, bytes))
     }
 
+    /// A signer for an admitted request from a presignature: `nonces` (serialized) made ahead
+    /// of time and taken out of this holder's pool ([`super::pool::HeldNonces::take`]).
+    /// Like [`round1`](Self::round1), it needs the admission's token: a presignature signs
+    /// nothing before the request ids are on disk.
+    pub fn presigned(
+        admitted: Admitted,
+        nonces: &[u8],
+        key: &Share<C>,
+        local: &PeerId,
+        coordinator: PeerId,
+        message: Vec<u8>,
+    ) -> Result<Self, SessionError> {
+        let Admitted { .. } = admitted;
+        let id = frost_identifier::<C>(local).map_err(SessionError::failed)?;
+        let nonces = frost::round1::SigningNonces::<C>::deserialize(nonces)
+            .map_err(|e| SessionError::failed(format!("presigned nonces: {e}")))?;
+        Ok(Self {
+            coordinator,
+            message,
+            id,
+            commitments: *nonces.commitments(),
+            nonces,
+            key_package: key.key_package.clone(),
+        })
+    }
+
+    /// This signer's commitments, serialized.
+    pub fn commitments(&self) -> Vec<u8> {
+        self.commitments.serialize().unwrap_or_default()
+    }
+
     /// Signs the coordinator's package once: it must be for the authorized message and hold
     /// this signer's own commitments. Returns the signature share. The nonces are gone
     /// afterwards, whatever the outcome.
@@ -141,6 +172,11 @@ impl<C: Suite> Coordinator<C> {
         })
     }
 
+    /// This node's own commitments, serialized.
+    pub fn own_commitments(&self) -> Vec<u8> {
+        self.own.serialize().unwrap_or_default()
+    }
+
     /// How many other holders' commitments round 2 needs.
     pub fn needed(&self) -> usize {
         self.needed
@@ -181,6 +217,62 @@ impl<C: Suite> Coordinator<C> {
         Ok(true)
     }
 
+    /// A presigned attempt: the signing package made with one presignature (commitments
+    /// made ahead of time) of each holder in `presigned`, which must be exactly as many as
+    /// round 2 needs. This node signs nothing yet: [`Presigned::round2`] signs once every
+    /// chosen holder took the package, and [`Presigned::abandon`] goes back to two rounds
+    /// with this node's nonces unused. On error the coordinator comes back as it was.
+    pub fn presigned(
+        mut self,
+        presigned: &[(PeerId, Vec<u8>)],
+    ) -> Result<Presigned<C>, Box<(Self, SessionError)>> {
+        let mut taken = Ok(());
+        for (peer, commitments) in presigned {
+            taken = match self.commitments(*peer, commitments) {
+                Ok(true) => Ok(()),
+                Ok(false) => Err(SessionError::failed(format!(
+                    "{} presignatures for a round that needs {}",
+                    presigned.len(),
+                    self.needed
+                ))),
+                Err(e) => Err(e),
+            };
+            if taken.is_err() {
+                break;
+            }
+        }
+        let package = taken.and_then(|()| self.package().map(|(_, bytes)| bytes));
+        match package {
+            Ok(package) if self.ready() => Ok(Presigned {
+                core: self,
+                package,
+            }),
+            Ok(_) => {
+                self.commitments.clear();
+                let e = SessionError::failed("too few presignatures for round 2");
+                Err(Box::new((self, e)))
+            }
+            Err(e) => {
+                self.commitments.clear();
+                Err(Box::new((self, e)))
+            }
+        }
+    }
+
+    /// The signing package of this node's and the taken commitments, and its bytes.
+    fn package(&self) -> Result<(frost::SigningPackage<C>, Vec<u8>), SessionError> {
+        let mut signing_commitments = BTreeMap::new();
+        signing_commitments.insert(self.ids[&self.local], self.own);
+        for (peer, c) in &self.commitments {
+            signing_commitments.insert(self.ids[peer], *c);
+        }
+        let package = frost::SigningPackage::new(signing_commitments, &self.message);
+        let bytes = package
+            .serialize()
+            .map_err(|e| SessionError::failed(format!("signing package: {e}")))?;
+        Ok((package, bytes))
+    }
+
     /// Round 2, once [`ready`](Self::ready): the signing package for the chosen signers
     /// (the holders whose commitments were taken) and this node's own share. Consumes the
     /// round: the coordinator's nonces sign once.
@@ -192,15 +284,7 @@ impl<C: Suite> Coordinator<C> {
                 self.commitments.len()
             )));
         }
-        let mut signing_commitments = BTreeMap::new();
-        signing_commitments.insert(self.ids[&self.local], self.own);
-        for (peer, c) in &self.commitments {
-            signing_commitments.insert(self.ids[peer], *c);
-        }
-        let package = frost::SigningPackage::new(signing_commitments, &self.message);
-        let bytes = package
-            .serialize()
-            .map_err(|e| SessionError::failed(format!("signing package: {e}")))?;
+        let (package, bytes) = self.package()?;
         let own = frost::round2::sign(&package, &self.nonces, &self.key_package)
             .map_err(|e| SessionError::failed(format!("signing round 2: {e}")))?;
         let mut shares = BTreeMap::new();
@@ -215,6 +299,61 @@ impl<C: Suite> Coordinator<C> {
         };
         Ok((collecting, bytes))
     }
+}
+
+/// A presigned attempt on the coordinator: the package is out, this node has not signed it.
+pub struct Presigned<C: Suite> {
+    core: Coordinator<C>,
+    package: Vec<u8>,
+}
+
+impl<C: Suite> Presigned<C> {
+    /// The signing package to send to the chosen holders.
+    pub fn package(&self) -> &[u8] {
+        &self.package
+    }
+
+    /// This node's own commitments, serialized.
+    pub fn own_commitments(&self) -> Vec<u8> {
+        self.core.own_commitments()
+    }
+
+    /// Every chosen holder took the package: round 2 as [`Coordinator::round2`] (the same
+    /// package), this node's nonces signing it once.
+    pub fn round2(self) -> Result<(Collecting<C>, Vec<u8>), SessionError> {
+        self.core.round2()
+    }
+
+    /// Some chosen holder did not take the package: it is given up, and this node, whose
+    /// nonces never signed it, goes back to collecting commitments in two rounds.
+    pub fn abandon(self) -> Coordinator<C> {
+        let mut core = self.core;
+        core.commitments.clear();
+        core
+    }
+}
+
+/// The commitments that `package` (a signing package of ciphersuite `C`) holds for the
+/// holder `local`, serialized: what a holder looks up in its pool of presignatures. The
+/// coordinator is blamed for a package that does not decode or leaves this holder out.
+pub fn commitments_for<C: Suite>(
+    package: &[u8],
+    local: &PeerId,
+    coordinator: PeerId,
+) -> Result<Vec<u8>, SessionError> {
+    let id = frost_identifier::<C>(local).map_err(SessionError::failed)?;
+    let package = scheme::decode(package, frost::SigningPackage::<C>::deserialize)
+        .map_err(|e| SessionError::undecodable::<C>(coordinator, "signing package", e))?;
+    let own = package.signing_commitments().get(&id).ok_or_else(|| {
+        SessionError::blame(
+            vec![coordinator],
+            format!(
+                "coordinator {coordinator} sent a signing package without this holder's commitments"
+            ),
+        )
+    })?;
+    own.serialize()
+        .map_err(|e| SessionError::failed(format!("commitments: {e}")))
 }
 
 /// Round 2 on the coordinator: the chosen signers' shares as they come.
@@ -397,6 +536,120 @@ mod tests {
         let other = frost::SigningPackage::new(BTreeMap::from([(ids[0], c)]), b"other");
         let e = signer.round2(&other.serialize().unwrap()).unwrap_err();
         assert_eq!(e.blamed(), &[peers[0]]);
+    }
+
+    #[test]
+    fn presigned_signers_sign_with_nonces_made_ahead_each_once() {
+        for_each_suite!(presigned);
+    }
+
+    fn presigned<C: Suite>() {
+        use super::super::pool::HeldNonces;
+        use crate::mpc::wire::PoolEpoch;
+        let (peers, keys) = dealt::<C>(3, 4);
+        let message = b"pay 7".to_vec();
+        let epoch = PoolEpoch::random();
+        let mut held: Vec<HeldNonces> = (0..4).map(|_| HeldNonces::default()).collect();
+        // Holders 1 and 2 made two presignatures each for coordinator 0, ahead of time.
+        let made: Vec<Vec<Vec<u8>>> = (1..3)
+            .map(|i| held[i].issue("k", peers[0], epoch, 2, 2, &keys[i]).unwrap())
+            .collect();
+        let mut coordinator =
+            Coordinator::start(admitted(), &keys[0], &peers, peers[0], message.clone()).unwrap();
+        assert!(coordinator.commitments(peers[1], &made[0][0]).unwrap());
+        assert!(coordinator.commitments(peers[2], &made[1][0]).unwrap());
+        let (mut collecting, package) = coordinator.round2().unwrap();
+        let mut signature = None;
+        for i in 1..3 {
+            let own = commitments_for::<C>(&package, &peers[i], peers[0]).unwrap();
+            assert_eq!(own, made[i - 1][0]);
+            let nonces = held[i].take("k", peers[0], epoch, &own).unwrap();
+            assert!(held[i].take("k", peers[0], epoch, &own).is_none(), "once");
+            let signer = Signer::presigned(
+                admitted(),
+                &nonces,
+                &keys[i],
+                &peers[i],
+                peers[0],
+                message.clone(),
+            )
+            .unwrap();
+            assert_eq!(signer.commitments(), own);
+            let share = signer.round2(&package).unwrap();
+            signature = collecting.share(peers[i], &share).unwrap();
+        }
+        verify(&keys[0], &message, &signature.expect("both shares in"));
+        // A holder the package leaves out blames the coordinator; so does garbage.
+        let e = commitments_for::<C>(&package, &peers[3], peers[0]).unwrap_err();
+        assert_eq!(e.blamed(), &[peers[0]]);
+        let e = commitments_for::<C>(&[1, 2, 3], &peers[1], peers[0]).unwrap_err();
+        assert_eq!(e.blamed(), &[peers[0]]);
+        // A presignature spent on a package for another message than the admitted one:
+        // refused, the coordinator blamed.
+        let second = &made[0][1];
+        let nonces = held[1].take("k", peers[0], epoch, second).unwrap();
+        let signer =
+            Signer::presigned(admitted(), &nonces, &keys[1], &peers[1], peers[0], message).unwrap();
+        let c = frost::round1::SigningCommitments::<C>::deserialize(second).unwrap();
+        let id = frost_identifier::<C>(&peers[1]).unwrap();
+        let other = frost::SigningPackage::new(BTreeMap::from([(id, c)]), b"other");
+        let e = signer.round2(&other.serialize().unwrap()).unwrap_err();
+        assert_eq!(e.blamed(), &[peers[0]]);
+    }
+
+    #[test]
+    fn an_abandoned_presigned_attempt_goes_on_in_two_rounds_with_unused_nonces() {
+        for_each_suite!(abandoned);
+    }
+
+    fn abandoned<C: Suite>() {
+        use super::super::pool::HeldNonces;
+        use crate::mpc::wire::PoolEpoch;
+        let (peers, keys) = dealt::<C>(3, 5);
+        let message = b"m".to_vec();
+        let epoch = PoolEpoch::random();
+        let pre: Vec<(PeerId, Vec<u8>)> = (1..4)
+            .map(|i| {
+                let mut held = HeldNonces::default();
+                let c = held.issue("k", peers[0], epoch, 1, 1, &keys[i]).unwrap();
+                (peers[i], c[0].clone())
+            })
+            .collect();
+        let coordinator =
+            Coordinator::start(admitted(), &keys[0], &peers, peers[0], message.clone()).unwrap();
+        let own = coordinator.own_commitments();
+        // Too few or too many presignatures: the coordinator comes back untouched.
+        let (coordinator, e) = *coordinator.presigned(&pre[..1]).err().unwrap();
+        assert!(e.to_string().contains("too few"), "{e}");
+        let (coordinator, e) = *coordinator.presigned(&pre).err().unwrap();
+        assert!(e.to_string().contains("3 presignatures"), "{e}");
+        let attempt = coordinator.presigned(&pre[..2]).ok().unwrap();
+        assert_eq!(attempt.own_commitments(), own);
+        // Holder 2 did not take the package: given up; the same nonces go on in two rounds
+        // with holders 3 and 4.
+        let mut coordinator = attempt.abandon();
+        assert!(!coordinator.ready());
+        let mut signers = Vec::new();
+        for i in 3..5 {
+            let (s, c) =
+                Signer::round1(admitted(), &keys[i], &peers[i], peers[0], message.clone()).unwrap();
+            assert!(coordinator.commitments(peers[i], &c).unwrap());
+            signers.push((peers[i], s));
+        }
+        assert_eq!(coordinator.own_commitments(), own);
+        let (mut collecting, package) = coordinator.round2().unwrap();
+        assert_eq!(collecting.chosen(), {
+            let mut c = vec![peers[3], peers[4]];
+            c.sort();
+            c
+        });
+        let mut signature = None;
+        for (peer, s) in signers {
+            signature = collecting
+                .share(peer, &s.round2(&package).unwrap())
+                .unwrap();
+        }
+        verify(&keys[0], &message, &signature.unwrap());
     }
 
     proptest! {

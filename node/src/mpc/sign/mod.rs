@@ -9,6 +9,8 @@
 //! consumed by its single round 2; a finished session refuses every further message.
 
 pub mod core;
+pub mod pool;
+pub mod presigned;
 
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
@@ -16,13 +18,13 @@ use tracing::{debug, info, warn};
 
 use std::sync::Arc;
 
-use self::core::{Coordinator, Signer};
+use self::core::{Collecting, Coordinator, Signer};
 use super::admission::Admitted;
 use super::policy::{Authorization, PolicyStamp};
 use super::scheme::{Share, Suite};
 use super::session::{SessionError, SessionInbox, join_peers};
 use super::store::StoredKey;
-use super::wire::{Body, Protocol, SessionId};
+use super::wire::{Body, PoolEpoch, Protocol, SessionId};
 use super::{InviteRefusal, MpcEngine, MpcError, parse_peers, unreachable_error};
 use crate::mpc::transport::MpcSendError;
 
@@ -36,6 +38,19 @@ struct Coordination {
     message: Vec<u8>,
     authorizations: Vec<Authorization>,
     session: SessionId,
+}
+
+/// How a presigned attempt ended on the coordinator.
+enum Attempt<C: Suite> {
+    /// Every chosen holder took the package; this node signed it: collect the shares.
+    Signing(Collecting<C>, Vec<(PeerId, Body)>),
+    /// Some did not: back to two rounds with this node's unused nonces, without the holders
+    /// that `failed` (kept as failures) or `took` the package.
+    TwoRounds {
+        core: Coordinator<C>,
+        failed: Vec<(PeerId, MpcSendError)>,
+        took: Vec<PeerId>,
+    },
 }
 
 /// A holder's signing round 2: signs the coordinator's package once.
@@ -131,6 +146,52 @@ impl MpcEngine {
             .chain(&others[..start])
             .copied()
             .collect();
+        // One round trip when enough holders connected now have a presignature for this node
+        // (a holder that just went away takes its pool with it).
+        let presigned = match engine.presigned_available(&key.info.key_id, needed) {
+            true => {
+                let connected = engine.inner.network.mpc_peers().await.unwrap_or_default();
+                let in_order: Vec<PeerId> = candidates
+                    .iter()
+                    .filter(|p| connected.contains(p))
+                    .copied()
+                    .collect();
+                engine.take_presigned(&key.info.key_id, &in_order, needed)
+            }
+            false => None,
+        };
+        // Holders that refused the presigned request or did not answer it in time are not
+        // invited again (they count as failures); those that took it are not either (they
+        // spent their request ids and nonces on a package this node never signed).
+        let mut failures: Vec<(PeerId, MpcSendError)> = Vec::new();
+        if let Some(presigned) = presigned {
+            let attempt = self
+                .try_presigned(core, presigned, &key, &message, &authorizations, session)
+                .await?;
+            match attempt {
+                Attempt::Signing(collecting, requests) => {
+                    let response = self
+                        .finish(&mut inbox, collecting, &key, session, requests)
+                        .await?;
+                    self.inner
+                        .metrics
+                        .signatures
+                        .with_label_values(&["presigned"])
+                        .inc();
+                    self.refill_presignatures(&key, &others);
+                    return Ok(response);
+                }
+                Attempt::TwoRounds {
+                    core: back,
+                    failed,
+                    took,
+                } => {
+                    core = back;
+                    candidates.retain(|p| !took.contains(p) && !failed.iter().any(|(f, _)| f == p));
+                    failures = failed;
+                }
+            }
+        }
         let invite = Body::SignInvite {
             key_id: key.info.key_id.clone(),
             message: message.clone(),
@@ -153,7 +214,6 @@ impl MpcEngine {
             invite_one(peer);
             waiting.push(peer);
         }
-        let mut failures: Vec<(PeerId, MpcSendError)> = Vec::new();
         let deadline = tokio::time::Instant::now() + timeout;
         let straggler_deadline = tokio::time::Instant::now() + timeout / 5;
         let mut committed: Vec<PeerId> = Vec::new();
@@ -222,7 +282,8 @@ impl MpcEngine {
                 }
             }
         }
-        let (mut collecting, package) = core.round2()?;
+        engine.record_nonce(&core.own_commitments());
+        let (collecting, package) = core.round2()?;
         let chosen: Vec<PeerId> = collecting.chosen().to_vec();
         // Holders invited but not chosen are told to discard their nonces; their late
         // commitments still reach the session and are ignored there.
@@ -245,7 +306,118 @@ impl MpcEngine {
         engine
             .broadcast_round(&mut inbox, &chosen, &round2, "the signing round 2 request")
             .await?;
-        let deadline = tokio::time::Instant::now() + timeout;
+        let replay = chosen.iter().map(|p| (*p, round2.clone())).collect();
+        let response = self
+            .finish(&mut inbox, collecting, &key, session, replay)
+            .await?;
+        self.inner
+            .metrics
+            .signatures
+            .with_label_values(&["two_round"])
+            .inc();
+        self.refill_presignatures(&key, &others);
+        Ok(response)
+    }
+
+    /// A presigned attempt of the coordinator: `presigned` holds one presignature of each of
+    /// the holders chosen. The package goes to each; when every one took it (within a fifth
+    /// of the round deadline), this node signs it too. Otherwise the package is given up
+    /// (this node never signed it) and the signature goes on in two rounds; the pools of the
+    /// holders that did not take it are forgotten here.
+    async fn try_presigned<C: Suite>(
+        &self,
+        core: Coordinator<C>,
+        presigned: Vec<(PeerId, PoolEpoch, Vec<u8>)>,
+        key: &StoredKey,
+        message: &[u8],
+        authorizations: &[Authorization],
+        session: SessionId,
+    ) -> Result<Attempt<C>, SessionError> {
+        let key_id = &key.info.key_id;
+        let sets: Vec<(PeerId, Vec<u8>)> =
+            presigned.iter().map(|(p, _, c)| (*p, c.clone())).collect();
+        let attempt = match core.presigned(&sets) {
+            Ok(attempt) => attempt,
+            Err(back) => {
+                let (core, e) = *back;
+                warn!(%key_id, error = %e, "presignatures not usable; signing in two rounds");
+                for (peer, _) in &sets {
+                    self.forget_presigned(key_id, peer);
+                }
+                return Ok(Attempt::TwoRounds {
+                    core,
+                    failed: Vec::new(),
+                    took: Vec::new(),
+                });
+            }
+        };
+        let requests: Vec<(PeerId, Body)> = presigned
+            .iter()
+            .map(|(peer, epoch, _)| {
+                let body = Body::SignPresigned {
+                    key_id: key_id.clone(),
+                    message: message.to_vec(),
+                    authorizations: authorizations.to_vec(),
+                    policy: key.info.policy_stamp(),
+                    epoch: *epoch,
+                    signing_package: attempt.package().to_vec(),
+                };
+                (*peer, body)
+            })
+            .collect();
+        let wait = self.inner.round_timeout / 5;
+        let sends = requests.iter().map(|(peer, body)| async move {
+            match tokio::time::timeout(wait, self.send(*peer, session, body.clone())).await {
+                Ok(Ok(())) => None,
+                Ok(Err(e)) => Some((*peer, e)),
+                Err(_) => Some((
+                    *peer,
+                    MpcSendError::Unreachable {
+                        peer: *peer,
+                        message: format!("no answer to the presigned request within {wait:?}"),
+                    },
+                )),
+            }
+        });
+        let failed: Vec<(PeerId, MpcSendError)> = futures::future::join_all(sends)
+            .await
+            .into_iter()
+            .flatten()
+            .collect();
+        if failed.is_empty() {
+            self.record_nonce(&attempt.own_commitments());
+            let (collecting, _) = attempt.round2()?;
+            return Ok(Attempt::Signing(collecting, requests));
+        }
+        for (peer, e) in &failed {
+            debug!(%peer, %key_id, error = %e, "presigned request not taken; signing in two rounds");
+            self.forget_presigned(key_id, peer);
+        }
+        self.catch_up_from_refusers(key_id, &failed);
+        let took = sets
+            .iter()
+            .map(|(p, _)| *p)
+            .filter(|p| !failed.iter().any(|(f, _)| f == p))
+            .collect();
+        Ok(Attempt::TwoRounds {
+            core: attempt.abandon(),
+            failed,
+            took,
+        })
+    }
+
+    /// Collects the chosen signers' shares and answers with the verified signature.
+    async fn finish<C: Suite>(
+        &self,
+        inbox: &mut SessionInbox,
+        mut collecting: Collecting<C>,
+        key: &StoredKey,
+        session: SessionId,
+        replay: Vec<(PeerId, Body)>,
+    ) -> Result<SignResponse, SessionError> {
+        let local = self.inner.local;
+        let chosen: Vec<PeerId> = collecting.chosen().to_vec();
+        let deadline = tokio::time::Instant::now() + self.inner.round_timeout;
         let signature = loop {
             let (peer, share) = inbox
                 .next_of(
@@ -262,8 +434,8 @@ impl MpcEngine {
                 break signature;
             }
         };
-        if engine.inner.faults.replay_sign_round2 {
-            engine.replay(&chosen, session, &round2).await;
+        if self.inner.faults.replay_sign_round2 {
+            self.replay(replay, session).await;
         }
         let mut signers: Vec<String> = chosen
             .iter()
@@ -321,7 +493,11 @@ impl MpcEngine {
                     let (signer, bytes): (SignRound2, Vec<u8>) = crate::with_share!(&key.share, share => {
                         let (signer, bytes) =
                             Signer::round1(admitted, share, &local, coordinator, message)?;
-                        (Box::new(move |package: &[u8]| signer.round2(package)), bytes)
+                        let recorder = engine.clone();
+                        (Box::new(move |package: &[u8]| {
+                            recorder.record_nonce(&signer.commitments());
+                            signer.round2(package)
+                        }), bytes)
                     });
                     match engine
                         .send(coordinator, session, Body::SignCommitments { commitments: bytes })
@@ -352,15 +528,7 @@ impl MpcEngine {
                     // now on this session refuses every message, a replayed request included.
                     let share = signer(&package);
                     engine.inner.router.close(session);
-                    let mut share = share?;
-                    if engine.inner.faults.corrupt_signature_share {
-                        // Test-only: a share that decodes but is wrong (a bit in the middle of
-                        // the scalar, far from the bits that could make it non-canonical).
-                        let middle = share.len() / 2;
-                        if let Some(b) = share.get_mut(middle) {
-                            *b ^= 1;
-                        }
-                    }
+                    let share = engine.corrupt_if_asked(share?);
                     engine
                         .send(coordinator, session, Body::SignShare { share })
                         .await
@@ -369,10 +537,23 @@ impl MpcEngine {
         })
     }
 
-    /// Test-only (`replay-sign-round2`): sends a round-2 request again and logs each answer.
-    async fn replay(&self, signers: &[PeerId], session: SessionId, round2: &Body) {
-        for peer in signers {
-            match self.send(*peer, session, round2.clone()).await {
+    /// Test-only (`corrupt-signature-share`): a share that decodes but is wrong (a bit in the
+    /// middle of the scalar, far from the bits that could make it non-canonical).
+    fn corrupt_if_asked(&self, mut share: Vec<u8>) -> Vec<u8> {
+        if self.inner.faults.corrupt_signature_share {
+            let middle = share.len() / 2;
+            if let Some(b) = share.get_mut(middle) {
+                *b ^= 1;
+            }
+        }
+        share
+    }
+
+    /// Test-only (`replay-sign-round2`): sends each signer's round-2 request again and logs
+    /// each answer.
+    async fn replay(&self, requests: Vec<(PeerId, Body)>, session: SessionId) {
+        for (peer, request) in requests {
+            match self.send(peer, session, request).await {
                 Err(
                     MpcSendError::Finished { reason, .. } | MpcSendError::Rejected { reason, .. },
                 ) => {
