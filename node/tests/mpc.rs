@@ -2238,3 +2238,49 @@ async fn presigned_requests_pass_every_holders_checks() {
     assert_eq!(status, 200, "{body}");
     verify_everywhere(&key, &msg, body["signature"].as_str().unwrap());
 }
+
+/// A holder that no longer has the presignature a request names (here: one that drops its
+/// nonces as soon as it made them) refuses it before reserving anything, so the
+/// coordinator goes on in two rounds with that same holder: a 2-of-2 key still signs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_without_the_presignature_still_signs_in_two_rounds() {
+    let dir = tempdir();
+    let nodes = start_cluster(dir.path(), &["a", "forgetful"], |name| {
+        if name == "forgetful" {
+            vec![("P2P_MPC_TEST_FAULT", "forget-presignatures")]
+        } else {
+            vec![]
+        }
+    })
+    .await;
+    let (a, forgetful) = (&nodes[0], &nodes[1]);
+    let key = create_key("ed25519", a, 2, &[a, forgetful]).await;
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    let two_round = async || {
+        a.metric("p2p_mpc_signatures_total", &[("path", "two_round")])
+            .await
+    };
+    for i in 0..3 {
+        let msg = format!("message {i}").into_bytes();
+        let (status, body) = sign(a, &key_id, &msg).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(signers(&body).contains(&forgetful.peer_id), "{body}");
+        verify_everywhere(&key, &msg, body["signature"].as_str().unwrap());
+        // The refill after it gives the coordinator presignatures the holder dropped.
+        wait_for("a's pool to refill", Duration::from_secs(20), || async {
+            let held = metric_sum(a, "p2p_mpc_presignatures", &[("key_id", key_id.as_str())]).await;
+            if held > 0.0 {
+                Ok(())
+            } else {
+                Err(held.to_string())
+            }
+        })
+        .await;
+    }
+    assert_eq!(
+        two_round().await,
+        3.0,
+        "every signature fell back to two rounds"
+    );
+    assert_eq!(presigned_count(a).await, 0.0);
+}

@@ -9,9 +9,10 @@
 //! clients, each authorization's expiry and signature, request ids unseen); the per-minute
 //! rate. Passing reserves the request ids in memory and yields a [`PendingAdmission`]; its
 //! [`persist`](PendingAdmission::persist) writes them to disk and only then yields an
-//! [`Admitted`] token. Signing round 1 ([`round1`]) takes that token by value, so a nonce
-//! cannot be committed for a request whose ids are not durable: "on disk before a nonce" is a
-//! type, not a habit. A refusal is a [`Refusal`] with the rule's stable code, the same code
+//! [`Admitted`] token. Signing round 1 ([`round1`]) takes that token by value, and so does a
+//! holder's use of a presignature (`Signer::presigned`): a nonce cannot be committed for, or
+//! sign, a request whose ids are not durable. "On disk before a nonce" is a type, not a
+//! habit. A refusal is a [`Refusal`] with the rule's stable code, the same code
 //! on the wire (`MpcAck::Refused`) and in the API's 403.
 //!
 //! The token cannot be made outside this module:

@@ -72,6 +72,9 @@ pub struct Faults {
     /// A relay of a validated task's reports takes every proof as valid and commits the
     /// report (a compromised relay): every other participant must decide it itself.
     pub skip_proof_check: bool,
+    /// Send presignatures to a coordinator and drop their nonces at once (a holder that
+    /// restarted without the coordinator noticing): presigned requests find nothing.
+    pub forget_presignatures: bool,
     /// A file that partitions the MPC network ([`PARTITION_ENV`]), read at every message.
     pub partition_file: Option<std::path::PathBuf>,
     /// A file to which every nonce this node signs with is appended ([`NONCE_LOG_ENV`]).
@@ -149,6 +152,7 @@ impl Faults {
                 "skip-proof-check" => f.skip_proof_check = true,
                 "collect-ignores-min-reports" => f.collect_ignores_min_reports = true,
                 "wrong-share-sum" => f.wrong_share_sum = true,
+                "forget-presignatures" => f.forget_presignatures = true,
                 other => return Err(format!("{FAULT_ENV}: unknown fault `{other}`")),
             }
         }

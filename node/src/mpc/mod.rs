@@ -80,7 +80,14 @@ pub(crate) enum InviteRefusal {
         refusal: policy::Refusal,
     },
     Other(String),
+    /// A presigned request names nonces this holder does not keep (used, or dropped by a
+    /// restart or disconnection): nothing was reserved, so the coordinator may invite this
+    /// holder again in two rounds.
+    NoPresignature(String),
 }
+
+/// The rule code of [`InviteRefusal::NoPresignature`] on the wire.
+pub const NO_PRESIGNATURE: &str = "no_presignature";
 
 impl InviteRefusal {
     fn ack(&self) -> MpcAck {
@@ -89,6 +96,7 @@ impl InviteRefusal {
                 MpcAck::refused(refusal.rule, &self.to_string())
             }
             InviteRefusal::Other(reason) => MpcAck::rejected(reason),
+            InviteRefusal::NoPresignature(reason) => MpcAck::refused(NO_PRESIGNATURE, reason),
         }
     }
 }
@@ -97,7 +105,9 @@ impl std::fmt::Display for InviteRefusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             InviteRefusal::Policy { peer, refusal } => write!(f, "peer {peer}: {refusal}"),
-            InviteRefusal::Other(reason) => f.write_str(reason),
+            InviteRefusal::Other(reason) | InviteRefusal::NoPresignature(reason) => {
+                f.write_str(reason)
+            }
         }
     }
 }

@@ -169,6 +169,13 @@ pub trait Suite: Ciphersuite + Send + Sync + 'static {
     /// The verifying key of a [`public_key`](Suite::public_key) as key info shows it.
     fn verifying_key(public_key: &[u8]) -> Result<VerifyingKey<Self>, String>;
 
+    /// Signing nonces of this ciphersuite as an [`AnyNonces`], to keep them beside other
+    /// schemes' nonces (presignatures).
+    fn wrap_nonces(nonces: frost_core::round1::SigningNonces<Self>) -> AnyNonces;
+
+    /// The nonces of this ciphersuite inside `nonces`, if they are of it.
+    fn nonces(nonces: AnyNonces) -> Option<frost_core::round1::SigningNonces<Self>>;
+
     /// Checks that the DKG's group key `output` is what this scheme derives from the
     /// untweaked key package (the sum of everyone's commitments): the same key for Ed25519,
     /// the BIP341 tweak with no script path for Taproot.
@@ -182,6 +189,15 @@ impl Suite for frost_ed25519::Ed25519Sha512 {
     const SCHEME: Scheme = Scheme::Ed25519;
     fn wrap(share: Share<Self>) -> KeyShare {
         KeyShare::Ed25519(share)
+    }
+    fn wrap_nonces(nonces: frost_core::round1::SigningNonces<Self>) -> AnyNonces {
+        AnyNonces::Ed25519(nonces)
+    }
+    fn nonces(nonces: AnyNonces) -> Option<frost_core::round1::SigningNonces<Self>> {
+        match nonces {
+            AnyNonces::Ed25519(n) => Some(n),
+            AnyNonces::Secp256k1Tr(_) => None,
+        }
     }
     /// The standard 32-byte Ed25519 public key.
     fn public_key(key: &VerifyingKey<Self>) -> Result<Vec<u8>, String> {
@@ -209,6 +225,15 @@ impl Suite for frost_secp256k1_tr::Secp256K1Sha256TR {
     const SCHEME: Scheme = Scheme::Secp256k1Tr;
     fn wrap(share: Share<Self>) -> KeyShare {
         KeyShare::Secp256k1Tr(share)
+    }
+    fn wrap_nonces(nonces: frost_core::round1::SigningNonces<Self>) -> AnyNonces {
+        AnyNonces::Secp256k1Tr(nonces)
+    }
+    fn nonces(nonces: AnyNonces) -> Option<frost_core::round1::SigningNonces<Self>> {
+        match nonces {
+            AnyNonces::Secp256k1Tr(n) => Some(n),
+            AnyNonces::Ed25519(_) => None,
+        }
     }
     /// The x-only output key Q (32 bytes), as BIP340 verifies and a P2TR output holds.
     fn public_key(key: &VerifyingKey<Self>) -> Result<Vec<u8>, String> {
@@ -296,6 +321,12 @@ impl<C: Suite> Share<C> {
                 .map_err(|e| format!("public_key_package: {e}"))?,
         })
     }
+}
+
+/// Signing nonces of whichever scheme (frost zeroes them when they are dropped).
+pub enum AnyNonces {
+    Ed25519(frost_core::round1::SigningNonces<frost_ed25519::Ed25519Sha512>),
+    Secp256k1Tr(frost_core::round1::SigningNonces<frost_secp256k1_tr::Secp256K1Sha256TR>),
 }
 
 /// A holder's share of a key, of whichever scheme the key was made with.

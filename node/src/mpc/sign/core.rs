@@ -70,13 +70,13 @@ impl<C: Suite> Signer<C> {
         Ok((signer, bytes))
     }
 
-    /// A signer for an admitted request from a presignature: `nonces` (serialized) made ahead
-    /// of time and taken out of this holder's pool ([`super::pool::HeldNonces::take`]).
-    /// Like [`round1`](Self::round1), it needs the admission's token: a presignature signs
-    /// nothing before the request ids are on disk.
+    /// A signer for an admitted request from a presignature: `nonces` made ahead of time and
+    /// taken out of this holder's pool ([`super::pool::HeldNonces::take`]). Like
+    /// [`round1`](Self::round1), it needs the admission's token: a presignature signs nothing
+    /// before the request ids are on disk.
     pub fn presigned(
         admitted: Admitted,
-        nonces: &[u8],
+        nonces: frost::round1::SigningNonces<C>,
         key: &Share<C>,
         local: &PeerId,
         coordinator: PeerId,
@@ -84,8 +84,6 @@ impl<C: Suite> Signer<C> {
     ) -> Result<Self, SessionError> {
         let Admitted { .. } = admitted;
         let id = frost_identifier::<C>(local).map_err(SessionError::failed)?;
-        let nonces = frost::round1::SigningNonces::<C>::deserialize(nonces)
-            .map_err(|e| SessionError::failed(format!("presigned nonces: {e}")))?;
         Ok(Self {
             coordinator,
             message,
@@ -333,6 +331,18 @@ impl<C: Suite> Presigned<C> {
     }
 }
 
+/// Bytes of one signer's entry in an encoded signing package, with room to spare (its
+/// identifier and two commitments, each with frost's header).
+const PACKAGE_BYTES_PER_SIGNER: usize = 160;
+
+/// Whether a signing package of `len` bytes can be one for a message of `message_len`
+/// bytes and at most `holders` signers: checked before decoding one (decoding is a point
+/// decompression per commitment), so a package padded with signers that do not exist costs
+/// no work.
+pub fn package_fits(len: usize, holders: usize, message_len: usize) -> bool {
+    len <= 64 + message_len + PACKAGE_BYTES_PER_SIGNER * holders
+}
+
 /// The commitments that `package` (a signing package of ciphersuite `C`) holds for the
 /// holder `local`, serialized: what a holder looks up in its pool of presignatures. The
 /// coordinator is blamed for a package that does not decode or leaves this holder out.
@@ -563,11 +573,11 @@ mod tests {
         for i in 1..3 {
             let own = commitments_for::<C>(&package, &peers[i], peers[0]).unwrap();
             assert_eq!(own, made[i - 1][0]);
-            let nonces = held[i].take("k", peers[0], epoch, &own).unwrap();
+            let nonces = C::nonces(held[i].take("k", peers[0], epoch, &own).unwrap()).unwrap();
             assert!(held[i].take("k", peers[0], epoch, &own).is_none(), "once");
             let signer = Signer::presigned(
                 admitted(),
-                &nonces,
+                nonces,
                 &keys[i],
                 &peers[i],
                 peers[0],
@@ -587,14 +597,43 @@ mod tests {
         // A presignature spent on a package for another message than the admitted one:
         // refused, the coordinator blamed.
         let second = &made[0][1];
-        let nonces = held[1].take("k", peers[0], epoch, second).unwrap();
+        let nonces = C::nonces(held[1].take("k", peers[0], epoch, second).unwrap()).unwrap();
         let signer =
-            Signer::presigned(admitted(), &nonces, &keys[1], &peers[1], peers[0], message).unwrap();
+            Signer::presigned(admitted(), nonces, &keys[1], &peers[1], peers[0], message).unwrap();
         let c = frost::round1::SigningCommitments::<C>::deserialize(second).unwrap();
         let id = frost_identifier::<C>(&peers[1]).unwrap();
         let other = frost::SigningPackage::new(BTreeMap::from([(id, c)]), b"other");
         let e = signer.round2(&other.serialize().unwrap()).unwrap_err();
         assert_eq!(e.blamed(), &[peers[0]]);
+    }
+
+    #[test]
+    fn real_packages_fit_the_bound_checked_before_decoding() {
+        for_each_suite!(fits);
+    }
+
+    fn fits<C: Suite>() {
+        let (peers, keys) = dealt::<C>(5, 5);
+        let message = vec![7u8; 300];
+        let mut coordinator =
+            Coordinator::start(admitted(), &keys[0], &peers, peers[0], message.clone()).unwrap();
+        for i in 1..5 {
+            let (_, c) =
+                Signer::round1(admitted(), &keys[i], &peers[i], peers[0], message.clone()).unwrap();
+            coordinator.commitments(peers[i], &c).unwrap();
+        }
+        let (_, package) = coordinator.round2().unwrap();
+        assert!(
+            package_fits(package.len(), 5, message.len()),
+            "{}",
+            package.len()
+        );
+        // Five signers' package cannot come from a key of two holders.
+        assert!(
+            !package_fits(package.len(), 2, message.len()),
+            "{}",
+            package.len()
+        );
     }
 
     #[test]

@@ -3,10 +3,12 @@
 //! and inviting every holder left when some are slow to answer), takes the first `t - 1`
 //! commitments, runs round 2 with them, and aggregates with cheater detection (the frost
 //! crate returns the signature only once it verifies against the group key). Holders that
-//! answered but were not chosen get `SignDismissed` and drop their nonces. This file does
-//! the sends, deadlines, retries and logs; every check of a protocol message and every
-//! FROST step is in [`core`]. Nonces live only in the memory of one session task and are
-//! consumed by its single round 2; a finished session refuses every further message.
+//! answered but were not chosen get `SignDismissed` and drop their nonces. When enough
+//! holders have presignatures for this node ([`pool`], [`presigned`]), it sends them the
+//! signing package at once instead: one round trip. This file does the sends, deadlines,
+//! retries and logs; every check of a protocol message and every FROST step is in [`core`].
+//! Nonces live only in memory (a session task's, or a holder's pool) and sign once; a
+//! finished session refuses every further message.
 
 pub mod core;
 pub mod pool;
@@ -40,12 +42,22 @@ struct Coordination {
     session: SessionId,
 }
 
+/// What a presigned attempt sends, and how long it waits for the holders to take it.
+struct PresignedAttempt<'a> {
+    key: &'a StoredKey,
+    message: &'a [u8],
+    authorizations: &'a [Authorization],
+    session: SessionId,
+    wait: std::time::Duration,
+}
+
 /// How a presigned attempt ended on the coordinator.
 enum Attempt<C: Suite> {
     /// Every chosen holder took the package; this node signed it: collect the shares.
     Signing(Collecting<C>, Vec<(PeerId, Body)>),
     /// Some did not: back to two rounds with this node's unused nonces, without the holders
-    /// that `failed` (kept as failures) or `took` the package.
+    /// that `failed` (kept as failures) or `took` the package (a holder that only lacked the
+    /// presignature is in neither).
     TwoRounds {
         core: Coordinator<C>,
         failed: Vec<(PeerId, MpcSendError)>,
@@ -147,8 +159,13 @@ impl MpcEngine {
             .copied()
             .collect();
         // One round trip when enough holders connected now have a presignature for this node
-        // (a holder that just went away takes its pool with it).
-        let presigned = match engine.presigned_available(&key.info.key_id, needed) {
+        // (a holder that just went away takes its pool with it), and when, should one of the
+        // chosen fail, the holders left out could replace all of them (those that took the
+        // package cannot be asked again: they spent the request's ids). With no holder to
+        // spare (n = t) every holder signs in either path.
+        let spare = others.len().saturating_sub(needed);
+        let may_presign = spare == 0 || spare >= needed;
+        let presigned = match may_presign && engine.presigned_available(&key.info.key_id, needed) {
             true => {
                 let connected = engine.inner.network.mpc_peers().await.unwrap_or_default();
                 let in_order: Vec<PeerId> = candidates
@@ -165,9 +182,17 @@ impl MpcEngine {
         // spent their request ids and nonces on a package this node never signed).
         let mut failures: Vec<(PeerId, MpcSendError)> = Vec::new();
         if let Some(presigned) = presigned {
-            let attempt = self
-                .try_presigned(core, presigned, &key, &message, &authorizations, session)
-                .await?;
+            // With holders to spare, a slow one is left out soon, as in two rounds; with none,
+            // it has the whole round.
+            let wait = if spare == 0 { timeout } else { timeout / 5 };
+            let request = PresignedAttempt {
+                key: &key,
+                message: &message,
+                authorizations: &authorizations,
+                session,
+                wait,
+            };
+            let attempt = self.try_presigned(core, presigned, request).await?;
             match attempt {
                 Attempt::Signing(collecting, requests) => {
                     let response = self
@@ -320,19 +345,23 @@ impl MpcEngine {
     }
 
     /// A presigned attempt of the coordinator: `presigned` holds one presignature of each of
-    /// the holders chosen. The package goes to each; when every one took it (within a fifth
-    /// of the round deadline), this node signs it too. Otherwise the package is given up
-    /// (this node never signed it) and the signature goes on in two rounds; the pools of the
-    /// holders that did not take it are forgotten here.
+    /// the holders chosen. The package goes to each; when every one took it (within
+    /// `request.wait`), this node signs it too. Otherwise the package is given up (this node
+    /// never signed it) and the signature goes on in two rounds; the pools of the holders
+    /// that did not take it are forgotten here.
     async fn try_presigned<C: Suite>(
         &self,
         core: Coordinator<C>,
         presigned: Vec<(PeerId, PoolEpoch, Vec<u8>)>,
-        key: &StoredKey,
-        message: &[u8],
-        authorizations: &[Authorization],
-        session: SessionId,
+        request: PresignedAttempt<'_>,
     ) -> Result<Attempt<C>, SessionError> {
+        let PresignedAttempt {
+            key,
+            message,
+            authorizations,
+            session,
+            wait,
+        } = request;
         let key_id = &key.info.key_id;
         let sets: Vec<(PeerId, Vec<u8>)> =
             presigned.iter().map(|(p, _, c)| (*p, c.clone())).collect();
@@ -365,7 +394,6 @@ impl MpcEngine {
                 (*peer, body)
             })
             .collect();
-        let wait = self.inner.round_timeout / 5;
         let sends = requests.iter().map(|(peer, body)| async move {
             match tokio::time::timeout(wait, self.send(*peer, session, body.clone())).await {
                 Ok(Ok(())) => None,
@@ -379,25 +407,33 @@ impl MpcEngine {
                 )),
             }
         });
-        let failed: Vec<(PeerId, MpcSendError)> = futures::future::join_all(sends)
+        let failures: Vec<(PeerId, MpcSendError)> = futures::future::join_all(sends)
             .await
             .into_iter()
             .flatten()
             .collect();
-        if failed.is_empty() {
+        if failures.is_empty() {
             self.record_nonce(&attempt.own_commitments());
             let (collecting, _) = attempt.round2()?;
             return Ok(Attempt::Signing(collecting, requests));
         }
-        for (peer, e) in &failed {
+        for (peer, e) in &failures {
             debug!(%peer, %key_id, error = %e, "presigned request not taken; signing in two rounds");
             self.forget_presigned(key_id, peer);
         }
-        self.catch_up_from_refusers(key_id, &failed);
+        self.catch_up_from_refusers(key_id, &failures);
         let took = sets
             .iter()
             .map(|(p, _)| *p)
-            .filter(|p| !failed.iter().any(|(f, _)| f == p))
+            .filter(|p| !failures.iter().any(|(f, _)| f == p))
+            .collect();
+        // A holder that no longer had the presignature reserved nothing: it may be invited
+        // in two rounds like any other.
+        let failed = failures
+            .into_iter()
+            .filter(|(_, e)| {
+                !matches!(e, MpcSendError::Refused { rule, .. } if rule == crate::mpc::NO_PRESIGNATURE)
+            })
             .collect();
         Ok(Attempt::TwoRounds {
             core: attempt.abandon(),

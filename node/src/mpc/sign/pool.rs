@@ -6,7 +6,8 @@
 //!
 //! - [`HeldNonces`]: on a holder, the secret nonces it made for each (key, coordinator),
 //!   kept in memory only (never on disk: a restart drops them all), at most `cap` per
-//!   coordinator and key and [`MAX_HELD`] in all. A nonce leaves the pool the first time a
+//!   coordinator and key, [`MAX_HELD_PER_COORDINATOR`] per coordinator and [`MAX_HELD`] in
+//!   all. A nonce leaves the pool the first time a
 //!   signing package names its commitments ([`HeldNonces::take`]), whatever happens next:
 //!   each is used at most once.
 //! - [`Commitments`]: on a coordinator, the commitments each holder made for it, per key,
@@ -19,36 +20,131 @@
 //! ([`super::core::Signer::presigned`] takes the admission's token).
 
 use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use frost_core as frost;
 use libp2p::PeerId;
-use zeroize::Zeroizing;
 
-use super::super::scheme::{self, Share, Suite};
+use super::super::scheme::{self, AnyNonces, Share, Suite};
 use super::super::wire::PoolEpoch;
 
 /// Most nonces one holder keeps for all coordinators and keys together.
 pub const MAX_HELD: usize = 65_536;
+/// Most nonces one holder keeps for one coordinator, all keys together (so that one member
+/// sharing many keys with this holder cannot take all of [`MAX_HELD`]).
+pub const MAX_HELD_PER_COORDINATOR: usize = 8_192;
+/// A coordinator may start a new pool of one key on a holder at most this often (a new
+/// pool throws the old nonces away and makes new ones: work the coordinator chooses).
+pub const MIN_EPOCH_INTERVAL: Duration = Duration::from_secs(1);
 
 /// One coordinator's pool for one key on a holder.
 struct Held {
     epoch: PoolEpoch,
-    /// Serialized commitments → serialized secret nonces (zeroed when dropped).
-    nonces: HashMap<Vec<u8>, Zeroizing<Vec<u8>>>,
+    started: Instant,
+    /// Serialized commitments → the secret nonces (frost zeroes them when dropped).
+    nonces: HashMap<Vec<u8>, AnyNonces>,
 }
 
-/// The nonces a holder made ahead of time for coordinators.
+/// The nonces a holder made ahead of time for coordinators. Making nonces is the slow part,
+/// so it happens outside: [`room`](Self::room) says how many, [`make`] makes them, and
+/// [`keep`](Self::keep) keeps those that still fit.
 #[derive(Default)]
 pub struct HeldNonces {
     pools: HashMap<(String, PeerId), Held>,
     total: usize,
 }
 
+/// Makes `count` nonces with `share`: (serialized commitments, nonces).
+pub fn make<C: Suite>(share: &Share<C>, count: usize) -> Result<Vec<(Vec<u8>, AnyNonces)>, String> {
+    (0..count)
+        .map(|_| {
+            let (nonces, commitments) =
+                frost::round1::commit(share.key_package.signing_share(), &mut rand_core::OsRng);
+            let commitments = commitments
+                .serialize()
+                .map_err(|e| format!("commitments: {e}"))?;
+            Ok((commitments, C::wrap_nonces(nonces)))
+        })
+        .collect()
+}
+
 impl HeldNonces {
-    /// Makes up to `requested` nonces with `share` for `coordinator`'s pool `epoch` of key
-    /// `key_id`, keeping at most `cap` for that pool and [`MAX_HELD`] in all; returns their
-    /// commitments (fewer than asked, or none, when the pool is full). A new epoch drops
-    /// the coordinator's earlier pool of this key first.
+    /// How many nonces to make for `coordinator`'s pool `epoch` of key `key_id`, which asks
+    /// for `requested`: at most `cap` in the pool, [`MAX_HELD_PER_COORDINATOR`] for the
+    /// coordinator and [`MAX_HELD`] in all. A new epoch drops the coordinator's earlier pool
+    /// of this key first, but is refused within [`MIN_EPOCH_INTERVAL`] of that pool's start.
+    pub fn room(
+        &mut self,
+        key_id: &str,
+        coordinator: PeerId,
+        epoch: PoolEpoch,
+        requested: usize,
+        cap: usize,
+        now: Instant,
+    ) -> Result<usize, String> {
+        let slot = (key_id.to_string(), coordinator);
+        if let Some(pool) = self.pools.get(&slot)
+            && pool.epoch != epoch
+        {
+            if now.saturating_duration_since(pool.started) < MIN_EPOCH_INTERVAL {
+                return Err(format!(
+                    "peer {coordinator} started a new presignature pool of key {key_id} less than {MIN_EPOCH_INTERVAL:?} after the last one"
+                ));
+            }
+            self.forget_slot(&slot);
+        }
+        let in_pool = self.pools.get(&slot).map_or(0, |p| p.nonces.len());
+        let for_coordinator: usize = self
+            .pools
+            .iter()
+            .filter(|((_, c), _)| *c == coordinator)
+            .map(|(_, p)| p.nonces.len())
+            .sum();
+        Ok(requested
+            .min(cap.saturating_sub(in_pool))
+            .min(MAX_HELD_PER_COORDINATOR.saturating_sub(for_coordinator))
+            .min(MAX_HELD.saturating_sub(self.total)))
+    }
+
+    /// Keeps the nonces `made` for `coordinator`'s pool `epoch` of `key_id`, as many as
+    /// [`room`](Self::room) allows now (another request may have filled it meanwhile, or
+    /// started a newer epoch: then none); returns the commitments of those kept.
+    pub fn keep(
+        &mut self,
+        key_id: &str,
+        coordinator: PeerId,
+        epoch: PoolEpoch,
+        made: Vec<(Vec<u8>, AnyNonces)>,
+        cap: usize,
+        now: Instant,
+    ) -> Vec<Vec<u8>> {
+        let slot = (key_id.to_string(), coordinator);
+        if self.pools.get(&slot).is_some_and(|p| p.epoch != epoch) {
+            return Vec::new();
+        }
+        let room = self
+            .room(key_id, coordinator, epoch, made.len(), cap, now)
+            .unwrap_or(0);
+        if room == 0 {
+            return Vec::new();
+        }
+        let pool = self.pools.entry(slot).or_insert_with(|| Held {
+            epoch,
+            started: now,
+            nonces: HashMap::new(),
+        });
+        let mut kept = Vec::with_capacity(room);
+        for (commitments, nonces) in made.into_iter().take(room) {
+            if pool.nonces.insert(commitments.clone(), nonces).is_none() {
+                self.total += 1;
+                kept.push(commitments);
+            }
+        }
+        kept
+    }
+
+    /// [`room`](Self::room), [`make`] and [`keep`](Self::keep) in one (tests).
+    #[cfg(test)]
     pub fn issue<C: Suite>(
         &mut self,
         key_id: &str,
@@ -58,31 +154,10 @@ impl HeldNonces {
         cap: usize,
         share: &Share<C>,
     ) -> Result<Vec<Vec<u8>>, String> {
-        let slot = (key_id.to_string(), coordinator);
-        if self.pools.get(&slot).is_some_and(|p| p.epoch != epoch) {
-            self.forget_slot(&slot);
-        }
-        let held = self.pools.get(&slot).map_or(0, |p| p.nonces.len());
-        let count = requested
-            .min(cap.saturating_sub(held))
-            .min(MAX_HELD.saturating_sub(self.total));
-        let mut made = Vec::with_capacity(count);
-        let pool = self.pools.entry(slot).or_insert_with(|| Held {
-            epoch,
-            nonces: HashMap::new(),
-        });
-        for _ in 0..count {
-            let (nonces, commitments) =
-                frost::round1::commit(share.key_package.signing_share(), &mut rand_core::OsRng);
-            let commitments = commitments
-                .serialize()
-                .map_err(|e| format!("commitments: {e}"))?;
-            let secret = Zeroizing::new(nonces.serialize().map_err(|e| format!("nonces: {e}"))?);
-            pool.nonces.insert(commitments.clone(), secret);
-            made.push(commitments);
-        }
-        self.total += made.len();
-        Ok(made)
+        let now = Instant::now();
+        let count = self.room(key_id, coordinator, epoch, requested, cap, now)?;
+        let made = make(share, count)?;
+        Ok(self.keep(key_id, coordinator, epoch, made, cap, now))
     }
 
     /// Takes the nonces of `commitments` out of `coordinator`'s pool `epoch` of `key_id`:
@@ -94,7 +169,7 @@ impl HeldNonces {
         coordinator: PeerId,
         epoch: PoolEpoch,
         commitments: &[u8],
-    ) -> Option<Zeroizing<Vec<u8>>> {
+    ) -> Option<AnyNonces> {
         let pool = self.pools.get_mut(&(key_id.to_string(), coordinator))?;
         if pool.epoch != epoch {
             return None;
@@ -261,6 +336,17 @@ impl Commitments {
         }
     }
 
+    /// A refill for `epoch` failed or came back empty: forgets `holder`'s pool of `key_id`
+    /// if it still has that epoch (the next refill starts a new one, which makes the
+    /// holder drop whatever it keeps for the old), and leaves a newer pool alone.
+    pub fn refill_failed(&mut self, key_id: &str, holder: &PeerId, epoch: PoolEpoch) {
+        if let Some(pools) = self.pools.get_mut(key_id)
+            && pools.get(holder).is_some_and(|p| p.epoch == epoch)
+        {
+            pools.remove(holder);
+        }
+    }
+
     /// How many commitments of `key_id` are here, for all holders.
     pub fn len(&self, key_id: &str) -> usize {
         self.pools
@@ -326,13 +412,50 @@ mod tests {
         assert_eq!(held.total(), 3);
         // Room for one more now.
         assert_eq!(held.issue("k", c, e, 10, 4, &keys[1]).unwrap().len(), 1);
-        // A new epoch drops the old pool.
+        // A new epoch drops the old pool, but not within MIN_EPOCH_INTERVAL of its start.
         let e2 = PoolEpoch::random();
-        assert_eq!(held.issue("k", c, e2, 2, 4, &keys[1]).unwrap().len(), 2);
-        assert_eq!(held.total(), 2);
+        let now = Instant::now();
+        let refused = held.room("k", c, e2, 2, 4, now).unwrap_err();
+        assert!(refused.contains("new presignature pool"), "{refused}");
+        let later = now + MIN_EPOCH_INTERVAL;
+        assert_eq!(held.room("k", c, e2, 2, 4, later).unwrap(), 2);
+        assert_eq!(held.total(), 0, "the old pool is gone");
         assert!(held.take("k", c, e, &first[1]).is_none());
+        let made = make(&keys[1], 2).unwrap();
+        assert_eq!(held.keep("k", c, e2, made, 4, later).len(), 2);
+        // Nonces made for an epoch that a newer one replaced meanwhile are not kept.
+        let made = make(&keys[1], 2).unwrap();
+        assert!(held.keep("k", c, e, made, 4, later).is_empty());
+        assert_eq!(held.total(), 2);
         held.forget_peer(&c);
         assert_eq!(held.total(), 0);
+    }
+
+    #[test]
+    fn one_coordinator_cannot_take_every_holders_room() {
+        let (peers, keys) = dealt::<Ed>(2, 3);
+        let mut held = HeldNonces::default();
+        let now = Instant::now();
+        let (greedy, other) = (peers[0], peers[2]);
+        // Many keys, each pool at the largest cap: the coordinator's share runs out.
+        let per_key = 256;
+        let keys_needed = MAX_HELD_PER_COORDINATOR / per_key;
+        for k in 0..keys_needed {
+            let key = format!("k{k}");
+            let e = PoolEpoch::random();
+            let n = held.room(&key, greedy, e, per_key, per_key, now).unwrap();
+            assert_eq!(n, per_key);
+            let made = make(&keys[1], n).unwrap();
+            assert_eq!(held.keep(&key, greedy, e, made, per_key, now).len(), n);
+        }
+        assert_eq!(held.total(), MAX_HELD_PER_COORDINATOR);
+        let e = PoolEpoch::random();
+        assert_eq!(
+            held.room("one more", greedy, e, 8, per_key, now).unwrap(),
+            0
+        );
+        // Another coordinator still gets its pool.
+        assert_eq!(held.room("k0", other, e, 8, per_key, now).unwrap(), 8);
     }
 
     #[test]
@@ -358,6 +481,9 @@ mod tests {
         );
         assert_eq!(pools.len("k"), 2, "nothing taken");
         pools.filled("k", holders[1], refills[1].epoch, vec![vec![3]], 3);
+        // A failed refill of an older epoch leaves the pool alone.
+        pools.refill_failed("k", &holders[1], PoolEpoch::random());
+        assert_eq!(pools.len("k"), 3);
         let taken = pools.take_signers("k", &holders, 2).unwrap();
         assert_eq!(
             taken,

@@ -4,7 +4,9 @@
 //! Who may do what:
 //! - Only a holder of the key may ask another holder for presignatures of it, and what it
 //!   gets are commitments: they sign nothing. The asking holder costs the other at most its
-//!   own `presign_pool_size` nonces per key (a new epoch replaces the old ones).
+//!   own `presign_pool_size` nonces per key kept (a new epoch replaces the old ones, at most
+//!   once a second) and `MAX_HELD_PER_COORDINATOR` in all; a signing package larger than
+//!   the key's holders allow is refused before it is decoded.
 //! - A presigned signing request passes the same admission as an invitation (the key's
 //!   policy as this holder holds it, request ids on disk) before its nonce signs; the nonce
 //!   leaves the pool as soon as a request names it, so it signs at most once.
@@ -13,11 +15,12 @@
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use libp2p::PeerId;
 use tracing::debug;
 
-use super::core::{Signer, commitments_for};
+use super::core::{Signer, commitments_for, package_fits};
 use super::pool::{self, Commitments, HeldNonces, Refill};
 use crate::mpc::policy::{Authorization, PolicyStamp};
 use crate::mpc::session::SessionError;
@@ -164,7 +167,7 @@ impl MpcEngine {
                 let key_id = &key.info.key_id;
                 let mut pools = engine.inner.presign.pools.lock().expect("presign pools");
                 match got {
-                    Ok(commitments) => {
+                    Ok(commitments) if !commitments.is_empty() => {
                         pools.filled(
                             key_id,
                             holder,
@@ -173,9 +176,12 @@ impl MpcEngine {
                             settings.pool_size,
                         );
                     }
+                    // None: the holder's pool for this node is full of nonces this node
+                    // does not know of (an answer lost); the next refill starts over.
+                    Ok(_) => pools.refill_failed(key_id, &holder, refill.epoch),
                     Err(e) => {
                         debug!(%holder, %key_id, error = %e, "no presignatures from this holder this time");
-                        pools.forget(key_id, &holder);
+                        pools.refill_failed(key_id, &holder, refill.epoch);
                     }
                 }
                 engine.count_pool(&pools, key_id);
@@ -245,29 +251,36 @@ impl MpcEngine {
             )));
         }
         let key = self.key_shared_with(&key_id, coordinator)?;
+        // How many: decided here, cheaply; the nonces are made in the session's task, and
+        // kept if they still fit.
+        let started = Instant::now();
+        let count = self.inner.presign.held.lock().expect("held nonces").room(
+            &key_id,
+            coordinator,
+            epoch,
+            usize::from(count),
+            cap,
+            started,
+        )?;
         self.spawn_participant(
             Protocol::Presign,
             session,
             vec![coordinator],
             move |engine, _inbox| async move {
-                let presign = &engine.inner.presign;
-                let made = {
-                    let mut held = presign.held.lock().expect("held nonces");
-                    let made = crate::with_share!(&key.share, share => held.issue(
-                        &key_id,
-                        coordinator,
-                        epoch,
-                        usize::from(count),
-                        cap,
-                        share,
-                    ))
+                let made = crate::with_share!(&key.share, share => pool::make(share, count))
                     .map_err(SessionError::failed)?;
+                let kept = {
+                    let mut held = engine.inner.presign.held.lock().expect("held nonces");
+                    let kept = held.keep(&key_id, coordinator, epoch, made, cap, started);
+                    if engine.inner.faults.forget_presignatures {
+                        held.forget_peer(&coordinator);
+                    }
                     engine
                         .inner
                         .metrics
                         .presign_nonces_held
                         .set(held.total() as i64);
-                    made
+                    kept
                 };
                 engine
                     .send(
@@ -275,7 +288,7 @@ impl MpcEngine {
                         session,
                         Body::PresignCommitments {
                             epoch,
-                            commitments: made,
+                            commitments: kept,
                         },
                     )
                     .await
@@ -305,6 +318,13 @@ impl MpcEngine {
             package,
         } = request;
         let key = self.key_shared_with(&key_id, coordinator)?;
+        if !package_fits(package.len(), key.info.participants.len(), message.len()) {
+            return Err(InviteRefusal::Other(format!(
+                "a signing package of {} bytes is too large for key {key_id} ({} holders)",
+                package.len(),
+                key.info.participants.len()
+            )));
+        }
         let own = crate::with_suite!(key.share.scheme(), C => commitments_for::<C>(&package, &local, coordinator))
             .map_err(|e| InviteRefusal::Other(e.to_string()))?;
         let nonces = {
@@ -314,7 +334,7 @@ impl MpcEngine {
             nonces
         }
         .ok_or_else(|| {
-            InviteRefusal::Other(format!(
+            InviteRefusal::NoPresignature(format!(
                 "peer {local} holds no such presignature of key {key_id} for {coordinator} (used, or dropped by a restart or disconnection)"
             ))
         })?;
@@ -336,11 +356,11 @@ impl MpcEngine {
                 )));
             }
             let share = crate::with_share!(&key.share, share => {
-                let signer = Signer::presigned(admitted, &nonces, share, &local, coordinator, message)?;
+                let nonces = scheme_nonces(nonces, share)?;
+                let signer = Signer::presigned(admitted, nonces, share, &local, coordinator, message)?;
                 engine.record_nonce(&signer.commitments());
                 signer.round2(&package)
             });
-            drop(nonces);
             engine.inner.router.close(session);
             let share = engine.corrupt_if_asked(share?);
             engine
@@ -366,4 +386,18 @@ impl MpcEngine {
             tracing::warn!(path = %path.display(), error = %e, "test: cannot record a nonce");
         }
     }
+}
+
+/// The nonces of `share`'s ciphersuite inside `nonces` (they were made with this key, so
+/// another scheme's would be a bug here).
+fn scheme_nonces<C: crate::mpc::scheme::Suite>(
+    nonces: crate::mpc::scheme::AnyNonces,
+    _share: &crate::mpc::scheme::Share<C>,
+) -> Result<frost_core::round1::SigningNonces<C>, SessionError> {
+    C::nonces(nonces).ok_or_else(|| {
+        SessionError::failed(format!(
+            "presigned nonces of another scheme than {}",
+            C::SCHEME
+        ))
+    })
 }
