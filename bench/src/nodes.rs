@@ -53,6 +53,8 @@ pub struct Node {
     pub api: String,
     pub peer_id: String,
     pub tcp_addr: String,
+    /// The QUIC listen address, when `--quic-port` was given.
+    pub quic_addr: Option<String>,
     /// `http://<ip>:<port>` of the metrics server.
     pub metrics: String,
     /// From spawn to the first libp2p listen address in the log.
@@ -97,6 +99,7 @@ impl Node {
                 Duration::from_secs(30),
                 Expect {
                     metrics: true,
+                    quic: extra.iter().any(|a| a == "--quic-port"),
                     ..Expect::default()
                 },
             )
@@ -108,6 +111,7 @@ impl Node {
             api: listening.api,
             peer_id: listening.peer_id,
             tcp_addr: listening.tcp_addr,
+            quic_addr: listening.quic_addr,
             metrics: listening.metrics.unwrap_or_default(),
         })
     }
@@ -208,10 +212,16 @@ pub async fn cluster_each(
             .await?,
         );
     }
-    // Every participant must reach every other one: wait for a full mesh.
+    wait_mesh(&nodes).await?;
+    Ok(nodes)
+}
+
+/// Waits until every one of `nodes` is connected to every other.
+async fn wait_mesh(nodes: &[Node]) -> anyhow::Result<()> {
+    let n = nodes.len();
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60 + 2 * n as u64);
-    for node in &nodes {
+    for node in nodes {
         while peers(&http, node).await?.len() < n - 1 {
             if Instant::now() > deadline {
                 bail!("no full mesh of {n} nodes in time");
@@ -219,6 +229,23 @@ pub async fn cluster_each(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    Ok(())
+}
+
+/// Two nodes whose one connection runs over QUIC: the second knows only the first's QUIC
+/// address.
+pub async fn quic_pair(bin: &Path, dir: &Path) -> anyhow::Result<Vec<Node>> {
+    let quic = ["--quic-port".to_string(), "0".to_string()];
+    let first = Node::start(bin, &dir.join("q0"), &quic, Box::new(|_, _| {})).await?;
+    let addr = first
+        .quic_addr
+        .clone()
+        .context("the first node listens on QUIC")?;
+    let mut extra = quic.to_vec();
+    extra.extend(["--bootnode".to_string(), addr]);
+    let second = Node::start(bin, &dir.join("q1"), &extra, Box::new(|_, _| {})).await?;
+    let nodes = vec![first, second];
+    wait_mesh(&nodes).await?;
     Ok(nodes)
 }
 

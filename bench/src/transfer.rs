@@ -1,6 +1,8 @@
 //! Point-to-point transfer: throughput of the transfer test (`POST /v1/peers/{id}/transfer`,
-//! request-response over noise and yamux, in acknowledged chunks) between two node
-//! processes, beside raw TCP on loopback moving the same bytes.
+//! request-response in acknowledged chunks) between two node processes, over TCP (noise and
+//! yamux) and over QUIC, against the bound of any encrypted stream: the same chunks sealed
+//! with ChaCha20-Poly1305 and sent over loopback TCP in one process, no framing, streams or
+//! acknowledgements. Raw TCP moving the same bytes is reported too.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -8,8 +10,12 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Nonce};
+use p2p_mpc_node::mpc::chunks::CHUNK_BYTES;
+
 use crate::aggregation::transfer;
-use crate::nodes::{cluster, with_scratch};
+use crate::nodes::{cluster_with_args, quic_pair, with_scratch};
 use crate::results::{Figure, quantile};
 
 const MIB: u64 = 1024 * 1024;
@@ -47,6 +53,66 @@ async fn raw_tcp(bytes: u64) -> anyhow::Result<f64> {
     Ok(took)
 }
 
+/// The nonce of chunk `i` of one stream (each key seals one stream).
+fn nonce(i: u64) -> Nonce {
+    let mut n = [0u8; 12];
+    n[4..].copy_from_slice(&i.to_be_bytes());
+    n.into()
+}
+
+/// Seconds to move `bytes` over loopback TCP in the transfer test's chunks, each sealed with
+/// ChaCha20-Poly1305 by the sender and opened by the receiver (a 4-byte length before each),
+/// and get a one-byte answer.
+async fn sealed_tcp(bytes: u64) -> anyhow::Result<f64> {
+    let mut key = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut key);
+    let cipher = ChaCha20Poly1305::new(&key.into());
+    let opener = cipher.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let receiver = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await?;
+        let mut buf = Vec::with_capacity(CHUNK_BYTES + 16);
+        let (mut got, mut i) = (0u64, 0u64);
+        while got < bytes {
+            let len = s.read_u32().await? as usize;
+            anyhow::ensure!(len <= CHUNK_BYTES + 16, "a sealed chunk of {len} bytes");
+            buf.resize(len, 0);
+            s.read_exact(&mut buf).await?;
+            opener
+                .decrypt_in_place(&nonce(i), b"", &mut buf)
+                .map_err(|_| anyhow::anyhow!("chunk {i} does not open"))?;
+            got += buf.len() as u64;
+            i += 1;
+        }
+        s.write_all(&[1]).await?;
+        anyhow::Ok(())
+    });
+    let mut s = TcpStream::connect(addr).await?;
+    s.set_nodelay(true)?;
+    let piece = vec![0xa5u8; CHUNK_BYTES];
+    let mut buf = Vec::with_capacity(CHUNK_BYTES + 16);
+    let t0 = Instant::now();
+    let (mut left, mut i) = (bytes, 0u64);
+    while left > 0 {
+        let n = left.min(CHUNK_BYTES as u64) as usize;
+        buf.clear();
+        buf.extend_from_slice(&piece[..n]);
+        cipher
+            .encrypt_in_place(&nonce(i), b"", &mut buf)
+            .map_err(|_| anyhow::anyhow!("sealing chunk {i}"))?;
+        s.write_u32(buf.len() as u32).await?;
+        s.write_all(&buf).await?;
+        left -= n as u64;
+        i += 1;
+    }
+    let mut ack = [0u8; 1];
+    s.read_exact(&mut ack).await?;
+    let took = t0.elapsed().as_secs_f64();
+    receiver.await??;
+    Ok(took)
+}
+
 /// Median MiB/s over `rounds` runs of `f`, which returns seconds for `bytes`.
 async fn median_rate<F, Fut>(bytes: u64, rounds: usize, mut f: F) -> anyhow::Result<f64>
 where
@@ -61,12 +127,14 @@ where
     Ok(quantile(&mut rates, 0.5))
 }
 
-/// Runs the transfer benchmarks between two fresh nodes.
+/// Runs the transfer benchmarks between two fresh nodes over TCP, and two over QUIC.
 pub async fn run(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Vec<Figure>> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(600))
         .build()?;
-    let nodes = cluster(bin, dir, 2, &[]).await?;
+    // No QUIC listener: the pair's one connection is TCP.
+    let tcp_pair = cluster_with_args(bin, &dir.join("tcp"), 2, &[]).await?;
+    let quic = quic_pair(bin, &dir.join("quic")).await?;
     let mut figures = Vec::new();
     let sizes: &[(u64, usize)] = if quick {
         &[(MIB, 5), (16 * MIB, 1)]
@@ -74,17 +142,24 @@ pub async fn run(bin: &Path, dir: &Path, quick: bool) -> anyhow::Result<Vec<Figu
         &[(MIB, 30), (64 * MIB, 5)]
     };
     for &(bytes, rounds) in sizes {
-        let libp2p = median_rate(bytes, rounds, || {
-            transfer(&http, &nodes[0], &nodes[1], bytes)
-        })
-        .await?;
+        let mib = bytes / MIB;
+        let sealed = median_rate(bytes, rounds, || sealed_tcp(bytes)).await?;
+        let bound = "ChaCha20-Poly1305 sealed chunks on loopback TCP";
+        for (over, pair) in [("TCP", &tcp_pair), ("QUIC", &quic)] {
+            let rate =
+                median_rate(bytes, rounds, || transfer(&http, &pair[0], &pair[1], bytes)).await?;
+            figures.push(Figure::against(
+                format!("point-to-point transfer over {over}, {mib} MiB (median of {rounds})"),
+                rate,
+                "MiB/s",
+                bound,
+                sealed,
+            ));
+        }
         let tcp = median_rate(bytes, rounds, || raw_tcp(bytes)).await?;
         figures.push(Figure::against(
-            format!(
-                "point-to-point transfer, {} MiB (median of {rounds})",
-                bytes / MIB
-            ),
-            libp2p,
+            format!("the encrypted-stream bound, {mib} MiB (median of {rounds})"),
+            sealed,
             "MiB/s",
             "raw TCP on loopback",
             tcp,

@@ -186,6 +186,7 @@ pub async fn run(
         listen_address: config.listen_address,
         network_port: config.network_port,
         ws_port: config.ws_port,
+        quic_port: config.quic_port,
         topics: config.topics.clone(),
         topic_rules: config.topic_rules.clone(),
         bootnodes: config.bootnodes.clone(),

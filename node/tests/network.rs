@@ -1,11 +1,14 @@
 //! Several real node processes on loopback: bootnodes, Kademlia discovery, gossip over the
-//! API and stdin, reconnection after a restart, WebSocket, identity persistence.
+//! API and stdin, reconnection after a restart, WebSocket, QUIC, identity persistence.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{NodeProcess, args, identity, start_pair, tempdir, wait_for, write_file};
+use common::{
+    NodeProcess, args, identity, post, start_pair, tempdir, verify_everywhere, wait_for, write_file,
+};
+use serde_json::json;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mesh_discovery_gossip_and_bootnode_reconnect() {
@@ -180,6 +183,80 @@ async fn node_reachable_only_over_websocket_joins_the_mesh() {
     a.wait_message("chat", "from W over ws").await;
     a.publish_when_ready("chat", "to W over ws").await;
     w.wait_message("chat", "to W over ws").await;
+}
+
+/// QUIC is a transport like TCP: Q knows only A's QUIC address, connects over it, and the
+/// two gossip and make and use a key over it. A node started without `--quic-port` listens
+/// on no UDP port.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_connect_gossip_and_sign_over_quic() {
+    let dir = tempdir();
+    let a = NodeProcess::start("A", dir.path(), &args(&["-t", "chat", "--quic-port", "0"])).await;
+    let quic = a.quic_addr.clone().expect("A listens on QUIC");
+    assert!(
+        quic.contains("/udp/") && quic.contains("/quic-v1/p2p/"),
+        "{quic}"
+    );
+    let q = NodeProcess::start(
+        "Q",
+        dir.path(),
+        &args(&["-t", "chat", "--quic-port", "0", "--bootnode", &quic]),
+    )
+    .await;
+    q.wait_connected_to(&a.peer_id, Duration::from_secs(20))
+        .await;
+    let peers = q.get("/v1/peers").await.unwrap();
+    let via: Vec<String> = peers["peers"][0]["connected_addrs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        via.iter().any(|a| a.contains("/quic-v1")),
+        "Q reached A over QUIC: {via:?}"
+    );
+    q.publish_when_ready("chat", "from Q over quic").await;
+    a.wait_message("chat", "from Q over quic").await;
+    a.publish_when_ready("chat", "to Q over quic").await;
+    q.wait_message("chat", "to Q over quic").await;
+
+    let (status, key) = wait_for("a DKG over QUIC", Duration::from_secs(30), || async {
+        match post(
+            &q,
+            "/v1/keys",
+            json!({"threshold": 2, "participants": [q.peer_id, a.peer_id], "policy": {"open": true}}),
+        )
+        .await
+        {
+            (201, key) => Ok((201, key)),
+            (status, body) => Err(format!("{status} {body}")),
+        }
+    })
+    .await;
+    assert_eq!(status, 201);
+    let key_id = key["key_id"].as_str().unwrap();
+    let (status, body) = post(
+        &a,
+        &format!("/v1/keys/{key_id}/sign"),
+        json!({"message": hex::encode(b"over quic")}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    verify_everywhere(&key, b"over quic", body["signature"].as_str().unwrap());
+
+    let mut off = NodeProcess::start("off", dir.path(), &args(&[])).await;
+    off.terminate(Duration::from_secs(10));
+    let listening: Vec<String> = off
+        .stderr_lines()
+        .into_iter()
+        .filter(|l| l.contains(" listening address="))
+        .collect();
+    assert!(!listening.is_empty());
+    assert!(
+        listening.iter().all(|l| !l.contains("/udp/")),
+        "{listening:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -173,6 +173,11 @@ pub struct NetworkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub websocket_port: Option<i32>,
+    /// UDP port of an additional QUIC (v1) listener; off when absent. It may be the number
+    /// of `port` (that one is TCP).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub quic_port: Option<i32>,
     /// Content rules of joined topics, by topic: a message that breaks its topic's rule is
     /// rejected by every node (not delivered, not forwarded) and counted.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -185,6 +190,7 @@ impl Default for NetworkSpec {
             port: default_network_port(),
             topics: default_topics(),
             websocket_port: None,
+            quic_port: None,
             topic_rules: BTreeMap::new(),
         }
     }

@@ -131,6 +131,9 @@ fn run(args: RunArgs) -> ExitCode {
 
 async fn serve(args: RunArgs) -> anyhow::Result<()> {
     use anyhow::Context as _;
+    // The binary holds two rustls providers (ring, and aws-lc-rs through libp2p's QUIC):
+    // rustls picks neither by itself.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let client = kube::Client::try_default()
         .await
         .context("cannot reach the Kubernetes API (in-cluster config or KUBECONFIG)")?;

@@ -410,6 +410,7 @@ async fn as_service_account(plane: &ControlPlane, user: &str) -> Client {
         .await
         .unwrap();
     config.auth_info.impersonate = Some(user.to_string());
+    p2p_mpc_testenv::tls_provider();
     Client::try_from(config).unwrap()
 }
 

@@ -216,10 +216,13 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
             .ports
             .iter()
             .flatten()
-            .filter_map(|p| p.port.as_ref().map(|p| format!("{p:?}")))
+            .filter_map(|p| {
+                let port = p.port.as_ref()?;
+                Some(format!("{port:?}/{}", p.protocol.as_deref()?))
+            })
             .collect()
     };
-    assert_eq!(rule_ports(0), vec!["Int(4001)"]);
+    assert_eq!(rule_ports(0), vec!["Int(4001)/TCP"]);
     let p2p_from = rules[0].from.clone().unwrap();
     assert_eq!(p2p_from.len(), 1);
     assert_eq!(
@@ -232,8 +235,8 @@ async fn mpc_cluster_lifecycle_against_a_real_api_server() {
         cluster_pods
     );
     assert!(p2p_from[0].namespace_selector.is_none());
-    assert_eq!(rule_ports(1), vec!["Int(8080)"]);
-    assert_eq!(rule_ports(2), vec!["Int(9090)"]);
+    assert_eq!(rule_ports(1), vec!["Int(8080)/TCP"]);
+    assert_eq!(rule_ports(2), vec!["Int(9090)/TCP"]);
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), &ns);
     for i in 0..3 {
         let sts = get_when(&sets, &format!("net-{i}"), "a member's StatefulSet", |_| {

@@ -148,6 +148,7 @@ impl ControlPlane {
             kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
                 .await
                 .map_err(|e| fail(e.to_string()))?;
+        crate::tls_provider();
         kube::Client::try_from(config).map_err(|e| fail(e.to_string()))
     }
 

@@ -28,6 +28,14 @@ mod prometheus;
 mod tools;
 
 pub use control_plane::{ControlPlane, NODE_IP, NODE_NAME};
+
+/// Makes ring the process's rustls provider (once; later calls change nothing). A workspace
+/// build compiles rustls with ring (ours, kube's) and with aws-lc-rs (libp2p's QUIC, through
+/// libp2p-tls), and rustls then refuses to pick a default: make this call before any kube
+/// client is made.
+pub fn tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
 pub use error::Error;
 pub use jaeger::Jaeger;
 pub use node::{

@@ -41,6 +41,8 @@ pub struct Listening {
     pub tcp_addr: String,
     /// The WebSocket listen address, when there is one.
     pub ws_addr: Option<String>,
+    /// The QUIC listen address, when there is one.
+    pub quic_addr: Option<String>,
     pub peer_id: String,
     /// When the first libp2p listen address was logged.
     pub at: Instant,
@@ -53,6 +55,8 @@ pub struct Expect {
     pub metrics: bool,
     /// A WebSocket listen address too.
     pub ws: bool,
+    /// A QUIC listen address too.
+    pub quic: bool,
 }
 
 type Lines = Arc<Mutex<Vec<(Instant, String)>>>;
@@ -151,7 +155,14 @@ impl RunningNode {
                     Some((*at, rest.split_whitespace().next()?.to_string()))
                 })
                 .collect();
-            let tcp = listen.iter().find(|(_, a)| !a.contains("/ws")).cloned();
+            let tcp = listen
+                .iter()
+                .find(|(_, a)| a.contains("/tcp/") && !a.contains("/ws"))
+                .cloned();
+            let quic = listen
+                .iter()
+                .find(|(_, a)| a.contains("/quic-v1"))
+                .map(|(_, a)| a.clone());
             let ws = listen
                 .iter()
                 .find(|(_, a)| a.contains("/ws"))
@@ -161,6 +172,7 @@ impl RunningNode {
             if let (Some((_, api)), Some((at, tcp))) = (&api, &tcp)
                 && (!expect.metrics || metrics.is_some())
                 && (!expect.ws || ws.is_some())
+                && (!expect.quic || quic.is_some())
             {
                 let first = listen.iter().map(|(t, _)| *t).min().unwrap_or(*at);
                 return Ok(Listening {
@@ -169,6 +181,7 @@ impl RunningNode {
                     peer_id: tcp.rsplit('/').next().unwrap_or_default().to_string(),
                     tcp_addr: tcp.clone(),
                     ws_addr: ws,
+                    quic_addr: quic,
                     at: first,
                 });
             }

@@ -45,6 +45,10 @@ pub struct NodeArgs {
     #[arg(long, env = "P2P_MPC_WS_PORT", value_name = "PORT")]
     pub ws_port: Option<u16>,
 
+    /// UDP port of a QUIC (v1) listener beside TCP (off unless set; 0 picks a free port).
+    #[arg(long, env = "P2P_MPC_QUIC_PORT", value_name = "PORT")]
+    pub quic_port: Option<u16>,
+
     /// Gossipsub topic to join (repeatable; comma-separated in the environment).
     #[arg(short = 't', long = "topic", env = "P2P_MPC_TOPIC", value_delimiter = ',', value_name = "TOPIC", value_parser = parse_topic)]
     pub topics: Vec<String>,

@@ -69,6 +69,7 @@ pub struct FileConfig {
     pub network_port: Option<u16>,
     pub listen_address: Option<IpAddr>,
     pub ws_port: Option<u16>,
+    pub quic_port: Option<u16>,
     pub topics: Option<Vec<String>>,
     pub bootnodes: Option<Vec<String>>,
     pub seed_nodes: Option<Vec<String>>,
@@ -188,6 +189,8 @@ pub struct NodeConfig {
     pub network_port: u16,
     pub listen_address: IpAddr,
     pub ws_port: Option<u16>,
+    /// UDP port of the QUIC listener; `None`: QUIC is off.
+    pub quic_port: Option<u16>,
     pub topics: Vec<String>,
     /// Content rules of the joined topics.
     pub topic_rules: crate::network::topic_rules::TopicRules,
@@ -594,6 +597,7 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
         network_port: pick!(network_port),
         listen_address: pick!(listen_address),
         ws_port: pick_opt!(ws_port),
+        quic_port: pick_opt!(quic_port),
         topics,
         topic_rules,
         bootnodes,
@@ -804,6 +808,7 @@ mod tests {
             // Keys without a default are shown commented with an example value instead.
             let optional = [
                 "ws_port",
+                "quic_port",
                 "identity_key_path",
                 "api_token_file",
                 "api_tls_cert",
@@ -835,7 +840,12 @@ mod tests {
     fn example_config_mentions_optional_keys() {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../config.example.yml");
         let text = std::fs::read_to_string(path).unwrap();
-        for key in ["ws_port", "identity_key_path", "api_token_file"] {
+        for key in [
+            "ws_port",
+            "quic_port",
+            "identity_key_path",
+            "api_token_file",
+        ] {
             assert!(
                 text.contains(&format!("#{key}:")) || text.contains(&format!("# {key}:")),
                 "{key}"

@@ -293,6 +293,7 @@ async fn start_peer(
         listen_address: std::net::Ipv4Addr::LOCALHOST.into(),
         network_port: 0,
         ws_port: None,
+        quic_port: None,
         topics: topics.iter().map(|t| t.to_string()).collect(),
         // It publishes and takes any bytes on its topics (what an honest node never would).
         topic_rules: topic_rules::TopicRules::new(

@@ -52,6 +52,8 @@ pub struct NetworkSettings {
     pub listen_address: IpAddr,
     pub network_port: u16,
     pub ws_port: Option<u16>,
+    /// UDP port of the QUIC listener; `None`: no QUIC.
+    pub quic_port: Option<u16>,
     /// Topics joined at start.
     pub topics: Vec<String>,
     /// What a message on each joined topic must be (`text` without a rule).
@@ -144,6 +146,7 @@ impl NetworkService {
                 yamux::Config::default,
             )
             .map_err(|e| StartError::Transport(e.to_string()))?
+            .with_quic()
             .with_dns()
             .map_err(|e| StartError::Transport(e.to_string()))?
             .with_websocket(noise::Config::new, yamux::Config::default)
@@ -177,9 +180,17 @@ impl NetworkService {
         if let Some(ws) = settings.ws_port {
             listen.push(
                 Multiaddr::empty()
-                    .with(ip)
+                    .with(ip.clone())
                     .with(Protocol::Tcp(ws))
                     .with(Protocol::Ws("/".into())),
+            );
+        }
+        if let Some(quic) = settings.quic_port {
+            listen.push(
+                Multiaddr::empty()
+                    .with(ip)
+                    .with(Protocol::Udp(quic))
+                    .with(Protocol::QuicV1),
             );
         }
         let mut listeners = Vec::new();

@@ -45,6 +45,8 @@ pub struct NodeProcess {
     pub tcp_addr: String,
     /// The WebSocket listen address, when one was asked for.
     pub ws_addr: Option<String>,
+    /// The QUIC listen address, when one was asked for (`--quic-port`).
+    pub quic_addr: Option<String>,
     pub http: reqwest::Client,
 }
 
@@ -88,6 +90,7 @@ impl NodeProcess {
         let expect = Expect {
             metrics: true,
             ws: extra.iter().any(|a| a == "--ws-port"),
+            quic: extra.iter().any(|a| a == "--quic-port"),
         };
         let listening = process
             .wait_listening(Duration::from_secs(30), expect)
@@ -101,6 +104,7 @@ impl NodeProcess {
             peer_id: listening.peer_id,
             tcp_addr: listening.tcp_addr,
             ws_addr: listening.ws_addr,
+            quic_addr: listening.quic_addr,
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(10))
                 .build()

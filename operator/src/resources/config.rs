@@ -35,6 +35,9 @@ pub fn shared_settings(mc: &MpcCluster) -> serde_json::Map<String, Value> {
     if let Some(ws) = spec.network.websocket_port {
         m.insert("ws_port".into(), json!(ws));
     }
+    if let Some(quic) = spec.network.quic_port {
+        m.insert("quic_port".into(), json!(quic));
+    }
     m.insert("topics".into(), json!(spec.network.topics));
     if !spec.network.topic_rules.is_empty() {
         let mut rules = serde_json::Map::new();

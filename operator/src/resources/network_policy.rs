@@ -18,12 +18,16 @@ use crate::crd::MpcCluster;
 pub const DEFAULT_METRICS_NAMESPACE: &str = "monitoring";
 
 fn ports(numbers: &[i32]) -> Option<Vec<NetworkPolicyPort>> {
+    with_protocol(numbers, "TCP")
+}
+
+fn with_protocol(numbers: &[i32], protocol: &str) -> Option<Vec<NetworkPolicyPort>> {
     Some(
         numbers
             .iter()
             .map(|p| NetworkPolicyPort {
                 port: Some(IntOrString::Int(*p)),
-                protocol: Some("TCP".into()),
+                protocol: Some(protocol.into()),
                 ..Default::default()
             })
             .collect(),
@@ -83,7 +87,13 @@ pub fn build(mc: &MpcCluster, names: &ClusterNames) -> NetworkPolicy {
             ingress: Some(vec![
                 NetworkPolicyIngressRule {
                     from: Some(vec![pods(selector_labels(&names.name))]),
-                    ports: ports(&p2p),
+                    ports: {
+                        let mut p = ports(&p2p).unwrap_or_default();
+                        if let Some(quic) = spec.network.quic_port {
+                            p.extend(with_protocol(&[quic], "UDP").unwrap_or_default());
+                        }
+                        Some(p)
+                    },
                 },
                 NetworkPolicyIngressRule {
                     from: Some(api_from),
@@ -115,14 +125,20 @@ mod tests {
             selector_labels("net")
         );
         let rules = spec.ingress.unwrap();
-        let port_of = |r: &NetworkPolicyIngressRule| -> Vec<IntOrString> {
+        let with_protocol = |r: &NetworkPolicyIngressRule| -> Vec<(IntOrString, String)> {
             r.ports
                 .iter()
                 .flatten()
-                .filter_map(|p| p.port.clone())
+                .filter_map(|p| Some((p.port.clone()?, p.protocol.clone()?)))
                 .collect()
         };
-        assert_eq!(port_of(&rules[0]), vec![IntOrString::Int(4001)]);
+        let port_of = |r: &NetworkPolicyIngressRule| -> Vec<IntOrString> {
+            with_protocol(r).into_iter().map(|(p, _)| p).collect()
+        };
+        assert_eq!(
+            with_protocol(&rules[0]),
+            vec![(IntOrString::Int(4001), "TCP".to_string())]
+        );
         assert_eq!(
             rules[0].from.clone().unwrap(),
             vec![pods(selector_labels("net"))]
@@ -138,14 +154,24 @@ mod tests {
                 .contains(&namespace_named("monitoring"))
         );
 
-        // Configured peers replace the defaults; a WebSocket port is a p2p port too.
+        // Configured peers replace the defaults; WebSocket and QUIC ports are p2p ports too,
+        // QUIC's over UDP.
         mc.spec.network.websocket_port = Some(4002);
+        mc.spec.network.quic_port = Some(4001);
         mc.spec.api.allow_from = Some(vec![namespace_named("clients")]);
         mc.spec.metrics.allow_from = Some(vec![namespace_named("observability")]);
         let rules = build(&mc, &names).spec.unwrap().ingress.unwrap();
         assert_eq!(
             port_of(&rules[0]),
-            vec![IntOrString::Int(4001), IntOrString::Int(4002)]
+            vec![
+                IntOrString::Int(4001),
+                IntOrString::Int(4002),
+                IntOrString::Int(4001)
+            ]
+        );
+        assert_eq!(
+            with_protocol(&rules[0])[2],
+            (IntOrString::Int(4001), "UDP".to_string())
         );
         assert_eq!(
             rules[1].from.clone().unwrap(),

@@ -24,6 +24,12 @@ pub fn headless(mc: &MpcCluster, names: &ClusterNames) -> Service {
     if let Some(ws) = mc.spec.network.websocket_port {
         ports.push(port("p2p-ws", ws));
     }
+    if let Some(quic) = mc.spec.network.quic_port {
+        ports.push(ServicePort {
+            protocol: Some("UDP".into()),
+            ..port("p2p-quic", quic)
+        });
+    }
     Service {
         metadata: child_meta(mc, names, names.headless_service()),
         spec: Some(ServiceSpec {

@@ -40,6 +40,13 @@ fn container_port(name: &str, port: i32) -> ContainerPort {
     }
 }
 
+fn udp_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort {
+        protocol: Some("UDP".into()),
+        ..container_port(name, port)
+    }
+}
+
 fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
@@ -92,6 +99,9 @@ pub fn build(
     ];
     if let Some(ws) = spec.network.websocket_port {
         ports.push(container_port("p2p-ws", ws));
+    }
+    if let Some(quic) = spec.network.quic_port {
+        ports.push(udp_port("p2p-quic", quic));
     }
 
     let container = Container {
@@ -245,7 +255,8 @@ mod tests {
 
     #[test]
     fn a_member_pod_mounts_only_its_own_secret_and_claim_and_no_token() {
-        let mc = cluster("net", 3);
+        let mut mc = cluster("net", 3);
+        mc.spec.network.quic_port = Some(4001);
         let names = ClusterNames::of(&mc, "cluster.local");
         let sts = build(&mc, &names, 2, &defaults());
         assert_eq!(sts.metadata.name.as_deref(), Some("net-2"));
@@ -278,6 +289,29 @@ mod tests {
         );
         let c = &pod.containers[0];
         assert_eq!(c.image.as_deref(), Some("p2p-mpc:test"));
+        // The p2p port over TCP, and the QUIC port over UDP (the cluster of the test asks for
+        // one on the same number).
+        let ports: Vec<(String, i32, String)> = c
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| {
+                let name = p.name.clone().unwrap_or_default();
+                (
+                    name,
+                    p.container_port,
+                    p.protocol.clone().unwrap_or_default(),
+                )
+            })
+            .filter(|(name, _, _)| name.starts_with("p2p"))
+            .collect();
+        assert_eq!(
+            ports,
+            vec![
+                ("p2p".to_string(), 4001, "TCP".to_string()),
+                ("p2p-quic".to_string(), 4001, "UDP".to_string())
+            ]
+        );
         assert_eq!(
             c.args.clone().unwrap(),
             vec![
