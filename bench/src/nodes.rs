@@ -246,6 +246,23 @@ pub async fn quic_pair(bin: &Path, dir: &Path) -> anyhow::Result<Vec<Node>> {
     let second = Node::start(bin, &dir.join("q1"), &extra, Box::new(|_, _| {})).await?;
     let nodes = vec![first, second];
     wait_mesh(&nodes).await?;
+    // Every connection between them is QUIC (none over TCP).
+    let v: Value = reqwest::Client::new()
+        .get(format!("{}/v1/peers", nodes[1].api))
+        .send()
+        .await?
+        .json()
+        .await?;
+    let addrs: Vec<&str> = v["peers"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|p| p["connected_addrs"].as_array().into_iter().flatten())
+        .filter_map(Value::as_str)
+        .collect();
+    if addrs.is_empty() || addrs.iter().any(|a| !a.contains("/quic-v1")) {
+        bail!("the QUIC pair is connected over {addrs:?}");
+    }
     Ok(nodes)
 }
 

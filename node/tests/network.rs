@@ -245,7 +245,26 @@ async fn nodes_connect_gossip_and_sign_over_quic() {
     assert_eq!(status, 200, "{body}");
     verify_everywhere(&key, b"over quic", body["signature"].as_str().unwrap());
 
-    let mut off = NodeProcess::start("off", dir.path(), &args(&[])).await;
+    // Without a QUIC listener a node does not dial over QUIC either: A's QUIC address is no
+    // way in for it.
+    let mut off = NodeProcess::start("off", dir.path(), &args(&["--bootnode", &quic])).await;
+    wait_for(
+        "off to give up on A's QUIC address",
+        Duration::from_secs(20),
+        || async {
+            let unreachable = off
+                .stderr_lines()
+                .iter()
+                .any(|l| l.contains("bootnode unreachable"));
+            if unreachable {
+                Ok(())
+            } else {
+                Err("no dial failure yet".to_string())
+            }
+        },
+    )
+    .await;
+    assert!(off.connected_peer_ids().await.unwrap().is_empty());
     off.terminate(Duration::from_secs(10));
     let listening: Vec<String> = off
         .stderr_lines()

@@ -173,8 +173,10 @@ pub struct NetworkSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub websocket_port: Option<i32>,
-    /// UDP port of an additional QUIC (v1) listener; off when absent. It may be the number
-    /// of `port` (that one is TCP).
+    /// UDP port of an additional QUIC (v1) listener; off when absent (then the nodes
+    /// neither listen nor dial over QUIC). It may be the number of `port` (that one is TCP).
+    /// Over QUIC a dead peer is noticed after a 10 s idle timeout, not at once as over TCP,
+    /// and a spoofed UDP packet costs a node a handshake.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 65535))]
     pub quic_port: Option<i32>,

@@ -197,7 +197,7 @@ async fn wait_started(node: &mut DevnetNode) -> Result<(), DevnetError> {
                 .iter()
                 .filter(|l| l.contains(" listening address="))
                 .filter_map(|l| field_after(l, "address="))
-                .find(|a| !a.contains("/ws"));
+                .find(|a| a.contains("/tcp/") && !a.contains("/ws"));
             (api, tcp)
         };
         if let (Some(api), Some(tcp)) = (api, tcp) {

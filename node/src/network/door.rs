@@ -10,7 +10,8 @@
 //! [`RECHECK`]. Without a roster every peer is let in (the node warns at start).
 //!
 //! What a stranger can still cost: a TCP connection and a Noise handshake per attempt
-//! (refused at its end), within the cap on pending inbound connections. Established
+//! (refused at its end), or with a QUIC listener a QUIC handshake per spoofable UDP packet,
+//! within the cap on pending inbound connections. Established
 //! connections are members' only; a member dialing in competes with strangers only for a
 //! pending slot, held for one handshake at most, and the node's own dials to members use
 //! the separate outbound slots.

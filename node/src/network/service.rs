@@ -10,7 +10,9 @@ use futures::FutureExt;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use libp2p::core::transport::ListenerId;
+use libp2p::Transport as _;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::transport::{ListenerId, OptionalTransport};
 use libp2p::identity::Keypair;
 use libp2p::metrics::Recorder;
 use libp2p::multiaddr::Protocol;
@@ -138,6 +140,7 @@ impl NetworkService {
         let libp2p_metrics = libp2p::metrics::Metrics::new(&mut libp2p_registry);
         let node_behaviour = behaviour::build(&key, &behaviour_settings, &mut libp2p_registry)
             .map_err(StartError::Behaviour)?;
+        let quic_on = settings.quic_port.is_some();
         let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key.clone())
             .with_tokio()
             .with_tcp(
@@ -146,7 +149,16 @@ impl NetworkService {
                 yamux::Config::default,
             )
             .map_err(|e| StartError::Transport(e.to_string()))?
-            .with_quic()
+            // QUIC only on a node that listens on it: without quic_port it neither listens
+            // nor dials over QUIC (peers' QUIC addresses are not dialable from here).
+            .with_other_transport(|key| match quic_on {
+                true => OptionalTransport::some(
+                    libp2p::quic::tokio::Transport::new(libp2p::quic::Config::new(key))
+                        .map(|(peer, muxer), _| (peer, StreamMuxerBox::new(muxer))),
+                ),
+                false => OptionalTransport::none(),
+            })
+            .map_err(|e| StartError::Transport(e.to_string()))?
             .with_dns()
             .map_err(|e| StartError::Transport(e.to_string()))?
             .with_websocket(noise::Config::new, yamux::Config::default)
