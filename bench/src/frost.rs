@@ -15,19 +15,14 @@ use serde_json::json;
 
 use p2p_mpc_testenv::metric_sum;
 
-use crate::nodes::{Node, cluster, cluster_with_args, node_binary, post};
+use crate::nodes::{Node, cluster, cluster_with_args, metrics_page, node_binary, post};
 use crate::results::{Figure, quantile};
 
 /// Signatures the `nodes` coordinated, summed: (presigned, two rounds).
 async fn signature_paths(http: &reqwest::Client, nodes: &[Node]) -> anyhow::Result<(f64, f64)> {
     let (mut presigned, mut two_round) = (0.0, 0.0);
     for n in nodes {
-        let page = http
-            .get(format!("{}/metrics", n.metrics))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let page = metrics_page(http, n).await?;
         let path = |p| [("path", p)];
         presigned += metric_sum(&page, "p2p_mpc_signatures_total", &path("presigned"));
         two_round += metric_sum(&page, "p2p_mpc_signatures_total", &path("two_round"));

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::nodes::{Node, node_binary, peers};
+use crate::nodes::{Node, metrics_page, node_binary, peers};
 use crate::results::{Figure, quantile};
 use p2p_mpc_testenv::metric_sum;
 
@@ -93,12 +93,7 @@ fn summarize(
 async fn copies_read(http: &reqwest::Client, receivers: &[Node]) -> anyhow::Result<(f64, f64)> {
     let (mut all, mut first) = (0.0, 0.0);
     for r in receivers {
-        let page = http
-            .get(format!("{}/metrics", r.metrics))
-            .send()
-            .await?
-            .text()
-            .await?;
+        let page = metrics_page(http, r).await?;
         let hash = [("hash", TOPIC)];
         all += metric_sum(
             &page,

@@ -137,6 +137,16 @@ impl Node {
     }
 }
 
+/// A node's `/metrics` page.
+pub async fn metrics_page(http: &reqwest::Client, node: &Node) -> anyhow::Result<String> {
+    Ok(http
+        .get(format!("{}/metrics", node.metrics))
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 /// Connected peer ids of a node (`GET /v1/peers`).
 pub async fn peers(http: &reqwest::Client, node: &Node) -> anyhow::Result<Vec<String>> {
     let v: serde_json::Value = http

@@ -137,6 +137,29 @@ impl MpcEngine {
         }
     }
 
+    /// A holder's signing admission made durable (`persist`), and still valid: a policy
+    /// change of `key_id` applied since the invitation was admitted under `stamp` voids it.
+    pub(crate) async fn admitted_in_force(
+        &self,
+        admission: PendingAdmission,
+        key_id: &str,
+        stamp: PolicyStamp,
+    ) -> Result<Admitted, crate::mpc::session::SessionError> {
+        use crate::mpc::session::SessionError;
+        let local = self.inner.local;
+        let admitted = admission
+            .persist()
+            .await
+            .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
+        let now_in_force = self.inner.store.get(key_id).map(|k| k.info.policy_stamp());
+        if now_in_force != Some(stamp) && !self.inner.faults.skip_sign_authorization {
+            return Err(SessionError::failed(format!(
+                "peer {local}: the policy of key {key_id} changed while this request was admitted; refused"
+            )));
+        }
+        Ok(admitted)
+    }
+
     /// The coordinator's admission of a change of `key`'s policy to `new_policy`: approvals
     /// under the change domain by the current policy's change approvers (see
     /// `ReplayGuard::admit_change`).

@@ -198,12 +198,7 @@ impl MpcEngine {
                     let response = self
                         .finish(&mut inbox, collecting, &key, session, requests)
                         .await?;
-                    self.inner
-                        .metrics
-                        .signatures
-                        .with_label_values(&["presigned"])
-                        .inc();
-                    self.refill_presignatures(&key, &others);
+                    self.signed(&key, &others, "presigned");
                     return Ok(response);
                 }
                 Attempt::TwoRounds {
@@ -335,13 +330,19 @@ impl MpcEngine {
         let response = self
             .finish(&mut inbox, collecting, &key, session, replay)
             .await?;
+        self.signed(&key, &others, "two_round");
+        Ok(response)
+    }
+
+    /// After a signature with `key` made by `path` (`presigned`, `two_round`): counts it and
+    /// refills the presignatures of the other holders that run low.
+    fn signed(&self, key: &Arc<StoredKey>, others: &[PeerId], path: &str) {
         self.inner
             .metrics
             .signatures
-            .with_label_values(&["two_round"])
+            .with_label_values(&[path])
             .inc();
-        self.refill_presignatures(&key, &others);
-        Ok(response)
+        self.refill_presignatures(key, others);
     }
 
     /// A presigned attempt of the coordinator: `presigned` holds one presignature of each of
@@ -513,17 +514,7 @@ impl MpcEngine {
                     engine.intrude(&key.info.participants, coordinator, session).await;
                 }
                     // The request ids are on disk before this holder commits to anything.
-                    let admitted = admission
-                        .persist()
-                        .await
-                        .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
-                    // A policy change applied since the admission voids it.
-                    let now_in_force = engine.inner.store.get(&key_id).map(|k| k.info.policy_stamp());
-                    if now_in_force != Some(stamp) && !engine.inner.faults.skip_sign_authorization {
-                        return Err(SessionError::failed(format!(
-                            "peer {local}: the policy of key {key_id} changed while this request was admitted; refused"
-                        )));
-                    }
+                    let admitted = engine.admitted_in_force(admission, &key_id, stamp).await?;
                     // Round 1 with the key's ciphersuite; round 2 is what the signer does
                     // with the package, whatever the scheme.
                     let (signer, bytes): (SignRound2, Vec<u8>) = crate::with_share!(&key.share, share => {

@@ -345,16 +345,7 @@ impl MpcEngine {
         }
         self.spawn_participant(Protocol::Sign, session, vec![coordinator], move |engine, _inbox| async move {
             // The request ids are on disk before the presignature signs anything.
-            let admitted = admission
-                .persist()
-                .await
-                .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
-            let now_in_force = engine.inner.store.get(&key_id).map(|k| k.info.policy_stamp());
-            if now_in_force != Some(stamp) && !engine.inner.faults.skip_sign_authorization {
-                return Err(SessionError::failed(format!(
-                    "peer {local}: the policy of key {key_id} changed while this request was admitted; refused"
-                )));
-            }
+            let admitted = engine.admitted_in_force(admission, &key_id, stamp).await?;
             let share = crate::with_share!(&key.share, share => {
                 let nonces = scheme_nonces(nonces, share)?;
                 let signer = Signer::presigned(admitted, nonces, share, &local, coordinator, message)?;
