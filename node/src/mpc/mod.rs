@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod policy;
 pub mod policy_change;
 pub mod replay_guard;
+pub mod reshare;
 pub mod scheme;
 pub mod session;
 pub mod sign;

@@ -518,6 +518,12 @@ impl<C: Suite> Confirming<C> {
     }
 }
 
+/// What other cores' tests build on: a key made by this core.
+#[cfg(test)]
+pub(crate) mod testing {
+    pub(crate) use super::tests::dkg;
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::super::scheme::testing::for_each_suite;
@@ -594,7 +600,7 @@ mod tests {
         r2.into_iter().map(|r| r.part3().unwrap()).unzip()
     }
 
-    fn dkg<C: Suite>(t: u16, peers: &[PeerId]) -> Vec<DkgOutput<C>> {
+    pub(crate) fn dkg<C: Suite>(t: u16, peers: &[PeerId]) -> Vec<DkgOutput<C>> {
         let (mut c, mine) = confirming::<C>(t, peers);
         for (i, round) in c.iter_mut().enumerate() {
             for (j, m) in mine.iter().enumerate() {
