@@ -37,6 +37,7 @@ fn flood_message(i: u64, victim: &str, flooder: &str) -> Vec<u8> {
                 version: 0,
                 digest: [0; 32],
             },
+            generation: 0,
         },
         2 => Body::DkgRound1 {
             package: vec![0; 64 * 1024],

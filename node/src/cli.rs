@@ -130,6 +130,9 @@ pub struct PolicyArgs {
     /// How many distinct admins must approve a policy change (default 1).
     #[arg(long, value_name = "K", requires = "admins")]
     pub admin_approvals: Option<u16>,
+    /// Who may move the key to other holders or refresh it: `approvals` (the clients, or an open key's admins, who may change the policy; the default) or `roster` (a request that moves it to exactly the cluster roster's members, as the operator does when a cluster scales).
+    #[arg(long, value_name = "RULE", value_parser = ["approvals", "roster"])]
+    pub reshare: Option<String>,
 }
 
 /// `p2p-mpc client ...`: the Ed25519 keys that API clients authorize signing requests with.
@@ -249,6 +252,38 @@ pub enum KeysCommand {
         /// How many distinct admins must approve a policy change (default 1).
         #[arg(long, value_name = "K", requires = "admins")]
         admin_approvals: Option<u16>,
+    },
+    /// Refresh a key's shares on its holders (POST /v1/keys/{key_id}/refresh): same group key, new shares; a share that leaked before is useless with the new ones.
+    Refresh {
+        /// The key id.
+        #[arg(value_name = "KEY_ID")]
+        key_id: String,
+        #[command(flatten)]
+        authorize: AuthorizeArgs,
+        #[command(flatten)]
+        api: ApiClientArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
+    /// Move a key to another holder set (POST /v1/keys/{key_id}/reshare): same group key and threshold; new holders get shares, dropped holders delete theirs.
+    Reshare {
+        /// The key id.
+        #[arg(value_name = "KEY_ID")]
+        key_id: String,
+        /// The new holders' peer ids (repeatable or comma-separated): kept holders, new ones; those left out are dropped.
+        #[arg(
+            long = "holders",
+            value_delimiter = ',',
+            value_name = "PEER_ID",
+            required = true
+        )]
+        holders: Vec<String>,
+        #[command(flatten)]
+        authorize: AuthorizeArgs,
+        #[command(flatten)]
+        api: ApiClientArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
     },
     /// Sign a message with a key (POST /v1/keys/{key_id}/sign).
     Sign {

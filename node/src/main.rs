@@ -232,6 +232,8 @@ fn run_subcommand(command: Command) -> ExitCode {
                 | KeysCommand::List { api, .. }
                 | KeysCommand::Show { api, .. }
                 | KeysCommand::SetPolicy { api, .. }
+                | KeysCommand::Refresh { api, .. }
+                | KeysCommand::Reshare { api, .. }
                 | KeysCommand::Sign { api, .. } => api.clone(),
                 KeysCommand::ConvertLegacy { .. } => unreachable!("handled above"),
             };

@@ -122,7 +122,10 @@ pub async fn run(
     for path in &report.removed_pending {
         warn!(path = %path.display(), "removed a key share whose DKG never completed");
     }
-    info!(keys = report.loaded, dir = %key_store.dir().display(), "key shares loaded");
+    for path in &report.removed_stale {
+        info!(path = %path.display(), "removed a staged generation that is active already");
+    }
+    info!(keys = report.loaded, staged = report.staged, dir = %key_store.dir().display(), "key shares loaded");
     let legacy: Vec<String> = key_store
         .list()
         .into_iter()
@@ -249,6 +252,7 @@ pub async fn run(
     let router_task = tokio::spawn(mpc.clone().run_router(mpc_inbound));
     // A holder that was down while a key's policy changed learns of it from its peers.
     mpc.catch_up_policies_at_start(POLICY_CATCH_UP_DELAY);
+    mpc.resolve_staged_at_start();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -145,6 +145,7 @@ async fn a_flooding_member_gets_bounded_memory_and_signing_goes_on() {
                         version: 0,
                         digest: [0; 32],
                     },
+                    generation: 0,
                 }
             } else {
                 Body::DkgInvite {

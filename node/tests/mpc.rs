@@ -35,6 +35,8 @@ for_each_scheme!(
     t_minus_one_compromised_holders_cannot_sign_alone,
     a_front_running_holder_gets_nothing_and_the_chosen_coordinator_signs,
     a_revocation_holds_while_a_holder_is_down_and_stale_holders_catch_up,
+    a_key_grows_to_new_holders_and_moves_away_from_dropped_ones,
+    kill_9_during_a_reshare_leaves_one_generation_and_a_new_one_succeeds,
 );
 
 /// Round deadline of the test nodes, so that dead participants are noticed quickly.
@@ -2283,4 +2285,377 @@ async fn a_holder_without_the_presignature_still_signs_in_two_rounds() {
         "every signature fell back to two rounds"
     );
     assert_eq!(presigned_count(a).await, 0.0);
+}
+
+// ---- Membership change: refresh and reshare ----
+
+/// An approval by `client` of moving `key_id` to `holders` as generation `generation`.
+fn reshare_approval(
+    client: &ed25519_dalek::SigningKey,
+    key_id: &str,
+    generation: u64,
+    holders: &[&NodeProcess],
+) -> Value {
+    use p2p_mpc_node::mpc::policy;
+    let peers: Vec<libp2p::PeerId> = holders.iter().map(|n| n.peer_id.parse().unwrap()).collect();
+    let what = policy::Approves::Reshare {
+        generation,
+        holders: policy::holders_digest(&peers),
+    };
+    serde_json::to_value(policy::approve(client, key_id, what, policy::now() + 60)).unwrap()
+}
+
+async fn reshare(
+    node: &NodeProcess,
+    key_id: &str,
+    holders: &[&NodeProcess],
+    authorizations: Vec<Value>,
+) -> (u16, Value) {
+    let ids: Vec<&str> = holders.iter().map(|n| n.peer_id.as_str()).collect();
+    post(
+        node,
+        &format!("/v1/keys/{key_id}/reshare"),
+        json!({ "holders": ids, "authorizations": authorizations }),
+    )
+    .await
+}
+
+/// Waits until `node` shows `key_id` at `generation` held by exactly `holders`.
+async fn wait_generation(
+    node: &NodeProcess,
+    key_id: &str,
+    generation: u64,
+    holders: &[&NodeProcess],
+) -> Value {
+    let mut expected: Vec<String> = holders.iter().map(|n| n.peer_id.clone()).collect();
+    expected.sort();
+    wait_for(
+        &format!("{} to hold generation {generation} of {key_id}", node.name),
+        Duration::from_secs(60),
+        || async {
+            let key = node.get(&format!("/v1/keys/{key_id}")).await?;
+            let participants: Vec<String> = key["participants"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str().map(String::from))
+                .collect();
+            if key["generation"] == generation && participants == expected {
+                Ok(key)
+            } else {
+                Err(key.to_string())
+            }
+        },
+    )
+    .await
+}
+
+/// Signs `message` through `node` with `client`'s authorization and checks the signature
+/// under `key` (its public key, unchanged by every reshare) with code that shares nothing
+/// with ours; returns the signers.
+async fn sign_and_verify(
+    node: &NodeProcess,
+    key: &Value,
+    client: &ed25519_dalek::SigningKey,
+    message: &[u8],
+) -> Vec<String> {
+    let key_id = key["key_id"].as_str().unwrap();
+    let (status, body) = sign_with(
+        node,
+        key_id,
+        message,
+        vec![auth(client, node, key_id, message, 60)],
+    )
+    .await;
+    assert_eq!(status, 200, "signing through {}: {body}", node.name);
+    verify_everywhere(key, message, body["signature"].as_str().unwrap());
+    signers(&body)
+}
+
+fn key_files(dir: &Path, name: &str) -> Vec<String> {
+    common::files_ending(&dir.join(format!("data-{name}/keys")), ".key.json")
+}
+
+/// A 2-of-3 key grows to 5 holders (3 old, 2 new) and then moves to 3 holders that drop two
+/// old ones; the group key never changes, signers mixing old and new holders sign, the
+/// dropped holders delete their shares, and a dropped holder that kept its old share cannot
+/// sign with the new holders. Each step needs the clients' approval, checked by every holder.
+async fn a_key_grows_to_new_holders_and_moves_away_from_dropped_ones(scheme: &str) {
+    let dir = tempdir();
+    let names = ["a", "b", "c", "d", "e"];
+    let mut nodes = start_cluster(dir.path(), &names, |_| vec![]).await;
+    let client = client_key();
+    let policy = json!({ "clients": [public(&client)] });
+    let key = {
+        let first: Vec<&NodeProcess> = nodes[..3].iter().collect();
+        create_key_with(scheme, &nodes[0], 2, &first, policy).await
+    };
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    assert_eq!(key["generation"], 0, "{key}");
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+
+    // Without the clients' approval, with a signing authorization in its place, or with an
+    // approval of another holder set: refused, and nothing changes.
+    assert_refused(
+        "no approval",
+        reshare(all[0], &key_id, &all, vec![]).await,
+        "too_few_approvals",
+    );
+    let signing = auth(&client, all[0], &key_id, b"move", 60);
+    assert_refused(
+        "a signing authorization",
+        reshare(all[0], &key_id, &all, vec![signing]).await,
+        "malformed",
+    );
+    let other_set = reshare_approval(&client, &key_id, 1, &all[..4]);
+    assert_refused(
+        "an approval of another holder set",
+        reshare(all[0], &key_id, &all, vec![other_set]).await,
+        "invalid_signature",
+    );
+    let stale = reshare_approval(&client, &key_id, 2, &all);
+    assert_refused(
+        "an approval of another generation",
+        reshare(all[0], &key_id, &all, vec![stale]).await,
+        "invalid_signature",
+    );
+    for n in &nodes[3..] {
+        assert_eq!(key_count(n).await, 0, "{} got nothing", n.name);
+    }
+
+    // 2-of-3 → 2-of-5.
+    let approval = reshare_approval(&client, &key_id, 1, &all);
+    let (status, grown) = reshare(all[0], &key_id, &all, vec![approval.clone()]).await;
+    assert_eq!(status, 200, "{grown}");
+    assert_eq!(grown["generation"], 1, "{grown}");
+    assert_eq!(grown["public_key"], key["public_key"], "same group key");
+    for n in &all {
+        let shown = wait_generation(n, &key_id, 1, &all).await;
+        assert_eq!(shown["public_key"], key["public_key"], "{}", n.name);
+        assert_eq!(shown["policy"], key["policy"], "{}", n.name);
+    }
+    // The same approval again: it approves generation 1, which exists now.
+    assert_refused(
+        "a replayed approval",
+        reshare(all[0], &key_id, &all, vec![approval]).await,
+        "invalid_signature",
+    );
+    let signed = sign_and_verify(&nodes[3], &key, &client, b"by the new holder d").await;
+    assert!(signed.contains(&nodes[3].peer_id), "{signed:?}");
+
+    // Only a (old) and d (new) alive: they sign together.
+    for i in [1, 2, 4] {
+        nodes[i].kill();
+    }
+    let mut pair = sign_and_verify(&nodes[0], &key, &client, b"old a with new d").await;
+    pair.sort();
+    let mut expected = vec![nodes[0].peer_id.clone(), nodes[3].peer_id.clone()];
+    expected.sort();
+    assert_eq!(pair, expected);
+    for (i, name) in [(1, "b"), (2, "c"), (4, "e")] {
+        let node = start_node(dir.path(), name, &nodes[..1], &[]).await;
+        nodes[i] = node;
+    }
+    for n in &nodes {
+        for other in &nodes {
+            if other.peer_id != n.peer_id {
+                n.wait_connected_to(&other.peer_id, Duration::from_secs(30))
+                    .await;
+                wait_identified(n, &other.peer_id).await;
+            }
+        }
+    }
+
+    // 2-of-5 → 2-of-3 on c, d, e: a and b are dropped. Keep a's generation-1 file, as a
+    // dropped holder that does not delete its share would.
+    let kept_file = dir.path().join("a-generation-1.key.json");
+    std::fs::copy(
+        dir.path().join(format!("data-a/keys/{key_id}.key.json")),
+        &kept_file,
+    )
+    .unwrap();
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let remaining: Vec<&NodeProcess> = nodes[2..].iter().collect();
+    let approval = reshare_approval(&client, &key_id, 2, &remaining);
+    let (status, moved) = reshare(all[2], &key_id, &remaining, vec![approval]).await;
+    assert_eq!(status, 200, "{moved}");
+    assert_eq!(moved["generation"], 2, "{moved}");
+    for n in &remaining {
+        wait_generation(n, &key_id, 2, &remaining).await;
+    }
+    for n in &nodes[..2] {
+        wait_for(
+            &format!("{} to drop its share", n.name),
+            Duration::from_secs(30),
+            || async {
+                let files = key_files(dir.path(), &n.name);
+                if key_count(n).await == 0 && files.is_empty() {
+                    Ok(())
+                } else {
+                    Err(format!("{files:?}"))
+                }
+            },
+        )
+        .await;
+    }
+    let signed = sign_and_verify(&nodes[4], &key, &client, b"after the move").await;
+    assert!(!signed.contains(&nodes[0].peer_id) && !signed.contains(&nodes[1].peer_id));
+
+    // a with its old share back: the new holders do not count it a holder any more and
+    // refuse to sign with it.
+    nodes[0].kill();
+    std::fs::copy(
+        &kept_file,
+        dir.path().join(format!("data-a/keys/{key_id}.key.json")),
+    )
+    .unwrap();
+    let a = start_node(dir.path(), "a", &nodes[2..3], &[]).await;
+    for n in &nodes[2..] {
+        a.wait_connected_to(&n.peer_id, Duration::from_secs(30))
+            .await;
+        wait_identified(&a, &n.peer_id).await;
+    }
+    assert_eq!(
+        a.get(&format!("/v1/keys/{key_id}")).await.unwrap()["generation"],
+        1
+    );
+    let message = b"a's old share";
+    let (status, body) = sign_with(
+        &a,
+        &key_id,
+        message,
+        vec![auth(&client, &a, &key_id, message, 60)],
+    )
+    .await;
+    assert_ne!(
+        status, 200,
+        "a dropped holder signed with the new holders: {body}"
+    );
+    assert!(body["signature"].is_null(), "{body}");
+    let error = body["error"].as_str().unwrap_or_default();
+    for n in &nodes[2..] {
+        let refusal = format!(
+            "peer {} refused the message: peer {} does not hold a share",
+            n.peer_id, a.peer_id
+        );
+        assert!(error.contains(&refusal), "{} refuses a: {error}", n.name);
+    }
+}
+
+/// Reads a node's generation of `key_id` (none when it holds no share).
+async fn generation_on(node: &NodeProcess, key_id: &str) -> Option<u64> {
+    node.get(&format!("/v1/keys/{key_id}")).await.ok()?["generation"].as_u64()
+}
+
+/// Waits until every node holds `key_id` at one generation; returns it.
+async fn one_generation(nodes: &[NodeProcess], key_id: &str) -> u64 {
+    wait_for(
+        "every holder at one generation",
+        Duration::from_secs(60),
+        || async {
+            let mut seen = Vec::new();
+            for n in nodes {
+                seen.push(generation_on(n, key_id).await);
+            }
+            match seen[..] {
+                [Some(g), ..] if seen.iter().all(|s| *s == Some(g)) => Ok(g),
+                _ => Err(format!("{seen:?}")),
+            }
+        },
+    )
+    .await
+}
+
+/// A holder killed at several points of a refresh (by timed kill -9, and by exiting just
+/// before and just after it staged its new share): afterwards every holder has one
+/// generation active, each signs, and a new refresh succeeds.
+async fn kill_9_during_a_reshare_leaves_one_generation_and_a_new_one_succeeds(scheme: &str) {
+    let dir = tempdir();
+    let mut nodes = start_cluster(dir.path(), &["p0", "p1", "victim"], |_| vec![]).await;
+    let client = client_key();
+    let all: Vec<&NodeProcess> = nodes.iter().collect();
+    let key = create_key_with(
+        scheme,
+        &nodes[0],
+        2,
+        &all,
+        json!({ "clients": [public(&client)] }),
+    )
+    .await;
+    let key_id = key["key_id"].as_str().unwrap().to_string();
+    let points: [(&str, u64); 6] = [
+        ("crash-before-reshare-stage", 0),
+        ("crash-after-reshare-stage", 0),
+        ("", 0),
+        ("", 5),
+        ("", 20),
+        ("", 60),
+    ];
+    for (round, (fault, delay_ms)) in points.into_iter().enumerate() {
+        let generation = one_generation(&nodes, &key_id).await;
+        if !fault.is_empty() {
+            nodes[2].kill();
+            let env = [("P2P_MPC_TEST_FAULT", fault)];
+            nodes[2] = start_node(dir.path(), "victim", &nodes[..1], &env).await;
+            for n in &nodes[..2] {
+                nodes[2]
+                    .wait_connected_to(&n.peer_id, Duration::from_secs(30))
+                    .await;
+                wait_identified(n, &nodes[2].peer_id).await;
+            }
+        }
+        let holders: Vec<&NodeProcess> = nodes.iter().collect();
+        let approval = reshare_approval(&client, &key_id, generation + 1, &holders);
+        let path = format!("/v1/keys/{key_id}/refresh");
+        let request = post(&nodes[0], &path, json!({ "authorizations": [approval] }));
+        let kill = async {
+            if fault.is_empty() {
+                tokio::time::sleep(Duration::from_millis(delay_ms)).await;
+                let pid = nodes[2].pid();
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &pid.to_string()])
+                    .status();
+            }
+        };
+        let ((status, body), ()) = tokio::join!(request, kill);
+        eprintln!(
+            "round {round} ({fault} {delay_ms} ms): {status} {}",
+            body["error"].as_str().unwrap_or("(refreshed)")
+        );
+        assert!(
+            matches!(status, 200 | 400 | 502),
+            "round {round}: {status} {body}"
+        );
+        nodes[2].kill();
+        let restarted = start_node(dir.path(), "victim", &nodes[..2], &[]).await;
+        for n in &nodes[..2] {
+            restarted
+                .wait_connected_to(&n.peer_id, Duration::from_secs(30))
+                .await;
+            wait_identified(n, &restarted.peer_id).await;
+        }
+        nodes[2] = restarted;
+        let after = one_generation(&nodes, &key_id).await;
+        assert!(
+            after == generation || after == generation + 1,
+            "round {round}: generation {after} after {generation}"
+        );
+        for n in &nodes {
+            let message = format!("round {round} through {}", n.name).into_bytes();
+            sign_and_verify(n, &key, &client, &message).await;
+        }
+    }
+    // A new refresh succeeds and every holder moves to it.
+    let generation = one_generation(&nodes, &key_id).await;
+    let holders: Vec<&NodeProcess> = nodes.iter().collect();
+    let approval = reshare_approval(&client, &key_id, generation + 1, &holders);
+    let (status, body) = post(
+        &nodes[1],
+        &format!("/v1/keys/{key_id}/refresh"),
+        json!({ "authorizations": [approval] }),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(one_generation(&nodes, &key_id).await, generation + 1);
+    sign_and_verify(&nodes[2], &key, &client, b"after the storm").await;
 }

@@ -33,6 +33,10 @@ pub const CREATE_KEY: usize = FIXED + crate::mpc::wire::MAX_PEERS * PEER_ID + PO
 pub const SIGN: usize = FIXED + 2 * super::keys::MAX_SIGN_MESSAGE + MAX_CLIENTS * AUTHORIZATION;
 /// `POST /v1/keys/{id}/policy`: the largest policy and an approval per client.
 pub const SET_POLICY: usize = FIXED + POLICY + MAX_CLIENTS * AUTHORIZATION;
+/// `POST /v1/keys/{id}/reshare` (and `/refresh`): the most holders and an approval per
+/// client.
+pub const RESHARE: usize =
+    FIXED + crate::mpc::wire::MAX_PEERS * PEER_ID + MAX_CLIENTS * AUTHORIZATION;
 /// `POST /v1/aggregations`: the most participants a task takes.
 pub const CREATE_AGGREGATION: usize = FIXED + crate::mpc::aggregation::MAX_PARTICIPANTS * PEER_ID;
 /// `POST /v1/peers/{id}/transfer`: one number.

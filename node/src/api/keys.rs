@@ -59,6 +59,28 @@ pub struct PolicyRequest {
     pub authorizations: Vec<Authorization>,
 }
 
+/// Body of `POST /v1/keys/{key_id}/refresh`.
+#[derive(Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RefreshRequest {
+    /// Client approvals of the refresh (none for a `roster` key): signatures under the
+    /// reshare domain over the key id, the next generation and the current holder set
+    /// ([`crate::mpc::policy::Approves::Reshare`]).
+    #[serde(default)]
+    pub authorizations: Vec<Authorization>,
+}
+
+/// Body of `POST /v1/keys/{key_id}/reshare`.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReshareRequest {
+    /// The new holders' peer ids (old ones kept, new ones added, missing ones dropped).
+    pub holders: Vec<String>,
+    /// Client approvals, as for a refresh but over the new holder set.
+    #[serde(default)]
+    pub authorizations: Vec<Authorization>,
+}
+
 /// Body of `POST /v1/keys/{key_id}/sign`.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,6 +124,7 @@ impl From<MpcError> for ApiError {
                 "limit_reached",
                 e.to_string(),
             ),
+            MpcError::Conflict(_) => ApiError::new(StatusCode::CONFLICT, "conflict", e.to_string()),
             MpcError::Internal(_) => {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
             }
@@ -249,6 +272,56 @@ pub(super) async fn sign(
     )
     .await
     .map_err(|e| MpcError::Internal(format!("the signing task failed: {e}")))??;
+    Ok(Json(answer))
+}
+
+pub(super) async fn refresh(
+    State(state): State<ApiState>,
+    Path(key_id): Path<String>,
+    Limited(body): Limited<{ body::RESHARE }>,
+) -> Result<Json<KeyInfo>, ApiError> {
+    let req: RefreshRequest = parse_body(&body)?;
+    reshare_with(state, key_id, None, req.authorizations).await
+}
+
+pub(super) async fn reshare(
+    State(state): State<ApiState>,
+    Path(key_id): Path<String>,
+    Limited(body): Limited<{ body::RESHARE }>,
+) -> Result<Json<KeyInfo>, ApiError> {
+    let req: ReshareRequest = parse_body(&body)?;
+    if req.holders.len() > crate::mpc::wire::MAX_PEERS {
+        return Err(ApiError::bad_request(
+            "invalid_request",
+            format!(
+                "{} holders; at most {} are taken",
+                req.holders.len(),
+                crate::mpc::wire::MAX_PEERS
+            ),
+        ));
+    }
+    let holders = parse_peers(&req.holders)
+        .map_err(|m| ApiError::bad_request("invalid_request", format!("holders: {m}")))?;
+    reshare_with(state, key_id, Some(holders), req.authorizations).await
+}
+
+/// Runs a refresh (`holders` none) or reshare of `key_id` from this node.
+async fn reshare_with(
+    state: ApiState,
+    key_id: String,
+    holders: Option<Vec<libp2p::PeerId>>,
+    authorizations: Vec<Authorization>,
+) -> Result<Json<KeyInfo>, ApiError> {
+    check_authorization_count(&authorizations)?;
+    if state.mpc.key(&key_id).is_none() {
+        return Err(MpcError::UnknownKey(key_id).into());
+    }
+    let mpc = state.mpc.clone();
+    let answer = tokio::spawn(
+        async move { mpc.reshare_key(&key_id, holders, authorizations).await }.in_current_span(),
+    )
+    .await
+    .map_err(|e| MpcError::Internal(format!("the reshare task failed: {e}")))??;
     Ok(Json(answer))
 }
 

@@ -175,6 +175,14 @@ pub fn router(state: ApiState) -> Router {
             axum::routing::post(keys::set_policy),
         )
         .route(
+            "/v1/keys/{key_id}/refresh",
+            axum::routing::post(keys::refresh),
+        )
+        .route(
+            "/v1/keys/{key_id}/reshare",
+            axum::routing::post(keys::reshare),
+        )
+        .route(
             "/v1/aggregations",
             axum::routing::post(aggregations::create),
         )

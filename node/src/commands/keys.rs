@@ -1,5 +1,5 @@
-//! `p2p-mpc keys create|list|show|set-policy|sign`: threshold keys through a node's HTTP
-//! API (`convert-legacy` works offline, in `main`).
+//! `p2p-mpc keys create|list|show|set-policy|refresh|reshare|sign`: threshold keys through a
+//! node's HTTP API (`convert-legacy` works offline, in `main`).
 
 use serde_json::{Value, json};
 
@@ -99,6 +99,25 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
                 out
             });
         }
+        KeysCommand::Refresh {
+            key_id,
+            authorize,
+            output,
+            ..
+        } => {
+            let key = reshare(&client, &key_id, None, &authorize).await?;
+            print(output, &key, || key_details(&key));
+        }
+        KeysCommand::Reshare {
+            key_id,
+            holders,
+            authorize,
+            output,
+            ..
+        } => {
+            let key = reshare(&client, &key_id, Some(holders), &authorize).await?;
+            print(output, &key, || key_details(&key));
+        }
         KeysCommand::ConvertLegacy { .. } => {
             return Err(ClientError::Decode(
                 "`keys convert-legacy` works on a data directory, not through the API".into(),
@@ -168,6 +187,56 @@ pub async fn run(client: ApiClient, command: KeysCommand) -> Result<(), ClientEr
     Ok(())
 }
 
+/// Refreshes (`holders` none) or reshares `key_id` through the node, approving it with the
+/// client key files given: the approvals name the generation made (the key's current one,
+/// as this node shows it, plus one) and the new holder set.
+async fn reshare(
+    client: &ApiClient,
+    key_id: &str,
+    holders: Option<Vec<String>>,
+    authorize: &crate::cli::AuthorizeArgs,
+) -> Result<Value, ClientError> {
+    let key_path = format!("v1/keys/{}", encode_segment(key_id));
+    let info: Value = client.get(&key_path).await?;
+    let set = match &holders {
+        Some(list) => list.clone(),
+        None => info["participants"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|p| p.as_str().map(String::from))
+                    .collect()
+            })
+            .unwrap_or_default(),
+    };
+    let peers = crate::mpc::parse_peers(&set)
+        .map_err(|e| ClientError::Decode(format!("--holders: {e}")))?;
+    let generation = info["generation"].as_u64().unwrap_or(0) + 1;
+    let what = crate::mpc::policy::Approves::Reshare {
+        generation,
+        holders: crate::mpc::policy::holders_digest(&peers),
+    };
+    let authorizations = crate::commands::client::approve_with_files(authorize, key_id, what)
+        .map_err(ClientError::Decode)?;
+    match holders {
+        None => {
+            let path = format!("v1/keys/{}/refresh", encode_segment(key_id));
+            client
+                .post(&path, &json!({ "authorizations": authorizations }))
+                .await
+        }
+        Some(list) => {
+            let path = format!("v1/keys/{}/reshare", encode_segment(key_id));
+            client
+                .post(
+                    &path,
+                    &json!({ "holders": list, "authorizations": authorizations }),
+                )
+                .await
+        }
+    }
+}
+
 /// The JSON policy that the flags describe.
 fn policy_json(p: &crate::cli::PolicyArgs) -> Value {
     let mut policy = if p.open {
@@ -193,6 +262,9 @@ fn policy_json(p: &crate::cli::PolicyArgs) -> Value {
     if let Some(k) = p.admin_approvals {
         policy["admin_approvals"] = json!(k);
     }
+    if let Some(rule) = &p.reshare {
+        policy["reshare"] = json!(rule);
+    }
     policy
 }
 
@@ -210,6 +282,15 @@ fn list(v: &Value) -> String {
 }
 
 fn policy_label(p: &Value) -> String {
+    let label = signing_label(p);
+    if p["reshare"] == json!("roster") {
+        format!("{label}; reshared to the roster")
+    } else {
+        label
+    }
+}
+
+fn signing_label(p: &Value) -> String {
     if p["legacy"] == json!(true) {
         return "legacy-open".into();
     }
@@ -257,6 +338,7 @@ fn key_details(k: &Value) -> String {
             format!("{} of {n}", text(&k["threshold"])),
         ),
         ("participants".to_string(), list(&k["participants"])),
+        ("generation".to_string(), text(&k["generation"])),
         ("public key".to_string(), text(&k["public_key"])),
     ];
     if !k["internal_key"].is_null() {

@@ -32,6 +32,15 @@ use super::replay_guard::Pending;
 use super::store::{KeyInfo, StoredKey};
 use super::{InviteRefusal, MpcEngine};
 
+/// Which version of a key a coordinator signs with: the policy it checked the request
+/// against and the generation of the shares. A holder with either one different refuses
+/// (`policy_version_mismatch`, `generation_mismatch`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyVersion {
+    pub stamp: PolicyStamp,
+    pub generation: u64,
+}
+
 /// Proof that a signing request passed the gate and its request ids are on disk. Made only
 /// by [`PendingAdmission::persist`]; spent by [`round1`].
 #[must_use = "an admission is spent by signing round 1 (or the policy change it admits)"]
@@ -54,6 +63,16 @@ impl PendingAdmission {
             pending.persist().await?;
         }
         Ok(Admitted { _sealed: () })
+    }
+
+    /// An admission that reserved no request ids (a rule that needs no client approval).
+    pub(crate) fn none() -> Self {
+        Self { ids: None }
+    }
+
+    /// An admission that reserved `ids`.
+    pub(crate) fn of(ids: Pending) -> Self {
+        Self { ids: Some(ids) }
     }
 
     /// Test-only (`skip-sign-authorization`, a compromised node): an admission without any
@@ -103,13 +122,14 @@ impl MpcEngine {
         &self,
         coordinator: PeerId,
         key_id: &str,
-        stamp: PolicyStamp,
+        version: KeyVersion,
         message: &[u8],
         authorizations: &[Authorization],
     ) -> Result<(Arc<StoredKey>, PendingAdmission), InviteRefusal> {
         let key = self.key_shared_with(key_id, coordinator)?;
         let checked = self
-            .check_stamp(&key, coordinator, stamp)
+            .check_stamp(&key, coordinator, version.stamp)
+            .and_then(|()| self.check_generation(&key, coordinator, version.generation))
             .and_then(|()| self.check_signing(&key.info, coordinator, message, authorizations));
         match checked {
             Ok(admission) => Ok((key, admission)),
@@ -219,6 +239,31 @@ impl MpcEngine {
             return Ok(());
         }
         Err(self.policy_mismatch(&key.info.key_id, coordinator, theirs, ours))
+    }
+
+    /// The coordinator signs with the generation of the shares this holder has active. A
+    /// holder that staged the coordinator's newer generation asks the other holders whether
+    /// it may activate it.
+    fn check_generation(
+        &self,
+        key: &StoredKey,
+        coordinator: PeerId,
+        theirs: u64,
+    ) -> Result<(), Refusal> {
+        let ours = key.info.generation;
+        if theirs == ours {
+            return Ok(());
+        }
+        if theirs > ours {
+            self.spawn_staged_resolution(&key.info.key_id);
+        }
+        Err(policy::refuse(
+            "generation_mismatch",
+            format!(
+                "coordinator {coordinator} signs with generation {theirs} of key {}, this holder has generation {ours} active",
+                key.info.key_id
+            ),
+        ))
     }
 
     fn check_policy_change(

@@ -45,6 +45,13 @@ pub struct Faults {
     /// Store a DKG share but never confirm it to the coordinator (the coordinator and this
     /// node must then discard the pending key).
     pub withhold_dkg_stored: bool,
+    /// Exit (status 9, as if killed) right after staging a reshare's new share, before
+    /// telling anyone: the others must keep the current generation active, and this node
+    /// must resolve the staged one after its restart.
+    pub crash_after_reshare_stage: bool,
+    /// Exit (status 9) right before staging a reshare's new share, after the confirmation
+    /// round: the others must not activate the new generation.
+    pub crash_before_reshare_stage: bool,
     /// Store a new aggregation task but never confirm it to the coordinator (every node
     /// must then discard the pending task).
     pub withhold_task_stored: bool,
@@ -144,6 +151,8 @@ impl Faults {
                 "plaintext-shares" => f.plaintext_shares = true,
                 "skip-sign-authorization" => f.skip_sign_authorization = true,
                 "withhold-dkg-stored" => f.withhold_dkg_stored = true,
+                "crash-after-reshare-stage" => f.crash_after_reshare_stage = true,
+                "crash-before-reshare-stage" => f.crash_before_reshare_stage = true,
                 "withhold-task-stored" => f.withhold_task_stored = true,
                 "no-policy-catch-up-at-start" => f.no_policy_catch_up_at_start = true,
                 "front-run-signing" => f.front_run_signing = true,

@@ -65,6 +65,9 @@ pub enum MpcError {
     /// A cap of this node is reached (429).
     #[error("{0}")]
     Limit(String),
+    /// Another operation on the same key is running (409).
+    #[error("{0}")]
+    Conflict(String),
     /// Something local went wrong (500).
     #[error("{0}")]
     Internal(String),
@@ -194,6 +197,8 @@ struct Inner {
     policy: policy_change::PolicyState,
     /// Presignatures, as holder and as coordinator.
     presign: sign::presigned::Presignatures,
+    /// Reshares running and staged generations being resolved.
+    reshare: reshare::ReshareState,
 }
 
 /// The node's MPC handle; cheap to clone.
@@ -256,6 +261,7 @@ impl MpcEngine {
                 replay_guard: settings.replay_guard,
                 policy,
                 presign: sign::presigned::Presignatures::new(settings.presign),
+                reshare: reshare::ReshareState::default(),
             }),
         }
     }
@@ -395,12 +401,20 @@ impl MpcEngine {
                 message,
                 authorizations,
                 policy,
-            } => self.join_signing(session, from, key_id, policy, message, authorizations),
+                generation,
+            } => {
+                let version = admission::KeyVersion {
+                    stamp: policy,
+                    generation,
+                };
+                self.join_signing(session, from, key_id, version, message, authorizations)
+            }
             Body::SignPresigned {
                 key_id,
                 message,
                 authorizations,
                 policy,
+                generation,
                 epoch,
                 signing_package,
             } => {
@@ -408,7 +422,10 @@ impl MpcEngine {
                     key_id,
                     message,
                     authorizations,
-                    stamp: policy,
+                    version: admission::KeyVersion {
+                        stamp: policy,
+                        generation,
+                    },
                     epoch,
                     package: signing_package,
                 };
@@ -448,6 +465,32 @@ impl MpcEngine {
                 key_id,
                 after_version,
             } => self.answer_policy_sync(session, from, &key_id, after_version),
+            Body::ReshareInvite {
+                key_id,
+                scheme,
+                threshold,
+                generation,
+                old,
+                new,
+                metadata,
+                authorizations,
+            } => self.join_reshare(
+                session,
+                from,
+                key_id,
+                scheme,
+                threshold,
+                generation,
+                old,
+                new,
+                metadata,
+                authorizations,
+            ),
+            Body::ReshareStatusRequest {
+                key_id,
+                generation,
+                digest,
+            } => self.answer_reshare_status(session, from, &key_id, generation, digest),
             body => Err(other(format!(
                 "a {} message does not open a session",
                 body.kind()

@@ -39,6 +39,8 @@ pub const MAX_AHEAD: Duration = Duration::from_secs(600);
 pub const AUTHORIZATION_DOMAIN: &[u8] = b"p2p-mpc sign authorization v2\0";
 /// Domain separation of the bytes a client signs to approve a policy change.
 pub const CHANGE_APPROVAL_DOMAIN: &[u8] = b"p2p-mpc policy change approval v2\0";
+/// Domain separation of the bytes a client signs to approve a reshare or refresh.
+pub const RESHARE_APPROVAL_DOMAIN: &[u8] = b"p2p-mpc reshare approval v1\0";
 /// Domain separation of the bytes a holder signs to vote for a policy change (see
 /// [`policy_change`](super::policy_change)).
 pub const VOTE_DOMAIN: &[u8] = b"p2p-mpc policy change vote v1\0";
@@ -183,6 +185,35 @@ pub enum Approves<'a> {
     /// Replacing the policy in force, `current`, with the one whose digest is `new` (it
     /// becomes version `current.version + 1`).
     PolicyChange { current: PolicyStamp, new: [u8; 32] },
+    /// Moving the key's shares to a holder set (a refresh: to the same one), made as
+    /// generation `generation`; `holders` is [`holders_digest`] of the sorted new set.
+    Reshare { generation: u64, holders: [u8; 32] },
+}
+
+/// The digest of a holder set that a reshare approval signs: SHA-256 over the sorted peer
+/// ids, each with its length.
+pub fn holders_digest(holders: &[PeerId]) -> [u8; 32] {
+    let mut sorted = holders.to_vec();
+    sorted.sort();
+    let mut h = Sha256::new();
+    h.update((sorted.len() as u64).to_be_bytes());
+    for p in &sorted {
+        let bytes = p.to_bytes();
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(&bytes);
+    }
+    h.finalize().into()
+}
+
+/// Who may have a key moved to another holder set (or refreshed); part of its policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ReshareRule {
+    /// K approvals of the clients who may change the policy (the default).
+    Approvals,
+    /// Any request that moves the key to exactly the members of the cluster roster (what
+    /// the operator does when a cluster scales); no client approval.
+    Roster,
 }
 
 impl Approves<'_> {
@@ -205,6 +236,20 @@ impl Approves<'_> {
                 out.extend_from_slice(&expires_at.to_be_bytes());
                 out
             }
+            Approves::Reshare {
+                generation,
+                holders,
+            } => {
+                let mut out = Vec::with_capacity(RESHARE_APPROVAL_DOMAIN.len() + key_id.len() + 80);
+                out.extend_from_slice(RESHARE_APPROVAL_DOMAIN);
+                out.extend_from_slice(&(key_id.len() as u64).to_be_bytes());
+                out.extend_from_slice(key_id.as_bytes());
+                out.extend_from_slice(&generation.to_be_bytes());
+                out.extend_from_slice(holders);
+                out.extend_from_slice(request_id);
+                out.extend_from_slice(&expires_at.to_be_bytes());
+                out
+            }
         }
     }
 
@@ -217,6 +262,9 @@ impl Approves<'_> {
             Approves::PolicyChange { current, .. } => format!(
                 "replacing the policy in force here ({current}) of key {key_id} with this policy"
             ),
+            Approves::Reshare { generation, .. } => {
+                format!("moving key {key_id} to this holder set as generation {generation}")
+            }
         }
     }
 }
@@ -251,6 +299,11 @@ pub struct SigningPolicy {
     /// How many distinct admins must approve a change (default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_approvals: Option<u16>,
+    /// Who may move the key to another holder set or refresh it: `approvals` (absent: K
+    /// approvals of those who may change the policy) or `roster` (a request that moves it to
+    /// exactly the cluster roster's members, as the operator does on scale).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reshare: Option<ReshareRule>,
     /// Set only on keys stored before policies existed: they sign for any API caller, and
     /// their policy cannot be changed until an operator converts them
     /// (`p2p-mpc keys convert-legacy`). Never accepted in a request.
@@ -294,6 +347,8 @@ pub const RULES: &[&str] = &[
     "max_signatures_per_minute",
     "policy_version_mismatch",
     "policy_change_conflict",
+    "generation_mismatch",
+    "reshare_not_roster",
     "uncertified_change",
     "internal",
 ];
@@ -301,7 +356,11 @@ pub const RULES: &[&str] = &[
 /// Rules that say "not now" rather than "not allowed": the coordinator and a holder hold
 /// different versions of the key's policy, or another change is being committed. The API
 /// answers them with 409 instead of 403.
-pub const CONFLICT_RULES: &[&str] = &["policy_version_mismatch", "policy_change_conflict"];
+pub const CONFLICT_RULES: &[&str] = &[
+    "policy_version_mismatch",
+    "policy_change_conflict",
+    "generation_mismatch",
+];
 
 /// The rule of [`RULES`] called `name` (a peer's refusal names it as text).
 pub fn rule_named(name: &str) -> Option<&'static str> {
@@ -361,7 +420,7 @@ pub fn approve(
     let sig = client.sign(&what.signed_bytes(key_id, &request_id, expires_at));
     let coordinator = match what {
         Approves::Signing { coordinator, .. } => Some(coordinator.to_string()),
-        Approves::PolicyChange { .. } => None,
+        Approves::PolicyChange { .. } | Approves::Reshare { .. } => None,
     };
     Authorization {
         client: hex::encode(client.verifying_key().as_bytes()),
@@ -449,8 +508,14 @@ impl SigningPolicy {
             max_signatures_per_minute: None,
             admins: vec![],
             admin_approvals: None,
+            reshare: None,
             legacy: false,
         }
+    }
+
+    /// Who may reshare or refresh the key.
+    pub fn reshare_rule(&self) -> ReshareRule {
+        self.reshare.unwrap_or(ReshareRule::Approvals)
     }
 
     /// The policy of a key stored before policies existed.
@@ -574,6 +639,11 @@ impl SigningPolicy {
         if p.max_signatures_per_minute == Some(0) {
             return Err("`max_signatures_per_minute` must be at least 1".into());
         }
+        // `approvals` is the default: absent in the canonical form, so the digest of a
+        // policy that never named it does not change.
+        if p.reshare == Some(ReshareRule::Approvals) {
+            p.reshare = None;
+        }
         Ok(p)
     }
 
@@ -637,7 +707,7 @@ impl SigningPolicy {
         // The message rules govern what may be signed, not who may change the policy.
         let message = match what {
             Approves::Signing { message, .. } => message,
-            Approves::PolicyChange { .. } => &[],
+            Approves::PolicyChange { .. } | Approves::Reshare { .. } => &[],
         };
         let signing = matches!(what, Approves::Signing { .. });
         if let Some(max) = self.max_message_bytes.filter(|_| signing)
@@ -748,7 +818,7 @@ impl SigningPolicy {
                     };
                     (what, Some((named, coordinator)))
                 }
-                Approves::PolicyChange { .. } => {
+                Approves::PolicyChange { .. } | Approves::Reshare { .. } => {
                     if a.coordinator.is_some() {
                         return Err(refuse(
                             "malformed",

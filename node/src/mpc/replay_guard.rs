@@ -278,6 +278,27 @@ impl ReplayGuard {
         self.admit_inner(&approvers, key_id, change, authorizations, now, false)
     }
 
+    /// Checks the approvals of moving `key_id` to the holder set whose
+    /// [`holders_digest`](policy::holders_digest) is `holders`, as generation `generation`:
+    /// signed under the reshare domain by the policy's change approvers, with the expiry and
+    /// replay rules (a `roster` key needs none; its caller checks the holder set instead).
+    pub fn admit_reshare(
+        &self,
+        current: &SigningPolicy,
+        key_id: &str,
+        generation: u64,
+        holders: [u8; 32],
+        authorizations: &[Authorization],
+        now: u64,
+    ) -> Result<Pending, Refusal> {
+        let approvers = current.change_approvers()?;
+        let reshare = Approves::Reshare {
+            generation,
+            holders,
+        };
+        self.admit_inner(&approvers, key_id, reshare, authorizations, now, false)
+    }
+
     fn admit_inner(
         &self,
         policy: &SigningPolicy,

@@ -9,6 +9,15 @@
 //! share. A pending key whose confirmation does not come is removed when its DKG session
 //! ends, and any pending file found at start is removed, never loaded: its session died
 //! with the process.
+//!
+//! A reshare (or refresh) stages the key's next generation as `<id>.next.json` beside the
+//! active `<id>.key.json`. Signing goes on with the active generation until every new holder
+//! said it staged its share; then the key file is replaced atomically by the new generation
+//! (keeping the policy in force) and the staged file removed, and a holder the reshare
+//! dropped removes its key file. A staged generation
+//! survives a restart (unlike a pending key): the holders may have activated it meanwhile,
+//! which the node asks them at start (see [`reshare`](super::reshare)). A staged file of a
+//! generation that is not newer than the active one is removed at start.
 
 use std::collections::HashMap;
 use std::fs;
@@ -21,6 +30,7 @@ use serde::{Deserialize, Serialize};
 pub const KEY_FILE_FORMAT: u32 = 1;
 const KEY_FILE_SUFFIX: &str = ".key.json";
 const PENDING_SUFFIX: &str = ".pending.json";
+const STAGED_SUFFIX: &str = ".next.json";
 
 /// A failure reading or writing key shares.
 #[derive(Debug, thiserror::Error)]
@@ -76,6 +86,10 @@ pub struct KeyInfo {
     /// committed change.
     #[serde(default)]
     pub policy_version: u64,
+    /// The generation of the shares: 0 for the key the DKG made, one more per refresh or
+    /// reshare. `participants` are this generation's holders.
+    #[serde(default)]
+    pub generation: u64,
 }
 
 impl KeyInfo {
@@ -114,6 +128,20 @@ struct KeyFile {
     /// votes for one change per version while a vote lives).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     vote: Option<StoredVote>,
+    /// The reshare that made this generation (none for the DKG's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    reshare: Option<ReshareRecord>,
+}
+
+/// What a generation remembers of the reshare that made it: enough for a holder with it
+/// staged to ask the other new holders, after a restart, whether they have it too.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReshareRecord {
+    /// The confirmation digest every new holder confirmed (hex).
+    pub digest: String,
+    /// Everyone who took part (old and new holders), sorted.
+    pub participants: Vec<String>,
 }
 
 /// A key this node holds a share of, decoded and ready to sign with.
@@ -126,6 +154,8 @@ pub struct StoredKey {
     pub policy_changes: Vec<super::policy::PolicyChangeRecord>,
     /// This holder's last vote for a change of the policy, as kept on disk.
     pub vote: Option<StoredVote>,
+    /// The reshare that made this generation (none for the DKG's).
+    pub reshare: Option<ReshareRecord>,
 }
 
 /// The key shares of this node: an in-memory map backed by one file per key.
@@ -133,6 +163,8 @@ pub struct StoredKey {
 pub struct KeyShareStore {
     dir: PathBuf,
     keys: Arc<RwLock<HashMap<String, Arc<StoredKey>>>>,
+    /// Generations staged by a reshare, not yet active (each with its `reshare` record).
+    staged: Arc<RwLock<HashMap<String, Arc<StoredKey>>>>,
 }
 
 /// What [`KeyShareStore::open`] found besides valid keys.
@@ -143,6 +175,10 @@ pub struct OpenReport {
     pub removed_temp_files: Vec<PathBuf>,
     /// Keys whose DKG never completed (pending at the last stop), removed.
     pub removed_pending: Vec<PathBuf>,
+    /// Staged generations kept (a reshare that had not finished at the last stop).
+    pub staged: usize,
+    /// Staged generations no newer than the active one, removed.
+    pub removed_stale: Vec<PathBuf>,
     /// Files that could not be read (left in place), with the reason.
     pub unreadable: Vec<(PathBuf, String)>,
 }
@@ -161,7 +197,12 @@ impl KeyShareStore {
             ..Default::default()
         };
         let mut keys = HashMap::new();
+        let mut staged_files = Vec::new();
         for (path, name) in state.files {
+            if name.ends_with(STAGED_SUFFIX) {
+                staged_files.push(path);
+                continue;
+            }
             if name.ends_with(PENDING_SUFFIX) {
                 crate::atomic_file::remove(std::slice::from_ref(&path)).map_err(|source| {
                     StoreError::Write {
@@ -182,11 +223,38 @@ impl KeyShareStore {
                 Err(reason) => report.unreadable.push((path, reason)),
             }
         }
+        let mut staged = HashMap::new();
+        for path in staged_files {
+            match read_key_file(&path) {
+                Ok(key) if key.reshare.is_some() => {
+                    let newer = keys
+                        .get(&key.info.key_id)
+                        .is_none_or(|active| key.info.generation > active.info.generation);
+                    if newer {
+                        staged.insert(key.info.key_id.clone(), Arc::new(key));
+                    } else {
+                        crate::atomic_file::remove(std::slice::from_ref(&path)).map_err(
+                            |source| StoreError::Write {
+                                path: path.clone(),
+                                source,
+                            },
+                        )?;
+                        report.removed_stale.push(path);
+                    }
+                }
+                Ok(_) => report
+                    .unreadable
+                    .push((path, "a staged file without its reshare record".into())),
+                Err(reason) => report.unreadable.push((path, reason)),
+            }
+        }
         report.loaded = keys.len();
+        report.staged = staged.len();
         Ok((
             Self {
                 dir,
                 keys: Arc::new(RwLock::new(keys)),
+                staged: Arc::new(RwLock::new(staged)),
             },
             report,
         ))
@@ -296,6 +364,128 @@ impl KeyShareStore {
         .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
+    fn key_path(&self, key_id: &str) -> PathBuf {
+        self.dir.join(format!("{key_id}{KEY_FILE_SUFFIX}"))
+    }
+
+    fn staged_path(&self, key_id: &str) -> PathBuf {
+        self.dir.join(format!("{key_id}{STAGED_SUFFIX}"))
+    }
+
+    /// The generation of `key_id` staged here, if any.
+    pub fn staged(&self, key_id: &str) -> Option<Arc<StoredKey>> {
+        self.staged
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key_id)
+            .cloned()
+    }
+
+    /// Every staged generation.
+    pub fn all_staged(&self) -> Vec<Arc<StoredKey>> {
+        self.staged
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Writes `key`, a new generation made by a reshare (its `reshare` record set), as
+    /// staged (replacing an earlier staged one): durable, kept across restarts, not used for
+    /// signing until [`promote_staged`](Self::promote_staged).
+    pub async fn stage(&self, key: StoredKey) -> Result<(), StoreError> {
+        let key_id = key.info.key_id.clone();
+        if key.reshare.is_none() {
+            return Err(StoreError::Encode {
+                key_id,
+                message: "a staged generation needs its reshare record".into(),
+            });
+        }
+        let bytes = encode(&key)?;
+        let path = self.staged_path(&key_id);
+        tokio::task::spawn_blocking(move || {
+            write_atomically(&path, &bytes, crate::atomic_file::Existing::Replace)
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        self.staged
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key_id, Arc::new(key));
+        Ok(())
+    }
+
+    /// Makes the staged generation of `key_id` the active one: the key file is replaced
+    /// atomically by the new share and holder set, keeping the policy (and its history and
+    /// this holder's vote) that is in force now, then the staged file is removed. The
+    /// previous generation's share is gone. (A crash between the two leaves a staged file of
+    /// the active generation, removed at start.) The caller holds the key-write lock.
+    pub async fn promote_staged(&self, key_id: &str) -> Result<Arc<StoredKey>, StoreError> {
+        let staged = self
+            .staged(key_id)
+            .ok_or_else(|| StoreError::Task(format!("no staged generation of key {key_id}")))?;
+        let mut info = staged.info.clone();
+        let (policy_changes, vote) = match self.get(key_id) {
+            Some(active) => {
+                info.policy = active.info.policy.clone();
+                info.policy_version = active.info.policy_version;
+                (active.policy_changes.clone(), active.vote)
+            }
+            None => (staged.policy_changes.clone(), staged.vote),
+        };
+        let key = StoredKey {
+            info,
+            share: staged.share.clone(),
+            policy_changes,
+            vote,
+            reshare: staged.reshare.clone(),
+        };
+        let key = self
+            .write(key, crate::atomic_file::Existing::Replace)
+            .await?;
+        self.discard_staged(key_id).await?;
+        Ok(key)
+    }
+
+    /// Removes the staged generation of `key_id`, if any (a reshare of the active one
+    /// replaces it).
+    pub async fn discard_staged(&self, key_id: &str) -> Result<(), StoreError> {
+        let path = self.staged_path(key_id);
+        tokio::task::spawn_blocking(move || {
+            crate::atomic_file::remove(std::slice::from_ref(&path))
+                .map_err(|source| StoreError::Write { path, source })
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        self.staged
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key_id);
+        Ok(())
+    }
+
+    /// Removes this node's share of `key_id` for good, active and staged (a reshare dropped
+    /// this holder and every new holder has its share).
+    pub async fn retire(&self, key_id: &str) -> Result<(), StoreError> {
+        let paths = vec![self.key_path(key_id), self.staged_path(key_id)];
+        let path = paths[0].clone();
+        tokio::task::spawn_blocking(move || {
+            crate::atomic_file::remove(&paths).map_err(|source| StoreError::Write { path, source })
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))??;
+        self.staged
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key_id);
+        self.keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key_id);
+        Ok(())
+    }
+
     /// Makes `record` the policy of a key held here and keeps it in the key's history (the
     /// key file is rewritten atomically; the share is unchanged). The caller checked the
     /// record against the policy in force and holds the engine's policy write lock.
@@ -321,6 +511,7 @@ impl KeyShareStore {
             share: old.share.clone(),
             policy_changes,
             vote: None,
+            reshare: old.reshare.clone(),
         };
         self.write(key, crate::atomic_file::Existing::Replace).await
     }
@@ -340,6 +531,7 @@ impl KeyShareStore {
             share: old.share.clone(),
             policy_changes: old.policy_changes.clone(),
             vote: Some(vote),
+            reshare: old.reshare.clone(),
         };
         self.write(key, crate::atomic_file::Existing::Replace).await
     }
@@ -427,6 +619,7 @@ fn encode(key: &StoredKey) -> Result<Vec<u8>, StoreError> {
         public_key_package: hex::encode(public_key_package),
         policy_changes: key.policy_changes.clone(),
         vote: key.vote,
+        reshare: key.reshare.clone(),
     };
     serde_json::to_vec_pretty(&file).map_err(|e| StoreError::Encode {
         key_id: key_id.clone(),
@@ -470,6 +663,7 @@ fn read_key_file(path: &Path) -> Result<StoredKey, String> {
         share,
         policy_changes: file.policy_changes,
         vote: file.vote,
+        reshare: file.reshare,
     })
 }
 
@@ -506,10 +700,12 @@ mod tests {
                 created_at: 1,
                 policy: crate::mpc::policy::SigningPolicy::open(),
                 policy_version: 0,
+                generation: 0,
             },
             share: crate::mpc::scheme::KeyShare::Ed25519(share),
             policy_changes: vec![],
             vote: None,
+            reshare: None,
         }
     }
 
@@ -664,5 +860,53 @@ mod tests {
         for field in ["key_package", "signing_share", "secret"] {
             assert!(info.get(field).is_none());
         }
+    }
+
+    #[tokio::test]
+    async fn a_staged_generation_survives_a_restart_until_promoted_and_a_retired_key_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = KeyShareStore::open(dir.path()).unwrap();
+        store.insert(dealer_key("k1")).await.unwrap();
+        let mut next = dealer_key("k1");
+        next.info.generation = 1;
+        next.info.participants = vec!["a".into(), "b".into(), "d".into()];
+        let reshare = ReshareRecord {
+            digest: "00".repeat(32),
+            participants: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+        };
+        assert!(
+            store.stage(dealer_key("k1")).await.is_err(),
+            "no reshare record"
+        );
+        next.reshare = Some(reshare.clone());
+        store.stage(next).await.unwrap();
+        assert_eq!(
+            store.get("k1").unwrap().info.generation,
+            0,
+            "signing keeps generation 0"
+        );
+        let (reopened, report) = KeyShareStore::open(dir.path()).unwrap();
+        assert_eq!((report.loaded, report.staged), (1, 1));
+        let staged = reopened.staged("k1").unwrap();
+        assert_eq!(staged.reshare.as_ref(), Some(&reshare));
+        assert_eq!(staged.info.generation, 1);
+        let active = reopened.promote_staged("k1").await.unwrap();
+        assert_eq!(active.info.generation, 1);
+        assert!(reopened.staged("k1").is_none());
+        let (reopened, report) = KeyShareStore::open(dir.path()).unwrap();
+        assert_eq!((report.loaded, report.staged), (1, 0));
+        assert_eq!(reopened.get("k1").unwrap().info.participants[2], "d");
+        // A staged file no newer than the active generation is stale: removed at start.
+        let mut stale = dealer_key("k1");
+        stale.info.generation = 1;
+        stale.reshare = Some(reshare);
+        reopened.stage(stale).await.unwrap();
+        let (reopened, report) = KeyShareStore::open(dir.path()).unwrap();
+        assert_eq!(report.removed_stale.len(), 1);
+        assert!(reopened.staged("k1").is_none());
+        reopened.retire("k1").await.unwrap();
+        assert!(reopened.get("k1").is_none());
+        let (_, report) = KeyShareStore::open(dir.path()).unwrap();
+        assert_eq!(report.loaded, 0);
     }
 }

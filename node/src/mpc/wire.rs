@@ -163,6 +163,9 @@ pub enum Protocol {
     /// A refill of presignatures: a holder's signing commitments made ahead of time for
     /// one coordinator.
     Presign,
+    /// A refresh or reshare of a key's shares (a new generation), or the question whether
+    /// one was staged.
+    Reshare,
 }
 
 impl Protocol {
@@ -177,6 +180,7 @@ impl Protocol {
             Protocol::Transfer => "transfer",
             Protocol::PolicyChange => "policy_change",
             Protocol::Presign => "frost_presign",
+            Protocol::Reshare => "frost_reshare",
         }
     }
 }
@@ -234,6 +238,43 @@ pub enum Body {
     },
     /// Participant → coordinator: the key share is stored (pending: not usable yet).
     DkgStored,
+    /// A current holder → every other participant: move key `key_id` from the holders
+    /// `old` (generation `generation - 1`) to `new`, as generation `generation`, under
+    /// the same group key and threshold (a refresh when `new` is `old`). Carries what a
+    /// joining holder stores of the key; the confirmation digest binds it.
+    ReshareInvite {
+        key_id: String,
+        scheme: super::scheme::Scheme,
+        threshold: u16,
+        generation: u64,
+        #[serde(deserialize_with = "peer_list")]
+        old: Vec<String>,
+        #[serde(deserialize_with = "peer_list")]
+        new: Vec<String>,
+        /// The key's metadata as the inviting holder has it ([`super::reshare::KeyMetadata`]).
+        metadata: Blob,
+        /// Client approvals, for a key whose policy asks for them.
+        #[serde(default, deserialize_with = "peer_list")]
+        authorizations: Vec<super::policy::Authorization>,
+    },
+    /// Round 1 of a reshare, one participant to another.
+    ReshareRound1(super::reshare::core::Round1Message),
+    /// Round 2 of a reshare, one participant to another.
+    ReshareRound2(super::reshare::core::Round2Message),
+    /// A new holder → every other participant: the digest of the new generation it derived.
+    ReshareConfirm { digest: [u8; 32] },
+    /// A new holder → every other participant: its share of the generation confirmed by
+    /// `digest` is staged on disk.
+    ReshareStored { digest: [u8; 32] },
+    /// A holder with a staged generation → another new holder: did you stage (or activate)
+    /// this generation of this key?
+    ReshareStatusRequest {
+        key_id: String,
+        generation: u64,
+        digest: [u8; 32],
+    },
+    /// The answer: whether the generation is staged or active here.
+    ReshareStatus { stored: bool },
     /// Coordinator → participants: every participant stored its share; the key is active.
     DkgActive,
     /// Participant → coordinator: the key is active here (the coordinator answers its caller
@@ -249,6 +290,10 @@ pub enum Body {
         /// The key's policy that the coordinator checked them against; a holder with
         /// another version in force refuses (`policy_version_mismatch`).
         policy: super::policy::PolicyStamp,
+        /// The generation of the shares the coordinator signs with; a holder with another
+        /// one active refuses (`generation_mismatch`). 0 from nodes before reshares.
+        #[serde(default)]
+        generation: u64,
     },
     /// Signer → coordinator: round-1 commitments.
     SignCommitments { commitments: Vec<u8> },
@@ -269,6 +314,9 @@ pub enum Body {
         #[serde(default, deserialize_with = "peer_list")]
         authorizations: Vec<super::policy::Authorization>,
         policy: super::policy::PolicyStamp,
+        /// As in [`Body::SignInvite`].
+        #[serde(default)]
+        generation: u64,
         epoch: PoolEpoch,
         signing_package: Vec<u8>,
     },
@@ -541,6 +589,13 @@ impl Body {
             | Body::PolicyCommitted { .. }
             | Body::PolicySyncRequest { .. }
             | Body::PolicySyncRecords { .. } => Some(Protocol::PolicyChange),
+            Body::ReshareInvite { .. }
+            | Body::ReshareRound1(_)
+            | Body::ReshareRound2(_)
+            | Body::ReshareConfirm { .. }
+            | Body::ReshareStored { .. }
+            | Body::ReshareStatusRequest { .. }
+            | Body::ReshareStatus { .. } => Some(Protocol::Reshare),
             // Chunks belong to whichever aggregation session carries them.
             Body::AggChunk { .. } => None,
             Body::Abort { .. } => None,
@@ -592,6 +647,13 @@ impl Body {
             Body::PolicyCommitted { .. } => "policy committed",
             Body::PolicySyncRequest { .. } => "policy sync request",
             Body::PolicySyncRecords { .. } => "policy sync records",
+            Body::ReshareInvite { .. } => "reshare invite",
+            Body::ReshareRound1(_) => "reshare round 1",
+            Body::ReshareRound2(_) => "reshare round 2",
+            Body::ReshareConfirm { .. } => "reshare confirmation",
+            Body::ReshareStored { .. } => "reshare stored",
+            Body::ReshareStatusRequest { .. } => "reshare status request",
+            Body::ReshareStatus { .. } => "reshare status",
             Body::Abort { .. } => "abort",
         }
     }
@@ -611,6 +673,8 @@ impl Body {
                 | Body::PolicyPrepare { .. }
                 | Body::PolicyCommit { .. }
                 | Body::PolicySyncRequest { .. }
+                | Body::ReshareInvite { .. }
+                | Body::ReshareStatusRequest { .. }
         )
     }
 }

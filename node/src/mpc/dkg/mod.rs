@@ -352,12 +352,14 @@ impl MpcEngine {
                 .unwrap_or(0),
             policy: params.policy.clone(),
             policy_version: 0,
+            generation: 0,
         };
         let key = StoredKey {
             info: info.clone(),
             share: C::wrap(share),
             policy_changes: vec![],
             vote: None,
+            reshare: None,
         };
         // Stored as pending first: durable, but no one can sign with it until the
         // coordinator confirmed that every participant stored its share. A key that is never

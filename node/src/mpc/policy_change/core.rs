@@ -506,6 +506,7 @@ mod tests {
             created_at: 0,
             policy: old.clone(),
             policy_version: 0,
+            generation: 0,
         };
         let approvals = vec![policy::approve_change(
             &alice,

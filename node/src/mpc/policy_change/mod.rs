@@ -121,6 +121,12 @@ impl PolicyState {
         state
     }
 
+    /// The order of a key file's rewrites (policy changes, votes, a new generation): held
+    /// across a read-modify-write of the file.
+    pub(crate) async fn key_writes(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        self.write.lock().await
+    }
+
     fn book(&self) -> std::sync::MutexGuard<'_, VoteBook> {
         self.votes.lock().unwrap_or_else(|e| e.into_inner())
     }

@@ -49,6 +49,8 @@ use super::super::{frost_error, frost_identifier};
 
 /// Domain of the confirmation digest.
 const CONFIRM_DOMAIN: &[u8] = b"p2p-mpc reshare confirmation v1";
+/// Domain of an old holder's digest of the generation it holds.
+const OLD_KEY_DOMAIN: &[u8] = b"p2p-mpc reshare current generation v1";
 
 /// What every participant of one reshare agrees on before it starts.
 #[derive(Debug, Clone)]
@@ -62,8 +64,9 @@ pub struct ReshareSpec {
     pub new: Vec<PeerId>,
     /// The generation made: the current one plus one.
     pub generation: u64,
-    /// Digest of the key's signing policy.
-    pub policy_digest: [u8; 32],
+    /// Digest of what every holder stores of the key besides its share (group key, policy
+    /// and its version; the driver's `KeyMetadata`).
+    pub metadata_digest: [u8; 32],
 }
 
 /// Checks that `peers` is sorted and unique; `what` names it in the error.
@@ -180,8 +183,19 @@ pub struct Round2Message {
 /// Messages for single peers: (recipient, message).
 pub type Outgoing<M> = Vec<(PeerId, M)>;
 
-fn sha256(bytes: &[u8]) -> [u8; 32] {
-    Sha256::digest(bytes).into()
+/// What an old holder names in round 1 (and a joining holder checks the public key package
+/// it is sent against): the key id, the generation made, the key's metadata and the current
+/// public key package, under their own domain.
+fn old_key_digest(spec: &ReshareSpec, package: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(OLD_KEY_DOMAIN);
+    h.update((spec.key_id.len() as u64).to_be_bytes());
+    h.update(spec.key_id.as_bytes());
+    h.update(spec.generation.to_be_bytes());
+    h.update(spec.metadata_digest);
+    h.update((package.len() as u64).to_be_bytes());
+    h.update(package);
+    h.finalize().into()
 }
 
 /// What this node is in the reshare.
@@ -438,7 +452,7 @@ impl<C: Suite> Round1<C> {
                 let bytes = package
                     .serialize()
                     .map_err(|e| SessionError::failed(format!("public key package: {e}")))?;
-                Some(sha256(&bytes))
+                Some(old_key_digest(&common.spec, &bytes))
             }
             (None, false) => None,
             (Some(_), false) => {
@@ -577,7 +591,7 @@ impl<C: Suite> Round1<C> {
             return Err(SessionError::blame(
                 vec![from],
                 format!(
-                    "participant {from} holds another generation or public key package of key {} than this node",
+                    "participant {from} holds another generation, public key package or metadata (policy, group key) of key {} than this node",
                     c.spec.key_id
                 ),
             ));
@@ -655,7 +669,7 @@ impl<C: Suite> Round1<C> {
         let digests: BTreeSet<&[u8; 32]> = self.old_digests.values().collect();
         if digests.len() != 1 {
             return Err(SessionError::failed(format!(
-                "the current holders of key {} hold different public key packages: they are not at one generation",
+                "the current holders of key {} hold different public key packages or metadata: they are not at one generation",
                 c.spec.key_id
             )));
         }
@@ -782,7 +796,7 @@ impl<C: Suite> Round2<C> {
             None => None,
         };
         if let Some(bytes) = &message.old_public_key_package
-            && sha256(bytes) != self.old_digest
+            && old_key_digest(&self.common.spec, bytes) != self.old_digest
         {
             return Err(SessionError::blame(
                 vec![from],
@@ -969,7 +983,7 @@ fn confirmation_digest<C: Suite>(
     h.update(old_digest);
     h.update((package.len() as u64).to_be_bytes());
     h.update(&package);
-    h.update(spec.policy_digest);
+    h.update(spec.metadata_digest);
     Ok(h.finalize().into())
 }
 
@@ -1087,7 +1101,7 @@ mod tests {
             old: old.to_vec(),
             new: new.to_vec(),
             generation: 1,
-            policy_digest: [7; 32],
+            metadata_digest: [7; 32],
         }
     }
 

@@ -21,8 +21,8 @@ use tracing::{debug, info, warn};
 use std::sync::Arc;
 
 use self::core::{Collecting, Coordinator, Signer};
-use super::admission::Admitted;
-use super::policy::{Authorization, PolicyStamp};
+use super::admission::{Admitted, KeyVersion};
+use super::policy::Authorization;
 use super::scheme::{Share, Suite};
 use super::session::{SessionError, SessionInbox, join_peers};
 use super::store::StoredKey;
@@ -217,6 +217,7 @@ impl MpcEngine {
             message: message.clone(),
             authorizations,
             policy: key.info.policy_stamp(),
+            generation: key.info.generation,
         };
         // Invitations go out in the background: a holder that is slow to acknowledge
         // (or frozen) holds up nobody; one that cannot be reached is reported here.
@@ -389,6 +390,7 @@ impl MpcEngine {
                     message: message.to_vec(),
                     authorizations: authorizations.to_vec(),
                     policy: key.info.policy_stamp(),
+                    generation: key.info.generation,
                     epoch: *epoch,
                     signing_package: attempt.package().to_vec(),
                 };
@@ -496,14 +498,14 @@ impl MpcEngine {
         session: SessionId,
         coordinator: PeerId,
         key_id: String,
-        stamp: PolicyStamp,
+        version: KeyVersion,
         message: Vec<u8>,
         authorizations: Vec<Authorization>,
     ) -> Result<(), InviteRefusal> {
         let local = self.inner.local;
         // This holder's own admission, whatever the coordinator decided.
         let (key, admission) =
-            self.admit_sign_invite(coordinator, &key_id, stamp, &message, &authorizations)?;
+            self.admit_sign_invite(coordinator, &key_id, version, &message, &authorizations)?;
         if self.inner.faults.front_run_signing {
             self.front_run(key_id.clone(), message.clone(), authorizations);
         }
@@ -514,7 +516,7 @@ impl MpcEngine {
                     engine.intrude(&key.info.participants, coordinator, session).await;
                 }
                     // The request ids are on disk before this holder commits to anything.
-                    let admitted = engine.admitted_in_force(admission, &key_id, stamp).await?;
+                    let admitted = engine.admitted_in_force(admission, &key_id, version.stamp).await?;
                     // Round 1 with the key's ciphersuite; round 2 is what the signer does
                     // with the package, whatever the scheme.
                     let (signer, bytes): (SignRound2, Vec<u8>) = crate::with_share!(&key.share, share => {

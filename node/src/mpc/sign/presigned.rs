@@ -22,7 +22,8 @@ use tracing::debug;
 
 use super::core::{Signer, commitments_for, package_fits};
 use super::pool::{self, Commitments, HeldNonces, Refill};
-use crate::mpc::policy::{Authorization, PolicyStamp};
+use crate::mpc::admission::KeyVersion;
+use crate::mpc::policy::Authorization;
 use crate::mpc::session::SessionError;
 use crate::mpc::store::StoredKey;
 use crate::mpc::wire::{Body, PoolEpoch, Protocol, SessionId};
@@ -71,7 +72,7 @@ pub(crate) struct PresignedRequest {
     pub key_id: String,
     pub message: Vec<u8>,
     pub authorizations: Vec<Authorization>,
-    pub stamp: PolicyStamp,
+    pub version: KeyVersion,
     pub epoch: PoolEpoch,
     pub package: Vec<u8>,
 }
@@ -313,7 +314,7 @@ impl MpcEngine {
             key_id,
             message,
             authorizations,
-            stamp,
+            version,
             epoch,
             package,
         } = request;
@@ -339,13 +340,13 @@ impl MpcEngine {
             ))
         })?;
         let (key, admission) =
-            self.admit_sign_invite(coordinator, &key_id, stamp, &message, &authorizations)?;
+            self.admit_sign_invite(coordinator, &key_id, version, &message, &authorizations)?;
         if self.inner.faults.front_run_signing {
             self.front_run(key_id.clone(), message.clone(), authorizations);
         }
         self.spawn_participant(Protocol::Sign, session, vec![coordinator], move |engine, _inbox| async move {
             // The request ids are on disk before the presignature signs anything.
-            let admitted = engine.admitted_in_force(admission, &key_id, stamp).await?;
+            let admitted = engine.admitted_in_force(admission, &key_id, version.stamp).await?;
             let share = crate::with_share!(&key.share, share => {
                 let nonces = scheme_nonces(nonces, share)?;
                 let signer = Signer::presigned(admitted, nonces, share, &local, coordinator, message)?;
