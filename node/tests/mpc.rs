@@ -2635,6 +2635,26 @@ async fn kill_9_during_a_reshare_leaves_one_generation_and_a_new_one_succeeds(sc
             wait_identified(n, &restarted.peer_id).await;
         }
         nodes[2] = restarted;
+        // Every staged generation is settled: activated everywhere, or discarded where the
+        // victim never staged it.
+        for n in &nodes {
+            wait_for(
+                &format!("{} to settle its staged generation", n.name),
+                Duration::from_secs(60),
+                || async {
+                    let staged = common::files_ending(
+                        &dir.path().join(format!("data-{}/keys", n.name)),
+                        ".next.json",
+                    );
+                    if staged.is_empty() {
+                        Ok(())
+                    } else {
+                        Err(format!("{staged:?}"))
+                    }
+                },
+            )
+            .await;
+        }
         let after = one_generation(&nodes, &key_id).await;
         assert!(
             after == generation || after == generation + 1,

@@ -196,6 +196,7 @@ impl MpcEngine {
             );
             return Ok(unchecked);
         }
+        self.check_no_reshare(&key.key_id)?;
         self.check_policy_change(key, new_policy, authorizations)
     }
 
@@ -212,6 +213,7 @@ impl MpcEngine {
         let key = self.key_shared_with(key_id, coordinator)?;
         let checked = self
             .check_stamp(&key, coordinator, stamp)
+            .and_then(|()| self.check_no_reshare(key_id))
             .and_then(|()| self.check_policy_change(&key.info, new_policy, authorizations));
         match checked {
             Ok(admission) => Ok((key, admission)),
@@ -264,6 +266,20 @@ impl MpcEngine {
                 key.info.key_id
             ),
         ))
+    }
+
+    /// No policy change while a reshare of the key runs here or its new generation is staged:
+    /// the holders that join would keep the policy the reshare started with.
+    fn check_no_reshare(&self, key_id: &str) -> Result<(), Refusal> {
+        if self.reshare_in_progress(key_id) {
+            return Err(policy::refuse(
+                "policy_change_conflict",
+                format!(
+                    "a reshare of key {key_id} runs or waits to be activated here; change the policy once it is done"
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn check_policy_change(

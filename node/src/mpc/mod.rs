@@ -490,7 +490,15 @@ impl MpcEngine {
                 key_id,
                 generation,
                 digest,
-            } => self.answer_reshare_status(session, from, &key_id, generation, digest),
+                reshare,
+            } => self.answer_reshare_status(session, from, &key_id, (generation, digest), reshare),
+            Body::ReshareRetire {
+                key_id,
+                generation,
+                digest,
+                holders,
+                certificate,
+            } => self.join_retire(from, key_id, generation, digest, holders, certificate),
             body => Err(other(format!(
                 "a {} message does not open a session",
                 body.kind()

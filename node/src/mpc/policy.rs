@@ -128,17 +128,54 @@ pub struct PolicyVote {
 /// signature fit easily; an RSA key does not, and a node with one cannot vote).
 const MAX_VOTE_HEX: usize = 512;
 
+/// A statement signed by a node's identity key: a holder's vote for a policy change, or a
+/// new holder's notice that it staged a reshare's share. Same fields, bytes under their own
+/// domains.
+pub type NodeSignature = PolicyVote;
+
 impl PolicyVote {
     /// `identity`'s vote for `change`.
     pub fn sign(identity: &Keypair, change: &Change) -> Result<Self, String> {
+        Self::sign_bytes(identity, &change.vote_bytes())
+    }
+
+    /// `identity`'s signature of `bytes`.
+    pub fn sign_bytes(identity: &Keypair, bytes: &[u8]) -> Result<Self, String> {
         let signature = identity
-            .sign(&change.vote_bytes())
-            .map_err(|e| format!("cannot sign the vote: {e}"))?;
+            .sign(bytes)
+            .map_err(|e| format!("cannot sign: {e}"))?;
         Ok(Self {
             holder: identity.public().to_peer_id().to_string(),
             public_key: hex::encode(identity.public().encode_protobuf()),
             signature: hex::encode(signature),
         })
+    }
+
+    /// The node whose valid signature of `bytes` this is; `what` names the statement in
+    /// the error.
+    pub fn verify_bytes(&self, bytes: &[u8], what: &str) -> Result<PeerId, String> {
+        let holder: PeerId = self
+            .holder
+            .parse()
+            .map_err(|_| format!("the signer of the {what} is not a peer id"))?;
+        if self.public_key.len() > MAX_VOTE_HEX || self.signature.len() > MAX_VOTE_HEX {
+            return Err(format!("the {what} of {holder} is too long"));
+        }
+        let key = hex::decode(&self.public_key)
+            .ok()
+            .and_then(|b| PublicKey::try_decode_protobuf(&b).ok())
+            .ok_or_else(|| format!("the {what} of {holder} carries a malformed public key"))?;
+        if key.to_peer_id() != holder {
+            return Err(format!(
+                "the {what} of {holder} carries the public key of another peer"
+            ));
+        }
+        let signature = hex::decode(&self.signature)
+            .map_err(|_| format!("the {what} of {holder} carries a malformed signature"))?;
+        if !key.verify(bytes, &signature) {
+            return Err(format!("the {what} of {holder} has a wrong signature"));
+        }
+        Ok(holder)
     }
 
     /// The holder whose valid vote for `change` this is; the error says what is wrong.

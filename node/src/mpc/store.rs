@@ -140,8 +140,15 @@ struct KeyFile {
 pub struct ReshareRecord {
     /// The confirmation digest every new holder confirmed (hex).
     pub digest: String,
-    /// Everyone who took part (old and new holders), sorted.
+    /// Everyone who took part (new holders and helpers), sorted.
     pub participants: Vec<String>,
+    /// The session of the reshare (hex).
+    #[serde(default)]
+    pub session: String,
+    /// Once active: every new holder's signed notice that it staged this generation (what
+    /// convinces a holder that missed the last notices, or a dropped holder).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificate: Vec<super::policy::NodeSignature>,
 }
 
 /// A key this node holds a share of, decoded and ready to sign with.
@@ -396,6 +403,12 @@ impl KeyShareStore {
     /// signing until [`promote_staged`](Self::promote_staged).
     pub async fn stage(&self, key: StoredKey) -> Result<(), StoreError> {
         let key_id = key.info.key_id.clone();
+        if key_id.is_empty() || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::Encode {
+                key_id,
+                message: "a key id is hex digits".into(),
+            });
+        }
         if key.reshare.is_none() {
             return Err(StoreError::Encode {
                 key_id,
@@ -421,12 +434,22 @@ impl KeyShareStore {
     /// this holder's vote) that is in force now, then the staged file is removed. The
     /// previous generation's share is gone. (A crash between the two leaves a staged file of
     /// the active generation, removed at start.) The caller holds the key-write lock.
-    pub async fn promote_staged(&self, key_id: &str) -> Result<Arc<StoredKey>, StoreError> {
+    pub async fn promote_staged(
+        &self,
+        key_id: &str,
+        certificate: Vec<super::policy::NodeSignature>,
+    ) -> Result<Arc<StoredKey>, StoreError> {
         let staged = self
             .staged(key_id)
             .ok_or_else(|| StoreError::Task(format!("no staged generation of key {key_id}")))?;
         let mut info = staged.info.clone();
-        let (policy_changes, vote) = match self.get(key_id) {
+        // The policy in force is the active generation's when it is the one this staged
+        // generation replaces (a policy change may have been committed meanwhile); an older
+        // one (this node rejoins after it was dropped) has nothing to keep.
+        let predecessor = self
+            .get(key_id)
+            .filter(|active| active.info.generation + 1 == staged.info.generation);
+        let (policy_changes, vote) = match predecessor {
             Some(active) => {
                 info.policy = active.info.policy.clone();
                 info.policy_version = active.info.policy_version;
@@ -439,7 +462,10 @@ impl KeyShareStore {
             share: staged.share.clone(),
             policy_changes,
             vote,
-            reshare: staged.reshare.clone(),
+            reshare: staged.reshare.clone().map(|mut r| {
+                r.certificate = certificate;
+                r
+            }),
         };
         let key = self
             .write(key, crate::atomic_file::Existing::Replace)
@@ -866,46 +892,48 @@ mod tests {
     async fn a_staged_generation_survives_a_restart_until_promoted_and_a_retired_key_is_gone() {
         let dir = tempfile::tempdir().unwrap();
         let (store, _) = KeyShareStore::open(dir.path()).unwrap();
-        store.insert(dealer_key("k1")).await.unwrap();
-        let mut next = dealer_key("k1");
+        store.insert(dealer_key("0a1b")).await.unwrap();
+        let mut next = dealer_key("0a1b");
         next.info.generation = 1;
         next.info.participants = vec!["a".into(), "b".into(), "d".into()];
         let reshare = ReshareRecord {
             digest: "00".repeat(32),
             participants: vec!["a".into(), "b".into(), "c".into(), "d".into()],
+            session: "00".repeat(16),
+            certificate: vec![],
         };
         assert!(
-            store.stage(dealer_key("k1")).await.is_err(),
+            store.stage(dealer_key("0a1b")).await.is_err(),
             "no reshare record"
         );
         next.reshare = Some(reshare.clone());
         store.stage(next).await.unwrap();
         assert_eq!(
-            store.get("k1").unwrap().info.generation,
+            store.get("0a1b").unwrap().info.generation,
             0,
             "signing keeps generation 0"
         );
         let (reopened, report) = KeyShareStore::open(dir.path()).unwrap();
         assert_eq!((report.loaded, report.staged), (1, 1));
-        let staged = reopened.staged("k1").unwrap();
+        let staged = reopened.staged("0a1b").unwrap();
         assert_eq!(staged.reshare.as_ref(), Some(&reshare));
         assert_eq!(staged.info.generation, 1);
-        let active = reopened.promote_staged("k1").await.unwrap();
+        let active = reopened.promote_staged("0a1b", vec![]).await.unwrap();
         assert_eq!(active.info.generation, 1);
-        assert!(reopened.staged("k1").is_none());
+        assert!(reopened.staged("0a1b").is_none());
         let (reopened, report) = KeyShareStore::open(dir.path()).unwrap();
         assert_eq!((report.loaded, report.staged), (1, 0));
-        assert_eq!(reopened.get("k1").unwrap().info.participants[2], "d");
+        assert_eq!(reopened.get("0a1b").unwrap().info.participants[2], "d");
         // A staged file no newer than the active generation is stale: removed at start.
-        let mut stale = dealer_key("k1");
+        let mut stale = dealer_key("0a1b");
         stale.info.generation = 1;
         stale.reshare = Some(reshare);
         reopened.stage(stale).await.unwrap();
         let (reopened, report) = KeyShareStore::open(dir.path()).unwrap();
         assert_eq!(report.removed_stale.len(), 1);
-        assert!(reopened.staged("k1").is_none());
-        reopened.retire("k1").await.unwrap();
-        assert!(reopened.get("k1").is_none());
+        assert!(reopened.staged("0a1b").is_none());
+        reopened.retire("0a1b").await.unwrap();
+        assert!(reopened.get("0a1b").is_none());
         let (_, report) = KeyShareStore::open(dir.path()).unwrap();
         assert_eq!(report.loaded, 0);
     }

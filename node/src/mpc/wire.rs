@@ -104,6 +104,11 @@ pub struct VerifierSet(#[serde(deserialize_with = "peer_list")] pub Vec<Blob>);
 pub struct SessionId(pub [u8; 16]);
 
 impl SessionId {
+    /// Parses the 32 hex digits [`Display`](fmt::Display) shows.
+    pub fn parse(s: &str) -> Option<Self> {
+        hex::decode(s).ok()?.try_into().ok().map(Self)
+    }
+
     /// A fresh random session id.
     pub fn random() -> Self {
         let mut b = [0u8; 16];
@@ -257,24 +262,48 @@ pub enum Body {
         #[serde(default, deserialize_with = "peer_list")]
         authorizations: Vec<super::policy::Authorization>,
     },
-    /// Round 1 of a reshare, one participant to another.
+    /// The dealing round of a reshare, one participant to another.
     ReshareRound1(super::reshare::core::Round1Message),
-    /// Round 2 of a reshare, one participant to another.
-    ReshareRound2(super::reshare::core::Round2Message),
     /// A new holder → every other participant: the digest of the new generation it derived.
     ReshareConfirm { digest: [u8; 32] },
     /// A new holder → every other participant: its share of the generation confirmed by
-    /// `digest` is staged on disk.
-    ReshareStored { digest: [u8; 32] },
+    /// `digest` is staged on disk, with its signed notice of it (the notices of every new
+    /// holder together are the certificate that activates the generation).
+    ReshareStored {
+        digest: [u8; 32],
+        notice: super::policy::NodeSignature,
+    },
     /// A holder with a staged generation → another new holder: did you stage (or activate)
     /// this generation of this key?
     ReshareStatusRequest {
         key_id: String,
         generation: u64,
         digest: [u8; 32],
+        /// The session of the reshare that made it (whether that one still runs there).
+        reshare: SessionId,
     },
-    /// The answer: whether the generation is staged or active here.
-    ReshareStatus { stored: bool },
+    /// The answer: whether a reshare of the key runs here, this node's signed notice when it
+    /// has the generation staged or active, and the certificate when it activated it.
+    ReshareStatus {
+        running: bool,
+        #[serde(default)]
+        notice: Option<super::policy::NodeSignature>,
+        #[serde(default, deserialize_with = "peer_list")]
+        certificate: Vec<super::policy::NodeSignature>,
+    },
+    /// A participant of a reshare → a dropped holder that took no part: generation
+    /// `generation` of `key_id` (confirmed by `digest`) is held by `holders`; ask them, and
+    /// remove your share once they all confirm.
+    ReshareRetire {
+        key_id: String,
+        generation: u64,
+        digest: [u8; 32],
+        #[serde(deserialize_with = "peer_list")]
+        holders: Vec<String>,
+        /// Every new holder's signed notice that it staged the generation.
+        #[serde(deserialize_with = "peer_list")]
+        certificate: Vec<super::policy::NodeSignature>,
+    },
     /// Coordinator → participants: every participant stored its share; the key is active.
     DkgActive,
     /// Participant → coordinator: the key is active here (the coordinator answers its caller
@@ -591,11 +620,11 @@ impl Body {
             | Body::PolicySyncRecords { .. } => Some(Protocol::PolicyChange),
             Body::ReshareInvite { .. }
             | Body::ReshareRound1(_)
-            | Body::ReshareRound2(_)
             | Body::ReshareConfirm { .. }
             | Body::ReshareStored { .. }
             | Body::ReshareStatusRequest { .. }
-            | Body::ReshareStatus { .. } => Some(Protocol::Reshare),
+            | Body::ReshareStatus { .. }
+            | Body::ReshareRetire { .. } => Some(Protocol::Reshare),
             // Chunks belong to whichever aggregation session carries them.
             Body::AggChunk { .. } => None,
             Body::Abort { .. } => None,
@@ -649,11 +678,11 @@ impl Body {
             Body::PolicySyncRecords { .. } => "policy sync records",
             Body::ReshareInvite { .. } => "reshare invite",
             Body::ReshareRound1(_) => "reshare round 1",
-            Body::ReshareRound2(_) => "reshare round 2",
             Body::ReshareConfirm { .. } => "reshare confirmation",
             Body::ReshareStored { .. } => "reshare stored",
             Body::ReshareStatusRequest { .. } => "reshare status request",
             Body::ReshareStatus { .. } => "reshare status",
+            Body::ReshareRetire { .. } => "reshare retire",
             Body::Abort { .. } => "abort",
         }
     }
@@ -675,6 +704,7 @@ impl Body {
                 | Body::PolicySyncRequest { .. }
                 | Body::ReshareInvite { .. }
                 | Body::ReshareStatusRequest { .. }
+                | Body::ReshareRetire { .. }
         )
     }
 }

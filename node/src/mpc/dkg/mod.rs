@@ -210,7 +210,7 @@ impl MpcEngine {
         .map_err(|e| e.to_string())
     }
 
-    fn check_key_cap(&self, creator: &PeerId) -> Result<(), String> {
+    pub(super) fn check_key_cap(&self, creator: &PeerId) -> Result<(), String> {
         let held = self.inner.store.count_created_by(&creator.to_string());
         super::check_creator_cap(
             &self.inner.local,

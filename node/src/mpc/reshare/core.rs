@@ -3,52 +3,60 @@
 //! an incoming message is made here, at the top of the method that takes it.
 //!
 //! A reshare moves a key from its current holders (`old`, generation g) to a new set
-//! (`new`, generation g + 1) under the same group key and threshold. A refresh is the
-//! reshare whose new set is the old one. It is built from two procedures of `frost-core`,
-//! nothing of our own:
+//! (`new`, generation g + 1) under the same group key and threshold; a refresh is the
+//! reshare whose new set is the old one. It is the verifiable secret *redistribution* of
+//! Desmedt–Jajodia with Feldman commitments (as Wong, Wang and Wing make it verifiable),
+//! built from `frost-core`'s own pieces (Lagrange coefficients, share evaluation, VSS
+//! verification, commitment sums, the public key package from a commitment):
 //!
-//! - **Repair** (`keys::repairable`, the repairable threshold scheme of Laing and Stinson):
-//!   `t` old holders, the *helpers*, give each joining holder the share of the current
-//!   polynomial at its identifier. Each helper splits its Lagrange-weighted share into random
-//!   deltas, one per helper; each helper sums the deltas it got into a sigma for the joining
-//!   holder; the joining holder sums the sigmas. No helper learns another's share, and the
-//!   joining holder learns only its own. It checks its share against the verifying share that
-//!   the old public key package implies at its identifier (interpolated in the group), so a
-//!   helper that sent a wrong value is caught before anything is stored.
-//! - **Refresh** (`keys::refresh`, a DKG of polynomials with constant term zero): every new
-//!   holder adds a fresh sharing of zero to its share. The group key stays; every share
-//!   changes; old holders left out get no part of the new polynomial, so their old shares do
-//!   not combine with new ones. The threshold cannot change (frost-core refuses it, and no
-//!   sound way of ours exists).
+//! - `t` current holders, the *helpers* (kept holders first), each deal their share of the
+//!   key weighted by its Lagrange coefficient over the helpers, `λᵢ·sᵢ`, as a fresh random
+//!   polynomial of degree `t - 1` evaluated at every new holder, with a commitment to its
+//!   coefficients.
+//! - Each new holder checks every dealt share against its dealer's commitment and that the
+//!   commitment's constant term is `λᵢ·Yᵢ`, the dealer's verifying share of the current
+//!   generation, weighted: a helper can only deal its true share. The sum of the dealt shares
+//!   is the new share; the sum of the commitments gives every new holder's verifying share
+//!   and the group key, which must be the current one.
 //!
-//! The rounds are types, each consumed by the step that ends it:
-//! [`Round1::start`] (deltas between helpers, refresh part 1 among new holders, every old
-//! holder's digest of its public key package) → [`Round1::receive`] from every other
-//! participant → [`Round1::round2`] (sigmas and the old public key package to joining holders,
-//! refresh part 2 among new holders) → [`Round2::receive`] → [`Round2::confirm`] (repaired
-//! share checked, refreshed share derived, the confirmation digest) → [`Confirming::receive`]
-//! from every new holder → [`Confirming::finish`].
+//! The new polynomial is fresh: shares of the old generation (a dropped holder's, a leaked
+//! one) do not combine with shares of the new one, and a holder that joins learns only its
+//! share of the new polynomial, which is useless unless the new generation is activated. (A
+//! repair of the joining holders' shares from the current polynomial followed by a refresh,
+//! frost-core's `repairable` and `refresh`, would hand a joining holder a share of the
+//! *current* generation before the refresh, which it could keep when it aborts.) The
+//! threshold cannot change.
+//!
+//! The rounds are types, each consumed by the step that ends it: [`Round1::start`] (every
+//! old participant's digest of its generation; each helper's dealt shares and commitment,
+//! and the current public key package for holders that join) → [`Round1::receive`] from
+//! every other participant → [`Round1::confirm`] (every check, the new share, the
+//! confirmation digest) → [`Confirming::receive`] from every new holder →
+//! [`Confirming::finish`].
 //!
 //! The confirmation is a digest over the key id, scheme, threshold, the generation made, both
-//! holder sets, the old and the new public key package and the signing policy. An old holder
-//! that is dropped takes part (as a helper when needed) and, at the end, only checks that
-//! every new holder confirmed the same digest: that is what lets it retire its share.
+//! holder sets, the current generation's digest, the new public key package and the key's
+//! metadata. A dropped old holder takes part only as a helper (when fewer than the threshold
+//! stay); it then checks at the end that every new holder confirmed the same digest, which
+//! lets it retire its share.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use frost_core::keys::repairable::{self, Delta, Sigma};
-use frost_core::keys::{PublicKeyPackage, VerifyingShare};
-use frost_core::{self as frost, Group, Identifier};
+use frost_core::keys::{
+    CoefficientCommitment, KeyPackage, PublicKeyPackage, SecretShare, SigningShare,
+    VerifiableSecretSharingCommitment,
+};
+use frost_core::{self as frost, Field, Group, Identifier};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::super::frost_identifier;
 use super::super::scheme::{self, Scheme, Suite};
 use super::super::session::{SessionError, join_peers};
-use super::super::{frost_error, frost_identifier};
 
 /// Domain of the confirmation digest.
-const CONFIRM_DOMAIN: &[u8] = b"p2p-mpc reshare confirmation v1";
+const CONFIRM_DOMAIN: &[u8] = b"p2p-mpc reshare confirmation v2";
 /// Domain of an old holder's digest of the generation it holds.
 const OLD_KEY_DOMAIN: &[u8] = b"p2p-mpc reshare current generation v1";
 
@@ -99,21 +107,23 @@ impl ReshareSpec {
                 self.new.len()
             ));
         }
-        if self.new.len() > 255 {
-            return Err(format!(
-                "{} new holders are too many (at most 255)",
-                self.new.len()
-            ));
+        if self.new.len() > 255 || self.old.len() > 255 {
+            return Err("a key has at most 255 holders".into());
         }
-        if self.generation == 0 {
-            return Err("a reshare makes generation 1 or later".into());
+        if self.generation == 0 || self.generation == u64::MAX {
+            return Err(format!(
+                "generation {} cannot be made by a reshare",
+                self.generation
+            ));
         }
         Ok(())
     }
 
-    /// Everyone who takes part: the old and the new holders, sorted.
+    /// Everyone who takes part, sorted: the new holders and the helpers. A dropped holder
+    /// takes part only as a helper (when fewer than the threshold stay); the others are
+    /// told afterwards (the driver's retire notice).
     pub fn participants(&self) -> Vec<PeerId> {
-        let all: BTreeSet<PeerId> = self.old.iter().chain(&self.new).copied().collect();
+        let all: BTreeSet<PeerId> = self.new.iter().chain(&self.helpers()).copied().collect();
         all.into_iter().collect()
     }
 
@@ -135,13 +145,9 @@ impl ReshareSpec {
             .collect()
     }
 
-    /// The `threshold` old holders that repair the joining holders' shares: kept holders
-    /// first (they take part anyway), then dropped ones, each group in peer id order. Empty
-    /// when nobody joins.
+    /// The `threshold` old holders that deal the new shares: kept holders first (they take
+    /// part anyway), then dropped ones, each group in peer id order.
     pub fn helpers(&self) -> Vec<PeerId> {
-        if self.joining().is_empty() {
-            return vec![];
-        }
         let kept = self.old.iter().filter(|p| self.new.contains(p));
         let dropped = self.old.iter().filter(|p| !self.new.contains(p));
         kept.chain(dropped)
@@ -155,29 +161,19 @@ impl ReshareSpec {
 /// sender and recipient have the role it belongs to.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Round1Message {
-    /// From an old holder: the SHA-256 of its public key package (the generation it holds).
+    /// From an old holder: its digest of the current generation (key, metadata and public
+    /// key package).
     #[serde(default)]
     pub old_key: Option<[u8; 32]>,
-    /// Helper → helper: for each joining holder (peer id), this recipient's repair delta.
-    #[serde(default, deserialize_with = "super::super::wire::peer_list")]
-    pub deltas: Vec<(String, Vec<u8>)>,
-    /// New holder → new holder: the refresh part-1 package.
+    /// Helper → new holder: the recipient's share of the helper's weighted share.
     #[serde(default)]
-    pub package: Option<Vec<u8>>,
-}
-
-/// Round 2, from one participant to another (see [`Round1Message`]).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Round2Message {
-    /// Helper → joining holder: its sigma.
+    pub share: Option<Vec<u8>>,
+    /// Helper → new holder: the commitment to the helper's polynomial (`t` coefficients).
     #[serde(default)]
-    pub sigma: Option<Vec<u8>>,
+    pub commitment: Option<Vec<u8>>,
     /// Helper → joining holder: the current public key package.
     #[serde(default)]
     pub old_public_key_package: Option<Vec<u8>>,
-    /// New holder → new holder: the refresh part-2 package.
-    #[serde(default)]
-    pub package: Option<Vec<u8>>,
 }
 
 /// Messages for single peers: (recipient, message).
@@ -214,8 +210,7 @@ struct Common<C: Suite> {
     me: Roles,
     participants: Vec<PeerId>,
     helpers: Vec<PeerId>,
-    joining: Vec<PeerId>,
-    ids: BTreeMap<Identifier<C>, PeerId>,
+    /// Identifiers of every old and new holder.
     id_of: BTreeMap<PeerId, Identifier<C>>,
 }
 
@@ -287,6 +282,10 @@ impl<C: Suite> Common<C> {
         self.id_of[peer]
     }
 
+    fn helper_ids(&self) -> BTreeSet<Identifier<C>> {
+        self.helpers.iter().map(|p| self.id(p)).collect()
+    }
+
     fn incomplete<T>(
         &self,
         got: &BTreeMap<PeerId, T>,
@@ -330,34 +329,50 @@ fn take_once<T: PartialEq>(
     }
 }
 
-/// The verifying share that `package` implies at `id`: the verifying shares of `threshold`
-/// holders interpolated at `id` in the group (Lagrange coefficients from frost-core).
-fn verifying_share_at<C: Suite>(
-    package: &PublicKeyPackage<C>,
-    threshold: u16,
+/// A helper's Lagrange coefficient over the helpers, at zero.
+fn lambda<C: Suite>(
+    helpers: &BTreeSet<Identifier<C>>,
     id: Identifier<C>,
-) -> Result<VerifyingShare<C>, SessionError> {
-    if let Some(share) = package.verifying_shares().get(&id) {
-        return Ok(*share);
-    }
-    let basis: BTreeSet<Identifier<C>> = package
-        .verifying_shares()
-        .keys()
-        .take(usize::from(threshold))
-        .copied()
-        .collect();
-    if basis.len() < usize::from(threshold) {
-        return Err(SessionError::failed(
-            "the public key package has fewer verifying shares than the threshold",
+) -> Result<frost::Scalar<C>, SessionError> {
+    frost::compute_lagrange_coefficient(helpers, None, id)
+        .map_err(|e| SessionError::failed(format!("Lagrange coefficient: {e}")))
+}
+
+/// What one helper deals: its polynomial's value at each new holder, and the commitment.
+struct Dealt<C: Suite> {
+    shares: BTreeMap<PeerId, SigningShare<C>>,
+    commitment: VerifiableSecretSharingCommitment<C>,
+}
+
+/// A helper's dealing: a random polynomial of degree `t - 1` whose constant term is `λ·s`
+/// (its share weighted by its Lagrange coefficient over the helpers), evaluated at every new
+/// holder, and the commitment to its coefficients.
+fn deal<C: Suite>(common: &Common<C>, share: &KeyPackage<C>) -> Result<Dealt<C>, SessionError> {
+    let lambda = lambda(&common.helper_ids(), *share.identifier())?;
+    let mut coefficients = vec![lambda * share.signing_share().to_scalar()];
+    for _ in 1..common.spec.threshold {
+        coefficients.push(<<C::Group as Group>::Field as Field>::random(
+            &mut rand_core::OsRng,
         ));
     }
-    let mut sum = <C::Group as Group>::identity();
-    for i in &basis {
-        let lambda = frost::compute_lagrange_coefficient(&basis, Some(id), *i)
-            .map_err(|e| SessionError::failed(format!("interpolating a verifying share: {e}")))?;
-        sum = sum + package.verifying_shares()[i].to_element() * lambda;
-    }
-    Ok(VerifyingShare::new(sum))
+    let commitment = VerifiableSecretSharingCommitment::new(
+        coefficients
+            .iter()
+            .map(|c| CoefficientCommitment::new(C::Group::generator() * *c))
+            .collect(),
+    );
+    let shares = common
+        .spec
+        .new
+        .iter()
+        .map(|p| {
+            (
+                *p,
+                SigningShare::from_coefficients(&coefficients, common.id(p)),
+            )
+        })
+        .collect();
+    Ok(Dealt { shares, commitment })
 }
 
 /// Round 1: this node's messages sent, the others' as they come.
@@ -366,15 +381,15 @@ pub struct Round1<C: Suite> {
     /// This node's share of the current generation (old holders).
     old: Option<scheme::Share<C>>,
     old_digest: Option<[u8; 32]>,
-    /// The deltas this helper made for itself, per joining holder.
-    own_deltas: BTreeMap<PeerId, Delta<C>>,
-    secret: Option<frost::keys::dkg::round1::SecretPackage<C>>,
+    /// What this helper dealt itself, when it is a new holder too.
+    own: Option<(SigningShare<C>, VerifiableSecretSharingCommitment<C>)>,
     received: BTreeMap<PeerId, Round1Message>,
-    /// Every old holder's digest of its public key package.
+    /// Every old participant's digest of its generation.
     old_digests: BTreeMap<PeerId, [u8; 32]>,
-    /// Deltas received per joining holder, per helper.
-    deltas: BTreeMap<PeerId, BTreeMap<PeerId, Delta<C>>>,
-    packages: BTreeMap<Identifier<C>, frost::keys::dkg::round1::Package<C>>,
+    /// Each helper's dealt share for this node and its commitment.
+    dealt: BTreeMap<PeerId, (SigningShare<C>, VerifiableSecretSharingCommitment<C>)>,
+    /// The current public key package as each helper sent it (joining holders).
+    old_packages: BTreeMap<PeerId, Vec<u8>>,
 }
 
 impl<C: Suite> Round1<C> {
@@ -394,15 +409,18 @@ impl<C: Suite> Round1<C> {
         }
         spec.check().map_err(SessionError::failed)?;
         let participants = spec.participants();
+        // Identifiers of every old and new holder (the old ones name the current verifying
+        // shares, also of holders that take no part).
+        let everyone: BTreeSet<PeerId> = spec.old.iter().chain(&spec.new).copied().collect();
         let mut ids = BTreeMap::new();
         let mut id_of = BTreeMap::new();
-        for p in &participants {
+        for p in &everyone {
             let id = frost_identifier(p).map_err(SessionError::failed)?;
             ids.insert(id, *p);
             id_of.insert(*p, id);
         }
-        if ids.len() != participants.len() {
-            return Err(SessionError::failed("two participants share an identifier"));
+        if ids.len() != everyone.len() {
+            return Err(SessionError::failed("two holders share an identifier"));
         }
         if !participants.contains(&local) {
             return Err(SessionError::failed(format!(
@@ -410,7 +428,6 @@ impl<C: Suite> Round1<C> {
             )));
         }
         let helpers = spec.helpers();
-        let joining = spec.joining();
         let mut common = Common {
             me: Roles {
                 old: false,
@@ -422,13 +439,11 @@ impl<C: Suite> Round1<C> {
             local,
             participants,
             helpers,
-            joining,
-            ids,
             id_of,
         };
         common.me = common.roles(&local);
         let me = common.me;
-        let old_digest = match (&old, me.old) {
+        let (old_digest, old_bytes) = match (&old, me.old) {
             (Some(share), true) => {
                 let package = &share.public_key_package;
                 if package.min_signers() != Some(common.spec.threshold) {
@@ -438,11 +453,9 @@ impl<C: Suite> Round1<C> {
                     )));
                 }
                 let held: Vec<Identifier<C>> = package.verifying_shares().keys().copied().collect();
-                let expected: Vec<Identifier<C>> = {
-                    let mut ids: Vec<_> = common.spec.old.iter().map(|p| common.id(p)).collect();
-                    ids.sort();
-                    ids
-                };
+                let mut expected: Vec<Identifier<C>> =
+                    common.spec.old.iter().map(|p| common.id(p)).collect();
+                expected.sort();
                 if held != expected || *share.key_package.identifier() != common.id(&local) {
                     return Err(SessionError::failed(format!(
                         "this node's share of key {} is not one of the current holders' generation",
@@ -452,9 +465,9 @@ impl<C: Suite> Round1<C> {
                 let bytes = package
                     .serialize()
                     .map_err(|e| SessionError::failed(format!("public key package: {e}")))?;
-                Some(old_key_digest(&common.spec, &bytes))
+                (Some(old_key_digest(&common.spec, &bytes)), Some(bytes))
             }
-            (None, false) => None,
+            (None, false) => (None, None),
             (Some(_), false) => {
                 return Err(SessionError::failed(
                     "a share was handed to a node that is not a current holder",
@@ -467,51 +480,18 @@ impl<C: Suite> Round1<C> {
                 )));
             }
         };
-
-        // Repair: split this helper's weighted share into one delta per helper, for each
-        // joining holder.
-        let mut deltas_for: BTreeMap<PeerId, BTreeMap<Identifier<C>, Delta<C>>> = BTreeMap::new();
-        if me.helper {
-            let share = old
-                .as_ref()
-                .map(|s| &s.key_package)
-                .ok_or_else(|| SessionError::failed("a helper without a share"))?;
-            let helper_ids: Vec<Identifier<C>> =
-                common.helpers.iter().map(|p| common.id(p)).collect();
-            for j in &common.joining {
-                let deltas = repairable::repair_share_part1(
-                    &helper_ids,
-                    share,
-                    &mut rand_core::OsRng,
-                    common.id(j),
-                )
-                .map_err(|e| SessionError::failed(format!("repair part 1: {e}")))?;
-                deltas_for.insert(*j, deltas);
-            }
-        }
-        // Refresh part 1 among the new holders.
-        let (secret, package) = if me.new {
-            let n = common.spec.new.len() as u16;
-            let (secret, package) = frost::keys::refresh::refresh_dkg_part1(
-                common.id(&local),
-                n,
-                common.spec.threshold,
-                rand_core::OsRng,
-            )
-            .map_err(|e| SessionError::failed(format!("refresh part 1: {e}")))?;
-            let bytes = package
-                .serialize()
-                .map_err(|e| SessionError::failed(format!("refresh part 1: {e}")))?;
-            (Some(secret), Some(bytes))
-        } else {
-            (None, None)
+        let dealt = match (&old, me.helper) {
+            (Some(share), true) => Some(deal(&common, &share.key_package)?),
+            _ => None,
         };
-
-        let mut own_deltas = BTreeMap::new();
-        let my_id = common.id(&local);
-        for (j, deltas) in &deltas_for {
-            own_deltas.insert(*j, deltas[&my_id]);
-        }
+        let commitment_bytes = match &dealt {
+            Some(d) => Some(
+                d.commitment
+                    .serialize_whole()
+                    .map_err(|e| SessionError::failed(format!("commitment: {e}")))?,
+            ),
+            None => None,
+        };
         let mut outgoing = Vec::new();
         for peer in common.others() {
             let them = common.roles(&peer);
@@ -519,18 +499,18 @@ impl<C: Suite> Round1<C> {
                 old_key: old_digest,
                 ..Default::default()
             };
-            if me.helper && them.helper {
-                let id = common.id(&peer);
-                message.deltas = deltas_for
-                    .iter()
-                    .map(|(j, deltas)| (j.to_string(), deltas[&id].serialize()))
-                    .collect();
+            if let Some(d) = dealt.as_ref().filter(|_| them.new) {
+                message.share = Some(d.shares[&peer].serialize());
+                message.commitment = commitment_bytes.clone();
             }
-            if me.new && them.new {
-                message.package = package.clone();
+            if me.helper && them.joining {
+                message.old_public_key_package = old_bytes.clone();
             }
             outgoing.push((peer, message));
         }
+        let own = dealt
+            .filter(|_| me.new)
+            .map(|d| (d.shares[&local], d.commitment));
         let mut old_digests = BTreeMap::new();
         if let Some(d) = old_digest {
             old_digests.insert(local, d);
@@ -539,12 +519,11 @@ impl<C: Suite> Round1<C> {
             common,
             old,
             old_digest,
-            own_deltas,
-            secret,
+            own,
             received: BTreeMap::new(),
             old_digests,
-            deltas: BTreeMap::new(),
-            packages: BTreeMap::new(),
+            dealt: BTreeMap::new(),
+            old_packages: BTreeMap::new(),
         };
         Ok((round, outgoing))
     }
@@ -564,26 +543,27 @@ impl<C: Suite> Round1<C> {
 
     /// Takes `from`'s round-1 message. Refused (blamed): this node itself or a stranger, a
     /// part that the sender's and this node's roles do not call for (or one missing), an
-    /// old holder whose public key package differs from this node's, deltas that do not name
-    /// every joining holder once or are not scalars, a refresh package that is not one or is
-    /// of another threshold, a second, different message.
+    /// old holder whose generation digest differs from this node's, a share or commitment
+    /// that does not decode or a commitment of another threshold, a second, different
+    /// message. (Whether a dealt share is right is checked by [`Round1::confirm`].)
     pub fn receive(&mut self, from: PeerId, message: &Round1Message) -> Result<(), SessionError> {
         let them = self.common.check_sender(&from, "reshare round-1 message")?;
         let me = self.common.me;
         let c = &self.common;
-        c.check_part(from, "old key digest", message.old_key.is_some(), them.old)?;
-        let want_deltas = me.helper && them.helper;
         c.check_part(
             from,
-            "repair deltas",
-            !message.deltas.is_empty(),
-            want_deltas,
+            "generation digest",
+            message.old_key.is_some(),
+            them.old,
         )?;
+        let deals = them.helper && me.new;
+        c.check_part(from, "dealt share", message.share.is_some(), deals)?;
+        c.check_part(from, "commitment", message.commitment.is_some(), deals)?;
         c.check_part(
             from,
-            "refresh package",
-            message.package.is_some(),
-            me.new && them.new,
+            "public key package",
+            message.old_public_key_package.is_some(),
+            them.helper && me.joining,
         )?;
         if let (Some(theirs), Some(mine)) = (message.old_key, self.old_digest)
             && theirs != mine
@@ -596,53 +576,35 @@ impl<C: Suite> Round1<C> {
                 ),
             ));
         }
-        let mut deltas = BTreeMap::new();
-        if want_deltas {
-            for (peer, bytes) in &message.deltas {
-                let joining = peer
-                    .parse::<PeerId>()
-                    .ok()
-                    .filter(|p| c.joining.contains(p));
-                let delta = Delta::<C>::deserialize(bytes).ok();
-                match (joining, delta) {
-                    (Some(j), Some(d)) if !deltas.contains_key(&j) => {
-                        deltas.insert(j, d);
-                    }
-                    _ => {
-                        return Err(SessionError::blame(
-                            vec![from],
-                            format!(
-                                "participant {from} sent a repair delta for `{peer}` that is malformed, for no joining holder or twice"
-                            ),
-                        ));
-                    }
-                }
-            }
-            if deltas.len() != c.joining.len() {
-                return Err(SessionError::blame(
-                    vec![from],
-                    format!("participant {from} left out repair deltas"),
-                ));
-            }
-        }
-        let package = match &message.package {
-            Some(bytes) => {
-                let package =
-                    scheme::decode(bytes, frost::keys::dkg::round1::Package::<C>::deserialize)
-                        .map_err(|e| SessionError::undecodable::<C>(from, "refresh package", e))?;
-                let coefficients = package.commitment().serialize().map(|c| c.len()).ok();
-                if coefficients != Some(usize::from(c.spec.threshold) - 1) {
+        let dealt = match (&message.share, &message.commitment) {
+            (Some(share), Some(commitment)) => {
+                let share = SigningShare::<C>::deserialize(share).map_err(|e| {
+                    SessionError::blame(
+                        vec![from],
+                        format!("participant {from} sent a malformed dealt share: {e}"),
+                    )
+                })?;
+                let commitment = VerifiableSecretSharingCommitment::<C>::deserialize_whole(
+                    commitment,
+                )
+                .map_err(|e| {
+                    SessionError::blame(
+                        vec![from],
+                        format!("participant {from} sent a malformed commitment: {e}"),
+                    )
+                })?;
+                if commitment.coefficients().len() != usize::from(c.spec.threshold) {
                     return Err(SessionError::blame(
                         vec![from],
                         format!(
-                            "participant {from} sent a refresh package for another threshold than {}",
+                            "participant {from} dealt a polynomial for another threshold than {}",
                             c.spec.threshold
                         ),
                     ));
                 }
-                Some(package)
+                Some((share, commitment))
             }
-            None => None,
+            _ => None,
         };
         if !take_once(&mut self.received, from, message.clone(), "reshare round-1")? {
             return Ok(());
@@ -650,259 +612,128 @@ impl<C: Suite> Round1<C> {
         if let Some(d) = message.old_key {
             self.old_digests.insert(from, d);
         }
-        for (j, d) in deltas {
-            self.deltas.entry(j).or_default().insert(from, d);
-        }
-        if let Some(p) = package {
-            self.packages.insert(self.common.id(&from), p);
-        }
-        Ok(())
-    }
-
-    /// Once every round-1 message arrived: checks that every old holder holds the same
-    /// generation, then makes this node's round-2 messages: a sigma (with the current public
-    /// key package) for each joining holder from each helper, and the refresh part-2
-    /// packages among the new holders.
-    pub fn round2(self) -> Result<(Round2<C>, Outgoing<Round2Message>), SessionError> {
-        let c = &self.common;
-        c.incomplete(&self.received, &c.others(), "round 1")?;
-        let digests: BTreeSet<&[u8; 32]> = self.old_digests.values().collect();
-        if digests.len() != 1 {
-            return Err(SessionError::failed(format!(
-                "the current holders of key {} hold different public key packages or metadata: they are not at one generation",
-                c.spec.key_id
-            )));
-        }
-        let me = c.me;
-        let mut sigmas: BTreeMap<PeerId, Sigma<C>> = BTreeMap::new();
-        if me.helper {
-            for j in &c.joining {
-                let mut deltas: Vec<Delta<C>> = self
-                    .deltas
-                    .get(j)
-                    .map(|d| d.values().copied().collect())
-                    .unwrap_or_default();
-                deltas.push(self.own_deltas[j]);
-                sigmas.insert(*j, repairable::repair_share_part2(&deltas));
-            }
-        }
-        let (secret, refresh_out) = match self.secret {
-            Some(secret) => {
-                let (secret, out) = frost::keys::refresh::refresh_dkg_part2(secret, &self.packages)
-                    .map_err(|e| frost_error(e, &c.ids, "refresh part 2"))?;
-                (Some(secret), out)
-            }
-            None => (None, BTreeMap::new()),
-        };
-        let old_package = match (&self.old, me.helper) {
-            (Some(share), true) => Some(
-                share
-                    .public_key_package
-                    .serialize()
-                    .map_err(|e| SessionError::failed(format!("public key package: {e}")))?,
-            ),
-            _ => None,
-        };
-        let mut outgoing = Vec::new();
-        for peer in c.others() {
-            let them = c.roles(&peer);
-            let mut message = Round2Message::default();
-            if me.helper && them.joining {
-                message.sigma = Some(sigmas[&peer].serialize());
-                message.old_public_key_package = old_package.clone();
-            }
-            if me.new && them.new {
-                let package = refresh_out.get(&c.id(&peer)).ok_or_else(|| {
-                    SessionError::failed("refresh part 2 made no package for a new holder")
-                })?;
-                message.package = Some(
-                    package
-                        .serialize()
-                        .map_err(|e| SessionError::failed(format!("refresh part 2: {e}")))?,
-                );
-            }
-            outgoing.push((peer, message));
-        }
-        let old_digest = **digests.iter().next().expect("one digest");
-        let round = Round2 {
-            common: self.common,
-            old: self.old,
-            old_digest,
-            secret,
-            round1: self.packages,
-            received: BTreeMap::new(),
-            sigmas: BTreeMap::new(),
-            old_packages: BTreeMap::new(),
-            packages: BTreeMap::new(),
-        };
-        Ok((round, outgoing))
-    }
-}
-
-/// Round 2: sigmas for a joining holder, refresh packages for a new holder.
-pub struct Round2<C: Suite> {
-    common: Common<C>,
-    old: Option<scheme::Share<C>>,
-    /// The digest of the current public key package every old holder named.
-    old_digest: [u8; 32],
-    secret: Option<frost::keys::dkg::round2::SecretPackage<C>>,
-    round1: BTreeMap<Identifier<C>, frost::keys::dkg::round1::Package<C>>,
-    received: BTreeMap<PeerId, Round2Message>,
-    sigmas: BTreeMap<PeerId, Sigma<C>>,
-    old_packages: BTreeMap<PeerId, Vec<u8>>,
-    packages: BTreeMap<Identifier<C>, frost::keys::dkg::round2::Package<C>>,
-}
-
-impl<C: Suite> Round2<C> {
-    /// The participants whose round-2 message has not arrived.
-    pub fn missing(&self) -> Vec<PeerId> {
-        self.common
-            .others()
-            .into_iter()
-            .filter(|p| !self.received.contains_key(p))
-            .collect()
-    }
-
-    /// Takes `from`'s round-2 message. Refused (blamed): this node itself or a stranger, a
-    /// part the roles do not call for (or one missing), a sigma that is not a scalar, a
-    /// public key package other than the one every old holder named, a refresh package that
-    /// is not one, a second, different message. (Whether a sigma or a refresh share is right
-    /// is checked by [`Round2::confirm`].)
-    pub fn receive(&mut self, from: PeerId, message: &Round2Message) -> Result<(), SessionError> {
-        let them = self.common.check_sender(&from, "reshare round-2 message")?;
-        let me = self.common.me;
-        let c = &self.common;
-        let repairs = them.helper && me.joining;
-        c.check_part(from, "sigma", message.sigma.is_some(), repairs)?;
-        c.check_part(
-            from,
-            "public key package",
-            message.old_public_key_package.is_some(),
-            repairs,
-        )?;
-        c.check_part(
-            from,
-            "refresh package",
-            message.package.is_some(),
-            me.new && them.new,
-        )?;
-        let sigma = match &message.sigma {
-            Some(bytes) => Some(Sigma::<C>::deserialize(bytes).map_err(|e| {
-                SessionError::blame(
-                    vec![from],
-                    format!("participant {from} sent a malformed sigma: {e}"),
-                )
-            })?),
-            None => None,
-        };
-        if let Some(bytes) = &message.old_public_key_package
-            && old_key_digest(&self.common.spec, bytes) != self.old_digest
-        {
-            return Err(SessionError::blame(
-                vec![from],
-                format!(
-                    "participant {from} sent a public key package other than the one every current holder named"
-                ),
-            ));
-        }
-        let package = match &message.package {
-            Some(bytes) => Some(
-                scheme::decode(bytes, frost::keys::dkg::round2::Package::<C>::deserialize)
-                    .map_err(|e| SessionError::undecodable::<C>(from, "refresh package", e))?,
-            ),
-            None => None,
-        };
-        if !take_once(&mut self.received, from, message.clone(), "reshare round-2")? {
-            return Ok(());
-        }
-        if let Some(s) = sigma {
-            self.sigmas.insert(from, s);
+        if let Some(d) = dealt {
+            self.dealt.insert(from, d);
         }
         if let Some(bytes) = &message.old_public_key_package {
             self.old_packages.insert(from, bytes.clone());
         }
-        if let Some(p) = package {
-            self.packages.insert(self.common.id(&from), p);
-        }
         Ok(())
     }
 
-    /// Once every round-2 message arrived: a joining holder sums its sigmas and checks the
-    /// share against the current public key package; a new holder adds the refresh shares
-    /// (each checked against its sender's commitment). Returns the round and, for a new
+    /// Once every round-1 message arrived: checks that every old participant holds the
+    /// same generation, and for a new holder each helper's dealing (the share against the
+    /// commitment, the commitment's constant term against the helper's weighted verifying
+    /// share); then the new share and public key package. Returns the round and, for a new
     /// holder, the confirmation digest to send to every other participant.
     pub fn confirm(self) -> Result<(Confirming<C>, Option<[u8; 32]>), SessionError> {
         let c = &self.common;
-        c.incomplete(&self.received, &c.others(), "round 2")?;
-        let me = c.me;
-        let old_public = match &self.old {
-            Some(share) => share.public_key_package.clone(),
-            None if me.joining => {
-                let bytes = self.old_packages.values().next().ok_or_else(|| {
-                    SessionError::failed("no helper sent the current public key package")
-                })?;
-                scheme::decode(bytes, PublicKeyPackage::<C>::deserialize).map_err(|e| {
-                    SessionError::failed(format!("the current public key package: {e:?}"))
-                })?
-            }
-            None => {
-                return Err(SessionError::failed(
-                    "a participant that is neither an old nor a new holder",
-                ));
+        c.incomplete(&self.received, &c.others(), "round 1")?;
+        let digests: BTreeSet<&[u8; 32]> = self.old_digests.values().collect();
+        let old_digest = match digests.into_iter().collect::<Vec<_>>()[..] {
+            [d] => *d,
+            _ => {
+                return Err(SessionError::failed(format!(
+                    "the current holders of key {} hold different public key packages or metadata: they are not at one generation",
+                    c.spec.key_id
+                )));
             }
         };
-        let threshold = c.spec.threshold;
-        if old_public.min_signers() != Some(threshold) {
-            return Err(SessionError::failed(format!(
-                "the current public key package is not of threshold {threshold}"
-            )));
-        }
-        // The current package, extended by the verifying share it implies at each joining
-        // holder's identifier: what refresh adds the new holders' zero shares to.
-        let mut shares = old_public.verifying_shares().clone();
-        for j in &c.joining {
-            let id = c.id(j);
-            shares.insert(id, verifying_share_at(&old_public, threshold, id)?);
-        }
-        let extended = PublicKeyPackage::new(shares, *old_public.verifying_key(), Some(threshold));
-
+        let me = c.me;
         let mut output = None;
-        let mut digest = None;
+        let mut mine = None;
         if me.new {
-            let current = match &self.old {
-                Some(share) => share.key_package.clone(),
+            let old_public = match &self.old {
+                Some(share) => share.public_key_package.clone(),
                 None => {
-                    let sigmas: Vec<Sigma<C>> = self.sigmas.values().copied().collect();
-                    let repaired =
-                        repairable::repair_share_part3(&sigmas, c.id(&c.local), &old_public)
-                            .map_err(|e| SessionError::failed(format!("repair part 3: {e}")))?;
-                    if repaired.verifying_share() != &extended.verifying_shares()[&c.id(&c.local)] {
-                        return Err(SessionError::failed(format!(
-                            "the repaired share does not match the key's public key package: one of the helpers ({}) sent a wrong repair value",
-                            join_peers(&c.helpers)
-                        )));
+                    for (helper, bytes) in &self.old_packages {
+                        if old_key_digest(&c.spec, bytes) != old_digest {
+                            return Err(SessionError::blame(
+                                vec![*helper],
+                                format!(
+                                    "participant {helper} sent a public key package other than the one every current holder named"
+                                ),
+                            ));
+                        }
                     }
-                    repaired
+                    let bytes = self.old_packages.values().next().ok_or_else(|| {
+                        SessionError::failed("no helper sent the current public key package")
+                    })?;
+                    scheme::decode(bytes, PublicKeyPackage::<C>::deserialize).map_err(|e| {
+                        SessionError::failed(format!("the current public key package: {e:?}"))
+                    })?
                 }
             };
-            let secret = self
-                .secret
-                .as_ref()
-                .ok_or_else(|| SessionError::failed("a new holder without refresh state"))?;
-            check_refresh_shares(c, &self.round1, &self.packages)?;
-            let (key_package, public_key_package) = frost::keys::refresh::refresh_dkg_shares(
-                secret,
-                &self.round1,
-                &self.packages,
-                extended,
-                current,
-            )
-            .map_err(|e| frost_error(e, &c.ids, "refresh"))?;
-            if public_key_package.verifying_key() != old_public.verifying_key() {
-                return Err(SessionError::failed("the refresh changed the group key"));
+            let threshold = c.spec.threshold;
+            if old_public.min_signers() != Some(threshold) {
+                return Err(SessionError::failed(format!(
+                    "the current public key package is not of threshold {threshold}"
+                )));
             }
-            let d = confirmation_digest(&c.spec, &self.old_digest, &public_key_package)?;
-            digest = Some(d);
+            let helper_ids = c.helper_ids();
+            let my_id = c.id(&c.local);
+            let mut dealt: BTreeMap<
+                PeerId,
+                &(SigningShare<C>, VerifiableSecretSharingCommitment<C>),
+            > = self.dealt.iter().map(|(p, d)| (*p, d)).collect();
+            if let Some(own) = &self.own {
+                dealt.insert(c.local, own);
+            }
+            let mut sum = <<C::Group as Group>::Field as Field>::zero();
+            let mut commitments = Vec::new();
+            for helper in &c.helpers {
+                let (share, commitment) = dealt.get(helper).ok_or_else(|| {
+                    SessionError::failed(format!("no dealing from helper {helper}"))
+                })?;
+                let id = c.id(helper);
+                let verifying = old_public.verifying_shares().get(&id).ok_or_else(|| {
+                    SessionError::failed(format!(
+                        "helper {helper} has no verifying share in the current public key package"
+                    ))
+                })?;
+                let weighted = verifying.to_element() * lambda(&helper_ids, id)?;
+                if commitment.coefficients()[0].value() != weighted {
+                    return Err(SessionError::blame(
+                        vec![*helper],
+                        format!(
+                            "participant {helper} dealt a polynomial whose constant term is not its own weighted share"
+                        ),
+                    ));
+                }
+                let check = SecretShare::new(my_id, *share, (*commitment).clone());
+                if check.verify().is_err() {
+                    return Err(SessionError::blame(
+                        vec![*helper],
+                        format!(
+                            "participant {helper} dealt a share that does not match its commitment"
+                        ),
+                    ));
+                }
+                sum = sum + share.to_scalar();
+                commitments.push((*commitment).clone());
+            }
+            let refs: Vec<&VerifiableSecretSharingCommitment<C>> = commitments.iter().collect();
+            let group = frost::keys::sum_commitments(&refs)
+                .map_err(|e| SessionError::failed(format!("summing the commitments: {e}")))?;
+            let new_ids: BTreeSet<Identifier<C>> = c.spec.new.iter().map(|p| c.id(p)).collect();
+            let public_key_package = PublicKeyPackage::from_commitment(&new_ids, &group)
+                .map_err(|e| SessionError::failed(format!("the new public key package: {e}")))?;
+            if public_key_package.verifying_key() != old_public.verifying_key() {
+                return Err(SessionError::failed(
+                    "the dealt shares are of another group key",
+                ));
+            }
+            let signing_share = SigningShare::new(sum);
+            let verifying_share = public_key_package.verifying_shares()[&my_id];
+            let key_package = KeyPackage::new(
+                my_id,
+                signing_share,
+                verifying_share,
+                *public_key_package.verifying_key(),
+                threshold,
+            );
+            let d = confirmation_digest(&c.spec, &old_digest, &public_key_package)?;
+            mine = Some(d);
             output = Some(scheme::Share {
                 key_package,
                 public_key_package,
@@ -910,48 +741,12 @@ impl<C: Suite> Round2<C> {
         }
         let confirming = Confirming {
             common: self.common,
-            mine: digest,
+            mine,
             output,
             confirmed: BTreeMap::new(),
         };
-        Ok((confirming, digest))
+        Ok((confirming, mine))
     }
-}
-
-/// Checks each refresh share this node received against its sender's commitment (a
-/// sharing of zero: the commitment to the constant term is the identity), blaming the
-/// sender of a wrong one. frost-core's `refresh_dkg_shares` makes the same check but does not
-/// say whose share failed.
-fn check_refresh_shares<C: Suite>(
-    c: &Common<C>,
-    round1: &BTreeMap<Identifier<C>, frost::keys::dkg::round1::Package<C>>,
-    round2: &BTreeMap<Identifier<C>, frost::keys::dkg::round2::Package<C>>,
-) -> Result<(), SessionError> {
-    use frost::keys::{CoefficientCommitment, SecretShare, VerifiableSecretSharingCommitment};
-    for (id, package) in round2 {
-        let sender = c.ids[id];
-        let commitment = round1
-            .get(id)
-            .ok_or_else(|| SessionError::failed(format!("no refresh commitment from {sender}")))?;
-        let coefficients =
-            std::iter::once(CoefficientCommitment::new(<C::Group as Group>::identity()))
-                .chain(commitment.commitment().coefficients().iter().copied())
-                .collect();
-        let share = SecretShare::new(
-            c.id(&c.local),
-            *package.signing_share(),
-            VerifiableSecretSharingCommitment::new(coefficients),
-        );
-        if share.verify().is_err() {
-            return Err(SessionError::blame(
-                vec![sender],
-                format!(
-                    "participant {sender} sent a refresh share that does not match its commitment"
-                ),
-            ));
-        }
-    }
-    Ok(())
 }
 
 /// The digest each new holder confirms (see the module's documentation).
@@ -1108,14 +903,13 @@ mod tests {
     type Results<C> = BTreeMap<PeerId, Result<ReshareOutput<C>, SessionError>>;
 
     /// Runs a reshare among every participant of `spec`, delivering every message after
-    /// `tamper1`/`tamper2`/`tamper3` had their way with it (sender, recipient, message). A
-    /// participant stops at its first error.
+    /// `tamper1`/`tamper2` had their way with it (sender, recipient, message). A participant
+    /// stops at its first error.
     fn run<C: Suite>(
         spec: &ReshareSpec,
         shares: &BTreeMap<PeerId, scheme::Share<C>>,
         tamper1: impl Fn(PeerId, PeerId, &mut Round1Message),
-        tamper2: impl Fn(PeerId, PeerId, &mut Round2Message),
-        tamper3: impl Fn(PeerId, PeerId, &mut [u8; 32]),
+        tamper2: impl Fn(PeerId, PeerId, &mut [u8; 32]),
     ) -> Results<C> {
         let all = spec.participants();
         let mut errors: BTreeMap<PeerId, SessionError> = BTreeMap::new();
@@ -1136,36 +930,14 @@ mod tests {
                 r1.remove(&to);
             }
         }
-        let mut r2 = BTreeMap::new();
+        let mut c = BTreeMap::new();
         let mut sent2 = Vec::new();
         for (p, round) in r1 {
-            match round.round2() {
-                Ok((round, out)) => {
-                    r2.insert(p, round);
-                    sent2.extend(out.into_iter().map(|(to, m)| (p, to, m)));
-                }
-                Err(e) => {
-                    errors.insert(p, e);
-                }
-            }
-        }
-        for (from, to, mut m) in sent2 {
-            tamper2(from, to, &mut m);
-            if let Some(round) = r2.get_mut(&to)
-                && let Err(e) = round.receive(from, &m)
-            {
-                errors.entry(to).or_insert(e);
-                r2.remove(&to);
-            }
-        }
-        let mut c = BTreeMap::new();
-        let mut sent3 = Vec::new();
-        for (p, round) in r2 {
             match round.confirm() {
                 Ok((round, digest)) => {
                     c.insert(p, round);
                     if let Some(d) = digest {
-                        sent3.extend(all.iter().filter(|q| **q != p).map(|q| (p, *q, d)));
+                        sent2.extend(all.iter().filter(|q| **q != p).map(|q| (p, *q, d)));
                     }
                 }
                 Err(e) => {
@@ -1173,8 +945,8 @@ mod tests {
                 }
             }
         }
-        for (from, to, mut d) in sent3 {
-            tamper3(from, to, &mut d);
+        for (from, to, mut d) in sent2 {
+            tamper2(from, to, &mut d);
             if let Some(round) = c.get_mut(&to)
                 && let Err(e) = round.receive(from, &d)
             {
@@ -1193,7 +965,7 @@ mod tests {
         spec: &ReshareSpec,
         shares: &BTreeMap<PeerId, scheme::Share<C>>,
     ) -> Results<C> {
-        run(spec, shares, |_, _, _| {}, |_, _, _| {}, |_, _, _| {})
+        run(spec, shares, |_, _, _| {}, |_, _, _| {})
     }
 
     /// The new holders' shares; panics unless every new holder got one and every dropped
@@ -1262,7 +1034,8 @@ mod tests {
         let holders = peers(3);
         let old = key::<C>(2, &holders);
         let spec = spec::<C>(2, &holders, &holders);
-        assert!(spec.helpers().is_empty() && spec.joining().is_empty());
+        assert_eq!(spec.helpers(), holders[..2].to_vec());
+        assert!(spec.joining().is_empty());
         let new = new_shares(&spec, honest(&spec, &old));
         let group = old[&holders[0]].public_key_package.verifying_key();
         for p in &holders {
@@ -1321,6 +1094,11 @@ mod tests {
         let kept = vec![holders[0], holders[2], holders[4]];
         let spec = spec::<C>(2, &holders, &kept);
         assert_eq!(spec.dropped(), vec![holders[1], holders[3]]);
+        assert_eq!(
+            spec.participants(),
+            kept,
+            "enough stay: the dropped take no part"
+        );
         let new = new_shares(&spec, honest(&spec, &old));
         let package = &new[&kept[0]].public_key_package;
         assert_eq!(package.verifying_shares().len(), 3);
@@ -1401,39 +1179,47 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_repair_value_is_caught_by_the_joining_holder() {
+    fn a_helper_that_deals_a_wrong_share_or_another_constant_is_blamed() {
         let holders = peers(3);
         let old = key::<Ed>(2, &holders);
         let joining = peers(1)[0];
         let new_set = sorted(holders.iter().copied().chain([joining]).collect());
         let spec = spec::<Ed>(2, &holders, &new_set);
-        let helper = spec.helpers()[0];
-        // A helper's delta to another helper, changed.
+        let cheat = spec.helpers()[0];
+        // A share that is a valid scalar but not the one the commitment implies.
         let results = run(
             &spec,
             &old,
-            |from, _, m| {
-                if from == helper && !m.deltas.is_empty() {
-                    m.deltas[0].1 = Delta::<Ed>::deserialize(&[3; 32]).unwrap().serialize();
-                }
-            },
-            |_, _, _| {},
-            |_, _, _| {},
-        );
-        assert!(error(&results, &joining).contains("wrong repair value"));
-        // A helper's sigma, changed.
-        let results = run(
-            &spec,
-            &old,
-            |_, _, _| {},
-            |from, _, m| {
-                if from == helper && m.sigma.is_some() {
-                    m.sigma = Some(Sigma::<Ed>::deserialize(&[5; 32]).unwrap().serialize());
+            |from, to, m| {
+                if from == cheat && to == joining {
+                    let mut share = m.share.clone().unwrap();
+                    share[0] ^= 1;
+                    m.share = Some(share);
                 }
             },
             |_, _, _| {},
         );
-        assert!(error(&results, &joining).contains("wrong repair value"));
+        blames(&results, &joining, &cheat, "does not match its commitment");
+        // A consistent dealing of another secret (a fresh polynomial, its own commitment).
+        let (_, other) = Round1::<Ed>::start(
+            spec.clone(),
+            cheat,
+            Some(key::<Ed>(2, &holders)[&cheat].clone()),
+        )
+        .unwrap();
+        let other: BTreeMap<PeerId, Round1Message> = other.into_iter().collect();
+        let results = run(
+            &spec,
+            &old,
+            |from, to, m| {
+                if from == cheat && to == joining {
+                    m.share = other[&joining].share.clone();
+                    m.commitment = other[&joining].commitment.clone();
+                }
+            },
+            |_, _, _| {},
+        );
+        blames(&results, &joining, &cheat, "not its own weighted share");
         // Without the joining holder's confirmation nobody else finishes either.
         assert!(results.values().all(|r| r.is_err()));
     }
@@ -1455,7 +1241,6 @@ mod tests {
                 }
             },
             |_, _, _| {},
-            |_, _, _| {},
         );
         blames(&results, &holders[0], &liar, "another generation");
         assert!(error(&results, &joining).contains("not at one generation"));
@@ -1464,7 +1249,6 @@ mod tests {
         let results = run(
             &spec,
             &old,
-            |_, _, _| {},
             |from, _, m| {
                 if from == helper && m.old_public_key_package.is_some() {
                     m.old_public_key_package =
@@ -1482,35 +1266,14 @@ mod tests {
     }
 
     #[test]
-    fn a_wrong_refresh_share_or_confirmation_is_blamed() {
+    fn a_different_confirmation_is_blamed() {
         let holders = peers(3);
         let old = key::<Ed>(2, &holders);
         let spec = spec::<Ed>(2, &holders, &holders);
         let cheat = holders[1];
-        // A share that is a valid scalar but not the one the cheat's commitment implies
-        // (its lowest byte, where the scalar is little-endian, changed).
         let results = run(
             &spec,
             &old,
-            |_, _, _| {},
-            |from, to, m| {
-                if from == cheat && to == holders[0] {
-                    let mut other = m.package.clone().unwrap();
-                    let at = other.len() - 32;
-                    other[at] ^= 1;
-                    m.package = Some(other);
-                }
-            },
-            |_, _, _| {},
-        );
-        assert_eq!(
-            results[&holders[0]].as_ref().err().unwrap().blamed(),
-            [cheat]
-        );
-        let results = run(
-            &spec,
-            &old,
-            |_, _, _| {},
             |_, _, _| {},
             |from, to, d| {
                 if from == cheat && to == holders[2] {
@@ -1528,58 +1291,56 @@ mod tests {
         let joining = peers(1)[0];
         let new_set = sorted(holders.iter().copied().chain([joining]).collect());
         let spec = spec::<Ed>(2, &holders, &new_set);
+        let helper = spec.helpers()[0];
         let (mut round, _) = Round1::<Ed>::start(spec.clone(), joining, None).unwrap();
         let (_, out) =
-            Round1::<Ed>::start(spec.clone(), holders[0], Some(old[&holders[0]].clone())).unwrap();
+            Round1::<Ed>::start(spec.clone(), helper, Some(old[&helper].clone())).unwrap();
         let to_joining = out.iter().find(|(to, _)| *to == joining).unwrap().1.clone();
-        let to_helper = out
-            .iter()
-            .find(|(to, _)| *to == holders[1])
-            .unwrap()
-            .1
-            .clone();
-        assert!(!to_helper.deltas.is_empty() && to_joining.deltas.is_empty());
+        assert!(to_joining.share.is_some() && to_joining.old_public_key_package.is_some());
         let stranger = PeerId::random();
         assert_eq!(
             round.receive(stranger, &to_joining).unwrap_err().blamed(),
             [stranger]
         );
-        // Deltas meant for a helper, sent to the joining holder.
-        let e = round.receive(holders[0], &to_helper).unwrap_err();
-        assert!(e.to_string().contains("has no business"), "{e}");
         let mut bare = to_joining.clone();
-        bare.package = None;
-        let e = round.receive(holders[0], &bare).unwrap_err();
+        bare.commitment = None;
+        let e = round.receive(helper, &bare).unwrap_err();
+        assert!(e.to_string().contains("left out the commitment"), "{e}");
+        let mut extra = to_joining.clone();
+        extra.old_key = None;
+        let e = round.receive(helper, &extra).unwrap_err();
         assert!(
-            e.to_string().contains("left out the refresh package"),
+            e.to_string().contains("left out the generation digest"),
             "{e}"
         );
         let mut garbage = to_joining.clone();
-        garbage.package = Some(b"garbage".to_vec());
+        garbage.commitment = Some(b"garbage".to_vec());
         assert!(
             round
-                .receive(holders[0], &garbage)
+                .receive(helper, &garbage)
                 .unwrap_err()
                 .to_string()
                 .contains("malformed")
         );
+        let mut short = to_joining.clone();
+        let commitment = short.commitment.clone().unwrap();
+        short.commitment = Some(commitment[..commitment.len() / 2].to_vec());
+        assert!(round.receive(helper, &short).unwrap_err().blamed() == [helper]);
         assert!(round.received.is_empty(), "nothing refused was kept");
-        round.receive(holders[0], &to_joining).unwrap();
-        round.receive(holders[0], &to_joining).unwrap();
-        let (_, again) =
-            Round1::<Ed>::start(spec, holders[0], Some(old[&holders[0]].clone())).unwrap();
+        round.receive(helper, &to_joining).unwrap();
+        round.receive(helper, &to_joining).unwrap();
+        let (_, again) = Round1::<Ed>::start(spec, helper, Some(old[&helper].clone())).unwrap();
         let second = again.into_iter().find(|(to, _)| *to == joining).unwrap().1;
         assert!(
             round
-                .receive(holders[0], &second)
+                .receive(helper, &second)
                 .unwrap_err()
                 .to_string()
                 .contains("two different")
         );
-        assert_eq!(round.missing(), vec![holders[1], holders[2]]);
         assert!(
-            round.round2().is_err(),
-            "round 2 before every message arrived"
+            round.confirm().is_err(),
+            "confirmed before every message arrived"
         );
     }
 }

@@ -21,7 +21,7 @@
 
 pub mod core;
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 
 use libp2p::PeerId;
@@ -31,7 +31,7 @@ use tracing::{Instrument, debug, info, warn};
 
 use self::core::{ReshareOutput, ReshareSpec};
 use super::admission::PendingAdmission;
-use super::policy::{Authorization, Refusal, ReshareRule, SigningPolicy};
+use super::policy::{Authorization, NodeSignature, Refusal, ReshareRule, SigningPolicy};
 use super::scheme::{Scheme, Share, Suite};
 use super::session::{SessionError, SessionInbox, join_peers};
 use super::store::{KeyInfo, ReshareRecord, StoredKey};
@@ -84,6 +84,9 @@ impl KeyMetadata {
     }
 }
 
+/// Domain of a new holder's signed notice that it staged its share of a generation.
+const STORED_DOMAIN: &[u8] = b"p2p-mpc reshare stored v1\0";
+
 /// How often, and how many times, a node asks about its staged generations after a start.
 const STAGED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 const STAGED_ATTEMPTS: usize = 150;
@@ -91,8 +94,38 @@ const STAGED_ATTEMPTS: usize = 150;
 /// Keys with a reshare running here, and keys whose staged generation is being resolved.
 #[derive(Default)]
 pub(crate) struct ReshareState {
-    running: Mutex<HashSet<String>>,
+    /// The session of the reshare each key has running here.
+    running: Mutex<HashMap<String, SessionId>>,
     resolving: Mutex<HashSet<String>>,
+}
+
+/// Marks a key's reshare running here (in `session`) while it lives.
+struct Running<'a> {
+    map: &'a Mutex<HashMap<String, SessionId>>,
+    key_id: String,
+}
+
+impl<'a> Running<'a> {
+    fn take(state: &'a ReshareState, key_id: &str, session: SessionId) -> Option<Self> {
+        let mut map = state.running.lock().unwrap_or_else(|e| e.into_inner());
+        if map.contains_key(key_id) {
+            return None;
+        }
+        map.insert(key_id.to_string(), session);
+        Some(Self {
+            map: &state.running,
+            key_id: key_id.to_string(),
+        })
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.map
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.key_id);
+    }
 }
 
 /// Marks a key busy in one of [`ReshareState`]'s sets while it lives.
@@ -169,6 +202,18 @@ fn canonical_set(list: &[String], what: &str) -> Result<Vec<PeerId>, String> {
 }
 
 impl MpcEngine {
+    /// Whether a reshare of `key_id` runs here or its new generation is staged.
+    pub(crate) fn reshare_in_progress(&self, key_id: &str) -> bool {
+        self.inner.store.staged(key_id).is_some()
+            || self
+                .inner
+                .reshare
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains_key(key_id)
+    }
+
     /// Checks who may move `key_id` (policy `policy`) to `new` as generation `generation`:
     /// the key's reshare rule, and every new holder a roster member.
     fn check_reshare(
@@ -243,13 +288,21 @@ impl MpcEngine {
             coordinator: local,
             scheme: info.scheme,
             threshold: info.threshold,
-            generation: info.generation + 1,
+            generation: info.generation.checked_add(1).ok_or_else(|| {
+                MpcError::BadRequest(format!("key {key_id} has no generation after this one"))
+            })?,
             old,
             new,
             metadata: KeyMetadata::of(info),
         };
         let spec = params.spec();
         spec.check().map_err(MpcError::BadRequest)?;
+        let participants = spec.participants();
+        if !participants.contains(&local) {
+            return Err(MpcError::BadRequest(format!(
+                "this node ({local}) is dropped by this reshare and not needed to repair shares: send the request to one of the new holders"
+            )));
+        }
         self.inner
             .roster
             .check_all(&params.new)
@@ -261,7 +314,6 @@ impl MpcEngine {
             &params.new,
             &authorizations,
         )?;
-        let participants = spec.participants();
         let unconnected = self
             .unconnected(&participants)
             .await
@@ -269,11 +321,11 @@ impl MpcEngine {
         if let Some(message) = unconnected {
             return Err(MpcError::BadRequest(message));
         }
-        let _busy = Busy::take(&self.inner.reshare.running, key_id).ok_or_else(|| {
+        let session = SessionId::random();
+        let _running = Running::take(&self.inner.reshare, key_id, session).ok_or_else(|| {
             MpcError::Conflict(format!("a reshare of key {key_id} is running on this node"))
         })?;
         let _admitted = admission.persist().await?;
-        let session = SessionId::random();
         let others: Vec<PeerId> = participants
             .iter()
             .filter(|p| **p != local)
@@ -302,9 +354,17 @@ impl MpcEngine {
                 .await?;
             engine.run_reshare(inbox, params).await
         };
-        self.run_session(Protocol::Reshare, "coordinator", session, others, run)
+        let absent: Vec<PeerId> = spec
+            .dropped()
+            .into_iter()
+            .filter(|p| !participants.contains(p))
+            .collect();
+        let (info, digest) = self
+            .run_session(Protocol::Reshare, "coordinator", session, others, run)
             .await
-            .map_err(|error| MpcError::Session { session, error })
+            .map_err(|error| MpcError::Session { session, error })?;
+        self.notify_dropped(&info, digest, absent);
+        Ok(info)
     }
 
     /// Answers a reshare invitation: checks it (as a current holder against its own copy of
@@ -326,6 +386,12 @@ impl MpcEngine {
     ) -> Result<(), InviteRefusal> {
         let other = InviteRefusal::Other;
         let local = self.inner.local;
+        if key_id.len() != 32 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(other(format!(
+                "`{}` is not a valid key id",
+                crate::log_limit::echo(&key_id)
+            )));
+        }
         let old = canonical_set(&old, "current holders").map_err(other)?;
         let new = canonical_set(&new, "new holders").map_err(other)?;
         let metadata = KeyMetadata::from_bytes(&metadata.0).map_err(other)?;
@@ -384,11 +450,32 @@ impl MpcEngine {
             }
             info.policy.clone()
         } else {
-            if self.inner.store.contains(&key_id) {
+            // A share of an older generation (this node was dropped before and missed the
+            // notice) is replaced; one of the current generation means the inviter and this
+            // node disagree on who holds the key.
+            if let Some(held) = self.inner.store.get(&key_id)
+                && held.info.generation + 1 >= generation
+            {
                 return Err(other(format!(
-                    "this node holds key {key_id} already but is not named a current holder"
+                    "this node holds generation {} of key {key_id} but is not named a current holder",
+                    held.info.generation
                 )));
             }
+            // A joining holder counts the key against its creator's cap, as a DKG would;
+            // the creator must be a roster member (with a roster), so that naming made-up
+            // creators does not lift the cap.
+            let creator: PeerId = params
+                .metadata
+                .created_by
+                .as_deref()
+                .and_then(|c| c.parse().ok())
+                .ok_or_else(|| other(format!("key {key_id} names no creator")))?;
+            if !self.inner.roster.admits(&creator) {
+                return Err(other(format!(
+                    "key {key_id} was created by {creator}, who is not in this node's roster"
+                )));
+            }
+            self.check_key_cap(&creator).map_err(other)?;
             params.metadata.policy.clone()
         };
         let admission = self
@@ -407,13 +494,14 @@ impl MpcEngine {
             .filter(|p| **p != local)
             .copied()
             .collect();
+        let spec_participants = participants.clone();
         if self
             .inner
             .reshare
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&key_id)
+            .contains_key(&key_id)
         {
             return Err(other(format!(
                 "a reshare of key {key_id} is running on this node"
@@ -424,8 +512,8 @@ impl MpcEngine {
             session,
             others,
             move |engine, inbox| async move {
-                let _busy =
-                    Busy::take(&engine.inner.reshare.running, &key_id).ok_or_else(|| {
+                let _running =
+                    Running::take(&engine.inner.reshare, &key_id, session).ok_or_else(|| {
                         SessionError::failed(format!(
                             "a reshare of key {key_id} is running on this node"
                         ))
@@ -434,7 +522,19 @@ impl MpcEngine {
                     .persist()
                     .await
                     .map_err(|r| SessionError::failed(format!("peer {local}: {r}")))?;
-                engine.run_reshare(inbox, params).await.map(|_| ())
+                let dropped = params.old.iter().filter(|p| !params.new.contains(p));
+                let absent: Vec<PeerId> = dropped
+                    .filter(|p| !spec_participants.contains(p))
+                    .copied()
+                    .collect();
+                let coordinator = params.coordinator;
+                let (info, digest) = engine.run_reshare(inbox, params).await?;
+                // The coordinator tells the dropped holders that took no part; should it
+                // fail to, the first new holder does.
+                if info.participants.first() == Some(&local.to_string()) && coordinator != local {
+                    engine.notify_dropped(&info, digest, absent);
+                }
+                Ok(())
             },
         )
     }
@@ -444,7 +544,7 @@ impl MpcEngine {
         &self,
         inbox: SessionInbox,
         params: ReshareParams,
-    ) -> Result<KeyInfo, SessionError> {
+    ) -> Result<(KeyInfo, [u8; 32]), SessionError> {
         let key = self
             .inner
             .store
@@ -466,21 +566,30 @@ impl MpcEngine {
         params: ReshareParams,
         share: Option<Share<C>>,
         current: Option<std::sync::Arc<StoredKey>>,
-    ) -> Result<KeyInfo, SessionError> {
+    ) -> Result<(KeyInfo, [u8; 32]), SessionError> {
         let local = self.inner.local;
         let timeout = self.inner.round_timeout;
         let key_id = params.key_id.clone();
         let spec = params.spec();
         info!(%key_id, coordinator = %params.coordinator, generation = params.generation, old = params.old.len(), new = params.new.len(), "reshare started");
-        // A generation staged by an earlier reshare that never completed is replaced.
+        // A generation staged by an earlier reshare is settled first: activated (then this
+        // reshare is of an older generation and ends), discarded when it can never be
+        // activated, or this reshare waits for a later try.
         if self.inner.store.staged(&key_id).is_some() {
-            self.inner
-                .store
-                .discard_staged(&key_id)
-                .await
-                .map_err(|e| {
-                    SessionError::failed(format!("cannot remove an earlier staged generation: {e}"))
-                })?;
+            match self.resolve_staged(&key_id).await {
+                Ok(Resolution::Discard(_)) => {}
+                Ok(Resolution::Activate(_)) => {
+                    return Err(SessionError::failed(format!(
+                        "a staged generation of key {key_id} was activated here first; retry with the new generation"
+                    )));
+                }
+                Ok(Resolution::Undecided) | Err(_) => {
+                    return Err(SessionError::failed(format!(
+                        "generation {} of key {key_id} is staged here and not every new holder of it could be asked; retry once it is settled",
+                        params.generation
+                    )));
+                }
+            }
         }
 
         let (mut round1, outgoing) = core::Round1::<C>::start(spec.clone(), local, share)?;
@@ -504,27 +613,7 @@ impl MpcEngine {
             )
             .await?;
 
-        let (mut round2, outgoing) = round1.round2()?;
-        let messages = outgoing
-            .into_iter()
-            .map(|(peer, m)| (peer, Body::ReshareRound2(m)))
-            .collect();
-        self.send_round(&mut inbox, messages, "reshare round 2")
-            .await?;
-        inbox
-            .collect_each(
-                "reshare round 2",
-                &others,
-                timeout,
-                |b| match b {
-                    Body::ReshareRound2(m) => Some(m.clone()),
-                    _ => None,
-                },
-                |from, m| round2.receive(from, m),
-            )
-            .await?;
-
-        let (mut confirming, mine) = round2.confirm()?;
+        let (mut confirming, mine) = round1.confirm()?;
         if let Some(digest) = mine {
             let body = Body::ReshareConfirm { digest };
             self.broadcast_round(&mut inbox, &others, &body, "the reshare confirmation")
@@ -578,6 +667,16 @@ impl MpcEngine {
                         "the new shares are of another group key than key {key_id}'s"
                     )));
                 }
+                // A policy change committed among the current holders since the invitation
+                // would not reach the joining holders: this holder stages nothing then.
+                if let Some(current) = &current {
+                    let now = self.inner.store.get(&key_id).map(|k| k.info.policy_stamp());
+                    if now != Some(current.info.policy_stamp()) {
+                        return Err(SessionError::failed(format!(
+                            "the policy of key {key_id} changed during the reshare; nothing is staged"
+                        )));
+                    }
+                }
                 let key = StoredKey {
                     info: info.clone(),
                     share: C::wrap(share),
@@ -589,6 +688,8 @@ impl MpcEngine {
                     reshare: Some(ReshareRecord {
                         digest: hex::encode(digest),
                         participants,
+                        session: inbox.session().to_string(),
+                        certificate: vec![],
                     }),
                 };
                 if self.inner.faults.crash_before_reshare_stage {
@@ -602,7 +703,10 @@ impl MpcEngine {
                     warn!(%key_id, "test fault: exiting after staging the new generation");
                     std::process::exit(9);
                 }
-                let body = Body::ReshareStored { digest };
+                let notice = self
+                    .stored_notice(&key_id, params.generation, digest)
+                    .map_err(SessionError::failed)?;
+                let body = Body::ReshareStored { digest, notice };
                 // Best effort: a participant that misses it asks later.
                 let _ = self
                     .broadcast_round(&mut inbox, &others, &body, "the reshare storage notice")
@@ -612,13 +716,32 @@ impl MpcEngine {
             ReshareOutput::Retired { digest } => digest,
         };
 
-        let stored = inbox
-            .collect("reshare stored", &new_others, 2 * timeout, |b| match b {
-                Body::ReshareStored { digest: d } if *d == digest => Some(()),
-                _ => None,
-            })
+        let bytes = stored_bytes(&key_id, params.generation, &digest);
+        let mut certificate: BTreeMap<PeerId, NodeSignature> = BTreeMap::new();
+        let collected = inbox
+            .collect_each(
+                "reshare stored",
+                &new_others,
+                2 * timeout,
+                |b| match b {
+                    Body::ReshareStored { digest: d, notice } if *d == digest => {
+                        Some(notice.clone())
+                    }
+                    _ => None,
+                },
+                |from, notice| match notice.verify_bytes(&bytes, "storage notice") {
+                    Ok(signer) if signer == from => {
+                        certificate.insert(from, notice.clone());
+                        Ok(())
+                    }
+                    _ => Err(SessionError::blame(
+                        vec![from],
+                        format!("participant {from} sent a storage notice it did not sign"),
+                    )),
+                },
+            )
             .await;
-        if let Err(e) = stored {
+        if let Err(e) = collected {
             warn!(%key_id, generation = params.generation, error = %e, "not every new holder said it staged its share: the current generation stays active here until they do");
             if params.new.contains(&local) {
                 self.keep_resolving(Some(key_id.clone()));
@@ -629,11 +752,18 @@ impl MpcEngine {
                 params.generation - 1
             )));
         }
+        if params.new.contains(&local) {
+            let own = self
+                .stored_notice(&key_id, params.generation, digest)
+                .map_err(SessionError::failed)?;
+            certificate.insert(local, own);
+        }
+        let certificate: Vec<NodeSignature> = certificate.into_values().collect();
         let _write = self.inner.policy.key_writes().await;
         if params.new.contains(&local) {
             self.inner
                 .store
-                .promote_staged(&key_id)
+                .promote_staged(&key_id, certificate)
                 .await
                 .map_err(|e| SessionError::failed(format!("cannot activate the new share: {e}")))?;
             info!(%key_id, generation = params.generation, holders = params.new.len(), "reshare completed; the new generation is active");
@@ -646,12 +776,26 @@ impl MpcEngine {
             info!(%key_id, generation = params.generation, "reshare completed; this node is no longer a holder and removed its share");
         }
         super::count_keys(&self.inner.store, &self.inner.metrics);
-        Ok(info)
+        Ok((info, digest))
+    }
+
+    /// This node's signed notice that it staged generation `generation` of `key_id`,
+    /// confirmed by `digest`.
+    fn stored_notice(
+        &self,
+        key_id: &str,
+        generation: u64,
+        digest: [u8; 32],
+    ) -> Result<NodeSignature, String> {
+        NodeSignature::sign_bytes(
+            &self.inner.aggregation.identity,
+            &stored_bytes(key_id, generation, &digest),
+        )
     }
 
     /// Resolves the staged generation of `key_id` in the background (once at a time): asks
-    /// every other new holder whether it has it staged or active, and activates it when all
-    /// do. Never discards it: only a later reshare of the active generation replaces it.
+    /// every other new holder about it, and activates it once every new holder's signed
+    /// notice is in hand, or discards it once it cannot ever be activated.
     pub(crate) fn spawn_staged_resolution(&self, key_id: &str) {
         if self.inner.store.staged(key_id).is_none() {
             return;
@@ -664,8 +808,7 @@ impl MpcEngine {
                     return;
                 };
                 match engine.resolve_staged(&key_id).await {
-                    Ok(true) => {}
-                    Ok(false) => debug!(%key_id, "the staged generation stays staged"),
+                    Ok(outcome) => debug!(%key_id, ?outcome, "staged generation asked about"),
                     Err(e) => debug!(%key_id, error = %e, "cannot resolve the staged generation"),
                 }
             }
@@ -717,52 +860,27 @@ impl MpcEngine {
         );
     }
 
-    async fn resolve_staged(&self, key_id: &str) -> Result<bool, String> {
+    /// Asks the other new holders about the staged generation of `key_id` and acts on it:
+    /// every new holder's signed notice (or a certificate of all of them from one that
+    /// activated it) activates it; an answer from every one of them, none with a
+    /// certificate, and one that neither has it nor runs a reshare of the key, discards it
+    /// (it can never be activated: that needs every new holder's notice). Otherwise it stays.
+    async fn resolve_staged(&self, key_id: &str) -> Result<Resolution, String> {
         let Some(staged) = self.inner.store.staged(key_id) else {
-            return Ok(false);
+            return Ok(Resolution::Undecided);
         };
         let record = staged
             .reshare
             .clone()
             .ok_or("a staged generation without its reshare record")?;
-        let digest: [u8; 32] = hex::decode(&record.digest)
-            .ok()
-            .and_then(|d| d.try_into().ok())
-            .ok_or("a staged generation with a malformed digest")?;
+        let digest = record_digest(&record)?;
+        let reshare = SessionId::parse(&record.session)
+            .ok_or("a staged generation with a malformed session id")?;
+        let generation = staged.info.generation;
         let holders = parse_peers(&staged.info.participants)?;
-        let local = self.inner.local;
-        for peer in holders.iter().filter(|p| **p != local) {
-            let session = SessionId::random();
-            let mut inbox = self
-                .inner
-                .router
-                .open(session, Protocol::Reshare, [*peer])
-                .map_err(|e| e.to_string())?;
-            let request = Body::ReshareStatusRequest {
-                key_id: key_id.to_string(),
-                generation: staged.info.generation,
-                digest,
-            };
-            let answer = match self.send(*peer, session, request).await {
-                Ok(()) => inbox
-                    .collect(
-                        "reshare status",
-                        &[*peer],
-                        self.inner.round_timeout,
-                        |b| match b {
-                            Body::ReshareStatus { stored } => Some(*stored),
-                            _ => None,
-                        },
-                    )
-                    .await
-                    .map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
-            };
-            self.inner.router.close(session);
-            if answer?.into_values().next() != Some(true) {
-                return Ok(false);
-            }
-        }
+        let survey = self
+            .survey(key_id, (generation, digest), reshare, &holders)
+            .await;
         let _write = self.inner.policy.key_writes().await;
         // Still the same staged generation (a reshare may have replaced it meanwhile).
         if self
@@ -771,58 +889,388 @@ impl MpcEngine {
             .staged(key_id)
             .is_none_or(|s| s.reshare.as_ref() != Some(&record))
         {
-            return Ok(false);
+            return Ok(Resolution::Undecided);
         }
-        self.inner
-            .store
-            .promote_staged(key_id)
-            .await
-            .map_err(|e| e.to_string())?;
-        super::count_keys(&self.inner.store, &self.inner.metrics);
-        info!(%key_id, generation = staged.info.generation, "every new holder has the staged generation; it is active now");
-        Ok(true)
+        match survey.outcome() {
+            Resolution::Activate(certificate) => {
+                self.inner
+                    .store
+                    .promote_staged(key_id, certificate.clone())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                super::count_keys(&self.inner.store, &self.inner.metrics);
+                info!(%key_id, generation, "every new holder has the staged generation; it is active now");
+                Ok(Resolution::Activate(certificate))
+            }
+            Resolution::Discard(why) => {
+                self.inner
+                    .store
+                    .discard_staged(key_id)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                warn!(%key_id, generation, reason = %why, "the staged generation can never be activated; discarded (the current one stays)");
+                Ok(Resolution::Discard(why))
+            }
+            Resolution::Undecided => Ok(Resolution::Undecided),
+        }
     }
 
-    /// Answers a new holder that asks whether this node has generation `generation` of
-    /// `key_id` (confirmed by `digest`) staged or active. Only the holders of that
-    /// generation may ask.
+    /// Asks every one of `holders` but this node about generation `generation` of
+    /// `key_id` (confirmed by `digest`), one at a time, and gathers the signed notices.
+    async fn survey(
+        &self,
+        key_id: &str,
+        (generation, digest): (u64, [u8; 32]),
+        reshare: SessionId,
+        holders: &[PeerId],
+    ) -> Survey {
+        let local = self.inner.local;
+        let bytes = stored_bytes(key_id, generation, &digest);
+        let mut survey = Survey {
+            holders: holders.to_vec(),
+            bytes: bytes.clone(),
+            notices: BTreeMap::new(),
+            unanswered: Vec::new(),
+            absent: Vec::new(),
+        };
+        if let Ok(own) = self.stored_notice(key_id, generation, digest)
+            && self
+                .inner
+                .store
+                .staged(key_id)
+                .or_else(|| self.inner.store.get(key_id))
+                .is_some_and(|k| record_matches(&k, generation, &digest))
+        {
+            survey.notices.insert(local, own);
+        }
+        for peer in holders.iter().filter(|p| **p != local) {
+            match self
+                .ask_status(*peer, key_id, (generation, digest), reshare)
+                .await
+            {
+                Ok(status) => survey.take(*peer, status),
+                Err(e) => {
+                    debug!(%key_id, %peer, error = %e, "cannot ask a new holder about a staged generation");
+                    survey.unanswered.push(*peer);
+                }
+            }
+        }
+        survey
+    }
+
+    async fn ask_status(
+        &self,
+        peer: PeerId,
+        key_id: &str,
+        (generation, digest): (u64, [u8; 32]),
+        reshare: SessionId,
+    ) -> Result<Status, String> {
+        let session = SessionId::random();
+        let mut inbox = self
+            .inner
+            .router
+            .open(session, Protocol::Reshare, [peer])
+            .map_err(|e| e.to_string())?;
+        let request = Body::ReshareStatusRequest {
+            key_id: key_id.to_string(),
+            generation,
+            digest,
+            reshare,
+        };
+        let answer = match self.send(peer, session, request).await {
+            Ok(()) => inbox
+                .collect(
+                    "reshare status",
+                    &[peer],
+                    self.inner.round_timeout,
+                    |b| match b {
+                        Body::ReshareStatus {
+                            running,
+                            notice,
+                            certificate,
+                        } => Some(Status {
+                            running: *running,
+                            notice: notice.clone(),
+                            certificate: certificate.clone(),
+                        }),
+                        _ => None,
+                    },
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        self.inner.router.close(session);
+        answer?
+            .into_values()
+            .next()
+            .ok_or_else(|| format!("no answer from {peer}"))
+    }
+
+    /// Tells the dropped holders that took no part (`absent`) that generation
+    /// `info.generation` of the key exists without them, with its certificate, in the
+    /// background, best effort.
+    fn notify_dropped(&self, info: &KeyInfo, digest: [u8; 32], absent: Vec<PeerId>) {
+        if absent.is_empty() {
+            return;
+        }
+        let Some(certificate) = self
+            .inner
+            .store
+            .get(&info.key_id)
+            .and_then(|k| k.reshare.clone())
+            .filter(|r| r.digest == hex::encode(digest))
+            .map(|r| r.certificate)
+        else {
+            return;
+        };
+        let engine = self.clone();
+        let body = Body::ReshareRetire {
+            key_id: info.key_id.clone(),
+            generation: info.generation,
+            digest,
+            holders: info.participants.clone(),
+            certificate,
+        };
+        tokio::spawn(
+            async move {
+                for peer in absent {
+                    if let Err(e) = engine.send(peer, SessionId::random(), body.clone()).await {
+                        debug!(%peer, error = %e, "cannot tell a dropped holder to retire its share");
+                    }
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    /// A dropped holder told that generation `generation` of `key_id` exists without it:
+    /// it removes its share when the certificate holds every one of `holders`' signed
+    /// notice that it staged that generation (and they are at least the threshold, roster
+    /// members, this node not among them). Nobody's word alone makes it delete anything.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn join_retire(
+        &self,
+        from: PeerId,
+        key_id: String,
+        generation: u64,
+        digest: [u8; 32],
+        holders: Vec<String>,
+        certificate: Vec<NodeSignature>,
+    ) -> Result<(), InviteRefusal> {
+        let other = InviteRefusal::Other;
+        let local = self.inner.local;
+        let holders = canonical_set(&holders, "new holders").map_err(other)?;
+        let key = self
+            .inner
+            .store
+            .get(&key_id)
+            .ok_or_else(|| other(format!("no key `{key_id}` on peer {local}")))?;
+        if key.info.generation >= generation || holders.contains(&local) {
+            return Err(other(format!(
+                "peer {local} holds generation {} of key {key_id} and is not dropped by generation {generation}",
+                key.info.generation
+            )));
+        }
+        if !holders.contains(&from) || holders.len() < usize::from(key.info.threshold) {
+            return Err(other(format!(
+                "peer {from} names a holder set of key {key_id} that it is not in or that is smaller than the threshold"
+            )));
+        }
+        self.inner
+            .roster
+            .check_all(&holders)
+            .map_err(|m| other(format!("holders {m}")))?;
+        let bytes = stored_bytes(&key_id, generation, &digest);
+        check_certificate(&certificate, &holders, &bytes).map_err(other)?;
+        let engine = self.clone();
+        tokio::spawn(
+            async move {
+                let _write = engine.inner.policy.key_writes().await;
+                let still_older = engine
+                    .inner
+                    .store
+                    .get(&key_id)
+                    .is_some_and(|k| k.info.generation < generation);
+                if !still_older {
+                    return;
+                }
+                match engine.inner.store.retire(&key_id).await {
+                    Ok(()) => {
+                        super::count_keys(&engine.inner.store, &engine.inner.metrics);
+                        info!(%key_id, generation, "every new holder signed that it has a generation without this node; its share is removed");
+                    }
+                    Err(e) => warn!(%key_id, error = %e, "cannot remove the share of a key this node was dropped from"),
+                }
+            }
+            .in_current_span(),
+        );
+        Ok(())
+    }
+
+    /// Answers a peer that asks about generation `generation` of `key_id` (confirmed by
+    /// `digest`): whether a reshare of the key runs here, this node's signed notice when it
+    /// has that generation staged or active, and the certificate when it activated it. A
+    /// notice is only signed for the digest, which only the reshare's participants know.
     pub(super) fn answer_reshare_status(
         &self,
         session: SessionId,
         peer: PeerId,
         key_id: &str,
-        generation: u64,
-        digest: [u8; 32],
+        (generation, digest): (u64, [u8; 32]),
+        reshare_session: SessionId,
     ) -> Result<(), InviteRefusal> {
         let store = &self.inner.store;
-        let candidates = [store.get(key_id), store.staged(key_id)];
-        let matching = |k: &StoredKey| {
-            k.info.generation == generation
-                && k.reshare.as_ref().map(|r| r.digest.as_str())
-                    == Some(hex::encode(digest).as_str())
+        let active = store
+            .get(key_id)
+            .filter(|k| record_matches(k, generation, &digest));
+        let staged = store
+            .staged(key_id)
+            .filter(|k| record_matches(k, generation, &digest));
+        let notice = if active.is_some() || staged.is_some() {
+            Some(
+                self.stored_notice(key_id, generation, digest)
+                    .map_err(InviteRefusal::Other)?,
+            )
+        } else {
+            None
         };
-        let named = candidates
-            .iter()
-            .flatten()
-            .any(|k| k.info.participants.contains(&peer.to_string()));
-        if !named {
-            return Err(InviteRefusal::Other(format!(
-                "peer {peer} holds no generation of key {key_id} here"
-            )));
-        }
-        let stored = candidates.iter().flatten().any(|k| matching(k));
+        let certificate = active
+            .and_then(|k| k.reshare.clone())
+            .map(|r| r.certificate)
+            .unwrap_or_default();
+        let running = self
+            .inner
+            .reshare
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(key_id)
+            == Some(&reshare_session);
+        let body = Body::ReshareStatus {
+            running,
+            notice,
+            certificate,
+        };
         let engine = self.clone();
         tokio::spawn(
             async move {
-                if let Err(e) = engine
-                    .send(peer, session, Body::ReshareStatus { stored })
-                    .await
-                {
+                if let Err(e) = engine.send(peer, session, body).await {
                     debug!(%peer, error = %e, "cannot answer a reshare status request");
                 }
             }
             .in_current_span(),
         );
         Ok(())
+    }
+}
+
+/// The bytes a new holder signs to say it staged generation `generation` of `key_id`,
+/// confirmed by `digest`.
+fn stored_bytes(key_id: &str, generation: u64, digest: &[u8; 32]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(STORED_DOMAIN.len() + key_id.len() + 48);
+    out.extend_from_slice(STORED_DOMAIN);
+    out.extend_from_slice(&(key_id.len() as u64).to_be_bytes());
+    out.extend_from_slice(key_id.as_bytes());
+    out.extend_from_slice(&generation.to_be_bytes());
+    out.extend_from_slice(digest);
+    out
+}
+
+/// The confirmation digest of a reshare record.
+fn record_digest(record: &ReshareRecord) -> Result<[u8; 32], String> {
+    hex::decode(&record.digest)
+        .ok()
+        .and_then(|d| d.try_into().ok())
+        .ok_or_else(|| "a reshare record with a malformed digest".to_string())
+}
+
+/// Whether `key` is generation `generation`, made by the reshare confirmed by `digest`.
+fn record_matches(key: &StoredKey, generation: u64, digest: &[u8; 32]) -> bool {
+    key.info.generation == generation
+        && key
+            .reshare
+            .as_ref()
+            .is_some_and(|r| r.digest == hex::encode(digest))
+}
+
+/// Checks that `certificate` holds a valid notice of `bytes` signed by each of `holders`,
+/// and by nobody else.
+fn check_certificate(
+    certificate: &[NodeSignature],
+    holders: &[PeerId],
+    bytes: &[u8],
+) -> Result<(), String> {
+    let mut signers = BTreeSet::new();
+    for notice in certificate {
+        let signer = notice.verify_bytes(bytes, "storage notice")?;
+        if !holders.contains(&signer) || !signers.insert(signer) {
+            return Err(format!(
+                "the certificate holds a notice of {signer}, who is not a new holder or signed twice"
+            ));
+        }
+    }
+    if signers.len() != holders.len() {
+        return Err("the certificate lacks some new holder's notice".into());
+    }
+    Ok(())
+}
+
+/// A new holder's answer about a staged generation.
+#[derive(PartialEq)]
+struct Status {
+    running: bool,
+    notice: Option<NodeSignature>,
+    certificate: Vec<NodeSignature>,
+}
+
+/// What the new holders said about a staged generation.
+struct Survey {
+    holders: Vec<PeerId>,
+    bytes: Vec<u8>,
+    notices: BTreeMap<PeerId, NodeSignature>,
+    unanswered: Vec<PeerId>,
+    /// Holders that neither have the generation nor run a reshare of the key.
+    absent: Vec<PeerId>,
+}
+
+/// What to do with a staged generation.
+#[derive(Debug)]
+enum Resolution {
+    Activate(Vec<NodeSignature>),
+    Discard(String),
+    Undecided,
+}
+
+impl Survey {
+    fn take(&mut self, peer: PeerId, status: Status) {
+        if check_certificate(&status.certificate, &self.holders, &self.bytes).is_ok() {
+            for notice in status.certificate {
+                if let Ok(signer) = notice.verify_bytes(&self.bytes, "storage notice") {
+                    self.notices.insert(signer, notice);
+                }
+            }
+        }
+        match status.notice {
+            Some(notice)
+                if notice.verify_bytes(&self.bytes, "storage notice").ok() == Some(peer) =>
+            {
+                self.notices.insert(peer, notice);
+            }
+            _ if !status.running => self.absent.push(peer),
+            _ => {}
+        }
+    }
+
+    fn outcome(self) -> Resolution {
+        if self.holders.iter().all(|h| self.notices.contains_key(h)) {
+            return Resolution::Activate(self.notices.into_values().collect());
+        }
+        match self.absent.first() {
+            Some(peer) if self.unanswered.is_empty() => Resolution::Discard(format!(
+                "new holder {peer} neither has it nor runs a reshare of the key"
+            )),
+            _ => Resolution::Undecided,
+        }
     }
 }
