@@ -203,7 +203,7 @@ async fn apply_children(client: &Client, mc: &MpcCluster) -> anyhow::Result<()> 
         .patch(
             &names.workload(),
             &pp,
-            &Patch::Apply(pdb::build(mc, &names)),
+            &Patch::Apply(pdb::build(mc, &names, None)),
         )
         .await?;
     Ok(())

@@ -1,7 +1,7 @@
 //! The reconciler: one `MpcCluster` in, its children applied (server-side apply, one field
 //! manager, controller owner references), its status written from what was observed.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -46,6 +46,44 @@ pub struct OperatorConfig {
     pub cluster_domain: String,
     /// Namespaces whose MpcClusters are managed; empty: every namespace.
     pub watch_namespaces: Vec<String>,
+    /// How the operator reaches the members' APIs.
+    pub node_api: NodeApi,
+}
+
+/// How the operator reaches a member's HTTP API (to move keys when a cluster scales).
+#[derive(Clone, Default)]
+pub enum NodeApi {
+    /// `http://<pod>.<headless Service>.<namespace>.svc.<cluster domain>:<api port>`.
+    #[default]
+    Dns,
+    /// The base URL of (namespace, pod), when the pods are not reached by DNS (tests).
+    Mapped(Arc<MemberUrl>),
+}
+
+/// The base URL of a member's API, given its namespace and pod name.
+pub type MemberUrl = dyn Fn(&str, &str) -> Option<String> + Send + Sync;
+
+impl std::fmt::Debug for NodeApi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NodeApi::Dns => f.write_str("Dns"),
+            NodeApi::Mapped(_) => f.write_str("Mapped"),
+        }
+    }
+}
+
+impl NodeApi {
+    /// The base URL of member pod `pod`'s API, if it can be reached.
+    fn url(&self, mc: &MpcCluster, names: &ClusterNames, pod: &str) -> Option<String> {
+        match self {
+            NodeApi::Dns => Some(format!(
+                "http://{}:{}/",
+                names.pod_dns(pod),
+                mc.spec.api.port
+            )),
+            NodeApi::Mapped(map) => map(&names.namespace, pod),
+        }
+    }
 }
 
 /// A failed reconciliation.
@@ -384,17 +422,23 @@ async fn reconcile_cluster(mc: &MpcCluster, ctx: &Context) -> Result<Action, Err
         changes.push((c, "StatefulSet", names.member(i)));
         member_sets.push(sts);
     }
-    // Scaled down: the members at or above `replicas` stop; their Secret and claim stay.
     let ours = sets
         .list(&ListParams::default().labels(&instance_selector(&names.name)))
         .await
         .map_err(kube_err("list", "StatefulSet", &names.name))?;
+    // Keys follow the members; a scale-down waits for them.
+    let key_step = reconcile_keys(mc, ctx, &names, &keys, &ours.items).await;
+    // Scaled down: the members at or above `replicas` stop once every key that lets the
+    // roster move it is off them and no key would fall below its threshold; their Secret and
+    // claim stay.
+    let leaving_allowed = key_step.blocked.is_empty() && key_step.pending == 0;
     for sts in ours.items {
         let ordinal = sts
             .labels()
             .get(MEMBER_LABEL)
             .and_then(|v| v.parse::<i32>().ok());
         if ordinal.is_some_and(|i| i >= replicas)
+            && leaving_allowed
             && controlled_by(&sts, mc)
             && sts.metadata.deletion_timestamp.is_none()
         {
@@ -447,7 +491,12 @@ async fn reconcile_cluster(mc: &MpcCluster, ctx: &Context) -> Result<Action, Err
     }
 
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
-    let (_, c) = apply(&pdbs, &pdb::build(mc, &names), "PodDisruptionBudget").await?;
+    let (_, c) = apply(
+        &pdbs,
+        &pdb::build(mc, &names, key_step.largest_threshold),
+        "PodDisruptionBudget",
+    )
+    .await?;
     changes.push((c, "PodDisruptionBudget", names.workload()));
 
     let monitor_condition = reconcile_service_monitor(mc, ctx, &names, &mut changes).await?;
@@ -470,9 +519,244 @@ async fn reconcile_cluster(mc: &MpcCluster, ctx: &Context) -> Result<Action, Err
         .await;
     }
 
-    let status = observed_status(mc, &names, &keys, &member_sets, monitor_condition)?;
+    let extra: Vec<Condition> = monitor_condition
+        .into_iter()
+        .chain(key_step.condition.clone())
+        .collect();
+    let mut status = observed_status(mc, &names, &keys, &member_sets, extra)?;
+    status.keys = key_step.keys.clone();
     write_status(mc, ctx, status).await?;
+    if key_step.pending > 0 || !key_step.blocked.is_empty() {
+        return Ok(Action::requeue(KEY_RETRY));
+    }
     Ok(Action::requeue(RESYNC))
+}
+
+/// How soon a cluster whose keys wait for a reshare (or block a scale-down) is looked at
+/// again.
+const KEY_RETRY: Duration = Duration::from_secs(10);
+
+/// What the keys of a cluster need and got in one reconcile.
+#[derive(Default)]
+struct KeyStep {
+    /// Every key the members hold, for the status (the last known list when no member
+    /// answered).
+    keys: Vec<crate::membership::KeyStatus>,
+    /// Keys the new member set cannot carry.
+    blocked: Vec<crate::membership::Blocked>,
+    /// Reshares still to be made (not yet possible, or failed this time).
+    pending: usize,
+    largest_threshold: Option<u16>,
+    /// `ScaleBlocked`, when it applies or applied before.
+    condition: Option<Condition>,
+}
+
+/// Lists the keys on every ready member, reshares the `roster` keys whose holders are not
+/// the members (once every member is ready), and says what blocks a scale-down.
+async fn reconcile_keys(
+    mc: &MpcCluster,
+    ctx: &Context,
+    names: &ClusterNames,
+    keys: &ClusterKeys,
+    sets: &[StatefulSet],
+) -> KeyStep {
+    use crate::membership;
+    let replicas = mc.spec.replicas;
+    let mut desired: Vec<String> = (0..replicas)
+        .filter_map(|i| config::member_peer(names, keys, i).ok().flatten())
+        .map(|p| p.to_string())
+        .collect();
+    desired.sort();
+    let ready: BTreeMap<i32, bool> = sets
+        .iter()
+        .filter_map(|sts| {
+            let ordinal = sts.labels().get(MEMBER_LABEL)?.parse::<i32>().ok()?;
+            let ready = sts
+                .status
+                .as_ref()
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0)
+                > 0;
+            Some((ordinal, ready))
+        })
+        .collect();
+    let token = read_api_token(mc, ctx, names).await;
+    let mut peer_of: BTreeMap<String, i32> = BTreeMap::new();
+    let mut views = Vec::new();
+    let mut answered = 0;
+    for (&i, &is_ready) in &ready {
+        let Ok(Some(peer)) = config::member_peer(names, keys, i) else {
+            continue;
+        };
+        peer_of.insert(peer.to_string(), i);
+        if !is_ready {
+            continue;
+        }
+        let Some(client) = member_client(mc, ctx, names, i, token.clone()) else {
+            continue;
+        };
+        match membership::list_keys(&client).await {
+            Ok(list) => {
+                answered += 1;
+                views.extend(list);
+            }
+            Err(e) => warn!(member = %names.member(i), error = %e, "cannot list the member's keys"),
+        }
+    }
+    let previous = mc
+        .status
+        .as_ref()
+        .map(|s| s.keys.clone())
+        .unwrap_or_default();
+    let mut step = KeyStep::default();
+    if answered == 0 {
+        // No member answered: what was known stands, and a key known to need more holders
+        // than the new member set holds the scale-down back.
+        step.keys = previous.clone();
+        step.largest_threshold = previous.iter().map(|k| k.threshold).max();
+        step.blocked = previous
+            .iter()
+            .filter(|k| usize::from(k.threshold) > desired.len())
+            .map(|k| membership::Blocked {
+                key_id: k.key_id.clone(),
+                threshold: k.threshold,
+                left: desired.len(),
+            })
+            .collect();
+    } else {
+        let known = membership::merge(views);
+        let plan = membership::plan(&known, &desired);
+        step.largest_threshold = plan.largest_threshold;
+        step.blocked = plan.blocked;
+        for key_id in &plan.unmanaged {
+            publish(
+                ctx,
+                mc,
+                EventType::Warning,
+                "KeyNotMoved",
+                format!(
+                    "key {key_id} has holders outside the members and its policy lets only its clients move it (`p2p-mpc keys reshare`)"
+                ),
+            )
+            .await;
+        }
+        let all_ready = (0..replicas).all(|i| ready.get(&i) == Some(&true));
+        let mut moved = BTreeMap::new();
+        for reshare in &plan.reshares {
+            let coordinator = peer_of.get(&reshare.coordinator).copied();
+            let client = coordinator
+                .filter(|i| all_ready && ready.get(i) == Some(&true))
+                .and_then(|i| member_client(mc, ctx, names, i, token.clone()));
+            let Some(client) = client else {
+                step.pending += 1;
+                continue;
+            };
+            match membership::reshare(&client, reshare).await {
+                Ok(key) => {
+                    info!(key_id = %key.key_id, generation = key.generation, holders = key.participants.len(), "key reshared to the members");
+                    publish(
+                        ctx,
+                        mc,
+                        EventType::Normal,
+                        "Reshared",
+                        format!(
+                            "moved key {} to the {} members (generation {})",
+                            key.key_id,
+                            key.participants.len(),
+                            key.generation
+                        ),
+                    )
+                    .await;
+                    moved.insert(key.key_id.clone(), key);
+                }
+                Err(e) => {
+                    step.pending += 1;
+                    warn!(key_id = %reshare.key_id, error = %e, "reshare to the members failed; retrying");
+                    publish(
+                        ctx,
+                        mc,
+                        EventType::Warning,
+                        "ReshareFailed",
+                        format!("moving key {} to the members: {e}", reshare.key_id),
+                    )
+                    .await;
+                }
+            }
+        }
+        let mut known = known;
+        known.extend(moved);
+        step.keys = known.values().map(membership::KeyStatus::of).collect();
+    }
+    step.condition = if step.blocked.is_empty() {
+        let was = mc
+            .status
+            .as_ref()
+            .is_some_and(|s| s.conditions.iter().any(|c| c.type_ == "ScaleBlocked"));
+        was.then(|| {
+            condition(
+                "ScaleBlocked",
+                false,
+                "KeysFit",
+                "every key fits the member set",
+            )
+        })
+    } else {
+        let list: Vec<String> = step
+            .blocked
+            .iter()
+            .map(|b| {
+                format!(
+                    "key {} needs {} holders, {} would be left",
+                    b.key_id, b.threshold, b.left
+                )
+            })
+            .collect();
+        Some(condition(
+            "ScaleBlocked",
+            true,
+            "BelowThreshold",
+            &format!(
+                "{replicas} members cannot carry every key: {}; the leaving members keep running",
+                list.join("; ")
+            ),
+        ))
+    };
+    step
+}
+
+/// The API token of a cluster's nodes, from its Secret.
+async fn read_api_token(
+    mc: &MpcCluster,
+    ctx: &Context,
+    names: &ClusterNames,
+) -> Option<p2p_mpc_node::config::ApiToken> {
+    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &names.namespace);
+    let secret = secrets
+        .get_opt(&api_token::secret_name(mc, names))
+        .await
+        .ok()
+        .flatten()?;
+    let bytes = secret.data?.get(api_token::TOKEN_KEY)?.0.clone();
+    let text = String::from_utf8(bytes).ok()?;
+    p2p_mpc_node::config::parse_token(&text, "the API token Secret").ok()
+}
+
+/// A client of member `i`'s API.
+fn member_client(
+    mc: &MpcCluster,
+    ctx: &Context,
+    names: &ClusterNames,
+    i: i32,
+    token: Option<p2p_mpc_node::config::ApiToken>,
+) -> Option<p2p_mpc_node::api::client::ApiClient> {
+    let url = ctx.config.node_api.url(mc, names, &names.pod(i))?;
+    match p2p_mpc_node::api::client::ApiClient::with_token(&url, token, None) {
+        Ok(client) => Some(client),
+        Err(e) => {
+            warn!(%url, error = %e, "cannot make a client of the member's API");
+            None
+        }
+    }
 }
 
 /// The label selector of every child object of cluster `name`.
@@ -584,7 +868,7 @@ pub fn observed_status(
     names: &ClusterNames,
     keys: &ClusterKeys,
     sets: &[StatefulSet],
-    extra: Option<Condition>,
+    extra: Vec<Condition>,
 ) -> Result<MpcClusterStatus, KeyError> {
     let replicas = mc.spec.replicas;
     let (mut ready, mut updated, mut sts_current) = (0, 0, true);
@@ -658,6 +942,7 @@ pub fn observed_status(
         ready_replicas: ready,
         peers,
         conditions,
+        keys: vec![],
     })
 }
 
@@ -694,6 +979,7 @@ async fn write_status(
         && current.replicas == status.replicas
         && current.ready_replicas == status.ready_replicas
         && current.peers == status.peers
+        && current.keys == status.keys
         && same_conditions(&current.conditions, &status.conditions);
     if unchanged {
         return Ok(());

@@ -481,7 +481,11 @@ pub struct MpcClusterStatus {
     /// Pod name to peer id and address.
     #[serde(default)]
     pub peers: BTreeMap<String, PeerStatus>,
-    /// Ready, Progressing, Degraded (and ServiceMonitor when one was asked for).
+    /// Ready, Progressing, Degraded, ScaleBlocked (a scale-down held back because a key
+    /// needs more holders), and ServiceMonitor when one was asked for.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The threshold keys the members hold: generation, holders, and who moves them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub keys: Vec<crate::membership::KeyStatus>,
 }

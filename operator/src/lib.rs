@@ -4,6 +4,7 @@
 pub mod controller;
 pub mod crd;
 pub mod keys;
+pub mod membership;
 pub mod metrics;
 pub mod resources;
 

@@ -181,6 +181,7 @@ async fn serve(args: RunArgs) -> anyhow::Result<()> {
         default_image: args.default_image,
         cluster_domain: args.cluster_domain,
         watch_namespaces,
+        node_api: controller::NodeApi::Dns,
     };
     controller::run(client, config, metrics, termination_signal()).await;
     tracing::info!("controller stopped; shutting down");

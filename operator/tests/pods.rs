@@ -8,8 +8,10 @@
 //! with Python's `cryptography`. Then: a real Prometheus finds the node pods through the
 //! metrics Service's label and port (what the ServiceMonitor selects) and scrapes them; the
 //! operator's and the nodes' spans arrive in Jaeger; `kubectl logs` shows a node's start-up
-//! line; scaling to 4 and back to 3 keeps every peer id and every node's roster follows; a
-//! deleted pod comes back with its peer id and key share and signs again.
+//! line; scaling to 4 and back to 3 keeps every peer id and every node's roster follows, and
+//! a key whose policy lets the roster move it follows the members (the operator reshares it
+//! to the 4, then to the 3 before the fourth pod goes; the same group key signs each time);
+//! a deleted pod comes back with its peer id and key share and signs again.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -212,6 +214,26 @@ async fn an_mpc_cluster_of_real_pods_forms_its_network_and_signs() {
     signing
         .sign_and_verify(&forwards[1], b"signed by three pods under a real kubelet")
         .await;
+    // A second key that follows the members: the operator reshares it when the cluster
+    // scales (its policy lets the roster move it).
+    let roster_key: Value = api_post(
+        &http,
+        &token,
+        &format!("{}/v1/keys", forwards[2].url()),
+        json!({"threshold": 2, "policy": {"open": true, "reshare": "roster"}}),
+    )
+    .await;
+    let roster_key_id = roster_key["key_id"].as_str().expect("key_id").to_string();
+    let roster_public = roster_key["public_key"]
+        .as_str()
+        .expect("public_key")
+        .to_string();
+    let follows = Signing {
+        http: &http,
+        token: &token,
+        key_id: &roster_key_id,
+        public_key: &roster_public,
+    };
 
     // `kubectl logs` of a node pod shows its start-up line.
     let out = Command::new(&kubectl)
@@ -300,8 +322,18 @@ async fn an_mpc_cluster_of_real_pods_forms_its_network_and_signs() {
                 peer_ids[i].as_str(),
                 "member {i} changed its peer id"
             );
+        } else {
+            peer_ids.push(status["peer_id"].as_str().expect("peer_id").to_string());
         }
     }
+    // The roster key moved to the four members, same group key; the new member signs.
+    for (i, forward) in forwards.iter().enumerate() {
+        wait_key_holders(&http, &token, forward, i, &roster_key_id, 1, &peer_ids).await;
+    }
+    wait_key_status(&clusters, &roster_key_id, 1, 4).await;
+    follows
+        .sign_and_verify(&forwards[3], b"signed with the new member after a scale-up")
+        .await;
     // And back to 3: the fourth pod goes, the other rosters shrink again.
     scale(&clusters, 3).await;
     drop(forwards.pop());
@@ -323,6 +355,15 @@ async fn an_mpc_cluster_of_real_pods_forms_its_network_and_signs() {
             "member {i} changed its peer id"
         );
     }
+    // The fourth pod went only after the roster key left it: the three hold generation 2.
+    peer_ids.truncate(3);
+    for (i, forward) in forwards.iter().enumerate() {
+        wait_key_holders(&http, &token, forward, i, &roster_key_id, 2, &peer_ids).await;
+    }
+    wait_key_status(&clusters, &roster_key_id, 2, 3).await;
+    follows
+        .sign_and_verify(&forwards[0], b"signed by the three after a scale-down")
+        .await;
 
     // A deleted pod comes back with its peer id and its key share, and signs again.
     let victim = format!("{CLUSTER}-1-0");
@@ -403,6 +444,81 @@ async fn wait_members_ready(
             pod_report(operator_pods).await
         );
     }
+}
+
+/// Waits until member `i` holds generation `generation` of `key_id`, held by exactly
+/// `holders`.
+async fn wait_key_holders(
+    http: &reqwest::Client,
+    token: &str,
+    forward: &PortForward,
+    i: usize,
+    key_id: &str,
+    generation: u64,
+    holders: &[String],
+) {
+    let url = format!("{}/v1/keys/{key_id}", forward.url());
+    let mut expected = holders.to_vec();
+    expected.sort();
+    wait_for(
+        &format!("member {i} to hold generation {generation} of key {key_id}"),
+        DEADLINE,
+        || async {
+            let key: Value = http
+                .get(&url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .map_err(|e| e.to_string())?
+                .json()
+                .await
+                .map_err(|e| e.to_string())?;
+            let mut participants: Vec<String> = key["participants"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|p| p.as_str().map(String::from))
+                .collect();
+            participants.sort();
+            if key["generation"] == generation && participants == expected {
+                Ok(())
+            } else {
+                Err(format!("key {key}"))
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+}
+
+/// Waits until the MpcCluster's status shows `key_id` at `generation` with `holders`.
+async fn wait_key_status(
+    clusters: &Api<MpcCluster>,
+    key_id: &str,
+    generation: u64,
+    holders: usize,
+) {
+    wait_for(
+        &format!("status.keys to show {key_id} at generation {generation}"),
+        DEADLINE,
+        || async {
+            let cluster = clusters.get(CLUSTER).await.map_err(|e| e.to_string())?;
+            let keys = cluster.status.map(|s| s.keys).unwrap_or_default();
+            let shown = keys.iter().find(|k| k.key_id == key_id);
+            match shown {
+                Some(k)
+                    if k.generation == generation
+                        && k.holders == holders
+                        && k.reshare == "roster" =>
+                {
+                    Ok(())
+                }
+                _ => Err(format!("status.keys {keys:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
 }
 
 /// Waits until member `i` (through its port-forward) is in a roster of `size` and connected

@@ -63,6 +63,19 @@ impl ApiClient {
         token_file: Option<&Path>,
         ca_file: Option<&Path>,
     ) -> Result<Self, ClientError> {
+        let token = token_file
+            .map(read_token)
+            .transpose()
+            .map_err(ClientError::Token)?;
+        Self::with_token(base_url, token, ca_file)
+    }
+
+    /// Like [`new`](Self::new), with the token itself (the operator reads it from a Secret).
+    pub fn with_token(
+        base_url: &str,
+        token: Option<ApiToken>,
+        ca_file: Option<&Path>,
+    ) -> Result<Self, ClientError> {
         let base = reqwest::Url::parse(base_url).map_err(|e| ClientError::Url {
             url: base_url.to_string(),
             message: e.to_string(),
@@ -73,10 +86,6 @@ impl ApiClient {
                 message: "expected an http:// or https:// URL".into(),
             });
         }
-        let token = token_file
-            .map(read_token)
-            .transpose()
-            .map_err(ClientError::Token)?;
         let host = base.host_str().unwrap_or_default().to_string();
         let http = match (base.scheme(), ca_file) {
             ("https", Some(ca)) => {

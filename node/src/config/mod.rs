@@ -637,14 +637,18 @@ pub fn resolve(args: &NodeArgs, matches: &ArgMatches) -> Result<NodeConfig, Conf
 pub fn read_token(path: &Path) -> Result<ApiToken, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("cannot read token file {}: {e}", path.display()))?;
+    parse_token(&text, &format!("token file {}", path.display()))
+}
+
+/// A token from `text` (surrounding whitespace ignored); `source` names it in errors.
+pub fn parse_token(text: &str, source: &str) -> Result<ApiToken, String> {
     let token = text.trim();
     if token.is_empty() {
-        return Err(format!("token file {} is empty", path.display()));
+        return Err(format!("{source} is empty"));
     }
     if token.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err(format!(
-            "token file {} must hold one token without spaces or line breaks",
-            path.display()
+            "{source} must hold one token without spaces or line breaks"
         ));
     }
     Ok(ApiToken(token.to_string()))

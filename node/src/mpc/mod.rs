@@ -491,7 +491,16 @@ impl MpcEngine {
                 generation,
                 digest,
                 reshare,
-            } => self.answer_reshare_status(session, from, &key_id, (generation, digest), reshare),
+                holders,
+            } => {
+                let made = reshare::Made {
+                    key_id,
+                    generation,
+                    digest,
+                    holders: parse_peers(&holders).map_err(other)?,
+                };
+                self.answer_reshare_status(session, from, made, reshare)
+            }
             Body::ReshareRetire {
                 key_id,
                 generation,

@@ -281,6 +281,9 @@ pub enum Body {
         digest: [u8; 32],
         /// The session of the reshare that made it (whether that one still runs there).
         reshare: SessionId,
+        /// The generation's holders, sorted (the asker and the asked among them).
+        #[serde(deserialize_with = "peer_list")]
+        holders: Vec<String>,
     },
     /// The answer: whether a reshare of the key runs here, this node's signed notice when it
     /// has the generation staged or active, and the certificate when it activated it.
@@ -290,6 +293,10 @@ pub enum Body {
         notice: Option<super::policy::NodeSignature>,
         #[serde(default, deserialize_with = "peer_list")]
         certificate: Vec<super::policy::NodeSignature>,
+        /// This node's signed statement that it never staged the generation and never will
+        /// (the session that made it is over here).
+        #[serde(default)]
+        abort: Option<super::policy::NodeSignature>,
     },
     /// A participant of a reshare → a dropped holder that took no part: generation
     /// `generation` of `key_id` (confirmed by `digest`) is held by `holders`; ask them, and

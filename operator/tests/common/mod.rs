@@ -71,6 +71,7 @@ impl RunningController {
             default_image: "p2p-mpc:test".into(),
             cluster_domain: "cluster.local".into(),
             watch_namespaces: namespaces.iter().map(|n| n.to_string()).collect(),
+            node_api: controller::NodeApi::Dns,
         };
         let task = tokio::spawn(controller::run(
             client.clone(),

@@ -85,7 +85,10 @@ impl KeyMetadata {
 }
 
 /// Domain of a new holder's signed notice that it staged its share of a generation.
-const STORED_DOMAIN: &[u8] = b"p2p-mpc reshare stored v1\0";
+const STORED_DOMAIN: &[u8] = b"p2p-mpc reshare stored v2\0";
+/// Domain of a new holder's signed statement that it never staged (and never will stage)
+/// its share of a generation.
+const ABORT_DOMAIN: &[u8] = b"p2p-mpc reshare abort v1\0";
 
 /// How often, and how many times, a node asks about its staged generations after a start.
 const STAGED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
@@ -179,6 +182,20 @@ impl ReshareParams {
             metadata_digest: self.metadata.digest(),
         }
     }
+}
+
+/// Why `key` cannot be reshared now: a change of its policy was voted for here and the vote
+/// still lives (the change may yet be committed, and the holders that join would not get it).
+fn voting(key: &StoredKey) -> Option<String> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    key.vote.filter(|v| v.until_ms > now).map(|v| {
+        format!(
+            "a change of the policy of key {} to version {} was voted for here and may still be committed; reshare once it is done",
+            key.info.key_id, v.version
+        )
+    })
 }
 
 /// A holder set from a request: unique, sorted.
@@ -277,6 +294,9 @@ impl MpcEngine {
             .get(key_id)
             .ok_or_else(|| MpcError::UnknownKey(key_id.to_string()))?;
         let info = &key.info;
+        if let Some(why) = voting(&key) {
+            return Err(MpcError::Conflict(why));
+        }
         let old = holder_set(&parse_peers(&info.participants).map_err(MpcError::Internal)?)
             .map_err(MpcError::Internal)?;
         let new = match holders {
@@ -424,6 +444,9 @@ impl MpcEngine {
             .map_err(|m| other(format!("participants {m}")))?;
         let policy = if params.old.contains(&local) {
             let key = self.key_shared_with(&key_id, from).map_err(other)?;
+            if let Some(why) = voting(&key) {
+                return Err(other(why));
+            }
             let info = &key.info;
             if info.generation + 1 != generation {
                 return Err(InviteRefusal::Policy {
@@ -573,23 +596,16 @@ impl MpcEngine {
         let spec = params.spec();
         info!(%key_id, coordinator = %params.coordinator, generation = params.generation, old = params.old.len(), new = params.new.len(), "reshare started");
         // A generation staged by an earlier reshare is settled first: activated (then this
-        // reshare is of an older generation and ends), discarded when it can never be
-        // activated, or this reshare waits for a later try.
-        if self.inner.store.staged(&key_id).is_some() {
-            match self.resolve_staged(&key_id).await {
-                Ok(Resolution::Discard(_)) => {}
-                Ok(Resolution::Activate(_)) => {
-                    return Err(SessionError::failed(format!(
-                        "a staged generation of key {key_id} was activated here first; retry with the new generation"
-                    )));
-                }
-                Ok(Resolution::Undecided) | Err(_) => {
-                    return Err(SessionError::failed(format!(
-                        "generation {} of key {key_id} is staged here and not every new holder of it could be asked; retry once it is settled",
-                        params.generation
-                    )));
-                }
-            }
+        // reshare is of an older generation and ends) or discarded when it can never be
+        // activated. Undecided, it stays until this reshare stages its own generation in its
+        // place, which needs every old participant to agree on the current generation first
+        // (so one holder that keeps a staged generation undecided cannot block reshares).
+        if self.inner.store.staged(&key_id).is_some()
+            && let Ok(Resolution::Activate(_)) = self.resolve_staged(&key_id).await
+        {
+            return Err(SessionError::failed(format!(
+                "a staged generation of key {key_id} was activated here first; retry with the new generation"
+            )));
         }
 
         let (mut round1, outgoing) = core::Round1::<C>::start(spec.clone(), local, share)?;
@@ -659,6 +675,15 @@ impl MpcEngine {
             policy_version: metadata.policy_version,
             generation: params.generation,
         };
+        let digest = match &output {
+            ReshareOutput::Holder { digest, .. } | ReshareOutput::Retired { digest } => *digest,
+        };
+        let made = Made {
+            key_id: key_id.clone(),
+            generation: params.generation,
+            digest,
+            holders: params.new.clone(),
+        };
         let digest = match output {
             ReshareOutput::Holder { share, digest } => {
                 let group = share.group_key().map_err(SessionError::failed)?;
@@ -704,7 +729,7 @@ impl MpcEngine {
                     std::process::exit(9);
                 }
                 let notice = self
-                    .stored_notice(&key_id, params.generation, digest)
+                    .sign_node_statement(&stored_bytes(&made, STORED_DOMAIN))
                     .map_err(SessionError::failed)?;
                 let body = Body::ReshareStored { digest, notice };
                 // Best effort: a participant that misses it asks later.
@@ -716,7 +741,7 @@ impl MpcEngine {
             ReshareOutput::Retired { digest } => digest,
         };
 
-        let bytes = stored_bytes(&key_id, params.generation, &digest);
+        let bytes = stored_bytes(&made, STORED_DOMAIN);
         let mut certificate: BTreeMap<PeerId, NodeSignature> = BTreeMap::new();
         let collected = inbox
             .collect_each(
@@ -754,7 +779,7 @@ impl MpcEngine {
         }
         if params.new.contains(&local) {
             let own = self
-                .stored_notice(&key_id, params.generation, digest)
+                .sign_node_statement(&bytes)
                 .map_err(SessionError::failed)?;
             certificate.insert(local, own);
         }
@@ -779,23 +804,14 @@ impl MpcEngine {
         Ok((info, digest))
     }
 
-    /// This node's signed notice that it staged generation `generation` of `key_id`,
-    /// confirmed by `digest`.
-    fn stored_notice(
-        &self,
-        key_id: &str,
-        generation: u64,
-        digest: [u8; 32],
-    ) -> Result<NodeSignature, String> {
-        NodeSignature::sign_bytes(
-            &self.inner.aggregation.identity,
-            &stored_bytes(key_id, generation, &digest),
-        )
+    /// This node's signature of `bytes` with its identity key.
+    fn sign_node_statement(&self, bytes: &[u8]) -> Result<NodeSignature, String> {
+        NodeSignature::sign_bytes(&self.inner.aggregation.identity, bytes)
     }
 
     /// Resolves the staged generation of `key_id` in the background (once at a time): asks
     /// every other new holder about it, and activates it once every new holder's signed
-    /// notice is in hand, or discards it once it cannot ever be activated.
+    /// notice is in hand, or discards it once enough of them signed that they never staged it.
     pub(crate) fn spawn_staged_resolution(&self, key_id: &str) {
         if self.inner.store.staged(key_id).is_none() {
             return;
@@ -861,10 +877,10 @@ impl MpcEngine {
     }
 
     /// Asks the other new holders about the staged generation of `key_id` and acts on it:
-    /// every new holder's signed notice (or a certificate of all of them from one that
-    /// activated it) activates it; an answer from every one of them, none with a
-    /// certificate, and one that neither has it nor runs a reshare of the key, discards it
-    /// (it can never be activated: that needs every new holder's notice). Otherwise it stays.
+    /// every new holder's signed notice (or a certificate of them all from one that
+    /// activated it) activates it; signed aborts of enough of them (two, or the one other
+    /// holder of a pair: at least one honest, and an honest holder signs an abort only for a
+    /// generation it never staged and never will) discard it. Otherwise it stays.
     async fn resolve_staged(&self, key_id: &str) -> Result<Resolution, String> {
         let Some(staged) = self.inner.store.staged(key_id) else {
             return Ok(Resolution::Undecided);
@@ -873,14 +889,15 @@ impl MpcEngine {
             .reshare
             .clone()
             .ok_or("a staged generation without its reshare record")?;
-        let digest = record_digest(&record)?;
+        let made = Made {
+            key_id: key_id.to_string(),
+            generation: staged.info.generation,
+            digest: record_digest(&record)?,
+            holders: parse_peers(&staged.info.participants)?,
+        };
         let reshare = SessionId::parse(&record.session)
             .ok_or("a staged generation with a malformed session id")?;
-        let generation = staged.info.generation;
-        let holders = parse_peers(&staged.info.participants)?;
-        let survey = self
-            .survey(key_id, (generation, digest), reshare, &holders)
-            .await;
+        let survey = self.survey(&made, reshare).await;
         let _write = self.inner.policy.key_writes().await;
         // Still the same staged generation (a reshare may have replaced it meanwhile).
         if self
@@ -891,6 +908,7 @@ impl MpcEngine {
         {
             return Ok(Resolution::Undecided);
         }
+        let generation = made.generation;
         match survey.outcome() {
             Resolution::Activate(certificate) => {
                 self.inner
@@ -915,43 +933,32 @@ impl MpcEngine {
         }
     }
 
-    /// Asks every one of `holders` but this node about generation `generation` of
-    /// `key_id` (confirmed by `digest`), one at a time, and gathers the signed notices.
-    async fn survey(
-        &self,
-        key_id: &str,
-        (generation, digest): (u64, [u8; 32]),
-        reshare: SessionId,
-        holders: &[PeerId],
-    ) -> Survey {
+    /// Asks every other holder of generation `made` about it, all at once and for at most a
+    /// round, and gathers their signed notices and aborts.
+    async fn survey(&self, made: &Made, reshare: SessionId) -> Survey {
         let local = self.inner.local;
-        let bytes = stored_bytes(key_id, generation, &digest);
-        let mut survey = Survey {
-            holders: holders.to_vec(),
-            bytes: bytes.clone(),
-            notices: BTreeMap::new(),
-            unanswered: Vec::new(),
-            absent: Vec::new(),
-        };
-        if let Ok(own) = self.stored_notice(key_id, generation, digest)
-            && self
-                .inner
-                .store
-                .staged(key_id)
-                .or_else(|| self.inner.store.get(key_id))
-                .is_some_and(|k| record_matches(&k, generation, &digest))
-        {
+        let mut survey = Survey::new(made);
+        if let Ok(own) = self.sign_node_statement(&survey.stored) {
             survey.notices.insert(local, own);
         }
-        for peer in holders.iter().filter(|p| **p != local) {
-            match self
-                .ask_status(*peer, key_id, (generation, digest), reshare)
+        let asks = made
+            .holders
+            .iter()
+            .filter(|p| **p != local)
+            .map(|peer| async move {
+                let answer = tokio::time::timeout(
+                    self.inner.round_timeout,
+                    self.ask_status(*peer, made, reshare),
+                )
                 .await
-            {
-                Ok(status) => survey.take(*peer, status),
+                .unwrap_or_else(|_| Err("no answer within a round".into()));
+                (*peer, answer)
+            });
+        for (peer, answer) in futures::future::join_all(asks).await {
+            match answer {
+                Ok(status) => survey.take(peer, status),
                 Err(e) => {
-                    debug!(%key_id, %peer, error = %e, "cannot ask a new holder about a staged generation");
-                    survey.unanswered.push(*peer);
+                    debug!(key_id = %made.key_id, %peer, error = %e, "cannot ask a new holder about a staged generation");
                 }
             }
         }
@@ -961,8 +968,7 @@ impl MpcEngine {
     async fn ask_status(
         &self,
         peer: PeerId,
-        key_id: &str,
-        (generation, digest): (u64, [u8; 32]),
+        made: &Made,
         reshare: SessionId,
     ) -> Result<Status, String> {
         let session = SessionId::random();
@@ -972,10 +978,11 @@ impl MpcEngine {
             .open(session, Protocol::Reshare, [peer])
             .map_err(|e| e.to_string())?;
         let request = Body::ReshareStatusRequest {
-            key_id: key_id.to_string(),
-            generation,
-            digest,
+            key_id: made.key_id.clone(),
+            generation: made.generation,
+            digest: made.digest,
             reshare,
+            holders: made.holders.iter().map(ToString::to_string).collect(),
         };
         let answer = match self.send(peer, session, request).await {
             Ok(()) => inbox
@@ -985,13 +992,14 @@ impl MpcEngine {
                     self.inner.round_timeout,
                     |b| match b {
                         Body::ReshareStatus {
-                            running,
                             notice,
                             certificate,
+                            abort,
+                            ..
                         } => Some(Status {
-                            running: *running,
                             notice: notice.clone(),
                             certificate: certificate.clone(),
+                            abort: abort.clone(),
                         }),
                         _ => None,
                     },
@@ -1044,10 +1052,12 @@ impl MpcEngine {
         );
     }
 
-    /// A dropped holder told that generation `generation` of `key_id` exists without it:
-    /// it removes its share when the certificate holds every one of `holders`' signed
-    /// notice that it staged that generation (and they are at least the threshold, roster
-    /// members, this node not among them). Nobody's word alone makes it delete anything.
+    /// A dropped holder told that generation `generation` of `key_id` exists without it: it
+    /// removes its share when it holds the generation before that one, has no generation
+    /// staged (a new holder settles that by survey instead), and the certificate holds a
+    /// notice of each of `holders` signed over exactly this holder set (at least the
+    /// threshold, roster members, this node not among them). Nobody's word alone makes it
+    /// delete anything.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn join_retire(
         &self,
@@ -1066,7 +1076,9 @@ impl MpcEngine {
             .store
             .get(&key_id)
             .ok_or_else(|| other(format!("no key `{key_id}` on peer {local}")))?;
-        if key.info.generation >= generation || holders.contains(&local) {
+        let predecessor = key.info.generation.checked_add(1) == Some(generation)
+            && key.info.participants.contains(&local.to_string());
+        if !predecessor || holders.contains(&local) || self.inner.store.staged(&key_id).is_some() {
             return Err(other(format!(
                 "peer {local} holds generation {} of key {key_id} and is not dropped by generation {generation}",
                 key.info.generation
@@ -1081,18 +1093,24 @@ impl MpcEngine {
             .roster
             .check_all(&holders)
             .map_err(|m| other(format!("holders {m}")))?;
-        let bytes = stored_bytes(&key_id, generation, &digest);
-        check_certificate(&certificate, &holders, &bytes).map_err(other)?;
+        let made = Made {
+            key_id: key_id.clone(),
+            generation,
+            digest,
+            holders,
+        };
+        check_certificate(&certificate, &made).map_err(other)?;
         let engine = self.clone();
         tokio::spawn(
             async move {
                 let _write = engine.inner.policy.key_writes().await;
-                let still_older = engine
+                let still = engine
                     .inner
                     .store
                     .get(&key_id)
-                    .is_some_and(|k| k.info.generation < generation);
-                if !still_older {
+                    .is_some_and(|k| k.info.generation + 1 == generation)
+                    && engine.inner.store.staged(&key_id).is_none();
+                if !still {
                     return;
                 }
                 match engine.inner.store.retire(&key_id).await {
@@ -1108,49 +1126,60 @@ impl MpcEngine {
         Ok(())
     }
 
-    /// Answers a peer that asks about generation `generation` of `key_id` (confirmed by
-    /// `digest`): whether a reshare of the key runs here, this node's signed notice when it
-    /// has that generation staged or active, and the certificate when it activated it. A
-    /// notice is only signed for the digest, which only the reshare's participants know.
+    /// Answers a holder of generation `made` that asks about it: whether the reshare that
+    /// made it (session `reshare_session`) still runs here; otherwise this node's signed
+    /// notice when it has that generation staged or active (with the certificate when it
+    /// activated it), or its signed abort when it has neither: that session is over, so it
+    /// will never stage it. Only a holder of that set may ask, and only of a set this node
+    /// is in.
     pub(super) fn answer_reshare_status(
         &self,
         session: SessionId,
         peer: PeerId,
-        key_id: &str,
-        (generation, digest): (u64, [u8; 32]),
+        made: Made,
         reshare_session: SessionId,
     ) -> Result<(), InviteRefusal> {
-        let store = &self.inner.store;
-        let active = store
-            .get(key_id)
-            .filter(|k| record_matches(k, generation, &digest));
-        let staged = store
-            .staged(key_id)
-            .filter(|k| record_matches(k, generation, &digest));
-        let notice = if active.is_some() || staged.is_some() {
-            Some(
-                self.stored_notice(key_id, generation, digest)
-                    .map_err(InviteRefusal::Other)?,
-            )
-        } else {
-            None
-        };
-        let certificate = active
-            .and_then(|k| k.reshare.clone())
-            .map(|r| r.certificate)
-            .unwrap_or_default();
+        let local = self.inner.local;
+        if !made.holders.contains(&peer) || !made.holders.contains(&local) {
+            return Err(InviteRefusal::Other(format!(
+                "peer {peer} asks about a holder set of key {} that does not hold both of us",
+                made.key_id
+            )));
+        }
+        // Running first: once the session ends, what it staged is on disk.
         let running = self
             .inner
             .reshare
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .get(key_id)
+            .get(&made.key_id)
             == Some(&reshare_session);
+        let store = &self.inner.store;
+        let active = store.get(&made.key_id).filter(|k| record_matches(k, &made));
+        let staged = store
+            .staged(&made.key_id)
+            .filter(|k| record_matches(k, &made));
+        let sign = |domain: &[u8]| {
+            self.sign_node_statement(&stored_bytes(&made, domain))
+                .map_err(InviteRefusal::Other)
+        };
+        let (notice, abort) = if active.is_some() || staged.is_some() {
+            (Some(sign(STORED_DOMAIN)?), None)
+        } else if running {
+            (None, None)
+        } else {
+            (None, Some(sign(ABORT_DOMAIN)?))
+        };
+        let certificate = active
+            .and_then(|k| k.reshare.clone())
+            .map(|r| r.certificate)
+            .unwrap_or_default();
         let body = Body::ReshareStatus {
             running,
             notice,
             certificate,
+            abort,
         };
         let engine = self.clone();
         tokio::spawn(
@@ -1165,15 +1194,29 @@ impl MpcEngine {
     }
 }
 
-/// The bytes a new holder signs to say it staged generation `generation` of `key_id`,
-/// confirmed by `digest`.
-fn stored_bytes(key_id: &str, generation: u64, digest: &[u8; 32]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(STORED_DOMAIN.len() + key_id.len() + 48);
-    out.extend_from_slice(STORED_DOMAIN);
+/// A generation a reshare made (or tried to): key, number, confirmation digest and its
+/// holders (sorted).
+#[derive(Debug, Clone)]
+pub(super) struct Made {
+    pub key_id: String,
+    pub generation: u64,
+    pub digest: [u8; 32],
+    pub holders: Vec<PeerId>,
+}
+
+/// The bytes a new holder signs under `domain` about generation `made`: that it staged its
+/// share ([`STORED_DOMAIN`]) or that it never will ([`ABORT_DOMAIN`]). They name the key,
+/// the generation, the confirmation digest and the holder set, so a notice counts only for
+/// exactly that set.
+fn stored_bytes(made: &Made, domain: &[u8]) -> Vec<u8> {
+    let key_id = &made.key_id;
+    let mut out = Vec::with_capacity(domain.len() + key_id.len() + 80);
+    out.extend_from_slice(domain);
     out.extend_from_slice(&(key_id.len() as u64).to_be_bytes());
     out.extend_from_slice(key_id.as_bytes());
-    out.extend_from_slice(&generation.to_be_bytes());
-    out.extend_from_slice(digest);
+    out.extend_from_slice(&made.generation.to_be_bytes());
+    out.extend_from_slice(&made.digest);
+    out.extend_from_slice(&super::policy::holders_digest(&made.holders));
     out
 }
 
@@ -1185,32 +1228,34 @@ fn record_digest(record: &ReshareRecord) -> Result<[u8; 32], String> {
         .ok_or_else(|| "a reshare record with a malformed digest".to_string())
 }
 
-/// Whether `key` is generation `generation`, made by the reshare confirmed by `digest`.
-fn record_matches(key: &StoredKey, generation: u64, digest: &[u8; 32]) -> bool {
-    key.info.generation == generation
+/// Whether `key` is generation `made`: its number, its confirmation digest and its holders.
+fn record_matches(key: &StoredKey, made: &Made) -> bool {
+    let mut holders: Vec<String> = made.holders.iter().map(ToString::to_string).collect();
+    holders.sort();
+    let mut ours = key.info.participants.clone();
+    ours.sort();
+    key.info.generation == made.generation
+        && ours == holders
         && key
             .reshare
             .as_ref()
-            .is_some_and(|r| r.digest == hex::encode(digest))
+            .is_some_and(|r| r.digest == hex::encode(made.digest))
 }
 
-/// Checks that `certificate` holds a valid notice of `bytes` signed by each of `holders`,
-/// and by nobody else.
-fn check_certificate(
-    certificate: &[NodeSignature],
-    holders: &[PeerId],
-    bytes: &[u8],
-) -> Result<(), String> {
+/// Checks that `certificate` holds a notice, signed over exactly `made`, by each of its
+/// holders and by nobody else.
+fn check_certificate(certificate: &[NodeSignature], made: &Made) -> Result<(), String> {
+    let bytes = stored_bytes(made, STORED_DOMAIN);
     let mut signers = BTreeSet::new();
     for notice in certificate {
-        let signer = notice.verify_bytes(bytes, "storage notice")?;
-        if !holders.contains(&signer) || !signers.insert(signer) {
+        let signer = notice.verify_bytes(&bytes, "storage notice")?;
+        if !made.holders.contains(&signer) || !signers.insert(signer) {
             return Err(format!(
                 "the certificate holds a notice of {signer}, who is not a new holder or signed twice"
             ));
         }
     }
-    if signers.len() != holders.len() {
+    if signers.len() != made.holders.len() {
         return Err("the certificate lacks some new holder's notice".into());
     }
     Ok(())
@@ -1219,19 +1264,18 @@ fn check_certificate(
 /// A new holder's answer about a staged generation.
 #[derive(PartialEq)]
 struct Status {
-    running: bool,
     notice: Option<NodeSignature>,
     certificate: Vec<NodeSignature>,
+    abort: Option<NodeSignature>,
 }
 
 /// What the new holders said about a staged generation.
 struct Survey {
-    holders: Vec<PeerId>,
-    bytes: Vec<u8>,
+    made: Made,
+    stored: Vec<u8>,
+    aborted: Vec<u8>,
     notices: BTreeMap<PeerId, NodeSignature>,
-    unanswered: Vec<PeerId>,
-    /// Holders that neither have the generation nor run a reshare of the key.
-    absent: Vec<PeerId>,
+    aborts: BTreeMap<PeerId, NodeSignature>,
 }
 
 /// What to do with a staged generation.
@@ -1243,34 +1287,184 @@ enum Resolution {
 }
 
 impl Survey {
+    fn new(made: &Made) -> Self {
+        Self {
+            made: made.clone(),
+            stored: stored_bytes(made, STORED_DOMAIN),
+            aborted: stored_bytes(made, ABORT_DOMAIN),
+            notices: BTreeMap::new(),
+            aborts: BTreeMap::new(),
+        }
+    }
+
+    /// Takes `peer`'s answer: a certificate of the generation, its notice, or its abort,
+    /// each kept only when validly signed (by `peer`, for the notice and the abort).
     fn take(&mut self, peer: PeerId, status: Status) {
-        if check_certificate(&status.certificate, &self.holders, &self.bytes).is_ok() {
+        if check_certificate(&status.certificate, &self.made).is_ok() {
             for notice in status.certificate {
-                if let Ok(signer) = notice.verify_bytes(&self.bytes, "storage notice") {
+                if let Ok(signer) = notice.verify_bytes(&self.stored, "storage notice") {
                     self.notices.insert(signer, notice);
                 }
             }
         }
-        match status.notice {
-            Some(notice)
-                if notice.verify_bytes(&self.bytes, "storage notice").ok() == Some(peer) =>
-            {
-                self.notices.insert(peer, notice);
-            }
-            _ if !status.running => self.absent.push(peer),
-            _ => {}
+        if let Some(notice) = status.notice
+            && notice.verify_bytes(&self.stored, "storage notice").ok() == Some(peer)
+        {
+            self.notices.insert(peer, notice);
+        }
+        if let Some(abort) = status.abort
+            && abort.verify_bytes(&self.aborted, "abort").ok() == Some(peer)
+        {
+            self.aborts.insert(peer, abort);
         }
     }
 
+    /// How many aborts discard a generation: two (one of them honest, when one holder may
+    /// be compromised), or the one other holder of a pair (which can stop that key anyway).
+    fn aborts_needed(&self) -> usize {
+        (self.made.holders.len() - 1).clamp(1, 2)
+    }
+
     fn outcome(self) -> Resolution {
-        if self.holders.iter().all(|h| self.notices.contains_key(h)) {
+        if self
+            .made
+            .holders
+            .iter()
+            .all(|h| self.notices.contains_key(h))
+        {
             return Resolution::Activate(self.notices.into_values().collect());
         }
-        match self.absent.first() {
-            Some(peer) if self.unanswered.is_empty() => Resolution::Discard(format!(
-                "new holder {peer} neither has it nor runs a reshare of the key"
-            )),
-            _ => Resolution::Undecided,
+        if self.aborts.len() >= self.aborts_needed() {
+            let who: Vec<String> = self.aborts.keys().map(ToString::to_string).collect();
+            return Resolution::Discard(format!(
+                "new holders {} signed that they never staged it",
+                who.join(", ")
+            ));
         }
+        Resolution::Undecided
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use libp2p::identity::Keypair;
+
+    fn holders(n: usize) -> (Vec<Keypair>, Made) {
+        let mut keys: Vec<Keypair> = (0..n).map(|_| Keypair::generate_ed25519()).collect();
+        keys.sort_by_key(|k| k.public().to_peer_id());
+        let made = Made {
+            key_id: "ab".repeat(16),
+            generation: 2,
+            digest: [9; 32],
+            holders: keys.iter().map(|k| k.public().to_peer_id()).collect(),
+        };
+        (keys, made)
+    }
+
+    fn signed(key: &Keypair, made: &Made, domain: &[u8]) -> NodeSignature {
+        NodeSignature::sign_bytes(key, &stored_bytes(made, domain)).unwrap()
+    }
+
+    fn status(notice: Option<NodeSignature>, abort: Option<NodeSignature>) -> Status {
+        Status {
+            notice,
+            certificate: vec![],
+            abort,
+        }
+    }
+
+    #[test]
+    fn a_certificate_counts_only_for_the_holder_set_its_notices_name() {
+        let (keys, made) = holders(3);
+        let certificate: Vec<NodeSignature> = keys
+            .iter()
+            .map(|k| signed(k, &made, STORED_DOMAIN))
+            .collect();
+        check_certificate(&certificate, &made).unwrap();
+        // The same notices presented for the set without one holder: refused (what would
+        // make that holder retire its share).
+        let fewer = Made {
+            holders: made.holders[1..].to_vec(),
+            ..made.clone()
+        };
+        assert!(check_certificate(&certificate[1..], &fewer).is_err());
+        // Another digest, or a notice missing, or an abort in place of a notice.
+        let other = Made {
+            digest: [8; 32],
+            ..made.clone()
+        };
+        assert!(check_certificate(&certificate, &other).is_err());
+        assert!(check_certificate(&certificate[..2], &made).is_err());
+        let mut with_abort = certificate.clone();
+        with_abort[0] = signed(&keys[0], &made, ABORT_DOMAIN);
+        assert!(check_certificate(&with_abort, &made).is_err());
+    }
+
+    #[test]
+    fn a_survey_activates_on_every_notice_and_discards_only_on_two_aborts() {
+        let (keys, made) = holders(4);
+        let peers = made.holders.clone();
+        // Every notice: activate.
+        let mut survey = Survey::new(&made);
+        for (k, p) in keys.iter().zip(&peers) {
+            survey.take(*p, status(Some(signed(k, &made, STORED_DOMAIN)), None));
+        }
+        assert!(matches!(survey.outcome(), Resolution::Activate(c) if c.len() == 4));
+        // One abort (a compromised holder's word) is not enough; two are.
+        let mut survey = Survey::new(&made);
+        survey.take(
+            peers[1],
+            status(None, Some(signed(&keys[1], &made, ABORT_DOMAIN))),
+        );
+        survey.take(
+            peers[2],
+            status(Some(signed(&keys[2], &made, STORED_DOMAIN)), None),
+        );
+        assert!(matches!(survey.outcome(), Resolution::Undecided));
+        let mut survey = Survey::new(&made);
+        survey.take(
+            peers[1],
+            status(None, Some(signed(&keys[1], &made, ABORT_DOMAIN))),
+        );
+        survey.take(
+            peers[3],
+            status(None, Some(signed(&keys[3], &made, ABORT_DOMAIN))),
+        );
+        assert!(matches!(survey.outcome(), Resolution::Discard(_)));
+        // An abort signed by someone else than the peer that sent it does not count.
+        let mut survey = Survey::new(&made);
+        survey.take(
+            peers[1],
+            status(None, Some(signed(&keys[3], &made, ABORT_DOMAIN))),
+        );
+        survey.take(
+            peers[2],
+            status(None, Some(signed(&keys[3], &made, ABORT_DOMAIN))),
+        );
+        assert!(matches!(survey.outcome(), Resolution::Undecided));
+        // A certificate from one holder activates.
+        let certificate = keys
+            .iter()
+            .map(|k| signed(k, &made, STORED_DOMAIN))
+            .collect();
+        let mut survey = Survey::new(&made);
+        survey.take(
+            peers[0],
+            Status {
+                notice: None,
+                certificate,
+                abort: None,
+            },
+        );
+        assert!(matches!(survey.outcome(), Resolution::Activate(_)));
+        // A pair: the one other holder's abort discards.
+        let (keys, made) = holders(2);
+        let mut survey = Survey::new(&made);
+        survey.take(
+            made.holders[1],
+            status(None, Some(signed(&keys[1], &made, ABORT_DOMAIN))),
+        );
+        assert!(matches!(survey.outcome(), Resolution::Discard(_)));
     }
 }
