@@ -493,7 +493,7 @@ async fn reconcile_cluster(mc: &MpcCluster, ctx: &Context) -> Result<Action, Err
     let pdbs: Api<PodDisruptionBudget> = Api::namespaced(client.clone(), &ns);
     let (_, c) = apply(
         &pdbs,
-        &pdb::build(mc, &names, key_step.largest_threshold),
+        &pdb::build(mc, &names, key_step.spare),
         "PodDisruptionBudget",
     )
     .await?;
@@ -546,7 +546,8 @@ struct KeyStep {
     blocked: Vec<crate::membership::Blocked>,
     /// Reshares still to be made (not yet possible, or failed this time).
     pending: usize,
-    largest_threshold: Option<u16>,
+    /// How many members the keys can spare (the PodDisruptionBudget's room).
+    spare: Option<usize>,
     /// `ScaleBlocked`, when it applies or applied before.
     condition: Option<Condition>,
 }
@@ -581,9 +582,14 @@ async fn reconcile_keys(
         })
         .collect();
     let token = read_api_token(mc, ctx, names).await;
+    let leaving = ready.keys().any(|i| *i >= replicas);
     let mut peer_of: BTreeMap<String, i32> = BTreeMap::new();
     let mut views = Vec::new();
+    // What each desired member itself shows: a scale-down goes on only once every one of
+    // them shows each roster key held by exactly the members.
+    let mut own_views: BTreeMap<String, Vec<p2p_mpc_node::mpc::store::KeyInfo>> = BTreeMap::new();
     let mut answered = 0;
+    let mut unanswered = 0;
     for (&i, &is_ready) in &ready {
         let Ok(Some(peer)) = config::member_peer(names, keys, i) else {
             continue;
@@ -593,14 +599,21 @@ async fn reconcile_keys(
             continue;
         }
         let Some(client) = member_client(mc, ctx, names, i, token.clone()) else {
+            unanswered += 1;
             continue;
         };
         match membership::list_keys(&client).await {
             Ok(list) => {
                 answered += 1;
+                if i < replicas {
+                    own_views.insert(peer.to_string(), list.clone());
+                }
                 views.extend(list);
             }
-            Err(e) => warn!(member = %names.member(i), error = %e, "cannot list the member's keys"),
+            Err(e) => {
+                unanswered += 1;
+                warn!(member = %names.member(i), error = %e, "cannot list the member's keys")
+            }
         }
     }
     let previous = mc
@@ -609,11 +622,19 @@ async fn reconcile_keys(
         .map(|s| s.keys.clone())
         .unwrap_or_default();
     let mut step = KeyStep::default();
+    // A scale-down waits for every ready member's answer (one that cannot be asked might
+    // hold a key that must move first).
+    if leaving && unanswered > 0 {
+        step.pending += 1;
+    }
     if answered == 0 {
         // No member answered: what was known stands, and a key known to need more holders
         // than the new member set holds the scale-down back.
         step.keys = previous.clone();
-        step.largest_threshold = previous.iter().map(|k| k.threshold).max();
+        step.spare = previous
+            .iter()
+            .map(|k| k.holders.saturating_sub(usize::from(k.threshold)))
+            .min();
         step.blocked = previous
             .iter()
             .filter(|k| usize::from(k.threshold) > desired.len())
@@ -626,8 +647,29 @@ async fn reconcile_keys(
     } else {
         let known = membership::merge(views);
         let plan = membership::plan(&known, &desired);
-        step.largest_threshold = plan.largest_threshold;
+        step.spare = plan.spare;
         step.blocked = plan.blocked;
+        // Every roster key must be shown by each desired member itself as held by exactly
+        // the members (not only by the member with the newest view) before leaving ones go.
+        if leaving {
+            for key in known.values() {
+                if key.policy.reshare_rule() != p2p_mpc_node::mpc::policy::ReshareRule::Roster {
+                    continue;
+                }
+                let settled = desired.iter().all(|m| {
+                    own_views.get(m).is_some_and(|list| {
+                        list.iter().any(|k| {
+                            let mut holders = k.participants.clone();
+                            holders.sort();
+                            k.key_id == key.key_id && holders == desired
+                        })
+                    })
+                });
+                if !settled {
+                    step.pending += 1;
+                }
+            }
+        }
         for key_id in &plan.unmanaged {
             publish(
                 ctx,

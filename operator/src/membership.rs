@@ -91,6 +91,9 @@ pub struct Plan {
     pub unmanaged: Vec<String>,
     /// The largest threshold of any key.
     pub largest_threshold: Option<u16>,
+    /// How many members the keys can spare: over every key, its holders among the members
+    /// less its threshold (the least); `None` without keys.
+    pub spare: Option<usize>,
 }
 
 /// Plans what `keys` need for the member set `members` (peer ids, sorted).
@@ -101,13 +104,18 @@ pub fn plan(keys: &BTreeMap<String, KeyInfo>, members: &[String]) -> Plan {
         let mut holders = key.participants.clone();
         holders.sort();
         let threshold = usize::from(key.threshold);
+        let kept = holders.iter().filter(|h| members.contains(h)).count();
+        let spare = kept.saturating_sub(threshold);
+        plan.spare = Some(plan.spare.map_or(spare, |s| s.min(spare)));
         match key.policy.reshare_rule() {
             ReshareRule::Roster => {
-                if members.len() < threshold {
+                // The members that deal the new shares are its holders among the members
+                // (the others are outside the roster by then): at least the threshold.
+                if members.len() < threshold || kept < threshold {
                     plan.blocked.push(Blocked {
                         key_id: key.key_id.clone(),
                         threshold: key.threshold,
-                        left: members.len(),
+                        left: kept.min(members.len()),
                     });
                 } else if holders != members {
                     let coordinator = holders
@@ -219,6 +227,11 @@ mod tests {
         );
         assert!(up.blocked.is_empty() && up.unmanaged.is_empty());
         assert_eq!(up.largest_threshold, Some(2));
+        assert_eq!(
+            up.spare,
+            Some(1),
+            "each key has 3 holders among the members, needs 2"
+        );
         // Scale down to b and c: a holder that stays coordinates; the approvals key keeps
         // two holders (enough) but only its clients can move it.
         let down = plan(&keys, &members(&["b", "c"]));
@@ -248,5 +261,16 @@ mod tests {
         let further = plan(&keys, &members(&["a"]));
         assert_eq!(further.blocked.len(), 2, "{further:?}");
         assert_eq!(further.largest_threshold, Some(3));
+        // Members swapped for others: too few holders stay to deal the new shares.
+        let swapped = plan(&keys, &members(&["a", "d", "e"]));
+        assert!(
+            swapped
+                .blocked
+                .iter()
+                .any(|b| b.key_id == "r" && b.left == 1),
+            "{swapped:?}"
+        );
+        assert!(swapped.reshares.is_empty());
+        assert_eq!(swapped.spare, Some(0));
     }
 }

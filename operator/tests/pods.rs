@@ -346,6 +346,21 @@ async fn an_mpc_cluster_of_real_pods_forms_its_network_and_signs() {
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    // The pod went only after the roster key had left it: by now the members hold the next
+    // generation already (asked once, not waited for).
+    let now: Value = http
+        .get(format!("{}/v1/keys/{roster_key_id}", forwards[0].url()))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .expect("GET the roster key on member 0")
+        .json()
+        .await
+        .expect("the roster key as JSON");
+    assert_eq!(
+        now["generation"], 2,
+        "the fourth member's pod was removed before the roster key moved off it: {now}"
+    );
     wait_members_ready(&clusters, &pods, &operator_pods, 3).await;
     for (i, forward) in forwards.iter().enumerate() {
         let status = wait_roster(&http, &token, forward, i, 3).await;

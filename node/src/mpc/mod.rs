@@ -9,6 +9,7 @@
 pub mod admission;
 pub mod aggregation;
 pub mod chunks;
+pub mod digest;
 pub mod dkg;
 pub mod driver;
 pub mod faults;
@@ -497,7 +498,7 @@ impl MpcEngine {
                     key_id,
                     generation,
                     digest,
-                    holders: parse_peers(&holders).map_err(other)?,
+                    holders: reshare::canonical_set(&holders, "holders").map_err(other)?,
                 };
                 self.answer_reshare_status(session, from, made, reshare)
             }

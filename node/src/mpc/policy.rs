@@ -232,14 +232,7 @@ pub enum Approves<'a> {
 pub fn holders_digest(holders: &[PeerId]) -> [u8; 32] {
     let mut sorted = holders.to_vec();
     sorted.sort();
-    let mut h = Sha256::new();
-    h.update((sorted.len() as u64).to_be_bytes());
-    for p in &sorted {
-        let bytes = p.to_bytes();
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(&bytes);
-    }
-    h.finalize().into()
+    super::digest::Fields::new(&[]).peers(&sorted).finish()
 }
 
 /// Who may have a key moved to another holder set (or refreshed); part of its policy.

@@ -145,6 +145,11 @@ pub struct ReshareRecord {
     /// The session of the reshare (hex).
     #[serde(default)]
     pub session: String,
+    /// Confirmation digests of earlier generations this node staged (and signed a notice
+    /// for) that a later reshare replaced before they were decided: it never signs that it
+    /// did not stage them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub superseded: Vec<String>,
     /// Once active: every new holder's signed notice that it staged this generation (what
     /// convinces a holder that missed the last notices, or a dropped holder).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -900,6 +905,7 @@ mod tests {
             digest: "00".repeat(32),
             participants: vec!["a".into(), "b".into(), "c".into(), "d".into()],
             session: "00".repeat(16),
+            superseded: vec![],
             certificate: vec![],
         };
         assert!(

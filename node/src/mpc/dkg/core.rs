@@ -21,6 +21,7 @@ use frost_core::{self as frost, Identifier};
 use libp2p::PeerId;
 use sha2::{Digest, Sha256};
 
+use super::super::digest::Fields;
 use super::super::scheme::{self, Scheme, Suite};
 use super::super::session::{SessionError, join_peers};
 use super::super::{frost_error, frost_identifier};
@@ -426,27 +427,15 @@ fn confirmation_digest<C: Suite>(
     let package = public_key_package
         .serialize()
         .map_err(|e| SessionError::failed(format!("public key package: {e}")))?;
-    let mut h = Sha256::new();
-    h.update(CONFIRM_DOMAIN);
-    h.update((spec.key_id.len() as u64).to_be_bytes());
-    h.update(spec.key_id.as_bytes());
-    let scheme = spec.scheme.name();
-    h.update((scheme.len() as u64).to_be_bytes());
-    h.update(scheme.as_bytes());
-    h.update(spec.threshold.to_be_bytes());
-    h.update((spec.participants.len() as u64).to_be_bytes());
-    for p in &spec.participants {
-        let bytes = p.to_bytes();
-        h.update((bytes.len() as u64).to_be_bytes());
-        h.update(&bytes);
-    }
-    h.update((package.len() as u64).to_be_bytes());
-    h.update(&package);
-    let internal = internal_key.as_deref().unwrap_or_default();
-    h.update((internal.len() as u64).to_be_bytes());
-    h.update(internal);
-    h.update(spec.policy_digest);
-    Ok(h.finalize().into())
+    Ok(Fields::new(CONFIRM_DOMAIN)
+        .field(spec.key_id.as_bytes())
+        .field(spec.scheme.name().as_bytes())
+        .raw(&spec.threshold.to_be_bytes())
+        .peers(&spec.participants)
+        .field(&package)
+        .field(internal_key.as_deref().unwrap_or_default())
+        .raw(&spec.policy_digest)
+        .finish())
 }
 
 /// The confirmation round: every other participant must confirm the same key.

@@ -49,8 +49,8 @@ use frost_core::keys::{
 use frost_core::{self as frost, Field, Group, Identifier};
 use libp2p::PeerId;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
+use super::super::digest::Fields;
 use super::super::frost_identifier;
 use super::super::scheme::{self, Scheme, Suite};
 use super::super::session::{SessionError, join_peers};
@@ -183,15 +183,12 @@ pub type Outgoing<M> = Vec<(PeerId, M)>;
 /// it is sent against): the key id, the generation made, the key's metadata and the current
 /// public key package, under their own domain.
 fn old_key_digest(spec: &ReshareSpec, package: &[u8]) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(OLD_KEY_DOMAIN);
-    h.update((spec.key_id.len() as u64).to_be_bytes());
-    h.update(spec.key_id.as_bytes());
-    h.update(spec.generation.to_be_bytes());
-    h.update(spec.metadata_digest);
-    h.update((package.len() as u64).to_be_bytes());
-    h.update(package);
-    h.finalize().into()
+    Fields::new(OLD_KEY_DOMAIN)
+        .field(spec.key_id.as_bytes())
+        .raw(&spec.generation.to_be_bytes())
+        .raw(&spec.metadata_digest)
+        .field(package)
+        .finish()
 }
 
 /// What this node is in the reshare.
@@ -758,28 +755,19 @@ fn confirmation_digest<C: Suite>(
     let package = package
         .serialize()
         .map_err(|e| SessionError::failed(format!("public key package: {e}")))?;
-    let mut h = Sha256::new();
-    h.update(CONFIRM_DOMAIN);
-    h.update((spec.key_id.len() as u64).to_be_bytes());
-    h.update(spec.key_id.as_bytes());
-    let scheme = spec.scheme.name();
-    h.update((scheme.len() as u64).to_be_bytes());
-    h.update(scheme.as_bytes());
-    h.update(spec.threshold.to_be_bytes());
-    h.update(spec.generation.to_be_bytes());
+    let mut fields = Fields::new(CONFIRM_DOMAIN)
+        .field(spec.key_id.as_bytes())
+        .field(spec.scheme.name().as_bytes())
+        .raw(&spec.threshold.to_be_bytes())
+        .raw(&spec.generation.to_be_bytes());
     for set in [&spec.old, &spec.new] {
-        h.update((set.len() as u64).to_be_bytes());
-        for p in set {
-            let bytes = p.to_bytes();
-            h.update((bytes.len() as u64).to_be_bytes());
-            h.update(&bytes);
-        }
+        fields = fields.peers(set);
     }
-    h.update(old_digest);
-    h.update((package.len() as u64).to_be_bytes());
-    h.update(&package);
-    h.update(spec.metadata_digest);
-    Ok(h.finalize().into())
+    Ok(fields
+        .raw(old_digest)
+        .field(&package)
+        .raw(&spec.metadata_digest)
+        .finish())
 }
 
 /// The confirmation round: every new holder must confirm the same digest.

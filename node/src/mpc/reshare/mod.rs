@@ -210,7 +210,7 @@ fn holder_set(peers: &[PeerId]) -> Result<Vec<PeerId>, String> {
 }
 
 /// A holder set from an invitation: must already be sorted and unique.
-fn canonical_set(list: &[String], what: &str) -> Result<Vec<PeerId>, String> {
+pub(super) fn canonical_set(list: &[String], what: &str) -> Result<Vec<PeerId>, String> {
     let peers = parse_peers(list)?;
     if !peers.windows(2).all(|w| w[0] < w[1]) {
         return Err(format!("the {what} are not sorted and unique"));
@@ -607,6 +607,26 @@ impl MpcEngine {
                 "a staged generation of key {key_id} was activated here first; retry with the new generation"
             )));
         }
+        // An undecided staged generation is replaced only by a reshare that every one of its
+        // holders takes part in: one that activated it would refuse this reshare, instead of
+        // being left alone on it.
+        if let Some(staged) = self.inner.store.staged(&key_id) {
+            let participants = spec.participants();
+            let outside: Vec<String> = staged
+                .info
+                .participants
+                .iter()
+                .filter(|h| !participants.iter().any(|p| p.to_string() == **h))
+                .cloned()
+                .collect();
+            if !outside.is_empty() {
+                return Err(SessionError::failed(format!(
+                    "generation {} of key {key_id} is staged here and undecided, and its holders {} take no part in this reshare; settle it first (a refresh of the same holders replaces it)",
+                    staged.info.generation,
+                    outside.join(", ")
+                )));
+            }
+        }
 
         let (mut round1, outgoing) = core::Round1::<C>::start(spec.clone(), local, share)?;
         let others = round1.others();
@@ -714,6 +734,7 @@ impl MpcEngine {
                         digest: hex::encode(digest),
                         participants,
                         session: inbox.session().to_string(),
+                        superseded: vec![],
                         certificate: vec![],
                     }),
                 };
@@ -721,9 +742,29 @@ impl MpcEngine {
                     warn!(%key_id, "test fault: exiting before staging the new generation");
                     std::process::exit(9);
                 }
-                self.inner.store.stage(key).await.map_err(|e| {
-                    SessionError::failed(format!("cannot stage the new share: {e}"))
-                })?;
+                {
+                    // Staged only over the generation this reshare started from, and never
+                    // forgetting a generation this node signed a notice for.
+                    let _write = self.inner.policy.key_writes().await;
+                    let active = self.inner.store.get(&key_id);
+                    if current.is_some()
+                        && active.as_ref().map(|k| k.info.generation + 1) != Some(params.generation)
+                    {
+                        return Err(SessionError::failed(format!(
+                            "key {key_id} moved to another generation during the reshare; nothing is staged"
+                        )));
+                    }
+                    let mut key = key;
+                    if let Some(record) = key.reshare.as_mut() {
+                        record.superseded = superseded(
+                            active.as_deref(),
+                            self.inner.store.staged(&key_id).as_deref(),
+                        );
+                    }
+                    self.inner.store.stage(key).await.map_err(|e| {
+                        SessionError::failed(format!("cannot stage the new share: {e}"))
+                    })?;
+                }
                 if self.inner.faults.crash_after_reshare_stage {
                     warn!(%key_id, "test fault: exiting after staging the new generation");
                     std::process::exit(9);
@@ -793,6 +834,11 @@ impl MpcEngine {
                 .map_err(|e| SessionError::failed(format!("cannot activate the new share: {e}")))?;
             info!(%key_id, generation = params.generation, holders = params.new.len(), "reshare completed; the new generation is active");
         } else {
+            // Every new holder gets the certificate before this node deletes anything: none
+            // can be left unable to activate what this node retires for.
+            drop(_write);
+            self.push_certificate(&made, &certificate).await;
+            let _write = self.inner.policy.key_writes().await;
             self.inner
                 .store
                 .retire(&key_id)
@@ -1052,12 +1098,38 @@ impl MpcEngine {
         );
     }
 
-    /// A dropped holder told that generation `generation` of `key_id` exists without it: it
-    /// removes its share when it holds the generation before that one, has no generation
-    /// staged (a new holder settles that by survey instead), and the certificate holds a
-    /// notice of each of `holders` signed over exactly this holder set (at least the
-    /// threshold, roster members, this node not among them). Nobody's word alone makes it
-    /// delete anything.
+    /// Sends the certificate of generation `made` to each of its holders (a holder that has
+    /// it staged activates it), each for at most a round, all at once.
+    async fn push_certificate(&self, made: &Made, certificate: &[NodeSignature]) {
+        let local = self.inner.local;
+        let body = Body::ReshareRetire {
+            key_id: made.key_id.clone(),
+            generation: made.generation,
+            digest: made.digest,
+            holders: made.holders.iter().map(ToString::to_string).collect(),
+            certificate: certificate.to_vec(),
+        };
+        let sends = made.holders.iter().filter(|h| **h != local).map(|peer| {
+            let body = body.clone();
+            async move {
+                let sent = tokio::time::timeout(
+                    self.inner.round_timeout,
+                    self.send(*peer, SessionId::random(), body),
+                )
+                .await;
+                if !matches!(sent, Ok(Ok(()))) {
+                    debug!(%peer, key_id = %made.key_id, "cannot hand a new holder the certificate");
+                }
+            }
+        });
+        futures::future::join_all(sends).await;
+    }
+
+    /// The certificate of generation `generation` of `key_id` (every one of `holders`'
+    /// notice, signed over exactly that set): a holder that has it staged activates it; a
+    /// dropped holder that holds the generation just before, with nothing staged, first hands
+    /// it to every new holder and then removes its share. Nobody's word alone makes a node
+    /// delete anything: the certificate is checked here.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn join_retire(
         &self,
@@ -1076,23 +1148,11 @@ impl MpcEngine {
             .store
             .get(&key_id)
             .ok_or_else(|| other(format!("no key `{key_id}` on peer {local}")))?;
-        let predecessor = key.info.generation.checked_add(1) == Some(generation)
-            && key.info.participants.contains(&local.to_string());
-        if !predecessor || holders.contains(&local) || self.inner.store.staged(&key_id).is_some() {
+        if holders.len() < usize::from(key.info.threshold) {
             return Err(other(format!(
-                "peer {local} holds generation {} of key {key_id} and is not dropped by generation {generation}",
-                key.info.generation
+                "peer {from} names a holder set of key {key_id} smaller than its threshold"
             )));
         }
-        if !holders.contains(&from) || holders.len() < usize::from(key.info.threshold) {
-            return Err(other(format!(
-                "peer {from} names a holder set of key {key_id} that it is not in or that is smaller than the threshold"
-            )));
-        }
-        self.inner
-            .roster
-            .check_all(&holders)
-            .map_err(|m| other(format!("holders {m}")))?;
         let made = Made {
             key_id: key_id.clone(),
             generation,
@@ -1101,8 +1161,55 @@ impl MpcEngine {
         };
         check_certificate(&certificate, &made).map_err(other)?;
         let engine = self.clone();
+        if made.holders.contains(&local) {
+            let staged = self
+                .inner
+                .store
+                .staged(&key_id)
+                .filter(|k| record_matches(k, &made));
+            if staged.is_none() {
+                return Err(other(format!(
+                    "peer {local} has no such generation of key {key_id} staged"
+                )));
+            }
+            tokio::spawn(
+                async move {
+                    let _write = engine.inner.policy.key_writes().await;
+                    let still = engine
+                        .inner
+                        .store
+                        .staged(&key_id)
+                        .is_some_and(|k| record_matches(&k, &made));
+                    if !still {
+                        return;
+                    }
+                    match engine.inner.store.promote_staged(&key_id, certificate).await {
+                        Ok(_) => {
+                            super::count_keys(&engine.inner.store, &engine.inner.metrics);
+                            info!(%key_id, generation, "a certificate of every new holder arrived; the staged generation is active now");
+                        }
+                        Err(e) => warn!(%key_id, error = %e, "cannot activate the staged generation"),
+                    }
+                }
+                .in_current_span(),
+            );
+            return Ok(());
+        }
+        let predecessor = key.info.generation.checked_add(1) == Some(generation)
+            && key.info.participants.contains(&local.to_string());
+        if !predecessor || self.inner.store.staged(&key_id).is_some() {
+            return Err(other(format!(
+                "peer {local} holds generation {} of key {key_id} and is not dropped by generation {generation}",
+                key.info.generation
+            )));
+        }
+        self.inner
+            .roster
+            .check_all(&made.holders)
+            .map_err(|m| other(format!("holders {m}")))?;
         tokio::spawn(
             async move {
+                engine.push_certificate(&made, &certificate).await;
                 let _write = engine.inner.policy.key_writes().await;
                 let still = engine
                     .inner
@@ -1164,9 +1271,17 @@ impl MpcEngine {
             self.sign_node_statement(&stored_bytes(&made, domain))
                 .map_err(InviteRefusal::Other)
         };
+        // A generation this node signed a notice for and then replaced gets neither a notice
+        // nor an abort: it may be active elsewhere.
+        let digest = hex::encode(made.digest);
+        let replaced = [store.get(&made.key_id), store.staged(&made.key_id)]
+            .iter()
+            .flatten()
+            .filter_map(|k| k.reshare.as_ref())
+            .any(|r| r.superseded.contains(&digest));
         let (notice, abort) = if active.is_some() || staged.is_some() {
             (Some(sign(STORED_DOMAIN)?), None)
-        } else if running {
+        } else if running || replaced {
             (None, None)
         } else {
             (None, Some(sign(ABORT_DOMAIN)?))
@@ -1218,6 +1333,28 @@ fn stored_bytes(made: &Made, domain: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&made.digest);
     out.extend_from_slice(&super::policy::holders_digest(&made.holders));
     out
+}
+
+/// Most replaced generations a key file remembers (see [`ReshareRecord::superseded`]).
+const MAX_SUPERSEDED: usize = 16;
+
+/// The digests of the generations this node signed notices for and that a new staged
+/// generation replaces: those the active and the staged key remember, and the staged one's.
+fn superseded(active: Option<&StoredKey>, staged: Option<&StoredKey>) -> Vec<String> {
+    let mut list: Vec<String> = [active, staged]
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k.reshare.as_ref())
+        .flat_map(|r| r.superseded.iter().cloned())
+        .collect();
+    if let Some(record) = staged.and_then(|k| k.reshare.as_ref()) {
+        list.push(record.digest.clone());
+    }
+    list.sort();
+    list.dedup();
+    let excess = list.len().saturating_sub(MAX_SUPERSEDED);
+    list.drain(..excess);
+    list
 }
 
 /// The confirmation digest of a reshare record.
