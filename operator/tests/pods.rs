@@ -348,15 +348,13 @@ async fn an_mpc_cluster_of_real_pods_forms_its_network_and_signs() {
     .unwrap_or_else(|e| panic!("{e}"));
     // The pod went only after the roster key had left it: by now the members hold the next
     // generation already (asked once, not waited for).
-    let now: Value = http
-        .get(format!("{}/v1/keys/{roster_key_id}", forwards[0].url()))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .expect("GET the roster key on member 0")
-        .json()
-        .await
-        .expect("the roster key as JSON");
+    let now = get_json(
+        &http,
+        &token,
+        &format!("{}/v1/keys/{roster_key_id}", forwards[0].url()),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("GET the roster key on member 0: {e}"));
     assert_eq!(
         now["generation"], 2,
         "the fourth member's pod was removed before the roster key moved off it: {now}"
@@ -479,15 +477,7 @@ async fn wait_key_holders(
         &format!("member {i} to hold generation {generation} of key {key_id}"),
         DEADLINE,
         || async {
-            let key: Value = http
-                .get(&url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
+            let key = get_json(http, token, &url).await?;
             let mut participants: Vec<String> = key["participants"]
                 .as_array()
                 .into_iter()
@@ -550,15 +540,7 @@ async fn wait_roster(
         &format!("member {i} in a roster of {size}, connected to the others"),
         DEADLINE,
         || async {
-            let status: Value = http
-                .get(&url)
-                .bearer_auth(token)
-                .send()
-                .await
-                .map_err(|e| e.to_string())?
-                .json()
-                .await
-                .map_err(|e| e.to_string())?;
+            let status = get_json(http, token, &url).await?;
             let connected = status["connected_peers"].as_u64().unwrap_or(0);
             let roster = &status["roster"];
             if connected + 1 >= size && roster["size"] == size && roster["member"] == true {
@@ -630,6 +612,18 @@ impl Signing<'_> {
         let signature = signed["signature"].as_str().expect("a signature");
         verify_ed25519(self.public_key, signature, &message);
     }
+}
+
+/// GET with the token, the answer as JSON.
+async fn get_json(http: &reqwest::Client, token: &str, url: &str) -> Result<Value, String> {
+    http.get(url)
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?
+        .json()
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// POST with the token; panics with the body unless the answer is a success.

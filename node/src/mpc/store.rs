@@ -367,13 +367,7 @@ impl KeyShareStore {
 
     /// Removes a pending key (its DKG did not complete).
     pub async fn discard_pending(&self, key_id: &str) -> Result<(), StoreError> {
-        let path = self.pending_path(key_id);
-        tokio::task::spawn_blocking(move || {
-            crate::atomic_file::remove(std::slice::from_ref(&path))
-                .map_err(|source| StoreError::Write { path, source })
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        remove_files(vec![self.pending_path(key_id)]).await
     }
 
     fn key_path(&self, key_id: &str) -> PathBuf {
@@ -482,13 +476,7 @@ impl KeyShareStore {
     /// Removes the staged generation of `key_id`, if any (a reshare of the active one
     /// replaces it).
     pub async fn discard_staged(&self, key_id: &str) -> Result<(), StoreError> {
-        let path = self.staged_path(key_id);
-        tokio::task::spawn_blocking(move || {
-            crate::atomic_file::remove(std::slice::from_ref(&path))
-                .map_err(|source| StoreError::Write { path, source })
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
+        remove_files(vec![self.staged_path(key_id)]).await?;
         self.staged
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -499,13 +487,7 @@ impl KeyShareStore {
     /// Removes this node's share of `key_id` for good, active and staged (a reshare dropped
     /// this holder and every new holder has its share).
     pub async fn retire(&self, key_id: &str) -> Result<(), StoreError> {
-        let paths = vec![self.key_path(key_id), self.staged_path(key_id)];
-        let path = paths[0].clone();
-        tokio::task::spawn_blocking(move || {
-            crate::atomic_file::remove(&paths).map_err(|source| StoreError::Write { path, source })
-        })
-        .await
-        .map_err(|e| StoreError::Task(e.to_string()))??;
+        remove_files(vec![self.key_path(key_id), self.staged_path(key_id)]).await?;
         self.staged
             .write()
             .unwrap_or_else(|e| e.into_inner())
@@ -696,6 +678,18 @@ fn read_key_file(path: &Path) -> Result<StoredKey, String> {
         vote: file.vote,
         reshare: file.reshare,
     })
+}
+
+/// Removes key files durably, off the runtime's threads (a missing one is not an error).
+async fn remove_files(paths: Vec<PathBuf>) -> Result<(), StoreError> {
+    tokio::task::spawn_blocking(move || {
+        crate::atomic_file::remove(&paths).map_err(|source| StoreError::Write {
+            path: paths.first().cloned().unwrap_or_default(),
+            source,
+        })
+    })
+    .await
+    .map_err(|e| StoreError::Task(e.to_string()))?
 }
 
 /// Writes a key file atomically.

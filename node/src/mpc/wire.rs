@@ -247,21 +247,7 @@ pub enum Body {
     /// `old` (generation `generation - 1`) to `new`, as generation `generation`, under
     /// the same group key and threshold (a refresh when `new` is `old`). Carries what a
     /// joining holder stores of the key; the confirmation digest binds it.
-    ReshareInvite {
-        key_id: String,
-        scheme: super::scheme::Scheme,
-        threshold: u16,
-        generation: u64,
-        #[serde(deserialize_with = "peer_list")]
-        old: Vec<String>,
-        #[serde(deserialize_with = "peer_list")]
-        new: Vec<String>,
-        /// The key's metadata as the inviting holder has it ([`super::reshare::KeyMetadata`]).
-        metadata: Blob,
-        /// Client approvals, for a key whose policy asks for them.
-        #[serde(default, deserialize_with = "peer_list")]
-        authorizations: Vec<super::policy::Authorization>,
-    },
+    ReshareInvite(super::reshare::ReshareInvitation),
     /// The dealing round of a reshare, one participant to another.
     ReshareRound1(super::reshare::core::Round1Message),
     /// A new holder → every other participant: the digest of the new generation it derived.
@@ -625,7 +611,7 @@ impl Body {
             | Body::PolicyCommitted { .. }
             | Body::PolicySyncRequest { .. }
             | Body::PolicySyncRecords { .. } => Some(Protocol::PolicyChange),
-            Body::ReshareInvite { .. }
+            Body::ReshareInvite(_)
             | Body::ReshareRound1(_)
             | Body::ReshareConfirm { .. }
             | Body::ReshareStored { .. }
@@ -683,7 +669,7 @@ impl Body {
             Body::PolicyCommitted { .. } => "policy committed",
             Body::PolicySyncRequest { .. } => "policy sync request",
             Body::PolicySyncRecords { .. } => "policy sync records",
-            Body::ReshareInvite { .. } => "reshare invite",
+            Body::ReshareInvite(_) => "reshare invite",
             Body::ReshareRound1(_) => "reshare round 1",
             Body::ReshareConfirm { .. } => "reshare confirmation",
             Body::ReshareStored { .. } => "reshare stored",
@@ -709,7 +695,7 @@ impl Body {
                 | Body::PolicyPrepare { .. }
                 | Body::PolicyCommit { .. }
                 | Body::PolicySyncRequest { .. }
-                | Body::ReshareInvite { .. }
+                | Body::ReshareInvite(_)
                 | Body::ReshareStatusRequest { .. }
                 | Body::ReshareRetire { .. }
         )

@@ -94,6 +94,27 @@ const ABORT_DOMAIN: &[u8] = b"p2p-mpc reshare abort v1\0";
 const STAGED_RETRY: std::time::Duration = std::time::Duration::from_secs(2);
 const STAGED_ATTEMPTS: usize = 150;
 
+/// What a current holder invites every other participant of a reshare to (`ReshareInvite`):
+/// move key `key_id` from the holders `old` (generation `generation - 1`) to `new`, as
+/// generation `generation`, under the same group key and threshold (a refresh when `new` is
+/// `old`). Carries what a joining holder stores of the key; round 1 binds it.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct ReshareInvitation {
+    pub key_id: String,
+    pub scheme: Scheme,
+    pub threshold: u16,
+    pub generation: u64,
+    #[serde(deserialize_with = "super::wire::peer_list")]
+    pub old: Vec<String>,
+    #[serde(deserialize_with = "super::wire::peer_list")]
+    pub new: Vec<String>,
+    /// The key's metadata as the inviting holder has it ([`KeyMetadata`]).
+    pub metadata: Blob,
+    /// Client approvals, for a key whose policy asks for them.
+    #[serde(default, deserialize_with = "super::wire::peer_list")]
+    pub authorizations: Vec<Authorization>,
+}
+
 /// Keys with a reshare running here, and keys whose staged generation is being resolved.
 #[derive(Default)]
 pub(crate) struct ReshareState {
@@ -356,7 +377,7 @@ impl MpcEngine {
             .router
             .open(session, Protocol::Reshare, others.clone())
             .map_err(|error| MpcError::Session { session, error })?;
-        let invite = Body::ReshareInvite {
+        let invite = Body::ReshareInvite(ReshareInvitation {
             key_id: key_id.to_string(),
             scheme: params.scheme,
             threshold: params.threshold,
@@ -365,7 +386,7 @@ impl MpcEngine {
             new: params.new.iter().map(ToString::to_string).collect(),
             metadata: Blob(params.metadata.to_bytes().into()),
             authorizations,
-        };
+        });
         let engine = self.clone();
         let others2 = others.clone();
         let run = async move {
@@ -395,15 +416,18 @@ impl MpcEngine {
         &self,
         session: SessionId,
         from: PeerId,
-        key_id: String,
-        scheme: Scheme,
-        threshold: u16,
-        generation: u64,
-        old: Vec<String>,
-        new: Vec<String>,
-        metadata: Blob,
-        authorizations: Vec<Authorization>,
+        invitation: ReshareInvitation,
     ) -> Result<(), InviteRefusal> {
+        let ReshareInvitation {
+            key_id,
+            scheme,
+            threshold,
+            generation,
+            old,
+            new,
+            metadata,
+            authorizations,
+        } = invitation;
         let other = InviteRefusal::Other;
         let local = self.inner.local;
         if key_id.len() != 32 || !key_id.bytes().all(|b| b.is_ascii_hexdigit()) {
