@@ -725,6 +725,49 @@ async fn reconcile_keys(
                 }
             }
         }
+        // Scheduled refreshes, once nothing else is to be done with the keys.
+        if let Some(interval) = mc.spec.keys.refresh_seconds()
+            && all_ready
+            && step.pending == 0
+            && step.blocked.is_empty()
+        {
+            let now = p2p_mpc_node::mpc::store::unix_now();
+            for due in membership::refresh_due(&known, &desired, now, interval) {
+                let client = peer_of
+                    .get(&due.coordinator)
+                    .and_then(|i| member_client(mc, ctx, names, *i, token.clone()));
+                let Some(client) = client else { continue };
+                match membership::refresh(&client, &due.key_id).await {
+                    Ok(key) => {
+                        info!(key_id = %key.key_id, generation = key.generation, "key refreshed on schedule");
+                        publish(
+                            ctx,
+                            mc,
+                            EventType::Normal,
+                            "Refreshed",
+                            format!(
+                                "refreshed key {} on schedule (generation {})",
+                                key.key_id, key.generation
+                            ),
+                        )
+                        .await;
+                        moved.insert(key.key_id.clone(), key);
+                    }
+                    Err(e) => {
+                        warn!(key_id = %due.key_id, error = %e, "scheduled refresh failed; retrying");
+                        step.pending += 1;
+                        publish(
+                            ctx,
+                            mc,
+                            EventType::Warning,
+                            "RefreshFailed",
+                            format!("refreshing key {} on schedule: {e}", due.key_id),
+                        )
+                        .await;
+                    }
+                }
+            }
+        }
         let mut known = known;
         known.extend(moved);
         step.keys = known.values().map(membership::KeyStatus::of).collect();

@@ -71,6 +71,9 @@ pub struct MpcClusterSpec {
     /// HTTP API.
     #[serde(default)]
     pub api: ApiSpec,
+    /// The threshold keys the members hold.
+    #[serde(default)]
+    pub keys: KeysSpec,
     /// Scheduling and metadata extras for the node pods.
     #[serde(default)]
     pub pod: PodExtras,
@@ -431,6 +434,34 @@ impl Default for ApiSpec {
             service: false,
             allow_from: None,
         }
+    }
+}
+
+/// What the operator does with the members' keys.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KeysSpec {
+    /// Refresh every key whose policy lets the roster move it (`reshare: roster`) once its
+    /// shares are this old, e.g. `24h` or `7d` (minutes `m`, hours `h`, days `d`): new shares
+    /// of the same key on the same members. Off when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[1-9][0-9]{0,5}(m|h|d)$"))]
+    pub refresh_interval: Option<String>,
+}
+
+impl KeysSpec {
+    /// The refresh interval in seconds, if one is set and valid.
+    pub fn refresh_seconds(&self) -> Option<u64> {
+        let text = self.refresh_interval.as_deref()?;
+        let (number, unit) = text.split_at(text.len().checked_sub(1)?);
+        let n: u64 = number.parse().ok().filter(|n| *n > 0)?;
+        let unit = match unit {
+            "m" => 60,
+            "h" => 3600,
+            "d" => 86_400,
+            _ => return None,
+        };
+        n.checked_mul(unit)
     }
 }
 

@@ -31,6 +31,9 @@ pub struct KeyStatus {
     pub holders: usize,
     /// `roster` (the operator moves it with the members) or `approvals` (its clients do).
     pub reshare: String,
+    /// When its current generation was made (the DKG, the last refresh or reshare), in
+    /// seconds since the Unix epoch.
+    pub generated_at: u64,
 }
 
 impl KeyStatus {
@@ -45,8 +48,42 @@ impl KeyStatus {
                 ReshareRule::Roster => "roster".into(),
                 ReshareRule::Approvals => "approvals".into(),
             },
+            generated_at: made_at(key),
         }
     }
+}
+
+/// When `key`'s current generation was made (keys from before generations: created).
+fn made_at(key: &KeyInfo) -> u64 {
+    if key.generated_at > 0 {
+        key.generated_at
+    } else {
+        key.created_at
+    }
+}
+
+/// The `roster` keys held by exactly the members whose current generation is at least
+/// `interval` seconds old at `now`: due for a refresh, each through a holder.
+pub fn refresh_due(
+    keys: &BTreeMap<String, KeyInfo>,
+    members: &[String],
+    now: u64,
+    interval: u64,
+) -> Vec<Reshare> {
+    keys.values()
+        .filter(|k| k.policy.reshare_rule() == ReshareRule::Roster)
+        .filter(|k| {
+            let mut holders = k.participants.clone();
+            holders.sort();
+            holders == members
+        })
+        .filter(|k| made_at(k).saturating_add(interval) <= now)
+        .map(|k| Reshare {
+            key_id: k.key_id.clone(),
+            coordinator: members.first().cloned().unwrap_or_default(),
+            holders: members.to_vec(),
+        })
+        .collect()
 }
 
 /// The keys the members hold, each as the member with the newest generation shows it.
@@ -155,6 +192,18 @@ pub async fn list_keys(client: &ApiClient) -> Result<Vec<KeyInfo>, ClientError> 
         .map_err(|e| ClientError::Decode(format!("the key list: {e}")))
 }
 
+/// Asks a holder to refresh `key_id` (`POST /v1/keys/{id}/refresh`, no client approval: the
+/// key's policy lets the roster do it).
+pub async fn refresh(client: &ApiClient, key_id: &str) -> Result<KeyInfo, ClientError> {
+    let path = format!(
+        "v1/keys/{}/refresh",
+        p2p_mpc_node::api::client::encode_segment(key_id)
+    );
+    let answer: Value = client.post(&path, &json!({})).await?;
+    serde_json::from_value(answer)
+        .map_err(|e| ClientError::Decode(format!("the refreshed key: {e}")))
+}
+
 /// Asks a holder to move `reshare.key_id` to `reshare.holders` (`POST
 /// /v1/keys/{id}/reshare`, no client approval: the key's policy lets the roster move it).
 pub async fn reshare(client: &ApiClient, reshare: &Reshare) -> Result<KeyInfo, ClientError> {
@@ -192,6 +241,7 @@ mod tests {
             policy,
             policy_version: 0,
             generation,
+            generated_at: 1_000 + generation,
         }
     }
 
@@ -240,6 +290,40 @@ mod tests {
         assert!(down.blocked.is_empty());
         // Nothing to do when the holders are the members.
         assert_eq!(plan(&keys, &members(&["a", "b", "c"])).reshares, vec![]);
+    }
+
+    #[test]
+    fn roster_keys_held_by_the_members_are_refreshed_when_due() {
+        let keys = merge([
+            key("old", 2, &["a", "b", "c"], true, 0),
+            key("new", 2, &["a", "b", "c"], true, 5),
+            key("clients", 2, &["a", "b", "c"], false, 0),
+            key("moving", 2, &["a", "b"], true, 0),
+        ]);
+        let m = members(&["a", "b", "c"]);
+        // `old` was made at 1000, `new` at 1005; an interval of 10 s.
+        let due = refresh_due(&keys, &m, 1_012, 10);
+        assert_eq!(due.len(), 1, "{due:?}");
+        assert_eq!(due[0].key_id, "old");
+        assert_eq!(refresh_due(&keys, &m, 1_015, 10).len(), 2);
+        assert!(refresh_due(&keys, &m, 1_009, 10).is_empty());
+    }
+
+    #[test]
+    fn refresh_intervals_read_as_minutes_hours_and_days() {
+        let of = |s: &str| {
+            crate::crd::KeysSpec {
+                refresh_interval: Some(s.into()),
+            }
+            .refresh_seconds()
+        };
+        assert_eq!(of("30m"), Some(1_800));
+        assert_eq!(of("24h"), Some(86_400));
+        assert_eq!(of("7d"), Some(604_800));
+        assert_eq!(of("0h"), None);
+        assert_eq!(of("5s"), None);
+        assert_eq!(of("h"), None);
+        assert_eq!(crate::crd::KeysSpec::default().refresh_seconds(), None);
     }
 
     #[test]

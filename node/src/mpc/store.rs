@@ -90,6 +90,17 @@ pub struct KeyInfo {
     /// reshare. `participants` are this generation's holders.
     #[serde(default)]
     pub generation: u64,
+    /// Seconds since the Unix epoch when this generation became active here (0: a key made
+    /// before generations existed; its `created_at` then).
+    #[serde(default)]
+    pub generated_at: u64,
+}
+
+/// Now, in seconds since the Unix epoch.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 impl KeyInfo {
@@ -442,6 +453,7 @@ impl KeyShareStore {
             .staged(key_id)
             .ok_or_else(|| StoreError::Task(format!("no staged generation of key {key_id}")))?;
         let mut info = staged.info.clone();
+        info.generated_at = unix_now();
         // The policy in force is the active generation's when it is the one this staged
         // generation replaces (a policy change may have been committed meanwhile); an older
         // one (this node rejoins after it was dropped) has nothing to keep.
@@ -726,6 +738,7 @@ mod tests {
                 policy: crate::mpc::policy::SigningPolicy::open(),
                 policy_version: 0,
                 generation: 0,
+                generated_at: 1,
             },
             share: crate::mpc::scheme::KeyShare::Ed25519(share),
             policy_changes: vec![],

@@ -6,7 +6,6 @@
 pub mod core;
 
 use std::collections::BTreeSet;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use libp2p::PeerId;
 use tracing::{debug, info, warn};
@@ -346,13 +345,11 @@ impl MpcEngine {
                 .collect(),
             status: "active".into(),
             created_by: Some(params.coordinator.to_string()),
-            created_at: SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs())
-                .unwrap_or(0),
+            created_at: super::store::unix_now(),
             policy: params.policy.clone(),
             policy_version: 0,
             generation: 0,
+            generated_at: super::store::unix_now(),
         };
         let key = StoredKey {
             info: info.clone(),

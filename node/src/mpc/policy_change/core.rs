@@ -507,6 +507,7 @@ mod tests {
             policy: old.clone(),
             policy_version: 0,
             generation: 0,
+            generated_at: 0,
         };
         let approvals = vec![policy::approve_change(
             &alice,

@@ -718,6 +718,7 @@ impl MpcEngine {
             policy: metadata.policy.clone(),
             policy_version: metadata.policy_version,
             generation: params.generation,
+            generated_at: super::store::unix_now(),
         };
         let digest = match &output {
             ReshareOutput::Holder { digest, .. } | ReshareOutput::Retired { digest } => *digest,
