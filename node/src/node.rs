@@ -287,7 +287,14 @@ pub async fn run(
 
     let api_addr = api_listener.local_addr().ok();
     let metrics_addr = metrics_listener.local_addr().ok();
+    let activity = Arc::new(api::activity::Activity::new(
+        node_metrics.clone(),
+        mpc.metrics().clone(),
+    ));
+    let activity_task = tokio::spawn(activity.clone().run());
     let state = ApiState {
+        activity,
+        started: std::time::Instant::now(),
         network: network.clone(),
         messages: message_log,
         metrics: node_metrics.clone(),
@@ -342,6 +349,7 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(grace, network_task).await;
     events_task.abort();
+    activity_task.abort();
     router_task.abort();
     roster_task.abort();
     info!("node stopped");

@@ -40,6 +40,9 @@ pub struct RosterStatus {
     pub size: usize,
     /// Whether this node is one of them.
     pub member: bool,
+    /// The members' peer ids.
+    #[serde(default)]
+    pub members: Vec<String>,
     /// The members file, if one is read.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub file: Option<String>,
@@ -156,6 +159,7 @@ impl Roster {
         self.snapshot().map(|m| RosterStatus {
             size: m.len(),
             member: m.contains(&self.local),
+            members: m.iter().map(ToString::to_string).collect(),
             file: self.file.as_ref().map(|p| p.display().to_string()),
         })
     }

@@ -2,87 +2,17 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
+use common::devnet::Devnet;
 use common::{bin, tempdir};
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
-}
-
-/// Stops the devnet the way a user does (SIGINT), so that it stops its nodes; SIGKILL only
-/// when it does not exit in time.
-struct Devnet(Child);
-
-impl Devnet {
-    fn interrupt_and_wait(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        // SAFETY: kill(2) on our own child's pid has no memory-safety preconditions.
-        unsafe {
-            libc_kill(self.0.id() as i32, 2);
-        }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if let Ok(Some(status)) = self.0.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for Devnet {
-    fn drop(&mut self) {
-        if self.interrupt_and_wait(Duration::from_secs(10)).is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-}
 
 #[test]
 fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
     let dir = tempdir();
-    let mut child = Command::new(bin())
-        .args(["devnet", "--nodes", "3", "--dir"])
-        .arg(dir.path())
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn devnet");
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let stdout = child.stdout.take().unwrap();
-    let sink = lines.clone();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    let mut devnet = Devnet(child);
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let text = lines.lock().unwrap().join("\n");
-        if text.contains("Press Ctrl-C") {
-            break;
-        }
-        if let Ok(Some(status)) = devnet.0.try_wait() {
-            let mut err = String::new();
-            let _ = std::io::Read::read_to_string(devnet.0.stderr.as_mut().unwrap(), &mut err);
-            panic!("devnet exited with {status}:\n{text}\n{err}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "devnet did not get ready:\n{text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let text = lines.lock().unwrap().join("\n");
+    let mut devnet = Devnet::start(dir.path(), 3);
+    let text = devnet.text();
     assert!(
         text.contains("ed25519 signature")
             && text.contains("secp256k1-tr signature")
@@ -143,12 +73,7 @@ fn devnet_runs_its_demo_and_stops_on_ctrl_c() {
         "{err}"
     );
     // ...and works with the client key the devnet made and printed, in both output formats.
-    let client_key = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("client key: "))
-        .and_then(|l| l.split(" (public key").next())
-        .expect("the devnet names its client key")
-        .to_string();
+    let client_key = devnet.client_key();
     assert!(std::path::Path::new(&client_key).exists(), "{client_key}");
     for key in keys {
         let key_id = key["key_id"].as_str().unwrap();

@@ -105,7 +105,7 @@ pub enum Error {
 }
 
 impl Error {
-    /// A short label for metrics.
+    /// A short label for metrics (one of [`crate::metrics::ERROR_KINDS`]).
     pub fn label(&self) -> &'static str {
         match self {
             Error::Kube { .. } => "kube",

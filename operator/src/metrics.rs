@@ -13,6 +13,9 @@ use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry, TextEncoder,
 };
 
+/// The error kinds of failed reconciliations (`controller::Error::label`).
+pub const ERROR_KINDS: [&str; 3] = ["kube", "keys", "spec"];
+
 /// Reconcile counters and timings.
 pub struct OperatorMetrics {
     registry: Registry,
@@ -57,6 +60,13 @@ impl OperatorMetrics {
             .register(Box::new(reconciliations.clone()))
             .expect("unique");
         registry.register(Box::new(errors.clone())).expect("unique");
+        // Every series exists from the start, at zero (dashboards and alerts read rates).
+        for result in ["ok", "error"] {
+            reconciliations.with_label_values(&[result]);
+        }
+        for kind in ERROR_KINDS {
+            errors.with_label_values(&[kind]);
+        }
         registry
             .register(Box::new(duration.clone()))
             .expect("unique");

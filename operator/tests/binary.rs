@@ -111,7 +111,7 @@ async fn operator_binary_serves_reconciles_and_stops_on_sigterm() {
     let image = sts.spec.template.spec.unwrap().containers[0].image.clone();
     assert_eq!(image.as_deref(), Some("example/p2p-mpc:1"));
     // The StatefulSet is applied during the reconciliation, which is counted once it ends.
-    wait_for("a counted reconciliation on /metrics", DEADLINE, || async {
+    let page = wait_for("a counted reconciliation on /metrics", DEADLINE, || async {
         let page = http
             .get(format!("http://{metrics}/metrics"))
             .send()
@@ -120,14 +120,38 @@ async fn operator_binary_serves_reconciles_and_stops_on_sigterm() {
             .text()
             .await
             .map_err(|e| e.to_string())?;
-        if page.contains("p2p_mpc_operator_reconciliations_total{result=\"ok\"}") {
-            Ok(())
+        let ok = p2p_mpc_testenv::metric_sum(
+            &page,
+            "p2p_mpc_operator_reconciliations_total",
+            &[("result", "ok")],
+        );
+        if ok >= 1.0 {
+            Ok(page)
         } else {
             Err(format!("no ok reconciliation counted yet:\n{page}"))
         }
     })
     .await
     .unwrap_or_else(|e| panic!("{e}"));
+    // Every operator series the chart's Grafana dashboard reads is on the page.
+    let dashboard = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../charts/p2p-mpc-operator/dashboards/p2p-mpc.json"),
+    )
+    .unwrap();
+    let read: std::collections::BTreeSet<&str> = dashboard
+        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("p2p_mpc_operator_"))
+        .collect();
+    assert!(read.len() >= 3, "{read:?}");
+    for name in read {
+        assert!(
+            p2p_mpc_testenv::metric_samples(&page, name, &[])
+                .next()
+                .is_some(),
+            "the Grafana dashboard reads {name}, which the operator does not serve:\n{page}"
+        );
+    }
 
     // SIGTERM: a clean exit within a few seconds.
     let pid = child.id().to_string();

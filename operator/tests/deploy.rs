@@ -232,10 +232,35 @@ async fn chart_and_manifests_lint_validate_and_install() {
             "image.repository=registry.example/team/p2p-mpc",
             "--set",
             "image.tag=9.9.9",
+            "--set",
+            "grafanaDashboard.enabled=true",
+            "--set",
+            "grafanaDashboard.annotations.grafana_folder=p2p-mpc",
         ])
         .arg(chart());
     helm_env(&mut template);
     let all = run(&mut template);
+    // The Grafana dashboard ConfigMap carries the sidecar's label and the dashboard, as JSON
+    // that parses to the file in the chart.
+    assert!(
+        !std::fs::read_to_string(&rendered)
+            .unwrap()
+            .contains("grafana_dashboard"),
+        "the dashboard is off by default"
+    );
+    let dashboard_doc = all
+        .split("\n---")
+        .find(|d| d.contains("kind: ConfigMap") && d.contains("grafana_dashboard: \"1\""))
+        .unwrap_or_else(|| panic!("no dashboard ConfigMap: {all}"));
+    let doc: serde_yaml::Value = serde_yaml::from_str(dashboard_doc).unwrap();
+    assert_eq!(doc["metadata"]["annotations"]["grafana_folder"], "p2p-mpc");
+    let json: serde_json::Value =
+        serde_json::from_str(doc["data"]["p2p-mpc.json"].as_str().unwrap()).unwrap();
+    let file: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(chart().join("dashboards/p2p-mpc.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json, file);
     assert!(all.contains("P2P_MPC_OPERATOR_OTLP_ENDPOINT"), "{all}");
     assert_eq!(
         all.matches("\"registry.example/team/p2p-mpc:9.9.9\"")

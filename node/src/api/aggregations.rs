@@ -92,6 +92,11 @@ pub(super) async fn create(
     Ok((StatusCode::CREATED, Json(info)))
 }
 
+/// `GET /v1/aggregations`: every task held here with its progress.
+pub(super) async fn list(State(state): State<ApiState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "tasks": state.mpc.aggregation_tasks().await }))
+}
+
 pub(super) async fn get_task(
     State(state): State<ApiState>,
     Path(task_id): Path<String>,

@@ -3,9 +3,11 @@
 //! JSON in and out; every error is `{"error": "...", "code": "..."}` with a fitting status.
 //! With a token configured, every `/v1` request needs `Authorization: Bearer <token>`.
 
+pub mod activity;
 pub mod aggregations;
 pub mod body;
 pub mod client;
+pub mod dashboard;
 pub mod keys;
 pub mod messages;
 pub mod transfer;
@@ -44,6 +46,10 @@ pub struct ApiState {
     pub mpc: crate::mpc::MpcEngine,
     /// One permit per request being served (`api_max_concurrent_requests`).
     pub in_flight: Arc<tokio::sync::Semaphore>,
+    /// Counts per interval over the last minutes (`GET /v1/activity`).
+    pub activity: Arc<activity::Activity>,
+    /// When the node started (`uptime_seconds` of `GET /v1/status`).
+    pub started: Instant,
 }
 
 /// An API error: HTTP status, a stable machine-readable code and a message for people.
@@ -158,6 +164,8 @@ pub fn router(state: ApiState) -> Router {
     let v1 = Router::new()
         .route("/v1/status", get(status))
         .route("/v1/peers", get(peers))
+        .route("/v1/sessions", get(activity::sessions))
+        .route("/v1/activity", get(activity::activity))
         .route(
             "/v1/peers/{peer_id}/transfer",
             axum::routing::post(transfer::transfer),
@@ -184,7 +192,7 @@ pub fn router(state: ApiState) -> Router {
         )
         .route(
             "/v1/aggregations",
-            axum::routing::post(aggregations::create),
+            get(aggregations::list).post(aggregations::create),
         )
         .route("/v1/aggregations/{task_id}", get(aggregations::get_task))
         .route(
@@ -197,7 +205,13 @@ pub fn router(state: ApiState) -> Router {
         )
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         .route_layer(middleware::from_fn(label_route));
-    v1.fallback(not_found)
+    let dashboard = Router::new()
+        .route("/", get(dashboard::index))
+        .route("/dashboard.js", get(dashboard::script))
+        .route("/dashboard.css", get(dashboard::style))
+        .route_layer(middleware::from_fn(label_route));
+    v1.merge(dashboard)
+        .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(body::NONE))
         .layer(middleware::from_fn_with_state(
@@ -321,6 +335,9 @@ pub struct StatusResponse {
     pub connected_peers: usize,
     pub topics: Vec<String>,
     pub version: String,
+    /// Seconds since the node started.
+    #[serde(default)]
+    pub uptime_seconds: u64,
     /// The cluster roster; `null` when the node has none (it then admits every peer).
     pub roster: Option<crate::roster::RosterStatus>,
     /// The content rules of joined topics that have one.
@@ -342,6 +359,7 @@ async fn status(State(state): State<ApiState>) -> Result<Json<StatusResponse>, A
             .collect(),
         topics: s.topics,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        uptime_seconds: state.started.elapsed().as_secs(),
         roster: state.mpc.roster().status(),
     }))
 }

@@ -107,6 +107,9 @@ fn write_roster(dir: &std::path::Path, n: usize) -> Result<std::path::PathBuf, D
     Ok(path)
 }
 
+/// The gossip topic every devnet node joins.
+const DEVNET_TOPIC: &str = "devnet";
+
 fn spawn_node(
     index: usize,
     dir: &std::path::Path,
@@ -131,6 +134,8 @@ fn spawn_node(
         "127.0.0.1",
         "--log-level",
         "info",
+        "--topic",
+        DEVNET_TOPIC,
     ])
     .arg("--data-dir")
     .arg(&data)
@@ -291,6 +296,11 @@ pub async fn run(
     println!("  p2p-mpc aggregate submit --task <TASK_ID> --values 1,2,3 --api {last}");
     println!("  p2p-mpc aggregate collect --task <TASK_ID> --api {first}");
     println!("  curl -s {first}/v1/peers");
+    println!("  p2p-mpc publish {DEVNET_TOPIC} hello --api {first}");
+    println!("\nDashboards (open in a browser; every node serves its own):");
+    for node in &nodes {
+        println!("  {}/  (node {})", node.api, node.index);
+    }
     println!(
         "Logs: {}/node-<i>.log. Press Ctrl-C to stop all nodes.",
         dir.display()

@@ -222,8 +222,30 @@ impl MpcEngine {
         m.sessions_started.with_label_values(&[p, role]).inc();
         let start = Instant::now();
         let result = fut.instrument(span.clone()).await;
-        let elapsed = start.elapsed().as_secs_f64();
+        let took = start.elapsed();
+        let elapsed = took.as_secs_f64();
         let _entered = span.enter();
+        let ended = match &result {
+            Ok(_) => super::activity::Ended {
+                outcome: "completed",
+                error: None,
+                blamed: &[],
+            },
+            Err(e) => super::activity::Ended {
+                outcome: e.outcome_label(),
+                error: Some(e.reason()),
+                blamed: e.blamed(),
+            },
+        };
+        self.inner.sessions.record(
+            session.to_string(),
+            p,
+            role,
+            self.inner.local,
+            &others,
+            took,
+            ended,
+        );
         match &result {
             Ok(_) => {
                 m.sessions_completed.with_label_values(&[p]).inc();
@@ -237,11 +259,7 @@ impl MpcEngine {
                 );
             }
             Err(e) => {
-                let outcome = match e {
-                    SessionError::Failed(_) => "failed",
-                    SessionError::Aborted { .. } | SessionError::WrongScheme { .. } => "aborted",
-                    SessionError::Refused { .. } => "refused",
-                };
+                let outcome = e.outcome_label();
                 m.sessions_failed.with_label_values(&[p, outcome]).inc();
                 m.session_duration_seconds
                     .with_label_values(&[p, outcome])

@@ -155,6 +155,14 @@ impl MpcMetrics {
         for path in ["presigned", "two_round"] {
             m.signatures.with_label_values(&[path]);
         }
+        // Every series a dashboard reads exists from the start (a rate over a series that
+        // appears only at its first event misses that event).
+        for protocol in super::wire::Protocol::ALL.map(super::wire::Protocol::as_str) {
+            m.sessions_completed.with_label_values(&[protocol]);
+            for outcome in ["failed", "aborted", "refused"] {
+                m.sessions_failed.with_label_values(&[protocol, outcome]);
+            }
+        }
         for c in [
             Box::new(m.sessions_started.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.sessions_completed.clone()),

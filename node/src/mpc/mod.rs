@@ -6,6 +6,7 @@
 //! own task inside a tracing span carrying the session id, and ends `completed`,
 //! `failed(reason)` or `aborted(blamed participants)`; every round has a deadline.
 
+pub mod activity;
 pub mod admission;
 pub mod aggregation;
 pub mod chunks;
@@ -200,6 +201,8 @@ struct Inner {
     presign: sign::presigned::Presignatures,
     /// Reshares running and staged generations being resolved.
     reshare: reshare::ReshareState,
+    /// The last sessions run here.
+    sessions: activity::SessionLog,
 }
 
 /// The node's MPC handle; cheap to clone.
@@ -263,6 +266,7 @@ impl MpcEngine {
                 policy,
                 presign: sign::presigned::Presignatures::new(settings.presign),
                 reshare: reshare::ReshareState::default(),
+                sessions: activity::SessionLog::default(),
             }),
         }
     }

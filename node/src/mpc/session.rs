@@ -196,6 +196,16 @@ impl SessionError {
         }
     }
 
+    /// The outcome label of a session that ended with this error, in metrics and the
+    /// session log: `failed`, `aborted` or `refused`.
+    pub fn outcome_label(&self) -> &'static str {
+        match self {
+            Self::Failed(_) => "failed",
+            Self::Aborted { .. } | Self::WrongScheme { .. } => "aborted",
+            Self::Refused { .. } => "refused",
+        }
+    }
+
     /// The participants blamed, if any.
     pub fn blamed(&self) -> &[PeerId] {
         match self {

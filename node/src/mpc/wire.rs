@@ -174,6 +174,19 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// Every protocol.
+    pub const ALL: [Protocol; 9] = [
+        Protocol::Dkg,
+        Protocol::Sign,
+        Protocol::AggCreate,
+        Protocol::AggReport,
+        Protocol::AggCollect,
+        Protocol::Transfer,
+        Protocol::PolicyChange,
+        Protocol::Presign,
+        Protocol::Reshare,
+    ];
+
     /// The label used in metrics and logs.
     pub fn as_str(self) -> &'static str {
         match self {

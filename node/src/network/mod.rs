@@ -76,6 +76,9 @@ pub struct PeerInfo {
     pub agent_version: Option<String>,
     /// Topics it is subscribed to, as far as we share them.
     pub topics: Vec<String>,
+    /// Round-trip time of the last ping answered on a connection to it, in milliseconds
+    /// (pings go every 15 s; absent until the first answer).
+    pub rtt_ms: Option<f64>,
 }
 
 /// Why a publish failed.

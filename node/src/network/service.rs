@@ -43,6 +43,16 @@ use crate::values::PeerAddr;
 /// may not have changed yet), so it is not held against the forwarder.
 const IGNORED: [&str; 3] = ["replayed", "stale", "author_not_member"];
 
+/// The reasons of [`NetworkService::judge_gossip`] that every topic has (a topic's content
+/// rule adds its own).
+const GOSSIP_REJECTIONS: [&str; 5] = [
+    "no_author",
+    "author_not_member",
+    "too_large",
+    "replayed",
+    "stale",
+];
+
 /// How long the session router may take to answer an inbound MPC message.
 const MPC_ROUTE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -92,6 +102,8 @@ struct PeerEntry {
     topics: BTreeSet<String>,
     /// It announced `/p2p-mpc/mpc/1` (identify).
     speaks_mpc: bool,
+    /// The last ping round trip.
+    rtt: Option<Duration>,
 }
 
 /// Owns the swarm; see the module docs of `network`.
@@ -225,6 +237,12 @@ impl NetworkService {
                     topic: topic.clone(),
                     message: format!("{e:?}"),
                 })?;
+            // The topic's series exist from the start, at zero.
+            metrics.gossip_published.with_label_values(&[topic]);
+            metrics.gossip_received.with_label_values(&[topic]);
+            for reason in GOSSIP_REJECTIONS {
+                metrics.gossip_rejected.with_label_values(&[topic, reason]);
+            }
         }
 
         for node in settings.bootnodes.iter().chain(&settings.seed_nodes) {
@@ -515,6 +533,7 @@ impl NetworkService {
                         listen_addrs: e.listen_addrs.iter().map(ToString::to_string).collect(),
                         agent_version: e.agent_version.clone(),
                         topics: e.topics.iter().cloned().collect(),
+                        rtt_ms: e.rtt.map(|d| d.as_secs_f64() * 1000.0),
                     })
                     .collect();
                 peers.sort_by(|a, b| a.peer_id.cmp(&b.peer_id));
@@ -639,8 +658,13 @@ impl NetworkService {
             SwarmEvent::Behaviour(NodeBehaviourEvent::Door(e)) => self.handle_door(e),
             SwarmEvent::Behaviour(NodeBehaviourEvent::Ping(e)) => {
                 self.libp2p_metrics.record(&e);
-                if let Err(err) = &e.result {
-                    debug!(peer = %e.peer, error = %err, "ping failed");
+                match &e.result {
+                    Ok(rtt) => {
+                        if let Some(entry) = self.peers.get_mut(&e.peer) {
+                            entry.rtt = Some(*rtt);
+                        }
+                    }
+                    Err(err) => debug!(peer = %e.peer, error = %err, "ping failed"),
                 }
             }
             SwarmEvent::NewListenAddr { address, .. } => {

@@ -2,6 +2,8 @@
 //! loopback, read their ports back from their logs, talk to their API, poll with deadlines.
 #![allow(dead_code)]
 
+pub mod devnet;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};

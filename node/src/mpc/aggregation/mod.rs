@@ -388,8 +388,21 @@ impl MpcEngine {
             .store
             .get(task_id)
             .ok_or_else(|| AggError::unknown_task(task_id))?;
+        Ok(Self::task_view(&task).await)
+    }
+
+    /// Every task held here, as `GET /v1/aggregations` shows them, ordered by task id.
+    pub async fn aggregation_tasks(&self) -> Vec<TaskView> {
+        let mut views = Vec::new();
+        for task in self.agg().store.list() {
+            views.push(Self::task_view(&task).await);
+        }
+        views
+    }
+
+    async fn task_view(task: &store::TaskEntry) -> TaskView {
         let state = task.state.lock().await;
-        Ok(TaskView {
+        TaskView {
             task: task.info.clone(),
             reports_here: state.report_count(),
             current_batch: state.current,
@@ -404,7 +417,7 @@ impl MpcEngine {
             } else {
                 "clients".into()
             },
-        })
+        }
     }
 
     /// A task held here and its shape as this node sees it.

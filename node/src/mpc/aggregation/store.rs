@@ -768,6 +768,14 @@ impl AggregationStore {
             .cloned()
     }
 
+    /// Every task held here, ordered by task id.
+    pub fn list(&self) -> Vec<Arc<TaskEntry>> {
+        let tasks = self.tasks.read().unwrap_or_else(|e| e.into_inner());
+        let mut list: Vec<_> = tasks.values().cloned().collect();
+        list.sort_by(|a, b| a.info.params.task_id.cmp(&b.info.params.task_id));
+        list
+    }
+
     /// How many tasks held here were created by `peer`.
     pub fn count_created_by(&self, peer: &str) -> usize {
         self.tasks
