@@ -78,6 +78,11 @@ pub enum Command {
         #[command(subcommand)]
         command: AggregateCommand,
     },
+    /// The vault: files sealed and shared so that no single node can read them (put, get, delete, list), through a running node's API.
+    Vault {
+        #[command(subcommand)]
+        command: VaultCommand,
+    },
     /// Start N local nodes on loopback, mesh them, run a demo DKG, signature and secure sum, and keep them running until Ctrl-C.
     Devnet {
         /// Number of nodes.
@@ -407,6 +412,66 @@ pub enum OutputFormat {
     Json,
     /// A readable table.
     Table,
+}
+
+/// Subcommands of `p2p-mpc vault`.
+#[derive(Debug, Subcommand)]
+pub enum VaultCommand {
+    /// Store a file: sealed here with a fresh key (ChaCha20-Poly1305), the key shared THRESHOLD-of-n to the holders (each share sealed to its holder), the ciphertext erasure-coded THRESHOLD-of-n across them (PUT /v1/vault/{name}).
+    Put {
+        /// The file's name in the vault (1 to 128 of `A-Z a-z 0-9 . _ -`).
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// The file to store (read as it is sent; any size).
+        #[arg(long, value_name = "FILE")]
+        file: PathBuf,
+        /// Holders whose fragments and key shares rebuild the file (and the fewest that must stay up).
+        #[arg(long, value_name = "T")]
+        threshold: u16,
+        /// A client public key (hex, as `p2p-mpc client keygen` prints; repeatable, at least one): who may get or delete the file.
+        #[arg(long = "client", value_name = "PUBLIC_KEY", required = true)]
+        clients: Vec<String>,
+        /// Approvals of distinct listed clients that a get or delete needs (default 1).
+        #[arg(long, value_name = "K")]
+        approvals: Option<u16>,
+        /// Holder peer ids (repeatable or comma-separated; the node at --api must be one). Default: the node's cluster roster.
+        #[arg(long = "holders", value_delimiter = ',', value_name = "PEER_ID")]
+        holders: Vec<String>,
+        #[command(flatten)]
+        api: ApiClientArgs,
+    },
+    /// Get a file back: the holders release their key shares sealed to a key made for this request, under the approvals of the given client keys; the file is rebuilt, checked and opened here (GET /v1/vault/{name}).
+    Get {
+        /// The file's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// A client key file (repeatable): each signs an approval of this request.
+        #[arg(long = "client-key", value_name = "FILE", required = true)]
+        client_keys: Vec<PathBuf>,
+        /// Where to write the file (written to FILE.part, renamed when complete and checked; refuses to overwrite).
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        #[command(flatten)]
+        api: ApiClientArgs,
+    },
+    /// Delete a file on every holder, under the approvals of the given client keys (DELETE /v1/vault/{name}).
+    Delete {
+        /// The file's name.
+        #[arg(value_name = "NAME")]
+        name: String,
+        /// A client key file (repeatable).
+        #[arg(long = "client-key", value_name = "FILE", required = true)]
+        client_keys: Vec<PathBuf>,
+        #[command(flatten)]
+        api: ApiClientArgs,
+    },
+    /// List the files the node holds (GET /v1/vault).
+    List {
+        #[command(flatten)]
+        api: ApiClientArgs,
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        output: OutputFormat,
+    },
 }
 
 /// How the client subcommands reach a node's HTTP API.

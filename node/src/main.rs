@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{CommandFactory, FromArgMatches};
 use p2p_mpc_node::api::client::{ApiClient, encode_segment};
 use p2p_mpc_node::api::{PublishResponse, StatusResponse};
-use p2p_mpc_node::cli::{AggregateCommand, Cli, ClientCommand, Command, KeysCommand};
+use p2p_mpc_node::cli::{AggregateCommand, Cli, ClientCommand, Command, KeysCommand, VaultCommand};
 use p2p_mpc_node::config::NodeArgs;
 use p2p_mpc_node::identity::{self, IdentitySource};
 use p2p_mpc_node::tracing_config::{self, TracingSettings};
@@ -246,6 +246,15 @@ fn run_subcommand(command: Command) -> ExitCode {
                 | AggregateCommand::Collect { api, .. } => api.clone(),
             };
             client_call(&api, |c| p2p_mpc_node::commands::aggregate::run(c, command))
+        }
+        Command::Vault { command } => {
+            let api = match &command {
+                VaultCommand::Put { api, .. }
+                | VaultCommand::Get { api, .. }
+                | VaultCommand::Delete { api, .. }
+                | VaultCommand::List { api, .. } => api.clone(),
+            };
+            client_call(&api, |c| p2p_mpc_node::commands::vault::run(c, command))
         }
         Command::Devnet {
             nodes,

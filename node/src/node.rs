@@ -51,6 +51,8 @@ pub enum NodeError {
     Roster(String),
     #[error("signing request ids: {0}")]
     Policy(String),
+    #[error("vault: {0}")]
+    Vault(String),
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, NodeError> {
@@ -126,6 +128,16 @@ pub async fn run(
         info!(path = %path.display(), "removed a staged generation that is active already");
     }
     info!(keys = report.loaded, staged = report.staged, dir = %key_store.dir().display(), "key shares loaded");
+    let (vault, vault_opened) =
+        crate::mpc::vault::store::VaultStore::open(&config.data_dir).map_err(NodeError::Vault)?;
+    for path in &vault_opened.removed {
+        info!(path = %path.display(), "removed a vault put that never prepared");
+    }
+    info!(
+        files = vault_opened.files,
+        prepared = vault_opened.prepared.len(),
+        "vault files loaded"
+    );
     let legacy: Vec<String> = key_store
         .list()
         .into_iter()
@@ -247,12 +259,14 @@ pub async fn run(
             held_budgets: config.mpc_held_budgets,
             replay_guard,
             presign: config.presign,
+            vault,
         },
     );
     let router_task = tokio::spawn(mpc.clone().run_router(mpc_inbound));
     // A holder that was down while a key's policy changed learns of it from its peers.
     mpc.catch_up_policies_at_start(POLICY_CATCH_UP_DELAY);
     mpc.resolve_staged_at_start();
+    mpc.resolve_vault_at_start(vault_opened.prepared);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

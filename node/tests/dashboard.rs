@@ -237,7 +237,18 @@ async fn the_dashboard_shows_what_the_api_reports_and_the_grafana_dashboard_read
             line.rsplit("addr=").next().unwrap().trim().parse().unwrap()
         })
         .collect();
-    let Some(prometheus) = or_skip(Prometheus::start_scraping(&metrics).await) else {
+    // Scraped as a ServiceMonitor would label them: by namespace and pod.
+    let groups: String = metrics
+        .iter()
+        .enumerate()
+        .map(|(i, addr)| {
+            format!("    - targets: ['{addr}']\n      labels: {{namespace: 'team-a', pod: 'node-{i}'}}\n")
+        })
+        .collect();
+    let config = format!(
+        "- job_name: 'devnet'\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  static_configs:\n{groups}"
+    );
+    let Some(prometheus) = or_skip(Prometheus::start(&config).await) else {
         return;
     };
     let dashboard = grafana_dashboard();
@@ -268,29 +279,80 @@ async fn the_dashboard_shows_what_the_api_reports_and_the_grafana_dashboard_read
         )
         .await;
     }
-    for expr in &exprs {
+    // Every node expression, with the namespace filter set to the scraped one, returns
+    // data (a misspelt label matcher would return none), and every label it groups by is
+    // one the series it reads carry.
+    for expr in exprs.iter().filter(|e| !e.contains("p2p_mpc_operator_")) {
         let concrete = expr
             .replace("$__rate_interval", "1m")
-            .replace("$operator_namespace", ".*")
-            .replace("$namespace", ".*");
+            .replace("$namespace", "team-a");
+        wait_for(
+            &format!("data for {expr}"),
+            Duration::from_secs(30),
+            || async {
+                let result = prometheus
+                    .query(&concrete)
+                    .await
+                    .map_err(|e| format!("refused: {e}"))?;
+                if result.is_empty() {
+                    Err("no data".into())
+                } else {
+                    Ok(())
+                }
+            },
+        )
+        .await;
+        let names: Vec<String> = metric_names(std::slice::from_ref(expr))
+            .into_iter()
+            .collect();
+        for label in grouping_labels(expr) {
+            let query = format!(
+                "count({{__name__=~\"{}\", {label}!=\"\"}})",
+                names.join("|")
+            );
+            let found = prometheus.query(&query).await.unwrap();
+            assert!(
+                !found.is_empty(),
+                "{expr}: no series of {names:?} has label `{label}`"
+            );
+        }
+    }
+    // Operator expressions (their series come from the operator's own test) still parse.
+    for expr in exprs.iter().filter(|e| e.contains("p2p_mpc_operator_")) {
+        let concrete = expr
+            .replace("$__rate_interval", "1m")
+            .replace("$operator_namespace", "team-a");
         prometheus
             .query(&concrete)
             .await
             .unwrap_or_else(|e| panic!("{expr}: {e}"));
     }
-    // The check has teeth: a misspelt name finds nothing, a broken expression is refused.
-    assert!(
-        prometheus
-            .query("count({__name__=\"p2p_mpc_signature_total\"})")
-            .await
-            .unwrap()
-            .is_empty()
+}
+
+/// The labels of every `by (...)` clause of an expression.
+fn grouping_labels(expr: &str) -> Vec<String> {
+    expr.match_indices("by (")
+        .filter_map(|(at, _)| {
+            let rest = &expr[at + 4..];
+            rest.find(')').map(|end| &rest[..end])
+        })
+        .flat_map(|list| list.split(',').map(|l| l.trim().to_string()))
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn grouping_labels_are_read_off_an_expression() {
+    assert_eq!(
+        grouping_labels(
+            "histogram_quantile(0.5, sum by (le, protocol) (rate(x[1m]))) + sum by (pod) (y)"
+        ),
+        ["le", "protocol", "pod"]
     );
-    assert!(
-        prometheus
-            .query("sum(rate(p2p_mpc_keys[1m])")
-            .await
-            .is_err()
+    let names = metric_names(&["rate(p2p_mpc_a_total{x=\"y\"}[1m]) / libp2p_b".to_string()]);
+    assert_eq!(
+        names.into_iter().collect::<Vec<_>>(),
+        ["libp2p_b", "p2p_mpc_a_total"]
     );
 }
 
@@ -400,11 +462,101 @@ async fn behind_a_token_the_dashboard_shows_nothing_until_the_token_is_given() {
         "console messages: {:#?}",
         page.console
     );
-    // The node's API log shows no token (neither in a path nor anywhere else).
+    // The token handed over in the address is gone from the page once taken.
+    assert!(!page.dom.contains("dash-board-token"), "{}", page.dom);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn text_a_peer_chooses_is_shown_as_text_and_foreign_pages_get_nothing_from_an_open_api() {
+    use p2p_mpc_node::mpc::wire::{Body, MpcMessage, SessionId, encode};
+    let Some(browser) = or_skip(chromium()) else {
+        return;
+    };
+    let dir = tempdir();
+    let node = NodeProcess::start("A", dir.path(), &[]).await;
+    let a: libp2p::PeerId = node.peer_id.parse().unwrap();
+
+    // A peer opens a transfer to the node and aborts it with markup as its reason.
+    let key = libp2p::identity::Keypair::generate_ed25519();
+    let hostile = key.public().to_peer_id();
+    let peer = common::library_peer(key, &node.tcp_addr, &[], 1 << 20).await;
+    node.wait_connected_to(&hostile.to_string(), Duration::from_secs(20))
+        .await;
+    let session = SessionId::random();
+    let markup = "<img src=x onerror=\"document.title='pwned'\"><b>bold</b>";
+    for body in [
+        Body::TransferInvite {
+            bytes: 1 << 20,
+            chunks: p2p_mpc_node::mpc::chunks::chunks_of(1 << 20),
+        },
+        Body::Abort {
+            reason: markup.into(),
+            blamed: vec![hostile.to_string()],
+        },
+    ] {
+        peer.send_mpc_raw(a, encode(&MpcMessage::new(session, body)))
+            .await
+            .unwrap();
+    }
+    let listed = wait_for(
+        "the aborted session listed",
+        Duration::from_secs(20),
+        || async {
+            let s = node.get("/v1/sessions").await?;
+            s["sessions"]
+                .as_array()
+                .and_then(|l| {
+                    l.iter()
+                        .find(|x| x["session"] == session.to_string().as_str())
+                })
+                .cloned()
+                .ok_or_else(|| s.to_string())
+        },
+    )
+    .await;
+    assert_eq!(listed["outcome"], "aborted", "{listed}");
     assert!(
-        !node
-            .stderr_lines()
-            .iter()
-            .any(|l| l.contains("dash-board-token")),
+        listed["error"].as_str().unwrap().contains(markup),
+        "{listed}"
     );
+
+    let page = render(&browser, &format!("{}/", node.api));
+    assert_eq!(page.state(), "live", "{}", page.dom);
+    let row = page.row("data-session", &session.to_string());
+    assert!(
+        row.contains("&lt;img src=x onerror=") && row.contains("&lt;b&gt;bold&lt;/b&gt;"),
+        "{row}"
+    );
+    assert!(
+        !page.dom.contains("<img") && !page.dom.contains("<b>bold"),
+        "{}",
+        page.dom
+    );
+    assert!(
+        page.dom.contains("<title>p2p-mpc node</title>"),
+        "{}",
+        page.dom
+    );
+    assert!(page.console.is_empty(), "{:#?}", page.console);
+
+    // Without a token, a request that names the node by a DNS name (a rebinding site) or
+    // comes from another origin's page is refused; the node's own page is answered.
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/status", node.api);
+    let origin = node.api.clone();
+    for (header, value, code) in [
+        ("host", "rebind.example:8080", Some("host_not_allowed")),
+        ("origin", "http://evil.example", Some("cross_origin")),
+        ("origin", origin.as_str(), None),
+    ] {
+        let r = http.get(&url).header(header, value).send().await.unwrap();
+        match code {
+            Some(code) => {
+                assert_eq!(r.status().as_u16(), 403, "{header}: {value}");
+                let body: Value = r.json().await.unwrap();
+                assert_eq!(body["code"], code, "{body}");
+            }
+            None => assert_eq!(r.status().as_u16(), 200, "{header}: {value}"),
+        }
+    }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{ApiError, ApiState};
 use crate::metrics::NodeMetrics;
-use crate::mpc::activity::{SESSIONS_KEPT, SessionRecord};
+use crate::mpc::activity::{FAILURES_KEPT, SESSIONS_KEPT, SessionRecord};
 use crate::mpc::metrics::MpcMetrics;
 
 /// How often the activity is sampled.
@@ -62,7 +62,8 @@ pub struct Activity {
 
 struct SeriesState {
     last: Totals,
-    last_at: SystemTime,
+    /// Monotonic: a step of the wall clock does not change an interval's length.
+    last_at: Instant,
     samples: VecDeque<Sample>,
 }
 
@@ -75,7 +76,7 @@ impl Activity {
             mpc,
             state: Mutex::new(SeriesState {
                 last,
-                last_at: SystemTime::now(),
+                last_at: Instant::now(),
                 samples: VecDeque::new(),
             }),
         }
@@ -84,13 +85,10 @@ impl Activity {
     /// Takes one sample: what the metrics counted since the last one.
     pub fn sample(&self) {
         let now = totals(&self.node, &self.mpc);
-        let at = SystemTime::now();
+        let at = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let seconds = at
-            .duration_since(state.last_at)
-            .unwrap_or_default()
-            .as_secs_f64();
-        let sample = difference(&state.last, &now, at, seconds);
+        let seconds = at.duration_since(state.last_at).as_secs_f64();
+        let sample = difference(&state.last, &now, SystemTime::now(), seconds);
         state.last = now;
         state.last_at = at;
         if state.samples.len() == SAMPLES_KEPT {
@@ -205,29 +203,40 @@ pub struct SessionsQuery {
 pub(super) async fn sessions(
     State(state): State<ApiState>,
     query: Result<Query<SessionsQuery>, QueryRejection>,
-) -> Result<Json<SessionsResponse>, ApiError> {
+) -> Result<Json<serde_json::Value>, ApiError> {
     let Query(query) = query.map_err(|e| {
         ApiError::bad_request("invalid_query", format!("invalid query: {}", e.body_text()))
     })?;
-    let limit = query.limit.unwrap_or(SESSIONS_KEPT);
+    let limit = query.limit.unwrap_or(SESSIONS_KEPT + FAILURES_KEPT);
     if limit == 0 {
         return Err(ApiError::bad_request(
             "invalid_query",
             "`limit` must be at least 1",
         ));
     }
-    Ok(Json(SessionsResponse {
+    let records = state.mpc.recent_sessions(limit);
+    let answer = SessionsResponse {
         kept: SESSIONS_KEPT,
-        sessions: state.mpc.recent_sessions(limit),
-    }))
+        failures_kept: FAILURES_KEPT,
+        sessions: records.iter().map(|r| &**r).collect(),
+    };
+    Ok(Json(serde_json::to_value(answer).map_err(|e| {
+        ApiError::new(
+            axum::http::StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            e.to_string(),
+        )
+    })?))
 }
 
 /// Answer of `GET /v1/sessions`.
 #[derive(Debug, Serialize)]
-pub struct SessionsResponse {
-    /// How many records the node keeps at most.
+pub struct SessionsResponse<'a> {
+    /// How many records of the last sessions the node keeps.
     pub kept: usize,
-    pub sessions: Vec<SessionRecord>,
+    /// How many records of failed sessions it keeps beyond those.
+    pub failures_kept: usize,
+    pub sessions: Vec<&'a SessionRecord>,
 }
 
 /// Answer of `GET /v1/activity`.

@@ -41,6 +41,8 @@ pub const RESHARE: usize =
 pub const CREATE_AGGREGATION: usize = FIXED + crate::mpc::aggregation::MAX_PARTICIPANTS * PEER_ID;
 /// `POST /v1/peers/{id}/transfer`: one number.
 pub const TRANSFER: usize = FIXED;
+/// `DELETE /v1/vault/{name}`: a file id and up to 64 approvals.
+pub const VAULT_DELETE: usize = FIXED + MAX_CLIENTS * AUTHORIZATION;
 /// `POST /v1/aggregations/{id}/collect`: at most a batch number.
 pub const COLLECT: usize = FIXED;
 /// Routes that read no body.

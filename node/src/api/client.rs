@@ -138,17 +138,16 @@ impl ApiClient {
     /// Sends one request; the status and body of the answer.
     async fn exchange(
         &self,
-        post: bool,
+        method: &'static str,
         url: reqwest::Url,
         body: Option<Vec<u8>>,
     ) -> Result<(u16, bytes::Bytes), String> {
         match &self.http {
             Http::Plain(client) => {
-                let req = if post {
-                    client.post(url)
-                } else {
-                    client.get(url)
-                };
+                let req = client.request(
+                    reqwest::Method::from_bytes(method.as_bytes()).expect("a method"),
+                    url,
+                );
                 let req = match body {
                     Some(b) => req.header("content-type", "application/json").body(b),
                     None => req,
@@ -190,7 +189,7 @@ impl ApiClient {
                         None => url.path().to_string(),
                     };
                     let mut req = hyper::Request::builder()
-                        .method(if post { "POST" } else { "GET" })
+                        .method(method)
                         .uri(target)
                         .header("host", format!("{host}:{port}"));
                     if body.is_some() {
@@ -224,36 +223,28 @@ impl ApiClient {
 
     async fn send<T: DeserializeOwned>(
         &self,
-        post: bool,
+        method: &'static str,
         path: &str,
         body: Option<&Value>,
     ) -> Result<T, ClientError> {
         let url = self.url(path)?;
         let body = body.map(|b| serde_json::to_vec(b).unwrap_or_default());
         let (status, body) =
-            self.exchange(post, url, body)
+            self.exchange(method, url, body)
                 .await
                 .map_err(|message| ClientError::Connect {
                     url: self.base.to_string(),
                     message,
                 })?;
         if !(200..300).contains(&status) {
-            let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            return Err(ClientError::Api {
-                status,
-                code: v["code"].as_str().unwrap_or("unknown").to_string(),
-                message: v["error"]
-                    .as_str()
-                    .map(str::to_string)
-                    .unwrap_or_else(|| String::from_utf8_lossy(&body).into_owned()),
-            });
+            return Err(api_error(status, &body));
         }
         serde_json::from_slice(&body).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
     /// `GET path`.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.send(false, path, None).await
+        self.send("GET", path, None).await
     }
 
     /// `POST path` with a JSON body.
@@ -262,7 +253,114 @@ impl ApiClient {
         path: &str,
         body: &Value,
     ) -> Result<T, ClientError> {
-        self.send(true, path, Some(body)).await
+        self.send("POST", path, Some(body)).await
+    }
+
+    /// `DELETE path` with a JSON body.
+    pub async fn delete<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &Value,
+    ) -> Result<T, ClientError> {
+        self.send("DELETE", path, Some(body)).await
+    }
+
+    /// A request whose body and answer stream (no whole-body buffering and no overall
+    /// deadline: an upload or download takes as long as its bytes take), over HTTP/1.1 on a
+    /// connection of its own (TLS checked against `--api-ca` for an https:// API). An
+    /// answer other than 2xx is read whole and returned as the API's error.
+    pub async fn stream<B>(
+        &self,
+        method: &'static str,
+        path: &str,
+        headers: &[(&str, String)],
+        body: B,
+    ) -> Result<hyper::body::Incoming, ClientError>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let url = self.url(path)?;
+        let connect = |message: String| ClientError::Connect {
+            url: self.base.to_string(),
+            message,
+        };
+        let host = self.base.host_str().unwrap_or_default().to_string();
+        let port = self.base.port_or_known_default().unwrap_or(80);
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            tokio::net::TcpStream::connect((
+                host.trim_start_matches('[').trim_end_matches(']'),
+                port,
+            )),
+        )
+        .await
+        .map_err(|_| connect(format!("no connection within {CONNECT_TIMEOUT:?}")))?
+        .map_err(|e| connect(error_chain(&e)))?;
+        let target = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let mut req = hyper::Request::builder()
+            .method(method)
+            .uri(target)
+            .header("host", format!("{host}:{port}"));
+        for (name, value) in headers {
+            req = req.header(*name, value);
+        }
+        if let Some(t) = &self.token {
+            req = req.header("authorization", format!("Bearer {}", t.expose()));
+        }
+        let req = req.body(body).map_err(|e| connect(e.to_string()))?;
+        let resp = match &self.http {
+            Http::Plain(_) => {
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tcp))
+                        .await
+                        .map_err(|e| connect(error_chain(&e)))?;
+                tokio::spawn(connection);
+                sender.send_request(req).await
+            }
+            Http::Tls {
+                connector,
+                server_name,
+                ..
+            } => {
+                let tls = connector
+                    .connect(server_name.clone(), tcp)
+                    .await
+                    .map_err(|e| connect(format!("TLS handshake failed: {}", error_chain(&e))))?;
+                let (mut sender, connection) =
+                    hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(tls))
+                        .await
+                        .map_err(|e| connect(error_chain(&e)))?;
+                tokio::spawn(connection);
+                sender.send_request(req).await
+            }
+        }
+        .map_err(|e| connect(error_chain(&e)))?;
+        let status = resp.status().as_u16();
+        if !(200..300).contains(&status) {
+            let body = http_body_util::BodyExt::collect(resp.into_body())
+                .await
+                .map_err(|e| connect(error_chain(&e)))?
+                .to_bytes();
+            return Err(api_error(status, &body));
+        }
+        Ok(resp.into_body())
+    }
+}
+
+/// The error of a non-2xx answer: its `{"error", "code"}` body, or its text.
+fn api_error(status: u16, body: &[u8]) -> ClientError {
+    let v: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    ClientError::Api {
+        status,
+        code: v["code"].as_str().unwrap_or("unknown").to_string(),
+        message: v["error"]
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| String::from_utf8_lossy(body).into_owned()),
     }
 }
 

@@ -99,6 +99,9 @@ impl From<MpcError> for ApiError {
             MpcError::UnknownKey(_) => {
                 ApiError::new(StatusCode::NOT_FOUND, "unknown_key", e.to_string())
             }
+            MpcError::UnknownFile(_) => {
+                ApiError::new(StatusCode::NOT_FOUND, "unknown_file", e.to_string())
+            }
             MpcError::Session {
                 error:
                     SessionError::Refused {

@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod keys;
 pub mod messages;
 pub mod transfer;
+pub mod vault;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -190,6 +191,13 @@ pub fn router(state: ApiState) -> Router {
             "/v1/keys/{key_id}/reshare",
             axum::routing::post(keys::reshare),
         )
+        .route("/v1/holder-keys", get(vault::holder_keys))
+        .route("/v1/vault", get(vault::list))
+        .route(
+            "/v1/vault/{name}",
+            get(vault::get).put(vault::put).delete(vault::delete),
+        )
+        .route("/v1/vault/{name}/manifest", get(vault::manifest))
         .route(
             "/v1/aggregations",
             get(aggregations::list).post(aggregations::create),
@@ -288,6 +296,11 @@ async fn require_token(
     next: Next,
 ) -> Response {
     let Some(token) = &state.token else {
+        // No token: the API is for whoever can reach it, which is meant to be this machine.
+        // A web page in a browser of this machine must not act for that page's site.
+        if let Err(e) = same_origin_by_address(&headers) {
+            return e.into_response();
+        }
         return next.run(req).await;
     };
     let presented = headers
@@ -309,6 +322,47 @@ async fn require_token(
         )
         .into_response(),
     }
+}
+
+/// Without a token, a request must name the node by address (an IP literal or `localhost`
+/// in `Host`: a DNS name may be rebound to this address by a web site) and, when a browser
+/// sent it (`Origin`), come from a page of the node itself: a site the user visits cannot
+/// have the browser sign, publish or read through an open API.
+fn same_origin_by_address(headers: &HeaderMap) -> Result<(), ApiError> {
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        rest.split(']').next().unwrap_or("")
+    } else {
+        host.rsplit_once(':').map_or(host, |(h, _)| h)
+    };
+    let by_address = name.eq_ignore_ascii_case("localhost")
+        || name.parse::<std::net::IpAddr>().is_ok()
+        || name.is_empty();
+    if !by_address {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "host_not_allowed",
+            format!(
+                "without an API token (--api-token-file) this API answers only requests addressed to an IP address or localhost, not `{}`",
+                crate::log_limit::echo(name)
+            ),
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        let own = [format!("http://{host}"), format!("https://{host}")];
+        if !own.iter().any(|o| o == origin) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "cross_origin",
+                "without an API token (--api-token-file) this API does not answer requests of web pages from other origins",
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn not_found(req: Request) -> ApiError {

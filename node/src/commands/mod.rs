@@ -7,3 +7,4 @@ pub mod chat;
 pub mod client;
 pub mod devnet;
 pub mod keys;
+pub mod vault;

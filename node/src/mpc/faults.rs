@@ -82,6 +82,18 @@ pub struct Faults {
     /// Send presignatures to a coordinator and drop their nonces at once (a holder that
     /// restarted without the coordinator noticing): presigned requests find nothing.
     pub forget_presignatures: bool,
+    /// A coordinator of a vault get releases without checking the approvals itself (a
+    /// compromised coordinator): every holder must refuse on its own.
+    pub skip_vault_authorization: bool,
+    /// A holder releases a wrong key share of a vault file (sealed and signed properly):
+    /// the client must catch it against the commitment.
+    pub corrupt_vault_share: bool,
+    /// A vault put's coordinator exits (status 3) once every holder prepared, before any
+    /// commit: no holder may end up holding the file.
+    pub crash_before_vault_commit: bool,
+    /// A vault put's coordinator exits (status 3) right after committing itself, before it
+    /// tells the others: every holder must end up holding the file.
+    pub crash_after_vault_commit: bool,
     /// A file that partitions the MPC network ([`PARTITION_ENV`]), read at every message.
     pub partition_file: Option<std::path::PathBuf>,
     /// A file to which every nonce this node signs with is appended ([`NONCE_LOG_ENV`]).
@@ -162,6 +174,10 @@ impl Faults {
                 "collect-ignores-min-reports" => f.collect_ignores_min_reports = true,
                 "wrong-share-sum" => f.wrong_share_sum = true,
                 "forget-presignatures" => f.forget_presignatures = true,
+                "skip-vault-authorization" => f.skip_vault_authorization = true,
+                "corrupt-vault-share" => f.corrupt_vault_share = true,
+                "crash-before-vault-commit" => f.crash_before_vault_commit = true,
+                "crash-after-vault-commit" => f.crash_after_vault_commit = true,
                 other => return Err(format!("{FAULT_ENV}: unknown fault `{other}`")),
             }
         }

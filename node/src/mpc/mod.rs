@@ -25,6 +25,7 @@ pub mod sign;
 pub mod store;
 pub mod transfer;
 pub mod transport;
+pub mod vault;
 pub mod wire;
 
 use std::sync::Arc;
@@ -67,6 +68,9 @@ pub enum MpcError {
     /// A cap of this node is reached (429).
     #[error("{0}")]
     Limit(String),
+    /// No such vault file here (404).
+    #[error("no vault file `{0}` on this node")]
+    UnknownFile(String),
     /// Another operation on the same key is running (409).
     #[error("{0}")]
     Conflict(String),
@@ -203,6 +207,8 @@ struct Inner {
     reshare: reshare::ReshareState,
     /// The last sessions run here.
     sessions: activity::SessionLog,
+    /// Vault files held here.
+    vault: vault::store::VaultStore,
 }
 
 /// The node's MPC handle; cheap to clone.
@@ -231,6 +237,8 @@ pub struct EngineSettings {
     pub replay_guard: replay_guard::ReplayGuard,
     /// Presignature pool sizes.
     pub presign: sign::presigned::PresignSettings,
+    /// Vault files held here.
+    pub vault: vault::store::VaultStore,
 }
 
 impl MpcEngine {
@@ -267,6 +275,7 @@ impl MpcEngine {
                 presign: sign::presigned::Presignatures::new(settings.presign),
                 reshare: reshare::ReshareState::default(),
                 sessions: activity::SessionLog::default(),
+                vault: settings.vault,
             }),
         }
     }
@@ -493,6 +502,24 @@ impl MpcEngine {
                 holders,
                 certificate,
             } => self.join_retire(from, key_id, generation, digest, holders, certificate),
+            Body::VaultKeysRequest => self.answer_vault_keys(session, from),
+            Body::VaultPutInvite { plan, share } => {
+                self.join_vault_put(session, from, &plan.0, share)
+            }
+            Body::VaultStatusRequest { name, file_id } => {
+                self.answer_vault_status(session, from, name, file_id)
+            }
+            Body::VaultGetInvite {
+                name,
+                file_id,
+                recipient,
+                authorizations,
+            } => self.join_vault_get(session, from, name, file_id, recipient, authorizations),
+            Body::VaultDeleteInvite {
+                name,
+                file_id,
+                authorizations,
+            } => self.join_vault_delete(session, from, name, file_id, authorizations),
             body => Err(other(format!(
                 "a {} message does not open a session",
                 body.kind()

@@ -41,6 +41,10 @@ pub const AUTHORIZATION_DOMAIN: &[u8] = b"p2p-mpc sign authorization v2\0";
 pub const CHANGE_APPROVAL_DOMAIN: &[u8] = b"p2p-mpc policy change approval v2\0";
 /// Domain separation of the bytes a client signs to approve a reshare or refresh.
 pub const RESHARE_APPROVAL_DOMAIN: &[u8] = b"p2p-mpc reshare approval v1\0";
+/// Domain of an approval to release a vault file to the holder of one recipient key.
+pub const VAULT_GET_DOMAIN: &[u8] = b"p2p-mpc vault get v1\0";
+/// Domain of an approval to delete a vault file.
+pub const VAULT_DELETE_DOMAIN: &[u8] = b"p2p-mpc vault delete v1\0";
 /// Domain separation of the bytes a holder signs to vote for a policy change (see
 /// [`policy_change`](super::policy_change)).
 pub const VOTE_DOMAIN: &[u8] = b"p2p-mpc policy change vote v1\0";
@@ -225,6 +229,14 @@ pub enum Approves<'a> {
     /// Moving the key's shares to a holder set (a refresh: to the same one), made as
     /// generation `generation`; `holders` is [`holders_digest`] of the sorted new set.
     Reshare { generation: u64, holders: [u8; 32] },
+    /// Releasing the vault file whose id is `file_id` (the key id is its name): each holder
+    /// seals its key share to `recipient`, an X25519 key the client made for this request.
+    VaultGet {
+        file_id: [u8; 32],
+        recipient: [u8; 32],
+    },
+    /// Deleting the vault file whose id is `file_id` everywhere.
+    VaultDelete { file_id: [u8; 32] },
 }
 
 /// The digest of a holder set that a reshare approval signs: SHA-256 over the sorted peer
@@ -280,6 +292,27 @@ impl Approves<'_> {
                 out.extend_from_slice(&expires_at.to_be_bytes());
                 out
             }
+            Approves::VaultGet { file_id, recipient } => {
+                let mut out = Vec::with_capacity(VAULT_GET_DOMAIN.len() + key_id.len() + 96);
+                out.extend_from_slice(VAULT_GET_DOMAIN);
+                out.extend_from_slice(&(key_id.len() as u64).to_be_bytes());
+                out.extend_from_slice(key_id.as_bytes());
+                out.extend_from_slice(file_id);
+                out.extend_from_slice(recipient);
+                out.extend_from_slice(request_id);
+                out.extend_from_slice(&expires_at.to_be_bytes());
+                out
+            }
+            Approves::VaultDelete { file_id } => {
+                let mut out = Vec::with_capacity(VAULT_DELETE_DOMAIN.len() + key_id.len() + 64);
+                out.extend_from_slice(VAULT_DELETE_DOMAIN);
+                out.extend_from_slice(&(key_id.len() as u64).to_be_bytes());
+                out.extend_from_slice(key_id.as_bytes());
+                out.extend_from_slice(file_id);
+                out.extend_from_slice(request_id);
+                out.extend_from_slice(&expires_at.to_be_bytes());
+                out
+            }
         }
     }
 
@@ -294,6 +327,13 @@ impl Approves<'_> {
             ),
             Approves::Reshare { generation, .. } => {
                 format!("moving key {key_id} to this holder set as generation {generation}")
+            }
+            Approves::VaultGet { file_id, .. } => format!(
+                "releasing vault file {key_id} ({}) to this recipient key",
+                hex::encode(file_id)
+            ),
+            Approves::VaultDelete { file_id } => {
+                format!("deleting vault file {key_id} ({})", hex::encode(file_id))
             }
         }
     }
@@ -450,7 +490,10 @@ pub fn approve(
     let sig = client.sign(&what.signed_bytes(key_id, &request_id, expires_at));
     let coordinator = match what {
         Approves::Signing { coordinator, .. } => Some(coordinator.to_string()),
-        Approves::PolicyChange { .. } | Approves::Reshare { .. } => None,
+        Approves::PolicyChange { .. }
+        | Approves::Reshare { .. }
+        | Approves::VaultGet { .. }
+        | Approves::VaultDelete { .. } => None,
     };
     Authorization {
         client: hex::encode(client.verifying_key().as_bytes()),
@@ -543,6 +586,17 @@ impl SigningPolicy {
         }
     }
 
+    /// A policy of K approvals by `clients` only (no message rules, no rate): what a vault
+    /// file's get and delete need.
+    pub fn clients(clients: Vec<String>, approvals: u16) -> Self {
+        Self {
+            open: false,
+            clients,
+            approvals: Some(approvals),
+            ..Self::open()
+        }
+    }
+
     /// Who may reshare or refresh the key.
     pub fn reshare_rule(&self) -> ReshareRule {
         self.reshare.unwrap_or(ReshareRule::Approvals)
@@ -586,7 +640,7 @@ impl SigningPolicy {
 
     /// The keys of `list` (named `field` in errors) parsed, deduplicated and sorted, and the
     /// approvals `k` (default 1) checked against their number.
-    fn client_set(
+    pub(crate) fn client_set(
         list: &[String],
         field: &str,
         k: Option<u16>,
@@ -737,7 +791,10 @@ impl SigningPolicy {
         // The message rules govern what may be signed, not who may change the policy.
         let message = match what {
             Approves::Signing { message, .. } => message,
-            Approves::PolicyChange { .. } | Approves::Reshare { .. } => &[],
+            Approves::PolicyChange { .. }
+            | Approves::Reshare { .. }
+            | Approves::VaultGet { .. }
+            | Approves::VaultDelete { .. } => &[],
         };
         let signing = matches!(what, Approves::Signing { .. });
         if let Some(max) = self.max_message_bytes.filter(|_| signing)
@@ -848,7 +905,10 @@ impl SigningPolicy {
                     };
                     (what, Some((named, coordinator)))
                 }
-                Approves::PolicyChange { .. } | Approves::Reshare { .. } => {
+                Approves::PolicyChange { .. }
+                | Approves::Reshare { .. }
+                | Approves::VaultGet { .. }
+                | Approves::VaultDelete { .. } => {
                     if a.coordinator.is_some() {
                         return Err(refuse(
                             "malformed",

@@ -299,6 +299,25 @@ impl ReplayGuard {
         self.admit_inner(&approvers, key_id, reshare, authorizations, now, false)
     }
 
+    /// Checks the approvals of a vault request (`what`: a get or a delete of file `name`)
+    /// by `clients`, K of them, with the expiry and replay rules.
+    pub fn admit_vault(
+        &self,
+        clients: &[String],
+        approvals: u16,
+        name: &str,
+        what: Approves<'_>,
+        authorizations: &[Authorization],
+        now: u64,
+    ) -> Result<Pending, Refusal> {
+        debug_assert!(matches!(
+            what,
+            Approves::VaultGet { .. } | Approves::VaultDelete { .. }
+        ));
+        let policy = SigningPolicy::clients(clients.to_vec(), approvals);
+        self.admit_inner(&policy, name, what, authorizations, now, false)
+    }
+
     fn admit_inner(
         &self,
         policy: &SigningPolicy,

@@ -171,11 +171,13 @@ pub enum Protocol {
     /// A refresh or reshare of a key's shares (a new generation), or the question whether
     /// one was staged.
     Reshare,
+    /// A vault file: a put, a get, a delete, or the question what became of a put.
+    Vault,
 }
 
 impl Protocol {
     /// Every protocol.
-    pub const ALL: [Protocol; 9] = [
+    pub const ALL: [Protocol; 10] = [
         Protocol::Dkg,
         Protocol::Sign,
         Protocol::AggCreate,
@@ -185,6 +187,7 @@ impl Protocol {
         Protocol::PolicyChange,
         Protocol::Presign,
         Protocol::Reshare,
+        Protocol::Vault,
     ];
 
     /// The label used in metrics and logs.
@@ -199,6 +202,7 @@ impl Protocol {
             Protocol::PolicyChange => "policy_change",
             Protocol::Presign => "frost_presign",
             Protocol::Reshare => "frost_reshare",
+            Protocol::Vault => "vault",
         }
     }
 }
@@ -511,6 +515,60 @@ pub enum Body {
         #[serde(deserialize_with = "peer_list")]
         records: Vec<super::policy::PolicyChangeRecord>,
     },
+    /// Coordinator → a holder: its HPKE key, for a client to seal a key share to.
+    VaultKeysRequest,
+    /// Holder → coordinator: its HPKE key, signed by its identity key.
+    VaultKeys {
+        key: super::aggregation::store::ParticipantKey,
+    },
+    /// Coordinator → holders: a put of a vault file (`plan`: JSON of
+    /// [`super::vault::Plan`]) and the holder's key share, sealed to it by the client.
+    VaultPutInvite {
+        plan: Blob,
+        share: super::vault::store::SealedShare,
+    },
+    /// Holder → coordinator: staged, send the fragments.
+    VaultReady,
+    /// Coordinator ↔ holder: one fragment of stripe `stripe` (a put's, or a get's answer).
+    VaultFragment { stripe: u64, data: Blob },
+    /// Holder → coordinator: this many stripes stored.
+    VaultProgress { stripes: u64 },
+    /// Coordinator → holders: the manifest (JSON) with every fragment's hash; prepare.
+    VaultPrepare { manifest: Blob },
+    /// Holder → coordinator: prepared (synced); it commits when told.
+    VaultPrepared,
+    /// Coordinator → holders: every holder is prepared; commit.
+    VaultCommit,
+    /// Holder → coordinator: committed.
+    VaultCommitted,
+    /// A holder → the others: what became of this put?
+    VaultStatusRequest { name: String, file_id: String },
+    /// Holder → asker: committed, prepared, running or absent here.
+    VaultStatus { state: super::vault::PutState },
+    /// Coordinator → holders: release your key share of `file_id` to `recipient`, as
+    /// these approvals of the file's clients ask, and serve your fragments.
+    VaultGetInvite {
+        name: String,
+        file_id: String,
+        recipient: Blob,
+        #[serde(default, deserialize_with = "peer_list")]
+        authorizations: Vec<super::policy::Authorization>,
+    },
+    /// Holder → coordinator: its key share, sealed to the recipient and signed.
+    VaultReleased { share: super::vault::ReleasedShare },
+    /// Coordinator → holder: send your fragments of stripes `from`..`from + count`.
+    VaultFragmentsRequest { from: u64, count: u32 },
+    /// Coordinator → holders: the get is over.
+    VaultDone,
+    /// Coordinator → holders: delete `file_id`, as these approvals ask.
+    VaultDeleteInvite {
+        name: String,
+        file_id: String,
+        #[serde(default, deserialize_with = "peer_list")]
+        authorizations: Vec<super::policy::Authorization>,
+    },
+    /// Holder → coordinator: deleted.
+    VaultDeleted,
     /// The sender gives up on the session, naming the participants it blames (peer ids), if any.
     Abort {
         reason: String,
@@ -631,6 +689,24 @@ impl Body {
             | Body::ReshareStatusRequest { .. }
             | Body::ReshareStatus { .. }
             | Body::ReshareRetire { .. } => Some(Protocol::Reshare),
+            Body::VaultKeysRequest
+            | Body::VaultKeys { .. }
+            | Body::VaultPutInvite { .. }
+            | Body::VaultReady
+            | Body::VaultFragment { .. }
+            | Body::VaultProgress { .. }
+            | Body::VaultPrepare { .. }
+            | Body::VaultPrepared
+            | Body::VaultCommit
+            | Body::VaultCommitted
+            | Body::VaultStatusRequest { .. }
+            | Body::VaultStatus { .. }
+            | Body::VaultGetInvite { .. }
+            | Body::VaultReleased { .. }
+            | Body::VaultFragmentsRequest { .. }
+            | Body::VaultDone
+            | Body::VaultDeleteInvite { .. }
+            | Body::VaultDeleted => Some(Protocol::Vault),
             // Chunks belong to whichever aggregation session carries them.
             Body::AggChunk { .. } => None,
             Body::Abort { .. } => None,
@@ -689,6 +765,24 @@ impl Body {
             Body::ReshareStatusRequest { .. } => "reshare status request",
             Body::ReshareStatus { .. } => "reshare status",
             Body::ReshareRetire { .. } => "reshare retire",
+            Body::VaultKeysRequest => "vault keys request",
+            Body::VaultKeys { .. } => "vault keys",
+            Body::VaultPutInvite { .. } => "vault put invite",
+            Body::VaultReady => "vault ready",
+            Body::VaultFragment { .. } => "vault fragment",
+            Body::VaultProgress { .. } => "vault progress",
+            Body::VaultPrepare { .. } => "vault prepare",
+            Body::VaultPrepared => "vault prepared",
+            Body::VaultCommit => "vault commit",
+            Body::VaultCommitted => "vault committed",
+            Body::VaultStatusRequest { .. } => "vault status request",
+            Body::VaultStatus { .. } => "vault status",
+            Body::VaultGetInvite { .. } => "vault get invite",
+            Body::VaultReleased { .. } => "vault released share",
+            Body::VaultFragmentsRequest { .. } => "vault fragments request",
+            Body::VaultDone => "vault done",
+            Body::VaultDeleteInvite { .. } => "vault delete invite",
+            Body::VaultDeleted => "vault deleted",
             Body::Abort { .. } => "abort",
         }
     }
@@ -711,6 +805,11 @@ impl Body {
                 | Body::ReshareInvite(_)
                 | Body::ReshareStatusRequest { .. }
                 | Body::ReshareRetire { .. }
+                | Body::VaultKeysRequest
+                | Body::VaultPutInvite { .. }
+                | Body::VaultStatusRequest { .. }
+                | Body::VaultGetInvite { .. }
+                | Body::VaultDeleteInvite { .. }
         )
     }
 }

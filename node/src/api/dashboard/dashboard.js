@@ -14,7 +14,9 @@ const $ = (id) => document.getElementById(id);
 (function takeTokenFromFragment() {
   const m = /(?:^#|&)token=([^&]+)/.exec(location.hash);
   if (m) {
-    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(m[1]));
+    let token = m[1];
+    try { token = decodeURIComponent(token); } catch (_) { /* used as written */ }
+    sessionStorage.setItem(TOKEN_KEY, token);
     history.replaceState(null, "", location.pathname + location.search);
   }
 })();
@@ -79,8 +81,8 @@ function duration(seconds) {
 function policyText(p) {
   if (!p) return "";
   if (p.legacy) return "legacy open";
-  if (p.open) return "open";
-  const parts = [`${p.approvals || 1}-of-${(p.clients || []).length} clients`];
+  const parts = [p.open ? "open" : `${p.approvals || 1}-of-${(p.clients || []).length} clients`];
+  if (p.max_message_bytes) parts.push(`≤ ${p.max_message_bytes} B`);
   if (p.max_signatures_per_minute) parts.push(`${p.max_signatures_per_minute}/min`);
   if (p.message_prefix) parts.push(`prefix ${p.message_prefix}`);
   if (p.reshare) parts.push(`reshare: ${p.reshare}`);
@@ -159,12 +161,13 @@ function renderSessions(s, sessions) {
   rows($("session-rows"), sessions, (x) => {
     const ended = new Date(x.started_at_ms + x.duration_ms);
     const others = x.peers.slice(1);
+    const more = x.peers_total > x.peers.length ? ` and ${x.peers_total - x.peers.length} more` : "";
     const blame = x.blamed.length ? "blamed " + x.blamed.map(short).join(", ") : "";
     const why = [blame, x.error || ""].filter(Boolean).join(": ");
     return el("tr", { "data-session": x.session, "data-protocol": x.protocol, "data-outcome": x.outcome },
       el("td", {}, ended.toLocaleTimeString()),
       el("td", {}, x.protocol), el("td", {}, x.role),
-      el("td", { class: "mono", title: others.join("\n") }, String(others.length + 1) + ": " + others.map(short).join(", ")),
+      el("td", { class: "mono", title: others.join("\n") }, others.map(short).join(", ") + more),
       el("td", {}, ms(x.duration_ms)),
       el("td", { class: x.outcome === "completed" ? "ok" : "bad" }, x.outcome),
       el("td", { class: "mono" }, why));
@@ -177,7 +180,7 @@ function renderTasks(tasks) {
     const bar = el("div", { class: "bar", title: `${t.reports_in_current_batch} of ${t.min_reports}` }, el("span"));
     bar.firstChild.style.width = (fraction * 100).toFixed(1) + "%";
     return el("tr", { "data-task": t.task_id }, el("td", { class: "mono" }, t.task_id),
-      el("td", {}, `${t.threshold} of ${t.participants.length}`), el("td", {}, t.access),
+      el("td", {}, `${t.threshold + 1} of ${t.participants.length}`), el("td", {}, t.access),
       el("td", {}, String(t.current_batch)),
       el("td", {}, bar, `${t.reports_in_current_batch} / ${t.min_reports} reports`),
       el("td", {}, t.opened_batches.join(", ") || "—"));
@@ -267,7 +270,11 @@ $("forget-token").addEventListener("click", () => {
   refresh();
 });
 
-refresh();
-refreshActivity();
-setInterval(refresh, REFRESH_MS);
-setInterval(refreshActivity, ACTIVITY_MS);
+// The next refresh is scheduled when the last one is done: a slow node never has requests
+// of this page piling up.
+async function every(ms, f) {
+  await f();
+  setTimeout(() => every(ms, f), ms);
+}
+every(REFRESH_MS, refresh);
+every(ACTIVITY_MS, refreshActivity);

@@ -197,7 +197,7 @@ impl MpcEngine {
             .map_err(|e| AggError::session(session, e))
     }
 
-    fn own_key(&self) -> Result<ParticipantKey, SessionError> {
+    pub(crate) fn own_key(&self) -> Result<ParticipantKey, SessionError> {
         let agg = self.agg();
         let sig = encryption::sign_binding(&agg.identity, agg.key.public_key())
             .map_err(SessionError::failed)?;

@@ -69,9 +69,30 @@ impl EncryptionKey {
         &self.public
     }
 
+    /// A fresh key pair that lives in memory only (a client's key for one request).
+    pub fn ephemeral() -> Self {
+        let (private, public) = Kem::gen_keypair();
+        Self {
+            private,
+            public: public.to_bytes().to_vec(),
+        }
+    }
+
     /// Opens a share sealed to this key.
     pub fn open(
         &self,
+        encapped_key: &[u8],
+        ciphertext: &[u8],
+        aad: &[u8],
+    ) -> Result<Vec<u8>, String> {
+        self.open_with(HPKE_INFO, encapped_key, ciphertext, aad)
+            .map_err(|e| format!("{e}: the share was not sealed to this node's key for this task and report, or it was altered"))
+    }
+
+    /// Opens what was sealed to this key under HPKE `info` (the use it was sealed for).
+    pub fn open_with(
+        &self,
+        info: &[u8],
         encapped_key: &[u8],
         ciphertext: &[u8],
         aad: &[u8],
@@ -82,11 +103,11 @@ impl EncryptionKey {
             &OpModeR::Base,
             &self.private,
             &enc,
-            HPKE_INFO,
+            info,
             ciphertext,
             aad,
         )
-        .map_err(|e| format!("decryption failed ({e:?}): the share was not sealed to this node's key for this task and report, or it was altered"))
+        .map_err(|e| format!("decryption failed ({e:?})"))
     }
 }
 
@@ -95,12 +116,23 @@ pub const ENCAPPED_KEY_BYTES: usize = 32;
 
 /// Seals `plaintext` to `public_key`; returns (encapsulated key, ciphertext).
 pub fn seal(public_key: &[u8], plaintext: &[u8], aad: &[u8]) -> Result<(Vec<u8>, Vec<u8>), String> {
+    seal_with(HPKE_INFO, public_key, plaintext, aad)
+}
+
+/// Seals `plaintext` to `public_key` under HPKE `info`; returns (encapsulated key,
+/// ciphertext).
+pub fn seal_with(
+    info: &[u8],
+    public_key: &[u8],
+    plaintext: &[u8],
+    aad: &[u8],
+) -> Result<(Vec<u8>, Vec<u8>), String> {
     let pk = <Kem as hpke::Kem>::PublicKey::from_bytes(public_key)
         .map_err(|e| format!("not an X25519 public key: {e:?}"))?;
     let (enc, ct) = hpke::single_shot_seal::<ChaCha20Poly1305, HkdfSha256, Kem>(
         &OpModeS::Base,
         &pk,
-        HPKE_INFO,
+        info,
         plaintext,
         aad,
     )

@@ -377,7 +377,7 @@ pub fn check_shape(p: &TaskParams) -> Result<Vec<PeerId>, String> {
 }
 
 impl MpcEngine {
-    fn agg(&self) -> &Aggregation {
+    pub(super) fn agg(&self) -> &Aggregation {
         &self.inner.aggregation
     }
 

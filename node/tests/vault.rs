@@ -1,0 +1,385 @@
+//! The vault through the CLI against real nodes: a 100 MiB file put on one node and got
+//! back through another with n − k holders dead; a holder with a corrupt fragment and one
+//! that releases a wrong key share are caught and blamed, and the file still comes back;
+//! approvals are checked by every holder; delete; a coordinator killed before or after its
+//! commit leaves either no file or a whole one on every holder.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{NodeProcess, args, bin, identity, tempdir, wait_for};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const ROUND_TIMEOUT_MS: &str = "3000";
+
+struct Cluster {
+    dir: PathBuf,
+    keys: Vec<String>,
+    members: String,
+    nodes: Vec<Option<NodeProcess>>,
+}
+
+impl Cluster {
+    /// Nodes named `names`, a roster of all of them, the first node as bootnode of the rest.
+    async fn start(dir: &Path, names: &[&str], faults: &[(&str, &str)]) -> Cluster {
+        let ids: Vec<(String, libp2p::PeerId)> = names.iter().map(|n| identity(dir, n)).collect();
+        let members = ids
+            .iter()
+            .map(|(_, p)| p.to_string())
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut cluster = Cluster {
+            dir: dir.to_path_buf(),
+            keys: ids.into_iter().map(|(k, _)| k).collect(),
+            members,
+            nodes: Vec::new(),
+        };
+        for (i, name) in names.iter().enumerate() {
+            let fault = faults.iter().find(|(n, _)| n == name).map(|(_, f)| *f);
+            let node = cluster.start_node(i, name, fault).await;
+            cluster.nodes.push(Some(node));
+        }
+        cluster.wait_meshed().await;
+        cluster
+    }
+
+    async fn start_node(&self, i: usize, name: &str, fault: Option<&str>) -> NodeProcess {
+        let mut extra = args(&[
+            "--identity-key-path",
+            &self.keys[i],
+            "--cluster-member",
+            &self.members,
+        ]);
+        // Any other running node is a bootnode (a restarted node listens on a new port).
+        if let Some(other) = self
+            .nodes
+            .iter()
+            .enumerate()
+            .find_map(|(j, n)| n.as_ref().filter(|_| j != i))
+        {
+            extra.push("--bootnode".into());
+            extra.push(other.tcp_addr.clone());
+        }
+        let mut env = vec![("P2P_MPC_TEST_ROUND_TIMEOUT_MS", ROUND_TIMEOUT_MS)];
+        if let Some(f) = fault {
+            env.push(("P2P_MPC_TEST_FAULT", f));
+        }
+        NodeProcess::start_with_env(name, &self.dir, &extra, &env).await
+    }
+
+    async fn wait_meshed(&self) {
+        let up: Vec<&NodeProcess> = self.nodes.iter().flatten().collect();
+        for a in &up {
+            for b in &up {
+                if a.peer_id != b.peer_id {
+                    a.wait_connected_to(&b.peer_id, Duration::from_secs(30))
+                        .await;
+                }
+            }
+        }
+    }
+
+    fn node(&self, i: usize) -> &NodeProcess {
+        self.nodes[i].as_ref().expect("running")
+    }
+}
+
+fn cli(args: &[&str]) -> Output {
+    Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run the CLI")
+}
+
+fn ok(out: &Output) -> String {
+    assert!(
+        out.status.success(),
+        "exit {}:\n{}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn failed(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected a failure:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A client key file and its public key.
+fn client_key(dir: &Path, name: &str) -> (String, String) {
+    let path = dir.join(name);
+    let out = ok(&cli(&["client", "keygen", "--out", path.to_str().unwrap()]));
+    let public = out
+        .split_whitespace()
+        .find(|w| w.len() == 64 && w.bytes().all(|b| b.is_ascii_hexdigit()))
+        .unwrap_or_else(|| panic!("no public key in {out}"))
+        .to_string();
+    (path.display().to_string(), public)
+}
+
+/// `len` bytes that do not repeat in any way the coding could exploit.
+fn write_random(path: &Path, len: usize) -> String {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ len as u64;
+    let mut data = Vec::with_capacity(len);
+    while data.len() < len {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        data.extend_from_slice(&state.to_le_bytes());
+    }
+    data.truncate(len);
+    std::fs::write(path, &data).unwrap();
+    hex::encode(Sha256::digest(&data))
+}
+
+fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+fn put(node: &NodeProcess, name: &str, file: &Path, t: u16, client: &str) -> Output {
+    cli(&[
+        "vault",
+        "put",
+        name,
+        "--file",
+        file.to_str().unwrap(),
+        "--threshold",
+        &t.to_string(),
+        "--client",
+        client,
+        "--api",
+        &node.api,
+    ])
+}
+
+fn get(node: &NodeProcess, name: &str, keys: &[&str], out: &Path) -> Output {
+    let mut a = vec![
+        "vault",
+        "get",
+        name,
+        "--out",
+        out.to_str().unwrap(),
+        "--api",
+        &node.api,
+    ];
+    for k in keys {
+        a.extend(["--client-key", k]);
+    }
+    cli(&a)
+}
+
+async fn files(node: &NodeProcess) -> Vec<Value> {
+    node.get("/v1/vault").await.unwrap()["files"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_comes_back_through_another_node_with_a_holder_dead_and_bad_holders_blamed() {
+    let dir = tempdir();
+    let mut c = Cluster::start(
+        dir.path(),
+        &["A", "B", "C"],
+        &[("C", "corrupt-vault-share")],
+    )
+    .await;
+    let (key, public) = client_key(dir.path(), "client.key");
+    let (stranger_key, _) = client_key(dir.path(), "stranger.key");
+    let big = dir.path().join("big.bin");
+    let digest = write_random(&big, 100 << 20);
+
+    // Put through A, 2 of 3.
+    let out = ok(&put(c.node(0), "big.bin", &big, 2, &public));
+    assert!(out.contains("stored `big.bin`"), "{out}");
+    for i in 0..3 {
+        let listed = files(c.node(i)).await;
+        assert_eq!(listed.len(), 1, "{listed:?}");
+        assert_eq!(listed[0]["size"], 100 << 20);
+    }
+    // No node holds the plaintext or the key: fragments are a 1/2 share of ciphertext each.
+    for i in 0..3 {
+        let fragments = dir
+            .path()
+            .join(format!("data-{}", ["A", "B", "C"][i]))
+            .join("vault/big.bin/fragments");
+        let len = std::fs::metadata(&fragments).unwrap().len();
+        assert!(len < (51 << 20) && len > (49 << 20), "{len}");
+    }
+
+    // C is down (n − k = 1 dead); got through B.
+    c.nodes[2].take();
+    let back = dir.path().join("back.bin");
+    let out = get(c.node(1), "big.bin", &[&key], &back);
+    let stdout = ok(&out);
+    assert!(stdout.contains("got `big.bin`"), "{stdout}");
+    assert_eq!(sha256_file(&back), digest);
+
+    // Unauthorized: a key that the policy does not list, refused by the coordinator ...
+    let err = failed(&get(
+        c.node(1),
+        "big.bin",
+        &[&stranger_key],
+        &dir.path().join("x"),
+    ));
+    assert!(
+        err.contains("403") && err.contains("unlisted_client"),
+        "{err}"
+    );
+    assert!(!dir.path().join("x").exists() && !dir.path().join("x.part").exists());
+
+    // C back (it releases a wrong key share); A's fragments corrupted on disk. Through B:
+    // A's fragments are caught by their hashes and C's are used; C's share is caught by the
+    // client against the commitment and B's and A's are used.
+    let restarted = c.start_node(2, "C", Some("corrupt-vault-share")).await;
+    c.nodes[2] = Some(restarted);
+    c.wait_meshed().await;
+    let fragments = dir.path().join("data-A/vault/big.bin/fragments");
+    let mut bytes = std::fs::read(&fragments).unwrap();
+    bytes[1000] ^= 0xff;
+    std::fs::write(&fragments, &bytes).unwrap();
+    let again = dir.path().join("again.bin");
+    let out = get(c.node(1), "big.bin", &[&key], &again);
+    ok(&out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "holder {} released a key share that does not match",
+            c.node(2).peer_id
+        )),
+        "{stderr}"
+    );
+    assert_eq!(sha256_file(&again), digest);
+    let b_log = c.node(1).stderr_lines().join("\n");
+    assert!(
+        b_log.contains("returned a fragment that is not the manifest's")
+            && b_log.contains(&c.node(0).peer_id),
+        "B names A's bad fragment"
+    );
+
+    // Delete needs the client too; then the file is gone everywhere.
+    let err = failed(&cli(&[
+        "vault",
+        "delete",
+        "big.bin",
+        "--client-key",
+        &stranger_key,
+        "--api",
+        &c.node(0).api,
+    ]));
+    assert!(err.contains("403"), "{err}");
+    let out = ok(&cli(&[
+        "vault",
+        "delete",
+        "big.bin",
+        "--client-key",
+        &key,
+        "--api",
+        &c.node(0).api,
+    ]));
+    assert!(out.contains("deleted `big.bin`"), "{out}");
+    for i in 0..3 {
+        assert!(files(c.node(i)).await.is_empty());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_holder_checks_the_approvals_even_when_the_coordinator_does_not() {
+    let dir = tempdir();
+    let c = Cluster::start(
+        dir.path(),
+        &["A", "B", "C"],
+        &[("A", "skip-vault-authorization")],
+    )
+    .await;
+    let (_, public) = client_key(dir.path(), "client.key");
+    let (stranger_key, _) = client_key(dir.path(), "stranger.key");
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, b"only the client may read this").unwrap();
+    ok(&put(c.node(0), "small.txt", &small, 2, &public));
+    // A releases its own share without a check; B and C refuse, each by its own copy of
+    // the policy: fewer than 2 shares, nothing released to the stranger.
+    let err = failed(&get(
+        c.node(0),
+        "small.txt",
+        &[&stranger_key],
+        &dir.path().join("x"),
+    ));
+    assert!(
+        err.contains("403") && err.contains("unlisted_client"),
+        "{err}"
+    );
+    for i in [1, 2] {
+        assert!(
+            err.contains(&c.node(i).peer_id),
+            "{} did not refuse: {err}",
+            c.node(i).name
+        );
+    }
+    assert!(!dir.path().join("x").exists() && !dir.path().join("x.part").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coordinator_killed_around_its_commit_leaves_no_file_or_a_whole_one() {
+    let dir = tempdir();
+    let (key, public) = client_key(dir.path(), "client.key");
+    let data = dir.path().join("data.bin");
+    let digest = write_random(&data, 3 << 20);
+    for (fault, survives) in [
+        ("crash-before-vault-commit", false),
+        ("crash-after-vault-commit", true),
+    ] {
+        let run = dir.path().join(fault);
+        std::fs::create_dir_all(&run).unwrap();
+        let mut c = Cluster::start(&run, &["A", "B", "C"], &[("A", fault)]).await;
+        // A dies (exit 3) in the middle of the put: the client sees the put fail.
+        let err = failed(&put(c.node(0), "doc", &data, 2, &public));
+        assert!(!err.is_empty());
+        c.nodes[0].take();
+        // A comes back without the fault and asks the others (or they ask it).
+        let restarted = c.start_node(0, "A", None).await;
+        c.nodes[0] = Some(restarted);
+        c.wait_meshed().await;
+        let expect = if survives { 1 } else { 0 };
+        for i in 0..3 {
+            let node = c.node(i);
+            wait_for(
+                &format!("{fault}: node {i} settles"),
+                Duration::from_secs(60),
+                || async {
+                    let n = files(node).await.len();
+                    let staging = std::fs::read_dir(
+                        run.join(format!("data-{}", ["A", "B", "C"][i]))
+                            .join("vault/.staging"),
+                    )
+                    .map(|d| d.count())
+                    .unwrap_or(0);
+                    if n == expect && staging == 0 {
+                        Ok(())
+                    } else {
+                        Err(format!("{n} files, {staging} staged"))
+                    }
+                },
+            )
+            .await;
+        }
+        if survives {
+            let back = run.join("back.bin");
+            ok(&get(c.node(2), "doc", &[&key], &back));
+            assert_eq!(sha256_file(&back), digest);
+        } else {
+            // Nothing left behind: the name is free again.
+            ok(&put(c.node(1), "doc", &data, 2, &public));
+        }
+    }
+}
