@@ -11,6 +11,7 @@ mod nodes;
 mod operator;
 mod results;
 mod transfer;
+mod vault;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,6 +36,8 @@ enum Suite {
     Aggregation,
     /// Point-to-point transfer over request-response, against raw TCP.
     Transfer,
+    /// Vault put and get through the CLI, against the transfer test of the same bytes.
+    Vault,
 }
 
 /// The p2p-mpc benchmark suite.
@@ -63,7 +66,7 @@ async fn main() -> ExitCode {
     ) -> std::pin::Pin<
         Box<dyn std::future::Future<Output = anyhow::Result<Vec<results::Figure>>>>,
     >;
-    let suites: [(Suite, &str, Bench); 7] = [
+    let suites: [(Suite, &str, Bench); 8] = [
         (Suite::Footprint, "footprint", |q| {
             Box::pin(footprint::run(q))
         }),
@@ -87,6 +90,9 @@ async fn main() -> ExitCode {
         }),
         (Suite::Transfer, "transfer", |q| {
             Box::pin(transfer::run_standalone(q))
+        }),
+        (Suite::Vault, "vault", |q| {
+            Box::pin(vault::run_standalone(q))
         }),
         (Suite::Operator, "operator", |q| Box::pin(operator::run(q))),
     ];

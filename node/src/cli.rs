@@ -434,9 +434,15 @@ pub enum VaultCommand {
         /// Approvals of distinct listed clients that a get or delete needs (default 1).
         #[arg(long, value_name = "K")]
         approvals: Option<u16>,
-        /// Holder peer ids (repeatable or comma-separated; the node at --api must be one). Default: the node's cluster roster.
+        /// Holder peer ids, in order (repeatable or comma-separated; the node at --api must be one). Default: the peers of --member/--members. Your key shares are sealed to exactly these peers' keys, each signed by its peer.
         #[arg(long = "holders", value_delimiter = ',', value_name = "PEER_ID")]
         holders: Vec<String>,
+        /// A peer id this client trusts (repeatable or comma-separated): every holder must be one of these or of --members.
+        #[arg(long = "member", value_delimiter = ',', value_name = "PEER_ID")]
+        member: Vec<String>,
+        /// A file of the peer ids this client trusts (newlines, spaces or commas; `#` comments), e.g. the cluster's members file.
+        #[arg(long = "members", env = "P2P_MPC_MEMBERS_FILE", value_name = "FILE")]
+        members: Option<PathBuf>,
         #[command(flatten)]
         api: ApiClientArgs,
     },
@@ -448,9 +454,18 @@ pub enum VaultCommand {
         /// A client key file (repeatable): each signs an approval of this request.
         #[arg(long = "client-key", value_name = "FILE", required = true)]
         client_keys: Vec<PathBuf>,
-        /// Where to write the file (written to FILE.part, renamed when complete and checked; refuses to overwrite).
+        /// Where to write the file (written to FILE.part, mode 0600, renamed when complete and checked; refuses to overwrite).
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
+        /// A peer id this client trusts (repeatable or comma-separated): every holder of the file, and every signer of a released share, must be one of these or of --members.
+        #[arg(long = "member", value_delimiter = ',', value_name = "PEER_ID")]
+        member: Vec<String>,
+        /// A file of the peer ids this client trusts (newlines, spaces or commas; `#` comments). --member or --members is required.
+        #[arg(long = "members", env = "P2P_MPC_MEMBERS_FILE", value_name = "FILE")]
+        members: Option<PathBuf>,
+        /// The file id `vault put` printed: the node must serve exactly that file.
+        #[arg(long, value_name = "HEX")]
+        file_id: Option<String>,
         #[command(flatten)]
         api: ApiClientArgs,
     },

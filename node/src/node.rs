@@ -267,6 +267,7 @@ pub async fn run(
     mpc.catch_up_policies_at_start(POLICY_CATCH_UP_DELAY);
     mpc.resolve_staged_at_start();
     mpc.resolve_vault_at_start(vault_opened.prepared);
+    mpc.start_vault_repair();
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {

@@ -146,7 +146,7 @@ fn sha256_file(path: &Path) -> String {
     hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
 }
 
-fn put(node: &NodeProcess, name: &str, file: &Path, t: u16, client: &str) -> Output {
+fn put(c: &Cluster, i: usize, name: &str, file: &Path, t: u16, client: &str) -> Output {
     cli(&[
         "vault",
         "put",
@@ -157,20 +157,25 @@ fn put(node: &NodeProcess, name: &str, file: &Path, t: u16, client: &str) -> Out
         &t.to_string(),
         "--client",
         client,
+        "--member",
+        &c.members,
         "--api",
-        &node.api,
+        &c.node(i).api,
     ])
 }
 
-fn get(node: &NodeProcess, name: &str, keys: &[&str], out: &Path) -> Output {
+fn get(c: &Cluster, i: usize, name: &str, keys: &[&str], out: &Path) -> Output {
+    let api = c.node(i).api.clone();
     let mut a = vec![
         "vault",
         "get",
         name,
         "--out",
         out.to_str().unwrap(),
+        "--member",
+        &c.members,
         "--api",
-        &node.api,
+        &api,
     ];
     for k in keys {
         a.extend(["--client-key", k]);
@@ -200,34 +205,45 @@ async fn a_file_comes_back_through_another_node_with_a_holder_dead_and_bad_holde
     let digest = write_random(&big, 100 << 20);
 
     // Put through A, 2 of 3.
-    let out = ok(&put(c.node(0), "big.bin", &big, 2, &public));
+    let out = ok(&put(&c, 0, "big.bin", &big, 2, &public));
     assert!(out.contains("stored `big.bin`"), "{out}");
     for i in 0..3 {
         let listed = files(c.node(i)).await;
         assert_eq!(listed.len(), 1, "{listed:?}");
         assert_eq!(listed[0]["size"], 100 << 20);
     }
-    // No node holds the plaintext or the key: fragments are a 1/2 share of ciphertext each.
+    // No node holds the plaintext: fragments are half the ciphertext each, and no 64-byte
+    // piece of the file is in any of them.
+    let plain = std::fs::read(&big).unwrap();
     for i in 0..3 {
         let fragments = dir
             .path()
             .join(format!("data-{}", ["A", "B", "C"][i]))
             .join("vault/big.bin/fragments");
-        let len = std::fs::metadata(&fragments).unwrap().len();
+        let stored = std::fs::read(&fragments).unwrap();
+        let len = stored.len();
         assert!(len < (51 << 20) && len > (49 << 20), "{len}");
+        for at in [0usize, 1 << 20, 77 << 20] {
+            let piece = &plain[at..at + 64];
+            assert!(
+                !stored.windows(64).any(|w| w == piece),
+                "plaintext at {at} found in holder {i}'s fragments"
+            );
+        }
     }
 
     // C is down (n − k = 1 dead); got through B.
     c.nodes[2].take();
     let back = dir.path().join("back.bin");
-    let out = get(c.node(1), "big.bin", &[&key], &back);
+    let out = get(&c, 1, "big.bin", &[&key], &back);
     let stdout = ok(&out);
     assert!(stdout.contains("got `big.bin`"), "{stdout}");
     assert_eq!(sha256_file(&back), digest);
 
     // Unauthorized: a key that the policy does not list, refused by the coordinator ...
     let err = failed(&get(
-        c.node(1),
+        &c,
+        1,
         "big.bin",
         &[&stranger_key],
         &dir.path().join("x"),
@@ -249,7 +265,7 @@ async fn a_file_comes_back_through_another_node_with_a_holder_dead_and_bad_holde
     bytes[1000] ^= 0xff;
     std::fs::write(&fragments, &bytes).unwrap();
     let again = dir.path().join("again.bin");
-    let out = get(c.node(1), "big.bin", &[&key], &again);
+    let out = get(&c, 1, "big.bin", &[&key], &again);
     ok(&out);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -306,11 +322,12 @@ async fn every_holder_checks_the_approvals_even_when_the_coordinator_does_not() 
     let (stranger_key, _) = client_key(dir.path(), "stranger.key");
     let small = dir.path().join("small.txt");
     std::fs::write(&small, b"only the client may read this").unwrap();
-    ok(&put(c.node(0), "small.txt", &small, 2, &public));
+    ok(&put(&c, 0, "small.txt", &small, 2, &public));
     // A releases its own share without a check; B and C refuse, each by its own copy of
     // the policy: fewer than 2 shares, nothing released to the stranger.
     let err = failed(&get(
-        c.node(0),
+        &c,
+        0,
         "small.txt",
         &[&stranger_key],
         &dir.path().join("x"),
@@ -343,7 +360,7 @@ async fn a_coordinator_killed_around_its_commit_leaves_no_file_or_a_whole_one() 
         std::fs::create_dir_all(&run).unwrap();
         let mut c = Cluster::start(&run, &["A", "B", "C"], &[("A", fault)]).await;
         // A dies (exit 3) in the middle of the put: the client sees the put fail.
-        let err = failed(&put(c.node(0), "doc", &data, 2, &public));
+        let err = failed(&put(&c, 0, "doc", &data, 2, &public));
         assert!(!err.is_empty());
         c.nodes[0].take();
         // A comes back without the fault and asks the others (or they ask it).
@@ -375,11 +392,57 @@ async fn a_coordinator_killed_around_its_commit_leaves_no_file_or_a_whole_one() 
         }
         if survives {
             let back = run.join("back.bin");
-            ok(&get(c.node(2), "doc", &[&key], &back));
+            ok(&get(&c, 2, "doc", &[&key], &back));
             assert_eq!(sha256_file(&back), digest);
         } else {
             // Nothing left behind: the name is free again.
-            ok(&put(c.node(1), "doc", &data, 2, &public));
+            ok(&put(&c, 1, "doc", &data, 2, &public));
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_holder_whose_data_is_wiped_gets_its_fragments_and_key_share_back() {
+    let dir = tempdir();
+    let mut c = Cluster::start(dir.path(), &["A", "B", "C"], &[]).await;
+    let (key, public) = client_key(dir.path(), "client.key");
+    let data = dir.path().join("data.bin");
+    let digest = write_random(&data, 5 << 20);
+    ok(&put(&c, 0, "doc", &data, 2, &public));
+    let vault_c = dir.path().join("data-C/vault");
+    let fragments_before = std::fs::read(vault_c.join("doc/fragments")).unwrap();
+
+    // C loses everything of the vault.
+    c.nodes[2].take();
+    std::fs::remove_dir_all(&vault_c).unwrap();
+    let restarted = c.start_node(2, "C", None).await;
+    c.nodes[2] = Some(restarted);
+    c.wait_meshed().await;
+    let node_c = c.node(2);
+    wait_for("C to repair `doc`", Duration::from_secs(60), || async {
+        let n = files(node_c).await.len();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} files"))
+        }
+    })
+    .await;
+    assert_eq!(
+        std::fs::read(vault_c.join("doc/fragments")).unwrap(),
+        fragments_before,
+        "C's fragments are rebuilt exactly"
+    );
+    assert!(
+        node_c
+            .stderr_lines()
+            .iter()
+            .any(|l| l.contains("vault file repaired"))
+    );
+
+    // A is gone: the file comes back only if C's fragments and key share are whole again.
+    c.nodes[0].take();
+    let back = dir.path().join("back.bin");
+    ok(&get(&c, 1, "doc", &[&key], &back));
+    assert_eq!(sha256_file(&back), digest);
 }

@@ -264,7 +264,7 @@ fn task_table(task: &Value) -> String {
 
 /// The peers a client pins: `--member` ids and those of the `--members` file (none given:
 /// `None`, nothing pinned). An error names the flag, or the file and line.
-fn pinned_members(
+pub(crate) fn pinned_members(
     list: &[String],
     file: Option<&Path>,
 ) -> Result<Option<BTreeSet<PeerId>>, ClientError> {

@@ -4,6 +4,7 @@
 //! each against the manifest's commitment and opens the file here.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -17,6 +18,8 @@ use sha2::{Digest, Sha256};
 use crate::api::client::{ApiClient, ClientError, encode_segment};
 use crate::api::vault::{GetRequest, REQUEST_HEADER};
 use crate::cli::{OutputFormat, VaultCommand};
+use crate::commands::aggregate::pinned_members;
+use crate::log_limit::echo;
 use crate::mpc::aggregation::encryption::{self, EncryptionKey};
 use crate::mpc::aggregation::store::ParticipantKey;
 use crate::mpc::policy::{self, Approves, Authorization, SigningPolicy};
@@ -43,8 +46,12 @@ pub async fn run(client: ApiClient, command: VaultCommand) -> Result<(), ClientE
             clients,
             approvals,
             holders,
+            member,
+            members,
             ..
         } => {
+            let pins = pinned_members(&member, members.as_deref())?;
+            let holders = chosen_holders(holders, pins)?;
             put(
                 &client, &name, &file, threshold, clients, approvals, holders,
             )
@@ -54,8 +61,24 @@ pub async fn run(client: ApiClient, command: VaultCommand) -> Result<(), ClientE
             name,
             client_keys,
             out,
+            member,
+            members,
+            file_id,
             ..
-        } => get(&client, &name, &client_keys, &out).await,
+        } => {
+            let pins = pinned_members(&member, members.as_deref())?.ok_or_else(|| {
+                decode("name the peers you trust (--members FILE or --member PEER_ID): every holder of the file and every signer of a released share must be one of them, or the node you ask could make up both")
+            })?;
+            get(
+                &client,
+                &name,
+                &client_keys,
+                &out,
+                &pins,
+                file_id.as_deref(),
+            )
+            .await
+        }
         VaultCommand::Delete {
             name, client_keys, ..
         } => {
@@ -112,6 +135,31 @@ pub async fn run(client: ApiClient, command: VaultCommand) -> Result<(), ClientE
             }
             Ok(())
         }
+    }
+}
+
+/// The holders of a put: `--holders` (each pinned, when pins are given), else the pinned
+/// peers. Never the node's choice.
+fn chosen_holders(
+    holders: Vec<String>,
+    pins: Option<std::collections::BTreeSet<PeerId>>,
+) -> Result<Vec<PeerId>, ClientError> {
+    let listed =
+        crate::mpc::parse_peers(&holders).map_err(|e| decode(format!("--holders: {e}")))?;
+    match (listed.is_empty(), pins) {
+        (false, Some(pins)) => {
+            if let Some(p) = listed.iter().find(|p| !pins.contains(p)) {
+                return Err(decode(format!(
+                    "--holders: {p} is not one of the peers you trust (--member/--members)"
+                )));
+            }
+            Ok(listed)
+        }
+        (false, None) => Ok(listed),
+        (true, Some(pins)) => Ok(pins.into_iter().collect()),
+        (true, None) => Err(decode(
+            "name the holders (--holders) or the peers you trust (--members FILE or --member PEER_ID): the node must not choose whom your key shares are sealed to",
+        )),
     }
 }
 
@@ -208,69 +256,78 @@ async fn put(
     threshold: u16,
     clients: Vec<String>,
     approvals: Option<u16>,
-    holders: Vec<String>,
+    peers: Vec<PeerId>,
 ) -> Result<(), ClientError> {
     core::check_name(name).map_err(decode)?;
     let (clients, approvals) =
         SigningPolicy::client_set(&clients, "--client", approvals, "--approvals")
             .map_err(decode)?;
-    let size = std::fs::metadata(file)
-        .map_err(|e| decode(format!("{}: {e}", file.display())))?
-        .len();
-    let mut path = "v1/holder-keys".to_string();
-    if !holders.is_empty() {
-        path.push_str(&format!("?holders={}", holders.join(",")));
-    }
-    let keys: Value = client.get(&path).await?;
-    let keys: Vec<ParticipantKey> = serde_json::from_value(keys["holders"].clone())
-        .map_err(|e| decode(format!("the holders' keys: {e}")))?;
-    let peers = keys
-        .iter()
-        .map(|k| {
-            let peer: PeerId = k
-                .peer_id
-                .parse()
-                .map_err(|_| decode(format!("`{}` is not a peer id", k.peer_id)))?;
-            // The node passes the keys on; each holder signed its own.
-            check_key(&peer, k).map_err(decode)?;
-            Ok(peer)
-        })
-        .collect::<Result<Vec<_>, ClientError>>()?;
-    if threshold < 1 || threshold as usize > peers.len() {
+    if threshold < 2 || threshold as usize > peers.len() {
         return Err(decode(format!(
-            "--threshold {threshold}: 1 to the number of holders ({})",
+            "--threshold {threshold}: from 2 (with 1, a single holder could read the file) to the number of holders ({})",
             peers.len()
         )));
     }
+    let size = std::fs::metadata(file)
+        .map_err(|e| decode(format!("{}: {e}", file.display())))?
+        .len();
+    let list = peers
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    let keys: Value = client
+        .get(&format!("v1/holder-keys?holders={list}"))
+        .await?;
+    let keys: Vec<ParticipantKey> = serde_json::from_value(keys["holders"].clone())
+        .map_err(|e| decode(format!("the holders' keys: {e}")))?;
+    // Exactly the chosen holders, each key signed by its holder: the node passing them on
+    // cannot slip in a key of its own.
+    if keys.len() != peers.len() {
+        return Err(decode("the node returned keys of other holders than asked"));
+    }
+    for (peer, k) in peers.iter().zip(&keys) {
+        check_key(peer, k).map_err(decode)?;
+    }
     let key = FileKey::generate();
     let (shares, commitment) = key.split(threshold, &peers).map_err(decode)?;
-    let commitment = hex::encode(commitment);
-    let mut sealed = Vec::new();
-    for ((peer, k), share) in peers.iter().zip(&keys).zip(&shares) {
-        let hpke = hex::decode(&k.hpke_public_key).map_err(|e| decode(e.to_string()))?;
-        let (enc, ct) = encryption::seal_with(
-            SHARE_INFO,
-            &hpke,
-            share,
-            &share_aad(name, peer, &commitment),
-        )
-        .map_err(decode)?;
-        sealed.push(SealedShare {
-            enc: hex::encode(enc),
-            ciphertext: hex::encode(ct),
-        });
-    }
     let mut sealer = key.sealer();
     let ciphertext_bytes = sealed_len(size);
-    let request = PutRequest {
+    let mut put_id = [0u8; 16];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut put_id);
+    let mut request = PutRequest {
         holders: peers.iter().map(ToString::to_string).collect(),
         threshold,
         policy: VaultPolicy { clients, approvals },
         ciphertext_bytes,
         nonce_prefix: hex::encode(sealer.prefix()),
-        commitment,
-        shares: sealed,
+        commitment: hex::encode(commitment),
+        put_id: hex::encode(put_id),
+        shares: Vec::new(),
     };
+    // The terms every share is bound to: a node that changes any of them (the policy, the
+    // holders, ...) has shares that do not open.
+    let terms = core::Terms {
+        name,
+        holders: &request.holders,
+        threshold,
+        policy: &request.policy,
+        ciphertext_bytes,
+        nonce_prefix: &request.nonce_prefix,
+        commitment: &request.commitment,
+        put_id: &request.put_id,
+    };
+    let mut sealed = Vec::new();
+    for ((peer, k), share) in peers.iter().zip(&keys).zip(&shares) {
+        let hpke = hex::decode(&k.hpke_public_key).map_err(|e| decode(e.to_string()))?;
+        let (enc, ct) = encryption::seal_with(SHARE_INFO, &hpke, share, &share_aad(&terms, peer))
+            .map_err(decode)?;
+        sealed.push(SealedShare {
+            enc: hex::encode(enc),
+            ciphertext: hex::encode(ct),
+        });
+    }
+    request.shares = sealed;
     let header = serde_json::to_vec(&request).expect("a header encodes");
     let mut frame = (header.len() as u32).to_be_bytes().to_vec();
     frame.extend_from_slice(&header);
@@ -280,11 +337,12 @@ async fn put(
     let file_path = file.to_path_buf();
     let reader = tokio::spawn(async move {
         use tokio::io::AsyncReadExt;
-        let result: Result<(), String> = async {
+        let result: Result<String, String> = async {
             let mut f = tokio::fs::File::open(&file_path)
                 .await
                 .map_err(|e| format!("{}: {e}", file_path.display()))?;
             let mut progress = Progress::new("sent", size);
+            let mut hash = Sha256::new();
             let mut left = size;
             loop {
                 let take = left.min(SEGMENT_BYTES as u64) as usize;
@@ -295,13 +353,14 @@ async fn put(
                 left -= take as u64;
                 let last = left == 0;
                 let out = sealer.seal(&segment, last)?;
+                hash.update(&out);
                 progress.add(take as u64);
                 if tx.send(Ok(Bytes::from(out))).await.is_err() {
                     return Err("the upload stopped".into());
                 }
                 if last {
                     progress.print();
-                    return Ok(());
+                    return Ok(hex::encode(hash.finalize()));
                 }
             }
         }
@@ -330,9 +389,7 @@ async fn put(
         .await;
     let read = reader.await.unwrap_or_else(|e| Err(e.to_string()));
     let answer = answer?;
-    if let Err(e) = read {
-        return Err(decode(e));
-    }
+    let sent_sha256 = read.map_err(decode)?;
     let bytes = answer
         .collect()
         .await
@@ -341,10 +398,17 @@ async fn put(
     let result: Value = serde_json::from_slice(&bytes).map_err(|e| decode(e.to_string()))?;
     let manifest: Manifest = serde_json::from_value(result["manifest"].clone())
         .map_err(|e| decode(format!("the stored manifest: {e}")))?;
-    // The node stored what this client sent: the same commitment, prefix and length.
-    if manifest.commitment != request.commitment
+    // The node stored what this client sent, on the terms it sent: the same bytes, holders,
+    // threshold, policy, commitment and put id.
+    if manifest.name != name
+        || manifest.holders != request.holders
+        || manifest.threshold != threshold
+        || manifest.policy != request.policy
+        || manifest.commitment != request.commitment
         || manifest.nonce_prefix != request.nonce_prefix
+        || manifest.put_id != request.put_id
         || manifest.ciphertext_bytes != ciphertext_bytes
+        || manifest.ciphertext_sha256 != sent_sha256
         || manifest.file_id() != result["file_id"].as_str().unwrap_or_default()
     {
         return Err(decode(
@@ -369,12 +433,29 @@ async fn get(
     name: &str,
     client_keys: &[PathBuf],
     out: &Path,
+    pins: &std::collections::BTreeSet<PeerId>,
+    pinned_id: Option<&str>,
 ) -> Result<(), ClientError> {
     core::check_name(name).map_err(decode)?;
     if out.exists() {
         return Err(decode(format!("{} exists; not overwritten", out.display())));
     }
     let (file_id, manifest) = manifest(client, name).await?;
+    if let Some(pinned) = pinned_id
+        && pinned.to_ascii_lowercase() != file_id
+    {
+        return Err(decode(format!(
+            "the node holds `{name}` as file {file_id}, not {pinned} (--file-id)"
+        )));
+    }
+    // Holders the client trusts only: a node cannot make up a file with holders (and
+    // signed shares) of its own.
+    let holders = manifest.holder_ids().map_err(decode)?;
+    if let Some(stranger) = holders.iter().find(|h| !pins.contains(h)) {
+        return Err(decode(format!(
+            "the file's holders include {stranger}, which is not one of the peers you trust (--member/--members)"
+        )));
+    }
     let recipient = EncryptionKey::ephemeral();
     let recipient_key: [u8; 32] = recipient
         .public_key()
@@ -439,17 +520,23 @@ async fn get(
             "the node answered with another file than the one approved",
         ));
     }
-    // Each released share: signed by its holder, for this file and recipient, opened here.
-    let holders = manifest.holder_ids().map_err(decode)?;
-    let mut shares = Vec::new();
+    // Each released share: signed by its holder, for this file and recipient, opened here;
+    // one per holder.
+    let mut shares: Vec<(PeerId, [u8; 32])> = Vec::new();
     for released in &header.shares {
         let bytes = released_bytes(&file_id, &recipient_key, &released.share);
         let signer = match released.signature.verify_bytes(&bytes, "released share") {
-            Ok(p) if p.to_string() == released.holder && holders.contains(&p) => p,
+            Ok(p)
+                if p.to_string() == released.holder
+                    && holders.contains(&p)
+                    && !shares.iter().any(|(q, _)| *q == p) =>
+            {
+                p
+            }
             Ok(p) => {
                 eprintln!(
                     "  ignored a share signed by {p} under the name {}",
-                    released.holder
+                    echo(&released.holder)
                 );
                 continue;
             }
@@ -474,7 +561,7 @@ async fn get(
         }
     }
     for (holder, why) in &header.missing {
-        eprintln!("  holder {holder} released nothing: {why}");
+        eprintln!("  holder {} released nothing: {}", echo(holder), echo(why));
     }
     let commitment = hex::decode(&manifest.commitment).map_err(|e| decode(e.to_string()))?;
     let (key, blamed) = core::recover(&commitment, manifest.threshold, &shares)
@@ -489,9 +576,13 @@ async fn get(
 
     // The ciphertext, opened segment by segment into OUT.part.
     let part = PathBuf::from(format!("{}.part", out.display()));
+    // A stale part of an earlier attempt is replaced; the plaintext is readable by its owner
+    // only.
+    let _ = std::fs::remove_file(&part);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&part)
         .map_err(|e| decode(format!("{}: {e}", part.display())))?;
     let outcome: Result<u64, ClientError> = async {

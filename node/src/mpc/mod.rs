@@ -520,6 +520,15 @@ impl MpcEngine {
                 file_id,
                 authorizations,
             } => self.join_vault_delete(session, from, name, file_id, authorizations),
+            Body::VaultListRequest { after } => self.answer_vault_list(session, from, after),
+            Body::VaultManifestRequest { name, file_id } => {
+                self.answer_vault_manifest(session, from, name, file_id)
+            }
+            Body::VaultRepairInvite {
+                name,
+                file_id,
+                helpers,
+            } => self.join_vault_repair(session, from, name, file_id, helpers),
             body => Err(other(format!(
                 "a {} message does not open a session",
                 body.kind()

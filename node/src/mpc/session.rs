@@ -11,7 +11,7 @@ use libp2p::PeerId;
 use tokio::sync::mpsc;
 
 use super::metrics::MpcMetrics;
-use super::wire::{Body, MpcAck, MpcMessage, Protocol, SessionId};
+use super::wire::{Body, MpcAck, MpcMessage, Protocol, SessionId, cut_text};
 use crate::mpc::transport::MpcSendError;
 
 /// Capacity of one session's inbox.
@@ -915,6 +915,63 @@ impl SessionInbox {
             receive(*peer, value)?;
         }
         Ok(())
+    }
+
+    /// Collects one message of this round from each of `from` until all have sent or the
+    /// deadline passed, and returns what came: the answers, and for each peer that did not
+    /// answer (aborted, sent two different answers, or was silent) why. Unlike
+    /// [`collect`](Self::collect) one peer's failure does not lose the others' answers.
+    pub async fn collect_until<T: PartialEq>(
+        &mut self,
+        kind: &'static str,
+        from: &[PeerId],
+        timeout: Duration,
+        mut extract: impl FnMut(&Body) -> Option<T>,
+    ) -> (BTreeMap<PeerId, T>, BTreeMap<PeerId, String>) {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let expected: HashSet<PeerId> = from.iter().copied().collect();
+        let mut got: BTreeMap<PeerId, T> = BTreeMap::new();
+        let mut failed: BTreeMap<PeerId, String> = BTreeMap::new();
+        let mut pending: VecDeque<Routed> = self.stash.remove(kind).unwrap_or_default().into();
+        while got.len() + failed.len() < expected.len() {
+            let next = match pending.pop_front() {
+                Some(m) => m,
+                None => match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                    Ok(Some(m)) => m,
+                    Ok(None) | Err(_) => break,
+                },
+            };
+            if !expected.contains(&next.from) || failed.contains_key(&next.from) {
+                continue;
+            }
+            if let Body::Abort { reason, .. } = &next.body {
+                got.remove(&next.from);
+                failed.insert(next.from, format!("aborted: {}", cut_text(reason, 200)));
+                continue;
+            }
+            match extract(&next.body) {
+                Some(value) => match got.get(&next.from) {
+                    Some(previous) if *previous != value => {
+                        got.remove(&next.from);
+                        failed.insert(next.from, format!("sent two different {kind} messages"));
+                    }
+                    Some(_) => {}
+                    None => {
+                        got.insert(next.from, value);
+                    }
+                },
+                None => self.keep_for_later(next),
+            }
+        }
+        if !pending.is_empty() {
+            self.stash.entry(kind).or_default().extend(pending);
+        }
+        for p in from {
+            if !got.contains_key(p) && !failed.contains_key(p) {
+                failed.insert(*p, format!("sent no {kind} within {timeout:?}"));
+            }
+        }
+        (got, failed)
     }
 
     /// Like [`collect`](Self::collect), but returns as soon as `enough` peers have sent

@@ -569,6 +569,30 @@ pub enum Body {
     },
     /// Holder → coordinator: deleted.
     VaultDeleted,
+    /// A holder → another: which files that name me as a holder do you hold (by name,
+    /// after `after`)?
+    VaultListRequest { after: Option<String> },
+    /// The answer: (name, file id), at most [`super::vault::repair::LIST_PAGE`].
+    VaultList {
+        #[serde(deserialize_with = "peer_list")]
+        files: Vec<(String, String)>,
+    },
+    /// A holder → another: the manifest of this file.
+    VaultManifestRequest { name: String, file_id: String },
+    /// The manifest (JSON).
+    VaultManifestAnswer { manifest: Blob },
+    /// A holder that lost this file → `helpers` (threshold of its holders): help me rebuild
+    /// my key share and fragments.
+    VaultRepairInvite {
+        name: String,
+        file_id: String,
+        #[serde(deserialize_with = "peer_list")]
+        helpers: Vec<String>,
+    },
+    /// Helper → helper: a repair delta (part 1 of the repairable threshold scheme).
+    VaultDelta { delta: Blob },
+    /// Helper → the holder being repaired: the sum of its deltas (part 2).
+    VaultSigma { sigma: Blob },
     /// The sender gives up on the session, naming the participants it blames (peer ids), if any.
     Abort {
         reason: String,
@@ -706,7 +730,14 @@ impl Body {
             | Body::VaultFragmentsRequest { .. }
             | Body::VaultDone
             | Body::VaultDeleteInvite { .. }
-            | Body::VaultDeleted => Some(Protocol::Vault),
+            | Body::VaultDeleted
+            | Body::VaultListRequest { .. }
+            | Body::VaultList { .. }
+            | Body::VaultManifestRequest { .. }
+            | Body::VaultManifestAnswer { .. }
+            | Body::VaultRepairInvite { .. }
+            | Body::VaultDelta { .. }
+            | Body::VaultSigma { .. } => Some(Protocol::Vault),
             // Chunks belong to whichever aggregation session carries them.
             Body::AggChunk { .. } => None,
             Body::Abort { .. } => None,
@@ -783,6 +814,13 @@ impl Body {
             Body::VaultDone => "vault done",
             Body::VaultDeleteInvite { .. } => "vault delete invite",
             Body::VaultDeleted => "vault deleted",
+            Body::VaultListRequest { .. } => "vault list request",
+            Body::VaultList { .. } => "vault list",
+            Body::VaultManifestRequest { .. } => "vault manifest request",
+            Body::VaultManifestAnswer { .. } => "vault manifest",
+            Body::VaultRepairInvite { .. } => "vault repair invite",
+            Body::VaultDelta { .. } => "vault repair delta",
+            Body::VaultSigma { .. } => "vault repair sigma",
             Body::Abort { .. } => "abort",
         }
     }
@@ -810,6 +848,9 @@ impl Body {
                 | Body::VaultStatusRequest { .. }
                 | Body::VaultGetInvite { .. }
                 | Body::VaultDeleteInvite { .. }
+                | Body::VaultListRequest { .. }
+                | Body::VaultManifestRequest { .. }
+                | Body::VaultRepairInvite { .. }
         )
     }
 }
@@ -869,7 +910,7 @@ impl MpcAck {
 }
 
 /// `text` cut to at most `max` bytes at a character boundary.
-fn cut_text(text: &str, max: usize) -> String {
+pub(crate) fn cut_text(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
     while !text.is_char_boundary(end) {
         end -= 1;

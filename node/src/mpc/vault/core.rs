@@ -39,6 +39,11 @@ pub const SEGMENT_BYTES: usize = 64 * 1024;
 pub const TAG_BYTES: usize = 16;
 /// Bytes of the STREAM nonce prefix (a 12-byte nonce less the 32-bit counter and the flag).
 pub const NONCE_PREFIX_BYTES: usize = 7;
+/// The most fragments of one file (stripes × holders): its manifest, with one hash each,
+/// travels in one MPC message (256 KiB).
+pub const MAX_FRAGMENT_HASHES: u64 = 3000;
+/// Largest file (sealed bytes), before the fragment count's own bound.
+pub const MAX_FILE_BYTES: u64 = 1 << 40;
 /// The largest fragment: one MPC message carries one.
 pub const MAX_FRAGMENT_BYTES: usize = 192 * 1024;
 /// Fragment sizes are a multiple of this.
@@ -237,6 +242,91 @@ pub fn check_share(commitment: &[u8], holder: &PeerId, share: &[u8; 32]) -> Resu
         .map_err(|e| e.to_string())
 }
 
+/// Repair of a lost key share (frost-core's repairable threshold scheme, Laing–Stinson):
+/// helper `helper`'s part-1 values for the other `helpers` (itself included), for
+/// `participant`, from its own `share`. Each value alone is uniformly random.
+pub fn repair_deltas(
+    commitment: &[u8],
+    helper: &PeerId,
+    share: &[u8; 32],
+    helpers: &[PeerId],
+    participant: &PeerId,
+) -> Result<Vec<(PeerId, Vec<u8>)>, String> {
+    let commitment = VerifiableSecretSharingCommitment::<Suite>::deserialize_whole(commitment)
+        .map_err(|e| format!("the commitment does not decode: {e}"))?;
+    let id = frost_identifier::<Suite>(helper)?;
+    let share = SigningShare::<Suite>::deserialize(share).map_err(|e| e.to_string())?;
+    let package = KeyPackage::try_from(SecretShare::new(id, share, commitment))
+        .map_err(|e| format!("this helper's share does not match the commitment: {e}"))?;
+    let ids: BTreeMap<frost_core::Identifier<Suite>, PeerId> = helpers
+        .iter()
+        .map(|p| frost_identifier::<Suite>(p).map(|i| (i, *p)))
+        .collect::<Result<_, _>>()?;
+    let list: Vec<_> = ids.keys().copied().collect();
+    let deltas = frost_core::keys::repairable::repair_share_part1(
+        &list,
+        &package,
+        &mut rand_core::OsRng,
+        frost_identifier::<Suite>(participant)?,
+    )
+    .map_err(|e| format!("repair part 1: {e}"))?;
+    Ok(deltas
+        .into_iter()
+        .map(|(i, d)| (ids[&i], d.serialize()))
+        .collect())
+}
+
+/// A helper's part-2 value for the participant: the sum of the deltas it received.
+pub fn repair_sigma(deltas: &[Vec<u8>]) -> Result<Vec<u8>, String> {
+    let deltas = deltas
+        .iter()
+        .map(|d| frost_core::keys::repairable::Delta::<Suite>::deserialize(d))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("a repair delta does not decode: {e}"))?;
+    Ok(frost_core::keys::repairable::repair_share_part2(&deltas).serialize())
+}
+
+/// The participant's repaired share from the helpers' sigmas, checked against the
+/// commitment (a wrong sigma from any helper makes it fail).
+pub fn repaired_share(
+    commitment: &[u8],
+    participant: &PeerId,
+    holders: &[PeerId],
+    sigmas: &[Vec<u8>],
+) -> Result<[u8; 32], String> {
+    let parsed = VerifiableSecretSharingCommitment::<Suite>::deserialize_whole(commitment)
+        .map_err(|e| format!("the commitment does not decode: {e}"))?;
+    let ids = holders
+        .iter()
+        .map(frost_identifier::<Suite>)
+        .collect::<Result<std::collections::BTreeSet<_>, _>>()?;
+    let public = frost_core::keys::PublicKeyPackage::from_commitment(&ids, &parsed)
+        .map_err(|e| format!("the public key package: {e}"))?;
+    let sigmas = sigmas
+        .iter()
+        .map(|s| frost_core::keys::repairable::Sigma::<Suite>::deserialize(s))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("a repair sigma does not decode: {e}"))?;
+    let package = frost_core::keys::repairable::repair_share_part3(
+        &sigmas,
+        frost_identifier::<Suite>(participant)?,
+        &public,
+    )
+    .map_err(|e| format!("repair part 3: {e}"))?;
+    let share: [u8; 32] = package
+        .signing_share()
+        .serialize()
+        .as_slice()
+        .try_into()
+        .map_err(|_| "a scalar is 32 bytes".to_string())?;
+    check_share(commitment, participant, &share).map_err(|e| {
+        format!(
+            "the repaired share does not match the commitment (a helper sent a wrong value): {e}"
+        )
+    })?;
+    Ok(share)
+}
+
 /// Seals a file segment by segment (every segment but the last is [`SEGMENT_BYTES`]).
 pub struct Sealer {
     stream: Option<EncryptorBE32<ChaCha20Poly1305>>,
@@ -393,6 +483,31 @@ impl Coding {
         Ok(shards)
     }
 
+    /// Rebuilds holder `j`'s fragment of a stripe from at least `k` others.
+    pub fn rebuild(
+        &self,
+        mut fragments: Vec<Option<Vec<u8>>>,
+        j: usize,
+    ) -> Result<Vec<u8>, String> {
+        if fragments.len() != self.n || j >= self.n {
+            return Err(format!(
+                "{} fragment slots, not {}",
+                fragments.len(),
+                self.n
+            ));
+        }
+        if fragments.iter().flatten().count() < self.k {
+            return Err(format!("fewer than {} fragments of a stripe", self.k));
+        }
+        if let Some(f) = fragments[j].take() {
+            return Ok(f);
+        }
+        let rs = self.rs.as_ref().ok_or("a fragment is missing")?;
+        rs.reconstruct(&mut fragments)
+            .map_err(|e| format!("{e:?}"))?;
+        fragments[j].take().ok_or_else(|| "not rebuilt".to_string())
+    }
+
     /// Rebuilds the first `len` bytes of a stripe from at least `k` of its fragments (by
     /// holder index; `None` where missing).
     pub fn decode(
@@ -440,6 +555,50 @@ pub fn fragment_hash(fragment: &[u8]) -> [u8; 32] {
     Sha256::digest(fragment).into()
 }
 
+/// About the largest file (MiB) that `k` of `n` holders take (see [`MAX_FRAGMENT_HASHES`]).
+pub fn max_file_mib(k: usize, n: usize) -> u64 {
+    (MAX_FRAGMENT_HASHES / n.max(1) as u64) * (k * MAX_FRAGMENT_BYTES) as u64 / (1 << 20)
+}
+
+/// What a client's sealed key shares are bound to: the file's name, its holders in order,
+/// threshold, policy, sealed length, nonce prefix, commitment and a random put id. A
+/// coordinator that changes any of them (say, adds its own client to the policy) has
+/// shares that do not open.
+pub struct Terms<'a> {
+    pub name: &'a str,
+    pub holders: &'a [String],
+    pub threshold: u16,
+    pub policy: &'a VaultPolicy,
+    pub ciphertext_bytes: u64,
+    pub nonce_prefix: &'a str,
+    pub commitment: &'a str,
+    pub put_id: &'a str,
+}
+
+const TERMS_DOMAIN: &[u8] = b"p2p-mpc vault terms v1\0";
+
+/// The digest of a file's [`Terms`].
+pub fn terms_digest(t: &Terms<'_>) -> [u8; 32] {
+    let mut f = crate::mpc::digest::Fields::new(TERMS_DOMAIN)
+        .field(t.name.as_bytes())
+        .field(&(t.holders.len() as u64).to_be_bytes());
+    for h in t.holders {
+        f = f.field(h.as_bytes());
+    }
+    f = f
+        .field(&t.threshold.to_be_bytes())
+        .field(&(t.policy.clients.len() as u64).to_be_bytes());
+    for c in &t.policy.clients {
+        f = f.field(c.as_bytes());
+    }
+    f.field(&t.policy.approvals.to_be_bytes())
+        .field(&t.ciphertext_bytes.to_be_bytes())
+        .field(t.nonce_prefix.as_bytes())
+        .field(t.commitment.as_bytes())
+        .field(t.put_id.as_bytes())
+        .finish()
+}
+
 /// Who may get or delete a file: K approvals of its listed clients.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -480,6 +639,10 @@ pub struct Manifest {
     pub fragment_hashes: Vec<String>,
     /// Unix seconds.
     pub created_at: u64,
+    /// 16 random bytes (hex) the client chose for this put: its shares are bound to it.
+    pub put_id: String,
+    /// The holder that coordinated the put (counted against its cap on every holder).
+    pub coordinator: String,
 }
 
 impl Manifest {
@@ -509,13 +672,27 @@ impl Manifest {
     /// The expected hash of holder `j`'s fragment of stripe `s`.
     pub fn hash_of(&self, stripe: u64, holder: usize) -> Option<&str> {
         let n = self.holders.len() as u64;
+        let at = stripe.checked_mul(n)?.checked_add(holder as u64)?;
         self.fragment_hashes
-            .get(usize::try_from(stripe * n + holder as u64).ok()?)
+            .get(usize::try_from(at).ok()?)
             .map(String::as_str)
     }
 
-    /// Checks that the manifest is whole: sizes, hash count, threshold and commitment agree.
+    /// Checks that the manifest is whole: its terms, and one hash for each fragment.
     pub fn check(&self) -> Result<(), String> {
+        let expected = self.check_terms()?;
+        if self.fragment_hashes.len() as u64 != expected {
+            return Err(format!(
+                "{} fragment hashes, {expected} expected",
+                self.fragment_hashes.len()
+            ));
+        }
+        Ok(())
+    }
+
+    /// Checks everything but the hashes themselves (sizes first, nothing allocated by the
+    /// claimed size); returns how many fragment hashes the file has.
+    pub fn check_terms(&self) -> Result<u64, String> {
         if self.format != MANIFEST_FORMAT {
             return Err(format!(
                 "manifest format {} is not {MANIFEST_FORMAT}",
@@ -537,14 +714,34 @@ impl Manifest {
                 holders.len()
             ));
         }
-        let coding = self.coding()?;
-        let expected = coding.stripes(self.ciphertext_bytes) as usize * holders.len();
-        if self.fragment_hashes.len() != expected {
+        if self.ciphertext_bytes > MAX_FILE_BYTES {
             return Err(format!(
-                "{} fragment hashes, {expected} expected",
-                self.fragment_hashes.len()
+                "a vault file is at most {MAX_FILE_BYTES} sealed bytes; this one is {}",
+                self.ciphertext_bytes
             ));
         }
+        let expected_fragment =
+            Coding::fragment_bytes_for(self.ciphertext_bytes, self.threshold as usize);
+        if self.fragment_bytes as usize != expected_fragment {
+            return Err(format!(
+                "fragments of {} bytes; a file of this size has {expected_fragment}",
+                self.fragment_bytes
+            ));
+        }
+        let coding = self.coding()?;
+        let hashes = coding
+            .stripes(self.ciphertext_bytes)
+            .checked_mul(holders.len() as u64)
+            .filter(|h| *h <= MAX_FRAGMENT_HASHES)
+            .ok_or_else(|| {
+                format!(
+                    "a file of {} sealed bytes on {} holders, {} of them needed, has more than {MAX_FRAGMENT_HASHES} fragments (the manifest travels in one message): at most about {} MiB with this threshold and holder count",
+                    self.ciphertext_bytes,
+                    holders.len(),
+                    self.threshold,
+                    max_file_mib(self.threshold as usize, holders.len())
+                )
+            })?;
         if plaintext_len(self.ciphertext_bytes).is_none() {
             return Err(format!(
                 "{} bytes is not the length of a sealed file",
@@ -568,7 +765,27 @@ impl Manifest {
                 self.policy.approvals
             ));
         }
-        Ok(())
+        if hex::decode(&self.put_id).map(|b| b.len()) != Ok(16) {
+            return Err("the put id is not 16 bytes of hex".into());
+        }
+        if !holders.iter().any(|h| h.to_string() == self.coordinator) {
+            return Err("the coordinator is not one of the holders".into());
+        }
+        Ok(hashes)
+    }
+
+    /// The terms the client's sealed key shares are bound to (see [`terms_digest`]).
+    pub fn terms(&self) -> Terms<'_> {
+        Terms {
+            name: &self.name,
+            holders: &self.holders,
+            threshold: self.threshold,
+            policy: &self.policy,
+            ciphertext_bytes: self.ciphertext_bytes,
+            nonce_prefix: &self.nonce_prefix,
+            commitment: &self.commitment,
+            put_id: &self.put_id,
+        }
     }
 
     /// The nonce prefix as bytes (after [`check`](Self::check)).
@@ -722,6 +939,48 @@ mod tests {
         );
         assert!(Coding::new(0, 3, 64).is_err() && Coding::new(4, 3, 64).is_err());
         assert!(coding.encode(&[0; 64 * 3 + 1]).is_err());
+    }
+
+    #[test]
+    fn a_lost_share_and_fragment_are_rebuilt_by_the_others() {
+        let holders = peers(4);
+        let key = FileKey::generate();
+        let (shares, commitment) = key.split(2, &holders).unwrap();
+        // Holder 3 lost its share: holders 0 and 1 help.
+        let helpers = [holders[0], holders[1]];
+        let mut received: BTreeMap<PeerId, Vec<Vec<u8>>> = BTreeMap::new();
+        for (i, h) in helpers.iter().enumerate() {
+            for (to, delta) in
+                repair_deltas(&commitment, h, &shares[i], &helpers, &holders[3]).unwrap()
+            {
+                received.entry(to).or_default().push(delta);
+            }
+        }
+        let sigmas: Vec<Vec<u8>> = helpers
+            .iter()
+            .map(|h| repair_sigma(&received[h]).unwrap())
+            .collect();
+        let share = repaired_share(&commitment, &holders[3], &holders, &sigmas).unwrap();
+        assert_eq!(share, shares[3]);
+        // A wrong sigma is caught.
+        let mut bad = sigmas.clone();
+        bad[0] = repair_sigma(&[received[&helpers[0]][0].clone()]).unwrap();
+        assert!(repaired_share(&commitment, &holders[3], &holders, &bad).is_err());
+        // A helper whose own share is wrong cannot help.
+        assert!(
+            repair_deltas(&commitment, &holders[0], &shares[1], &helpers, &holders[3]).is_err()
+        );
+
+        let coding = Coding::new(2, 4, 64).unwrap();
+        let fragments = coding.encode(&[9u8; 100]).unwrap();
+        for lost in 0..4 {
+            let slots: Vec<Option<Vec<u8>>> = fragments
+                .iter()
+                .enumerate()
+                .map(|(i, f)| (i != lost && i != (lost + 1) % 4).then(|| f.clone()))
+                .collect();
+            assert_eq!(coding.rebuild(slots, lost).unwrap(), fragments[lost]);
+        }
     }
 
     #[test]

@@ -16,6 +16,7 @@
 //! holder's is used) and streams it with the sealed shares; only the client can open them.
 
 pub mod core;
+pub mod repair;
 pub mod store;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -47,17 +48,15 @@ const RELEASE_AAD_DOMAIN: &[u8] = b"p2p-mpc vault release aad v1\0";
 const RELEASED_DOMAIN: &[u8] = b"p2p-mpc vault released share v1\0";
 /// Stripes a holder takes before it reports progress (and the coordinator sends more).
 pub const WINDOW: u64 = 8;
-/// Largest file (sealed bytes).
-pub const MAX_FILE_BYTES: u64 = 1 << 40;
 /// How long a prepared holder waits between asking the others what became of a put.
 const SURVEY_EVERY: Duration = Duration::from_secs(10);
 
-/// The associated data of holder `holder`'s key share of file `name` with `commitment`.
-pub fn share_aad(name: &str, holder: &PeerId, commitment: &str) -> Vec<u8> {
+/// The associated data of holder `holder`'s key share of the file with these terms: a
+/// share opens only for exactly the terms the client sealed it for.
+pub fn share_aad(terms: &core::Terms<'_>, holder: &PeerId) -> Vec<u8> {
     Fields::new(SHARE_AAD_DOMAIN)
-        .field(name.as_bytes())
+        .field(&core::terms_digest(terms))
         .field(&holder.to_bytes())
-        .field(commitment.as_bytes())
         .finish()
         .to_vec()
 }
@@ -97,6 +96,8 @@ pub struct PutRequest {
     pub nonce_prefix: String,
     /// Feldman commitment of the key shares, hex.
     pub commitment: String,
+    /// 16 random bytes (hex) the client chose for this put.
+    pub put_id: String,
     /// Each holder's key share, sealed to its HPKE key (see [`share_aad`]), in holder order.
     pub shares: Vec<SealedShare>,
 }
@@ -114,6 +115,9 @@ pub struct Plan {
     pub commitment: String,
     pub fragment_bytes: u32,
     pub created_at: u64,
+    pub put_id: String,
+    /// The holder that coordinates the put.
+    pub coordinator: String,
 }
 
 impl Plan {
@@ -132,33 +136,18 @@ impl Plan {
             fragment_bytes: self.fragment_bytes,
             fragment_hashes,
             created_at: self.created_at,
+            put_id: self.put_id.clone(),
+            coordinator: self.coordinator.clone(),
         }
     }
 
-    /// Every check of a plan that a holder makes itself: the manifest it will make is whole
-    /// (with placeholder hashes), the holders are distinct roster members, the policy's
-    /// clients are canonical, the fragment size is the one the coordinator must choose.
+    /// Every check of a plan that a holder makes itself: the manifest it will make has
+    /// whole terms (sizes first; nothing is allocated by the claimed size), the holders are
+    /// distinct roster members, the policy's clients are canonical.
     fn check(&self, engine: &MpcEngine) -> Result<(Coding, Vec<PeerId>), String> {
-        let coding = Coding::new(
-            self.threshold as usize,
-            self.holders.len(),
-            self.fragment_bytes as usize,
-        )?;
-        let stripes = coding.stripes(self.ciphertext_bytes) as usize;
-        let placeholder = vec![String::new(); stripes.saturating_mul(self.holders.len())];
-        self.manifest(String::new(), placeholder).check()?;
-        if self.ciphertext_bytes > MAX_FILE_BYTES {
-            return Err(format!(
-                "a vault file is at most {MAX_FILE_BYTES} sealed bytes"
-            ));
-        }
-        let expected = Coding::fragment_bytes_for(self.ciphertext_bytes, self.threshold as usize);
-        if self.fragment_bytes as usize != expected {
-            return Err(format!(
-                "fragments of {} bytes; a file of this size has {expected}",
-                self.fragment_bytes
-            ));
-        }
+        let terms = self.manifest(String::new(), Vec::new());
+        terms.check_terms()?;
+        let coding = terms.coding()?;
         let (clients, k) = SigningPolicy::client_set(
             &self.policy.clients,
             "clients",
@@ -456,11 +445,13 @@ impl MpcEngine {
             threshold,
             policy: VaultPolicy { clients, approvals },
             ciphertext_bytes: request.ciphertext_bytes,
-            nonce_prefix: request.nonce_prefix.to_ascii_lowercase(),
-            commitment: request.commitment.to_ascii_lowercase(),
+            nonce_prefix: request.nonce_prefix.clone(),
+            commitment: request.commitment.clone(),
             fragment_bytes: Coding::fragment_bytes_for(request.ciphertext_bytes, threshold as usize)
                 as u32,
             created_at: super::store::unix_now(),
+            put_id: request.put_id.clone(),
+            coordinator: local.to_string(),
         };
         let (coding, holders) = plan.check(self).map_err(bad)?;
         let index = holders.iter().position(|p| *p == local).ok_or_else(|| {
@@ -630,18 +621,12 @@ impl MpcEngine {
             .copied()
             .filter(|p| !unconfirmed.contains(p))
             .collect();
-        let confirmed = inbox
-            .collect_some(
-                "vault committed",
-                &asked,
-                asked.len(),
-                self.inner.round_timeout,
-                &mut |b: &Body| matches!(b, Body::VaultCommitted).then_some(()),
-            )
-            .await
-            .map(|m| m.into_keys().collect::<BTreeSet<_>>())
-            .unwrap_or_default();
-        unconfirmed.extend(asked.iter().filter(|p| !confirmed.contains(p)));
+        let (confirmed, _) = inbox
+            .collect_until("vault committed", &asked, self.inner.round_timeout, |b| {
+                matches!(b, Body::VaultCommitted).then_some(())
+            })
+            .await;
+        unconfirmed.extend(asked.iter().filter(|p| !confirmed.contains_key(p)));
         if !unconfirmed.is_empty() {
             warn!(name = %plan.name, unconfirmed = %super::session::join_peers(&unconfirmed.iter().copied().collect::<Vec<_>>()), "vault file committed; some holders did not confirm (they commit when they ask)");
         }
@@ -667,6 +652,12 @@ impl MpcEngine {
             serde_json::from_slice(plan).map_err(|e| other(format!("malformed put plan: {e}")))?;
         let (coding, holders) = plan.check(self).map_err(other)?;
         let local = self.inner.local;
+        if plan.coordinator != from.to_string() {
+            return Err(other(format!(
+                "the plan names {} as its coordinator, not {from}",
+                plan.coordinator
+            )));
+        }
         if !holders.contains(&local) || !holders.contains(&from) {
             return Err(other(format!(
                 "a put coordinated by {from} must name it and this node ({local}) among the holders"
@@ -875,19 +866,17 @@ impl MpcEngine {
             .copied()
             .filter(|p| !failures.iter().any(|(f, _)| f == p))
             .collect();
-        let states = inbox
-            .collect_some(
+        let (states, _) = inbox
+            .collect_until(
                 "vault status",
                 &asked,
-                asked.len(),
                 self.inner.round_timeout,
-                &mut |b: &Body| match b {
+                |b| match b {
                     Body::VaultStatus { state } => Some(*state),
                     _ => None,
                 },
             )
-            .await
-            .unwrap_or_default();
+            .await;
         if states.values().any(|s| *s == PutState::Committed) {
             return Ok(Some(true));
         }
@@ -1023,19 +1012,17 @@ impl MpcEngine {
                 .copied()
                 .filter(|p| !failures.iter().any(|(f, _)| f == p))
                 .collect();
-            let released = inbox
-                .collect_some(
+            let (released, silent) = inbox
+                .collect_until(
                     "vault released share",
                     &asked,
-                    asked.len(),
                     self.inner.round_timeout,
-                    &mut |b: &Body| match b {
+                    |b| match b {
                         Body::VaultReleased { share } => Some(share.clone()),
                         _ => None,
                     },
                 )
-                .await
-                .unwrap_or_default();
+                .await;
             let mut shares = vec![self.release_share(&held, &recipient)?];
             let mut serving = vec![local];
             for peer in &asked {
@@ -1048,7 +1035,13 @@ impl MpcEngine {
                         peer.to_string(),
                         "released a share under another holder's name".into(),
                     )),
-                    None => missing.push((peer.to_string(), "no answer".into())),
+                    None => missing.push((
+                        peer.to_string(),
+                        silent
+                            .get(peer)
+                            .cloned()
+                            .unwrap_or_else(|| "no answer".into()),
+                    )),
                 }
             }
             if shares.len() < t {
@@ -1116,12 +1109,7 @@ impl MpcEngine {
             hex::decode(&sealed.ciphertext).map_err(|e| SessionError::failed(e.to_string()))?;
         let share = agg
             .key
-            .open_with(
-                SHARE_INFO,
-                &enc,
-                &ct,
-                &share_aad(&m.name, &local, &m.commitment),
-            )
+            .open_with(SHARE_INFO, &enc, &ct, &share_aad(&m.terms(), &local))
             .map_err(|e| SessionError::failed(format!("this holder's own key share: {e}")))?;
         let mut share = share;
         if self.inner.faults.corrupt_vault_share && !share.is_empty() {
@@ -1214,12 +1202,29 @@ impl MpcEngine {
                     usable.retain(|u| u != p);
                 }
                 if sources.contains(&local) {
-                    for s in batch_start..batch_start + count {
-                        let f = self
-                            .vault()
-                            .read_fragment(held, s)
-                            .map_err(SessionError::failed)?;
-                        got.entry(s).or_default().insert(index(&local), f);
+                    let j = index(&local);
+                    let own: Result<Vec<(u64, Vec<u8>)>, String> = (batch_start
+                        ..batch_start + count)
+                        .map(|s| {
+                            let f = self.vault().read_fragment(held, s)?;
+                            let hash = hex::encode(core::fragment_hash(&f));
+                            if m.hash_of(s, j) == Some(hash.as_str()) {
+                                Ok((s, f))
+                            } else {
+                                Err(format!("stripe {s}: not the manifest's"))
+                            }
+                        })
+                        .collect();
+                    match own {
+                        Ok(fragments) => {
+                            for (s, f) in fragments {
+                                got.entry(s).or_default().insert(j, f);
+                            }
+                        }
+                        Err(e) => {
+                            warn!(error = %e, "this holder's own fragments of a vault file are damaged; the other holders' are used");
+                            usable.retain(|u| *u != local);
+                        }
                     }
                 }
                 let answering: Vec<PeerId> = remote
@@ -1374,6 +1379,18 @@ impl MpcEngine {
         self.send(from, session, Body::VaultReleased { share })
             .await
             .map_err(|e| unreachable_error(vec![(from, e)], "the released share"))?;
+        self.serve_fragments(&mut inbox, from, &held).await
+    }
+
+    /// Sends `from` the fragments of this holder it asks for (at most [`WINDOW`] stripes a
+    /// request) until it says it is done.
+    pub(super) async fn serve_fragments(
+        &self,
+        inbox: &mut SessionInbox,
+        from: PeerId,
+        held: &HeldFile,
+    ) -> Result<(), SessionError> {
+        let session = inbox.session();
         let total = held
             .manifest
             .coding()
@@ -1401,7 +1418,7 @@ impl MpcEngine {
             for stripe in start..end {
                 let fragment = self
                     .vault()
-                    .read_fragment(&held, stripe)
+                    .read_fragment(held, stripe)
                     .map_err(SessionError::failed)?;
                 self.send(
                     from,
@@ -1482,22 +1499,20 @@ impl MpcEngine {
                 .copied()
                 .filter(|p| !failures.iter().any(|(f, _)| f == p))
                 .collect();
-            let answers = inbox
-                .collect_some(
-                    "vault deleted",
-                    &asked,
-                    asked.len(),
-                    self.inner.round_timeout,
-                    &mut |b: &Body| matches!(b, Body::VaultDeleted).then_some(()),
-                )
-                .await
-                .unwrap_or_default();
+            let (answers, silent) = inbox
+                .collect_until("vault deleted", &asked, self.inner.round_timeout, |b| {
+                    matches!(b, Body::VaultDeleted).then_some(())
+                })
+                .await;
             let mut deleted_on = vec![local.to_string()];
             for p in &asked {
                 if answers.contains_key(p) {
                     deleted_on.push(p.to_string());
                 } else {
-                    not_deleted.push((p.to_string(), "no answer".into()));
+                    not_deleted.push((
+                        p.to_string(),
+                        silent.get(p).cloned().unwrap_or_else(|| "no answer".into()),
+                    ));
                 }
             }
             Ok(DeleteResult {
@@ -1629,9 +1644,9 @@ fn check_sealed_share(engine: &MpcEngine, plan: &Plan, share: &SealedShare) -> R
             SHARE_INFO,
             &enc,
             &ct,
-            &share_aad(&plan.name, &local, &plan.commitment),
+            &share_aad(&plan.manifest(String::new(), Vec::new()).terms(), &local),
         )
-        .map_err(|e| format!("the key share for {local} does not open with its key: {e}"))?;
+        .map_err(|e| format!("the key share for {local} does not open with its key for these terms (name, holders, threshold, policy, size, commitment, put id): {e}"))?;
     let bytes: [u8; 32] = opened
         .as_slice()
         .try_into()

@@ -29,6 +29,8 @@ const MANIFEST: &str = "manifest.json";
 const SHARE: &str = "share.json";
 const FRAGMENTS: &str = "fragments";
 const STAGING: &str = ".staging";
+/// Files being deleted: renamed here first, removed after; purged at every start.
+const TRASH: &str = ".trash";
 
 /// A key share sealed with HPKE: to a holder (as stored) or to a client (as returned).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -63,6 +65,12 @@ pub struct Opened {
     pub prepared: Vec<(String, String, PathBuf)>,
 }
 
+/// The file name of a staging directory (`<name>.<session>`, the session 32 hex digits).
+fn staged_name(dir_name: &str) -> Option<&str> {
+    let (name, session) = dir_name.rsplit_once('.')?;
+    (session.len() == 32 && session.bytes().all(|b| b.is_ascii_hexdigit())).then_some(name)
+}
+
 fn mkdir(path: &Path) -> std::io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
@@ -95,6 +103,9 @@ impl VaultStore {
         let dir = data_dir.join("vault");
         let staging = dir.join(STAGING);
         mkdir(&staging).map_err(|e| format!("cannot create {}: {e}", staging.display()))?;
+        let trash = dir.join(TRASH);
+        let _ = fs::remove_dir_all(&trash);
+        mkdir(&trash).map_err(|e| format!("cannot create {}: {e}", trash.display()))?;
         let mut opened = Opened::default();
         for entry in fs::read_dir(&staging)
             .map_err(|e| format!("{}: {e}", staging.display()))?
@@ -104,8 +115,7 @@ impl VaultStore {
             let name = entry.file_name().to_string_lossy().into_owned();
             match read_manifest(&path) {
                 Ok(held) if path.join(SHARE).exists() => {
-                    let file = name.rsplit_once('.').map_or(name.as_str(), |(n, _)| n);
-                    if file == held.manifest.name {
+                    if staged_name(&name) == Some(held.manifest.name.as_str()) {
                         opened
                             .prepared
                             .push((held.manifest.name.clone(), held.file_id, path));
@@ -161,7 +171,7 @@ impl VaultStore {
     pub fn count_created_by(&self, coordinator: &str) -> usize {
         self.list()
             .iter()
-            .filter(|f| f.manifest.holders.first().map(String::as_str) == Some(coordinator))
+            .filter(|f| f.manifest.coordinator == coordinator)
             .count()
     }
 
@@ -190,6 +200,19 @@ impl VaultStore {
     pub fn stage(&self, name: &str, session: &str) -> Result<Staging<'_>, String> {
         if self.file_dir(name).exists() {
             return Err(format!("a file named `{name}` is held here already"));
+        }
+        let waiting = fs::read_dir(self.dir.join(STAGING))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .any(|e| {
+                staged_name(&e.file_name().to_string_lossy()) == Some(name)
+                    && e.path().join(MANIFEST).exists()
+            });
+        if waiting {
+            return Err(format!(
+                "an earlier put of `{name}` is prepared here and waits for its outcome"
+            ));
         }
         if !self
             .busy
@@ -239,12 +262,11 @@ impl VaultStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .contains(name);
-        let prefix = format!("{name}.");
         let prepared = fs::read_dir(self.dir.join(STAGING))
             .into_iter()
             .flatten()
             .flatten()
-            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .filter(|e| staged_name(&e.file_name().to_string_lossy()) == Some(name))
             .any(|e| read_manifest(&e.path()).is_ok_and(|h| h.file_id == file_id));
         match (running, prepared) {
             (true, _) => super::PutState::Running,
@@ -270,10 +292,14 @@ impl VaultStore {
                 held.file_id
             ));
         }
-        let gone = self
-            .dir
-            .join(STAGING)
-            .join(format!("{name}.deleted-{}", &file_id[..16]));
+        let gone = self.dir.join(TRASH).join(format!(
+            "{name}.{}.{}",
+            &file_id[..16.min(file_id.len())],
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_nanos()
+        ));
         fs::rename(self.file_dir(name), &gone)
             .and_then(|()| sync_dir(&self.dir))
             .map_err(|e| format!("cannot delete `{name}`: {e}"))?;
@@ -413,6 +439,8 @@ mod tests {
                 .map(|f| hex::encode(fragment_hash(f)))
                 .collect(),
             created_at: 1,
+            put_id: "00".repeat(16),
+            coordinator: holders[0].to_string(),
         }
     }
 
@@ -435,9 +463,9 @@ mod tests {
         let m = manifest("doc", &fragments, &holders);
         m.check().unwrap();
 
-        let mut put = store.stage("doc", "s1").unwrap();
+        let mut put = store.stage("doc", &"1".repeat(32)).unwrap();
         assert!(
-            store.stage("doc", "s2").is_err(),
+            store.stage("doc", &"2".repeat(32)).is_err(),
             "one put of a name at a time"
         );
         put.append(&fragment).unwrap();
@@ -450,15 +478,18 @@ mod tests {
         assert_eq!(store.read_fragment(&held, 0).unwrap(), fragment);
         assert!(store.read_fragment(&held, 1).is_err());
         assert_eq!(store.sealed_share("doc").unwrap(), share());
-        assert!(store.stage("doc", "s3").is_err(), "the name is taken");
+        assert!(
+            store.stage("doc", &"3".repeat(32)).is_err(),
+            "the name is taken"
+        );
         assert_eq!(store.list().len(), 1);
 
         // A put dropped before commit leaves nothing.
-        let mut other = store.stage("other", "s4").unwrap();
+        let mut other = store.stage("other", &"4".repeat(32)).unwrap();
         other.append(&fragment).unwrap();
         drop(other);
         assert!(store.get("other").is_none());
-        assert!(store.stage("other", "s5").is_ok());
+        assert!(store.stage("other", &"5".repeat(32)).is_ok());
 
         // Delete needs the right file id.
         assert!(store.delete("doc", &"0".repeat(64)).is_err());
@@ -475,10 +506,10 @@ mod tests {
         let m = manifest("kept", &[fragment.clone(), fragment.clone()], &holders);
         {
             let (store, _) = VaultStore::open(dir.path()).unwrap();
-            let mut a = store.stage("kept", "s1").unwrap();
+            let mut a = store.stage("kept", &"1".repeat(32)).unwrap();
             a.append(&fragment).unwrap();
             a.prepare(&m, &share()).unwrap();
-            let mut b = store.stage("lost", "s2").unwrap();
+            let mut b = store.stage("lost", &"2".repeat(32)).unwrap();
             b.append(&fragment).unwrap();
             // A crash: neither is committed nor dropped.
             std::mem::forget(a);
