@@ -446,3 +446,84 @@ async fn a_holder_whose_data_is_wiped_gets_its_fragments_and_key_share_back() {
     ok(&get(&c, 1, "doc", &[&key], &back));
     assert_eq!(sha256_file(&back), digest);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_the_coordinator_in_the_middle_of_a_put_leaves_no_file_anywhere() {
+    let dir = tempdir();
+    let (_, public) = client_key(dir.path(), "client.key");
+    let data = dir.path().join("data.bin");
+    write_random(&data, 40 << 20);
+    let mut c = Cluster::start(dir.path(), &["A", "B", "C"], &[]).await;
+    let mut upload = Command::new(bin())
+        .args([
+            "vault",
+            "put",
+            "big",
+            "--file",
+            data.to_str().unwrap(),
+            "--threshold",
+            "2",
+            "--client",
+            &public,
+            "--member",
+            &c.members,
+            "--api",
+            &c.node(0).api,
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Some fragments are out (each holder has staged some), then A is killed.
+    let staged = |i: usize| {
+        std::fs::read_dir(
+            dir.path()
+                .join(format!("data-{}/vault/.staging", ["A", "B", "C"][i])),
+        )
+        .map(|d| {
+            d.flatten()
+                .map(|e| std::fs::metadata(e.path().join("fragments")).map_or(0, |m| m.len()))
+                .sum::<u64>()
+        })
+        .unwrap_or(0)
+    };
+    wait_for("fragments on B", Duration::from_secs(60), || async {
+        if staged(1) > 0 {
+            Ok(())
+        } else {
+            Err("none yet".to_string())
+        }
+    })
+    .await;
+    c.nodes[0].as_mut().unwrap().kill();
+    let status = upload.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the upload cannot succeed without its coordinator"
+    );
+    c.nodes[0].take();
+    let restarted = c.start_node(0, "A", None).await;
+    c.nodes[0] = Some(restarted);
+    c.wait_meshed().await;
+    for i in 0..3 {
+        let node = c.node(i);
+        wait_for(
+            &format!("node {i} has nothing of `big`"),
+            Duration::from_secs(60),
+            || async {
+                let n = files(node).await.len();
+                let left = staged(i);
+                if n == 0 && left == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{n} files, {left} staged bytes"))
+                }
+            },
+        )
+        .await;
+    }
+    // The name is free again.
+    let small = dir.path().join("small.bin");
+    write_random(&small, 1000);
+    ok(&put(&c, 1, "big", &small, 2, &public));
+}

@@ -589,8 +589,10 @@ pub enum Body {
         #[serde(deserialize_with = "peer_list")]
         helpers: Vec<String>,
     },
-    /// Helper → helper: a repair delta (part 1 of the repairable threshold scheme).
-    VaultDelta { delta: Blob },
+    /// Helper → helper: a repair delta (part 1 of the repairable threshold scheme), with
+    /// the digest of the helper set it was made for (session, file, repaired holder,
+    /// helpers): a helper sums only deltas of its own set.
+    VaultDelta { delta: Blob, helpers: [u8; 32] },
     /// Helper → the holder being repaired: the sum of its deltas (part 2).
     VaultSigma { sigma: Blob },
     /// The sender gives up on the session, naming the participants it blames (peer ids), if any.

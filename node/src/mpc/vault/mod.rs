@@ -845,6 +845,11 @@ impl MpcEngine {
         )
         .map_err(|e| e.to_string())?;
         let local = self.inner.local;
+        // The coordinator commits first and only in its session: a prepared put of this
+        // node as coordinator was never committed anywhere.
+        if manifest.coordinator == local.to_string() {
+            return Ok(Some(false));
+        }
         let others: Vec<PeerId> = manifest
             .holder_ids()?
             .into_iter()
@@ -877,7 +882,21 @@ impl MpcEngine {
                 },
             )
             .await;
-        if states.values().any(|s| *s == PutState::Committed) {
+        // The coordinator's word decides: it holds the file (committed), or it has not and
+        // will not (absent or only prepared: its session is over). Without it, `threshold`
+        // holders that hold the file decide for a commit (fewer could be lying members),
+        // and every other holder having at most a prepared copy for a drop.
+        let coordinator: Option<PeerId> = manifest.coordinator.parse().ok();
+        match coordinator.and_then(|c| states.get(&c)) {
+            Some(PutState::Committed) => return Ok(Some(true)),
+            Some(PutState::Absent | PutState::Prepared) => return Ok(Some(false)),
+            Some(PutState::Running) | None => {}
+        }
+        let committed = states
+            .values()
+            .filter(|s| **s == PutState::Committed)
+            .count();
+        if committed >= manifest.threshold as usize {
             return Ok(Some(true));
         }
         let all_answered = states.len() == others.len();
@@ -1091,6 +1110,30 @@ impl MpcEngine {
         result
     }
 
+    /// This node's own key share of `held`, opened with its HPKE key (in memory only).
+    pub(super) fn own_share(&self, held: &HeldFile) -> Result<[u8; 32], SessionError> {
+        let m = &held.manifest;
+        let sealed = self
+            .vault()
+            .sealed_share(&m.name)
+            .map_err(SessionError::failed)?;
+        let failed = |e: String| SessionError::failed(format!("this holder's own key share: {e}"));
+        let enc = hex::decode(&sealed.enc).map_err(|e| failed(e.to_string()))?;
+        let ct = hex::decode(&sealed.ciphertext).map_err(|e| failed(e.to_string()))?;
+        self.agg()
+            .key
+            .open_with(
+                SHARE_INFO,
+                &enc,
+                &ct,
+                &share_aad(&m.terms(), &self.inner.local),
+            )
+            .map_err(failed)?
+            .as_slice()
+            .try_into()
+            .map_err(|_| failed("not 32 bytes".into()))
+    }
+
     /// This node's own key share of `held`, opened and sealed again to `recipient`, signed.
     fn release_share(
         &self,
@@ -1099,20 +1142,8 @@ impl MpcEngine {
     ) -> Result<ReleasedShare, SessionError> {
         let agg = self.agg();
         let local = self.inner.local;
-        let m = &held.manifest;
-        let sealed = self
-            .vault()
-            .sealed_share(&m.name)
-            .map_err(SessionError::failed)?;
-        let enc = hex::decode(&sealed.enc).map_err(|e| SessionError::failed(e.to_string()))?;
-        let ct =
-            hex::decode(&sealed.ciphertext).map_err(|e| SessionError::failed(e.to_string()))?;
-        let share = agg
-            .key
-            .open_with(SHARE_INFO, &enc, &ct, &share_aad(&m.terms(), &local))
-            .map_err(|e| SessionError::failed(format!("this holder's own key share: {e}")))?;
-        let mut share = share;
-        if self.inner.faults.corrupt_vault_share && !share.is_empty() {
+        let mut share = self.own_share(held)?;
+        if self.inner.faults.corrupt_vault_share {
             // Another valid scalar: the share of a neighbouring point.
             share[0] ^= 1;
         }
@@ -1234,8 +1265,9 @@ impl MpcEngine {
                     .collect();
                 let mut pending: BTreeMap<PeerId, u64> =
                     answering.iter().map(|p| (*p, count)).collect();
+                // One deadline for the batch: a holder that trickles is dropped, not waited on.
+                let deadline = tokio::time::Instant::now() + self.inner.round_timeout;
                 while !pending.is_empty() {
-                    let deadline = tokio::time::Instant::now() + self.inner.round_timeout;
                     let waiting: Vec<PeerId> = pending.keys().copied().collect();
                     let next = inbox
                         .next_of("vault fragment", &waiting, deadline, |b| match b {
@@ -1312,46 +1344,14 @@ impl MpcEngine {
         recipient: Blob,
         authorizations: Vec<Authorization>,
     ) -> Result<(), InviteRefusal> {
-        let other = InviteRefusal::Other;
-        check_name(&name).map_err(other)?;
-        let held = self
-            .vault()
-            .get(&name)
-            .ok_or_else(|| other(format!("no vault file `{name}` on this holder")))?;
-        if held.file_id != file_id {
-            return Err(other(format!(
-                "`{name}` here is file {}, not {file_id}",
-                held.file_id
-            )));
-        }
-        let holders = held.manifest.holder_ids().map_err(other)?;
-        if !holders.contains(&from) {
-            return Err(other(format!("{from} does not hold `{name}`")));
-        }
-        let id = hex32(&file_id, "file_id").map_err(other)?;
         let recipient: [u8; 32] = recipient
             .0
             .as_ref()
             .try_into()
-            .map_err(|_| other("the recipient key is not 32 bytes".into()))?;
-        let m = &held.manifest;
-        let pending = self
-            .inner
-            .replay_guard
-            .admit_vault(
-                &m.policy.clients,
-                m.policy.approvals,
-                &name,
-                Approves::VaultGet {
-                    file_id: id,
-                    recipient,
-                },
-                &authorizations,
-                super::policy::now(),
-            )
-            .map_err(|refusal| InviteRefusal::Policy {
-                peer: self.inner.local,
-                refusal,
+            .map_err(|_| InviteRefusal::Other("the recipient key is not 32 bytes".into()))?;
+        let (held, pending) =
+            self.admit_holder_request(&name, &file_id, from, &authorizations, |file_id| {
+                Approves::VaultGet { file_id, recipient }
             })?;
         self.spawn_participant(
             Protocol::Vault,
@@ -1365,6 +1365,38 @@ impl MpcEngine {
                 engine.serve_vault_get(inbox, from, held, recipient).await
             },
         )
+    }
+
+    /// A holder's checks of a get or delete coordinated by `from`: the file is held here as
+    /// `file_id`, `from` holds it too, and the approvals of `what` pass this holder's own
+    /// copy of the file's policy (their request ids reserved; the caller makes them durable).
+    fn admit_holder_request(
+        &self,
+        name: &str,
+        file_id: &str,
+        from: PeerId,
+        authorizations: &[Authorization],
+        what: impl FnOnce([u8; 32]) -> Approves<'static>,
+    ) -> Result<(HeldFile, super::replay_guard::Pending), InviteRefusal> {
+        let held = self.held_for(name, file_id, &from)?;
+        let id = hex32(file_id, "file_id").map_err(InviteRefusal::Other)?;
+        let m = &held.manifest;
+        let pending = self
+            .inner
+            .replay_guard
+            .admit_vault(
+                &m.policy.clients,
+                m.policy.approvals,
+                name,
+                what(id),
+                authorizations,
+                super::policy::now(),
+            )
+            .map_err(|refusal| InviteRefusal::Policy {
+                peer: self.inner.local,
+                refusal,
+            })?;
+        Ok((held, pending))
     }
 
     async fn serve_vault_get(
@@ -1537,37 +1569,9 @@ impl MpcEngine {
         file_id: String,
         authorizations: Vec<Authorization>,
     ) -> Result<(), InviteRefusal> {
-        let other = InviteRefusal::Other;
-        check_name(&name).map_err(other)?;
-        let held = self
-            .vault()
-            .get(&name)
-            .ok_or_else(|| other(format!("no vault file `{name}` on this holder")))?;
-        if held.file_id != file_id {
-            return Err(other(format!(
-                "`{name}` here is file {}, not {file_id}",
-                held.file_id
-            )));
-        }
-        if !held.manifest.holder_ids().map_err(other)?.contains(&from) {
-            return Err(other(format!("{from} does not hold `{name}`")));
-        }
-        let id = hex32(&file_id, "file_id").map_err(other)?;
-        let m = &held.manifest;
-        let pending = self
-            .inner
-            .replay_guard
-            .admit_vault(
-                &m.policy.clients,
-                m.policy.approvals,
-                &name,
-                Approves::VaultDelete { file_id: id },
-                &authorizations,
-                super::policy::now(),
-            )
-            .map_err(|refusal| InviteRefusal::Policy {
-                peer: self.inner.local,
-                refusal,
+        let (_, pending) =
+            self.admit_holder_request(&name, &file_id, from, &authorizations, |file_id| {
+                Approves::VaultDelete { file_id }
             })?;
         self.spawn_participant(
             Protocol::Vault,

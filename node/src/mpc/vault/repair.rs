@@ -40,6 +40,27 @@ const FIRST_REPAIR_AFTER: Duration = Duration::from_secs(5);
 /// Files one list answer names at most (the asker pages with `after`).
 pub const LIST_PAGE: usize = 256;
 
+/// The digest of one repair's helper set: session, file id, the holder repaired and the
+/// sorted helpers.
+fn helper_set_digest(
+    session: SessionId,
+    file_id: &str,
+    repaired: &PeerId,
+    helpers: &[PeerId],
+) -> [u8; 32] {
+    let mut sorted = helpers.to_vec();
+    sorted.sort();
+    crate::mpc::digest::Fields::new(b"p2p-mpc vault repair helpers v1\0")
+        .field(&session.0)
+        .field(file_id.as_bytes())
+        .field(&repaired.to_bytes())
+        .peers(&sorted)
+        .finish()
+}
+
+/// Most list pages one member is asked for in one round (256 files each).
+const MAX_PAGES: usize = 16;
+
 impl MpcEngine {
     /// Starts the background repair loop.
     pub fn start_vault_repair(&self) {
@@ -64,18 +85,34 @@ impl MpcEngine {
             return Ok(());
         };
         let local = self.inner.local;
-        let mut reported: BTreeMap<(String, String), Vec<PeerId>> = BTreeMap::new();
+        let mut reported: BTreeMap<(String, String), BTreeSet<PeerId>> = BTreeMap::new();
         for peer in members.into_iter().filter(|p| *p != local) {
             let mut after: Option<String> = None;
-            loop {
+            for _ in 0..MAX_PAGES {
                 let page = match self.list_files_naming_me(peer, after.clone()).await {
                     Ok(p) => p,
                     Err(_) => break,
                 };
-                let full = page.len() >= LIST_PAGE;
-                after = page.last().map(|(n, _)| n.clone());
+                // A page is names in increasing order after the last one, each a valid name
+                // with a file id; anything else ends this member's list for this round.
+                let mut last = after.clone();
+                let valid = page.len() <= LIST_PAGE
+                    && page.iter().all(|(n, id)| {
+                        let ok = core::check_name(n).is_ok()
+                            && last.as_ref().is_none_or(|l| n > l)
+                            && id.len() == 64
+                            && id.bytes().all(|b| b.is_ascii_hexdigit());
+                        last = Some(n.clone());
+                        ok
+                    });
+                if !valid {
+                    warn!(%peer, "a vault list answer out of order or malformed; ignored");
+                    break;
+                }
+                let full = page.len() == LIST_PAGE;
+                after = last;
                 for file in page {
-                    reported.entry(file).or_default().push(peer);
+                    reported.entry(file).or_default().insert(peer);
                 }
                 if !full {
                     break;
@@ -83,9 +120,7 @@ impl MpcEngine {
             }
         }
         for ((name, file_id), holders) in reported {
-            if core::check_name(&name).is_err() {
-                continue;
-            }
+            let holders: Vec<PeerId> = holders.into_iter().collect();
             let held = self.vault().get(&name);
             if held.is_some() || self.vault().put_state(&name, &file_id) != PutState::Absent {
                 continue;
@@ -237,7 +272,7 @@ impl MpcEngine {
             .await?;
         let sigmas = inbox
             .collect(
-                "vault sigma",
+                "vault repair sigma",
                 &helpers,
                 self.inner.round_timeout,
                 |b| match b {
@@ -288,8 +323,9 @@ impl MpcEngine {
                 .await?;
             let mut got: BTreeMap<u64, Vec<Option<Vec<u8>>>> = BTreeMap::new();
             let mut left: BTreeMap<PeerId, u64> = helpers.iter().map(|p| (*p, count)).collect();
+            // One deadline for the whole window: a helper that trickles cannot stretch it.
+            let deadline = tokio::time::Instant::now() + self.inner.round_timeout;
             while !left.is_empty() {
-                let deadline = tokio::time::Instant::now() + self.inner.round_timeout;
                 let waiting: Vec<PeerId> = left.keys().copied().collect();
                 let (from, (stripe, data)) = inbox
                     .next_of("vault fragment", &waiting, deadline, |b| match b {
@@ -344,17 +380,22 @@ impl MpcEngine {
         after: Option<String>,
     ) -> Result<(), InviteRefusal> {
         let asker = from.to_string();
-        let files: Vec<(String, String)> = self
-            .vault()
-            .list()
-            .into_iter()
-            .filter(|f| f.manifest.holders.contains(&asker))
-            .filter(|f| after.as_ref().is_none_or(|a| f.manifest.name > *a))
-            .take(LIST_PAGE)
-            .map(|f| (f.manifest.name, f.file_id))
-            .collect();
         let engine = self.clone();
+        // The scan reads every manifest: off the router, on a blocking thread.
         tokio::spawn(async move {
+            let scan = engine.clone();
+            let files = tokio::task::spawn_blocking(move || {
+                scan.vault()
+                    .list()
+                    .into_iter()
+                    .filter(|f| f.manifest.holders.contains(&asker))
+                    .filter(|f| after.as_ref().is_none_or(|a| f.manifest.name > *a))
+                    .take(LIST_PAGE)
+                    .map(|f| (f.manifest.name, f.file_id))
+                    .collect::<Vec<(String, String)>>()
+            })
+            .await
+            .unwrap_or_default();
             let _ = engine.send(from, session, Body::VaultList { files }).await;
         });
         Ok(())
@@ -380,7 +421,7 @@ impl MpcEngine {
     }
 
     /// File `name` held here as `file_id`, when `asker` is one of its holders.
-    fn held_for(
+    pub(super) fn held_for(
         &self,
         name: &str,
         file_id: &str,
@@ -446,26 +487,17 @@ impl MpcEngine {
         let session = inbox.session();
         let local = self.inner.local;
         let m = &held.manifest;
-        let sealed = self
-            .vault()
-            .sealed_share(&m.name)
-            .map_err(SessionError::failed)?;
-        let enc = hex::decode(&sealed.enc).map_err(|e| SessionError::failed(e.to_string()))?;
-        let ct =
-            hex::decode(&sealed.ciphertext).map_err(|e| SessionError::failed(e.to_string()))?;
-        let share: [u8; 32] = self
-            .agg()
-            .key
-            .open_with(SHARE_INFO, &enc, &ct, &share_aad(&m.terms(), &local))
-            .map_err(SessionError::failed)?
-            .as_slice()
-            .try_into()
-            .map_err(|_| SessionError::failed("this holder's key share is not 32 bytes"))?;
+        let share = self.own_share(&held)?;
         let commitment =
             hex::decode(&m.commitment).map_err(|e| SessionError::failed(e.to_string()))?;
         let deltas = core::repair_deltas(&commitment, &local, &share, &helpers, &from)
             .map_err(SessionError::failed)?;
         let others: Vec<PeerId> = helpers.iter().copied().filter(|p| *p != local).collect();
+        // Every helper must have made its deltas for this very set: a holder that gave the
+        // helpers different sets would get sigmas of other linear combinations of the
+        // shares, enough of which give away the key. A helper sends its sigma only when
+        // every other helper's deltas name its own set.
+        let set = helper_set_digest(session, &held.file_id, &from, &helpers);
         let mut mine = Vec::new();
         let mut sends = Vec::new();
         for (to, delta) in deltas {
@@ -476,6 +508,7 @@ impl MpcEngine {
                     to,
                     Body::VaultDelta {
                         delta: Blob(delta.into()),
+                        helpers: set,
                     },
                 ));
             }
@@ -483,16 +516,24 @@ impl MpcEngine {
         self.send_round(&mut inbox, sends, "a repair delta").await?;
         let received = inbox
             .collect(
-                "vault delta",
+                "vault repair delta",
                 &others,
                 self.inner.round_timeout,
                 |b| match b {
-                    Body::VaultDelta { delta } => Some(delta.0.to_vec()),
+                    Body::VaultDelta { delta, helpers } => Some((delta.0.to_vec(), *helpers)),
                     _ => None,
                 },
             )
             .await?;
-        mine.extend(received.into_values());
+        if let Some((other, _)) = received.iter().find(|(_, (_, s))| *s != set) {
+            return Err(SessionError::blame(
+                vec![from],
+                format!(
+                    "helper {other} was asked to repair with another helper set than this node: {from} split the helpers"
+                ),
+            ));
+        }
+        mine.extend(received.into_values().map(|(d, _)| d));
         let sigma = core::repair_sigma(&mine).map_err(SessionError::failed)?;
         self.send(
             from,
