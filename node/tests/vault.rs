@@ -254,13 +254,26 @@ async fn a_file_comes_back_through_another_node_with_a_holder_dead_and_bad_holde
     );
     assert!(!dir.path().join("x").exists() && !dir.path().join("x.part").exists());
 
-    // C back (it releases a wrong key share); A's fragments corrupted on disk. Through B:
-    // A's fragments are caught by their hashes and C's are used; C's share is caught by the
-    // client against the commitment and B's and A's are used.
+    // C back (it releases a wrong key share); the fragments of the holder B asks first (the
+    // first other holder in the manifest's order) corrupted on disk. Through B: those
+    // fragments are caught by their hashes and the third holder's are used; C's share is
+    // caught by the client against the commitment and B's and A's are used.
     let restarted = c.start_node(2, "C", Some("corrupt-vault-share")).await;
     c.nodes[2] = Some(restarted);
     c.wait_meshed().await;
-    let fragments = dir.path().join("data-A/vault/big.bin/fragments");
+    let manifest = c.node(1).get("/v1/vault/big.bin/manifest").await.unwrap();
+    let first_other = manifest["manifest"]["holders"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap().to_string())
+        .find(|h| *h != c.node(1).peer_id)
+        .unwrap();
+    let victim = (0..3).find(|i| c.node(*i).peer_id == first_other).unwrap();
+    let fragments = dir.path().join(format!(
+        "data-{}/vault/big.bin/fragments",
+        ["A", "B", "C"][victim]
+    ));
     let mut bytes = std::fs::read(&fragments).unwrap();
     bytes[1000] ^= 0xff;
     std::fs::write(&fragments, &bytes).unwrap();
@@ -278,9 +291,11 @@ async fn a_file_comes_back_through_another_node_with_a_holder_dead_and_bad_holde
     assert_eq!(sha256_file(&again), digest);
     let b_log = c.node(1).stderr_lines().join("\n");
     assert!(
-        b_log.contains("returned a fragment that is not the manifest's")
-            && b_log.contains(&c.node(0).peer_id),
-        "B names A's bad fragment"
+        b_log.lines().any(|l| {
+            l.contains("returned a fragment that is not the manifest's")
+                && l.contains(&c.node(victim).peer_id)
+        }),
+        "B names the bad fragment's holder"
     );
 
     // Delete needs the client too; then the file is gone everywhere.

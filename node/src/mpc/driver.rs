@@ -190,6 +190,18 @@ impl MpcEngine {
         Ok(())
     }
 
+    /// Sends `body` to `to` in `session` from a task of its own: the answer to a question
+    /// (an invitation that opens no session here), which the router must not wait for.
+    pub(super) fn reply(&self, to: PeerId, session: SessionId, body: Body) {
+        let engine = self.clone();
+        tokio::spawn(
+            async move {
+                let _ = engine.send(to, session, body).await;
+            }
+            .in_current_span(),
+        );
+    }
+
     /// Tells `to` that this node gives up on `session` (best effort, in the background).
     pub(super) fn abort_others(
         &self,

@@ -919,12 +919,7 @@ impl MpcEngine {
             Some(held) if held.file_id == file_id => PutState::Committed,
             _ => self.vault().put_state(&name, &file_id),
         };
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let _ = engine
-                .send(from, session, Body::VaultStatus { state })
-                .await;
-        });
+        self.reply(from, session, Body::VaultStatus { state });
         Ok(())
     }
 
@@ -1604,10 +1599,7 @@ impl MpcEngine {
         let key = self
             .own_key()
             .map_err(|e| InviteRefusal::Other(e.to_string()))?;
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let _ = engine.send(from, session, Body::VaultKeys { key }).await;
-        });
+        self.reply(from, session, Body::VaultKeys { key });
         Ok(())
     }
 

@@ -411,12 +411,7 @@ impl MpcEngine {
     ) -> Result<(), InviteRefusal> {
         let held = self.held_for(&name, &file_id, &from)?;
         let manifest = Blob(serde_json::to_vec(&held.manifest).expect("encodes").into());
-        let engine = self.clone();
-        tokio::spawn(async move {
-            let _ = engine
-                .send(from, session, Body::VaultManifestAnswer { manifest })
-                .await;
-        });
+        self.reply(from, session, Body::VaultManifestAnswer { manifest });
         Ok(())
     }
 
